@@ -1,0 +1,94 @@
+"""Directory: Simple AD or AWS Managed Microsoft AD (or an existing directory), and the VPC's
+DHCP options pointing at its DNS so that nodes resolve the domain."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_aws as aws
+
+
+@dataclass
+class DirectoryArgs:
+    type: str  # SimpleAD | MicrosoftAD | Existing
+    domain_name: str
+    short_name: str
+    vpc_id: pulumi.Input[str]
+    subnet_ids: pulumi.Input[Sequence[pulumi.Input[str]]]  # two private subnets, two AZs
+    ec2_internal_domain: str  # <region>.compute.internal, or ec2.internal in us-east-1
+    admin_password: pulumi.Input[str] | None = None  # secret; created directories only
+    size: str | None = None  # SimpleAD: Small|Large; MicrosoftAD: Standard|Enterprise
+    existing_dns_ips: Sequence[str] = ()
+    existing_directory_id: str | None = None
+    protect: bool = False
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class Directory(pulumi.ComponentResource):
+    directory_id: pulumi.Output[str | None]
+    dns_ips: pulumi.Output[list[str]]
+    domain_name: pulumi.Output[str]
+    dhcp_options_id: pulumi.Output[str]
+    # Nodes resolve the domain only once this association exists: the cluster depends on it.
+    dhcp_association: aws.ec2.VpcDhcpOptionsAssociation
+
+    def __init__(self, name: str, args: DirectoryArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("pcluster-ad:index:Directory", name, None, opts)
+        if args.type == "Existing":
+            self.directory_id = pulumi.Output.from_input(args.existing_directory_id)
+            self.dns_ips = pulumi.Output.from_input(list(args.existing_dns_ips))
+        else:
+            if args.admin_password is None:
+                raise ValueError("a created directory needs admin_password")
+            directory = aws.directoryservice.Directory(
+                f"{name}-ad",
+                aws.directoryservice.DirectoryArgs(
+                    name=args.domain_name,
+                    short_name=args.short_name,
+                    password=pulumi.Output.secret(args.admin_password),
+                    type=args.type,
+                    size=args.size if args.type == "SimpleAD" else None,
+                    edition=args.size if args.type == "MicrosoftAD" else None,
+                    vpc_settings=aws.directoryservice.DirectoryVpcSettingsArgs(
+                        vpc_id=args.vpc_id, subnet_ids=args.subnet_ids),
+                    description=f"pcluster-ad: {args.domain_name}",
+                    tags={**args.tags, "Name": f"{name}-ad"},
+                ),
+                pulumi.ResourceOptions(
+                    parent=self,
+                    # The provider replaces a directory when its password changes: a rotated
+                    # secret must never silently destroy a directory full of users. Rotate the
+                    # password in the directory itself (README: "Rotating the admin password").
+                    ignore_changes=["password"],
+                    protect=args.protect,
+                ),
+            )
+            self.directory_id = directory.id
+            self.dns_ips = directory.dns_ip_addresses
+
+        dhcp = aws.ec2.VpcDhcpOptions(
+            f"{name}-dhcp",
+            aws.ec2.VpcDhcpOptionsArgs(
+                # Space separated: the AD domain first (realm discovery), then the region's EC2
+                # domain so instance host names keep resolving.
+                domain_name=f"{args.domain_name} {args.ec2_internal_domain}",
+                domain_name_servers=self.dns_ips,
+                tags={**args.tags, "Name": f"{name}-dhcp"},
+            ),
+            pulumi.ResourceOptions(parent=self),
+        )
+        self.dhcp_association = aws.ec2.VpcDhcpOptionsAssociation(
+            f"{name}-dhcp-assoc",
+            aws.ec2.VpcDhcpOptionsAssociationArgs(vpc_id=args.vpc_id, dhcp_options_id=dhcp.id),
+            pulumi.ResourceOptions(parent=self),
+        )
+        self.dhcp_options_id = dhcp.id
+        self.domain_name = pulumi.Output.from_input(args.domain_name)
+        self.register_outputs({
+            "directoryId": self.directory_id,
+            "dnsIps": self.dns_ips,
+            "domainName": self.domain_name,
+            "dhcpOptionsId": self.dhcp_options_id,
+        })

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Sets up everything the tests need (from scratch on a fresh machine) and runs ALL tests:
+#   sudo bash scripts/test.sh            # everything, including the real-AD lab (root)
+#   bash scripts/test.sh -m 'not adlab'  # extra arguments go to pytest
+# Steps: Debian packages (lab + shellcheck deps), the project venv (venv/, pinned), the
+# ParallelCluster CLI's own venv (.venv-pcluster/, pinned), then pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '[test.sh %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+if [ -f tools/install_adlab_deps.sh ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    log "installing Debian packages for the AD lab"
+    bash tools/install_adlab_deps.sh
+  else
+    log "not root: skipping Debian packages (the adlab tests will tell you what is missing)"
+  fi
+fi
+
+if [ ! -x venv/bin/python ] || ! cmp -s requirements-dev.txt venv/.requirements-dev.txt \
+    || ! cmp -s requirements.txt venv/.requirements.txt; then
+  log "creating venv/ from requirements-dev.txt"
+  python3 -m venv venv
+  venv/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+  cp requirements-dev.txt venv/.requirements-dev.txt
+  cp requirements.txt venv/.requirements.txt
+fi
+
+if [ -f tools/pcluster_venv.sh ]; then
+  log "ensuring the ParallelCluster CLI venv (.venv-pcluster/)"
+  bash tools/pcluster_venv.sh >/dev/null
+fi
+
+log "ruff"
+venv/bin/ruff check .
+
+log "pytest $*"
+set +e
+venv/bin/python -m pytest "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  log "pytest collected no tests: failing"
+  exit 1
+fi
+exit "$rc"

@@ -1,0 +1,582 @@
+"""The one place that reads and validates stack configuration.
+
+`parse_settings` is pure: it takes the raw config values (as Pulumi hands them to the
+program) and returns typed `Settings`, or raises `ConfigError` listing EVERY problem at
+once, each naming the key and the fix. Nothing is declared before it succeeds, so a bad
+stack config costs a second, not a 20-minute failed deployment.
+
+Secrets are validated here from their plaintext (to reject what AWS would reject later)
+but never stored in `Settings`: the program reads them again as Pulumi secrets.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+PROJECT = "pcluster-ad"
+DEFAULT_PCLUSTER_VERSION = "3.16.1"
+
+# ParallelCluster 3.16 operating systems (Image.Os).
+SUPPORTED_OS = ("alinux2023", "rhel8", "rhel9", "rocky8", "rocky9", "ubuntu2204", "ubuntu2404")
+DIRECTORY_TYPES = ("SimpleAD", "MicrosoftAD", "Existing")
+DIRECTORY_SIZES = {"SimpleAD": ("Small", "Large"), "MicrosoftAD": ("Standard", "Enterprise")}
+# The built-in administrator account of each directory type AWS creates.
+DEFAULT_ADMIN_USER = {"SimpleAD": "Administrator", "MicrosoftAD": "Admin"}
+HOME_STORAGE_TYPES = ("Efs", "Ebs")
+DELETION_POLICIES = ("Retain", "Delete")
+
+_REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d+$")
+_CLUSTER_NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]+$")  # pcluster's own rule
+_QUEUE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")  # Slurm queue names in ParallelCluster 3
+_DOMAIN_LABEL_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?$")
+_NETBIOS_FORBIDDEN = set('\\/:*?"<>|. ')
+_INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+_VPC_ID_RE = re.compile(r"^vpc-[0-9a-f]{8,17}$")
+_SUBNET_ID_RE = re.compile(r"^subnet-[0-9a-f]{8,17}$")
+_DIRECTORY_ID_RE = re.compile(r"^d-[0-9a-f]{10}$")
+_AZ_RE = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d+[a-z]$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}"
+
+
+class ConfigError(Exception):
+    """Every problem found in a stack config, reported together."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"stack configuration has {len(problems)} problem(s):\n{lines}")
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    cidr: str = "10.0.0.0/16"
+    nat_gateways: int = 1  # 1, or one per AZ (2)
+    availability_zones: tuple[str, ...] = ()  # empty: the region's first two
+    vpc_id: str | None = None  # set: adopt this VPC instead of creating one
+    public_subnet_id: str | None = None
+    private_subnet_ids: tuple[str, ...] = ()
+
+    @property
+    def existing(self) -> bool:
+        return self.vpc_id is not None
+
+
+@dataclass(frozen=True)
+class DirectorySettings:
+    type: str
+    domain_name: str
+    short_name: str
+    size: str | None  # SimpleAD size or MicrosoftAD edition; None for Existing
+    dns_ips: tuple[str, ...] = ()  # Existing only
+    directory_id: str | None = None  # Existing only, informational
+    protect: bool = False
+
+    @property
+    def created_here(self) -> bool:
+        return self.type != "Existing"
+
+    @property
+    def realm(self) -> str:
+        return self.domain_name.upper()
+
+
+@dataclass(frozen=True)
+class JoinSettings:
+    user: str
+    # Whether the join password is its own config secret (else: the admin password).
+    has_own_password: bool
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    name: str
+    instance_type: str
+    min_count: int
+    max_count: int
+    ssh_password_auth: bool = False
+
+
+@dataclass(frozen=True)
+class HomeStorageSettings:
+    type: str = "Efs"
+    size_gib: int = 100  # Ebs only
+    deletion_policy: str = "Retain"
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    name: str
+    os: str
+    key_name: str | None
+    head_node_instance_type: str
+    queues: tuple[QueueSettings, ...]
+    ssh_password_auth: bool
+    home_storage: HomeStorageSettings
+    pcluster_version: str
+    allowed_ssh_cidr: str = "0.0.0.0/0"
+
+
+@dataclass(frozen=True)
+class Settings:
+    project: str
+    stack: str
+    region: str
+    network: NetworkSettings
+    directory: DirectorySettings
+    join: JoinSettings
+    cluster: ClusterSettings
+    # Whether the admin password comes from config (else pulumi-random generates one).
+    has_admin_password: bool
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def ec2_internal_domain(self) -> str:
+        return ec2_internal_domain(self.region)
+
+
+def ec2_internal_domain(region: str) -> str:
+    """The region's EC2 private DNS domain (us-east-1 is the historical exception)."""
+    return "ec2.internal" if region == "us-east-1" else f"{region}.compute.internal"
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+class _Reader:
+    """Typed access to one nested config object that records problems instead of raising."""
+
+    def __init__(self, problems: list[Problem], key: str, value: Any):
+        self.problems = problems
+        self.key = key
+        if value is None:
+            value = {}
+        if not isinstance(value, Mapping):
+            self.fail(key, f"must be an object, got {type(value).__name__}")
+            value = {}
+        self.value = value
+
+    def fail(self, key: str, message: str) -> None:
+        self.problems.append(Problem(key, message))
+
+    def sub(self, name: str) -> str:
+        return f"{self.key}.{name}"
+
+    def unknown_keys(self, known: set[str]) -> None:
+        for name in sorted(set(self.value) - known):
+            hint = _closest(name, known)
+            extra = f" (did you mean '{hint}'?)" if hint else f" (known keys: {', '.join(sorted(known))})"
+            self.fail(self.sub(name), f"unknown key{extra}")
+
+    def str(self, name: str, default: str | None = None, required: bool = False) -> str | None:
+        value = self.value.get(name)
+        if value is None or value == "":
+            if required:
+                self.fail(self.sub(name), "is required")
+            return default
+        if not isinstance(value, str):
+            self.fail(self.sub(name), f"must be a string, got {value!r}")
+            return default
+        return value
+
+    def int(self, name: str, default: int | None = None, required: bool = False) -> int | None:
+        value = self.value.get(name)
+        if value is None:
+            if required:
+                self.fail(self.sub(name), "is required")
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            self.fail(self.sub(name), f"must be a whole number, got {value!r}")
+            return default
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(self.sub(name), f"must be a whole number, got {value!r}")
+            return default
+
+    def bool(self, name: str, default: bool) -> bool:
+        value = self.value.get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        self.fail(self.sub(name), f"must be true or false, got {value!r}")
+        return default
+
+    def str_list(self, name: str) -> tuple[str, ...]:
+        value = self.value.get(name)
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.fail(self.sub(name), f"must be a list of strings, got {value!r}")
+            return ()
+        return tuple(value)
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str | None = None,
+               required: bool = False) -> str | None:
+        value = self.str(name, default=default, required=required)
+        if value is not None and value not in choices:
+            self.fail(self.sub(name), f"must be one of {', '.join(choices)}, got {value!r}")
+            return default
+        return value
+
+
+def _closest(name: str, known: set[str]) -> str | None:
+    import difflib
+
+    matches = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def _key(name: str) -> str:
+    return f"{PROJECT}:{name}"
+
+
+def parse_settings(
+    raw: Mapping[str, Any],
+    *,
+    stack: str,
+    admin_password: str | None = None,
+    join_password: str | None = None,
+) -> Settings:
+    """Validate the raw stack config (full keys such as 'pcluster-ad:network') into Settings.
+
+    `admin_password` / `join_password` are the plaintext secrets, used only for checks.
+    Raises ConfigError with every problem found.
+    """
+    problems: list[Problem] = []
+    known_top = {"network", "directory", "adminPassword", "join", "joinPassword", "cluster", "tags"}
+    for full_key in sorted(raw):
+        ns, _, name = full_key.partition(":")
+        if ns == PROJECT and name not in known_top:
+            hint = _closest(name, known_top)
+            problems.append(Problem(full_key, "unknown key" + (f" (did you mean '{_key(hint)}'?)" if hint else "")))
+
+    region = raw.get("aws:region")
+    if not region:
+        problems.append(Problem("aws:region",
+                                "is required: run `pulumi config set aws:region eu-west-1` (or your region)"))
+        region = ""
+    elif not isinstance(region, str) or not _REGION_RE.match(region):
+        problems.append(Problem("aws:region", f"{region!r} is not an AWS region name such as eu-west-1"))
+        region = ""
+
+    network = _parse_network(problems, raw.get(_key("network")), region)
+    directory = _parse_directory(problems, raw.get(_key("directory")))
+    join = _parse_join(problems, raw.get(_key("join")), directory, admin_password, join_password)
+    cluster = _parse_cluster(problems, raw.get(_key("cluster")), network)
+
+    if admin_password is not None:
+        _check_password(problems, _key("adminPassword"), admin_password, directory)
+    tags = _parse_tags(problems, raw.get(_key("tags")))
+
+    if problems:
+        raise ConfigError(problems)
+    assert directory is not None and join is not None and cluster is not None
+    return Settings(
+        project=PROJECT,
+        stack=stack,
+        region=region,
+        network=network,
+        directory=directory,
+        join=join,
+        cluster=cluster,
+        has_admin_password=admin_password is not None,
+        tags=tags,
+    )
+
+
+def _parse_network(problems: list[Problem], value: Any, region: str) -> NetworkSettings:
+    r = _Reader(problems, _key("network"), value)
+    r.unknown_keys({"cidr", "natGateways", "availabilityZones", "vpcId", "publicSubnetId", "privateSubnetIds"})
+    vpc_id = r.str("vpcId")
+    azs = r.str_list("availabilityZones")
+    if vpc_id is not None:
+        if not _VPC_ID_RE.match(vpc_id):
+            r.fail(r.sub("vpcId"), f"{vpc_id!r} is not a VPC id such as vpc-0123456789abcdef0")
+        public = r.str("publicSubnetId", required=True)
+        if public is not None and not _SUBNET_ID_RE.match(public):
+            r.fail(r.sub("publicSubnetId"), f"{public!r} is not a subnet id such as subnet-0123456789abcdef0")
+        private = r.str_list("privateSubnetIds")
+        if len(private) != 2:
+            r.fail(r.sub("privateSubnetIds"), "give exactly two private subnet ids, in two different availability zones"
+                   " (the directory needs two AZs)")
+        elif private[0] == private[1]:
+            r.fail(r.sub("privateSubnetIds"), "the two private subnets must be different subnets in two different AZs")
+        for s in private:
+            if not _SUBNET_ID_RE.match(s):
+                r.fail(r.sub("privateSubnetIds"), f"{s!r} is not a subnet id such as subnet-0123456789abcdef0")
+        for k in ("cidr", "natGateways", "availabilityZones"):
+            if k in r.value:
+                r.fail(r.sub(k), "applies only to a VPC created here: remove it, or remove vpcId")
+        return NetworkSettings(vpc_id=vpc_id, public_subnet_id=public, private_subnet_ids=private)
+
+    for k in ("publicSubnetId", "privateSubnetIds"):
+        if k in r.value:
+            r.fail(r.sub(k), "applies only to an existing VPC: set network.vpcId too, or remove it")
+    cidr = r.str("cidr", default="10.0.0.0/16") or "10.0.0.0/16"
+    try:
+        net = ipaddress.IPv4Network(cidr, strict=True)
+        if not 16 <= net.prefixlen <= 24:
+            r.fail(r.sub("cidr"), f"{cidr} must be between /16 and /24 (AWS allows /16../28 per VPC, and it is"
+                   " split into four subnets, two of them for compute nodes)")
+        elif not net.is_private:
+            r.fail(r.sub("cidr"), f"{cidr} is not a private range: use one inside 10.0.0.0/8, 172.16.0.0/12"
+                   " or 192.168.0.0/16")
+    except ValueError as e:
+        r.fail(r.sub("cidr"), f"{cidr!r} is not a valid IPv4 CIDR block such as 10.0.0.0/16 ({e})")
+    nat = r.int("natGateways", default=1)
+    if nat not in (1, 2):
+        r.fail(r.sub("natGateways"), f"must be 1 (one shared NAT gateway) or 2 (one per AZ), got {nat}")
+        nat = 1
+    if azs:
+        if len(azs) != 2:
+            r.fail(r.sub("availabilityZones"), f"give exactly two availability zones, got {len(azs)}")
+        elif azs[0] == azs[1]:
+            r.fail(r.sub("availabilityZones"), "the two availability zones must differ (Simple AD and Managed AD"
+                   " need subnets in two distinct AZs)")
+        for az in azs:
+            if not _AZ_RE.match(az) or (region and not az.startswith(region)):
+                r.fail(r.sub("availabilityZones"), f"{az!r} is not an availability zone of {region or 'the region'}"
+                       f" (such as {region or 'eu-west-1'}a)")
+    return NetworkSettings(cidr=cidr, nat_gateways=nat or 1, availability_zones=azs)
+
+
+def _parse_directory(problems: list[Problem], value: Any) -> DirectorySettings | None:
+    r = _Reader(problems, _key("directory"), value)
+    r.unknown_keys({"type", "domainName", "shortName", "size", "dnsIps", "directoryId", "protect"})
+    dtype = r.choice("type", DIRECTORY_TYPES, required=True)
+    domain = r.str("domainName", required=True)
+    short = r.str("shortName")
+    if domain is not None:
+        labels = domain.split(".")
+        if len(labels) < 2 or not all(_DOMAIN_LABEL_RE.match(label) and len(label) <= 63 for label in labels) \
+                or len(domain) > 255:
+            r.fail(r.sub("domainName"), f"{domain!r} is not a fully qualified domain name such as corp.example.com")
+        elif domain.lower().endswith(".local") and dtype == "MicrosoftAD":
+            pass  # allowed by AWS, merely discouraged
+        if short is None:
+            short = labels[0].upper()
+    if short is not None:
+        if len(short) > 15:
+            r.fail(r.sub("shortName"), f"{short!r} is {len(short)} characters: NetBIOS names have at most 15")
+        bad = sorted(set(short) & _NETBIOS_FORBIDDEN)
+        if bad:
+            r.fail(r.sub("shortName"), f"{short!r} contains {''.join(bad)!r}, not allowed in a NetBIOS name")
+    size = r.str("size")
+    if dtype in DIRECTORY_SIZES:
+        allowed = DIRECTORY_SIZES[dtype]
+        if size is None:
+            size = allowed[0]
+        elif size not in allowed:
+            r.fail(r.sub("size"), f"{size!r} is not a size of {dtype}: use one of {', '.join(allowed)}")
+    elif dtype == "Existing" and size is not None:
+        r.fail(r.sub("size"), "applies only to a directory created here (SimpleAD or MicrosoftAD): remove it")
+    dns_ips = r.str_list("dnsIps")
+    directory_id = r.str("directoryId")
+    if dtype == "Existing":
+        if not dns_ips:
+            r.fail(r.sub("dnsIps"), "is required for an Existing directory: the directory's DNS server IPs")
+        for ip in dns_ips:
+            try:
+                ipaddress.IPv4Address(ip)
+            except ValueError:
+                r.fail(r.sub("dnsIps"), f"{ip!r} is not an IPv4 address")
+        if directory_id is not None and not _DIRECTORY_ID_RE.match(directory_id):
+            r.fail(r.sub("directoryId"), f"{directory_id!r} is not a directory id such as d-1234567890")
+    else:
+        for k in ("dnsIps", "directoryId"):
+            if k in r.value:
+                r.fail(r.sub(k), "applies only to type Existing: remove it (a created directory has its own)")
+    protect = r.bool("protect", default=False)
+    if dtype is None or domain is None or short is None:
+        return None
+    return DirectorySettings(type=dtype, domain_name=domain.lower(), short_name=short, size=size,
+                             dns_ips=dns_ips, directory_id=directory_id, protect=protect)
+
+
+def _parse_join(problems: list[Problem], value: Any, directory: DirectorySettings | None,
+                admin_password: str | None, join_password: str | None) -> JoinSettings | None:
+    r = _Reader(problems, _key("join"), value)
+    r.unknown_keys({"user"})
+    default_user = DEFAULT_ADMIN_USER.get(directory.type) if directory else None
+    user = r.str("user", default=default_user)
+    if directory is None:
+        return None
+    if user is None:
+        r.fail(r.sub("user"), "is required for an Existing directory: a user allowed to join computers to the domain")
+    elif "@" in user or "\\" in user:
+        r.fail(r.sub("user"), f"{user!r}: give the bare account name (no domain part); realm adds the realm")
+    if not directory.created_here and join_password is None:
+        problems.append(Problem(_key("joinPassword"), "is required for an Existing directory: run"
+                                " `pulumi config set --secret pcluster-ad:joinPassword`"))
+    if not directory.created_here and admin_password is not None:
+        problems.append(Problem(_key("adminPassword"), "applies only to a directory created here: remove it"
+                                " (set pcluster-ad:joinPassword instead)"))
+    if join_password is not None and join_password.strip() == "":
+        problems.append(Problem(_key("joinPassword"), "must not be empty"))
+    if user is None:
+        return None
+    return JoinSettings(user=user, has_own_password=join_password is not None)
+
+
+def _check_password(problems: list[Problem], key: str, password: str, directory: DirectorySettings | None) -> None:
+    """AWS Directory Service's admin password rules, checked before AWS rejects them."""
+    classes = sum(bool(re.search(p, password)) for p in (r"[a-z]", r"[A-Z]", r"[0-9]", r"[^a-zA-Z0-9]"))
+    if not 8 <= len(password) <= 64 or classes < 3:
+        problems.append(Problem(key, "must be 8-64 characters with at least three of: lower case, upper case,"
+                                " digits, symbols (AWS Directory Service's rule); or unset it to generate one"))
+    if directory and directory.type == "MicrosoftAD" and "admin" in password.lower():
+        problems.append(Problem(key, "must not contain the word 'admin' (Managed AD rule)"))
+
+
+def _parse_cluster(problems: list[Problem], value: Any, network: NetworkSettings) -> ClusterSettings | None:
+    r = _Reader(problems, _key("cluster"), value)
+    r.unknown_keys({"name", "os", "keyName", "headNode", "queues", "sshPasswordAuth", "homeStorage",
+                    "pclusterVersion", "allowedSshCidr"})
+    name = r.str("name", required=True)
+    if name is not None and (not _CLUSTER_NAME_RE.match(name) or len(name) > 60):
+        r.fail(r.sub("name"), f"{name!r}: cluster names start with a letter, hold only letters, digits and"
+               " hyphens, and have 2-60 characters (ParallelCluster's rule)")
+    os_name = r.choice("os", SUPPORTED_OS, default="alinux2023")
+    key_name = r.str("keyName")
+    head = _Reader(problems, r.sub("headNode"), r.value.get("headNode"))
+    head.unknown_keys({"instanceType"})
+    head_type = head.str("instanceType", default="c5.large") or "c5.large"
+    if not _INSTANCE_TYPE_RE.match(head_type):
+        head.fail(head.sub("instanceType"), f"{head_type!r} is not an EC2 instance type such as c5.large")
+
+    queues: list[QueueSettings] = []
+    raw_queues = r.value.get("queues")
+    if raw_queues is None:
+        r.fail(r.sub("queues"), "is required: a list of queues such as [{name: compute, instanceType: c5.large,"
+               " minCount: 0, maxCount: 10}]")
+    elif not isinstance(raw_queues, list) or not raw_queues:
+        r.fail(r.sub("queues"), "must be a non-empty list of queues")
+    else:
+        if len(raw_queues) > 50:
+            r.fail(r.sub("queues"), f"ParallelCluster allows at most 50 Slurm queues, got {len(raw_queues)}")
+        seen: set[str] = set()
+        for i, raw_q in enumerate(raw_queues):
+            q = _Reader(problems, f"{r.sub('queues')}[{i}]", raw_q)
+            q.unknown_keys({"name", "instanceType", "minCount", "maxCount", "sshPasswordAuth"})
+            qname = q.str("name", required=True)
+            if qname is not None:
+                if not _QUEUE_NAME_RE.match(qname) or len(qname) > 25:
+                    q.fail(q.sub("name"), f"{qname!r}: queue names start with a lower-case letter, hold only"
+                           " lower-case letters, digits and hyphens, and have at most 25 characters")
+                if qname in seen:
+                    q.fail(q.sub("name"), f"{qname!r} is used by two queues: queue names must be unique")
+                seen.add(qname)
+            itype = q.str("instanceType", required=True)
+            if itype is not None and not _INSTANCE_TYPE_RE.match(itype):
+                q.fail(q.sub("instanceType"), f"{itype!r} is not an EC2 instance type such as c5.large")
+            min_count = q.int("minCount", default=0)
+            max_count = q.int("maxCount", default=10)
+            if min_count is not None and min_count < 0:
+                q.fail(q.sub("minCount"), f"must be 0 or more, got {min_count}")
+            if max_count is not None and max_count < 1:
+                q.fail(q.sub("maxCount"), f"must be 1 or more, got {max_count}")
+            if min_count is not None and max_count is not None and min_count > max_count:
+                q.fail(q.sub("minCount"), f"{min_count} is more than maxCount {max_count}: lower minCount"
+                       " or raise maxCount")
+            ssh = q.bool("sshPasswordAuth", default=False)
+            if qname and itype and min_count is not None and max_count is not None:
+                queues.append(QueueSettings(qname, itype, min_count, max_count, ssh))
+
+    ssh_auth = r.bool("sshPasswordAuth", default=True)
+    hs = _Reader(problems, r.sub("homeStorage"), r.value.get("homeStorage"))
+    hs.unknown_keys({"type", "sizeGiB", "deletionPolicy"})
+    hs_type = hs.choice("type", HOME_STORAGE_TYPES, default="Efs") or "Efs"
+    size = hs.int("sizeGiB", default=100) or 100
+    if hs_type == "Ebs" and not 1 <= size <= 16384:
+        hs.fail(hs.sub("sizeGiB"), f"must be 1-16384 GiB for an EBS volume, got {size}")
+    if hs_type == "Efs" and "sizeGiB" in hs.value:
+        hs.fail(hs.sub("sizeGiB"), "applies only to type Ebs (EFS grows by itself): remove it")
+    policy = hs.choice("deletionPolicy", DELETION_POLICIES, default="Retain") or "Retain"
+    version = r.str("pclusterVersion", default=DEFAULT_PCLUSTER_VERSION) or DEFAULT_PCLUSTER_VERSION
+    m = re.match(r"^(\d+)\.(\d+)\.(\d+)$", version)
+    if not m:
+        r.fail(r.sub("pclusterVersion"), f"{version!r} is not a version such as {DEFAULT_PCLUSTER_VERSION}")
+    elif (int(m[1]), int(m[2])) < (3, 14):
+        r.fail(r.sub("pclusterVersion"), f"{version} is too old: ParallelCluster below 3.14.0 cannot create"
+               " clusters since Lambda dropped Python 3.9; use 3.14.0 or newer")
+    ssh_cidr = r.str("allowedSshCidr", default="0.0.0.0/0") or "0.0.0.0/0"
+    try:
+        ipaddress.IPv4Network(ssh_cidr, strict=True)
+    except ValueError:
+        r.fail(r.sub("allowedSshCidr"), f"{ssh_cidr!r} is not an IPv4 CIDR block such as 203.0.113.0/24")
+    if name is None or not queues:
+        return None
+    return ClusterSettings(
+        name=name, os=os_name or "alinux2023", key_name=key_name, head_node_instance_type=head_type,
+        queues=tuple(queues), ssh_password_auth=ssh_auth,
+        home_storage=HomeStorageSettings(type=hs_type, size_gib=size, deletion_policy=policy),
+        pcluster_version=version, allowed_ssh_cidr=ssh_cidr,
+    )
+
+
+def _parse_tags(problems: list[Problem], value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        problems.append(Problem(_key("tags"), "must be an object of string keys and string values"))
+        return {}
+    for k in value:
+        if k.lower().startswith("aws:"):
+            problems.append(Problem(_key(f"tags.{k}"), "tag keys starting with 'aws:' are reserved by AWS"))
+    return dict(value)
+
+
+# ------------------------------------------------------------------- Pulumi-side loader
+
+
+def load_settings() -> Settings:
+    """Read the current stack's config through Pulumi and validate it (raises ConfigError)."""
+    import pulumi
+
+    cfg = pulumi.Config(PROJECT)
+    raw: dict[str, Any] = {"aws:region": pulumi.Config("aws").get("region")}
+    for name in ("network", "directory", "join", "cluster", "tags"):
+        raw[_key(name)] = _get_object(cfg, name)
+    # Unknown keys in our namespace are reported too (typos would otherwise be ignored).
+    for full_key in _all_config_keys():
+        if full_key.startswith(f"{PROJECT}:") and full_key not in raw and full_key not in (
+                _key("adminPassword"), _key("joinPassword")):
+            raw[full_key] = "(set)"
+    return parse_settings(
+        raw,
+        stack=pulumi.get_stack(),
+        admin_password=cfg.get("adminPassword"),  # plaintext only for the checks above
+        join_password=cfg.get("joinPassword"),
+    )
+
+
+def _all_config_keys() -> set[str]:
+    """Every config key the engine handed the program: the SDK's store (tests, Automation API)
+    and the PULUMI_CONFIG environment variable (the CLI's language host)."""
+    from pulumi.runtime import config as runtime_config
+
+    return set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())
+
+
+def _get_object(cfg: Any, name: str) -> Any:
+    import pulumi
+
+    try:
+        return cfg.get_object(name)
+    except (pulumi.ConfigTypeError, ValueError):  # not JSON: the validator names the key
+        return cfg.get(name)

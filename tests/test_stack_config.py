@@ -1,0 +1,212 @@
+"""Every validation rule of stack_config, each with a config that breaks it."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from stack_config import ConfigError, ec2_internal_domain, parse_settings
+from tests.conftest import stack_doc
+
+GOOD_PASSWORD = "Corr3ct-Horse-Battery"
+
+
+def dev_raw() -> dict[str, Any]:
+    return copy.deepcopy(stack_doc("dev")["config"])
+
+
+def problems_of(edit: Callable[[dict[str, Any]], None], **secrets: str) -> list[str]:
+    raw = dev_raw()
+    edit(raw)
+    with pytest.raises(ConfigError) as err:
+        parse_settings(raw, stack="dev", **secrets)
+    return [str(p) for p in err.value.problems]
+
+
+def test_dev_sample_is_valid_and_typed():
+    s = parse_settings(dev_raw(), stack="dev")
+    assert s.region == "eu-west-1"
+    assert s.directory.type == "SimpleAD" and s.directory.domain_name == "test.domain"
+    assert s.directory.short_name == "TEST" and s.directory.realm == "TEST.DOMAIN"
+    assert s.join.user == "Administrator" and not s.join.has_own_password
+    assert s.cluster.queues[0].min_count == 2 and s.cluster.queues[0].max_count == 10
+    assert s.cluster.home_storage.deletion_policy == "Retain"
+    assert s.cluster.pcluster_version == "3.16.1"
+    assert not s.has_admin_password
+
+
+def test_defaults_fill_what_is_left_out():
+    raw = dev_raw()
+    del raw["pcluster-ad:network"], raw["pcluster-ad:join"]
+    raw["pcluster-ad:directory"] = {"type": "MicrosoftAD", "domainName": "Corp.Example.com"}
+    s = parse_settings(raw, stack="dev")
+    assert s.network.cidr == "10.0.0.0/16" and s.network.nat_gateways == 1
+    assert s.directory.short_name == "CORP" and s.directory.size == "Standard"
+    assert s.directory.domain_name == "corp.example.com"
+    assert s.join.user == "Admin"  # Managed AD's built-in admin account
+
+
+def set_path(raw: dict[str, Any], key: str, path: list[Any], value: Any) -> None:
+    node = raw.setdefault(key, {})
+    for p in path[:-1]:
+        node = node[p]
+    if value is DELETE:
+        node.pop(path[-1], None)
+    else:
+        node[path[-1]] = value
+
+
+DELETE = object()
+NET, DIR, CL, JOIN = "pcluster-ad:network", "pcluster-ad:directory", "pcluster-ad:cluster", "pcluster-ad:join"
+
+# (id, key, path, value, expected key in the message, expected words)
+RULES = [
+    ("region-missing", "aws:region", None, DELETE, "aws:region", "is required"),
+    ("region-bad", "aws:region", None, "europe", "aws:region", "not an AWS region"),
+    ("cidr-invalid", NET, ["cidr"], "10.0.0.300/16", "network.cidr", "not a valid IPv4 CIDR"),
+    ("cidr-host-bits", NET, ["cidr"], "10.0.0.1/16", "network.cidr", "not a valid IPv4 CIDR"),
+    ("cidr-too-small", NET, ["cidr"], "10.0.0.0/26", "network.cidr", "between /16 and /24"),
+    ("cidr-too-big", NET, ["cidr"], "10.0.0.0/8", "network.cidr", "between /16 and /24"),
+    ("cidr-public", NET, ["cidr"], "8.8.0.0/16", "network.cidr", "not a private range"),
+    ("nat-count", NET, ["natGateways"], 3, "network.natGateways", "must be 1"),
+    ("nat-not-number", NET, ["natGateways"], "many", "network.natGateways", "whole number"),
+    ("azs-same", NET, ["availabilityZones"], ["eu-west-1a", "eu-west-1a"], "network.availabilityZones", "must differ"),
+    ("azs-count", NET, ["availabilityZones"], ["eu-west-1a"], "network.availabilityZones", "exactly two"),
+    ("azs-other-region", NET, ["availabilityZones"], ["us-east-1a", "us-east-1b"], "network.availabilityZones",
+     "not an availability zone of eu-west-1"),
+    ("net-unknown-key", NET, ["cdir"], "10.0.0.0/16", "network.cdir", "did you mean 'cidr'"),
+    ("subnets-without-vpc", NET, ["privateSubnetIds"], ["subnet-0123456789abcdef0"], "network.privateSubnetIds",
+     "set network.vpcId"),
+    ("dir-type", DIR, ["type"], "OpenLDAP", "directory.type", "one of SimpleAD, MicrosoftAD, Existing"),
+    ("dir-type-missing", DIR, ["type"], DELETE, "directory.type", "is required"),
+    ("domain-missing", DIR, ["domainName"], DELETE, "directory.domainName", "is required"),
+    ("domain-single-label", DIR, ["domainName"], "corp", "directory.domainName", "fully qualified"),
+    ("domain-bad-chars", DIR, ["domainName"], "corp_ad.example.com", "directory.domainName", "fully qualified"),
+    ("netbios-long", DIR, ["shortName"], "ABCDEFGHIJKLMNOP", "directory.shortName", "at most 15"),
+    ("netbios-chars", DIR, ["shortName"], "TE.ST", "directory.shortName", "not allowed in a NetBIOS"),
+    ("size-wrong-type", DIR, ["size"], "Enterprise", "directory.size", "not a size of SimpleAD"),
+    ("existing-no-dns", DIR, ["type"], "Existing", "directory.dnsIps", "is required for an Existing"),
+    ("dns-ips-on-created", DIR, ["dnsIps"], ["10.0.0.2"], "directory.dnsIps", "only to type Existing"),
+    ("join-user-domain", JOIN, ["user"], "Administrator@test.domain", "join.user", "bare account name"),
+    ("cluster-name-missing", CL, ["name"], DELETE, "cluster.name", "is required"),
+    ("cluster-name-digit", CL, ["name"], "1cluster", "cluster.name", "start with a letter"),
+    ("cluster-name-underscore", CL, ["name"], "hpc_dev", "cluster.name", "hyphens"),
+    ("cluster-name-long", CL, ["name"], "a" * 61, "cluster.name", "2-60 characters"),
+    ("os", CL, ["os"], "centos7", "cluster.os", "one of alinux2023"),
+    ("head-type", CL, ["headNode", "instanceType"], "large", "cluster.headNode.instanceType", "not an EC2 instance"),
+    ("queues-missing", CL, ["queues"], DELETE, "cluster.queues", "is required"),
+    ("queues-empty", CL, ["queues"], [], "cluster.queues", "non-empty list"),
+    ("queue-name-upper", CL, ["queues", 0, "name"], "Compute", "cluster.queues[0].name", "lower-case"),
+    ("queue-name-long", CL, ["queues", 0, "name"], "q" * 26, "cluster.queues[0].name", "at most 25"),
+    ("queue-min-gt-max", CL, ["queues", 0, "minCount"], 11, "cluster.queues[0].minCount", "more than maxCount"),
+    ("queue-negative", CL, ["queues", 0, "minCount"], -1, "cluster.queues[0].minCount", "0 or more"),
+    ("queue-max-zero", CL, ["queues", 0, "maxCount"], 0, "cluster.queues[0].maxCount", "1 or more"),
+    ("queue-type", CL, ["queues", 0, "instanceType"], "c5", "cluster.queues[0].instanceType", "instance type"),
+    ("queue-typo", CL, ["queues", 0, "maxcount"], 5, "cluster.queues[0].maxcount", "did you mean 'maxCount'"),
+    ("ssh-bool", CL, ["sshPasswordAuth"], "yes", "cluster.sshPasswordAuth", "true or false"),
+    ("home-type", CL, ["homeStorage", "type"], "Fsx", "cluster.homeStorage.type", "one of Efs, Ebs"),
+    ("home-policy", CL, ["homeStorage", "deletionPolicy"], "Keep", "cluster.homeStorage.deletionPolicy",
+     "one of Retain, Delete"),
+    ("home-efs-size", CL, ["homeStorage", "sizeGiB"], 50, "cluster.homeStorage.sizeGiB", "only to type Ebs"),
+    ("pcluster-old", CL, ["pclusterVersion"], "3.9.1", "cluster.pclusterVersion", "too old"),
+    ("pcluster-bad", CL, ["pclusterVersion"], "latest", "cluster.pclusterVersion", "not a version"),
+    ("ssh-cidr", CL, ["allowedSshCidr"], "anywhere", "cluster.allowedSshCidr", "not an IPv4 CIDR"),
+]
+
+
+@pytest.mark.parametrize("rule", RULES, ids=[r[0] for r in RULES])
+def test_each_rule_rejects_a_bad_config_naming_the_key(rule):
+    _, key, path, value, expected_key, words = rule
+
+    def edit(raw):
+        if path is None:
+            if value is DELETE:
+                raw.pop(key, None)
+            else:
+                raw[key] = value
+        else:
+            set_path(raw, key, path, value)
+
+    found = problems_of(edit)
+    assert any(expected_key in p and words in p for p in found), found
+
+
+def test_queue_names_must_be_unique():
+    def edit(raw):
+        raw[CL]["queues"].append(dict(raw[CL]["queues"][0]))
+
+    assert any("must be unique" in p for p in problems_of(edit))
+
+
+def test_unknown_top_level_key_is_named_with_a_hint():
+    assert any("pcluster-ad:clusterr" in p and "did you mean 'pcluster-ad:cluster'" in p
+               for p in problems_of(lambda raw: raw.__setitem__("pcluster-ad:clusterr", {})))
+
+
+def test_non_object_section_is_rejected():
+    assert any("pcluster-ad:cluster: must be an object" in p
+               for p in problems_of(lambda raw: raw.__setitem__(CL, "hpc")))
+
+
+def test_existing_vpc_rules():
+    found = problems_of(lambda raw: raw.__setitem__(NET, {
+        "vpcId": "vpc-12", "privateSubnetIds": ["subnet-0123456789abcdef0"], "cidr": "10.0.0.0/16"}))
+    joined = "\n".join(found)
+    assert "network.vpcId: 'vpc-12' is not a VPC id" in joined
+    assert "network.publicSubnetId: is required" in joined
+    assert "network.privateSubnetIds: give exactly two" in joined
+    assert "network.cidr: applies only to a VPC created here" in joined
+
+
+def test_existing_directory_needs_join_user_and_password():
+    def edit(raw):
+        raw[DIR] = {"type": "Existing", "domainName": "corp.example.com", "dnsIps": ["10.1.0.10", "not-an-ip"]}
+        raw.pop(JOIN)
+
+    joined = "\n".join(problems_of(edit))
+    assert "join.user: is required for an Existing directory" in joined
+    assert "'not-an-ip' is not an IPv4 address" in joined
+    assert "pcluster-ad:joinPassword: is required for an Existing directory" in joined
+
+
+def test_admin_password_rules_and_secret_not_echoed():
+    found = problems_of(lambda raw: None, admin_password="short")
+    assert any("pcluster-ad:adminPassword" in p and "8-64 characters" in p for p in found)
+    assert not any("short" in p.split(":", 1)[1].replace("8-64", "") and "'short'" in p for p in found)
+
+    def managed(raw):
+        raw[DIR] = {"type": "MicrosoftAD", "domainName": "corp.example.com"}
+
+    found = problems_of(managed, admin_password="MyAdmin-Passw0rd")
+    assert any("must not contain the word 'admin'" in p for p in found)
+
+
+def test_admin_password_on_existing_directory_is_rejected():
+    def edit(raw):
+        raw[DIR] = {"type": "Existing", "domainName": "corp.example.com", "dnsIps": ["10.1.0.10"]}
+
+    found = problems_of(edit, admin_password=GOOD_PASSWORD, join_password=GOOD_PASSWORD)
+    assert any("adminPassword: applies only to a directory created here" in p for p in found)
+
+
+def test_every_problem_is_reported_at_once():
+    def edit(raw):
+        raw["aws:region"] = "nowhere"
+        raw[NET]["cidr"] = "banana"
+        raw[DIR]["shortName"] = "X" * 20
+        raw[CL]["name"] = "_bad"
+        raw[CL]["queues"][0]["minCount"] = 50
+
+    found = problems_of(edit)
+    for key in ("aws:region", "network.cidr", "directory.shortName", "cluster.name", "queues[0].minCount"):
+        assert any(key in p for p in found), (key, found)
+    assert len(found) >= 5
+
+
+@pytest.mark.parametrize("region,expected", [("us-east-1", "ec2.internal"), ("eu-west-1", "eu-west-1.compute.internal"),
+                                             ("us-west-2", "us-west-2.compute.internal")])
+def test_ec2_internal_domain(region, expected):
+    assert ec2_internal_domain(region) == expected

@@ -1,0 +1,266 @@
+"""Run the real Pulumi program under Pulumi's own mocks and record the whole resource graph.
+
+Used by the offline plan (tools/plan.py) and by the tests: one implementation of "what would
+`pulumi up` declare", with no engine, no AWS credentials and no network.
+
+Values that exist only after deployment (ids, ARNs, IPs, URLs) come back as clearly marked
+placeholders: `<after-deploy:RESOURCE.PROPERTY>`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+from pulumi.runtime import rpc
+from pulumi.runtime.mocks import MockCallArgs, MockMonitor, MockResourceArgs, Mocks
+
+SECRET_MASK = "[secret]"
+ACCOUNT_PLACEHOLDER = "<after-deploy:account-id>"
+
+
+def placeholder(resource: str, prop: str) -> str:
+    return f"<after-deploy:{resource}.{prop}>"
+
+
+# Outputs that AWS computes, per resource type: (property, example shape). `None` shape = a
+# placeholder string; "list2" = two placeholder strings.
+_COMPUTED: dict[str, dict[str, str | None]] = {
+    "aws:directoryservice/directory:Directory": {"dnsIpAddresses": "list2", "securityGroupId": None,
+                                                 "accessUrl": None},
+    "aws:kms/key:Key": {"arn": None, "keyId": None},
+    "aws:kms/alias:Alias": {"arn": None, "targetKeyArn": None},
+    "aws:ssm/parameter:Parameter": {"arn": None},
+    "aws:iam/role:Role": {"arn": None, "uniqueId": None},
+    "aws:iam/policy:Policy": {"arn": None, "policyId": None},
+    "aws:iam/instanceProfile:InstanceProfile": {"arn": None, "uniqueId": None},
+    "aws:lambda/function:Function": {"arn": None, "invokeArn": None, "qualifiedArn": None, "version": None},
+    "aws:lambda/functionUrl:FunctionUrl": {"functionUrl": None, "urlId": None},
+    "aws:cloudwatch/logGroup:LogGroup": {"arn": None},
+    "aws:s3/bucket:Bucket": {"arn": None, "bucketRegionalDomainName": None},
+    "aws:s3/bucketV2:BucketV2": {"arn": None},
+    "aws:s3/bucketObjectv2:BucketObjectv2": {"versionId": None, "etag": None},
+    "aws:efs/fileSystem:FileSystem": {"arn": None, "dnsName": None},
+    "aws:ec2/vpc:Vpc": {"arn": None, "defaultSecurityGroupId": None, "mainRouteTableId": None},
+    "aws:ec2/subnet:Subnet": {"arn": None},
+    "aws:ec2/eip:Eip": {"publicIp": None, "allocationId": None},
+    "aws:ec2/natGateway:NatGateway": {"publicIp": None, "privateIp": None},
+    "aws:ec2/securityGroup:SecurityGroup": {"arn": None},
+    "random:index/randomPassword:RandomPassword": {"result": None, "bcryptHash": None},
+    "command:local:Command": {"stdout": None, "stderr": None},
+}
+
+
+class PlanMocks(Mocks):
+    """Answers resource registrations and invokes with inputs plus marked placeholders."""
+
+    def __init__(self, region: str = "eu-west-1", subnets: dict[str, dict[str, str]] | None = None,
+                 azs: list[str] | None = None):
+        self.region = region
+        self.subnets = subnets or {}  # id -> {availabilityZone, vpcId} for aws.ec2.get_subnet
+        self.azs = azs
+
+    def new_resource(self, args: MockResourceArgs) -> tuple[str | None, dict]:
+        state = dict(args.inputs)
+        for prop, shape in _COMPUTED.get(args.typ, {}).items():
+            if prop in state and prop not in ("arn",):
+                continue
+            if shape == "list2":
+                state[prop] = [placeholder(args.name, f"{prop}[{i}]") for i in range(2)]
+            else:
+                state[prop] = placeholder(args.name, prop)
+        if args.typ == "aws:iam/role:Role" and "name" not in state:
+            state["name"] = placeholder(args.name, "name")
+        if args.typ == "aws:s3/bucketV2:BucketV2" and "bucket" not in state:
+            state["bucket"] = placeholder(args.name, "bucket")
+        if args.typ == "aws:lambda/function:Function" and "name" not in state:
+            state["name"] = placeholder(args.name, "name")
+        resource_id = placeholder(args.name, "id") if args.custom else None
+        return resource_id, state
+
+    def call(self, args: MockCallArgs) -> tuple[dict, list[tuple[str, str]] | None]:
+        if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
+            names = self.azs or [f"{self.region}{s}" for s in "abc"]
+            return {"names": names, "zoneIds": [f"zone-{n}" for n in names], "state": "available"}, []
+        if args.token == "aws:ec2/getSubnet:getSubnet":
+            subnet = self.subnets.get(args.args.get("id"), {})
+            return {"id": args.args.get("id"), "availabilityZone": subnet.get("availabilityZone",
+                    f"{self.region}a"), "vpcId": subnet.get("vpcId", "vpc-unknown")}, []
+        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {"accountId": ACCOUNT_PLACEHOLDER, "arn": "<after-deploy:caller-arn>",
+                    "userId": "<after-deploy:caller-user-id>"}, []
+        if args.token == "aws:index/getPartition:getPartition":
+            return {"partition": "aws", "dnsSuffix": "amazonaws.com"}, []
+        if args.token == "aws:index/getRegion:getRegion":
+            return {"name": self.region, "region": self.region, "id": self.region}, []
+        raise NotImplementedError(f"the offline plan has no answer for invoke {args.token}")
+
+
+@dataclass
+class RecordedResource:
+    type: str
+    name: str
+    urn: str
+    parent_urn: str
+    dependency_urns: list[str]
+    custom: bool
+    inputs: dict[str, Any]  # secrets still wrapped (see is_secret_value)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class RecordingMonitor(MockMonitor):
+    """A MockMonitor that also records what Mocks never see: parents, dependencies, options."""
+
+    def __init__(self, mocks: Mocks):
+        super().__init__(mocks)
+        self.recorded: list[RecordedResource] = []
+
+    def RegisterResource(self, request):
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            deps = set(request.dependencies)
+            for prop_deps in request.propertyDependencies.values():
+                deps.update(prop_deps.urns)
+            self.recorded.append(RecordedResource(
+                type=request.type,
+                name=request.name,
+                urn=response.urn,
+                parent_urn=request.parent,
+                dependency_urns=sorted(deps),
+                custom=bool(request.custom),
+                inputs=rpc.deserialize_properties(request.object, keep_unknowns=True),
+                options={
+                    "protect": bool(request.protect),
+                    "ignoreChanges": list(request.ignoreChanges),
+                    "additionalSecretOutputs": list(request.additionalSecretOutputs),
+                    "retainOnDelete": bool(request.retainOnDelete),
+                    "deleteBeforeReplace": bool(request.deleteBeforeReplace),
+                    "replaceOnChanges": list(request.replaceOnChanges),
+                    "customTimeouts": {
+                        "create": request.customTimeouts.create,
+                        "update": request.customTimeouts.update,
+                        "delete": request.customTimeouts.delete,
+                    },
+                },
+            ))
+        return response
+
+
+def is_secret_value(value: Any) -> bool:
+    return rpc.is_rpc_secret(value)
+
+
+def mask_secrets(value: Any) -> Any:
+    """The inputs with every secret replaced by "[secret]" (the plan's view)."""
+    if rpc.is_rpc_secret(value):
+        return SECRET_MASK
+    if isinstance(value, dict):
+        return {k: mask_secrets(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_secrets(v) for v in value]
+    return value
+
+
+def unwrap_secrets(value: Any) -> Any:
+    """The inputs with secret wrappers removed (tests only: to assert on real values)."""
+    if rpc.is_rpc_secret(value):
+        return unwrap_secrets(rpc.unwrap_rpc_secret(value))
+    if isinstance(value, dict):
+        return {k: unwrap_secrets(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap_secrets(v) for v in value]
+    return value
+
+
+@dataclass
+class Graph:
+    resources: list[RecordedResource]
+    outputs: dict[str, Any]
+
+    def by_urn(self) -> dict[str, RecordedResource]:
+        return {r.urn: r for r in self.resources}
+
+    def named(self, name: str) -> RecordedResource:
+        matches = [r for r in self.resources if r.name == name]
+        if len(matches) != 1:
+            raise KeyError(f"{len(matches)} resources named {name!r}; have {sorted(r.name for r in self.resources)}")
+        return matches[0]
+
+    def of_type(self, typ: str) -> list[RecordedResource]:
+        return [r for r in self.resources if r.type == typ]
+
+    def parent_name(self, r: RecordedResource) -> str | None:
+        parent = self.by_urn().get(r.parent_urn)
+        return parent.name if parent else None
+
+    def dependency_names(self, r: RecordedResource) -> list[str]:
+        urns = self.by_urn()
+        return sorted({urns[u].name for u in r.dependency_urns if u in urns})
+
+    def to_plan(self) -> list[dict[str, Any]]:
+        return [{
+            "type": r.type,
+            "name": r.name,
+            "parent": self.parent_name(r),
+            "dependencies": self.dependency_names(r),
+            "inputs": mask_secrets(r.inputs),
+            **({"options": _non_default(r.options)} if _non_default(r.options) else {}),
+        } for r in self.resources]
+
+
+def _non_default(options: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in options.items() if v and k != "customTimeouts"}
+    timeouts = {k: v for k, v in options.get("customTimeouts", {}).items() if v}
+    if timeouts:
+        out["customTimeouts"] = timeouts
+    return out
+
+
+def config_from_stack_file(doc: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """Pulumi.<stack>.yaml `config:` -> (engine-style config map, secret keys).
+
+    Encrypted values (`{secure: ...}`) cannot be decrypted offline: they become a marked
+    placeholder that still satisfies the password rules, and stay secret.
+    """
+    config: dict[str, str] = {}
+    secret_keys: list[str] = []
+    for key, value in (doc.get("config") or {}).items():
+        if isinstance(value, dict) and set(value) == {"secure"}:
+            config[key] = "Encrypted-Offline-1"
+            secret_keys.append(key)
+        elif isinstance(value, (dict, list)):
+            config[key] = json.dumps(value)
+        elif isinstance(value, bool):
+            config[key] = "true" if value else "false"
+        else:
+            config[key] = str(value)
+    return config, secret_keys
+
+
+def run_program(program: Callable[[], None], *, config: dict[str, str], secret_keys: list[str] | None = None,
+                stack: str = "dev", project: str = "pcluster-ad", mocks: PlanMocks | None = None) -> Graph:
+    """Run `program` under mocks with this config and return the recorded graph and outputs."""
+    import pulumi.runtime.settings as runtime_settings
+    from pulumi.runtime.stack import run_pulumi_func
+    from pulumi.runtime.sync_await import _sync_await
+
+    region = config.get("aws:region", "eu-west-1")
+    mocks = mocks or PlanMocks(region=region)
+    monitor = RecordingMonitor(mocks)
+    pulumi.runtime.set_all_config(config, secret_keys or [])
+    runtime_settings.ROOT.set(None)  # a fresh Stack per run: outputs must not leak between runs
+    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False, monitor=monitor)
+    runtime_settings.SETTINGS.rpc_manager.clear()
+    runtime_settings.SETTINGS.outputs.clear()
+
+    _sync_await(run_pulumi_func(program))
+
+    outputs: dict[str, Any] = {}
+    root = pulumi.runtime.get_root_resource()
+    for key, out in (getattr(root, "outputs", None) or {}).items():
+        out = pulumi.Output.from_input(out)
+        outputs[key] = SECRET_MASK if _sync_await(out.is_secret()) else _sync_await(out.future())
+    return Graph(resources=monitor.recorded, outputs=outputs)

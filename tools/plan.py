@@ -1,0 +1,117 @@
+"""Offline plan: what `pulumi up` would declare for a stack, with no AWS and no Pulumi CLI.
+
+    venv/bin/python -m tools.plan dev --out plan-out
+    venv/bin/python -m tools.plan --config-file my-stack.yaml --out plan-out
+
+Evaluates the real program under Pulumi's mocks and writes DIR/resources.json (every
+resource: type, name, parent, dependencies, inputs with secrets shown as "[secret]").
+Values known only after deployment appear as "<after-deploy:RESOURCE.PROPERTY>".
+Invalid config: every problem is printed, nothing is written, exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.plan", description=__doc__.split("\n\n")[0])
+    parser.add_argument("stack", nargs="?", help="stack name: reads Pulumi.<STACK>.yaml")
+    parser.add_argument("--config-file", type=Path, help="a stack settings file to use instead of Pulumi.<STACK>.yaml")
+    parser.add_argument("--out", type=Path, required=True, help="directory to write resources.json into")
+    args = parser.parse_args(argv)
+    if args.stack is None and args.config_file is None:
+        parser.error("give a STACK name (Pulumi.<STACK>.yaml) or --config-file FILE")
+
+    started = time.perf_counter()
+    config_file = args.config_file or ROOT / f"Pulumi.{args.stack}.yaml"
+    stack = args.stack or config_file.stem.removeprefix("Pulumi.")
+    if not config_file.is_file():
+        stacks = sorted(p.name for p in ROOT.glob("Pulumi.*.yaml"))
+        print(f"error: {config_file} not found (stack files here: {', '.join(stacks) or 'none'})", file=sys.stderr)
+        return 1
+    try:
+        doc = yaml.safe_load(config_file.read_text()) or {}
+    except yaml.YAMLError as e:
+        print(f"error: {config_file} is not valid YAML: {e}", file=sys.stderr)
+        return 1
+
+    sys.path.insert(0, str(ROOT))
+    from stack_config import ConfigError
+    from tools.mocks import config_from_stack_file
+
+    config, secret_keys = config_from_stack_file(doc)
+    problems = _validate(config, secret_keys, stack)
+    if problems is not None:
+        print(f"{config_file.name}: {problems}", file=sys.stderr)
+        print("Nothing was written.", file=sys.stderr)
+        return 1
+
+    try:
+        result = _plan(config, secret_keys, stack)
+    except ConfigError as e:  # checks that need the program (e.g. existing subnets)
+        print(f"{config_file.name}: {e}\nNothing was written.", file=sys.stderr)
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, content in result["files"].items():
+        (args.out / name).write_text(content)
+    elapsed = time.perf_counter() - started
+    _print_summary(result["resources"], result["outputs"], args.out, elapsed)
+    return 0
+
+
+def _validate(config: dict[str, str], secret_keys: list[str], stack: str) -> str | None:
+    """Validate with the same parser the program uses; returns the error text or None."""
+    from stack_config import PROJECT, ConfigError, parse_settings
+
+    raw: dict[str, Any] = {}
+    for key, value in config.items():
+        try:
+            raw[key] = json.loads(value) if value[:1] in "{[" else value
+        except json.JSONDecodeError:
+            raw[key] = value
+    secrets = {k: raw.pop(k, None) for k in (f"{PROJECT}:adminPassword", f"{PROJECT}:joinPassword")}
+    try:
+        parse_settings(raw, stack=stack, admin_password=secrets[f"{PROJECT}:adminPassword"],
+                       join_password=secrets[f"{PROJECT}:joinPassword"])
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
+def _plan(config: dict[str, str], secret_keys: list[str], stack: str) -> dict[str, Any]:
+    import program
+    from tools.mocks import run_program
+
+    graph = run_program(program.pulumi_program, config=config, secret_keys=secret_keys, stack=stack)
+    resources = graph.to_plan()
+    files = {"resources.json": json.dumps(resources, indent=2, sort_keys=False, default=str) + "\n"}
+    return {"resources": resources, "outputs": graph.outputs, "files": files}
+
+
+def _print_summary(resources: list[dict[str, Any]], outputs: dict[str, Any], out: Path, elapsed: float) -> None:
+    print(f"{len(resources)} resources would be declared:")
+    for r in resources:
+        parent = f"  (in {r['parent']})" if r["parent"] else ""
+        deps = f"  <- {', '.join(r['dependencies'])}" if r["dependencies"] else ""
+        print(f"  {r['type']:<50} {r['name']}{parent}{deps}")
+    secrets = sorted({r["name"] for r in resources if "[secret]" in json.dumps(r["inputs"])})
+    if secrets:
+        print(f"secret inputs (masked as [secret]): {', '.join(secrets)}")
+    print("outputs:")
+    for key, value in outputs.items():
+        print(f"  {key}: {json.dumps(value, default=str)}")
+    print(f"wrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out}/ in {elapsed:.2f} s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
