@@ -6,14 +6,25 @@ and the offline plan (tools/plan.py) use as an inline program.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
 
 import stack_config
+from cluster_config import JOIN_SCRIPT, SSH_SCRIPT
+from components.bootstrap_scripts import BootstrapScripts, BootstrapScriptsArgs
+from components.cluster_launcher import ClusterLauncher, ClusterLauncherArgs
+from components.cluster_role import ClusterRole, ClusterRoleArgs
 from components.directory import Directory, DirectoryArgs
+from components.home_storage import HomeStorage, HomeStorageArgs
+from components.join_function import JoinFunction, JoinFunctionArgs
+from components.join_secrets import JoinSecrets, JoinSecretsArgs
 from components.network import Network, NetworkArgs
 from stack_config import ConfigError, Problem, Settings
+
+ROOT = Path(__file__).resolve().parent
 
 
 def pulumi_program() -> None:
@@ -47,8 +58,66 @@ def pulumi_program() -> None:
         tags=tags,
     ))
 
-    # Seams for the join chain and the cluster (issues 3 and 4): JoinSecrets, JoinFunction,
-    # ClusterRole and ClusterLauncher are wired here from `settings`, `network` and `directory`.
+    # The join chain: credentials under a stack-owned KMS key, read only by the join function.
+    join_role_name = f"pcluster-ad-{settings.stack}-join-fn"
+    if len(join_role_name) > 64:  # IAM's limit for role names
+        _fail([Problem("stack name", f"{settings.stack!r} is too long: use at most 45 characters")])
+    secrets = JoinSecrets("join-secrets", JoinSecretsArgs(
+        stack=settings.stack,
+        domain_name=settings.directory.domain_name,
+        join_user=settings.join.user,
+        join_password=_join_password(settings, admin_password),
+        reader_role_name=join_role_name,
+        tags=tags,
+    ))
+    join_function = JoinFunction("join-function", JoinFunctionArgs(
+        role_name=join_role_name,
+        cluster_name=settings.cluster.name,
+        vpc_id=network.vpc_id,
+        domain_parameter_name=secrets.domain_parameter_name,
+        join_user_parameter_name=secrets.join_user_parameter_name,
+        join_password_parameter_name=secrets.join_password_parameter_name,
+        parameter_arns=secrets.parameter_arns,
+        key_arn=secrets.key_arn,
+        code_dir=str(ROOT / "lambda_src"),
+        tags=tags,
+    ))
+
+    # The cluster: scripts, node permissions, homes that outlive it, and the pcluster run.
+    scripts = BootstrapScripts("bootstrap", BootstrapScriptsArgs(
+        script_paths=[str(ROOT / "bootstrap" / JOIN_SCRIPT), str(ROOT / "bootstrap" / SSH_SCRIPT)],
+        tags=tags,
+    ))
+    role = ClusterRole("cluster-role", ClusterRoleArgs(
+        join_function_arn=join_function.function_arn,
+        bootstrap_bucket_arn=scripts.bucket_arn,
+        tags=tags,
+    ))
+    home = HomeStorage("home", HomeStorageArgs(
+        vpc_id=network.vpc_id,
+        mount_subnet_ids=[network.private_subnet_ids[i] for i in range(2)],
+        type=settings.cluster.home_storage.type,
+        deletion_policy=settings.cluster.home_storage.deletion_policy,
+        size_gib=settings.cluster.home_storage.size_gib,
+        ebs_availability_zone=_head_node_az(settings, azs) if settings.cluster.home_storage.type == "Ebs" else None,
+        existing_id=settings.cluster.home_storage.existing_id,
+        tags=tags,
+    ))
+    cluster = ClusterLauncher("cluster", ClusterLauncherArgs(
+        cluster=settings.cluster,
+        region=settings.region,
+        public_subnet_id=network.public_subnet_ids[0],
+        private_subnet_ids=network.private_subnet_ids,
+        scripts_base_uri=scripts.scripts_base_uri,
+        join_function_url=join_function.function_url,
+        additional_policy_arns=role.additional_policy_arns,
+        home_storage_type=settings.cluster.home_storage.type,
+        home_storage_id=home.storage_id,
+        node_security_group_ids=home.node_security_group_ids,
+        needs=[network, directory, directory.dhcp_association, secrets, join_function, *scripts.objects,
+               role, home, *home.ready],
+        tags=tags,
+    ))
 
     pulumi.export("region", settings.region)
     pulumi.export("vpcId", network.vpc_id)
@@ -57,6 +126,17 @@ def pulumi_program() -> None:
     pulumi.export("directoryId", directory.directory_id)
     pulumi.export("directoryDnsIps", directory.dns_ips)
     pulumi.export("domainName", directory.domain_name)
+    pulumi.export("joinFunctionUrl", join_function.function_url)
+    pulumi.export("joinParameterPrefix", f"/pcluster-ad/{settings.stack}/")
+    pulumi.export("bootstrapBucket", scripts.bucket_name)
+    pulumi.export("homeStorageId", home.storage_id)
+    pulumi.export("clusterName", cluster.cluster_name)
+    pulumi.export("clusterStatus", cluster.status)
+    pulumi.export("headNodePublicIp", cluster.head_node_public_ip)
+    pulumi.export("headNodePrivateIp", cluster.head_node_private_ip)
+    pulumi.export("sshCommand", cluster.head_node_public_ip.apply(
+        lambda ip: f"ssh <ad-user>@{ip}" if ip else "(after deployment) ssh <ad-user>@<headNodePublicIp>"))
+    pulumi.export("clusterConfig", cluster.config_yaml)
 
 
 def _load_or_fail() -> Settings:
@@ -118,3 +198,18 @@ def _admin_password(settings: Settings) -> pulumi.Output[str] | None:
         min_numeric=2, min_special=2,
     ))
     return generated.result
+
+
+def _join_password(settings: Settings, admin_password: pulumi.Output[str] | None) -> pulumi.Output[str]:
+    configured = pulumi.Config(stack_config.PROJECT).get_secret("joinPassword")
+    if configured is not None:
+        return configured
+    assert admin_password is not None  # stack_config requires joinPassword for an Existing directory
+    return admin_password
+
+
+def _head_node_az(settings: Settings, azs: list[str]) -> str:
+    """The head node runs in the first public subnet; an EBS home volume must be in its AZ."""
+    if settings.network.existing:
+        return aws.ec2.get_subnet(id=settings.network.public_subnet_id).availability_zone
+    return azs[0]

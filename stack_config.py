@@ -113,6 +113,7 @@ class HomeStorageSettings:
     type: str = "Efs"
     size_gib: int = 100  # Ebs only
     deletion_policy: str = "Retain"
+    existing_id: str | None = None  # a retained EFS file system (fs-...) or EBS volume (vol-...) to reuse
 
 
 @dataclass(frozen=True)
@@ -499,8 +500,9 @@ def _parse_cluster(problems: list[Problem], value: Any, network: NetworkSettings
 
     ssh_auth = r.bool("sshPasswordAuth", default=True)
     hs = _Reader(problems, r.sub("homeStorage"), r.value.get("homeStorage"))
-    hs.unknown_keys({"type", "sizeGiB", "deletionPolicy"})
+    hs.unknown_keys({"type", "sizeGiB", "deletionPolicy", "fileSystemId", "volumeId"})
     hs_type = hs.choice("type", HOME_STORAGE_TYPES, default="Efs") or "Efs"
+    existing_home = _existing_home(hs, hs_type)
     size = hs.int("sizeGiB", default=100) or 100
     if hs_type == "Ebs" and not 1 <= size <= 16384:
         hs.fail(hs.sub("sizeGiB"), f"must be 1-16384 GiB for an EBS volume, got {size}")
@@ -524,9 +526,28 @@ def _parse_cluster(problems: list[Problem], value: Any, network: NetworkSettings
     return ClusterSettings(
         name=name, os=os_name or "alinux2023", key_name=key_name, head_node_instance_type=head_type,
         queues=tuple(queues), ssh_password_auth=ssh_auth,
-        home_storage=HomeStorageSettings(type=hs_type, size_gib=size, deletion_policy=policy),
+        home_storage=HomeStorageSettings(type=hs_type, size_gib=size, deletion_policy=policy,
+                                         existing_id=existing_home),
         pcluster_version=version, allowed_ssh_cidr=ssh_cidr,
     )
+
+
+def _existing_home(hs: _Reader, hs_type: str) -> str | None:
+    """homeStorage.fileSystemId (Efs) / volumeId (Ebs): reattach homes kept by an earlier stack."""
+    fs_id, vol_id = hs.str("fileSystemId"), hs.str("volumeId")
+    if fs_id is not None:
+        if hs_type != "Efs":
+            hs.fail(hs.sub("fileSystemId"), "applies to type Efs: use volumeId for an EBS volume")
+        elif not re.match(r"^fs-[0-9a-f]{8,17}$", fs_id):
+            hs.fail(hs.sub("fileSystemId"), f"{fs_id!r} is not an EFS file system id such as fs-0123456789abcdef0")
+        return fs_id
+    if vol_id is not None:
+        if hs_type != "Ebs":
+            hs.fail(hs.sub("volumeId"), "applies to type Ebs: use fileSystemId for an EFS file system")
+        elif not re.match(r"^vol-[0-9a-f]{8,17}$", vol_id):
+            hs.fail(hs.sub("volumeId"), f"{vol_id!r} is not an EBS volume id such as vol-0123456789abcdef0")
+        return vol_id
+    return None
 
 
 def _parse_tags(problems: list[Problem], value: Any) -> dict[str, str]:

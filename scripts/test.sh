@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-log() { printf '[test.sh %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 if [ -f tools/install_adlab_deps.sh ]; then
   if [ "$(id -u)" -eq 0 ]; then
@@ -18,14 +19,7 @@ if [ -f tools/install_adlab_deps.sh ]; then
   fi
 fi
 
-if [ ! -x venv/bin/python ] || ! cmp -s requirements-dev.txt venv/.requirements-dev.txt \
-    || ! cmp -s requirements.txt venv/.requirements.txt; then
-  log "creating venv/ from requirements-dev.txt"
-  python3 -m venv venv
-  venv/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
-  cp requirements-dev.txt venv/.requirements-dev.txt
-  cp requirements.txt venv/.requirements.txt
-fi
+ensure_venv requirements-dev.txt
 
 if [ -f tools/pcluster_venv.sh ]; then
   log "ensuring the ParallelCluster CLI venv (.venv-pcluster/)"

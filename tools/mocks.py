@@ -40,10 +40,10 @@ _COMPUTED: dict[str, dict[str, str | None]] = {
     "aws:lambda/function:Function": {"arn": None, "invokeArn": None, "qualifiedArn": None, "version": None},
     "aws:lambda/functionUrl:FunctionUrl": {"functionUrl": None, "urlId": None},
     "aws:cloudwatch/logGroup:LogGroup": {"arn": None},
-    "aws:s3/bucket:Bucket": {"arn": None, "bucketRegionalDomainName": None},
-    "aws:s3/bucketV2:BucketV2": {"arn": None},
+    "aws:s3/bucket:Bucket": {"arn": None, "bucket": None, "bucketRegionalDomainName": None},
     "aws:s3/bucketObjectv2:BucketObjectv2": {"versionId": None, "etag": None},
     "aws:efs/fileSystem:FileSystem": {"arn": None, "dnsName": None},
+    "aws:ebs/volume:Volume": {"arn": None},
     "aws:ec2/vpc:Vpc": {"arn": None, "defaultSecurityGroupId": None, "mainRouteTableId": None},
     "aws:ec2/subnet:Subnet": {"arn": None},
     "aws:ec2/eip:Eip": {"publicIp": None, "allocationId": None},
@@ -74,8 +74,6 @@ class PlanMocks(Mocks):
                 state[prop] = placeholder(args.name, prop)
         if args.typ == "aws:iam/role:Role" and "name" not in state:
             state["name"] = placeholder(args.name, "name")
-        if args.typ == "aws:s3/bucketV2:BucketV2" and "bucket" not in state:
-            state["bucket"] = placeholder(args.name, "bucket")
         if args.typ == "aws:lambda/function:Function" and "name" not in state:
             state["name"] = placeholder(args.name, "name")
         resource_id = placeholder(args.name, "id") if args.custom else None
@@ -164,6 +162,26 @@ def mask_secrets(value: Any) -> Any:
     return value
 
 
+def describe_assets(value: Any, root: str | None = None) -> Any:
+    """Assets and archives (Lambda code, S3 objects) as JSON: their kind and source path."""
+    def rel(path: str) -> str:
+        return path[len(root) + 1:] if root and path.startswith(root + "/") else path
+
+    if isinstance(value, pulumi.FileAsset):
+        return {"fileAsset": rel(str(value.path))}
+    if isinstance(value, pulumi.StringAsset):
+        return {"stringAsset": f"{len(value.text)} characters"}
+    if isinstance(value, pulumi.FileArchive):
+        return {"fileArchive": rel(str(value.path))}
+    if isinstance(value, pulumi.AssetArchive):
+        return {"assetArchive": {k: describe_assets(v, root) for k, v in value.assets.items()}}
+    if isinstance(value, dict):
+        return {k: describe_assets(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [describe_assets(v, root) for v in value]
+    return value
+
+
 def unwrap_secrets(value: Any) -> Any:
     """The inputs with secret wrappers removed (tests only: to assert on real values)."""
     if rpc.is_rpc_secret(value):
@@ -179,6 +197,7 @@ def unwrap_secrets(value: Any) -> Any:
 class Graph:
     resources: list[RecordedResource]
     outputs: dict[str, Any]
+    root: str | None = None  # paths of assets are shown relative to it
 
     def by_urn(self) -> dict[str, RecordedResource]:
         return {r.urn: r for r in self.resources}
@@ -206,7 +225,7 @@ class Graph:
             "name": r.name,
             "parent": self.parent_name(r),
             "dependencies": self.dependency_names(r),
-            "inputs": mask_secrets(r.inputs),
+            "inputs": describe_assets(mask_secrets(r.inputs), self.root),
             **({"options": _non_default(r.options)} if _non_default(r.options) else {}),
         } for r in self.resources]
 

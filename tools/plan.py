@@ -93,8 +93,13 @@ def _plan(config: dict[str, str], secret_keys: list[str], stack: str) -> dict[st
     from tools.mocks import run_program
 
     graph = run_program(program.pulumi_program, config=config, secret_keys=secret_keys, stack=stack)
+    graph.root = str(ROOT)
     resources = graph.to_plan()
     files = {"resources.json": json.dumps(resources, indent=2, sort_keys=False, default=str) + "\n"}
+    if isinstance(graph.outputs.get("clusterConfig"), str):
+        files["cluster-config.yaml"] = (
+            "# ParallelCluster 3 config as the stack would render it; <after-deploy:...> values are known\n"
+            "# only after deployment.\n" + graph.outputs["clusterConfig"])
     return {"resources": resources, "outputs": graph.outputs, "files": files}
 
 
@@ -109,7 +114,8 @@ def _print_summary(resources: list[dict[str, Any]], outputs: dict[str, Any], out
         print(f"secret inputs (masked as [secret]): {', '.join(secrets)}")
     print("outputs:")
     for key, value in outputs.items():
-        print(f"  {key}: {json.dumps(value, default=str)}")
+        if key != "clusterConfig":
+            print(f"  {key}: {json.dumps(value, default=str)}")
     print(f"wrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out}/ in {elapsed:.2f} s")
 
 

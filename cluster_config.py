@@ -1,0 +1,140 @@
+"""Render the ParallelCluster 3 cluster configuration (YAML) from plain values.
+
+Pure and side-effect free: the ClusterLauncher component feeds it resolved component
+outputs, the offline plan feeds it placeholders, and the tests feed it to the real
+ParallelCluster schema. The config never holds a secret: nodes fetch the join credentials
+from the join function at boot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import yaml
+
+JOIN_SCRIPT = "join-domain.sh"
+SSH_SCRIPT = "enable-ssh-password-auth.sh"
+JOIN_TIMEOUT_SECONDS = 600
+
+
+@dataclass(frozen=True)
+class Queue:
+    name: str
+    instance_type: str
+    min_count: int
+    max_count: int
+    ssh_password_auth: bool = False
+
+
+@dataclass(frozen=True)
+class HomeStorage:
+    type: str  # Efs | Ebs
+    id: str  # an EFS file system id or an EBS volume id, managed by this stack (outlives the cluster)
+
+
+@dataclass(frozen=True)
+class ClusterConfigInputs:
+    region: str
+    os: str
+    head_node_instance_type: str
+    public_subnet_id: str
+    private_subnet_ids: Sequence[str]
+    queues: Sequence[Queue]
+    scripts_base_uri: str  # s3://bucket/prefix (no trailing slash)
+    join_function_url: str
+    additional_policy_arns: Sequence[str]
+    home: HomeStorage
+    node_security_group_ids: Sequence[str] = ()
+    key_name: str | None = None
+    allowed_ssh_cidr: str = "0.0.0.0/0"
+    head_node_ssh_password_auth: bool = True
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def compute_resource_name(instance_type: str) -> str:
+    """c5.large -> c5-large (ParallelCluster: lower-case letters, digits and hyphens)."""
+    return instance_type.replace(".", "-").lower()
+
+
+def render(inputs: ClusterConfigInputs) -> dict:
+    join_action = {
+        "Script": f"{inputs.scripts_base_uri}/{JOIN_SCRIPT}",
+        "Args": ["--function-url", inputs.join_function_url, "--region", inputs.region,
+                 "--timeout", str(JOIN_TIMEOUT_SECONDS)],
+    }
+    ssh_action = {"Script": f"{inputs.scripts_base_uri}/{SSH_SCRIPT}"}
+    policies = [{"Policy": arn} for arn in inputs.additional_policy_arns]
+
+    def custom_actions(ssh: bool) -> dict:
+        actions: dict = {"OnNodeStart": join_action}
+        if ssh:
+            actions["OnNodeConfigured"] = ssh_action
+        return actions
+
+    head_networking: dict = {"SubnetId": inputs.public_subnet_id}
+    queue_networking: dict = {"SubnetIds": list(inputs.private_subnet_ids)}
+    if inputs.node_security_group_ids:
+        # Lets nodes reach the stack-managed home file system (its mount targets admit this group only).
+        head_networking["AdditionalSecurityGroups"] = list(inputs.node_security_group_ids)
+        queue_networking["AdditionalSecurityGroups"] = list(inputs.node_security_group_ids)
+
+    ssh: dict = {"AllowedIps": inputs.allowed_ssh_cidr}
+    if inputs.key_name:
+        ssh["KeyName"] = inputs.key_name
+
+    home: dict = {"MountDir": "/home", "Name": "home", "StorageType": inputs.home.type}
+    if inputs.home.type == "Efs":
+        home["EfsSettings"] = {"FileSystemId": inputs.home.id}
+    else:
+        home["EbsSettings"] = {"VolumeId": inputs.home.id}
+
+    config: dict = {
+        "Region": inputs.region,
+        "Image": {"Os": inputs.os},
+        "HeadNode": {
+            "InstanceType": inputs.head_node_instance_type,
+            "Networking": head_networking,
+            "Ssh": ssh,
+            "Iam": {"AdditionalIamPolicies": policies},
+            "CustomActions": custom_actions(inputs.head_node_ssh_password_auth),
+        },
+        "Scheduling": {
+            "Scheduler": "slurm",
+            "SlurmSettings": {
+                # The VPC's DHCP options carry the AD domain, so the EC2 host names are the ones
+                # that resolve on every node (ParallelCluster's own switch for this case).
+                "Dns": {"UseEc2Hostnames": True},
+            },
+            "SlurmQueues": [
+                {
+                    "Name": q.name,
+                    "ComputeResources": [{
+                        "Name": compute_resource_name(q.instance_type),
+                        "InstanceType": q.instance_type,
+                        "MinCount": q.min_count,
+                        "MaxCount": q.max_count,
+                    }],
+                    "Networking": queue_networking,
+                    "Iam": {"AdditionalIamPolicies": policies},
+                    "CustomActions": custom_actions(q.ssh_password_auth),
+                }
+                for q in inputs.queues
+            ],
+        },
+        "SharedStorage": [home],
+    }
+    if inputs.tags:
+        config["Tags"] = [{"Key": k, "Value": v} for k, v in sorted(inputs.tags.items())]
+    return config
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    """Writes shared sub-objects out in full: the config is read by people, not just parsers."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
+def to_yaml(config: dict) -> str:
+    return yaml.dump(config, Dumper=_NoAliasDumper, sort_keys=False, default_flow_style=False)

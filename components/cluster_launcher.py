@@ -1,0 +1,141 @@
+"""ClusterLauncher: the ParallelCluster 3 config and the command that drives the `pcluster` CLI.
+
+The rendered config (cluster_config.py) goes to `python -m launcher` on stdin; the launcher
+creates, updates or deletes the cluster and prints a final JSON line that becomes this
+component's outputs. The command depends on everything a booting node needs, so Pulumi runs
+it last on `up` and deletes the cluster first on `destroy`, before the network and directory.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_command as command
+
+from cluster_config import ClusterConfigInputs, HomeStorage, Queue, render, to_yaml
+from stack_config import ClusterSettings
+
+LAUNCHER = "venv/bin/python -m launcher"
+
+
+@dataclass
+class ClusterLauncherArgs:
+    cluster: ClusterSettings
+    region: str
+    public_subnet_id: pulumi.Input[str]
+    private_subnet_ids: pulumi.Input[Sequence[str]]
+    scripts_base_uri: pulumi.Input[str]
+    join_function_url: pulumi.Input[str]
+    additional_policy_arns: pulumi.Input[Sequence[str]]
+    home_storage_type: str
+    home_storage_id: pulumi.Input[str]
+    node_security_group_ids: pulumi.Input[Sequence[str]]
+    # Everything a booting node needs: directory, DHCP association, join function URL and its
+    # permissions, uploaded scripts, home mount targets. The cluster is created after them
+    # and deleted before them.
+    needs: Sequence[pulumi.Resource] = ()
+    timeout_minutes: int = 90
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def launcher_commands(cluster_name: str, region: str, pcluster_version: str) -> dict[str, str]:
+    """The create/update/delete command lines. Only what must REPLACE the cluster when it
+    changes (name, region, ParallelCluster version) is in `create`; the config travels on stdin
+    and the time limit in the environment, so that changing them runs `update` instead."""
+    target = f"--cluster-name {shlex.quote(cluster_name)} --region {shlex.quote(region)}"
+    version = f"PCLUSTER_AD_PCLUSTER_VERSION={shlex.quote(pcluster_version)}"
+    timeout = '--timeout "$PCLUSTER_AD_TIMEOUT_SECONDS"'
+    return {
+        "create": f"{version} {LAUNCHER} create {target} --config-file - {timeout}",
+        "update": f"{version} {LAUNCHER} update {target} --config-file - {timeout}",
+        "delete": f"{version} {LAUNCHER} delete {target} {timeout}",
+    }
+
+
+def parse_launcher_result(stdout: str) -> dict:
+    """The launcher's last stdout line (JSON). Before deployment (preview, offline plan) the
+    output is not JSON: placeholders are returned instead."""
+    for line in reversed((stdout or "").strip().splitlines()):
+        try:
+            result = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(result, dict):
+            return result
+    return {"clusterName": None, "status": None, "headNodePublicIp": None, "headNodePrivateIp": None}
+
+
+class ClusterLauncher(pulumi.ComponentResource):
+    config_yaml: pulumi.Output[str]
+    cluster_name: pulumi.Output[str]
+    status: pulumi.Output[str | None]
+    head_node_public_ip: pulumi.Output[str | None]
+    head_node_private_ip: pulumi.Output[str | None]
+
+    def __init__(self, name: str, args: ClusterLauncherArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("pcluster-ad:index:ClusterLauncher", name, None, opts)
+        c = args.cluster
+
+        def render_yaml(values: list) -> str:
+            public_subnet, private_subnets, scripts_uri, url, policies, home_id, node_sgs = values
+            return to_yaml(render(ClusterConfigInputs(
+                region=args.region,
+                os=c.os,
+                head_node_instance_type=c.head_node_instance_type,
+                public_subnet_id=public_subnet,
+                private_subnet_ids=list(private_subnets),
+                queues=[Queue(q.name, q.instance_type, q.min_count, q.max_count, q.ssh_password_auth)
+                        for q in c.queues],
+                scripts_base_uri=scripts_uri,
+                join_function_url=url,
+                additional_policy_arns=list(policies),
+                home=HomeStorage(args.home_storage_type, home_id),
+                node_security_group_ids=list(node_sgs),
+                key_name=c.key_name,
+                allowed_ssh_cidr=c.allowed_ssh_cidr,
+                head_node_ssh_password_auth=c.ssh_password_auth,
+                tags=args.tags,
+            )))
+
+        self.config_yaml = pulumi.Output.all(
+            args.public_subnet_id, args.private_subnet_ids, args.scripts_base_uri, args.join_function_url,
+            args.additional_policy_arns, args.home_storage_id, args.node_security_group_ids,
+        ).apply(render_yaml)
+
+        commands = launcher_commands(c.name, args.region, c.pcluster_version)
+        timeout = f"{args.timeout_minutes}m"
+        run = command.local.Command(
+            f"{name}-pcluster",
+            command.local.CommandArgs(
+                create=commands["create"],
+                update=commands["update"],
+                delete=commands["delete"],
+                stdin=self.config_yaml,
+                # The launcher gives up a minute inside Pulumi's own timeout, with a clear message.
+                environment={"PCLUSTER_AD_TIMEOUT_SECONDS": str(args.timeout_minutes * 60 - 60)},
+            ),
+            pulumi.ResourceOptions(
+                parent=self,
+                depends_on=list(args.needs),
+                # A new name, region or ParallelCluster version is a new cluster; delete the old
+                # one first (an EBS home volume attaches to one head node at a time).
+                replace_on_changes=["create"],
+                delete_before_replace=True,
+                custom_timeouts=pulumi.CustomTimeouts(create=timeout, update=timeout, delete=timeout),
+            ),
+        )
+        result = run.stdout.apply(parse_launcher_result)
+        self.cluster_name = pulumi.Output.from_input(c.name)
+        self.status = result.apply(lambda r: r.get("status"))
+        self.head_node_public_ip = result.apply(lambda r: r.get("headNodePublicIp"))
+        self.head_node_private_ip = result.apply(lambda r: r.get("headNodePrivateIp"))
+        self.register_outputs({
+            "clusterName": self.cluster_name,
+            "status": self.status,
+            "headNodePublicIp": self.head_node_public_ip,
+            "headNodePrivateIp": self.head_node_private_ip,
+        })

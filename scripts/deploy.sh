@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# One command from a fresh clone to a deployed stack:
+#   bash scripts/deploy.sh [STACK] [pulumi up flags...]      (STACK defaults to dev)
+# 1. checks the prerequisites (Pulumi CLI, Node.js, AWS credentials hint, passphrase),
+# 2. installs the program's venv (venv/) and the ParallelCluster CLI's own (.venv-pcluster/),
+# 3. validates the stack config offline (tools.plan: every problem at once, nothing created),
+# 4. selects (or creates) the stack and runs `pulumi up`, which previews and asks before changing anything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+
+stack=${1:-dev}
+[ $# -gt 0 ] && shift
+if [ ! -f "Pulumi.$stack.yaml" ]; then
+  stacks=$(for f in Pulumi.*.yaml; do f=${f#Pulumi.}; printf '%s ' "${f%.yaml}"; done)
+  log "error: Pulumi.$stack.yaml not found; stacks here: $stacks"
+  exit 2
+fi
+
+missing=0
+if ! command -v pulumi >/dev/null; then
+  log "error: the Pulumi CLI is not installed: https://www.pulumi.com/docs/install/ (curl -fsSL https://get.pulumi.com | sh)"
+  missing=1
+fi
+if ! command -v node >/dev/null; then
+  log "error: Node.js is not installed: the ParallelCluster CLI needs it (Node.js 18 or newer)"
+  missing=1
+fi
+if [ -z "${PULUMI_CONFIG_PASSPHRASE:-}" ] && [ -z "${PULUMI_CONFIG_PASSPHRASE_FILE:-}" ]; then
+  log "error: set PULUMI_CONFIG_PASSPHRASE (or PULUMI_CONFIG_PASSPHRASE_FILE): it encrypts this stack's secrets"
+  missing=1
+fi
+if [ -z "${AWS_PROFILE:-}${AWS_ACCESS_KEY_ID:-}" ] && [ ! -f "${AWS_SHARED_CREDENTIALS_FILE:-$HOME/.aws/credentials}" ] \
+    && [ ! -f "${AWS_CONFIG_FILE:-$HOME/.aws/config}" ]; then
+  log "warning: no AWS credentials found in the environment or ~/.aws; pulumi will fail if none are available"
+fi
+[ "$missing" -eq 0 ] || exit 2
+
+ensure_venv requirements.txt
+log "ensuring the ParallelCluster CLI venv (.venv-pcluster/)"
+bash tools/pcluster_venv.sh >/dev/null
+
+log "validating Pulumi.$stack.yaml offline"
+venv/bin/python -m tools.plan "$stack" --out "plan-out/$stack" >/dev/null
+
+pulumi stack select --create "$stack"
+log "pulumi up --stack $stack $*"
+pulumi up --stack "$stack" "$@"

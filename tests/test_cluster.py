@@ -1,0 +1,208 @@
+"""ClusterRole, BootstrapScripts, HomeStorage and ClusterLauncher in the full program graph,
+and the rendered cluster config checked by the real ParallelCluster schema."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from cluster_config import compute_resource_name
+from components.cluster_launcher import launcher_commands, parse_launcher_result
+from tests.conftest import ROOT, stack_doc
+from tools.pcluster_schema import validate
+
+COMMAND = "command:local:Command"
+
+
+def policy_of(resource) -> dict:
+    return json.loads(resource.inputs["policy"])
+
+
+def test_node_policy_is_least_privilege(run_stack):
+    g = run_stack()
+    policy = policy_of(g.named("cluster-role-node-policy"))
+    by_sid = {s["Sid"]: s for s in policy["Statement"]}
+    assert set(by_sid) == {"CallJoinFunctionUrl", "InvokeJoinFunctionViaUrlOnly", "ReadBootstrapScripts"}
+    (function,) = g.of_type("aws:lambda/function:Function")
+    function_arn = f"<after-deploy:{function.name}.arn>"
+    assert by_sid["CallJoinFunctionUrl"]["Resource"] == by_sid["InvokeJoinFunctionViaUrlOnly"]["Resource"]
+    assert by_sid["CallJoinFunctionUrl"]["Condition"] == {"StringEquals": {"lambda:FunctionUrlAuthType": "AWS_IAM"}}
+    assert by_sid["InvokeJoinFunctionViaUrlOnly"]["Condition"] == {"Bool": {"lambda:InvokedViaFunctionUrl": "true"}}
+    assert by_sid["ReadBootstrapScripts"] == {
+        "Sid": "ReadBootstrapScripts", "Effect": "Allow", "Action": "s3:GetObject",
+        "Resource": "<after-deploy:bootstrap-bucket.arn>/bootstrap/*"}
+    for statement in policy["Statement"]:
+        assert statement["Effect"] == "Allow"
+        assert "*" not in json.dumps(statement["Resource"]).replace("/bootstrap/*", "")
+        assert not isinstance(statement["Action"], list) or len(statement["Action"]) == 1
+    assert by_sid["CallJoinFunctionUrl"]["Resource"] == function_arn
+
+
+def test_bootstrap_bucket_is_private_encrypted_versioned_tls_only(run_stack):
+    g = run_stack()
+    block = g.named("bootstrap-public-access-block").inputs
+    assert all(block[k] is True for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls",
+                                          "restrictPublicBuckets"))
+    assert g.named("bootstrap-versioning").inputs["versioningConfiguration"]["status"] == "Enabled"
+    sse = g.named("bootstrap-encryption").inputs["rules"][0]["applyServerSideEncryptionByDefault"]
+    assert sse["sseAlgorithm"] == "AES256"
+    deny = policy_of(g.named("bootstrap-tls-only"))["Statement"][0]
+    assert deny["Effect"] == "Deny" and deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    keys = sorted(r.inputs["key"] for r in g.of_type("aws:s3/bucketObjectv2:BucketObjectv2"))
+    assert keys == ["bootstrap/enable-ssh-password-auth.sh", "bootstrap/join-domain.sh"]
+
+
+def test_changed_script_changes_the_uploaded_object(run_stack, tmp_path, monkeypatch):
+    import program
+
+    before = run_stack().named("bootstrap-join-domain").inputs["sourceHash"]
+    changed = tmp_path / "bootstrap"
+    changed.mkdir()
+    for f in (ROOT / "bootstrap").iterdir():
+        (changed / f.name).write_bytes(f.read_bytes())
+    (changed / "join-domain.sh").write_text((ROOT / "bootstrap" / "join-domain.sh").read_text() + "\n# v2\n")
+    (tmp_path / "lambda_src").symlink_to(ROOT / "lambda_src")
+    monkeypatch.setattr(program, "ROOT", tmp_path)
+    after = run_stack().named("bootstrap-join-domain").inputs["sourceHash"]
+    assert before != after and len(after) == 64
+
+
+def test_home_efs_outlives_the_cluster_and_admits_only_cluster_nodes(run_stack):
+    g = run_stack()
+    efs = g.named("home-efs")
+    assert efs.inputs["encrypted"] is True
+    assert efs.options["retainOnDelete"] is True  # Retain: `pulumi destroy` keeps the homes
+    targets = g.of_type("aws:efs/mountTarget:MountTarget")
+    assert sorted(t.inputs["subnetId"] for t in targets) == ["<after-deploy:network-private-a.id>",
+                                                              "<after-deploy:network-private-b.id>"]
+    assert all(not t.options["retainOnDelete"] for t in targets)  # they live in subnets that go
+    ingress = g.named("home-mount-targets").inputs["ingress"]
+    assert ingress == [{"protocol": "tcp", "fromPort": 2049, "toPort": 2049,
+                        "securityGroups": ["<after-deploy:home-clients.id>"], "description": "NFS from cluster nodes"}]
+    config = yaml.safe_load(g.outputs["clusterConfig"])
+    assert config["SharedStorage"] == [{"MountDir": "/home", "Name": "home", "StorageType": "Efs",
+                                        "EfsSettings": {"FileSystemId": "<after-deploy:home-efs.id>"}}]
+    assert config["HeadNode"]["Networking"]["AdditionalSecurityGroups"] == ["<after-deploy:home-clients.id>"]
+
+
+def test_home_delete_policy_and_reattach(run_stack):
+    g = run_stack(lambda c: c["pcluster-ad:cluster"]["homeStorage"].update(deletionPolicy="Delete"))
+    assert g.named("home-efs").options["retainOnDelete"] is False
+    g = run_stack(lambda c: c["pcluster-ad:cluster"]["homeStorage"].update(fileSystemId="fs-0123456789abcdef0"))
+    assert not g.of_type("aws:efs/fileSystem:FileSystem")
+    assert {t.inputs["fileSystemId"] for t in g.of_type("aws:efs/mountTarget:MountTarget")} == {"fs-0123456789abcdef0"}
+
+
+def test_home_on_ebs_in_the_head_node_az(run_stack):
+    g = run_stack(lambda c: c["pcluster-ad:cluster"].__setitem__("homeStorage", {"type": "Ebs", "sizeGiB": 500}))
+    volume = g.named("home-volume")
+    assert volume.inputs["availabilityZone"] == "eu-west-1a" and volume.inputs["size"] == 500
+    assert volume.inputs["encrypted"] is True and volume.options["retainOnDelete"] is True
+    assert g.named("network-public-a").inputs["availabilityZone"] == "eu-west-1a"  # where the head node runs
+    config = yaml.safe_load(g.outputs["clusterConfig"])
+    assert config["SharedStorage"][0]["EbsSettings"] == {"VolumeId": "<after-deploy:home-volume.id>"}
+
+
+def test_launcher_runs_after_everything_a_node_needs(run_stack):
+    g = run_stack()
+    cmd = g.named("cluster-pcluster")
+    assert cmd.type == COMMAND and g.parent_name(cmd) == "cluster"
+    deps = set(g.dependency_names(cmd))
+    # depends_on a component means on all of its children: check the ones a booting node needs.
+    needed = {"directory-ad", "directory-dhcp-assoc", "bootstrap-join-domain", "bootstrap-enable-ssh-password-auth",
+              "cluster-role-node-policy", "home-mt-0", "home-mt-1", "network-private-a-rta", "network-nat-a"}
+    needed |= {r.name for r in g.resources if r.custom and g.parent_name(r) in ("join-function", "join-secrets")}
+    assert any(r.type == "aws:lambda/functionUrl:FunctionUrl" for r in g.resources if r.name in needed)
+    assert needed <= deps, sorted(needed - deps)
+    assert cmd.options["deleteBeforeReplace"] is True
+    assert "create" in cmd.options["replaceOnChanges"]
+    assert cmd.options["customTimeouts"]["create"] == "90m"
+
+
+def test_launcher_command_lines_carry_no_config_and_no_secret(run_stack):
+    g = run_stack(secrets={"pcluster-ad:adminPassword": "Sup3r-Secret-Passw0rd"})
+    cmd = g.named("cluster-pcluster").inputs
+    assert cmd["create"].startswith("PCLUSTER_AD_PCLUSTER_VERSION=3.16.1 venv/bin/python -m launcher create")
+    assert "--cluster-name hpc-dev --region eu-west-1 --config-file -" in cmd["create"]
+    assert " update " in cmd["update"] and " delete " in cmd["delete"] and "--config-file" not in cmd["delete"]
+    assert yaml.safe_load(cmd["stdin"]) == yaml.safe_load(g.outputs["clusterConfig"])
+    assert "Sup3r-Secret-Passw0rd" not in json.dumps(cmd)
+    assert "Sup3r-Secret-Passw0rd" not in g.outputs["clusterConfig"]
+
+
+def test_launcher_commands_replace_only_on_identity_changes():
+    a = launcher_commands("hpc", "eu-west-1", "3.16.1")
+    assert launcher_commands("hpc2", "eu-west-1", "3.16.1")["create"] != a["create"]
+    assert launcher_commands("hpc", "us-east-1", "3.16.1")["create"] != a["create"]
+    assert launcher_commands("hpc", "eu-west-1", "3.15.0")["create"] != a["create"]
+    assert "'hpc; rm -rf /'" in launcher_commands("hpc; rm -rf /", "eu-west-1", "3.16.1")["create"]
+
+
+def test_launcher_time_limit_is_in_the_environment(run_stack):
+    cmd = run_stack().named("cluster-pcluster").inputs
+    assert cmd["environment"] == {"PCLUSTER_AD_TIMEOUT_SECONDS": str(90 * 60 - 60)}
+    assert '--timeout "$PCLUSTER_AD_TIMEOUT_SECONDS"' in cmd["create"]
+
+
+def test_parse_launcher_result():
+    last = {"clusterName": "hpc", "status": "CREATE_COMPLETE", "headNodePublicIp": "203.0.113.9",
+            "headNodePrivateIp": "10.0.128.4"}
+    assert parse_launcher_result("progress\n" + json.dumps(last) + "\n") == last
+    assert parse_launcher_result("<after-deploy:cluster-pcluster.stdout>")["status"] is None
+
+
+def test_rendered_config_joins_every_node_and_keeps_ssh_off_compute(run_stack):
+    config = yaml.safe_load(run_stack().outputs["clusterConfig"])
+    head = config["HeadNode"]
+    join = head["CustomActions"]["OnNodeStart"]
+    assert join["Script"] == "s3://<after-deploy:bootstrap-bucket.bucket>/bootstrap/join-domain.sh"
+    assert join["Args"] == ["--function-url", "<after-deploy:join-function-url.functionUrl>", "--region",
+                            "eu-west-1", "--timeout", "600"]
+    assert head["CustomActions"]["OnNodeConfigured"]["Script"].endswith("/enable-ssh-password-auth.sh")
+    assert head["Networking"]["SubnetId"] == "<after-deploy:network-public-a.id>"
+    assert head["Ssh"] == {"AllowedIps": "0.0.0.0/0", "KeyName": "hpc-dev-key"}
+    assert head["Iam"]["AdditionalIamPolicies"] == [{"Policy": "<after-deploy:cluster-role-node-policy.arn>"}]
+    (queue,) = config["Scheduling"]["SlurmQueues"]
+    assert queue["CustomActions"] == {"OnNodeStart": join}
+    assert queue["Networking"]["SubnetIds"] == ["<after-deploy:network-private-a.id>",
+                                                "<after-deploy:network-private-b.id>"]
+    assert queue["ComputeResources"] == [{"Name": "c5-large", "InstanceType": "c5.large", "MinCount": 2,
+                                          "MaxCount": 10}]
+    assert config["Scheduling"]["SlurmSettings"]["Dns"] == {"UseEc2Hostnames": True}
+
+
+def test_compute_resource_names():
+    assert compute_resource_name("c6i.4xlarge") == "c6i-4xlarge"
+
+
+def concrete(config_yaml: str) -> str:
+    """Placeholders -> values of the right shape, so that the schema judges the structure."""
+    fake = {"network-public-a.id": "subnet-0aaaaaaaaaaaaaaaa", "network-private-a.id": "subnet-0bbbbbbbbbbbbbbbb",
+            "network-private-b.id": "subnet-0cccccccccccccccc", "home-efs.id": "fs-0123456789abcdef0",
+            "home-volume.id": "vol-0123456789abcdef0", "home-clients.id": "sg-0123456789abcdef0",
+            "bootstrap-bucket.bucket": "pcluster-ad-bootstrap-abc",
+            "join-function-url.functionUrl": "https://abc.lambda-url.eu-west-1.on.aws/",
+            "cluster-role-node-policy.arn": "arn:aws:iam::123456789012:policy/node"}
+    for key, value in fake.items():
+        config_yaml = config_yaml.replace(f"<after-deploy:{key}>", value)
+    assert "<after-deploy:" not in config_yaml, config_yaml
+    return config_yaml
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_sample_stack_config_passes_the_real_parallelcluster_schema(run_stack, stack):
+    g = run_stack(stack=stack)
+    doc = stack_doc(stack)["config"]
+    errors = validate(concrete(g.outputs["clusterConfig"]), doc["pcluster-ad:cluster"]["name"], doc["aws:region"])
+    assert errors == []
+
+
+def test_the_real_schema_rejects_a_broken_render(run_stack):
+    config = yaml.safe_load(concrete(run_stack().outputs["clusterConfig"]))
+    del config["HeadNode"]["Networking"]["SubnetId"]
+    config["Scheduling"]["SlurmQueues"][0]["ComputeResources"][0]["MinCount"] = -1
+    errors = validate(yaml.safe_dump(config), "hpc-dev", "eu-west-1")
+    assert any("SubnetId" in e for e in errors), errors
+    assert any("MinCount" in e for e in errors), errors

@@ -1,0 +1,71 @@
+"""scripts/deploy.sh as a newcomer runs it, with a stand-in `pulumi` that records its calls
+(the real CLI cannot be installed here)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import yaml
+
+from tests.conftest import ROOT, stack_doc
+
+STAND_IN = """#!/bin/sh
+printf '%s\\n' "$*" >> "$PULUMI_CALLS"
+"""
+
+
+def run_deploy(tmp_path, *args: str, with_pulumi: bool = True, passphrase: bool = True):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    if with_pulumi:
+        (bin_dir / "pulumi").write_text(STAND_IN)
+        (bin_dir / "pulumi").chmod(0o755)
+    node = shutil.which("node")
+    if node:
+        (bin_dir / "node").symlink_to(node) if not (bin_dir / "node").exists() else None
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "PULUMI_CALLS": str(tmp_path / "calls")}
+    if passphrase:
+        env["PULUMI_CONFIG_PASSPHRASE"] = "test-passphrase"
+    if os.environ.get("PCLUSTER_AD_PCLUSTER_VENV"):
+        env["PCLUSTER_AD_PCLUSTER_VENV"] = os.environ["PCLUSTER_AD_PCLUSTER_VENV"]
+    result = subprocess.run(["bash", "scripts/deploy.sh", *args], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=600, check=False)
+    calls = (tmp_path / "calls").read_text().splitlines() if (tmp_path / "calls").exists() else []
+    return result, calls
+
+
+def test_missing_prerequisites_are_named_before_anything_runs(tmp_path):
+    result, calls = run_deploy(tmp_path, "dev", with_pulumi=False, passphrase=False)
+    assert result.returncode == 2
+    assert "Pulumi CLI is not installed" in result.stdout
+    assert "PULUMI_CONFIG_PASSPHRASE" in result.stdout
+    assert calls == []
+
+
+def test_unknown_stack_is_named(tmp_path):
+    result, calls = run_deploy(tmp_path, "nosuch")
+    assert result.returncode == 2 and "Pulumi.nosuch.yaml not found" in result.stdout and "dev" in result.stdout
+    assert calls == []
+
+
+def test_deploys_the_dev_stack_after_validating_it(tmp_path):
+    result, calls = run_deploy(tmp_path, "dev", "--yes")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert calls == ["stack select --create dev", "up --stack dev --yes"]
+
+
+def test_invalid_config_stops_before_pulumi(tmp_path):
+    doc = stack_doc("dev")
+    doc["config"]["pcluster-ad:cluster"]["queues"][0]["minCount"] = 99
+    bad = ROOT / "Pulumi.citest-bad.yaml"
+    bad.write_text(yaml.safe_dump(doc))
+    try:
+        result, calls = run_deploy(tmp_path, "citest-bad")
+    finally:
+        bad.unlink()
+        shutil.rmtree(ROOT / "plan-out" / "citest-bad", ignore_errors=True)
+    assert result.returncode != 0
+    assert "queues[0].minCount" in result.stderr
+    assert calls == []
