@@ -89,7 +89,7 @@ def pulumi_program() -> None:
         tags=tags,
     ))
     role = ClusterRole("cluster-role", ClusterRoleArgs(
-        join_function_arn=join_function.function_arn,
+        join_invoke_policy_arn=join_function.invoke_policy_arn,
         bootstrap_bucket_arn=scripts.bucket_arn,
         tags=tags,
     ))
@@ -126,7 +126,9 @@ def pulumi_program() -> None:
     pulumi.export("directoryId", directory.directory_id)
     pulumi.export("directoryDnsIps", directory.dns_ips)
     pulumi.export("domainName", directory.domain_name)
+    pulumi.export("joinFunctionName", join_function.function_name)
     pulumi.export("joinFunctionUrl", join_function.function_url)
+    pulumi.export("joinKeyAlias", secrets.key_alias)
     pulumi.export("joinParameterPrefix", f"/pcluster-ad/{settings.stack}/")
     pulumi.export("bootstrapBucket", scripts.bucket_name)
     pulumi.export("homeStorageId", home.storage_id)

@@ -20,24 +20,21 @@ def policy_of(resource) -> dict:
     return json.loads(resource.inputs["policy"])
 
 
-def test_node_policy_is_least_privilege(run_stack):
+def test_node_policies_are_least_privilege(run_stack):
     g = run_stack()
-    policy = policy_of(g.named("cluster-role-node-policy"))
-    by_sid = {s["Sid"]: s for s in policy["Statement"]}
-    assert set(by_sid) == {"CallJoinFunctionUrl", "InvokeJoinFunctionViaUrlOnly", "ReadBootstrapScripts"}
     (function,) = g.of_type("aws:lambda/function:Function")
-    function_arn = f"<after-deploy:{function.name}.arn>"
-    assert by_sid["CallJoinFunctionUrl"]["Resource"] == by_sid["InvokeJoinFunctionViaUrlOnly"]["Resource"]
-    assert by_sid["CallJoinFunctionUrl"]["Condition"] == {"StringEquals": {"lambda:FunctionUrlAuthType": "AWS_IAM"}}
-    assert by_sid["InvokeJoinFunctionViaUrlOnly"]["Condition"] == {"Bool": {"lambda:InvokedViaFunctionUrl": "true"}}
-    assert by_sid["ReadBootstrapScripts"] == {
-        "Sid": "ReadBootstrapScripts", "Effect": "Allow", "Action": "s3:GetObject",
-        "Resource": "<after-deploy:bootstrap-bucket.arn>/bootstrap/*"}
-    for statement in policy["Statement"]:
-        assert statement["Effect"] == "Allow"
-        assert "*" not in json.dumps(statement["Resource"]).replace("/bootstrap/*", "")
-        assert not isinstance(statement["Action"], list) or len(statement["Action"]) == 1
-    assert by_sid["CallJoinFunctionUrl"]["Resource"] == function_arn
+    config = yaml.safe_load(g.outputs["clusterConfig"])
+    attached = [p["Policy"] for p in config["HeadNode"]["Iam"]["AdditionalIamPolicies"]]
+    assert attached == ["<after-deploy:join-function-invoke-policy.arn>",
+                        "<after-deploy:cluster-role-scripts-policy.arn>"]
+    for queue in config["Scheduling"]["SlurmQueues"]:
+        assert [p["Policy"] for p in queue["Iam"]["AdditionalIamPolicies"]] == attached
+    invoke = policy_of(g.named("join-function-invoke-policy"))["Statement"]
+    assert sorted(a for st in invoke for a in st["Action"]) == ["lambda:InvokeFunction", "lambda:InvokeFunctionUrl"]
+    assert all(st["Resource"] == [f"<after-deploy:{function.name}.arn>"] for st in invoke)
+    scripts = policy_of(g.named("cluster-role-scripts-policy"))["Statement"]
+    assert scripts == [{"Sid": "ReadBootstrapScripts", "Effect": "Allow", "Action": "s3:GetObject",
+                        "Resource": "<after-deploy:bootstrap-bucket.arn>/bootstrap/*"}]
 
 
 def test_bootstrap_bucket_is_private_encrypted_versioned_tls_only(run_stack):
@@ -112,7 +109,7 @@ def test_launcher_runs_after_everything_a_node_needs(run_stack):
     deps = set(g.dependency_names(cmd))
     # depends_on a component means on all of its children: check the ones a booting node needs.
     needed = {"directory-ad", "directory-dhcp-assoc", "bootstrap-join-domain", "bootstrap-enable-ssh-password-auth",
-              "cluster-role-node-policy", "home-mt-0", "home-mt-1", "network-private-a-rta", "network-nat-a"}
+              "cluster-role-scripts-policy", "home-mt-0", "home-mt-1", "network-private-a-rta", "network-nat-a"}
     needed |= {r.name for r in g.resources if r.custom and g.parent_name(r) in ("join-function", "join-secrets")}
     assert any(r.type == "aws:lambda/functionUrl:FunctionUrl" for r in g.resources if r.name in needed)
     assert needed <= deps, sorted(needed - deps)
@@ -163,7 +160,6 @@ def test_rendered_config_joins_every_node_and_keeps_ssh_off_compute(run_stack):
     assert head["CustomActions"]["OnNodeConfigured"]["Script"].endswith("/enable-ssh-password-auth.sh")
     assert head["Networking"]["SubnetId"] == "<after-deploy:network-public-a.id>"
     assert head["Ssh"] == {"AllowedIps": "0.0.0.0/0", "KeyName": "hpc-dev-key"}
-    assert head["Iam"]["AdditionalIamPolicies"] == [{"Policy": "<after-deploy:cluster-role-node-policy.arn>"}]
     (queue,) = config["Scheduling"]["SlurmQueues"]
     assert queue["CustomActions"] == {"OnNodeStart": join}
     assert queue["Networking"]["SubnetIds"] == ["<after-deploy:network-private-a.id>",
@@ -184,7 +180,8 @@ def concrete(config_yaml: str) -> str:
             "home-volume.id": "vol-0123456789abcdef0", "home-clients.id": "sg-0123456789abcdef0",
             "bootstrap-bucket.bucket": "pcluster-ad-bootstrap-abc",
             "join-function-url.functionUrl": "https://abc.lambda-url.eu-west-1.on.aws/",
-            "cluster-role-node-policy.arn": "arn:aws:iam::123456789012:policy/node"}
+            "cluster-role-scripts-policy.arn": "arn:aws:iam::123456789012:policy/scripts",
+            "join-function-invoke-policy.arn": "arn:aws:iam::123456789012:policy/invoke"}
     for key, value in fake.items():
         config_yaml = config_yaml.replace(f"<after-deploy:{key}>", value)
     assert "<after-deploy:" not in config_yaml, config_yaml

@@ -25,7 +25,10 @@ def run_deploy(tmp_path, *args: str, with_pulumi: bool = True, passphrase: bool 
     node = shutil.which("node")
     if node:
         (bin_dir / "node").symlink_to(node) if not (bin_dir / "node").exists() else None
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "PULUMI_CALLS": str(tmp_path / "calls")}
+    # The caller's PATH (its python3), minus nothing: no real Pulumi CLI exists on these machines.
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": os.environ.get("HOME", str(tmp_path)),
+           "PULUMI_CALLS": str(tmp_path / "calls")}
+    env.update({k: v for k, v in os.environ.items() if k.startswith("PYENV")})
     if passphrase:
         env["PULUMI_CONFIG_PASSPHRASE"] = "test-passphrase"
     if os.environ.get("PCLUSTER_AD_PCLUSTER_VENV"):
@@ -37,6 +40,7 @@ def run_deploy(tmp_path, *args: str, with_pulumi: bool = True, passphrase: bool 
 
 
 def test_missing_prerequisites_are_named_before_anything_runs(tmp_path):
+    assert shutil.which("pulumi") is None, "this test needs a machine without the Pulumi CLI"
     result, calls = run_deploy(tmp_path, "dev", with_pulumi=False, passphrase=False)
     assert result.returncode == 2
     assert "Pulumi CLI is not installed" in result.stdout

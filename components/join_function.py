@@ -1,0 +1,203 @@
+"""JoinFunction: the Lambda behind an AWS_IAM function URL that hands the join credentials to a
+cluster node (lambda_src/join_handler.py decides who is a node), plus the policy nodes attach."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+
+HANDLER = "join_handler.handler"
+RUNTIME = "python3.13"
+# Pure Python + boto3, no native wheels: Graviton (arm64) is the cheaper architecture at no risk.
+ARCHITECTURE = "arm64"
+MEMORY_MB = 256
+_MAX_NAME = 64  # IAM role and Lambda function names
+
+
+@dataclass
+class JoinFunctionArgs:
+    role_name: str  # also the function's name; the JoinSecrets key policy names this role
+    cluster_name: str
+    vpc_id: pulumi.Input[str]
+    domain_parameter_name: pulumi.Input[str]
+    join_user_parameter_name: pulumi.Input[str]
+    join_password_parameter_name: pulumi.Input[str]
+    parameter_arns: pulumi.Input[Sequence[pulumi.Input[str]]]
+    key_arn: pulumi.Input[str]
+    code_dir: str  # lambda_src: every top-level *.py goes into the package
+    log_retention_days: int = 30
+    # Caps what a burst of nodes (or a caller hammering the URL) can take from the account's
+    # concurrency and how fast anyone can probe. None = no reservation (new accounts whose whole
+    # quota is 10 cannot reserve any).
+    reserved_concurrency: int | None = 10
+    timeout_seconds: int = 15
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def code_archive(code_dir: str) -> pulumi.AssetArchive:
+    files = sorted(Path(code_dir).glob("*.py"))
+    if not files:
+        raise ValueError(f"JoinFunction: no *.py files in {code_dir}")
+    return pulumi.AssetArchive({f.name: pulumi.FileAsset(str(f)) for f in files})
+
+
+class JoinFunction(pulumi.ComponentResource):
+    function_name: pulumi.Output[str]
+    function_arn: pulumi.Output[str]
+    function_url: pulumi.Output[str]
+    role_arn: pulumi.Output[str]
+    invoke_policy_arn: pulumi.Output[str]
+    # The URL, resolved only once the URL config and both invoke permissions exist: take it as the
+    # cluster launcher's input (or depend on `ready_resources`) so no node calls a URL that 403s.
+    ready: pulumi.Output[str]
+    ready_resources: list[pulumi.Resource]
+
+    def __init__(self, name: str, args: JoinFunctionArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("pcluster-ad:index:JoinFunction", name, None, opts)
+        if len(args.role_name) > _MAX_NAME:
+            raise ValueError(f"JoinFunction: role/function name {args.role_name!r} is longer than {_MAX_NAME}")
+        child = pulumi.ResourceOptions(parent=self)
+        invoke = pulumi.InvokeOutputOptions(parent=self)
+        account = aws.get_caller_identity_output(opts=invoke).account_id
+        partition_result = aws.get_partition_output(opts=invoke)
+        partition = partition_result.partition
+        region = aws.get_region_output(opts=invoke).region
+        function_name = args.role_name
+
+        def tags(part: str) -> dict[str, str]:
+            return {**args.tags, "Name": f"{name}-{part}"}
+
+        # Created before the function and named after it, so Lambda never creates (and leaves
+        # behind) an unmanaged group with no retention.
+        log_group = aws.cloudwatch.LogGroup(f"{name}-logs", aws.cloudwatch.LogGroupArgs(
+            name=f"/aws/lambda/{function_name}",
+            retention_in_days=args.log_retention_days,
+            tags=tags("logs"),
+        ), child)
+
+        role = aws.iam.Role(f"{name}-role", aws.iam.RoleArgs(
+            name=args.role_name,  # no path: JoinSecrets' key policy matches role/<name> exactly
+            description=f"pcluster-ad join function for cluster {args.cluster_name}",
+            assume_role_policy=pulumi.Output.json_dumps({
+                "Version": "2012-10-17",
+                "Statement": [{
+                    "Effect": "Allow",
+                    "Principal": {"Service": "lambda.amazonaws.com"},
+                    "Action": "sts:AssumeRole",
+                    "Condition": {"StringEquals": {"aws:SourceAccount": account}},
+                }],
+            }),
+            tags=tags("role"),
+        ), child)
+        role_policy = aws.iam.RolePolicy(f"{name}-role-policy", aws.iam.RolePolicyArgs(
+            role=role.name,
+            policy=pulumi.Output.json_dumps(_role_policy(
+                account=account, partition=partition,
+                via_ssm=pulumi.Output.concat("ssm.", region, ".", partition_result.dns_suffix),
+                parameter_arns=args.parameter_arns, key_arn=args.key_arn, log_group_arn=log_group.arn,
+            )),
+        ), child)
+
+        function = aws.lambda_.Function(f"{name}-fn", aws.lambda_.FunctionArgs(
+            name=function_name,
+            description=f"pcluster-ad: AD join credentials for nodes of {args.cluster_name}",
+            role=role.arn,
+            runtime=RUNTIME,
+            handler=HANDLER,
+            code=code_archive(args.code_dir),
+            architectures=[ARCHITECTURE],
+            memory_size=MEMORY_MB,
+            timeout=args.timeout_seconds,
+            reserved_concurrent_executions=args.reserved_concurrency,
+            # Names only: the function reads the values itself, at request time.
+            environment=aws.lambda_.FunctionEnvironmentArgs(variables={
+                "CLUSTER_NAME": args.cluster_name,
+                "VPC_ID": args.vpc_id,
+                "DOMAIN_PARAMETER": args.domain_parameter_name,
+                "JOIN_USER_PARAMETER": args.join_user_parameter_name,
+                "JOIN_PASSWORD_PARAMETER": args.join_password_parameter_name,
+            }),
+            logging_config=aws.lambda_.FunctionLoggingConfigArgs(log_format="Text", log_group=log_group.name),
+            tags=tags("fn"),
+        ), pulumi.ResourceOptions(parent=self, depends_on=[log_group, role_policy]))
+
+        url = aws.lambda_.FunctionUrl(f"{name}-url", aws.lambda_.FunctionUrlArgs(
+            function_name=function.name, authorization_type="AWS_IAM"), child)
+        # Resource policy: principal = this account delegates to IAM; the identity policy below
+        # (attached to node roles) is what grants. Since October 2025 a function URL caller needs
+        # both InvokeFunctionUrl and InvokeFunction (the latter only via the URL).
+        url_permission = aws.lambda_.Permission(f"{name}-url-permission", aws.lambda_.PermissionArgs(
+            function=function.name, statement_id="AccountInvokeFunctionUrl", action="lambda:InvokeFunctionUrl",
+            principal=account, function_url_auth_type="AWS_IAM"), child)
+        invoke_permission = aws.lambda_.Permission(f"{name}-invoke-permission", aws.lambda_.PermissionArgs(
+            function=function.name, statement_id="AccountInvokeViaFunctionUrl", action="lambda:InvokeFunction",
+            principal=account, invoked_via_function_url=True), child)
+
+        invoke_policy = aws.iam.Policy(f"{name}-invoke-policy", aws.iam.PolicyArgs(
+            name=f"{args.role_name}-invoke",
+            description=f"Call the pcluster-ad join function URL of {args.cluster_name} (attach to node roles)",
+            policy=pulumi.Output.json_dumps(_invoke_policy(function.arn)),
+            tags=tags("invoke-policy"),
+        ), child)
+
+        self.function_name = function.name
+        self.function_arn = function.arn
+        self.function_url = url.function_url
+        self.role_arn = role.arn
+        self.invoke_policy_arn = invoke_policy.arn
+        self.ready_resources = [url, url_permission, invoke_permission]
+        self.ready = pulumi.Output.all(url.function_url, url_permission.id, invoke_permission.id).apply(
+            lambda values: values[0])
+        self.register_outputs({
+            "functionName": self.function_name,
+            "functionArn": self.function_arn,
+            "functionUrl": self.function_url,
+            "roleArn": self.role_arn,
+            "invokePolicyArn": self.invoke_policy_arn,
+            "ready": self.ready,
+        })
+
+
+def _role_policy(*, account: pulumi.Input[str], partition: pulumi.Input[str], via_ssm: pulumi.Input[str],
+                 parameter_arns: pulumi.Input[Sequence[pulumi.Input[str]]], key_arn: pulumi.Input[str],
+                 log_group_arn: pulumi.Input[str]) -> dict[str, Any]:
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            # The handler reads all three in one GetParameters call.
+            {"Sid": "ReadJoinParameters", "Effect": "Allow", "Action": ["ssm:GetParameters"],
+             "Resource": parameter_arns},
+            {"Sid": "DecryptJoinParameters", "Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": [key_arn],
+             "Condition": {"StringEquals": {"kms:ViaService": via_ssm}}},
+            # `*`: EC2 Describe* actions do not support resource-level permissions.
+            {"Sid": "DescribeCallerInstance", "Effect": "Allow", "Action": ["ec2:DescribeInstances"],
+             "Resource": "*"},
+            # instance-profile/*: ParallelCluster creates the node profiles with generated names (and
+            # paths); this is read-only.
+            {"Sid": "ReadInstanceProfiles", "Effect": "Allow", "Action": ["iam:GetInstanceProfile"],
+             "Resource": [pulumi.Output.concat("arn:", partition, ":iam::", account, ":instance-profile/*")]},
+            {"Sid": "WriteOwnLogs", "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+             "Resource": [pulumi.Output.concat(log_group_arn, ":*")]},
+        ],
+    }
+
+
+def _invoke_policy(function_arn: pulumi.Input[str]) -> dict[str, Any]:
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "InvokeJoinFunctionUrl", "Effect": "Allow", "Action": ["lambda:InvokeFunctionUrl"],
+             "Resource": [function_arn],
+             "Condition": {"StringEquals": {"lambda:FunctionUrlAuthType": "AWS_IAM"}}},
+            # Required for function URLs created since October 2025; only through the URL, never a
+            # direct Invoke API call.
+            {"Sid": "InvokeJoinFunctionViaUrl", "Effect": "Allow", "Action": ["lambda:InvokeFunction"],
+             "Resource": [function_arn],
+             "Condition": {"Bool": {"lambda:InvokedViaFunctionUrl": "true"}}},
+        ],
+    }
