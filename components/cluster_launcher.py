@@ -116,7 +116,8 @@ class ClusterLauncher(pulumi.ComponentResource):
                 delete=commands["delete"],
                 stdin=self.config_yaml,
                 # The launcher gives up a minute inside Pulumi's own timeout, with a clear message.
-                environment={"PCLUSTER_AD_TIMEOUT_SECONDS": str(args.timeout_minutes * 60 - 60)},
+                environment={"PCLUSTER_AD_TIMEOUT_SECONDS": str(args.timeout_minutes * 60 - 60),
+                             "PYTHONUNBUFFERED": "1"},  # progress lines as they happen
             ),
             pulumi.ResourceOptions(
                 parent=self,

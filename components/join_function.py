@@ -35,7 +35,7 @@ class JoinFunctionArgs:
     # concurrency and how fast anyone can probe. None = no reservation (new accounts whose whole
     # quota is 10 cannot reserve any).
     reserved_concurrency: int | None = 10
-    timeout_seconds: int = 15
+    timeout_seconds: int = 60  # three AWS calls, each retried up to 4 times under throttling
     tags: dict[str, str] = field(default_factory=dict)
 
 

@@ -139,7 +139,7 @@ def test_launcher_commands_replace_only_on_identity_changes():
 
 def test_launcher_time_limit_is_in_the_environment(run_stack):
     cmd = run_stack().named("cluster-pcluster").inputs
-    assert cmd["environment"] == {"PCLUSTER_AD_TIMEOUT_SECONDS": str(90 * 60 - 60)}
+    assert cmd["environment"] == {"PCLUSTER_AD_TIMEOUT_SECONDS": str(90 * 60 - 60), "PYTHONUNBUFFERED": "1"}
     assert '--timeout "$PCLUSTER_AD_TIMEOUT_SECONDS"' in cmd["create"]
 
 

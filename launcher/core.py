@@ -1,0 +1,585 @@
+"""Drive the ParallelCluster 3 `pcluster` CLI for the ClusterLauncher Command resource.
+
+`Launcher` implements create / update / delete on top of an injected pcluster runner, clock and sleep,
+so the waiting logic is testable without AWS and without real time passing. See docs/design.md
+("Launcher") for the command-line contract and launcher/cli.py for the entry point.
+
+Decisions:
+- create on an existing cluster: CREATE_COMPLETE / UPDATE_COMPLETE / UPDATE_FAILED (stack rolled back,
+  cluster usable) is adopted and then converged to the given config through the update path, so a
+  re-run create leaves the cluster matching the config (a no-change update is success). *_IN_PROGRESS
+  is waited for first; CREATE_FAILED / DELETE_FAILED stop with an error naming the delete command.
+- create-cluster runs with `--rollback-on-failure false` (override: PCLUSTER_AD_ROLLBACK_ON_FAILURE=true):
+  a failed cluster must be deleted before a retry either way (a rolled-back stack is still CREATE_FAILED),
+  and keeping the head node lets the operator read the custom-action (AD join) logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+PCLUSTER_VERSION = "3.16.1"
+PROGRESS_SECONDS = 30.0
+DEFAULT_TIMEOUT = 3600.0
+DEFAULT_POLL = 30.0
+MAX_DESCRIBE_ERRORS = 5
+REPO_DIR = Path(__file__).resolve().parent.parent
+
+# Exit codes of `python -m launcher`.
+EXIT_OK = 0
+EXIT_FAILED = 1  # pcluster refused the request, or the cluster ended in a *_FAILED state
+EXIT_USAGE = 2  # bad arguments or unusable config input
+EXIT_TIMEOUT = 3  # --timeout elapsed before the cluster reached a final state
+EXIT_SETUP = 4  # no usable pcluster executable (venv creation failed, Node.js missing)
+EXIT_INTERRUPTED = 130
+
+STABLE_OK = {"CREATE_COMPLETE", "UPDATE_COMPLETE"}
+IN_PROGRESS = {"CREATE_IN_PROGRESS", "UPDATE_IN_PROGRESS", "DELETE_IN_PROGRESS"}
+
+_NO_NODE_RE = re.compile(r"unable to find node executable", re.IGNORECASE)
+_NO_CHANGES_RE = re.compile(r"no changes found", re.IGNORECASE)
+_FLEET_STOP_RE = re.compile(r"stop the compute fleet|compute nodes must be stopped", re.IGNORECASE)
+# Update errors that stopping the compute fleet alone does not fix.
+_NOT_FLEET_FIXABLE_RE = re.compile(r"login nodes|--force-update|head node must be", re.IGNORECASE)
+
+
+class LauncherError(Exception):
+    """A failure the launcher reports and turns into an exit code."""
+
+    exit_code = EXIT_FAILED
+
+
+class LauncherTimeout(LauncherError):
+    exit_code = EXIT_TIMEOUT
+
+
+class SetupError(LauncherError):
+    exit_code = EXIT_SETUP
+
+
+class UsageError(LauncherError):
+    exit_code = EXIT_USAGE
+
+
+@dataclass
+class PclusterResult:
+    returncode: int
+    stdout: str
+    stderr: str = ""
+
+    @property
+    def data(self) -> dict:
+        """The JSON object pcluster printed, or {} when stdout is not JSON."""
+        try:
+            value = json.loads(self.stdout) if self.stdout.strip() else {}
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def message(self) -> str:
+        msg = self.data.get("message")
+        if msg:
+            return str(msg)
+        tail = (self.stderr or self.stdout).strip().splitlines()[-3:]
+        if tail:
+            return " | ".join(tail)
+        return "pcluster failed without output (see ~/.parallelcluster/pcluster-cli.log)"
+
+
+# runner(args, timeout) runs `pcluster *args` and returns its result; timeout in seconds or None.
+Runner = Callable[[Sequence[str], "float | None"], PclusterResult]
+
+
+def subprocess_runner(executable: str | os.PathLike) -> Runner:
+    """The real runner: `executable *args` as a subprocess, stdout/stderr captured, no stdin."""
+
+    def run(args: Sequence[str], timeout: float | None = None) -> PclusterResult:
+        try:
+            proc = subprocess.run(
+                [os.fspath(executable), *args],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise LauncherTimeout(f"pcluster {args[0]} did not return within {timeout:.0f} s") from exc
+        except OSError as exc:
+            raise SetupError(f"cannot run {executable}: {exc}") from exc
+        return PclusterResult(proc.returncode, proc.stdout, proc.stderr)
+
+    return run
+
+
+def resolve_pcluster(
+    env: dict | None = None,
+    repo_dir: Path = REPO_DIR,
+    log: Callable[[str], None] = lambda _m: None,
+) -> str:
+    """Path of the pcluster executable: $PCLUSTER_AD_PCLUSTER, else the pinned venv (created on first use).
+
+    The version is $PCLUSTER_AD_PCLUSTER_VERSION (the stack's `cluster.pclusterVersion`), default
+    PCLUSTER_VERSION; a non-default version gets its own venv, `.venv-pcluster-<version>`."""
+    env = os.environ if env is None else env
+    explicit = env.get("PCLUSTER_AD_PCLUSTER")
+    if explicit:
+        if not (os.path.isfile(explicit) and os.access(explicit, os.X_OK)):
+            raise SetupError(f"PCLUSTER_AD_PCLUSTER={explicit} is not an executable file")
+        return explicit
+    version = env.get("PCLUSTER_AD_PCLUSTER_VERSION") or PCLUSTER_VERSION
+    if not re.fullmatch(r"\d+\.\d+\.\d+", version):
+        raise SetupError(f"PCLUSTER_AD_PCLUSTER_VERSION={version!r} is not a version such as {PCLUSTER_VERSION}")
+    default_venv = ".venv-pcluster" if version == PCLUSTER_VERSION else f".venv-pcluster-{version}"
+    venv = Path(env.get("PCLUSTER_AD_PCLUSTER_VENV") or repo_dir / default_venv)
+    pcluster = venv / "bin" / "pcluster"
+    pinned = list(venv.glob(f"lib/python3*/site-packages/aws_parallelcluster-{version}.dist-info"))
+    if os.access(pcluster, os.X_OK) and pinned:
+        return str(pcluster)
+    script = repo_dir / "tools" / "pcluster_venv.sh"
+    what = "is not the pinned " + version if os.access(pcluster, os.X_OK) else "is missing"
+    log(f"{pcluster} {what}; installing it with {script} (about half a minute)")
+    proc = subprocess.run(
+        ["bash", str(script), version],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env={**env, "PCLUSTER_AD_PCLUSTER_VENV": str(venv)},
+        check=False,
+    )
+    if proc.returncode == 3:
+        raise SetupError(
+            "Node.js ('node') is not installed; the ParallelCluster CLI needs it. Install Node.js 20+ and retry."
+        )
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines or not os.access(lines[-1], os.X_OK):
+        detail = " | ".join(proc.stderr.strip().splitlines()[-5:])
+        raise SetupError(f"could not create the ParallelCluster venv at {venv} (exit {proc.returncode}): {detail}")
+    return lines[-1]
+
+
+@contextlib.contextmanager
+def private_config_file(text: str) -> Iterator[str]:
+    """Write the config to a 0600 file in a fresh 0700 directory; remove both on exit, even on error."""
+    directory = tempfile.mkdtemp(prefix="pcluster-ad-")
+    try:
+        path = os.path.join(directory, "cluster-config.yaml")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        yield path
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    minutes, secs = divmod(seconds, 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def is_not_found(result: PclusterResult, cluster_name: str) -> bool:
+    """pcluster's NotFound answer: "Cluster 'NAME' does not exist or belongs to an incompatible ..." (not, say,
+    "Invalid cluster configuration: The subnet ID '...' does not exist")."""
+    pattern = rf"\bcluster '?{re.escape(cluster_name)}'? does not exist"
+    return result.returncode != 0 and re.search(pattern, result.message, re.IGNORECASE) is not None
+
+
+class Launcher:
+    """create / update / delete one cluster through the pcluster CLI. Progress goes to `err`."""
+
+    def __init__(
+        self,
+        cluster_name: str,
+        region: str,
+        run: Runner,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        err: TextIO | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        poll_seconds: float = DEFAULT_POLL,
+        progress_seconds: float = PROGRESS_SECONDS,
+        rollback_on_failure: bool = False,
+    ):
+        self.name = cluster_name
+        self.region = region
+        self._run = run
+        self._clock = clock
+        self._sleep = sleep
+        self._err = err if err is not None else sys.stderr
+        self.timeout = float(timeout)
+        self.poll = max(0.001, float(poll_seconds))
+        self.progress_seconds = float(progress_seconds)
+        self.rollback_on_failure = rollback_on_failure
+        self._start = clock()
+        self._deadline = self._start + self.timeout
+        self.last: dict = {}  # last describe-cluster answer
+        self.deleted = False
+
+    # ----------------------------------------------------------------- output
+    def log(self, message: str) -> None:
+        elapsed = format_duration(self._clock() - self._start)
+        print(f"launcher [{elapsed}] {self.name}: {message}", file=self._err, flush=True)
+
+    def summary(self) -> dict:
+        """The final JSON line's object."""
+        if self.deleted:
+            return {"clusterName": self.name, "status": "DELETED", "headNodePublicIp": None, "headNodePrivateIp": None}
+        head = self.last.get("headNode") or {}
+        return {
+            "clusterName": self.name,
+            "status": self.last.get("clusterStatus"),
+            "headNodePublicIp": head.get("publicIpAddress"),
+            "headNodePrivateIp": head.get("privateIpAddress"),
+        }
+
+    def _report_failure(self, info: dict) -> None:
+        self.log(
+            f"cluster status {info.get('clusterStatus')}, CloudFormation stack status "
+            f"{info.get('cloudFormationStackStatus')}"
+        )
+        if info.get("failureReason"):
+            self.log(f"  reason: {info['failureReason']}")
+        for failure in info.get("failures") or []:
+            self.log(f"  failure {failure.get('failureCode')}: {failure.get('failureReason')}")
+        self.log(
+            f"  details: pcluster get-cluster-stack-events -n {self.name} -r {self.region}; "
+            "node logs in CloudWatch (pcluster list-cluster-log-streams)"
+        )
+
+    def _report_error(self, what: str, result: PclusterResult, headline: bool = True) -> None:
+        data = result.data
+        if headline:
+            self.log(f"{what} failed: {result.message}")
+        for item in data.get("configurationValidationErrors") or []:
+            self.log(f"  config {item.get('level', '?')} [{item.get('type', '?')}]: {item.get('message')}")
+        for item in data.get("updateValidationErrors") or []:
+            self.log(
+                f"  update refused for {item.get('parameter')}: {item.get('currentValue')} -> "
+                f"{item.get('requestedValue')}: {item.get('message')}"
+            )
+        if data.get("changeSet"):
+            self._report_changes(data["changeSet"], "requested changes")
+        if result.stderr.strip() and not data:
+            for line in result.stderr.strip().splitlines()[-10:]:
+                self.log(f"  pcluster: {line}")
+
+    def _report_changes(self, change_set: list, title: str = "changes") -> None:
+        self.log(f"{title} ({len(change_set)}):")
+        for change in change_set:
+            self.log(f"  {change.get('parameter')}: {change.get('currentValue')} -> {change.get('requestedValue')}")
+
+    def _report_validation_messages(self, data: dict) -> None:
+        for item in data.get("validationMessages") or []:
+            self.log(f"  validation {item.get('level', '?')} [{item.get('type', '?')}]: {item.get('message')}")
+
+    # ----------------------------------------------------------------- pcluster calls
+    def _remaining(self) -> float:
+        return self._deadline - self._clock()
+
+    def _check_deadline(self, waiting_for: str) -> None:
+        if self._remaining() <= 0:
+            raise LauncherTimeout(
+                f"timed out after {format_duration(self.timeout)} waiting for {waiting_for} "
+                f"(last status {self.last.get('clusterStatus')}, CloudFormation "
+                f"{self.last.get('cloudFormationStackStatus')}); the operation continues in AWS; "
+                "re-run the same command to keep waiting"
+            )
+
+    def pcluster(self, *args: str) -> PclusterResult:
+        # A single pcluster call may not run past the deadline by more than a grace minute.
+        result = self._run([*args, "-r", self.region], max(60.0, self._remaining() + 60.0))
+        if result.returncode != 0 and _NO_NODE_RE.search(result.message):
+            raise SetupError(f"pcluster {args[0]}: {result.message} (install Node.js 20+ and retry)")
+        return result
+
+    def describe(self) -> dict | None:
+        """describe-cluster; None when the cluster does not exist. Retries transient errors."""
+        errors = 0
+        while True:
+            result = self.pcluster("describe-cluster", "-n", self.name)
+            if result.returncode == 0 and result.data.get("clusterStatus"):
+                self.last = result.data
+                return result.data
+            if is_not_found(result, self.name):
+                return None
+            errors += 1
+            self.log(f"describe-cluster failed ({errors}/{MAX_DESCRIBE_ERRORS}): {result.message}")
+            if errors >= MAX_DESCRIBE_ERRORS:
+                raise LauncherError(f"describe-cluster keeps failing: {result.message}")
+            self._check_deadline("describe-cluster to answer")
+            self._sleep(max(0.0, min(self.poll, self.progress_seconds, self._remaining())))
+
+    def _progress(self, info: dict | None) -> str:
+        if info is None:
+            return "not found"
+        head = info.get("headNode") or {}
+        text = (
+            f"{info.get('clusterStatus')} (CloudFormation {info.get('cloudFormationStackStatus')}, "
+            f"compute fleet {info.get('computeFleetStatus')}"
+        )
+        if head.get("state"):
+            text += f", head node {head['state']}"
+        return text + f"), elapsed {format_duration(self._clock() - self._start)}"
+
+    def wait(self, done: Callable[[dict | None], bool], waiting_for: str) -> dict | None:
+        """Poll describe-cluster until done(info) (info None: the cluster does not exist)."""
+        return self._poll(self.describe, done, self._progress, waiting_for)
+
+    def _poll(self, fetch, done, render, waiting_for: str):
+        """Call fetch() every poll seconds until done(value); a progress line at least every progress_seconds
+        (and on every change); LauncherTimeout at the deadline."""
+        last_key = last_print = None
+        next_poll = self._clock()
+        value = None
+        while True:
+            if self._clock() >= next_poll:
+                value = fetch()
+                if done(value):
+                    return value
+                next_poll = self._clock() + self.poll
+            now = self._clock()
+            line = render(value)
+            key = line.rsplit(", elapsed", 1)[0]
+            if last_print is None or key != last_key or now - last_print >= self.progress_seconds:
+                self.log(f"waiting for {waiting_for}: {line}")
+                last_key, last_print = key, now
+            self._check_deadline(waiting_for)
+            wake = min(next_poll, last_print + self.progress_seconds, self._deadline)
+            self._sleep(max(0.0, wake - self._clock()))
+
+    def wait_stable(self, info: dict) -> dict | None:
+        """Wait out any *_IN_PROGRESS status; returns the stable describe answer, None if the cluster went away."""
+        if info.get("clusterStatus") not in IN_PROGRESS:
+            return info
+        return self.wait(
+            lambda i: i is None or i.get("clusterStatus") not in IN_PROGRESS,
+            f"{info.get('clusterStatus')} to finish",
+        )
+
+    # ----------------------------------------------------------------- commands
+    def create(self, config_path: str) -> None:
+        info = self.describe()
+        if info is not None:
+            self.log(f"cluster exists: {self._progress(info)}")
+            info = self.wait_stable(info)
+        if info is None:
+            self._create_new(config_path)
+            return
+        status = info.get("clusterStatus")
+        if status in ("CREATE_FAILED", "DELETE_FAILED"):
+            self._report_failure(info)
+            raise LauncherError(
+                f"an earlier cluster named {self.name} is in {status}; delete it first "
+                f"(python -m launcher delete --cluster-name {self.name} --region {self.region}) and retry"
+            )
+        self.log(f"adopting the existing cluster ({status}) and applying the config to it")
+        self._converge(config_path, info)
+
+    def update(self, config_path: str) -> None:
+        info = self.describe()
+        if info is not None:
+            info = self.wait_stable(info)
+        if info is None:
+            self.log("cluster does not exist (deleted outside Pulumi?); creating it")
+            self._create_new(config_path)
+            return
+        if info.get("clusterStatus") in ("CREATE_FAILED", "DELETE_FAILED"):
+            self._report_failure(info)
+            raise LauncherError(
+                f"cannot update a cluster in {info.get('clusterStatus')}; delete it "
+                f"(python -m launcher delete --cluster-name {self.name} --region {self.region}) and create it again"
+            )
+        self._converge(config_path, info)
+
+    def delete(self) -> None:
+        info = self.describe()
+        if info is not None and info.get("clusterStatus") == "UPDATE_IN_PROGRESS":
+            # CloudFormation refuses DeleteStack during an update.
+            info = self.wait_stable(info)
+        if info is None:
+            self.log("cluster does not exist; nothing to delete")
+            self.deleted = True
+            return
+        if info.get("clusterStatus") != "DELETE_IN_PROGRESS":
+            self.log(f"deleting the cluster ({info.get('clusterStatus')})")
+            result = self.pcluster("delete-cluster", "-n", self.name)
+            if is_not_found(result, self.name):
+                self.log("cluster does not exist; nothing to delete")
+                self.deleted = True
+                return
+            if result.returncode != 0:
+                self._report_error("delete-cluster", result, headline=False)
+                raise LauncherError(f"delete-cluster failed: {result.message}")
+        final = self.wait(lambda i: i is None or i.get("clusterStatus") == "DELETE_FAILED", "the cluster to be deleted")
+        if final is not None:
+            self._report_failure(final)
+            raise LauncherError(
+                "deletion failed (DELETE_FAILED); fix the resource CloudFormation could not delete and run delete again"
+            )
+        self.log("cluster deleted")
+        self.deleted = True
+
+    # ----------------------------------------------------------------- helpers
+    def _create_new(self, config_path: str) -> None:
+        rollback = "true" if self.rollback_on_failure else "false"
+        self.log(f"creating the cluster (pcluster create-cluster, rollback-on-failure {rollback})")
+        result = self.pcluster("create-cluster", "-n", self.name, "-c", config_path, "--rollback-on-failure", rollback)
+        if result.returncode != 0:
+            if re.search(rf"\bcluster '?{re.escape(self.name)}'? already exists", result.message, re.IGNORECASE):
+                # Lost a race with another create: adopt what is there.
+                self.log("create-cluster says the cluster already exists; adopting it")
+                info = self.describe()
+                if info is not None:
+                    info = self.wait_stable(info)
+                if info is not None and info.get("clusterStatus") not in ("CREATE_FAILED", "DELETE_FAILED"):
+                    self._converge(config_path, info)
+                    return
+            self._report_error("create-cluster", result, headline=False)
+            raise LauncherError(f"create-cluster failed: {result.message}")
+        self._report_validation_messages(result.data)
+        cluster = result.data.get("cluster") or {}
+        self.log(f"create-cluster accepted: stack {cluster.get('cloudformationStackArn')}")
+        info = self.wait(lambda i: i is None or i.get("clusterStatus") != "CREATE_IN_PROGRESS", "CREATE_COMPLETE")
+        if info is None:
+            raise LauncherError("the cluster disappeared while it was being created (deleted by someone else?)")
+        if info.get("clusterStatus") != "CREATE_COMPLETE":
+            self._report_failure(info)
+            raise LauncherError(
+                f"cluster creation ended in {info.get('clusterStatus')}; delete it "
+                f"(python -m launcher delete --cluster-name {self.name} --region {self.region}) before retrying"
+            )
+        self.log(f"cluster created: {self._progress(info)}")
+
+    def _converge(self, config_path: str, info: dict) -> None:
+        """Apply config_path with update-cluster; stop/start the compute fleet when the update needs it."""
+        if info.get("clusterStatus") == "UPDATE_FAILED":
+            self.log("the previous update failed and was rolled back; applying the config again")
+        result = self._update_cluster(config_path)
+        if result is None:
+            return
+        if result.returncode != 0 and self._needs_fleet_stop(result):
+            self._report_error("update-cluster", result)
+            self._update_with_fleet_stopped(config_path)
+            return
+        self._finish_update(result)
+
+    def _update_with_fleet_stopped(self, config_path: str) -> None:
+        previous = self._fleet_status()
+        if previous == "STOPPED":
+            raise LauncherError(
+                "the update is refused although the compute fleet is already STOPPED; see the update errors above"
+            )
+        # Someone else already stopping the fleet: wait for it, and leave it stopped afterwards.
+        restart = previous not in ("STOP_REQUESTED", "STOPPING")
+        self.log(
+            f"the update needs the compute fleet stopped (it is {previous}): stopping it, updating"
+            + (", starting it again" if restart else "")
+        )
+        if restart:
+            self._set_fleet("STOP_REQUESTED", "STOPPED")
+        else:
+            self._wait_fleet("STOPPED")
+        try:
+            result = self._update_cluster(config_path)
+            if result is not None:
+                self._finish_update(result)
+        except LauncherError as exc:
+            # Leave the cluster as we found it (fleet running), but keep the original error.
+            if not restart:
+                pass
+            elif isinstance(exc, LauncherTimeout) or self._remaining() <= 0:
+                self._warn_fleet_stopped()
+            else:
+                try:
+                    self._set_fleet("START_REQUESTED", "RUNNING")
+                except LauncherError as start_exc:
+                    self.log(f"could not start the compute fleet again: {start_exc}")
+                    self._warn_fleet_stopped()
+            raise
+        if restart:
+            try:
+                self._set_fleet("START_REQUESTED", "RUNNING")
+            except LauncherError:
+                self._warn_fleet_stopped()
+                raise
+
+    def _warn_fleet_stopped(self) -> None:
+        self.log(
+            "WARNING: the compute fleet was left STOPPED; start it with: pcluster update-compute-fleet "
+            f"-n {self.name} -r {self.region} --status START_REQUESTED"
+        )
+
+    def _update_cluster(self, config_path: str) -> PclusterResult | None:
+        """Run update-cluster; None means there was nothing to change."""
+        self.log("updating the cluster (pcluster update-cluster)")
+        result = self.pcluster("update-cluster", "-n", self.name, "-c", config_path)
+        if result.returncode != 0 and _NO_CHANGES_RE.search(result.message):
+            self.log("no changes: the cluster already matches the config")
+            return None
+        return result
+
+    def _finish_update(self, result: PclusterResult) -> None:
+        if result.returncode != 0:
+            self._report_error("update-cluster", result, headline=False)
+            raise LauncherError(f"update-cluster failed: {result.message}")
+        self._report_changes(result.data.get("changeSet") or [], "applying changes")
+        self._report_validation_messages(result.data)
+        info = self.wait(lambda i: i is None or i.get("clusterStatus") != "UPDATE_IN_PROGRESS", "UPDATE_COMPLETE")
+        if info is None:
+            raise LauncherError("the cluster disappeared while it was being updated (deleted by someone else?)")
+        if info.get("clusterStatus") != "UPDATE_COMPLETE":
+            self._report_failure(info)
+            raise LauncherError(
+                f"the update ended in {info.get('clusterStatus')} "
+                f"(CloudFormation {info.get('cloudFormationStackStatus')}); the stack was rolled back"
+            )
+        self.log(f"cluster updated: {self._progress(info)}")
+
+    @staticmethod
+    def _needs_fleet_stop(result: PclusterResult) -> bool:
+        errors = result.data.get("updateValidationErrors") or []
+        if not errors:
+            return False
+        for error in errors:
+            message = str(error.get("message") or "")
+            if not _FLEET_STOP_RE.search(message) or _NOT_FLEET_FIXABLE_RE.search(message):
+                return False
+        return True
+
+    def _fleet_status(self) -> str | None:
+        result = self.pcluster("describe-compute-fleet", "-n", self.name)
+        if result.returncode != 0:
+            raise LauncherError(f"describe-compute-fleet failed: {result.message}")
+        return result.data.get("status")
+
+    def _set_fleet(self, request: str, target: str) -> None:
+        result = self.pcluster("update-compute-fleet", "-n", self.name, "--status", request)
+        if result.returncode != 0:
+            self._report_error(f"update-compute-fleet --status {request}", result, headline=False)
+            raise LauncherError(f"update-compute-fleet --status {request} failed: {result.message}")
+        if result.data.get("status") != target:
+            self._wait_fleet(target)
+        self.log(f"compute fleet {target}")
+
+    def _wait_fleet(self, target: str) -> None:
+        self._poll(
+            self._fleet_status,
+            lambda status: status == target,
+            lambda status: f"compute fleet {status}, elapsed {format_duration(self._clock() - self._start)}",
+            f"the compute fleet to be {target}",
+        )

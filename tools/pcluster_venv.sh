@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Create (idempotently) the ParallelCluster CLI's own virtual environment and print the pcluster path.
+#
+#   tools/pcluster_venv.sh [VERSION]
+#
+# VERSION defaults to the pinned aws-parallelcluster 3.16.1. The venv lives at <repo>/.venv-pcluster,
+# or at $PCLUSTER_AD_PCLUSTER_VENV. It is kept apart from the project's venv on purpose: pcluster pins
+# packaging~=25.0 while pulumi needs packaging>=26, and pip resolves that silently to an old pcluster.
+#
+# Progress goes to stderr; the only stdout line is the absolute path of the pcluster executable.
+# Exit codes: 0 ready, 2 usage, 3 Node.js missing, 4 python missing, 5 install failed.
+set -euo pipefail
+
+readonly DEFAULT_VERSION="3.16.1"
+
+usage() {
+    echo "usage: $0 [VERSION]   (default aws-parallelcluster==${DEFAULT_VERSION})" >&2
+}
+
+log() {
+    echo "pcluster_venv: $*" >&2
+}
+
+if [[ $# -gt 1 ]]; then
+    usage
+    exit 2
+fi
+case "${1:-}" in
+    -h | --help)
+        usage
+        exit 0
+        ;;
+esac
+
+version="${1:-$DEFAULT_VERSION}"
+if [[ ! "$version" =~ ^[0-9]+(\.[0-9]+)*([a-z]+[0-9]*)?$ ]]; then
+    log "invalid version '${version}'"
+    usage
+    exit 2
+fi
+
+script_dir="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
+repo_dir="$(cd -- "${script_dir}/.." && pwd)"
+venv_dir="${PCLUSTER_AD_PCLUSTER_VENV:-${repo_dir}/.venv-pcluster}"
+python_bin="${PCLUSTER_AD_PYTHON:-python3}"
+
+# pcluster runs CDK (Node.js) even for --dryrun; fail early and clearly.
+if ! command -v node >/dev/null 2>&1; then
+    log "Node.js ('node') is not on PATH. The ParallelCluster CLI needs it, even for dry runs."
+    log "Install Node.js 20 or newer (e.g. 'apt-get install nodejs') and run this again."
+    exit 3
+fi
+
+pcluster_bin="${venv_dir}/bin/pcluster"
+venv_python="${venv_dir}/bin/python"
+
+installed_version() {
+    [[ -x "$venv_python" && -x "$pcluster_bin" ]] || return 1
+    "$venv_python" - <<'PY' 2>/dev/null
+from importlib.metadata import version
+print(version("aws-parallelcluster"))
+PY
+}
+
+current="$(installed_version || true)"
+if [[ "$current" == "$version" ]]; then
+    log "aws-parallelcluster ${version} already installed in ${venv_dir}"
+    echo "$pcluster_bin"
+    exit 0
+fi
+
+if ! command -v "$python_bin" >/dev/null 2>&1; then
+    log "'${python_bin}' not found; set PCLUSTER_AD_PYTHON to a Python 3.9+ interpreter"
+    exit 4
+fi
+
+# Serialise concurrent first uses (tests, parallel Pulumi operations) on one lock.
+# The lock lives inside the venv directory, so nothing is left next to it.
+mkdir -p -- "$venv_dir"
+exec 9>"${venv_dir}/.pcluster-ad-install.lock"
+if command -v flock >/dev/null 2>&1; then
+    flock 9
+fi
+
+# Another process may have finished the install while we waited for the lock.
+current="$(installed_version || true)"
+if [[ "$current" == "$version" ]]; then
+    log "aws-parallelcluster ${version} already installed in ${venv_dir}"
+    echo "$pcluster_bin"
+    exit 0
+fi
+
+start=$SECONDS
+if [[ ! -x "$venv_python" ]]; then
+    log "creating venv ${venv_dir}"
+    "$python_bin" -m venv -- "$venv_dir" >&2 || {
+        log "could not create the venv at ${venv_dir}"
+        exit 5
+    }
+fi
+if [[ -n "$current" ]]; then
+    log "replacing aws-parallelcluster ${current} with ${version}"
+fi
+log "installing aws-parallelcluster==${version} (takes about half a minute)"
+if ! "$venv_python" -m pip install -qq "aws-parallelcluster==${version}" >&2; then
+    log "pip install aws-parallelcluster==${version} failed"
+    exit 5
+fi
+
+current="$(installed_version || true)"
+if [[ "$current" != "$version" ]]; then
+    log "after install the venv reports aws-parallelcluster '${current}', expected ${version}"
+    exit 5
+fi
+log "installed aws-parallelcluster ${version} in $((SECONDS - start)) s"
+echo "$pcluster_bin"
