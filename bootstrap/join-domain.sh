@@ -1,0 +1,734 @@
+#!/bin/bash
+# join-domain.sh: ParallelCluster 3 OnNodeStart custom action. Joins this node to Active Directory.
+#
+#   join-domain.sh --function-url URL --region REGION [--timeout SECONDS]
+#
+# Runs as root. Steps:
+#   1. install sssd/realmd/adcli/... with the OS package manager, only if a needed command is missing;
+#   2. read the instance role's credentials from IMDSv2;
+#   3. POST to the join function URL (AWS_IAM auth), signed with `curl --aws-sigv4`; the credentials reach
+#      curl through a config on stdin, never argv; bounded retries with exponential backoff and jitter,
+#      all within --timeout (default 600 s) counted from the start of the script; HTTP 403 is final;
+#   4. `realm join` (the password on stdin only; skipped when `realm list` already shows the domain);
+#   5. sssd.conf: use_fully_qualified_names = False, fallback_homedir = /home/%u; home directories
+#      created at first login; restart sssd;
+#   6. verify: sssd runs (its pid file names a live sssd process) and the join user resolves by short
+#      name through sssd. `realm join` exits 0 even when sssd failed to start, so it is never trusted.
+#
+# The password lives only in shell variables and pipes: never argv, environment, disk or log.
+#
+# Exit codes: 0 joined and verified; 2 usage; 3 prerequisites (OS, packages, curl); 4 IMDS;
+#   5 join function unreachable or failing (retries exhausted / deadline); 6 join function answered
+#   403 forbidden; 7 invalid answer from the join function; 8 realm join failed; 9 sssd configuration or
+#   verification failed; 1 anything unexpected.
+#
+# Environment:
+#   PCLUSTER_AD_LOG                     log file (default /var/log/pcluster-ad/join-domain.log; dir 0700,
+#                                       file 0600); everything is also written to stdout
+#   AWS_EC2_METADATA_SERVICE_ENDPOINT   IMDS endpoint (default http://169.254.169.254)
+#   PCLUSTER_AD_ALLOW_HTTP=1            test labs only: allow a plain http:// function URL to a non-loopback
+#                                       host (default: https only, or http to 127.x/localhost/[::1])
+#   PCLUSTER_AD_ROOT                    test hook only: prefix for the files this script edits or reads
+#                                       directly (/etc/os-release, /etc/sssd/sssd.conf, /etc/default/sssd,
+#                                       /run/sssd.pid). Default empty: the real system.
+
+# Never trace: a trace would print the secret.
+set +o xtrace +o verbose
+set -euo pipefail
+# 022 for the commands this script runs (authselect, pam-auth-update, apt... write world-readable system
+# files); the log is created 0600 in a 0700 directory explicitly.
+umask 022
+export LC_ALL=C
+
+readonly PROG=join-domain
+PATH="${PATH:-/usr/bin:/bin}:/usr/local/sbin:/usr/sbin:/sbin"
+export PATH
+
+readonly ROOT="${PCLUSTER_AD_ROOT:-}"
+readonly DEFAULT_LOG=/var/log/pcluster-ad/join-domain.log
+LOG_FILE="${PCLUSTER_AD_LOG:-$DEFAULT_LOG}"
+IMDS_ENDPOINT="${AWS_EC2_METADATA_SERVICE_ENDPOINT:-http://169.254.169.254}"
+IMDS_ENDPOINT="${IMDS_ENDPOINT%/}"
+
+FUNCTION_URL=""
+REGION=""
+TIMEOUT=600
+LOGGER_PID=""
+# Secrets: only ever in these shell variables (never exported) and in pipes.
+JOIN_PASSWORD=""
+SIGV4_CONFIG=""
+
+usage() {
+    cat <<'EOF'
+usage: join-domain.sh --function-url URL --region REGION [--timeout SECONDS]
+
+  --function-url URL   the join function URL (https://...; plain http only to a loopback address)
+  --region REGION      AWS region of the function, used to sign the request (e.g. eu-west-1)
+  --timeout SECONDS    overall deadline for the whole join, default 600
+EOF
+}
+
+usage_error() {
+    printf '%s: error: %s\n' "$PROG" "$1" >&2
+    usage >&2
+    exit 2
+}
+
+parse_args() {
+    local opt value
+    while (($#)); do
+        opt=$1
+        case $opt in
+            -h | --help)
+                usage
+                exit 0
+                ;;
+            --function-url=* | --region=* | --timeout=*)
+                value=${opt#*=}
+                opt=${opt%%=*}
+                shift
+                ;;
+            --function-url | --region | --timeout)
+                if (($# < 2)) || [[ $2 == --* ]]; then
+                    usage_error "argument $opt requires a value"
+                fi
+                value=$2
+                shift 2
+                ;;
+            *)
+                usage_error "unknown argument: $opt"
+                ;;
+        esac
+        case $opt in
+            --function-url) FUNCTION_URL=$value ;;
+            --region) REGION=$value ;;
+            --timeout) TIMEOUT=$value ;;
+        esac
+    done
+
+    [[ -n $FUNCTION_URL ]] || usage_error "missing required argument --function-url URL"
+    [[ -n $REGION ]] || usage_error "missing required argument --region REGION"
+    # Plain http would expose the signed request and the password in the answer: only to a loopback
+    # address, or anywhere when PCLUSTER_AD_ALLOW_HTTP=1 (test labs only).
+    if [[ ! $FUNCTION_URL =~ ^https://[A-Za-z0-9.-]+(:[0-9]+)?(/[^[:space:]]*)?$ ]] \
+        && [[ ! $FUNCTION_URL =~ ^http://(127\.[0-9]+\.[0-9]+\.[0-9]+|localhost|\[::1\])(:[0-9]+)?(/[^[:space:]]*)?$ ]] \
+        && ! [[ ${PCLUSTER_AD_ALLOW_HTTP:-} == 1 && $FUNCTION_URL =~ ^http://[A-Za-z0-9.-]+(:[0-9]+)?(/[^[:space:]]*)?$ ]]; then
+        usage_error "argument --function-url must be an https:// URL (plain http only to a loopback address, or with PCLUSTER_AD_ALLOW_HTTP=1): '$FUNCTION_URL'"
+    fi
+    if [[ ! $REGION =~ ^[a-z]{2}(-[a-z]+)+-[0-9]+$ ]]; then
+        usage_error "argument --region is not an AWS region name: '$REGION'"
+    fi
+    if [[ ! $TIMEOUT =~ ^[0-9]+$ ]] || ((10#$TIMEOUT < 1 || 10#$TIMEOUT > 86400)); then
+        usage_error "argument --timeout must be a whole number of seconds between 1 and 86400: '$TIMEOUT'"
+    fi
+    TIMEOUT=$((10#$TIMEOUT))
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Logging: every line of stdout and stderr, with a timestamp, to the log file and to stdout.
+
+log() { printf '%s\n' "$*"; }
+
+stamp_lines() {
+    local line
+    exec 4>>"$LOG_FILE"
+    while IFS= read -r line || [[ -n $line ]]; do
+        printf -v line '%(%Y-%m-%dT%H:%M:%S%z)T %s: %s' -1 "$PROG" "$line"
+        printf '%s\n' "$line"
+        printf '%s\n' "$line" >&4
+    done
+}
+
+start_logging() {
+    local dir
+    dir=$(dirname -- "$LOG_FILE")
+    if [[ ! -d $dir ]]; then
+        mkdir -p -- "$(dirname -- "$dir")"
+        mkdir -m 0700 -- "$dir"
+    elif [[ $LOG_FILE == "$DEFAULT_LOG" ]]; then
+        chmod 0700 -- "$dir"
+    fi
+    (umask 077 && : >>"$LOG_FILE")
+    chmod 0600 -- "$LOG_FILE"
+    exec > >(stamp_lines) 2>&1
+    LOGGER_PID=$!
+}
+
+on_exit() {
+    local rc=$? i
+    set +e
+    JOIN_PASSWORD=""
+    SIGV4_CONFIG=""
+    unset -v JOIN_PASSWORD SIGV4_CONFIG
+    if [[ -n $LOGGER_PID ]]; then
+        if ((rc == 0)); then
+            log "finished in $(elapsed)s: node joined to the domain and verified"
+        else
+            log "FAILED with exit code $rc (log: $LOG_FILE)"
+        fi
+        exec >&- 2>&-
+        # Bounded wait for the last lines (a daemon started meanwhile could hold the pipe open).
+        for ((i = 0; i < 50; i++)); do
+            kill -0 "$LOGGER_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+    fi
+    exit "$rc"
+}
+
+die() {
+    local code=$1
+    shift
+    log "ERROR: $*"
+    exit "$code"
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Deadline
+
+START_SECONDS=$SECONDS
+remaining() { printf '%d' $((START_SECONDS + TIMEOUT - SECONDS)); }
+elapsed() { printf '%d' $((SECONDS - START_SECONDS)); }
+
+# sleep_backoff DELAY: sleep DELAY seconds plus jitter, never past the deadline.
+sleep_backoff() {
+    local delay=$1 left
+    delay=$((delay + RANDOM % (delay / 2 + 1)))
+    left=$(remaining)
+    ((delay > left - 1)) && delay=$((left - 1))
+    ((delay > 0)) && sleep "$delay"
+    return 0
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Python helpers (stdlib only; secrets only ever come in on stdin).
+
+read -r -d '' PYHELPER <<'PY' || true
+import hashlib, json, os, re, sys, tempfile
+
+def fail(msg, code=1):
+    print(msg, file=sys.stderr)
+    sys.exit(code)
+
+def one_line(s):
+    return isinstance(s, str) and s != "" and not any(c in s for c in "\0\r\n")
+
+def quote_curl(s):
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+def sigv4_config():
+    # stdin: IMDS credentials JSON. stdout: curl config (user = key:secret, security token header).
+    try:
+        doc = json.loads(sys.stdin.read())
+        code = doc.get("Code", "Success")
+        akid, secret, token = doc["AccessKeyId"], doc["SecretAccessKey"], doc.get("Token", "")
+    except Exception:
+        fail("the instance credentials from IMDS are not valid JSON with AccessKeyId/SecretAccessKey")
+    if code != "Success":
+        fail(f"IMDS reports the instance credentials as {str(code)[:40]!r}")
+    if not (one_line(akid) and one_line(secret)) or ":" in akid or (token and not one_line(token)):
+        fail("the instance credentials from IMDS are malformed")
+    print("user = " + quote_curl(akid + ":" + secret))
+    if token:
+        print("header = " + quote_curl("x-amz-security-token: " + token))
+
+def join_response():
+    # stdin: the function's 200 body. stdout: domain, realm, user, password, one per line.
+    try:
+        doc = json.loads(sys.stdin.read())
+        if not isinstance(doc, dict):
+            raise ValueError
+    except Exception:
+        fail("the join function's answer is not a JSON object")
+    domain, realm = doc.get("domain"), doc.get("realm") or ""
+    user, password = doc.get("user"), doc.get("password")
+    name = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    label_re = re.compile(rf"^{name}(?:\.{name})*$")
+    if not isinstance(domain, str) or not label_re.match(domain) or len(domain) > 253:
+        fail("the join function's answer has no valid 'domain'")
+    if not isinstance(realm, str) or (realm and not label_re.match(realm)):
+        fail("the join function's answer has an invalid 'realm'")
+    realm = (realm or domain).upper()
+    if not one_line(user):
+        fail("the join function's answer has no valid 'user'")
+    # Bare user name: 'DOMAIN\user' and 'user@realm' are reduced to 'user' (adlab pitfall 4).
+    user = user.rsplit("\\", 1)[-1].split("@", 1)[0].strip()
+    if not user or any(ord(c) < 32 for c in user):
+        fail("the join function's answer has no valid 'user'")
+    if not one_line(password):
+        fail("the join function's answer has no valid 'password' (empty, or with a line break)")
+    sys.stdout.write("\n".join([domain.lower(), realm, user, password]))
+
+def error_field():
+    # stdin: an error body. stdout: its 'error' text, shortened (never the body itself).
+    try:
+        doc = json.loads(sys.stdin.read())
+        msg = doc.get("error") or doc.get("message") or doc.get("Message") or ""
+    except Exception:
+        msg = ""
+    msg = re.sub(r"[^ -~]", "?", str(msg))[:200]
+    print(msg if msg else "(no error message)")
+
+def realm_configured(domain, realm):
+    # stdin: `realm list` output (configured realms only). exit 0 when the domain is among them.
+    want = {f"domain-name: {domain.lower()}", f"realm-name: {realm.lower()}"}
+    for line in sys.stdin.read().splitlines():
+        if line.strip().lower() in want:
+            sys.exit(0)
+    sys.exit(1)
+
+def computer_name(host):
+    # NetBIOS names have at most 15 characters (adlab pitfall 9). Longer host names would be truncated
+    # by adcli and could collide (ip-172-31-100-20 vs ip-172-31-100-200): use a stable hashed name.
+    host = host.split(".", 1)[0].lower()
+    if len(host) <= 15:
+        return
+    prefix = re.sub(r"[^a-z0-9-]", "", host)[:6].rstrip("-") or "node"
+    print(prefix + "-" + hashlib.sha256(host.encode()).hexdigest()[: 14 - len(prefix)])
+
+def write_atomic(path, text, like):
+    st = os.stat(like) if like and os.path.exists(like) else None
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".pcluster-ad.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o600 if st is None else st.st_mode & 0o7777)
+        if st is not None:
+            os.chown(tmp, st.st_uid, st.st_gid)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+SECTION_RE = re.compile(r"^\s*\[\s*([^\]]*?)\s*\]\s*$")
+KEY_RE = re.compile(r"^\s*([A-Za-z0-9_]+)\s*=")
+
+def sssd_conf(path, domain):
+    # Set keys in [domain/<domain>] of sssd.conf, keeping everything else. Idempotent.
+    settings = {"use_fully_qualified_names": "False", "fallback_homedir": "/home/%u"}
+    try:
+        lines = open(path).read().splitlines()
+    except OSError as e:
+        fail(f"cannot read {path}: {e.strerror}")
+    sections = []  # (name, header index, end index exclusive)
+    for i, line in enumerate(lines):
+        m = SECTION_RE.match(line)
+        if m:
+            if sections:
+                sections[-1][2] = i
+            sections.append([m.group(1), i, len(lines)])
+    domains = [s for s in sections if s[0].lower().startswith("domain/")]
+    target = [s for s in domains if s[0].lower() == "domain/" + domain.lower()]
+    if not target and len(domains) == 1:
+        print(f"note: no [domain/{domain}] in {path}; editing its only domain section [{domains[0][0]}]")
+        target = domains
+    if not target:
+        fail(f"no [domain/{domain}] section in {path}")
+    name, start, end = target[0]
+    body = lines[start + 1 : end]
+    seen, out = set(), []
+    for line in body:
+        m = KEY_RE.match(line)
+        key = m.group(1).lower() if m else None
+        if key in settings:
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append(f"{key} = {settings[key]}")
+        else:
+            out.append(line)
+    missing = [k for k in settings if k not in seen]
+    if missing:
+        at = len(out)
+        while at > 0 and not out[at - 1].strip():
+            at -= 1
+        out[at:at] = [f"{k} = {settings[k]}" for k in missing]
+    new = lines[: start + 1] + out + lines[end:]
+    if new == lines:
+        print(f"{path}: [{name}] already has " + ", ".join(f"{k} = {v}" for k, v in settings.items()))
+        return
+    write_atomic(path, "\n".join(new) + "\n", path)
+    print(f"{path}: set in [{name}]: " + ", ".join(f"{k} = {v}" for k, v in settings.items()))
+
+def daemon_opts(path):
+    # Debian 12 ships DAEMON_OPTS="-D -f" for the sssd init script; sssd >= 2.8 rejects -f, so sssd
+    # does not start through the init script (adlab pitfall 1). Drop the -f. No effect under systemd.
+    try:
+        lines = open(path).read().splitlines()
+    except FileNotFoundError:
+        return
+    new = []
+    for line in lines:
+        m = re.match(r'^(\s*DAEMON_OPTS=)(["\']?)(.*?)\2\s*$', line)
+        if m and "-f" in m.group(3).split():
+            opts = " ".join(w for w in m.group(3).split() if w != "-f")
+            line = f'{m.group(1)}"{opts}"'
+        new.append(line)
+    if new != lines:
+        write_atomic(path, "\n".join(new) + "\n", path)
+        print(f"{path}: removed the -f option that sssd >= 2.8 rejects")
+
+cmd, args = sys.argv[1], sys.argv[2:]
+{"sigv4-config": sigv4_config, "join-response": join_response, "error-field": error_field,
+ "realm-configured": realm_configured, "computer-name": computer_name, "sssd-conf": sssd_conf,
+ "daemon-opts": daemon_opts}[cmd](*args)
+PY
+readonly PYHELPER
+
+# The code comes in on fd 3 (argv stays short and readable); data, secrets included, on stdin.
+pyhelper() { python3 -I /dev/fd/3 "$@" 3<<<"$PYHELPER"; }
+
+# ---------------------------------------------------------------------------------------------------
+# Operating system and packages
+
+OS_FAMILY=""
+OS_PRETTY=""
+
+detect_os() {
+    local file="$ROOT/etc/os-release" key value id="" like="" word
+    [[ -r $file ]] || die 3 "cannot read $file: unsupported operating system"
+    while IFS='=' read -r key value; do
+        value=${value%\"}
+        value=${value#\"}
+        value=${value%\'}
+        value=${value#\'}
+        case $key in
+            ID) id=$value ;;
+            ID_LIKE) like=$value ;;
+            PRETTY_NAME) OS_PRETTY=$value ;;
+        esac
+    done <"$file"
+    for word in $id $like; do
+        case $word in
+            debian | ubuntu)
+                OS_FAMILY=debian
+                break
+                ;;
+            rhel | fedora | centos | amzn | rocky | almalinux | ol)
+                OS_FAMILY=rhel
+                break
+                ;;
+        esac
+    done
+    [[ -n $OS_FAMILY ]] || die 3 "unsupported operating system (ID=$id ID_LIKE=$like): need a Debian or RHEL family OS"
+    log "operating system: ${OS_PRETTY:-$id} ($OS_FAMILY family)"
+}
+
+missing_commands() {
+    local c
+    local -a needed=(curl python3 realm adcli sssd kinit)
+    if [[ $OS_FAMILY == debian ]]; then
+        needed+=(pam-auth-update)
+    else
+        needed+=(oddjobd)
+        if ! command -v authselect >/dev/null && ! command -v authconfig >/dev/null; then
+            needed+=(authselect)
+        fi
+    fi
+    for c in "${needed[@]}"; do
+        command -v "$c" >/dev/null || printf '%s ' "$c"
+    done
+    return 0
+}
+
+install_packages() {
+    local missing left
+    local -a pkgs
+    missing=$(missing_commands)
+    if [[ -z $missing ]]; then
+        log "packages: all needed commands are present, nothing to install"
+        return 0
+    fi
+    log "packages: missing commands: $missing"
+    left=$(remaining)
+    ((left > 0)) || die 3 "deadline reached before installing packages"
+    if [[ $OS_FAMILY == debian ]]; then
+        # packagekit is not needed: realm join runs with --install=/ (see do_join).
+        pkgs=(sssd sssd-ad sssd-tools realmd adcli krb5-user libnss-sss libpam-sss)
+        [[ $missing == *"curl "* ]] && pkgs+=(curl)
+        [[ $missing == *"python3 "* ]] && pkgs+=(python3)
+        log "packages: apt-get install ${pkgs[*]}"
+        timeout -k 10 "$left" env DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=300 update </dev/null \
+            || die 3 "apt-get update failed"
+        left=$(remaining)
+        ((left > 0)) || die 3 "deadline reached while installing packages"
+        timeout -k 10 "$left" env DEBIAN_FRONTEND=noninteractive apt-get -q -y -o DPkg::Lock::Timeout=300 \
+            install --no-install-recommends "${pkgs[@]}" </dev/null || die 3 "apt-get install failed"
+    else
+        local pm=dnf auth=authselect
+        if ! command -v dnf >/dev/null; then
+            pm=yum
+            auth=authconfig # Amazon Linux 2 and other yum-only systems
+        fi
+        pkgs=(sssd sssd-ad sssd-tools realmd adcli krb5-workstation oddjob oddjob-mkhomedir "$auth")
+        [[ $missing == *"curl "* ]] && pkgs+=(curl)
+        [[ $missing == *"python3 "* ]] && pkgs+=(python3)
+        log "packages: $pm install ${pkgs[*]}"
+        timeout -k 10 "$left" "$pm" -y -q install "${pkgs[@]}" </dev/null || die 3 "$pm install failed"
+    fi
+    missing=$(missing_commands)
+    [[ -z $missing ]] || die 3 "still missing after installing packages: $missing"
+}
+
+check_curl() {
+    local help
+    help=$(curl --help all 2>/dev/null || true)
+    [[ $help == *--aws-sigv4* ]] || die 3 "this curl has no --aws-sigv4 option (curl 7.75 or newer is needed)"
+}
+
+# ---------------------------------------------------------------------------------------------------
+# IMDSv2 and the join function
+
+IMDS_TOKEN=""
+INSTANCE_ID=""
+
+# imds_get PATH: prints the IMDS document; the session token goes to curl in a config on stdin.
+imds_get() {
+    printf 'header = "X-aws-ec2-metadata-token: %s"\n' "$IMDS_TOKEN" \
+        | curl -sS -f --noproxy '*' --connect-timeout 2 --max-time 5 -K - -- "$IMDS_ENDPOINT/latest/$1"
+}
+
+imds_token() {
+    curl -sS -f --noproxy '*' --connect-timeout 2 --max-time 5 -X PUT \
+        -H 'X-aws-ec2-metadata-token-ttl-seconds: 21600' -- "$IMDS_ENDPOINT/latest/api/token"
+}
+
+# Bounded retries: IMDS and the instance profile can lag right after boot.
+read_imds() {
+    local delay=1 role creds
+    while :; do
+        if IMDS_TOKEN=$(imds_token) && [[ -n $IMDS_TOKEN ]] \
+            && INSTANCE_ID=$(imds_get meta-data/instance-id) \
+            && role=$(imds_get meta-data/iam/security-credentials/) && role=${role%%$'\n'*} && [[ -n $role ]] \
+            && creds=$(imds_get "meta-data/iam/security-credentials/$role"); then
+            if SIGV4_CONFIG=$(printf '%s' "$creds" | pyhelper sigv4-config); then
+                creds=""
+                if [[ -z $IMDS_LOGGED ]]; then
+                    log "IMDS: instance $INSTANCE_ID, instance role $role"
+                    IMDS_LOGGED=1
+                fi
+                return 0
+            fi
+            creds=""
+        fi
+        (($(remaining) > 1)) || die 4 "could not read the instance id and role credentials from IMDSv2 at $IMDS_ENDPOINT before the deadline ($TIMEOUT s)"
+        log "IMDS not ready (instance role credentials unavailable); retrying in ~${delay}s"
+        sleep_backoff "$delay"
+        delay=$((delay * 2 > 10 ? 10 : delay * 2))
+    done
+}
+IMDS_LOGGED=""
+
+AD_DOMAIN=""
+AD_REALM=""
+JOIN_USER=""
+
+# Fills AD_DOMAIN, AD_REALM, JOIN_USER and JOIN_PASSWORD from the join function.
+fetch_join_secret() {
+    local attempt=0 delay=1 left max_time rc out code body parsed proto=https err="none"
+    [[ $FUNCTION_URL == http://* ]] && proto=http
+    while :; do
+        read_imds # fresh credentials each attempt: they rotate
+        left=$(remaining)
+        if ((left <= 0)); then
+            die 5 "giving up after $attempt attempts in $(elapsed)s (deadline $TIMEOUT s); last error: $err"
+        fi
+        attempt=$((attempt + 1))
+        max_time=$((left < 30 ? left : 30))
+        log "join function: attempt $attempt (POST $FUNCTION_URL, max ${max_time}s)"
+        rc=0
+        out=$(printf '%s\n' "$SIGV4_CONFIG" \
+            | curl -sS --proto "=$proto" --connect-timeout 10 --max-time "$max_time" -K - \
+                --aws-sigv4 "aws:amz:$REGION:lambda" -X POST -H 'content-type: application/json' \
+                --data-binary '{}' -w '\n%{http_code}' -- "$FUNCTION_URL") || rc=$?
+        SIGV4_CONFIG=""
+        code=${out##*$'\n'}
+        body=${out%$'\n'*}
+        out=""
+        if ((rc != 0)); then
+            err="curl failed (exit $rc)"
+        elif [[ $code == 200 ]]; then
+            if ! parsed=$(printf '%s' "$body" | pyhelper join-response); then
+                body=""
+                die 7 "invalid answer from the join function (HTTP 200)"
+            fi
+            body=""
+            AD_DOMAIN=${parsed%%$'\n'*}
+            parsed=${parsed#*$'\n'}
+            AD_REALM=${parsed%%$'\n'*}
+            parsed=${parsed#*$'\n'}
+            JOIN_USER=${parsed%%$'\n'*}
+            JOIN_PASSWORD=${parsed#*$'\n'}
+            parsed=""
+            log "join function: HTTP 200 after $(elapsed)s: domain $AD_DOMAIN, realm $AD_REALM"
+            return 0
+        else
+            err="HTTP $code: $(printf '%s' "$body" | pyhelper error-field)"
+            body=""
+            case $code in
+                403)
+                    die 6 "the join function refused this node ($err). Not retrying: check that instance $INSTANCE_ID carries the tag parallelcluster:cluster-name of the cluster, runs in the cluster's VPC, and that its instance role may call the function URL (lambda:InvokeFunctionUrl and, for URLs created since October 2025, lambda:InvokeFunction)"
+                    ;;
+                408 | 429 | 5[0-9][0-9]) ;;
+                *) die 5 "the join function answered $err; not retryable" ;;
+            esac
+        fi
+        if (($(remaining) <= 1)); then
+            die 5 "giving up after $attempt attempts in $(elapsed)s (deadline $TIMEOUT s); last error: $err"
+        fi
+        log "join function: attempt $attempt failed: $err; retrying in ~${delay}s"
+        sleep_backoff "$delay"
+        delay=$((delay * 2 > 30 ? 30 : delay * 2))
+    done
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Join and sssd
+
+realm_configured() {
+    local out
+    if ! out=$(realm list 2>&1); then
+        log "realm list failed: $out"
+        return 1
+    fi
+    printf '%s\n' "$out" | pyhelper realm-configured "$AD_DOMAIN" "$AD_REALM"
+}
+
+do_join() {
+    local attempt left host computer
+    local -a args
+    if realm_configured; then
+        log "realm: $AD_DOMAIN is already configured on this node; skipping the join"
+        return 0
+    fi
+    # --install=/ makes realmd assume the packages are installed (this script installed them) instead of
+    # asking PackageKit, which may be absent: without it realm join fails with "Necessary packages are
+    # not installed" (adlab pitfall 3), and with it realmd may reach for package repositories at boot.
+    args=(join --verbose --install=/ --client-software=sssd --membership-software=adcli -U "$JOIN_USER")
+    host=$(hostname 2>/dev/null || uname -n)
+    computer=$(pyhelper computer-name "$host")
+    if [[ -n $computer ]]; then
+        log "realm: host name '$host' is longer than 15 characters: computer account name $computer"
+        args+=("--computer-name=$computer")
+    fi
+    args+=("$AD_DOMAIN")
+    for attempt in 1 2 3; do
+        left=$(remaining)
+        ((left > 0)) || die 8 "deadline ($TIMEOUT s) reached before realm join $AD_DOMAIN succeeded"
+        log "realm: joining $AD_DOMAIN (attempt $attempt)"
+        # The password goes on realm's stdin, never argv.
+        if printf '%s\n' "$JOIN_PASSWORD" | timeout -k 10 "$left" realm "${args[@]}"; then
+            if realm_configured; then
+                log "realm: joined $AD_DOMAIN"
+                return 0
+            fi
+            log "realm join exited 0 but realm list does not show $AD_DOMAIN"
+        elif realm_configured; then
+            log "realm: $AD_DOMAIN is configured despite realm join's exit status"
+            return 0
+        fi
+        ((attempt < 3)) && (($(remaining) > 5)) && sleep_backoff $((5 * attempt))
+    done
+    die 8 "realm join $AD_DOMAIN failed (see the realm output above)"
+}
+
+enable_mkhomedir() {
+    local out
+    if [[ $OS_FAMILY == debian ]]; then
+        log "pam: enabling mkhomedir (pam-auth-update)"
+        DEBIAN_FRONTEND=noninteractive pam-auth-update --enable mkhomedir </dev/null \
+            || die 9 "pam-auth-update --enable mkhomedir failed"
+    elif command -v authselect >/dev/null; then
+        out=$(authselect current 2>&1 || true)
+        if [[ $out == *"Profile ID: sssd"* ]]; then
+            log "pam: authselect profile sssd is active; enabling feature with-mkhomedir"
+            authselect enable-feature with-mkhomedir || die 9 "authselect enable-feature with-mkhomedir failed"
+        else
+            log "pam: authselect select sssd with-mkhomedir"
+            authselect select sssd with-mkhomedir --force || die 9 "authselect select sssd with-mkhomedir failed"
+        fi
+        systemctl enable --now oddjobd.service || die 9 "could not enable and start oddjobd (home creation)"
+    else
+        log "pam: authconfig --enablemkhomedir"
+        authconfig --enablesssd --enablesssdauth --enablemkhomedir --update \
+            || die 9 "authconfig --enablemkhomedir failed"
+        systemctl enable --now oddjobd.service || die 9 "could not enable and start oddjobd (home creation)"
+    fi
+}
+
+sssd_running() {
+    local pidfile pid comm
+    for pidfile in "$ROOT/run/sssd.pid" "$ROOT/var/run/sssd.pid"; do
+        [[ -r $pidfile ]] || continue
+        read -r pid <"$pidfile" || continue
+        [[ $pid =~ ^[0-9]+$ ]] || continue
+        comm=$(cat "/proc/$pid/comm" 2>/dev/null) || continue
+        [[ $comm == sssd ]] && return 0
+    done
+    return 1
+}
+
+# Bounded retries: right after a restart the domain can be offline for a moment.
+verify_sssd() {
+    local until limit running=0 lookup=0 restarted_at
+    limit=$(remaining)
+    ((limit > 120)) && limit=120
+    ((limit < 1)) && limit=1
+    until=$((SECONDS + limit))
+    restarted_at=$SECONDS
+    while :; do
+        running=0
+        lookup=0
+        if sssd_running; then
+            running=1
+            if getent -s sss passwd "$JOIN_USER" >/dev/null && getent passwd "$JOIN_USER" >/dev/null; then
+                lookup=1
+                break
+            fi
+        elif ((restarted_at >= 0 && SECONDS - restarted_at >= 10 && until - SECONDS > 5)); then
+            log "sssd is not running; restarting it once more"
+            timeout -k 10 60 systemctl restart sssd || log "WARNING: systemctl restart sssd failed"
+            restarted_at=-1
+        fi
+        ((SECONDS < until)) || break
+        sleep 2
+    done
+    if ((running == 0)); then
+        die 9 "sssd is not running after the join (realm join exits 0 even when sssd fails to start): see /var/log/sssd/ and 'systemctl status sssd'"
+    fi
+    if ((lookup == 0)); then
+        die 9 "sssd runs but the join user does not resolve by its short name through sssd (getent passwd) within ${limit}s: see /var/log/sssd/"
+    fi
+    log "verified: sssd is running and the join user resolves by its short name"
+}
+
+configure_sssd() {
+    local conf="$ROOT/etc/sssd/sssd.conf"
+    pyhelper sssd-conf "$conf" "$AD_DOMAIN" || die 9 "could not edit $conf"
+    enable_mkhomedir
+    log "sssd: restarting"
+    if ! timeout -k 10 120 systemctl restart sssd; then
+        log "WARNING: systemctl restart sssd failed"
+    fi
+}
+
+main() {
+    parse_args "$@"
+    start_logging
+    trap on_exit EXIT
+    log "starting: function URL $FUNCTION_URL, region $REGION, timeout ${TIMEOUT}s, IMDS $IMDS_ENDPOINT"
+    detect_os
+    install_packages
+    check_curl
+    if [[ $OS_FAMILY == debian ]]; then
+        pyhelper daemon-opts "$ROOT/etc/default/sssd" || die 9 "could not edit $ROOT/etc/default/sssd"
+    fi
+    fetch_join_secret
+    do_join
+    JOIN_PASSWORD=""
+    unset -v JOIN_PASSWORD
+    configure_sssd
+    verify_sssd
+}
+
+main "$@"

