@@ -101,6 +101,8 @@ parse_args() {
     fi
 }
 
+# The logging block below is the same in join-domain.sh: ParallelCluster downloads each custom-action
+# script on its own, so the two scripts cannot source a shared file. Change both together.
 log() { printf '%s\n' "$*"; }
 
 stamp_lines() {

@@ -127,6 +127,8 @@ parse_args() {
 # ---------------------------------------------------------------------------------------------------
 # Logging: every line of stdout and stderr, with a timestamp, to the log file and to stdout.
 
+# The logging block below is the same in enable-ssh-password-auth.sh: ParallelCluster downloads each custom-action
+# script on its own, so the two scripts cannot source a shared file. Change both together.
 log() { printf '%s\n' "$*"; }
 
 stamp_lines() {
