@@ -251,6 +251,30 @@ def test_join_already_joined_node_skips_the_join(sandbox):
     assert_secret_free(box, imds, result)
 
 
+def test_join_trusts_the_on_disk_join_when_realmd_has_a_stale_view(sandbox):
+    # Seen with realmd 0.17.1 in tests/adlab: realmd started by the first `realm list` keeps showing
+    # nothing after a successful join, and a second join answers "Already joined".
+    box = sandbox(realm_list_stale=True)
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        result = run_join(box, imds, fn)
+    assert result.rc == 0, result.output
+    assert [c["argv"][0] for c in box.calls("realm")].count("join") == 1
+    assert_secret_free(box, imds, result)
+    # A rerun is a no-op: the on-disk join counts as configured.
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        again = run_join(box, imds, fn)
+    assert again.rc == 0 and [c["argv"][0] for c in box.calls("realm")].count("join") == 1, again.output
+
+
+def test_join_sssd_tuned_for_large_directories(sandbox):
+    box = sandbox()
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        result = run_join(box, imds, fn)
+    assert result.rc == 0, result.output
+    conf = box.sssd_conf().read_text()
+    assert "ignore_group_members = True" in conf and "ldap_referrals = False" in conf
+
+
 def test_join_long_host_name_gets_a_stable_15_char_computer_name(sandbox):
     names = []
     for _ in range(2):

@@ -80,7 +80,7 @@ def realm(args: list[str], stdin: str) -> int:
         if SCENARIO.get("realm_list_rc", 0):
             print("realm: Couldn't connect to realm service", file=sys.stderr)
             return SCENARIO["realm_list_rc"]
-        if joined.exists():
+        if joined.exists() and not SCENARIO.get("realm_list_stale"):
             domain = joined.read_text().strip()
             print(f"{domain}\n  type: kerberos\n  realm-name: {domain.upper()}\n  domain-name: {domain}\n"
                   "  configured: kerberos-member\n  server-software: active-directory\n  client-software: sssd")
@@ -102,6 +102,17 @@ def realm(args: list[str], stdin: str) -> int:
         print(" * Successfully enrolled machine in realm")
         return 0
     return 2
+
+
+def klist(args: list[str]) -> int:
+    """`klist -k KEYTAB`: the host key that realm join leaves in the node's keytab."""
+    joined = STATE / "joined"
+    if args[:1] != ["-k"] or not joined.exists() or args[-1] != str(ROOT / "etc" / "krb5.keytab"):
+        print("klist: Key table file not found", file=sys.stderr)
+        return 1
+    realm_name = joined.read_text().strip().upper()
+    print(f"Keytab name: FILE:{args[-1]}\nKVNO Principal\n---- ----\n   2 NODE1$@{realm_name}")
+    return 0
 
 
 def start_fake_sssd() -> None:
@@ -239,6 +250,8 @@ def main() -> int:
     record(name, args, stdin)
     if name == "realm":
         return realm(args, stdin)
+    if name == "klist":
+        return klist(args)
     if name == "systemctl":
         return systemctl(args)
     if name == "getent":

@@ -1,0 +1,402 @@
+"""Benchmarks of the join chain and of AD lookups, on the real-AD lab (tests/adlab/lab.py).
+
+    sudo venv/bin/python -m bench.adlab_bench [--sequential 10] [--burst 20] [--users 10000]
+                                              [--results bench/RESULTS.md]
+
+Prints a markdown table (no asserts). Needs root and tools/install_adlab_deps.sh, like the lab.
+All figures come from the product's real pieces: join-domain.sh on each node, the real join
+handler behind the SigV4-checked function URL, realm/adcli/sssd against Samba AD.
+
+1. join latency: one node at a time, from the start of join-domain.sh to the first successful
+   `getent passwd` of an AD user (packages preinstalled, as on a ParallelCluster AMI);
+2. burst: N nodes start join-domain.sh at the same moment;
+3. a directory of --users users (bulk add, no passwords), one user in 200 groups and a group
+   of 1,000 members: getent/id cold (sssd caches emptied) and warm, with the sssd.conf the
+   product writes and then with settings tuned for large directories.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+from tests.adlab.lab import BOOTSTRAP_DIR, REPO, Lab, LabError, Node, RunResult, missing_deps
+
+DOMAIN_SECTION = "[domain/test.domain]"
+# sssd settings for large directories, measured cumulatively (each variant adds to the previous).
+VARIANTS = [
+    ("product sssd.conf", {}),
+    (
+        "+ ignore_group_members",
+        {
+            # Do not fetch member lists of groups: the main cost of group lookups and of resolving
+            # the groups of a user (initgroups at login, `id`). getent group then lists no members.
+            "ignore_group_members": "True",
+        },
+    ),
+    (
+        "+ referrals off, no GC, no GPO",
+        {
+            # Do not chase LDAP referrals (AD returns them for the forest's other partitions).
+            "ldap_referrals": "False",
+            # Single-domain forest: ask the DC's LDAP, not the Global Catalog, for memberships.
+            "ad_enable_gc": "False",
+            # Access by group membership instead of GPO evaluation (an SMB fetch at each login).
+            "ad_gpo_access_control": "disabled",
+        },
+    ),
+]
+# Stated defaults, kept as they are in every variant: ldap_use_tokengroups = True (a user's groups
+# from one tokenGroups read), enumerate = False (never list the whole directory).
+TUNED = {k: v for _, opts in VARIANTS for k, v in opts.items()}
+
+
+MANY_PW = "M4ny-Pw-2026!x"
+WHO = {
+    "product": "join-domain.sh"
+    + ("" if BOOTSTRAP_DIR == REPO / "bootstrap" else f" from ADLAB_BOOTSTRAP_DIR={BOOTSTRAP_DIR}"),
+    "reference": "harness reference join, NOT the product",
+}
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = (len(s) - 1) * p
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def timed(node: Node, cmd: list[str]) -> tuple[float, int, str]:
+    """Run cmd in the node; time it inside the node (excludes nsenter overhead)."""
+    script = 'S=$(date +%s%N); "$@" >/tmp/bench.out 2>&1; rc=$?; E=$(date +%s%N); echo "$rc $((E-S))"'
+    res = node.run(["/bin/bash", "-c", script, "_", *cmd], check=False, timeout=600)
+    rc, ns = res.stdout.split()
+    out = node.read("/tmp/bench.out")
+    return int(ns) / 1e9, int(rc), out
+
+
+def wait_lookup(node: Node, user: str, timeout: float = 120) -> float:
+    """Seconds until `getent passwd user` first succeeds (from now)."""
+    script = (
+        f"S=$(date +%s%N); for i in $(seq 1 {int(timeout * 20)}); do getent passwd {user} >/dev/null && "
+        "break; sleep 0.05; done; E=$(date +%s%N); getent passwd " + user + " >/dev/null || exit 1; echo $((E-S))"
+    )
+    res = node.run(["/bin/bash", "-c", script], check=False, timeout=timeout + 30)
+    if res.returncode != 0:
+        raise LabError(f"{node.key}: {user} never resolved")
+    return int(res.stdout.strip()) / 1e9
+
+
+def cold_restart(node: Node, warm_user: str) -> None:
+    """Empty sssd's caches, restart it, and warm only the connection (one unrelated lookup)."""
+    node.sh(
+        "systemctl stop sssd; rm -f /var/lib/sss/db/*.ldb /var/lib/sss/mc/*; systemctl start sssd",
+        timeout=120,
+    )
+    wait_lookup(node, warm_user, timeout=60)
+
+
+SET_OPTIONS_PY = """
+import re, sys
+path, opts = "/etc/sssd/sssd.conf", dict(a.split("=", 1) for a in sys.argv[1:])
+out, section = [], None
+for line in open(path).read().splitlines():
+    m = re.match(r"\\s*\\[(.*)\\]\\s*$", line)
+    if m:
+        if section and section.startswith("domain/"):
+            out += [f"{k} = {v}" for k, v in opts.items()]
+            opts = {}
+        section = m.group(1)
+    else:
+        key = re.match(r"\\s*(\\w+)\\s*=", line)
+        if section and section.startswith("domain/") and key and key.group(1) in opts:
+            continue
+    out.append(line)
+out += [f"{k} = {v}" for k, v in opts.items()]
+open(path, "w").write("\\n".join(out) + "\\n")
+"""
+
+
+def set_sssd_options(node: Node, options: dict[str, str]) -> None:
+    """Set options in the (single) [domain/...] section of the node's sssd.conf."""
+    node.run(["/usr/bin/python3", "-c", SET_OPTIONS_PY, *[f"{k}={v}" for k, v in options.items()]])
+
+
+class ReferenceRun:
+    """The harness' reference join (realm join + the product's sssd settings), in a thread, for
+    capacity figures of the AD side when the product script cannot be measured. NOT the product."""
+
+    def __init__(self, node: Node):
+        self.t0 = time.monotonic()
+        self.result: RunResult | None = None
+        self.thread = threading.Thread(target=self._go, args=(node,), daemon=True)
+        self.thread.start()
+
+    def _go(self, node: Node) -> None:
+        try:
+            node.reference_join()
+            ok = node.run(["getent", "passwd", "alice"], check=False).returncode == 0
+            self.result = RunResult(0 if ok else 1, time.monotonic() - self.t0, "" if ok else "ERROR: no lookup")
+        except Exception as exc:  # noqa: BLE001 - reported as a failed join
+            self.result = RunResult(1, time.monotonic() - self.t0, f"ERROR: {exc}")
+
+    def wait(self) -> RunResult:
+        self.thread.join()
+        assert self.result is not None
+        return self.result
+
+
+def start_join(node: Node, mode: str, timeout_arg: int):
+    return node.start_bootstrap(timeout_arg=timeout_arg) if mode == "product" else ReferenceRun(node)
+
+
+def join_product(lab: Lab, node: Node, timeout_arg: int = 300, mode: str = "product") -> dict:
+    run = start_join(node, mode, timeout_arg)
+    res = run.wait()
+    out = {"rc": res.rc, "script_s": res.elapsed}
+    if res.rc == 0:
+        out["first_lookup_s"] = res.elapsed + wait_lookup(node, "alice")
+    else:
+        out["error"] = [line for line in res.output.splitlines() if "ERROR" in line][-1:] or res.output[-300:]
+    return out
+
+
+def bench_sequential(lab: Lab, n: int, rows: list, raw: dict, mode: str) -> None:
+    lat, script, fails = [], [], []
+    for _ in range(n):
+        (node,) = lab.add_nodes([{}])
+        r = join_product(lab, node, mode=mode)
+        if r["rc"] == 0:
+            lat.append(r["first_lookup_s"])
+            script.append(r["script_s"])
+        else:
+            fails.append(r)
+        lab.remove_host(node)
+    raw["sequential"] = {"latency": lat, "script": script, "failures": fails}
+    who = WHO[mode]
+    rows.append(
+        (f"Join latency, start to first AD lookup, p50 [{who}]", f"{pct(lat, 0.5):.2f} s", f"{len(lat)}/{n} ok")
+    )
+    rows.append((f"Join latency, start to first AD lookup, p95 [{who}]", f"{pct(lat, 0.95):.2f} s", ""))
+    rows.append((f"join run time alone, p50 / max [{who}]", f"{pct(script, 0.5):.2f} / {max(script or [0]):.2f} s", ""))
+    if fails:
+        rows.append(("sequential joins failed", str(len(fails)), str(fails[0].get("error"))[:160]))
+
+
+def bench_burst(lab: Lab, n: int, rows: list, raw: dict, mode: str) -> None:
+    nodes = lab.add_nodes([{} for _ in range(n)])
+    t0 = time.monotonic()
+    runs = [start_join(node, mode, 600) for node in nodes]
+    results = [r.wait() for r in runs]
+    wall = time.monotonic() - t0
+    ok = [r for r in results if r.rc == 0]
+    joined = sum(1 for node in nodes if node.run(["getent", "passwd", "alice"], check=False).returncode == 0)
+    per = [r.elapsed for r in ok]
+    raw["burst"] = {"wall": wall, "per_node": [r.elapsed for r in results], "rcs": [r.rc for r in results]}
+    who = WHO[mode]
+    rows.append(
+        (f"Burst of {n} nodes at once [{who}]: wall time until all finished", f"{wall:.1f} s", f"{len(ok)}/{n} ok")
+    )
+    rows.append(
+        (
+            f"Burst of {n}: per-node script time p50 / p95 / max",
+            f"{pct(per, 0.5):.1f} / {pct(per, 0.95):.1f} / {max(per or [0]):.1f} s",
+            "",
+        )
+    )
+    rows.append((f"Burst of {n}: nodes resolving AD users afterwards", f"{joined}/{n}", ""))
+    errs = sorted(
+        {
+            (r.rc, ([ln for ln in r.output.splitlines() if "ERROR" in ln][-1:] or [""])[0][-120:])
+            for r in results
+            if r.rc != 0
+        }
+    )
+    for rc, msg in errs[:3]:
+        rows.append((f"Burst failure (rc={rc})", "", msg))
+    for node in nodes:
+        lab.remove_host(node)
+
+
+def bench_large(lab: Lab, users: int, rows: list, raw: dict, reps: int) -> None:
+    t0 = time.monotonic()
+    stats = lab.populate(
+        {
+            "users": [{"name": "manyuser", "password": MANY_PW}],
+            "bulk": {
+                "users": users,
+                "prefix": "buser",
+                "big_group": {"name": "biggroup", "members": min(1000, users)},
+                "many_groups": {"user": "manyuser", "count": 200, "prefix": "mgrp"},
+            },
+        }
+    )
+    rows.append(
+        (
+            f"Directory: bulk add of {users} users + 200 groups + 1 group of 1000",
+            f"{time.monotonic() - t0:.1f} s",
+            json.dumps(stats),
+        )
+    )
+    (node,) = lab.add_nodes([{}])
+    r = join_product(lab, node)
+    tag = ""
+    if r["rc"] != 0:
+        # The lookup figures measure sssd against AD, not the script: complete the join in the
+        # harness and say so in the table.
+        node.reference_join()
+        wait_lookup(node, "alice")
+        tag = f" (product script failed rc={r['rc']}; node joined by the harness' reference join)"
+        rows.append(("Large-directory node: join-domain.sh failed" + tag, "", str(r.get("error"))[:160]))
+    mark = ", harness-joined node" if tag else ""
+    ssh_ok = node.run_action("enable-ssh-password-auth.sh").rc == 0
+    probe = f"buser{users // 2:05d}"
+    many = " ".join(f"buser{i:05d}" for i in range(0, users, max(1, users // 200)))
+    measures = [
+        ("getent passwd (one user)", ["getent", "passwd", probe]),
+        ("getent passwd of 200 users one by one", ["bash", "-c", f"for u in {many}; do getent passwd $u; done"]),
+        ("id of a user in 200 groups", ["id", "manyuser"]),
+        ("getent group of a 1,000-member group", ["getent", "group", "biggroup"]),
+    ]
+    raw["large"] = {}
+    for label, options in VARIANTS:
+        if options:
+            set_sssd_options(node, options)
+        res = {}
+        for name, cmd in measures:
+            colds, warms = [], []
+            for _ in range(reps):
+                cold_restart(node, "alice")
+                c, rc_c, out_c = timed(node, cmd)
+                w, rc_w, _ = timed(node, cmd)
+                colds.append(c)
+                warms.append(w)
+            c, w = statistics.median(colds), statistics.median(warms)
+            detail = ""
+            if cmd[:2] == ["getent", "group"] and rc_c == 0:
+                members = out_c.strip().split(":")[-1]
+                detail = f"{len(members.split(',')) if members else 0} members listed"
+            if cmd[0] == "id" and rc_c == 0:
+                detail = f"{out_c.count(',') + 1} groups"
+            if cmd[0] == "bash":
+                detail = f"{len(out_c.splitlines())} found"
+            res[name] = {"cold_s": colds, "warm_s": warms, "rc": [rc_c, rc_w], "detail": detail}
+            rows.append(
+                (
+                    f"{name} [{label}{mark}] cold / warm",
+                    f"{c * 1000:.0f} / {w * 1000:.0f} ms",
+                    f"rc {rc_c}/{rc_w} {detail}",
+                )
+            )
+        logins = []
+        for _ in range(reps if lab.client and ssh_ok else 0):
+            # ssh login of the user in 200 groups (PAM: initgroups, home creation), cold cache
+            node.sh("rm -rf /home/manyuser")
+            cold_restart(node, "alice")
+            t = time.monotonic()
+            rc = lab.client.run(
+                [
+                    "sshpass",
+                    "-e",
+                    "ssh",
+                    "-o",
+                    "StrictHostKeyChecking=no",
+                    "-o",
+                    "UserKnownHostsFile=/dev/null",
+                    "-o",
+                    "LogLevel=ERROR",
+                    "-o",
+                    "PubkeyAuthentication=no",
+                    f"manyuser@{node.ip}",
+                    "true",
+                ],
+                env={"SSHPASS": MANY_PW},
+                check=False,
+                timeout=120,
+            ).returncode
+            logins.append((time.monotonic() - t, rc))
+        if logins:
+            login_ms = statistics.median(t for t, _ in logins) * 1000
+            rcs = sorted({rc for _, rc in logins})
+            res["ssh login"] = {"cold_s": [t for t, _ in logins], "rc": rcs}
+            rows.append(
+                (f"ssh login, user in 200 groups, cold cache [{label}{mark}]", f"{login_ms:.0f} ms", f"rc {rcs}")
+            )
+        raw["large"][label] = res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sequential", type=int, default=10)
+    ap.add_argument("--burst", type=int, default=20)
+    ap.add_argument("--users", type=int, default=10000)
+    ap.add_argument("--reps", type=int, default=3, help="repetitions of each lookup/login figure (median shown)")
+    ap.add_argument(
+        "--join-with",
+        choices=("product", "reference"),
+        default="product",
+        help="join nodes with the product's join-domain.sh (default) or the harness' reference join "
+        "(AD-side capacity figures only; labelled as such)",
+    )
+    ap.add_argument("--results", type=Path, help="also write the table (and raw JSON) to this markdown file")
+    args = ap.parse_args(argv)
+    missing = missing_deps()
+    if missing:
+        print("AD lab dependencies missing; run tools/install_adlab_deps.sh: " + ", ".join(missing), file=sys.stderr)
+        return 2
+    rows: list[tuple[str, str, str]] = []
+    raw: dict = {}
+    t0 = time.monotonic()
+    with Lab() as lab:
+        lab.start()
+        lab.populate(
+            {
+                "users": [{"name": "alice", "password": "Al1ce-Pw-2026!x"}],
+                "groups": [{"name": "hpc-users", "members": ["alice"]}],
+            }
+        )
+        lab.add_client()
+        rows.append(
+            (
+                "Lab bring-up (DC provision + start + services)",
+                f"{sum(lab.timings.values()):.1f} s",
+                json.dumps(lab.timings),
+            )
+        )
+        if args.sequential:
+            bench_sequential(lab, args.sequential, rows, raw, args.join_with)
+        if args.burst:
+            bench_burst(lab, args.burst, rows, raw, args.join_with)
+        if args.users:
+            bench_large(lab, args.users, rows, raw, args.reps)
+        left = lab.teardown()
+    rows.append(("Whole benchmark wall time", f"{time.monotonic() - t0:.0f} s", f"teardown left: {left or 'nothing'}"))
+    table = ["| measure | value | notes |", "| --- | --- | --- |"] + [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    text = "\n".join(table)
+    print(text)
+    if args.results:
+        args.results.write_text(
+            "# AD lab benchmark results\n\n"
+            "`venv/bin/python -m bench.adlab_bench"
+            f" --sequential {args.sequential} --burst {args.burst} --users {args.users} --reps {args.reps}"
+            f" --join-with {args.join_with}` (node scripts: {WHO['product']})"
+            " on the project machine (2 cores, Debian 12, Samba 4.17, sssd 2.8).\n\n"
+            + text
+            + "\n\nTuning variants (cumulative, in the [domain/...] section):\n\n"
+            + "\n".join(f"- {label}: " + ", ".join(f"`{k} = {v}`" for k, v in o.items()) for label, o in VARIANTS[1:])
+            + "\n\n<details><summary>raw</summary>\n\n```json\n"
+            + json.dumps(raw, indent=1, default=str)
+            + "\n```\n</details>\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,568 @@
+"""AWS's side of the lab, emulated at the boundary only (runs inside the lab's switch namespace).
+
+* a fake IMDSv2 on SERVICES_IP:IMDS_PORT that answers per source IP (one lab node per IP):
+  token required (PUT /latest/api/token), instance id, region, instance identity document,
+  iam/info and iam/security-credentials/<role> with per-node fake credentials;
+* a stand-in for the join function's URL on SERVICES_IP:URL_PORT that VERIFIES the SigV4
+  signature (botocore recomputation with the signing credential's secret; 403 like AWS when it
+  does not match), builds the function-URL event (payload 2.0, requestContext.authorizer.iam from
+  the credential that signed) and calls the product's REAL ``join_handler.handle(...)`` with
+  boto3 clients on moto (in-process ``mock_aws``) holding the cluster's instances, instance
+  profiles and the /pcluster-ad/<stack>/... SSM parameters under a KMS key.
+
+Control: one JSON object per line on stdin, one JSON answer per line on stdout. EOF on stdin
+stops the process (so it never outlives the harness). Logs go to stderr.
+
+Run: ip netns exec <switch-ns> venv/bin/python tests/adlab/labsvc.py CONFIG.json
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import importlib.util
+import json
+import logging
+import os
+import secrets
+import ssl
+import string
+import sys
+import threading
+import time
+import traceback
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+# Never let botocore look for real credentials or real endpoints (moto intercepts all calls).
+os.environ.update(
+    AWS_ACCESS_KEY_ID="testing",
+    AWS_SECRET_ACCESS_KEY="testing",
+    AWS_EC2_METADATA_DISABLED="true",
+)
+for _v in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+    os.environ.pop(_v, None)
+
+from moto import mock_aws  # noqa: E402  (before any boto3 client exists)
+
+_MOCK = mock_aws()
+_MOCK.start()
+
+import boto3  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sigv4 import Secret, SignatureError, verify  # noqa: E402
+
+log = logging.getLogger("labsvc")
+ACCOUNT = "123456789012"
+TEXT_TYPES = ("text/", "application/json", "application/javascript", "application/xml")
+
+
+def _rand(alphabet: str, n: int) -> str:
+    return "".join(secrets.choice(alphabet) for _ in range(n))
+
+
+def _load_handler(path: str):
+    spec = importlib.util.spec_from_file_location("join_handler", path)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot load the join handler from {path}")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["join_handler"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class Aws:
+    """The emulated AWS account: moto clients plus the lab's view of the nodes."""
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.region = cfg["region"]
+        self.stack = cfg["stack"]
+        self.cluster = cfg["cluster_name"]
+        kw = {"region_name": self.region}
+        self.ec2 = boto3.client("ec2", **kw)
+        self.iam = boto3.client("iam", **kw)
+        self.ssm = boto3.client("ssm", **kw)
+        self.kms = boto3.client("kms", **kw)
+        self.lock = threading.RLock()
+        self.nodes: dict[str, dict] = {}  # by lab IP
+        self.secrets: dict[str, Secret] = {}  # by access key id
+        self.creds_owner: dict[str, dict] = {}  # access key id -> node
+        self.requests: list[dict] = []
+        self.imds_requests = 0
+        self._setup()
+
+    def _setup(self) -> None:
+        vpc = self.ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+        other = self.ec2.create_vpc(CidrBlock="10.1.0.0/16")["Vpc"]["VpcId"]
+        az = f"{self.region}a"
+        self.subnets = {
+            "cluster": self.ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.0.0/20", AvailabilityZone=az)["Subnet"][
+                "SubnetId"
+            ],
+            "other": self.ec2.create_subnet(VpcId=other, CidrBlock="10.1.0.0/20", AvailabilityZone=az)["Subnet"][
+                "SubnetId"
+            ],
+        }
+        self.vpc_id = vpc
+        trust = json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
+                ],
+            }
+        )
+        self.roles: dict[str, dict] = {}
+        self.profiles: dict[str, str] = {}
+        for key, name in (("node", f"{self.cluster}-RoleComputeNode-LAB"), ("other", f"{self.cluster}-other-role")):
+            role = self.iam.create_role(RoleName=name, AssumeRolePolicyDocument=trust)["Role"]
+            prof = self.iam.create_instance_profile(InstanceProfileName=f"{name}-profile")["InstanceProfile"]
+            self.iam.add_role_to_instance_profile(InstanceProfileName=prof["InstanceProfileName"], RoleName=name)
+            self.roles[key] = role
+            self.profiles[key] = prof["Arn"]
+        key_id = self.kms.create_key(Description=f"pcluster-ad {self.stack} join secrets")["KeyMetadata"]["KeyId"]
+        self.kms.create_alias(AliasName=f"alias/pcluster-ad-{self.stack}-join", TargetKeyId=key_id)
+        prefix = f"/pcluster-ad/{self.stack}"
+        self.params = {
+            "domain": f"{prefix}/domain",
+            "join-user": f"{prefix}/join-user",
+            "join-password": f"{prefix}/join-password",
+        }
+        self.ssm.put_parameter(Name=self.params["domain"], Type="String", Value=self.cfg["domain"])
+        self.ssm.put_parameter(
+            Name=self.params["join-user"],
+            Type="SecureString",
+            KeyId=f"alias/pcluster-ad-{self.stack}-join",
+            Value=self.cfg["join_user"],
+        )
+        self.ssm.put_parameter(
+            Name=self.params["join-password"],
+            Type="SecureString",
+            KeyId=f"alias/pcluster-ad-{self.stack}-join",
+            Value=self.cfg["join_password"],
+        )
+        # The JoinFunction component's environment (design.md).
+        self.function_env = {
+            "CLUSTER_NAME": self.cluster,
+            "VPC_ID": self.vpc_id,
+            "DOMAIN_PARAMETER": self.params["domain"],
+            "JOIN_USER_PARAMETER": self.params["join-user"],
+            "JOIN_PASSWORD_PARAMETER": self.params["join-password"],
+        }
+
+    # -- nodes -----------------------------------------------------------------------------
+    def add_node(self, req: dict) -> dict:
+        """Create the EC2 instance for a lab node and the credentials its IMDS hands out."""
+        with self.lock:
+            ip = req["ip"]
+            tags = [{"Key": "Name", "Value": req["name"]}]
+            if req.get("tagged", True):
+                tags.append({"Key": "parallelcluster:cluster-name", "Value": self.cluster})
+                tags.append({"Key": "parallelcluster:node-type", "Value": req.get("node_type", "Compute")})
+            profile_key = req.get("profile", "node")
+            inst = self.ec2.run_instances(
+                ImageId="ami-12c6146b",
+                MinCount=1,
+                MaxCount=1,
+                InstanceType="c5.large",
+                SubnetId=self.subnets[req.get("vpc", "cluster")],
+                IamInstanceProfile={"Arn": self.profiles[profile_key]},
+                TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+            )["Instances"][0]
+            iid = inst["InstanceId"]
+            if req.get("state") == "stopped":
+                self.ec2.stop_instances(InstanceIds=[iid])
+            # Credentials: normally the instance profile's role with the instance id as session
+            # name; a test may ask for another role / session name to play an impostor.
+            role = self.roles[req.get("creds_role", profile_key)]
+            session = req.get("session_name") or iid
+            ak = "ASIA" + _rand(string.ascii_uppercase + string.digits, 16)
+            sk = _rand(string.ascii_letters + string.digits + "+/", 40)
+            token = base64.b64encode(secrets.token_bytes(96)).decode()
+            self.secrets[ak] = Secret(ak, sk, token)
+            node = {
+                "name": req["name"],
+                "ip": ip,
+                "instance_id": iid,
+                "role_name": role["RoleName"],
+                "role_id": role["RoleId"],
+                "session": session,
+                "access_key": ak,
+                "secret_key": sk,
+                "token": token,
+                "profile_arn": self.profiles[profile_key],
+                "tokens": {},
+            }
+            self.nodes[ip] = node
+            self.creds_owner[ak] = node
+            return {
+                k: node[k]
+                for k in ("name", "ip", "instance_id", "role_name", "session", "access_key", "secret_key", "token")
+            }
+
+    def lookup_secret(self, ak: str) -> Secret | None:
+        return self.secrets.get(ak)
+
+
+class ImdsHandler(BaseHTTPRequestHandler):
+    """IMDSv2 for the lab node whose IP the request comes from."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "EC2ws"
+    sys_version = ""
+    aws: Aws
+
+    def log_message(self, fmt, *args):
+        log.debug("imds %s " + fmt, self.client_address[0], *args)
+
+    def _send(self, code: int, body: str, ctype: str = "text/plain") -> None:
+        data = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _node(self):
+        return self.aws.nodes.get(self.client_address[0])
+
+    def do_PUT(self):
+        self.aws.imds_requests += 1
+        node = self._node()
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        if node is None:
+            return self._send(403, "Forbidden")
+        if self.headers.get("X-Forwarded-For"):
+            return self._send(403, "Forbidden")
+        if self._path() != "/latest/api/token":
+            return self._send(404, "Not Found")
+        try:
+            ttl = int(self.headers.get("X-aws-ec2-metadata-token-ttl-seconds", ""))
+        except ValueError:
+            return self._send(400, "Bad Request")
+        if not 1 <= ttl <= 21600:
+            return self._send(400, "Bad Request")
+        token = base64.urlsafe_b64encode(secrets.token_bytes(42)).decode()
+        node["tokens"][token] = time.time() + ttl
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("X-aws-ec2-metadata-token-ttl-seconds", str(ttl))
+        self.send_header("Content-Length", str(len(token)))
+        self.end_headers()
+        self.wfile.write(token.encode())
+
+    def _path(self) -> str:
+        path = self.path.split("?", 1)[0]
+        while "//" in path:
+            path = path.replace("//", "/")
+        return path
+
+    def do_GET(self):
+        self.aws.imds_requests += 1
+        node = self._node()
+        if node is None:
+            return self._send(403, "Forbidden")
+        token = self.headers.get("X-aws-ec2-metadata-token")
+        if not token or node["tokens"].get(token, 0) < time.time():
+            return self._send(401, "Unauthorized")
+        aws = self.aws
+        path = self._path()
+        md = "/latest/meta-data/"
+        role = node["role_name"]
+        now = dt.datetime.now(dt.UTC)
+        doc = {
+            "accountId": ACCOUNT,
+            "architecture": "x86_64",
+            "availabilityZone": f"{aws.region}a",
+            "imageId": "ami-12c6146b",
+            "instanceId": node["instance_id"],
+            "instanceType": "c5.large",
+            "pendingTime": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "privateIp": node["ip"],
+            "region": aws.region,
+            "version": "2017-09-30",
+        }
+        answers = {
+            md + "instance-id": node["instance_id"],
+            md + "local-ipv4": node["ip"],
+            md + "hostname": node["name"],
+            md + "local-hostname": node["name"],
+            md + "placement/region": aws.region,
+            md + "placement/availability-zone": f"{aws.region}a",
+            md + "iam/security-credentials": role,
+            md + "iam/security-credentials/": role,
+            md + "iam/info": json.dumps(
+                {
+                    "Code": "Success",
+                    "LastUpdated": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "InstanceProfileArn": node["profile_arn"],
+                    "InstanceProfileId": "AIPA" + node["instance_id"][2:].upper()[:17],
+                },
+                indent=2,
+            ),
+            md + f"iam/security-credentials/{role}": json.dumps(
+                {
+                    "Code": "Success",
+                    "LastUpdated": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "Type": "AWS-HMAC",
+                    "AccessKeyId": node["access_key"],
+                    "SecretAccessKey": node["secret_key"],
+                    "Token": node["token"],
+                    "Expiration": (now + dt.timedelta(hours=6)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                },
+                indent=2,
+            ),
+            "/latest/dynamic/instance-identity/document": json.dumps(doc, indent=2),
+        }
+        if path in answers:
+            return self._send(200, answers[path])
+        return self._send(404, "Not Found")
+
+
+class FunctionUrlHandler(BaseHTTPRequestHandler):
+    """The join function's URL: SigV4 (AWS_IAM) check, payload 2.0 event, real handler."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "lab-function-url"
+    sys_version = ""
+    aws: Aws
+    handler_mod = None
+    settings = None
+    scheme = "http"
+    handler_log: logging.Logger
+
+    def log_message(self, fmt, *args):
+        log.debug("url %s " + fmt, self.client_address[0], *args)
+
+    def _reply(self, code: int, body: str, headers: dict | None = None) -> None:
+        data = body.encode()
+        self.send_response(code)
+        hdrs = {"Content-Type": "application/json", **(headers or {})}
+        for k, v in hdrs.items():
+            if k.lower() not in ("content-length", "connection", "transfer-encoding"):
+                self.send_header(k, str(v))
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _handle(self):
+        aws = self.aws
+        t0 = time.monotonic()
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        record = {"ts": time.time(), "source_ip": self.client_address[0], "method": self.command, "path": self.path}
+        host = self.headers.get("Host", "")
+        try:
+            secret = verify(
+                method=self.command,
+                url=f"{self.scheme}://{host}{self.path}",
+                headers=list(self.headers.items()),
+                body=body,
+                lookup=aws.lookup_secret,
+                region=aws.region,
+            )
+        except SignatureError as exc:
+            record.update(status=403, error=f"sigv4: {exc}", ms=round((time.monotonic() - t0) * 1000, 1))
+            aws.requests.append(record)
+            log.info("function url: 403 from %s: %s", self.client_address[0], exc)
+            return self._reply(403, json.dumps({"Message": "Forbidden" if "Missing" in str(exc) else str(exc)}))
+        if self.handler_mod is None:
+            record.update(status=502, error="join handler not loadable")
+            aws.requests.append(record)
+            return self._reply(502, json.dumps({"Message": "Internal Server Error"}))
+        node = aws.creds_owner[secret.access_key]
+        record.update(signer_instance=node["session"], access_key=secret.access_key)
+        event = self._event(body, node, secret)
+        try:
+            with aws.lock:
+                result = self.handler_mod.handle(
+                    event, settings=self.settings, ec2=aws.ec2, iam=aws.iam, ssm=aws.ssm, logger=self.handler_log
+                )
+        except Exception:  # noqa: BLE001 - Lambda: an unhandled error is a 502 at the function URL
+            record.update(status=502, error="handler raised: " + traceback.format_exc(limit=3)[-600:])
+            record["ms"] = round((time.monotonic() - t0) * 1000, 1)
+            aws.requests.append(record)
+            log.error("handler raised:\n%s", traceback.format_exc())
+            return self._reply(502, json.dumps({"Message": "Internal Server Error"}))
+        code, rbody, rheaders = self._translate(result)
+        record.update(status=code, ms=round((time.monotonic() - t0) * 1000, 1))
+        if code != 200:
+            record["body"] = rbody[:300]  # errors carry no secret; 200 bodies are never recorded
+        aws.requests.append(record)
+        return self._reply(code, rbody, rheaders)
+
+    def do_POST(self):
+        self._handle()
+
+    do_GET = do_PUT = do_DELETE = do_PATCH = do_POST
+
+    @staticmethod
+    def _translate(result) -> tuple[int, str, dict]:
+        # Function URL response mapping (payload 2.0): a dict with statusCode is taken as is,
+        # anything else valid JSON becomes a 200 application/json body.
+        if isinstance(result, dict) and "statusCode" in result:
+            body = result.get("body", "")
+            if result.get("isBase64Encoded"):
+                body = base64.b64decode(body).decode("utf-8", "replace")
+            elif not isinstance(body, str):
+                body = json.dumps(body)
+            return int(result["statusCode"]), body, dict(result.get("headers") or {})
+        return 200, json.dumps(result), {}
+
+    def _event(self, body: bytes, node: dict, secret: Secret) -> dict:
+        aws = self.aws
+        path, _, query = self.path.partition("?")
+        headers: dict[str, str] = {}
+        for k, v in self.headers.items():
+            k = k.lower()
+            headers[k] = f"{headers[k]},{v}" if k in headers else v
+        now = dt.datetime.now(dt.UTC)
+        url_id = aws.cfg["url_id"]
+        event = {
+            "version": "2.0",
+            "routeKey": "$default",
+            "rawPath": path,
+            "rawQueryString": query,
+            "headers": headers,
+            "requestContext": {
+                "accountId": ACCOUNT,
+                "apiId": url_id,
+                "authorizer": {
+                    "iam": {
+                        "accessKey": secret.access_key,
+                        "accountId": ACCOUNT,
+                        "callerId": f"{node['role_id']}:{node['session']}",
+                        "cognitoIdentity": None,
+                        "principalOrgId": None,
+                        "userArn": f"arn:aws:sts::{ACCOUNT}:assumed-role/{node['role_name']}/{node['session']}",
+                        "userId": f"{node['role_id']}:{node['session']}",
+                    }
+                },
+                "domainName": f"{url_id}.lambda-url.{aws.region}.on.aws",
+                "domainPrefix": url_id,
+                "http": {
+                    "method": self.command,
+                    "path": path,
+                    "protocol": "HTTP/1.1",
+                    "sourceIp": self.client_address[0],
+                    "userAgent": self.headers.get("User-Agent", ""),
+                },
+                "requestId": str(uuid.uuid4()),
+                "routeKey": "$default",
+                "stage": "$default",
+                "time": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
+                "timeEpoch": int(now.timestamp() * 1000),
+            },
+            "isBase64Encoded": False,
+        }
+        if query:
+            qs: dict[str, str] = {}
+            for pair in query.split("&"):
+                k, _, v = pair.partition("=")
+                qs[k] = f"{qs[k]},{v}" if k in qs else v
+            event["queryStringParameters"] = qs
+        if body:
+            ctype = headers.get("content-type", "").lower()
+            if ctype.startswith(TEXT_TYPES) or ctype.split(";")[0].endswith("+json"):
+                event["body"] = body.decode("utf-8", "replace")
+            else:
+                event["body"] = base64.b64encode(body).decode()
+                event["isBase64Encoded"] = True
+        return event
+
+
+def _make_settings(mod, env: dict):
+    """The handler's settings from the JoinFunction environment, as its handler() builds them."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return mod.load_settings(env)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def main() -> int:
+    cfg = json.loads(Path(sys.argv[1]).read_text())
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s labsvc %(levelname)s %(message)s")
+    aws = Aws(cfg)
+    # The real handler, loaded from the product tree, with the JoinFunction environment.
+    os.environ.update(aws.function_env)
+    handler_error = None
+    handler_mod = settings = None
+    try:
+        handler_mod = _load_handler(cfg["handler_path"])
+        settings = _make_settings(handler_mod, aws.function_env)
+    except Exception:  # noqa: BLE001 - reported to the harness; the URL answers 502 like a broken function
+        handler_error = traceback.format_exc(limit=5)
+        log.error("cannot load the join handler:\n%s", handler_error)
+    hlog = logging.getLogger("join_handler")
+    hlog.setLevel(logging.INFO)
+    fh = logging.FileHandler(cfg["handler_log"])
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    hlog.addHandler(fh)
+    hlog.propagate = False
+    FunctionUrlHandler.aws = ImdsHandler.aws = aws
+    FunctionUrlHandler.handler_mod = handler_mod
+    FunctionUrlHandler.settings = settings
+    FunctionUrlHandler.handler_log = hlog
+
+    servers = []
+    for handler, port in ((ImdsHandler, cfg["imds_port"]), (FunctionUrlHandler, cfg["url_port"])):
+        srv = ThreadingHTTPServer((cfg["services_ip"], port), handler)
+        srv.daemon_threads = True
+        if handler is FunctionUrlHandler and cfg.get("tls_cert"):
+            FunctionUrlHandler.scheme = "https"
+            # Function URLs are https: serve TLS with the lab CA's certificate (handshake in the
+            # per-connection thread, so one slow client cannot stall the others).
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(cfg["tls_cert"], cfg["tls_key"])
+            srv.socket = ctx.wrap_socket(srv.socket, server_side=True, do_handshake_on_connect=False)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+    ready = {
+        "ok": True,
+        "ready": True,
+        "vpc_id": aws.vpc_id,
+        "function_env": aws.function_env,
+        "handler_error": handler_error,
+    }
+    print(json.dumps(ready), flush=True)
+
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            req = json.loads(line)
+            op = req.get("op")
+            if op == "add_node":
+                out = {"ok": True, "node": aws.add_node(req)}
+            elif op == "requests":
+                out = {"ok": True, "requests": list(aws.requests), "imds_requests": aws.imds_requests}
+            elif op == "ping":
+                out = {"ok": True}
+            elif op == "quit":
+                print(json.dumps({"ok": True}), flush=True)
+                break
+            else:
+                out = {"ok": False, "error": f"unknown op {op!r}"}
+        except Exception as exc:  # noqa: BLE001 - report, keep serving
+            out = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps(out), flush=True)
+    for srv in servers:
+        srv.shutdown()
+    _MOCK.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

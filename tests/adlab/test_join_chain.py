@@ -1,0 +1,294 @@
+"""The whole join chain against a real Samba AD DC, with the product's real pieces:
+
+node (IMDSv2, curl --aws-sigv4) -> function URL (SigV4 verified) -> join_handler.handle (moto)
+-> join-domain.sh (realm/adcli/sssd) -> enable-ssh-password-auth.sh -> ssh as an AD user.
+
+The scenario nodes all boot at once (fixture ``chain``); tests then look at each outcome.
+Tests run in file order; the slow failure cases come last so their waits overlap the rest.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from .conftest import JOIN_TIMEOUT, REFUSED_TIMEOUT, SLACK, UNREACHABLE_TIMEOUT, USERS, describe
+
+pytestmark = pytest.mark.adlab
+
+SSH_OPTS = [
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "LogLevel=ERROR",
+    "-o",
+    "PubkeyAuthentication=no",
+    "-o",
+    "PreferredAuthentications=password,keyboard-interactive",
+    "-o",
+    "NumberOfPasswordPrompts=1",
+    "-o",
+    "ConnectTimeout=10",
+]
+
+
+def ssh(lab, node, user: str, password: str, command: str = "id; pwd; klist") -> subprocess.CompletedProcess:
+    """ssh from the client namespace; the password reaches sshpass through its environment."""
+    return lab.client.run(
+        ["sshpass", "-e", "ssh", *SSH_OPTS, f"{user}@{node.ip}", command],
+        check=False,
+        env={"SSHPASS": password},
+        timeout=60,
+    )
+
+
+def joined(node, domain: str) -> bool:
+    """`realm list` from a freshly started realmd (a realmd that was already running can show a
+    stale view, see the lab notes), plus the machine account's keys in the keytab."""
+    node.run(["pkill", "-x", "realmd"], check=False)
+    listed = domain in node.run(["realm", "list", "--name-only"], check=False).stdout.split()
+    keytab = node.run(["klist", "-k", "/etc/krb5.keytab"], check=False).stdout
+    return listed and f"$@{domain.upper()}" in keytab
+
+
+def sssd_running(node) -> bool:
+    return node.run(["pgrep", "-x", "sssd"], check=False).returncode == 0
+
+
+# --- nodes of the cluster join -----------------------------------------------------------
+
+
+def test_cluster_nodes_join(chain):
+    lab = chain.lab
+    for node in chain.good:
+        res = chain.result(node)
+        assert res.rc == 0, f"{node.key}: join-domain.sh failed\n{describe(res)}"
+        assert res.elapsed < JOIN_TIMEOUT
+        assert joined(node, lab.cfg.domain), node.run(["realm", "list"], check=False).stdout
+        assert sssd_running(node)
+        log = node.read("/var/log/pcluster-ad/join-domain.log")
+        assert re.search(r"finished.*node joined", log), log[-2000:]
+
+
+def test_function_url_saw_signed_calls_from_each_node(chain):
+    reqs = chain.lab.requests()
+    for node in chain.good:
+        mine = [r for r in reqs if r["source_ip"] == node.ip]
+        assert mine, f"no function URL call from {node.key}"
+        assert mine[-1]["status"] == 200, mine
+        # The identity the handler saw is the one the node's instance-role credentials carry.
+        assert mine[-1]["signer_instance"] == node.instance_id
+
+
+def test_ad_users_resolve_by_short_name(chain):
+    for node in chain.good:
+        pw = node.run(["getent", "passwd", "alice"], check=False)
+        assert pw.returncode == 0, pw.stderr
+        fields = pw.stdout.strip().split(":")
+        assert fields[0] == "alice" and fields[5] == "/home/alice", pw.stdout
+        ident = node.run(["id", "alice"], check=False).stdout
+        assert "hpc-users" in ident and "lab-admins" in ident, ident
+        assert "lab-admins" not in node.run(["id", "bob"], check=False).stdout
+        # The group resolves; its member list stays empty by design (the join script sets
+        # ignore_group_members: membership comes per user, as `id` above shows).
+        grp = node.run(["getent", "group", "hpc-users"], check=False)
+        assert grp.returncode == 0 and grp.stdout.startswith("hpc-users:"), grp.stdout
+        assert "hpc-users" in node.run(["id", "bob"], check=False).stdout
+        assert node.run(["getent", "passwd", "nosuchuser"], check=False).returncode != 0
+
+
+def test_enable_ssh_password_auth(chain):
+    for node in chain.good:
+        before = node.run(["sshd", "-T"], check=False).stdout
+        assert "passwordauthentication no" in before  # the image's cloud-init default
+        res = node.run_action("enable-ssh-password-auth.sh")
+        assert res.rc == 0, describe(res)
+        after = node.run(["sshd", "-T"], check=False).stdout
+        assert "passwordauthentication yes" in after
+        chain.ssh_enabled[node.key] = True
+
+
+def test_ssh_login_as_ad_user_creates_home(chain):
+    lab = chain.lab
+    node = chain.good[0]
+    assert chain.ssh_enabled.get(node.key), "enable-ssh-password-auth.sh did not run"
+    assert node.run(["test", "-e", "/home/alice"], check=False).returncode != 0
+    res = ssh(lab, node, "alice", USERS["alice"])
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("uid=") and "(alice)" in lines[0] and "hpc-users" in lines[0], res.stdout
+    assert lines[1] == "/home/alice"
+    assert "krbtgt/TEST.DOMAIN@TEST.DOMAIN" in res.stdout  # sssd got a Kerberos TGT at login
+    owner = node.run(["stat", "-c", "%U", "/home/alice"]).stdout.strip()
+    assert owner == "alice"
+    # The second node takes the other user.
+    res = ssh(lab, chain.good[1], "bob", USERS["bob"], "pwd")
+    assert res.returncode == 0 and res.stdout.strip() == "/home/bob", res.stdout + res.stderr
+
+
+def test_ssh_wrong_password_and_unknown_user_refused(chain):
+    lab = chain.lab
+    node = chain.good[0]
+    # sshpass exit 5: the server refused the password (not a connection or host-key problem)
+    bad = ssh(lab, node, "alice", "not-" + USERS["alice"], "true")
+    assert bad.returncode == 5, bad
+    unknown = ssh(lab, node, "nosuchuser", USERS["alice"], "true")
+    assert unknown.returncode == 5, unknown
+    assert ssh(lab, node, "alice", USERS["alice"], "true").returncode == 0  # and the right one works
+
+
+def test_rerun_on_joined_node_is_harmless(chain):
+    lab = chain.lab
+    node = chain.good[0]
+    res = node.start_bootstrap(timeout_arg=120).wait()
+    assert res.rc == 0, describe(res)
+    assert joined(node, lab.cfg.domain) and sssd_running(node)
+    assert node.run(["getent", "passwd", "alice"], check=False).returncode == 0
+    again = node.run_action("enable-ssh-password-auth.sh")
+    assert again.rc == 0 and "no file changed" in again.output, describe(again)
+    assert ssh(lab, node, "alice", USERS["alice"], "true").returncode == 0
+
+
+# --- nodes that must not get the secret ------------------------------------------------------
+
+
+def _refused(chain, node, limit):
+    res = chain.result(node)
+    assert res.rc not in (0, None), f"{node.key} should have been refused\n{describe(res)}"
+    assert res.elapsed <= limit + SLACK, describe(res)
+    assert not joined(node, chain.lab.cfg.domain)
+    mine = [r for r in chain.lab.requests() if r["source_ip"] == node.ip]
+    assert mine and all(r["status"] == 403 for r in mine), mine
+    return res
+
+
+def test_untagged_node_is_refused(chain):
+    res = _refused(chain, chain.untagged, REFUSED_TIMEOUT)
+    print(f"untagged: rc={res.rc} after {res.elapsed:.1f}s: {[ln for ln in res.output.splitlines() if 'ERROR' in ln]}")
+    assert re.search(r"403|refused|forbidden", res.output, re.I), describe(res)
+
+
+def test_impostor_session_is_refused(chain):
+    """A role that names its session after a real node's instance id does not get the secret."""
+    res = _refused(chain, chain.impostor, REFUSED_TIMEOUT)
+    assert chain.impostor.node_info["session"] == chain.good[0].instance_id
+    assert re.search(r"403|refused|forbidden", res.output, re.I), describe(res)
+
+
+def test_bad_signature_is_rejected_by_the_endpoint(chain):
+    """The lab endpoint is no rubber stamp: a request signed with a wrong secret gets 403."""
+    lab = chain.lab
+    info = chain.good[0].node_info
+    wrong = "wrong" + info["secret_key"][5:]
+    cfg = f'user = "{info["access_key"]}:{wrong}"\nheader = "x-amz-security-token: {info["token"]}"\n'
+    before = len(lab.requests())
+    out = lab.client.run(
+        [
+            "curl",
+            "-sS",
+            "-K",
+            "-",
+            "--aws-sigv4",
+            f"aws:amz:{lab.cfg.region}:lambda",
+            "-X",
+            "POST",
+            "-w",
+            "\n%{http_code}",
+            lab.function_url,
+        ],
+        input=cfg,
+        check=False,
+    )
+    assert out.stdout.strip().splitlines()[-1] == "403", out.stdout + out.stderr
+    new = lab.requests()[before:]
+    assert new and new[-1]["status"] == 403 and new[-1]["error"].startswith("sigv4:"), new
+
+
+def test_fake_imds_requires_a_token_and_answers_per_node(chain):
+    lab = chain.lab
+    node = chain.good[1]
+    ep = lab.imds_endpoint
+    no_token = node.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"{ep}/latest/meta-data/instance-id"])
+    assert no_token.stdout == "401"
+    script = (
+        f'T=$(curl -sf -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 60" {ep}/latest/api/token) && '
+        f'curl -sf -H "X-aws-ec2-metadata-token: $T" {ep}/latest/meta-data/instance-id'
+    )
+    assert node.sh(script).stdout == node.instance_id
+    # a host that is no node of the emulated EC2 gets nothing
+    assert (
+        lab.client.run(
+            [
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                "PUT",
+                "-H",
+                "X-aws-ec2-metadata-token-ttl-seconds: 60",
+                f"{ep}/latest/api/token",
+            ]
+        ).stdout
+        == "403"
+    )
+
+
+# --- no secret leaks ---------------------------------------------------------------------------
+
+
+def test_join_password_not_on_any_node_disk(chain):
+    lab = chain.lab
+    secret = lab.join_password.encode()
+    hits = []
+    for node in [*chain.good, chain.untagged, chain.impostor]:
+        for upper in node.upper_dirs():
+            for path in upper.rglob("*"):
+                if path.is_file() and not path.is_symlink():
+                    try:
+                        if secret in path.read_bytes():
+                            hits.append(str(path))
+                    except OSError:
+                        pass
+        # tmpfs /run and /tmp inside the node (pattern on stdin: never in an argv)
+        res = node.run(
+            ["grep", "-rlsF", "-D", "skip", "-f", "-", "/run", "/tmp"], input=lab.join_password + "\n", check=False
+        )
+        hits += [f"{node.key}:{p}" for p in res.stdout.split()]
+    assert not hits, f"join password found in: {hits}"
+    assert lab.join_password not in lab.handler_log()
+
+
+def test_no_secret_in_any_process_argv(chain):
+    lab = chain.lab
+    assert lab.watch.samples > 20
+    assert not lab.watch.hits, lab.watch.hits[:10]
+
+
+def test_no_default_route_in_any_lab_namespace(chain):
+    for ns in chain.lab.netns:
+        out = subprocess.run(["ip", "-n", ns, "route", "show", "default"], capture_output=True, text=True).stdout
+        assert not out.strip(), f"{ns} has a default route: {out}"
+
+
+# --- last: the slowest case ---------------------------------------------------------------------
+
+
+def test_dc_unreachable_fails_within_its_limit(chain):
+    res = chain.result(chain.unreachable)
+    assert res.rc not in (0, None), describe(res)
+    assert res.elapsed <= UNREACHABLE_TIMEOUT + SLACK, describe(res)
+    errors = [line for line in res.output.splitlines() if "ERROR" in line]
+    lines = res.output.splitlines()
+    print(
+        f"unreachable DC: rc={res.rc} after {res.elapsed:.1f}s (limit {UNREACHABLE_TIMEOUT}s):", *lines[-12:], sep="\n"
+    )
+    assert errors, describe(res)
+    assert chain.lab.cfg.domain in errors[-1] or "realm" in errors[-1], errors
+    assert not joined(chain.unreachable, chain.lab.cfg.domain)
