@@ -13,18 +13,11 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from stack_config import QueueSettings
+
 JOIN_SCRIPT = "join-domain.sh"
 SSH_SCRIPT = "enable-ssh-password-auth.sh"
 JOIN_TIMEOUT_SECONDS = 600
-
-
-@dataclass(frozen=True)
-class Queue:
-    name: str
-    instance_type: str
-    min_count: int
-    max_count: int
-    ssh_password_auth: bool = False
 
 
 @dataclass(frozen=True)
@@ -40,7 +33,7 @@ class ClusterConfigInputs:
     head_node_instance_type: str
     public_subnet_id: str
     private_subnet_ids: Sequence[str]
-    queues: Sequence[Queue]
+    queues: Sequence[QueueSettings]
     scripts_base_uri: str  # s3://bucket/prefix (no trailing slash)
     join_function_url: str
     additional_policy_arns: Sequence[str]

@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.adlab.lab import BOOTSTRAP_DIR, REPO, Lab, LabError, Node, RunResult, missing_deps
+from tests.adlab.lab import BOOTSTRAP_DIR, REPO, SSH_OPTS, Lab, LabError, Node, RunResult, missing_deps
 
 DOMAIN_SECTION = "[domain/test.domain]"
 # sssd settings for large directories, measured cumulatively (each variant adds to the previous).
@@ -302,21 +302,7 @@ def bench_large(lab: Lab, users: int, rows: list, raw: dict, reps: int) -> None:
             cold_restart(node, "alice")
             t = time.monotonic()
             rc = lab.client.run(
-                [
-                    "sshpass",
-                    "-e",
-                    "ssh",
-                    "-o",
-                    "StrictHostKeyChecking=no",
-                    "-o",
-                    "UserKnownHostsFile=/dev/null",
-                    "-o",
-                    "LogLevel=ERROR",
-                    "-o",
-                    "PubkeyAuthentication=no",
-                    f"manyuser@{node.ip}",
-                    "true",
-                ],
+                ["sshpass", "-e", "ssh", *SSH_OPTS, f"manyuser@{node.ip}", "true"],
                 env={"SSHPASS": MANY_PW},
                 check=False,
                 timeout=120,

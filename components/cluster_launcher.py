@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_command as command
 
-from cluster_config import ClusterConfigInputs, HomeStorage, Queue, render, to_yaml
+from cluster_config import ClusterConfigInputs, HomeStorage, render, to_yaml
 from stack_config import ClusterSettings
 
 LAUNCHER = "venv/bin/python -m launcher"
@@ -88,8 +88,7 @@ class ClusterLauncher(pulumi.ComponentResource):
                 head_node_instance_type=c.head_node_instance_type,
                 public_subnet_id=public_subnet,
                 private_subnet_ids=list(private_subnets),
-                queues=[Queue(q.name, q.instance_type, q.min_count, q.max_count, q.ssh_password_auth)
-                        for q in c.queues],
+                queues=c.queues,
                 scripts_base_uri=scripts_uri,
                 join_function_url=url,
                 additional_policy_arns=list(policies),

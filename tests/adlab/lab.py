@@ -959,3 +959,22 @@ def cleanup_stale() -> list[str]:
             shutil.rmtree(d, ignore_errors=True)
             removed.append(str(d))
     return removed
+
+
+# ssh options for password logins from the lab client: the lab's host keys are new every run.
+SSH_OPTS = [
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "LogLevel=ERROR",
+    "-o",
+    "PubkeyAuthentication=no",
+    "-o",
+    "PreferredAuthentications=password,keyboard-interactive",
+    "-o",
+    "NumberOfPasswordPrompts=1",
+    "-o",
+    "ConnectTimeout=10",
+]

@@ -15,25 +15,10 @@ import subprocess
 import pytest
 
 from .conftest import JOIN_TIMEOUT, REFUSED_TIMEOUT, SLACK, UNREACHABLE_TIMEOUT, USERS, describe
+from .lab import SSH_OPTS
 
 pytestmark = pytest.mark.adlab
 
-SSH_OPTS = [
-    "-o",
-    "StrictHostKeyChecking=no",
-    "-o",
-    "UserKnownHostsFile=/dev/null",
-    "-o",
-    "LogLevel=ERROR",
-    "-o",
-    "PubkeyAuthentication=no",
-    "-o",
-    "PreferredAuthentications=password,keyboard-interactive",
-    "-o",
-    "NumberOfPasswordPrompts=1",
-    "-o",
-    "ConnectTimeout=10",
-]
 
 
 def ssh(lab, node, user: str, password: str, command: str = "id; pwd; klist") -> subprocess.CompletedProcess:
