@@ -59,9 +59,7 @@ def pulumi_program() -> None:
     ))
 
     # The join chain: credentials under a stack-owned KMS key, read only by the join function.
-    join_role_name = f"pcluster-ad-{settings.stack}-join-fn"
-    if len(join_role_name) > 64:  # IAM's limit for role names
-        _fail([Problem("stack name", f"{settings.stack!r} is too long: use at most 45 characters")])
+    join_role_name = f"pcluster-ad-{settings.stack}-join-fn"  # stack_config keeps it within IAM's 64
     secrets = JoinSecrets("join-secrets", JoinSecretsArgs(
         stack=settings.stack,
         domain_name=settings.directory.domain_name,

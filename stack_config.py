@@ -38,6 +38,7 @@ _INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 _VPC_ID_RE = re.compile(r"^vpc-[0-9a-f]{8,17}$")
 _SUBNET_ID_RE = re.compile(r"^subnet-[0-9a-f]{8,17}$")
 _DIRECTORY_ID_RE = re.compile(r"^d-[0-9a-f]{10}$")
+_STACK_RE = re.compile(r"^[A-Za-z0-9_-]{1,45}$")
 _AZ_RE = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d+[a-z]$")
 
 
@@ -266,6 +267,10 @@ def parse_settings(
             hint = _closest(name, known_top)
             problems.append(Problem(full_key, "unknown key" + (f" (did you mean '{_key(hint)}'?)" if hint else "")))
 
+    # The stack name is part of IAM role, Lambda, KMS alias and SSM parameter names.
+    if not _STACK_RE.match(stack):
+        problems.append(Problem("stack name", f"{stack!r}: use 1-45 letters, digits, '-' or '_' (it becomes part"
+                                " of IAM, Lambda, KMS alias and SSM parameter names)"))
     region = raw.get("aws:region")
     if not region:
         problems.append(Problem("aws:region",

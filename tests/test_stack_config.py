@@ -214,3 +214,10 @@ def test_every_problem_is_reported_at_once():
                                              ("us-west-2", "us-west-2.compute.internal")])
 def test_ec2_internal_domain(region, expected):
     assert ec2_internal_domain(region) == expected
+
+
+@pytest.mark.parametrize("stack", ["x" * 46, "my.stack", ""])
+def test_stack_name_must_fit_the_resource_names_built_from_it(stack):
+    with pytest.raises(ConfigError) as err:
+        parse_settings(dev_raw(), stack=stack)
+    assert [p.key for p in err.value.problems] == ["stack name"]
