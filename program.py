@@ -7,6 +7,7 @@ and the offline plan (tools/plan.py) use as an inline program.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NoReturn
 
 import pulumi
 import pulumi_aws as aws
@@ -143,10 +144,7 @@ def _load_or_fail() -> Settings:
     try:
         return stack_config.load_settings()
     except ConfigError as e:
-        for problem in e.problems:
-            pulumi.log.error(str(problem))
-        raise pulumi.RunError(f"invalid stack configuration: {len(e.problems)} problem(s), listed above;"
-                              " nothing was created or changed") from None
+        _fail(e.problems)
 
 
 def _availability_zones(settings: Settings) -> list[str]:
@@ -179,10 +177,11 @@ def _check_existing_subnets(settings: Settings) -> None:
         _fail(problems)
 
 
-def _fail(problems: list[Problem]) -> None:
+def _fail(problems: list[Problem]) -> NoReturn:
     for problem in problems:
         pulumi.log.error(str(problem))
-    raise pulumi.RunError("invalid stack configuration (listed above); nothing was created or changed")
+    raise pulumi.RunError(f"invalid stack configuration: {len(problems)} problem(s), listed above;"
+                          " nothing was created or changed") from None
 
 
 def _admin_password(settings: Settings) -> pulumi.Output[str] | None:
