@@ -29,8 +29,8 @@ JOIN_SCRIPT = REPO / "bootstrap" / "join-domain.sh"
 SSH_SCRIPT = REPO / "bootstrap" / "enable-ssh-password-auth.sh"
 STANDIN = Path(__file__).resolve().parent / "standin.py"
 
-STANDINS = ["realm", "klist", "systemctl", "getent", "hostname", "pam-auth-update", "apt-get", "dnf", "yum", "authselect",
-            "authconfig", "adcli", "kinit", "sssd", "oddjobd", "sshd"]
+STANDINS = ["realm", "klist", "systemctl", "getent", "hostname", "pam-auth-update", "apt-get", "dnf", "yum",
+            "authselect", "authconfig", "adcli", "kinit", "sssd", "oddjobd", "sshd"]
 PASS_THROUGH = ["curl", "python3", "timeout"]
 
 OS_RELEASE = {
