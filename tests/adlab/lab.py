@@ -245,10 +245,18 @@ hostname {self.hostname}
 for d in etc var home root; do
   mount -t overlay "adlab-$d" -o "lowerdir=/$d,upperdir={self.root}/upper/$d,workdir={self.root}/work/$d" "/$d"
 done
+# The checkout may itself live under /tmp (CI clones there): keep it reachable at the same path
+# inside the host once /tmp and /run become private (via a bind parked in the private /root).
+mount --bind {SHIM_SYSTEMCTL} /usr/bin/systemctl
+mkdir -p /root/.adlab-repo
+mount --bind {REPO} /root/.adlab-repo
 mount -t tmpfs -o mode=0755,size=512m adlab-run /run
 mount -t tmpfs -o mode=1777,size=1g adlab-tmp /tmp
+if [ ! -d {REPO}/tests/adlab ]; then
+  mkdir -p {REPO}
+  mount --bind /root/.adlab-repo {REPO}
+fi
 mkdir -p /run/lock /run/dbus /run/sshd /run/user
-mount --bind {SHIM_SYSTEMCTL} /usr/bin/systemctl
 echo READY
 exec /usr/bin/python3 -c "$ADLAB_REAPER" </dev/null >/dev/null 2>&1
 """
