@@ -79,6 +79,7 @@ def pulumi_program() -> None:
         parameter_arns=secrets.parameter_arns,
         key_arn=secrets.key_arn,
         code_dir=str(ROOT / "lambda_src"),
+        reserved_concurrency=settings.join.reserved_concurrency,
         tags=tags,
     ))
 

@@ -98,6 +98,9 @@ class JoinSettings:
     user: str
     # Whether the join password is its own config secret (else: the admin password).
     has_own_password: bool
+    # The join function's reserved concurrency; None = unreserved (accounts whose whole Lambda
+    # quota is 10 cannot reserve any).
+    reserved_concurrency: int | None = 10
 
 
 @dataclass(frozen=True)
@@ -417,9 +420,13 @@ def _parse_directory(problems: list[Problem], value: Any) -> DirectorySettings |
 def _parse_join(problems: list[Problem], value: Any, directory: DirectorySettings | None,
                 admin_password: str | None, join_password: str | None) -> JoinSettings | None:
     r = _Reader(problems, _key("join"), value)
-    r.unknown_keys({"user"})
+    r.unknown_keys({"user", "reservedConcurrency"})
     default_user = DEFAULT_ADMIN_USER.get(directory.type) if directory else None
     user = r.str("user", default=default_user)
+    concurrency = r.int("reservedConcurrency", default=10)
+    if concurrency is not None and not 0 <= concurrency <= 1000:
+        r.fail(r.sub("reservedConcurrency"), f"must be 0 (unreserved) to 1000, got {concurrency}")
+        concurrency = 10
     if directory is None:
         return None
     if user is None:
@@ -436,7 +443,8 @@ def _parse_join(problems: list[Problem], value: Any, directory: DirectorySetting
         problems.append(Problem(_key("joinPassword"), "must not be empty"))
     if user is None:
         return None
-    return JoinSettings(user=user, has_own_password=join_password is not None)
+    return JoinSettings(user=user, has_own_password=join_password is not None,
+                        reserved_concurrency=concurrency or None)
 
 
 def _check_password(problems: list[Problem], key: str, password: str, directory: DirectorySettings | None) -> None:

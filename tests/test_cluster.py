@@ -159,7 +159,7 @@ def test_rendered_config_joins_every_node_and_keeps_ssh_off_compute(run_stack):
                             "eu-west-1", "--timeout", "600"]
     assert head["CustomActions"]["OnNodeConfigured"]["Script"].endswith("/enable-ssh-password-auth.sh")
     assert head["Networking"]["SubnetId"] == "<after-deploy:network-public-a.id>"
-    assert head["Ssh"] == {"AllowedIps": "0.0.0.0/0", "KeyName": "hpc-dev-key"}
+    assert head["Ssh"] == {"AllowedIps": "0.0.0.0/0"}  # the dev sample names no key pair
     (queue,) = config["Scheduling"]["SlurmQueues"]
     assert queue["CustomActions"] == {"OnNodeStart": join}
     assert queue["Networking"]["SubnetIds"] == ["<after-deploy:network-private-a.id>",
@@ -167,6 +167,12 @@ def test_rendered_config_joins_every_node_and_keeps_ssh_off_compute(run_stack):
     assert queue["ComputeResources"] == [{"Name": "c5-large", "InstanceType": "c5.large", "MinCount": 2,
                                           "MaxCount": 10}]
     assert config["Scheduling"]["SlurmSettings"]["Dns"] == {"UseEc2Hostnames": True}
+
+
+def test_key_pair_is_passed_when_configured(run_stack):
+    g = run_stack(lambda c: c["pcluster-ad:cluster"].update(keyName="ops-key"))
+    config = yaml.safe_load(g.outputs["clusterConfig"])
+    assert config["HeadNode"]["Ssh"]["KeyName"] == "ops-key"
 
 
 def test_compute_resource_names():
@@ -203,3 +209,11 @@ def test_the_real_schema_rejects_a_broken_render(run_stack):
     errors = validate(yaml.safe_dump(config), "hpc-dev", "eu-west-1")
     assert any("SubnetId" in e for e in errors), errors
     assert any("MinCount" in e for e in errors), errors
+
+
+def test_join_function_concurrency_follows_the_config(run_stack):
+    (fn,) = run_stack().of_type("aws:lambda/function:Function")
+    assert fn.inputs["reservedConcurrentExecutions"] == 10
+    (fn,) = run_stack(lambda c: c["pcluster-ad:join"].update(reservedConcurrency=0)).of_type(
+        "aws:lambda/function:Function")
+    assert "reservedConcurrentExecutions" not in fn.inputs

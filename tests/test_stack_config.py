@@ -91,6 +91,7 @@ RULES = [
     ("existing-no-dns", DIR, ["type"], "Existing", "directory.dnsIps", "is required for an Existing"),
     ("dns-ips-on-created", DIR, ["dnsIps"], ["10.0.0.2"], "directory.dnsIps", "only to type Existing"),
     ("join-user-domain", JOIN, ["user"], "Administrator@test.domain", "join.user", "bare account name"),
+    ("join-concurrency", JOIN, ["reservedConcurrency"], -1, "join.reservedConcurrency", "0 (unreserved) to 1000"),
     ("cluster-name-missing", CL, ["name"], DELETE, "cluster.name", "is required"),
     ("cluster-name-digit", CL, ["name"], "1cluster", "cluster.name", "start with a letter"),
     ("cluster-name-underscore", CL, ["name"], "hpc_dev", "cluster.name", "hyphens"),
