@@ -20,7 +20,6 @@ credentials, and PULUMI_CONFIG_PASSPHRASE for the default local backend.
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -31,7 +30,7 @@ from program import pulumi_program
 
 ROOT = Path(__file__).resolve().parent
 PROJECT = stack_config.PROJECT
-SECRET_KEYS = (f"{PROJECT}:adminPassword", f"{PROJECT}:joinPassword")
+SECRET_KEYS = stack_config.SECRET_KEYS
 
 
 def inline_program() -> None:
@@ -45,8 +44,7 @@ def engine_config(config: Mapping[str, Any], secrets: Mapping[str, str] | None =
     for key, value in config.items():
         if key in SECRET_KEYS:
             raise ValueError(f"{key} is a secret: pass it in secrets=, not in config")
-        out[key] = (json.dumps(value) if isinstance(value, (dict, list)) else
-                    ("true" if value is True else "false" if value is False else str(value)), False)
+        out[key] = (stack_config.engine_value(value), False)
     for key, value in (secrets or {}).items():
         if key not in SECRET_KEYS:
             raise ValueError(f"{key} is not a secret key; secrets are {', '.join(SECRET_KEYS)}")
@@ -57,10 +55,7 @@ def engine_config(config: Mapping[str, Any], secrets: Mapping[str, str] | None =
 def validate(config: Mapping[str, Any], secrets: Mapping[str, str] | None = None, stack: str = "dev"
              ) -> stack_config.Settings:
     """Raise stack_config.ConfigError with every problem, before anything is touched."""
-    raw = {k: v for k, v in config.items() if k not in SECRET_KEYS}
-    secrets = secrets or {}
-    return stack_config.parse_settings(raw, stack=stack, admin_password=secrets.get(SECRET_KEYS[0]),
-                                       join_password=secrets.get(SECRET_KEYS[1]))
+    return stack_config.settings_from_values({**config, **(secrets or {})}, stack=stack)
 
 
 def select_stack(name: str, config: Mapping[str, Any], secrets: Mapping[str, str] | None = None, *,

@@ -12,6 +12,7 @@ but never stored in `Settings`: the program reads them again as Pulumi secrets.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -154,6 +155,28 @@ class Settings:
 def ec2_internal_domain(region: str) -> str:
     """The region's EC2 private DNS domain (us-east-1 is the historical exception)."""
     return "ec2.internal" if region == "us-east-1" else f"{region}.compute.internal"
+
+
+ADMIN_PASSWORD_KEY = f"{PROJECT}:adminPassword"
+JOIN_PASSWORD_KEY = f"{PROJECT}:joinPassword"
+SECRET_KEYS = (ADMIN_PASSWORD_KEY, JOIN_PASSWORD_KEY)
+
+
+def engine_value(value: Any) -> str:
+    """A config value as the Pulumi engine hands it to a program: objects as JSON, booleans lower case."""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def settings_from_values(values: Mapping[str, Any], *, stack: str) -> Settings:
+    """Validate a whole config map (full keys, Python values, secrets in plaintext), as the offline
+    plan and the Automation API hold it. Raises ConfigError with every problem."""
+    raw = {k: v for k, v in values.items() if k not in SECRET_KEYS}
+    return parse_settings(raw, stack=stack, admin_password=values.get(ADMIN_PASSWORD_KEY),
+                          join_password=values.get(JOIN_PASSWORD_KEY))
 
 
 # --------------------------------------------------------------------------- parsing
@@ -588,8 +611,7 @@ def load_settings() -> Settings:
         raw[_key(name)] = _get_object(cfg, name)
     # Unknown keys in our namespace are reported too (typos would otherwise be ignored).
     for full_key in _all_config_keys():
-        if full_key.startswith(f"{PROJECT}:") and full_key not in raw and full_key not in (
-                _key("adminPassword"), _key("joinPassword")):
+        if full_key.startswith(f"{PROJECT}:") and full_key not in raw and full_key not in SECRET_KEYS:
             raw[full_key] = "(set)"
     return parse_settings(
         raw,

@@ -9,7 +9,6 @@ placeholders: `<after-deploy:RESOURCE.PROPERTY>`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -238,25 +237,32 @@ def _non_default(options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def config_from_stack_file(doc: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
-    """Pulumi.<stack>.yaml `config:` -> (engine-style config map, secret keys).
+ENCRYPTED_PLACEHOLDER = "Encrypted-Offline-1"
+
+
+def values_from_stack_file(doc: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Pulumi.<stack>.yaml `config:` -> (values as Python objects, secret keys).
 
     Encrypted values (`{secure: ...}`) cannot be decrypted offline: they become a marked
     placeholder that still satisfies the password rules, and stay secret.
     """
-    config: dict[str, str] = {}
+    values: dict[str, Any] = {}
     secret_keys: list[str] = []
     for key, value in (doc.get("config") or {}).items():
         if isinstance(value, dict) and set(value) == {"secure"}:
-            config[key] = "Encrypted-Offline-1"
+            values[key] = ENCRYPTED_PLACEHOLDER
             secret_keys.append(key)
-        elif isinstance(value, (dict, list)):
-            config[key] = json.dumps(value)
-        elif isinstance(value, bool):
-            config[key] = "true" if value else "false"
         else:
-            config[key] = str(value)
-    return config, secret_keys
+            values[key] = value
+    return values, secret_keys
+
+
+def config_from_stack_file(doc: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """Pulumi.<stack>.yaml `config:` -> (engine-style config map, secret keys)."""
+    from stack_config import engine_value
+
+    values, secret_keys = values_from_stack_file(doc)
+    return {k: engine_value(v) for k, v in values.items()}, secret_keys
 
 
 def run_program(program: Callable[[], None], *, config: dict[str, str], secret_keys: list[str] | None = None,

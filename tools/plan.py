@@ -46,15 +46,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     sys.path.insert(0, str(ROOT))
-    from stack_config import ConfigError
-    from tools.mocks import config_from_stack_file
+    from stack_config import ConfigError, engine_value, settings_from_values
+    from tools.mocks import values_from_stack_file
 
-    config, secret_keys = config_from_stack_file(doc)
-    problems = _validate(config, secret_keys, stack)
-    if problems is not None:
-        print(f"{config_file.name}: {problems}", file=sys.stderr)
-        print("Nothing was written.", file=sys.stderr)
+    values, secret_keys = values_from_stack_file(doc)
+    try:  # the same validation the program runs, before anything is evaluated
+        settings_from_values(values, stack=stack)
+    except ConfigError as e:
+        print(f"{config_file.name}: {e}\nNothing was written.", file=sys.stderr)
         return 1
+    config = {k: engine_value(v) for k, v in values.items()}
 
     try:
         result = _plan(config, secret_keys, stack)
@@ -67,25 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
     _print_summary(result["resources"], result["outputs"], args.out, elapsed)
     return 0
-
-
-def _validate(config: dict[str, str], secret_keys: list[str], stack: str) -> str | None:
-    """Validate with the same parser the program uses; returns the error text or None."""
-    from stack_config import PROJECT, ConfigError, parse_settings
-
-    raw: dict[str, Any] = {}
-    for key, value in config.items():
-        try:
-            raw[key] = json.loads(value) if value[:1] in "{[" else value
-        except json.JSONDecodeError:
-            raw[key] = value
-    secrets = {k: raw.pop(k, None) for k in (f"{PROJECT}:adminPassword", f"{PROJECT}:joinPassword")}
-    try:
-        parse_settings(raw, stack=stack, admin_password=secrets[f"{PROJECT}:adminPassword"],
-                       join_password=secrets[f"{PROJECT}:joinPassword"])
-    except ConfigError as e:
-        return str(e)
-    return None
 
 
 def _plan(config: dict[str, str], secret_keys: list[str], stack: str) -> dict[str, Any]:
