@@ -362,6 +362,16 @@ class Launcher:
             wake = min(next_poll, last_print + self.progress_seconds, self._deadline)
             self._sleep(max(0.0, wake - self._clock()))
 
+    def _wait_out(self, in_progress: str, complete: str, doing: str) -> dict:
+        """Wait while the cluster is `in_progress`; its final describe answer, with the failures printed
+        when it ended other than `complete`. Raises if the cluster disappeared meanwhile."""
+        info = self.wait(lambda i: i is None or i.get("clusterStatus") != in_progress, complete)
+        if info is None:
+            raise LauncherError(f"the cluster disappeared while it was being {doing} (deleted by someone else?)")
+        if info.get("clusterStatus") != complete:
+            self._report_failure(info)
+        return info
+
     def wait_stable(self, info: dict) -> dict | None:
         """Wait out any *_IN_PROGRESS status; returns the stable describe answer, None if the cluster went away."""
         if info.get("clusterStatus") not in IN_PROGRESS:
@@ -454,11 +464,8 @@ class Launcher:
         self._report_validation_messages(result.data)
         cluster = result.data.get("cluster") or {}
         self.log(f"create-cluster accepted: stack {cluster.get('cloudformationStackArn')}")
-        info = self.wait(lambda i: i is None or i.get("clusterStatus") != "CREATE_IN_PROGRESS", "CREATE_COMPLETE")
-        if info is None:
-            raise LauncherError("the cluster disappeared while it was being created (deleted by someone else?)")
+        info = self._wait_out("CREATE_IN_PROGRESS", "CREATE_COMPLETE", "created")
         if info.get("clusterStatus") != "CREATE_COMPLETE":
-            self._report_failure(info)
             raise LauncherError(
                 f"cluster creation ended in {info.get('clusterStatus')}; delete it "
                 f"(python -m launcher delete --cluster-name {self.name} --region {self.region}) before retrying"
@@ -539,11 +546,8 @@ class Launcher:
             raise LauncherError(f"update-cluster failed: {result.message}")
         self._report_changes(result.data.get("changeSet") or [], "applying changes")
         self._report_validation_messages(result.data)
-        info = self.wait(lambda i: i is None or i.get("clusterStatus") != "UPDATE_IN_PROGRESS", "UPDATE_COMPLETE")
-        if info is None:
-            raise LauncherError("the cluster disappeared while it was being updated (deleted by someone else?)")
+        info = self._wait_out("UPDATE_IN_PROGRESS", "UPDATE_COMPLETE", "updated")
         if info.get("clusterStatus") != "UPDATE_COMPLETE":
-            self._report_failure(info)
             raise LauncherError(
                 f"the update ended in {info.get('clusterStatus')} "
                 f"(CloudFormation {info.get('cloudFormationStackStatus')}); the stack was rolled back"
