@@ -10,21 +10,17 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-if [ -f tools/install_adlab_deps.sh ]; then
-  if [ "$(id -u)" -eq 0 ]; then
-    log "installing Debian packages for the AD lab"
-    bash tools/install_adlab_deps.sh
-  else
-    log "not root: skipping Debian packages (the adlab tests will tell you what is missing)"
-  fi
+if [ "$(id -u)" -eq 0 ]; then
+  log "installing Debian packages for the AD lab"
+  bash tools/install_adlab_deps.sh
+else
+  log "not root: skipping Debian packages (the adlab tests will tell you what is missing)"
 fi
 
 ensure_venv requirements-dev.txt
 
-if [ -f tools/pcluster_venv.sh ]; then
-  log "ensuring the ParallelCluster CLI venv (.venv-pcluster/)"
-  bash tools/pcluster_venv.sh >/dev/null
-fi
+log "ensuring the ParallelCluster CLI venv (.venv-pcluster/)"
+bash tools/pcluster_venv.sh >/dev/null
 
 log "ruff"
 venv/bin/ruff check .
