@@ -42,6 +42,8 @@ class ClusterConfigInputs:
     key_name: str | None = None
     allowed_ssh_cidr: str = "0.0.0.0/0"
     head_node_ssh_password_auth: bool = True
+    custom_ami: str | None = None  # Image.CustomAmi (required for OSes without an official AMI)
+    queue_update_strategy: str = "DRAIN"  # Scheduling.SlurmSettings.QueueUpdateStrategy
     tags: dict[str, str] = field(default_factory=dict)
 
 
@@ -84,7 +86,7 @@ def render(inputs: ClusterConfigInputs) -> dict:
 
     config: dict = {
         "Region": inputs.region,
-        "Image": {"Os": inputs.os},
+        "Image": {"Os": inputs.os, **({"CustomAmi": inputs.custom_ami} if inputs.custom_ami else {})},
         "HeadNode": {
             "InstanceType": inputs.head_node_instance_type,
             "Networking": head_networking,
@@ -98,6 +100,9 @@ def render(inputs: ClusterConfigInputs) -> dict:
                 # The VPC's DHCP options carry the AD domain, so the EC2 host names are the ones
                 # that resolve on every node (ParallelCluster's own switch for this case).
                 "Dns": {"UseEc2Hostnames": True},
+                # DRAIN: a queue change replaces that queue's nodes as their jobs finish, instead of
+                # needing the whole compute fleet stopped.
+                "QueueUpdateStrategy": inputs.queue_update_strategy,
             },
             "SlurmQueues": [
                 {

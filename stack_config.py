@@ -23,6 +23,11 @@ DEFAULT_PCLUSTER_VERSION = "3.16.1"
 
 # ParallelCluster 3.16 operating systems (Image.Os).
 SUPPORTED_OS = ("alinux2023", "rhel8", "rhel9", "rocky8", "rocky9", "ubuntu2204", "ubuntu2404")
+# Copy of pcluster.constants.PRIVATE_OSES (this module must not import pcluster; a test compares the two):
+# no official ParallelCluster AMI, so Image.CustomAmi is required (OsCustomAmiValidator).
+PRIVATE_OSES = ("rocky8", "rocky9")
+# Scheduling.SlurmSettings.QueueUpdateStrategy: what a queue change does to running nodes.
+QUEUE_UPDATE_STRATEGIES = ("DRAIN", "TERMINATE", "COMPUTE_FLEET_STOP")
 DIRECTORY_TYPES = ("SimpleAD", "MicrosoftAD", "Existing")
 DIRECTORY_SIZES = {"SimpleAD": ("Small", "Large"), "MicrosoftAD": ("Standard", "Enterprise")}
 # The built-in administrator account of each directory type AWS creates.
@@ -41,6 +46,7 @@ _SUBNET_ID_RE = re.compile(r"^subnet-[0-9a-f]{8,17}$")
 _DIRECTORY_ID_RE = re.compile(r"^d-[0-9a-f]{10}$")
 _STACK_RE = re.compile(r"^[A-Za-z0-9_-]{1,45}$")
 _AZ_RE = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d+[a-z]$")
+_AMI_ID_RE = re.compile(r"^ami-[0-9a-z]{8}$|^ami-[0-9a-z]{17}$")  # pcluster's PCLUSTER_AMI_ID_REGEX
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,8 @@ class ClusterSettings:
     home_storage: HomeStorageSettings
     pcluster_version: str
     allowed_ssh_cidr: str = "0.0.0.0/0"
+    custom_ami: str | None = None  # Image.CustomAmi; required for PRIVATE_OSES
+    queue_update_strategy: str = "DRAIN"
 
 
 @dataclass(frozen=True)
@@ -483,12 +491,21 @@ def _check_password(problems: list[Problem], key: str, password: str, directory:
 def _parse_cluster(problems: list[Problem], value: Any, network: NetworkSettings) -> ClusterSettings | None:
     r = _Reader(problems, _key("cluster"), value)
     r.unknown_keys({"name", "os", "keyName", "headNode", "queues", "sshPasswordAuth", "homeStorage",
-                    "pclusterVersion", "allowedSshCidr"})
+                    "pclusterVersion", "allowedSshCidr", "customAmi", "queueUpdateStrategy"})
     name = r.str("name", required=True)
     if name is not None and (not _CLUSTER_NAME_RE.match(name) or len(name) > 60):
         r.fail(r.sub("name"), f"{name!r}: cluster names start with a letter, hold only letters, digits and"
                " hyphens, and have 2-60 characters (ParallelCluster's rule)")
     os_name = r.choice("os", SUPPORTED_OS, default="alinux2023")
+    custom_ami = r.str("customAmi")
+    if custom_ami is not None and not _AMI_ID_RE.match(custom_ami):
+        r.fail(r.sub("customAmi"), f"{custom_ami!r} is not an AMI id such as ami-0123456789abcdef0")
+    if os_name in PRIVATE_OSES and custom_ami is None:
+        r.fail(r.sub("customAmi"), f"is required with os {os_name}: ParallelCluster publishes no official AMI for it."
+               f" Build one with `pcluster build-image` (or use yours) and set pcluster-ad:cluster.customAmi to its"
+               f" id, or pick an OS with an official AMI: "
+               f"{', '.join(o for o in SUPPORTED_OS if o not in PRIVATE_OSES)}")
+    queue_strategy = r.choice("queueUpdateStrategy", QUEUE_UPDATE_STRATEGIES, default="DRAIN") or "DRAIN"
     key_name = r.str("keyName")
     head = _Reader(problems, r.sub("headNode"), r.value.get("headNode"))
     head.unknown_keys({"instanceType"})
@@ -552,7 +569,15 @@ def _parse_cluster(problems: list[Problem], value: Any, network: NetworkSettings
     elif (int(m[1]), int(m[2])) < (3, 14):
         r.fail(r.sub("pclusterVersion"), f"{version} is too old: ParallelCluster below 3.14.0 cannot create"
                " clusters since Lambda dropped Python 3.9; use 3.14.0 or newer")
-    ssh_cidr = r.str("allowedSshCidr", default="0.0.0.0/0") or "0.0.0.0/0"
+    ssh_cidr = r.str("allowedSshCidr")
+    if ssh_cidr is None:
+        if ssh_auth:
+            # Password logins open to the internet invite brute force and AD account lockouts.
+            r.fail(r.sub("allowedSshCidr"), "is required while sshPasswordAuth is true (the default): give the"
+                   " range allowed to reach the head node's SSH port, e.g. `allowedSshCidr: 203.0.113.0/24` (your"
+                   " office/VPN range) under pcluster-ad:cluster; write 0.0.0.0/0 to open it to everyone on purpose,"
+                   " or set sshPasswordAuth: false for key-only logins")
+        ssh_cidr = "0.0.0.0/0"  # key-only logins: ParallelCluster's own default
     try:
         ipaddress.IPv4Network(ssh_cidr, strict=True)
     except ValueError:
@@ -565,6 +590,7 @@ def _parse_cluster(problems: list[Problem], value: Any, network: NetworkSettings
         home_storage=HomeStorageSettings(type=hs_type, size_gib=size, deletion_policy=policy,
                                          existing_id=existing_home),
         pcluster_version=version, allowed_ssh_cidr=ssh_cidr,
+        custom_ami=custom_ami, queue_update_strategy=queue_strategy,
     )
 
 

@@ -97,6 +97,8 @@ class ClusterLauncher(pulumi.ComponentResource):
                 key_name=c.key_name,
                 allowed_ssh_cidr=c.allowed_ssh_cidr,
                 head_node_ssh_password_auth=c.ssh_password_auth,
+                custom_ami=c.custom_ami,
+                queue_update_strategy=c.queue_update_strategy,
                 tags=args.tags,
             )))
 

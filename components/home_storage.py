@@ -72,7 +72,22 @@ class HomeStorage(pulumi.ComponentResource):
                     protocol="tcp", from_port=NFS_PORT, to_port=NFS_PORT, security_groups=[clients.id],
                     description="NFS from cluster nodes",
                 )],
+                # The provider revokes AWS's default allow-all egress on groups it creates, and
+                # ParallelCluster's EfsIdValidator (create and every update) wants each mount
+                # target's groups to allow NFS both in AND out to a group every node carries.
+                egress=[aws.ec2.SecurityGroupEgressArgs(
+                    protocol="tcp", from_port=NFS_PORT, to_port=NFS_PORT, security_groups=[clients.id],
+                    description="NFS to cluster nodes (ParallelCluster's EfsIdValidator)",
+                )],
                 tags=tags("mount-targets"),
+            ), child)
+            # The clients group's own way out to the mount targets, so that mounting /home does not
+            # depend on the allow-all egress of ParallelCluster's managed node groups. A separate
+            # rule: inline it would make the two groups refer to each other.
+            aws.vpc.SecurityGroupEgressRule(f"{name}-clients-nfs-out", aws.vpc.SecurityGroupEgressRuleArgs(
+                security_group_id=clients.id, referenced_security_group_id=targets_sg.id,
+                ip_protocol="tcp", from_port=NFS_PORT, to_port=NFS_PORT,
+                description="NFS to the /home mount targets",
             ), child)
             if args.existing_id:
                 fs_id: pulumi.Output[str] = pulumi.Output.from_input(args.existing_id)

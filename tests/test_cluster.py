@@ -84,6 +84,30 @@ def test_home_efs_outlives_the_cluster_and_admits_only_cluster_nodes(run_stack):
     assert config["HeadNode"]["Networking"]["AdditionalSecurityGroups"] == ["<after-deploy:home-clients.id>"]
 
 
+def test_home_mount_targets_allow_nfs_in_and_out_to_the_node_group(run_stack):
+    """ParallelCluster's EfsIdValidator: a mount target's groups must allow NFS in AND out to a group every
+    node carries; the provider removes AWS's default allow-all egress, so it must be written out, and no more."""
+    g = run_stack()
+    targets = g.named("home-mount-targets")
+    assert targets.inputs["egress"] == [{"protocol": "tcp", "fromPort": 2049, "toPort": 2049,
+                                         "securityGroups": ["<after-deploy:home-clients.id>"],
+                                         "description": "NFS to cluster nodes (ParallelCluster's EfsIdValidator)"}]
+    assert {t.inputs["securityGroups"][0] for t in g.of_type("aws:efs/mountTarget:MountTarget")} == {
+        "<after-deploy:home-mount-targets.id>"}
+    (out,) = g.of_type("aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule")
+    assert out.name == "home-clients-nfs-out" and g.parent_name(out) == "home"
+    assert {k: out.inputs[k] for k in ("securityGroupId", "referencedSecurityGroupId", "ipProtocol", "fromPort",
+                                       "toPort")} == {
+        "securityGroupId": "<after-deploy:home-clients.id>",
+        "referencedSecurityGroupId": "<after-deploy:home-mount-targets.id>",
+        "ipProtocol": "tcp", "fromPort": 2049, "toPort": 2049}
+    assert "egress" not in g.named("home-clients").inputs  # no allow-all: only the NFS rule above
+    config = yaml.safe_load(g.outputs["clusterConfig"])
+    for networking in [config["HeadNode"]["Networking"]] + [q["Networking"] for q in
+                                                           config["Scheduling"]["SlurmQueues"]]:
+        assert networking["AdditionalSecurityGroups"] == ["<after-deploy:home-clients.id>"]
+
+
 def test_home_delete_policy_and_reattach(run_stack):
     g = run_stack(lambda c: c["pcluster-ad:cluster"]["homeStorage"].update(deletionPolicy="Delete"))
     assert g.named("home-efs").options["retainOnDelete"] is False
@@ -159,7 +183,7 @@ def test_rendered_config_joins_every_node_and_keeps_ssh_off_compute(run_stack):
                             "eu-west-1", "--timeout", "600"]
     assert head["CustomActions"]["OnNodeConfigured"]["Script"].endswith("/enable-ssh-password-auth.sh")
     assert head["Networking"]["SubnetId"] == "<after-deploy:network-public-a.id>"
-    assert head["Ssh"] == {"AllowedIps": "0.0.0.0/0"}  # the dev sample names no key pair
+    assert head["Ssh"] == {"AllowedIps": "203.0.113.0/24"}  # the dev sample names no key pair
     (queue,) = config["Scheduling"]["SlurmQueues"]
     assert queue["CustomActions"] == {"OnNodeStart": join}
     assert queue["Networking"]["SubnetIds"] == ["<after-deploy:network-private-a.id>",
@@ -217,3 +241,18 @@ def test_join_function_concurrency_follows_the_config(run_stack):
     (fn,) = run_stack(lambda c: c["pcluster-ad:join"].update(reservedConcurrency=0)).of_type(
         "aws:lambda/function:Function")
     assert "reservedConcurrentExecutions" not in fn.inputs
+
+
+def test_custom_ami_and_queue_update_strategy_are_rendered(run_stack):
+    config = yaml.safe_load(run_stack().outputs["clusterConfig"])
+    assert config["Image"] == {"Os": "alinux2023"}  # official AMI: no CustomAmi key
+    assert config["Scheduling"]["SlurmSettings"]["QueueUpdateStrategy"] == "DRAIN"  # default: no fleet stop
+
+    def edit(c):
+        c["pcluster-ad:cluster"].update(os="rocky9", customAmi="ami-0123456789abcdef0",
+                                        queueUpdateStrategy="TERMINATE")
+
+    config = yaml.safe_load(run_stack(edit).outputs["clusterConfig"])
+    assert config["Image"] == {"Os": "rocky9", "CustomAmi": "ami-0123456789abcdef0"}
+    assert config["Scheduling"]["SlurmSettings"]["QueueUpdateStrategy"] == "TERMINATE"
+    assert validate(concrete(yaml.safe_dump(config)), "hpc-dev", "eu-west-1") == []

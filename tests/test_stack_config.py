@@ -119,6 +119,12 @@ RULES = [
     ("pcluster-old", CL, ["pclusterVersion"], "3.9.1", "cluster.pclusterVersion", "too old"),
     ("pcluster-bad", CL, ["pclusterVersion"], "latest", "cluster.pclusterVersion", "not a version"),
     ("ssh-cidr", CL, ["allowedSshCidr"], "anywhere", "cluster.allowedSshCidr", "not an IPv4 CIDR"),
+    ("ssh-cidr-missing-with-passwords", CL, ["allowedSshCidr"], DELETE, "cluster.allowedSshCidr",
+     "is required while sshPasswordAuth is true"),
+    ("rocky-without-ami", CL, ["os"], "rocky9", "cluster.customAmi", "is required with os rocky9"),
+    ("custom-ami-bad", CL, ["customAmi"], "ami-xyz", "cluster.customAmi", "not an AMI id"),
+    ("queue-strategy", CL, ["queueUpdateStrategy"], "drain", "cluster.queueUpdateStrategy",
+     "one of DRAIN, TERMINATE, COMPUTE_FLEET_STOP"),
 ]
 
 
@@ -222,3 +228,43 @@ def test_stack_name_must_fit_the_resource_names_built_from_it(stack):
     with pytest.raises(ConfigError) as err:
         parse_settings(dev_raw(), stack=stack)
     assert [p.key for p in err.value.problems] == ["stack name"]
+
+
+def test_password_ssh_without_a_cidr_is_refused_and_says_how_to_set_it():
+    (problem,) = problems_of(lambda raw: raw[CL].pop("allowedSshCidr"))
+    assert problem.startswith("pcluster-ad:cluster.allowedSshCidr: is required while sshPasswordAuth is true")
+    assert "allowedSshCidr: 203.0.113.0/24" in problem and "0.0.0.0/0" in problem
+    assert "sshPasswordAuth: false" in problem
+
+
+def test_open_ssh_only_when_written_out_or_key_only():
+    raw = dev_raw()
+    raw[CL]["allowedSshCidr"] = "0.0.0.0/0"
+    assert parse_settings(raw, stack="dev").cluster.allowed_ssh_cidr == "0.0.0.0/0"
+    raw[CL].pop("allowedSshCidr")
+    raw[CL]["sshPasswordAuth"] = False  # key-only logins: ParallelCluster's own default applies
+    assert parse_settings(raw, stack="dev").cluster.allowed_ssh_cidr == "0.0.0.0/0"
+
+
+def test_samples_restrict_ssh():
+    for stack in ("dev", "prod"):
+        cidr = stack_doc(stack)["config"][CL]["allowedSshCidr"]
+        assert cidr != "0.0.0.0/0", stack
+
+
+def test_private_os_needs_a_custom_ami_and_names_the_fix():
+    (problem,) = problems_of(lambda raw: raw[CL].update(os="rocky8"))
+    assert problem.startswith("pcluster-ad:cluster.customAmi: is required with os rocky8")
+    assert "pcluster build-image" in problem and "alinux2023" in problem and "rocky9" not in problem
+    raw = dev_raw()
+    raw[CL].update(os="rocky9", customAmi="ami-0123456789abcdef0")
+    cluster = parse_settings(raw, stack="dev").cluster
+    assert cluster.os == "rocky9" and cluster.custom_ami == "ami-0123456789abcdef0"
+
+
+def test_queue_update_strategy_defaults_to_drain():
+    raw = dev_raw()
+    raw[CL].pop("queueUpdateStrategy", None)
+    assert parse_settings(raw, stack="dev").cluster.queue_update_strategy == "DRAIN"
+    raw[CL]["queueUpdateStrategy"] = "TERMINATE"
+    assert parse_settings(raw, stack="dev").cluster.queue_update_strategy == "TERMINATE"
