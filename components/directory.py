@@ -1,5 +1,6 @@
 """Directory: Simple AD or AWS Managed Microsoft AD (or an existing directory), and the VPC's
-DHCP options pointing at its DNS so that nodes resolve the domain."""
+DHCP options pointing at its DNS so that nodes resolve the domain (the directory's DNS forwards
+every other name, EC2 host names included, to the VPC resolver)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,10 @@ class Directory(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: DirectoryArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("pcluster-ad:index:Directory", name, None, opts)
+        if not args.ec2_internal_domain or any(ch.isspace() for ch in args.ec2_internal_domain):
+            raise ValueError(
+                f"ec2_internal_domain must be ONE domain name (DHCP option 15), got {args.ec2_internal_domain!r}: "
+                "pass <region>.compute.internal, or ec2.internal in us-east-1")
         if args.type == "Existing":
             self.directory_id = pulumi.Output.from_input(args.existing_directory_id)
             self.dns_ips = pulumi.Output.from_input(list(args.existing_dns_ips))
@@ -71,9 +76,12 @@ class Directory(pulumi.ComponentResource):
         dhcp = aws.ec2.VpcDhcpOptions(
             f"{name}-dhcp",
             aws.ec2.VpcDhcpOptionsArgs(
-                # Space separated: the AD domain first (realm discovery), then the region's EC2
-                # domain so instance host names keep resolving.
-                domain_name=f"{args.domain_name} {args.ec2_internal_domain}",
+                # ONE domain: DHCP option 15 carries a single name, and systemd-networkd (Amazon
+                # Linux 2023, Ubuntu) turns "a b" into the search domain "a\032b" that matches
+                # nothing. The region's EC2 domain, as in a default VPC, keeps every node's EC2 host
+                # name resolving by short name; the AD domain needs no search entry (realmd, adcli,
+                # sssd and Kerberos look up its SRV records by the full name). docs/design.md.
+                domain_name=args.ec2_internal_domain,
                 domain_name_servers=self.dns_ips,
                 tags={**args.tags, "Name": f"{name}-dhcp"},
             ),

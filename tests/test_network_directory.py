@@ -114,12 +114,17 @@ def test_managed_ad_uses_edition(run_stack):
     assert "size" not in ad.inputs
 
 
-@pytest.mark.parametrize("region,domain", [("eu-west-1", "test.domain eu-west-1.compute.internal"),
-                                           ("us-east-1", "test.domain ec2.internal")])
+@pytest.mark.parametrize("region,domain", [("eu-west-1", "eu-west-1.compute.internal"),
+                                           ("us-west-2", "us-west-2.compute.internal"),
+                                           ("us-east-1", "ec2.internal")])
 def test_dhcp_options_point_at_directory_dns(run_stack, region, domain):
     g = run_stack(lambda c: c.__setitem__("aws:region", region))
     dhcp = g.named("directory-dhcp")
+    # Exactly ONE domain (DHCP option 15): a space-separated list becomes "a\032b" under
+    # systemd-networkd (Amazon Linux 2023, Ubuntu). The region's EC2 domain, as a default VPC has.
     assert dhcp.inputs["domainName"] == domain
+    assert not any(ch.isspace() for ch in dhcp.inputs["domainName"])
+    assert "test.domain" not in dhcp.inputs["domainName"]
     assert dhcp.inputs["domainNameServers"] == ["<after-deploy:directory-ad.dnsIpAddresses[0]>",
                                                 "<after-deploy:directory-ad.dnsIpAddresses[1]>"]
     assert g.dependency_names(dhcp) == ["directory-ad"]
@@ -182,3 +187,14 @@ def test_invalid_config_declares_nothing(run_stack):
     # The same mocks do see resources for a valid config, so the check above can fail.
     run_stack(mocks=mocks)
     assert "directory-ad" in mocks.declared
+
+
+@pytest.mark.parametrize("bad", ["test.domain eu-west-1.compute.internal", "", "eu-west-1.compute.internal\t"])
+def test_directory_refuses_more_than_one_dhcp_domain(bad):
+    """The component itself refuses a list (or nothing) as the DHCP domain, naming the argument."""
+    from components.directory import Directory, DirectoryArgs
+
+    args = DirectoryArgs(type="Existing", domain_name="test.domain", short_name="TEST", vpc_id="vpc-1",
+                         subnet_ids=[], ec2_internal_domain=bad, existing_dns_ips=["10.0.0.10"])
+    with pytest.raises(ValueError, match="ec2_internal_domain must be ONE domain name"):
+        Directory.__init__(object.__new__(Directory), "directory", args)
