@@ -35,7 +35,6 @@ class ClusterConfigInputs:
     private_subnet_ids: Sequence[str]
     queues: Sequence[QueueSettings]
     scripts_base_uri: str  # s3://bucket/prefix (no trailing slash)
-    join_function_url: str
     additional_policy_arns: Sequence[str]
     home: HomeStorage
     node_security_group_ids: Sequence[str] = ()
@@ -55,8 +54,9 @@ def compute_resource_name(instance_type: str) -> str:
 def render(inputs: ClusterConfigInputs) -> dict:
     join_action = {
         "Script": f"{inputs.scripts_base_uri}/{JOIN_SCRIPT}",
-        "Args": ["--function-url", inputs.join_function_url, "--region", inputs.region,
-                 "--timeout", str(JOIN_TIMEOUT_SECONDS)],
+        # No function URL: it is baked into the uploaded script (components/bootstrap_scripts.py). The head
+        # node's custom actions cannot change in place, so a recreated function must not touch them.
+        "Args": ["--region", inputs.region, "--timeout", str(JOIN_TIMEOUT_SECONDS)],
     }
     ssh_action = {"Script": f"{inputs.scripts_base_uri}/{SSH_SCRIPT}"}
     policies = [{"Policy": arn} for arn in inputs.additional_policy_arns]

@@ -15,7 +15,7 @@ import pulumi_random as random
 
 import stack_config
 from cluster_config import JOIN_SCRIPT, SSH_SCRIPT
-from components.bootstrap_scripts import BootstrapScripts, BootstrapScriptsArgs
+from components.bootstrap_scripts import BootstrapScripts, BootstrapScriptsArgs, bootstrap_bucket_name
 from components.cluster_launcher import ClusterLauncher, ClusterLauncherArgs
 from components.cluster_role import ClusterRole, ClusterRoleArgs
 from components.directory import Directory, DirectoryArgs
@@ -60,7 +60,8 @@ def pulumi_program() -> None:
     ))
 
     # The join chain: credentials under a stack-owned KMS key, read only by the join function.
-    join_role_name = f"pcluster-ad-{settings.stack}-join-fn"  # stack_config keeps it within IAM's 64
+    # Account-wide IAM names carry the region; stack_config checked their lengths.
+    join_role_name = stack_config.physical_names(settings.stack, settings.region)["join_role"]
     secrets = JoinSecrets("join-secrets", JoinSecretsArgs(
         stack=settings.stack,
         domain_name=settings.directory.domain_name,
@@ -84,8 +85,12 @@ def pulumi_program() -> None:
     ))
 
     # The cluster: scripts, node permissions, homes that outlive it, and the pcluster run.
+    account_id = aws.get_caller_identity_output().account_id
     scripts = BootstrapScripts("bootstrap", BootstrapScriptsArgs(
         script_paths=[str(ROOT / "bootstrap" / JOIN_SCRIPT), str(ROOT / "bootstrap" / SSH_SCRIPT)],
+        bucket_name=account_id.apply(lambda a: bootstrap_bucket_name(a, settings.region, settings.stack)),
+        function_url=join_function.function_url,
+        function_url_script=JOIN_SCRIPT,
         tags=tags,
     ))
     role = ClusterRole("cluster-role", ClusterRoleArgs(
@@ -109,7 +114,6 @@ def pulumi_program() -> None:
         public_subnet_id=network.public_subnet_ids[0],
         private_subnet_ids=network.private_subnet_ids,
         scripts_base_uri=scripts.scripts_base_uri,
-        join_function_url=join_function.function_url,
         additional_policy_arns=role.additional_policy_arns,
         home_storage_type=settings.cluster.home_storage.type,
         home_storage_id=home.storage_id,
@@ -125,6 +129,9 @@ def pulumi_program() -> None:
     pulumi.export("privateSubnetIds", network.private_subnet_ids)
     pulumi.export("directoryId", directory.directory_id)
     pulumi.export("directoryDnsIps", directory.dns_ips)
+    if admin_password is not None:
+        # `pulumi stack output --show-secrets directoryAdminPassword`: the first user is created with it.
+        pulumi.export("directoryAdminPassword", pulumi.Output.secret(admin_password))
     pulumi.export("domainName", directory.domain_name)
     pulumi.export("joinFunctionName", join_function.function_name)
     pulumi.export("joinFunctionUrl", join_function.function_url)

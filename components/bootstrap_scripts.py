@@ -2,11 +2,17 @@
 
 Nodes download their custom-action scripts at every boot, so a changed script reaches
 every node started after `pulumi up` (the object is replaced when its content hash changes).
+
+The head node's custom actions (Script, Args) cannot change without a new cluster, so nothing in them
+may change without a real change: the bucket has a fixed name (account, region, stack: the same after
+a re-creation), and the join function URL is baked into the uploaded copy of the join script (a
+recreated function changes that object, not the cluster config).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,11 +20,44 @@ import pulumi
 import pulumi_aws as aws
 
 SCRIPTS_PREFIX = "bootstrap"
+BAKED_URL_LINE = 'BAKED_FUNCTION_URL=""'  # the marked default line in bootstrap/join-domain.sh
+_URL_RE = re.compile(r"https://[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~/%-]*)?")  # nothing the shell expands
+
+
+def bootstrap_bucket_name(account_id: str, region: str, stack: str) -> str:
+    """pcluster-ad-<stack>-<account>-<region>: a valid S3 name (<= 63, lower-case), the same every time for
+    one stack, so the head node's Script URI survives a bucket re-creation. A stack name that had to be
+    shortened or cleaned up gets a short hash of the original, so two stacks never share a name. The
+    offline plan's account placeholder (<after-deploy:...>) is passed through as it is."""
+    placeholder = account_id.startswith("<after-deploy:")
+    if not (placeholder or re.fullmatch(r"[0-9]{12}", account_id)):
+        raise ValueError(f"not an AWS account id: {account_id!r}")
+    if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-[0-9]+", region):
+        raise ValueError(f"not an AWS region name: {region!r}")
+    room = 63 - len("pcluster-ad-") - len(f"-123456789012-{region}")
+    clean = re.sub(r"[^a-z0-9-]+", "-", stack.lower()).strip("-") or "stack"
+    if clean != stack or len(clean) > room:
+        digest = hashlib.sha256(stack.encode()).hexdigest()[:6]
+        clean = f"{clean[: max(1, room - 7)].strip('-')}-{digest}"
+    return f"pcluster-ad-{clean}-{account_id}-{region}"
+
+
+def bake_function_url(script: str, url: str) -> str:
+    """The script with its marked default line set to the join function URL."""
+    if script.count(BAKED_URL_LINE + "\n") != 1:
+        raise ValueError(f"the join script must contain the line {BAKED_URL_LINE!r} exactly once")
+    if not (_URL_RE.fullmatch(url) or re.fullmatch(r"<after-deploy:[A-Za-z0-9.-]+>", url)):  # offline plan
+        raise ValueError(f"the join function URL is not a plain https:// URL: {url!r}")
+    return script.replace(BAKED_URL_LINE + "\n", f"BAKED_FUNCTION_URL='{url}'\n", 1)
 
 
 @dataclass
 class BootstrapScriptsArgs:
     script_paths: list[str]  # local files, uploaded under bootstrap/<file name>
+    bucket_name: pulumi.Input[str]  # bootstrap_bucket_name(...): fixed for the stack
+    # The join function URL, baked into the uploaded copy of the script named function_url_script.
+    function_url: pulumi.Input[str] | None = None
+    function_url_script: str | None = None
     force_destroy: bool = True  # the scripts are generated from the repo: nothing to lose
     tags: dict[str, str] = field(default_factory=dict)
 
@@ -33,10 +72,10 @@ class BootstrapScripts(pulumi.ComponentResource):
         super().__init__("pcluster-ad:index:BootstrapScripts", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         bucket = aws.s3.Bucket(f"{name}-bucket", aws.s3.BucketArgs(
-            bucket_prefix="pcluster-ad-bootstrap-",
+            bucket=args.bucket_name,
             force_destroy=args.force_destroy,
             tags={**args.tags, "Name": f"{name}-bucket"},
-        ), child)
+        ), pulumi.ResourceOptions(parent=self, delete_before_replace=True))  # the name is fixed
         public_block = aws.s3.BucketPublicAccessBlock(f"{name}-public-access-block",
             aws.s3.BucketPublicAccessBlockArgs(
                 bucket=bucket.id, block_public_acls=True, block_public_policy=True,
@@ -77,13 +116,20 @@ class BootstrapScripts(pulumi.ComponentResource):
         self.objects = []
         for path in args.script_paths:
             file = Path(path)
+            if args.function_url is not None and file.name == args.function_url_script:
+                text = file.read_text(encoding="utf-8")
+                # Same key, new content when the script or the URL changes.
+                body = dict(content=pulumi.Output.from_input(args.function_url).apply(
+                    lambda url, text=text: bake_function_url(text, url)))
+            else:
+                # Content hash: a changed script is uploaded again even if its size is unchanged.
+                body = dict(source=pulumi.FileAsset(str(file)),
+                            source_hash=hashlib.sha256(file.read_bytes()).hexdigest())
             self.objects.append(aws.s3.BucketObjectv2(f"{name}-{file.stem}", aws.s3.BucketObjectv2Args(
                 bucket=bucket.id,
                 key=f"{SCRIPTS_PREFIX}/{file.name}",
-                source=pulumi.FileAsset(str(file)),
-                # Content hash: a changed script is uploaded again even if its size is unchanged.
-                source_hash=hashlib.sha256(file.read_bytes()).hexdigest(),
                 content_type="text/x-shellscript",
+                **body,
             ), child))
 
         self.bucket_name = bucket.bucket

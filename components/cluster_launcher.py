@@ -2,7 +2,11 @@
 
 The rendered config (cluster_config.py) goes to `python -m launcher` on stdin; the launcher
 creates, updates or deletes the cluster and prints a final JSON line that becomes this
-component's outputs. The command depends on everything a booting node needs, so Pulumi runs
+component's outputs. The command is REPLACED (a new cluster, the old one deleted first) when its
+`create` (name, region, ParallelCluster version) or its `triggers` change: the digest of the config
+values ParallelCluster refuses to update in place (update_policy.py, derived from pcluster's own
+update policy), so `pulumi preview` shows a replacement exactly where `pcluster update-cluster`
+would refuse; any other change runs `update`. The command depends on everything a booting node needs, so Pulumi runs
 it last on `up` and deletes the cluster first on `destroy`, before the network and directory.
 """
 
@@ -18,6 +22,7 @@ import pulumi_command as command
 
 from cluster_config import ClusterConfigInputs, HomeStorage, render, to_yaml
 from stack_config import ClusterSettings
+from update_policy import replacement_digest
 
 LAUNCHER = "venv/bin/python -m launcher"
 
@@ -28,8 +33,7 @@ class ClusterLauncherArgs:
     region: str
     public_subnet_id: pulumi.Input[str]
     private_subnet_ids: pulumi.Input[Sequence[str]]
-    scripts_base_uri: pulumi.Input[str]
-    join_function_url: pulumi.Input[str]
+    scripts_base_uri: pulumi.Input[str]  # must stay the same across a bucket re-creation (head node Script)
     additional_policy_arns: pulumi.Input[Sequence[str]]
     home_storage_type: str
     home_storage_id: pulumi.Input[str]
@@ -56,6 +60,11 @@ def launcher_commands(cluster_name: str, region: str, pcluster_version: str) -> 
     }
 
 
+def replacement_triggers(config: dict) -> list[str]:
+    """The Command's `triggers`: they change exactly when ParallelCluster refuses the change in place."""
+    return [replacement_digest(config)]
+
+
 def parse_launcher_result(stdout: str) -> dict:
     """The launcher's last stdout line (JSON). Before deployment (preview, offline plan) the
     output is not JSON: placeholders are returned instead."""
@@ -80,9 +89,9 @@ class ClusterLauncher(pulumi.ComponentResource):
         super().__init__("pcluster-ad:index:ClusterLauncher", name, None, opts)
         c = args.cluster
 
-        def render_yaml(values: list) -> str:
-            public_subnet, private_subnets, scripts_uri, url, policies, home_id, node_sgs = values
-            return to_yaml(render(ClusterConfigInputs(
+        def render_config(values: list) -> dict:
+            public_subnet, private_subnets, scripts_uri, policies, home_id, node_sgs = values
+            return render(ClusterConfigInputs(
                 region=args.region,
                 os=c.os,
                 head_node_instance_type=c.head_node_instance_type,
@@ -90,7 +99,6 @@ class ClusterLauncher(pulumi.ComponentResource):
                 private_subnet_ids=list(private_subnets),
                 queues=c.queues,
                 scripts_base_uri=scripts_uri,
-                join_function_url=url,
                 additional_policy_arns=list(policies),
                 home=HomeStorage(args.home_storage_type, home_id),
                 node_security_group_ids=list(node_sgs),
@@ -100,12 +108,13 @@ class ClusterLauncher(pulumi.ComponentResource):
                 custom_ami=c.custom_ami,
                 queue_update_strategy=c.queue_update_strategy,
                 tags=args.tags,
-            )))
+            ))
 
-        self.config_yaml = pulumi.Output.all(
-            args.public_subnet_id, args.private_subnet_ids, args.scripts_base_uri, args.join_function_url,
+        config = pulumi.Output.all(
+            args.public_subnet_id, args.private_subnet_ids, args.scripts_base_uri,
             args.additional_policy_arns, args.home_storage_id, args.node_security_group_ids,
-        ).apply(render_yaml)
+        ).apply(render_config)
+        self.config_yaml = config.apply(to_yaml)
 
         commands = launcher_commands(c.name, args.region, c.pcluster_version)
         timeout = f"{args.timeout_minutes}m"
@@ -116,6 +125,7 @@ class ClusterLauncher(pulumi.ComponentResource):
                 update=commands["update"],
                 delete=commands["delete"],
                 stdin=self.config_yaml,
+                triggers=config.apply(replacement_triggers),
                 # The launcher gives up a minute inside Pulumi's own timeout, with a clear message.
                 environment={"PCLUSTER_AD_TIMEOUT_SECONDS": str(args.timeout_minutes * 60 - 60),
                              "PYTHONUNBUFFERED": "1"},  # progress lines as they happen
@@ -123,9 +133,11 @@ class ClusterLauncher(pulumi.ComponentResource):
             pulumi.ResourceOptions(
                 parent=self,
                 depends_on=list(args.needs),
-                # A new name, region or ParallelCluster version is a new cluster; delete the old
-                # one first (an EBS home volume attaches to one head node at a time).
-                replace_on_changes=["create"],
+                # A new name, region or ParallelCluster version, or a change ParallelCluster refuses
+                # in place (triggers), is a new cluster; delete the old one first (an EBS home volume
+                # attaches to one head node at a time). The homes are outside the cluster
+                # (SharedStorage by FileSystemId/VolumeId, not owned by it): they survive.
+                replace_on_changes=["create", "triggers"],
                 delete_before_replace=True,
                 custom_timeouts=pulumi.CustomTimeouts(create=timeout, update=timeout, delete=timeout),
             ),

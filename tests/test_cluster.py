@@ -54,16 +54,20 @@ def test_bootstrap_bucket_is_private_encrypted_versioned_tls_only(run_stack):
 def test_changed_script_changes_the_uploaded_object(run_stack, tmp_path, monkeypatch):
     import program
 
-    before = run_stack().named("bootstrap-join-domain").inputs["sourceHash"]
+    before = run_stack().named("bootstrap-enable-ssh-password-auth").inputs["sourceHash"]
     changed = tmp_path / "bootstrap"
     changed.mkdir()
     for f in (ROOT / "bootstrap").iterdir():
         (changed / f.name).write_bytes(f.read_bytes())
+    (changed / "enable-ssh-password-auth.sh").write_text(
+        (ROOT / "bootstrap" / "enable-ssh-password-auth.sh").read_text() + "\n# v2\n")
     (changed / "join-domain.sh").write_text((ROOT / "bootstrap" / "join-domain.sh").read_text() + "\n# v2\n")
     (tmp_path / "lambda_src").symlink_to(ROOT / "lambda_src")
     monkeypatch.setattr(program, "ROOT", tmp_path)
-    after = run_stack().named("bootstrap-join-domain").inputs["sourceHash"]
+    g = run_stack()
+    after = g.named("bootstrap-enable-ssh-password-auth").inputs["sourceHash"]
     assert before != after and len(after) == 64
+    assert g.named("bootstrap-join-domain").inputs["content"].endswith("\n# v2\n")  # baked copy: content
 
 
 def test_home_efs_outlives_the_cluster_and_admits_only_cluster_nodes(run_stack):
@@ -178,9 +182,8 @@ def test_rendered_config_joins_every_node_and_keeps_ssh_off_compute(run_stack):
     config = yaml.safe_load(run_stack().outputs["clusterConfig"])
     head = config["HeadNode"]
     join = head["CustomActions"]["OnNodeStart"]
-    assert join["Script"] == "s3://<after-deploy:bootstrap-bucket.bucket>/bootstrap/join-domain.sh"
-    assert join["Args"] == ["--function-url", "<after-deploy:join-function-url.functionUrl>", "--region",
-                            "eu-west-1", "--timeout", "600"]
+    assert join["Script"] == "s3://pcluster-ad-dev-<after-deploy:account-id>-eu-west-1/bootstrap/join-domain.sh"
+    assert join["Args"][:4] == ["--region", "eu-west-1", "--timeout", "600"]  # the URL is baked into the script
     assert head["CustomActions"]["OnNodeConfigured"]["Script"].endswith("/enable-ssh-password-auth.sh")
     assert head["Networking"]["SubnetId"] == "<after-deploy:network-public-a.id>"
     assert head["Ssh"] == {"AllowedIps": "203.0.113.0/24"}  # the dev sample names no key pair
@@ -208,7 +211,7 @@ def concrete(config_yaml: str) -> str:
     fake = {"network-public-a.id": "subnet-0aaaaaaaaaaaaaaaa", "network-private-a.id": "subnet-0bbbbbbbbbbbbbbbb",
             "network-private-b.id": "subnet-0cccccccccccccccc", "home-efs.id": "fs-0123456789abcdef0",
             "home-volume.id": "vol-0123456789abcdef0", "home-clients.id": "sg-0123456789abcdef0",
-            "bootstrap-bucket.bucket": "pcluster-ad-bootstrap-abc",
+            "bootstrap-bucket.bucket": "pcluster-ad-bootstrap-abc", "account-id": "123456789012",
             "join-function-url.functionUrl": "https://abc.lambda-url.eu-west-1.on.aws/",
             "cluster-role-scripts-policy.arn": "arn:aws:iam::123456789012:policy/scripts",
             "join-function-invoke-policy.arn": "arn:aws:iam::123456789012:policy/invoke"}
