@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,6 +169,43 @@ ADMIN_PASSWORD_KEY = f"{PROJECT}:adminPassword"
 JOIN_PASSWORD_KEY = f"{PROJECT}:joinPassword"
 SECRET_KEYS = (ADMIN_PASSWORD_KEY, JOIN_PASSWORD_KEY)
 
+# Config keys the AWS provider reads (pulumi_aws/config/vars.py; tests/test_newcomer.py keeps this
+# list equal to the installed package's). Any other `aws:` key is a typo the provider would ignore.
+AWS_PROVIDER_KEYS = frozenset({
+    "accessKey", "allowedAccountIds", "assumeRoleWithWebIdentity", "assumeRoles", "customCaBundle", "defaultTags",
+    "ec2MetadataServiceEndpoint", "ec2MetadataServiceEndpointMode", "endpoints", "forbiddenAccountIds", "httpProxy",
+    "httpsProxy", "ignoreTags", "insecure", "maxRetries", "noProxy", "profile", "region", "retryMode",
+    "s3UsEast1RegionalEndpoint", "s3UsePathStyle", "secretKey", "sharedConfigFiles", "sharedCredentialsFiles",
+    "skipCredentialsValidation", "skipMetadataApiCheck", "skipRegionValidation", "skipRequestingAccountId",
+    "stsRegion", "tagPolicyCompliance", "token", "tokenBucketRateLimiterCapacity", "useDualstackEndpoint",
+    "useFipsEndpoint", "userAgents",
+})
+# `pulumi:` keys belong to the engine (e.g. pulumi:tags); nothing else may appear in a stack's config.
+KNOWN_NAMESPACES = (PROJECT, "aws", "pulumi")
+
+# Physical names that must be unique per account (IAM) or per region (Lambda, KMS alias, SSM), and
+# their limits. One function builds them; validation checks the same strings (so a name that is too
+# long is a config error naming the stack, never a ValueError halfway through a deployment).
+NAME_LIMITS = {"join_role": 64, "join_invoke_policy": 128, "join_function": 64}
+
+
+def physical_names(stack: str, region: str) -> dict[str, str]:
+    """IAM names are account-wide: the region is part of them, so one stack name can be used in two
+    regions of one account. Lambda function names are regional; it shares the role's name."""
+    role = f"pcad-{stack}-{region}-join"
+    return {"join_role": role, "join_invoke_policy": f"{role}-invoke", "join_function": role}
+
+
+def _check_names(problems: list[Problem], stack: str, region: str) -> None:
+    names = physical_names(stack, region)
+    for kind, limit in NAME_LIMITS.items():
+        excess = len(names[kind]) - limit
+        if excess > 0:
+            what = kind.replace("_", " ")
+            problems.append(Problem("stack name", f"{stack!r} is too long for region {region}: the {what}"
+                                    f" name {names[kind]!r} would have {len(names[kind])} characters (limit {limit});"
+                                    f" use a stack name of at most {len(stack) - excess} characters"))
+
 
 def engine_value(value: Any) -> str:
     """A config value as the Pulumi engine hands it to a program: objects as JSON, booleans lower case."""
@@ -179,12 +216,14 @@ def engine_value(value: Any) -> str:
     return str(value)
 
 
-def settings_from_values(values: Mapping[str, Any], *, stack: str) -> Settings:
+def settings_from_values(values: Mapping[str, Any], *, stack: str,
+                         secret_keys: Collection[str] | None = None) -> Settings:
     """Validate a whole config map (full keys, Python values, secrets in plaintext), as the offline
-    plan and the Automation API hold it. Raises ConfigError with every problem."""
+    plan and the Automation API hold it. `secret_keys`: the keys stored as secrets (None: unknown,
+    not checked). Raises ConfigError with every problem."""
     raw = {k: v for k, v in values.items() if k not in SECRET_KEYS}
     return parse_settings(raw, stack=stack, admin_password=values.get(ADMIN_PASSWORD_KEY),
-                          join_password=values.get(JOIN_PASSWORD_KEY))
+                          join_password=values.get(JOIN_PASSWORD_KEY), secret_keys=secret_keys)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -287,19 +326,37 @@ def parse_settings(
     stack: str,
     admin_password: str | None = None,
     join_password: str | None = None,
+    secret_keys: Collection[str] | None = None,
 ) -> Settings:
     """Validate the raw stack config (full keys such as 'pcluster-ad:network') into Settings.
 
-    `admin_password` / `join_password` are the plaintext secrets, used only for checks.
+    `admin_password` / `join_password` are the plaintext secrets, used only for checks;
+    `secret_keys` the keys stored as secrets (None: not known, not checked).
     Raises ConfigError with every problem found.
     """
     problems: list[Problem] = []
     known_top = {"network", "directory", "adminPassword", "join", "joinPassword", "cluster", "tags"}
     for full_key in sorted(raw):
         ns, _, name = full_key.partition(":")
-        if ns == PROJECT and name not in known_top:
-            hint = _closest(name, known_top)
-            problems.append(Problem(full_key, "unknown key" + (f" (did you mean '{_key(hint)}'?)" if hint else "")))
+        if ns == PROJECT:
+            known = known_top
+        elif ns == "aws":
+            known = AWS_PROVIDER_KEYS
+        elif ns == "pulumi":
+            continue
+        else:
+            hint = _closest(ns, set(KNOWN_NAMESPACES))
+            fix = f"did you mean '{hint}:{name}'?" if hint else f"this project reads {PROJECT}: and aws: keys"
+            problems.append(Problem(full_key, f"unknown namespace '{ns}' ({fix}): the key would be ignored"))
+            continue
+        if name not in known:
+            hint = _closest(name, set(known))
+            problems.append(Problem(full_key, "unknown key" + (f" (did you mean '{ns}:{hint}'?)" if hint else "")))
+    # Stack files are committed: a password written there in plaintext is a leaked password.
+    for key, value in ((ADMIN_PASSWORD_KEY, admin_password), (JOIN_PASSWORD_KEY, join_password)):
+        if value is not None and secret_keys is not None and key not in secret_keys:
+            problems.append(Problem(key, "is stored in plaintext in the stack configuration: remove it and run"
+                                    f" `pulumi config set --secret {key}` (stack files get committed)"))
 
     # The stack name is part of IAM role, Lambda, KMS alias and SSM parameter names.
     if not _STACK_RE.match(stack):
@@ -314,6 +371,8 @@ def parse_settings(
         problems.append(Problem("aws:region", f"{region!r} is not an AWS region name such as eu-west-1"))
         region = ""
 
+    if region and _STACK_RE.match(stack):
+        _check_names(problems, stack, region)
     network = _parse_network(problems, raw.get(_key("network")), region)
     directory = _parse_directory(problems, raw.get(_key("directory")))
     join = _parse_join(problems, raw.get(_key("join")), directory, admin_password, join_password)
@@ -612,16 +671,33 @@ def _existing_home(hs: _Reader, hs_type: str) -> str | None:
     return None
 
 
+_TAG_CHARS = re.compile(r"^[\w .:/=+\-@]*$")  # what every AWS service takes in tags
+
+
 def _parse_tags(problems: list[Problem], value: Any) -> dict[str, str]:
     if value is None:
         return {}
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        problems.append(Problem(_key("tags"), "must be an object of string keys and string values"))
+    if not isinstance(value, Mapping):
+        problems.append(Problem(_key("tags"), f"must be an object of tag names to string values, got {value!r}"))
         return {}
-    for k in value:
-        if k.lower().startswith("aws:"):
-            problems.append(Problem(_key(f"tags.{k}"), "tag keys starting with 'aws:' are reserved by AWS"))
-    return dict(value)
+    tags: dict[str, str] = {}
+    for k, v in value.items():
+        key = _key(f"tags.{k}")
+        if not isinstance(v, str):
+            problems.append(Problem(key, f"value must be a string, got {v!r} (quote it in YAML: \"{v}\")"))
+            continue
+        if not 1 <= len(str(k)) <= 128:
+            problems.append(Problem(key, f"tag names have 1-128 characters, this one has {len(str(k))}"))
+        elif str(k).lower().startswith("aws:"):
+            problems.append(Problem(key, "tag keys starting with 'aws:' are reserved by AWS"))
+        elif not _TAG_CHARS.match(str(k)):
+            problems.append(Problem(key, "tag names may hold letters, digits, spaces and _ . : / = + - @ only"))
+        if len(v) > 256:
+            problems.append(Problem(key, f"tag values have at most 256 characters, this one has {len(v)}"))
+        elif not _TAG_CHARS.match(v):
+            problems.append(Problem(key, "tag values may hold letters, digits, spaces and _ . : / = + - @ only"))
+        tags[str(k)] = v
+    return tags
 
 
 # ------------------------------------------------------------------- Pulumi-side loader
@@ -635,16 +711,30 @@ def load_settings() -> Settings:
     raw: dict[str, Any] = {"aws:region": pulumi.Config("aws").get("region")}
     for name in ("network", "directory", "join", "cluster", "tags"):
         raw[_key(name)] = _get_object(cfg, name)
-    # Unknown keys in our namespace are reported too (typos would otherwise be ignored).
+    # Unknown keys and namespaces are reported too (typos would otherwise be ignored).
     for full_key in _all_config_keys():
-        if full_key.startswith(f"{PROJECT}:") and full_key not in raw and full_key not in SECRET_KEYS:
+        if full_key not in raw and full_key not in SECRET_KEYS:
             raw[full_key] = "(set)"
     return parse_settings(
         raw,
         stack=pulumi.get_stack(),
         admin_password=cfg.get("adminPassword"),  # plaintext only for the checks above
         join_password=cfg.get("joinPassword"),
+        secret_keys=_secret_keys(),
     )
+
+
+def _secret_keys() -> set[str] | None:
+    """Which of our secret keys the engine handed over as secrets; None when that is not known."""
+    import os
+
+    from pulumi.runtime import config as runtime_config
+
+    # set_all_config (tests, inline programs) or the CLI's language host (environment) said which.
+    if runtime_config.CONFIG.get() or "PULUMI_CONFIG_SECRET_KEYS" in os.environ:
+        return {k for k in SECRET_KEYS if runtime_config.is_config_secret(k)} | {
+            k for k in runtime_config.get_config_secret_keys_env() if k in SECRET_KEYS}
+    return None
 
 
 def _all_config_keys() -> set[str]:

@@ -43,7 +43,7 @@ def run_stack() -> Callable[..., Graph]:
             config[key] = value
             secret_keys.append(key)
         return run_program(program.pulumi_program, config=config, secret_keys=secret_keys,
-                           stack=stack_name or stack, mocks=mocks or PlanMocks(region=config["aws:region"]))
+                           stack=stack_name or stack, mocks=mocks or PlanMocks.from_config(config))
 
     return run
 

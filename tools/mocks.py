@@ -62,6 +62,27 @@ class PlanMocks(Mocks):
         self.subnets = subnets or {}  # id -> {availabilityZone, vpcId} for aws.ec2.get_subnet
         self.azs = azs
 
+    @classmethod
+    def from_config(cls, config: dict[str, str]) -> PlanMocks:
+        """Mocks whose subnet lookups agree with an existing VPC named in the config: the private
+        subnets in the region's first two AZs, the public one in the first, all in network.vpcId."""
+        import json
+
+        region = config.get("aws:region") or "eu-west-1"
+        try:
+            network = json.loads(config.get("pcluster-ad:network") or "{}")
+        except ValueError:
+            network = {}
+        subnets: dict[str, dict[str, str]] = {}
+        if isinstance(network, dict) and isinstance(network.get("vpcId"), str):
+            vpc = network["vpcId"]
+            private = network.get("privateSubnetIds") or []
+            for i, subnet_id in enumerate(private if isinstance(private, list) else []):
+                subnets[str(subnet_id)] = {"availabilityZone": f"{region}{'ab'[i % 2]}", "vpcId": vpc}
+            if isinstance(network.get("publicSubnetId"), str):
+                subnets[network["publicSubnetId"]] = {"availabilityZone": f"{region}a", "vpcId": vpc}
+        return cls(region=region, subnets=subnets)
+
     def new_resource(self, args: MockResourceArgs) -> tuple[str | None, dict]:
         state = dict(args.inputs)
         for prop, shape in _COMPUTED.get(args.typ, {}).items():
@@ -272,8 +293,7 @@ def run_program(program: Callable[[], None], *, config: dict[str, str], secret_k
     from pulumi.runtime.stack import run_pulumi_func
     from pulumi.runtime.sync_await import _sync_await
 
-    region = config.get("aws:region", "eu-west-1")
-    mocks = mocks or PlanMocks(region=region)
+    mocks = mocks or PlanMocks.from_config(config)
     monitor = RecordingMonitor(mocks)
     pulumi.runtime.set_all_config(config, secret_keys or [])
     runtime_settings.ROOT.set(None)  # a fresh Stack per run: outputs must not leak between runs

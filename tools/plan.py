@@ -49,18 +49,28 @@ def main(argv: list[str] | None = None) -> int:
     from stack_config import ConfigError, engine_value, settings_from_values
     from tools.mocks import values_from_stack_file
 
+    if not isinstance(doc, dict) or not isinstance(doc.get("config") or {}, dict):
+        print(f"error: {config_file} must be a stack settings file with a `config:` map", file=sys.stderr)
+        return 1
     values, secret_keys = values_from_stack_file(doc)
     try:  # the same validation the program runs, before anything is evaluated
-        settings_from_values(values, stack=stack)
+        settings_from_values(values, stack=stack, secret_keys=secret_keys)
     except ConfigError as e:
         print(f"{config_file.name}: {e}\nNothing was written.", file=sys.stderr)
         return 1
     config = {k: engine_value(v) for k, v in values.items()}
 
+    import pulumi
+
     try:
         result = _plan(config, secret_keys, stack)
-    except ConfigError as e:  # checks that need the program (e.g. existing subnets)
+    except (ConfigError, pulumi.RunError) as e:  # checks that need the program (e.g. existing subnets)
         print(f"{config_file.name}: {e}\nNothing was written.", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - a bug, not the user's input: say so, without a traceback
+        print(f"{config_file.name}: the program failed while planning ({type(e).__name__}: {e}). This is a bug in"
+              " pcluster-ad, not in your config: please report it with this message.\nNothing was written.",
+              file=sys.stderr)
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
     for name, content in result["files"].items():
