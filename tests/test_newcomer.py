@@ -205,3 +205,59 @@ def test_generated_admin_password_is_a_secret_output(run_stack):
         "pcluster-ad:join": {"user": "joiner"},
     }), secrets={"pcluster-ad:joinPassword": "Corr3ct-Horse-Battery"})
     assert "directoryAdminPassword" not in existing.outputs
+
+
+def readme_aws_commands() -> list[list[str]]:
+    """Every `aws ds ...` / `aws ds-data ...` command line in the README's first-user section."""
+    import re
+    import shlex
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Your first AD user", 1)[1].split("\n## ", 1)[0]
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            for part in line.split("|"):
+                words = shlex.split(part.split(" #", 1)[0], posix=True)
+                if words[:1] == ["aws"]:
+                    commands.append(words)
+    return commands
+
+
+def test_first_user_aws_commands_match_the_aws_cli_service_models():
+    """Each documented command names a real operation and gives every required parameter by its
+    CLI spelling; a typo in an option or an operation fails here."""
+    import botocore.session
+    from botocore import xform_name
+
+    commands = readme_aws_commands()
+    operations = {(c[1], c[2]) for c in commands}
+    assert {("ds-data", "create-user"), ("ds-data", "create-group"), ("ds-data", "add-group-member"),
+            ("ds", "enable-directory-data-access"), ("ds", "reset-user-password")} <= operations, operations
+    session = botocore.session.get_session()
+    for words in commands:
+        service, operation = words[1], words[2]
+        model = session.get_service_model(service)
+        by_cli_name = {xform_name(op, "-"): op for op in model.operation_names}
+        assert operation in by_cli_name, words
+        shape = model.operation_model(by_cli_name[operation]).input_shape
+        options = {w[2:] for w in words[3:] if w.startswith("--")}
+        members = {xform_name(m, "-"): m for m in shape.members}
+        if "cli-input-json" in options:  # the JSON on stdin carries the members (checked below)
+            continue
+        assert options <= set(members), (words, sorted(members))
+        missing = [m for m in shape.required_members if xform_name(m, "-") not in options]
+        assert not missing, (words, missing)
+
+
+def test_first_user_password_json_matches_reset_user_password():
+    import json
+    import re
+
+    import botocore.session
+
+    section = (ROOT / "README.md").read_text().split("### Your first AD user", 1)[1]
+    template = re.search(r"printf '(\{\"DirectoryId\".*?\})'", section).group(1)
+    document = json.loads(template.replace("%s", "x"))
+    shape = botocore.session.get_session().get_service_model("ds").operation_model("ResetUserPassword").input_shape
+    assert set(document) == set(shape.members) >= set(shape.required_members)

@@ -9,13 +9,14 @@ Tests run in file order; the slow failure cases come last so their waits overlap
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 
 import pytest
 
 from .conftest import JOIN_TIMEOUT, REFUSED_TIMEOUT, SLACK, UNREACHABLE_TIMEOUT, USERS, describe
-from .lab import SSH_OPTS
+from .lab import REPO, SSH_OPTS
 
 pytestmark = pytest.mark.adlab
 
@@ -277,3 +278,45 @@ def test_dc_unreachable_fails_within_its_limit(chain):
     assert errors, describe(res)
     assert chain.lab.cfg.domain in errors[-1] or "realm" in errors[-1], errors
     assert not joined(chain.unreachable, chain.lab.cfg.domain)
+
+
+# --- README "Your first AD user", Simple AD path, as written ------------------------------------
+
+# Stand-in for `aws ds reset-user-password` (AWS: sets the password and enables a disabled user).
+_RESET_USER_PASSWORD = """
+import json, sys
+from samba.auth import system_session
+from samba.param import LoadParm
+from samba.samdb import SamDB
+req = json.load(sys.stdin)
+lp = LoadParm(); lp.load_default()
+db = SamDB(url=lp.samdb_url(), session_info=system_session(), lp=lp)
+flt = "(sAMAccountName=%s)" % req["UserName"]
+db.setpassword(flt, req["NewPassword"], force_change_at_next_login=False)
+db.enable_account(flt)
+"""
+
+
+def test_readme_first_user_commands_work_as_written(chain):
+    """The README's Simple AD commands, run as root on a joined node with the admin password on
+    stdin, create a user and a group the node then resolves; after the reset-user-password
+    stand-in the user logs in by ssh and is in the group."""
+    lab, node = chain.lab, chain.good[0]
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### Your first AD user", 1)[1]
+    block = next(b for b in section.split("```bash\n")[1:] if "adcli create-user" in b).split("```", 1)[0]
+    # From the password prompt on (the ssh/sudo lines are how you get there); another name than
+    # the lab's existing users.
+    script = block[block.index("read -rsp"):].replace("alice", "carol").replace("hpc-users", "first-users")
+    script = script.replace("DOMAIN=test.domain", f"DOMAIN={lab.cfg.domain}")
+    res = node.run(["bash", "-euo", "pipefail", "-c", script], input=lab.admin_password + "\n", check=False,
+                   timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert lab.admin_password not in res.stdout + res.stderr
+    lab.dc.run(["/usr/bin/python3", "-c", _RESET_USER_PASSWORD], timeout=60,
+               input=json.dumps({"UserName": "carol", "NewPassword": "C4rol-First-2026!"}))
+    node.run(["sss_cache", "-E"], check=False)
+    login = ssh(lab, node, "carol", "C4rol-First-2026!", "id -nG; pwd")
+    assert login.returncode == 0, login.stdout + login.stderr
+    groups, home = login.stdout.splitlines()[-2:]
+    assert "first-users" in groups.split() and home == "/home/carol", login.stdout
