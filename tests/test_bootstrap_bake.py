@@ -1,0 +1,87 @@
+"""The join function URL baked into the uploaded join script, and the fixed bootstrap bucket name (issue 9,
+finding 4: nothing that can change without a real change may reach the head node's custom actions)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from components.bootstrap_scripts import BAKED_URL_LINE, bake_function_url, bootstrap_bucket_name
+from tests.conftest import ROOT
+
+SCRIPT = ROOT / "bootstrap" / "join-domain.sh"
+URL = "https://abcdefghijklmnopqrstuvwxyz012345.lambda-url.eu-west-1.on.aws/"
+S3_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+
+
+def _run(script_path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(script_path), *args], capture_output=True, text=True, timeout=60,
+                          check=False, env={"PATH": "/usr/bin:/bin", "PCLUSTER_AD_LOG": "/dev/null"})
+
+
+def test_the_script_has_exactly_one_marked_default_line():
+    assert SCRIPT.read_text().count(BAKED_URL_LINE + "\n") == 1
+
+
+def test_baked_copy_uses_the_url_and_the_flag_overrides_it(tmp_path):
+    baked = tmp_path / "join-domain.sh"
+    baked.write_text(bake_function_url(SCRIPT.read_text(), URL))
+    assert f"BAKED_FUNCTION_URL='{URL}'\n" in baked.read_text()
+    # Argument checks run in order URL, region: a region error means the baked URL was accepted.
+    result = _run(baked, "--region", "not-a-region")
+    assert result.returncode == 2 and "--region is not an AWS region name" in result.stderr, result.stderr
+    # --function-url still wins, and is still checked.
+    result = _run(baked, "--function-url", "http://203.0.113.5/", "--region", "eu-west-1")
+    assert result.returncode == 2 and "must be an https:// URL" in result.stderr, result.stderr
+    # The repo copy has no URL: the flag is required there.
+    result = _run(SCRIPT, "--region", "eu-west-1")
+    assert result.returncode == 2 and "missing argument --function-url" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("url", ["https://x.example/'; rm -rf / #", "http://plain.example/", "https://a b/",
+                                 "https://x.example/$(id)"])
+def test_bake_refuses_urls_the_shell_could_expand(url):
+    with pytest.raises(ValueError, match="not a plain https:// URL"):
+        bake_function_url(SCRIPT.read_text(), url)
+
+
+def test_bake_refuses_a_script_without_the_marker():
+    with pytest.raises(ValueError, match="exactly once"):
+        bake_function_url("#!/bin/bash\necho hi\n", URL)
+
+
+def test_baked_object_follows_the_url_under_the_same_key(run_stack):
+    from tests.test_update_policy import NEW_URL, _Recreated
+
+    before = run_stack().named("bootstrap-join-domain").inputs
+    after = run_stack(mocks=_Recreated({("join-function-url", "functionUrl"): NEW_URL}, region="eu-west-1")).named(
+        "bootstrap-join-domain").inputs
+    assert before["key"] == after["key"] == "bootstrap/join-domain.sh"
+    assert "BAKED_FUNCTION_URL='<after-deploy:join-function-url.functionUrl>'" in before["content"]
+    assert f"BAKED_FUNCTION_URL='{NEW_URL}'" in after["content"]
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod", "Team_A.test", "x" * 80, "-weird-"])
+@pytest.mark.parametrize("region", ["eu-west-1", "ap-southeast-2", "us-gov-west-1"])
+def test_bucket_name_is_valid_stable_and_distinct(stack, region):
+    name = bootstrap_bucket_name("123456789012", region, stack)
+    assert S3_NAME.match(name) and len(name) <= 63 and ".." not in name, name
+    assert name == bootstrap_bucket_name("123456789012", region, stack)  # same after a re-creation
+    assert name != bootstrap_bucket_name("123456789013", region, stack)
+    assert name != bootstrap_bucket_name("123456789012", region, stack + "2")
+
+
+def test_bucket_name_refuses_bad_input():
+    with pytest.raises(ValueError, match="account id"):
+        bootstrap_bucket_name("12345", "eu-west-1", "dev")
+    with pytest.raises(ValueError, match="region"):
+        bootstrap_bucket_name("123456789012", "Europe", "dev")
+
+
+def test_stack_bucket_has_the_fixed_name(run_stack):
+    bucket = run_stack().named("bootstrap-bucket")
+    assert bucket.inputs["bucket"] == "pcluster-ad-dev-<after-deploy:account-id>-eu-west-1"
+    assert "bucketPrefix" not in bucket.inputs
+    assert bucket.options["deleteBeforeReplace"] is True
