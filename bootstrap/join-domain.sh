@@ -1,7 +1,7 @@
 #!/bin/bash
 # join-domain.sh: ParallelCluster 3 OnNodeStart custom action. Joins this node to Active Directory.
 #
-#   join-domain.sh --function-url URL --region REGION [--timeout SECONDS]
+#   join-domain.sh [--function-url URL] --region REGION [--timeout SECONDS]
 #
 # Runs as root. Steps:
 #   1. install sssd/realmd/adcli/... with the OS package manager, only if a needed command is missing;
@@ -50,6 +50,9 @@ LOG_FILE="${PCLUSTER_AD_LOG:-$DEFAULT_LOG}"
 IMDS_ENDPOINT="${AWS_EC2_METADATA_SERVICE_ENDPOINT:-http://169.254.169.254}"
 IMDS_ENDPOINT="${IMDS_ENDPOINT%/}"
 
+# The stack bakes the join function URL into the uploaded copy (components/bootstrap_scripts.py replaces
+# this exact line), so a new URL changes the S3 object, not the cluster config; --function-url overrides it.
+BAKED_FUNCTION_URL=""
 FUNCTION_URL=""
 REGION=""
 TIMEOUT=600
@@ -60,9 +63,10 @@ SIGV4_CONFIG=""
 
 usage() {
     cat <<'EOF'
-usage: join-domain.sh --function-url URL --region REGION [--timeout SECONDS]
+usage: join-domain.sh [--function-url URL] --region REGION [--timeout SECONDS]
 
-  --function-url URL   the join function URL (https://...; plain http only to a loopback address)
+  --function-url URL   the join function URL (https://...; plain http only to a loopback address);
+                       default: the URL the stack baked into this copy
   --region REGION      AWS region of the function, used to sign the request (e.g. eu-west-1)
   --timeout SECONDS    overall deadline for the whole join, default 600
 EOF
@@ -106,7 +110,8 @@ parse_args() {
         esac
     done
 
-    [[ -n $FUNCTION_URL ]] || usage_error "missing required argument --function-url URL"
+    [[ -n $FUNCTION_URL ]] || FUNCTION_URL=$BAKED_FUNCTION_URL
+    [[ -n $FUNCTION_URL ]] || usage_error "missing argument --function-url URL (no URL is baked into this copy)"
     [[ -n $REGION ]] || usage_error "missing required argument --region REGION"
     # Plain http would expose the signed request and the password in the answer: only to a loopback
     # address, or anywhere when PCLUSTER_AD_ALLOW_HTTP=1 (test labs only).
