@@ -261,3 +261,19 @@ def test_first_user_password_json_matches_reset_user_password():
     document = json.loads(template.replace("%s", "x"))
     shape = botocore.session.get_session().get_service_model("ds").operation_model("ResetUserPassword").input_shape
     assert set(document) == set(shape.members) >= set(shape.required_members)
+
+
+def test_newcomer_path_on_the_dev_sample_offline(tmp_path):
+    """README's first day, offline: the dev sample plans, the admin password the README tells you to
+    read is an output of that plan and masked, and the first-user commands use outputs that exist."""
+    readme = (ROOT / "README.md").read_text()
+    assert "pulumi stack output --show-secrets directoryAdminPassword" in readme
+    result = run_plan(ROOT / "Pulumi.dev.yaml", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert 'directoryAdminPassword: "[secret]"' in result.stdout
+    section = readme.split("### Your first AD user", 1)[1].split("\n## ", 1)[0]
+    import re
+
+    used = set(re.findall(r"pulumi stack output (?:--show-secrets )?(\w+)", section))
+    planned = set(re.findall(r"^  (\w+): ", result.stdout, flags=re.M))
+    assert used and used <= planned, (used, planned)
