@@ -81,6 +81,8 @@ def pulumi_program() -> None:
         key_arn=secrets.key_arn,
         code_dir=str(ROOT / "lambda_src"),
         reserved_concurrency=settings.join.reserved_concurrency,
+        window_minutes=settings.join.window_minutes,
+        max_answers=settings.join.max_answers,
         tags=tags,
     ))
 
@@ -135,6 +137,7 @@ def pulumi_program() -> None:
     pulumi.export("domainName", directory.domain_name)
     pulumi.export("joinFunctionName", join_function.function_name)
     pulumi.export("joinFunctionUrl", join_function.function_url)
+    pulumi.export("joinWindowTable", join_function.window_table_name)
     pulumi.export("joinKeyAlias", secrets.key_alias)
     pulumi.export("joinParameterPrefix", f"/pcluster-ad/{settings.stack}/")
     pulumi.export("bootstrapBucket", scripts.bucket_name)

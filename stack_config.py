@@ -108,6 +108,9 @@ class JoinSettings:
     # The join function's reserved concurrency; None = unreserved (accounts whose whole Lambda
     # quota is 10 cannot reserve any).
     reserved_concurrency: int | None = 10
+    # Join window per instance: the function answers only this long after launch, this many times.
+    window_minutes: int = 30
+    max_answers: int = 3
 
 
 @dataclass(frozen=True)
@@ -510,13 +513,27 @@ def _parse_directory(problems: list[Problem], value: Any) -> DirectorySettings |
 def _parse_join(problems: list[Problem], value: Any, directory: DirectorySettings | None,
                 admin_password: str | None, join_password: str | None) -> JoinSettings | None:
     r = _Reader(problems, _key("join"), value)
-    r.unknown_keys({"user", "reservedConcurrency"})
+    r.unknown_keys({"user", "reservedConcurrency", "windowMinutes", "maxAnswers"})
     default_user = DEFAULT_ADMIN_USER.get(directory.type) if directory else None
     user = r.str("user", default=default_user)
     concurrency = r.int("reservedConcurrency", default=10)
     if concurrency is not None and not 0 <= concurrency <= 1000:
         r.fail(r.sub("reservedConcurrency"), f"must be 0 (unreserved) to 1000, got {concurrency}")
         concurrency = 10
+    # Late import: cluster_config imports this module. The window must outlast the join script's
+    # own deadline, or a slow first join would be refused its retries.
+    from cluster_config import JOIN_TIMEOUT_SECONDS
+
+    min_window = -(-JOIN_TIMEOUT_SECONDS // 60)
+    window = r.int("windowMinutes", default=30)
+    if window is not None and not min_window <= window <= 1440:
+        r.fail(r.sub("windowMinutes"), f"must be {min_window} (the join script's own deadline) to 1440 minutes,"
+                                       f" got {window}")
+        window = 30
+    max_answers = r.int("maxAnswers", default=3)
+    if max_answers is not None and not 1 <= max_answers <= 10:
+        r.fail(r.sub("maxAnswers"), f"must be 1 to 10 answers per node (1 leaves no retry), got {max_answers}")
+        max_answers = 3
     if directory is None:
         return None
     if user is None:
@@ -534,7 +551,8 @@ def _parse_join(problems: list[Problem], value: Any, directory: DirectorySetting
     if user is None:
         return None
     return JoinSettings(user=user, has_own_password=join_password is not None,
-                        reserved_concurrency=concurrency or None)
+                        reserved_concurrency=concurrency or None, window_minutes=window or 30,
+                        max_answers=max_answers or 3)
 
 
 def _check_password(problems: list[Problem], key: str, password: str, directory: DirectorySettings | None) -> None:

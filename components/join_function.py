@@ -1,5 +1,6 @@
 """JoinFunction: the Lambda behind an AWS_IAM function URL that hands the join credentials to a
-cluster node (lambda_src/join_handler.py decides who is a node), plus the policy nodes attach."""
+cluster node during its join window (lambda_src/join_handler.py decides who is a node and keeps
+the windows in this component's DynamoDB table), plus the policy nodes attach."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 
 import pulumi
 import pulumi_aws as aws
+
+from lambda_src.join_handler import TTL_ATTRIBUTE, WINDOW_KEY
 
 HANDLER = "join_handler.handler"
 RUNTIME = "python3.13"
@@ -30,12 +33,15 @@ class JoinFunctionArgs:
     parameter_arns: pulumi.Input[Sequence[pulumi.Input[str]]]
     key_arn: pulumi.Input[str]
     code_dir: str  # lambda_src: every top-level *.py goes into the package
+    # Join window per instance: credentials only this long after launch, at most this many times.
+    window_minutes: int = 30
+    max_answers: int = 3
     log_retention_days: int = 30
     # Caps what a burst of nodes (or a caller hammering the URL) can take from the account's
     # concurrency and how fast anyone can probe. None = no reservation (new accounts whose whole
     # quota is 10 cannot reserve any).
     reserved_concurrency: int | None = 10
-    timeout_seconds: int = 60  # three AWS calls, each retried up to 4 times under throttling
+    timeout_seconds: int = 60  # four AWS calls, each retried up to 4 times under throttling
     tags: dict[str, str] = field(default_factory=dict)
 
 
@@ -51,6 +57,7 @@ class JoinFunction(pulumi.ComponentResource):
     function_arn: pulumi.Output[str]
     function_url: pulumi.Output[str]
     role_arn: pulumi.Output[str]
+    window_table_name: pulumi.Output[str]
     invoke_policy_arn: pulumi.Output[str]
     # The URL, resolved only once the URL config and both invoke permissions exist: take it as the
     # cluster launcher's input (or depend on `ready_resources`) so no node calls a URL that 403s.
@@ -61,6 +68,11 @@ class JoinFunction(pulumi.ComponentResource):
         super().__init__("pcluster-ad:index:JoinFunction", name, None, opts)
         if len(args.role_name) > _MAX_NAME:
             raise ValueError(f"JoinFunction: role/function name {args.role_name!r} is longer than {_MAX_NAME}")
+        # The handler's own bounds (load_settings): caught at preview, not at the first boot.
+        if not 10 <= args.window_minutes <= 1440:
+            raise ValueError(f"JoinFunction: window_minutes must be 10 to 1440, got {args.window_minutes}")
+        if not 1 <= args.max_answers <= 10:
+            raise ValueError(f"JoinFunction: max_answers must be 1 to 10, got {args.max_answers}")
         child = pulumi.ResourceOptions(parent=self)
         invoke = pulumi.InvokeOutputOptions(parent=self)
         account = aws.get_caller_identity_output(opts=invoke).account_id
@@ -78,6 +90,20 @@ class JoinFunction(pulumi.ComponentResource):
             name=f"/aws/lambda/{function_name}",
             retention_in_days=args.log_retention_days,
             tags=tags("logs"),
+        ), child)
+
+        # One item per instance (join_handler.WINDOW_KEY); TTL removes it once the node cannot use it.
+        # The items are no secret (instance ids, counts, computer names): the AWS managed key will do.
+        windows = aws.dynamodb.Table(f"{name}-windows", aws.dynamodb.TableArgs(
+            name=f"{function_name}-windows",
+            billing_mode="PAY_PER_REQUEST",
+            hash_key=WINDOW_KEY,
+            attributes=[aws.dynamodb.TableAttributeArgs(name=WINDOW_KEY, type="S")],
+            ttl=aws.dynamodb.TableTtlArgs(attribute_name=TTL_ATTRIBUTE, enabled=True),
+            server_side_encryption=aws.dynamodb.TableServerSideEncryptionArgs(enabled=True),
+            # Short-lived state; a restore could only reopen windows.
+            point_in_time_recovery=aws.dynamodb.TablePointInTimeRecoveryArgs(enabled=False),
+            tags=tags("windows"),
         ), child)
 
         role = aws.iam.Role(f"{name}-role", aws.iam.RoleArgs(
@@ -100,6 +126,7 @@ class JoinFunction(pulumi.ComponentResource):
                 account=account, partition=partition,
                 via_ssm=pulumi.Output.concat("ssm.", region, ".", partition_result.dns_suffix),
                 parameter_arns=args.parameter_arns, key_arn=args.key_arn, log_group_arn=log_group.arn,
+                window_table_arn=windows.arn,
             )),
         ), child)
 
@@ -121,6 +148,9 @@ class JoinFunction(pulumi.ComponentResource):
                 "DOMAIN_PARAMETER": args.domain_parameter_name,
                 "JOIN_USER_PARAMETER": args.join_user_parameter_name,
                 "JOIN_PASSWORD_PARAMETER": args.join_password_parameter_name,
+                "WINDOW_TABLE": windows.name,
+                "WINDOW_MINUTES": str(args.window_minutes),
+                "MAX_ANSWERS": str(args.max_answers),
             }),
             logging_config=aws.lambda_.FunctionLoggingConfigArgs(log_format="Text", log_group=log_group.name),
             tags=tags("fn"),
@@ -149,6 +179,7 @@ class JoinFunction(pulumi.ComponentResource):
         self.function_arn = function.arn
         self.function_url = url.function_url
         self.role_arn = role.arn
+        self.window_table_name = windows.name
         self.invoke_policy_arn = invoke_policy.arn
         self.ready_resources = [url, url_permission, invoke_permission]
         self.ready = pulumi.Output.all(url.function_url, url_permission.id, invoke_permission.id).apply(
@@ -158,6 +189,7 @@ class JoinFunction(pulumi.ComponentResource):
             "functionArn": self.function_arn,
             "functionUrl": self.function_url,
             "roleArn": self.role_arn,
+            "windowTableName": self.window_table_name,
             "invokePolicyArn": self.invoke_policy_arn,
             "ready": self.ready,
         })
@@ -165,7 +197,7 @@ class JoinFunction(pulumi.ComponentResource):
 
 def _role_policy(*, account: pulumi.Input[str], partition: pulumi.Input[str], via_ssm: pulumi.Input[str],
                  parameter_arns: pulumi.Input[Sequence[pulumi.Input[str]]], key_arn: pulumi.Input[str],
-                 log_group_arn: pulumi.Input[str]) -> dict[str, Any]:
+                 log_group_arn: pulumi.Input[str], window_table_arn: pulumi.Input[str]) -> dict[str, Any]:
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -177,8 +209,11 @@ def _role_policy(*, account: pulumi.Input[str], partition: pulumi.Input[str], vi
             # `*`: EC2 Describe* actions do not support resource-level permissions.
             {"Sid": "DescribeCallerInstance", "Effect": "Allow", "Action": ["ec2:DescribeInstances"],
              "Resource": "*"},
+            # One conditional UpdateItem per answer or close; GetItem to log a refused window's state.
+            {"Sid": "CountJoinWindows", "Effect": "Allow", "Action": ["dynamodb:UpdateItem", "dynamodb:GetItem"],
+             "Resource": [window_table_arn]},
             # instance-profile/*: ParallelCluster creates the node profiles with generated names (and
-            # paths); this is read-only.
+            # paths); this is read-only. The answer carries the role's path, which the handler checks.
             {"Sid": "ReadInstanceProfiles", "Effect": "Allow", "Action": ["iam:GetInstanceProfile"],
              "Resource": [pulumi.Output.concat("arn:", partition, ":iam::", account, ":instance-profile/*")]},
             {"Sid": "WriteOwnLogs", "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],

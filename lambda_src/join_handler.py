@@ -1,13 +1,25 @@
-"""Join function: hand the AD join credentials to a live node of this cluster, and to
-nothing else.
+"""Join function: hand the AD join credentials to a live node of this cluster, during its
+join window only, and to nothing else.
 
 Transport: a Lambda function URL with AWS_IAM auth (payload format 2.0). Lambda has
 verified the SigV4 signature, so the caller identity in the event is trusted; the body
 is not (it must be empty or ``{}``). Instance-role credentials carry the instance id as
 their session name, but anyone allowed to assume *some* role can choose that session
 name. So the caller is accepted only if its role is the role of that very instance's
-instance profile, in the same account, and the instance is a pending/running node of
-this cluster (tag) in this VPC.
+instance profile, in the same account, that role was created by ParallelCluster for
+this cluster (IAM path ``/parallelcluster/<CLUSTER_NAME>/``: no cluster user can create
+roles, while anyone with ec2:CreateTags can set the cluster tag), and the instance is a
+pending/running node of this cluster (tag) in this VPC.
+
+Join window: every process on a node can read the node role's credentials from IMDS,
+so a valid signature does not mean "the boot-time join asks". The credentials are
+answered only while the instance's window is open: launched less than WINDOW_MINUTES
+ago, fewer than MAX_ANSWERS answers given (retries after a transient DC error), and not
+closed. The node's join script closes its window after a verified join; from then on
+every request for that instance is refused, and logged at WARNING. The state lives in a
+DynamoDB table (one item per instance, key ``instanceId``); every answer is counted by
+ONE conditional UpdateItem BEFORE the secret is read, so concurrent requests can never
+get more than MAX_ANSWERS answers between them.
 
 Event fields read; a local HTTP endpoint (the real-AD lab) may build just these with
 ``function_url_event`` after authenticating the caller itself:
@@ -18,15 +30,19 @@ Event fields read; a local HTTP endpoint (the real-AD lab) may build just these 
         arn:<partition>:sts::<account>:assumed-role/<role-name>/<instance-id>
     requestContext.authorizer.iam.userId  <role-id>:<instance-id>
     requestContext.authorizer.iam.accountId
-    body, isBase64Encoded                 optional; the body must be empty or "{}"
+    body, isBase64Encoded                 optional; the body selects the request:
+        empty or "{}"                                  credential request
+        {"joined": true, "computerName": "<NAME>"}     close request (after the join)
 
-Responses (JSON): 200 {"domain", "realm", "user", "password"}; 400 {"error": <why>} for
-malformed requests; 403 {"error": "forbidden"}; 500 or 503 {"error": "internal error"}
-(503: AWS throttled or unreachable, worth retrying). Each request logs one JSON line
-(request id, caller, instance id, decision, reason), never the secret.
+Responses (JSON): 200 {"domain", "realm", "user", "password"} (credential request) or
+200 {"closed": true} (close request); 400 {"error": <why>} for malformed requests;
+403 {"error": "forbidden"}; 500 or 503 {"error": "internal error"} (503: AWS throttled
+or unreachable, worth retrying). Each request logs one JSON line (request id, caller,
+instance id, decision, reason, window state), never the secret.
 
-AWS calls: ec2:DescribeInstances, iam:GetInstanceProfile, ssm:GetParameters with
-decryption (so kms:Decrypt on the parameters' key).
+AWS calls: ec2:DescribeInstances, iam:GetInstanceProfile, dynamodb:UpdateItem and
+dynamodb:GetItem on the window table, ssm:GetParameters with decryption (so
+kms:Decrypt on the parameters' key).
 """
 
 from __future__ import annotations
@@ -38,10 +54,12 @@ import logging
 import os
 import re
 import sys
+import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from datetime import UTC, datetime
+from typing import Any, NamedTuple, NoReturn
 
 import boto3
 from botocore.config import Config
@@ -49,6 +67,16 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 CLUSTER_TAG = "parallelcluster:cluster-name"
+# ParallelCluster creates node roles and instance profiles under this path
+# (pcluster/templates/cdk_builder_utils.py `_cluster_scoped_iam_path`; stack name = cluster name).
+ROLE_PATH = "/parallelcluster/{cluster}/"
+# The window table's schema (JoinFunction creates it; tests create the same one in moto).
+WINDOW_KEY = "instanceId"
+TTL_ATTRIBUTE = "expiresAt"
+# TTL while open: launch + window + this; once closed: close + CLOSED_TTL (a later cleanup of
+# stale AD computer objects needs the computer name while the node lives).
+OPEN_TTL_SLACK_SECONDS = 24 * 3600
+CLOSED_TTL_SECONDS = 400 * 24 * 3600
 LIVE_STATES = frozenset({"pending", "running"})
 THROTTLING_CODES = frozenset(
     {
@@ -59,10 +87,11 @@ THROTTLING_CODES = frozenset(
         "RequestThrottled",
         "RequestThrottledException",
         "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",  # DynamoDB, on-demand tables too
     }
 )
 # Backoff retries for throttling and transient faults; short timeouts keep the worst
-# case (3 calls x 4 attempts) inside the function timeout.
+# case (4 calls x 4 attempts) near the function timeout.
 MAX_ATTEMPTS = 4
 BOTO_CONFIG = Config(
     retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS}, connect_timeout=3, read_timeout=5
@@ -70,6 +99,9 @@ BOTO_CONFIG = Config(
 
 INSTANCE_ID = re.compile(r"i-(?:[0-9a-f]{8}|[0-9a-f]{17})")
 ASSUMED_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:sts::(\d{12}):assumed-role/([\w+=,.@-]+)/([\w+=,.@-]+)")
+# A NetBIOS computer name as the join script sends it: what realm join registered.
+COMPUTER_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,13}[A-Za-z0-9])?")
+CLOSE_BODY = '{"joined": true, "computerName": "<NAME>"}'
 PROFILE_ARN = re.compile(r"arn:aws[a-z-]*:iam::(\d{12}):instance-profile/(?:[\w+=,.@/-]*/)?([\w+=,.@-]+)")
 
 LOG = logging.getLogger("pcluster_ad.join")
@@ -97,6 +129,9 @@ class Settings:  # field = lower-cased environment variable name
     domain_parameter: str
     join_user_parameter: str
     join_password_parameter: str
+    window_table: str
+    window_minutes: int
+    max_answers: int
 
 
 _PARAMETER = (re.compile(r"[A-Za-z0-9_.\-/]{1,2048}"), "an SSM parameter name")
@@ -106,17 +141,29 @@ _SETTINGS_RULES = {
     "DOMAIN_PARAMETER": _PARAMETER,
     "JOIN_USER_PARAMETER": _PARAMETER,
     "JOIN_PASSWORD_PARAMETER": _PARAMETER,
+    "WINDOW_TABLE": (re.compile(r"[A-Za-z0-9_.-]{3,255}"), "a DynamoDB table name"),
 }
+# Whole numbers and their bounds: the window must outlast the join script's own deadline (10 min).
+_INT_RULES = {"WINDOW_MINUTES": (10, 1440), "MAX_ANSWERS": (1, 10)}
 
 
 def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
-    values, problems = {}, []
+    values: dict[str, Any] = {}
+    problems = []
     for variable, (pattern, meaning) in _SETTINGS_RULES.items():
         value = values[variable.lower()] = environ.get(variable, "").strip()
         if not value:
             problems.append(f"{variable} is not set")
         elif not pattern.fullmatch(value):
             problems.append(f"{variable}={value[:80]!r} is not {meaning}")
+    for variable, (low, high) in _INT_RULES.items():
+        value = environ.get(variable, "").strip()
+        if not value:
+            problems.append(f"{variable} is not set")
+        elif not re.fullmatch(r"\d{1,5}", value) or not low <= int(value) <= high:
+            problems.append(f"{variable}={value[:80]!r} is not a whole number from {low} to {high}")
+        else:
+            values[variable.lower()] = int(value)
     if problems:
         raise SettingsError("join function environment: " + "; ".join(problems))
     return Settings(**values)
@@ -124,7 +171,7 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
 
 def make_clients() -> dict[str, Any]:
     """Clients for `handle`; region and endpoints come from the usual AWS_* variables."""
-    return {name: boto3.client(name, config=BOTO_CONFIG) for name in ("ec2", "iam", "ssm")}
+    return {name: boto3.client(name, config=BOTO_CONFIG) for name in ("ec2", "iam", "ssm", "dynamodb")}
 
 
 _settings: Settings | None = None
@@ -171,6 +218,13 @@ class Caller(NamedTuple):
     instance_id: str
 
 
+class Request(NamedTuple):
+    """What the body asks for: the join credentials, or closing the window after the join."""
+
+    close: bool
+    computer_name: str | None = None
+
+
 def handle(
     event: Any,
     *,
@@ -178,19 +232,30 @@ def handle(
     ec2: Any,
     iam: Any,
     ssm: Any,
+    dynamodb: Any,
     logger: logging.Logger = LOG,
+    now: Callable[[], float] = time.time,
 ) -> dict[str, Any]:
-    """Authorize the caller and answer with the join credentials (see module doc)."""
+    """Authorize the caller; answer with the join credentials or close its window (see module doc)."""
     fields: dict[str, Any] = {"request_id": _dig(event, "requestContext", "requestId")}
     internal_error = {"error": "internal error"}
     try:
-        identity = _parse_request(event)
+        identity, request = _parse_request(event)
         fields.update(caller_arn=identity["userArn"], caller_account=identity["accountId"])
+        fields.update(request="close" if request.close else "credentials")
         caller = _instance_caller(identity)
         fields.update(caller_role=caller.role_name, instance_id=caller.instance_id)
-        _authorize(caller, settings, ec2, iam)
-        body = _join_credentials(settings, ssm)
-        status, decision, reason = 200, "allow", "live node of the cluster"
+        launch = _authorize(caller, settings, ec2, iam)
+        window = _Window(settings, dynamodb, caller.instance_id, launch, now(), fields)
+        if request.close:
+            assert request.computer_name is not None
+            window.close(request.computer_name)
+            body: dict[str, Any] = {"closed": True}
+            status, decision, reason = 200, "close", "the node closed its join window after its join"
+        else:
+            window.count_answer()
+            body = _join_credentials(settings, ssm)
+            status, decision, reason = 200, "allow", "live node of the cluster within its join window"
     except _Refusal as refusal:
         status, decision, reason = refusal.status, refusal.decision, refusal.reason
         body = {"error": refusal.public}
@@ -225,8 +290,8 @@ def _dig(value: Any, *keys: str) -> Any:
     return value
 
 
-def _parse_request(event: Any) -> dict[str, str]:
-    """Check the request's shape; return requestContext.authorizer.iam."""
+def _parse_request(event: Any) -> tuple[dict[str, str], Request]:
+    """Check the request's shape; return requestContext.authorizer.iam and what the body asks."""
     if not isinstance(event, dict) or event.get("version") != "2.0":
         raise _BadRequest("not a Lambda function URL event (payload format 2.0)")
     if not isinstance(event.get("requestContext"), dict):
@@ -250,15 +315,27 @@ def _parse_request(event: Any) -> dict[str, str]:
             body = base64.b64decode(body, validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
             raise _BadRequest("body is not valid base64-encoded UTF-8") from None
-    if body.strip():
-        try:
-            parsed = json.loads(body)
-        except ValueError:
-            raise _BadRequest("body is not valid JSON") from None
-        # Nothing is taken from the body: who asks is known only from the signature.
-        if parsed != {}:
-            raise _BadRequest("body must be empty or {}")
-    return identity
+    return identity, _parse_body(body)
+
+
+def _parse_body(body: str) -> Request:
+    """Who asks is known only from the signature: the body only says what for."""
+    if not body.strip():
+        return Request(close=False)
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        raise _BadRequest("body is not valid JSON") from None
+    if parsed == {}:
+        return Request(close=False)
+    if not isinstance(parsed, dict) or not {"joined", "computerName"} & set(parsed):
+        raise _BadRequest(f"body must be empty or {{}} (credential request) or {CLOSE_BODY} (close request)")
+    if set(parsed) != {"joined", "computerName"} or parsed["joined"] is not True:
+        raise _BadRequest(f"a close request body must be exactly {CLOSE_BODY}")
+    name = parsed["computerName"]
+    if not isinstance(name, str) or not COMPUTER_NAME.fullmatch(name):
+        raise _BadRequest("computerName must be 1-15 letters, digits or '-', not starting or ending with '-'")
+    return Request(close=True, computer_name=name)
 
 
 def _instance_caller(identity: Mapping[str, str]) -> Caller:
@@ -277,8 +354,9 @@ def _instance_caller(identity: Mapping[str, str]) -> Caller:
     return Caller(arn_account, role_name, role_id, session)
 
 
-def _authorize(caller: Caller, settings: Settings, ec2: Any, iam: Any) -> None:
-    """Deny unless the instance is a live cluster node whose profile role is the caller's."""
+def _authorize(caller: Caller, settings: Settings, ec2: Any, iam: Any) -> datetime:
+    """Deny unless the instance is a live cluster node whose profile role is the caller's
+    and was made by ParallelCluster for this cluster; return the instance's launch time."""
     try:
         answer = ec2.describe_instances(InstanceIds=[caller.instance_id])
     except ClientError as exc:
@@ -324,6 +402,108 @@ def _authorize(caller: Caller, settings: Settings, ec2: Any, iam: Any) -> None:
     # Role ids are never reused: this rejects a session of an older same-named role.
     if roles[0].get("RoleId") != caller.role_id:
         raise _Refusal("caller role id is not the instance role's id")
+    # What only ParallelCluster sets: no cluster user can create a role (unlike the tag).
+    path, expected = roles[0].get("Path"), ROLE_PATH.format(cluster=settings.cluster_name)
+    if path != expected:
+        raise _Refusal(f"instance role path is {path!r}, not {expected!r} (not a ParallelCluster role of the cluster)")
+    return _launch_time(instance.get("LaunchTime"))
+
+
+def _launch_time(value: Any) -> datetime:
+    """EC2's LaunchTime (boto3 parses it; a stand-in may hand the ISO string) as aware UTC."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            value = None
+    if not isinstance(value, datetime):
+        raise _Refusal("instance has no launch time")
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _Window:
+    """One instance's join window in the DynamoDB table. Every change is one conditional
+    UpdateItem, so the limit holds however many requests run at once. The window state
+    goes into the request's log line (`fields`)."""
+
+    def __init__(self, settings: Settings, dynamodb: Any, instance_id: str, launch: datetime, now: float,
+                 fields: dict[str, Any]) -> None:
+        self.settings, self.dynamodb, self.now, self.fields = settings, dynamodb, now, fields
+        self.key = {WINDOW_KEY: {"S": instance_id}}
+        self.launch_epoch = launch.timestamp()
+        self.launch_iso = _iso(self.launch_epoch)
+        self.age_minutes = round((now - self.launch_epoch) / 60, 1)
+        fields.update(launched_minutes_ago=self.age_minutes, max_answers=settings.max_answers)
+
+    def count_answer(self) -> None:
+        """Count one answer, or deny; called BEFORE the secret is read."""
+        self._refuse_if_expired(close=False)
+        open_until = self.launch_epoch + self.settings.window_minutes * 60 + OPEN_TTL_SLACK_SECONDS
+        self._update(
+            close=False,
+            expression=f"SET answers = if_not_exists(answers, :zero) + :one, launchTime = :lt, {TTL_ATTRIBUTE} = :exp",
+            condition="attribute_not_exists(closedAt) AND (attribute_not_exists(answers) OR answers < :max)",
+            values={":zero": {"N": "0"}, ":one": {"N": "1"}, ":lt": {"S": self.launch_iso},
+                    ":exp": {"N": str(int(open_until))}, ":max": {"N": str(self.settings.max_answers)}},
+        )
+
+    def close(self, computer_name: str) -> None:
+        """Close the window for good (the item then lives 400 more days)."""
+        self._refuse_if_expired(close=True)
+        self._update(
+            close=True,
+            expression=f"SET closedAt = :now, computerName = :name, launchTime = :lt, {TTL_ATTRIBUTE} = :exp, "
+            "answers = if_not_exists(answers, :zero)",
+            condition="attribute_not_exists(closedAt)",
+            values={":now": {"S": _iso(self.now)}, ":name": {"S": computer_name}, ":lt": {"S": self.launch_iso},
+                    ":exp": {"N": str(int(self.now + CLOSED_TTL_SECONDS))}, ":zero": {"N": "0"}},
+        )
+
+    def _update(self, *, close: bool, expression: str, condition: str, values: dict[str, Any]) -> None:
+        try:
+            answer = self.dynamodb.update_item(
+                TableName=self.settings.window_table, Key=self.key, UpdateExpression=expression,
+                ConditionExpression=condition, ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW", ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if _error_code(exc) != "ConditionalCheckFailedException":
+                raise
+            old = exc.response.get("Item")
+            self._refuse(old if old is not None else self._read(), close=close, expired=False)
+        self._note(answer.get("Attributes") or {})
+
+    def _refuse_if_expired(self, *, close: bool) -> None:
+        if self.age_minutes >= self.settings.window_minutes:
+            # Read it only to tell a process asking after the join (closed) from a node that never joined.
+            self._refuse(self._read(), close=close, expired=True)
+
+    def _read(self) -> dict[str, Any]:
+        answer = self.dynamodb.get_item(TableName=self.settings.window_table, Key=self.key, ConsistentRead=True)
+        return answer.get("Item") or {}
+
+    def _note(self, item: Mapping[str, Any]) -> tuple[int, bool]:
+        answers = int(_dig(item, "answers", "N") or 0)
+        closed_at = _dig(item, "closedAt", "S")
+        self.fields.update(answers=answers, window_closed=closed_at is not None)
+        if closed_at is not None:
+            self.fields.update(closed_at=closed_at, computer_name=_dig(item, "computerName", "S"))
+        return answers, closed_at is not None
+
+    def _refuse(self, item: Mapping[str, Any], *, close: bool, expired: bool) -> NoReturn:
+        answers, closed = self._note(item)
+        if closed and close:
+            raise _Refusal("join window closed: a second close request for this node")
+        if closed:
+            raise _Refusal("join window closed: a process on this node asked for the join secret after the join")
+        if expired:
+            raise _Refusal(f"join window expired: launched {self.age_minutes} minutes ago,"
+                           f" the window is {self.settings.window_minutes} minutes")
+        raise _Refusal(f"join window exhausted: {answers} of {self.settings.max_answers} answers given")
 
 
 def _error_code(exc: ClientError) -> str:

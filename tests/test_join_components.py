@@ -13,6 +13,7 @@ import pytest
 
 from components.join_function import JoinFunction, JoinFunctionArgs
 from components.join_secrets import JoinSecrets, JoinSecretsArgs, principal_arn_patterns
+from lambda_src import join_handler as jh
 from tests.conftest import ROOT, dumps
 from tools.mocks import (
     ACCOUNT_PLACEHOLDER,
@@ -34,6 +35,7 @@ FN_ARN = "<after-deploy:join-function-fn.arn>"
 KEY_ARN = f"<after-deploy:{KEY}.arn>"
 PARAMETER_ARNS = [f"<after-deploy:join-secrets-{p}.arn>" for p in ("domain", "join-user", "join-password")]
 LOG_GROUP_ARN = "<after-deploy:join-function-logs.arn>"
+TABLE_ARN = "<after-deploy:join-function-windows.arn>"
 ROOT_ARN = f"arn:aws:iam::{ACCOUNT_PLACEHOLDER}:root"
 DEPLOYER_SESSION = "arn:aws:sts::111122223333:assumed-role/AWSReservedSSO_Admin_0123/alice@example.com"
 
@@ -49,7 +51,8 @@ class CallerMocks(PlanMocks):
 
 
 def join_program(*, code_dir: str = str(ROOT / "lambda_src"), reserved_concurrency: int | None = 10,
-                 deployer_principal_arns=None, role_name: str | None = None):
+                 deployer_principal_arns=None, role_name: str | None = None, window_minutes: int = 45,
+                 max_answers: int = 2):
     def program() -> None:
         stack = pulumi.get_stack()
         tags = {"pcluster-ad:stack": stack}
@@ -64,7 +67,8 @@ def join_program(*, code_dir: str = str(ROOT / "lambda_src"), reserved_concurren
             join_user_parameter_name=secrets.join_user_parameter_name,
             join_password_parameter_name=secrets.join_password_parameter_name,
             parameter_arns=secrets.parameter_arns, key_arn=secrets.key_arn, code_dir=code_dir,
-            reserved_concurrency=reserved_concurrency, tags=tags))
+            reserved_concurrency=reserved_concurrency, window_minutes=window_minutes, max_answers=max_answers,
+            tags=tags))
         # Stands in for the cluster launcher: it takes `ready` as an input.
         aws.ssm.Parameter("launcher-stand-in", aws.ssm.ParameterArgs(type="String", insecure_value=fn.ready))
         pulumi.export("keyAlias", secrets.key_alias)
@@ -73,6 +77,7 @@ def join_program(*, code_dir: str = str(ROOT / "lambda_src"), reserved_concurren
         pulumi.export("joinFunctionReady", fn.ready)
         pulumi.export("joinFunctionRoleArn", fn.role_arn)
         pulumi.export("joinInvokePolicyArn", fn.invoke_policy_arn)
+        pulumi.export("joinWindowTable", fn.window_table_name)
 
     return program
 
@@ -109,6 +114,7 @@ def test_names_are_per_stack():
             "function": g.named("join-function-fn").inputs["name"],
             "logs": g.named("join-function-logs").inputs["name"],
             "invoke": g.named("join-function-invoke-policy").inputs["name"],
+            "table": g.named("join-function-windows").inputs["name"],
         }
 
     dev, prod = names(run("dev")), names(run("prod"))
@@ -116,6 +122,7 @@ def test_names_are_per_stack():
     assert dev["alias"] == "alias/pcluster-ad-dev-join"
     assert dev["role"] == dev["function"] == ROLE_NAME
     assert dev["logs"] == f"/aws/lambda/{ROLE_NAME}"
+    assert dev["table"] == f"{ROLE_NAME}-windows"
     assert prod["params"] == [p.replace("/dev/", "/prod/") for p in dev["params"]]
     for key in dev:
         assert set(as_list(dev[key])).isdisjoint(as_list(prod[key])), key
@@ -199,7 +206,7 @@ def test_principal_arn_patterns(caller, expected):
 
 ALLOWED_ROLE_ACTIONS = {"ssm:GetParameters", "ssm:GetParameter", "kms:Decrypt", "ec2:DescribeInstances",
                         "ec2:DescribeIamInstanceProfileAssociations", "iam:GetInstanceProfile",
-                        "logs:CreateLogStream", "logs:PutLogEvents"}
+                        "logs:CreateLogStream", "logs:PutLogEvents", "dynamodb:UpdateItem", "dynamodb:GetItem"}
 
 
 def test_role_policy_is_least_privilege(g):
@@ -217,6 +224,11 @@ def test_role_policy_is_least_privilege(g):
     assert decrypt["Condition"] == {"StringEquals": {"kms:ViaService": "ssm.eu-west-1.amazonaws.com"}}
     assert by_sid["ReadInstanceProfiles"]["Resource"] == [f"arn:aws:iam::{ACCOUNT_PLACEHOLDER}:instance-profile/*"]
     assert by_sid["WriteOwnLogs"]["Resource"] == [f"{LOG_GROUP_ARN}:*"]
+    # The window table, and only it: no other statement names a DynamoDB action.
+    assert by_sid["CountJoinWindows"]["Action"] == ["dynamodb:UpdateItem", "dynamodb:GetItem"]
+    assert by_sid["CountJoinWindows"]["Resource"] == [TABLE_ARN]
+    assert [s["Sid"] for s in doc["Statement"] if any(a.startswith("dynamodb:") for a in as_list(s["Action"]))] == [
+        "CountJoinWindows"]
     assert g.named("join-function-role-policy").inputs["role"] == ROLE_NAME
 
     trust = policy(g, "join-function-role", "assumeRolePolicy")["Statement"]
@@ -236,12 +248,33 @@ def test_function_configuration(g):
         "DOMAIN_PARAMETER": "/pcluster-ad/dev/domain",
         "JOIN_USER_PARAMETER": "/pcluster-ad/dev/join-user",
         "JOIN_PASSWORD_PARAMETER": "/pcluster-ad/dev/join-password",
+        "WINDOW_TABLE": f"{ROLE_NAME}-windows", "WINDOW_MINUTES": "45", "MAX_ANSWERS": "2",
     }
     assert fn["loggingConfig"] == {"logFormat": "Text", "logGroup": f"/aws/lambda/{ROLE_NAME}"}
     assert isinstance(fn["code"], pulumi.AssetArchive)
     assert sorted(fn["code"].assets) == sorted(p.name for p in (ROOT / "lambda_src").glob("*.py"))
     assert "join_handler.py" in fn["code"].assets
     assert g.named("join-function-logs").inputs["retentionInDays"] == 30
+
+
+def test_window_table(g):
+    table = g.named("join-function-windows")
+    assert table.type == "aws:dynamodb/table:Table" and g.parent_name(table) == "join-function"
+    inputs = table.inputs
+    assert inputs["billingMode"] == "PAY_PER_REQUEST"
+    assert inputs["hashKey"] == jh.WINDOW_KEY == "instanceId" and "rangeKey" not in inputs
+    assert inputs["attributes"] == [{"name": "instanceId", "type": "S"}]
+    assert inputs["ttl"] == {"attributeName": jh.TTL_ATTRIBUTE, "enabled": True}
+    assert inputs["serverSideEncryption"] == {"enabled": True}
+    assert inputs["pointInTimeRecovery"] == {"enabled": False}
+    assert inputs["tags"] == {"pcluster-ad:stack": "dev", "Name": "join-function-windows"}
+    env = g.named("join-function-fn").inputs["environment"]["variables"]
+    assert env["WINDOW_TABLE"] == inputs["name"]
+    # The function's environment is valid for the handler itself.
+    settings = jh.load_settings({**env, "VPC_ID": VPC})
+    assert (settings.window_table, settings.window_minutes, settings.max_answers) == (inputs["name"], 45, 2)
+    assert g.outputs["joinWindowTable"] == inputs["name"]
+    assert "join-function-windows" in g.dependency_names(g.named("join-function-role-policy"))
 
 
 def test_function_url_and_permissions(g):
@@ -299,6 +332,10 @@ def test_plan_is_json_with_placeholders(g):
 @pytest.mark.parametrize("kwargs,message", [
     ({"role_name": "x" * 65}, "longer than 64"),
     ({"code_dir": str(Path(__file__).parent / "adlab" / "no-such-dir")}, "no \\*.py files"),
+    ({"window_minutes": 9}, "window_minutes must be 10 to 1440, got 9"),
+    ({"window_minutes": 1441}, "window_minutes must be 10 to 1440"),
+    ({"max_answers": 0}, "max_answers must be 1 to 10, got 0"),
+    ({"max_answers": 11}, "max_answers must be 1 to 10"),
 ])
 def test_bad_inputs_fail_clearly(kwargs, message):
     with pytest.raises(Exception, match=message):

@@ -2,15 +2,19 @@
 
 Every test runs with the root logger at DEBUG and the function's own logger captured; a
 teardown check asserts that the join password is in no log record and in no non-200 body.
+Time is the injected `now`, set relative to moto's LaunchTime (the real time of run_instances).
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +25,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ReadTimeoutError
 from moto import mock_aws
+from moto.dynamodb.models import DynamoDBBackend
 
 from lambda_src import join_handler as jh
 
@@ -31,6 +36,12 @@ DOMAIN = "test.domain"
 JOIN_USER = "svc-join"
 PASSWORD = "Pw-7f3c9e1a!Join-S3cret"  # must never show up outside a 200 body
 NODE_ROLE = "hpc1-node-role"
+CLUSTER_PATH = f"/parallelcluster/{CLUSTER}/"  # where ParallelCluster creates the cluster's roles
+TABLE = "pcluster-ad-test-join-fn-windows"
+WINDOW_MINUTES = 30
+MAX_ANSWERS = 3
+WINDOW_ENV = {"WINDOW_TABLE": TABLE, "WINDOW_MINUTES": str(WINDOW_MINUTES), "MAX_ANSWERS": str(MAX_ANSWERS)}
+CLOSE_BODY = '{"joined": true, "computerName": "HPC1-NODE-01"}'
 PARAMS = {
     "DOMAIN_PARAMETER": "/pcluster-ad/test/domain",
     "JOIN_USER_PARAMETER": "/pcluster-ad/test/join-user",
@@ -100,7 +111,8 @@ def no_secret_leaks(caplog: pytest.LogCaptureFixture, responses) -> Iterator[Non
 
 @dataclass
 class World:
-    """A moto account with the cluster's VPC, roles, instance profiles and SSM parameters."""
+    """A moto account with the cluster's VPC, roles, instance profiles, SSM parameters and
+    window table."""
 
     clients: dict[str, Any]
     settings: jh.Settings
@@ -108,10 +120,21 @@ class World:
     subnet_id: str
     other_subnet_id: str
     image_id: str
-    node_profile_arn: str
-    node_role_id: str
-    other_role_id: str
+    profile_arns: dict[str, str]  # by role name
+    role_ids: dict[str, str]
     responses: list[dict[str, Any]]
+
+    @property
+    def node_profile_arn(self) -> str:
+        return self.profile_arns[NODE_ROLE]
+
+    @property
+    def node_role_id(self) -> str:
+        return self.role_ids[NODE_ROLE]
+
+    @property
+    def other_role_id(self) -> str:
+        return self.role_ids["other-role"]
 
     def launch(
         self, tags: dict[str, str] | None = None, *, subnet_id: str | None = None, profile_arn: str | None = "node"
@@ -137,10 +160,49 @@ class World:
     def event(self, instance_id: str, **kwargs: Any) -> dict[str, Any]:
         return node_event(instance_id, **{"role_id": self.node_role_id, **kwargs})
 
-    def call(self, event: Any, **clients: Any) -> dict[str, Any]:
-        response = jh.handle(event, settings=self.settings, logger=TEST_LOG, **{**self.clients, **clients})
+    def close_event(self, instance_id: str, **kwargs: Any) -> dict[str, Any]:
+        return self.event(instance_id, body=CLOSE_BODY, **kwargs)
+
+    def minutes_after_launch(self, instance_id: str, minutes: float) -> Callable[[], float]:
+        """A clock `minutes` after the instance's LaunchTime (moto: the real time of run_instances)."""
+        [reservation] = self.clients["ec2"].describe_instances(InstanceIds=[instance_id])["Reservations"]
+        launch = reservation["Instances"][0]["LaunchTime"].timestamp()
+        return lambda: launch + minutes * 60
+
+    def call(self, event: Any, now: Callable[[], float] = time.time, **clients: Any) -> dict[str, Any]:
+        response = jh.handle(event, settings=self.settings, logger=TEST_LOG, now=now, **{**self.clients, **clients})
         self.responses.append(response)
         return response
+
+    def window(self, instance_id: str) -> dict[str, Any]:
+        """The instance's window item, as plain values."""
+        item = self.clients["dynamodb"].get_item(TableName=TABLE, Key={jh.WINDOW_KEY: {"S": instance_id}},
+                                                 ConsistentRead=True).get("Item", {})
+        return {k: next(iter(v.values())) for k, v in item.items()}
+
+
+def create_window_table(dynamodb: Any) -> None:
+    """The table JoinFunction creates, with the handler's own schema constants."""
+    dynamodb.create_table(
+        TableName=TABLE,
+        BillingMode="PAY_PER_REQUEST",
+        KeySchema=[{"AttributeName": jh.WINDOW_KEY, "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": jh.WINDOW_KEY, "AttributeType": "S"}],
+    )
+    dynamodb.update_time_to_live(
+        TableName=TABLE, TimeToLiveSpecification={"Enabled": True, "AttributeName": jh.TTL_ATTRIBUTE}
+    )
+
+
+# Role name -> IAM path. ParallelCluster puts the cluster's node roles under /parallelcluster/<cluster>/.
+ROLE_PATHS = {
+    NODE_ROLE: CLUSTER_PATH,
+    "other-role": CLUSTER_PATH,
+    "unscoped-role": "/",  # made by anyone allowed to create roles
+    "parallelcluster-role": "/parallelcluster/",  # ParallelCluster's own prefix, but no cluster
+    "other-cluster-role": "/parallelcluster/other/",
+    "prefix-cluster-role": f"/parallelcluster/{CLUSTER}x/",  # a cluster whose name starts like ours
+}
 
 
 @pytest.fixture
@@ -148,15 +210,12 @@ def world(responses) -> Iterator[World]:
     with mock_aws():  # entered before any client exists
         clients = jh.make_clients()  # the production retry/timeout config
         iam, ec2, ssm, kms = clients["iam"], clients["ec2"], clients["ssm"], boto3.client("kms")
+        create_window_table(clients["dynamodb"])
         trust = json.dumps({"Version": "2012-10-17", "Statement": []})
         role_ids, profile_arns = {}, {}
-        for role in (NODE_ROLE, "other-role"):
-            role_ids[role] = iam.create_role(RoleName=role, Path="/parallelcluster/", AssumeRolePolicyDocument=trust)[
-                "Role"
-            ]["RoleId"]
-            profile = iam.create_instance_profile(InstanceProfileName=f"{role}-profile", Path="/parallelcluster/")[
-                "InstanceProfile"
-            ]
+        for role, path in ROLE_PATHS.items():
+            role_ids[role] = iam.create_role(RoleName=role, Path=path, AssumeRolePolicyDocument=trust)["Role"]["RoleId"]
+            profile = iam.create_instance_profile(InstanceProfileName=f"{role}-profile", Path=path)["InstanceProfile"]
             iam.add_role_to_instance_profile(InstanceProfileName=profile["InstanceProfileName"], RoleName=role)
             profile_arns[role] = profile["Arn"]
         vpc_id = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
@@ -168,7 +227,7 @@ def world(responses) -> Iterator[World]:
         ssm.put_parameter(Name=PARAMS["DOMAIN_PARAMETER"], Value=DOMAIN, Type="String")
         for name, value in (("JOIN_USER_PARAMETER", JOIN_USER), ("JOIN_PASSWORD_PARAMETER", PASSWORD)):
             ssm.put_parameter(Name=PARAMS[name], Value=value, Type="SecureString", KeyId="alias/pcluster-ad-test-join")
-        env = {"CLUSTER_NAME": CLUSTER, "VPC_ID": vpc_id, **PARAMS}
+        env = {"CLUSTER_NAME": CLUSTER, "VPC_ID": vpc_id, **PARAMS, **WINDOW_ENV}
         yield World(
             clients=clients,
             settings=jh.load_settings(env),
@@ -176,9 +235,8 @@ def world(responses) -> Iterator[World]:
             subnet_id=subnet["Subnet"]["SubnetId"],
             other_subnet_id=other["Subnet"]["SubnetId"],
             image_id="ami-12c6146b",  # moto does not check that the AMI exists
-            node_profile_arn=profile_arns[NODE_ROLE],
-            node_role_id=role_ids[NODE_ROLE],
-            other_role_id=role_ids["other-role"],
+            profile_arns=profile_arns,
+            role_ids=role_ids,
             responses=responses,
         )
 
@@ -195,7 +253,9 @@ def offline(responses) -> Callable[[Any], dict[str, Any]]:
     settings = jh.load_settings(full_env())
 
     def call(event: Any) -> dict[str, Any]:
-        response = jh.handle(event, settings=settings, ec2=NoAws(), iam=NoAws(), ssm=NoAws(), logger=TEST_LOG)
+        response = jh.handle(
+            event, settings=settings, ec2=NoAws(), iam=NoAws(), ssm=NoAws(), dynamodb=NoAws(), logger=TEST_LOG
+        )
         responses.append(response)
         return response
 
@@ -368,6 +428,236 @@ def test_deleted_instance_profile_is_denied(world: World, caplog) -> None:
     assert_denied(world.call, caplog, world.event(instance_id), "instance profile not found")
 
 
+# --- join window (per instance, closed for good) ----------------------------------------
+
+
+def refused(world: World, caplog, event: dict[str, Any], reason: str, **call: Any) -> dict[str, Any]:
+    """Refused with a bare 403 at WARNING; the secret was not even read (ssm would fail the call
+    with a 500); returns the decision's log line."""
+    caplog.clear()
+    response = world.call(event, ssm=NoAws(), **call)
+    assert response["statusCode"] == 403 and body(response) == FORBIDDEN
+    [record] = [r for r in caplog.records if r.name == "test.join"]
+    assert record.levelno == logging.WARNING
+    log = json.loads(record.getMessage())
+    assert log["decision"] == "deny" and reason in log["reason"], log
+    return log
+
+
+def test_first_join_is_answered_and_counted(world: World, caplog) -> None:
+    instance_id = world.launch()
+    now = world.minutes_after_launch(instance_id, 2)
+    assert world.call(world.event(instance_id), now=now)["statusCode"] == 200
+    launch = now() - 120
+    item = world.window(instance_id)
+    assert item == {
+        "instanceId": instance_id,
+        "answers": "1",
+        "launchTime": jh._iso(launch),
+        jh.TTL_ATTRIBUTE: str(int(launch + WINDOW_MINUTES * 60 + 24 * 3600)),  # launch + window + 1 day
+    }
+    assert item["launchTime"].endswith("Z") and "T" in item["launchTime"]
+    [log] = decisions(caplog)
+    assert log["decision"] == "allow"
+    assert (log["answers"], log["max_answers"], log["window_closed"], log["launched_minutes_ago"]) == (1, 3, False, 2)
+
+
+def test_retries_are_answered_up_to_the_limit_then_refused(world: World, caplog) -> None:
+    instance_id = world.launch()
+    now = world.minutes_after_launch(instance_id, 5)
+    for answers in range(1, MAX_ANSWERS + 1):
+        assert world.call(world.event(instance_id), now=now)["statusCode"] == 200
+        assert world.window(instance_id)["answers"] == str(answers)
+    log = refused(world, caplog, world.event(instance_id), "join window exhausted: 3 of 3 answers given", now=now)
+    assert (log["answers"], log["window_closed"], log["instance_id"]) == (3, False, instance_id)
+    assert world.window(instance_id)["answers"] == "3"  # a refusal counts nothing
+    # The node that joined with its last answer still closes its window.
+    response = world.call(world.close_event(instance_id), now=now)
+    assert response["statusCode"] == 200 and body(response) == {"closed": True}
+
+
+def test_after_close_every_request_is_refused_forever(world: World, caplog) -> None:
+    instance_id = world.launch()
+    joined_at = world.minutes_after_launch(instance_id, 3)
+    assert world.call(world.event(instance_id), now=joined_at)["statusCode"] == 200
+    caplog.clear()
+    response = world.call(world.close_event(instance_id), now=joined_at)
+    assert response["statusCode"] == 200 and body(response) == {"closed": True}
+    [log] = decisions(caplog)
+    assert log["decision"] == "close" and log["request"] == "close" and log["window_closed"] is True
+    item = world.window(instance_id)
+    assert item["closedAt"] == jh._iso(joined_at()) and item["computerName"] == "HPC1-NODE-01"
+    assert item[jh.TTL_ATTRIBUTE] == str(int(joined_at() + 400 * 24 * 3600))
+    assert item["answers"] == "1"
+
+    # A job on the joined node signs with the node role: refused, at WARNING, naming the instance.
+    for minutes in (3, 4, WINDOW_MINUTES - 0.5, WINDOW_MINUTES + 1, 60 * 24 * 30):
+        log = refused(
+            world,
+            caplog,
+            world.event(instance_id),
+            "join window closed: a process on this node asked for the join secret after the join",
+            now=world.minutes_after_launch(instance_id, minutes),
+        )
+        assert log["instance_id"] == instance_id and log["window_closed"] is True
+        assert log["closed_at"] == item["closedAt"] and log["computer_name"] == "HPC1-NODE-01"
+    # A second close changes nothing (the computer name stays the joined one).
+    other_name = world.event(instance_id, body='{"joined": true, "computerName": "OTHER"}')
+    refused(world, caplog, other_name, "join window closed: a second close request", now=joined_at)
+    assert world.window(instance_id) == item
+
+
+def test_close_before_any_answer_closes_the_window(world: World, caplog) -> None:
+    instance_id = world.launch()
+    assert world.call(world.close_event(instance_id))["statusCode"] == 200
+    assert world.window(instance_id)["answers"] == "0"
+    refused(world, caplog, world.event(instance_id), "join window closed")
+
+
+@pytest.mark.parametrize(("minutes", "status"), [(-1, 200), (0, 200), (29.9, 200), (30, 403), (600, 403)])
+def test_a_launch_older_than_the_window_is_refused(world: World, caplog, minutes, status) -> None:
+    instance_id = world.launch()
+    now = world.minutes_after_launch(instance_id, minutes)
+    if status == 200:
+        assert world.call(world.event(instance_id), now=now)["statusCode"] == 200
+        return
+    log = refused(world, caplog, world.event(instance_id), "join window expired", now=now)
+    assert log["launched_minutes_ago"] == minutes and log["answers"] == 0
+    refused(world, caplog, world.close_event(instance_id), "join window expired", now=now)
+    assert world.window(instance_id) == {}  # nothing written for a stale instance
+
+
+def test_the_window_length_and_limit_come_from_the_settings(world: World, caplog) -> None:
+    world.settings = dataclasses.replace(world.settings, window_minutes=10, max_answers=1)
+    instance_id = world.launch()
+    assert world.call(world.event(instance_id), now=world.minutes_after_launch(instance_id, 9))["statusCode"] == 200
+    refused(world, caplog, world.event(instance_id), "exhausted: 1 of 1")
+    late = world.launch()
+    refused(world, caplog, world.event(late), "window is 10 minutes", now=world.minutes_after_launch(late, 10))
+
+
+@pytest.fixture
+def atomic_moto_updates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DynamoDB applies a conditional update to an item atomically; in-process moto checks and
+    writes without a lock, so threads could interleave inside it. Give it DynamoDB's guarantee."""
+    lock = threading.Lock()
+    original = DynamoDBBackend.update_item
+
+    def update_item(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with lock:
+            return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DynamoDBBackend, "update_item", update_item)
+
+
+@pytest.mark.parametrize("max_answers", [1, MAX_ANSWERS])
+def test_concurrent_requests_never_exceed_the_limit(world: World, atomic_moto_updates, max_answers) -> None:
+    world.settings = dataclasses.replace(world.settings, max_answers=max_answers)
+    instance_id = world.launch()
+    threads, per_thread = 8, 3
+    start = threading.Barrier(threads)
+    statuses: list[int] = []
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            start.wait(timeout=60)
+            for _ in range(per_thread):
+                statuses.append(world.call(world.event(instance_id))["statusCode"])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert not failures and not any(w.is_alive() for w in workers)
+    assert len(statuses) == threads * per_thread
+    assert statuses.count(200) == max_answers
+    assert statuses.count(403) == threads * per_thread - max_answers
+    assert world.window(instance_id)["answers"] == str(max_answers)
+    print(f"{threads} threads x {per_thread} requests, limit {max_answers}: {statuses.count(200)} answered")
+
+
+FOREIGN = {
+    "other cluster tag": ({"tags": {jh.CLUSTER_TAG: "other-cluster"}}, {}, "'other-cluster'"),
+    "untagged": ({"tags": {}}, {}, "tag"),
+    "other VPC": ({"subnet_id": "other"}, {}, "VPC"),
+    "another role's session": ({}, {"role": "other-role", "role_id": "other-role"}, "not the instance role"),
+    "role outside the cluster path": ({"profile_arn": "unscoped-role"}, {"role": "unscoped-role",
+                                                                          "role_id": "unscoped-role"}, "role path"),
+}
+
+
+@pytest.mark.parametrize("request_kind", ["close", "credentials"])
+@pytest.mark.parametrize("case", FOREIGN)
+def test_foreign_instances_are_refused_and_leave_no_window(world: World, caplog, case, request_kind) -> None:
+    launch, caller, reason = FOREIGN[case]
+    launch = dict(launch)
+    if launch.get("subnet_id") == "other":
+        launch["subnet_id"] = world.other_subnet_id
+    if "profile_arn" in launch:
+        launch["profile_arn"] = world.profile_arns[launch["profile_arn"]]
+    caller = dict(caller)
+    if "role_id" in caller:
+        caller["role_id"] = world.role_ids[caller["role_id"]]
+    instance_id = world.launch(**launch)
+    event = world.close_event(instance_id, **caller) if request_kind == "close" else world.event(instance_id, **caller)
+    log = refused(world, caplog, event, reason)
+    assert "answers" not in log  # refused before the window table is touched
+    assert world.window(instance_id) == {}
+
+
+@pytest.mark.parametrize("action", ["stop_instances", "terminate_instances"])
+def test_close_of_a_stopped_or_terminated_instance_is_refused(world: World, caplog, action) -> None:
+    instance_id = world.launch()
+    assert world.call(world.event(instance_id))["statusCode"] == 200
+    getattr(world.clients["ec2"], action)(InstanceIds=[instance_id])
+    refused(world, caplog, world.close_event(instance_id), "instance state is")
+    assert "closedAt" not in world.window(instance_id)
+
+
+@pytest.mark.parametrize("role", [r for r, path in ROLE_PATHS.items() if path != CLUSTER_PATH])
+def test_a_role_outside_the_clusters_iam_path_is_refused(world: World, caplog, role) -> None:
+    # Anyone with ec2:CreateTags, RunInstances and PassRole can tag an instance into the cluster;
+    # only ParallelCluster creates its roles under /parallelcluster/<cluster>/.
+    instance_id = world.launch(profile_arn=world.profile_arns[role])
+    event = world.event(instance_id, role=role, role_id=world.role_ids[role])
+    log = refused(world, caplog, event, f"instance role path is {ROLE_PATHS[role]!r}")
+    assert CLUSTER_PATH in log["reason"]
+
+
+def test_old_item_is_read_back_when_the_failure_does_not_carry_it(world: World, caplog) -> None:
+    # ReturnValuesOnConditionCheckFailure=ALL_OLD is what a current DynamoDB does; without the
+    # item in the error the handler reads it, so the log still tells a closed window apart.
+    real = world.clients["dynamodb"]
+
+    class NoOldItem:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def update_item(self, **kwargs: Any) -> Any:
+            try:
+                return real.update_item(**kwargs)
+            except real.exceptions.ConditionalCheckFailedException as exc:
+                assert "Item" in exc.response
+                del exc.response["Item"]
+                raise
+
+    instance_id = world.launch()
+    assert world.call(world.close_event(instance_id))["statusCode"] == 200
+    log = refused(world, caplog, world.event(instance_id), "join window closed", dynamodb=NoOldItem())
+    assert log["closed_at"] == world.window(instance_id)["closedAt"]
+
+
+def test_the_answer_is_counted_before_the_secret_is_read(world: World, caplog) -> None:
+    instance_id = world.launch()
+    world.clients["ssm"].delete_parameter(Name=PARAMS["JOIN_PASSWORD_PARAMETER"])
+    assert world.call(world.event(instance_id))["statusCode"] == 500
+    assert world.window(instance_id)["answers"] == "1"
+
+
 # --- malformed requests (400 with a clear message) --------------------------------------
 
 
@@ -416,8 +706,34 @@ MALFORMED = {
         "empty or {}",
     ),
     "bad base64": (_event_with(lambda e: e.update(body="@@@", isBase64Encoded=True)), "base64"),
+    "other object": (_event_with(lambda e: e.update(body='{"a": 1}')), '{"joined": true, "computerName": "<NAME>"}'),
+    "JSON string": (_event_with(lambda e: e.update(body='"joined"')), "close request"),
     "body not a str": (_event_with(lambda e: e.update(body={"a": 1})), "body must be a string"),
 }
+
+
+def _close_body(body: str) -> Callable[[], Any]:
+    return _event_with(lambda e: e.update(body=body))
+
+
+EXACT_CLOSE = 'exactly {"joined": true, "computerName": "<NAME>"}'
+BAD_NAME = "computerName must be 1-15 letters, digits or '-'"
+MALFORMED.update({
+    "close, joined false": (_close_body('{"joined": false, "computerName": "NODE1"}'), EXACT_CLOSE),
+    "close, joined a string": (_close_body('{"joined": "true", "computerName": "NODE1"}'), EXACT_CLOSE),
+    "close, joined 1": (_close_body('{"joined": 1, "computerName": "NODE1"}'), EXACT_CLOSE),
+    "close, no name": (_close_body('{"joined": true}'), EXACT_CLOSE),
+    "close, name only": (_close_body('{"computerName": "NODE1"}'), EXACT_CLOSE),
+    "close, extra key": (_close_body('{"joined": true, "computerName": "NODE1", "instance": "i-1"}'), EXACT_CLOSE),
+    "close, empty name": (_close_body('{"joined": true, "computerName": ""}'), BAD_NAME),
+    "close, 16 chars": (_close_body('{"joined": true, "computerName": "ABCDEFGHIJKLMNOP"}'), BAD_NAME),
+    "close, leading -": (_close_body('{"joined": true, "computerName": "-NODE1"}'), BAD_NAME),
+    "close, trailing -": (_close_body('{"joined": true, "computerName": "NODE1-"}'), BAD_NAME),
+    "close, underscore": (_close_body('{"joined": true, "computerName": "NODE_1"}'), BAD_NAME),
+    "close, dot": (_close_body('{"joined": true, "computerName": "node1.test.domain"}'), BAD_NAME),
+    "close, number": (_close_body('{"joined": true, "computerName": 12}'), BAD_NAME),
+    "close, newline": (_close_body('{"joined": true, "computerName": "NODE1\\n"}'), BAD_NAME),
+})
 
 
 @pytest.mark.parametrize("case", MALFORMED)
@@ -468,6 +784,12 @@ THROTTLED = {
         "text/xml",
         b"<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate"
         b" exceeded</Message></Error><RequestId>r1</RequestId></ErrorResponse>",
+    ),
+    "dynamodb": (
+        "UpdateItem",
+        400,
+        "application/x-amz-json-1.0",
+        b'{"__type":"com.amazonaws.dynamodb.v20120810#ThrottlingException","message":"Rate exceeded"}',
     ),
     "ssm": (
         "GetParameters",
@@ -595,22 +917,27 @@ def test_handler_logs_one_json_object_per_line(world: World, monkeypatch) -> Non
     assert [r["decision"] for r in records] == ["allow", "deny", "bad-request"]
     for record in records[:2]:
         assert {"request_id", "instance_id", "caller_role", "decision", "reason"} <= set(record)
+    # The window state of an allowed request
+    assert {"answers", "max_answers", "window_closed", "launched_minutes_ago"} <= set(records[0])
 
 
 # --- settings and the Lambda entry point ------------------------------------------------
 
 
+ALL_VARIABLES = ["CLUSTER_NAME", "VPC_ID", *PARAMS, *WINDOW_ENV]
+
+
 def full_env(**overrides: str) -> dict[str, str]:
-    env = {"CLUSTER_NAME": CLUSTER, "VPC_ID": "vpc-0123456789abcdef0", **PARAMS}
+    env = {"CLUSTER_NAME": CLUSTER, "VPC_ID": "vpc-0123456789abcdef0", **PARAMS, **WINDOW_ENV}
     return {**env, **overrides}
 
 
 def test_settings_from_a_valid_environment() -> None:
     settings = jh.load_settings(full_env())
-    assert settings == jh.Settings(CLUSTER, "vpc-0123456789abcdef0", *PARAMS.values())
+    assert settings == jh.Settings(CLUSTER, "vpc-0123456789abcdef0", *PARAMS.values(), TABLE, 30, 3)
 
 
-@pytest.mark.parametrize("variable", ["CLUSTER_NAME", "VPC_ID", *PARAMS])
+@pytest.mark.parametrize("variable", ALL_VARIABLES)
 def test_each_missing_setting_is_named(variable: str) -> None:
     env = full_env()
     del env[variable]
@@ -625,18 +952,26 @@ def test_each_missing_setting_is_named(variable: str) -> None:
         ("CLUSTER_NAME", "9-starts-with-digit"),
         ("CLUSTER_NAME", "under_score"),
         ("JOIN_PASSWORD_PARAMETER", "has space"),
+        ("WINDOW_TABLE", "a"),
+        ("WINDOW_TABLE", "has space"),
+        ("WINDOW_MINUTES", "9"),  # shorter than the join script's own 10-minute deadline
+        ("WINDOW_MINUTES", "1441"),
+        ("WINDOW_MINUTES", "thirty"),
+        ("MAX_ANSWERS", "0"),
+        ("MAX_ANSWERS", "11"),
+        ("MAX_ANSWERS", "-1"),
     ],
 )
 def test_each_invalid_setting_is_named(variable: str, value: str) -> None:
     with pytest.raises(jh.SettingsError, match=rf"\b{variable}=") as error:
         jh.load_settings(full_env(**{variable: value}))
-    assert [v for v in ["CLUSTER_NAME", "VPC_ID", *PARAMS] if v in str(error.value)] == [variable]
+    assert [v for v in ALL_VARIABLES if v in str(error.value)] == [variable]
 
 
 def test_all_missing_settings_are_named_at_once() -> None:
     with pytest.raises(jh.SettingsError) as error:
         jh.load_settings({})
-    for variable in ["CLUSTER_NAME", "VPC_ID", *PARAMS]:
+    for variable in ALL_VARIABLES:
         assert variable in str(error.value)
 
 
@@ -653,7 +988,7 @@ def test_handler_validates_settings_before_doing_anything(monkeypatch) -> None:
 def test_handler_builds_settings_and_clients_once(world: World, monkeypatch) -> None:
     monkeypatch.setattr(jh, "_settings", None)
     monkeypatch.setattr(jh, "_clients", None)
-    env = {"CLUSTER_NAME": CLUSTER, "VPC_ID": world.vpc_id, **PARAMS}
+    env = {"CLUSTER_NAME": CLUSTER, "VPC_ID": world.vpc_id, **PARAMS, **WINDOW_ENV}
     for variable, value in env.items():
         monkeypatch.setenv(variable, value)
     made: list[int] = []

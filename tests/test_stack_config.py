@@ -32,6 +32,7 @@ def test_dev_sample_is_valid_and_typed():
     assert s.directory.type == "SimpleAD" and s.directory.domain_name == "test.domain"
     assert s.directory.short_name == "TEST" and s.directory.realm == "TEST.DOMAIN"
     assert s.join.user == "Administrator" and not s.join.has_own_password
+    assert (s.join.window_minutes, s.join.max_answers) == (30, 3)  # defaults
     assert s.cluster.queues[0].min_count == 2 and s.cluster.queues[0].max_count == 10
     assert s.cluster.home_storage.deletion_policy == "Retain"
     assert s.cluster.pcluster_version == "3.16.1"
@@ -92,6 +93,12 @@ RULES = [
     ("dns-ips-on-created", DIR, ["dnsIps"], ["10.0.0.2"], "directory.dnsIps", "only to type Existing"),
     ("join-user-domain", JOIN, ["user"], "Administrator@test.domain", "join.user", "bare account name"),
     ("join-concurrency", JOIN, ["reservedConcurrency"], -1, "join.reservedConcurrency", "0 (unreserved) to 1000"),
+    ("join-window-short", JOIN, ["windowMinutes"], 9, "join.windowMinutes", "10 (the join script's own deadline)"),
+    ("join-window-long", JOIN, ["windowMinutes"], 1441, "join.windowMinutes", "to 1440 minutes, got 1441"),
+    ("join-window-type", JOIN, ["windowMinutes"], "half an hour", "join.windowMinutes", "whole number"),
+    ("join-answers-zero", JOIN, ["maxAnswers"], 0, "join.maxAnswers", "must be 1 to 10"),
+    ("join-answers-many", JOIN, ["maxAnswers"], 11, "join.maxAnswers", "got 11"),
+    ("join-window-typo", JOIN, ["windowMinute"], 30, "join.windowMinute", "did you mean 'windowMinutes'"),
     ("cluster-name-missing", CL, ["name"], DELETE, "cluster.name", "is required"),
     ("cluster-name-digit", CL, ["name"], "1cluster", "cluster.name", "start with a letter"),
     ("cluster-name-underscore", CL, ["name"], "hpc_dev", "cluster.name", "hyphens"),
@@ -268,3 +275,15 @@ def test_queue_update_strategy_defaults_to_drain():
     assert parse_settings(raw, stack="dev").cluster.queue_update_strategy == "DRAIN"
     raw[CL]["queueUpdateStrategy"] = "TERMINATE"
     assert parse_settings(raw, stack="dev").cluster.queue_update_strategy == "TERMINATE"
+
+
+def test_join_window_settings_and_their_bounds():
+    from cluster_config import JOIN_TIMEOUT_SECONDS
+
+    raw = dev_raw()
+    raw.setdefault(JOIN, {}).update(windowMinutes=JOIN_TIMEOUT_SECONDS // 60, maxAnswers=1)
+    join = parse_settings(raw, stack="dev").join
+    assert (join.window_minutes, join.max_answers) == (10, 1)
+    raw[JOIN].update(windowMinutes="1440", maxAnswers="10")  # strings, as `pulumi config set` stores them
+    join = parse_settings(raw, stack="dev").join
+    assert (join.window_minutes, join.max_answers) == (1440, 10)

@@ -39,6 +39,7 @@ _COMPUTED: dict[str, dict[str, str | None]] = {
     "aws:lambda/function:Function": {"arn": None, "invokeArn": None, "qualifiedArn": None, "version": None},
     "aws:lambda/functionUrl:FunctionUrl": {"functionUrl": None, "urlId": None},
     "aws:cloudwatch/logGroup:LogGroup": {"arn": None},
+    "aws:dynamodb/table:Table": {"arn": None},
     "aws:s3/bucket:Bucket": {"arn": None, "bucket": None, "bucketRegionalDomainName": None},
     "aws:s3/bucketObjectv2:BucketObjectv2": {"versionId": None, "etag": None},
     "aws:efs/fileSystem:FileSystem": {"arn": None, "dnsName": None},
