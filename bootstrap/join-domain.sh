@@ -1,26 +1,44 @@
 #!/bin/bash
 # join-domain.sh: ParallelCluster 3 OnNodeStart custom action. Joins this node to Active Directory.
 #
-#   join-domain.sh [--function-url URL] --region REGION [--timeout SECONDS]
+#   join-domain.sh [--function-url URL] --region REGION [--timeout SECONDS] [--restrict-imds]
 #
 # Runs as root. Steps:
 #   1. install sssd/realmd/adcli/... with the OS package manager, only if a needed command is missing;
-#   2. read the instance role's credentials from IMDSv2;
-#   3. POST to the join function URL (AWS_IAM auth), signed with `curl --aws-sigv4`; the credentials reach
-#      curl through a config on stdin, never argv; bounded retries with exponential backoff and jitter,
-#      all within --timeout (default 600 s) counted from the start of the script; HTTP 403 is final;
-#   4. `realm join` (the password on stdin only; skipped when `realm list` already shows the domain);
+#   2. already joined (reboot, re-run)? Then NO request to the join function at all: the node counts
+#      as joined when `realm list` shows a configured realm, or on disk when sssd.conf has a
+#      [domain/D] section and /etc/krb5.keytab holds a host key (NAME$@D upper-cased); only steps 5,
+#      6 and 8 run;
+#   3. read the instance role's credentials from IMDSv2 and POST to the join function URL (AWS_IAM
+#      auth), signed with `curl --aws-sigv4`; the credentials reach curl through a config on stdin,
+#      never argv; bounded retries with exponential backoff and jitter, all within --timeout (default
+#      600 s) counted from the start of the script; HTTP 403 is final (the node's join window is
+#      closed, or the node is no node of this cluster);
+#   4. `realm join` (the password on stdin only), each attempt capped at min(remaining, 120 s) so that a
+#      hanging join is retried;
 #   5. sssd.conf: use_fully_qualified_names = False, fallback_homedir = /home/%u; home directories
 #      created at first login; restart sssd;
 #   6. verify: sssd runs (its pid file names a live sssd process) and the join user resolves by short
-#      name through sssd. `realm join` exits 0 even when sssd failed to start, so it is never trusted.
+#      name through sssd. `realm join` exits 0 even when sssd failed to start, so it is never trusted;
+#   7. close this instance's join window: a second signed POST, body
+#      {"joined": true, "computerName": "<NAME>"} (NAME: the computer account the join used), up to 3
+#      attempts within min(remaining, 60 s), fresh IMDS credentials each; from then on the function
+#      refuses this instance for good. A failure is logged as a WARNING and does not fail the boot
+#      (the window still closes by itself after the function's windowMinutes / maxAnswers);
+#   8. --restrict-imds: IMDS for root (uid 0) only, as ParallelCluster locks its head node (iptables
+#      chain PARALLELCLUSTER_IMDS from OUTPUT, owner match): rules for the IMDS address (IPv4
+#      169.254.169.254 and IPv6 fd00:ec2::254, or the host[:port] of
+#      AWS_EC2_METADATA_SERVICE_ENDPOINT when set), applied now and at every boot by the oneshot unit
+#      pcluster-ad-imds-lockdown.service (/usr/local/sbin/pcluster-ad-imds-lockdown). Idempotent.
 #
 # The password lives only in shell variables and pipes: never argv, environment, disk or log.
 #
 # Exit codes: 0 joined and verified; 2 usage; 3 prerequisites (OS, packages, curl); 4 IMDS;
 #   5 join function unreachable or failing (retries exhausted / deadline); 6 join function answered
-#   403 forbidden; 7 invalid answer from the join function; 8 realm join failed; 9 sssd configuration or
-#   verification failed; 1 anything unexpected.
+#   403 forbidden; 7 invalid answer from the join function; 8 realm join failed (or the deadline hit
+#   during the join); 9 sssd configuration or verification failed; 10 --restrict-imds could not lock
+#   IMDS down (no iptables, rules refused); 1 anything unexpected. Closing the join window never
+#   changes the exit code.
 #
 # Environment:
 #   PCLUSTER_AD_LOG                     log file (default /var/log/pcluster-ad/join-domain.log; dir 0700,
@@ -30,7 +48,10 @@
 #                                       host (default: https only, or http to 127.x/localhost/[::1])
 #   PCLUSTER_AD_ROOT                    test hook only: prefix for the files this script edits or reads
 #                                       directly (/etc/os-release, /etc/sssd/sssd.conf, /etc/default/sssd,
-#                                       /run/sssd.pid). Default empty: the real system.
+#                                       /etc/krb5.keytab, /run/sssd.pid, the --restrict-imds unit and
+#                                       script). Default empty: the real system.
+#   PCLUSTER_AD_TEST_NO_BACKOFF=1       test hook only: no sleep between retries (deterministic tests)
+#   PCLUSTER_AD_TEST_JOIN_ATTEMPT_SECONDS  test hook only: cap of one realm join attempt (default 120)
 
 # Never trace: a trace would print the secret.
 set +o xtrace +o verbose
@@ -56,6 +77,7 @@ BAKED_FUNCTION_URL=""
 FUNCTION_URL=""
 REGION=""
 TIMEOUT=600
+RESTRICT_IMDS=""
 LOGGER_PID=""
 # Secrets: only ever in these shell variables (never exported) and in pipes.
 JOIN_PASSWORD=""
@@ -63,12 +85,14 @@ SIGV4_CONFIG=""
 
 usage() {
     cat <<'EOF'
-usage: join-domain.sh [--function-url URL] --region REGION [--timeout SECONDS]
+usage: join-domain.sh [--function-url URL] --region REGION [--timeout SECONDS] [--restrict-imds]
 
   --function-url URL   the join function URL (https://...; plain http only to a loopback address);
                        default: the URL the stack baked into this copy
   --region REGION      AWS region of the function, used to sign the request (e.g. eu-west-1)
   --timeout SECONDS    overall deadline for the whole join, default 600
+  --restrict-imds      after the join, allow the instance metadata service (IMDS) to root only, now
+                       and at every boot
 EOF
 }
 
@@ -86,6 +110,11 @@ parse_args() {
             -h | --help)
                 usage
                 exit 0
+                ;;
+            --restrict-imds)
+                RESTRICT_IMDS=1
+                shift
+                continue
                 ;;
             --function-url=* | --region=* | --timeout=*)
                 value=${opt#*=}
@@ -203,6 +232,7 @@ sleep_backoff() {
     delay=$((delay + RANDOM % (delay / 2 + 1)))
     left=$(remaining)
     ((delay > left - 1)) && delay=$((left - 1))
+    [[ ${PCLUSTER_AD_TEST_NO_BACKOFF:-} == 1 ]] && delay=0
     ((delay > 0)) && sleep "$delay"
     return 0
 }
@@ -283,6 +313,88 @@ def realm_configured(domain, realm):
         if line.strip().lower() in want:
             sys.exit(0)
     sys.exit(1)
+
+def joined_realm(conf, keytab):
+    # stdin: `realm list` output. stdout: domain and realm of this node's existing join, one per line;
+    # exit 1 when the node is not joined. A realm realmd lists as configured counts; so does the on-disk
+    # join (realmd can hold a stale view, see realm_configured): an sssd [domain/D] section plus a host
+    # key NAME$@<realm of D> in the keytab.
+    block = {}
+    blocks = []
+    for line in sys.stdin.read().splitlines():
+        if line and not line[0].isspace():
+            block = {"name": line.strip()}
+            blocks.append(block)
+        elif ":" in line:
+            k, v = line.split(":", 1)
+            block[k.strip().lower()] = v.strip()
+    for b in blocks:
+        if b.get("configured", "no") not in ("", "no") and b.get("domain-name"):
+            print(b["domain-name"].lower())
+            print((b.get("realm-name") or b["domain-name"]).upper())
+            return
+    domains = {}
+    section = None
+    try:
+        lines = open(conf).read().splitlines()
+    except OSError:
+        sys.exit(1)
+    for line in lines:
+        m = SECTION_RE.match(line)
+        if m:
+            section = m.group(1).lower()
+            if section.startswith("domain/"):
+                domains[section[7:]] = section[7:].upper()
+            continue
+        m = re.match(r"^\s*krb5_realm\s*=\s*(\S+)", line)
+        if m and section and section.startswith("domain/"):
+            domains[section[7:]] = m.group(1).upper()
+    if not domains:
+        sys.exit(1)
+    import subprocess
+    try:
+        out = subprocess.run(["klist", "-k", keytab], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        sys.exit(1)
+    principals = [w for w in out.split() if "$@" in w]
+    for domain, realm in domains.items():
+        if any(p.upper().endswith("$@" + realm) for p in principals):
+            print(domain)
+            print(realm)
+            return
+    sys.exit(1)
+
+def close_response():
+    # stdin: the function's 200 answer to the close request. exit 0 when it says {"closed": true}.
+    try:
+        doc = json.loads(sys.stdin.read())
+    except Exception:
+        sys.exit(1)
+    sys.exit(0 if isinstance(doc, dict) and doc.get("closed") is True else 1)
+
+def imds_address(endpoint):
+    # stdout: one line "<4|6> <address> [port]" per address to lock down. The default endpoint is
+    # EC2's IMDS on both families, whole address (as ParallelCluster does); an endpoint from
+    # AWS_EC2_METADATA_SERVICE_ENDPOINT with a port is locked down on that TCP port only.
+    import ipaddress
+    from urllib.parse import urlsplit
+    u = urlsplit(endpoint)
+    try:
+        port = u.port
+        addr = ipaddress.ip_address(u.hostname or "")
+    except ValueError:
+        fail(f"the IMDS endpoint {endpoint!r} is not http://<IP address>[:port]: cannot lock it down")
+    if u.scheme != "http":
+        fail(f"the IMDS endpoint {endpoint!r} is not http://<IP address>[:port]: cannot lock it down")
+    if str(addr) == "169.254.169.254" and port in (None, 80):
+        print("4 169.254.169.254")
+        print("6 fd00:ec2::254")
+        return
+    if str(addr) == "fd00:ec2::254" and port in (None, 80):
+        print("4 169.254.169.254")
+        print("6 fd00:ec2::254")
+        return
+    print(f"{addr.version} {addr}" + (f" {port}" if port else ""))
 
 def computer_name(host):
     # NetBIOS names have at most 15 characters (adlab pitfall 9). Longer host names would be truncated
@@ -382,7 +494,8 @@ def daemon_opts(path):
 cmd, args = sys.argv[1], sys.argv[2:]
 {"sigv4-config": sigv4_config, "join-response": join_response, "error-field": error_field,
  "realm-configured": realm_configured, "computer-name": computer_name, "sssd-conf": sssd_conf,
- "daemon-opts": daemon_opts}[cmd](*args)
+ "daemon-opts": daemon_opts, "joined-realm": joined_realm, "close-response": close_response,
+ "imds-address": imds_address}[cmd](*args)
 PY
 readonly PYHELPER
 
@@ -505,23 +618,30 @@ imds_token() {
 }
 
 # Bounded retries: IMDS and the instance profile can lag right after boot.
-read_imds() {
-    local delay=1 role creds
-    while :; do
-        if IMDS_TOKEN=$(imds_token) && [[ -n $IMDS_TOKEN ]] \
-            && INSTANCE_ID=$(imds_get meta-data/instance-id) \
-            && role=$(imds_get meta-data/iam/security-credentials/) && role=${role%%$'\n'*} && [[ -n $role ]] \
-            && creds=$(imds_get "meta-data/iam/security-credentials/$role"); then
-            if SIGV4_CONFIG=$(printf '%s' "$creds" | pyhelper sigv4-config); then
-                creds=""
-                if [[ -z $IMDS_LOGGED ]]; then
-                    log "IMDS: instance $INSTANCE_ID, instance role $role"
-                    IMDS_LOGGED=1
-                fi
-                return 0
-            fi
+# One try: fills INSTANCE_ID and SIGV4_CONFIG (fresh credentials: they rotate); 1 when IMDS fails.
+imds_credentials() {
+    local role creds
+    if IMDS_TOKEN=$(imds_token) && [[ -n $IMDS_TOKEN ]] \
+        && INSTANCE_ID=$(imds_get meta-data/instance-id) \
+        && role=$(imds_get meta-data/iam/security-credentials/) && role=${role%%$'\n'*} && [[ -n $role ]] \
+        && creds=$(imds_get "meta-data/iam/security-credentials/$role"); then
+        if SIGV4_CONFIG=$(printf '%s' "$creds" | pyhelper sigv4-config); then
             creds=""
+            if [[ -z $IMDS_LOGGED ]]; then
+                log "IMDS: instance $INSTANCE_ID, instance role $role"
+                IMDS_LOGGED=1
+            fi
+            return 0
         fi
+        creds=""
+    fi
+    return 1
+}
+
+read_imds() {
+    local delay=1
+    while :; do
+        imds_credentials && return 0
         (($(remaining) > 1)) || die 4 "could not read the instance id and role credentials from IMDSv2 at $IMDS_ENDPOINT before the deadline ($TIMEOUT s)"
         log "IMDS not ready (instance role credentials unavailable); retrying in ~${delay}s"
         sleep_backoff "$delay"
@@ -608,8 +728,12 @@ realm_configured() {
         && klist -k "$ROOT/etc/krb5.keytab" 2>/dev/null | grep -qiF "\$@$AD_REALM"
 }
 
+# The hint for every realm-join failure, the deadline included (issue 9 finding 8).
+readonly REALM_HINT="(see the realm output above; 'No such realm found' or 'Discovery timed out' means this node cannot reach the domain controllers: check the VPC's DHCP options and DNS)"
+COMPUTER_NAME=""
+
 do_join() {
-    local attempt left host computer
+    local attempt left cap host computer
     local -a args
     if realm_configured; then
         log "realm: $AD_DOMAIN is already configured on this node; skipping the join"
@@ -624,13 +748,24 @@ do_join() {
     if [[ -n $computer ]]; then
         log "realm: host name '$host' is longer than 15 characters: computer account name $computer"
         args+=("--computer-name=$computer")
+        COMPUTER_NAME=${computer^^}
+    else
+        # adcli's default: the short host name, upper-cased.
+        COMPUTER_NAME=${host%%.*}
+        COMPUTER_NAME=${COMPUTER_NAME^^}
     fi
     args+=("$AD_DOMAIN")
+    cap=${PCLUSTER_AD_TEST_JOIN_ATTEMPT_SECONDS:-120}
+    if [[ ! $cap =~ ^[1-9][0-9]*$ ]]; then
+        cap=120
+    fi
     for attempt in 1 2 3; do
         left=$(remaining)
-        ((left > 0)) || die 8 "deadline ($TIMEOUT s) reached before realm join $AD_DOMAIN succeeded"
-        log "realm: joining $AD_DOMAIN (attempt $attempt)"
-        # The password goes on realm's stdin, never argv.
+        ((left > 0)) || die 8 "deadline ($TIMEOUT s) reached before realm join $AD_DOMAIN succeeded $REALM_HINT"
+        ((left > cap)) && left=$cap
+        log "realm: joining $AD_DOMAIN (attempt $attempt, max ${left}s)"
+        # The password goes on realm's stdin, never argv. Each attempt is capped: a hanging join
+        # (unreachable DC, stuck realmd) is killed and retried instead of eating the whole deadline.
         if printf '%s\n' "$JOIN_PASSWORD" | timeout -k 10 "$left" realm "${args[@]}"; then
             if realm_configured; then
                 log "realm: joined $AD_DOMAIN"
@@ -643,8 +778,8 @@ do_join() {
         fi
         ((attempt < 3)) && (($(remaining) > 5)) && sleep_backoff $((5 * attempt))
     done
-    die 8 "realm join $AD_DOMAIN failed (see the realm output above; 'No such realm found' or 'Discovery timed" \
-        "out' means this node cannot reach the domain controllers: check the VPC's DHCP options and DNS)"
+    (($(remaining) > 0)) || die 8 "deadline ($TIMEOUT s) reached before realm join $AD_DOMAIN succeeded $REALM_HINT"
+    die 8 "realm join $AD_DOMAIN failed $REALM_HINT"
 }
 
 enable_mkhomedir() {
@@ -696,6 +831,10 @@ verify_sssd() {
         lookup=0
         if sssd_running; then
             running=1
+            if [[ -z $JOIN_USER ]]; then
+                lookup=1 # already joined, no record of the join user (see existing_join)
+                break
+            fi
             if getent -s sss passwd "$JOIN_USER" >/dev/null && getent passwd "$JOIN_USER" >/dev/null; then
                 lookup=1
                 break
@@ -714,7 +853,11 @@ verify_sssd() {
     if ((lookup == 0)); then
         die 9 "sssd runs but the join user does not resolve by its short name through sssd (getent passwd) within ${limit}s: see /var/log/sssd/"
     fi
-    log "verified: sssd is running and the join user resolves by its short name"
+    if [[ -z $JOIN_USER ]]; then
+        log "verified: sssd is running (no recorded join user to look up)"
+    else
+        log "verified: sssd is running and the join user resolves by its short name"
+    fi
 }
 
 configure_sssd() {
@@ -727,23 +870,218 @@ configure_sssd() {
     fi
 }
 
+# ---------------------------------------------------------------------------------------------------
+# Already joined? (before any request: a joined node never asks for the join credentials again)
+
+readonly STATE_FILE=/var/lib/pcluster-ad/join-state
+
+existing_join() {
+    local out found key value
+    out=$(realm list 2>/dev/null) || out=""
+    found=$(printf '%s\n' "$out" | pyhelper joined-realm "$ROOT/etc/sssd/sssd.conf" "$ROOT/etc/krb5.keytab") || return 1
+    AD_DOMAIN=${found%%$'\n'*}
+    AD_REALM=${found#*$'\n'}
+    # The join user (a name, no secret) recorded by the run that joined: verify_sssd looks it up.
+    if [[ -r $ROOT$STATE_FILE ]]; then
+        while IFS='=' read -r key value; do
+            [[ $key == user ]] && JOIN_USER=$value
+        done <"$ROOT$STATE_FILE"
+    fi
+    return 0
+}
+
+write_state() {
+    if ! { mkdir -p -- "$(dirname -- "$ROOT$STATE_FILE")" \
+        && printf 'domain=%s\nrealm=%s\nuser=%s\ncomputer=%s\n' "$AD_DOMAIN" "$AD_REALM" "$JOIN_USER" \
+            "$COMPUTER_NAME" >"$ROOT$STATE_FILE"; }; then
+        log "WARNING: could not write $ROOT$STATE_FILE"
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Close the join window: from now on the function refuses every request for this instance.
+
+close_window() {
+    local attempt until left max_time rc out code body err="none" proto=https delay=1 data
+    [[ $FUNCTION_URL == http://* ]] && proto=http
+    left=$(remaining)
+    ((left > 60)) && left=60
+    if ((left < 1)); then
+        log "WARNING: join window NOT closed: no time left before the deadline ($TIMEOUT s); it closes by itself after the function's windowMinutes"
+        return 0
+    fi
+    until=$((SECONDS + left))
+    printf -v data '{"joined": true, "computerName": "%s"}' "$COMPUTER_NAME"
+    for attempt in 1 2 3; do
+        left=$((until - SECONDS))
+        ((left >= 1)) || break
+        if ! imds_credentials; then
+            err="IMDS credentials unavailable"
+        else
+            max_time=$((left < 20 ? left : 20))
+            log "join window: closing (attempt $attempt, POST $FUNCTION_URL, computer $COMPUTER_NAME, max ${max_time}s)"
+            rc=0
+            out=$(printf '%s\n' "$SIGV4_CONFIG" \
+                | curl -sS --proto "=$proto" --connect-timeout 10 --max-time "$max_time" -K - \
+                    --aws-sigv4 "aws:amz:$REGION:lambda" -X POST -H 'content-type: application/json' \
+                    --data-binary "$data" -w '\n%{http_code}' -- "$FUNCTION_URL") || rc=$?
+            SIGV4_CONFIG=""
+            code=${out##*$'\n'}
+            body=${out%$'\n'*}
+            out=""
+            if ((rc != 0)); then
+                err="curl failed (exit $rc)"
+            elif [[ $code == 200 ]] && printf '%s' "$body" | pyhelper close-response; then
+                log "join window closed: the join function refuses instance $INSTANCE_ID from now on"
+                return 0
+            else
+                err="HTTP $code: $(printf '%s' "$body" | pyhelper error-field)"
+                case $code in
+                    408 | 429 | 5[0-9][0-9]) ;;
+                    *) break ;; # 403 (closed already, or refused), a 200 that does not say closed: final
+                esac
+            fi
+        fi
+        if ((attempt < 3 && until - SECONDS > 1)); then
+            sleep_backoff "$delay"
+        fi
+        delay=$((delay * 2))
+    done
+    log "WARNING: join window NOT closed ($err); the node is joined all the same. The window closes by itself after the function's windowMinutes or maxAnswers"
+    return 0
+}
+
+# ---------------------------------------------------------------------------------------------------
+# --restrict-imds: IMDS for root only, now and at every boot.
+
+readonly LOCKDOWN_SCRIPT=/usr/local/sbin/pcluster-ad-imds-lockdown
+readonly LOCKDOWN_UNIT=pcluster-ad-imds-lockdown.service
+
+has_commands() {
+    local c
+    for c in "$@"; do
+        command -v "$c" >/dev/null 2>&1 || return 1
+    done
+}
+
+ensure_iptables() {
+    local left
+    has_commands "$@" && return 0
+    log "imds: $* missing; installing iptables"
+    left=$(remaining)
+    ((left > 0)) || die 10 "--restrict-imds: iptables is not installed and the deadline ($TIMEOUT s) is reached"
+    if [[ $OS_FAMILY == debian ]]; then
+        timeout -k 10 "$left" env DEBIAN_FRONTEND=noninteractive apt-get -q -y -o DPkg::Lock::Timeout=300 \
+            install --no-install-recommends iptables </dev/null || die 10 "--restrict-imds: apt-get install iptables failed"
+    elif command -v dnf >/dev/null; then
+        timeout -k 10 "$left" dnf -y -q install iptables-nft </dev/null \
+            || die 10 "--restrict-imds: dnf install iptables-nft failed"
+    else
+        timeout -k 10 "$left" yum -y -q install iptables </dev/null || die 10 "--restrict-imds: yum install iptables failed"
+    fi
+    has_commands "$@" || die 10 "--restrict-imds: $* still missing after installing iptables"
+}
+
+# The lockdown script's fixed part; restrict_imds appends one `lock` line per IMDS address.
+read -r -d '' LOCKDOWN_BODY <<'SH' || true
+#!/bin/sh
+# pcluster-ad: the instance metadata service (IMDS) for root (uid 0) only. Written by join-domain.sh
+# --restrict-imds, run by it and at every boot by pcluster-ad-imds-lockdown.service. The rules of
+# ParallelCluster's head-node lockdown (cookbook imds-access.sh): chain PARALLELCLUSTER_IMDS, jumped
+# to from OUTPUT for the IMDS address, ACCEPT for the allowed owner, REJECT for everyone else.
+# Idempotent and without a gap: only missing rules are added, ACCEPT always ahead of REJECT.
+set -eu
+PATH="${PATH:-/usr/bin:/bin}:/usr/sbin:/sbin"
+C=PARALLELCLUSTER_IMDS
+lock() {
+    ipt=$1
+    shift
+    $ipt -w -N "$C" 2>/dev/null || true
+    $ipt -w -C "$C" "$@" -m owner --uid-owner 0 -j ACCEPT 2>/dev/null \
+        || $ipt -w -I "$C" 1 "$@" -m owner --uid-owner 0 -j ACCEPT
+    $ipt -w -C "$C" "$@" -j REJECT 2>/dev/null || $ipt -w -A "$C" "$@" -j REJECT
+    $ipt -w -C OUTPUT "$@" -j "$C" 2>/dev/null || $ipt -w -I OUTPUT 1 "$@" -j "$C"
+}
+SH
+readonly LOCKDOWN_BODY
+
+read -r -d '' LOCKDOWN_UNIT_TEXT <<'UNIT' || true
+[Unit]
+Description=pcluster-ad: instance metadata (IMDS) for root only
+# After the firewall services (restoring a saved rule set would drop these rules), before anyone can
+# log in or run a job.
+After=network-pre.target iptables.service ip6tables.service firewalld.service netfilter-persistent.service nftables.service
+Before=ssh.service sshd.service slurmd.service systemd-user-sessions.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/local/sbin/pcluster-ad-imds-lockdown
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+readonly LOCKDOWN_UNIT_TEXT
+
+restrict_imds() {
+    local addrs family addr port lines="" script unit
+    local -a cmds=()
+    addrs=$(pyhelper imds-address "$IMDS_ENDPOINT") || die 10 "--restrict-imds: cannot lock IMDS down (see above)"
+    while read -r family addr port; do
+        if [[ $family == 6 ]]; then
+            cmds+=(ip6tables)
+            lines+="lock ip6tables -d $addr"
+        else
+            cmds+=(iptables)
+            lines+="lock iptables -d $addr"
+        fi
+        # An endpoint with a port (a lab's stand-in) is locked on that port only; EC2's IMDS address as a whole.
+        [[ -n $port ]] && lines+=" -p tcp --dport $port"
+        lines+=$'\n'
+    done <<<"$addrs"
+    ensure_iptables "${cmds[@]}"
+    script="$ROOT$LOCKDOWN_SCRIPT"
+    unit="$ROOT/etc/systemd/system/$LOCKDOWN_UNIT"
+    mkdir -p -- "$(dirname -- "$script")" "$(dirname -- "$unit")" || die 10 "--restrict-imds: cannot create directories"
+    { printf '%s\n%s' "$LOCKDOWN_BODY" "$lines" >"$script" && chmod 0755 -- "$script"; } \
+        || die 10 "--restrict-imds: cannot write $script"
+    { printf '%s\n' "$LOCKDOWN_UNIT_TEXT" >"$unit" && chmod 0644 -- "$unit"; } || die 10 "--restrict-imds: cannot write $unit"
+    log "imds: allowing IMDS ($(tr '\n' ';' <<<"$addrs")) to root only: $LOCKDOWN_SCRIPT"
+    "$script" || die 10 "--restrict-imds: the iptables rules were refused (see above)"
+    timeout -k 10 60 systemctl daemon-reload || log "WARNING: systemctl daemon-reload failed"
+    timeout -k 10 60 systemctl enable "$LOCKDOWN_UNIT" \
+        || die 10 "--restrict-imds: could not enable $LOCKDOWN_UNIT (the lockdown would not survive a reboot)"
+    log "imds: only root can reach IMDS now; $LOCKDOWN_UNIT applies the same rules at every boot"
+}
+
 main() {
     parse_args "$@"
     start_logging
     trap on_exit EXIT
-    log "starting: function URL $FUNCTION_URL, region $REGION, timeout ${TIMEOUT}s, IMDS $IMDS_ENDPOINT"
+    log "starting: function URL $FUNCTION_URL, region $REGION, timeout ${TIMEOUT}s, IMDS $IMDS_ENDPOINT${RESTRICT_IMDS:+, then IMDS for root only}"
     detect_os
     install_packages
     check_curl
     if [[ $OS_FAMILY == debian ]]; then
         pyhelper daemon-opts "$ROOT/etc/default/sssd" || die 9 "could not edit $ROOT/etc/default/sssd"
     fi
-    fetch_join_secret
-    do_join
-    JOIN_PASSWORD=""
-    unset -v JOIN_PASSWORD
-    configure_sssd
-    verify_sssd
+    if existing_join; then
+        log "already joined to $AD_DOMAIN (realm $AD_REALM): no request to the join function"
+        configure_sssd
+        verify_sssd
+    else
+        fetch_join_secret
+        do_join
+        JOIN_PASSWORD=""
+        unset -v JOIN_PASSWORD
+        configure_sssd
+        verify_sssd
+        write_state
+        close_window
+    fi
+    if [[ -n $RESTRICT_IMDS ]]; then
+        restrict_imds
+    fi
 }
 
 main "$@"

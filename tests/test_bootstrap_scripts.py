@@ -155,10 +155,10 @@ def test_join_success_password_only_on_realm_stdin(sandbox):
     assert result.rc == 0, result.output
     assert "node joined to the domain and verified" in result.stdout
 
-    # The function URL got one POST, signed with SigV4 (verified with botocore) for lambda in the region,
-    # with the session token, and the body {}.
-    assert len(fn.requests) == 1
-    req = fn.requests[0]
+    # The function URL got one credential POST, signed with SigV4 (verified with botocore) for lambda in
+    # the region, with the session token, and the body {}; then the close request.
+    assert len(fn.fetches) == 1 and len(fn.closes) == 1 and fn.requests[-1]["close"]
+    req = fn.fetches[0]
     assert req["verified"], req.get("error")
     assert req["method"] == "POST" and req["body"] == b"{}"
     assert {"host", "x-amz-date", "x-amz-security-token"} <= set(req["signed_headers"])
@@ -213,7 +213,7 @@ def test_join_credentials_reach_curl_on_stdin_only(sandbox):
     assert result.rc == 0, result.output
     curls = [c["argv"] for c in box.calls("curl")]
     signed = [a for a in curls if "--aws-sigv4" in a]
-    assert len(signed) == 1
+    assert len(signed) == 2  # the credential request and the close request
     argv = signed[0]
     assert argv[argv.index("--aws-sigv4") + 1] == f"aws:amz:{REGION}:lambda"
     assert argv[argv.index("-K") + 1] == "-" and "--max-time" in argv and "-u" not in argv and "--user" not in argv
@@ -232,23 +232,99 @@ def test_join_rerun_is_idempotent(sandbox):
         assert first.rc == 0, first.output
         conf = box.sssd_conf().read_bytes()
         box.clear_calls()
+        seen, imds_seen = len(fn.requests), len(imds.requests)
         second = run_join(box, imds, fn)
     assert second.rc == 0, second.output
     assert not [c for c in box.calls("realm") if c["argv"][:1] == ["join"]]
-    assert "already configured on this node; skipping the join" in second.stdout
+    # A joined node asks nobody for anything: no function request, not even IMDS.
+    assert len(fn.requests) == seen and len(imds.requests) == imds_seen
+    assert "already joined to test.domain (realm TEST.DOMAIN): no request to the join function" in second.stdout
+    # The join user recorded by the first run is looked up again.
+    assert "verified: sssd is running and the join user resolves" in second.stdout
     assert box.sssd_conf().read_bytes() == conf
     assert "already has use_fully_qualified_names = False" in second.stdout
 
 
-def test_join_already_joined_node_skips_the_join(sandbox):
+def test_join_already_joined_node_makes_no_request_at_all(sandbox):
+    """Reboot or re-run of a node joined by realm (sssd.conf + keytab, no state file of ours): the join
+    check comes BEFORE any fetch, so neither IMDS nor the function URL sees a request."""
     box = sandbox()
     box.mark_joined("test.domain")
     with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
         result = run_join(box, imds, fn)
     assert result.rc == 0, result.output
+    assert fn.requests == [] and imds.requests == []
     assert [c["argv"] for c in box.calls("realm")] == [["list"]]
     assert "use_fully_qualified_names = False" in box.sssd_conf().read_text()
+    assert "no recorded join user" in result.stdout
+    assert PASSWORD not in result.output
+
+
+def test_join_on_disk_join_counts_without_realmd(sandbox):
+    """realm list fails (no realmd) but sssd.conf has the domain and the keytab its host key: joined."""
+    box = sandbox(realm_list_rc=1)
+    box.mark_joined("test.domain")
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        result = run_join(box, imds, fn)
+    assert result.rc == 0, result.output
+    assert fn.requests == [] and imds.requests == []
+    assert "already joined to test.domain" in result.stdout
+    # Without the keytab's host key the sssd section alone does not count: the node fetches and joins.
+    box2 = sandbox(realm_list_rc=1)
+    box2.sssd_conf().write_text("[sssd]\ndomains = test.domain\n\n[domain/test.domain]\nid_provider = ad\n")
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        fresh = run_join(box2, imds, fn)
+    assert len(fn.fetches) == 1, fresh.output
+
+
+def test_join_closes_the_window_after_verifying(sandbox):
+    box = sandbox()
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        result = run_join(box, imds, fn, "--timeout", "60")
+    assert result.rc == 0, result.output
+    assert [r["close"] for r in fn.requests] == [False, True]
+    close = fn.closes[0]
+    assert close["verified"], close.get("error")
+    assert close["method"] == "POST" and {"host", "x-amz-date", "x-amz-security-token"} <= set(close["signed_headers"])
+    # Exactly the contract's body; the computer name adcli used: the short host name, upper-cased.
+    assert close["body"] == b'{"joined": true, "computerName": "IP-10-0-0-12"}'
+    out = result.stdout
+    assert out.index("verified: sssd is running") < out.index("join window: closing") < out.index("join window closed")
+    # Fresh IMDS credentials for the close: a token PUT after the credential request's.
+    assert len([r for r in imds.requests if r[0] == "PUT"]) >= 2
     assert_secret_free(box, imds, result)
+
+
+def test_join_close_names_the_hashed_computer_account_of_a_long_host_name(sandbox):
+    box = sandbox(hostname="queue1-dy-compute-12.test.pcluster")
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        result = run_join(box, imds, fn)
+    assert result.rc == 0, result.output
+    join = next(c["argv"] for c in box.calls("realm") if c["argv"][:1] == ["join"])
+    name = next(a.split("=", 1)[1] for a in join if a.startswith("--computer-name="))
+    body = fn.closes[0]["body"].decode()
+    assert body == '{"joined": true, "computerName": "%s"}' % name.upper()
+    assert re.fullmatch(r"[A-Z0-9-]{1,15}", name.upper())
+
+
+@pytest.mark.parametrize(("answers", "attempts"), [
+    ([(500, {"error": "internal error"})], 3),
+    ([(403, {"error": "forbidden"})], 1),
+    ([(503, {"error": "busy"}), (200, {"closed": True})], 2),
+    ([(200, {"something": "else"})], 1),
+])
+def test_join_close_failure_is_a_warning_not_a_failed_boot(sandbox, answers, attempts):
+    box = sandbox()
+    with FakeImds() as imds, FakeFunctionUrl([GOOD], close_responses=answers) as fn:
+        result = run_join(box, imds, fn, "--timeout", "120", env_extra={"PCLUSTER_AD_TEST_NO_BACKOFF": "1"})
+    assert result.rc == 0, result.output
+    assert len(fn.closes) == attempts and len(fn.fetches) == 1
+    if answers[-1] == (200, {"closed": True}):
+        assert "join window closed" in result.stdout and "WARNING: join window" not in result.stdout
+    else:
+        assert "WARNING: join window NOT closed" in result.stdout and "join window closed" not in result.stdout
+        assert f"HTTP {answers[-1][0]}" in result.stdout
+    assert "node joined to the domain and verified" in result.stdout
 
 
 def test_join_trusts_the_on_disk_join_when_realmd_has_a_stale_view(sandbox):
@@ -379,7 +455,7 @@ def test_join_retries_500_then_fails_clearly_within_the_deadline(sandbox):
     gaps = [b["t"] - a["t"] for a, b in zip(fn.requests, fn.requests[1:], strict=False)]
     assert gaps[1] > gaps[0] * 1.3  # backoff grows
     assert "giving up after" in result.stdout and "HTTP 500: internal error" in result.stdout
-    assert not box.calls("realm")
+    assert not [c for c in box.calls("realm") if c["argv"][:1] == ["join"]]
     assert_secret_free(box, imds, result)
 
 
@@ -388,7 +464,7 @@ def test_join_recovers_after_transient_errors(sandbox):
     with FakeImds() as imds, FakeFunctionUrl([(503, {"error": "busy"}), (429, {"Message": "Too Many"}), GOOD]) as fn:
         result = run_join(box, imds, fn, "--timeout", "30")
     assert result.rc == 0, result.output
-    assert len(fn.requests) == 3
+    assert len(fn.fetches) == 3 and len(fn.closes) == 1
 
 
 def test_join_403_fails_fast_without_retry(sandbox):
@@ -398,7 +474,7 @@ def test_join_403_fails_fast_without_retry(sandbox):
     assert result.rc == 6, result.output
     assert len(fn.requests) == 1 and result.elapsed < 5
     assert "refused this node (HTTP 403: forbidden)" in result.stdout and "Not retrying" in result.stdout
-    assert not box.calls("realm")
+    assert not [c for c in box.calls("realm") if c["argv"][:1] == ["join"]]
 
 
 def test_join_other_4xx_is_not_retried(sandbox):
@@ -416,7 +492,7 @@ def test_join_invalid_answer_fails_without_echoing_it(sandbox):
         result = run_join(box, imds, fn)
     assert result.rc == 7, result.output
     assert "invalid answer from the join function" in result.stdout and "x" * 10 not in result.output
-    assert not box.calls("realm")
+    assert not [c for c in box.calls("realm") if c["argv"][:1] == ["join"]]
 
 
 def test_join_fails_when_imds_is_unreachable_within_the_deadline(sandbox):
@@ -466,16 +542,43 @@ def test_join_lookup_failing_fails_clearly(sandbox):
     assert "does not resolve by its short name through sssd" in result.stdout
 
 
+DNS_HINT = "check the VPC's DHCP options and DNS"
+
+
 def test_join_realm_join_failure_fails_clearly(sandbox):
+    # No wall-clock race: no backoff between attempts (test hook) and a deadline no load can use up,
+    # so the three attempts always run and the script always ends on the realm-join failure path.
     box = sandbox(realm_join_rc=1)
     with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
-        result = run_join(box, imds, fn, "--timeout", "7")
+        result = run_join(box, imds, fn, "--timeout", "300", env_extra={"PCLUSTER_AD_TEST_NO_BACKOFF": "1"})
     assert result.rc == 8, result.output
-    assert "realm join test.domain failed" in result.stdout
-    assert result.elapsed < 7 + 4
+    assert "realm join test.domain failed" in result.stdout and DNS_HINT in result.stdout
     joins = [c for c in box.calls("realm") if c["argv"][:1] == ["join"]]
-    assert len(joins) >= 2 and all(c["stdin"] == PASSWORD + "\n" for c in joins)
+    assert len(joins) == 3 and all(c["stdin"] == PASSWORD + "\n" for c in joins)
+    assert not fn.closes  # no join, no close
     assert_secret_free(box, imds, result)
+
+
+def test_join_hanging_realm_join_is_capped_and_retried(sandbox):
+    """Issue 9 finding 8: a join attempt that hangs is killed at its cap and the next one runs."""
+    box = sandbox(realm_join_hangs=1)
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        result = run_join(box, imds, fn, "--timeout", "300",
+                          env_extra={"PCLUSTER_AD_TEST_NO_BACKOFF": "1", "PCLUSTER_AD_TEST_JOIN_ATTEMPT_SECONDS": "4"})
+    assert result.rc == 0, result.output
+    joins = [c for c in box.calls("realm") if c["argv"][:1] == ["join"]]
+    assert len(joins) == 2
+    assert "attempt 1, max 4s" in result.stdout and "attempt 2, max 4s" in result.stdout
+    assert result.elapsed < 120  # the first attempt did not get the whole deadline
+
+
+def test_join_deadline_during_a_hanging_join_gives_the_dns_hint(sandbox):
+    box = sandbox(realm_join_hangs=9)
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        result = run_join(box, imds, fn, "--timeout", "8")
+    assert result.rc == 8, result.output
+    assert DNS_HINT in result.stdout and "deadline (8 s) reached" in result.stdout
+    assert result.elapsed < 8 + 15
 
 
 # --------------------------------------------------------------------------------------------------

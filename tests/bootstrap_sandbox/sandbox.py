@@ -30,7 +30,7 @@ SSH_SCRIPT = REPO / "bootstrap" / "enable-ssh-password-auth.sh"
 STANDIN = Path(__file__).resolve().parent / "standin.py"
 
 STANDINS = ["realm", "klist", "systemctl", "getent", "hostname", "pam-auth-update", "apt-get", "dnf", "yum",
-            "authselect", "authconfig", "adcli", "kinit", "sssd", "oddjobd", "sshd"]
+            "authselect", "authconfig", "adcli", "kinit", "sssd", "oddjobd", "sshd", "iptables", "ip6tables"]
 PASS_THROUGH = ["curl", "python3", "timeout"]
 
 OS_RELEASE = {
@@ -88,8 +88,16 @@ class Sandbox:
         shutil.copy(real_executable("sleep"), self.daemon / "sssd")
         self.scenario = {"domain": "test.domain", "join_user_bare": "joinadmin", **scenario}
         omit = set(self.scenario.pop("omit_commands", []))
+        # iptables_netns: the REAL iptables/ip6tables, run inside that network namespace (recorded).
+        netns = self.scenario.pop("iptables_netns", None)
         for name in STANDINS:
-            if name not in omit:
+            if name in omit:
+                continue
+            if netns and name in ("iptables", "ip6tables"):
+                real = real_executable(name)
+                self._write(name, f'printf \'%s\\0\' {name} "$@" >"$PCLUSTER_AD_SANDBOX/rec/$$.$RANDOM.{name}.argv"\n'
+                                  f'exec ip netns exec {netns} "{real}" "$@"', shell="/bin/bash")
+            else:
                 self._write(name, f'exec "{sys.executable}" -I "{STANDIN}" {name} "$@"')
         for name in PASS_THROUGH:
             real = real_executable(name)

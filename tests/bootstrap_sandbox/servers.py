@@ -4,7 +4,9 @@
 * FakeFunctionUrl: the join function URL. It VERIFIES the SigV4 signature of every request by
   recomputing it with botocore's SigV4Auth from the fake secret key, over exactly the headers the
   client signed, and answers what the test scripts (``responses``: a list used in order, the last one
-  repeated). A request that does not verify gets 403 like AWS and is recorded as such.
+  repeated). A request that does not verify gets 403 like AWS and is recorded as such. A close request
+  (body ``{"joined": true, ...}``, the join window contract) is answered from ``close_responses``
+  instead (default ``200 {"closed": true}``), in order, the last one repeated.
 """
 
 from __future__ import annotations
@@ -161,12 +163,20 @@ class _FunctionHandler(_Quiet):
         except ValueError as exc:
             rec["verified"] = False
             rec["error"] = str(exc)
+        try:
+            rec["close"] = isinstance(doc := json.loads(body or b"null"), dict) and "joined" in doc
+        except ValueError:
+            rec["close"] = False
         with fn.lock:
             fn.requests.append(rec)
             if not rec["verified"]:
                 return self._send(403, json.dumps({"Message": "The request signature we calculated does not match"}),
                                   "application/json")
-            code, doc = fn.responses[min(len(fn.requests) - 1, len(fn.responses) - 1)]
+            if rec["close"]:
+                n, answers = len(fn.closes), fn.close_responses
+            else:
+                n, answers = len(fn.fetches), fn.responses
+            code, doc = answers[min(n - 1, len(answers) - 1)]
         body_out = doc if isinstance(doc, str) else json.dumps(doc)
         return self._send(code, body_out, "application/json")
 
@@ -179,6 +189,17 @@ class FakeFunctionUrl:
     region: str = "eu-west-1"
     requests: list = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    close_responses: list = field(default_factory=lambda: [(200, {"closed": True})])
+
+    @property
+    def fetches(self) -> list:
+        """The credential requests (everything but close requests)."""
+        return [r for r in self.requests if not r["close"]]
+
+    @property
+    def closes(self) -> list:
+        """The close requests (body {"joined": true, ...})."""
+        return [r for r in self.requests if r["close"]]
 
     def __enter__(self) -> FakeFunctionUrl:
         self._srv, self._thread = _start(_FunctionHandler, self)

@@ -76,6 +76,13 @@ def sssd_conf_short_names(domain: str) -> bool:
 
 def realm(args: list[str], stdin: str) -> int:
     joined = STATE / "joined"
+    if args[:1] == ["join"] and SCENARIO.get("realm_join_hangs", 0):
+        # A hanging join (unreachable DC, stuck realmd): the first N attempts never return.
+        counter = STATE / "join-attempts"
+        n = int(counter.read_text()) + 1 if counter.exists() else 1
+        counter.write_text(str(n))
+        if n <= SCENARIO["realm_join_hangs"]:
+            time.sleep(3600)
     if args[:1] == ["list"]:
         if SCENARIO.get("realm_list_rc", 0):
             print("realm: Couldn't connect to realm service", file=sys.stderr)
@@ -267,6 +274,8 @@ def main() -> int:
         return 0
     if name == "sshd":
         return sshd(args)
+    if name in ("iptables", "ip6tables"):
+        return 1 if "-C" in args else 0  # record only; -C (check): the rule is not there yet
     return 0  # pam-auth-update, adcli, kinit, oddjobd, authconfig, sssd: record only
 
 
