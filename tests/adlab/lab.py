@@ -178,6 +178,11 @@ class LabConfig:
     def domain(self) -> str:
         return self.realm.lower()
 
+    @property
+    def ec2_domain(self) -> str:
+        """The region's EC2 internal domain: the ONE domain of the VPC's DHCP options (components/directory.py)."""
+        return "ec2.internal" if self.region == "us-east-1" else f"{self.region}.compute.internal"
+
 
 @dataclasses.dataclass
 class RunResult:
@@ -383,12 +388,16 @@ class Node(Host):
         """What the node's image gives before the bootstrap runs (not the product's job)."""
         lab = self.lab
         c = lab.cfg
-        fqdn = f"{self.hostname}.{c.region}.compute.internal"
+        fqdn = f"{self.hostname}.{c.ec2_domain}"
+        # DNS as on a VPC node: the host name EC2 gives (ip-a-b-c-d); /etc/hosts with the node's own
+        # line only (what ParallelCluster's init_dns writes); resolv.conf as the DHCP client writes it
+        # from the VPC's DHCP options: ONE search domain, the directory's DNS as name server. Every
+        # other name (other nodes, the AD domain) comes from the DC's DNS (see Lab.add_ec2_dns).
         self.sh(
             f"""set -euo pipefail
 echo {self.hostname} >/etc/hostname
 printf '127.0.0.1 localhost\\n{self.ip} {fqdn} {self.hostname}\\n' >/etc/hosts
-printf 'search {c.domain} {c.region}.compute.internal\\nnameserver {lab.dc_ip}\\n' >/etc/resolv.conf
+printf 'search {c.ec2_domain}\\nnameserver {lab.dc_ip}\\n' >/etc/resolv.conf
 dbus-uuidgen >/etc/machine-id
 mkdir -p /var/lib/dbus && cp /etc/machine-id /var/lib/dbus/machine-id
 # harness shim for Debian 12 pitfall 1 (sssd 2.8 rejects -f); not product code
@@ -665,6 +674,7 @@ printf 'search {c.domain}\\nnameserver {self.dc_ip}\\n' >/etc/resolv.conf
             stderr=subprocess.STDOUT,
         )
         self.wait_dc_ready()
+        self.dns_zone(c.ec2_domain)
         self._time("dc_start_s", t1)
         t2 = time.monotonic()
         self.populate(
@@ -688,6 +698,22 @@ printf 'search {c.domain}\\nnameserver {self.dc_ip}\\n' >/etc/resolv.conf
                 return
             time.sleep(0.25)
         raise LabError("DC did not become ready: " + (self.dc.root / "samba.log").read_text(errors="replace")[-3000:])
+
+    def dns_zone(self, zone: str) -> None:
+        """A zone in the DC's DNS. Stand-in for what the AD DNS forwards to the VPC resolver on AWS
+        (the EC2 internal domain, a cluster's Route 53 private zone): tests/adlab/README.md."""
+        self.dc.run(["samba-tool", "dns", "zonecreate", "127.0.0.1", zone, "-U", "Administrator"],
+                    env={"PASSWD": self.admin_password}, timeout=60)
+
+    def dns_add(self, zone: str, name: str, ip: str) -> None:
+        """An A record in a zone of the DC's DNS (the password travels in the environment, not argv)."""
+        self.dc.run(["samba-tool", "dns", "add", "127.0.0.1", zone, name, "A", ip, "-U", "Administrator"],
+                    env={"PASSWD": self.admin_password}, timeout=60)
+
+    def add_ec2_dns(self, nodes: list[Host]) -> None:
+        """The EC2 host names of nodes, as the VPC resolver answers them (ip-a-b-c-d.<ec2 domain>)."""
+        for node in nodes:
+            self.dns_add(self.cfg.ec2_domain, node.hostname, node.ip)
 
     def populate(self, spec: dict, timeout: float = 1800) -> dict:
         spec = {"realm": self.cfg.realm, **spec}
@@ -794,6 +820,7 @@ printf 'search {c.domain}\\nnameserver {self.dc_ip}\\n' >/etc/resolv.conf
             made.append(node)
         for node in made:
             node.wait_ready()
+        self.add_ec2_dns(made)
         for node, spec in zip(made, specs, strict=True):
             node.base_setup()
             req = {k: spec[k] for k in ("tagged", "vpc", "state", "creds_role", "profile") if k in spec}
