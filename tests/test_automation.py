@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
+import yaml
 
 import automation
 from stack_config import ConfigError
-from tests.conftest import stack_doc
+from tests import pulumi_standin
+from tests.conftest import ROOT, stack_doc
 from tools.mocks import PlanMocks, mask_secrets, run_program
 
 PASSWORD = "Autom4tion-Secret-Pw"
@@ -43,10 +46,99 @@ def test_invalid_config_fails_before_any_stack_is_touched(monkeypatch):
     assert any("cluster.name" in str(p) for p in err.value.problems)
 
 
-def test_missing_pulumi_cli_is_named(monkeypatch):
+@pytest.mark.parametrize("call", [
+    lambda: automation.preview("dev", dev_config()),
+    lambda: automation.up("dev", dev_config()),
+    lambda: automation.outputs("dev"),
+    lambda: automation.destroy("dev"),
+    lambda: automation.workspace("dev"),
+], ids=["preview", "up", "outputs", "destroy", "workspace"])
+def test_missing_pulumi_cli_is_explained_the_same_way_everywhere(monkeypatch, tmp_path, call):
     monkeypatch.setenv("PATH", "/nonexistent")
-    with pytest.raises(RuntimeError, match="Pulumi CLI is not on PATH"):
-        automation.preview("dev", dev_config())
+    monkeypatch.setenv("PCLUSTER_AD_WORKSPACES", str(tmp_path / "ws"))
+    with pytest.raises(automation.PulumiCliMissing) as err:
+        call()
+    assert str(err.value) == automation.CLI_MISSING
+    assert "https://www.pulumi.com/docs/install/" in str(err.value) and "tools.plan" in str(err.value)
+
+
+def test_a_bad_secret_fails_validation_before_the_cli_is_looked_up(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(ConfigError) as err:
+        automation.up("dev", dev_config(), secrets={"pcluster-ad:adminPassword": "short"})
+    assert any("adminPassword" in str(p) for p in err.value.problems)
+
+
+@pytest.fixture
+def standin(tmp_path, monkeypatch):
+    """The recording stand-in `pulumi` first on PATH; workspaces under tmp_path."""
+    pulumi_standin.install(tmp_path / "bin")
+    for key, value in pulumi_standin.env(tmp_path, tmp_path / "bin").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("PCLUSTER_AD_WORKSPACES", str(tmp_path / "ws"))
+    return tmp_path
+
+
+def tracked_state() -> str:
+    return subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                          text=True, check=True).stdout
+
+
+def test_up_deploys_exactly_the_validated_config_from_its_own_workspace(standin):
+    before = tracked_state()
+    sample = (ROOT / "Pulumi.dev.yaml").read_bytes()
+    config = {"aws:region": "us-west-2",
+              "pcluster-ad:directory": {"type": "SimpleAD", "domainName": "corp.example", "shortName": "CORP"},
+              "pcluster-ad:cluster": {"name": "hpc-embed", "allowedSshCidr": "203.0.113.0/24",
+                                      "queues": [{"name": "cpu", "instanceType": "c5.large"}]}}
+    automation.up("dev", config, secrets={"pcluster-ad:adminPassword": PASSWORD}, on_output=lambda _line: None)
+    calls = pulumi_standin.calls(standin)
+    work_dir = standin / "ws" / "dev"
+    # Every command runs in the stack's own workspace, never in the checkout (`pulumi version` reads no files).
+    assert {c["cwd"] for c in calls if pulumi_standin.words(c)[0] != "version"} == {str(work_dir)}
+    up = [c for c in calls if pulumi_standin.words(c)[0] == "up"]
+    assert len(up) == 1
+    deployed = up[0]["stack_file"]
+    assert {k: v for k, v in deployed["config"].items() if k != "pcluster-ad:adminPassword"} == config
+    assert set(deployed["config"]["pcluster-ad:adminPassword"]) == {"secure"}
+    assert deployed["encryptionsalt"] == "v1:standin-salt"  # the CLI's secrets-provider state is kept
+    secret_calls = [c for c in calls if c.get("stdin") is not None]
+    assert [(pulumi_standin.words(c)[-1], c["stdin"]) for c in secret_calls] == [
+        ("pcluster-ad:adminPassword", PASSWORD)]
+    assert not any(PASSWORD in arg for c in calls for arg in c["argv"])  # stdin only, never argv
+    assert PASSWORD not in (work_dir / "Pulumi.dev.yaml").read_text()
+    project = yaml.safe_load((work_dir / "Pulumi.yaml").read_text())
+    assert project["name"] == "pcluster-ad" and "backend" not in project
+    assert tracked_state() == before and (ROOT / "Pulumi.dev.yaml").read_bytes() == sample
+
+
+def test_a_second_run_replaces_the_config_instead_of_merging(standin):
+    first = dev_config()
+    first["pcluster-ad:tags"] = {"team": "hpc"}
+    automation.up("dev", first, secrets={"pcluster-ad:joinPassword": PASSWORD}, on_output=lambda _line: None)
+    second = dev_config()
+    second.pop("pcluster-ad:tags", None)
+    automation.up("dev", second, on_output=lambda _line: None)
+    up = [c for c in pulumi_standin.calls(standin) if pulumi_standin.words(c)[0] == "up"]
+    assert up[-1]["stack_file"]["config"] == second  # no tags, no joinPassword left over from the first run
+    assert "pcluster-ad:tags" in up[0]["stack_file"]["config"]
+
+
+def test_outputs_and_destroy_use_the_same_workspace(standin):
+    automation.up("dev", dev_config(), on_output=lambda _line: None)
+    assert automation.outputs("dev") == {"sshCommand": "ssh <ad-user>@203.0.113.10",
+                                         "directoryAdminPassword": "[secret]"}
+    assert automation.outputs("dev", show_secrets=True)["directoryAdminPassword"] == "generated-secret"
+    automation.destroy("dev", on_output=lambda _line: None)
+    calls = pulumi_standin.calls(standin)
+    assert any(pulumi_standin.words(c)[0] == "destroy" for c in calls)
+    assert {c["cwd"] for c in calls if pulumi_standin.words(c)[0] != "version"} == {str(standin / "ws" / "dev")}
+
+
+def test_a_work_dir_inside_the_checkout_is_refused(standin):
+    with pytest.raises(ValueError, match="inside the checkout"):
+        automation.up("dev", dev_config(), work_dir=ROOT, on_output=lambda _line: None)
+    assert pulumi_standin.calls(standin) == []
 
 
 def test_inline_program_builds_the_whole_stack_under_mocks():

@@ -1,0 +1,146 @@
+"""The README's embedding example, run as a user would: installed with `pip install -e` into a fresh venv, from a
+directory outside the checkout, no PYTHONPATH, against a recording stand-in `pulumi` (tests/pulumi_standin.py).
+
+It runs on a private copy of the checkout (a git repository of its own, files as they are now), so that "no tracked
+file changed" (`git status --porcelain`) is about this test alone, not about other work in the tree.
+The fresh venv borrows the project venv's site-packages (a .pth file) for pulumi & co. and for pip/setuptools, so
+the install runs offline (--no-build-isolation --no-index --no-deps) in seconds."""
+
+from __future__ import annotations
+
+import os
+import re
+import runpy
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from tests import pulumi_standin
+from tests.conftest import ROOT
+
+PASSWORD = "Embedd3d-Admin-Pw"
+
+
+def readme_example() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Embedding: Automation API"):]
+    section = section[:section.index("\n## ", 1)]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 1, "the Embedding section has exactly one python example"
+    return blocks[0]
+
+
+def git(repo: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid"}
+    return subprocess.run(["git", *args], cwd=repo, env=env, capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory) -> Path:
+    """The checkout's files (tracked and new, not ignored) committed in a fresh repository."""
+    copy = tmp_path_factory.mktemp("checkout") / "pcluster-ad"
+    for name in git(ROOT, "ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0"):
+        if name and (ROOT / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, copy / name)
+    git(copy, "init", "-q")
+    git(copy, "add", "-A")
+    git(copy, "commit", "-q", "-m", "snapshot")
+    return copy
+
+
+@pytest.fixture(scope="module")
+def installed_venv(tmp_path_factory, checkout) -> Path:
+    """A fresh venv with the checkout installed editable, as the README says."""
+    venv = tmp_path_factory.mktemp("embed-venv") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    Path(purelib, "project-venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-build-isolation", "--no-index",
+                           "--no-deps", "-e", str(checkout)], cwd=venv.parent, env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return venv
+
+
+def run_example(tmp_path: Path, venv: Path, action: str, stdin: str = "") -> subprocess.CompletedProcess:
+    work = tmp_path / "elsewhere"
+    work.mkdir(exist_ok=True)
+    (work / "embed.py").write_text(readme_example())
+    pulumi_standin.install(tmp_path / "bin")
+    env = {"HOME": str(tmp_path / "home"), "LANG": "C.UTF-8",
+           **pulumi_standin.env(tmp_path, tmp_path / "bin")}
+    # No controlling terminal (new session): getpass reads the password from stdin, as in CI.
+    return subprocess.run([str(venv / "bin" / "python"), "embed.py", action], cwd=work, env=env, input=stdin,
+                          capture_output=True, text=True, timeout=600, check=False, start_new_session=True)
+
+
+def test_readme_example_deploys_exactly_its_validated_config_from_outside_the_checkout(tmp_path, checkout,
+                                                                                       installed_venv):
+    assert git(checkout, "status", "--porcelain") == ""  # the install itself left nothing behind
+    stack_files = {p.name: p.read_bytes() for p in checkout.glob("Pulumi*.yaml")}
+
+    result = run_example(tmp_path, installed_venv, "up", stdin=PASSWORD + "\n")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "log in with: ssh <ad-user>@203.0.113.10" in result.stdout
+    assert PASSWORD not in result.stdout + result.stderr
+
+    calls = pulumi_standin.calls(tmp_path)
+    work_dir = tmp_path / "home" / ".pcluster-ad" / "workspaces" / "team-hpc"
+    assert all(not Path(c["cwd"]).is_relative_to(checkout) for c in calls)
+    assert {c["cwd"] for c in calls if pulumi_standin.words(c)[0] != "version"} == {str(work_dir)}
+    # What the engine got is exactly the example's config (validated in the example) plus the secret, on stdin.
+    example = runpy.run_path(str(tmp_path / "elsewhere" / "embed.py"), run_name="example")
+    up = [c for c in calls if pulumi_standin.words(c)[0] == "up"]
+    assert len(up) == 1
+    deployed = dict(up[0]["stack_file"]["config"])
+    assert set(deployed.pop("pcluster-ad:adminPassword")) == {"secure"}
+    assert deployed == example["config"]
+    assert [c["stdin"] for c in calls if "stdin" in c] == [PASSWORD]
+    assert not any(PASSWORD in arg for c in calls for arg in c["argv"])
+
+    result = run_example(tmp_path, installed_venv, "destroy")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [pulumi_standin.words(c)[0] for c in pulumi_standin.calls(tmp_path)[len(calls):]
+            if pulumi_standin.words(c)[0] in ("up", "destroy")] == ["destroy"]
+
+    assert git(checkout, "status", "--porcelain") == ""
+    assert {p.name: p.read_bytes() for p in checkout.glob("Pulumi*.yaml")} == stack_files
+
+
+def test_the_installed_package_is_the_checkouts_modules(checkout, installed_venv, tmp_path):
+    code = ("import automation, stack_config; from pcluster_ad import automation as a, stack_config as s; "
+            "import pcluster_ad.automation; print(a is automation and s is stack_config "
+            "and pcluster_ad.automation is a, a.ROOT)")
+    proc = subprocess.run([str(installed_venv / "bin" / "python"), "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, check=False, env={k: v for k, v in os.environ.items()
+                                                                    if k != "PYTHONPATH"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", str(checkout)]
+
+
+def test_an_invalid_config_in_the_example_stops_before_pulumi(tmp_path, installed_venv):
+    result = run_example(tmp_path, installed_venv, "up", stdin="short\n")
+    assert result.returncode == 1
+    assert "pcluster-ad:adminPassword" in result.stderr
+    assert pulumi_standin.calls(tmp_path) == []
+
+
+def test_pyproject_lists_every_top_level_module_and_package():
+    """A module added at the top level must be listed, or `import pcluster_ad` breaks outside the checkout."""
+    import tomllib
+
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    modules = {p.stem for p in ROOT.glob("*.py") if p.name != "__main__.py"}
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests", "bench"}
+    assert set(setup["py-modules"]) == modules
+    # lambda_src is a namespace package (the Lambda zip's root): listed, found by the import test above.
+    assert set(setup["packages"]) - {"lambda_src"} == packages
