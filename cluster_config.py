@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from stack_config import QueueSettings
+from stack_config import LoginNodesSettings, QueueSettings
 
 JOIN_SCRIPT = "join-domain.sh"
 SSH_SCRIPT = "enable-ssh-password-auth.sh"
 JOIN_TIMEOUT_SECONDS = 600
+LOGIN_POOL_NAME = "login"
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class ClusterConfigInputs:
     head_node_ssh_password_auth: bool = True
     custom_ami: str | None = None  # Image.CustomAmi (required for OSes without an official AMI)
     queue_update_strategy: str = "DRAIN"  # Scheduling.SlurmSettings.QueueUpdateStrategy
+    login_nodes: LoginNodesSettings | None = None
     tags: dict[str, str] = field(default_factory=dict)
 
 
@@ -108,11 +110,13 @@ def render(inputs: ClusterConfigInputs) -> dict:
                 {
                     "Name": q.name,
                     "ComputeResources": [{
-                        "Name": compute_resource_name(q.instance_type),
-                        "InstanceType": q.instance_type,
-                        "MinCount": q.min_count,
-                        "MaxCount": q.max_count,
-                    }],
+                        "Name": cr.name,
+                        # The Instances form: ParallelCluster refuses ComputeResource/InstanceType in a queue
+                        # spanning two subnets (SingleInstanceTypeSubnetValidator), and ours span both AZs.
+                        "Instances": [{"InstanceType": cr.instance_type}],
+                        "MinCount": cr.min_count,
+                        "MaxCount": cr.max_count,
+                    } for cr in q.compute_resources],
                     "Networking": queue_networking,
                     "Iam": {"AdditionalIamPolicies": policies},
                     "CustomActions": custom_actions(q.ssh_password_auth),
@@ -122,6 +126,22 @@ def render(inputs: ClusterConfigInputs) -> dict:
         },
         "SharedStorage": [home],
     }
+    if inputs.login_nodes is not None:
+        login_networking: dict = {"SubnetIds": [inputs.public_subnet_id]}  # one subnet per pool
+        if inputs.node_security_group_ids:
+            login_networking["AdditionalSecurityGroups"] = list(inputs.node_security_group_ids)
+        config["LoginNodes"] = {"Pools": [{
+            "Name": LOGIN_POOL_NAME,
+            "InstanceType": inputs.login_nodes.instance_type,
+            "Count": inputs.login_nodes.count,
+            # In the public subnet: ParallelCluster puts an internet-facing load balancer in front of the pool.
+            "Networking": login_networking,
+            # No KeyName (ParallelCluster >= 3.15 uses the head node's); the same SSH range as the head node.
+            "Ssh": {"AllowedIps": inputs.allowed_ssh_cidr},
+            "Iam": {"AdditionalIamPolicies": policies},
+            # Users log in here: joined like every node, with password SSH as on the head node.
+            "CustomActions": custom_actions(inputs.head_node_ssh_password_auth),
+        }]}
     if inputs.tags:
         config["Tags"] = [{"Key": k, "Value": v} for k, v in sorted(inputs.tags.items())]
     return config

@@ -19,8 +19,8 @@ fi
 
 ensure_venv requirements-dev.txt
 
-log "ensuring the ParallelCluster CLI venv (.venv-pcluster/)"
-bash tools/pcluster_venv.sh >/dev/null
+log "ensuring the ParallelCluster CLI venv (.venv-pcluster/, with moto for the full validation)"
+bash tools/pcluster_venv.sh --with-moto >/dev/null
 
 log "ruff"
 venv/bin/ruff check .

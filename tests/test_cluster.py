@@ -191,8 +191,8 @@ def test_rendered_config_joins_every_node_and_keeps_ssh_off_compute(run_stack):
     assert queue["CustomActions"] == {"OnNodeStart": join}
     assert queue["Networking"]["SubnetIds"] == ["<after-deploy:network-private-a.id>",
                                                 "<after-deploy:network-private-b.id>"]
-    assert queue["ComputeResources"] == [{"Name": "c5-large", "InstanceType": "c5.large", "MinCount": 2,
-                                          "MaxCount": 10}]
+    assert queue["ComputeResources"] == [{"Name": "c5-large", "Instances": [{"InstanceType": "c5.large"}],
+                                          "MinCount": 2, "MaxCount": 10}]
     assert config["Scheduling"]["SlurmSettings"]["Dns"] == {"UseEc2Hostnames": True}
 
 

@@ -76,3 +76,37 @@ def validate_many(configs: list[tuple[str, str, str]], *, timeout: float = 300) 
     if not isinstance(results, list) or len(results) != len(items):
         raise SchemaToolError(f"validate_cluster_config.py answered {len(results)} results for {len(items)} configs")
     return [list(errors) for errors in results]
+
+
+FULL_VALIDATOR = ROOT / "tools" / "validate_cluster_full.py"
+
+
+def full_validation_python() -> Path:
+    """The ParallelCluster venv's interpreter with moto in it (tools/pcluster_venv.sh --with-moto)."""
+    python = pcluster_python()
+    if list(venv_dir().glob("lib/python3*/site-packages/moto-5.2.5.dist-info")):  # tools/pcluster_venv.sh pin
+        return python
+    proc = subprocess.run(["bash", str(VENV_SCRIPT), "--with-moto", PCLUSTER_VERSION], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SchemaToolError(f"tools/pcluster_venv.sh --with-moto failed (exit {proc.returncode}): "
+                              f"{proc.stderr.strip()[-2000:]}")
+    return python
+
+
+def validate_full(plan_dir: Path, cluster_name: str, *, timeout: float = 300) -> dict:
+    """ParallelCluster's full create validation of a `tools.plan` output directory, in a moto world built
+    from the plan (tools/validate_cluster_full.py): {"ok", "failures": [{level, type, message}], "seconds",
+    "ids", "blocked_network"}."""
+    proc = subprocess.run(
+        [str(full_validation_python()), str(FULL_VALIDATOR), str(plan_dir), "--cluster-name", cluster_name,
+         "--json"],
+        capture_output=True, text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL,
+        env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")},  # never a real account
+    )
+    if proc.returncode not in (0, 1):
+        raise SchemaToolError(f"validate_cluster_full.py exit {proc.returncode}: {proc.stderr.strip()[-3000:]}")
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise SchemaToolError(f"validate_cluster_full.py printed no JSON: {proc.stdout!r} {proc.stderr!r}") from None

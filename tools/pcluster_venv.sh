@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Create (idempotently) the ParallelCluster CLI's own virtual environment and print the pcluster path.
 #
-#   tools/pcluster_venv.sh [VERSION]
+#   tools/pcluster_venv.sh [--with-moto] [VERSION]
 #
+# --with-moto also installs moto (pinned, in-process AWS emulator) for tools/validate_cluster_full.py, the
+# tests' full ParallelCluster validation; deployments do not need it.
 # VERSION defaults to the pinned aws-parallelcluster 3.16.1. The venv lives at <repo>/.venv-pcluster,
 # or at $PCLUSTER_AD_PCLUSTER_VENV. It is kept apart from the project's venv on purpose: pcluster pins
 # packaging~=25.0 while pulumi needs packaging>=26, and pip resolves that silently to an old pcluster.
@@ -12,15 +14,21 @@
 set -euo pipefail
 
 readonly DEFAULT_VERSION="3.16.1"
+readonly MOTO_VERSION="5.2.5" # same pin as requirements-dev.txt
 
 usage() {
-    echo "usage: $0 [VERSION]   (default aws-parallelcluster==${DEFAULT_VERSION})" >&2
+    echo "usage: $0 [--with-moto] [VERSION]   (default aws-parallelcluster==${DEFAULT_VERSION})" >&2
 }
 
 log() {
     echo "pcluster_venv: $*" >&2
 }
 
+with_moto=false
+if [[ "${1:-}" == "--with-moto" ]]; then
+    with_moto=true
+    shift
+fi
 if [[ $# -gt 1 ]]; then
     usage
     exit 2
@@ -62,8 +70,23 @@ print(version("aws-parallelcluster"))
 PY
 }
 
+moto_ready() {
+    [[ "$with_moto" == false ]] && return 0
+    [[ "$("$venv_python" -c 'from importlib.metadata import version; print(version("moto"))' 2>/dev/null)" \
+        == "$MOTO_VERSION" ]]
+}
+
+ensure_moto() {
+    moto_ready && return 0
+    log "installing moto==${MOTO_VERSION} (for the full validation)"
+    if ! "$venv_python" -m pip install -qq "moto==${MOTO_VERSION}" >&2 || ! moto_ready; then
+        log "pip install moto==${MOTO_VERSION} failed"
+        exit 5
+    fi
+}
+
 current="$(installed_version || true)"
-if [[ "$current" == "$version" ]]; then
+if [[ "$current" == "$version" ]] && moto_ready; then
     log "aws-parallelcluster ${version} already installed in ${venv_dir}"
     echo "$pcluster_bin"
     exit 0
@@ -85,6 +108,7 @@ fi
 # Another process may have finished the install while we waited for the lock.
 current="$(installed_version || true)"
 if [[ "$current" == "$version" ]]; then
+    ensure_moto
     log "aws-parallelcluster ${version} already installed in ${venv_dir}"
     echo "$pcluster_bin"
     exit 0
@@ -112,5 +136,6 @@ if [[ "$current" != "$version" ]]; then
     log "after install the venv reports aws-parallelcluster '${current}', expected ${version}"
     exit 5
 fi
+ensure_moto
 log "installed aws-parallelcluster ${version} in $((SECONDS - start)) s"
 echo "$pcluster_bin"

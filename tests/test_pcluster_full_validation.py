@@ -1,0 +1,126 @@
+"""ParallelCluster 3.16.1's FULL create validation (schema and every semantic validator, as
+`pcluster create-cluster --dryrun true` runs it) on the rendered config of every shipped sample stack,
+against a moto world built from that stack's offline plan (tools/validate_cluster_full.py, in the
+ParallelCluster venv). The broken variants prove the check has teeth: the /home EFS mount-target group
+without NFS egress (the code before issue 9) and rocky9 without a custom AMI both fail with
+ParallelCluster's own message."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stack_config import PRIVATE_OSES, SUPPORTED_OS
+from tests.conftest import ROOT
+from tools import plan
+from tools.pcluster_schema import SchemaToolError, pcluster_python, validate_full
+
+SAMPLES = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in ROOT.glob("Pulumi.*.yaml"))
+
+
+def make_plan(tmp_path: Path, stack: str, edit=None) -> tuple[Path, str]:
+    """tools.plan's output for a sample stack (optionally edited); returns (plan dir, cluster name)."""
+    doc = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())
+    if edit:
+        edit(doc["config"])
+    config_file = tmp_path / f"Pulumi.{stack}.yaml"
+    config_file.write_text(yaml.safe_dump(doc))
+    out = tmp_path / f"plan-{stack}"
+    assert plan.main(["--config-file", str(config_file), "--out", str(out)]) == 0
+    return out, doc["config"]["pcluster-ad:cluster"]["name"]
+
+
+def errors_of(result: dict) -> list[dict]:
+    return [f for f in result["failures"] if f["level"] == "ERROR"]
+
+
+def test_every_shipped_sample_is_covered():
+    assert SAMPLES == ["dev", "prod"]
+
+
+@pytest.mark.parametrize("stack", SAMPLES)
+def test_sample_passes_parallelclusters_full_validation(tmp_path, stack):
+    plan_dir, name = make_plan(tmp_path, stack)
+    result = validate_full(plan_dir, name)
+    print(f"\n{stack}: ParallelCluster full validation in {result['seconds']} s (world + validators); "
+          f"notices: {[(f['level'], f['type']) for f in result['failures']]}")
+    assert errors_of(result) == [], result["failures"]
+    assert result["blocked_network"] == []  # nothing outside this machine was contacted
+    assert result["ok"] is True
+    # The world held the real things the config names: moto ids, not placeholders.
+    ids = result["ids"]
+    assert ids["<after-deploy:home-efs.id>"].startswith("fs-")
+    assert ids["<after-deploy:home-clients.id>"].startswith("sg-")
+    assert ids["<after-deploy:network-public-a.id>"].startswith("subnet-")
+
+
+def test_efs_group_without_nfs_egress_fails_as_on_aws(tmp_path):
+    """The mount-target group as it was before issue 9 (ingress only; the provider drops AWS's default
+    egress): ParallelCluster's EfsIdValidator refuses create (and every update)."""
+    plan_dir, name = make_plan(tmp_path, "dev")
+    resources = json.loads((plan_dir / "resources.json").read_text())
+    (group,) = [r for r in resources if r["name"] == "home-mount-targets"]
+    assert group["inputs"].pop("egress")
+    (plan_dir / "resources.json").write_text(json.dumps(resources))
+    result = validate_full(plan_dir, name)
+    assert result["ok"] is False
+    failures = [f["message"] for f in errors_of(result) if f["type"] == "EfsIdValidator"]
+    assert len(failures) == 2, failures  # one per AZ the cluster uses, each with its mount target
+    for az, message in zip(("eu-west-1a", "eu-west-1b"), sorted(failures), strict=True):
+        assert f"in the Availability Zone {az} for EFS {result['ids']['<after-deploy:home-efs.id>']}" in message
+        assert "does not have a security group that allows inbound and outbound rules to support NFS" in message
+
+
+def test_efs_group_without_nfs_ingress_fails_too(tmp_path):
+    plan_dir, name = make_plan(tmp_path, "dev")
+    resources = json.loads((plan_dir / "resources.json").read_text())
+    (group,) = [r for r in resources if r["name"] == "home-mount-targets"]
+    group["inputs"]["ingress"][0]["fromPort"] = group["inputs"]["ingress"][0]["toPort"] = 22
+    (plan_dir / "resources.json").write_text(json.dumps(resources))
+    result = validate_full(plan_dir, name)
+    assert any(f["type"] == "EfsIdValidator" for f in errors_of(result)), result["failures"]
+
+
+def test_rocky9_without_custom_ami_fails_as_on_aws(tmp_path):
+    """stack_config refuses it offline; should a config get past that, ParallelCluster refuses it too."""
+    plan_dir, name = make_plan(tmp_path, "prod")
+    config = plan_dir / "cluster-config.yaml"
+    text = config.read_text()
+    assert "  Os: rhel9\n" in text
+    config.write_text(text.replace("  Os: rhel9\n", "  Os: rocky9\n"))
+    result = validate_full(plan_dir, name)
+    assert result["ok"] is False
+    (failure,) = [f for f in errors_of(result) if f["type"] == "OsCustomAmiValidator"]
+    assert "ParallelCluster has no official AMI for rocky9" in failure["message"]
+
+
+def test_rocky9_with_custom_ami_passes(tmp_path):
+    plan_dir, name = make_plan(tmp_path, "prod", lambda c: c["pcluster-ad:cluster"].update(
+        os="rocky9", customAmi="ami-0123456789abcdef0"))
+    assert "CustomAmi: ami-0123456789abcdef0" in (plan_dir / "cluster-config.yaml").read_text()
+    result = validate_full(plan_dir, name)
+    assert errors_of(result) == [], result["failures"]
+
+
+def test_a_placeholder_naming_no_resource_is_a_tool_error(tmp_path):
+    plan_dir, name = make_plan(tmp_path, "dev")
+    config = plan_dir / "cluster-config.yaml"
+    config.write_text(config.read_text().replace("<after-deploy:home-efs.id>", "<after-deploy:no-such.id>"))
+    with pytest.raises(SchemaToolError, match="no-such.id> names no resource of the plan"):
+        validate_full(plan_dir, name)
+
+
+def test_os_lists_match_the_parallelcluster_package():
+    """stack_config keeps copies (it must not import pcluster): they must equal the package's constants."""
+    out = subprocess.run(
+        [str(pcluster_python()), "-c", "import json; from pcluster.constants import PRIVATE_OSES, SUPPORTED_OSES;"
+         " print(json.dumps({'private': PRIVATE_OSES, 'supported': SUPPORTED_OSES}))"],
+        capture_output=True, text=True, check=True, timeout=120,
+    ).stdout
+    package = json.loads(out)
+    assert sorted(PRIVATE_OSES) == sorted(package["private"])
+    assert sorted(SUPPORTED_OS) == sorted(package["supported"])

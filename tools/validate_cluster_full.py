@@ -1,0 +1,447 @@
+#!/usr/bin/env python3
+"""ParallelCluster's FULL create-time validation of a stack's rendered cluster config, against a moto world.
+
+Run it with the ParallelCluster venv's interpreter (tools/pcluster_venv.sh --with-moto), never the project venv:
+
+    venv/bin/python -m tools.plan dev --out plan-out/dev
+    .venv-pcluster/bin/python tools/validate_cluster_full.py plan-out/dev --cluster-name hpc-dev [--json]
+
+It builds, in an in-process moto (no network, dummy credentials), the AWS world the plan declares
+(resources.json): VPC, subnets in their AZs, internet/NAT gateways and routes, security groups WITH their
+rules (and without AWS's default allow-all egress, which the AWS provider revokes on groups it creates),
+EFS file systems and their mount targets in their subnets and groups, the bootstrap bucket and its scripts,
+IAM policies; plus what the stack expects to exist already: the key pair (HeadNode.Ssh.KeyName, RSA), an
+official-looking ParallelCluster AMI per OS that has one (not for pcluster.constants.PRIVATE_OSES, as on
+AWS), and the Image.CustomAmi when one is set. The config's `<after-deploy:RESOURCE.PROPERTY>` placeholders
+are replaced by the moto ids. Then it runs exactly what `pcluster create-cluster --dryrun true` runs:
+`pcluster.models.cluster.Cluster(name, config).validate_create_request(...)`, i.e. the schema load and every
+semantic validator (`ClusterConfig.validate()`), with the validators listed in SUPPRESSED suppressed.
+
+Exit codes: 0 no ERROR-level failure (prints "OK" and any warnings), 1 ERROR failures (one line each),
+2 usage or internal error (e.g. a placeholder that names no resource of the plan).
+With --json, stdout is one JSON object per plan dir:
+{"ok": bool, "failures": [{"level", "type", "message"}], "seconds": float, "ids": {placeholder: value}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+ACCOUNT = "123456789012"  # moto's default account
+PLACEHOLDER_RE = re.compile(r"<after-deploy:([^<>]+)>")  # RESOURCE.PROPERTY, or account-id
+
+# Validators moto cannot answer, suppressed by name (as `--suppress-validators type:NAME` would):
+SUPPRESSED = (
+    # Both launch the head node's / first compute resource's launch template with run_instances(DryRun=True)
+    # and expect AWS's DryRunOperation error; moto does not model DryRun for run_instances with a launch
+    # template's full network interface and block device set, so the answer would be moto's, not AWS's.
+    "HeadNodeLaunchTemplateValidator",
+    "ComputeResourceLaunchTemplateValidator",
+)
+
+# ParallelCluster's official AMI name parts (pcluster.constants.OS_TO_IMAGE_NAME_PART_MAP), read at run time.
+
+
+class WorldError(RuntimeError):
+    """The plan names something this tool cannot build: a usage error, not a validation failure."""
+
+
+def _env_for_moto(tmp: Path, region: str, custom_amis: list[tuple[str, str]]) -> None:
+    """Environment moto and pcluster read at import / first use (so: before importing either)."""
+    from pcluster.constants import OS_TO_IMAGE_NAME_PART_MAP, PRIVATE_OSES
+    from pcluster.utils import get_installed_version
+
+    version = get_installed_version()
+    amis = []
+    n = 0
+    for os_name, part in sorted(OS_TO_IMAGE_NAME_PART_MAP.items()):
+        if os_name in PRIVATE_OSES:  # AWS publishes none: OsCustomAmiValidator must see that
+            continue
+        for arch in ("x86_64", "arm64"):
+            n += 1
+            amis.append(_ami(f"ami-{n:017x}", f"aws-parallelcluster-{version}-{part}-{arch}-202609010000 2026-09-01",
+                             arch, public=True))
+    for ami_id, os_name in custom_amis:
+        amis.append(_ami(ami_id, f"pcluster-ad-custom-{os_name}-x86_64", "x86_64", public=False))
+    path = tmp / "amis.json"
+    path.write_text(json.dumps(amis))
+    os.environ.update({
+        "MOTO_AMIS_PATH": str(path),
+        # ParallelCluster checks its own managed policies (e.g. for the instance role) exist.
+        "MOTO_IAM_LOAD_MANAGED_POLICIES": "true",
+        "AWS_DEFAULT_REGION": region,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",  # moto's dummy credentials, no real account
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    })
+    for var in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        os.environ.pop(var, None)
+
+
+def _ami(ami_id: str, name: str, arch: str, public: bool) -> dict[str, Any]:
+    return {
+        "ami_id": ami_id, "state": "available", "public": public,
+        "owner_id": "247102896272" if public else ACCOUNT,  # an Amazon-owned id for the official ones
+        "image_location": f"amazon/{name}" if public else name, "root_device_type": "ebs",
+        "root_device_name": "/dev/xvda", "description": name, "image_type": "machine", "architecture": arch,
+        "name": name, "virtualization_type": "hvm", "hypervisor": "xen", "sriov": "simple",
+        "creation_date": "2026-09-01T00:00:00.000Z",
+    }
+
+
+class World:
+    """Creates the plan's resources in moto, in dependency order, and remembers their ids."""
+
+    def __init__(self, resources: list[dict[str, Any]], region: str):
+        import boto3
+
+        self.region = region
+        self.by_name = {r["name"]: r for r in resources}
+        self.values: dict[str, dict[str, str]] = {}  # resource name -> {property: value}
+        self.ec2 = boto3.client("ec2", region_name=region)
+        self.efs = boto3.client("efs", region_name=region)
+        self.s3 = boto3.client("s3", region_name=region)
+        self.iam = boto3.client("iam", region_name=region)
+        self._done: set[str] = set()
+
+    # ------------------------------------------------------------------ placeholders
+
+    def resolve(self, value: Any) -> Any:
+        """Inputs with every placeholder replaced (building the resources they name first)."""
+        if isinstance(value, str):
+            return PLACEHOLDER_RE.sub(lambda m: self.placeholder(m[1]), value)
+        if isinstance(value, list):
+            return [self.resolve(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self.resolve(v) for k, v in value.items()}
+        return value
+
+    def placeholder(self, token: str) -> str:
+        """The moto value of `<after-deploy:TOKEN>`."""
+        if token == "account-id":
+            return ACCOUNT
+        name, dot, prop = token.rpartition(".")
+        if not dot:
+            raise WorldError(f"placeholder <after-deploy:{token}> is not RESOURCE.PROPERTY")
+        return self.value_of(name, prop)
+
+    def value_of(self, name: str, prop: str) -> str:
+        if name not in self.by_name:
+            raise WorldError(f"placeholder <after-deploy:{name}.{prop}> names no resource of the plan")
+        self.build(name)
+        values = self.values.setdefault(name, {})
+        if prop not in values:
+            values[prop] = self._stand_in(name, prop)
+        return values[prop]
+
+    def _stand_in(self, name: str, prop: str) -> str:
+        """Values of resources this world does not need to build (the validators never look them up)."""
+        typ = self.by_name[name]["type"]
+        short = re.sub(r"[^a-z0-9]", "", name.lower())[:20] or "x"
+        if prop == "functionUrl":
+            return f"https://{short}{'0' * (32 - len(short))}.lambda-url.{self.region}.on.aws/"
+        if prop == "arn":
+            service = typ.split(":")[1].split("/")[0]
+            return f"arn:aws:{service}:{self.region}:{ACCOUNT}:{short}"
+        if prop in ("id", "name"):
+            return f"{short}-0123456789abcdef0"
+        raise WorldError(f"no stand-in for <after-deploy:{name}.{prop}> ({typ})")
+
+    # ------------------------------------------------------------------ building
+
+    def build_all(self) -> None:
+        for name in self.by_name:
+            self.build(name)
+
+    def build(self, name: str) -> None:
+        if name in self._done:
+            return
+        self._done.add(name)
+        r = self.by_name[name]
+        builder = getattr(self, "_" + re.sub(r"\W", "_", r["type"]), None)
+        if builder is not None:
+            builder(name, self.resolve(r["inputs"]))
+
+    def _set(self, resource: str, **values: str) -> None:
+        self.values.setdefault(resource, {}).update(values)
+
+    def _aws_ec2_vpc_Vpc(self, name: str, i: dict[str, Any]) -> None:
+        vpc_id = self.ec2.create_vpc(CidrBlock=i["cidrBlock"])["Vpc"]["VpcId"]
+        for attr in ("enableDnsSupport", "enableDnsHostnames"):
+            if i.get(attr) is not None:
+                self.ec2.modify_vpc_attribute(VpcId=vpc_id, **{attr[0].upper() + attr[1:]: {"Value": i[attr]}})
+        self._set(name, id=vpc_id)
+
+    def _aws_ec2_subnet_Subnet(self, name: str, i: dict[str, Any]) -> None:
+        subnet_id = self.ec2.create_subnet(VpcId=i["vpcId"], CidrBlock=i["cidrBlock"],
+                                           AvailabilityZone=i["availabilityZone"])["Subnet"]["SubnetId"]
+        if i.get("mapPublicIpOnLaunch"):
+            self.ec2.modify_subnet_attribute(SubnetId=subnet_id, MapPublicIpOnLaunch={"Value": True})
+        self._set(name, id=subnet_id)
+
+    def _aws_ec2_internetGateway_InternetGateway(self, name: str, i: dict[str, Any]) -> None:
+        igw_id = self.ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+        if i.get("vpcId"):
+            self.ec2.attach_internet_gateway(InternetGatewayId=igw_id, VpcId=i["vpcId"])
+        self._set(name, id=igw_id)
+
+    def _aws_ec2_eip_Eip(self, name: str, i: dict[str, Any]) -> None:
+        alloc = self.ec2.allocate_address(Domain="vpc")
+        self._set(name, id=alloc["AllocationId"], allocationId=alloc["AllocationId"], publicIp=alloc["PublicIp"])
+
+    def _aws_ec2_natGateway_NatGateway(self, name: str, i: dict[str, Any]) -> None:
+        nat = self.ec2.create_nat_gateway(SubnetId=i["subnetId"], AllocationId=i["allocationId"])["NatGateway"]
+        self._set(name, id=nat["NatGatewayId"])
+
+    def _aws_ec2_routeTable_RouteTable(self, name: str, i: dict[str, Any]) -> None:
+        rt_id = self.ec2.create_route_table(VpcId=i["vpcId"])["RouteTable"]["RouteTableId"]
+        for route in i.get("routes") or []:
+            target = {k: route[src] for src, k in (("gatewayId", "GatewayId"), ("natGatewayId", "NatGatewayId"))
+                      if route.get(src)}
+            self.ec2.create_route(RouteTableId=rt_id, DestinationCidrBlock=route["cidrBlock"], **target)
+        self._set(name, id=rt_id)
+
+    def _aws_ec2_routeTableAssociation_RouteTableAssociation(self, name: str, i: dict[str, Any]) -> None:
+        assoc = self.ec2.associate_route_table(RouteTableId=i["routeTableId"], SubnetId=i["subnetId"])
+        self._set(name, id=assoc["AssociationId"])
+
+    def _aws_ec2_securityGroup_SecurityGroup(self, name: str, i: dict[str, Any]) -> None:
+        sg_id = self.ec2.create_security_group(GroupName=i.get("name") or name, Description=i["description"],
+                                               VpcId=i["vpcId"])["GroupId"]
+        # What the AWS provider does to every group it creates: revoke AWS's default allow-all egress,
+        # so only the rules written in the program remain.
+        self.ec2.revoke_security_group_egress(GroupId=sg_id, IpPermissions=[
+            {"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+        self._set(name, id=sg_id)
+        for key, call in (("ingress", self.ec2.authorize_security_group_ingress),
+                          ("egress", self.ec2.authorize_security_group_egress)):
+            for rule in i.get(key) or []:
+                call(GroupId=sg_id, IpPermissions=[_permission(rule["protocol"], rule.get("fromPort"),
+                                                               rule.get("toPort"), rule.get("cidrBlocks"),
+                                                               rule.get("securityGroups"), sg_id if rule.get("self")
+                                                               else None)])
+
+    def _aws_vpc_securityGroupIngressRule_SecurityGroupIngressRule(self, name: str, i: dict[str, Any]) -> None:
+        self._vpc_rule(name, i, self.ec2.authorize_security_group_ingress)
+
+    def _aws_vpc_securityGroupEgressRule_SecurityGroupEgressRule(self, name: str, i: dict[str, Any]) -> None:
+        self._vpc_rule(name, i, self.ec2.authorize_security_group_egress)
+
+    def _vpc_rule(self, name: str, i: dict[str, Any], call: Any) -> None:
+        cidrs = [i["cidrIpv4"]] if i.get("cidrIpv4") else None
+        groups = [i["referencedSecurityGroupId"]] if i.get("referencedSecurityGroupId") else None
+        call(GroupId=i["securityGroupId"],
+             IpPermissions=[_permission(i["ipProtocol"], i.get("fromPort"), i.get("toPort"), cidrs, groups)])
+        self._set(name, id=f"sgr-{len(self.values):017x}")
+
+    def _aws_ec2_securityGroupRule_SecurityGroupRule(self, name: str, i: dict[str, Any]) -> None:
+        call = (self.ec2.authorize_security_group_ingress if i["type"] == "ingress"
+                else self.ec2.authorize_security_group_egress)
+        groups = [i["sourceSecurityGroupId"]] if i.get("sourceSecurityGroupId") else None
+        call(GroupId=i["securityGroupId"], IpPermissions=[_permission(
+            i["protocol"], i.get("fromPort"), i.get("toPort"), i.get("cidrBlocks"), groups,
+            i["securityGroupId"] if i.get("self") else None)])
+        self._set(name, id=f"sgr-{len(self.values):017x}")
+
+    def _aws_efs_fileSystem_FileSystem(self, name: str, i: dict[str, Any]) -> None:
+        args: dict[str, Any] = {"CreationToken": name, "Encrypted": bool(i.get("encrypted"))}
+        if i.get("performanceMode"):
+            args["PerformanceMode"] = i["performanceMode"]
+        if i.get("availabilityZoneName"):  # One Zone storage
+            args["AvailabilityZoneName"] = i["availabilityZoneName"]
+        fs = self.efs.create_file_system(**args)
+        self._set(name, id=fs["FileSystemId"], arn=fs["FileSystemArn"])
+
+    def _aws_efs_mountTarget_MountTarget(self, name: str, i: dict[str, Any]) -> None:
+        mt = self.efs.create_mount_target(FileSystemId=i["fileSystemId"], SubnetId=i["subnetId"],
+                                          SecurityGroups=list(i.get("securityGroups") or []))
+        self._set(name, id=mt["MountTargetId"])
+
+    def _aws_s3_bucket_Bucket(self, name: str, i: dict[str, Any]) -> None:
+        bucket = i.get("bucket") or f"{i.get('bucketPrefix') or 'bucket-'}{len(self.values):012d}"
+        args: dict[str, Any] = {"Bucket": bucket}
+        if self.region != "us-east-1":
+            args["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+        self.s3.create_bucket(**args)
+        self._set(name, id=bucket, bucket=bucket, arn=f"arn:aws:s3:::{bucket}")
+
+    def _aws_s3_bucketObjectv2_BucketObjectv2(self, name: str, i: dict[str, Any]) -> None:
+        source = i.get("source") or {}
+        body = (ROOT / source["fileAsset"]).read_bytes() if "fileAsset" in source else (i.get("content") or "")
+        self.s3.put_object(Bucket=i["bucket"], Key=i["key"], Body=body)
+        self._set(name, id=i["key"])
+
+    def _aws_iam_policy_Policy(self, name: str, i: dict[str, Any]) -> None:
+        policy_name = i.get("name") or f"{i.get('namePrefix') or name}-{len(self.values)}"
+        arn = self.iam.create_policy(PolicyName=policy_name, PolicyDocument=i["policy"])["Policy"]["Arn"]
+        self._set(name, id=arn, arn=arn, name=policy_name)
+
+
+def _permission(protocol: str, from_port: Any, to_port: Any, cidrs: Any = None, groups: Any = None,
+                self_group: str | None = None) -> dict[str, Any]:
+    protocol = str(protocol)
+    perm: dict[str, Any] = {"IpProtocol": "-1" if protocol in ("-1", "all") else protocol}
+    if perm["IpProtocol"] != "-1":
+        perm["FromPort"], perm["ToPort"] = int(from_port), int(to_port)
+    if cidrs:
+        perm["IpRanges"] = [{"CidrIp": c} for c in cidrs]
+    pairs = [{"GroupId": g} for g in (groups or [])] + ([{"GroupId": self_group}] if self_group else [])
+    if pairs:
+        perm["UserIdGroupPairs"] = pairs
+    return perm
+
+
+def validate_plan(plan_dir: Path, cluster_name: str) -> dict[str, Any]:
+    """Build the plan's world in a fresh moto and run ParallelCluster's create validation on its config."""
+    import yaml
+
+    started = time.perf_counter()
+    resources = json.loads((plan_dir / "resources.json").read_text())
+    # Without comment lines: tools.plan's header explains the placeholders with one.
+    text = "".join(line for line in (plan_dir / "cluster-config.yaml").read_text().splitlines(keepends=True)
+                   if not line.lstrip().startswith("#"))
+    skeleton = yaml.safe_load(text)
+    region = skeleton["Region"]
+    image = skeleton.get("Image") or {}
+    custom = [(image["CustomAmi"], image.get("Os", "linux"))] if image.get("CustomAmi") else []
+
+    with tempfile.TemporaryDirectory(prefix="pcluster-ad-world-") as tmp:
+        _env_for_moto(Path(tmp), region, custom)
+        from botocore.handlers import BUILTIN_HANDLERS
+        from moto import mock_aws
+
+        hook = ("before-call.cloudformation.DescribeStacks", _no_such_stack)
+        if hook not in BUILTIN_HANDLERS:  # read by every client created from here on
+            BUILTIN_HANDLERS.append(hook)
+
+        _offline_supported_regions()
+        with _NetworkGuard() as guard, mock_aws():
+            from pcluster.aws.aws_api import AWSApi
+            from pcluster.aws.common import Cache
+
+            AWSApi.reset()  # fresh clients (and caches) inside this moto world
+            Cache.clear_all()
+            world = World(resources, region)
+            world.build_all()
+            ids: dict[str, str] = {}
+
+            def substitute(m: re.Match[str]) -> str:
+                ids[m[0]] = world.placeholder(m[1])
+                return ids[m[0]]
+
+            concrete = PLACEHOLDER_RE.sub(substitute, text)
+            key_name = ((skeleton.get("HeadNode") or {}).get("Ssh") or {}).get("KeyName")
+            if key_name:  # brought by the user: RSA, except ed25519 where the OS refuses RSA (Ubuntu)
+                key_type = "ed25519" if str(image.get("Os", "")).startswith("ubuntu") else "rsa"
+                world.ec2.create_key_pair(KeyName=key_name, KeyType=key_type)
+            failures = _dry_run(cluster_name, concrete)
+    return {"ok": not any(f["level"] == "ERROR" for f in failures) and not guard.blocked, "failures": failures,
+            "seconds": round(time.perf_counter() - started, 2), "ids": ids, "blocked_network": guard.blocked}
+
+
+class _NetworkGuard:
+    """Refuses every connection that is not to loopback while the world exists, and remembers it:
+    this validation must not touch AWS or anything else outside this machine."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.blocked: list[str] = []
+        self._socket = socket
+        self._orig = socket.getaddrinfo
+
+    def __enter__(self) -> _NetworkGuard:
+        def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+            if host not in (None, "localhost", "127.0.0.1", "::1"):
+                self.blocked.append(str(host))
+                raise self._socket.gaierror(f"validate_cluster_full: no outside network ({host})")
+            return self._orig(host, *args, **kwargs)
+
+        self._socket.getaddrinfo = getaddrinfo
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._socket.getaddrinfo = self._orig
+
+
+def _offline_supported_regions() -> None:
+    """RegionValidator reads ParallelCluster's supported-regions list from its public S3 bucket over HTTPS
+    (pcluster.utils.retrieve_supported_regions) and falls back to the copy inside the package: use that copy."""
+    from importlib.resources import files
+
+    from pcluster import utils
+
+    text = (files("pcluster") / "resources" / "supported-regions").read_text(encoding="utf-8")
+    utils.retrieve_supported_regions.cache = text.split("\n")
+
+
+class _HttpStatus:
+    def __init__(self, status_code: int):
+        self.status_code = status_code
+        self.headers: dict[str, str] = {}
+
+
+def _no_such_stack(params: dict[str, Any], **_: Any) -> tuple[_HttpStatus, dict[str, Any]]:
+    """CloudFormation DescribeStacks as a fresh account answers it. moto's CloudFormation backend needs
+    moto[cloudformation] (cfn-lint, pydantic, sympy, docker, ...), which this venv does without: the only
+    CloudFormation call of a create validation is `_validate_no_existing_stack`."""
+    message = f"Stack with id {params.get('StackName')} does not exist"
+    return _HttpStatus(400), {"Error": {"Code": "ValidationError", "Message": message},
+                              "ResponseMetadata": {"HTTPStatusCode": 400}}
+
+
+def _dry_run(cluster_name: str, config_text: str) -> list[dict[str, str]]:
+    """What `pcluster create-cluster --dryrun true` runs, in process: every failure, ERROR and below."""
+    from pcluster.api.controllers.common import get_validator_suppressors
+    from pcluster.models.cluster import Cluster, ConfigValidationError
+    from pcluster.validators.common import FailureLevel
+
+    suppressors = get_validator_suppressors([f"type:{name}" for name in SUPPRESSED])
+    try:
+        failures = Cluster(cluster_name, config_text).validate_create_request(suppressors, FailureLevel.ERROR)
+    except ConfigValidationError as exc:
+        failures = exc.validation_failures or []
+        if not failures:
+            return [{"level": "ERROR", "type": "ConfigValidationError", "message": str(exc)}]
+    return [{"level": f.level.name, "type": f.validator_type, "message": f.message} for f in failures]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("plan_dir", type=Path,
+                        help="a `tools.plan --out` directory (resources.json, cluster-config.yaml)")
+    parser.add_argument("--cluster-name", required=True)
+    parser.add_argument("--json", action="store_true", help="print {ok, failures, seconds, ids} as JSON")
+    args = parser.parse_args(argv)
+    try:
+        result = validate_plan(args.plan_dir, args.cluster_name)
+    except ImportError as exc:
+        print(f"validate_cluster_full: {exc}; run this with the ParallelCluster venv's python, with moto"
+              " (bash tools/pcluster_venv.sh --with-moto)", file=sys.stderr)
+        return 2
+    except (OSError, KeyError, ValueError, WorldError) as exc:
+        print(f"validate_cluster_full: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for f in result["failures"]:
+            print(f"{f['level']}: {f['type']}: {f['message']}")
+        for host in result["blocked_network"]:
+            print(f"ERROR: the validation tried to reach {host} (refused: it must stay offline)")
+        print(f"{'OK' if result['ok'] else 'INVALID'} ({result['seconds']} s)")
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
