@@ -9,6 +9,7 @@ leaves 127.0.0.1. The real-AD proof is tests/adlab/.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -303,7 +304,7 @@ def test_join_close_names_the_hashed_computer_account_of_a_long_host_name(sandbo
     join = next(c["argv"] for c in box.calls("realm") if c["argv"][:1] == ["join"])
     name = next(a.split("=", 1)[1] for a in join if a.startswith("--computer-name="))
     body = fn.closes[0]["body"].decode()
-    assert body == '{"joined": true, "computerName": "%s"}' % name.upper()
+    assert json.loads(body) == {"joined": True, "computerName": name.upper()} and body.startswith('{"joined": true')
     assert re.fullmatch(r"[A-Z0-9-]{1,15}", name.upper())
 
 
@@ -796,3 +797,159 @@ def test_ssh_with_the_real_sshd(sandbox):
     if real.returncode == 0:  # needs /run/sshd on the host; the namespaced run above proved it already
         assert "passwordauthentication yes" in real.stdout
     assert "sshd -T reports passwordauthentication yes" in result.stdout
+
+
+# --------------------------------------------------------------------------------------------------
+# join-domain.sh --restrict-imds
+
+
+def lockdown_lines(box: Sandbox) -> list[str]:
+    return (box.root / "usr" / "local" / "sbin" / "pcluster-ad-imds-lockdown").read_text().splitlines()
+
+
+def test_join_restrict_imds_installs_the_rules_and_the_boot_unit(sandbox):
+    """Recorded iptables stand-in (runs anywhere): which rules, in which order, and the boot unit."""
+    box = sandbox()
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        result = run_join(box, imds, fn, "--restrict-imds")
+    assert result.rc == 0, result.output
+    port = imds.url.rsplit(":", 1)[1]
+    match = ["-d", "127.0.0.1", "-p", "tcp", "--dport", port]
+    adds = [c["argv"] for c in box.calls("iptables") if "-C" not in c["argv"]]
+    assert adds == [
+        ["-w", "-N", "PARALLELCLUSTER_IMDS"],
+        ["-w", "-I", "PARALLELCLUSTER_IMDS", "1", *match, "-m", "owner", "--uid-owner", "0", "-j", "ACCEPT"],
+        ["-w", "-A", "PARALLELCLUSTER_IMDS", *match, "-j", "REJECT"],
+        ["-w", "-I", "OUTPUT", "1", *match, "-j", "PARALLELCLUSTER_IMDS"],
+    ]
+    assert not box.calls("ip6tables")  # the endpoint is an IPv4 address: IPv4 rules only
+    assert f"lock iptables {' '.join(match)}" in lockdown_lines(box)
+    unit = (box.root / "etc" / "systemd" / "system" / "pcluster-ad-imds-lockdown.service").read_text()
+    assert "ExecStart=/usr/local/sbin/pcluster-ad-imds-lockdown" in unit and "WantedBy=multi-user.target" in unit
+    assert "Type=oneshot" in unit and "Before=ssh.service sshd.service slurmd.service" in unit
+    systemctl = [c["argv"] for c in box.calls("systemctl")]
+    assert ["enable", "pcluster-ad-imds-lockdown.service"] in systemctl
+    # After the join and the close: the close needs IMDS (root would still reach it, but keep the order).
+    out = result.stdout
+    assert out.index("join window closed") < out.index("imds: allowing IMDS")
+    assert "only root can reach IMDS now" in out
+
+
+def test_join_restrict_imds_default_endpoint_covers_both_families(sandbox):
+    """Without AWS_EC2_METADATA_SERVICE_ENDPOINT: EC2's addresses, IPv4 and IPv6, whole address (as
+    ParallelCluster does). Checked through the script's own helper: no request ever goes to 169.254.169.254."""
+    box = sandbox()
+    script = JOIN_SCRIPT.read_text()
+    helper = script.split("read -r -d '' PYHELPER <<'PY' || true\n", 1)[1].split("\nPY\n", 1)[0]
+    (box.base / "helper.py").write_text(helper)
+    for endpoint, want in [
+        ("http://169.254.169.254", "4 169.254.169.254\n6 fd00:ec2::254\n"),
+        ("http://[fd00:ec2::254]", "4 169.254.169.254\n6 fd00:ec2::254\n"),
+        ("http://10.98.1.1:8081", "4 10.98.1.1 8081\n"),
+    ]:
+        out = subprocess.run([sys.executable, "-I", str(box.base / "helper.py"), "imds-address", endpoint],
+                             capture_output=True, text=True)
+        assert out.returncode == 0 and out.stdout == want, (endpoint, out)
+    bad = subprocess.run([sys.executable, "-I", str(box.base / "helper.py"), "imds-address", "http://imds.local"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "cannot lock it down" in bad.stderr
+
+
+def test_join_restrict_imds_on_an_already_joined_node_still_locks(sandbox):
+    box = sandbox()
+    box.mark_joined("test.domain")
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        result = run_join(box, imds, fn, "--restrict-imds")
+    assert result.rc == 0, result.output
+    assert fn.requests == [] and imds.requests == []
+    assert [c for c in box.calls("iptables") if "REJECT" in c["argv"]]
+
+
+def test_join_restrict_imds_missing_iptables_is_installed(sandbox):
+    prefix = install_prefix("iptables")
+    box = sandbox(omit_commands=["iptables"], install_provides=["iptables"])
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        result = run_join(box, imds, fn, "--restrict-imds", prefix=prefix)
+    assert result.rc == 0, result.output
+    installs = [c["argv"] for c in box.calls("apt-get") if "install" in c["argv"]]
+    assert installs and "iptables" in installs[-1]
+    box2 = sandbox(omit_commands=["iptables"], install_rc=100)
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        failed = run_join(box2, imds, fn, "--restrict-imds", prefix=prefix)
+    assert failed.rc == 10, failed.output
+    assert "--restrict-imds: apt-get install iptables failed" in failed.stdout
+
+
+def _netns_ok() -> bool:
+    if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("iptables") or not shutil.which("setpriv"):
+        return False
+    name = f"pcad-probe-{os.getpid()}"
+    ok = subprocess.run(["ip", "netns", "add", name], capture_output=True).returncode == 0
+    if ok:
+        ok = subprocess.run(["ip", "netns", "exec", name, "iptables", "-S"], capture_output=True).returncode == 0
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    return ok
+
+
+@pytest.fixture
+def private_netns():
+    name = f"pcad-imds-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+    yield name
+    for pid in subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split():
+        subprocess.run(["kill", "-9", pid], capture_output=True)
+    subprocess.run(["ip", "netns", "del", name], check=True)
+
+
+@pytest.mark.skipif(not _netns_ok(), reason="needs root, iptables, setpriv and network namespaces")
+def test_join_restrict_imds_real_rules_block_everyone_but_root(sandbox, private_netns):
+    """The REAL iptables, in a private network namespace: after the join, a stand-in IMDS on the locked
+    address answers root and refuses an unprivileged user; re-applying (what the boot unit does) is a no-op."""
+    ns = private_netns
+    box = sandbox(iptables_netns=ns)
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        result = run_join(box, imds, fn, "--restrict-imds")
+        assert result.rc == 0, result.output
+        port = imds.url.rsplit(":", 1)[1]
+        rules = iptables_rules(ns)
+        assert f"-A OUTPUT -d 127.0.0.1/32 -p tcp -m tcp --dport {port} -j PARALLELCLUSTER_IMDS" in rules
+        assert (f"-A PARALLELCLUSTER_IMDS -d 127.0.0.1/32 -p tcp -m tcp --dport {port} -m owner --uid-owner 0"
+                " -j ACCEPT") in rules
+        assert rules.index("--uid-owner 0 -j ACCEPT") < rules.index("-j REJECT")
+
+        # Real traffic in the namespace: an HTTP server on the locked address and port.
+        server = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "http.server", "--bind",
+                                   "127.0.0.1", port], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  cwd=box.base)
+        try:
+            curl = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--connect-timeout", "5"]
+            as_root = subprocess.run(["ip", "netns", "exec", ns, *curl, "--retry", "30", "--retry-connrefused",
+                                      "--retry-delay", "1", f"http://127.0.0.1:{port}/"],
+                                     capture_output=True, text=True)
+            assert as_root.stdout == "200", as_root
+            as_nobody = subprocess.run(["ip", "netns", "exec", ns, "setpriv", "--reuid", "65534", "--regid", "65534",
+                                        "--clear-groups", *curl, f"http://127.0.0.1:{port}/"],
+                                       capture_output=True, text=True)
+            assert as_nobody.returncode == 7 and as_nobody.stdout == "000", as_nobody  # refused (REJECT)
+        finally:
+            server.kill()
+            server.wait()
+
+        # Idempotent: the script again (reboot, re-run) leaves the rules exactly as they are.
+        rerun = run_join(box, imds, fn, "--restrict-imds")
+        assert rerun.rc == 0 and len(fn.requests) == 2, rerun.output
+        assert iptables_rules(ns) == rules
+        # A reboot starts with empty tables: the boot unit's script brings the same rules back.
+        subprocess.run(["ip", "netns", "exec", ns, "iptables", "-F"], check=True)
+        subprocess.run(["ip", "netns", "exec", ns, "iptables", "-X"], check=True)
+        assert "PARALLELCLUSTER_IMDS" not in iptables_rules(ns)
+        booted = subprocess.run([str(box.root / "usr" / "local" / "sbin" / "pcluster-ad-imds-lockdown")],
+                                env=box.env(imds.url), capture_output=True, text=True)
+        assert booted.returncode == 0, booted.stderr
+        assert iptables_rules(ns) == rules
+
+
+def iptables_rules(ns: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", ns, "iptables", "-S"], capture_output=True, text=True,
+                          check=True).stdout

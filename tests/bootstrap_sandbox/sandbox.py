@@ -94,7 +94,8 @@ class Sandbox:
             if name in omit:
                 continue
             if netns and name in ("iptables", "ip6tables"):
-                real = real_executable(name)
+                # Not realpath: xtables-nft-multi picks its personality from argv[0].
+                real = shutil.which(name, path="/usr/sbin:/sbin:/usr/bin:/bin")
                 self._write(name, f'printf \'%s\\0\' {name} "$@" >"$PCLUSTER_AD_SANDBOX/rec/$$.$RANDOM.{name}.argv"\n'
                                   f'exec ip netns exec {netns} "{real}" "$@"', shell="/bin/bash")
             else:
