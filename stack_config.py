@@ -38,6 +38,9 @@ DELETION_POLICIES = ("Retain", "Delete")
 _REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d+$")
 _CLUSTER_NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]+$")  # pcluster's own rule
 _QUEUE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")  # Slurm queue names in ParallelCluster 3
+# pcluster.constants: MAX_COMPUTE_RESOURCES_PER_QUEUE = MAX_NUMBER_OF_COMPUTE_RESOURCES_PER_CLUSTER = 50.
+MAX_COMPUTE_RESOURCES = 50
+MAX_LOGIN_NODES = 100  # one pool; a sanity bound, not a ParallelCluster limit
 _DOMAIN_LABEL_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?$")
 _NETBIOS_FORBIDDEN = set('\\/:*?"<>|. ')
 _INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
@@ -114,12 +117,31 @@ class JoinSettings:
 
 
 @dataclass(frozen=True)
-class QueueSettings:
-    name: str
+class ComputeResourceSettings:
+    name: str  # ParallelCluster ComputeResource name: unique in its queue
     instance_type: str
     min_count: int
     max_count: int
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    name: str
+    compute_resources: tuple[ComputeResourceSettings, ...]
     ssh_password_auth: bool = False
+
+
+@dataclass(frozen=True)
+class LoginNodesSettings:
+    count: int
+    instance_type: str
+
+
+@dataclass(frozen=True)
+class AccessSettings:
+    """Who may log in (empty: every domain user) and who gets sudo, on every node."""
+    allowed_groups: tuple[str, ...] = ()
+    admin_groups: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -143,6 +165,7 @@ class ClusterSettings:
     allowed_ssh_cidr: str = "0.0.0.0/0"
     custom_ami: str | None = None  # Image.CustomAmi; required for PRIVATE_OSES
     queue_update_strategy: str = "DRAIN"
+    login_nodes: LoginNodesSettings | None = None  # LoginNodes.Pools (one pool); None: users log in on the head node
 
 
 @dataclass(frozen=True)
@@ -157,6 +180,7 @@ class Settings:
     # Whether the admin password comes from config (else pulumi-random generates one).
     has_admin_password: bool
     tags: Mapping[str, str] = field(default_factory=dict)
+    access: AccessSettings = field(default_factory=AccessSettings)
 
     @property
     def ec2_internal_domain(self) -> str:
@@ -338,7 +362,7 @@ def parse_settings(
     Raises ConfigError with every problem found.
     """
     problems: list[Problem] = []
-    known_top = {"network", "directory", "adminPassword", "join", "joinPassword", "cluster", "tags"}
+    known_top = {"network", "directory", "adminPassword", "join", "joinPassword", "cluster", "tags", "access"}
     for full_key in sorted(raw):
         ns, _, name = full_key.partition(":")
         if ns == PROJECT:
@@ -384,6 +408,7 @@ def parse_settings(
     if admin_password is not None:
         _check_password(problems, _key("adminPassword"), admin_password, directory)
     tags = _parse_tags(problems, raw.get(_key("tags")))
+    access = _parse_access(problems, raw.get(_key("access")))
 
     if problems:
         raise ConfigError(problems)
@@ -398,6 +423,7 @@ def parse_settings(
         cluster=cluster,
         has_admin_password=admin_password is not None,
         tags=tags,
+        access=access,
     )
 
 
@@ -568,7 +594,7 @@ def _check_password(problems: list[Problem], key: str, password: str, directory:
 def _parse_cluster(problems: list[Problem], value: Any, network: NetworkSettings) -> ClusterSettings | None:
     r = _Reader(problems, _key("cluster"), value)
     r.unknown_keys({"name", "os", "keyName", "headNode", "queues", "sshPasswordAuth", "homeStorage",
-                    "pclusterVersion", "allowedSshCidr", "customAmi", "queueUpdateStrategy"})
+                    "pclusterVersion", "allowedSshCidr", "customAmi", "queueUpdateStrategy", "loginNodes"})
     name = r.str("name", required=True)
     if name is not None and (not _CLUSTER_NAME_RE.match(name) or len(name) > 60):
         r.fail(r.sub("name"), f"{name!r}: cluster names start with a letter, hold only letters, digits and"
@@ -601,9 +627,10 @@ def _parse_cluster(problems: list[Problem], value: Any, network: NetworkSettings
         if len(raw_queues) > 50:
             r.fail(r.sub("queues"), f"ParallelCluster allows at most 50 Slurm queues, got {len(raw_queues)}")
         seen: set[str] = set()
+        total_resources = 0
         for i, raw_q in enumerate(raw_queues):
             q = _Reader(problems, f"{r.sub('queues')}[{i}]", raw_q)
-            q.unknown_keys({"name", "instanceType", "minCount", "maxCount", "sshPasswordAuth"})
+            q.unknown_keys({"name", "instanceType", "minCount", "maxCount", "sshPasswordAuth", "computeResources"})
             qname = q.str("name", required=True)
             if qname is not None:
                 if not _QUEUE_NAME_RE.match(qname) or len(qname) > 25:
@@ -612,21 +639,14 @@ def _parse_cluster(problems: list[Problem], value: Any, network: NetworkSettings
                 if qname in seen:
                     q.fail(q.sub("name"), f"{qname!r} is used by two queues: queue names must be unique")
                 seen.add(qname)
-            itype = q.str("instanceType", required=True)
-            if itype is not None and not _INSTANCE_TYPE_RE.match(itype):
-                q.fail(q.sub("instanceType"), f"{itype!r} is not an EC2 instance type such as c5.large")
-            min_count = q.int("minCount", default=0)
-            max_count = q.int("maxCount", default=10)
-            if min_count is not None and min_count < 0:
-                q.fail(q.sub("minCount"), f"must be 0 or more, got {min_count}")
-            if max_count is not None and max_count < 1:
-                q.fail(q.sub("maxCount"), f"must be 1 or more, got {max_count}")
-            if min_count is not None and max_count is not None and min_count > max_count:
-                q.fail(q.sub("minCount"), f"{min_count} is more than maxCount {max_count}: lower minCount"
-                       " or raise maxCount")
+            resources = _parse_compute_resources(q)
+            total_resources += len(resources)
             ssh = q.bool("sshPasswordAuth", default=False)
-            if qname and itype and min_count is not None and max_count is not None:
-                queues.append(QueueSettings(qname, itype, min_count, max_count, ssh))
+            if qname and resources:
+                queues.append(QueueSettings(qname, resources, ssh))
+        if total_resources > MAX_COMPUTE_RESOURCES:
+            r.fail(r.sub("queues"), f"ParallelCluster allows at most {MAX_COMPUTE_RESOURCES} compute resources"
+                   f" (instance types) in a cluster, got {total_resources}")
 
     ssh_auth = r.bool("sshPasswordAuth", default=True)
     hs = _Reader(problems, r.sub("homeStorage"), r.value.get("homeStorage"))
@@ -659,6 +679,7 @@ def _parse_cluster(problems: list[Problem], value: Any, network: NetworkSettings
         ipaddress.IPv4Network(ssh_cidr, strict=True)
     except ValueError:
         r.fail(r.sub("allowedSshCidr"), f"{ssh_cidr!r} is not an IPv4 CIDR block such as 203.0.113.0/24")
+    login_nodes = _parse_login_nodes(r)
     if name is None or not queues:
         return None
     return ClusterSettings(
@@ -667,8 +688,94 @@ def _parse_cluster(problems: list[Problem], value: Any, network: NetworkSettings
         home_storage=HomeStorageSettings(type=hs_type, size_gib=size, deletion_policy=policy,
                                          existing_id=existing_home),
         pcluster_version=version, allowed_ssh_cidr=ssh_cidr,
-        custom_ami=custom_ami, queue_update_strategy=queue_strategy,
+        custom_ami=custom_ami, queue_update_strategy=queue_strategy, login_nodes=login_nodes,
     )
+
+
+def _parse_compute_resources(q: _Reader) -> tuple[ComputeResourceSettings, ...]:
+    """A queue's instance types: the one-type form (instanceType, minCount, maxCount on the queue) or
+    computeResources: [{name?, instanceType, minCount, maxCount}], one ParallelCluster ComputeResource each."""
+    from cluster_config import compute_resource_name  # late: cluster_config imports this module
+
+    raw = q.value.get("computeResources")
+    if raw is None:
+        items = [q]
+    else:
+        flat = [k for k in ("instanceType", "minCount", "maxCount") if k in q.value]
+        for k in flat:
+            q.fail(q.sub(k), "cannot be combined with computeResources: move it into each computeResources entry")
+        if not isinstance(raw, list) or not raw:
+            q.fail(q.sub("computeResources"), "must be a non-empty list such as [{instanceType: c5.large,"
+                   " maxCount: 10}, {instanceType: c5.2xlarge, maxCount: 4}]")
+            return ()
+        if len(raw) > MAX_COMPUTE_RESOURCES:
+            q.fail(q.sub("computeResources"), f"ParallelCluster allows at most {MAX_COMPUTE_RESOURCES} compute"
+                   f" resources per queue, got {len(raw)}")
+        items = []
+        for j, raw_cr in enumerate(raw):
+            cr = _Reader(q.problems, f"{q.sub('computeResources')}[{j}]", raw_cr)
+            cr.unknown_keys({"name", "instanceType", "minCount", "maxCount"})
+            items.append(cr)
+    resources: list[ComputeResourceSettings] = []
+    names: dict[str, str] = {}
+    ok = True
+    for reader in items:
+        itype = reader.str("instanceType", required=True)
+        if itype is not None and not _INSTANCE_TYPE_RE.match(itype):
+            reader.fail(reader.sub("instanceType"), f"{itype!r} is not an EC2 instance type such as c5.large")
+            itype = None
+        min_count = reader.int("minCount", default=0)
+        max_count = reader.int("maxCount", default=10)
+        if min_count is not None and min_count < 0:
+            reader.fail(reader.sub("minCount"), f"must be 0 or more, got {min_count}")
+        if max_count is not None and max_count < 1:
+            reader.fail(reader.sub("maxCount"), f"must be 1 or more, got {max_count}")
+        if min_count is not None and max_count is not None and min_count > max_count:
+            reader.fail(reader.sub("minCount"), f"{min_count} is more than maxCount {max_count}: lower minCount"
+                        " or raise maxCount")
+        name = reader.str("name") if reader is not q else None
+        if name is not None:
+            # ParallelCluster's NameValidator: NAME_REGEX, at most 25 characters, not "default".
+            if not _QUEUE_NAME_RE.match(name) or len(name) > 25 or name == "default":
+                reader.fail(reader.sub("name"), f"{name!r}: compute resource names start with a lower-case"
+                            " letter, hold only lower-case letters, digits and hyphens, have at most 25 characters"
+                            " and are not 'default'")
+                name = None
+                ok = False
+        elif itype is not None:
+            name = compute_resource_name(itype)
+            if len(name) > 25:
+                reader.fail(reader.sub("name"), f"is required here: the name derived from {itype!r} ({name!r})"
+                            " is longer than ParallelCluster's 25 characters")
+                name = None
+                ok = False
+        if name is not None:
+            if name in names:
+                reader.fail(reader.sub("name"), f"{name!r} is already the name of {names[name]} in this queue:"
+                            " compute resource names must be unique in a queue; give each entry its own name")
+                ok = False
+            names[name] = reader.key
+        if itype is None or min_count is None or max_count is None or name is None:
+            ok = False
+            continue
+        resources.append(ComputeResourceSettings(name, itype, min_count, max_count))
+    return tuple(resources) if ok else ()
+
+
+def _parse_login_nodes(r: _Reader) -> LoginNodesSettings | None:
+    if r.value.get("loginNodes") is None:
+        return None
+    ln = _Reader(r.problems, r.sub("loginNodes"), r.value.get("loginNodes"))
+    ln.unknown_keys({"count", "instanceType"})
+    count = ln.int("count", default=1)
+    if count is not None and not 0 <= count <= MAX_LOGIN_NODES:
+        ln.fail(ln.sub("count"), f"must be 0 (pool stopped) to {MAX_LOGIN_NODES} login nodes, got {count}")
+        count = None
+    itype = ln.str("instanceType", default="c5.large") or "c5.large"
+    if not _INSTANCE_TYPE_RE.match(itype):
+        ln.fail(ln.sub("instanceType"), f"{itype!r} is not an EC2 instance type such as c5.large")
+        return None
+    return None if count is None else LoginNodesSettings(count=count, instance_type=itype)
 
 
 def _existing_home(hs: _Reader, hs_type: str) -> str | None:
@@ -687,6 +794,51 @@ def _existing_home(hs: _Reader, hs_type: str) -> str | None:
             hs.fail(hs.sub("volumeId"), f"{vol_id!r} is not an EBS volume id such as vol-0123456789abcdef0")
         return vol_id
     return None
+
+
+# Characters an AD group's sAMAccountName cannot hold (Microsoft, "Naming conventions in Active Directory"),
+# plus control characters; '@' would also make sssd read the name as name@domain.
+_AD_GROUP_FORBIDDEN = set('"/\\[]:;|=,+*?<>@')
+AD_GROUP_NAME_MAX = 256  # sAMAccountName's upper range
+
+
+def ad_group_name_problem(name: str) -> str | None:
+    """Why AD cannot hold this group name (sAMAccountName), or None."""
+    if not name or not name.strip():
+        return "is empty"
+    if len(name) > AD_GROUP_NAME_MAX:
+        return f"has {len(name)} characters: AD group names (sAMAccountName) have at most {AD_GROUP_NAME_MAX}"
+    bad = sorted({c for c in name if c in _AD_GROUP_FORBIDDEN or ord(c) < 32 or ord(c) == 127})
+    if bad:
+        shown = " ".join(repr(c) for c in bad)
+        return f"contains {shown}: AD group names cannot hold \" / \\ [ ] : ; | = , + * ? < > @ or control characters"
+    if name != name.strip():
+        return "starts or ends with white space (AD and sssd drop it): remove it"
+    if set(name) <= {".", " "}:
+        return "consists of periods and spaces only, which AD refuses"
+    if name.endswith("."):
+        return "ends with a period, which AD refuses"
+    return None
+
+
+def _parse_access(problems: list[Problem], value: Any) -> AccessSettings:
+    r = _Reader(problems, _key("access"), value)
+    r.unknown_keys({"allowedGroups", "adminGroups"})
+    lists = {}
+    for name in ("allowedGroups", "adminGroups"):
+        groups = r.str_list(name)
+        seen: dict[str, int] = {}
+        for i, group in enumerate(groups):
+            why = ad_group_name_problem(group)
+            if why:
+                r.fail(f"{r.sub(name)}[{i}]", f"{group!r} {why}")
+            folded = group.strip().casefold()  # AD compares names without regard to case
+            if folded in seen:
+                r.fail(f"{r.sub(name)}[{i}]", f"{group!r} is listed twice (also at [{seen[folded]}];"
+                       " AD group names ignore case): remove one")
+            seen.setdefault(folded, i)
+        lists[name] = groups
+    return AccessSettings(allowed_groups=lists["allowedGroups"], admin_groups=lists["adminGroups"])
 
 
 _TAG_CHARS = re.compile(r"^[\w .:/=+\-@]*$")  # what every AWS service takes in tags
@@ -727,7 +879,7 @@ def load_settings() -> Settings:
 
     cfg = pulumi.Config(PROJECT)
     raw: dict[str, Any] = {"aws:region": pulumi.Config("aws").get("region")}
-    for name in ("network", "directory", "join", "cluster", "tags"):
+    for name in ("network", "directory", "join", "cluster", "tags", "access"):
         raw[_key(name)] = _get_object(cfg, name)
     # Unknown keys and namespaces are reported too (typos would otherwise be ignored).
     for full_key in _all_config_keys():

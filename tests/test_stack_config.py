@@ -33,7 +33,8 @@ def test_dev_sample_is_valid_and_typed():
     assert s.directory.short_name == "TEST" and s.directory.realm == "TEST.DOMAIN"
     assert s.join.user == "Administrator" and not s.join.has_own_password
     assert (s.join.window_minutes, s.join.max_answers) == (30, 3)  # defaults
-    assert s.cluster.queues[0].min_count == 2 and s.cluster.queues[0].max_count == 10
+    (cr,) = s.cluster.queues[0].compute_resources
+    assert (cr.name, cr.instance_type, cr.min_count, cr.max_count) == ("c5-large", "c5.large", 2, 10)
     assert s.cluster.home_storage.deletion_policy == "Retain"
     assert s.cluster.pcluster_version == "3.16.1"
     assert not s.has_admin_password
