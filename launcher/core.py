@@ -11,7 +11,14 @@ Decisions:
   is waited for first; CREATE_FAILED / DELETE_FAILED stop with an error naming the delete command.
 - create-cluster runs with `--rollback-on-failure false` (override: PCLUSTER_AD_ROLLBACK_ON_FAILURE=true):
   a failed cluster must be deleted before a retry either way (a rolled-back stack is still CREATE_FAILED),
-  and keeping the head node lets the operator read the custom-action (AD join) logs.
+  and keeping the head node lets the operator read the custom-action (AD join) logs. pcluster reports
+  CREATE_FAILED as soon as the rollback STARTS: the launcher waits until the CloudFormation stack settles.
+- update refusals are judged per field: the compute fleet is stopped (and started again) only when every
+  refusal is one a fleet stop fixes; a field ParallelCluster cannot change in place fails at once, naming
+  the fields (they need a new cluster: Pulumi replaces it for such changes, see update_policy.py).
+- a compute fleet in PROTECTED (ParallelCluster stopped launching nodes after repeated bootstrap
+  failures) or UNKNOWN state is reported and never stopped or started: a start would clear PROTECTED.
+- missing or invalid AWS credentials fail at once (exit 4), without retries.
 """
 
 from __future__ import annotations
@@ -42,17 +49,42 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # pcluster refused the request, or the cluster ended in a *_FAILED state
 EXIT_USAGE = 2  # bad arguments or unusable config input
 EXIT_TIMEOUT = 3  # --timeout elapsed before the cluster reached a final state
-EXIT_SETUP = 4  # no usable pcluster executable (venv creation failed, Node.js missing)
+EXIT_SETUP = 4  # no usable pcluster executable (venv creation failed, Node.js missing), no AWS credentials
 EXIT_INTERRUPTED = 130
 
 STABLE_OK = {"CREATE_COMPLETE", "UPDATE_COMPLETE"}
 IN_PROGRESS = {"CREATE_IN_PROGRESS", "UPDATE_IN_PROGRESS", "DELETE_IN_PROGRESS"}
 
 _NO_NODE_RE = re.compile(r"unable to find node executable", re.IGNORECASE)
+_NO_CREDENTIALS_RE = re.compile(
+    r"unable to locate credentials|security token included in the request is (invalid|expired)"
+    r"|ExpiredToken|InvalidClientTokenId|credentials? (have|has) expired",
+    re.IGNORECASE,
+)
+_OTHER_VERSION_RE = re.compile(r"only with the same ParallelCluster version \(([^)]*)\)", re.IGNORECASE)
+# Fleet states the launcher must not stop/start its way out of (a START_REQUESTED clears PROTECTED).
+_FLEET_NEEDS_OPERATOR = {
+    "PROTECTED": "ParallelCluster stopped launching compute nodes after repeated bootstrap failures "
+    "(see the node logs: pcluster list-cluster-log-streams, /var/log/parallelcluster/ and "
+    "/var/log/pcluster-ad/join-domain.log on a failed node); fix the cause, then start the fleet with "
+    "`pcluster update-compute-fleet -n {name} -r {region} --status START_REQUESTED` and re-run",
+    "UNKNOWN": "ParallelCluster cannot tell the compute fleet's state (its status table is unreadable); check "
+    "`pcluster describe-compute-fleet -n {name} -r {region}` and the head node, then re-run",
+}
 _NO_CHANGES_RE = re.compile(r"no changes found", re.IGNORECASE)
 _FLEET_STOP_RE = re.compile(r"stop the compute fleet|compute nodes must be stopped", re.IGNORECASE)
 # Update errors that stopping the compute fleet alone does not fix.
 _NOT_FLEET_FIXABLE_RE = re.compile(r"login nodes|--force-update|head node must be", re.IGNORECASE)
+# ParallelCluster's "needs a new cluster" refusals (pcluster/config/update_policy.py fail reasons).
+_UNSUPPORTED_RE = re.compile(
+    r"not currently supported|Update currently not supported|read only parameter|cannot be changed during an "
+    r"update|head node must be in a stopped state|creating a new cluster",
+    re.IGNORECASE,
+)
+
+
+def _is_fleet_fixable(message: str) -> bool:
+    return bool(_FLEET_STOP_RE.search(message)) and not _NOT_FLEET_FIXABLE_RE.search(message)
 
 
 class LauncherError(Exception):
@@ -191,6 +223,16 @@ def format_duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
+def stack_status(info: dict) -> str | None:
+    """The CloudFormation stack status: describe-cluster spells it cloudFormationStackStatus, create-cluster
+    and update-cluster cloudformationStackStatus."""
+    return info.get("cloudFormationStackStatus") or info.get("cloudformationStackStatus")
+
+
+def stack_settled(info: dict) -> bool:
+    return not (stack_status(info) or "").endswith("_IN_PROGRESS")
+
+
 def is_not_found(result: PclusterResult, cluster_name: str) -> bool:
     """pcluster's NotFound answer: "Cluster 'NAME' does not exist or belongs to an incompatible ..." (not, say,
     "Invalid cluster configuration: The subnet ID '...' does not exist")."""
@@ -305,6 +347,13 @@ class Launcher:
         result = self._run([*args, "-r", self.region], max(60.0, self._remaining() + 60.0))
         if result.returncode != 0 and _NO_NODE_RE.search(result.message):
             raise SetupError(f"pcluster {args[0]}: {result.message} (install Node.js 20+ and retry)")
+        if result.returncode != 0 and _NO_CREDENTIALS_RE.search(result.message):
+            # Retrying cannot help: say so at once.
+            raise SetupError(
+                f"pcluster {args[0]}: {result.message}: no usable AWS credentials for region {self.region}. "
+                "Configure them for the process running Pulumi (AWS_PROFILE, AWS_ACCESS_KEY_ID/"
+                "AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN, or `aws sso login`) and retry"
+            )
         return result
 
     def describe(self) -> dict | None:
@@ -363,9 +412,13 @@ class Launcher:
             self._sleep(max(0.0, wake - self._clock()))
 
     def _wait_out(self, in_progress: str, complete: str, doing: str) -> dict:
-        """Wait while the cluster is `in_progress`; its final describe answer, with the failures printed
-        when it ended other than `complete`. Raises if the cluster disappeared meanwhile."""
-        info = self.wait(lambda i: i is None or i.get("clusterStatus") != in_progress, complete)
+        """Wait while the cluster is `in_progress` and until its CloudFormation stack settles (pcluster says
+        CREATE_FAILED while the stack is still ROLLBACK_IN_PROGRESS); its final describe answer, with the
+        failures printed when it ended other than `complete`. Raises if the cluster disappeared meanwhile."""
+        info = self.wait(
+            lambda i: i is None or (i.get("clusterStatus") != in_progress and stack_settled(i)),
+            complete,
+        )
         if info is None:
             raise LauncherError(f"the cluster disappeared while it was being {doing} (deleted by someone else?)")
         if info.get("clusterStatus") != complete:
@@ -373,12 +426,13 @@ class Launcher:
         return info
 
     def wait_stable(self, info: dict) -> dict | None:
-        """Wait out any *_IN_PROGRESS status; returns the stable describe answer, None if the cluster went away."""
-        if info.get("clusterStatus") not in IN_PROGRESS:
+        """Wait out any *_IN_PROGRESS status, the cluster's or its CloudFormation stack's (a rollback);
+        returns the stable describe answer, None if the cluster went away."""
+        if info.get("clusterStatus") not in IN_PROGRESS and stack_settled(info):
             return info
         return self.wait(
-            lambda i: i is None or i.get("clusterStatus") not in IN_PROGRESS,
-            f"{info.get('clusterStatus')} to finish",
+            lambda i: i is None or (i.get("clusterStatus") not in IN_PROGRESS and stack_settled(i)),
+            f"{info.get('clusterStatus')} (CloudFormation {stack_status(info)}) to finish",
         )
 
     # ----------------------------------------------------------------- commands
@@ -418,8 +472,9 @@ class Launcher:
 
     def delete(self) -> None:
         info = self.describe()
-        if info is not None and info.get("clusterStatus") == "UPDATE_IN_PROGRESS":
-            # CloudFormation refuses DeleteStack during an update.
+        if info is not None and (info.get("clusterStatus") == "UPDATE_IN_PROGRESS"
+                                 or stack_status(info) == "ROLLBACK_IN_PROGRESS"):
+            # CloudFormation refuses DeleteStack during an update or a rollback.
             info = self.wait_stable(info)
         if info is None:
             self.log("cluster does not exist; nothing to delete")
@@ -471,6 +526,7 @@ class Launcher:
                 f"(python -m launcher delete --cluster-name {self.name} --region {self.region}) before retrying"
             )
         self.log(f"cluster created: {self._progress(info)}")
+        self._warn_fleet_state(info)
 
     def _converge(self, config_path: str, info: dict) -> None:
         """Apply config_path with update-cluster; stop/start the compute fleet when the update needs it."""
@@ -479,17 +535,52 @@ class Launcher:
         result = self._update_cluster(config_path)
         if result is None:
             return
-        if result.returncode != 0 and self._needs_fleet_stop(result):
-            self._report_error("update-cluster", result)
-            self._update_with_fleet_stopped(config_path)
-            return
+        if result.returncode != 0:
+            self._refuse_unfixable(result)
+            if self._needs_fleet_stop(result):
+                self._report_error("update-cluster", result)
+                self._update_with_fleet_stopped(config_path)
+                return
         self._finish_update(result)
+
+    def _refuse_unfixable(self, result: PclusterResult) -> None:
+        """Raise, with a clear message, for update refusals that no fleet stop fixes."""
+        version = _OTHER_VERSION_RE.search(result.message)
+        if version:
+            self.log(f"update-cluster failed: {result.message}")
+            raise LauncherError(
+                f"the cluster was created with ParallelCluster {version.group(1)} and update-cluster works only "
+                "with that version; set pcluster-ad:cluster.pclusterVersion to it, or replace the cluster (a new "
+                "pclusterVersion replaces it on `pulumi up`; the /home storage is kept)"
+            )
+        errors = result.data.get("updateValidationErrors") or []
+        blocking = [e for e in errors if not _is_fleet_fixable(str(e.get("message") or ""))]
+        if not blocking:
+            return
+        self._report_error("update-cluster", result, headline=False)
+        fields = ", ".join(str(e.get("parameter")) for e in blocking)
+        if any(_UNSUPPORTED_RE.search(str(e.get("message") or "")) for e in blocking):
+            raise LauncherError(
+                f"ParallelCluster cannot change {fields} in place, even with the compute fleet stopped: this "
+                "needs a NEW cluster (the compute fleet was left as it is). `pulumi up` replaces the cluster "
+                "itself for such changes (update_policy.py); reaching this means the cluster differs from what "
+                "this stack last deployed (changed outside Pulumi?). To replace it: python -m launcher delete "
+                f"--cluster-name {self.name} --region {self.region}, then `pulumi up` (homes are kept)"
+            )
+        raise LauncherError(f"update-cluster refused changes to {fields}; see the update errors above")
 
     def _update_with_fleet_stopped(self, config_path: str) -> None:
         previous = self._fleet_status()
         if previous == "STOPPED":
             raise LauncherError(
                 "the update is refused although the compute fleet is already STOPPED; see the update errors above"
+            )
+        if previous in _FLEET_NEEDS_OPERATOR:
+            # Stopping and starting again would clear PROTECTED and hide the failing nodes.
+            hint = _FLEET_NEEDS_OPERATOR[previous].format(name=self.name, region=self.region)
+            raise LauncherError(
+                f"the update needs the compute fleet stopped, but the fleet is {previous}, which the launcher "
+                f"leaves to you: {hint}"
             )
         # Someone else already stopping the fleet: wait for it, and leave it stopped afterwards.
         restart = previous not in ("STOP_REQUESTED", "STOPPING")
@@ -553,17 +644,19 @@ class Launcher:
                 f"(CloudFormation {info.get('cloudFormationStackStatus')}); the stack was rolled back"
             )
         self.log(f"cluster updated: {self._progress(info)}")
+        self._warn_fleet_state(info)
+
+    def _warn_fleet_state(self, info: dict) -> None:
+        status = info.get("computeFleetStatus")
+        if status in _FLEET_NEEDS_OPERATOR:
+            hint = _FLEET_NEEDS_OPERATOR[status].format(name=self.name, region=self.region)
+            self.log(f"WARNING: the compute fleet is {status}: {hint}")
 
     @staticmethod
     def _needs_fleet_stop(result: PclusterResult) -> bool:
+        """Every refusal is one that stopping the compute fleet fixes."""
         errors = result.data.get("updateValidationErrors") or []
-        if not errors:
-            return False
-        for error in errors:
-            message = str(error.get("message") or "")
-            if not _FLEET_STOP_RE.search(message) or _NOT_FLEET_FIXABLE_RE.search(message):
-                return False
-        return True
+        return bool(errors) and all(_is_fleet_fixable(str(e.get("message") or "")) for e in errors)
 
     def _fleet_status(self) -> str | None:
         result = self.pcluster("describe-compute-fleet", "-n", self.name)
@@ -581,9 +674,12 @@ class Launcher:
         self.log(f"compute fleet {target}")
 
     def _wait_fleet(self, target: str) -> None:
-        self._poll(
+        status = self._poll(
             self._fleet_status,
-            lambda status: status == target,
+            lambda status: status == target or status in _FLEET_NEEDS_OPERATOR,
             lambda status: f"compute fleet {status}, elapsed {format_duration(self._clock() - self._start)}",
             f"the compute fleet to be {target}",
         )
+        if status != target:
+            hint = _FLEET_NEEDS_OPERATOR[status].format(name=self.name, region=self.region)
+            raise LauncherError(f"the compute fleet became {status} instead of {target}: {hint}")

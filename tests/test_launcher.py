@@ -57,7 +57,16 @@ Scheduling:
         SubnetIds:
           - subnet-0123456789abcdef0
 """
-CONFIG_B = CONFIG_A.replace("MaxCount: 4", "MaxCount: 8")
+CONFIG_B = CONFIG_A.replace("MaxCount: 4", "MaxCount: 8")  # ParallelCluster: fine with the fleet running
+# Update verdicts come from ParallelCluster's own ConfigPatch (the stand-in runs it in .venv-pcluster):
+CONFIG_SHRINK = CONFIG_A.replace("MaxCount: 4", "MaxCount: 2")  # needs the fleet stopped (no strategy)
+CONFIG_HEAD = CONFIG_A.replace("InstanceType: t3.medium", "InstanceType: t3.large")  # needs a new cluster
+CONFIG_HEAD_AND_SHRINK = CONFIG_SHRINK.replace("InstanceType: t3.medium", "InstanceType: t3.large")
+
+
+def with_strategy(config: str, strategy: str) -> str:
+    settings = f"  SlurmSettings:\n    QueueUpdateStrategy: {strategy}\n"
+    return config.replace("  Scheduler: slurm\n", "  Scheduler: slurm\n" + settings)
 
 
 class FakeClock:
@@ -110,7 +119,10 @@ class Fake:
         self.scenario(create_polls=polls if in_progress else 0, create_outcome=outcome, delete_polls=polls)
         self.pcluster("create-cluster", "-n", NAME, "-r", REGION, "-c", str(config_file))
         if not in_progress:
-            assert self.pcluster("describe-cluster", "-n", NAME, "-r", REGION)["clusterStatus"] == outcome
+            info = self.pcluster("describe-cluster", "-n", NAME, "-r", REGION)
+            while info["cloudFormationStackStatus"].endswith("_IN_PROGRESS"):  # a rollback: let it settle
+                info = self.pcluster("describe-cluster", "-n", NAME, "-r", REGION)
+            assert info["clusterStatus"] == outcome
         if status == "DELETE_IN_PROGRESS":
             self.pcluster("delete-cluster", "-n", NAME, "-r", REGION)
         state = self.state()
@@ -231,7 +243,7 @@ def test_create_adopts_and_converges_a_different_config(fake, launch):
     assert result.code == EXIT_OK, result.stderr
     assert_final(result, "UPDATE_COMPLETE", "203.0.113.10", "10.0.0.10")
     assert "create-cluster" not in fake.commands()
-    assert "Scheduling.SlurmQueues[0].ComputeResources[0].MaxCount: 4 -> 8" in result.stderr
+    assert "Scheduling.SlurmQueues[compute].ComputeResources[c5].MaxCount: 4 -> 8" in result.stderr
 
 
 def test_create_waits_for_a_cluster_already_being_created(fake, launch):
@@ -419,8 +431,8 @@ def test_update_without_changes_is_success(fake, launch):
 
 def test_update_stops_and_restarts_the_compute_fleet(fake, launch):
     fake.seed("CREATE_COMPLETE", CONFIG_A)
-    fake.scenario(update_needs_fleet_stop=True, fleet_polls=2)
-    result = launch("update", CONFIG_B)
+    fake.scenario(fleet_polls=2)
+    result = launch("update", CONFIG_SHRINK)
     assert result.code == EXIT_OK, result.stderr
     assert_final(result, "UPDATE_COMPLETE", "203.0.113.10", "10.0.0.10")
     fleet = [c["argv"][c["argv"].index("--status") + 1] for c in fake.calls("update-compute-fleet")]
@@ -437,8 +449,8 @@ def test_update_stops_and_restarts_the_compute_fleet(fake, launch):
 
 def test_update_failure_after_fleet_stop_restarts_the_fleet(fake, launch):
     fake.seed("CREATE_COMPLETE", CONFIG_A)
-    fake.scenario(update_needs_fleet_stop=True, update_outcome="UPDATE_FAILED")
-    result = launch("update", CONFIG_B)
+    fake.scenario(update_outcome="UPDATE_FAILED")
+    result = launch("update", CONFIG_SHRINK)
     assert result.code == EXIT_FAILED
     assert result.final["status"] == "UPDATE_FAILED"
     assert "UPDATE_ROLLBACK_COMPLETE" in result.stderr
@@ -450,20 +462,56 @@ def test_update_failure_after_fleet_stop_restarts_the_fleet(fake, launch):
 def test_update_leaves_an_already_stopped_fleet_alone(fake, launch):
     fake.seed("CREATE_COMPLETE", CONFIG_A)
     fake.pcluster("update-compute-fleet", "-n", NAME, "-r", REGION, "--status", "STOP_REQUESTED")
-    fake.scenario(update_needs_fleet_stop=True)
-    result = launch("update", CONFIG_B)
+    result = launch("update", CONFIG_SHRINK)
     assert result.code == EXIT_OK, result.stderr
     assert fake.calls("update-compute-fleet")[1:] == [], "no START_REQUESTED by the launcher"
 
 
 def test_update_unsupported_change_fails_without_touching_the_fleet(fake, launch):
     fake.seed("CREATE_COMPLETE", CONFIG_A)
-    fake.scenario(update_unsupported=True)
-    result = launch("update", CONFIG_B)
+    result = launch("update", CONFIG_HEAD)
     assert result.code == EXIT_FAILED
-    assert "update refused for HeadNode.Networking.SubnetId" in result.stderr
-    assert "update-compute-fleet" not in fake.commands()
+    assert "update refused for HeadNode.InstanceType: t3.medium -> t3.large: Update actions are not currently " \
+        "supported for the 'InstanceType' parameter" in result.stderr
+    assert "ParallelCluster cannot change HeadNode.InstanceType in place" in result.stderr
+    assert "needs a NEW cluster" in result.stderr
+    assert "update-compute-fleet" not in " ".join(fake.commands())
     assert result.final["status"] == "CREATE_COMPLETE"
+
+
+def test_mixed_refusals_do_not_stop_the_fleet_and_name_the_unsupported_fields(fake, launch):
+    fake.seed("CREATE_COMPLETE", CONFIG_A)
+    result = launch("update", CONFIG_HEAD_AND_SHRINK)
+    assert result.code == EXIT_FAILED
+    # Both refusals are shown, as ParallelCluster gave them ...
+    assert "update refused for Scheduling.SlurmQueues[compute].ComputeResources[c5].MaxCount: 4 -> 2" in result.stderr
+    assert "update refused for HeadNode.InstanceType" in result.stderr
+    # ... but only the one a fleet stop cannot fix decides: no stop, a clear error naming it.
+    error = [line for line in result.stderr.splitlines() if "ERROR" in line][-1]
+    assert "cannot change HeadNode.InstanceType in place" in error and "MaxCount" not in error
+    assert fake.commands() == ["describe-cluster", "update-cluster"]
+    assert fake.state()["clusters"][NAME]["computeFleetStatus"] == "RUNNING"
+
+
+@pytest.mark.parametrize(("strategy", "config", "stops"), [
+    (None, CONFIG_SHRINK, True),  # COMPUTE_FLEET_STOP (ParallelCluster's default): a shrink needs a stop
+    ("DRAIN", CONFIG_SHRINK, True),  # DRAIN does not remove nodes: a shrink still needs a stop
+    ("TERMINATE", CONFIG_SHRINK, False),  # TERMINATE removes them itself
+    (None, CONFIG_A.replace("- subnet-0123456789abcdef0\n", "- subnet-0fedcba9876543210\n"), True),
+    ("DRAIN", CONFIG_A.replace("- subnet-0123456789abcdef0\n", "- subnet-0fedcba9876543210\n"), False),
+    ("DRAIN", CONFIG_B, False),  # a larger MaxCount never needs a stop
+])
+def test_queue_update_strategy_decides_whether_the_fleet_stops(fake, launch, strategy, config, stops):
+    """ParallelCluster's own verdict (through the stand-in) decides; the launcher stops the fleet only then."""
+    base = with_strategy(CONFIG_A, strategy) if strategy else CONFIG_A
+    target = with_strategy(config, strategy) if strategy else config
+    fake.seed("CREATE_COMPLETE", base)
+    result = launch("update", target)
+    assert result.code == EXIT_OK, result.stderr
+    assert_final(result, "UPDATE_COMPLETE", "203.0.113.10", "10.0.0.10")
+    fleet = [c["argv"][c["argv"].index("--status") + 1] for c in fake.calls("update-compute-fleet")]
+    assert fleet == (["STOP_REQUESTED", "START_REQUESTED"] if stops else [])
+    assert fake.state()["clusters"][NAME]["config"] == target
 
 
 def test_update_of_an_unknown_cluster_creates_it(fake, launch):
@@ -715,6 +763,147 @@ def test_launcher_class_with_a_scripted_runner(clock):
     assert [a[0] for a in seen] == ["describe-cluster", "create-cluster", "describe-cluster"]
 
 
+# ----------------------------------------------------------------------------- behaviours of the real 3.16.1 CLI
+
+
+def test_stand_in_dryrun_answers_like_the_real_cli(fake, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG_A)
+    proc = subprocess.run([sys.executable, str(FAKE), "create-cluster", "-n", NAME, "-r", REGION, "-c", str(config),
+                           "--dryrun", "true"], capture_output=True, text=True, check=False,
+                          env={**os.environ, "FAKE_PCLUSTER_STATE": str(fake.path)})
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout) == {"message": "Request would have succeeded, but DryRun flag is set."}
+    assert fake.state()["clusters"] == {}, "a dry run creates nothing"
+    fake.seed("CREATE_COMPLETE", CONFIG_A)
+    config.write_text(CONFIG_B)
+    answer = fake.pcluster("update-cluster", "-n", NAME, "-r", REGION, "-c", str(config), "--dryrun", "true")
+    assert answer["message"] == "Request would have succeeded, but DryRun flag is set."
+    assert [c["parameter"] for c in answer["changeSet"]] == ["Scheduling.SlurmQueues[compute].ComputeResources[c5]"
+                                                             ".MaxCount"]
+    assert fake.state()["clusters"][NAME]["config"] == CONFIG_A, "a dry run updates nothing"
+
+
+def test_create_failure_waits_for_the_rollback_to_settle(fake, launch, monkeypatch):
+    """pcluster says CREATE_FAILED as soon as CloudFormation starts ROLLBACK_IN_PROGRESS: the launcher reports
+    the failure only once the stack has settled (ROLLBACK_COMPLETE), so a retry or a delete does not collide
+    with the rollback."""
+    monkeypatch.setenv("PCLUSTER_AD_ROLLBACK_ON_FAILURE", "true")
+    fake.scenario(create_outcome="CREATE_FAILED", rollback_polls=3)
+    result = launch("create")
+    assert result.code == EXIT_FAILED
+    assert "CREATE_FAILED (CloudFormation ROLLBACK_IN_PROGRESS" in result.stderr  # it kept waiting
+    assert "CloudFormation stack status ROLLBACK_COMPLETE" in result.stderr
+    assert fake.state()["clusters"][NAME]["cloudFormationStackStatus"] == "ROLLBACK_COMPLETE"
+    assert result.final["status"] == "CREATE_FAILED" and result.final["headNodePrivateIp"] is None
+
+
+def test_create_and_delete_wait_out_a_rollback_in_progress(fake, launch):
+    fake.scenario(create_outcome="CREATE_FAILED", rollback_polls=3, create_polls=0)
+    config = fake.tmp / "c.yaml"
+    config.write_text(CONFIG_A)
+    fake.pcluster("create-cluster", "-n", NAME, "-r", REGION, "-c", str(config))
+    info = fake.pcluster("describe-cluster", "-n", NAME, "-r", REGION)
+    assert (info["clusterStatus"], info["cloudFormationStackStatus"]) == ("CREATE_FAILED", "ROLLBACK_IN_PROGRESS")
+    result = launch("create")
+    assert result.code == EXIT_FAILED
+    assert "ROLLBACK_IN_PROGRESS) to finish" in result.stderr and "delete it first" in result.stderr
+    assert "create-cluster" not in fake.commands()[1:]
+    assert fake.state()["clusters"][NAME]["cloudFormationStackStatus"] == "ROLLBACK_COMPLETE"
+
+
+def test_delete_waits_for_a_rollback_before_deleting(fake, launch):
+    fake.scenario(create_outcome="CREATE_FAILED", rollback_polls=3, create_polls=0)
+    config = fake.tmp / "c.yaml"
+    config.write_text(CONFIG_A)
+    fake.pcluster("create-cluster", "-n", NAME, "-r", REGION, "-c", str(config))
+    fake.pcluster("describe-cluster", "-n", NAME, "-r", REGION)  # now ROLLBACK_IN_PROGRESS
+    state = fake.state()
+    state["calls"] = []
+    fake.save(state)
+    result = launch("delete", None)
+    assert result.code == EXIT_OK, result.stderr
+    describes_before_delete = fake.commands().index("delete-cluster")
+    assert describes_before_delete >= 4, fake.commands()  # waited the rollback out first
+
+
+@pytest.mark.parametrize("fleet", ["PROTECTED", "UNKNOWN"])
+def test_update_needing_a_fleet_stop_reports_a_protected_or_unknown_fleet(fake, launch, fleet):
+    fake.seed("CREATE_COMPLETE", CONFIG_A)
+    state = fake.state()
+    state["clusters"][NAME]["computeFleetStatus"] = fleet
+    fake.save(state)
+    result = launch("update", CONFIG_SHRINK)
+    assert result.code == EXIT_FAILED
+    assert f"but the fleet is {fleet}, which the launcher leaves to you" in result.stderr
+    if fleet == "PROTECTED":
+        assert "repeated bootstrap failures" in result.stderr
+        assert f"pcluster update-compute-fleet -n {NAME} -r {REGION} --status START_REQUESTED" in result.stderr
+    assert "update-compute-fleet" not in fake.commands(), "a stop/start would clear PROTECTED"
+    assert fake.state()["clusters"][NAME]["computeFleetStatus"] == fleet
+
+
+def test_update_needing_no_fleet_stop_works_with_a_protected_fleet_and_warns(fake, launch):
+    fake.seed("CREATE_COMPLETE", CONFIG_A)
+    state = fake.state()
+    state["clusters"][NAME]["computeFleetStatus"] = "PROTECTED"
+    fake.save(state)
+    result = launch("update", CONFIG_B)
+    assert result.code == EXIT_OK, result.stderr
+    assert "WARNING: the compute fleet is PROTECTED" in result.stderr
+    assert "update-compute-fleet" not in fake.commands()
+
+
+def test_create_reports_a_protected_fleet(fake, launch):
+    fake.scenario(fleet_status="PROTECTED")
+    result = launch("create")
+    assert result.code == EXIT_OK, result.stderr
+    assert "WARNING: the compute fleet is PROTECTED: ParallelCluster stopped launching compute nodes" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["create", "update", "delete"])
+def test_missing_credentials_fail_at_once(fake, launch, clock, command):
+    fake.scenario(no_credentials=True)
+    result = launch(command, CONFIG_A if command != "delete" else None)
+    assert result.code == EXIT_SETUP
+    assert fake.commands() == ["describe-cluster"], "no retries"
+    assert clock.sleeps == []
+    assert "Unable to locate credentials: no usable AWS credentials for region eu-west-1" in result.stderr
+    assert "AWS_PROFILE" in result.stderr
+
+
+def test_update_with_another_parallelcluster_version_is_refused_clearly(fake, launch):
+    fake.scenario(cluster_version="3.15.0")
+    fake.seed("CREATE_COMPLETE", CONFIG_A)
+    result = launch("update", CONFIG_B)
+    assert result.code == EXIT_FAILED
+    assert "the update can be performed only with the same ParallelCluster version (3.15.0)" in result.stderr
+    assert "created with ParallelCluster 3.15.0" in result.stderr and "pclusterVersion" in result.stderr
+    assert fake.commands() == ["describe-cluster", "update-cluster"]
+
+
+def test_stand_in_update_verdict_is_parallelclusters_own(fake, tmp_path):
+    """The stand-in's refusal for a mixed change equals ConfigPatch's, field by field."""
+    from tools.pcluster_schema import pcluster_python
+
+    fake.seed("CREATE_COMPLETE", CONFIG_A)
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG_HEAD_AND_SHRINK)
+    answer = fake.pcluster("update-cluster", "-n", NAME, "-r", REGION, "-c", str(config))
+    proc = subprocess.run([str(pcluster_python()), str(ROOT / "tools" / "config_patch_verdict.py")],
+                          input=json.dumps({"cases": [{"base": CONFIG_A, "target": CONFIG_HEAD_AND_SHRINK,
+                                                       "running": True}]}),
+                          capture_output=True, text=True, check=False, timeout=300)
+    (verdict,) = json.loads(proc.stdout)["results"]
+    assert answer["message"] == "Update failure"
+    assert answer["updateValidationErrors"] == [
+        {k: v for k, v in e.items() if k != "updatePolicy"} for e in verdict["updateValidationErrors"]]
+    policies = {e["parameter"]: e["updatePolicy"] for e in verdict["updateValidationErrors"]}
+    assert policies == {"HeadNode.InstanceType": "UNSUPPORTED",
+                        "Scheduling.SlurmQueues[compute].ComputeResources[c5].MaxCount":
+                            "RESIZE_UPDATE_STRATEGY_ON_REMOVE"}
+
+
 # ----------------------------------------------------------------------------- the real pcluster CLI
 
 
@@ -790,3 +979,18 @@ def test_stack_pcluster_version_selects_its_own_venv(tmp_path):
     assert resolve_pcluster({"PCLUSTER_AD_PCLUSTER_VERSION": "3.15.0"}, repo_dir=tmp_path) == str(other)
     with pytest.raises(SetupError, match="not a version"):
         resolve_pcluster({"PCLUSTER_AD_PCLUSTER_VERSION": "latest"}, repo_dir=tmp_path)
+
+
+def test_real_pcluster_cli_without_credentials_fails_at_once(moto_endpoint, tmp_path):
+    """The real pcluster 3.16.1 without credentials: {"message": "Unable to locate credentials"}, exit 1; the
+    launcher stops at the first call (no retries). moto answers anything that would still be sent."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PCLUSTER_AD_", "FAKE_PCLUSTER"))}
+    env.update(AWS_ENDPOINT_URL=moto_endpoint, AWS_EC2_METADATA_DISABLED="true", HOME=str(tmp_path),
+               AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+               PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "launcher", "delete", "--cluster-name", NAME, "--region", REGION,
+                           "--poll-seconds", "1", "--timeout", "600"], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, cwd=ROOT, env=env, timeout=300, check=False)
+    assert proc.returncode == EXIT_SETUP, proc.stderr
+    assert "Unable to locate credentials: no usable AWS credentials" in proc.stderr
+    assert "describe-cluster failed (1/" not in proc.stderr, "no retries"
