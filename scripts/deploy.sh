@@ -4,11 +4,46 @@
 # 1. checks the prerequisites (Pulumi CLI, Node.js, AWS credentials hint, passphrase),
 # 2. installs the program's venv (venv/) and the ParallelCluster CLI's own (.venv-pcluster/),
 # 3. validates the stack config offline (tools.plan: every problem at once, nothing created),
-# 4. selects (or creates) the stack and runs `pulumi up`, which previews and asks before changing anything.
+# 4. logs in to local state (~/.pulumi) unless a backend is already configured (PULUMI_BACKEND_URL or a login),
+# 5. selects (or creates) the stack and runs `pulumi up`, which previews and asks before changing anything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
+
+usage() {
+  cat <<'EOF'
+usage: bash scripts/deploy.sh [STACK] [pulumi up flags...]     (STACK defaults to dev)
+
+Deploys the stack described by Pulumi.STACK.yaml: checks the prerequisites (Pulumi CLI, Node.js 20+,
+PULUMI_CONFIG_PASSPHRASE, AWS credentials), installs venv/ and .venv-pcluster/ (pinned, hash-checked),
+validates the stack config offline, then runs `pulumi up --stack STACK [flags]`, which previews and asks
+before changing anything (--yes skips the question).
+
+State: the backend you are logged in to (`pulumi login s3://...`) or PULUMI_BACKEND_URL; with neither, it
+logs in to local files (`pulumi login --local`, ~/.pulumi). README "Team state" shows S3 + KMS.
+
+Without a Pulumi CLI or AWS credentials, the offline plan still validates a stack and shows every
+resource it would create:
+  venv/bin/python -m tools.plan STACK --out plan-out/STACK
+
+Examples:
+  bash scripts/deploy.sh dev
+  bash scripts/deploy.sh prod --yes
+EOF
+}
+
+case "${1:-}" in
+  -h | --help | help)
+    usage
+    exit 0
+    ;;
+  -*)
+    log "error: the first argument is the stack name, not '$1' (pulumi flags come after it)"
+    usage >&2
+    exit 2
+    ;;
+esac
 
 stack=${1:-dev}
 [ $# -gt 0 ] && shift
@@ -24,10 +59,12 @@ if ! command -v pulumi >/dev/null; then
   missing=1
 fi
 if ! command -v node >/dev/null; then
-  log "error: Node.js is not installed: the ParallelCluster CLI needs it (Node.js 18 or newer)"
+  log "error: Node.js is not installed: the ParallelCluster CLI needs it (Node.js 20 or newer)"
   missing=1
 fi
-if [ -z "${PULUMI_CONFIG_PASSPHRASE:-}" ] && [ -z "${PULUMI_CONFIG_PASSPHRASE_FILE:-}" ]; then
+# A stack with its own secrets provider (`secretsprovider: awskms://...`) needs no passphrase.
+if ! grep -Eq '^secretsprovider: *(awskms|azurekeyvault|gcpkms|hashivault)://' "Pulumi.$stack.yaml" \
+    && [ -z "${PULUMI_CONFIG_PASSPHRASE:-}" ] && [ -z "${PULUMI_CONFIG_PASSPHRASE_FILE:-}" ]; then
   log "error: set PULUMI_CONFIG_PASSPHRASE (or PULUMI_CONFIG_PASSPHRASE_FILE): it encrypts this stack's secrets"
   missing=1
 fi
@@ -43,6 +80,12 @@ bash tools/pcluster_venv.sh >/dev/null
 
 log "validating Pulumi.$stack.yaml offline"
 venv/bin/python -m tools.plan "$stack" --out "plan-out/$stack" >/dev/null
+
+# No backend pinned in Pulumi.yaml, so a team's `pulumi login s3://...` applies; local files only as the fallback.
+if [ -z "${PULUMI_BACKEND_URL:-}" ] && ! pulumi whoami --non-interactive </dev/null >/dev/null 2>&1; then
+  log "no Pulumi backend configured: using local state (pulumi login --local, ~/.pulumi)"
+  pulumi login --local
+fi
 
 pulumi stack select --create "$stack"
 log "pulumi up --stack $stack $*"
