@@ -71,6 +71,15 @@ ROWS = [
     ("queue-min-and-max-up", _queue(lambda q: q.update(minCount=3, maxCount=11)), {}, "update", "live"),
     ("queue-instance-type", _queue(lambda q: q.update(instanceType="c5.xlarge")), {}, "update", "fleet-stop"),
     ("queue-added", _cluster(_add_queue), {}, "update", "live"),
+    ("queue-renamed", _queue(lambda q: q.update(name="batch")), {}, "update", "fleet-stop"),  # removed + added
+    ("terminate-and-shrink", _cluster(lambda c: (c.update(queueUpdateStrategy="TERMINATE"),
+                                                 c["queues"][0].update(minCount=1, maxCount=5))), {}, "update",
+     "live"),
+    ("terminate-and-instance-type", _cluster(lambda c: (c.update(queueUpdateStrategy="TERMINATE"),
+                                                        c["queues"][0].update(instanceType="c5.xlarge"))), {},
+     "update", "live"),
+    ("custom-ami", _cluster(lambda c: c.update(customAmi="ami-0123456789abcdef0")), {}, "replace", "-"),
+    ("home-type-ebs", _cluster(lambda c: c["homeStorage"].update(type="Ebs")), {}, "replace", "-"),
     # IGNORED by ConfigPatch: read from the target config during each update, never a change of its own.
     ("queue-update-terminate", _cluster(lambda c: c.update(queueUpdateStrategy="TERMINATE")), {}, "update",
      "no-change"),
@@ -117,7 +126,7 @@ def table(request) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def run_stack_module():
-    """run_stack for a module-scoped fixture (the table runs the program 17 times, once)."""
+    """run_stack for a module-scoped fixture: the table runs the program once per row, for all its tests."""
     import copy
 
     import program
