@@ -218,13 +218,6 @@ class Caller(NamedTuple):
     instance_id: str
 
 
-class Request(NamedTuple):
-    """What the body asks for: the join credentials, or closing the window after the join."""
-
-    close: bool
-    computer_name: str | None = None
-
-
 def handle(
     event: Any,
     *,
@@ -240,22 +233,22 @@ def handle(
     fields: dict[str, Any] = {"request_id": _dig(event, "requestContext", "requestId")}
     internal_error = {"error": "internal error"}
     try:
-        identity, request = _parse_request(event)
+        # closing: the computer name of a close request; None for a credential request
+        identity, closing = _parse_request(event)
         fields.update(caller_arn=identity["userArn"], caller_account=identity["accountId"])
-        fields.update(request="close" if request.close else "credentials")
+        fields.update(request="credentials" if closing is None else "close")
         caller = _instance_caller(identity)
         fields.update(caller_role=caller.role_name, instance_id=caller.instance_id)
         launch = _authorize(caller, settings, ec2, iam)
         window = _Window(settings, dynamodb, caller.instance_id, launch, now(), fields)
-        if request.close:
-            assert request.computer_name is not None
-            window.close(request.computer_name)
-            body: dict[str, Any] = {"closed": True}
-            status, decision, reason = 200, "close", "the node closed its join window after its join"
-        else:
+        if closing is None:
             window.count_answer()
             body = _join_credentials(settings, ssm)
             status, decision, reason = 200, "allow", "live node of the cluster within its join window"
+        else:
+            window.close(closing)
+            body = {"closed": True}
+            status, decision, reason = 200, "close", "the node closed its join window after its join"
     except _Refusal as refusal:
         status, decision, reason = refusal.status, refusal.decision, refusal.reason
         body = {"error": refusal.public}
@@ -290,8 +283,9 @@ def _dig(value: Any, *keys: str) -> Any:
     return value
 
 
-def _parse_request(event: Any) -> tuple[dict[str, str], Request]:
-    """Check the request's shape; return requestContext.authorizer.iam and what the body asks."""
+def _parse_request(event: Any) -> tuple[dict[str, str], str | None]:
+    """Check the request's shape; return requestContext.authorizer.iam and, for a close
+    request, the computer name."""
     if not isinstance(event, dict) or event.get("version") != "2.0":
         raise _BadRequest("not a Lambda function URL event (payload format 2.0)")
     if not isinstance(event.get("requestContext"), dict):
@@ -318,16 +312,17 @@ def _parse_request(event: Any) -> tuple[dict[str, str], Request]:
     return identity, _parse_body(body)
 
 
-def _parse_body(body: str) -> Request:
-    """Who asks is known only from the signature: the body only says what for."""
+def _parse_body(body: str) -> str | None:
+    """The computer name of a close request, None for a credential request. Who asks is
+    known only from the signature: the body only says what for."""
     if not body.strip():
-        return Request(close=False)
+        return None
     try:
         parsed = json.loads(body)
     except ValueError:
         raise _BadRequest("body is not valid JSON") from None
     if parsed == {}:
-        return Request(close=False)
+        return None
     if not isinstance(parsed, dict) or not {"joined", "computerName"} & set(parsed):
         raise _BadRequest(f"body must be empty or {{}} (credential request) or {CLOSE_BODY} (close request)")
     if set(parsed) != {"joined", "computerName"} or parsed["joined"] is not True:
@@ -335,7 +330,7 @@ def _parse_body(body: str) -> Request:
     name = parsed["computerName"]
     if not isinstance(name, str) or not COMPUTER_NAME.fullmatch(name):
         raise _BadRequest("computerName must be 1-15 letters, digits or '-', not starting or ending with '-'")
-    return Request(close=True, computer_name=name)
+    return name
 
 
 def _instance_caller(identity: Mapping[str, str]) -> Caller:
