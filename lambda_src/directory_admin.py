@@ -1,0 +1,708 @@
+"""Directory admin function: manages this stack's part of the directory over LDAP (ldap3, simple bind
+inside the VPC, as Simple AD allows) and the Directory Service API (passwords).
+
+The stack owns ONE organizational unit and touches nothing outside it:
+
+    OU=<ou name>,<parent>          the stack's OU (parent: the domain, or Managed AD's delegated OU)
+      CN=<join user>               the least-privilege join account
+      OU=Computers                 nodes join here; the join account may create and delete computer
+                                   objects here, and manage the computer objects it holds, nothing else
+      OU=Users                     users and groups declared in the stack config
+
+Events (``handle`` dispatches on the shape):
+* Pulumi ``aws.lambda_.Invocation`` with lifecycle scope CRUD: the declared input plus
+  ``tf = {"action": "create"|"update"|"delete", "prev_input": {...}}``; input ``resource`` is
+  ``directory`` (OU layout + join account), ``group`` or ``user``.
+* EventBridge "EC2 Instance State-change Notification" with state ``terminated``: deletes that node's
+  computer object, only inside the cluster's Computers OU.
+* ``{"op": "sweep"}`` (the daily schedule): deletes computer objects in the Computers OU that carry
+  this cluster's computer-name pattern and whose instance no longer exists.
+
+Passwords are set with ds:ResetUserPassword (setting one over LDAP needs an encrypted connection,
+which Simple AD does not offer); they are read from SSM SecureStrings and never logged or returned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import struct
+import sys
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+CLUSTER_TAG = "parallelcluster:cluster-name"
+WINDOW_KEY = "instanceId"  # the join window table's key (lambda_src/join_handler.py)
+# Instance states whose computer objects the sweep keeps (terminated ones stay describable ~1 h).
+LIVE_STATES = ["pending", "running", "shutting-down", "stopping", "stopped"]
+
+# schemaIDGUID of the computer class (the same in every AD forest).
+COMPUTER_CLASS = "bf967a86-0de6-11d0-a285-00aa003049e2"
+ADS_RIGHT_DS_CREATE_CHILD = 0x1
+ADS_RIGHT_DS_DELETE_CHILD = 0x2
+# Full control of one object (standard rights + all DS rights): what a join account needs on the
+# computer objects it creates (adcli sets the machine password, SPNs, dNSHostName, encryption types).
+FULL_CONTROL = 0x000F01FF
+ACCESS_ALLOWED_OBJECT_ACE = 0x05
+CONTAINER_INHERIT = 0x02
+INHERIT_ONLY = 0x08
+INHERITED_ACE = 0x10
+ACE_OBJECT_TYPE_PRESENT = 0x1
+ACE_INHERITED_OBJECT_TYPE_PRESENT = 0x2
+ACL_REVISION_DS = 4
+SE_DACL_PRESENT = 0x0004
+SE_SELF_RELATIVE = 0x8000
+DACL_SECURITY_INFORMATION = 0x4
+TREE_DELETE_OID = "1.2.840.113556.1.4.805"
+
+UF_ACCOUNTDISABLE = 0x2
+UF_NORMAL_ACCOUNT = 0x200
+UF_DONT_EXPIRE_PASSWD = 0x10000
+
+# sAMAccountName: at most 20 characters, none of "/\[]:;|=,+*?<> (and no control characters).
+SAM_FORBIDDEN = set('"/\\[]:;|=,+*?<>')
+MAX_SAM = 20
+COMPUTER_NAME_MAX = 15
+
+log = logging.getLogger("directory_admin")
+
+
+class DirectoryError(RuntimeError):
+    """A refusal or failure with a message safe to log and return (never a secret)."""
+
+
+class NotOurs(DirectoryError):
+    """The named object exists outside the stack's OU: the stack never changes it."""
+
+
+# -- names ---------------------------------------------------------------------------------------
+
+def sam_problem(name: Any) -> str | None:
+    """Why `name` is not a valid sAMAccountName for a user/group, or None."""
+    if not isinstance(name, str) or not name:
+        return "must be a non-empty string"
+    if len(name) > MAX_SAM:
+        return f"is {len(name)} characters; at most {MAX_SAM}"
+    bad = sorted({c for c in name if c in SAM_FORBIDDEN or ord(c) < 32})
+    if bad:
+        return f"contains {''.join(bad)!r}; none of \"/\\[]:;|=,+*?<> allowed"
+    if name.endswith(".") or name.strip() != name:
+        return "may not end with '.' or start/end with a space"
+    return None
+
+
+def computer_prefix(cluster_name: str) -> str:
+    """A short per-cluster prefix for computer names: up to 3 letters/digits of the cluster name
+    (upper case, 'C' in front when it would start with a digit) and 2 hex digits of its hash, so
+    two clusters named alike still differ."""
+    letters = re.sub(r"[^A-Za-z0-9]", "", cluster_name).upper()[:3] or "C"
+    if letters[0].isdigit():
+        letters = ("C" + letters)[:3]
+    return letters + hashlib.sha256(cluster_name.encode()).hexdigest()[:2].upper()
+
+
+def computer_name(prefix: str, instance_id: str) -> str:
+    """The node's computer (NetBIOS) name: prefix + hash of the instance id, 15 characters. Same
+    as bootstrap/join-domain.sh computes: (prefix + sha256hex(instance id)) cut to 15, upper case."""
+    if not re.fullmatch(r"[A-Z][A-Z0-9]{0,5}", prefix):
+        raise ValueError(f"computer name prefix {prefix!r}: 1-6 upper-case letters/digits, a letter first")
+    return (prefix + hashlib.sha256(instance_id.encode()).hexdigest()).upper()[:COMPUTER_NAME_MAX]
+
+
+def computer_name_pattern(prefix: str) -> re.Pattern[str]:
+    return re.compile(re.escape(prefix) + f"[0-9A-F]{{{COMPUTER_NAME_MAX - len(prefix)}}}")
+
+
+def domain_dn(domain: str) -> str:
+    return ",".join(f"DC={part}" for part in domain.split("."))
+
+
+def escape_rdn(value: str) -> str:
+    from ldap3.utils.dn import escape_rdn as _escape
+
+    return _escape(value)
+
+
+def escape_filter(value: str) -> str:
+    from ldap3.utils.conv import escape_filter_chars
+
+    return escape_filter_chars(value)
+
+
+def under(dn: str, parent: str) -> bool:
+    """dn is strictly inside parent (DN comparison without case or spaces after commas)."""
+    norm = lambda s: ",".join(p.strip() for p in s.split(",")).lower()  # noqa: E731
+    return norm(dn).endswith("," + norm(parent))
+
+
+# -- security descriptors (self-relative, MS-DTYP 2.4.6) ------------------------------------------
+
+def sid_bytes(sid: str) -> bytes:
+    """Binary SID from its S-1-... string."""
+    parts = sid.split("-")
+    if len(parts) < 3 or parts[0] != "S":
+        raise ValueError(f"not a SID: {sid!r}")
+    subs = [int(p) for p in parts[3:]]
+    return struct.pack("<BB", int(parts[1]), len(subs)) + int(parts[2]).to_bytes(6, "big") + b"".join(
+        struct.pack("<I", s) for s in subs)
+
+
+def object_ace(sid: bytes, mask: int, *, flags: int = 0, object_type: str | None = None,
+               inherited_object_type: str | None = None) -> bytes:
+    obj_flags = 0
+    body = b""
+    if object_type:
+        obj_flags |= ACE_OBJECT_TYPE_PRESENT
+        body += uuid.UUID(object_type).bytes_le
+    if inherited_object_type:
+        obj_flags |= ACE_INHERITED_OBJECT_TYPE_PRESENT
+        body += uuid.UUID(inherited_object_type).bytes_le
+    payload = struct.pack("<II", mask, obj_flags) + body + sid
+    return struct.pack("<BBH", ACCESS_ALLOWED_OBJECT_ACE, flags, 4 + len(payload)) + payload
+
+
+def join_aces(sid: bytes) -> list[bytes]:
+    """The join account's rights on the Computers OU: create and delete computer objects in it
+    (this OU only: no inheritance), and full control of the computer objects below it."""
+    return [
+        object_ace(sid, ADS_RIGHT_DS_CREATE_CHILD | ADS_RIGHT_DS_DELETE_CHILD, object_type=COMPUTER_CLASS),
+        object_ace(sid, FULL_CONTROL, flags=CONTAINER_INHERIT | INHERIT_ONLY, inherited_object_type=COMPUTER_CLASS),
+    ]
+
+
+def _split_aces(acl: bytes) -> list[bytes]:
+    _rev, _sbz, size, count, _sbz2 = struct.unpack_from("<BBHHH", acl, 0)
+    aces, off = [], 8
+    for _ in range(count):
+        _t, _f, ace_size = struct.unpack_from("<BBH", acl, off)
+        aces.append(acl[off:off + ace_size])
+        off += ace_size
+    return aces
+
+
+def dacl_with(sd: bytes, new_aces: list[bytes]) -> bytes | None:
+    """A DACL-only self-relative security descriptor = sd's DACL plus new_aces (explicit ACEs go
+    before the inherited ones, canonical order); None when every new ACE is already there."""
+    _rev, _sbz, control, _owner, _group, _sacl, dacl_off = struct.unpack_from("<BBHIIII", sd, 0)
+    aces = _split_aces(sd[dacl_off:]) if dacl_off else []
+    missing = [a for a in new_aces if a not in aces]
+    if not missing:
+        return None
+    first_inherited = next((i for i, a in enumerate(aces) if a[1] & INHERITED_ACE), len(aces))
+    aces = aces[:first_inherited] + missing + aces[first_inherited:]
+    body = b"".join(aces)
+    acl = struct.pack("<BBHHH", ACL_REVISION_DS, 0, 8 + len(body), len(aces), 0) + body
+    control = (control | SE_DACL_PRESENT | SE_SELF_RELATIVE) & ~0x0010 & ~0x0001 & ~0x0002  # no SACL/owner/group
+    return struct.pack("<BBHIIII", 1, 0, control, 0, 0, 0, 20) + acl
+
+
+# -- the directory ---------------------------------------------------------------------------------
+
+@dataclass
+class Layout:
+    domain: str
+    ou_name: str
+    parent_dn: str = ""  # empty: the domain's root
+
+    def __post_init__(self) -> None:
+        self.base_dn = domain_dn(self.domain)
+        parent = self.parent_dn or self.base_dn
+        self.stack_dn = f"OU={escape_rdn(self.ou_name)},{parent}"
+        self.computers_dn = f"OU=Computers,{self.stack_dn}"
+        self.people_dn = f"OU=Users,{self.stack_dn}"
+
+
+class Directory:
+    """LDAP operations on the stack's OU. `conn` is a bound ldap3 Connection (raise_exceptions=False);
+    `set_password(user, password)` is ds:ResetUserPassword for this directory."""
+
+    def __init__(self, conn: Any, layout: Layout, set_password: Callable[[str, str], None]):
+        self.conn = conn
+        self.layout = layout
+        self.set_password = set_password
+
+    # low level
+    def _check(self, ok: bool, what: str) -> None:
+        if not ok:
+            r = self.conn.result or {}
+            raise DirectoryError(f"{what}: {r.get('description')} {r.get('message', '')}".strip())
+
+    def search(self, base: str, flt: str, attrs: Iterable[str] = (), *, scope: str = "SUBTREE",
+               controls: Any = None) -> list[dict[str, Any]]:
+        from ldap3 import BASE, LEVEL, SUBTREE
+
+        scopes = {"BASE": BASE, "LEVEL": LEVEL, "SUBTREE": SUBTREE}
+        gen = self.conn.extend.standard.paged_search(
+            base, flt, search_scope=scopes[scope], attributes=list(attrs), controls=controls, paged_size=500,
+            generator=True)
+        out = []
+        try:
+            for e in gen:
+                if e.get("type") == "searchResEntry":
+                    out.append(e)
+        except Exception as exc:  # ldap3 raises its own classes on a missing base
+            if "noSuchObject" in repr(exc) or "NO_SUCH_OBJECT" in repr(exc).upper():
+                return []
+            raise
+        if (self.conn.result or {}).get("description") == "noSuchObject":
+            return []
+        return out
+
+    def exists(self, dn: str) -> bool:
+        return bool(self.search(dn, "(objectClass=*)", scope="BASE"))
+
+    def find_account(self, sam: str, object_class: str) -> dict[str, Any] | None:
+        hits = self.search(self.layout.base_dn, f"(&(objectClass={object_class})(sAMAccountName={escape_filter(sam)}))",
+                           ["sAMAccountName", "userAccountControl", "pwdLastSet", "memberOf", "displayName", "mail",
+                            "description", "objectSid", "whenCreated"])
+        return hits[0] if hits else None
+
+    def add(self, dn: str, classes: list[str], attrs: dict[str, Any]) -> None:
+        self._check(self.conn.add(dn, classes, attrs), f"create {dn}")
+
+    def replace(self, dn: str, changes: dict[str, Any]) -> None:
+        from ldap3 import MODIFY_REPLACE
+
+        mods = {k: [(MODIFY_REPLACE, v if isinstance(v, list) else [v])] for k, v in changes.items()}
+        self._check(self.conn.modify(dn, mods), f"modify {dn}")
+
+    def delete_tree(self, dn: str) -> bool:
+        """Delete dn and everything below it (tree delete control); False when it was not there."""
+        ok = self.conn.delete(dn, controls=[(TREE_DELETE_OID, True, None)])
+        if not ok and (self.conn.result or {}).get("description") == "noSuchObject":
+            return False
+        self._check(ok, f"delete {dn}")
+        return True
+
+    # layout
+    def ensure_ou(self, dn: str, description: str) -> bool:
+        if self.exists(dn):
+            return False
+        self.add(dn, ["organizationalUnit"], {"description": description})
+        return True
+
+    def ensure_layout(self) -> list[str]:
+        made = []
+        lay = self.layout
+        for dn, what in ((lay.stack_dn, "pcluster-ad stack"), (lay.computers_dn, "cluster nodes"),
+                         (lay.people_dn, "users and groups declared in the stack config")):
+            if self.ensure_ou(dn, what):
+                made.append(dn)
+        return made
+
+    def delete_stack_ou(self) -> bool:
+        return self.delete_tree(self.layout.stack_dn)
+
+    # join account
+    def ensure_join_account(self, name: str, password: str) -> dict[str, Any]:
+        lay = self.layout
+        dn = f"CN={escape_rdn(name)},{lay.stack_dn}"
+        found = self.find_account(name, "user")
+        created = False
+        if found and found["dn"].lower() != dn.lower():
+            raise NotOurs(f"join account {name!r} exists outside the stack's OU ({found['dn']}); "
+                          "choose another pcluster-ad:join.user")
+        if not found:
+            self.add(dn, ["top", "person", "organizationalPerson", "user"], {
+                "sAMAccountName": name, "userPrincipalName": f"{name}@{lay.domain}",
+                "description": "pcluster-ad join account: creates/deletes computer objects in this OU's Computers",
+                "userAccountControl": str(UF_NORMAL_ACCOUNT | UF_ACCOUNTDISABLE),
+            })
+            created = True
+        self.set_password(name, password)
+        self.replace(dn, {"userAccountControl": str(UF_NORMAL_ACCOUNT | UF_DONT_EXPIRE_PASSWD)})
+        sid = self.search(dn, "(objectClass=*)", ["objectSid"], scope="BASE")[0]["raw_attributes"]["objectSid"][0]
+        granted = self.grant(lay.computers_dn, join_aces(sid))
+        return {"dn": dn, "created": created, "granted": granted}
+
+    def grant(self, dn: str, aces: list[bytes]) -> bool:
+        from ldap3 import MODIFY_REPLACE
+        from ldap3.protocol.microsoft import security_descriptor_control
+
+        ctl = security_descriptor_control(sdflags=DACL_SECURITY_INFORMATION)
+        hit = self.search(dn, "(objectClass=*)", ["nTSecurityDescriptor"], scope="BASE", controls=ctl)
+        if not hit:
+            raise DirectoryError(f"grant: {dn} not found")
+        sd = hit[0]["raw_attributes"]["nTSecurityDescriptor"][0]
+        new = dacl_with(sd, aces)
+        if new is None:
+            return False
+        self._check(self.conn.modify(dn, {"nTSecurityDescriptor": [(MODIFY_REPLACE, [new])]}, controls=ctl),
+                    f"grant on {dn}")
+        return True
+
+    # computers
+    def list_computers(self) -> list[dict[str, Any]]:
+        hits = self.search(self.layout.computers_dn, "(objectClass=computer)", ["sAMAccountName", "whenCreated"])
+        return [{"name": first(h, "sAMAccountName").rstrip("$"), "dn": h["dn"],
+                 "created": generalized_time(first(h, "whenCreated"))} for h in hits]
+
+    def delete_computer(self, name: str) -> str:
+        """'deleted', 'absent' (nothing by that name in the Computers OU), 'outside' (only elsewhere: kept)."""
+        flt = f"(&(objectClass=computer)(sAMAccountName={escape_filter(name.upper())}$))"
+        inside = self.search(self.layout.computers_dn, flt)
+        if inside:
+            self.delete_tree(inside[0]["dn"])
+            return "deleted"
+        return "outside" if self.search(self.layout.base_dn, flt) else "absent"
+
+    # users and groups
+    def _owned(self, sam: str, object_class: str) -> dict[str, Any] | None:
+        found = self.find_account(sam, object_class)
+        if found and not under(found["dn"], self.layout.people_dn):
+            raise NotOurs(f"{object_class} {sam!r} exists outside the stack's OU ({found['dn']}): not touched")
+        if found is None and self.find_account(sam, "*") is not None:
+            raise NotOurs(f"{sam!r} is taken by another directory object: not touched")
+        return found
+
+    def upsert_group(self, name: str, description: str = "") -> str:
+        found = self._owned(name, "group")
+        attrs = {"description": description} if description else {}
+        if not found:
+            self.add(f"CN={escape_rdn(name)},{self.layout.people_dn}", ["top", "group"],
+                     {"sAMAccountName": name, **attrs})
+            return "created"
+        if description and first(found, "description") != description:
+            self.replace(found["dn"], {"description": description})
+            return "updated"
+        return "unchanged"
+
+    def delete_group(self, name: str) -> str:
+        found = self._owned(name, "group")
+        if not found:
+            return "absent"
+        self.delete_tree(found["dn"])
+        return "deleted"
+
+    def upsert_user(self, name: str, *, groups: Iterable[str] = (), display_name: str = "", email: str = "",
+                    initial_password: Callable[[], str]) -> dict[str, Any]:
+        lay = self.layout
+        found = self._owned(name, "user")
+        attrs = {k: v for k, v in (("displayName", display_name), ("mail", email)) if v}
+        created = False
+        if not found:
+            dn = f"CN={escape_rdn(name)},{lay.people_dn}"
+            self.add(dn, ["top", "person", "organizationalPerson", "user"], {
+                "sAMAccountName": name, "userPrincipalName": f"{name}@{lay.domain}", **attrs,
+                "userAccountControl": str(UF_NORMAL_ACCOUNT | UF_ACCOUNTDISABLE)})
+            created = True
+        else:
+            dn = found["dn"]
+            changes: dict[str, Any] = {k: v for k, v in attrs.items() if first(found, k) != v}
+            for k in ("displayName", "mail"):
+                if k not in attrs and first(found, k):
+                    changes[k] = []
+            if changes:
+                self.replace(dn, changes)
+        uac = int(first(found, "userAccountControl") or 0) if found else 0
+        if created or (uac & UF_ACCOUNTDISABLE and _never_set(found)):
+            # A new user (or one whose creation stopped half-way): initial password, must change it
+            # at first login (pwdLastSet 0), then enabled.
+            self.set_password(name, initial_password())
+            self.replace(dn, {"pwdLastSet": "0"})
+            self.replace(dn, {"userAccountControl": str(UF_NORMAL_ACCOUNT)})
+        membership = self.sync_groups(dn, groups)
+        return {"dn": dn, "created": created, **membership}
+
+    def sync_groups(self, user_dn: str, groups: Iterable[str]) -> dict[str, list[str]]:
+        """Make the user a member of exactly `groups` among the stack's groups (others untouched)."""
+        from ldap3 import MODIFY_ADD, MODIFY_DELETE
+
+        lay = self.layout
+        ours = {first(h, "sAMAccountName").lower(): h["dn"]
+                for h in self.search(lay.people_dn, "(objectClass=group)", ["sAMAccountName"])}
+        want = {}
+        for g in groups:
+            if g.lower() not in ours:
+                raise DirectoryError(f"group {g!r} is not one of the stack's groups")
+            want[ours[g.lower()]] = g
+        current = {dn for dn in ours.values()
+                   if self.search(dn, f"(member={escape_filter(user_dn)})", scope="BASE")}
+        added, removed = [], []
+        for gdn in sorted(set(want) - current):
+            self._check(self.conn.modify(gdn, {"member": [(MODIFY_ADD, [user_dn])]}), f"add {user_dn} to {gdn}")
+            added.append(gdn)
+        for gdn in sorted(current - set(want)):
+            self._check(self.conn.modify(gdn, {"member": [(MODIFY_DELETE, [user_dn])]}),
+                        f"remove {user_dn} from {gdn}")
+            removed.append(gdn)
+        return {"added": added, "removed": removed}
+
+    def delete_user(self, name: str) -> str:
+        found = self._owned(name, "user")
+        if not found:
+            return "absent"
+        self.delete_tree(found["dn"])
+        return "deleted"
+
+
+def _never_set(found: dict[str, Any] | None) -> bool:
+    return not found or first(found, "pwdLastSet") in (None, "0")
+
+
+def first(entry: Mapping[str, Any] | None, attr: str) -> Any:
+    """One value of an attribute of a search result (no schema loaded: every value is a list of strings)."""
+    values = ((entry or {}).get("attributes") or {}).get(attr)
+    if isinstance(values, list):
+        return values[0] if values else None
+    return values
+
+
+def generalized_time(value: str | None) -> datetime | None:
+    """LDAP GeneralizedTime as AD writes it (20261201231844.0Z)."""
+    if not value:
+        return None
+    return datetime.strptime(value.split(".")[0].rstrip("Z"), "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+
+
+# -- settings and clients ---------------------------------------------------------------------------
+
+class SettingsError(ValueError):
+    pass
+
+
+@dataclass
+class Settings:
+    directory_id: str
+    domain: str
+    dns_ips: list[str]
+    ou_name: str
+    admin_user: str
+    admin_password_parameter: str
+    cluster_name: str
+    computer_prefix: str
+    parent_dn: str = ""
+    join_user: str = ""
+    join_password_parameter: str = ""
+    window_table: str = ""
+    ldap_port: int = 389
+    sweep_grace_minutes: int = 60
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.domain, self.ou_name, self.parent_dn)
+
+
+_REQUIRED = ("DIRECTORY_ID", "DOMAIN", "DNS_IPS", "OU_NAME", "ADMIN_USER", "ADMIN_PASSWORD_PARAMETER",
+             "CLUSTER_NAME", "COMPUTER_PREFIX")
+
+
+def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
+    missing = [v for v in _REQUIRED if not environ.get(v, "").strip()]
+    if missing:
+        raise SettingsError("directory admin function environment: not set: " + ", ".join(missing))
+    ips = [ip.strip() for ip in environ["DNS_IPS"].split(",") if ip.strip()]
+    bad = [ip for ip in ips if not re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}", ip)]
+    if bad:
+        raise SettingsError(f"DNS_IPS: not IPv4 addresses: {bad}")
+    return Settings(
+        directory_id=environ["DIRECTORY_ID"].strip(), domain=environ["DOMAIN"].strip().lower(), dns_ips=ips,
+        ou_name=environ["OU_NAME"].strip(), admin_user=environ["ADMIN_USER"].strip(),
+        admin_password_parameter=environ["ADMIN_PASSWORD_PARAMETER"].strip(),
+        cluster_name=environ["CLUSTER_NAME"].strip(), computer_prefix=environ["COMPUTER_PREFIX"].strip(),
+        parent_dn=environ.get("PARENT_DN", "").strip(), join_user=environ.get("JOIN_USER", "").strip(),
+        join_password_parameter=environ.get("JOIN_PASSWORD_PARAMETER", "").strip(),
+        window_table=environ.get("WINDOW_TABLE", "").strip(),
+        ldap_port=int(environ.get("LDAP_PORT", "389") or 389),
+        sweep_grace_minutes=int(environ.get("SWEEP_GRACE_MINUTES", "60") or 60),
+    )
+
+
+def get_secret(ssm: Any, name: str) -> str:
+    return ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
+
+
+def ldap_connect(settings: Settings, password: str) -> Any:
+    """A bound connection to the first directory DNS IP that answers (simple bind as admin@domain)."""
+    from ldap3 import NONE, SIMPLE, Connection, Server
+
+    errors = []
+    for ip in settings.dns_ips:
+        server = Server(ip, port=settings.ldap_port, connect_timeout=5, get_info=NONE)
+        conn = Connection(server, user=f"{settings.admin_user}@{settings.domain}", password=password,
+                          authentication=SIMPLE, receive_timeout=20, raise_exceptions=False, auto_referrals=False)
+        try:
+            if conn.bind():
+                return conn
+            errors.append(f"{ip}: bind refused ({(conn.result or {}).get('description')})")
+        except Exception as exc:  # noqa: BLE001 - ldap3 socket errors; try the next DC
+            errors.append(f"{ip}: {type(exc).__name__}")
+    raise DirectoryError("cannot bind to the directory over LDAP: " + "; ".join(errors))
+
+
+def ds_password_setter(ds: Any, directory_id: str) -> Callable[[str, str], None]:
+    def set_password(user: str, password: str) -> None:
+        ds.reset_user_password(DirectoryId=directory_id, UserName=user, NewPassword=password)
+    return set_password
+
+
+# -- handlers ----------------------------------------------------------------------------------------
+
+def handle_resource(event: Mapping[str, Any], *, settings: Settings, directory: Directory, ssm: Any) -> dict[str, Any]:
+    """One Pulumi Invocation (lifecycle scope CRUD) on the directory, a group or a user."""
+    tf = event.get("tf") or {}
+    action = tf.get("action", "create")
+    prev = tf.get("prev_input") or {}
+    kind = event.get("resource")
+    if action not in ("create", "update", "delete"):
+        raise DirectoryError(f"unknown action {action!r}")
+    if kind == "directory":
+        if action == "delete":
+            return {"resource": kind, "deleted": directory.delete_stack_ou()}
+        made = directory.ensure_layout()
+        out: dict[str, Any] = {"resource": kind, "created": made}
+        if event.get("joinUser"):
+            password = get_secret(ssm, event["joinPasswordParameter"])
+            out["joinAccount"] = directory.ensure_join_account(event["joinUser"], password)
+        return out
+    name = event.get("name")
+    if kind not in ("group", "user") or not isinstance(name, str) or sam_problem(name):
+        raise DirectoryError(f"bad resource event: resource={kind!r} name={name!r}")
+    remove = directory.delete_group if kind == "group" else directory.delete_user
+    if action == "delete":
+        return {"resource": kind, "name": name, "result": remove(name)}
+    if action == "update" and prev.get("name") and prev["name"] != name:
+        remove(prev["name"])  # renamed: the old object goes, a new one comes
+    if kind == "group":
+        return {"resource": kind, "name": name, "result": directory.upsert_group(name, event.get("description", ""))}
+    parameter = event.get("initialPasswordParameter", "")
+    res = directory.upsert_user(name, groups=event.get("groups", []), display_name=event.get("displayName", ""),
+                                email=event.get("email", ""), initial_password=lambda: get_secret(ssm, parameter))
+    return {"resource": kind, "name": name, "created": res["created"], "added": res["added"],
+            "removed": res["removed"]}
+
+
+def _instance(ec2: Any, instance_id: str) -> dict[str, Any] | None:
+    from botocore.exceptions import ClientError
+
+    try:
+        res = ec2.describe_instances(InstanceIds=[instance_id])
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code", "").startswith("InvalidInstanceID"):
+            return None
+        raise
+    for r in res.get("Reservations", []):
+        for i in r.get("Instances", []):
+            return i
+    return None
+
+
+def recorded_name(dynamodb: Any, table: str, instance_id: str) -> str | None:
+    if not table:
+        return None
+    item = dynamodb.get_item(TableName=table, Key={WINDOW_KEY: {"S": instance_id}}, ConsistentRead=True).get("Item")
+    return ((item or {}).get("computerName") or {}).get("S")
+
+
+def handle_termination(event: Mapping[str, Any], *, settings: Settings, ec2: Any, dynamodb: Any,
+                       directory: Callable[[], Directory], logger: logging.Logger = log) -> dict[str, Any]:
+    detail = event.get("detail") or {}
+    iid = detail.get("instance-id", "")
+    if detail.get("state") != "terminated" or not re.fullmatch(r"i-[0-9a-f]{8,17}", iid):
+        logger.info(json.dumps({"event": "termination", "instance": iid, "decision": "ignored",
+                                "reason": "not a termination"}))
+        return {"instance": iid, "result": "ignored"}
+    inst = _instance(ec2, iid)
+    tags = {t["Key"]: t["Value"] for t in (inst or {}).get("Tags", [])}
+    if inst is None or tags.get(CLUSTER_TAG) != settings.cluster_name:
+        reason = "unknown instance" if inst is None else "not a node of this cluster"
+        logger.info(json.dumps({"event": "termination", "instance": iid, "decision": "ignored", "reason": reason}))
+        return {"instance": iid, "result": "ignored", "reason": reason}
+    name = recorded_name(dynamodb, settings.window_table, iid) or computer_name(settings.computer_prefix, iid)
+    result = directory().delete_computer(name)
+    logger.info(json.dumps({"event": "termination", "instance": iid, "computer": name, "result": result}))
+    return {"instance": iid, "computer": name, "result": result}
+
+
+def live_names(ec2: Any, settings: Settings) -> set[str]:
+    names = set()
+    pages = ec2.get_paginator("describe_instances").paginate(Filters=[
+        {"Name": f"tag:{CLUSTER_TAG}", "Values": [settings.cluster_name]},
+        {"Name": "instance-state-name", "Values": LIVE_STATES}])
+    for page in pages:
+        for r in page.get("Reservations", []):
+            for i in r.get("Instances", []):
+                names.add(computer_name(settings.computer_prefix, i["InstanceId"]))
+    return names
+
+
+def sweep(*, settings: Settings, ec2: Any, directory: Directory, now: datetime,
+          logger: logging.Logger = log) -> dict[str, Any]:
+    """Delete computer objects in the Computers OU that carry this cluster's name pattern, are older
+    than the grace period (a node that is joining right now is always live anyway) and belong to no
+    live instance. Anything else in the OU, and everything outside it, is left alone."""
+    pattern = computer_name_pattern(settings.computer_prefix)
+    live = live_names(ec2, settings)
+    cutoff = now - timedelta(minutes=settings.sweep_grace_minutes)
+    deleted, kept, foreign = [], [], []
+    for c in directory.list_computers():
+        name = c["name"].upper()
+        created = c["created"]
+        if not pattern.fullmatch(name):
+            foreign.append(name)
+        elif name in live or (isinstance(created, datetime) and created > cutoff):
+            kept.append(name)
+        else:
+            directory.delete_tree(c["dn"])
+            deleted.append(name)
+    out = {"deleted": sorted(deleted), "kept": sorted(kept), "foreign": sorted(foreign)}
+    logger.info(json.dumps({"event": "sweep", **out}))
+    return out
+
+
+def handle(event: Mapping[str, Any], *, settings: Settings, ec2: Any, ssm: Any, ds: Any, dynamodb: Any,
+           connect: Callable[[Settings, str], Any] = ldap_connect,
+           now: Callable[[], datetime] = lambda: datetime.now(UTC),
+           logger: logging.Logger = log) -> dict[str, Any]:
+    cache: dict[str, Directory] = {}
+
+    def directory() -> Directory:
+        if "d" not in cache:
+            conn = connect(settings, get_secret(ssm, settings.admin_password_parameter))
+            cache["d"] = Directory(conn, settings.layout, ds_password_setter(ds, settings.directory_id))
+        return cache["d"]
+
+    try:
+        if event.get("source") == "aws.ec2":
+            return handle_termination(event, settings=settings, ec2=ec2, dynamodb=dynamodb, directory=directory,
+                                      logger=logger)
+        if event.get("op") == "sweep":
+            return sweep(settings=settings, ec2=ec2, directory=directory(), now=now(), logger=logger)
+        if "resource" in event:
+            out = handle_resource(event, settings=settings, directory=directory(), ssm=ssm)
+            logger.info(json.dumps({"event": "resource", **{k: v for k, v in out.items() if k != "joinAccount"}},
+                                   default=str))
+            return out
+        raise DirectoryError(f"unknown event (keys: {sorted(event)[:10]})")
+    finally:
+        if "d" in cache:
+            cache["d"].conn.unbind()
+
+
+_settings: Settings | None = None
+_clients: dict[str, Any] | None = None
+
+
+def handler(event: Any, context: Any) -> dict[str, Any]:
+    """Lambda entry point. Errors raise (the Invocation / EventBridge retry sees a failure)."""
+    global _settings, _clients
+    import boto3
+    from botocore.config import Config
+
+    if _settings is None:
+        _settings = load_settings()
+    if _clients is None:
+        cfg = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=20)
+        _clients = {n: boto3.client(n, config=cfg) for n in ("ec2", "ssm", "ds", "dynamodb")}
+    return handle(event, settings=_settings, **_clients)
+
+
+if __name__ == "__main__":  # pragma: no cover - local debugging only
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO)

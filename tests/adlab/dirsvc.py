@@ -1,0 +1,170 @@
+"""The directory-admin function's AWS side, for the AD lab (runs in the lab's switch namespace, where
+the DC's LDAP port is reachable, with the project venv's python: ldap3 + moto).
+
+It calls the product's REAL ``lambda_src/directory_admin.handle(...)``: real ldap3 against the lab's
+Samba DC; EC2, SSM and DynamoDB on moto (in-process); ``ds:ResetUserPassword`` by a stand-in that
+sets the password on the DC (samba's SamDB.setpassword run by the DC's python3 through nsenter),
+as Directory Service does on Simple AD.
+
+Control: one JSON object per line on stdin, one JSON answer per line on stdout; EOF stops it.
+    {"op": "config", "settings": {...env...}, "parameters": {name: value}, "table": NAME, "dc_argv": [...]}
+    {"op": "instances", "count": N, "tagged": bool}      -> {"ids": [...]}
+    {"op": "terminate", "ids": [...]}
+    {"op": "put_item", "item": {...}}                     (window table item, DynamoDB JSON)
+    {"op": "handle", "event": {...}, "now": ISO?}         -> {"result": ...} or {"ok": false, "error"}
+    {"op": "name", "instance_id": ...}                    -> {"name": computer name}
+    {"op": "resets"}                                      -> {"users": [user names whose password was reset]}
+    {"op": "ldap", "server", "user", "password", "ops": [...]} -> what another account may do (test probes)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import subprocess
+import sys
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+
+os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_EC2_METADATA_DISABLED="true")
+for _v in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+    os.environ.pop(_v, None)
+
+from moto import mock_aws  # noqa: E402  (before any boto3 client exists)
+
+_MOCK = mock_aws()
+_MOCK.start()
+
+import boto3  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+REGION = "eu-west-1"
+
+# Run by the DC's python3: set one user's password (from stdin) as ResetUserPassword does.
+SETPW = r"""
+import sys
+from samba.auth import system_session
+from samba.param import LoadParm
+from samba.samdb import SamDB
+import ldb
+user = sys.argv[1]
+pw = sys.stdin.read()
+lp = LoadParm(); lp.load_default()
+db = SamDB(url=lp.samdb_url(), session_info=system_session(), lp=lp)
+db.setpassword("(&(objectClass=user)(sAMAccountName=%s))" % ldb.binary_encode(user), pw)
+"""
+
+
+def load_product():
+    spec = importlib.util.spec_from_file_location("directory_admin", REPO / "lambda_src" / "directory_admin.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["directory_admin"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class FakeDs:
+    """ds client stand-in: reset_user_password sets the password on the lab DC."""
+
+    def __init__(self, dc_argv: list[str], directory_id: str):
+        self.dc_argv = dc_argv
+        self.directory_id = directory_id
+        self.resets: list[str] = []
+
+    def reset_user_password(self, *, DirectoryId: str, UserName: str, NewPassword: str) -> dict:
+        if DirectoryId != self.directory_id:
+            raise RuntimeError(f"ResetUserPassword on another directory: {DirectoryId}")
+        res = subprocess.run([*self.dc_argv, "/usr/bin/python3", "-c", SETPW, UserName], input=NewPassword,
+                             capture_output=True, text=True, timeout=60)
+        if res.returncode != 0:
+            raise RuntimeError(f"ResetUserPassword stand-in failed for {UserName}: {res.stderr[-500:]}")
+        self.resets.append(UserName)
+        return {}
+
+
+def ldap_ops(req: dict) -> list[dict]:
+    """Test-side LDAP operations as some account (to probe what it may do); results by name."""
+    from ldap3 import MODIFY_ADD, SIMPLE, Connection, Server
+
+    conn = Connection(Server(req["server"], port=389, connect_timeout=5), user=req["user"], password=req["password"],
+                      authentication=SIMPLE, raise_exceptions=False)
+    if not conn.bind():
+        raise RuntimeError(f"bind as {req['user']} refused: {conn.result}")
+    results = []
+    for o in req["ops"]:
+        if o["op"] == "add":
+            ok = conn.add(o["dn"], o["classes"], o.get("attrs", {}))
+        elif o["op"] == "delete":
+            ok = conn.delete(o["dn"])
+        elif o["op"] == "add_member":
+            ok = conn.modify(o["dn"], {"member": [(MODIFY_ADD, [o["member"]])]})
+        else:
+            raise ValueError(o["op"])
+        results.append({"op": o["op"], "dn": o["dn"], "ok": bool(ok), "result": conn.result.get("description")})
+    conn.unbind()
+    return results
+
+
+def main() -> None:
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO)
+    da = load_product()
+    ec2 = boto3.client("ec2", region_name=REGION)
+    ssm = boto3.client("ssm", region_name=REGION)
+    kms = boto3.client("kms", region_name=REGION)
+    dynamodb = boto3.client("dynamodb", region_name=REGION)
+    key = kms.create_key()["KeyMetadata"]["KeyId"]
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.0.0/20", AvailabilityZone=f"{REGION}a")["Subnet"]["SubnetId"]
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    state: dict = {}
+    print(json.dumps({"ok": True}), flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
+        op = req.get("op")
+        try:
+            if op == "config":
+                state["settings"] = da.load_settings(req["settings"])
+                for name, value in req.get("parameters", {}).items():
+                    ssm.put_parameter(Name=name, Value=value, Type="SecureString", KeyId=key, Overwrite=True)
+                if req.get("table"):
+                    dynamodb.create_table(TableName=req["table"], BillingMode="PAY_PER_REQUEST",
+                                          KeySchema=[{"AttributeName": da.WINDOW_KEY, "KeyType": "HASH"}],
+                                          AttributeDefinitions=[{"AttributeName": da.WINDOW_KEY, "AttributeType": "S"}])
+                state["ds"] = FakeDs(req["dc_argv"], state["settings"].directory_id)
+                out = {}
+            elif op == "instances":
+                tags = [{"Key": da.CLUSTER_TAG, "Value": req.get("cluster", state["settings"].cluster_name)}]
+                spec = [{"ResourceType": "instance", "Tags": tags}] if req.get("tagged", True) else []
+                res = ec2.run_instances(ImageId=image, MinCount=req["count"], MaxCount=req["count"], SubnetId=subnet,
+                                        TagSpecifications=spec)
+                out = {"ids": [i["InstanceId"] for i in res["Instances"]]}
+            elif op == "terminate":
+                ec2.terminate_instances(InstanceIds=req["ids"])
+                out = {}
+            elif op == "put_item":
+                dynamodb.put_item(TableName=state["settings"].window_table, Item=req["item"])
+                out = {}
+            elif op == "name":
+                out = {"name": da.computer_name(state["settings"].computer_prefix, req["instance_id"])}
+            elif op == "resets":
+                out = {"users": state["ds"].resets}
+            elif op == "ldap":
+                out = {"results": ldap_ops(req)}
+            elif op == "handle":
+                now = datetime.fromisoformat(req["now"]) if req.get("now") else datetime.now(UTC)
+                result = da.handle(req["event"], settings=state["settings"], ec2=ec2, ssm=ssm, ds=state["ds"],
+                                   dynamodb=dynamodb, now=lambda n=now: n)
+                out = {"result": json.loads(json.dumps(result, default=str))}
+            else:
+                raise ValueError(f"unknown op {op!r}")
+            answer = {"ok": True, **out}
+        except Exception as exc:  # noqa: BLE001 - reported to the test, which asserts on it
+            answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-3000:]}
+        print(json.dumps(answer), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,391 @@
+"""The directory-admin function (lambda_src/directory_admin.py) against the lab's real Samba AD DC.
+
+The DC is configured like Simple AD: simple binds over plain LDAP allowed
+(``ldap server require strong auth = no``; Samba's default refuses them). The product's real
+``handle()`` runs in the switch namespace (tests/adlab/dirsvc.py) with real ldap3; EC2/SSM/DynamoDB
+on moto; ds:ResetUserPassword by a stand-in that sets the password on the DC. Every check of the
+directory's state reads the DC's own database (SamDB on the DC), not the product's view.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import select
+import signal
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from lambda_src.directory_admin import computer_prefix
+
+from .lab import HERE, REPO, Lab, LabError, lab_python
+
+pytestmark = pytest.mark.adlab
+
+STACK = "adlab"
+OU = f"pcluster-ad-{STACK}"
+BASE = "DC=test,DC=domain"
+STACK_DN = f"OU={OU},{BASE}"
+COMPUTERS_DN = f"OU=Computers,{STACK_DN}"
+PEOPLE_DN = f"OU=Users,{STACK_DN}"
+JOIN_USER = f"pcad-join-{STACK}"
+ADMIN_PARAM = f"/pcluster-ad/{STACK}/directory-admin-password"
+JOIN_PARAM = f"/pcluster-ad/{STACK}/join-password"
+TABLE = "adlab-join-windows"
+
+# Run by the DC's python3: search the DC's own database; JSON in (stdin), JSON out.
+DC_SEARCH = r"""
+import json, sys
+import ldb
+from samba.auth import system_session
+from samba.param import LoadParm
+from samba.samdb import SamDB
+q = json.load(sys.stdin)
+lp = LoadParm(); lp.load_default()
+db = SamDB(url=lp.samdb_url(), session_info=system_session(), lp=lp)
+scope = {"base": ldb.SCOPE_BASE, "one": ldb.SCOPE_ONELEVEL, "sub": ldb.SCOPE_SUBTREE}[q.get("scope", "sub")]
+try:
+    res = db.search(q["base"], scope=scope, expression=q["filter"], attrs=q.get("attrs", ["dn"]))
+except ldb.LdbError as e:
+    if e.args[0] == ldb.ERR_NO_SUCH_OBJECT:
+        res = []
+    else:
+        raise
+print(json.dumps([{"dn": str(m.dn), **{a: [str(v) for v in m[a]] for a in q.get("attrs", []) if a in m}}
+                  for m in res]))
+"""
+COMPUTER_ADD = r"""
+import sys
+from samba.auth import system_session
+from samba.param import LoadParm
+from samba.samdb import SamDB
+lp = LoadParm(); lp.load_default()
+db = SamDB(url=lp.samdb_url(), session_info=system_session(), lp=lp)
+name, parent = sys.argv[1], sys.argv[2]
+db.add({"dn": "CN=%s,%s" % (name, parent), "objectClass": "computer", "sAMAccountName": name + "$",
+        "userAccountControl": "4096"})
+"""
+
+
+def dc_search(lab: Lab, base: str, flt: str = "(objectClass=*)", attrs=(), scope: str = "sub") -> list[dict]:
+    res = lab.dc.run(["/usr/bin/python3", "-c", DC_SEARCH], input=json.dumps(
+        {"base": base, "filter": flt, "attrs": list(attrs), "scope": scope}), timeout=60)
+    return json.loads(res.stdout)
+
+
+def dc_add_computer(lab: Lab, name: str, parent: str) -> None:
+    lab.dc.run(["/usr/bin/python3", "-c", COMPUTER_ADD, name, parent], timeout=60)
+
+
+def computers(lab: Lab, base: str) -> set[str]:
+    return {h["sAMAccountName"][0].rstrip("$") for h in dc_search(lab, base, "(objectClass=computer)",
+                                                                   ["sAMAccountName"])}
+
+
+def allow_simple_binds(lab: Lab) -> None:
+    """Simple AD's setting: simple binds over plain LDAP inside the VPC. Samba reads it at start, so
+    the lab's samba is restarted (only the processes the lab started, by their ids)."""
+    lab.dc.sh("sed -i 's/^\\[global\\]$/[global]\\n\\tldap server require strong auth = no/' /etc/samba/smb.conf "
+              "&& grep -q 'require strong auth = no' /etc/samba/smb.conf")
+    old = [p for p in lab.procs if "/usr/sbin/samba" in p.args and p.poll() is None]
+    for p in old:
+        os.killpg(p.pid, signal.SIGTERM)
+    for p in old:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=10)
+    # samba's children leave with their parent; wait until LDAP is closed before starting again.
+    deadline = time.monotonic() + 30
+    while lab.dc.sh(f"timeout 1 bash -c '</dev/tcp/{lab.dc_ip}/389'", check=False).returncode == 0:
+        if time.monotonic() > deadline:
+            raise LabError("samba did not stop")
+        time.sleep(0.2)
+    log = open(lab.dc.root / "samba2.log", "wb")
+    lab.dc.popen(["/usr/sbin/samba", "--foreground", "--no-process-group", "--debug-stdout"],
+                 stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    lab.wait_dc_ready()
+
+
+class DirSvc:
+    """tests/adlab/dirsvc.py in the lab's switch namespace."""
+
+    def __init__(self, lab: Lab):
+        self.log = open(lab.root / "dirsvc.log", "wb")
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", lab.sw_ns, lab_python(), str(HERE / "dirsvc.py")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, cwd=str(REPO), text=True,
+            start_new_session=True)
+        lab.procs.append(self.proc)
+        self.lab = lab
+        assert self._read(120).get("ok"), "dirsvc did not start"
+
+    def _read(self, timeout: float) -> dict:
+        r, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline() if r else ""
+        if not line:
+            err = (self.lab.root / "dirsvc.log").read_text(errors="replace")[-3000:]
+            raise LabError(f"dirsvc did not answer: {err}")
+        return json.loads(line)
+
+    def call(self, op: str, **kw) -> dict:
+        self.proc.stdin.write(json.dumps({"op": op, **kw}) + "\n")
+        self.proc.stdin.flush()
+        return self._read(300)
+
+    def ok(self, op: str, **kw) -> dict:
+        out = self.call(op, **kw)
+        assert out.get("ok"), f"{op}: {out.get('error')}\n{out.get('trace', '')}"
+        return out
+
+    def handle(self, event: dict, now: datetime | None = None) -> dict:
+        return self.call("handle", event=event, now=now.isoformat() if now else None)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+        self.log.close()
+
+
+class Env:
+    def __init__(self, lab: Lab, svc: DirSvc, join_password: str, prefix: str):
+        self.lab, self.svc, self.join_password, self.prefix = lab, svc, join_password, prefix
+        self.initial: dict[str, str] = {}
+
+
+def user_event(name: str, action: str = "create", prev: dict | None = None, **kw) -> dict:
+    ev = {"resource": "user", "name": name, "groups": [], "initialPasswordParameter":
+          f"/pcluster-ad/{STACK}/users/{name}/initial-password", **kw}
+    ev["tf"] = {"action": action, "prev_input": prev or {}}
+    return ev
+
+
+@pytest.fixture(scope="module")
+def env(lab: Lab):
+    allow_simple_binds(lab)
+    svc = DirSvc(lab)
+    join_password = "Jn-" + secrets.token_urlsafe(16) + "9!"
+    lab.watch.add("directory join password", join_password.encode())
+    prefix = computer_prefix(lab.cfg.cluster_name)
+    initial = {u: "In1t-" + secrets.token_urlsafe(10) + "!" for u in ("carol", "dave")}
+    params = {ADMIN_PARAM: lab.admin_password, JOIN_PARAM: join_password}
+    params.update({f"/pcluster-ad/{STACK}/users/{u}/initial-password": p for u, p in initial.items()})
+    svc.ok("config", settings={
+        "DIRECTORY_ID": "d-1234567890", "DOMAIN": lab.cfg.domain, "DNS_IPS": lab.dc_ip, "OU_NAME": OU,
+        "ADMIN_USER": "Administrator", "ADMIN_PASSWORD_PARAMETER": ADMIN_PARAM,
+        "CLUSTER_NAME": lab.cfg.cluster_name, "COMPUTER_PREFIX": prefix, "JOIN_USER": JOIN_USER,
+        "JOIN_PASSWORD_PARAMETER": JOIN_PARAM, "WINDOW_TABLE": TABLE, "SWEEP_GRACE_MINUTES": "60",
+    }, parameters=params, table=TABLE, dc_argv=lab.dc.argv([]))
+    e = Env(lab, svc, join_password, prefix)
+    e.initial = initial
+    yield e
+    svc.close()
+
+
+def directory_event(action: str = "create") -> dict:
+    return {"resource": "directory", "joinUser": JOIN_USER, "joinPasswordParameter": JOIN_PARAM,
+            "tf": {"action": action, "prev_input": {}}}
+
+
+def ldap_as(env: Env, user: str, password: str, ops: list[dict]) -> list[dict]:
+    out = env.svc.ok("ldap", server=env.lab.dc_ip, user=f"{user}@{env.lab.cfg.domain}", password=password, ops=ops)
+    return out["results"]
+
+
+def test_setup_creates_ou_and_join_account(env: Env):
+    out = env.svc.ok("handle", event=directory_event())["result"]
+    assert sorted(out["created"]) == sorted([STACK_DN, COMPUTERS_DN, PEOPLE_DN])
+    assert out["joinAccount"]["created"] and out["joinAccount"]["granted"]
+    acct = dc_search(env.lab, STACK_DN, f"(sAMAccountName={JOIN_USER})", ["userAccountControl", "memberOf"])
+    assert [a["dn"] for a in acct] == [f"CN={JOIN_USER},{STACK_DN}"]
+    assert int(acct[0]["userAccountControl"][0]) & 0x2 == 0, "join account must be enabled"
+    assert "memberOf" not in acct[0], "join account is in no group but Domain Users (primary group)"
+    # Idempotent: a second run changes nothing and grants nothing twice.
+    again = env.svc.ok("handle", event=directory_event("update"))["result"]
+    assert again["created"] == [] and again["joinAccount"] == {
+        "dn": f"CN={JOIN_USER},{STACK_DN}", "created": False, "granted": False}
+
+
+def test_join_account_rights(env: Env):
+    lab = env.lab
+    dc_add_computer(lab, "OUTSIDE1", f"CN=Computers,{BASE}")
+    results = ldap_as(env, JOIN_USER, env.join_password, [
+        {"op": "add", "dn": f"CN=mallory,CN=Users,{BASE}", "classes": ["user"],
+         "attrs": {"sAMAccountName": "mallory"}},
+        {"op": "add", "dn": f"CN=mallory,{PEOPLE_DN}", "classes": ["user"], "attrs": {"sAMAccountName": "mallory"}},
+        {"op": "add", "dn": f"CN=mallory,{COMPUTERS_DN}", "classes": ["user"], "attrs": {"sAMAccountName": "mallory"}},
+        {"op": "add_member", "dn": f"CN=Domain Admins,CN=Users,{BASE}", "member": f"CN={JOIN_USER},{STACK_DN}"},
+        {"op": "delete", "dn": f"CN=OUTSIDE1,CN=Computers,{BASE}"},
+        # Positive controls: a computer object in the cluster's OU can be created and deleted.
+        {"op": "add", "dn": f"CN=PROBE1,{COMPUTERS_DN}", "classes": ["computer"],
+         "attrs": {"sAMAccountName": "PROBE1$", "userAccountControl": "4096"}},
+        {"op": "delete", "dn": f"CN=PROBE1,{COMPUTERS_DN}"},
+    ])
+    assert [r["ok"] for r in results] == [False, False, False, False, False, True, True], results
+    assert all(r["result"] in ("insufficientAccessRights", "constraintViolation", "objectClassViolation")
+               for r in results[:5]), results
+    assert not dc_search(lab, BASE, "(sAMAccountName=mallory)")
+    admins = dc_search(lab, f"CN=Domain Admins,CN=Users,{BASE}", attrs=["member"], scope="base")[0]
+    assert not any(JOIN_USER in m for m in admins.get("member", []))
+    assert "OUTSIDE1" in computers(lab, f"CN=Computers,{BASE}")
+
+
+@pytest.fixture(scope="module")
+def joined(env: Env):
+    """Two lab nodes joined by the join account into the cluster OU under their instance-id names."""
+    lab = env.lab
+    nodes = lab.add_nodes([{}, {}])
+    ids = env.svc.ok("instances", count=2)["ids"]
+    names = [env.svc.ok("name", instance_id=i)["name"] for i in ids]
+    for node, name in zip(nodes, names, strict=True):
+        res = node.run(["realm", "join", "--install=/", "--client-software=sssd", "--membership-software=adcli",
+                        f"--computer-ou={COMPUTERS_DN}", f"--computer-name={name}", "-U", JOIN_USER, lab.cfg.domain],
+                       input=env.join_password + "\n", check=False, timeout=180)
+        assert res.returncode == 0, f"realm join as {JOIN_USER} into {COMPUTERS_DN} failed:\n{res.stdout}{res.stderr}"
+    return nodes, ids, names
+
+
+def test_join_account_joins_node_into_ou(env: Env, joined):
+    nodes, ids, names = joined
+    assert all(len(n) == 15 and n.startswith(env.prefix) for n in names)
+    assert computers(env.lab, COMPUTERS_DN) >= set(names)
+    # The node's machine account works: it can get a Kerberos ticket with its keytab.
+    res = nodes[0].run(["klist", "-k"], check=False)
+    assert f"{names[0]}$@TEST.DOMAIN" in res.stdout
+
+
+def termination(iid: str) -> dict:
+    return {"source": "aws.ec2", "detail-type": "EC2 Instance State-change Notification",
+            "detail": {"instance-id": iid, "state": "terminated"}}
+
+
+def test_termination_removes_exactly_that_node(env: Env, joined):
+    lab, svc = env.lab, env.svc
+    _nodes, ids, names = joined
+    outside_same_name = names[0]
+    before_outside = computers(lab, f"CN=Computers,{BASE}")
+    # The node recorded its name when it closed its join window.
+    svc.ok("put_item", item={"instanceId": {"S": ids[0]}, "computerName": {"S": names[0]}, "closedAt": {"S": "x"}})
+    svc.ok("terminate", ids=[ids[0]])
+    out = svc.ok("handle", event=termination(ids[0]))["result"]
+    assert out == {"instance": ids[0], "computer": names[0], "result": "deleted"}
+    left = computers(lab, COMPUTERS_DN)
+    assert names[0] not in left and names[1] in left
+    assert computers(lab, f"CN=Computers,{BASE}") == before_outside
+    # Idempotent: the same event again (EventBridge delivers at least once).
+    assert svc.ok("handle", event=termination(ids[0]))["result"]["result"] == "absent"
+    # Unknown instance and another cluster's node: ignored, nothing deleted.
+    assert svc.ok("handle", event=termination("i-0123456789abcdef0"))["result"]["result"] == "ignored"
+    (other,) = svc.ok("instances", count=1, cluster="another-cluster")["ids"]
+    svc.ok("terminate", ids=[other])
+    assert svc.ok("handle", event=termination(other))["result"]["reason"] == "not a node of this cluster"
+    assert computers(lab, COMPUTERS_DN) == left
+    assert outside_same_name  # (kept for the message)
+
+
+def test_termination_only_inside_the_ou(env: Env):
+    """A computer named like a terminated node but outside the cluster OU is never deleted."""
+    lab, svc = env.lab, env.svc
+    (iid,) = svc.ok("instances", count=1)["ids"]
+    name = svc.ok("name", instance_id=iid)["name"]
+    dc_add_computer(lab, name, f"CN=Computers,{BASE}")
+    svc.ok("terminate", ids=[iid])
+    assert svc.ok("handle", event=termination(iid))["result"]["result"] == "outside"
+    assert name in computers(lab, f"CN=Computers,{BASE}")
+
+
+def test_sweep_removes_orphans_in_the_ou_only(env: Env, joined):
+    lab, svc = env.lab, env.svc
+    _nodes, ids, names = joined
+    (gone1, gone2) = svc.ok("instances", count=2)["ids"]
+    orphans = [svc.ok("name", instance_id=i)["name"] for i in (gone1, gone2)]
+    svc.ok("terminate", ids=[gone1])  # terminated (still describable); gone2 stays running -> live
+    orphan_never = env.prefix + "0" * (15 - len(env.prefix))  # no instance ever had it
+    for n in (orphans[0], orphans[1], orphan_never):
+        dc_add_computer(lab, n, COMPUTERS_DN)
+    dc_add_computer(lab, "HANDMADE01", COMPUTERS_DN)  # not this cluster's pattern
+    outside_orphan = env.prefix + "1" * (15 - len(env.prefix))
+    dc_add_computer(lab, outside_orphan, f"CN=Computers,{BASE}")
+    outside_before = computers(lab, f"CN=Computers,{BASE}")
+
+    # Within the grace period (objects just created): nothing goes.
+    now = datetime.now(UTC)
+    fresh = svc.ok("handle", event={"op": "sweep"}, now=now.isoformat())["result"]
+    assert fresh["deleted"] == []
+    # Two hours later: exactly the orphans of this cluster's pattern in the OU go.
+    later = svc.ok("handle", event={"op": "sweep"}, now=(now + timedelta(hours=2)).isoformat())["result"]
+    assert sorted(later["deleted"]) == sorted([orphans[0], orphan_never])
+    assert later["foreign"] == ["HANDMADE01"]
+    left = computers(lab, COMPUTERS_DN)
+    assert left == {names[1], orphans[1], "HANDMADE01"}
+    assert computers(lab, f"CN=Computers,{BASE}") == outside_before
+
+
+def test_groups_and_users(env: Env):
+    lab, svc = env.lab, env.svc
+    for g in ("hpc", "gpu"):
+        out = svc.ok("handle", event={"resource": "group", "name": g, "description": f"{g} users",
+                                      "tf": {"action": "create", "prev_input": {}}})["result"]
+        assert out["result"] == "created"
+    out = svc.ok("handle", event=user_event("carol", groups=["hpc", "gpu"], displayName="Carol C",
+                                            email="carol@example.com"))["result"]
+    assert out["created"] is True
+    carol = dc_search(lab, PEOPLE_DN, "(sAMAccountName=carol)", ["userAccountControl", "pwdLastSet", "memberOf",
+                                                                  "displayName", "mail"])
+    assert len(carol) == 1
+    c = carol[0]
+    assert int(c["userAccountControl"][0]) & 0x2 == 0 and c["pwdLastSet"] == ["0"], c  # enabled, must change
+    assert sorted(c["memberOf"]) == sorted([f"CN=hpc,{PEOPLE_DN}", f"CN=gpu,{PEOPLE_DN}"])
+    assert c["displayName"] == ["Carol C"] and c["mail"] == ["carol@example.com"]
+    assert "carol" in svc.ok("resets")["users"]
+
+    # Groups change: membership follows; attributes update.
+    prev = user_event("carol", groups=["hpc", "gpu"])
+    out = svc.ok("handle", event=user_event("carol", "update", prev, groups=["gpu"], displayName="Carol D"))["result"]
+    assert out["created"] is False and out["removed"] == [f"CN=hpc,{PEOPLE_DN}"] and out["added"] == []
+    c = dc_search(lab, PEOPLE_DN, "(sAMAccountName=carol)", ["memberOf", "displayName", "mail"])[0]
+    assert c["memberOf"] == [f"CN=gpu,{PEOPLE_DN}"] and c["displayName"] == ["Carol D"] and "mail" not in c
+    # An undeclared group is refused.
+    bad = svc.call("handle", event=user_event("carol", "update", prev, groups=["nope"]))
+    assert not bad["ok"] and "not one of the stack's groups" in bad["error"]
+
+    # Removal deletes the user.
+    out = svc.ok("handle", event=user_event("carol", "delete"))["result"]
+    assert out["result"] == "deleted"
+    assert not dc_search(lab, BASE, "(sAMAccountName=carol)")
+
+
+def test_preexisting_objects_are_never_changed(env: Env):
+    lab, svc = env.lab, env.svc
+    attrs = ["whenChanged", "uSNChanged", "memberOf", "userAccountControl"]
+    before = dc_search(lab, BASE, "(sAMAccountName=alice)", attrs)
+    group_before = dc_search(lab, BASE, "(sAMAccountName=hpc-users)", ["uSNChanged", "member"])
+    for ev in (user_event("alice", groups=[]), user_event("alice", "delete"),
+               {"resource": "group", "name": "hpc-users", "description": "x", "tf": {"action": "create"}},
+               {"resource": "group", "name": "hpc-users", "tf": {"action": "delete"}}):
+        out = svc.call("handle", event=ev)
+        assert not out["ok"] and "outside the stack's OU" in out["error"], out
+    assert dc_search(lab, BASE, "(sAMAccountName=alice)", attrs) == before
+    assert dc_search(lab, BASE, "(sAMAccountName=hpc-users)", ["uSNChanged", "member"]) == group_before
+
+
+def test_destroy_removes_the_ou_and_nothing_else(env: Env):
+    lab, svc = env.lab, env.svc
+    outside_before = computers(lab, f"CN=Computers,{BASE}")
+    out = svc.ok("handle", event=directory_event("delete"))["result"]
+    assert out["deleted"] is True
+    assert not dc_search(lab, STACK_DN, scope="base")
+    assert not dc_search(lab, BASE, f"(sAMAccountName={JOIN_USER})")
+    assert dc_search(lab, BASE, "(sAMAccountName=alice)")
+    assert computers(lab, f"CN=Computers,{BASE}") == outside_before
+    assert svc.ok("handle", event=directory_event("delete"))["result"]["deleted"] is False
+
+
+def test_no_secret_in_argv(env: Env):
+    assert not [h for h in env.lab.watch.hits if h["secret"] == "directory join password"]
