@@ -374,8 +374,8 @@ def close_response():
 
 def imds_address(endpoint):
     # stdout: one line "<4|6> <address> [port]" per address to lock down. The default endpoint is
-    # EC2's IMDS on both families, whole address (as ParallelCluster does); an endpoint from
-    # AWS_EC2_METADATA_SERVICE_ENDPOINT with a port is locked down on that TCP port only.
+    # EC2's IMDS on both families, whole address (as ParallelCluster does); any other endpoint from
+    # AWS_EC2_METADATA_SERVICE_ENDPOINT (a lab's stand-in) on its TCP port only (80 by default).
     import ipaddress
     from urllib.parse import urlsplit
     u = urlsplit(endpoint)
@@ -394,7 +394,7 @@ def imds_address(endpoint):
         print("4 169.254.169.254")
         print("6 fd00:ec2::254")
         return
-    print(f"{addr.version} {addr}" + (f" {port}" if port else ""))
+    print(f"{addr.version} {addr} {port or 80}")
 
 def computer_name(host):
     # NetBIOS names have at most 15 characters (adlab pitfall 9). Longer host names would be truncated
@@ -1035,7 +1035,7 @@ restrict_imds() {
             cmds+=(iptables)
             lines+="lock iptables -d $addr"
         fi
-        # An endpoint with a port (a lab's stand-in) is locked on that port only; EC2's IMDS address as a whole.
+        # Another endpoint (a lab's stand-in) is locked on its port only; EC2's IMDS address as a whole.
         [[ -n $port ]] && lines+=" -p tcp --dport $port"
         lines+=$'\n'
     done <<<"$addrs"

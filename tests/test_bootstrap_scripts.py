@@ -846,6 +846,7 @@ def test_join_restrict_imds_default_endpoint_covers_both_families(sandbox):
         ("http://169.254.169.254", "4 169.254.169.254\n6 fd00:ec2::254\n"),
         ("http://[fd00:ec2::254]", "4 169.254.169.254\n6 fd00:ec2::254\n"),
         ("http://10.98.1.1:8081", "4 10.98.1.1 8081\n"),
+        ("http://10.98.1.1", "4 10.98.1.1 80\n"),
     ]:
         out = subprocess.run([sys.executable, "-I", str(box.base / "helper.py"), "imds-address", endpoint],
                              capture_output=True, text=True)

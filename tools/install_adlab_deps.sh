@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the Debian packages the AD lab (tests/adlab, bench/adlab_bench.py) and the node-script
-# sandbox tests (strace, openssh-server) need.
+# sandbox tests (strace, openssh-server, iptables for join-domain.sh --restrict-imds) need.
 # Idempotent: does nothing (and touches no network) when everything is already installed.
 # Run as root on Debian 12. Daemons are kept from starting on this host during the install.
 set -euo pipefail
@@ -10,7 +10,7 @@ PACKAGES=(
   sssd sssd-ad sssd-tools realmd adcli libnss-sss libpam-sss libpam-modules libpam-runtime
   polkitd packagekit dbus openssh-server openssh-client sshpass
   dnsutils iproute2 util-linux procps psmisc curl
-  strace
+  strace iptables
 )
 
 missing=()

@@ -8,7 +8,11 @@
   does not match), builds the function-URL event (payload 2.0, requestContext.authorizer.iam from
   the credential that signed) and calls the product's REAL ``join_handler.handle(...)`` with
   boto3 clients on moto (in-process ``mock_aws``) holding the cluster's instances, instance
-  profiles and the /pcluster-ad/<stack>/... SSM parameters under a KMS key.
+  profiles (roles under ParallelCluster's IAM path /parallelcluster/<cluster>/), the
+  /pcluster-ad/<stack>/... SSM parameters under a KMS key, and the join-window table (DynamoDB).
+
+The IMDS stand-in answers every process of a node alike, as EC2 does: only the node's own
+iptables rules (join-domain.sh --restrict-imds) can narrow that down.
 
 Control: one JSON object per line on stdin, one JSON answer per line on stdout. EOF on stdin
 stops the process (so it never outlives the harness). Logs go to stderr.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -56,6 +61,9 @@ from sigv4 import Secret, SignatureError, verify  # noqa: E402
 
 log = logging.getLogger("labsvc")
 ACCOUNT = "123456789012"
+# The window table's schema (the handler module exports the same names; main() checks they agree).
+WINDOW_KEY = "instanceId"
+TTL_ATTRIBUTE = "expiresAt"
 TEXT_TYPES = ("text/", "application/json", "application/javascript", "application/xml")
 
 
@@ -86,6 +94,7 @@ class Aws:
         self.iam = boto3.client("iam", **kw)
         self.ssm = boto3.client("ssm", **kw)
         self.kms = boto3.client("kms", **kw)
+        self.dynamodb = boto3.client("dynamodb", **kw)
         self.lock = threading.RLock()
         self.nodes: dict[str, dict] = {}  # by lab IP
         self.secrets: dict[str, Secret] = {}  # by access key id
@@ -117,9 +126,15 @@ class Aws:
         )
         self.roles: dict[str, dict] = {}
         self.profiles: dict[str, str] = {}
-        for key, name in (("node", f"{self.cluster}-RoleComputeNode-LAB"), ("other", f"{self.cluster}-other-role")):
-            role = self.iam.create_role(RoleName=name, AssumeRolePolicyDocument=trust)["Role"]
-            prof = self.iam.create_instance_profile(InstanceProfileName=f"{name}-profile")["InstanceProfile"]
+        # ParallelCluster's node role and profile live under /parallelcluster/<cluster>/ (the join
+        # function requires it); the impostor's role is anybody's, at the root path.
+        pc_path = f"/parallelcluster/{self.cluster}/"
+        for key, name, path in (("node", f"{self.cluster}-RoleComputeNode-LAB", pc_path),
+                                ("other", f"{self.cluster}-other-role", "/")):
+            role = self.iam.create_role(RoleName=name, Path=path, AssumeRolePolicyDocument=trust)["Role"]
+            prof = self.iam.create_instance_profile(InstanceProfileName=f"{name}-profile", Path=path)[
+                "InstanceProfile"
+            ]
             self.iam.add_role_to_instance_profile(InstanceProfileName=prof["InstanceProfileName"], RoleName=name)
             self.roles[key] = role
             self.profiles[key] = prof["Arn"]
@@ -144,6 +159,17 @@ class Aws:
             KeyId=f"alias/pcluster-ad-{self.stack}-join",
             Value=self.cfg["join_password"],
         )
+        # The join-window table as the JoinFunction component creates it (key instanceId, TTL expiresAt).
+        self.window_table = f"pcluster-ad-{self.stack}-join-window"
+        self.dynamodb.create_table(
+            TableName=self.window_table,
+            AttributeDefinitions=[{"AttributeName": WINDOW_KEY, "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": WINDOW_KEY, "KeyType": "HASH"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        self.dynamodb.update_time_to_live(
+            TableName=self.window_table, TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE}
+        )
         # The JoinFunction component's environment (design.md).
         self.function_env = {
             "CLUSTER_NAME": self.cluster,
@@ -151,7 +177,17 @@ class Aws:
             "DOMAIN_PARAMETER": self.params["domain"],
             "JOIN_USER_PARAMETER": self.params["join-user"],
             "JOIN_PASSWORD_PARAMETER": self.params["join-password"],
+            "WINDOW_TABLE": self.window_table,
+            "WINDOW_MINUTES": str(self.cfg.get("window_minutes", 30)),
+            "MAX_ANSWERS": str(self.cfg.get("max_answers", 3)),
         }
+
+    def window(self, instance_id: str) -> dict:
+        """The instance's join-window item, attribute values unwrapped ({} when there is none)."""
+        item = self.dynamodb.get_item(
+            TableName=self.window_table, Key={WINDOW_KEY: {"S": instance_id}}, ConsistentRead=True
+        ).get("Item", {})
+        return {k: next(iter(v.values())) for k, v in item.items()}
 
     # -- nodes -----------------------------------------------------------------------------
     def add_node(self, req: dict) -> dict:
@@ -377,13 +413,19 @@ class FunctionUrlHandler(BaseHTTPRequestHandler):
             aws.requests.append(record)
             return self._reply(502, json.dumps({"Message": "Internal Server Error"}))
         node = aws.creds_owner[secret.access_key]
-        record.update(signer_instance=node["session"], access_key=secret.access_key)
+        try:
+            doc = json.loads(body or b"null")
+        except ValueError:
+            doc = None
+        kind = "close" if isinstance(doc, dict) and "joined" in doc else "credentials"
+        record.update(signer_instance=node["session"], access_key=secret.access_key, kind=kind)
         event = self._event(body, node, secret)
         try:
+            clients = {"ec2": aws.ec2, "iam": aws.iam, "ssm": aws.ssm}
+            if "dynamodb" in inspect.signature(self.handler_mod.handle).parameters:
+                clients["dynamodb"] = aws.dynamodb
             with aws.lock:
-                result = self.handler_mod.handle(
-                    event, settings=self.settings, ec2=aws.ec2, iam=aws.iam, ssm=aws.ssm, logger=self.handler_log
-                )
+                result = self.handler_mod.handle(event, settings=self.settings, logger=self.handler_log, **clients)
         except Exception:  # noqa: BLE001 - Lambda: an unhandled error is a 502 at the function URL
             record.update(status=502, error="handler raised: " + traceback.format_exc(limit=3)[-600:])
             record["ms"] = round((time.monotonic() - t0) * 1000, 1)
@@ -501,6 +543,9 @@ def main() -> int:
     handler_mod = settings = None
     try:
         handler_mod = _load_handler(cfg["handler_path"])
+        schema = (getattr(handler_mod, "WINDOW_KEY", WINDOW_KEY), getattr(handler_mod, "TTL_ATTRIBUTE", TTL_ATTRIBUTE))
+        if schema != (WINDOW_KEY, TTL_ATTRIBUTE):
+            raise RuntimeError(f"the handler's window table schema {schema} differs from the lab's table")
         settings = _make_settings(handler_mod, aws.function_env)
     except Exception:  # noqa: BLE001 - reported to the harness; the URL answers 502 like a broken function
         handler_error = traceback.format_exc(limit=5)
@@ -548,6 +593,9 @@ def main() -> int:
                 out = {"ok": True, "node": aws.add_node(req)}
             elif op == "requests":
                 out = {"ok": True, "requests": list(aws.requests), "imds_requests": aws.imds_requests}
+            elif op == "window":
+                with aws.lock:
+                    out = {"ok": True, "window": aws.window(req["instance_id"])}
             elif op == "ping":
                 out = {"ok": True}
             elif op == "quit":

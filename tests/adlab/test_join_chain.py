@@ -65,9 +65,14 @@ def test_function_url_saw_signed_calls_from_each_node(chain):
     for node in chain.good:
         mine = [r for r in reqs if r["source_ip"] == node.ip]
         assert mine, f"no function URL call from {node.key}"
-        assert mine[-1]["status"] == 200, mine
+        # One credential request, then the close request after the verified join; both answered 200.
+        assert [(r["kind"], r["status"]) for r in mine] == [("credentials", 200), ("close", 200)], mine
         # The identity the handler saw is the one the node's instance-role credentials carry.
-        assert mine[-1]["signer_instance"] == node.instance_id
+        assert all(r["signer_instance"] == node.instance_id for r in mine)
+        # The window is closed for good, with the computer account the join used (adcli: short name, upper).
+        window = chain.lab.svc_call("window", instance_id=node.instance_id)["window"]
+        assert window.get("closedAt") and window.get("computerName") == node.hostname.upper(), window
+        assert window.get("answers") == "1", window
 
 
 def test_ad_users_resolve_by_short_name(chain):
@@ -128,15 +133,113 @@ def test_ssh_wrong_password_and_unknown_user_refused(chain):
 
 
 def test_rerun_on_joined_node_is_harmless(chain):
+    """A re-run (what a reboot does) of a joined node: no request to the function URL at all."""
     lab = chain.lab
     node = chain.good[0]
+    before = [r for r in lab.requests() if r["source_ip"] == node.ip]
     res = node.start_bootstrap(timeout_arg=120).wait()
     assert res.rc == 0, describe(res)
+    assert "no request to the join function" in res.output, describe(res)
+    assert [r for r in lab.requests() if r["source_ip"] == node.ip] == before
     assert joined(node, lab.cfg.domain) and sssd_running(node)
     assert node.run(["getent", "passwd", "alice"], check=False).returncode == 0
     again = node.run_action("enable-ssh-password-auth.sh")
     assert again.rc == 0 and "no file changed" in again.output, describe(again)
     assert ssh(lab, node, "alice", USERS["alice"], "true").returncode == 0
+
+
+# --- the attack of issue 8: a local process on a joined node asks for the join password ---------
+
+# Run on a node as the given user: read the node role's credentials from IMDS (as any process can
+# on EC2), sign a POST to the function URL with them, as join-domain.sh does (curl --aws-sigv4, the
+# credentials in a config on stdin), print the HTTP status. Never prints the answer's body.
+ATTACK = r"""set -euo pipefail
+ep=$1 url=$2 region=$3 body=$4
+t=$(curl -sf -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 60" "$ep/latest/api/token")
+role=$(curl -sf -H "X-aws-ec2-metadata-token: $t" "$ep/latest/meta-data/iam/security-credentials/")
+creds=$(curl -sf -H "X-aws-ec2-metadata-token: $t" "$ep/latest/meta-data/iam/security-credentials/$role")
+ak=$(jq -r .AccessKeyId <<<"$creds")
+sk=$(jq -r .SecretAccessKey <<<"$creds")
+tk=$(jq -r .Token <<<"$creds")
+echo "imds: credentials for $ak"
+printf 'user = "%s:%s"
+header = "x-amz-security-token: %s"
+' "$ak" "$sk" "$tk" \
+  | curl -s -o /dev/null -w 'status %{http_code}
+' -K - --aws-sigv4 "aws:amz:$region:lambda" -X POST \
+      -H 'content-type: application/json' --data-binary "$body" "$url"
+"""
+
+
+def attack(lab, node, user: str, body: str = "{}") -> subprocess.CompletedProcess:
+    prefix = [] if user == "root" else ["setpriv", "--reuid", user, "--regid", user, "--clear-groups"]
+    return node.run(
+        [*prefix, "/bin/bash", "-c", ATTACK, "attack", lab.imds_endpoint, lab.function_url, lab.cfg.region, body],
+        check=False,
+        env={"HOME": "/tmp"},
+        timeout=60,
+    )
+
+
+def _last_request(lab, node) -> dict:
+    return [r for r in lab.requests() if r["source_ip"] == node.ip][-1]
+
+
+def test_unprivileged_user_on_a_joined_node_gets_403(chain):
+    """IMDS hands the node role's credentials to any local process (as EC2 does); the signature is
+    valid, yet the function refuses: the node's join window closed after its join."""
+    lab = chain.lab
+    node = chain.good[1]
+    res = attack(lab, node, "65534")  # nobody
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"imds: credentials for {node.node_info['access_key']}" in res.stdout  # IMDS served nobody
+    assert "status 403" in res.stdout, res.stdout
+    last = _last_request(lab, node)
+    # Refused by the handler (a valid signature of the node's role), not by the signature check.
+    assert last["status"] == 403 and last["signer_instance"] == node.instance_id and "error" not in last, last
+    assert last["body"] == '{"error": "forbidden"}' or "forbidden" in last["body"], last
+    # A refused request for a closed window is a WARNING naming the instance (someone on it tried).
+    warnings = [ln for ln in lab.handler_log().splitlines() if " WARNING " in ln and node.instance_id in ln]
+    assert warnings, lab.handler_log()[-2000:]
+    # A second close (someone replaying the node's close) is refused too.
+    again = attack(lab, node, "65534", '{"joined": true, "computerName": "X"}')
+    assert "status 403" in again.stdout, again.stdout
+
+
+def test_root_after_the_window_closed_gets_403(chain):
+    lab = chain.lab
+    node = chain.good[1]
+    res = attack(lab, node, "root")
+    assert res.returncode == 0 and "status 403" in res.stdout, res.stdout + res.stderr
+    assert _last_request(lab, node)["status"] == 403
+
+
+def test_restrict_imds_leaves_imds_to_root_only(chain):
+    """--restrict-imds on a fresh node: after its join (and close), root still reads IMDS, an
+    unprivileged user cannot even reach it; the node's own iptables rules decide (the stand-in
+    answers every process alike)."""
+    lab = chain.lab
+    (node,) = lab.add_nodes([{}])
+    argv = ["--function-url", lab.function_url, "--region", lab.cfg.region, "--timeout", str(JOIN_TIMEOUT),
+            "--restrict-imds"]
+    res = node.start_bootstrap(args=argv, timeout_arg=JOIN_TIMEOUT).wait()
+    assert res.rc == 0, describe(res)
+    assert "join window closed" in res.output and "only root can reach IMDS now" in res.output, describe(res)
+    rules = node.run(["iptables", "-S"]).stdout
+    port = str(lab.cfg.imds_port)
+    assert f"-A PARALLELCLUSTER_IMDS -d {lab.services_ip}/32 -p tcp -m tcp --dport {port} -m owner --uid-owner 0" \
+        " -j ACCEPT" in rules, rules
+    nobody = attack(lab, node, "65534")
+    assert nobody.returncode != 0 and "imds: credentials" not in nobody.stdout, nobody.stdout + nobody.stderr
+    root = attack(lab, node, "root")
+    assert f"imds: credentials for {node.node_info['access_key']}" in root.stdout, root.stdout + root.stderr
+    assert "status 403" in root.stdout  # and the window is closed
+    # Re-run (a reboot): no request, rules unchanged.
+    before = [r for r in lab.requests() if r["source_ip"] == node.ip]
+    again = node.start_bootstrap(args=argv, timeout_arg=JOIN_TIMEOUT).wait()
+    assert again.rc == 0, describe(again)
+    assert [r for r in lab.requests() if r["source_ip"] == node.ip] == before
+    assert node.run(["iptables", "-S"]).stdout == rules
 
 
 # --- nodes that must not get the secret ------------------------------------------------------
