@@ -60,6 +60,13 @@ def launcher_commands(cluster_name: str, region: str, pcluster_version: str) -> 
     }
 
 
+# Inputs that only ever reach fields ParallelCluster updates in place (IAM policies, queue subnets, security
+# groups): the triggers are computed with this stand-in for them, so that one of them being unknown during a
+# preview (a policy being replaced) does not make the whole digest unknown and the preview say "replace".
+# tests/test_update_policy.py checks that they never reach the replacement view.
+IN_PLACE_STAND_IN = "<updated-in-place>"
+
+
 def replacement_triggers(config: dict) -> list[str]:
     """The Command's `triggers`: they change exactly when ParallelCluster refuses the change in place."""
     return [replacement_digest(config)]
@@ -107,6 +114,7 @@ class ClusterLauncher(pulumi.ComponentResource):
                 head_node_ssh_password_auth=c.ssh_password_auth,
                 custom_ami=c.custom_ami,
                 queue_update_strategy=c.queue_update_strategy,
+                compute_restrict_imds=c.restrict_imds,
                 tags=args.tags,
             ))
 
@@ -115,6 +123,8 @@ class ClusterLauncher(pulumi.ComponentResource):
             args.additional_policy_arns, args.home_storage_id, args.node_security_group_ids,
         ).apply(render_config)
         self.config_yaml = config.apply(to_yaml)
+        trigger_config = pulumi.Output.all(args.public_subnet_id, args.scripts_base_uri, args.home_storage_id).apply(
+            lambda v: render_config([v[0], [IN_PLACE_STAND_IN], v[1], [IN_PLACE_STAND_IN], v[2], [IN_PLACE_STAND_IN]]))
 
         commands = launcher_commands(c.name, args.region, c.pcluster_version)
         timeout = f"{args.timeout_minutes}m"
@@ -125,7 +135,7 @@ class ClusterLauncher(pulumi.ComponentResource):
                 update=commands["update"],
                 delete=commands["delete"],
                 stdin=self.config_yaml,
-                triggers=config.apply(replacement_triggers),
+                triggers=trigger_config.apply(replacement_triggers),
                 # The launcher gives up a minute inside Pulumi's own timeout, with a clear message.
                 environment={"PCLUSTER_AD_TIMEOUT_SECONDS": str(args.timeout_minutes * 60 - 60),
                              "PYTHONUNBUFFERED": "1"},  # progress lines as they happen

@@ -234,3 +234,29 @@ def test_homes_survive_a_replacement(run_stack, home_type):
     assert "home" in g.dependency_names(cmd) or data.name in g.dependency_names(cmd)  # created before, deleted after
     dependents = [r.name for r in g.resources if cmd.name in g.dependency_names(r)]
     assert all(not name.startswith("home") for name in dependents), dependents
+
+
+def test_inputs_left_out_of_the_triggers_only_reach_in_place_fields():
+    """The Command's triggers are computed with a stand-in for the policies, queue subnets and security groups
+    (so that one of them being unknown in a preview does not show a replacement): ParallelCluster must update
+    every field they reach in place, and the inputs that are used must matter."""
+    from cluster_config import ClusterConfigInputs, HomeStorage, render
+    from components.cluster_launcher import IN_PLACE_STAND_IN
+    from stack_config import ComputeResourceSettings, QueueSettings
+
+    def config(private=("subnet-b",), policies=("arn:p",), sgs=("sg-1",), public="subnet-a", uri="s3://b/x",
+               home="fs-1") -> dict:
+        return render(ClusterConfigInputs(
+            region="eu-west-1", os="alinux2023", head_node_instance_type="c5.large", public_subnet_id=public,
+            private_subnet_ids=list(private),
+            queues=[QueueSettings("compute", (ComputeResourceSettings("c5-large", "c5.large", 0, 4),))],
+            scripts_base_uri=uri,
+            additional_policy_arns=list(policies), home=HomeStorage("Efs", home), node_security_group_ids=list(sgs),
+            allowed_ssh_cidr="203.0.113.0/24"))
+
+    base = replacement_view(config())
+    for other in (dict(private=("subnet-x", "subnet-y")), dict(policies=("arn:q", "arn:r")), dict(sgs=()),
+                  dict(private=(IN_PLACE_STAND_IN,), policies=(IN_PLACE_STAND_IN,), sgs=(IN_PLACE_STAND_IN,))):
+        assert replacement_view(config(**other)) == base, other
+    for used in (dict(public="subnet-z"), dict(uri="s3://c/x"), dict(home="fs-2")):
+        assert replacement_view(config(**used)) != base, used
