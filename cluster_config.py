@@ -46,6 +46,9 @@ class ClusterConfigInputs:
     queue_update_strategy: str = "DRAIN"  # Scheduling.SlurmSettings.QueueUpdateStrategy
     login_nodes: LoginNodesSettings | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    # Compute queues' join action gets --restrict-imds (IMDS for root only after the join). Not the head
+    # or login nodes: ParallelCluster locks IMDS there already.
+    compute_restrict_imds: bool = False
 
 
 def compute_resource_name(instance_type: str) -> str:
@@ -63,8 +66,9 @@ def render(inputs: ClusterConfigInputs) -> dict:
     ssh_action = {"Script": f"{inputs.scripts_base_uri}/{SSH_SCRIPT}"}
     policies = [{"Policy": arn} for arn in inputs.additional_policy_arns]
 
-    def custom_actions(ssh: bool) -> dict:
-        actions: dict = {"OnNodeStart": join_action}
+    def custom_actions(ssh: bool, *, restrict_imds: bool = False) -> dict:
+        join = {**join_action, "Args": [*join_action["Args"], "--restrict-imds"]} if restrict_imds else join_action
+        actions: dict = {"OnNodeStart": join}
         if ssh:
             actions["OnNodeConfigured"] = ssh_action
         return actions
@@ -119,7 +123,7 @@ def render(inputs: ClusterConfigInputs) -> dict:
                     } for cr in q.compute_resources],
                     "Networking": queue_networking,
                     "Iam": {"AdditionalIamPolicies": policies},
-                    "CustomActions": custom_actions(q.ssh_password_auth),
+                    "CustomActions": custom_actions(q.ssh_password_auth, restrict_imds=inputs.compute_restrict_imds),
                 }
                 for q in inputs.queues
             ],

@@ -166,6 +166,7 @@ class ClusterSettings:
     custom_ami: str | None = None  # Image.CustomAmi; required for PRIVATE_OSES
     queue_update_strategy: str = "DRAIN"
     login_nodes: LoginNodesSettings | None = None  # LoginNodes.Pools (one pool); None: users log in on the head node
+    restrict_imds: bool = False  # compute nodes: IMDS for root only after the join (join-domain.sh --restrict-imds)
 
 
 @dataclass(frozen=True)
@@ -594,7 +595,8 @@ def _check_password(problems: list[Problem], key: str, password: str, directory:
 def _parse_cluster(problems: list[Problem], value: Any, network: NetworkSettings) -> ClusterSettings | None:
     r = _Reader(problems, _key("cluster"), value)
     r.unknown_keys({"name", "os", "keyName", "headNode", "queues", "sshPasswordAuth", "homeStorage",
-                    "pclusterVersion", "allowedSshCidr", "customAmi", "queueUpdateStrategy", "loginNodes"})
+                    "pclusterVersion", "allowedSshCidr", "customAmi", "queueUpdateStrategy", "loginNodes",
+                    "restrictImds"})
     name = r.str("name", required=True)
     if name is not None and (not _CLUSTER_NAME_RE.match(name) or len(name) > 60):
         r.fail(r.sub("name"), f"{name!r}: cluster names start with a letter, hold only letters, digits and"
@@ -609,6 +611,8 @@ def _parse_cluster(problems: list[Problem], value: Any, network: NetworkSettings
                f" id, or pick an OS with an official AMI: "
                f"{', '.join(o for o in SUPPORTED_OS if o not in PRIVATE_OSES)}")
     queue_strategy = r.choice("queueUpdateStrategy", QUEUE_UPDATE_STRATEGIES, default="DRAIN") or "DRAIN"
+    # Compute nodes only: ParallelCluster already locks IMDS on its head and login nodes.
+    restrict_imds = r.bool("restrictImds", default=False)
     key_name = r.str("keyName")
     head = _Reader(problems, r.sub("headNode"), r.value.get("headNode"))
     head.unknown_keys({"instanceType"})
@@ -689,6 +693,7 @@ def _parse_cluster(problems: list[Problem], value: Any, network: NetworkSettings
                                          existing_id=existing_home),
         pcluster_version=version, allowed_ssh_cidr=ssh_cidr,
         custom_ami=custom_ami, queue_update_strategy=queue_strategy, login_nodes=login_nodes,
+        restrict_imds=bool(restrict_imds),
     )
 
 

@@ -246,6 +246,34 @@ def test_join_function_concurrency_follows_the_config(run_stack):
     assert "reservedConcurrentExecutions" not in fn.inputs
 
 
+def test_restrict_imds_reaches_the_compute_queues_join_action_only(run_stack):
+    def join_args(config: dict) -> dict[str, list[str]]:
+        out = {"head": config["HeadNode"]["CustomActions"]["OnNodeStart"]["Args"]}
+        for q in config["Scheduling"]["SlurmQueues"]:
+            out[q["Name"]] = q["CustomActions"]["OnNodeStart"]["Args"]
+        for pool in config.get("LoginNodes", {}).get("Pools", []):
+            out["login:" + pool["Name"]] = pool["CustomActions"]["OnNodeStart"]["Args"]
+        return out
+
+    default = join_args(yaml.safe_load(run_stack().outputs["clusterConfig"]))
+    assert not any("--restrict-imds" in args for args in default.values())  # default: off
+
+    def edit(c):
+        c["pcluster-ad:cluster"]["restrictImds"] = True
+        c["pcluster-ad:cluster"]["queues"].append({"name": "second", "instanceType": "c5.xlarge", "maxCount": 2})
+
+    config = yaml.safe_load(run_stack(edit).outputs["clusterConfig"])
+    on = join_args(config)
+    queues = [q["Name"] for q in config["Scheduling"]["SlurmQueues"]]
+    assert len(queues) >= 2
+    for name, args in on.items():
+        if name in queues:
+            assert args == [*default.get(name, default[queues[0]]), "--restrict-imds"], (name, args)
+        else:  # head and login nodes: ParallelCluster locks IMDS there itself
+            assert "--restrict-imds" not in args, (name, args)
+    assert validate(concrete(yaml.safe_dump(config)), "hpc-dev", "eu-west-1") == []
+
+
 def test_custom_ami_and_queue_update_strategy_are_rendered(run_stack):
     config = yaml.safe_load(run_stack().outputs["clusterConfig"])
     assert config["Image"] == {"Os": "alinux2023"}  # official AMI: no CustomAmi key

@@ -133,6 +133,7 @@ RULES = [
     ("custom-ami-bad", CL, ["customAmi"], "ami-xyz", "cluster.customAmi", "not an AMI id"),
     ("queue-strategy", CL, ["queueUpdateStrategy"], "drain", "cluster.queueUpdateStrategy",
      "one of DRAIN, TERMINATE, COMPUTE_FLEET_STOP"),
+    ("restrict-imds", CL, ["restrictImds"], "yes", "cluster.restrictImds", "must be true or false"),
 ]
 
 
@@ -268,6 +269,16 @@ def test_private_os_needs_a_custom_ami_and_names_the_fix():
     raw[CL].update(os="rocky9", customAmi="ami-0123456789abcdef0")
     cluster = parse_settings(raw, stack="dev").cluster
     assert cluster.os == "rocky9" and cluster.custom_ami == "ami-0123456789abcdef0"
+
+
+def test_restrict_imds_defaults_to_false():
+    raw = dev_raw()
+    raw[CL].pop("restrictImds", None)
+    assert parse_settings(raw, stack="dev").cluster.restrict_imds is False
+    raw[CL]["restrictImds"] = True
+    assert parse_settings(raw, stack="dev").cluster.restrict_imds is True
+    raw[CL]["restrictImds"] = "false"  # Pulumi config strings
+    assert parse_settings(raw, stack="dev").cluster.restrict_imds is False
 
 
 def test_queue_update_strategy_defaults_to_drain():
