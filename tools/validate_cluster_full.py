@@ -41,9 +41,11 @@ PLACEHOLDER_RE = re.compile(r"<after-deploy:([^<>]+)>")  # RESOURCE.PROPERTY, or
 
 # Validators moto cannot answer, suppressed by name (as `--suppress-validators type:NAME` would):
 SUPPRESSED = (
-    # Both launch the head node's / first compute resource's launch template with run_instances(DryRun=True)
-    # and expect AWS's DryRunOperation error; moto does not model DryRun for run_instances with a launch
-    # template's full network interface and block device set, so the answer would be moto's, not AWS's.
+    # Both call run_instances(DryRun=True) with the head node's / first compute resource's full launch
+    # parameters and expect AWS's DryRunOperation answer. moto refuses those parameters instead ("The request
+    # must contain the parameter ebs": it wants Ebs in every block device mapping, AWS takes the NoDevice /
+    # ephemeral mappings ParallelCluster sends), so the verdict would be moto's, not AWS's (checked: both fail
+    # with that message when not suppressed).
     "HeadNodeLaunchTemplateValidator",
     "ComputeResourceLaunchTemplateValidator",
 )
@@ -407,12 +409,28 @@ def _dry_run(cluster_name: str, config_text: str) -> list[dict[str, str]]:
     from pcluster.validators.common import FailureLevel
 
     suppressors = get_validator_suppressors([f"type:{name}" for name in SUPPRESSED])
+    cluster = Cluster(cluster_name, config_text)
+    loaded: list[Any] = []
+    load = cluster._load_config
+
+    def keep_loaded(data: dict) -> Any:  # a spy: the config object is what it was, only remembered
+        loaded.append(load(data))
+        return loaded[-1]
+
+    cluster._load_config = keep_loaded
     try:
-        failures = Cluster(cluster_name, config_text).validate_create_request(suppressors, FailureLevel.ERROR)
+        failures = cluster.validate_create_request(suppressors, FailureLevel.ERROR)
     except ConfigValidationError as exc:
         failures = exc.validation_failures or []
         if not failures:
-            return [{"level": "ERROR", "type": "ConfigValidationError", "message": str(exc)}]
+            # A validator's setup raised (e.g. "Cannot find official ParallelCluster AMI" for an OS without
+            # one): that message is all the CLI prints. Add what the validators had found before it.
+            found = list(getattr(loaded[-1], "_validation_failures", []) if loaded else [])
+            return [{"level": "ERROR", "type": "ConfigValidationError", "message": str(exc)}] + _as_dicts(found)
+    return _as_dicts(failures)
+
+
+def _as_dicts(failures: list[Any]) -> list[dict[str, str]]:
     return [{"level": f.level.name, "type": f.validator_type, "message": f.message} for f in failures]
 
 
