@@ -6,7 +6,7 @@
 create/update read the cluster config from --config-file (default "-": stdin). Progress goes to stderr;
 the last stdout line is JSON: {"clusterName", "status", "headNodePublicIp", "headNodePrivateIp"}.
 Exit codes: 0 done, 1 failed (pcluster refused, cluster *_FAILED), 2 usage/bad input, 3 timeout,
-4 no usable pcluster (venv creation failed, Node.js missing), 130 interrupted (SIGINT/SIGTERM).
+4 no usable pcluster (venv creation failed, Node.js missing) or no AWS credentials, 130 interrupted (SIGINT/SIGTERM).
 Environment: PCLUSTER_AD_PCLUSTER (pcluster executable to use), PCLUSTER_AD_PCLUSTER_VENV (venv location),
 PCLUSTER_AD_ROLLBACK_ON_FAILURE (true|false, default false).
 """
@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m launcher",
         description="Create, update or delete a ParallelCluster 3 cluster through the pcluster CLI.",
-        epilog="Exit codes: 0 done, 1 failed, 2 usage, 3 timeout, 4 pcluster unavailable, 130 interrupted.",
+        epilog="Exit codes: 0 done, 1 failed, 2 usage, 3 timeout, 4 pcluster or AWS credentials unavailable, "
+        "130 interrupted.",
     )
     parser.add_argument("command", choices=["create", "update", "delete"])
     parser.add_argument("--cluster-name", required=True, help="^[a-zA-Z][a-zA-Z0-9-]+$, at most 60 characters")
