@@ -49,6 +49,8 @@ class JoinSecretsArgs:
     join_user: pulumi.Input[str]
     join_password: pulumi.Input[str]  # secret
     reader_role_name: str  # the join function's role (created without a path)
+    # Other roles (without a path) that read this stack's SecureStrings: the directory-admin function.
+    extra_reader_role_names: Sequence[str] = ()
     # Who runs `pulumi up` / `refresh` for this stack: the provider reads every SecureString back
     # WITH decryption after each write and on refresh, so the deployer needs Decrypt through SSM.
     # ArnLike patterns of aws:PrincipalArn; None = the identity running this deployment.
@@ -67,6 +69,8 @@ class JoinSecrets(pulumi.ComponentResource):
     join_user_parameter_name: pulumi.Output[str]
     join_password_parameter_name: pulumi.Output[str]
     parameter_arns: pulumi.Output[list[str]]
+    join_password_parameter_arn: pulumi.Output[str]
+    join_password_version: pulumi.Output[int]
 
     def __init__(self, name: str, args: JoinSecretsArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("pcluster-ad:index:JoinSecrets", name, None, opts)
@@ -86,7 +90,7 @@ class JoinSecrets(pulumi.ComponentResource):
                 account=caller.account_id,
                 partition=partition.partition,
                 via_ssm=pulumi.Output.concat("ssm.", region.region, ".", partition.dns_suffix),
-                reader_role_name=args.reader_role_name,
+                reader_role_names=[args.reader_role_name, *args.extra_reader_role_names],
                 deployers=deployers,
             )),
             tags={**args.tags, "Name": f"{name}-key"},
@@ -116,6 +120,8 @@ class JoinSecrets(pulumi.ComponentResource):
         self.join_user_parameter_name = user.name
         self.join_password_parameter_name = password.name
         self.parameter_arns = pulumi.Output.all(domain.arn, user.arn, password.arn)
+        self.join_password_parameter_arn = password.arn
+        self.join_password_version = password.version
         self.register_outputs({
             "keyArn": self.key_arn,
             "keyAlias": self.key_alias,
@@ -127,9 +133,10 @@ class JoinSecrets(pulumi.ComponentResource):
 
 
 def _key_policy(*, account: pulumi.Input[str], partition: pulumi.Input[str], via_ssm: pulumi.Input[str],
-                reader_role_name: str, deployers: pulumi.Input[list[str]]) -> dict[str, Any]:
+                reader_role_names: Sequence[str], deployers: pulumi.Input[list[str]]) -> dict[str, Any]:
     root = pulumi.Output.concat("arn:", partition, ":iam::", account, ":root")
-    reader_arn = pulumi.Output.concat("arn:", partition, ":iam::", account, ":role/", reader_role_name)
+    reader_arns = [pulumi.Output.concat("arn:", partition, ":iam::", account, ":role/", n) for n in reader_role_names]
+    reader_arn = reader_arns[0] if len(reader_arns) == 1 else reader_arns
     via = {"StringEquals": {"kms:ViaService": via_ssm}}
     return {
         "Version": "2012-10-17",

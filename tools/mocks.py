@@ -49,6 +49,8 @@ _COMPUTED: dict[str, dict[str, str | None]] = {
     "aws:ec2/eip:Eip": {"publicIp": None, "allocationId": None},
     "aws:ec2/natGateway:NatGateway": {"publicIp": None, "privateIp": None},
     "aws:ec2/securityGroup:SecurityGroup": {"arn": None},
+    "aws:cloudwatch/eventRule:EventRule": {"arn": None},
+    "aws:lambda/invocation:Invocation": {"result": None},
     "random:index/randomPassword:RandomPassword": {"result": None, "bcryptHash": None},
     "command:local:Command": {"stdout": None, "stderr": None},
 }

@@ -1,0 +1,345 @@
+"""DirectoryAdmin: a Lambda in the VPC's private subnets that manages this stack's part of the
+directory over LDAP (lambda_src/directory_admin.py): the stack's OU and least-privilege join account,
+computer objects removed with their nodes (EC2 termination events + a scheduled sweep), and the
+users and groups of the stack config. Pulumi drives the directory operations through
+`aws.lambda_.Invocation` resources with the CRUD lifecycle (docs/design.md says why)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_random as random
+
+from lambda_src.directory_admin import computer_prefix, sam_problem
+
+HANDLER = "directory_admin.handler"
+RUNTIME = "python3.13"
+ARCHITECTURE = "arm64"  # pure Python (ldap3, pyasn1, boto3): no native wheels
+MEMORY_MB = 256
+LDAP_PORT, LDAPS_PORT = 389, 636
+# Packaged with the function from the installed, pinned distributions (requirements.txt).
+PACKAGED = {"ldap3": "2.9.1", "pyasn1": "0.6.5"}
+TERMINATED_PATTERN = {
+    "source": ["aws.ec2"],
+    "detail-type": ["EC2 Instance State-change Notification"],
+    "detail": {"state": ["terminated"]},
+}
+_MAX_NAME = 64
+
+
+@dataclass(frozen=True)
+class DirectoryGroup:
+    name: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class DirectoryUser:
+    name: str
+    groups: tuple[str, ...] = ()
+    display_name: str = ""
+    email: str = ""
+
+
+@dataclass
+class DirectoryAdminArgs:
+    stack: str
+    role_name: str  # also the function's name (account-wide IAM name: carries the region)
+    cluster_name: str
+    directory_id: pulumi.Input[str]
+    domain_name: str
+    dns_ips: pulumi.Input[Sequence[pulumi.Input[str]]]
+    vpc_id: pulumi.Input[str]
+    subnet_ids: pulumi.Input[Sequence[pulumi.Input[str]]]  # private subnets (NAT egress to AWS APIs)
+    admin_user: str  # "Administrator" (Simple AD) or "Admin" (Managed AD)
+    admin_password: pulumi.Input[str]  # secret; kept in this component's own SecureString
+    key_arn: pulumi.Input[str]  # the stack's KMS key (JoinSecrets); its policy lets this role decrypt via SSM
+    # Managed AD: the stack's OU goes under the delegated OU (OU=<NetBIOS name>,DC=...); "" = domain root.
+    parent_dn: str = ""
+    # The join account this stack creates; None = none (an Existing directory's configured account).
+    join_user: str | None = None
+    join_password_parameter_name: pulumi.Input[str] | None = None
+    join_password_parameter_arn: pulumi.Input[str] | None = None
+    join_password_version: pulumi.Input[int] | None = None  # re-runs the setup when the password changes
+    window_table_name: pulumi.Input[str] | None = None  # join windows: the computer names nodes recorded
+    window_table_arn: pulumi.Input[str] | None = None
+    groups: Sequence[DirectoryGroup] = ()
+    users: Sequence[DirectoryUser] = ()
+    sweep_schedule: str = "rate(1 day)"
+    sweep_grace_minutes: int = 60
+    ldaps: bool = False  # also allow 636 (Managed AD with LDAPS certificates)
+    code_dir: str = "lambda_src"
+    log_retention_days: int = 30
+    timeout_seconds: int = 120
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def ou_name(stack: str) -> str:
+    return f"pcluster-ad-{stack}"
+
+
+def admin_parameter_name(stack: str) -> str:
+    return f"/pcluster-ad/{stack}/directory-admin-password"
+
+
+def initial_password_parameter_name(stack: str, user: str) -> str:
+    return f"/pcluster-ad/{stack}/users/{user}/initial-password"
+
+
+def _package_files(dist: str, version: str) -> dict[str, pulumi.Asset]:
+    """The installed distribution's importable *.py files (no caches: same bytes, same archive hash)."""
+    installed = metadata.version(dist)
+    if installed != version:
+        raise ValueError(f"DirectoryAdmin: {dist} {installed} is installed, the function is built with {version}: "
+                         "run `venv/bin/pip install -r requirements.txt`")
+    files = metadata.files(dist) or []
+    out = {}
+    for f in files:
+        path = str(f)
+        if path.endswith(".py") and path.split("/")[0] == dist:
+            out[path] = pulumi.FileAsset(str(f.locate()))
+    if not out:
+        raise ValueError(f"DirectoryAdmin: no files of {dist} found to package")
+    return out
+
+
+def code_archive(code_dir: str) -> pulumi.AssetArchive:
+    handler = Path(code_dir) / "directory_admin.py"
+    if not handler.exists():
+        raise ValueError(f"DirectoryAdmin: {handler} is missing")
+    assets: dict[str, Any] = {"directory_admin.py": pulumi.FileAsset(str(handler))}
+    for dist, version in PACKAGED.items():
+        assets.update(_package_files(dist, version))
+    return pulumi.AssetArchive(dict(sorted(assets.items())))
+
+
+def validate(args: DirectoryAdminArgs) -> None:
+    """What the function would refuse at deploy time, refused at preview (stack_config names the keys)."""
+    if len(args.role_name) > _MAX_NAME:
+        raise ValueError(f"DirectoryAdmin: role/function name {args.role_name!r} is longer than {_MAX_NAME}")
+    names = [("join user", args.join_user)] if args.join_user else []
+    names += [("group", g.name) for g in args.groups] + [("user", u.name) for u in args.users]
+    for what, name in names:
+        problem = sam_problem(name)
+        if problem:
+            raise ValueError(f"DirectoryAdmin: {what} {name!r} {problem}")
+    groups = {g.name.lower() for g in args.groups}
+    for u in args.users:
+        unknown = [g for g in u.groups if g.lower() not in groups]
+        if unknown:
+            raise ValueError(f"DirectoryAdmin: user {u.name!r} is in undeclared groups {unknown}")
+    if args.join_user and not (args.join_password_parameter_name and args.join_password_parameter_arn):
+        raise ValueError("DirectoryAdmin: a join user needs join_password_parameter_name and _arn")
+
+
+class DirectoryAdmin(pulumi.ComponentResource):
+    function_name: pulumi.Output[str]
+    function_arn: pulumi.Output[str]
+    role_arn: pulumi.Output[str]
+    security_group_id: pulumi.Output[str]
+    admin_parameter_name: pulumi.Output[str]
+    computer_ou: str
+    computer_prefix: str
+    initial_password_parameters: dict[str, pulumi.Output[str]]
+    # Depend on this before nodes join (the OU and the join account exist); on destroy the cluster
+    # goes first, then the OU.
+    ready: list[pulumi.Resource]
+
+    def __init__(self, name: str, args: DirectoryAdminArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("pcluster-ad:index:DirectoryAdmin", name, None, opts)
+        validate(args)
+        child = pulumi.ResourceOptions(parent=self)
+        invoke = pulumi.InvokeOutputOptions(parent=self)
+        account = aws.get_caller_identity_output(opts=invoke).account_id
+        part = aws.get_partition_output(opts=invoke)
+        region = aws.get_region_output(opts=invoke).region
+        function_name = args.role_name
+        ou = ou_name(args.stack)
+        base = ",".join(f"DC={p}" for p in args.domain_name.split("."))
+        self.computer_ou = f"OU=Computers,OU={ou},{args.parent_dn or base}"
+        self.computer_prefix = computer_prefix(args.cluster_name)
+
+        def tags(p: str) -> dict[str, str]:
+            return {**args.tags, "Name": f"{name}-{p}"}
+
+        log_group = aws.cloudwatch.LogGroup(f"{name}-logs", aws.cloudwatch.LogGroupArgs(
+            name=f"/aws/lambda/{function_name}", retention_in_days=args.log_retention_days, tags=tags("logs")), child)
+
+        admin_param = aws.ssm.Parameter(f"{name}-admin-password", aws.ssm.ParameterArgs(
+            name=admin_parameter_name(args.stack), type="SecureString", key_id=args.key_arn,
+            value=pulumi.Output.secret(args.admin_password),
+            description="directory admin password: read only by the directory-admin function",
+            tags=tags("admin-password")), child)
+
+        # Egress only: LDAP to the directory's DNS IPs (its domain controllers), HTTPS to AWS APIs.
+        ports = [LDAP_PORT, LDAPS_PORT] if args.ldaps else [LDAP_PORT]
+        egress = pulumi.Output.from_input(args.dns_ips).apply(lambda ips: [
+            {"protocol": "tcp", "from_port": p, "to_port": p, "cidr_blocks": [f"{ip}/32"],
+             "description": f"LDAP{'S' if p == LDAPS_PORT else ''} to domain controller {ip}"}
+            for ip in ips for p in ports
+        ] + [
+            # 0.0.0.0/0: AWS API endpoints (SSM, EC2, Directory Service, DynamoDB) have no fixed IPs;
+            # they are reached through the private subnets' NAT.
+            {"protocol": "tcp", "from_port": 443, "to_port": 443, "cidr_blocks": ["0.0.0.0/0"],
+             "description": "HTTPS to AWS APIs"},
+        ])
+        sg = aws.ec2.SecurityGroup(f"{name}-sg", aws.ec2.SecurityGroupArgs(
+            vpc_id=args.vpc_id, description=f"pcluster-ad {args.stack}: directory-admin function (egress only)",
+            ingress=[], egress=egress, tags=tags("sg")), child)
+
+        role = aws.iam.Role(f"{name}-role", aws.iam.RoleArgs(
+            name=args.role_name,  # no path: JoinSecrets' key policy matches role/<name>
+            description=f"pcluster-ad directory admin for {args.stack}",
+            assume_role_policy=pulumi.Output.json_dumps({
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
+                               "Action": "sts:AssumeRole",
+                               "Condition": {"StringEquals": {"aws:SourceAccount": account}}}],
+            }),
+            tags=tags("role")), child)
+        arn = lambda *parts: pulumi.Output.concat("arn:", part.partition, *parts)  # noqa: E731
+        parameter_arns = [admin_param.arn]
+        if args.join_password_parameter_arn is not None:
+            parameter_arns.append(args.join_password_parameter_arn)
+        policy = _role_policy(
+            parameter_arns=parameter_arns,
+            user_parameters_arn=arn(":ssm:", region, ":", account, ":parameter/pcluster-ad/", args.stack, "/users/*"),
+            key_arn=args.key_arn,
+            via_ssm=pulumi.Output.concat("ssm.", region, ".", part.dns_suffix),
+            directory_arn=arn(":ds:", region, ":", account, ":directory/", args.directory_id),
+            table_arn=args.window_table_arn, log_group_arn=log_group.arn)
+        role_policy = aws.iam.RolePolicy(f"{name}-role-policy", aws.iam.RolePolicyArgs(
+            role=role.name, policy=pulumi.Output.json_dumps(policy)), child)
+
+        env = {
+            "DIRECTORY_ID": args.directory_id, "DOMAIN": args.domain_name,
+            "DNS_IPS": pulumi.Output.from_input(args.dns_ips).apply(",".join),
+            "OU_NAME": ou, "PARENT_DN": args.parent_dn, "ADMIN_USER": args.admin_user,
+            "ADMIN_PASSWORD_PARAMETER": admin_param.name, "CLUSTER_NAME": args.cluster_name,
+            "COMPUTER_PREFIX": self.computer_prefix, "SWEEP_GRACE_MINUTES": str(args.sweep_grace_minutes),
+            "LDAP_PORT": str(LDAP_PORT),
+        }
+        if args.window_table_name is not None:
+            env["WINDOW_TABLE"] = args.window_table_name
+        function = aws.lambda_.Function(f"{name}-fn", aws.lambda_.FunctionArgs(
+            name=function_name, description=f"pcluster-ad {args.stack}: manages the stack's OU in the directory",
+            role=role.arn, runtime=RUNTIME, handler=HANDLER, code=code_archive(args.code_dir),
+            architectures=[ARCHITECTURE], memory_size=MEMORY_MB, timeout=args.timeout_seconds,
+            vpc_config=aws.lambda_.FunctionVpcConfigArgs(subnet_ids=args.subnet_ids, security_group_ids=[sg.id]),
+            environment=aws.lambda_.FunctionEnvironmentArgs(variables=env),
+            logging_config=aws.lambda_.FunctionLoggingConfigArgs(log_format="Text", log_group=log_group.name),
+            tags=tags("fn"),
+        ), pulumi.ResourceOptions(parent=self, depends_on=[log_group, role_policy]))
+
+        # Computer objects leave with their nodes: every termination in the account/region (the
+        # function checks the cluster tag), and a sweep for missed events.
+        targets = []
+        for part_name, rule_args, payload in (
+            ("terminated", aws.cloudwatch.EventRuleArgs(
+                description=f"pcluster-ad {args.stack}: EC2 instance terminated -> remove its computer object",
+                event_pattern=json.dumps(TERMINATED_PATTERN), tags=tags("terminated")), None),
+            ("sweep", aws.cloudwatch.EventRuleArgs(
+                description=f"pcluster-ad {args.stack}: remove computer objects of nodes that no longer exist",
+                schedule_expression=args.sweep_schedule, tags=tags("sweep")), json.dumps({"op": "sweep"})),
+        ):
+            rule = aws.cloudwatch.EventRule(f"{name}-{part_name}", rule_args, child)
+            permission = aws.lambda_.Permission(f"{name}-{part_name}-permission", aws.lambda_.PermissionArgs(
+                function=function.name, action="lambda:InvokeFunction", principal="events.amazonaws.com",
+                source_arn=rule.arn), child)
+            targets.append(aws.cloudwatch.EventTarget(f"{name}-{part_name}-target", aws.cloudwatch.EventTargetArgs(
+                rule=rule.name, arn=function.arn, input=payload,
+                retry_policy=aws.cloudwatch.EventTargetRetryPolicyArgs(maximum_retry_attempts=20,
+                                                                       maximum_event_age_in_seconds=3600),
+            ), pulumi.ResourceOptions(parent=self, depends_on=[permission])))
+
+        def invocation(part_name: str, payload: dict[str, Any], deps: list[pulumi.Resource]) -> aws.lambda_.Invocation:
+            return aws.lambda_.Invocation(f"{name}-{part_name}", aws.lambda_.InvocationArgs(
+                function_name=function.name, input=pulumi.Output.json_dumps(payload), lifecycle_scope="CRUD"),
+                pulumi.ResourceOptions(parent=self, depends_on=[function, role_policy, *deps]))
+
+        setup: dict[str, Any] = {"resource": "directory", "ou": ou}
+        if args.join_user:
+            setup.update(joinUser=args.join_user, joinPasswordParameter=args.join_password_parameter_name,
+                         joinPasswordVersion=args.join_password_version)
+        directory_setup = invocation("setup", setup, [])
+        group_resources = {g.name.lower(): invocation(f"group-{_slug(g.name)}", {
+            "resource": "group", "name": g.name, "description": g.description}, [directory_setup])
+            for g in args.groups}
+        self.initial_password_parameters = {}
+        for u in args.users:
+            slug = _slug(u.name)
+            password = random.RandomPassword(f"{name}-user-{slug}-password", random.RandomPasswordArgs(
+                length=20, special=True, override_special="!#%+-=_", min_lower=2, min_upper=2, min_numeric=2,
+                min_special=1), child)
+            param = aws.ssm.Parameter(f"{name}-user-{slug}-initial-password", aws.ssm.ParameterArgs(
+                name=initial_password_parameter_name(args.stack, u.name), type="SecureString", key_id=args.key_arn,
+                value=password.result, description=f"initial password of {u.name} (must be changed at first login)",
+                tags=tags(f"user-{slug}")), child)
+            self.initial_password_parameters[u.name] = param.name
+            invocation(f"user-{slug}", {
+                "resource": "user", "name": u.name, "groups": list(u.groups), "displayName": u.display_name,
+                "email": u.email, "initialPasswordParameter": param.name,
+            }, [directory_setup, param, *[group_resources[g.lower()] for g in u.groups]])
+
+        self.function_name = function.name
+        self.function_arn = function.arn
+        self.role_arn = role.arn
+        self.security_group_id = sg.id
+        self.admin_parameter_name = admin_param.name
+        self.ready = [directory_setup, *targets]
+        self.register_outputs({
+            "functionName": self.function_name,
+            "functionArn": self.function_arn,
+            "roleArn": self.role_arn,
+            "securityGroupId": self.security_group_id,
+            "adminParameterName": self.admin_parameter_name,
+            "computerOu": self.computer_ou,
+            "computerPrefix": self.computer_prefix,
+            "initialPasswordParameters": self.initial_password_parameters,
+        })
+
+
+def _slug(name: str) -> str:
+    """A resource-name part for a directory name (names are unique case-insensitively; any other
+    character than a-z0-9- gets a hash suffix so two names never share a slug)."""
+    low = name.lower()
+    if re.fullmatch(r"[a-z0-9-]+", low):
+        return low
+    return re.sub(r"[^a-z0-9-]", "-", low) + "-" + hashlib.sha256(low.encode()).hexdigest()[:6]
+
+
+def _role_policy(*, parameter_arns: list[pulumi.Input[str]], user_parameters_arn: pulumi.Input[str],
+                 key_arn: pulumi.Input[str], via_ssm: pulumi.Input[str], directory_arn: pulumi.Input[str],
+                 table_arn: pulumi.Input[str] | None, log_group_arn: pulumi.Input[str]) -> dict[str, Any]:
+    statements: list[dict[str, Any]] = [
+        # The admin password, the join password, and the declared users' initial passwords.
+        {"Sid": "ReadOwnParameters", "Effect": "Allow", "Action": ["ssm:GetParameter"],
+         "Resource": [*parameter_arns, user_parameters_arn]},
+        {"Sid": "DecryptOwnParameters", "Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": [key_arn],
+         "Condition": {"StringEquals": {"kms:ViaService": via_ssm}}},
+        {"Sid": "SetPasswordsInThisDirectory", "Effect": "Allow", "Action": ["ds:ResetUserPassword"],
+         "Resource": [directory_arn]},
+        # `*`: EC2 Describe* actions support no resource-level permissions.
+        {"Sid": "DescribeInstances", "Effect": "Allow", "Action": ["ec2:DescribeInstances"], "Resource": "*"},
+        # `*`: what Lambda needs to attach the function to the VPC (AWSLambdaVPCAccessExecutionRole's
+        # actions); these EC2 network-interface actions take no narrower resource for this use.
+        {"Sid": "AttachToVpc", "Effect": "Allow",
+         "Action": ["ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets",
+                    "ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses",
+                    "ec2:UnassignPrivateIpAddresses"], "Resource": "*"},
+        {"Sid": "WriteOwnLogs", "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+         "Resource": [pulumi.Output.concat(log_group_arn, ":*")]},
+    ]
+    if table_arn is not None:
+        statements.append({"Sid": "ReadRecordedComputerNames", "Effect": "Allow", "Action": ["dynamodb:GetItem"],
+                           "Resource": [table_arn]})
+    return {"Version": "2012-10-17", "Statement": statements}
