@@ -5,8 +5,9 @@
     config = {
         "aws:region": "eu-west-1",
         "pcluster-ad:directory": {"type": "SimpleAD", "domainName": "test.domain", "shortName": "TEST"},
-        "pcluster-ad:cluster": {"name": "hpc-dev", "queues": [{"name": "compute", "instanceType": "c5.large",
-                                                               "minCount": 0, "maxCount": 10}]},
+        "pcluster-ad:cluster": {"name": "hpc-dev", "allowedSshCidr": "203.0.113.0/24",   # your office/VPN range
+                                "queues": [{"name": "compute", "instanceType": "c5.large",
+                                            "minCount": 0, "maxCount": 10}]},
     }
     automation.preview("dev", config)
     result = automation.up("dev", config, secrets={"pcluster-ad:adminPassword": "..."})
