@@ -340,3 +340,15 @@ def test_plan_is_json_with_placeholders(g):
 def test_bad_inputs_fail_clearly(kwargs, message):
     with pytest.raises(Exception, match=message):
         run(**kwargs)
+
+
+def test_program_wires_the_join_window_config(run_stack):
+    """The real program: stack config -> JoinFunction environment -> handler settings; table exported."""
+    g = run_stack(lambda c: c.setdefault("pcluster-ad:join", {}).update(windowMinutes=20, maxAnswers=5))
+    env = g.named("join-function-fn").inputs["environment"]["variables"]
+    table = g.named("join-function-windows").inputs["name"]
+    assert table == g.named("join-function-fn").inputs["name"] + "-windows"
+    assert g.outputs["joinWindowTable"] == table
+    assert (env["WINDOW_TABLE"], env["WINDOW_MINUTES"], env["MAX_ANSWERS"]) == (table, "20", "5")
+    defaults = run_stack().named("join-function-fn").inputs["environment"]["variables"]
+    assert (defaults["WINDOW_MINUTES"], defaults["MAX_ANSWERS"]) == ("30", "3")
