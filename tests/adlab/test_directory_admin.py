@@ -9,12 +9,16 @@ directory's state reads the DC's own database (SamDB on the DC), not the product
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
+import re
 import secrets
 import select
 import signal
 import subprocess
+import termios
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -22,7 +26,7 @@ import pytest
 
 from lambda_src.directory_admin import computer_prefix
 
-from .lab import HERE, REPO, Lab, LabError, lab_python
+from .lab import HERE, REPO, SSH_OPTS, Lab, LabError, lab_python
 
 pytestmark = pytest.mark.adlab
 
@@ -58,6 +62,7 @@ except ldb.LdbError as e:
 print(json.dumps([{"dn": str(m.dn), **{a: [str(v) for v in m[a]] for a in q.get("attrs", []) if a in m}}
                   for m in res]))
 """
+COMPUTER_CLASS = "bf967a86-0de6-11d0-a285-00aa003049e2"
 COMPUTER_ADD = r"""
 import sys
 from samba.auth import system_session
@@ -68,6 +73,22 @@ db = SamDB(url=lp.samdb_url(), session_info=system_session(), lp=lp)
 name, parent = sys.argv[1], sys.argv[2]
 db.add({"dn": "CN=%s,%s" % (name, parent), "objectClass": "computer", "sAMAccountName": name + "$",
         "userAccountControl": "4096"})
+"""
+
+DC_SDDL = r"""
+import json, sys
+import ldb
+from samba.auth import system_session
+from samba.dcerpc import security
+from samba.ndr import ndr_unpack
+from samba.param import LoadParm
+from samba.samdb import SamDB
+lp = LoadParm(); lp.load_default()
+db = SamDB(url=lp.samdb_url(), session_info=system_session(), lp=lp)
+m = db.search(sys.argv[1], scope=ldb.SCOPE_BASE, attrs=["nTSecurityDescriptor"])[0]
+sd = ndr_unpack(security.descriptor, m["nTSecurityDescriptor"][0])
+u = db.search(db.domain_dn(), expression="(sAMAccountName=%s)" % ldb.binary_encode(sys.argv[2]), attrs=["objectSid"])
+print(json.dumps({"sddl": sd.as_sddl(), "sid": str(ndr_unpack(security.dom_sid, u[0]["objectSid"][0]))}))
 """
 
 
@@ -206,6 +227,17 @@ def test_setup_creates_ou_and_join_account(env: Env):
     assert [a["dn"] for a in acct] == [f"CN={JOIN_USER},{STACK_DN}"]
     assert int(acct[0]["userAccountControl"][0]) & 0x2 == 0, "join account must be enabled"
     assert "memberOf" not in acct[0], "join account is in no group but Domain Users (primary group)"
+    # Exactly two ACEs for the join account on the Computers OU (read back from the DC as SDDL):
+    # create/delete computer objects in this OU, full control of the computer objects below it.
+    got = json.loads(env.lab.dc.run(["/usr/bin/python3", "-c", DC_SDDL, COMPUTERS_DN, JOIN_USER]).stdout)
+    sid = got["sid"]
+    mine = sorted(a for a in re.findall(r"\(([^()]*)\)", got["sddl"]) if a.endswith(f";{sid}"))
+    assert mine == sorted([f"OA;;CCDC;{COMPUTER_CLASS};;{sid}",
+                           f"OA;CIIO;RPWPCRCCDCLCLORCWOWDSDDTSW;;{COMPUTER_CLASS};{sid}"]), got["sddl"]
+    # Nothing for it anywhere else: the stack OU and the domain root carry no ACE for the account.
+    for dn in (STACK_DN, BASE):
+        other = json.loads(env.lab.dc.run(["/usr/bin/python3", "-c", DC_SDDL, dn, JOIN_USER]).stdout)
+        assert sid not in other["sddl"], dn
     # Idempotent: a second run changes nothing and grants nothing twice.
     again = env.svc.ok("handle", event=directory_event("update"))["result"]
     assert again["created"] == [] and again["joinAccount"] == {
@@ -359,6 +391,94 @@ def test_groups_and_users(env: Env):
     out = svc.ok("handle", event=user_event("carol", "delete"))["result"]
     assert out["result"] == "deleted"
     assert not dc_search(lab, BASE, "(sAMAccountName=carol)")
+
+
+def ssh_pty(lab: Lab, node, user: str, answers: list[tuple[str, str]], command: str,
+            timeout: float = 120) -> tuple[int | None, str]:
+    """ssh -tt from the client under a real pseudo-terminal (PAM's password change talks to the
+    terminal); answers: (regex on the output so far, reply), each used once, in order of appearance."""
+    master, slave = pty.openpty()
+
+    def own_tty() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(lab.client.argv(["ssh", "-tt", *SSH_OPTS, f"{user}@{node.ip}", command]),
+                            stdin=slave, stdout=slave, stderr=slave, preexec_fn=own_tty)
+    os.close(slave)
+    out, pending, seen = b"", list(answers), 0
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([master], [], [], 0.5)
+            if r:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # EIO: the other side closed
+                    break
+                if not chunk:
+                    break
+                out += chunk
+                text = out[seen:].decode(errors="replace")
+                for i, (pattern, reply) in enumerate(pending):
+                    m = re.search(pattern, text, re.I)
+                    if m:
+                        seen += len(text[:m.end()].encode())
+                        os.write(master, reply.encode() + b"\n")
+                        pending.pop(i)
+                        break
+            elif proc.poll() is not None:
+                break
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        rc = proc.wait(timeout=30)
+        os.close(master)
+    return rc, out.decode(errors="replace")
+
+
+def ssh_pass(lab: Lab, node, user: str, password: str, command: str = "true") -> subprocess.CompletedProcess:
+    return lab.client.run(["sshpass", "-e", "ssh", *SSH_OPTS, f"{user}@{node.ip}", command],
+                          env={"SSHPASS": password}, check=False, timeout=120)
+
+
+def test_declared_user_changes_the_initial_password_at_first_login(env: Env, joined):
+    """A user declared in the stack logs in over SSH with the initial password, is made to change it
+    (sssd + PAM), and then logs in with the new one; the initial one no longer works."""
+    lab, svc = env.lab, env.svc
+    nodes, _ids, names = joined
+    node = nodes[1]  # still joined (its instance is live)
+    node.sh("sed -i -e 's/^use_fully_qualified_names.*/use_fully_qualified_names = False/' "
+            "-e 's|^fallback_homedir.*|fallback_homedir = /home/%u|' /etc/sssd/sssd.conf && "
+            "DEBIAN_FRONTEND=noninteractive pam-auth-update --enable mkhomedir && systemctl restart sssd",
+            timeout=120)
+    # Harness, not product: this machine's PAM stack has pam_pwquality but no cracklib dictionary
+    # (an image detail); without this it refuses every new password with "error loading dictionary".
+    node.sh("mkdir -p /etc/security/pwquality.conf.d && "
+            "echo 'dictcheck = 0' >/etc/security/pwquality.conf.d/adlab.conf")
+    assert node.run_action("enable-ssh-password-auth.sh").rc == 0
+    svc.ok("handle", event={"resource": "group", "name": "hpc", "tf": {"action": "create"}})
+    svc.ok("handle", event=user_event("dave", groups=["hpc"]))
+    initial = env.initial["dave"]
+    new = "N3w-" + secrets.token_urlsafe(10) + "!"
+    lab.watch.add("dave's new password", new.encode())
+    rc, out = ssh_pty(lab, node, "dave", [
+        (r"password:", initial),  # ssh's own prompt
+        (r"current password:|\(current\)", initial),
+        (r"(retype|reenter|re-enter|again).*password:", new),
+        (r"new password:", new),
+    ], "echo LOGGED-IN-$(id -un); exit")
+    # OpenSSH changes an expired password and then closes the session ("login again").
+    assert re.search(r"password has expired", out, re.I) and "password updated successfully" in out, \
+        f"rc={rc}\n{out[-3000:]}"
+    dave = dc_search(lab, PEOPLE_DN, "(sAMAccountName=dave)", ["pwdLastSet"])[0]
+    assert dave["pwdLastSet"] != ["0"]
+    assert ssh_pass(lab, node, "dave", new, "id -un").stdout.strip() == "dave"
+    assert ssh_pass(lab, node, "dave", initial).returncode != 0
+    # Removing the user from the config deletes it; its home directory stays on the node.
+    assert svc.ok("handle", event=user_event("dave", "delete"))["result"]["result"] == "deleted"
+    assert not dc_search(lab, BASE, "(sAMAccountName=dave)")
+    assert node.run(["test", "-d", "/home/dave"], check=False).returncode == 0
 
 
 def test_preexisting_objects_are_never_changed(env: Env):
