@@ -16,10 +16,12 @@ import json
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 PROJECT = "pcluster-ad"
-DEFAULT_PCLUSTER_VERSION = "3.16.1"
+# The one place the ParallelCluster version is written (shell scripts read the same file).
+DEFAULT_PCLUSTER_VERSION = Path(__file__).with_name("pcluster_version.txt").read_text(encoding="utf-8").strip()
 
 # ParallelCluster 3.16 operating systems (Image.Os).
 SUPPORTED_OS = ("alinux2023", "rhel8", "rhel9", "rocky8", "rocky9", "ubuntu2204", "ubuntu2404")

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class _LazyRunner:
-    """Resolves (and on first use creates) the pcluster executable only when a call is made."""
+    """Resolves the pcluster executable (never installs it) only when a call is made."""
 
     def __init__(self, env, log: Callable[[str], None]):
         self._env = env

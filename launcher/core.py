@@ -37,12 +37,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-PCLUSTER_VERSION = "3.16.1"
 PROGRESS_SECONDS = 30.0
 DEFAULT_TIMEOUT = 3600.0
 DEFAULT_POLL = 30.0
 MAX_DESCRIBE_ERRORS = 5
 REPO_DIR = Path(__file__).resolve().parent.parent
+PCLUSTER_VERSION = (REPO_DIR / "pcluster_version.txt").read_text(encoding="utf-8").strip()
 
 # Exit codes of `python -m launcher`.
 EXIT_OK = 0
@@ -162,10 +162,12 @@ def resolve_pcluster(
     repo_dir: Path = REPO_DIR,
     log: Callable[[str], None] = lambda _m: None,
 ) -> str:
-    """Path of the pcluster executable: $PCLUSTER_AD_PCLUSTER, else the pinned venv (created on first use).
+    """Path of the pcluster executable: $PCLUSTER_AD_PCLUSTER, else the pinned venv.
 
     The version is $PCLUSTER_AD_PCLUSTER_VERSION (the stack's `cluster.pclusterVersion`), default
-    PCLUSTER_VERSION; a non-default version gets its own venv, `.venv-pcluster-<version>`."""
+    PCLUSTER_VERSION; a non-default version gets its own venv, `.venv-pcluster-<version>`. Nothing is installed
+    here: a deployment must not pip-install (unreviewed code, network, minutes inside `pulumi up`), so a missing
+    or wrong venv is a SetupError naming the setup command (scripts/deploy.sh runs it before `pulumi up`)."""
     env = os.environ if env is None else env
     explicit = env.get("PCLUSTER_AD_PCLUSTER")
     if explicit:
@@ -181,26 +183,12 @@ def resolve_pcluster(
     pinned = list(venv.glob(f"lib/python3*/site-packages/aws_parallelcluster-{version}.dist-info"))
     if os.access(pcluster, os.X_OK) and pinned:
         return str(pcluster)
-    script = repo_dir / "tools" / "pcluster_venv.sh"
-    what = "is not the pinned " + version if os.access(pcluster, os.X_OK) else "is missing"
-    log(f"{pcluster} {what}; installing it with {script} (about half a minute)")
-    proc = subprocess.run(
-        ["bash", str(script), version],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env={**env, "PCLUSTER_AD_PCLUSTER_VENV": str(venv)},
-        check=False,
-    )
-    if proc.returncode == 3:
-        raise SetupError(
-            "Node.js ('node') is not installed; the ParallelCluster CLI needs it. Install Node.js 20+ and retry."
-        )
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines or not os.access(lines[-1], os.X_OK):
-        detail = " | ".join(proc.stderr.strip().splitlines()[-5:])
-        raise SetupError(f"could not create the ParallelCluster venv at {venv} (exit {proc.returncode}): {detail}")
-    return lines[-1]
+    what = f"is not aws-parallelcluster {version}" if os.access(pcluster, os.X_OK) else "is missing"
+    command = f"bash {repo_dir / 'tools' / 'pcluster_venv.sh'}"
+    if version != PCLUSTER_VERSION or env.get("PCLUSTER_AD_PCLUSTER_VENV"):
+        command = f"PCLUSTER_AD_PCLUSTER_VENV={venv} {command} {version}"
+    raise SetupError(f"{pcluster} {what}; the launcher does not install anything during a deployment: run"
+                     f" `{command}` (scripts/deploy.sh does this before `pulumi up`), then run the deployment again")
 
 
 @contextlib.contextmanager

@@ -74,12 +74,29 @@ if [ -z "${AWS_PROFILE:-}${AWS_ACCESS_KEY_ID:-}" ] && [ ! -f "${AWS_SHARED_CREDE
 fi
 [ "$missing" -eq 0 ] || exit 2
 
-ensure_venv requirements.txt
+ensure_venv requirements.lock
 log "ensuring the ParallelCluster CLI venv (.venv-pcluster/)"
 bash tools/pcluster_venv.sh >/dev/null
 
 log "validating Pulumi.$stack.yaml offline"
 venv/bin/python -m tools.plan "$stack" --out "plan-out/$stack" >/dev/null
+
+# The launcher never installs during `pulumi up`: a stack on another ParallelCluster version gets its venv now.
+pcluster_version=$(venv/bin/python - "$stack" <<'PY'
+import sys
+
+import yaml
+
+import stack_config
+
+cluster = (yaml.safe_load(open(f"Pulumi.{sys.argv[1]}.yaml")).get("config") or {}).get("pcluster-ad:cluster") or {}
+print(cluster.get("pclusterVersion") or stack_config.DEFAULT_PCLUSTER_VERSION)
+PY
+)
+if [ "$pcluster_version" != "$(cat pcluster_version.txt)" ]; then
+  log "ensuring the ParallelCluster CLI venv for $pcluster_version (.venv-pcluster-$pcluster_version/)"
+  PCLUSTER_AD_PCLUSTER_VENV=".venv-pcluster-$pcluster_version" bash tools/pcluster_venv.sh "$pcluster_version" >/dev/null
+fi
 
 # No backend pinned in Pulumi.yaml, so a team's `pulumi login s3://...` applies; local files only as the fallback.
 if [ -z "${PULUMI_BACKEND_URL:-}" ] && ! pulumi whoami --non-interactive </dev/null >/dev/null 2>&1; then

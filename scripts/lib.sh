@@ -19,8 +19,9 @@ find_python() {
   return 1
 }
 
-# venv/ with the pinned requirements file given ($1). Installs again when that file changed;
-# never re-creates an existing venv (that would swap its interpreter under running tools).
+# venv/ with the hash-checked lock file given ($1: requirements.lock or requirements-dev.lock, made by
+# tools/lock.sh). Installs again when that file changed; never re-creates an existing venv (that would swap its
+# interpreter under running tools).
 ensure_venv() {
   local requirements=$1 marker="venv/.installed-${1//\//_}" python
   if [ -x venv/bin/python ] && cmp -s "$requirements" "$marker"; then
@@ -32,6 +33,6 @@ ensure_venv() {
     "$python" -m venv venv
   fi
   log "installing $requirements into venv/ (pinned; about a minute the first time)"
-  venv/bin/pip install --quiet --disable-pip-version-check -r "$requirements"
+  venv/bin/pip install --quiet --disable-pip-version-check --require-hashes -r "$requirements"
   cp "$requirements" "$marker"
 }

@@ -17,7 +17,7 @@ else
   log "not root: skipping Debian packages (the adlab tests will tell you what is missing)"
 fi
 
-ensure_venv requirements-dev.txt
+ensure_venv requirements-dev.lock
 
 log "ensuring the ParallelCluster CLI venv (.venv-pcluster/, with moto for the full validation)"
 bash tools/pcluster_venv.sh --with-moto >/dev/null

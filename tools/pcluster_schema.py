@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VALIDATOR = ROOT / "tools" / "validate_cluster_config.py"
 VENV_SCRIPT = ROOT / "tools" / "pcluster_venv.sh"
-PCLUSTER_VERSION = "3.16.1"
+PCLUSTER_VERSION = (ROOT / "pcluster_version.txt").read_text(encoding="utf-8").strip()
 
 
 class SchemaToolError(RuntimeError):

@@ -5,15 +5,21 @@
 #
 # --with-moto also installs moto (pinned, in-process AWS emulator) for tools/validate_cluster_full.py, the
 # tests' full ParallelCluster validation; deployments do not need it.
-# VERSION defaults to the pinned aws-parallelcluster 3.16.1. The venv lives at <repo>/.venv-pcluster,
-# or at $PCLUSTER_AD_PCLUSTER_VENV. It is kept apart from the project's venv on purpose: pcluster pins
-# packaging~=25.0 while pulumi needs packaging>=26, and pip resolves that silently to an old pcluster.
+# VERSION defaults to the pinned aws-parallelcluster in pcluster_version.txt, installed from the hash-checked lock
+# tools/pcluster-venv.lock (tools/pcluster-venv-moto.lock with --with-moto; both made by tools/lock.sh), so every
+# transitive dependency is pinned too. Another VERSION is installed without a lock (its dependencies unpinned; a
+# warning says so). The venv lives at <repo>/.venv-pcluster, or at $PCLUSTER_AD_PCLUSTER_VENV. It is kept apart
+# from the project's venv on purpose: pcluster pins packaging~=25.0 while pulumi needs packaging>=26, and pip
+# resolves that silently to an old pcluster.
 #
 # Progress goes to stderr; the only stdout line is the absolute path of the pcluster executable.
 # Exit codes: 0 ready, 2 usage, 3 Node.js missing, 4 python missing, 5 install failed.
 set -euo pipefail
 
-readonly DEFAULT_VERSION="3.16.1"
+script_dir="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
+repo_dir="$(cd -- "${script_dir}/.." && pwd)"
+DEFAULT_VERSION="$(<"${repo_dir}/pcluster_version.txt")"
+readonly DEFAULT_VERSION
 readonly MOTO_VERSION="5.2.5" # same pin as requirements-dev.txt
 
 usage() {
@@ -47,8 +53,6 @@ if [[ ! "$version" =~ ^[0-9]+(\.[0-9]+)*([a-z]+[0-9]*)?$ ]]; then
     exit 2
 fi
 
-script_dir="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
-repo_dir="$(cd -- "${script_dir}/.." && pwd)"
 venv_dir="${PCLUSTER_AD_PCLUSTER_VENV:-${repo_dir}/.venv-pcluster}"
 python_bin="${PCLUSTER_AD_PYTHON:-python3}"
 
@@ -61,6 +65,21 @@ fi
 
 pcluster_bin="${venv_dir}/bin/pcluster"
 venv_python="${venv_dir}/bin/python"
+
+# The lock for this install (none for a non-default version); a copy in the venv records what was installed.
+lock=""
+if [[ "$version" == "$DEFAULT_VERSION" ]]; then
+    lock="${script_dir}/pcluster-venv.lock"
+    [[ "$with_moto" == true ]] && lock="${script_dir}/pcluster-venv-moto.lock"
+fi
+lock_marker="${venv_dir}/.pcluster-ad-lock"
+
+# The venv matches the lock (the moto lock is a superset of the plain one).
+lock_ready() {
+    [[ -z "$lock" ]] && return 0
+    cmp -s "$lock" "$lock_marker" && return 0
+    [[ "$with_moto" == false ]] && cmp -s "${script_dir}/pcluster-venv-moto.lock" "$lock_marker"
+}
 
 installed_version() {
     [[ -x "$venv_python" && -x "$pcluster_bin" ]] || return 1
@@ -86,7 +105,7 @@ ensure_moto() {
 }
 
 current="$(installed_version || true)"
-if [[ "$current" == "$version" ]] && moto_ready; then
+if [[ "$current" == "$version" ]] && moto_ready && lock_ready; then
     log "aws-parallelcluster ${version} already installed in ${venv_dir}"
     echo "$pcluster_bin"
     exit 0
@@ -107,7 +126,7 @@ fi
 
 # Another process may have finished the install while we waited for the lock.
 current="$(installed_version || true)"
-if [[ "$current" == "$version" ]]; then
+if [[ "$current" == "$version" ]] && lock_ready; then
     ensure_moto
     log "aws-parallelcluster ${version} already installed in ${venv_dir}"
     echo "$pcluster_bin"
@@ -122,13 +141,24 @@ if [[ ! -x "$venv_python" ]]; then
         exit 5
     }
 fi
-if [[ -n "$current" ]]; then
+if [[ "$current" == "$version" ]]; then
+    log "aws-parallelcluster ${version} is installed but not from the current lock: installing the lock"
+elif [[ -n "$current" ]]; then
     log "replacing aws-parallelcluster ${current} with ${version}"
 fi
-log "installing aws-parallelcluster==${version} (takes about half a minute)"
-if ! "$venv_python" -m pip install -qq "aws-parallelcluster==${version}" >&2; then
-    log "pip install aws-parallelcluster==${version} failed"
-    exit 5
+if [[ -n "$lock" ]]; then
+    log "installing aws-parallelcluster==${version} from ${lock#"${repo_dir}"/} (hash-checked; about half a minute)"
+    if ! "$venv_python" -m pip install -qq --require-hashes -r "$lock" >&2; then
+        log "pip install --require-hashes -r ${lock} failed"
+        exit 5
+    fi
+else
+    log "warning: aws-parallelcluster ${version} is not the locked ${DEFAULT_VERSION}: its dependencies are not pinned"
+    log "installing aws-parallelcluster==${version} (takes about half a minute)"
+    if ! "$venv_python" -m pip install -qq "aws-parallelcluster==${version}" >&2; then
+        log "pip install aws-parallelcluster==${version} failed"
+        exit 5
+    fi
 fi
 
 current="$(installed_version || true)"
@@ -137,5 +167,8 @@ if [[ "$current" != "$version" ]]; then
     exit 5
 fi
 ensure_moto
+if [[ -n "$lock" ]]; then
+    cp -- "$lock" "$lock_marker"
+fi
 log "installed aws-parallelcluster ${version} in $((SECONDS - start)) s"
 echo "$pcluster_bin"
