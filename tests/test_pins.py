@@ -51,7 +51,7 @@ def test_the_pcluster_version_is_written_once():
 
 def test_generated_files_name_the_current_version():
     snapshot = json.loads((ROOT / "tools" / "update_policy.json").read_text())
-    assert snapshot["pclusterVersion"] == VERSION, "regenerate tools/update_policy.json (tools/update_policy_snapshot.py)"
+    assert snapshot["pclusterVersion"] == VERSION, "regenerate it: tools/update_policy_snapshot.py"
     readme = (ROOT / "README.md").read_text()
     assert set(re.findall(r"aws-parallelcluster==(\d+\.\d+\.\d+)", readme)) <= {VERSION}
 
