@@ -205,3 +205,19 @@ def test_code_package_is_the_pinned_libraries_and_reproducible(tmp_path):
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert str(zpath) in res.stdout and Path(res.stdout.strip()).name == "__init__.py"
+
+
+def test_a_config_change_shows_as_a_change_of_exactly_its_invocation():
+    """What `pulumi preview` diffs: changing one user's groups changes that user's Invocation input only;
+    removing a user removes its Invocation (the function deletes the user) and its parameter."""
+    def invocations(g: Graph) -> dict[str, str]:
+        return {r.name: r.inputs["input"] for r in g.of_type("aws:lambda/invocation:Invocation")}
+
+    before = invocations(run())
+    after = invocations(run(users=[DirectoryUser("alice", ("gpu",), "Alice A", "alice@example.com"),
+                                   DirectoryUser("bob", ("hpc-users",))]))
+    assert sorted(k for k in before if before[k] != after.get(k)) == ["directory-admin-user-alice"]
+    assert json.loads(after["directory-admin-user-alice"])["groups"] == ["gpu"]
+    removed = run(users=[DirectoryUser("bob", ("hpc-users",))])
+    assert "directory-admin-user-alice" not in invocations(removed)
+    assert "directory-admin-user-alice-initial-password" not in {r.name for r in removed.resources}
