@@ -136,7 +136,9 @@ def write_config(ws: Any, name: str, config: Mapping[str, Any]) -> None:
 
 
 def set_secret(ws: Any, name: str, key: str, value: str) -> None:
-    """`pulumi config set --secret KEY` with the value on stdin (never in argv or the environment)."""
+    """`pulumi config set --secret KEY` with the value on stdin (never in argv or the environment): with no value
+    argument and a non-terminal stdin the CLI reads stdin (dropping one trailing newline, which a valid password
+    does not have)."""
     proc = subprocess.run(
         [require_cli(), "config", "set", "--secret", "--stack", name, "--non-interactive", key],
         input=value, cwd=ws.work_dir, env={**os.environ, **ws.env_vars}, capture_output=True, text=True, check=False,
