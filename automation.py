@@ -76,6 +76,8 @@ def engine_config(config: Mapping[str, Any], secrets: Mapping[str, str] | None =
     for key, value in (secrets or {}).items():
         if key not in SECRET_KEYS:
             raise ValueError(f"{key} is not a secret key; secrets are {', '.join(SECRET_KEYS)}")
+        if "\n" in value or "\r" in value:  # the CLI would drop a trailing one: not what was validated
+            raise ValueError(f"{key} contains a line break: give the password without it")
         out[key] = (value, True)
     return out
 

@@ -35,6 +35,8 @@ def test_secrets_must_not_travel_in_plain_config():
         automation.engine_config({"pcluster-ad:adminPassword": PASSWORD})
     with pytest.raises(ValueError, match="not a secret key"):
         automation.engine_config({}, secrets={"pcluster-ad:cluster": "x"})
+    with pytest.raises(ValueError, match="pcluster-ad:adminPassword contains a line break"):
+        automation.up("dev", dev_config(), secrets={"pcluster-ad:adminPassword": PASSWORD + "\n"})
 
 
 def test_invalid_config_fails_before_any_stack_is_touched(monkeypatch):
