@@ -25,6 +25,8 @@ What deploys is exactly what was validated:
 - Plain values are written to the stack file as YAML; secrets go through `pulumi config set --secret` on stdin,
   never on a command line.
 
+`up` also needs the ParallelCluster venv of the stack's `pclusterVersion` (`bash tools/pcluster_venv.sh`; it raises
+`launcher.core.SetupError` naming the command, before any stack is touched).
 Needs the Pulumi CLI on PATH (every entry point raises `PulumiCliMissing` with the same message otherwise), AWS
 credentials, a Pulumi backend (`pulumi login ...` or `env_vars={"PULUMI_BACKEND_URL": ...}`) and, with the
 default passphrase secrets provider, PULUMI_CONFIG_PASSPHRASE (or `secrets_provider="awskms://..."`).
@@ -171,8 +173,18 @@ def _existing(name: str, work_dir: str | Path | None, env_vars: Mapping[str, str
     return auto.Stack.select(name, workspace(name, work_dir=work_dir, env_vars=env_vars))
 
 
+def require_pcluster(settings: stack_config.Settings) -> str:
+    """The pcluster executable `up` will run (launcher.core.resolve_pcluster), or launcher.core.SetupError naming
+    the setup command: the launcher never installs during a deployment, so a missing venv is found here, before
+    the stack is touched, not twenty minutes into `up`."""
+    from launcher.core import resolve_pcluster
+
+    return resolve_pcluster({**os.environ, "PCLUSTER_AD_PCLUSTER_VERSION": settings.cluster.pcluster_version})
+
+
 def up(name: str, config: Mapping[str, Any], secrets: Mapping[str, str] | None = None,
        on_output: Callable[[str], Any] = print, **kwargs: Any) -> Any:
+    require_pcluster(validate(config, secrets, stack=name))
     return select_stack(name, config, secrets, **kwargs).up(on_output=on_output, show_secrets=False)
 
 

@@ -137,6 +137,15 @@ def test_outputs_and_destroy_use_the_same_workspace(standin):
     assert {c["cwd"] for c in calls if pulumi_standin.words(c)[0] != "version"} == {str(standin / "ws" / "dev")}
 
 
+def test_up_without_the_pcluster_venv_stops_before_any_stack_is_touched(standin, monkeypatch):
+    from launcher.core import SetupError
+
+    monkeypatch.setenv("PCLUSTER_AD_PCLUSTER_VENV", str(standin / "no-venv"))
+    with pytest.raises(SetupError, match="not install anything during a deployment: run `PCLUSTER_AD_PCLUSTER_VENV="):
+        automation.up("dev", dev_config(), on_output=lambda _line: None)
+    assert pulumi_standin.calls(standin) == []
+
+
 def test_a_work_dir_inside_the_checkout_is_refused(standin):
     with pytest.raises(ValueError, match="inside the checkout"):
         automation.up("dev", dev_config(), work_dir=ROOT, on_output=lambda _line: None)

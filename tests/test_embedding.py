@@ -76,7 +76,9 @@ def run_example(tmp_path: Path, venv: Path, action: str, stdin: str = "") -> sub
     work.mkdir(exist_ok=True)
     (work / "embed.py").write_text(readme_example())
     pulumi_standin.install(tmp_path / "bin")
+    # The copy has no ParallelCluster venv of its own: `up` checks for one first; use the checkout's.
     env = {"HOME": str(tmp_path / "home"), "LANG": "C.UTF-8",
+           "PCLUSTER_AD_PCLUSTER_VENV": str(ROOT / ".venv-pcluster"),
            **pulumi_standin.env(tmp_path, tmp_path / "bin")}
     # No controlling terminal (new session): getpass reads the password from stdin, as in CI.
     return subprocess.run([str(venv / "bin" / "python"), "embed.py", action], cwd=work, env=env, input=stdin,
