@@ -405,6 +405,7 @@ def test_readme_first_user_commands_work_as_written(chain):
     stdin, create a user and a group the node then resolves; after the reset-user-password
     stand-in the user logs in by ssh and is in the group."""
     lab, node = chain.lab, chain.good[0]
+    assert chain.ssh_enabled.get(node.key), "enable-ssh-password-auth.sh did not run"
     readme = (REPO / "README.md").read_text()
     section = readme.split("### Your first AD user", 1)[1]
     block = next(b for b in section.split("```bash\n")[1:] if "adcli create-user" in b).split("```", 1)[0]
