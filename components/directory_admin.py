@@ -88,7 +88,7 @@ def ou_name(stack: str) -> str:
 
 
 def admin_parameter_name(stack: str) -> str:
-    return f"/pcluster-ad/{stack}/directory-admin-password"
+    return f"/pcluster-ad/{stack}/admin-password"
 
 
 def initial_password_parameter_name(stack: str, user: str) -> str:

@@ -83,14 +83,14 @@ def test_function_in_private_subnets_behind_egress_only_group(g):
         (p, f"{ip}/32") for p in (389, 636) for ip in DNS}
     env = fn["environment"]["variables"]
     assert env["DNS_IPS"] == ",".join(DNS) and env["OU_NAME"] == "pcluster-ad-dev"
-    assert env["ADMIN_PASSWORD_PARAMETER"] == "/pcluster-ad/dev/directory-admin-password"
+    assert env["ADMIN_PASSWORD_PARAMETER"] == "/pcluster-ad/dev/admin-password"
     assert ADMIN_PW not in json.dumps(env)
 
 
 def test_admin_password_in_its_own_securestring(g):
     p = g.named("directory-admin-admin-password").inputs
     assert p["type"] == "SecureString" and p["keyId"] == "<after-deploy:join-secrets-key.arn>"
-    assert p["name"] == "/pcluster-ad/dev/directory-admin-password"
+    assert p["name"] == "/pcluster-ad/dev/admin-password"
     assert is_secret_value(p["value"]) and unwrap_secrets(p["value"]) == ADMIN_PW
     # The stack key's policy lets exactly the two function roles decrypt (via SSM); no node role.
     key = json.loads(g.named("join-secrets-key").inputs["policy"])
