@@ -28,7 +28,7 @@ from tools.mocks import Graph, PlanMocks, is_secret_value, run_program, unwrap_s
 ADMIN_PW = "Adm1n-Secret-Passw0rd!"
 DNS = ["10.0.1.10", "10.0.2.10"]
 SUBNETS = ["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"]
-ROLE = "pcad-dev-eu-west-1-diradm"
+ROLE = "pcad-dev-eu-west-1-dir"
 DIRECTORY = "d-1234567890"
 
 
