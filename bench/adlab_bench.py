@@ -318,6 +318,107 @@ def bench_large(lab: Lab, users: int, rows: list, raw: dict, reps: int) -> None:
         raw["large"][label] = res
 
 
+# --- before/after, side by side (issue 12): today's join script at a git revision vs the current one -------
+
+OUTSIDER_PW = "0uts1der-Pw-2026!"
+GOALS = {"id": 0.50, "login": 0.35, "join": 0.70}  # after / before, at most
+
+
+def _script_run(node: Node, lab: Lab, script: str, extra: list[str], timeout_arg: int = 300):
+    """Start a join script (its full text) on a node as ParallelCluster would: downloaded, chmod +x, run."""
+    from tests.adlab.lab import BootstrapRun
+
+    path = "/tmp/pcluster-ad-actions/join-domain-bench.sh"
+    node.write(path, script, mode="0755")
+    argv = [path, "--function-url", lab.function_url, "--region", lab.cfg.region, "--timeout", str(timeout_arg),
+            *extra]
+    return BootstrapRun(node, argv, timeout_arg + 60)
+
+
+def _first_lookup(node: Node, lab: Lab, script: str, extra: list[str]) -> float | None:
+    run = _script_run(node, lab, script, extra)
+    res = run.wait()
+    return res.elapsed + wait_lookup(node, "alice") if res.rc == 0 else None
+
+
+def bench_compare(lab: Lab, users: int, reps: int, joins: int, before_ref: str, rows: list, raw: dict) -> None:
+    import subprocess
+
+    before_script = subprocess.run(["git", "show", f"{before_ref}:bootstrap/join-domain.sh"], cwd=REPO, check=True,
+                                   capture_output=True, text=True).stdout
+    after_script = (BOOTSTRAP_DIR / "join-domain.sh").read_text()
+    # The product's access control stays on in "after": only these groups may log in.
+    access = ["--allowed-groups", "hpc-users, mgrp0000"]
+    who = {"before": f"join-domain.sh at {before_ref}", "after": WHO["product"] + " with allowedGroups"}
+    t0 = time.monotonic()
+    lab.populate({
+        "users": [{"name": "manyuser", "password": MANY_PW}, {"name": "outsider", "password": OUTSIDER_PW}],
+        "bulk": {"users": users, "prefix": "buser", "big_group": {"name": "biggroup", "members": min(1000, users)},
+                 "many_groups": {"user": "manyuser", "count": 200, "prefix": "mgrp"}},
+    })
+    rows.append((f"Directory: {users} users, manyuser in 200 groups", f"{time.monotonic() - t0:.1f} s", ""))
+    before, after = lab.add_nodes([{}, {}])
+    runs = {"before": _script_run(before, lab, before_script, []),
+            "after": _script_run(after, lab, after_script, access)}
+    nodes = {"before": before, "after": after}
+    for key, run in runs.items():
+        res = run.wait()
+        if res.rc != 0:
+            raise LabError(f"{key} join failed rc={res.rc}: {res.output[-1500:]}")
+        if nodes[key].run_action("enable-ssh-password-auth.sh").rc != 0:
+            raise LabError(f"{key}: enable-ssh-password-auth.sh failed")
+        wait_lookup(nodes[key], "alice")
+
+    def login(node: Node, user: str, pw: str) -> tuple[float, int]:
+        t = time.monotonic()
+        rc = lab.client.run(["sshpass", "-e", "ssh", *SSH_OPTS, f"{user}@{node.ip}", "true"], env={"SSHPASS": pw},
+                            check=False, timeout=120).returncode
+        return time.monotonic() - t, rc
+
+    res: dict = {k: {"id": [], "login": [], "join": [], "id_out": "", "id_rc": set(), "login_rc": set()}
+                 for k in nodes}
+    for _ in range(reps):  # interleaved: the machine's noise hits both sides alike
+        for key, node in nodes.items():
+            cold_restart(node, "alice")
+            t, rc, out = timed(node, ["id", "manyuser"])
+            res[key]["id"].append(t)
+            res[key]["id_rc"].add(rc)
+            res[key]["id_out"] = out.strip()
+        for key, node in nodes.items():
+            node.sh("rm -rf /home/manyuser")
+            cold_restart(node, "alice")
+            t, rc = login(node, "manyuser", MANY_PW)
+            res[key]["login"].append(t)
+            res[key]["login_rc"].add(rc)
+    for _ in range(joins):
+        for key, script in (("before", before_script), ("after", after_script)):
+            (node,) = lab.add_nodes([{}])
+            t = _first_lookup(node, lab, script, access if key == "after" else [])
+            if t is not None:
+                res[key]["join"].append(t)
+            lab.remove_host(node)
+    outsider = {k: login(n, "outsider", OUTSIDER_PW)[1] for k, n in nodes.items()}
+    same_id = res["before"]["id_out"] == res["after"]["id_out"]
+    raw["compare"] = {k: {m: (sorted(v) if isinstance(v, set) else v) for m, v in r.items()} for k, r in res.items()}
+    raw["compare"]["outsider_login_rc"] = outsider
+    for measure, label in (("id", "cold `id` of a user in 200 groups"), ("login", "cold ssh login of that user"),
+                           ("join", "join, script start to first AD lookup, p50")):
+        b, a = statistics.median(res["before"][measure] or [float("nan")]), \
+            statistics.median(res["after"][measure] or [float("nan")])
+        n = len(res["after"][measure])
+        rows.append((f"{label} [{who['before']}]", f"{b * 1000:.0f} ms", f"median of {len(res['before'][measure])}"))
+        rows.append((f"{label} [{who['after']}]", f"{a * 1000:.0f} ms", f"median of {n}"))
+        ratio = a / b if b else float("nan")
+        verdict = "meets" if ratio <= GOALS[measure] else "misses"
+        rows.append((f"{label}: after / before", f"{ratio:.0%}", f"goal <= {GOALS[measure]:.0%}: {verdict}"))
+    rows.append(("`id manyuser` output identical before / after", "yes" if same_id else "NO",
+                 f"{res['after']['id_out'].count(',') + 1} groups; rc {sorted(res['after']['id_rc'])}"))
+    rows.append(("ssh login of a user in no allowed group (exit code) before / after",
+                 f"{outsider['before']} / {outsider['after']}", "0 = logged in, 255 = refused at the account phase"))
+    for node in nodes.values():
+        lab.remove_host(node)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sequential", type=int, default=10)
@@ -331,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
         help="join nodes with the product's join-domain.sh (default) or the harness' reference join "
         "(AD-side capacity figures only; labelled as such)",
     )
+    ap.add_argument("--compare-with", metavar="GIT_REV",
+                    help="instead of the tuning variants: today's join-domain.sh at GIT_REV against the current one,"
+                    " side by side (cold id, cold ssh login, join p50); --sequential joins of each")
     ap.add_argument("--results", type=Path, help="also write the table (and raw JSON) to this markdown file")
     args = ap.parse_args(argv)
     missing = missing_deps()
@@ -356,12 +460,15 @@ def main(argv: list[str] | None = None) -> int:
                 json.dumps(lab.timings),
             )
         )
-        if args.sequential:
-            bench_sequential(lab, args.sequential, rows, raw, args.join_with)
-        if args.burst:
-            bench_burst(lab, args.burst, rows, raw, args.join_with)
-        if args.users:
-            bench_large(lab, args.users, rows, raw, args.reps)
+        if args.compare_with:
+            bench_compare(lab, args.users, args.reps, args.sequential, args.compare_with, rows, raw)
+        else:
+            if args.sequential:
+                bench_sequential(lab, args.sequential, rows, raw, args.join_with)
+            if args.burst:
+                bench_burst(lab, args.burst, rows, raw, args.join_with)
+            if args.users:
+                bench_large(lab, args.users, rows, raw, args.reps)
         left = lab.teardown()
     rows.append(("Whole benchmark wall time", f"{time.monotonic() - t0:.0f} s", f"teardown left: {left or 'nothing'}"))
     table = ["| measure | value | notes |", "| --- | --- | --- |"] + [f"| {a} | {b} | {c} |" for a, b, c in rows]
@@ -372,11 +479,14 @@ def main(argv: list[str] | None = None) -> int:
             "# AD lab benchmark results\n\n"
             "`venv/bin/python -m bench.adlab_bench"
             f" --sequential {args.sequential} --burst {args.burst} --users {args.users} --reps {args.reps}"
-            f" --join-with {args.join_with}` (node scripts: {WHO['product']})"
+            f" --join-with {args.join_with}"
+            + (f" --compare-with {args.compare_with}" if args.compare_with else "")
+            + f"` (node scripts: {WHO['product']})"
             " on the project machine (2 cores, Debian 12, Samba 4.17, sssd 2.8).\n\n"
             + text
-            + "\n\nTuning variants (cumulative, in the [domain/...] section):\n\n"
-            + "\n".join(f"- {label}: " + ", ".join(f"`{k} = {v}`" for k, v in o.items()) for label, o in VARIANTS[1:])
+            + ("" if args.compare_with else "\n\nTuning variants (cumulative, in the [domain/...] section):\n\n"
+               + "\n".join(f"- {label}: " + ", ".join(f"`{k} = {v}`" for k, v in o.items())
+                           for label, o in VARIANTS[1:]))
             + "\n\n<details><summary>raw</summary>\n\n```json\n"
             + json.dumps(raw, indent=1, default=str)
             + "\n```\n</details>\n"
