@@ -735,6 +735,16 @@ COMPUTER_NAME=""
 do_join() {
     local attempt left cap host computer
     local -a args
+    # The computer account name (also what close_window reports).
+    host=$(hostname 2>/dev/null || uname -n)
+    computer=$(pyhelper computer-name "$host")
+    if [[ -n $computer ]]; then
+        COMPUTER_NAME=${computer^^}
+    else
+        # adcli's default: the short host name, upper-cased.
+        COMPUTER_NAME=${host%%.*}
+        COMPUTER_NAME=${COMPUTER_NAME^^}
+    fi
     if realm_configured; then
         log "realm: $AD_DOMAIN is already configured on this node; skipping the join"
         return 0
@@ -743,16 +753,9 @@ do_join() {
     # asking PackageKit, which may be absent: without it realm join fails with "Necessary packages are
     # not installed" (adlab pitfall 3), and with it realmd may reach for package repositories at boot.
     args=(join --verbose --install=/ --client-software=sssd --membership-software=adcli -U "$JOIN_USER")
-    host=$(hostname 2>/dev/null || uname -n)
-    computer=$(pyhelper computer-name "$host")
     if [[ -n $computer ]]; then
         log "realm: host name '$host' is longer than 15 characters: computer account name $computer"
         args+=("--computer-name=$computer")
-        COMPUTER_NAME=${computer^^}
-    else
-        # adcli's default: the short host name, upper-cased.
-        COMPUTER_NAME=${host%%.*}
-        COMPUTER_NAME=${COMPUTER_NAME^^}
     fi
     args+=("$AD_DOMAIN")
     cap=${PCLUSTER_AD_TEST_JOIN_ATTEMPT_SECONDS:-120}
