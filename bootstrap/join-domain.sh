@@ -999,6 +999,10 @@ C=PARALLELCLUSTER_IMDS
 lock() {
     ipt=$1
     shift
+    if [ "$ipt" = ip6tables ] && [ ! -e /proc/net/if_inet6 ]; then
+        echo "IPv6 is disabled on this node: no IPv6 IMDS to lock down"
+        return 0
+    fi
     $ipt -w -N "$C" 2>/dev/null || true
     $ipt -w -C "$C" "$@" -m owner --uid-owner 0 -j ACCEPT 2>/dev/null \
         || $ipt -w -I "$C" 1 "$@" -m owner --uid-owner 0 -j ACCEPT
