@@ -844,7 +844,9 @@ printf 'search {c.domain}\\nnameserver {self.dc_ip}\\n' >/etc/resolv.conf
     # -- teardown --------------------------------------------------------------------------------
     def _del_netns(self, ns: str) -> None:
         inode = self.netns_inodes.get(ns)
-        if inode:
+        # Only while the name still holds that namespace: once it is gone its inode can be reused by
+        # another lab's namespace (seen with two labs at once), whose processes must live.
+        if inode and _netns_inode(ns) == inode:
             for pid in _pids_in_netns(inode):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
