@@ -71,6 +71,11 @@ MAX_SAM = 20
 COMPUTER_NAME_MAX = 15
 
 log = logging.getLogger("directory_admin")
+log.setLevel(logging.INFO)  # decisions (deleted / ignored / refused) are the function's audit trail
+# botocore logs whole response bodies at DEBUG: that would include decrypted passwords. Pin its own
+# level so that a DEBUG root logger (AWS_LAMBDA_LOG_LEVEL) cannot turn it on. ldap3 logs nothing by default.
+if logging.getLogger("botocore").level < logging.INFO:  # NOTSET (0) counts as below
+    logging.getLogger("botocore").setLevel(logging.INFO)
 
 
 class DirectoryError(RuntimeError):
