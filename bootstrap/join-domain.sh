@@ -654,10 +654,27 @@ AD_DOMAIN=""
 AD_REALM=""
 JOIN_USER=""
 
+# post_to_function DATA MAX_TIME: POST DATA to the function URL, signed with the instance role's
+# credentials (SIGV4_CONFIG, from read_imds or imds_credentials; used once and cleared). The answer
+# lands in the CALLER's local variables rc (curl's exit status), code (HTTP status) and body, so a
+# secret in the body stays in the caller's scope.
+post_to_function() {
+    local out proto=https
+    [[ $FUNCTION_URL == http://* ]] && proto=http
+    rc=0
+    out=$(printf '%s\n' "$SIGV4_CONFIG" \
+        | curl -sS --proto "=$proto" --connect-timeout 10 --max-time "$2" -K - \
+            --aws-sigv4 "aws:amz:$REGION:lambda" -X POST -H 'content-type: application/json' \
+            --data-binary "$1" -w '\n%{http_code}' -- "$FUNCTION_URL") || rc=$?
+    SIGV4_CONFIG=""
+    code=${out##*$'\n'}
+    body=${out%$'\n'*}
+    out=""
+}
+
 # Fills AD_DOMAIN, AD_REALM, JOIN_USER and JOIN_PASSWORD from the join function.
 fetch_join_secret() {
-    local attempt=0 delay=1 left max_time rc out code body parsed proto=https err="none"
-    [[ $FUNCTION_URL == http://* ]] && proto=http
+    local attempt=0 delay=1 left max_time rc code body parsed err="none"
     while :; do
         read_imds # fresh credentials each attempt: they rotate
         left=$(remaining)
@@ -667,15 +684,7 @@ fetch_join_secret() {
         attempt=$((attempt + 1))
         max_time=$((left < 30 ? left : 30))
         log "join function: attempt $attempt (POST $FUNCTION_URL, max ${max_time}s)"
-        rc=0
-        out=$(printf '%s\n' "$SIGV4_CONFIG" \
-            | curl -sS --proto "=$proto" --connect-timeout 10 --max-time "$max_time" -K - \
-                --aws-sigv4 "aws:amz:$REGION:lambda" -X POST -H 'content-type: application/json' \
-                --data-binary '{}' -w '\n%{http_code}' -- "$FUNCTION_URL") || rc=$?
-        SIGV4_CONFIG=""
-        code=${out##*$'\n'}
-        body=${out%$'\n'*}
-        out=""
+        post_to_function '{}' "$max_time"
         if ((rc != 0)); then
             err="curl failed (exit $rc)"
         elif [[ $code == 200 ]]; then
@@ -905,8 +914,7 @@ write_state() {
 # Close the join window: from now on the function refuses every request for this instance.
 
 close_window() {
-    local attempt until left max_time rc out code body err="none" proto=https delay=1 data
-    [[ $FUNCTION_URL == http://* ]] && proto=http
+    local attempt until left max_time rc code body err="none" delay=1 data
     left=$(remaining)
     ((left > 60)) && left=60
     if ((left < 1)); then
@@ -923,15 +931,7 @@ close_window() {
         else
             max_time=$((left < 20 ? left : 20))
             log "join window: closing (attempt $attempt, POST $FUNCTION_URL, computer $COMPUTER_NAME, max ${max_time}s)"
-            rc=0
-            out=$(printf '%s\n' "$SIGV4_CONFIG" \
-                | curl -sS --proto "=$proto" --connect-timeout 10 --max-time "$max_time" -K - \
-                    --aws-sigv4 "aws:amz:$REGION:lambda" -X POST -H 'content-type: application/json' \
-                    --data-binary "$data" -w '\n%{http_code}' -- "$FUNCTION_URL") || rc=$?
-            SIGV4_CONFIG=""
-            code=${out##*$'\n'}
-            body=${out%$'\n'*}
-            out=""
+            post_to_function "$data" "$max_time"
             if ((rc != 0)); then
                 err="curl failed (exit $rc)"
             elif [[ $code == 200 ]] && printf '%s' "$body" | pyhelper close-response; then
