@@ -49,6 +49,10 @@ class ClusterConfigInputs:
     # Compute queues' join action gets --restrict-imds (IMDS for root only after the join). Not the head
     # or login nodes: ParallelCluster locks IMDS there already.
     compute_restrict_imds: bool = False
+    # Join into the cluster's OU under collision-free computer names (DirectoryAdmin; join-domain.sh
+    # --computer-ou / --computer-prefix). None: the directory's default container / the host name.
+    join_computer_ou: str | None = None
+    join_computer_prefix: str | None = None
 
 
 def compute_resource_name(instance_type: str) -> str:
@@ -61,7 +65,9 @@ def render(inputs: ClusterConfigInputs) -> dict:
         "Script": f"{inputs.scripts_base_uri}/{JOIN_SCRIPT}",
         # No function URL: it is baked into the uploaded script (components/bootstrap_scripts.py). The head
         # node's custom actions cannot change in place, so a recreated function must not touch them.
-        "Args": ["--region", inputs.region, "--timeout", str(JOIN_TIMEOUT_SECONDS)],
+        "Args": ["--region", inputs.region, "--timeout", str(JOIN_TIMEOUT_SECONDS),
+                 *(["--computer-ou", inputs.join_computer_ou] if inputs.join_computer_ou else []),
+                 *(["--computer-prefix", inputs.join_computer_prefix] if inputs.join_computer_prefix else [])],
     }
     ssh_action = {"Script": f"{inputs.scripts_base_uri}/{SSH_SCRIPT}"}
     policies = [{"Policy": arn} for arn in inputs.additional_policy_arns]

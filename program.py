@@ -19,10 +19,12 @@ from components.bootstrap_scripts import BootstrapScripts, BootstrapScriptsArgs,
 from components.cluster_launcher import ClusterLauncher, ClusterLauncherArgs
 from components.cluster_role import ClusterRole, ClusterRoleArgs
 from components.directory import Directory, DirectoryArgs
+from components.directory_admin import DirectoryAdmin, DirectoryAdminArgs, DirectoryGroup, DirectoryUser
 from components.home_storage import HomeStorage, HomeStorageArgs
 from components.join_function import JoinFunction, JoinFunctionArgs
 from components.join_secrets import JoinSecrets, JoinSecretsArgs
 from components.network import Network, NetworkArgs
+from lambda_src.directory_admin import computer_prefix
 from stack_config import ConfigError, Problem, Settings
 
 ROOT = Path(__file__).resolve().parent
@@ -30,6 +32,8 @@ ROOT = Path(__file__).resolve().parent
 
 def pulumi_program() -> None:
     settings = _load_or_fail()
+    for warning in settings.warnings:
+        pulumi.log.warn(warning)
     azs = _availability_zones(settings)
     tags = {"pcluster-ad:stack": settings.stack, **settings.tags}
 
@@ -61,13 +65,16 @@ def pulumi_program() -> None:
 
     # The join chain: credentials under a stack-owned KMS key, read only by the join function.
     # Account-wide IAM names carry the region; stack_config checked their lengths.
-    join_role_name = stack_config.physical_names(settings.stack, settings.region)["join_role"]
+    names = stack_config.physical_names(settings.stack, settings.region)
+    join_role_name = names["join_role"]
+    admin_role_name = names["directory_admin_role"]
     secrets = JoinSecrets("join-secrets", JoinSecretsArgs(
         stack=settings.stack,
         domain_name=settings.directory.domain_name,
         join_user=settings.join.user,
         join_password=_join_password(settings, admin_password),
         reader_role_name=join_role_name,
+        extra_reader_role_names=[admin_role_name] if settings.directory_admin else [],
         tags=tags,
     ))
     join_function = JoinFunction("join-function", JoinFunctionArgs(
@@ -85,6 +92,36 @@ def pulumi_program() -> None:
         max_answers=settings.join.max_answers,
         tags=tags,
     ))
+
+    # The stack's OU in the directory: the least-privilege join account, computer objects removed with
+    # their nodes, users and groups as code. Needs admin credentials (created here, or Existing + adminUser).
+    directory_admin = None
+    if settings.directory_admin:
+        assert admin_password is not None
+        directory_admin = DirectoryAdmin("directory-admin", DirectoryAdminArgs(
+            stack=settings.stack,
+            role_name=admin_role_name,
+            cluster_name=settings.cluster.name,
+            directory_id=directory.directory_id,
+            domain_name=settings.directory.domain_name,
+            dns_ips=directory.dns_ips,
+            vpc_id=network.vpc_id,
+            subnet_ids=network.private_subnet_ids,
+            admin_user=settings.directory.admin_account,
+            admin_password=admin_password,
+            key_arn=secrets.key_arn,
+            parent_dn=_parent_dn(settings),
+            join_user=settings.join.user if settings.join.managed else None,
+            join_password_parameter_name=secrets.join_password_parameter_name,
+            join_password_parameter_arn=secrets.join_password_parameter_arn,
+            join_password_version=secrets.join_password_version,
+            window_table_name=join_function.window_table_name,
+            window_table_arn=join_function.window_table_arn,
+            groups=[DirectoryGroup(g.name, g.description) for g in settings.groups],
+            users=[DirectoryUser(u.name, u.groups, u.display_name, u.email) for u in settings.users],
+            code_dir=str(ROOT / "lambda_src"),
+            tags=tags,
+        ))
 
     # The cluster: scripts, node permissions, homes that outlive it, and the pcluster run.
     account_id = aws.get_caller_identity_output().account_id
@@ -121,7 +158,9 @@ def pulumi_program() -> None:
         home_storage_id=home.storage_id,
         node_security_group_ids=home.node_security_group_ids,
         needs=[network, directory, directory.dhcp_association, secrets, join_function, *scripts.objects,
-               role, home, *home.ready],
+               role, home, *home.ready, *(directory_admin.ready if directory_admin else [])],
+        join_computer_ou=directory_admin.computer_ou if directory_admin else None,
+        join_computer_prefix=computer_prefix(settings.cluster.name),
         tags=tags,
     ))
 
@@ -131,7 +170,7 @@ def pulumi_program() -> None:
     pulumi.export("privateSubnetIds", network.private_subnet_ids)
     pulumi.export("directoryId", directory.directory_id)
     pulumi.export("directoryDnsIps", directory.dns_ips)
-    if admin_password is not None:
+    if admin_password is not None and settings.directory.created_here:
         # `pulumi stack output --show-secrets directoryAdminPassword`: the first user is created with it.
         pulumi.export("directoryAdminPassword", pulumi.Output.secret(admin_password))
     pulumi.export("domainName", directory.domain_name)
@@ -141,6 +180,12 @@ def pulumi_program() -> None:
     pulumi.export("joinKeyAlias", secrets.key_alias)
     pulumi.export("joinParameterPrefix", f"/pcluster-ad/{settings.stack}/")
     pulumi.export("bootstrapBucket", scripts.bucket_name)
+    pulumi.export("joinUser", settings.join.user)
+    if directory_admin is not None:
+        pulumi.export("directoryAdminFunctionName", directory_admin.function_name)
+        pulumi.export("computerOu", directory_admin.computer_ou)
+        # `aws ssm get-parameter --with-decryption --name <...>`: each declared user's first password.
+        pulumi.export("userInitialPasswordParameters", directory_admin.initial_password_parameters)
     pulumi.export("homeStorageId", home.storage_id)
     pulumi.export("clusterName", cluster.cluster_name)
     pulumi.export("clusterStatus", cluster.status)
@@ -196,9 +241,10 @@ def _fail(problems: list[Problem]) -> NoReturn:
 
 
 def _admin_password(settings: Settings) -> pulumi.Output[str] | None:
-    if not settings.directory.created_here:
-        return None
     configured = pulumi.Config(stack_config.PROJECT).get_secret("adminPassword")
+    if not settings.directory.created_here:
+        # An Existing directory: its admin credentials only with directory.adminUser (DirectoryAdmin).
+        return configured if settings.directory.administered else None
     if configured is not None:
         return configured
     # Meets AWS Directory Service's rule (3 of 4 classes) with characters every shell and
@@ -214,8 +260,25 @@ def _join_password(settings: Settings, admin_password: pulumi.Output[str] | None
     configured = pulumi.Config(stack_config.PROJECT).get_secret("joinPassword")
     if configured is not None:
         return configured
+    if settings.join.managed:
+        # The stack's own join account: a password of its own, never the admin's.
+        return random.RandomPassword("join-password", random.RandomPasswordArgs(
+            length=32, special=True, override_special="!#%+-=_", min_lower=2, min_upper=2,
+            min_numeric=2, min_special=2,
+        )).result
     assert admin_password is not None  # stack_config requires joinPassword for an Existing directory
     return admin_password
+
+
+def _parent_dn(settings: Settings) -> str:
+    """Where the stack's OU goes: Managed AD lets its admin create objects only under the delegated
+    OU named after the NetBIOS name; Simple AD: the domain root; Existing: directory.parentOu or the root."""
+    if settings.directory.type == "Existing":
+        return settings.directory.parent_ou or ""
+    if settings.directory.type != "MicrosoftAD":
+        return ""
+    base = ",".join(f"DC={label}" for label in settings.directory.domain_name.split("."))
+    return f"OU={settings.directory.short_name},{base}"
 
 
 def _head_node_az(settings: Settings, azs: list[str]) -> str:

@@ -95,6 +95,19 @@ class DirectorySettings:
     dns_ips: tuple[str, ...] = ()  # Existing only
     directory_id: str | None = None  # Existing only, informational
     protect: bool = False
+    # Existing only: an account the stack may administer the directory with (with pcluster-ad:adminPassword),
+    # and the OU under which the stack's own OU goes (Managed AD: OU=<NetBIOS name>,DC=...).
+    admin_user: str | None = None
+    parent_ou: str | None = None
+
+    @property
+    def administered(self) -> bool:
+        """The stack knows admin credentials: it manages its own OU, join account, users and groups."""
+        return self.created_here or self.admin_user is not None
+
+    @property
+    def admin_account(self) -> str | None:
+        return self.admin_user or DEFAULT_ADMIN_USER.get(self.type)
 
     @property
     def created_here(self) -> bool:
@@ -116,6 +129,24 @@ class JoinSettings:
     # Join window per instance: the function answers only this long after launch, this many times.
     window_minutes: int = 30
     max_answers: int = 3
+    # The stack creates this account (DirectoryAdmin) with a random password of its own and the right to
+    # create/delete computer objects in the cluster's OU only. False: an account the stack does not manage
+    # (an Existing directory's, or the directory admin written out explicitly).
+    managed: bool = False
+
+
+@dataclass(frozen=True)
+class GroupSettings:
+    name: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class UserSettings:
+    name: str
+    groups: tuple[str, ...] = ()
+    display_name: str = ""
+    email: str = ""
 
 
 @dataclass(frozen=True)
@@ -184,6 +215,16 @@ class Settings:
     has_admin_password: bool
     tags: Mapping[str, str] = field(default_factory=dict)
     access: AccessSettings = field(default_factory=AccessSettings)
+    # Users and groups the stack creates, updates and removes in its own OU (DirectoryAdmin).
+    groups: tuple[GroupSettings, ...] = ()
+    users: tuple[UserSettings, ...] = ()
+    # Accepted but worth a second look; the program logs them and the offline plan prints them.
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def directory_admin(self) -> bool:
+        """Whether the stack manages its part of the directory (it knows the admin credentials)."""
+        return self.directory.administered
 
     @property
     def ec2_internal_domain(self) -> str:
@@ -216,14 +257,22 @@ KNOWN_NAMESPACES = (PROJECT, "aws", "pulumi")
 # Physical names that must be unique per account (IAM) or per region (Lambda, KMS alias, SSM), and
 # their limits. One function builds them; validation checks the same strings (so a name that is too
 # long is a config error naming the stack, never a ValueError halfway through a deployment).
-NAME_LIMITS = {"join_role": 64, "join_invoke_policy": 128, "join_function": 64}
+NAME_LIMITS = {"join_role": 64, "join_invoke_policy": 128, "join_function": 64, "directory_admin_role": 64}
+# sAMAccountName of the join account the stack creates: "pcad-join-<stack>", cut to AD's 20 characters.
+JOIN_USER_PREFIX = "pcad-join-"
+SAM_MAX = 20
 
 
 def physical_names(stack: str, region: str) -> dict[str, str]:
     """IAM names are account-wide: the region is part of them, so one stack name can be used in two
     regions of one account. Lambda function names are regional; it shares the role's name."""
     role = f"pcad-{stack}-{region}-join"
-    return {"join_role": role, "join_invoke_policy": f"{role}-invoke", "join_function": role}
+    return {"join_role": role, "join_invoke_policy": f"{role}-invoke", "join_function": role,
+            "directory_admin_role": f"pcad-{stack}-{region}-dir"}
+
+
+def default_join_user(stack: str) -> str:
+    return (JOIN_USER_PREFIX + stack)[:SAM_MAX]
 
 
 def _check_names(problems: list[Problem], stack: str, region: str) -> None:
@@ -365,7 +414,8 @@ def parse_settings(
     Raises ConfigError with every problem found.
     """
     problems: list[Problem] = []
-    known_top = {"network", "directory", "adminPassword", "join", "joinPassword", "cluster", "tags", "access"}
+    known_top = {"network", "directory", "adminPassword", "join", "joinPassword", "cluster", "tags", "access",
+                 "groups", "users"}
     for full_key in sorted(raw):
         ns, _, name = full_key.partition(":")
         if ns == PROJECT:
@@ -405,10 +455,13 @@ def parse_settings(
         _check_names(problems, stack, region)
     network = _parse_network(problems, raw.get(_key("network")), region)
     directory = _parse_directory(problems, raw.get(_key("directory")))
-    join = _parse_join(problems, raw.get(_key("join")), directory, admin_password, join_password)
+    warnings: list[str] = []
+    join = _parse_join(problems, raw.get(_key("join")), directory, admin_password, join_password,
+                       stack=stack, warnings=warnings)
+    groups, users = _parse_directory_objects(problems, raw.get(_key("groups")), raw.get(_key("users")), directory)
     cluster = _parse_cluster(problems, raw.get(_key("cluster")), network)
 
-    if admin_password is not None:
+    if admin_password is not None and (directory is None or directory.created_here):
         _check_password(problems, _key("adminPassword"), admin_password, directory)
     tags = _parse_tags(problems, raw.get(_key("tags")))
     access = _parse_access(problems, raw.get(_key("access")))
@@ -427,6 +480,9 @@ def parse_settings(
         has_admin_password=admin_password is not None,
         tags=tags,
         access=access,
+        groups=groups,
+        users=users,
+        warnings=tuple(warnings),
     )
 
 
@@ -488,7 +544,8 @@ def _parse_network(problems: list[Problem], value: Any, region: str) -> NetworkS
 
 def _parse_directory(problems: list[Problem], value: Any) -> DirectorySettings | None:
     r = _Reader(problems, _key("directory"), value)
-    r.unknown_keys({"type", "domainName", "shortName", "size", "dnsIps", "directoryId", "protect"})
+    r.unknown_keys({"type", "domainName", "shortName", "size", "dnsIps", "directoryId", "protect", "adminUser",
+                    "parentOu"})
     dtype = r.choice("type", DIRECTORY_TYPES, required=True)
     domain = r.str("domainName", required=True)
     short = r.str("shortName")
@@ -528,22 +585,37 @@ def _parse_directory(problems: list[Problem], value: Any) -> DirectorySettings |
                 r.fail(r.sub("dnsIps"), f"{ip!r} is not an IPv4 address")
         if directory_id is not None and not _DIRECTORY_ID_RE.match(directory_id):
             r.fail(r.sub("directoryId"), f"{directory_id!r} is not a directory id such as d-1234567890")
+        admin_user = r.str("adminUser")
+        parent_ou = r.str("parentOu")
+        if admin_user is not None:
+            if "@" in admin_user or "\\" in admin_user:
+                r.fail(r.sub("adminUser"), f"{admin_user!r}: give the bare account name (no domain part)")
+            if directory_id is None:
+                r.fail(r.sub("directoryId"), "is required with directory.adminUser: the stack sets passwords"
+                       " with ds:ResetUserPassword on this directory")
+        if parent_ou is not None and not re.fullmatch(r"(OU=[^,=]+,)+(DC=[A-Za-z0-9-]+,)*DC=[A-Za-z0-9-]+",
+                                                      parent_ou):
+            r.fail(r.sub("parentOu"), f"{parent_ou!r} is not an OU's DN such as OU=CORP,DC=corp,DC=example,DC=com")
     else:
-        for k in ("dnsIps", "directoryId"):
+        admin_user = parent_ou = None
+        for k in ("dnsIps", "directoryId", "adminUser", "parentOu"):
             if k in r.value:
                 r.fail(r.sub(k), "applies only to type Existing: remove it (a created directory has its own)")
     protect = r.bool("protect", default=False)
     if dtype is None or domain is None or short is None:
         return None
     return DirectorySettings(type=dtype, domain_name=domain.lower(), short_name=short, size=size,
-                             dns_ips=dns_ips, directory_id=directory_id, protect=protect)
+                             dns_ips=dns_ips, directory_id=directory_id, protect=protect, admin_user=admin_user,
+                             parent_ou=parent_ou)
 
 
 def _parse_join(problems: list[Problem], value: Any, directory: DirectorySettings | None,
-                admin_password: str | None, join_password: str | None) -> JoinSettings | None:
+                admin_password: str | None, join_password: str | None, *, stack: str = "",
+                warnings: list[str] | None = None) -> JoinSettings | None:
     r = _Reader(problems, _key("join"), value)
     r.unknown_keys({"user", "reservedConcurrency", "windowMinutes", "maxAnswers"})
-    default_user = DEFAULT_ADMIN_USER.get(directory.type) if directory else None
+    # A directory created here: a least-privilege join account the stack creates (DirectoryAdmin).
+    default_user = default_join_user(stack) if directory and directory.administered else None
     user = r.str("user", default=default_user)
     concurrency = r.int("reservedConcurrency", default=10)
     if concurrency is not None and not 0 <= concurrency <= 1000:
@@ -569,19 +641,113 @@ def _parse_join(problems: list[Problem], value: Any, directory: DirectorySetting
         r.fail(r.sub("user"), "is required for an Existing directory: a user allowed to join computers to the domain")
     elif "@" in user or "\\" in user:
         r.fail(r.sub("user"), f"{user!r}: give the bare account name (no domain part); realm adds the realm")
-    if not directory.created_here and join_password is None:
+    if not directory.administered and join_password is None:
         problems.append(Problem(_key("joinPassword"), "is required for an Existing directory: run"
                                 " `pulumi config set --secret pcluster-ad:joinPassword`"))
-    if not directory.created_here and admin_password is not None:
-        problems.append(Problem(_key("adminPassword"), "applies only to a directory created here: remove it"
-                                " (set pcluster-ad:joinPassword instead)"))
+    if not directory.administered and admin_password is not None:
+        problems.append(Problem(_key("adminPassword"), "applies only to a directory created here (or to an"
+                                " Existing one with directory.adminUser): remove it (set pcluster-ad:joinPassword"
+                                " instead)"))
+    if directory.admin_user is not None and admin_password is None:
+        problems.append(Problem(_key("adminPassword"), f"is required with directory.adminUser: the password of"
+                                f" {directory.admin_user!r}; run"
+                                " `pulumi config set --secret pcluster-ad:adminPassword`"))
     if join_password is not None and join_password.strip() == "":
         problems.append(Problem(_key("joinPassword"), "must not be empty"))
     if user is None:
         return None
+    admin = directory.admin_account or ""
+    is_admin = user.lower() == admin.lower()
+    if directory.administered and not is_admin:
+        from lambda_src.directory_admin import sam_problem
+
+        why = sam_problem(user)
+        if why:
+            r.fail(r.sub("user"), f"{user!r} {why} (an AD account name, sAMAccountName)")
+    if is_admin and warnings is not None:
+        warnings.append(f"{_key('join.user')} is the directory administrator {user!r}: every node gets the admin"
+                        " password during its join window. Remove the key to let the stack create a join account"
+                        f" that may only add computers to the cluster's OU (default {default_join_user(stack)!r}).")
     return JoinSettings(user=user, has_own_password=join_password is not None,
                         reserved_concurrency=concurrency or None, window_minutes=window or 30,
-                        max_answers=max_answers or 3)
+                        max_answers=max_answers or 3, managed=directory.administered and not is_admin)
+
+
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def _parse_directory_objects(problems: list[Problem], groups_value: Any, users_value: Any,
+                             directory: DirectorySettings | None) -> tuple[tuple[GroupSettings, ...],
+                                                                          tuple[UserSettings, ...]]:
+    """pcluster-ad:groups and pcluster-ad:users: names by AD's sAMAccountName rules (unique across users
+    and groups, ignoring case), groups that exist in the list, nothing twice."""
+    from lambda_src.directory_admin import sam_problem
+
+    if groups_value is None and users_value is None:
+        return (), ()
+    if directory is not None and not directory.administered:
+        for key, value in ((_key("groups"), groups_value), (_key("users"), users_value)):
+            if value is not None:
+                problems.append(Problem(key, "applies only to a directory created here or an Existing one with"
+                                        " directory.adminUser (the stack needs admin credentials): remove it"
+                                        " and use the directory's own tools"))
+        return (), ()
+    names: dict[str, str] = {}  # folded name -> key that declared it
+
+    def items(key: str, value: Any) -> list[tuple[str, _Reader]]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            problems.append(Problem(key, f"must be a list of objects, got {type(value).__name__}"))
+            return []
+        return [(f"{key}[{i}]", _Reader(problems, f"{key}[{i}]", v)) for i, v in enumerate(value)]
+
+    def name_of(r: _Reader, what: str) -> str | None:
+        name = r.str("name", required=True)
+        if name is None:
+            return None
+        why = sam_problem(name)
+        if why:
+            r.fail(r.sub("name"), f"{name!r} {why} (AD account names, sAMAccountName)")
+            return None
+        folded = name.casefold()
+        if folded in names:
+            r.fail(r.sub("name"), f"{name!r} is declared twice (also at {names[folded]}; AD names ignore case and"
+                   " users and groups share one namespace): remove or rename one")
+            return None
+        names[folded] = r.key
+        return name
+
+    groups: list[GroupSettings] = []
+    for _key_i, r in items(_key("groups"), groups_value):
+        r.unknown_keys({"name", "description"})
+        name = name_of(r, "group")
+        description = r.str("description", default="") or ""
+        if len(description) > 1024:
+            r.fail(r.sub("description"), f"has {len(description)} characters: at most 1024")
+        if name:
+            groups.append(GroupSettings(name=name, description=description))
+    declared = {g.name.casefold() for g in groups}
+    users: list[UserSettings] = []
+    for _key_i, r in items(_key("users"), users_value):
+        r.unknown_keys({"name", "groups", "displayName", "email"})
+        name = name_of(r, "user")
+        member_of = r.str_list("groups")
+        for j, g in enumerate(member_of):
+            if g.casefold() not in declared:
+                r.fail(f"{r.sub('groups')}[{j}]", f"{g!r} is not declared in {_key('groups')}: add"
+                       f" {{name: {g}}} there, or remove it here (the stack manages only its own groups)")
+        if len({g.casefold() for g in member_of}) != len(member_of):
+            r.fail(r.sub("groups"), "lists a group twice: remove one")
+        display = r.str("displayName", default="") or ""
+        email = r.str("email", default="") or ""
+        if len(display) > 256:
+            r.fail(r.sub("displayName"), f"has {len(display)} characters: at most 256")
+        if email and not _EMAIL_RE.match(email):
+            r.fail(r.sub("email"), f"{email!r} is not an e-mail address")
+        if name:
+            users.append(UserSettings(name=name, groups=member_of, display_name=display, email=email))
+    return tuple(groups), tuple(users)
 
 
 def _check_password(problems: list[Problem], key: str, password: str, directory: DirectorySettings | None) -> None:
@@ -886,7 +1052,7 @@ def load_settings() -> Settings:
 
     cfg = pulumi.Config(PROJECT)
     raw: dict[str, Any] = {"aws:region": pulumi.Config("aws").get("region")}
-    for name in ("network", "directory", "join", "cluster", "tags", "access"):
+    for name in ("network", "directory", "join", "cluster", "tags", "access", "groups", "users"):
         raw[_key(name)] = _get_object(cfg, name)
     # Unknown keys and namespaces are reported too (typos would otherwise be ignored).
     for full_key in _all_config_keys():

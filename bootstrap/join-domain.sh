@@ -2,6 +2,7 @@
 # join-domain.sh: ParallelCluster 3 OnNodeStart custom action. Joins this node to Active Directory.
 #
 #   join-domain.sh [--function-url URL] --region REGION [--timeout SECONDS] [--restrict-imds]
+#                  [--computer-ou DN] [--computer-prefix PREFIX]
 #
 # Runs as root. Steps:
 #   1. install sssd/realmd/adcli/... with the OS package manager, only if a needed command is missing;
@@ -78,6 +79,8 @@ FUNCTION_URL=""
 REGION=""
 TIMEOUT=600
 RESTRICT_IMDS=""
+COMPUTER_OU=""
+COMPUTER_PREFIX=""
 LOGGER_PID=""
 # Secrets: only ever in these shell variables (never exported) and in pipes.
 JOIN_PASSWORD=""
@@ -86,6 +89,7 @@ SIGV4_CONFIG=""
 usage() {
     cat <<'EOF'
 usage: join-domain.sh [--function-url URL] --region REGION [--timeout SECONDS] [--restrict-imds]
+                      [--computer-ou DN] [--computer-prefix PREFIX]
 
   --function-url URL   the join function URL (https://...; plain http only to a loopback address);
                        default: the URL the stack baked into this copy
@@ -93,6 +97,11 @@ usage: join-domain.sh [--function-url URL] --region REGION [--timeout SECONDS] [
   --timeout SECONDS    overall deadline for the whole join, default 600
   --restrict-imds      after the join, allow the instance metadata service (IMDS) to root only, now
                        and at every boot
+  --computer-ou DN     create the computer object in this OU (OU=...,DC=...; the cluster's OU, where
+                       the join account may create computers)
+  --computer-prefix P  computer name = (P + sha256 hex of the instance id), upper case, cut to 15
+                       characters: unique per node and per cluster (P: 1-6 letters/digits, a letter
+                       first). Default: the host name (cut by a hash when longer than 15)
 EOF
 }
 
@@ -116,12 +125,12 @@ parse_args() {
                 shift
                 continue
                 ;;
-            --function-url=* | --region=* | --timeout=*)
+            --function-url=* | --region=* | --timeout=* | --computer-ou=* | --computer-prefix=*)
                 value=${opt#*=}
                 opt=${opt%%=*}
                 shift
                 ;;
-            --function-url | --region | --timeout)
+            --function-url | --region | --timeout | --computer-ou | --computer-prefix)
                 if (($# < 2)) || [[ $2 == --* ]]; then
                     usage_error "argument $opt requires a value"
                 fi
@@ -136,6 +145,8 @@ parse_args() {
             --function-url) FUNCTION_URL=$value ;;
             --region) REGION=$value ;;
             --timeout) TIMEOUT=$value ;;
+            --computer-ou) COMPUTER_OU=$value ;;
+            --computer-prefix) COMPUTER_PREFIX=$value ;;
         esac
     done
 
@@ -156,6 +167,12 @@ parse_args() {
         usage_error "argument --timeout must be a whole number of seconds between 1 and 86400: '$TIMEOUT'"
     fi
     TIMEOUT=$((10#$TIMEOUT))
+    if [[ -n $COMPUTER_OU && ! $COMPUTER_OU =~ ^(OU=[^,=]+,)+(DC=[A-Za-z0-9-]+,)*DC=[A-Za-z0-9-]+$ ]]; then
+        usage_error "argument --computer-ou must be a DN of OU=... and DC=... parts: '$COMPUTER_OU'"
+    fi
+    if [[ -n $COMPUTER_PREFIX && ! $COMPUTER_PREFIX =~ ^[A-Z][A-Z0-9]{0,5}$ ]]; then
+        usage_error "argument --computer-prefix must be 1-6 upper-case letters or digits, a letter first: '$COMPUTER_PREFIX'"
+    fi
 }
 
 # ---------------------------------------------------------------------------------------------------
@@ -747,7 +764,15 @@ do_join() {
     # The computer account name (also what close_window reports).
     host=$(hostname 2>/dev/null || uname -n)
     computer=$(pyhelper computer-name "$host")
-    if [[ -n $computer ]]; then
+    if [[ -n $COMPUTER_PREFIX && -n $INSTANCE_ID ]]; then
+        # Per cluster and per node (lambda_src/directory_admin.computer_name does the same): two clusters
+        # on one directory never share a name, as host names from the same VPC CIDR would.
+        computer=$(printf '%s' "$INSTANCE_ID" | sha256sum)
+        computer=${COMPUTER_PREFIX}${computer%% *}
+        computer=${computer^^}
+        computer=${computer:0:15}
+        COMPUTER_NAME=$computer
+    elif [[ -n $computer ]]; then
         COMPUTER_NAME=${computer^^}
     else
         # adcli's default: the short host name, upper-cased.
@@ -762,7 +787,12 @@ do_join() {
     # asking PackageKit, which may be absent: without it realm join fails with "Necessary packages are
     # not installed" (adlab pitfall 3), and with it realmd may reach for package repositories at boot.
     args=(join --verbose --install=/ --client-software=sssd --membership-software=adcli -U "$JOIN_USER")
-    if [[ -n $computer ]]; then
+    # The cluster's OU: where the stack's join account may create computer objects (DirectoryAdmin).
+    [[ -z $COMPUTER_OU ]] || args+=("--computer-ou=$COMPUTER_OU")
+    if [[ -n $COMPUTER_PREFIX && -n $INSTANCE_ID ]]; then
+        log "realm: computer account name $computer (prefix $COMPUTER_PREFIX, instance $INSTANCE_ID)"
+        args+=("--computer-name=$computer")
+    elif [[ -n $computer ]]; then
         log "realm: host name '$host' is longer than 15 characters: computer account name $computer"
         args+=("--computer-name=$computer")
     fi

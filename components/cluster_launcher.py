@@ -43,6 +43,9 @@ class ClusterLauncherArgs:
     # and deleted before them.
     needs: Sequence[pulumi.Resource] = ()
     timeout_minutes: int = 90
+    # join-domain.sh --computer-ou / --computer-prefix (DirectoryAdmin); None: not passed.
+    join_computer_ou: str | None = None
+    join_computer_prefix: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
 
 
@@ -115,6 +118,8 @@ class ClusterLauncher(pulumi.ComponentResource):
                 custom_ami=c.custom_ami,
                 queue_update_strategy=c.queue_update_strategy,
                 compute_restrict_imds=c.restrict_imds,
+                join_computer_ou=args.join_computer_ou,
+                join_computer_prefix=args.join_computer_prefix,
                 tags=args.tags,
             ))
 

@@ -58,6 +58,7 @@ class JoinFunction(pulumi.ComponentResource):
     function_url: pulumi.Output[str]
     role_arn: pulumi.Output[str]
     window_table_name: pulumi.Output[str]
+    window_table_arn: pulumi.Output[str]
     invoke_policy_arn: pulumi.Output[str]
     # The URL, resolved only once the URL config and both invoke permissions exist: take it as the
     # cluster launcher's input (or depend on `ready_resources`) so no node calls a URL that 403s.
@@ -180,6 +181,7 @@ class JoinFunction(pulumi.ComponentResource):
         self.function_url = url.function_url
         self.role_arn = role.arn
         self.window_table_name = windows.name
+        self.window_table_arn = windows.arn
         self.invoke_policy_arn = invoke_policy.arn
         self.ready_resources = [url, url_permission, invoke_permission]
         self.ready = pulumi.Output.all(url.function_url, url_permission.id, invoke_permission.id).apply(

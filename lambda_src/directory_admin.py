@@ -373,8 +373,8 @@ class Directory:
             self.add(f"CN={escape_rdn(name)},{self.layout.people_dn}", ["top", "group"],
                      {"sAMAccountName": name, **attrs})
             return "created"
-        if description and first(found, "description") != description:
-            self.replace(found["dn"], {"description": description})
+        if (first(found, "description") or "") != description:
+            self.replace(found["dn"], {"description": description or []})  # [] removes it
             return "updated"
         return "unchanged"
 
@@ -550,7 +550,8 @@ def ds_password_setter(ds: Any, directory_id: str) -> Callable[[str, str], None]
 
 # -- handlers ----------------------------------------------------------------------------------------
 
-def handle_resource(event: Mapping[str, Any], *, settings: Settings, directory: Directory, ssm: Any) -> dict[str, Any]:
+def handle_resource(event: Mapping[str, Any], *, settings: Settings, directory: Directory, ssm: Any,
+                    ec2: Any = None) -> dict[str, Any]:
     """One Pulumi Invocation (lifecycle scope CRUD) on the directory, a group or a user."""
     tf = event.get("tf") or {}
     action = tf.get("action", "create")
@@ -560,6 +561,12 @@ def handle_resource(event: Mapping[str, Any], *, settings: Settings, directory: 
         raise DirectoryError(f"unknown action {action!r}")
     if kind == "directory":
         if action == "delete":
+            # The OU holds the nodes' computer objects: never while the cluster has nodes (a replaced
+            # Invocation would otherwise wipe a running cluster's OU; on destroy the cluster goes first).
+            live = live_names(ec2, settings) if ec2 is not None else set()
+            if live:
+                raise DirectoryError(f"not deleting {settings.layout.stack_dn}: cluster {settings.cluster_name!r} still"
+                                     f" has {len(live)} instance(s); delete the cluster first")
             return {"resource": kind, "deleted": directory.delete_stack_ou()}
         made = directory.ensure_layout()
         out: dict[str, Any] = {"resource": kind, "created": made}
@@ -681,7 +688,7 @@ def handle(event: Mapping[str, Any], *, settings: Settings, ec2: Any, ssm: Any, 
         if event.get("op") == "sweep":
             return sweep(settings=settings, ec2=ec2, directory=directory(), now=now(), logger=logger)
         if "resource" in event:
-            out = handle_resource(event, settings=settings, directory=directory(), ssm=ssm)
+            out = handle_resource(event, settings=settings, directory=directory(), ssm=ssm, ec2=ec2)
             logger.info(json.dumps({"event": "resource", **{k: v for k, v in out.items() if k != "joinAccount"}},
                                    default=str))
             return out

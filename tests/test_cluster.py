@@ -22,7 +22,7 @@ def policy_of(resource) -> dict:
 
 def test_node_policies_are_least_privilege(run_stack):
     g = run_stack()
-    (function,) = g.of_type("aws:lambda/function:Function")
+    function = g.named("join-function-fn")
     config = yaml.safe_load(g.outputs["clusterConfig"])
     attached = [p["Policy"] for p in config["HeadNode"]["Iam"]["AdditionalIamPolicies"]]
     assert attached == ["<after-deploy:join-function-invoke-policy.arn>",
@@ -239,10 +239,10 @@ def test_the_real_schema_rejects_a_broken_render(run_stack):
 
 
 def test_join_function_concurrency_follows_the_config(run_stack):
-    (fn,) = run_stack().of_type("aws:lambda/function:Function")
+    fn = run_stack().named("join-function-fn")
     assert fn.inputs["reservedConcurrentExecutions"] == 10
-    (fn,) = run_stack(lambda c: c["pcluster-ad:join"].update(reservedConcurrency=0)).of_type(
-        "aws:lambda/function:Function")
+    fn = run_stack(lambda c: c.setdefault("pcluster-ad:join", {}).update(reservedConcurrency=0)).named(
+        "join-function-fn")
     assert "reservedConcurrentExecutions" not in fn.inputs
 
 

@@ -251,3 +251,23 @@ def test_resource_rename_deletes_the_old_object_first():
     assert calls == [("delete", "bob"), ("upsert", "bob2", ("hpc",))] and out["created"] is True
     with pytest.raises(da.DirectoryError, match="bad resource event"):
         da.handle_resource({**ev, "name": "x" * 21}, settings=da.load_settings(ENV), directory=D(), ssm=None)
+
+
+def test_the_ou_is_never_deleted_while_the_cluster_has_nodes(aws):
+    ec2, _dynamodb, launch = aws
+
+    class D:
+        deleted = False
+
+        def delete_stack_ou(self):
+            D.deleted = True
+            return True
+
+    ev = {"resource": "directory", "tf": {"action": "delete", "prev_input": {}}}
+    (iid,) = launch()
+    with pytest.raises(da.DirectoryError, match="still has 1 instance"):
+        da.handle_resource(ev, settings=da.load_settings(ENV), directory=D(), ssm=None, ec2=ec2)
+    assert not D.deleted
+    ec2.terminate_instances(InstanceIds=[iid])
+    assert da.handle_resource(ev, settings=da.load_settings(ENV), directory=D(), ssm=None, ec2=ec2)["deleted"]
+    assert D.deleted

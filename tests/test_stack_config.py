@@ -31,7 +31,7 @@ def test_dev_sample_is_valid_and_typed():
     assert s.region == "eu-west-1"
     assert s.directory.type == "SimpleAD" and s.directory.domain_name == "test.domain"
     assert s.directory.short_name == "TEST" and s.directory.realm == "TEST.DOMAIN"
-    assert s.join.user == "Administrator" and not s.join.has_own_password
+    assert s.join.user == "pcad-join-dev" and s.join.managed and not s.join.has_own_password
     assert (s.join.window_minutes, s.join.max_answers) == (30, 3)  # defaults
     (cr,) = s.cluster.queues[0].compute_resources
     assert (cr.name, cr.instance_type, cr.min_count, cr.max_count) == ("c5-large", "c5.large", 2, 10)
@@ -42,13 +42,14 @@ def test_dev_sample_is_valid_and_typed():
 
 def test_defaults_fill_what_is_left_out():
     raw = dev_raw()
-    del raw["pcluster-ad:network"], raw["pcluster-ad:join"]
+    del raw["pcluster-ad:network"]
+    raw.pop("pcluster-ad:join", None)
     raw["pcluster-ad:directory"] = {"type": "MicrosoftAD", "domainName": "Corp.Example.com"}
     s = parse_settings(raw, stack="dev")
     assert s.network.cidr == "10.0.0.0/16" and s.network.nat_gateways == 1
     assert s.directory.short_name == "CORP" and s.directory.size == "Standard"
     assert s.directory.domain_name == "corp.example.com"
-    assert s.join.user == "Admin"  # Managed AD's built-in admin account
+    assert s.join.user == "pcad-join-dev" and s.join.managed  # the stack's own join account
 
 
 def set_path(raw: dict[str, Any], key: str, path: list[Any], value: Any) -> None:
@@ -184,7 +185,7 @@ def test_existing_vpc_rules():
 def test_existing_directory_needs_join_user_and_password():
     def edit(raw):
         raw[DIR] = {"type": "Existing", "domainName": "corp.example.com", "dnsIps": ["10.1.0.10", "not-an-ip"]}
-        raw.pop(JOIN)
+        raw.pop(JOIN, None)
 
     joined = "\n".join(problems_of(edit))
     assert "join.user: is required for an Existing directory" in joined

@@ -54,10 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     values, secret_keys = values_from_stack_file(doc)
     try:  # the same validation the program runs, before anything is evaluated
-        settings_from_values(values, stack=stack, secret_keys=secret_keys)
+        settings = settings_from_values(values, stack=stack, secret_keys=secret_keys)
     except ConfigError as e:
         print(f"{config_file.name}: {e}\nNothing was written.", file=sys.stderr)
         return 1
+    for warning in settings.warnings:  # accepted, but worth a second look (e.g. the admin as join account)
+        print(f"warning: {warning}", file=sys.stderr)
     config = {k: engine_value(v) for k, v in values.items()}
 
     import pulumi

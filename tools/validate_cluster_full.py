@@ -157,6 +157,9 @@ class World:
             return f"arn:aws:{service}:{self.region}:{ACCOUNT}:{short}"
         if prop in ("id", "name"):
             return f"{short}-0123456789abcdef0"
+        m = re.fullmatch(r"dnsIpAddresses\[(\d+)\]", prop)
+        if m:  # a directory's DNS servers (the directory-admin function's egress rules name them)
+            return f"10.255.{int(m[1])}.10"
         raise WorldError(f"no stand-in for <after-deploy:{name}.{prop}> ({typ})")
 
     # ------------------------------------------------------------------ building

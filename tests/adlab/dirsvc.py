@@ -10,6 +10,7 @@ Control: one JSON object per line on stdin, one JSON answer per line on stdout; 
     {"op": "config", "settings": {...env...}, "parameters": {name: value}, "table": NAME, "dc_argv": [...]}
     {"op": "instances", "count": N, "tagged": bool}      -> {"ids": [...]}
     {"op": "terminate", "ids": [...]}
+    {"op": "delete_cluster"}                              -> terminates every live instance of the cluster
     {"op": "put_item", "item": {...}}                     (window table item, DynamoDB JSON)
     {"op": "handle", "event": {...}, "now": ISO?}         -> {"result": ...} or {"ok": false, "error"}
     {"op": "name", "instance_id": ...}                    -> {"name": computer name}
@@ -144,6 +145,14 @@ def main() -> None:
             elif op == "terminate":
                 ec2.terminate_instances(InstanceIds=req["ids"])
                 out = {}
+            elif op == "delete_cluster":  # what `pcluster delete-cluster` leaves: no live instance
+                ids = [i["InstanceId"] for r in ec2.describe_instances(Filters=[
+                    {"Name": f"tag:{da.CLUSTER_TAG}", "Values": [state["settings"].cluster_name]},
+                    {"Name": "instance-state-name", "Values": da.LIVE_STATES}])["Reservations"]
+                    for i in r["Instances"]]
+                if ids:
+                    ec2.terminate_instances(InstanceIds=ids)
+                out = {"terminated": ids}
             elif op == "put_item":
                 dynamodb.put_item(TableName=state["settings"].window_table, Item=req["item"])
                 out = {}

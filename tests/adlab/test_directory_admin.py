@@ -24,8 +24,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from lambda_src.directory_admin import computer_prefix
+from lambda_src.directory_admin import computer_name, computer_prefix
 
+from .conftest import GROUPS, USERS, describe, lab_preflight
 from .lab import HERE, REPO, SSH_OPTS, Lab, LabError, lab_python
 
 pytestmark = pytest.mark.adlab
@@ -37,7 +38,7 @@ STACK_DN = f"OU={OU},{BASE}"
 COMPUTERS_DN = f"OU=Computers,{STACK_DN}"
 PEOPLE_DN = f"OU=Users,{STACK_DN}"
 JOIN_USER = f"pcad-join-{STACK}"
-ADMIN_PARAM = f"/pcluster-ad/{STACK}/directory-admin-password"
+ADMIN_PARAM = f"/pcluster-ad/{STACK}/admin-password"
 JOIN_PARAM = f"/pcluster-ad/{STACK}/join-password"
 TABLE = "adlab-join-windows"
 
@@ -178,6 +179,7 @@ class Env:
     def __init__(self, lab: Lab, svc: DirSvc, join_password: str, prefix: str):
         self.lab, self.svc, self.join_password, self.prefix = lab, svc, join_password, prefix
         self.initial: dict[str, str] = {}
+        self.setup: dict = {}
 
 
 def user_event(name: str, action: str = "create", prev: dict | None = None, **kw) -> dict:
@@ -188,13 +190,33 @@ def user_event(name: str, action: str = "create", prev: dict | None = None, **kw
 
 
 @pytest.fixture(scope="module")
+def lab():
+    """The lab of tests/adlab/conftest.py, with two differences: the DC allows simple binds (as Simple AD
+    does), and the lab's join-function stand-in starts only once the stack's join account exists (env)."""
+    lab_preflight()
+    lab = Lab()
+    try:
+        try:
+            lab.start(services=False)
+            allow_simple_binds(lab)
+        except LabError as exc:
+            pytest.fail(f"AD lab did not come up: {exc}", pytrace=False)
+        lab.populate({"users": [{"name": u, "password": p} for u, p in USERS.items()],
+                      "groups": [{"name": g, "members": m} for g, m in GROUPS.items()]})
+        yield lab
+    finally:
+        left = lab.teardown()
+        print(f"\nadlab timings: {lab.timings}; teardown left: {left or 'nothing'}")
+    assert not left, f"the AD lab left things behind: {left}"
+
+
+@pytest.fixture(scope="module")
 def env(lab: Lab):
-    allow_simple_binds(lab)
     svc = DirSvc(lab)
     join_password = "Jn-" + secrets.token_urlsafe(16) + "9!"
     lab.watch.add("directory join password", join_password.encode())
     prefix = computer_prefix(lab.cfg.cluster_name)
-    initial = {u: "In1t-" + secrets.token_urlsafe(10) + "!" for u in ("carol", "dave")}
+    initial = {u: "In1t-" + secrets.token_urlsafe(10) + "!" for u in ("carol", "dave", "erin")}
     params = {ADMIN_PARAM: lab.admin_password, JOIN_PARAM: join_password}
     params.update({f"/pcluster-ad/{STACK}/users/{u}/initial-password": p for u, p in initial.items()})
     svc.ok("config", settings={
@@ -205,6 +227,14 @@ def env(lab: Lab):
     }, parameters=params, table=TABLE, dc_argv=lab.dc.argv([]))
     e = Env(lab, svc, join_password, prefix)
     e.initial = initial
+    # What `pulumi up` does first (the setup Invocation), then the join function hands out the
+    # stack's own join account (JoinSecrets' parameters hold it), as in a deployed stack.
+    e.setup = svc.ok("handle", event=directory_event())["result"]
+    lab.join_user, lab.join_password = JOIN_USER, join_password
+    lab.start_services()
+    if lab.services_info.get("handler_error"):
+        pytest.fail(f"the join handler cannot be loaded:\n{lab.services_info['handler_error']}", pytrace=False)
+    lab.add_client()
     yield e
     svc.close()
 
@@ -220,7 +250,7 @@ def ldap_as(env: Env, user: str, password: str, ops: list[dict]) -> list[dict]:
 
 
 def test_setup_creates_ou_and_join_account(env: Env):
-    out = env.svc.ok("handle", event=directory_event())["result"]
+    out = env.setup
     assert sorted(out["created"]) == sorted([STACK_DN, COMPUTERS_DN, PEOPLE_DN])
     assert out["joinAccount"]["created"] and out["joinAccount"]["granted"]
     acct = dc_search(env.lab, STACK_DN, f"(sAMAccountName={JOIN_USER})", ["userAccountControl", "memberOf"])
@@ -377,6 +407,13 @@ def test_groups_and_users(env: Env):
     assert c["displayName"] == ["Carol C"] and c["mail"] == ["carol@example.com"]
     assert "carol" in svc.ok("resets")["users"]
 
+    # A group's description follows the config, also when it is removed.
+    for description, expected in (("GPU people", ["GPU people"]), ("", None)):
+        out = svc.ok("handle", event={"resource": "group", "name": "gpu", "description": description,
+                                      "tf": {"action": "update", "prev_input": {"name": "gpu"}}})["result"]
+        assert out["result"] == "updated"
+        got = dc_search(lab, PEOPLE_DN, "(sAMAccountName=gpu)", ["description"])[0]
+        assert got.get("description") == expected, got
     # Groups change: membership follows; attributes update.
     prev = user_event("carol", groups=["hpc", "gpu"])
     out = svc.ok("handle", event=user_event("carol", "update", prev, groups=["gpu"], displayName="Carol D"))["result"]
@@ -442,16 +479,35 @@ def ssh_pass(lab: Lab, node, user: str, password: str, command: str = "true") ->
                           env={"SSHPASS": password}, check=False, timeout=120)
 
 
-def test_declared_user_changes_the_initial_password_at_first_login(env: Env, joined):
+@pytest.fixture(scope="module")
+def product_node(env: Env):
+    """A node joined by the product's own join-domain.sh (join function stand-in, the stack's join
+    account) into the cluster OU, with the cluster's computer-name prefix, as cluster_config passes them."""
+    lab = env.lab
+    (node,) = lab.add_nodes([{}])
+    res = node.start_bootstrap(args=[
+        "--function-url", lab.function_url, "--region", lab.cfg.region, "--timeout", "240",
+        "--computer-ou", COMPUTERS_DN, "--computer-prefix", env.prefix]).wait()
+    assert res.rc == 0, describe(res)
+    return node, res
+
+
+def test_product_join_script_joins_into_the_ou_under_the_instance_name(env: Env, product_node):
+    lab = env.lab
+    node, res = product_node
+    name = computer_name(env.prefix, node.instance_id)
+    assert name in computers(lab, COMPUTERS_DN)
+    assert name not in computers(lab, f"CN=Computers,{BASE}")
+    assert f"computer account name {name}" in res.output
+    # The node recorded the name when it closed its join window (what the termination handler reads).
+    assert lab.svc_call("window", instance_id=node.instance_id)["window"]["computerName"] == name
+
+
+def test_declared_user_changes_the_initial_password_at_first_login(env: Env, product_node):
     """A user declared in the stack logs in over SSH with the initial password, is made to change it
     (sssd + PAM), and then logs in with the new one; the initial one no longer works."""
     lab, svc = env.lab, env.svc
-    nodes, _ids, names = joined
-    node = nodes[1]  # still joined (its instance is live)
-    node.sh("sed -i -e 's/^use_fully_qualified_names.*/use_fully_qualified_names = False/' "
-            "-e 's|^fallback_homedir.*|fallback_homedir = /home/%u|' /etc/sssd/sssd.conf && "
-            "DEBIAN_FRONTEND=noninteractive pam-auth-update --enable mkhomedir && systemctl restart sssd",
-            timeout=120)
+    node, _res = product_node
     # Harness, not product: this machine's PAM stack has pam_pwquality but no cracklib dictionary
     # (an image detail); without this it refuses every new password with "error loading dictionary".
     node.sh("mkdir -p /etc/security/pwquality.conf.d && "
@@ -479,6 +535,22 @@ def test_declared_user_changes_the_initial_password_at_first_login(env: Env, joi
     assert svc.ok("handle", event=user_event("dave", "delete"))["result"]["result"] == "deleted"
     assert not dc_search(lab, BASE, "(sAMAccountName=dave)")
     assert node.run(["test", "-d", "/home/dave"], check=False).returncode == 0
+    assert ssh_pass(lab, node, "dave", new).returncode != 0
+
+
+def test_termination_uses_the_name_the_node_recorded(env: Env, product_node):
+    """The product node's own recorded name (from its join window) is what the termination removes."""
+    lab, svc = env.lab, env.svc
+    node, _res = product_node
+    recorded = lab.svc_call("window", instance_id=node.instance_id)["window"]["computerName"]
+    # The handler's EC2 is the stand-in of dirsvc: an instance of the cluster stands for the node.
+    (iid,) = svc.ok("instances", count=1)["ids"]
+    svc.ok("put_item", item={"instanceId": {"S": iid}, "computerName": {"S": recorded}})
+    svc.ok("terminate", ids=[iid])
+    before = computers(lab, COMPUTERS_DN)
+    out = svc.ok("handle", event=termination(iid))["result"]
+    assert out == {"instance": iid, "computer": recorded, "result": "deleted"}
+    assert computers(lab, COMPUTERS_DN) == before - {recorded}
 
 
 def test_preexisting_objects_are_never_changed(env: Env):
@@ -498,6 +570,11 @@ def test_preexisting_objects_are_never_changed(env: Env):
 def test_destroy_removes_the_ou_and_nothing_else(env: Env):
     lab, svc = env.lab, env.svc
     outside_before = computers(lab, f"CN=Computers,{BASE}")
+    # Never while the cluster has nodes (pulumi destroy deletes the cluster first).
+    refused = svc.call("handle", event=directory_event("delete"))
+    assert not refused["ok"] and "delete the cluster first" in refused["error"], refused
+    assert dc_search(lab, STACK_DN, scope="base")
+    assert svc.ok("delete_cluster")["terminated"]
     out = svc.ok("handle", event=directory_event("delete"))["result"]
     assert out["deleted"] is True
     assert not dc_search(lab, STACK_DN, scope="base")
