@@ -130,6 +130,8 @@ def pulumi_program() -> None:
         bucket_name=account_id.apply(lambda a: bootstrap_bucket_name(a, settings.region, settings.stack)),
         function_url=join_function.function_url,
         function_url_script=JOIN_SCRIPT,
+        allowed_groups=settings.access.allowed_groups,
+        admin_groups=settings.access.admin_groups,
         tags=tags,
     ))
     role = ClusterRole("cluster-role", ClusterRoleArgs(
@@ -191,9 +193,29 @@ def pulumi_program() -> None:
     pulumi.export("clusterStatus", cluster.status)
     pulumi.export("headNodePublicIp", cluster.head_node_public_ip)
     pulumi.export("headNodePrivateIp", cluster.head_node_private_ip)
-    pulumi.export("sshCommand", cluster.head_node_public_ip.apply(
-        lambda ip: f"ssh <ad-user>@{ip}" if ip else "(after deployment) ssh <ad-user>@<headNodePublicIp>"))
+    pulumi.export("loginNodesAddress", cluster.login_nodes_address)
+    pulumi.export("sshCommand", pulumi.Output.all(cluster.head_node_public_ip, cluster.login_nodes_address).apply(
+        lambda v: _ssh_command(settings, *v)))
+    pulumi.export("loginAccess", _login_access(settings))
     pulumi.export("clusterConfig", cluster.config_yaml)
+
+
+def _ssh_command(settings: Settings, head_ip: str | None, login_address: str | None) -> str:
+    """Where users log in: the login nodes' load balancer when there are login nodes, else the head node."""
+    if settings.cluster.login_nodes is not None and settings.cluster.login_nodes.count > 0:
+        if login_address:
+            return f"ssh <ad-user>@{login_address}"
+        return "(after deployment) ssh <ad-user>@<loginNodesAddress>"
+    return f"ssh <ad-user>@{head_ip}" if head_ip else "(after deployment) ssh <ad-user>@<headNodePublicIp>"
+
+
+def _login_access(settings: Settings) -> str:
+    """Who may log in and who is admin, in words (the offline plan prints it)."""
+    access = settings.access
+    who = ("members of " + ", ".join(access.allowed_groups) + " (nested groups count)" if access.allowed_groups
+           else "every domain user (pcluster-ad:access.allowedGroups is empty)")
+    sudo = ", ".join(access.admin_groups) if access.admin_groups else "no AD group"
+    return f"login: {who}; sudo: {sudo}"
 
 
 def _load_or_fail() -> Settings:

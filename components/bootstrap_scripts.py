@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,8 @@ import pulumi_aws as aws
 
 SCRIPTS_PREFIX = "bootstrap"
 BAKED_URL_LINE = 'BAKED_FUNCTION_URL=""'  # the marked default line in bootstrap/join-domain.sh
+# pcluster-ad:access, baked the same way: a changed group list changes the S3 object, never the cluster config.
+BAKED_GROUP_LINES = {"allowed": 'BAKED_ALLOWED_GROUPS=""', "admin": 'BAKED_ADMIN_GROUPS=""'}
 _URL_RE = re.compile(r"https://[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~/%-]*)?")  # nothing the shell expands
 
 
@@ -51,6 +55,21 @@ def bake_function_url(script: str, url: str) -> str:
     return script.replace(BAKED_URL_LINE + "\n", f"BAKED_FUNCTION_URL='{url}'\n", 1)
 
 
+def bake_access_groups(script: str, allowed: Sequence[str], admin: Sequence[str]) -> str:
+    """The script with its marked access lines set to the group lists: comma-separated (AD group names cannot
+    hold commas; stack_config checked them), shell-quoted (names may hold spaces, quotes, $ ...)."""
+    for kind, groups in (("allowed", allowed), ("admin", admin)):
+        line = BAKED_GROUP_LINES[kind]
+        if script.count(line + "\n") != 1:
+            raise ValueError(f"the join script must contain the line {line!r} exactly once")
+        for group in groups:
+            if not group.strip() or any(c in group for c in ",\n\r"):
+                raise ValueError(f"not a valid AD group name to bake: {group!r}")
+        value = shlex.quote(",".join(groups)) if groups else '""'
+        script = script.replace(line + "\n", f"{line.split('=', 1)[0]}={value}\n", 1)
+    return script
+
+
 @dataclass
 class BootstrapScriptsArgs:
     script_paths: list[str]  # local files, uploaded under bootstrap/<file name>
@@ -58,6 +77,9 @@ class BootstrapScriptsArgs:
     # The join function URL, baked into the uploaded copy of the script named function_url_script.
     function_url: pulumi.Input[str] | None = None
     function_url_script: str | None = None
+    # pcluster-ad:access, baked into the same script: who may log in (empty: every domain user), who gets sudo.
+    allowed_groups: Sequence[str] = ()
+    admin_groups: Sequence[str] = ()
     force_destroy: bool = True  # the scripts are generated from the repo: nothing to lose
     tags: dict[str, str] = field(default_factory=dict)
 
@@ -120,7 +142,8 @@ class BootstrapScripts(pulumi.ComponentResource):
                 text = file.read_text(encoding="utf-8")
                 # Same key, new content when the script or the URL changes.
                 body = dict(content=pulumi.Output.from_input(args.function_url).apply(
-                    lambda url, text=text: bake_function_url(text, url)))
+                    lambda url, text=text: bake_access_groups(bake_function_url(text, url), args.allowed_groups,
+                                                              args.admin_groups)))
             else:
                 # Content hash: a changed script is uploaded again even if its size is unchanged.
                 body = dict(source=pulumi.FileAsset(str(file)),

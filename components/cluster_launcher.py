@@ -85,7 +85,8 @@ def parse_launcher_result(stdout: str) -> dict:
             continue
         if isinstance(result, dict):
             return result
-    return {"clusterName": None, "status": None, "headNodePublicIp": None, "headNodePrivateIp": None}
+    return {"clusterName": None, "status": None, "headNodePublicIp": None, "headNodePrivateIp": None,
+            "loginNodesAddress": None}
 
 
 class ClusterLauncher(pulumi.ComponentResource):
@@ -94,6 +95,7 @@ class ClusterLauncher(pulumi.ComponentResource):
     status: pulumi.Output[str | None]
     head_node_public_ip: pulumi.Output[str | None]
     head_node_private_ip: pulumi.Output[str | None]
+    login_nodes_address: pulumi.Output[str | None]  # the login pool's load balancer (DNS name), if any
 
     def __init__(self, name: str, args: ClusterLauncherArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("pcluster-ad:index:ClusterLauncher", name, None, opts)
@@ -117,6 +119,7 @@ class ClusterLauncher(pulumi.ComponentResource):
                 head_node_ssh_password_auth=c.ssh_password_auth,
                 custom_ami=c.custom_ami,
                 queue_update_strategy=c.queue_update_strategy,
+                login_nodes=c.login_nodes,
                 compute_restrict_imds=c.restrict_imds,
                 join_computer_ou=args.join_computer_ou,
                 join_computer_prefix=args.join_computer_prefix,
@@ -162,9 +165,11 @@ class ClusterLauncher(pulumi.ComponentResource):
         self.status = result.apply(lambda r: r.get("status"))
         self.head_node_public_ip = result.apply(lambda r: r.get("headNodePublicIp"))
         self.head_node_private_ip = result.apply(lambda r: r.get("headNodePrivateIp"))
+        self.login_nodes_address = result.apply(lambda r: r.get("loginNodesAddress"))
         self.register_outputs({
             "clusterName": self.cluster_name,
             "status": self.status,
             "headNodePublicIp": self.head_node_public_ip,
             "headNodePrivateIp": self.head_node_private_ip,
+            "loginNodesAddress": self.login_nodes_address,
         })

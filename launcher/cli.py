@@ -115,6 +115,7 @@ def main(
     stderr: TextIO | None = None,
     env: dict | None = None,
     install_signal_handlers: bool = False,
+    fetch: Callable[[str], str] | None = None,
 ) -> int:
     stdin = stdin if stdin is not None else sys.stdin
     stdout = stdout if stdout is not None else sys.stdout
@@ -143,6 +144,7 @@ def main(
         timeout=args.timeout,
         poll_seconds=args.poll_seconds,
         rollback_on_failure=rollback,
+        **({"fetch": fetch} if fetch is not None else {}),
     )
 
     code = EXIT_OK

@@ -18,6 +18,9 @@ Decisions:
   the fields (they need a new cluster: Pulumi replaces it for such changes, see update_policy.py).
 - a compute fleet in PROTECTED (ParallelCluster stopped launching nodes after repeated bootstrap
   failures) or UNKNOWN state is reported and never stopped or started: a start would clear PROTECTED.
+- an update refused because login nodes run in a pool (LoginNodes.Pools[] settings other than Count): the
+  launcher does what ParallelCluster asks, on the CURRENT config (describe-cluster's clusterConfiguration):
+  that pool's Count 0, update, wait until the pool has no node, then applies the given config.
 - missing or invalid AWS credentials fail at once (exit 4), without retries.
 """
 
@@ -32,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +85,33 @@ _UNSUPPORTED_RE = re.compile(
     r"update|head node must be in a stopped state|creating a new cluster",
     re.IGNORECASE,
 )
+
+
+# LOGIN_NODES_POOL_STOP / LOGIN_NODES_STOP refusals (pcluster/config/update_policy.py FAIL_REASONS); the
+# combined "compute or login nodes" one is left to the operator.
+_LOGIN_STOP_RE = re.compile(r"not supported when login nodes (?:in (?P<pool>\S+) )?are running", re.IGNORECASE)
+
+
+def _login_pools_to_stop(errors: list) -> set[str] | None:
+    """The pools whose stop fixes these refusals ("*": every pool), when every refusal is fixed by stopping login
+    pools or the compute fleet and at least one needs a pool stopped; else None."""
+    pools: set[str] = set()
+    for error in errors:
+        message = str(error.get("message") or "")
+        m = _LOGIN_STOP_RE.search(message)
+        if m:
+            pools.add(m.group("pool") or "*")
+        elif not _is_fleet_fixable(message):
+            return None
+    return pools or None
+
+
+def fetch_https(url: str, timeout: float = 60.0) -> str:
+    """GET a presigned https URL (describe-cluster's clusterConfiguration.url)."""
+    if not url.startswith("https://"):
+        raise LauncherError(f"refusing to fetch the cluster configuration from a non-https URL: {url!r}")
+    with urllib.request.urlopen(url, timeout=timeout) as answer:  # https only, checked above
+        return answer.read().decode("utf-8")
 
 
 def _is_fleet_fixable(message: str) -> bool:
@@ -244,6 +275,7 @@ class Launcher:
         poll_seconds: float = DEFAULT_POLL,
         progress_seconds: float = PROGRESS_SECONDS,
         rollback_on_failure: bool = False,
+        fetch: Callable[[str], str] = fetch_https,
     ):
         self.name = cluster_name
         self.region = region
@@ -255,6 +287,7 @@ class Launcher:
         self.poll = max(0.001, float(poll_seconds))
         self.progress_seconds = float(progress_seconds)
         self.rollback_on_failure = rollback_on_failure
+        self._fetch = fetch
         self._start = clock()
         self._deadline = self._start + self.timeout
         self.last: dict = {}  # last describe-cluster answer
@@ -268,13 +301,17 @@ class Launcher:
     def summary(self) -> dict:
         """The final JSON line's object."""
         if self.deleted:
-            return {"clusterName": self.name, "status": "DELETED", "headNodePublicIp": None, "headNodePrivateIp": None}
+            return {"clusterName": self.name, "status": "DELETED", "headNodePublicIp": None, "headNodePrivateIp": None,
+                    "loginNodesAddress": None}
         head = self.last.get("headNode") or {}
+        # Users log in through the login pool's load balancer when there is one.
+        login = [p.get("address") for p in self.last.get("loginNodes") or [] if p.get("address")]
         return {
             "clusterName": self.name,
             "status": self.last.get("clusterStatus"),
             "headNodePublicIp": head.get("publicIpAddress"),
             "headNodePrivateIp": head.get("privateIpAddress"),
+            "loginNodesAddress": login[0] if login else None,
         }
 
     def _report_failure(self, info: dict) -> None:
@@ -516,14 +553,21 @@ class Launcher:
         self.log(f"cluster created: {self._progress(info)}")
         self._warn_fleet_state(info)
 
-    def _converge(self, config_path: str, info: dict) -> None:
-        """Apply config_path with update-cluster; stop/start the compute fleet when the update needs it."""
+    def _converge(self, config_path: str, info: dict, *, pools_stopped: bool = False) -> None:
+        """Apply config_path with update-cluster; stop login pools (Count 0) and stop/start the compute fleet
+        when the update needs it."""
         if info.get("clusterStatus") == "UPDATE_FAILED":
             self.log("the previous update failed and was rolled back; applying the config again")
         result = self._update_cluster(config_path)
         if result is None:
             return
         if result.returncode != 0:
+            pools = _login_pools_to_stop(result.data.get("updateValidationErrors") or [])
+            if pools and not pools_stopped:
+                self._report_error("update-cluster", result)
+                self._stop_login_pools(pools)
+                self._converge(config_path, self.last, pools_stopped=True)
+                return
             self._refuse_unfixable(result)
             if self._needs_fleet_stop(result):
                 self._report_error("update-cluster", result)
@@ -556,6 +600,41 @@ class Launcher:
                 f"--cluster-name {self.name} --region {self.region}, then `pulumi up` (homes are kept)"
             )
         raise LauncherError(f"update-cluster refused changes to {fields}; see the update errors above")
+
+    def _stop_login_pools(self, pools: set[str]) -> None:
+        """ParallelCluster's way to change a login pool: its Count to 0 in the CURRENT config, update, wait until
+        the pool has no node. The caller then applies the wanted config (with the wanted Count)."""
+        info = self.describe() or {}
+        url = (info.get("clusterConfiguration") or {}).get("url")
+        if not url:
+            raise LauncherError("the update needs login nodes stopped, but describe-cluster gives no configuration URL")
+        import yaml  # the project venv's; only needed here
+
+        current = yaml.safe_load(self._fetch(url)) or {}
+        pool_list = ((current.get("LoginNodes") or {}).get("Pools")) or []
+        names = [p.get("Name") for p in pool_list if "*" in pools or p.get("Name") in pools]
+        if not names:
+            raise LauncherError(f"the update needs login pools {sorted(pools)} stopped, but the cluster's current "
+                                "configuration has no such pool")
+        for pool in pool_list:
+            if pool.get("Name") in names:
+                pool["Count"] = 0
+        self.log(f"the update needs login pool(s) {', '.join(names)} stopped: setting Count 0 (then the config "
+                 "brings them back); users logged in there are disconnected")
+        with private_config_file(yaml.safe_dump(current, sort_keys=False)) as path:
+            result = self._update_cluster(path)
+        if result is not None:
+            self._finish_update(result)
+        self._poll(self.describe, lambda i: not self._login_nodes_left(i, names),
+                   lambda i: f"{self._login_nodes_left(i, names)} login node(s) left, elapsed "
+                             f"{format_duration(self._clock() - self._start)}",
+                   f"login pool(s) {', '.join(names)} to have no node")
+        self.log(f"login pool(s) {', '.join(names)} stopped")
+
+    @staticmethod
+    def _login_nodes_left(info: dict | None, names: list[str]) -> int:
+        pools = [p for p in (info or {}).get("loginNodes") or [] if p.get("poolName") in names]
+        return sum(int(p.get("healthyNodes") or 0) + int(p.get("unhealthyNodes") or 0) for p in pools)
 
     def _update_with_fleet_stopped(self, config_path: str) -> None:
         previous = self._fleet_status()

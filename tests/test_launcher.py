@@ -189,6 +189,7 @@ def assert_final(result: Result, status: str | None, public: str | None = None, 
         "status": status,
         "headNodePublicIp": public,
         "headNodePrivateIp": private,
+        "loginNodesAddress": None,
     }
 
 
@@ -599,6 +600,7 @@ def test_missing_pcluster_exits_4_with_a_final_line(fake, clock):
     assert code == EXIT_SETUP
     assert json.loads(stdout.getvalue()) == {
         "clusterName": NAME, "status": None, "headNodePublicIp": None, "headNodePrivateIp": None,
+        "loginNodesAddress": None,
     }
 
 
@@ -671,7 +673,7 @@ def test_cli_as_a_real_process(fake):
     assert create.stdout.count("\n") == 1
     assert json.loads(create.stdout) == {
         "clusterName": NAME, "status": "CREATE_COMPLETE",
-        "headNodePublicIp": "203.0.113.10", "headNodePrivateIp": "10.0.0.10",
+        "headNodePublicIp": "203.0.113.10", "headNodePrivateIp": "10.0.0.10", "loginNodesAddress": None,
     }
     assert "waiting for CREATE_COMPLETE" in create.stderr
 
@@ -737,6 +739,7 @@ def test_launcher_class_with_a_scripted_runner(clock):
     launcher.create("/dev/null")
     assert launcher.summary() == {
         "clusterName": NAME, "status": "CREATE_COMPLETE", "headNodePublicIp": None, "headNodePrivateIp": "10.1.2.3",
+        "loginNodesAddress": None,
     }
     assert [a[0] for a in seen] == ["describe-cluster", "create-cluster", "describe-cluster"]
 

@@ -14,7 +14,7 @@ import yaml
 
 from cluster_config import LOGIN_POOL_NAME
 from stack_config import ConfigError, parse_settings
-from tests.conftest import stack_doc
+from tests.conftest import ROOT, stack_doc
 
 MULTI = [{"instanceType": "c5.large", "minCount": 1, "maxCount": 10},
          {"name": "big", "instanceType": "c5.4xlarge", "maxCount": 4},
@@ -207,3 +207,69 @@ def test_site_config_passes_parallelclusters_full_validation(tmp_path):
     print(f"\nsite config: full validation notices {[(f['level'], f['type']) for f in result['failures']]}")
     assert errors_of(result) == [], result["failures"]
     assert result["ok"] is True
+
+
+# ------------------------------------------------------------------ access groups reach the nodes
+
+
+TRICKY = ["hpc-users", "Domain Admins", "O'Brien $HOME `x` team", "R&D (old) #1!"]
+
+
+def test_baked_groups_read_back_in_bash_exactly():
+    import subprocess
+
+    from components.bootstrap_scripts import bake_access_groups
+
+    script = (ROOT / "bootstrap" / "join-domain.sh").read_text()
+    baked = bake_access_groups(script, TRICKY, ["Domain Admins"])
+    lines = [line for line in baked.splitlines() if line.startswith(("BAKED_ALLOWED_GROUPS=", "BAKED_ADMIN_GROUPS="))]
+    assert len(lines) == 2
+    out = subprocess.run(["bash", "-c", "\n".join(lines) + '\nprintf "%s\\n%s\\n" "$BAKED_ALLOWED_GROUPS"'
+                          ' "$BAKED_ADMIN_GROUPS"'], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == [",".join(TRICKY), "Domain Admins"]
+    assert bake_access_groups(script, [], []) == script  # nothing configured: the lines stay as shipped
+
+
+@pytest.mark.parametrize("bad", ["a,b", "line\nbreak", " "])
+def test_baking_refuses_what_the_script_cannot_split(bad):
+    from components.bootstrap_scripts import bake_access_groups
+
+    with pytest.raises(ValueError, match="not a valid AD group name"):
+        bake_access_groups((ROOT / "bootstrap" / "join-domain.sh").read_text(), [bad], [])
+
+
+def test_group_change_changes_the_script_object_not_the_cluster(run_stack):
+    """A new group list reaches nodes through the uploaded script: the cluster config, and so the pcluster
+    Command (its create, triggers and stdin), stays the same: no replacement, no update-cluster."""
+    def edit(config):
+        config["pcluster-ad:access"] = {"allowedGroups": ["hpc-users", "Domain Admins"], "adminGroups": ["ops"]}
+
+    before, after = run_stack(), run_stack(edit)
+    content = after.named("bootstrap-join-domain").inputs["content"]
+    assert "BAKED_ALLOWED_GROUPS='hpc-users,Domain Admins'\n" in content
+    assert "BAKED_ADMIN_GROUPS=ops\n" in content
+    assert before.named("bootstrap-join-domain").inputs["content"] != content
+    for key in ("create", "update", "triggers", "stdin"):
+        assert before.named("cluster-pcluster").inputs[key] == after.named("cluster-pcluster").inputs[key], key
+    assert after.outputs["loginAccess"] == ("login: members of hpc-users, Domain Admins (nested groups count);"
+                                            " sudo: ops")
+    assert before.outputs["loginAccess"] == ("login: every domain user (pcluster-ad:access.allowedGroups is"
+                                             " empty); sudo: no AD group")
+
+
+def test_ssh_command_points_at_the_login_nodes_when_there_are_any(run_stack):
+    import program
+
+    settings = parse_settings(dev_raw(), stack="dev")
+    assert program._ssh_command(settings, "203.0.113.9", None) == "ssh <ad-user>@203.0.113.9"
+    raw = dev_raw()
+    raw["pcluster-ad:cluster"]["loginNodes"] = {"count": 2}
+    with_login = parse_settings(raw, stack="dev")
+    lb = "login-hpc-dev-0123.elb.eu-west-1.amazonaws.com"
+    assert program._ssh_command(with_login, "203.0.113.9", lb) == f"ssh <ad-user>@{lb}"
+    assert program._ssh_command(with_login, None, None) == "(after deployment) ssh <ad-user>@<loginNodesAddress>"
+    raw["pcluster-ad:cluster"]["loginNodes"] = {"count": 0}  # a stopped pool: users go to the head node
+    stopped = parse_settings(raw, stack="dev")
+    assert program._ssh_command(stopped, "203.0.113.9", None) == "ssh <ad-user>@203.0.113.9"
+    g = run_stack(_site)
+    assert g.outputs["sshCommand"] == "(after deployment) ssh <ad-user>@<loginNodesAddress>"

@@ -55,6 +55,11 @@ def _add_queue(c: dict) -> None:
     c["queues"].append({"name": "big", "instanceType": "c5.2xlarge", "minCount": 0, "maxCount": 4})
 
 
+def _two_types(q: dict) -> None:
+    first = {k: q.pop(k) for k in ("instanceType", "minCount", "maxCount")}
+    q["computeResources"] = [first, {"instanceType": "c5.2xlarge", "maxCount": 4}]
+
+
 # (row id, stack-config edit, mocks overrides, expected decision, expected with the fleet RUNNING)
 # The last column documents what happens without a replacement: "live" (applied with the fleet running:
 # QueueUpdateStrategy DRAIN), "fleet-stop" (the launcher stops the fleet), "no-change", or "-" (replaced).
@@ -85,6 +90,13 @@ ROWS = [
      "no-change"),
     ("ssh-cidr", _cluster(lambda c: c.update(allowedSshCidr="198.51.100.0/24")), {}, "update", "live"),
     ("tags", lambda config: config.update({"pcluster-ad:tags": {"team": "hpc"}}), {}, "update", "live"),
+    # Issue 12: a login pool, a second instance type in a queue, access groups (baked into the script only).
+    ("login-nodes-added", _cluster(lambda c: c.update(loginNodes={"count": 1, "instanceType": "c5.large"})), {},
+     "update", "live"),
+    ("queue-second-instance-type", _queue(_two_types), {}, "update", "live"),
+    ("access-groups", lambda config: config.update({"pcluster-ad:access": {"allowedGroups": ["hpc-users"],
+                                                                           "adminGroups": ["Domain Admins"]}}),
+     {}, "update", "no-change"),
     ("new-join-function-url", None, {("join-function-url", "functionUrl"): NEW_URL}, "update", "no-change"),
     ("new-bootstrap-bucket", None, {("bootstrap-bucket", "id"): "recreated-bucket-id",
                                     ("bootstrap-bucket", "arn"): "arn:aws:s3:::recreated"}, "update", "no-change"),

@@ -7,9 +7,10 @@ Runs in the ParallelCluster venv (.venv-pcluster/bin/python). Reads JSON on stdi
 and prints {"results": [{"allowed": bool, "changeSet": [...], "updateValidationErrors": [...]}, ...]}
 where the two lists are built the way pcluster's update-cluster API builds them
 (api/controllers/cluster_operations_controller.py `_analyze_changes`, `_create_message`). `running` is
-whether the compute fleet has running capacity; login nodes are taken as stopped and the head node as
-running (the launcher never stops it). Used by the table test (tests/test_update_policy.py) and by the
-stand-in pcluster (tests/fake_pcluster/pcluster) to answer update-cluster like the real CLI.
+whether the compute fleet has running capacity; `runningLoginPools` (default none) the login pools with
+nodes running; the head node is taken as running (the launcher never stops it). Used by the table test
+(tests/test_update_policy.py) and by the stand-in pcluster (tests/fake_pcluster/pcluster) to answer
+update-cluster like the real CLI.
 """
 
 from __future__ import annotations
@@ -36,16 +37,17 @@ class StubCluster:
 
     head_node_instance = _Head()
 
-    def __init__(self, name: str, running: bool):
+    def __init__(self, name: str, running: bool, login_pools: tuple[str, ...] = ()):
         self.name = name
         self.stack_name = name
         self._running = running
+        self._login_pools = set(login_pools)
 
     def has_running_capacity(self, *_a, **_k) -> bool:
         return self._running
 
-    def has_running_login_nodes(self, *_a, **_k) -> bool:
-        return False
+    def has_running_login_nodes(self, pool_name: str | None = None, *_a, **_k) -> bool:
+        return pool_name in self._login_pools if pool_name else bool(self._login_pools)
 
 
 def _message(reason, action) -> str:
@@ -55,8 +57,9 @@ def _message(reason, action) -> str:
     return message or "Error during update"
 
 
-def verdict(base: dict, target: dict, running: bool, cluster_name: str = "cluster") -> dict:
-    patch = ConfigPatch(StubCluster(cluster_name, running), base, target)
+def verdict(base: dict, target: dict, running: bool, cluster_name: str = "cluster",
+            login_pools: tuple[str, ...] = ()) -> dict:
+    patch = ConfigPatch(StubCluster(cluster_name, running, login_pools), base, target)
     allowed, rows = patch.check()
     keys = {key: i for i, key in enumerate(rows[0])}
     change_set, errors = [], []
@@ -82,7 +85,8 @@ def main() -> int:
     for case in request["cases"]:
         base = yaml.safe_load(case["base"]) if isinstance(case["base"], str) else case["base"]
         target = yaml.safe_load(case["target"]) if isinstance(case["target"], str) else case["target"]
-        results.append(verdict(base, target, bool(case.get("running", True)), case.get("clusterName", "cluster")))
+        results.append(verdict(base, target, bool(case.get("running", True)), case.get("clusterName", "cluster"),
+                               tuple(case.get("runningLoginPools") or ())))
     json.dump({"results": results}, sys.stdout)
     return 0
 

@@ -9,6 +9,7 @@ PACKAGES=(
   samba-ad-dc samba-ad-provision samba winbind ldb-tools smbclient krb5-user
   sssd sssd-ad sssd-tools realmd adcli libnss-sss libpam-sss libpam-modules libpam-runtime
   polkitd packagekit dbus openssh-server openssh-client sshpass
+  sudo
   dnsutils iproute2 util-linux procps psmisc curl
   strace iptables
 )
