@@ -32,7 +32,7 @@ class JoinFunctionArgs:
     join_password_parameter_name: pulumi.Input[str]
     parameter_arns: pulumi.Input[Sequence[pulumi.Input[str]]]
     key_arn: pulumi.Input[str]
-    code_dir: str  # lambda_src: every top-level *.py goes into the package
+    code_dir: str  # lambda_src: its join_handler.py is the package
     # Join window per instance: credentials only this long after launch, at most this many times.
     window_minutes: int = 30
     max_answers: int = 3
@@ -46,10 +46,12 @@ class JoinFunctionArgs:
 
 
 def code_archive(code_dir: str) -> pulumi.AssetArchive:
-    files = sorted(Path(code_dir).glob("*.py"))
-    if not files:
-        raise ValueError(f"JoinFunction: no *.py files in {code_dir}")
-    return pulumi.AssetArchive({f.name: pulumi.FileAsset(str(f)) for f in files})
+    """The handler module only: lambda_src also holds other functions' code (directory_admin.py),
+    which must neither ride along nor redeploy this function when it changes."""
+    handler = Path(code_dir) / f"{HANDLER.split('.')[0]}.py"
+    if not handler.is_file():
+        raise ValueError(f"JoinFunction: {handler} is missing")
+    return pulumi.AssetArchive({handler.name: pulumi.FileAsset(str(handler))})
 
 
 class JoinFunction(pulumi.ComponentResource):
