@@ -16,6 +16,7 @@ subnet (not product code).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import shutil
 import subprocess
@@ -105,6 +106,8 @@ def site(lab):
         node.run(["umount", "-l", "/home"], check=False)
     with contextlib.suppress(OSError):
         shutil.rmtree(shared)
+    # Again once the lab's processes are gone (a node process can still hold a file here now).
+    atexit.register(shutil.rmtree, shared, True)
 
 
 # --- who may log in ----------------------------------------------------------------------------
