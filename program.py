@@ -19,7 +19,7 @@ from components.bootstrap_scripts import BootstrapScripts, BootstrapScriptsArgs,
 from components.cluster_launcher import ClusterLauncher, ClusterLauncherArgs
 from components.cluster_role import ClusterRole, ClusterRoleArgs
 from components.directory import Directory, DirectoryArgs
-from components.directory_admin import DirectoryAdmin, DirectoryAdminArgs, DirectoryGroup, DirectoryUser
+from components.directory_admin import DirectoryAdmin, DirectoryAdminArgs
 from components.home_storage import HomeStorage, HomeStorageArgs
 from components.join_function import JoinFunction, JoinFunctionArgs
 from components.join_secrets import JoinSecrets, JoinSecretsArgs
@@ -117,8 +117,8 @@ def pulumi_program() -> None:
             join_password_version=secrets.join_password_version,
             window_table_name=join_function.window_table_name,
             window_table_arn=join_function.window_table_arn,
-            groups=[DirectoryGroup(g.name, g.description) for g in settings.groups],
-            users=[DirectoryUser(u.name, u.groups, u.display_name, u.email) for u in settings.users],
+            groups=list(settings.groups),
+            users=list(settings.users),
             code_dir=str(ROOT / "lambda_src"),
             tags=tags,
         ))

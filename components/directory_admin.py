@@ -20,6 +20,7 @@ import pulumi_aws as aws
 import pulumi_random as random
 
 from lambda_src.directory_admin import computer_prefix, sam_problem
+from stack_config import GroupSettings, UserSettings
 
 HANDLER = "directory_admin.handler"
 RUNTIME = "python3.13"
@@ -36,18 +37,9 @@ TERMINATED_PATTERN = {
 _MAX_NAME = 64
 
 
-@dataclass(frozen=True)
-class DirectoryGroup:
-    name: str
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class DirectoryUser:
-    name: str
-    groups: tuple[str, ...] = ()
-    display_name: str = ""
-    email: str = ""
+# The validated settings as they are (as ClusterLauncher takes ClusterSettings): one definition.
+DirectoryGroup = GroupSettings
+DirectoryUser = UserSettings
 
 
 @dataclass
