@@ -19,15 +19,19 @@
 #      AD user may log in): with allowed groups (baked by the stack, or --allowed-groups), an sssd conf.d
 #      snippet that admits only their members (simple access provider, nested groups count); with admin
 #      groups, a sudoers drop-in checked by visudo first; a pam_exec hook that gives AD users an ssh key
-#      between nodes at their first ssh login; sssd's cache on tmpfs; Debian's pam_cap dropped when it
-#      grants nothing. After the join: groups that do not resolve are logged as WARNINGs;
+#      between nodes at their first ssh login; sssd's cache on tmpfs. After the join: groups that do not
+#      resolve are logged as WARNINGs;
 #   4. `realm join` (the password on stdin only), each attempt capped at min(remaining, 120 s) so that a
-#      hanging join is retried;
-#   5. sssd.conf: use_fully_qualified_names = False, fallback_homedir = /home/%u; home directories
-#      created at first login; restart sssd;
+#      hanging join is retried. On the Debian family, ONE pam-auth-update (home directories created at
+#      first login; pam_cap dropped when it grants nothing) runs meanwhile: realmd leaves PAM alone there,
+#      and adcli spends most of the join waiting on the DC;
+#   5. sssd.conf: use_fully_qualified_names = False, fallback_homedir = /home/%u; RHEL family: home
+#      directories created at first login (authselect/authconfig, after realm's own); restart sssd;
 #   6. verify: sssd runs (its pid file names a live sssd process) and the join user resolves by short
 #      name through sssd. `realm join` exits 0 even when sssd failed to start, so it is never trusted;
-#   7. close this instance's join window: a second signed POST, body
+#   7. close this instance's join window as soon as realm join has succeeded (the node never needs the
+#      secret again: a re-run finds the join on disk), in the background while steps 5-6 run, and
+#      waited for before the script ends: a second signed POST, body
 #      {"joined": true, "computerName": "<NAME>"} (NAME: the computer account the join used), up to 3
 #      attempts within min(remaining, 60 s), fresh IMDS credentials each; from then on the function
 #      refuses this instance for good. A failure is logged as a WARNING and does not fail the boot
@@ -238,6 +242,9 @@ on_exit() {
     JOIN_PASSWORD=""
     SIGV4_CONFIG=""
     unset -v JOIN_PASSWORD SIGV4_CONFIG
+    # Background work (start_local_setup, start_close_window) finishes and logs before the last line.
+    [[ -n $LOCAL_PID ]] && wait "$LOCAL_PID"
+    [[ -n $CLOSE_PID ]] && wait "$CLOSE_PID"
     if [[ -n $LOGGER_PID ]]; then
         if ((rc == 0)); then
             log "finished in $(elapsed)s: node joined to the domain and verified"
@@ -246,9 +253,9 @@ on_exit() {
         fi
         exec >&- 2>&-
         # Bounded wait for the last lines (a daemon started meanwhile could hold the pipe open).
-        for ((i = 0; i < 50; i++)); do
+        for ((i = 0; i < 500; i++)); do
             kill -0 "$LOGGER_PID" 2>/dev/null || break
-            sleep 0.1
+            sleep 0.01
         done
     fi
     exit "$rc"
@@ -283,7 +290,7 @@ sleep_backoff() {
 # Python helpers (stdlib only; secrets only ever come in on stdin).
 
 read -r -d '' PYHELPER <<'PY' || true
-import hashlib, json, os, re, sys, tempfile
+import json, os, re, sys  # hashlib, tempfile: imported where used (7 ms of every start otherwise)
 
 def fail(msg, code=1):
     print(msg, file=sys.stderr)
@@ -348,18 +355,10 @@ def error_field():
     msg = re.sub(r"[^ -~]", "?", str(msg))[:200]
     print(msg if msg else "(no error message)")
 
-def realm_configured(domain, realm):
-    # stdin: `realm list` output (configured realms only). exit 0 when the domain is among them.
-    want = {f"domain-name: {domain.lower()}", f"realm-name: {realm.lower()}"}
-    for line in sys.stdin.read().splitlines():
-        if line.strip().lower() in want:
-            sys.exit(0)
-    sys.exit(1)
-
 def joined_realm(conf, keytab):
     # stdin: `realm list` output. stdout: domain and realm of this node's existing join, one per line;
     # exit 1 when the node is not joined. A realm realmd lists as configured counts; so does the on-disk
-    # join (realmd can hold a stale view, see realm_configured): an sssd [domain/D] section plus a host
+    # join (realmd can hold a stale view, see realm_configured in the shell): an sssd [domain/D] section plus a host
     # key NAME$@<realm of D> in the keytab.
     block = {}
     blocks = []
@@ -445,10 +444,12 @@ def computer_name(host):
     if len(host) <= 15:
         return
     prefix = re.sub(r"[^a-z0-9-]", "", host)[:6].rstrip("-") or "node"
+    import hashlib
     print(prefix + "-" + hashlib.sha256(host.encode()).hexdigest()[: 14 - len(prefix)])
 
 def write_atomic(path, text, like):
     st = os.stat(like) if like and os.path.exists(like) else None
+    import tempfile
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".pcluster-ad.")
     try:
         with os.fdopen(fd, "w") as f:
@@ -535,7 +536,7 @@ def daemon_opts(path):
 
 cmd, args = sys.argv[1], sys.argv[2:]
 {"sigv4-config": sigv4_config, "join-response": join_response, "error-field": error_field,
- "realm-configured": realm_configured, "computer-name": computer_name, "sssd-conf": sssd_conf,
+ "computer-name": computer_name, "sssd-conf": sssd_conf,
  "daemon-opts": daemon_opts, "joined-realm": joined_realm, "close-response": close_response,
  "imds-address": imds_address}[cmd](*args)
 PY
@@ -767,9 +768,21 @@ fetch_join_secret() {
 # ---------------------------------------------------------------------------------------------------
 # Join and sssd
 
+# realm_list_names_domain: stdin is `realm list` output (configured realms only); 0 when it names the domain.
+realm_list_names_domain() {
+    local line
+    while IFS= read -r line; do
+        line=${line#"${line%%[![:space:]]*}"}
+        line=${line%"${line##*[![:space:]]}"}
+        line=${line,,}
+        [[ $line == "domain-name: ${AD_DOMAIN,,}" || $line == "realm-name: ${AD_REALM,,}" ]] && return 0
+    done
+    return 1
+}
+
 realm_configured() {
     local out
-    if out=$(realm list 2>&1) && printf '%s\n' "$out" | pyhelper realm-configured "$AD_DOMAIN" "$AD_REALM"; then
+    if out=$(realm list 2>&1) && realm_list_names_domain <<<"$out"; then
         return 0
     fi
     # A realmd that was already running when the join wrote sssd.conf can keep a stale view (realm list
@@ -784,11 +797,15 @@ readonly REALM_HINT="(see the realm output above; 'No such realm found' or 'Disc
 COMPUTER_NAME=""
 
 do_join() {
-    local attempt left cap host computer
+    local attempt left cap host short computer
     local -a args
     # The computer account name (also what close_window reports).
     host=$(hostname 2>/dev/null || uname -n)
-    computer=$(pyhelper computer-name "$host")
+    computer=""
+    short=${host%%.*}
+    if [[ -z $COMPUTER_PREFIX || -z $INSTANCE_ID ]] && ((${#short} > 15)); then
+        computer=$(pyhelper computer-name "$host") # only a host name longer than NetBIOS allows needs one
+    fi
     if [[ -n $COMPUTER_PREFIX && -n $INSTANCE_ID ]]; then
         # Per cluster and per node (lambda_src/directory_admin.computer_name does the same): two clusters
         # on one directory never share a name, as host names from the same VPC CIDR would.
@@ -804,10 +821,7 @@ do_join() {
         COMPUTER_NAME=${host%%.*}
         COMPUTER_NAME=${COMPUTER_NAME^^}
     fi
-    if realm_configured; then
-        log "realm: $AD_DOMAIN is already configured on this node; skipping the join"
-        return 0
-    fi
+    # No "already configured?" check here: main calls do_join only when existing_join found no join.
     # --install=/ makes realmd assume the packages are installed (this script installed them) instead of
     # asking PackageKit, which may be absent: without it realm join fails with "Necessary packages are
     # not installed" (adlab pitfall 3), and with it realmd may reach for package repositories at boot.
@@ -852,9 +866,8 @@ do_join() {
 enable_mkhomedir() {
     local out
     if [[ $OS_FAMILY == debian ]]; then
-        log "pam: enabling mkhomedir (pam-auth-update)"
-        DEBIAN_FRONTEND=noninteractive pam-auth-update --enable mkhomedir </dev/null \
-            || die 9 "pam-auth-update --enable mkhomedir failed"
+        [[ -n $PAM_UPDATED ]] && return 0 # done while realm join ran (start_local_setup)
+        debian_pam_update || die 9 "pam-auth-update --enable mkhomedir failed"
     elif command -v authselect >/dev/null; then
         out=$(authselect current 2>&1 || true)
         if [[ $out == *"Profile ID: sssd"* ]]; then
@@ -944,6 +957,13 @@ readonly STATE_FILE=/var/lib/pcluster-ad/join-state
 
 existing_join() {
     local out found key value
+    # A fresh node: no sssd domain section, no host keytab, no Samba ADS configuration, so nothing that
+    # realmd could list as configured (its sssd and samba providers read exactly these). No realm list
+    # (it starts realmd: ~30 ms) and no Python start.
+    if ! grep -Eqis '^[[:space:]]*\[[[:space:]]*domain/' "$ROOT/etc/sssd/sssd.conf" && [[ ! -s $ROOT/etc/krb5.keytab ]] \
+        && ! grep -Eqis '^[[:space:]]*security[[:space:]]*=[[:space:]]*ads' "$ROOT/etc/samba/smb.conf"; then
+        return 1
+    fi
     out=$(realm list 2>/dev/null) || out=""
     found=$(printf '%s\n' "$out" | pyhelper joined-realm "$ROOT/etc/sssd/sssd.conf" "$ROOT/etc/krb5.keytab") || return 1
     AD_DOMAIN=${found%%$'\n'*}
@@ -1347,18 +1367,75 @@ sssd_cache_in_memory() {
 
 # Debian and Ubuntu's common-auth runs pam_cap, which resolves every group of the user again at each
 # login (1.7 s of a 5 s cold login for a user in 200 groups). It grants nothing unless
-# /etc/security/capability.conf says so: dropped only then.
-drop_unused_pam_cap() {
+# /etc/security/capability.conf says so: dropped only then. 0 when it can go.
+pam_cap_unused() {
     local conf="$ROOT/etc/security/capability.conf"
-    [[ $OS_FAMILY == debian ]] || return 0
-    grep -qs 'pam_cap\.so' "$ROOT/etc/pam.d/common-auth" || return 0
+    [[ $OS_FAMILY == debian ]] || return 1
+    grep -qs 'pam_cap\.so' "$ROOT/etc/pam.d/common-auth" || return 1
     if [[ -e $conf ]] && grep -Ev '^[[:space:]]*(#|$)' "$conf" | grep -Evq '^[[:space:]]*none[[:space:]]+\*[[:space:]]*$'; then
         log "pam: keeping pam_cap ($conf grants capabilities)"
-        return 0
+        return 1
     fi
     log "pam: dropping pam_cap from common-auth ($conf grants nothing)"
-    DEBIAN_FRONTEND=noninteractive pam-auth-update --disable capability </dev/null \
-        || log "WARNING: pam-auth-update --disable capability failed; logins stay slower"
+    return 0
+}
+
+# Debian family: both PAM changes in ONE pam-auth-update (each run rewrites every common-* file).
+debian_pam_update() {
+    local -a args=()
+    pam_cap_unused && args+=(--disable capability)
+    args+=(--enable mkhomedir)
+    log "pam: enabling mkhomedir (pam-auth-update ${args[*]})"
+    DEBIAN_FRONTEND=noninteractive pam-auth-update "${args[@]}" </dev/null && return 0
+    ((${#args[@]} > 2)) || return 1
+    log "WARNING: pam-auth-update ${args[*]} failed; enabling mkhomedir alone (pam_cap stays: logins stay slower)"
+    DEBIAN_FRONTEND=noninteractive pam-auth-update --enable mkhomedir </dev/null
+}
+
+# While realm join runs (mostly adcli waiting on the DC, ~0.8 s of fixed waits): the node-local setup that
+# neither needs the join nor is needed by it, in ONE background job: the admin sudoers drop-in, the ssh key
+# hook, sssd's cache on tmpfs and, on the Debian family, the PAM update. All of it is done before sssd
+# restarts with the domain (finish_local_setup). Safe to overlap: `realm join --install=/` neither starts
+# sssd nor touches PAM on the Debian family (realmd-distro.conf: sssd-enable-logins is empty); on the RHEL
+# family realm runs authselect itself, so enable_mkhomedir waits until after the join there.
+LOCAL_PID=""
+PAM_UPDATED=""
+start_local_setup() {
+    (
+        JOIN_PASSWORD="" # the job never needs it
+        unset -v JOIN_PASSWORD
+        configure_admin_access
+        install_ssh_key_hook
+        sssd_cache_in_memory
+        if [[ $OS_FAMILY == debian ]]; then
+            debian_pam_update || die 9 "pam-auth-update --enable mkhomedir failed"
+        fi
+    ) &
+    LOCAL_PID=$!
+}
+
+finish_local_setup() {
+    local pid=$LOCAL_PID rc=0
+    [[ -n $pid ]] || return 0
+    LOCAL_PID=""
+    wait "$pid" || rc=$?
+    ((rc == 0)) || exit "$rc" # the job logged its ERROR already
+    [[ $OS_FAMILY == debian ]] && PAM_UPDATED=1
+    return 0
+}
+
+# The close runs in the background from the moment realm join succeeded; the script waits for it at the end.
+CLOSE_PID=""
+start_close_window() {
+    close_window &
+    CLOSE_PID=$!
+}
+
+finish_close_window() {
+    local pid=$CLOSE_PID
+    [[ -n $pid ]] || return 0
+    CLOSE_PID=""
+    wait "$pid" || true # close_window never fails the boot
 }
 
 
@@ -1370,31 +1447,32 @@ main() {
     detect_os
     install_packages
     check_curl
-    if [[ $OS_FAMILY == debian ]]; then
+    # Only a DAEMON_OPTS line with -f needs the edit (Python starts only then).
+    if [[ $OS_FAMILY == debian ]] && grep -Es '^[[:space:]]*DAEMON_OPTS=' "$ROOT/etc/default/sssd" | grep -q -- '-f'; then
         pyhelper daemon-opts "$ROOT/etc/default/sssd" || die 9 "could not edit $ROOT/etc/default/sssd"
     fi
     if existing_join; then
         log "already joined to $AD_DOMAIN (realm $AD_REALM): no request to the join function"
         configure_access
         sssd_cache_in_memory
-        drop_unused_pam_cap
         configure_sssd
         verify_sssd
         check_access_groups
     else
         fetch_join_secret
-        configure_access # before realm join first starts sssd with the domain
-        sssd_cache_in_memory
-        drop_unused_pam_cap
+        configure_login_access # before realm join: sssd never runs with the domain without it
+        start_local_setup
         do_join
-        configure_login_access # again, in the domain section realm wrote, before sssd restarts
         JOIN_PASSWORD=""
         unset -v JOIN_PASSWORD
+        start_close_window
+        configure_login_access # again, in the domain section realm wrote, before sssd restarts
+        finish_local_setup
         configure_sssd
         verify_sssd
         write_state
         check_access_groups
-        close_window
+        finish_close_window
     fi
     if [[ -n $RESTRICT_IMDS ]]; then
         restrict_imds

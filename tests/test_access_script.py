@@ -128,8 +128,9 @@ def test_sssd_cache_unit_and_unused_pam_cap(box):
     dropin = box.root / "etc" / "systemd" / "system" / "sssd.service.d" / "50-pcluster-ad-cache-in-memory.conf"
     assert dropin.read_text() == "[Unit]\nRequiresMountsFor=/var/lib/sss/db\n"
     assert "the unit is written, nothing is mounted" in result.stdout  # under PCLUSTER_AD_ROOT
+    # ONE pam-auth-update for both changes (each run rewrites every common-* file).
     pam = [c["argv"] for c in box.calls("pam-auth-update")]
-    assert ["--disable", "capability"] in pam, pam
+    assert pam == [["--disable", "capability", "--enable", "mkhomedir"]], pam
 
 
 def test_pam_cap_is_kept_when_it_grants_something(box):
@@ -137,4 +138,4 @@ def test_pam_cap_is_kept_when_it_grants_something(box):
     result = join(box)
     assert result.rc == 0, result.output
     assert "pam: keeping pam_cap" in result.stdout
-    assert ["--disable", "capability"] not in [c["argv"] for c in box.calls("pam-auth-update")]
+    assert [c["argv"] for c in box.calls("pam-auth-update")] == [["--enable", "mkhomedir"]]

@@ -278,7 +278,7 @@ def test_join_on_disk_join_counts_without_realmd(sandbox):
     assert len(fn.fetches) == 1, fresh.output
 
 
-def test_join_closes_the_window_after_verifying(sandbox):
+def test_join_closes_the_window_once_realm_join_succeeded(sandbox):
     box = sandbox()
     with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
         result = run_join(box, imds, fn, "--timeout", "60")
@@ -290,7 +290,10 @@ def test_join_closes_the_window_after_verifying(sandbox):
     # Exactly the contract's body; the computer name adcli used: the short host name, upper-cased.
     assert close["body"] == b'{"joined": true, "computerName": "IP-10-0-0-12"}'
     out = result.stdout
-    assert out.index("verified: sssd is running") < out.index("join window: closing") < out.index("join window closed")
+    # The close starts once realm join succeeded (in the background, while sssd is configured and
+    # verified) and ends before the script does.
+    assert out.index("realm: joined test.domain") < out.index("join window: closing") < out.index("join window closed")
+    assert out.index("join window closed") < out.index("finished in")
     # Fresh IMDS credentials for the close: a token PUT after the credential request's.
     assert len([r for r in imds.requests if r[0] == "PUT"]) >= 2
     assert_secret_free(box, imds, result)
@@ -416,7 +419,24 @@ def test_join_rhel_family_installs_missing_packages_and_uses_authselect(sandbox)
                                                                                box.calls("authselect")]
     assert ["enable", "--now", "oddjobd.service"] in [c["argv"] for c in box.calls("systemctl")]
     assert not box.calls("pam-auth-update") and not box.calls("apt-get")
+    # realm runs authselect itself on this family: ours only after realm join has returned.
+    realm_join = next(c for c in box.calls("realm") if c["argv"][:1] == ["join"])
+    assert all(c["t"] > realm_join["t"] for c in box.calls("authselect"))
     assert not (box.root / "etc" / "default" / "sssd").exists()
+
+
+def test_join_debian_pam_update_failing_fails_clearly_after_one_retry_without_pam_cap(sandbox):
+    box = sandbox(pam_auth_update_rc=1)
+    (box.root / "etc" / "pam.d").mkdir(parents=True)
+    (box.root / "etc" / "pam.d" / "common-auth").write_text("auth optional pam_cap.so\n")
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        result = run_join(box, imds, fn)
+    assert result.rc == 9, result.output
+    assert [c["argv"] for c in box.calls("pam-auth-update")] == [
+        ["--disable", "capability", "--enable", "mkhomedir"], ["--enable", "mkhomedir"]]
+    assert "pam-auth-update --enable mkhomedir failed" in result.stdout
+    assert not [c for c in box.calls("systemctl") if c["argv"] == ["restart", "sssd"]]  # never got that far
+    assert_secret_free(box, imds, result)
 
 
 def test_join_rhel_keeps_existing_authselect_profile_features(sandbox):
@@ -516,6 +536,10 @@ def test_join_sssd_not_running_after_join_fails_clearly(sandbox):
     assert "sssd is not running after the join" in result.stdout
     assert result.elapsed < 6 + 4
     assert [c for c in box.calls("realm") if c["argv"][:1] == ["join"]]
+    # The join itself succeeded: the window is closed all the same (a re-run finds the join on disk and
+    # asks nothing), and the script waited for the close before it ended.
+    assert len(fn.closes) == 1 and "join window closed" in result.stdout
+    assert result.stdout.index("join window closed") < result.stdout.index("FAILED with exit code 9")
 
 
 def test_join_sssd_restarted_once_more_when_it_did_not_come_up(sandbox):

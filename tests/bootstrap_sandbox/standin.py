@@ -274,9 +274,11 @@ def main() -> int:
         return 0
     if name == "sshd":
         return sshd(args)
+    if name == "pam-auth-update":
+        return int(SCENARIO.get("pam_auth_update_rc", 0))
     if name in ("iptables", "ip6tables"):
         return 1 if "-C" in args else 0  # record only; -C (check): the rule is not there yet
-    return 0  # pam-auth-update, adcli, kinit, oddjobd, authconfig, sssd: record only
+    return 0  # adcli, kinit, oddjobd, authconfig, sssd: record only
 
 
 if __name__ == "__main__":
