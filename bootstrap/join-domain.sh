@@ -782,14 +782,15 @@ realm_list_names_domain() {
 
 realm_configured() {
     local out
-    if out=$(realm list 2>&1) && realm_list_names_domain <<<"$out"; then
+    # The on-disk state of a join first, sssd's domain section plus this host's key in the keytab: what
+    # realmd itself reads (realm list starts a realmd: ~30 ms), and right also when a realmd that was
+    # already running when the join wrote sssd.conf keeps a stale view (realm list empty, realm join
+    # "Already joined"; seen with realmd 0.17.1 in tests/adlab).
+    if grep -qiF "[domain/$AD_DOMAIN]" "$ROOT/etc/sssd/sssd.conf" 2>/dev/null \
+        && klist -k "$ROOT/etc/krb5.keytab" 2>/dev/null | grep -qiF "\$@$AD_REALM"; then
         return 0
     fi
-    # A realmd that was already running when the join wrote sssd.conf can keep a stale view (realm list
-    # empty, realm join "Already joined"; seen with realmd 0.17.1 in tests/adlab): the on-disk state of
-    # a join, sssd's domain section plus this host's key in the keytab, counts as well.
-    grep -qiF "[domain/$AD_DOMAIN]" "$ROOT/etc/sssd/sssd.conf" 2>/dev/null \
-        && klist -k "$ROOT/etc/krb5.keytab" 2>/dev/null | grep -qiF "\$@$AD_REALM"
+    out=$(realm list 2>&1) && realm_list_names_domain <<<"$out"
 }
 
 # The hint for every realm-join failure, the deadline included (issue 9 finding 8).
