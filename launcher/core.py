@@ -87,8 +87,9 @@ _UNSUPPORTED_RE = re.compile(
 )
 
 
-# LOGIN_NODES_POOL_STOP / LOGIN_NODES_STOP refusals (pcluster/config/update_policy.py FAIL_REASONS); the
-# combined "compute or login nodes" one is left to the operator.
+# LOGIN_NODES_POOL_STOP / LOGIN_NODES_STOP refusals (pcluster/config/update_policy.py FAIL_REASONS). The combined
+# "compute or login nodes" one (COMPUTE_AND_LOGIN_NODES_STOP) cannot come from this product's changes: no field it
+# renders carries that policy (tests/test_update_policy.py); from anyone else's it is reported, not fixed.
 _LOGIN_STOP_RE = re.compile(r"not supported when login nodes (?:in (?P<pool>\S+) )?are running", re.IGNORECASE)
 
 

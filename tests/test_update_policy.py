@@ -272,3 +272,30 @@ def test_inputs_left_out_of_the_triggers_only_reach_in_place_fields():
         assert replacement_view(config(**other)) == base, other
     for used in (dict(public="subnet-z"), dict(uri="s3://c/x"), dict(home="fs-2")):
         assert replacement_view(config(**used)) != base, used
+
+
+def _paths(node, prefix: str = ""):
+    """Every key path of a rendered config, list elements as `[]` (the snapshot's spelling)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            path = f"{prefix}.{key}" if prefix else key
+            yield path
+            yield from _paths(value, path)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _paths(value, prefix + "[]")
+
+
+def test_no_rendered_field_needs_compute_and_login_nodes_stopped_at_once(table):
+    """The launcher stops login pools or the compute fleet as ParallelCluster asks, never both at once: so no field
+    the product renders may carry COMPUTE_AND_LOGIN_NODES_STOP ("not supported when compute or login nodes are
+    running"; DirectoryService, MungeKeySecretArn, DisableSudoAccessForDefaultUser), in any row of the table
+    (login pools and multi-type queues included)."""
+    fields = json.loads(SNAPSHOT.read_text())["fields"]
+    combined = {path for path, entry in fields.items() if entry.get("policy") == "COMPUTE_AND_LOGIN_NODES_STOP"}
+    assert "DirectoryService.DomainName" in combined  # the snapshot knows the policy, so this test can fail
+    rendered: set[str] = set()
+    for row in table:
+        rendered |= set(_paths(row["base"])) | set(_paths(row["target"]))
+    assert "LoginNodes.Pools[].Count" in rendered
+    assert not rendered & combined, sorted(rendered & combined)
