@@ -8,10 +8,12 @@ tests FAIL (never skip) and say what to do.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
 import warnings
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -82,17 +84,23 @@ class Chain:
         return self.runs[node.key].wait()
 
 
-@pytest.fixture(scope="module")
-def lab():
+@contextlib.contextmanager
+def running_lab(*, services: bool = True, after_start: Callable[[Lab], None] | None = None,
+                client: bool = True) -> Iterator[Lab]:
+    """The one life cycle of a lab in tests/adlab: preflight, bring-up (`after_start` runs right after the DC
+    and, with `services`, the AWS stand-ins are up), the lab's users and groups, an ssh client host (`client`);
+    then teardown, and the check that nothing of the lab is left (processes, namespaces, mounts, bridges, links)."""
     lab_preflight()
     t0 = time.monotonic()
     lab = Lab()
     try:
         try:
-            lab.start()
+            lab.start(services=services)
+            if after_start is not None:
+                after_start(lab)
         except LabError as exc:
             pytest.fail(f"AD lab did not come up: {exc}", pytrace=False)
-        if lab.services_info.get("handler_error"):
+        if services and lab.services_info.get("handler_error"):
             pytest.fail(f"the join handler cannot be loaded:\n{lab.services_info['handler_error']}", pytrace=False)
         t1 = time.monotonic()
         lab.populate(
@@ -102,14 +110,20 @@ def lab():
             }
         )
         lab.timings["users_s"] = round(time.monotonic() - t1, 2)
-        lab.add_client()
+        if client:
+            lab.add_client()
         lab.timings["lab_up_s"] = round(time.monotonic() - t0, 2)
         yield lab
     finally:
         left = lab.teardown()
         print(f"\nadlab timings: {lab.timings}; teardown left: {left or 'nothing'}")
-    # Final check: nothing of the lab is left (processes, namespaces, mounts, bridges, links).
     assert not left, f"the AD lab left things behind: {left}"
+
+
+@pytest.fixture(scope="module")
+def lab():
+    with running_lab() as lab:
+        yield lab
 
 
 @pytest.fixture(scope="module")

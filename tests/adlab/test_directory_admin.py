@@ -26,7 +26,7 @@ import pytest
 
 from lambda_src.directory_admin import computer_name, computer_prefix
 
-from .conftest import GROUPS, USERS, describe, lab_preflight
+from .conftest import describe, running_lab
 from .lab import HERE, REPO, SSH_OPTS, Lab, LabError, lab_python
 
 pytestmark = pytest.mark.adlab
@@ -193,21 +193,8 @@ def user_event(name: str, action: str = "create", prev: dict | None = None, **kw
 def lab():
     """The lab of tests/adlab/conftest.py, with two differences: the DC allows simple binds (as Simple AD
     does), and the lab's join-function stand-in starts only once the stack's join account exists (env)."""
-    lab_preflight()
-    lab = Lab()
-    try:
-        try:
-            lab.start(services=False)
-            allow_simple_binds(lab)
-        except LabError as exc:
-            pytest.fail(f"AD lab did not come up: {exc}", pytrace=False)
-        lab.populate({"users": [{"name": u, "password": p} for u, p in USERS.items()],
-                      "groups": [{"name": g, "members": m} for g, m in GROUPS.items()]})
+    with running_lab(services=False, after_start=allow_simple_binds, client=False) as lab:
         yield lab
-    finally:
-        left = lab.teardown()
-        print(f"\nadlab timings: {lab.timings}; teardown left: {left or 'nothing'}")
-    assert not left, f"the AD lab left things behind: {left}"
 
 
 @pytest.fixture(scope="module")
