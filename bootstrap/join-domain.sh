@@ -15,12 +15,12 @@
 #      never argv; bounded retries with exponential backoff and jitter, all within --timeout (default
 #      600 s) counted from the start of the script; HTTP 403 is final (the node's join window is
 #      closed, or the node is no node of this cluster);
-#   3b. access and speed, all BEFORE realm join first starts sssd with the domain (so no moment in which any
-#      AD user may log in): with allowed groups (baked by the stack, or --allowed-groups), an sssd conf.d
-#      snippet that admits only their members (simple access provider, nested groups count); with admin
-#      groups, a sudoers drop-in checked by visudo first; a pam_exec hook that gives AD users an ssh key
-#      between nodes at their first ssh login; sssd's cache on tmpfs. After the join: groups that do not
-#      resolve are logged as WARNINGs;
+#   3b. access and speed, all before sssd first runs with the domain (so no moment in which any AD user may
+#      log in): with allowed groups (baked by the stack, or --allowed-groups), an sssd conf.d snippet that
+#      admits only their members (simple access provider, nested groups count), written before realm join;
+#      with admin groups, a sudoers drop-in checked by visudo first; a pam_exec hook that gives AD users an
+#      ssh key between nodes at their first ssh login; sssd's cache on tmpfs (these three while realm join
+#      runs, step 4). After the join: groups that do not resolve are logged as WARNINGs;
 #   4. `realm join` (the password on stdin only), each attempt capped at min(remaining, 120 s) so that a
 #      hanging join is retried. On the Debian family, ONE pam-auth-update (home directories created at
 #      first login; pam_cap dropped when it grants nothing) runs meanwhile: realmd leaves PAM alone there,
@@ -1140,8 +1140,9 @@ restrict_imds() {
 # ---------------------------------------------------------------------------------------------------
 # Access control (pcluster-ad:access): who may log in and who gets sudo, the same on every node; and
 # ssh between nodes without a password for AD users (MPI). Applied BEFORE sssd first runs with the
-# domain (realm join starts it) and again before every sssd restart: there is no moment in which
-# every AD user may log in.
+# domain (this script starts it after the join; the allowed-groups snippet is written even before realm
+# join, in case a realmd starts sssd itself) and again before every sssd restart: there is no moment in
+# which every AD user may log in.
 
 readonly ACCESS_CONF=/etc/sssd/conf.d/50-pcluster-ad-access.conf
 readonly SUDOERS_FILE=/etc/sudoers.d/50-pcluster-ad-admins
