@@ -15,12 +15,12 @@
 #      never argv; bounded retries with exponential backoff and jitter, all within --timeout (default
 #      600 s) counted from the start of the script; HTTP 403 is final (the node's join window is
 #      closed, or the node is no node of this cluster);
-#   3b. access and speed, all before sssd first runs with the domain (so no moment in which any AD user may
-#      log in): with allowed groups (baked by the stack, or --allowed-groups), an sssd conf.d snippet that
-#      admits only their members (simple access provider, nested groups count), written before realm join;
-#      with admin groups, a sudoers drop-in checked by visudo first; a pam_exec hook that gives AD users an
-#      ssh key between nodes at their first ssh login; sssd's cache on tmpfs (these three while realm join
-#      runs, step 4). After the join: groups that do not resolve are logged as WARNINGs;
+#   3b. access and speed, all BEFORE realm join, which restarts sssd with the domain at its end (so no moment
+#      in which any AD user may log in): with allowed groups (baked by the stack, or --allowed-groups), an
+#      sssd conf.d snippet that admits only their members (simple access provider, nested groups count); with
+#      admin groups, a sudoers drop-in checked by visudo first; a pam_exec hook that gives AD users an ssh key
+#      between nodes at their first ssh login; sssd's cache on tmpfs. After the join: groups that do not
+#      resolve are logged as WARNINGs;
 #   4. `realm join` (the password on stdin only), each attempt capped at min(remaining, 120 s) so that a
 #      hanging join is retried. On the Debian family, ONE pam-auth-update (home directories created at
 #      first login; pam_cap dropped when it grants nothing) runs meanwhile: realmd leaves PAM alone there,
@@ -1140,8 +1140,7 @@ restrict_imds() {
 # ---------------------------------------------------------------------------------------------------
 # Access control (pcluster-ad:access): who may log in and who gets sudo, the same on every node; and
 # ssh between nodes without a password for AD users (MPI). Applied BEFORE sssd first runs with the
-# domain (this script starts it after the join; the allowed-groups snippet is written even before realm
-# join, in case a realmd starts sssd itself) and again before every sssd restart: there is no moment in
+# domain (realm join restarts it at its end) and again before every sssd restart: there is no moment in
 # which every AD user may log in.
 
 readonly ACCESS_CONF=/etc/sssd/conf.d/50-pcluster-ad-access.conf
@@ -1394,24 +1393,19 @@ debian_pam_update() {
     DEBIAN_FRONTEND=noninteractive pam-auth-update --enable mkhomedir </dev/null
 }
 
-# While realm join runs (mostly adcli waiting on the DC, ~0.8 s of fixed waits): the node-local setup that
-# neither needs the join nor is needed by it, in ONE background job: the admin sudoers drop-in, the ssh key
-# hook, sssd's cache on tmpfs and, on the Debian family, the PAM update. All of it is done before sssd
-# restarts with the domain (finish_local_setup). Safe to overlap: `realm join --install=/` neither starts
-# sssd nor touches PAM on the Debian family (realmd-distro.conf: sssd-enable-logins is empty); on the RHEL
-# family realm runs authselect itself, so enable_mkhomedir waits until after the join there.
+# While realm join runs (mostly adcli waiting on the DC, ~0.8 s of fixed waits): the Debian family's PAM update
+# (~0.1 s), in the background. Safe to overlap there: realmd leaves PAM alone on that family
+# (realmd-distro.conf: sssd-enable-logins is empty). Everything else that must be in place when realm join
+# restarts sssd at its end (access files, ssh key hook, the cache on tmpfs) is done before the join, in the
+# foreground. On the RHEL family realm runs authselect itself, so enable_mkhomedir waits until after the join.
 LOCAL_PID=""
 PAM_UPDATED=""
 start_local_setup() {
+    [[ $OS_FAMILY == debian ]] || return 0
     (
         JOIN_PASSWORD="" # the job never needs it
         unset -v JOIN_PASSWORD
-        configure_admin_access
-        install_ssh_key_hook
-        sssd_cache_in_memory
-        if [[ $OS_FAMILY == debian ]]; then
-            debian_pam_update || die 9 "pam-auth-update --enable mkhomedir failed"
-        fi
+        debian_pam_update || die 9 "pam-auth-update --enable mkhomedir failed"
     ) &
     LOCAL_PID=$!
 }
@@ -1422,7 +1416,7 @@ finish_local_setup() {
     LOCAL_PID=""
     wait "$pid" || rc=$?
     ((rc == 0)) || exit "$rc" # the job logged its ERROR already
-    [[ $OS_FAMILY == debian ]] && PAM_UPDATED=1
+    PAM_UPDATED=1
     return 0
 }
 
@@ -1462,7 +1456,8 @@ main() {
         check_access_groups
     else
         fetch_join_secret
-        configure_login_access # before realm join: sssd never runs with the domain without it
+        configure_access # before realm join, which restarts sssd with the domain at its end
+        sssd_cache_in_memory
         start_local_setup
         do_join
         JOIN_PASSWORD=""

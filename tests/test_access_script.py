@@ -47,16 +47,16 @@ def join(box: Sandbox, *extra: str, script: Path = JOIN_SCRIPT):
                        box.env(imds.url))
 
 
-def test_access_files_are_in_place_before_sssd_runs_with_the_domain(box):
+def test_access_files_are_written_before_realm_join(box):
     result = join(box, "--allowed-groups", " hpc-users ,Domain Admins,, ", "--admin-groups",
                   "Domain Admins,R&D (old) #1!")
     assert result.rc == 0, result.output
     out = result.stdout
-    # The allowed groups even before realm join; the sudoers drop-in (written while realm join runs) before
-    # the script starts sssd with the domain.
+    # realm join restarts sssd with the domain at its end: every access file is in place before it starts.
     assert out.index("access: only members of these AD groups may log in: hpc-users, Domain Admins") \
         < out.index("realm: joining test.domain")
-    assert out.index("access: sudo (with password) for members of: Domain Admins") < out.index("sssd: restarting")
+    assert out.index("access: sudo (with password) for members of: Domain Admins") < out.index("realm: joining")
+    assert out.index("access: AD users get an ssh key between nodes") < out.index("realm: joining")
     conf = box.root / ACCESS
     assert conf.read_text().splitlines()[1:] == ["[domain/test.domain]", "access_provider = simple",
                                                  "simple_allow_groups = hpc-users, Domain Admins"]
