@@ -242,8 +242,8 @@ on_exit() {
     JOIN_PASSWORD=""
     SIGV4_CONFIG=""
     unset -v JOIN_PASSWORD SIGV4_CONFIG
-    # Background work (start_local_setup, start_close_window) finishes and logs before the last line.
-    [[ -n $LOCAL_PID ]] && wait "$LOCAL_PID"
+    # Background work (start_pam_update, start_close_window) finishes and logs before the last line.
+    [[ -n $PAM_PID ]] && wait "$PAM_PID"
     [[ -n $CLOSE_PID ]] && wait "$CLOSE_PID"
     if [[ -n $LOGGER_PID ]]; then
         if ((rc == 0)); then
@@ -798,15 +798,11 @@ readonly REALM_HINT="(see the realm output above; 'No such realm found' or 'Disc
 COMPUTER_NAME=""
 
 do_join() {
-    local attempt left cap host short computer
+    local attempt left cap host short computer="" why=""
     local -a args
     # The computer account name (also what close_window reports).
     host=$(hostname 2>/dev/null || uname -n)
-    computer=""
     short=${host%%.*}
-    if [[ -z $COMPUTER_PREFIX || -z $INSTANCE_ID ]] && ((${#short} > 15)); then
-        computer=$(pyhelper computer-name "$host") # only a host name longer than NetBIOS allows needs one
-    fi
     if [[ -n $COMPUTER_PREFIX && -n $INSTANCE_ID ]]; then
         # Per cluster and per node (lambda_src/directory_admin.computer_name does the same): two clusters
         # on one directory never share a name, as host names from the same VPC CIDR would.
@@ -814,14 +810,15 @@ do_join() {
         computer=${COMPUTER_PREFIX}${computer%% *}
         computer=${computer^^}
         computer=${computer:0:15}
-        COMPUTER_NAME=$computer
-    elif [[ -n $computer ]]; then
-        COMPUTER_NAME=${computer^^}
-    else
-        # adcli's default: the short host name, upper-cased.
-        COMPUTER_NAME=${host%%.*}
-        COMPUTER_NAME=${COMPUTER_NAME^^}
+        why="realm: computer account name $computer (prefix $COMPUTER_PREFIX, instance $INSTANCE_ID)"
+    elif ((${#short} > 15)); then
+        # Only a host name longer than NetBIOS allows needs a name of ours.
+        computer=$(pyhelper computer-name "$host")
+        why="realm: host name '$host' is longer than 15 characters: computer account name $computer"
     fi
+    # Otherwise adcli's default: the short host name, upper-cased.
+    COMPUTER_NAME=${computer:-$short}
+    COMPUTER_NAME=${COMPUTER_NAME^^}
     # No "already configured?" check here: main calls do_join only when existing_join found no join.
     # --install=/ makes realmd assume the packages are installed (this script installed them) instead of
     # asking PackageKit, which may be absent: without it realm join fails with "Necessary packages are
@@ -829,11 +826,8 @@ do_join() {
     args=(join --verbose --install=/ --client-software=sssd --membership-software=adcli -U "$JOIN_USER")
     # The cluster's OU: where the stack's join account may create computer objects (DirectoryAdmin).
     [[ -z $COMPUTER_OU ]] || args+=("--computer-ou=$COMPUTER_OU")
-    if [[ -n $COMPUTER_PREFIX && -n $INSTANCE_ID ]]; then
-        log "realm: computer account name $computer (prefix $COMPUTER_PREFIX, instance $INSTANCE_ID)"
-        args+=("--computer-name=$computer")
-    elif [[ -n $computer ]]; then
-        log "realm: host name '$host' is longer than 15 characters: computer account name $computer"
+    if [[ -n $computer ]]; then
+        log "$why"
         args+=("--computer-name=$computer")
     fi
     args+=("$AD_DOMAIN")
@@ -867,7 +861,7 @@ do_join() {
 enable_mkhomedir() {
     local out
     if [[ $OS_FAMILY == debian ]]; then
-        [[ -n $PAM_UPDATED ]] && return 0 # done while realm join ran (start_local_setup)
+        [[ -n $PAM_UPDATED ]] && return 0 # done while realm join ran (start_pam_update)
         debian_pam_update || die 9 "pam-auth-update --enable mkhomedir failed"
     elif command -v authselect >/dev/null; then
         out=$(authselect current 2>&1 || true)
@@ -1398,22 +1392,22 @@ debian_pam_update() {
 # (realmd-distro.conf: sssd-enable-logins is empty). Everything else that must be in place when realm join
 # restarts sssd at its end (access files, ssh key hook, the cache on tmpfs) is done before the join, in the
 # foreground. On the RHEL family realm runs authselect itself, so enable_mkhomedir waits until after the join.
-LOCAL_PID=""
+PAM_PID=""
 PAM_UPDATED=""
-start_local_setup() {
+start_pam_update() {
     [[ $OS_FAMILY == debian ]] || return 0
     (
         JOIN_PASSWORD="" # the job never needs it
         unset -v JOIN_PASSWORD
         debian_pam_update || die 9 "pam-auth-update --enable mkhomedir failed"
     ) &
-    LOCAL_PID=$!
+    PAM_PID=$!
 }
 
-finish_local_setup() {
-    local pid=$LOCAL_PID rc=0
+finish_pam_update() {
+    local pid=$PAM_PID rc=0
     [[ -n $pid ]] || return 0
-    LOCAL_PID=""
+    PAM_PID=""
     wait "$pid" || rc=$?
     ((rc == 0)) || exit "$rc" # the job logged its ERROR already
     PAM_UPDATED=1
@@ -1458,13 +1452,13 @@ main() {
         fetch_join_secret
         configure_access # before realm join, which restarts sssd with the domain at its end
         sssd_cache_in_memory
-        start_local_setup
+        start_pam_update
         do_join
         JOIN_PASSWORD=""
         unset -v JOIN_PASSWORD
         start_close_window
         configure_login_access # again, in the domain section realm wrote, before sssd restarts
-        finish_local_setup
+        finish_pam_update
         configure_sssd
         verify_sssd
         write_state

@@ -20,7 +20,7 @@ import yaml
 from tests.conftest import ROOT
 from tools.mocks import PlanMocks
 from tools.pcluster_schema import pcluster_python
-from update_policy import SNAPSHOT, needs_replacement, replacement_view
+from update_policy import SNAPSHOT, needs_replacement, replacement_view, snapshot
 
 NEW_URL = "https://newfunctionurl0000000000000000.lambda-url.eu-west-1.on.aws/"
 
@@ -291,8 +291,8 @@ def test_no_rendered_field_needs_compute_and_login_nodes_stopped_at_once(table):
     the product renders may carry COMPUTE_AND_LOGIN_NODES_STOP ("not supported when compute or login nodes are
     running"; DirectoryService, MungeKeySecretArn, DisableSudoAccessForDefaultUser), in any row of the table
     (login pools and multi-type queues included)."""
-    fields = json.loads(SNAPSHOT.read_text())["fields"]
-    combined = {path for path, entry in fields.items() if entry.get("policy") == "COMPUTE_AND_LOGIN_NODES_STOP"}
+    combined = {path for path, entry in snapshot()["fields"].items()
+                if entry.get("policy") == "COMPUTE_AND_LOGIN_NODES_STOP"}
     assert "DirectoryService.DomainName" in combined  # the snapshot knows the policy, so this test can fail
     rendered: set[str] = set()
     for row in table:
