@@ -92,7 +92,13 @@ def render(inputs: ClusterConfigInputs) -> dict:
 
     home: dict = {"MountDir": "/home", "Name": "home", "StorageType": inputs.home.type}
     if inputs.home.type == "Efs":
-        home["EfsSettings"] = {"FileSystemId": inputs.home.id}
+        # Mounted over TLS (efs-utils' stunnel) with the node role's IAM identity: the file system policy
+        # (components/home_storage.py) admits only this cluster's node roles, and only over TLS. ParallelCluster
+        # adds elasticfilesystem:ClientMount/ClientWrite/ClientRootAccess on this file system to each node role
+        # it creates when IamAuthorization is set (EfsMountOptionsValidator: IamAuthorization needs
+        # EncryptionInTransit). Both are UNSUPPORTED updates: changing them replaces the cluster.
+        home["EfsSettings"] = {"FileSystemId": inputs.home.id, "EncryptionInTransit": True,
+                               "IamAuthorization": True}
     else:
         home["EbsSettings"] = {"VolumeId": inputs.home.id}
 

@@ -137,6 +137,7 @@ def pulumi_program() -> None:
     role = ClusterRole("cluster-role", ClusterRoleArgs(
         join_invoke_policy_arn=join_function.invoke_policy_arn,
         bootstrap_bucket_arn=scripts.bucket_arn,
+        bucket_account_id=account_id,  # nodes read the scripts from a bucket of this account only
         tags=tags,
     ))
     home = HomeStorage("home", HomeStorageArgs(
@@ -147,6 +148,7 @@ def pulumi_program() -> None:
         size_gib=settings.cluster.home_storage.size_gib,
         ebs_availability_zone=_head_node_az(settings, azs) if settings.cluster.home_storage.type == "Ebs" else None,
         existing_id=settings.cluster.home_storage.existing_id,
+        cluster_name=settings.cluster.name,  # the EFS file system policy admits this cluster's node roles only
         tags=tags,
     ))
     cluster = ClusterLauncher("cluster", ClusterLauncherArgs(
@@ -189,6 +191,9 @@ def pulumi_program() -> None:
         # `aws ssm get-parameter --with-decryption --name <...>`: each declared user's first password.
         pulumi.export("userInitialPasswordParameters", directory_admin.initial_password_parameters)
     pulumi.export("homeStorageId", home.storage_id)
+    if home.file_system_policy is not None:
+        # On the stack's own EFS already; for an adopted one (fileSystemId), apply it: README "Home storage".
+        pulumi.export("homeFileSystemPolicy", home.file_system_policy)
     pulumi.export("clusterName", cluster.cluster_name)
     pulumi.export("clusterStatus", cluster.status)
     pulumi.export("headNodePublicIp", cluster.head_node_public_ip)

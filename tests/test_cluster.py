@@ -33,8 +33,35 @@ def test_node_policies_are_least_privilege(run_stack):
     assert sorted(a for st in invoke for a in st["Action"]) == ["lambda:InvokeFunction", "lambda:InvokeFunctionUrl"]
     assert all(st["Resource"] == [f"<after-deploy:{function.name}.arn>"] for st in invoke)
     scripts = policy_of(g.named("cluster-role-scripts-policy"))["Statement"]
-    assert scripts == [{"Sid": "ReadBootstrapScripts", "Effect": "Allow", "Action": "s3:GetObject",
-                        "Resource": "<after-deploy:bootstrap-bucket.arn>/bootstrap/*"}]
+    prefix = "<after-deploy:bootstrap-bucket.arn>/bootstrap/*"
+    assert scripts == [
+        {"Sid": "ReadBootstrapScripts", "Effect": "Allow", "Action": "s3:GetObject", "Resource": prefix,
+         "Condition": {"StringEquals": {"s3:ResourceAccount": "<after-deploy:account-id>"}}},
+        {"Sid": "DenyBootstrapScriptsFromOtherAccounts", "Effect": "Deny", "Action": "s3:GetObject",
+         "Resource": prefix, "Condition": {"StringNotEquals": {"s3:ResourceAccount": "<after-deploy:account-id>"}}},
+    ]
+
+
+def test_scripts_are_read_from_a_bucket_of_this_account_only(run_stack):
+    """The bucket name is fixed per account/region/stack, so another account may own a bucket of that name: the
+    nodes' only S3 read of the scripts carries s3:ResourceAccount = the deploying account, and a Deny for any other
+    account wins over whatever else a site attaches. ParallelCluster's Iam.S3Access (bucket and key only, no
+    condition) is not used, so no other grant on the bucket name reaches the nodes."""
+    from components.cluster_role import scripts_policy
+
+    g = run_stack()
+    (allow, deny) = policy_of(g.named("cluster-role-scripts-policy"))["Statement"]
+    bucket = g.named("bootstrap-bucket").inputs["bucket"]
+    assert "<after-deploy:account-id>" in bucket  # the name is derived from the account: it can be squatted
+    assert allow["Condition"]["StringEquals"]["s3:ResourceAccount"] == "<after-deploy:account-id>"
+    assert deny["Effect"] == "Deny" and deny["Resource"] == allow["Resource"]
+    assert deny["Condition"] == {"StringNotEquals": {"s3:ResourceAccount": "<after-deploy:account-id>"}}
+    config = yaml.safe_load(g.outputs["clusterConfig"])
+    assert "S3Access" not in json.dumps(config)
+    # The account id that reaches the policy is the one given, not a constant.
+    other = scripts_policy("arn:aws:s3:::b/bootstrap/*", "210987654321")["Statement"]
+    assert {st["Condition"][op]["s3:ResourceAccount"] for st, op in zip(other, ("StringEquals", "StringNotEquals"))
+            } == {"210987654321"}
 
 
 def test_bootstrap_bucket_is_private_encrypted_versioned_tls_only(run_stack):
@@ -84,8 +111,67 @@ def test_home_efs_outlives_the_cluster_and_admits_only_cluster_nodes(run_stack):
                         "securityGroups": ["<after-deploy:home-clients.id>"], "description": "NFS from cluster nodes"}]
     config = yaml.safe_load(g.outputs["clusterConfig"])
     assert config["SharedStorage"] == [{"MountDir": "/home", "Name": "home", "StorageType": "Efs",
-                                        "EfsSettings": {"FileSystemId": "<after-deploy:home-efs.id>"}}]
+                                        "EfsSettings": {"FileSystemId": "<after-deploy:home-efs.id>",
+                                                        "EncryptionInTransit": True, "IamAuthorization": True}}]
     assert config["HeadNode"]["Networking"]["AdditionalSecurityGroups"] == ["<after-deploy:home-clients.id>"]
+
+
+CLIENT_ACTIONS = ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite",
+                  "elasticfilesystem:ClientRootAccess"]
+
+
+def _statements(policy: dict) -> dict[str, dict]:
+    return {st["Sid"]: st for st in policy["Statement"]}
+
+
+def test_home_efs_policy_admits_only_this_clusters_node_roles_over_tls(run_stack):
+    g = run_stack()
+    name = g.named("cluster-pcluster").inputs["create"].split("--cluster-name ")[1].split()[0]
+    (fs_policy,) = g.of_type("aws:efs/fileSystemPolicy:FileSystemPolicy")
+    assert fs_policy.name == "home-policy" and g.parent_name(fs_policy) == "home"
+    assert fs_policy.inputs["fileSystemId"] == "<after-deploy:home-efs.id>"
+    assert not fs_policy.options["retainOnDelete"]  # `destroy` takes it with the mount targets
+    policy = json.loads(fs_policy.inputs["policy"])
+    sts = _statements(policy)
+    assert set(sts) == {"DenyWithoutTls", "DenyAllButClusterNodes", "AllowClusterNodes"}
+    fs_arn = "<after-deploy:home-efs.arn>"
+    assert all(st["Resource"] == fs_arn and st["Principal"] == {"AWS": "*"} for st in sts.values())
+    # Nothing without TLS, whatever the action or principal.
+    assert sts["DenyWithoutTls"]["Effect"] == "Deny" and sts["DenyWithoutTls"]["Action"] == "*"
+    assert sts["DenyWithoutTls"]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    # NFS access: the roles ParallelCluster creates for THIS cluster's nodes (IAM path /parallelcluster/<name>/).
+    pattern = f"arn:aws:iam::<after-deploy:account-id>:role/parallelcluster/{name}/*"
+    assert sts["AllowClusterNodes"]["Effect"] == "Allow"
+    assert sts["AllowClusterNodes"]["Action"] == CLIENT_ACTIONS  # root: the head node's cookbook, pam_mkhomedir
+    assert sts["AllowClusterNodes"]["Condition"] == {"ArnLike": {"aws:PrincipalArn": pattern}}
+    # ... and nobody else: an Allow alone would still admit same-account principals with their own grants.
+    assert sts["DenyAllButClusterNodes"]["Effect"] == "Deny"
+    assert sts["DenyAllButClusterNodes"]["Action"] == CLIENT_ACTIONS
+    assert sts["DenyAllButClusterNodes"]["Condition"] == {"ArnNotLike": {"aws:PrincipalArn": pattern}}
+    # The cluster starts only once the policy is in place, and the output shows the same document.
+    assert "home-policy" in g.dependency_names(g.named("cluster-pcluster"))
+    assert json.loads(g.outputs["homeFileSystemPolicy"]) == policy
+
+
+def test_home_efs_policy_follows_the_cluster_name(run_stack):
+    g = run_stack(lambda c: c["pcluster-ad:cluster"].update(name="other-hpc"))
+    (fs_policy,) = g.of_type("aws:efs/fileSystemPolicy:FileSystemPolicy")
+    sts = _statements(json.loads(fs_policy.inputs["policy"]))
+    assert sts["AllowClusterNodes"]["Condition"]["ArnLike"]["aws:PrincipalArn"].endswith(
+        ":role/parallelcluster/other-hpc/*")
+
+
+def test_adopted_home_file_system_gets_no_policy_but_the_document_to_apply(run_stack):
+    """An adopted file system may be shared and has ONE policy: the stack neither overwrites it nor (on destroy)
+    deletes it. The output carries the document for that file system's ARN, for `aws efs put-file-system-policy`."""
+    g = run_stack(lambda c: c["pcluster-ad:cluster"]["homeStorage"].update(fileSystemId="fs-0123456789abcdef0"))
+    assert not g.of_type("aws:efs/fileSystemPolicy:FileSystemPolicy")
+    policy = json.loads(g.outputs["homeFileSystemPolicy"])
+    assert {st["Resource"] for st in policy["Statement"]} == {
+        "arn:aws:elasticfilesystem:eu-west-1:<after-deploy:account-id>:file-system/fs-0123456789abcdef0"}
+    config = yaml.safe_load(g.outputs["clusterConfig"])
+    assert config["SharedStorage"][0]["EfsSettings"] == {"FileSystemId": "fs-0123456789abcdef0",
+                                                         "EncryptionInTransit": True, "IamAuthorization": True}
 
 
 def test_home_mount_targets_allow_nfs_in_and_out_to_the_node_group(run_stack):
@@ -128,6 +214,7 @@ def test_home_on_ebs_in_the_head_node_az(run_stack):
     assert g.named("network-public-a").inputs["availabilityZone"] == "eu-west-1a"  # where the head node runs
     config = yaml.safe_load(g.outputs["clusterConfig"])
     assert config["SharedStorage"][0]["EbsSettings"] == {"VolumeId": "<after-deploy:home-volume.id>"}
+    assert not g.of_type("aws:efs/fileSystemPolicy:FileSystemPolicy") and "homeFileSystemPolicy" not in g.outputs
 
 
 def test_launcher_runs_after_everything_a_node_needs(run_stack):
