@@ -16,10 +16,9 @@ For those, `file_system_policy` is the document to apply by hand (the `homeFileS
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-
-import json
 
 import pulumi
 import pulumi_aws as aws

@@ -60,8 +60,8 @@ def test_scripts_are_read_from_a_bucket_of_this_account_only(run_stack):
     assert "S3Access" not in json.dumps(config)
     # The account id that reaches the policy is the one given, not a constant.
     other = scripts_policy("arn:aws:s3:::b/bootstrap/*", "210987654321")["Statement"]
-    assert {st["Condition"][op]["s3:ResourceAccount"] for st, op in zip(other, ("StringEquals", "StringNotEquals"))
-            } == {"210987654321"}
+    ops = ("StringEquals", "StringNotEquals")
+    assert {st["Condition"][op]["s3:ResourceAccount"] for st, op in zip(other, ops, strict=True)} == {"210987654321"}
 
 
 def test_bootstrap_bucket_is_private_encrypted_versioned_tls_only(run_stack):
