@@ -288,8 +288,10 @@ def _join_password(settings: Settings, admin_password: pulumi.Output[str] | None
     if configured is not None:
         return configured
     if settings.join.managed:
-        # The stack's own join account: a password of its own, never the admin's.
-        return random.RandomPassword("join-password", random.RandomPasswordArgs(
+        # The stack's own computer-adding account: a password of its own, never the admin's. The logical
+        # name changed with issue 16 ("join-password" before): existing stacks get a NEW password, so the
+        # one every node of the old design saw opens nothing (the old account is deleted as well).
+        return random.RandomPassword("adding-account-password", random.RandomPasswordArgs(
             length=32, special=True, override_special="!#%+-=_", min_lower=2, min_upper=2,
             min_numeric=2, min_special=2,
         )).result

@@ -258,8 +258,13 @@ KNOWN_NAMESPACES = (PROJECT, "aws", "pulumi")
 # their limits. One function builds them; validation checks the same strings (so a name that is too
 # long is a config error naming the stack, never a ValueError halfway through a deployment).
 NAME_LIMITS = {"join_role": 64, "join_invoke_policy": 128, "join_function": 64, "directory_admin_role": 64}
-# sAMAccountName of the join account the stack creates: "pcad-join-<stack>", cut to AD's 20 characters.
-JOIN_USER_PREFIX = "pcad-join-"
+# sAMAccountName of the computer-adding account the stack creates (pcluster-ad:join.user's default): the
+# join function uses it to pre-create each node's computer object; its only right is "create computer
+# objects" in the cluster's OU=Computers. "pcad-add-<stack>", cut to AD's 20 characters. It was
+# "pcad-join-<stack>" (an account with full control of every node's computer object, whose password every
+# node saw): the new name makes the first `pulumi up` create a fresh account and delete that one
+# (lambda_src/directory_admin.py ensure_adding_account). Do not change it back.
+JOIN_USER_PREFIX = "pcad-add-"
 SAM_MAX = 20
 
 
@@ -665,9 +670,11 @@ def _parse_join(problems: list[Problem], value: Any, directory: DirectorySetting
         if why:
             r.fail(r.sub("user"), f"{user!r} {why} (an AD account name, sAMAccountName)")
     if is_admin and warnings is not None:
-        warnings.append(f"{_key('join.user')} is the directory administrator {user!r}: every node gets the admin"
-                        " password during its join window. Remove the key to let the stack create a join account"
-                        f" that may only add computers to the cluster's OU (default {default_join_user(stack)!r}).")
+        warnings.append(f"{_key('join.user')} is the directory administrator {user!r}: the join function holds the"
+                        " admin password and adds every node's computer object with it (nodes never get it, but a"
+                        " flaw in that internet-facing function would expose the whole directory). Remove the key"
+                        " to let the stack create an account that may only add computers to the cluster's OU"
+                        f" (default {default_join_user(stack)!r}).")
     return JoinSettings(user=user, has_own_password=join_password is not None,
                         reserved_concurrency=concurrency or None, window_minutes=window or 30,
                         max_answers=max_answers or 3, managed=directory.administered and not is_admin)

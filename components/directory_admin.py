@@ -1,5 +1,5 @@
 """DirectoryAdmin: a Lambda in the VPC's private subnets that manages this stack's part of the
-directory over LDAP (lambda_src/directory_admin.py): the stack's OU and least-privilege join account,
+directory over LDAP (lambda_src/directory_admin.py): the stack's OU and its computer-adding account,
 computer objects removed with their nodes (EC2 termination events + a scheduled sweep), and the
 users and groups of the stack config. Pulumi drives the directory operations through
 `aws.lambda_.Invocation` resources with the CRUD lifecycle (docs/design.md says why)."""
@@ -19,7 +19,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
 
-from lambda_src.directory_admin import computer_prefix, sam_problem
+from lambda_src.directory_admin import computer_prefix, initial_password_parameter_name, sam_problem
 from stack_config import GroupSettings, UserSettings
 
 HANDLER = "directory_admin.handler"
@@ -35,6 +35,8 @@ TERMINATED_PATTERN = {
     "detail": {"state": ["terminated"]},
 }
 _MAX_NAME = 64
+# 2: the computer-adding account (one ACE; the old join account and its ACEs are removed), issue 16.
+SETUP_VERSION = 2
 
 
 # The validated settings as they are (as ClusterLauncher takes ClusterSettings): one definition.
@@ -57,7 +59,8 @@ class DirectoryAdminArgs:
     key_arn: pulumi.Input[str]  # the stack's KMS key (JoinSecrets); its policy lets this role decrypt via SSM
     # Managed AD: the stack's OU goes under the delegated OU (OU=<NetBIOS name>,DC=...); "" = domain root.
     parent_dn: str = ""
-    # The join account this stack creates; None = none (an Existing directory's configured account).
+    # The computer-adding account this stack creates (pcluster-ad:join.user: read only by the join
+    # function, which pre-creates each node's computer object); None = none (the admin is join.user).
     join_user: str | None = None
     join_password_parameter_name: pulumi.Input[str] | None = None
     join_password_parameter_arn: pulumi.Input[str] | None = None
@@ -81,10 +84,6 @@ def ou_name(stack: str) -> str:
 
 def admin_parameter_name(stack: str) -> str:
     return f"/pcluster-ad/{stack}/admin-password"
-
-
-def initial_password_parameter_name(stack: str, user: str) -> str:
-    return f"/pcluster-ad/{stack}/users/{user}/initial-password"
 
 
 def _package_files(dist: str, version: str) -> dict[str, pulumi.Asset]:
@@ -142,7 +141,7 @@ class DirectoryAdmin(pulumi.ComponentResource):
     computer_ou: str
     computer_prefix: str
     initial_password_parameters: dict[str, pulumi.Output[str]]
-    # Depend on this before nodes join (the OU and the join account exist); on destroy the cluster
+    # Depend on this before nodes join (the OU and the computer-adding account exist); on destroy the cluster
     # goes first, then the OU.
     ready: list[pulumi.Resource]
 
@@ -218,8 +217,12 @@ class DirectoryAdmin(pulumi.ComponentResource):
             "OU_NAME": ou, "PARENT_DN": args.parent_dn, "ADMIN_USER": args.admin_user,
             "ADMIN_PASSWORD_PARAMETER": admin_param.name, "CLUSTER_NAME": args.cluster_name,
             "COMPUTER_PREFIX": self.computer_prefix, "SWEEP_GRACE_MINUTES": str(args.sweep_grace_minutes),
-            "LDAP_PORT": str(LDAP_PORT),
+            "LDAP_PORT": str(LDAP_PORT), "STACK": args.stack, "KMS_KEY_ARN": args.key_arn,
         }
+        if args.join_user:
+            # The account and its password parameter come from here, never from an event (issue 16).
+            env["JOIN_USER"] = args.join_user
+            env["JOIN_PASSWORD_PARAMETER"] = args.join_password_parameter_name
         if args.window_table_name is not None:
             env["WINDOW_TABLE"] = args.window_table_name
         function = aws.lambda_.Function(f"{name}-fn", aws.lambda_.FunctionArgs(
@@ -258,10 +261,12 @@ class DirectoryAdmin(pulumi.ComponentResource):
                 function_name=function.name, input=pulumi.Output.json_dumps(payload), lifecycle_scope="CRUD"),
                 pulumi.ResourceOptions(parent=self, depends_on=[function, role_policy, *deps]))
 
-        setup: dict[str, Any] = {"resource": "directory", "ou": ou}
+        # No names in the input (the function takes them from its environment): the version of the setup
+        # (bump it when the setup does something new, so existing stacks re-run it) and of the password
+        # (a new password re-runs it: the function sets it on the account).
+        setup: dict[str, Any] = {"resource": "directory", "ou": ou, "setupVersion": SETUP_VERSION}
         if args.join_user:
-            setup.update(joinUser=args.join_user, joinPasswordParameter=args.join_password_parameter_name,
-                         joinPasswordVersion=args.join_password_version)
+            setup["joinPasswordVersion"] = args.join_password_version
         directory_setup = invocation("setup", setup, [])
         group_resources = {g.name.lower(): invocation(f"group-{_slug(g.name)}", {
             "resource": "group", "name": g.name, "description": g.description}, [directory_setup])
@@ -279,7 +284,7 @@ class DirectoryAdmin(pulumi.ComponentResource):
             self.initial_password_parameters[u.name] = param.name
             invocation(f"user-{slug}", {
                 "resource": "user", "name": u.name, "groups": list(u.groups), "displayName": u.display_name,
-                "email": u.email, "initialPasswordParameter": param.name,
+                "email": u.email,  # the function derives the parameter's name from the stack and the user
             }, [directory_setup, param, *[group_resources[g.lower()] for g in u.groups]])
 
         self.function_name = function.name
@@ -313,9 +318,12 @@ def _role_policy(*, parameter_arns: list[pulumi.Input[str]], user_parameters_arn
                  key_arn: pulumi.Input[str], via_ssm: pulumi.Input[str], directory_arn: pulumi.Input[str],
                  table_arn: pulumi.Input[str] | None, log_group_arn: pulumi.Input[str]) -> dict[str, Any]:
     statements: list[dict[str, Any]] = [
-        # The admin password, the join password, and the declared users' initial passwords.
+        # The admin password, the computer-adding account's password, the declared users' initial passwords.
         {"Sid": "ReadOwnParameters", "Effect": "Allow", "Action": ["ssm:GetParameter"],
          "Resource": [*parameter_arns, user_parameters_arn]},
+        # `*`: ssm:DescribeParameters supports no resource-level permissions. The function uses it to check
+        # that a parameter is a SecureString under the stack's key before it reads it (metadata only).
+        {"Sid": "CheckParameterKeys", "Effect": "Allow", "Action": ["ssm:DescribeParameters"], "Resource": "*"},
         {"Sid": "DecryptOwnParameters", "Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": [key_arn],
          "Condition": {"StringEquals": {"kms:ViaService": via_ssm}}},
         {"Sid": "SetPasswordsInThisDirectory", "Effect": "Allow", "Action": ["ds:ResetUserPassword"],

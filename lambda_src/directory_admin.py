@@ -4,15 +4,22 @@ inside the VPC, as Simple AD allows) and the Directory Service API (passwords).
 The stack owns ONE organizational unit and touches nothing outside it:
 
     OU=<ou name>,<parent>          the stack's OU (parent: the domain, or Managed AD's delegated OU)
-      CN=<join user>               the least-privilege join account
-      OU=Computers                 nodes join here; the join account may create and delete computer
-                                   objects here, and manage the computer objects it holds, nothing else
+      CN=<join user>               the computer-adding account (pcluster-ad:join.user, read only by the
+                                   join function, never by a node)
+      OU=Computers                 nodes join here; the computer-adding account may create computer
+                                   objects here (one ACE, this OU only), nothing else
       OU=Users                     users and groups declared in the stack config
+
+Every name the function acts on comes from its own environment and the stack, never from the event:
+the account (JOIN_USER) and its password parameter (JOIN_PASSWORD_PARAMETER), a user's initial-password
+parameter (/pcluster-ad/<STACK>/users/<name>/initial-password). A parameter is read only when it is a
+SecureString under the stack's KMS key (KMS_KEY_ARN). Names that older payloads carried are ignored.
 
 Events (``handle`` dispatches on the shape):
 * Pulumi ``aws.lambda_.Invocation`` with lifecycle scope CRUD: the declared input plus
   ``tf = {"action": "create"|"update"|"delete", "prev_input": {...}}``; input ``resource`` is
-  ``directory`` (OU layout + join account), ``group`` or ``user``.
+  ``directory`` (OU layout + computer-adding account; removes earlier stack-managed accounts and their
+  ACEs), ``group`` or ``user``.
 * EventBridge "EC2 Instance State-change Notification" with state ``terminated``: deletes that node's
   computer object, only inside the cluster's Computers OU.
 * ``{"op": "sweep"}`` (the daily schedule): deletes computer objects in the Computers OU that carry
@@ -46,8 +53,8 @@ LIVE_STATES = ["pending", "running", "shutting-down", "stopping", "stopped"]
 COMPUTER_CLASS = "bf967a86-0de6-11d0-a285-00aa003049e2"
 ADS_RIGHT_DS_CREATE_CHILD = 0x1
 ADS_RIGHT_DS_DELETE_CHILD = 0x2
-# Full control of one object (standard rights + all DS rights): what a join account needs on the
-# computer objects it creates (adcli sets the machine password, SPNs, dNSHostName, encryption types).
+# Full control of one object (standard rights + all DS rights): what the old join account had on every
+# computer object below OU=Computers (legacy_join_aces); recognised only to remove it.
 FULL_CONTROL = 0x000F01FF
 ACCESS_ALLOWED_OBJECT_ACE = 0x05
 CONTAINER_INHERIT = 0x02
@@ -60,6 +67,13 @@ SE_DACL_PRESENT = 0x0004
 SE_SELF_RELATIVE = 0x8000
 DACL_SECURITY_INFORMATION = 0x4
 TREE_DELETE_OID = "1.2.840.113556.1.4.805"
+
+# The description the stack writes on its own account; an account directly in the stack's OU whose
+# description starts with MANAGED_DESCRIPTION_PREFIX is one the stack made (the old join account's said
+# "pcluster-ad join account: ...").
+MANAGED_DESCRIPTION_PREFIX = "pcluster-ad "
+ADDING_ACCOUNT_DESCRIPTION = ("pcluster-ad computer-adding account: may only create computer objects in this OU's"
+                              " Computers; read only by the join function")
 
 UF_ACCOUNTDISABLE = 0x2
 UF_NORMAL_ACCOUNT = 0x200
@@ -172,13 +186,38 @@ def object_ace(sid: bytes, mask: int, *, flags: int = 0, object_type: str | None
     return struct.pack("<BBH", ACCESS_ALLOWED_OBJECT_ACE, flags, 4 + len(payload)) + payload
 
 
-def join_aces(sid: bytes) -> list[bytes]:
-    """The join account's rights on the Computers OU: create and delete computer objects in it
-    (this OU only: no inheritance), and full control of the computer objects below it."""
+def add_computer_ace(sid: bytes) -> bytes:
+    """The computer-adding account's ONE right: create child objects of class computer in OU=Computers
+    (this OU only: no inheritance, no delete, nothing on the objects it creates beyond what the creator
+    keeps from the object's own security descriptor, which the join function sets)."""
+    return object_ace(sid, ADS_RIGHT_DS_CREATE_CHILD, object_type=COMPUTER_CLASS)
+
+
+def legacy_join_aces(sid: bytes) -> list[bytes]:
+    """What the old join account (before issue 16) got on the Computers OU: create and delete computer
+    objects, and full control inherited by every computer object below. Only used to find and remove them."""
     return [
         object_ace(sid, ADS_RIGHT_DS_CREATE_CHILD | ADS_RIGHT_DS_DELETE_CHILD, object_type=COMPUTER_CLASS),
         object_ace(sid, FULL_CONTROL, flags=CONTAINER_INHERIT | INHERIT_ONLY, inherited_object_type=COMPUTER_CLASS),
     ]
+
+
+def ace_sid(ace: bytes) -> bytes:
+    """The trustee SID of one ACE (object ACE types 5-8 carry up to two GUIDs before it)."""
+    ace_type = ace[0]
+    off = 8
+    if ace_type in (0x05, 0x06, 0x07, 0x08):
+        obj_flags = struct.unpack_from("<I", ace, 8)[0]
+        off = 12 + 16 * bool(obj_flags & ACE_OBJECT_TYPE_PRESENT)
+        off += 16 * bool(obj_flags & ACE_INHERITED_OBJECT_TYPE_PRESENT)
+    count = ace[off + 1]
+    return ace[off:off + 8 + 4 * count]
+
+
+def sid_string(sid: bytes) -> str:
+    count = sid[1]
+    subs = struct.unpack_from(f"<{count}I", sid, 8)
+    return "-".join(["S", str(sid[0]), str(int.from_bytes(sid[2:8], "big")), *map(str, subs)])
 
 
 def _split_aces(acl: bytes) -> list[bytes]:
@@ -191,20 +230,32 @@ def _split_aces(acl: bytes) -> list[bytes]:
     return aces
 
 
-def dacl_with(sd: bytes, new_aces: list[bytes]) -> bytes | None:
-    """A DACL-only self-relative security descriptor = sd's DACL plus new_aces (explicit ACEs go
-    before the inherited ones, canonical order); None when every new ACE is already there."""
-    _rev, _sbz, control, _owner, _group, _sacl, dacl_off = struct.unpack_from("<BBHIIII", sd, 0)
-    aces = _split_aces(sd[dacl_off:]) if dacl_off else []
-    missing = [a for a in new_aces if a not in aces]
-    if not missing:
+def dacl_aces(sd: bytes) -> list[bytes]:
+    _rev, _sbz, _control, _owner, _group, _sacl, dacl_off = struct.unpack_from("<BBHIIII", sd, 0)
+    return _split_aces(sd[dacl_off:]) if dacl_off else []
+
+
+def dacl_edit(sd: bytes, *, add: list[bytes] = (), drop: Callable[[bytes], bool] = lambda ace: False) -> bytes | None:
+    """A DACL-only self-relative security descriptor = sd's DACL without the explicit ACEs that `drop`
+    selects, plus the `add` ACEs that are missing (explicit ACEs go before the inherited ones, canonical
+    order); None when nothing changes. Inherited ACEs are never dropped (the DC recomputes them)."""
+    _rev, _sbz, control, _owner, _group, _sacl, _dacl_off = struct.unpack_from("<BBHIIII", sd, 0)
+    aces = dacl_aces(sd)
+    kept = [a for a in aces if a[1] & INHERITED_ACE or not drop(a)]
+    missing = [a for a in dict.fromkeys(add) if a not in kept]
+    if not missing and len(kept) == len(aces):
         return None
-    first_inherited = next((i for i, a in enumerate(aces) if a[1] & INHERITED_ACE), len(aces))
-    aces = aces[:first_inherited] + missing + aces[first_inherited:]
-    body = b"".join(aces)
-    acl = struct.pack("<BBHHH", ACL_REVISION_DS, 0, 8 + len(body), len(aces), 0) + body
+    first_inherited = next((i for i, a in enumerate(kept) if a[1] & INHERITED_ACE), len(kept))
+    kept = kept[:first_inherited] + missing + kept[first_inherited:]
+    body = b"".join(kept)
+    acl = struct.pack("<BBHHH", ACL_REVISION_DS, 0, 8 + len(body), len(kept), 0) + body
     control = (control | SE_DACL_PRESENT | SE_SELF_RELATIVE) & ~0x0010 & ~0x0001 & ~0x0002  # no SACL/owner/group
     return struct.pack("<BBHIIII", 1, 0, control, 0, 0, 0, 20) + acl
+
+
+def dacl_with(sd: bytes, new_aces: list[bytes]) -> bytes | None:
+    """sd's DACL plus new_aces; None when every new ACE is already there."""
+    return dacl_edit(sd, add=new_aces)
 
 
 # -- the directory ---------------------------------------------------------------------------------
@@ -304,42 +355,117 @@ class Directory:
     def delete_stack_ou(self) -> bool:
         return self.delete_tree(self.layout.stack_dn)
 
-    # join account
-    def ensure_join_account(self, name: str, password: str) -> dict[str, Any]:
-        lay = self.layout
-        dn = f"CN={escape_rdn(name)},{lay.stack_dn}"
-        found = self.find_account(name, "user")
-        created = False
-        if found and found["dn"].lower() != dn.lower():
-            raise NotOurs(f"join account {name!r} exists outside the stack's OU ({found['dn']}); "
-                          "choose another pcluster-ad:join.user")
-        if not found:
-            self.add(dn, ["top", "person", "organizationalPerson", "user"], {
-                "sAMAccountName": name, "userPrincipalName": f"{name}@{lay.domain}",
-                "description": "pcluster-ad join account: creates/deletes computer objects in this OU's Computers",
-                "userAccountControl": str(UF_NORMAL_ACCOUNT | UF_ACCOUNTDISABLE),
-            })
-            created = True
-        self.set_password(name, password)
-        self.replace(dn, {"userAccountControl": str(UF_NORMAL_ACCOUNT | UF_DONT_EXPIRE_PASSWD)})
-        sid = self.search(dn, "(objectClass=*)", ["objectSid"], scope="BASE")[0]["raw_attributes"]["objectSid"][0]
-        granted = self.grant(lay.computers_dn, join_aces(sid))
-        return {"dn": dn, "created": created, "granted": granted}
+    # the computer-adding account
+    def ensure_adding_account(self, name: str | None, password: Callable[[], str]) -> dict[str, Any]:
+        """The stack's computer-adding account `name` (None: the stack manages none, e.g. the admin is
+        join.user) with exactly ONE ACE on OU=Computers (add_computer_ace), and every earlier stack-managed
+        account gone with its ACEs (issue 16: the old join account's password reached every node).
 
-    def grant(self, dn: str, aces: list[bytes]) -> bool:
-        from ldap3 import MODIFY_REPLACE
+        Order: the account and its password first; then ONE rewrite of the Computers OU's DACL (the new
+        ACE in; out: every explicit ACE of an earlier account, any other ACE of this account, the old
+        join_aces shape of any account in the stack OU or of a SID that no longer exists); then the
+        earlier accounts are deleted. A failure at any step leaves what the next run finds and finishes.
+        Idempotent: a second run changes nothing but the password."""
+        lay = self.layout
+        out: dict[str, Any] = {"account": None, "granted": False, "removedAces": 0, "removedAccounts": []}
+        sid = None
+        if name:
+            dn = f"CN={escape_rdn(name)},{lay.stack_dn}"
+            found = self.find_account(name, "user")
+            created = False
+            if found and found["dn"].lower() != dn.lower():
+                raise NotOurs(f"computer-adding account {name!r} exists outside the stack's OU ({found['dn']}):"
+                              " not touched; choose another pcluster-ad:join.user")
+            secret = password()  # read (and checked) before any write
+            if not found:
+                self.add(dn, ["top", "person", "organizationalPerson", "user"], {
+                    "sAMAccountName": name, "userPrincipalName": f"{name}@{lay.domain}",
+                    "description": ADDING_ACCOUNT_DESCRIPTION,
+                    "userAccountControl": str(UF_NORMAL_ACCOUNT | UF_ACCOUNTDISABLE),
+                })
+                created = True
+            elif first(found, "description") != ADDING_ACCOUNT_DESCRIPTION:
+                self.replace(dn, {"description": ADDING_ACCOUNT_DESCRIPTION})
+            self.set_password(name, secret)
+            self.replace(dn, {"userAccountControl": str(UF_NORMAL_ACCOUNT | UF_DONT_EXPIRE_PASSWD)})
+            sid = self.search(dn, "(objectClass=*)", ["objectSid"], scope="BASE")[0]["raw_attributes"]["objectSid"][0]
+            out["account"] = {"dn": dn, "created": created}
+        in_ou = self.stack_accounts()
+        earlier = [a for a in in_ou if a["sid"] != sid and a["managed"]]
+        earlier_sids = {a["sid"] for a in earlier}
+        ou_sids = {a["sid"] for a in in_ou}
+        legacy = {}  # legacy-shaped ACE -> its SID
+        sd = self.security_descriptor(lay.computers_dn)
+        for ace in dacl_aces(sd):
+            if not ace[1] & INHERITED_ACE and ace[0] == ACCESS_ALLOWED_OBJECT_ACE:
+                s = ace_sid(ace)
+                if ace in legacy_join_aces(s):
+                    legacy[ace] = s
+        dead = {s for s in set(legacy.values()) - ou_sids - {sid} if not self.sid_exists(s)}
+        new = add_computer_ace(sid) if sid else None
+
+        def drop(ace: bytes) -> bool:
+            s = ace_sid(ace)
+            if s in earlier_sids or (s == sid and ace != new):
+                return True
+            return ace in legacy and (legacy[ace] in ou_sids or legacy[ace] in dead)
+
+        kept_before = [a for a in dacl_aces(sd) if not a[1] & INHERITED_ACE]
+        edited = dacl_edit(sd, add=[new] if new else [], drop=drop)
+        if edited is not None:
+            self.write_dacl(lay.computers_dn, edited)
+            out["removedAces"] = sum(1 for a in kept_before if drop(a))
+            out["granted"] = bool(new) and new not in kept_before
+        for a in earlier:
+            self.remove_stack_account(a["dn"])
+            out["removedAccounts"].append(a["dn"])
+        return out
+
+    def stack_accounts(self) -> list[dict[str, Any]]:
+        """User accounts directly in the stack's OU (where only the stack's own account lives); `managed`:
+        the stack made it (its description says so: the old join account or the computer-adding account)."""
+        hits = self.search(self.layout.stack_dn, "(&(objectClass=user)(!(objectClass=computer)))",
+                           ["sAMAccountName", "objectSid", "description"], scope="LEVEL")
+        return [{"dn": h["dn"], "name": first(h, "sAMAccountName"), "sid": h["raw_attributes"]["objectSid"][0],
+                 "managed": str(first(h, "description") or "").startswith(MANAGED_DESCRIPTION_PREFIX)}
+                for h in hits]
+
+    def remove_stack_account(self, dn: str) -> bool:
+        """Delete an account the stack made: only directly inside the stack's OU, else NotOurs."""
+        from ldap3.utils.dn import to_dn
+
+        parent = ",".join(to_dn(dn)[1:])
+        if not (under(dn, self.layout.stack_dn) and not under(parent, self.layout.stack_dn)):
+            raise NotOurs(f"{dn} is not an account in the stack's OU ({self.layout.stack_dn}): not touched")
+        return self.delete_tree(dn)
+
+    def sid_exists(self, sid: bytes) -> bool:
+        from ldap3.utils.conv import escape_bytes
+
+        return bool(self.search(self.layout.base_dn, f"(objectSid={escape_bytes(sid)})"))
+
+    def security_descriptor(self, dn: str) -> bytes:
         from ldap3.protocol.microsoft import security_descriptor_control
 
         ctl = security_descriptor_control(sdflags=DACL_SECURITY_INFORMATION)
         hit = self.search(dn, "(objectClass=*)", ["nTSecurityDescriptor"], scope="BASE", controls=ctl)
         if not hit:
-            raise DirectoryError(f"grant: {dn} not found")
-        sd = hit[0]["raw_attributes"]["nTSecurityDescriptor"][0]
-        new = dacl_with(sd, aces)
+            raise DirectoryError(f"{dn} not found")
+        return hit[0]["raw_attributes"]["nTSecurityDescriptor"][0]
+
+    def write_dacl(self, dn: str, sd: bytes) -> None:
+        from ldap3 import MODIFY_REPLACE
+        from ldap3.protocol.microsoft import security_descriptor_control
+
+        ctl = security_descriptor_control(sdflags=DACL_SECURITY_INFORMATION)
+        self._check(self.conn.modify(dn, {"nTSecurityDescriptor": [(MODIFY_REPLACE, [sd])]}, controls=ctl),
+                    f"write the DACL of {dn}")
+
+    def grant(self, dn: str, aces: list[bytes]) -> bool:
+        new = dacl_with(self.security_descriptor(dn), aces)
         if new is None:
             return False
-        self._check(self.conn.modify(dn, {"nTSecurityDescriptor": [(MODIFY_REPLACE, [new])]}, controls=ctl),
-                    f"grant on {dn}")
+        self.write_dacl(dn, new)
         return True
 
     # computers
@@ -385,10 +511,18 @@ class Directory:
         self.delete_tree(found["dn"])
         return "deleted"
 
-    def upsert_user(self, name: str, *, groups: Iterable[str] = (), display_name: str = "", email: str = "",
-                    initial_password: Callable[[], str]) -> dict[str, Any]:
+    def upsert_user(self, name: str, *, groups: Iterable[str] | Mapping[str, Any] = (), display_name: str = "",
+                    email: str = "", initial_password: Callable[[], str]) -> dict[str, Any]:
+        """Create or update a declared user. Everything that can refuse (the name taken outside the OU,
+        an undeclared group, a parameter that is not the stack's own SecureString) refuses before the
+        first write, so a refused event leaves the directory as it was."""
         lay = self.layout
         found = self._owned(name, "user")
+        want = groups if isinstance(groups, Mapping) else self.stack_groups(groups)
+        uac = int(first(found, "userAccountControl") or 0) if found else 0
+        # A new user (or one whose creation stopped half-way) gets the initial password: read it first.
+        needs_password = not found or bool(uac & UF_ACCOUNTDISABLE and _never_set(found))
+        password = initial_password() if needs_password else None
         attrs = {k: v for k, v in (("displayName", display_name), ("mail", email)) if v}
         created = False
         if not found:
@@ -405,28 +539,31 @@ class Directory:
                     changes[k] = []
             if changes:
                 self.replace(dn, changes)
-        uac = int(first(found, "userAccountControl") or 0) if found else 0
-        if created or (uac & UF_ACCOUNTDISABLE and _never_set(found)):
-            # A new user (or one whose creation stopped half-way): initial password, must change it
-            # at first login (pwdLastSet 0), then enabled.
-            self.set_password(name, initial_password())
+        if password is not None:
+            # Initial password, must change it at first login (pwdLastSet 0), then enabled.
+            self.set_password(name, password)
             self.replace(dn, {"pwdLastSet": "0"})
             self.replace(dn, {"userAccountControl": str(UF_NORMAL_ACCOUNT)})
-        membership = self.sync_groups(dn, groups)
+        membership = self.sync_groups(dn, want)
         return {"dn": dn, "created": created, **membership}
 
-    def sync_groups(self, user_dn: str, groups: Iterable[str]) -> dict[str, list[str]]:
-        """Make the user a member of exactly `groups` among the stack's groups (others untouched)."""
+    def stack_groups(self, groups: Iterable[str]) -> dict[str, dict[str, str]]:
+        """{"ours": {lower name: dn} of every stack group, "want": {dn: name} of `groups`}; refuses when
+        any of `groups` is not one of the stack's groups (before anything is written)."""
+        ours = {str(first(h, "sAMAccountName")).lower(): h["dn"]
+                for h in self.search(self.layout.people_dn, "(objectClass=group)", ["sAMAccountName"])}
+        unknown = [g for g in groups if g.lower() not in ours]
+        if unknown:
+            raise DirectoryError(f"group(s) {unknown!r} not one of the stack's groups: nothing changed")
+        return {"ours": ours, "want": {ours[g.lower()]: g for g in groups}}
+
+    def sync_groups(self, user_dn: str, groups: Iterable[str] | Mapping[str, Any]) -> dict[str, list[str]]:
+        """Make the user a member of exactly `groups` among the stack's groups (others untouched).
+        `groups`: names, or what stack_groups returned (checked already)."""
         from ldap3 import MODIFY_ADD, MODIFY_DELETE
 
-        lay = self.layout
-        ours = {first(h, "sAMAccountName").lower(): h["dn"]
-                for h in self.search(lay.people_dn, "(objectClass=group)", ["sAMAccountName"])}
-        want = {}
-        for g in groups:
-            if g.lower() not in ours:
-                raise DirectoryError(f"group {g!r} is not one of the stack's groups")
-            want[ours[g.lower()]] = g
+        checked = groups if isinstance(groups, Mapping) else self.stack_groups(groups)
+        ours, want = checked["ours"], checked["want"]
         current = {dn for dn in ours.values()
                    if self.search(dn, f"(member={escape_filter(user_dn)})", scope="BASE")}
         added, removed = [], []
@@ -482,8 +619,10 @@ class Settings:
     admin_password_parameter: str
     cluster_name: str
     computer_prefix: str
+    stack: str = ""
+    kms_key_arn: str = ""  # the stack's key: every parameter the function reads must be a SecureString under it
     parent_dn: str = ""
-    join_user: str = ""
+    join_user: str = ""  # the stack's computer-adding account ("" = none)
     join_password_parameter: str = ""
     window_table: str = ""
     ldap_port: int = 389
@@ -496,7 +635,7 @@ class Settings:
 
 
 _REQUIRED = ("DIRECTORY_ID", "DOMAIN", "DNS_IPS", "OU_NAME", "ADMIN_USER", "ADMIN_PASSWORD_PARAMETER",
-             "CLUSTER_NAME", "COMPUTER_PREFIX")
+             "CLUSTER_NAME", "COMPUTER_PREFIX", "STACK", "KMS_KEY_ARN")
 
 
 def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
@@ -507,13 +646,20 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
     bad = [ip for ip in ips if not re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}", ip)]
     if bad:
         raise SettingsError(f"DNS_IPS: not IPv4 addresses: {bad}")
+    join_user = environ.get("JOIN_USER", "").strip()
+    join_parameter = environ.get("JOIN_PASSWORD_PARAMETER", "").strip()
+    if join_user and (sam_problem(join_user) or not join_parameter):
+        raise SettingsError(f"JOIN_USER {join_user!r}: " + (sam_problem(join_user) or "needs JOIN_PASSWORD_PARAMETER"))
+    stack = environ["STACK"].strip()
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", stack):
+        raise SettingsError(f"STACK {stack!r}: letters, digits, '_', '.', '-' only")
     return Settings(
         directory_id=environ["DIRECTORY_ID"].strip(), domain=environ["DOMAIN"].strip().lower(), dns_ips=ips,
         ou_name=environ["OU_NAME"].strip(), admin_user=environ["ADMIN_USER"].strip(),
         admin_password_parameter=environ["ADMIN_PASSWORD_PARAMETER"].strip(),
         cluster_name=environ["CLUSTER_NAME"].strip(), computer_prefix=environ["COMPUTER_PREFIX"].strip(),
-        parent_dn=environ.get("PARENT_DN", "").strip(), join_user=environ.get("JOIN_USER", "").strip(),
-        join_password_parameter=environ.get("JOIN_PASSWORD_PARAMETER", "").strip(),
+        stack=stack, kms_key_arn=environ["KMS_KEY_ARN"].strip(),
+        parent_dn=environ.get("PARENT_DN", "").strip(), join_user=join_user, join_password_parameter=join_parameter,
         window_table=environ.get("WINDOW_TABLE", "").strip(),
         ldap_port=int(environ.get("LDAP_PORT", "389") or 389),
         sweep_grace_minutes=int(environ.get("SWEEP_GRACE_MINUTES", "60") or 60),
@@ -522,6 +668,40 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
 
 def get_secret(ssm: Any, name: str) -> str:
     return ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
+
+
+def initial_password_parameter_name(stack: str, user: str) -> str:
+    """Where a declared user's initial password is (components/directory_admin.py writes it)."""
+    return f"/pcluster-ad/{stack}/users/{user}/initial-password"
+
+
+def _key_id(key: str) -> str:
+    return key.split(":key/", 1)[1] if ":key/" in key else key
+
+
+def same_key(reported: str | None, key_arn: str) -> bool:
+    """SSM reports a SecureString's key as it was given when the parameter was written: the key's ARN
+    (what the stack passes) or its id. Aliases do not count (an alias can be moved to another key)."""
+    if not reported or not key_arn or reported.startswith("alias/") or key_arn.startswith("alias/"):
+        return False
+    return _key_id(reported) == _key_id(key_arn)
+
+
+def read_own_secret(ssm: Any, settings: Settings, name: str) -> str:
+    """The value of `name`, only when it is a SecureString under the stack's key (ssm:DescribeParameters
+    before, the GetParameter answer's type after); otherwise a refusal that names the parameter."""
+    meta = ssm.describe_parameters(ParameterFilters=[{"Key": "Name", "Option": "Equals", "Values": [name]}])
+    found = [m for m in meta.get("Parameters", []) if m.get("Name") == name]
+    if not found:
+        raise DirectoryError(f"parameter {name} does not exist (or is not readable): not read")
+    kind, key = found[0].get("Type"), found[0].get("KeyId")
+    if kind != "SecureString" or not same_key(key, settings.kms_key_arn):
+        raise DirectoryError(f"parameter {name} is a {kind} under key {key!r}, not a SecureString under the stack's"
+                             f" key {settings.kms_key_arn}: refused, not read")
+    parameter = ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]
+    if parameter.get("Type") != "SecureString":
+        raise DirectoryError(f"parameter {name} changed to a {parameter.get('Type')} while being read: refused")
+    return parameter["Value"]
 
 
 def ldap_connect(settings: Settings, password: str) -> Any:
@@ -550,6 +730,12 @@ def ds_password_setter(ds: Any, directory_id: str) -> Callable[[str, str], None]
 
 # -- handlers ----------------------------------------------------------------------------------------
 
+# Keys that payloads of earlier versions carried and that the function no longer reads (names come
+# from its own environment and the stack): ignored and logged, never refused, so that the stored
+# inputs of old Invocations (their update's prev_input, their delete at destroy) still work.
+IGNORED_KEYS = ("joinUser", "joinPasswordParameter", "initialPasswordParameter")
+
+
 def handle_resource(event: Mapping[str, Any], *, settings: Settings, directory: Directory, ssm: Any,
                     ec2: Any = None) -> dict[str, Any]:
     """One Pulumi Invocation (lifecycle scope CRUD) on the directory, a group or a user."""
@@ -570,9 +756,8 @@ def handle_resource(event: Mapping[str, Any], *, settings: Settings, directory: 
             return {"resource": kind, "deleted": directory.delete_stack_ou()}
         made = directory.ensure_layout()
         out: dict[str, Any] = {"resource": kind, "created": made}
-        if event.get("joinUser"):
-            password = get_secret(ssm, event["joinPasswordParameter"])
-            out["joinAccount"] = directory.ensure_join_account(event["joinUser"], password)
+        out["addingAccount"] = directory.ensure_adding_account(
+            settings.join_user or None, lambda: read_own_secret(ssm, settings, settings.join_password_parameter))
         return out
     name = event.get("name")
     if kind not in ("group", "user") or not isinstance(name, str) or sam_problem(name):
@@ -580,13 +765,29 @@ def handle_resource(event: Mapping[str, Any], *, settings: Settings, directory: 
     remove = directory.delete_group if kind == "group" else directory.delete_user
     if action == "delete":
         return {"resource": kind, "name": name, "result": remove(name)}
-    if action == "update" and prev.get("name") and prev["name"] != name:
-        remove(prev["name"])  # renamed: the old object goes, a new one comes
+    renamed = action == "update" and isinstance(prev.get("name"), str) and prev["name"] != name
     if kind == "group":
+        if renamed:
+            remove(prev["name"])  # renamed: the old object goes, a new one comes
         return {"resource": kind, "name": name, "result": directory.upsert_group(name, event.get("description", ""))}
-    parameter = event.get("initialPasswordParameter", "")
-    res = directory.upsert_user(name, groups=event.get("groups", []), display_name=event.get("displayName", ""),
-                                email=event.get("email", ""), initial_password=lambda: get_secret(ssm, parameter))
+    # A user: everything that can refuse is checked before the first write (also before a rename's delete).
+    groups = event.get("groups", [])
+    if not isinstance(groups, list) or any(not isinstance(g, str) or sam_problem(g) for g in groups):
+        raise DirectoryError(f"bad resource event: user {name!r} groups={groups!r}")
+    checked = directory.stack_groups(groups)
+    parameter = initial_password_parameter_name(settings.stack, name)
+    secret: list[str] = []
+
+    def initial_password() -> str:
+        if not secret:
+            secret.append(read_own_secret(ssm, settings, parameter))
+        return secret[0]
+
+    if renamed:
+        initial_password()  # the new name needs it: refuse before the old object goes
+        remove(prev["name"])
+    res = directory.upsert_user(name, groups=checked, display_name=event.get("displayName", ""),
+                                email=event.get("email", ""), initial_password=initial_password)
     return {"resource": kind, "name": name, "created": res["created"], "added": res["added"],
             "removed": res["removed"]}
 
@@ -688,9 +889,11 @@ def handle(event: Mapping[str, Any], *, settings: Settings, ec2: Any, ssm: Any, 
         if event.get("op") == "sweep":
             return sweep(settings=settings, ec2=ec2, directory=directory(), now=now(), logger=logger)
         if "resource" in event:
+            ignored = sorted(k for k in IGNORED_KEYS if k in event)
+            if ignored:
+                logger.info(json.dumps({"event": "resource", "decision": "ignored keys", "keys": ignored}))
             out = handle_resource(event, settings=settings, directory=directory(), ssm=ssm, ec2=ec2)
-            logger.info(json.dumps({"event": "resource", **{k: v for k, v in out.items() if k != "joinAccount"}},
-                                   default=str))
+            logger.info(json.dumps({"event": "resource", **out}, default=str))
             return out
         raise DirectoryError(f"unknown event (keys: {sorted(event)[:10]})")
     finally:

@@ -75,30 +75,210 @@ def parse(sd: bytes) -> list[bytes]:
     return da._split_aces(sd[dacl:])
 
 
-def test_join_aces_go_before_inherited_ones_once():
-    explicit = ace(0, 0, 0x20094, da.sid_bytes("S-1-5-11"))
-    inherited = ace(0, da.INHERITED_ACE, 0xF01FF, da.sid_bytes("S-1-5-18"))
-    new = da.join_aces(SID)
-    sd = da.dacl_with(sd_with([explicit, inherited]), new)
-    assert parse(sd) == [explicit, *new, inherited]
-    assert da.dacl_with(sd, new) is None  # already there: no write
+COMPUTER_GUID_LE = bytes.fromhex("867a96bfe60dd011a28500aa003049e2")  # bf967a86-... as stored (little endian)
 
 
-def test_join_ace_layout():
-    create_delete, full = da.join_aces(SID)
+def test_the_adding_account_gets_one_create_computer_ace():
+    ace_ = da.add_computer_ace(SID)
+    t, flags, size, mask, oflags = struct.unpack_from("<BBHII", ace_)
+    # ACCESS_ALLOWED_OBJECT, not inherited/inheritable, create-child only, object type = computer class.
+    assert (t, flags, size, mask, oflags) == (5, 0, len(ace_), 0x1, 1)
+    assert ace_[12:28] == COMPUTER_GUID_LE and ace_[28:] == SID
+    assert da.ace_sid(ace_) == SID
+
+
+def test_ace_sid_reads_plain_and_object_aces():
+    plain = ace(0, 0, 0x20094, da.sid_bytes("S-1-5-11"))
+    create_delete, full = da.legacy_join_aces(SID)
+    assert da.ace_sid(plain) == da.sid_bytes("S-1-5-11")
+    assert da.ace_sid(create_delete) == SID and da.ace_sid(full) == SID  # one GUID, inherited-object GUID
+    assert da.sid_string(SID) == "S-1-5-21-1-2-3-1105"
+
+
+def test_legacy_join_aces_are_the_old_shape():
+    create_delete, full = da.legacy_join_aces(SID)
     t, flags, size, mask, oflags = struct.unpack_from("<BBHII", create_delete)
     assert (t, flags, mask, oflags, size) == (5, 0, 0x3, 1, len(create_delete))
-    assert create_delete[12:28] == bytes.fromhex("867a96bfe60dd011a28500aa003049e2")  # computer class, LE GUID
     t, flags, size, mask, oflags = struct.unpack_from("<BBHII", full)
     assert (t, flags, mask, oflags) == (5, 0x0A, 0xF01FF, 2)  # container-inherit + inherit-only, on computers
-    assert full[-len(SID):] == SID
+    assert full[12:28] == COMPUTER_GUID_LE
+
+
+def test_dacl_edit_drops_explicit_aces_adds_before_inherited_and_is_idempotent():
+    explicit = ace(0, 0, 0x20094, da.sid_bytes("S-1-5-11"))
+    inherited_old = ace(0, da.INHERITED_ACE, 0xF01FF, SID)  # inherited: never dropped (the DC recomputes it)
+    old = da.legacy_join_aces(SID)
+    new = da.add_computer_ace(OTHER)
+    sd = da.dacl_edit(sd_with([explicit, *old, inherited_old]), add=[new], drop=lambda a: da.ace_sid(a) == SID)
+    assert parse(sd) == [explicit, new, inherited_old]
+    assert da.dacl_edit(sd, add=[new], drop=lambda a: da.ace_sid(a) == SID) is None  # nothing to do: no write
+    assert da.dacl_with(sd, [new]) is None
+    assert parse(da.dacl_edit(sd, drop=lambda a: a == new)) == [explicit, inherited_old]
+
+
+OTHER = da.sid_bytes("S-1-5-21-1-2-3-1200")
+
+
+# -- the computer-adding account and the migration from the old join account -----------------------------
+
+OU = "OU=pcluster-ad-dev,DC=test,DC=domain"
+COMPUTERS = f"OU=Computers,{OU}"
+OLD_SID = da.sid_bytes("S-1-5-21-1-2-3-1105")
+FOREIGN_SID = da.sid_bytes("S-1-5-21-1-2-3-1300")  # a delegation someone made outside the stack: not ours
+DEAD_SID = da.sid_bytes("S-1-5-21-1-2-3-1400")  # an old join account deleted by hand
+NEW_SID = da.sid_bytes("S-1-5-21-1-2-3-1500")
+WORLD = ace(0, 0, 0x20094, da.sid_bytes("S-1-5-11"))
+INHERITED = ace(0, da.INHERITED_ACE, 0xF01FF, da.sid_bytes("S-1-5-21-1-2-3-512"))
+
+
+class FakeDirectory(da.Directory):
+    """The LDAP primitives of Directory on a dict: accounts by sAMAccountName, the Computers OU's DACL.
+    ensure_adding_account's own logic (what it writes, deletes, refuses, in which order) is the real one."""
+
+    def __init__(self, accounts: dict[str, dict], aces: list[bytes]):
+        super().__init__(conn=None, layout=da.Layout("test.domain", "pcluster-ad-dev"), set_password=self._set_pw)
+        self.accounts = accounts  # name -> {"dn", "sid", "description"}
+        self.sd = sd_with(aces)
+        self.writes: list[tuple] = []
+        self.next_sid = NEW_SID
+
+    def _set_pw(self, name: str, password: str) -> None:
+        self.writes.append(("password", name, password))
+
+    def find_account(self, sam, object_class):
+        a = self.accounts.get(sam)
+        return {"dn": a["dn"], "attributes": {"description": [a["description"]]}} if a else None
+
+    def add(self, dn, classes, attrs):
+        self.writes.append(("add", dn))
+        self.accounts[attrs["sAMAccountName"]] = {"dn": dn, "sid": self.next_sid, "description": attrs["description"]}
+
+    def replace(self, dn, changes):
+        self.writes.append(("replace", dn, tuple(sorted(changes))))
+        for a in self.accounts.values():
+            if a["dn"] == dn and "description" in changes:
+                a["description"] = changes["description"]
+
+    def search(self, base, flt, attrs=(), *, scope="SUBTREE", controls=None):
+        hits = [a for a in self.accounts.values() if a["dn"] == base]
+        return [{"dn": a["dn"], "raw_attributes": {"objectSid": [a["sid"]]}} for a in hits]
+
+    def stack_accounts(self):
+        return [{"dn": a["dn"], "name": n, "sid": a["sid"], "managed": a["description"].startswith("pcluster-ad ")}
+                for n, a in self.accounts.items() if a["dn"].endswith("," + OU)]
+
+    def sid_exists(self, sid):
+        return sid != DEAD_SID and (sid == FOREIGN_SID or any(a["sid"] == sid for a in self.accounts.values()))
+
+    def security_descriptor(self, dn):
+        assert dn == COMPUTERS
+        return self.sd
+
+    def write_dacl(self, dn, sd):
+        assert dn == COMPUTERS
+        self.writes.append(("dacl", dn))
+        self.sd = sd
+
+    def delete_tree(self, dn):
+        self.writes.append(("delete", dn))
+        self.accounts = {n: a for n, a in self.accounts.items() if a["dn"] != dn}
+        return True
+
+    def explicit_aces(self):
+        return [a for a in parse(self.sd) if not a[1] & da.INHERITED_ACE]
+
+
+def old_layout(**extra: dict) -> FakeDirectory:
+    """An OU as the code before issue 16 left it: pcad-join-dev with its two ACEs."""
+    accounts = {"pcad-join-dev": {"dn": f"CN=pcad-join-dev,{OU}", "sid": OLD_SID,
+                                  "description": "pcluster-ad join account: creates/deletes computer objects"},
+                "someone": {"dn": "CN=someone,CN=Users,DC=test,DC=domain", "sid": FOREIGN_SID, "description": "x"},
+                **extra}
+    return FakeDirectory(accounts, [WORLD, *da.legacy_join_aces(OLD_SID), *da.legacy_join_aces(FOREIGN_SID),
+                                    *da.legacy_join_aces(DEAD_SID), INHERITED])
+
+
+def test_upgrade_replaces_the_old_join_account_by_the_adding_account():
+    d = old_layout()
+    out = d.ensure_adding_account("pcad-add-dev", lambda: "N3w-Passw0rd!")
+    new_dn = f"CN=pcad-add-dev,{OU}"
+    assert out["account"] == {"dn": new_dn, "created": True}
+    assert out["removedAccounts"] == [f"CN=pcad-join-dev,{OU}"] and "pcad-join-dev" not in d.accounts
+    # Exactly one ACE for the new account; the old account's ACEs and the dead SID's legacy ACEs are gone;
+    # another delegation (a live account outside the stack OU) and everything else stay.
+    assert d.explicit_aces() == [WORLD, *da.legacy_join_aces(FOREIGN_SID), da.add_computer_ace(NEW_SID)]
+    assert parse(d.sd)[-1] == INHERITED
+    assert out["granted"] and out["removedAces"] == 4
+    # Order: account and password first, then ONE DACL write, then the old account is deleted.
+    kinds = [w[0] for w in d.writes]
+    assert kinds == ["add", "password", "replace", "dacl", "delete"], d.writes
+    assert d.writes[1] == ("password", "pcad-add-dev", "N3w-Passw0rd!")
+    # Idempotent: a second run only sets the password again.
+    d.writes.clear()
+    again = d.ensure_adding_account("pcad-add-dev", lambda: "N3w-Passw0rd!")
+    assert again == {"account": {"dn": new_dn, "created": False}, "granted": False, "removedAces": 0,
+                     "removedAccounts": []}
+    assert [w[0] for w in d.writes] == ["password", "replace"]
+
+
+def test_a_kept_name_loses_every_right_but_the_one():
+    """join.user written out (same name before and after): the account stays, gets the new password and
+    description, and its old ACEs are replaced by the one."""
+    d = old_layout()
+    out = d.ensure_adding_account("pcad-join-dev", lambda: "pw")
+    assert out["account"]["created"] is False and out["removedAccounts"] == []
+    assert d.explicit_aces() == [WORLD, *da.legacy_join_aces(FOREIGN_SID), da.add_computer_ace(OLD_SID)]
+    assert d.accounts["pcad-join-dev"]["description"] == da.ADDING_ACCOUNT_DESCRIPTION
+    assert ("password", "pcad-join-dev", "pw") in d.writes
+
+
+def test_no_adding_account_still_removes_the_old_one():
+    """join.user is the admin now: the stack manages no account, the old one and its ACEs still go."""
+    d = old_layout()
+    out = d.ensure_adding_account(None, lambda: pytest.fail("no password is read"))
+    assert out["account"] is None and out["removedAccounts"] == [f"CN=pcad-join-dev,{OU}"]
+    assert d.explicit_aces() == [WORLD, *da.legacy_join_aces(FOREIGN_SID)]
+
+
+def test_an_unmarked_account_in_the_ou_is_kept_but_loses_legacy_aces():
+    hand = {"dn": f"CN=handmade,{OU}", "sid": OTHER, "description": "made by an operator"}
+    d = old_layout(handmade=hand)
+    d.sd = sd_with([*da.legacy_join_aces(OTHER), ace(0, 0, 0x20094, OTHER)])
+    d.ensure_adding_account("pcad-add-dev", lambda: "pw")
+    assert "handmade" in d.accounts
+    assert d.explicit_aces() == [ace(0, 0, 0x20094, OTHER), da.add_computer_ace(NEW_SID)]
+
+
+def test_an_account_outside_the_ou_is_refused_before_any_write():
+    d = old_layout()
+    d.accounts["pcad-add-dev"] = {"dn": "CN=pcad-add-dev,CN=Users,DC=test,DC=domain", "sid": OTHER,
+                                  "description": "x"}
+    with pytest.raises(da.NotOurs, match="outside the stack's OU"):
+        d.ensure_adding_account("pcad-add-dev", lambda: "pw")
+    assert d.writes == []
+    for dn in ("CN=x,CN=Users,DC=test,DC=domain", f"CN=x,OU=Users,{OU}", OU):
+        with pytest.raises(da.NotOurs, match="not an account in the stack's OU"):
+            d.remove_stack_account(dn)
+    assert d.writes == []
+
+
+def test_a_refused_password_parameter_writes_nothing():
+    d = old_layout()
+
+    def refuse() -> str:
+        raise da.DirectoryError("parameter x is a String")
+
+    with pytest.raises(da.DirectoryError, match="is a String"):
+        d.ensure_adding_account("pcad-add-dev", refuse)
+    assert d.writes == []
 
 
 # -- settings ----------------------------------------------------------------------------------------
 
 ENV = {"DIRECTORY_ID": "d-1234567890", "DOMAIN": "Test.Domain", "DNS_IPS": "10.0.1.5, 10.0.2.5",
        "OU_NAME": "pcluster-ad-dev", "ADMIN_USER": "Administrator", "ADMIN_PASSWORD_PARAMETER": "/p/admin",
-       "CLUSTER_NAME": CLUSTER, "COMPUTER_PREFIX": da.computer_prefix(CLUSTER), "WINDOW_TABLE": TABLE}
+       "CLUSTER_NAME": CLUSTER, "COMPUTER_PREFIX": da.computer_prefix(CLUSTER), "WINDOW_TABLE": TABLE,
+       "STACK": "dev", "KMS_KEY_ARN": "arn:aws:kms:eu-west-1:123456789012:key/11111111-2222-3333-4444-555555555555"}
 
 
 def test_settings():
@@ -111,6 +291,16 @@ def test_settings():
         da.load_settings({k: v for k, v in ENV.items() if k not in ("DNS_IPS", "OU_NAME")})
     with pytest.raises(da.SettingsError, match="not IPv4"):
         da.load_settings({**ENV, "DNS_IPS": "dc1.example.com"})
+    with pytest.raises(da.SettingsError, match="STACK, KMS_KEY_ARN"):
+        da.load_settings({k: v for k, v in ENV.items() if k not in ("STACK", "KMS_KEY_ARN")})
+    with pytest.raises(da.SettingsError, match="needs JOIN_PASSWORD_PARAMETER"):
+        da.load_settings({**ENV, "JOIN_USER": "pcad-add-dev"})
+    with pytest.raises(da.SettingsError, match="at most 20"):
+        da.load_settings({**ENV, "JOIN_USER": "x" * 21, "JOIN_PASSWORD_PARAMETER": "/p"})
+    with pytest.raises(da.SettingsError, match="STACK"):
+        da.load_settings({**ENV, "STACK": "dev/../other"})
+    joined = da.load_settings({**ENV, "JOIN_USER": "pcad-add-dev", "JOIN_PASSWORD_PARAMETER": "/p/j"})
+    assert (joined.join_user, joined.join_password_parameter, joined.stack) == ("pcad-add-dev", "/p/j", "dev")
 
 
 def test_under():
@@ -233,24 +423,140 @@ def test_sweep_deletes_only_old_pattern_orphans(aws):
     assert sorted(out["kept"]) == sorted([name(live), name(stopped), never[:-1] + "1"])
 
 
-def test_resource_rename_deletes_the_old_object_first():
-    calls = []
+@pytest.fixture
+def ssm_env():
+    """moto SSM + KMS: the stack's key, the settings that name it, and a writer for parameters."""
+    with mock_aws():
+        kms = boto3.client("kms", region_name="eu-west-1")
+        ssm = boto3.client("ssm", region_name="eu-west-1")
+        key = kms.create_key()["KeyMetadata"]
+        other = kms.create_key()["KeyMetadata"]
+        settings = da.load_settings({**ENV, "KMS_KEY_ARN": key["Arn"], "JOIN_USER": "pcad-add-dev",
+                                     "JOIN_PASSWORD_PARAMETER": "/pcluster-ad/dev/join-password"})
 
-    class D:
-        def delete_user(self, n):
-            calls.append(("delete", n))
-            return "deleted"
+        def put(name: str, value: str = "S3cret-value!", kind: str = "SecureString", key_id: str | None = None):
+            kw = {"KeyId": key_id} if key_id else {}
+            ssm.put_parameter(Name=name, Value=value, Type=kind, Overwrite=True, **kw)
 
-        def upsert_user(self, n, **kw):
-            calls.append(("upsert", n, tuple(kw["groups"])))
-            return {"created": True, "added": [], "removed": []}
+        yield ssm, settings, put, key, other
 
-    ev = {"resource": "user", "name": "bob2", "groups": ["hpc"], "initialPasswordParameter": "/p/u/bob2",
+
+def test_only_the_stacks_own_securestrings_are_read(ssm_env):
+    ssm, settings, put, key, other = ssm_env
+    put("/pcluster-ad/dev/a", "by-arn", key_id=key["Arn"])
+    put("/pcluster-ad/dev/b", "by-id", key_id=key["KeyId"])
+    assert da.read_own_secret(ssm, settings, "/pcluster-ad/dev/a") == "by-arn"
+    assert da.read_own_secret(ssm, settings, "/pcluster-ad/dev/b") == "by-id"
+    put("/pcluster-ad/dev/c", key_id=other["Arn"])
+    put("/pcluster-ad/dev/d")  # the account's default key alias/aws/ssm
+    put("/pcluster-ad/dev/e", kind="String")
+    for name, why in (("c", "under key 'arn:"), ("d", "under key 'alias/aws/ssm'"), ("e", "is a String")):
+        with pytest.raises(da.DirectoryError, match=why) as err:
+            da.read_own_secret(ssm, settings, f"/pcluster-ad/dev/{name}")
+        assert "not a SecureString under the stack's key" in str(err.value) and "S3cret" not in str(err.value)
+    with pytest.raises(da.DirectoryError, match="does not exist"):
+        da.read_own_secret(ssm, settings, "/pcluster-ad/dev/missing")
+    assert not da.same_key("alias/pcluster-ad-dev-join", key["Arn"]) and da.same_key(key["KeyId"], key["Arn"])
+
+
+class RecordingUsers:
+    """Directory stand-in for the resource handler: the stack has groups hpc and gpu."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+
+    def stack_groups(self, groups):
+        ours = {"hpc": "CN=hpc", "gpu": "CN=gpu"}
+        unknown = [g for g in groups if g.lower() not in ours]
+        if unknown:
+            raise da.DirectoryError(f"group(s) {unknown!r} not one of the stack's groups: nothing changed")
+        return {"ours": ours, "want": {ours[g.lower()]: g for g in groups}}
+
+    def delete_user(self, n):
+        self.calls.append(("delete", n))
+        return "deleted"
+
+    def upsert_user(self, n, **kw):
+        self.calls.append(("upsert", n, tuple(kw["groups"]["want"].values()), kw["initial_password"]()))
+        return {"created": True, "added": [], "removed": []}
+
+    def ensure_adding_account(self, name, password):
+        self.calls.append(("account", name, password()))
+        return {"account": {"dn": f"CN={name}"}}
+
+
+def test_user_parameter_is_derived_and_event_names_are_ignored(ssm_env):
+    ssm, settings, put, key, _other = ssm_env
+    put("/pcluster-ad/dev/users/bob2/initial-password", "Bob2-initial!", key_id=key["Arn"])
+    put("/pcluster-ad/dev/admin-password", "Adm1n!", key_id=key["Arn"])
+    ev = {"resource": "user", "name": "bob2", "groups": ["hpc"],
+          "initialPasswordParameter": "/pcluster-ad/dev/admin-password",  # an old payload's key: ignored
           "tf": {"action": "update", "prev_input": {"resource": "user", "name": "bob"}}}
-    out = da.handle_resource(ev, settings=da.load_settings(ENV), directory=D(), ssm=None)
-    assert calls == [("delete", "bob"), ("upsert", "bob2", ("hpc",))] and out["created"] is True
+    d = RecordingUsers()
+    out = da.handle_resource(ev, settings=settings, directory=d, ssm=ssm)
+    assert d.calls == [("delete", "bob"), ("upsert", "bob2", ("hpc",), "Bob2-initial!")] and out["created"] is True
     with pytest.raises(da.DirectoryError, match="bad resource event"):
-        da.handle_resource({**ev, "name": "x" * 21}, settings=da.load_settings(ENV), directory=D(), ssm=None)
+        da.handle_resource({**ev, "name": "x" * 21}, settings=settings, directory=d, ssm=ssm)
+
+
+def test_a_bad_user_event_is_refused_before_any_write(ssm_env):
+    ssm, settings, put, key, other = ssm_env
+    ev = {"resource": "user", "name": "carol", "groups": ["hpc", "nope"],
+          "tf": {"action": "update", "prev_input": {"name": "caro"}}}
+    d = RecordingUsers()
+    with pytest.raises(da.DirectoryError, match=r"\['nope'\] not one of the stack's groups"):
+        da.handle_resource(ev, settings=settings, directory=d, ssm=ssm)
+    # Declared groups, but the initial password is not the stack's own SecureString: the rename's delete
+    # does not happen either.
+    put("/pcluster-ad/dev/users/carol/initial-password", key_id=other["Arn"])
+    with pytest.raises(da.DirectoryError, match="not a SecureString under the stack's key"):
+        da.handle_resource({**ev, "groups": ["hpc"]}, settings=settings, directory=d, ssm=ssm)
+    with pytest.raises(da.DirectoryError, match="bad resource event"):
+        da.handle_resource({**ev, "groups": "hpc"}, settings=settings, directory=d, ssm=ssm)
+    assert d.calls == []
+
+
+def test_directory_setup_takes_the_account_from_its_environment(ssm_env, caplog, monkeypatch):
+    ssm, settings, put, key, _other = ssm_env
+    put("/pcluster-ad/dev/join-password", "Add1ng-pw!", key_id=key["Arn"])
+    put("/pcluster-ad/dev/admin-password", "Adm1n!", key_id=key["Arn"])
+    put(settings.admin_password_parameter, "Adm1n!", key_id=key["Arn"])
+
+    class D(RecordingUsers):
+        conn = None
+
+        def ensure_layout(self):
+            return []
+
+    d = D()
+    old_payload = {"resource": "directory", "joinUser": "Administrator",
+                   "joinPasswordParameter": "/pcluster-ad/dev/admin-password", "tf": {"action": "update"}}
+    caplog.set_level(logging.INFO, logger="directory_admin")
+    def directory(conn, layout, set_password):
+        d.conn = conn
+        return d
+
+    monkeypatch.setattr(da, "Directory", directory)
+    out = da.handle(old_payload, settings=settings, ec2=None, ssm=ssm, ds=None, dynamodb=None,
+                    connect=lambda s, pw: FakeConn())
+    # The account and its password come from the function's environment, not from the payload.
+    assert d.calls == [("account", "pcad-add-dev", "Add1ng-pw!")] and FakeConn.unbound
+    assert out["addingAccount"]["account"] == {"dn": "CN=pcad-add-dev"}
+    assert '"decision": "ignored keys", "keys": ["joinPasswordParameter", "joinUser"]' in caplog.text
+    assert "Add1ng-pw!" not in caplog.text and "Adm1n!" not in caplog.text
+    # A parameter that is not the stack's own SecureString is not read: the setup refuses.
+    put("/pcluster-ad/dev/join-password", "Add1ng-pw!", kind="String")
+    with pytest.raises(da.DirectoryError, match="is a String"):
+        da.handle_resource(old_payload, settings=settings, directory=D(), ssm=ssm)
+
+
+class FakeConn:
+    """The connection handle() opens (its Directory is replaced by a stand-in): only the unbind matters."""
+
+    unbound = False
+
+    def unbind(self):
+        FakeConn.unbound = True
 
 
 def test_the_ou_is_never_deleted_while_the_cluster_has_nodes(aws):

@@ -36,13 +36,13 @@ def admin_program(**over):
     def program() -> None:
         stack = pulumi.get_stack()
         secrets = JoinSecrets("join-secrets", JoinSecretsArgs(
-            stack=stack, domain_name="test.domain", join_user=f"pcad-join-{stack}",
+            stack=stack, domain_name="test.domain", join_user=f"pcad-add-{stack}",
             join_password=pulumi.Output.secret("J0in-Passw0rd-xyz!"), reader_role_name="pcad-dev-eu-west-1-join",
             extra_reader_role_names=[ROLE]))
         args = dict(
             stack=stack, role_name=ROLE, cluster_name="hpc", directory_id=DIRECTORY, domain_name="test.domain",
             dns_ips=DNS, vpc_id="vpc-0123456789abcdef0", subnet_ids=SUBNETS, admin_user="Administrator",
-            admin_password=pulumi.Output.secret(ADMIN_PW), key_arn=secrets.key_arn, join_user=f"pcad-join-{stack}",
+            admin_password=pulumi.Output.secret(ADMIN_PW), key_arn=secrets.key_arn, join_user=f"pcad-add-{stack}",
             join_password_parameter_name=secrets.join_password_parameter_name,
             join_password_parameter_arn=secrets.join_password_parameter_arn,
             join_password_version=secrets.join_password_version,
@@ -85,6 +85,17 @@ def test_function_in_private_subnets_behind_egress_only_group(g):
     assert env["DNS_IPS"] == ",".join(DNS) and env["OU_NAME"] == "pcluster-ad-dev"
     assert env["ADMIN_PASSWORD_PARAMETER"] == "/pcluster-ad/dev/admin-password"
     assert ADMIN_PW not in json.dumps(env)
+    # Every name the function acts on comes from here (issue 16), with the key its parameters must be under.
+    assert env["STACK"] == "dev" and env["KMS_KEY_ARN"] == "<after-deploy:join-secrets-key.arn>"
+    assert env["JOIN_USER"] == "pcad-add-dev" and env["JOIN_PASSWORD_PARAMETER"] == "/pcluster-ad/dev/join-password"
+    none = run(join_user=None).named("directory-admin-fn").inputs["environment"]["variables"]
+    assert "JOIN_USER" not in none and "JOIN_PASSWORD_PARAMETER" not in none
+    # The function loads this environment (what Lambda gives it), with the resolved values.
+    from lambda_src.directory_admin import load_settings
+
+    settings = load_settings({k: str(v).replace("<after-deploy:join-secrets-key.arn>", "arn:aws:kms:r:1:key/k")
+                              for k, v in env.items()})
+    assert settings.join_user == "pcad-add-dev" and settings.stack == "dev"
 
 
 def test_admin_password_in_its_own_securestring(g):
@@ -127,10 +138,11 @@ def test_role_policy_is_least_privilege(g):
     via = {"StringEquals": {"kms:ViaService": "ssm.eu-west-1.amazonaws.com"}}
     assert st["DecryptOwnParameters"]["Condition"] == via
     assert st["DescribeInstances"]["Action"] == ["ec2:DescribeInstances"]
+    assert st["CheckParameterKeys"]["Action"] == ["ssm:DescribeParameters"]
     assert st["ReadRecordedComputerNames"]["Action"] == ["dynamodb:GetItem"]
     # Every `*` resource is one of the two documented ones.
     stars = sorted(s["Sid"] for s in doc["Statement"] if s["Resource"] == "*")
-    assert stars == ["AttachToVpc", "DescribeInstances"]
+    assert stars == ["AttachToVpc", "CheckParameterKeys", "DescribeInstances"]
     actions = {a for s in doc["Statement"] for a in s["Action"]}
     assert not any(a.endswith("*") for a in actions)
     assert not actions & {"ssm:GetParameters", "ssm:GetParametersByPath", "ds:*", "kms:Encrypt"}
@@ -143,13 +155,15 @@ def test_invocations_drive_the_directory(g):
     for r in invs.values():
         assert r.inputs["lifecycleScope"] == "CRUD"
         assert r.inputs["functionName"] == ROLE
+    # No names in the inputs (issue 16): the function takes them from its environment; the setup's input
+    # carries the versions that make it re-run (setup behaviour, the account's password).
     setup = json.loads(invs["directory-admin-setup"].inputs["input"])
-    assert setup["resource"] == "directory" and setup["joinUser"] == "pcad-join-dev"
-    assert setup["joinPasswordParameter"] == "/pcluster-ad/dev/join-password"
+    assert setup == {"resource": "directory", "ou": "pcluster-ad-dev", "setupVersion": 2,
+                     "joinPasswordVersion": setup["joinPasswordVersion"]}
+    assert "join-secrets-join-password" in g.dependency_names(invs["directory-admin-setup"])  # its version
     alice = json.loads(invs["directory-admin-user-alice"].inputs["input"])
     assert alice == {"resource": "user", "name": "alice", "groups": ["hpc-users", "gpu"], "displayName": "Alice A",
-                     "email": "alice@example.com",
-                     "initialPasswordParameter": "/pcluster-ad/dev/users/alice/initial-password"}
+                     "email": "alice@example.com"}
     deps = g.dependency_names(invs["directory-admin-user-alice"])
     assert {"directory-admin-setup", "directory-admin-group-hpc-users", "directory-admin-group-gpu",
             "directory-admin-user-alice-initial-password"} <= set(deps)
@@ -170,7 +184,7 @@ def test_initial_passwords(g):
     ({"users": [DirectoryUser("x" * 21)]}, "at most 20"),
     ({"users": [DirectoryUser("bad:name")]}, "contains"),
     ({"users": [DirectoryUser("carol", ("nope",))]}, "undeclared groups"),
-    ({"join_user": "pcad-join-with-a-very-long-name"}, "at most 20"),
+    ({"join_user": "pcad-add-with-a-very-long-name"}, "at most 20"),
 ])
 def test_bad_input_refused(over, message):
     args = DirectoryAdminArgs(stack="dev", role_name=ROLE, cluster_name="hpc", directory_id=DIRECTORY,

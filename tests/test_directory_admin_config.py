@@ -1,5 +1,6 @@
-"""Config of the directory admin (issue 10): the least-privilege join account by default, users and
-groups as code, validated offline with every problem naming its key."""
+"""Config of the directory admin (issue 10): the stack's own computer-adding account by default (issue 16:
+`pcad-add-<stack>`, only "create computer objects" in the cluster's OU), users and groups as code,
+validated offline with every problem naming its key."""
 
 from __future__ import annotations
 
@@ -32,22 +33,24 @@ USERS = [{"name": "alice", "groups": ["hpc-users", "gpu"], "displayName": "Alice
 
 def test_default_join_account_is_the_stacks_own():
     s = parse_settings(raw(), stack="dev")
-    assert s.join.user == "pcad-join-dev" and s.join.managed and s.directory_admin
+    # A new name (it was pcad-join-<stack>): the first `up` creates a fresh account and deletes the old one.
+    assert s.join.user == "pcad-add-dev" and s.join.managed and s.directory_admin
     assert s.warnings == ()
-    assert default_join_user("a-rather-long-stack-name") == "pcad-join-a-rather-l"
+    assert default_join_user("a-rather-long-stack-name") == "pcad-add-a-rather-lo"
     assert len(default_join_user("x" * 45)) == 20
     long = parse_settings(raw(), stack="team-analytics-prod")
-    assert long.join.user == "pcad-join-team-analy"
+    assert long.join.user == "pcad-add-team-analyt"
     assert physical_names("dev", "eu-west-1")["directory_admin_role"] == "pcad-dev-eu-west-1-dir"
     managed = parse_settings(raw(directory={"type": "MicrosoftAD", "domainName": "corp.example.com"}), stack="dev")
-    assert managed.join.user == "pcad-join-dev" and managed.join.managed
+    assert managed.join.user == "pcad-add-dev" and managed.join.managed
 
 
 def test_explicit_admin_join_account_works_with_a_warning():
     s = parse_settings(raw(join={"user": "Administrator"}), stack="dev")
     assert s.join.user == "Administrator" and not s.join.managed
     (w,) = s.warnings
-    assert "pcluster-ad:join.user" in w and "directory administrator" in w and "pcad-join-dev" in w
+    assert "pcluster-ad:join.user" in w and "directory administrator" in w and "pcad-add-dev" in w
+    assert "the join function holds the admin password" in w and "nodes never get it" in w
     named = parse_settings(raw(join={"user": "svc-hpc-join"}), stack="dev")
     assert named.join.user == "svc-hpc-join" and named.join.managed and named.warnings == ()
 
@@ -110,11 +113,15 @@ def test_program_wires_the_directory_admin(run_stack):
 
     g = run_stack(edit)
     setup = json.loads(g.named("directory-admin-setup").inputs["input"])
-    assert setup["joinUser"] == "pcad-join-dev" and setup["ou"] == "pcluster-ad-dev"
-    # The join parameters hold the stack's join account and a password of its own (not the admin's).
+    assert "joinUser" not in setup and setup["ou"] == "pcluster-ad-dev" and setup["setupVersion"] == 2
+    env = g.named("directory-admin-fn").inputs["environment"]["variables"]
+    assert env["JOIN_USER"] == "pcad-add-dev" and env["STACK"] == "dev"
+    # The join parameters hold the stack's computer-adding account and a password of its own (not the
+    # admin's), from a RandomPassword with a new logical name: existing stacks get a new password.
     assert g.named("join-secrets-join-user").inputs["value"] is not None
     password_deps = g.dependency_names(g.named("join-secrets-join-password"))
-    assert "join-password" in password_deps and "directory-admin-password" not in password_deps
+    assert "adding-account-password" in password_deps and "directory-admin-password" not in password_deps
+    assert "join-password" not in {r.name for r in g.resources}
     assert is_secret_value(g.named("join-secrets-join-password").inputs["value"])
     # Nodes join into the cluster's OU under collision-free names; the cluster waits for the OU and the
     # join account (and goes first on destroy).
@@ -150,7 +157,7 @@ def test_program_managed_ad_puts_the_ou_under_the_delegated_ou(run_stack):
     env = g.named("directory-admin-fn").inputs["environment"]["variables"]
     assert env["PARENT_DN"] == "OU=CORP,DC=corp,DC=example,DC=com" and env["ADMIN_USER"] == "Admin"
     assert g.outputs["computerOu"] == "OU=Computers,OU=pcluster-ad-dev,OU=CORP,DC=corp,DC=example,DC=com"
-    assert json.loads(g.named("directory-admin-setup").inputs["input"])["joinUser"] == "pcad-join-dev"
+    assert g.named("directory-admin-fn").inputs["environment"]["variables"]["JOIN_USER"] == "pcad-add-dev"
 
 
 def test_program_admin_as_join_account_creates_none(run_stack):
@@ -158,7 +165,8 @@ def test_program_admin_as_join_account_creates_none(run_stack):
 
     g = run_stack(lambda c: c.update({"pcluster-ad:join": {"user": "Administrator"}}))
     setup = json.loads(g.named("directory-admin-setup").inputs["input"])
-    assert "joinUser" not in setup  # the OU, no join account
+    assert "joinUser" not in setup and "joinPasswordVersion" not in setup  # the OU, no account of its own
+    assert "JOIN_USER" not in g.named("directory-admin-fn").inputs["environment"]["variables"]
     assert "directory-admin-password" in g.dependency_names(g.named("join-secrets-join-password"))
 
 
@@ -201,7 +209,7 @@ EXISTING = {"type": "Existing", "domainName": "corp.example.com", "dnsIps": ["10
 def test_existing_directory_with_admin_credentials_is_managed_the_same_way():
     s = parse_settings(raw(directory=EXISTING, users=[{"name": "alice"}]), stack="dev",
                        admin_password="any-Existing-pw")
-    assert s.directory_admin and s.join.user == "pcad-join-dev" and s.join.managed
+    assert s.directory_admin and s.join.user == "pcad-add-dev" and s.join.managed
     assert s.directory.admin_account == "Admin" and s.directory.parent_ou == EXISTING["parentOu"]
     assert [u.name for u in s.users] == ["alice"]
 
@@ -236,6 +244,6 @@ def test_program_existing_directory_with_admin_credentials(run_stack):
     env = g.named("directory-admin-fn").inputs["environment"]["variables"]
     assert env["ADMIN_USER"] == "Admin" and env["PARENT_DN"] == EXISTING["parentOu"]
     assert env["DIRECTORY_ID"] == "d-1234567890" and env["DNS_IPS"] == "10.0.0.10,10.0.1.10"
-    assert json.loads(g.named("directory-admin-setup").inputs["input"])["joinUser"] == "pcad-join-dev"
+    assert env["JOIN_USER"] == "pcad-add-dev"
     assert "directoryAdminPassword" not in g.outputs  # the directory's own password is not re-exported
     assert g.outputs["computerOu"] == "OU=Computers,OU=pcluster-ad-dev,OU=CORP,DC=corp,DC=example,DC=com"

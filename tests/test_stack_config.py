@@ -31,7 +31,7 @@ def test_dev_sample_is_valid_and_typed():
     assert s.region == "eu-west-1"
     assert s.directory.type == "SimpleAD" and s.directory.domain_name == "test.domain"
     assert s.directory.short_name == "TEST" and s.directory.realm == "TEST.DOMAIN"
-    assert s.join.user == "pcad-join-dev" and s.join.managed and not s.join.has_own_password
+    assert s.join.user == "pcad-add-dev" and s.join.managed and not s.join.has_own_password
     assert (s.join.window_minutes, s.join.max_answers) == (30, 3)  # defaults
     (cr,) = s.cluster.queues[0].compute_resources
     assert (cr.name, cr.instance_type, cr.min_count, cr.max_count) == ("c5-large", "c5.large", 2, 10)
@@ -49,7 +49,7 @@ def test_defaults_fill_what_is_left_out():
     assert s.network.cidr == "10.0.0.0/16" and s.network.nat_gateways == 1
     assert s.directory.short_name == "CORP" and s.directory.size == "Standard"
     assert s.directory.domain_name == "corp.example.com"
-    assert s.join.user == "pcad-join-dev" and s.join.managed  # the stack's own join account
+    assert s.join.user == "pcad-add-dev" and s.join.managed  # the stack's own computer-adding account
 
 
 def set_path(raw: dict[str, Any], key: str, path: list[Any], value: Any) -> None:
