@@ -88,6 +88,37 @@ def test_efs_group_without_nfs_ingress_fails_too(tmp_path):
     assert any(f["type"] == "EfsIdValidator" for f in errors_of(result)), result["failures"]
 
 
+def test_home_efs_with_tls_and_iam_authorization_passes(tmp_path):
+    """Issue 16: /home is mounted with EncryptionInTransit and IamAuthorization; ParallelCluster's create validation
+    (EfsMountOptionsValidator, EfsIdValidator, ...) accepts it, and the stack's EFS file system policy is in the plan
+    (the validators do not read file system policies: its content is checked in tests/test_cluster.py)."""
+    plan_dir, name = make_plan(tmp_path, "dev")
+    (home,) = yaml.safe_load((plan_dir / "cluster-config.yaml").read_text())["SharedStorage"]
+    assert home["EfsSettings"] == {"FileSystemId": "<after-deploy:home-efs.id>", "EncryptionInTransit": True,
+                                   "IamAuthorization": True}
+    resources = json.loads((plan_dir / "resources.json").read_text())
+    assert [r["name"] for r in resources if r["type"] == "aws:efs/fileSystemPolicy:FileSystemPolicy"] == [
+        "home-policy"]
+    result = validate_full(plan_dir, name)
+    assert errors_of(result) == [], result["failures"]
+    assert not [f for f in result["failures"] if f["type"].startswith("Efs")], result["failures"]
+
+
+def test_iam_authorization_without_tls_fails_as_on_aws(tmp_path):
+    """The constraint the render must keep: ParallelCluster refuses IamAuthorization without EncryptionInTransit."""
+    plan_dir, name = make_plan(tmp_path, "dev")
+    config = plan_dir / "cluster-config.yaml"
+    text = config.read_text()
+    assert "    EncryptionInTransit: true\n" in text
+    config.write_text(text.replace("    EncryptionInTransit: true\n", "    EncryptionInTransit: false\n"))
+    result = validate_full(plan_dir, name)
+    assert result["ok"] is False
+    (failure,) = [f for f in errors_of(result) if f["type"] == "EfsMountOptionsValidator"]
+    assert failure["message"] == (
+        "EFS IAM authorization cannot be enabled when encryption in-transit is disabled. Please either disable IAM "
+        "authorization or enable encryption in-transit for file system home")
+
+
 def test_rocky9_without_custom_ami_fails_as_on_aws(tmp_path):
     """stack_config refuses it offline; should a config get past that, ParallelCluster refuses it too."""
     plan_dir, name = make_plan(tmp_path, "prod")

@@ -238,7 +238,8 @@ def test_homes_survive_a_replacement(run_stack, home_type):
     data = g.named("home-efs" if home_type == "Efs" else "home-volume")
     (home,) = yaml.safe_load(g.outputs["clusterConfig"])["SharedStorage"]
     settings = home["EfsSettings"] if home_type == "Efs" else home["EbsSettings"]
-    assert settings == ({"FileSystemId": f"<after-deploy:{data.name}.id>"} if home_type == "Efs"
+    assert settings == ({"FileSystemId": f"<after-deploy:{data.name}.id>", "EncryptionInTransit": True,
+                         "IamAuthorization": True} if home_type == "Efs"
                         else {"VolumeId": f"<after-deploy:{data.name}.id>"})
     assert home["MountDir"] == "/home"
     assert g.parent_name(data) == "home" and data.options["retainOnDelete"] is True
@@ -299,3 +300,76 @@ def test_no_rendered_field_needs_compute_and_login_nodes_stopped_at_once(table):
         rendered |= set(_paths(row["base"])) | set(_paths(row["target"]))
     assert "LoginNodes.Pools[].Count" in rendered
     assert not rendered & combined, sorted(rendered & combined)
+
+
+def _before_issue_16(config: dict) -> dict:
+    """The config a stack deployed before issue 16: /home on EFS by FileSystemId only (no TLS, no IAM)."""
+    import copy
+
+    old = copy.deepcopy(config)
+    (home,) = old["SharedStorage"]
+    home["EfsSettings"] = {"FileSystemId": home["EfsSettings"]["FileSystemId"]}
+    return old
+
+
+def test_first_up_after_issue_16_replaces_the_cluster(run_stack):
+    """EncryptionInTransit and IamAuthorization are UNSUPPORTED updates (pcluster schemas/cluster_schema.py
+    SharedEfsSchema): ParallelCluster refuses them even with the compute fleet stopped, so an existing stack's
+    first `pulumi up` with this render must REPLACE the cluster (the Command's triggers change), never send
+    them to update-cluster. The homes survive (test_homes_survive_a_replacement)."""
+    g = run_stack()
+    new = yaml.safe_load(g.outputs["clusterConfig"])
+    old = _before_issue_16(new)
+    fields = snapshot()["fields"]
+    for key in ("EncryptionInTransit", "IamAuthorization"):
+        assert fields[f"SharedStorage[].EfsSettings.{key}"] == {"change": "replace", "policy": "UNSUPPORTED"}
+    assert needs_replacement(old, new)
+    assert replacement_view(new)["SharedStorage"]["home"]["EfsSettings"] == {
+        "FileSystemId": "<after-deploy:home-efs.id>", "EncryptionInTransit": True, "IamAuthorization": True}
+    stopped, running = _verdicts([{"base": old, "target": new, "running": False},
+                                  {"base": old, "target": new, "running": True}])
+    for verdict in (stopped, running):
+        assert verdict["allowed"] is False
+        errors = {e["parameter"]: e for e in verdict["updateValidationErrors"]}
+        assert set(errors) == {"SharedStorage[home].EfsSettings.EncryptionInTransit",
+                               "SharedStorage[home].EfsSettings.IamAuthorization"}, errors
+        for e in errors.values():
+            assert e["updatePolicy"] == "UNSUPPORTED" and (e["currentValue"], e["requestedValue"]) == ("-", "True")
+            print(f"\n{e['parameter']}: {e['message']}")
+    # What the launcher would say, should such a change ever reach update-cluster (a cluster changed outside
+    # Pulumi): its "needs a NEW cluster" branch recognises ParallelCluster's message.
+    from launcher.core import _UNSUPPORTED_RE
+
+    assert all(_UNSUPPORTED_RE.search(e["message"]) for e in stopped["updateValidationErrors"])
+
+
+def test_launcher_refuses_the_tls_iam_change_in_place_with_a_clear_message(tmp_path, monkeypatch):
+    """Should the change ever reach `update` (the cluster differs from what the stack last deployed), the launcher
+    sends it to update-cluster once, and fails at once with ParallelCluster's refusals and its "needs a NEW cluster"
+    message, without touching the compute fleet (the stand-in pcluster answers with ParallelCluster's ConfigPatch)."""
+    import io
+
+    from launcher import cli
+    from launcher.core import EXIT_FAILED
+    from tests.test_launcher import CONFIG_A, NAME, REGION, Fake, FakeClock, fake_runner
+
+    home = ("SharedStorage:\n  - MountDir: /home\n    Name: home\n    StorageType: Efs\n    EfsSettings:\n"
+            "      FileSystemId: fs-0123456789abcdef0\n")
+    before = CONFIG_A + home
+    after = before + "      EncryptionInTransit: true\n      IamAuthorization: true\n"
+    fake = Fake(tmp_path)
+    monkeypatch.setenv("FAKE_PCLUSTER_STATE", str(fake.path))
+    fake.seed("CREATE_COMPLETE", before)
+    clock, stdout, stderr = FakeClock(), io.StringIO(), io.StringIO()
+    code = cli.main(["update", "--cluster-name", NAME, "--region", REGION], runner=fake_runner(), clock=clock,
+                    sleep=clock.sleep, stdin=io.StringIO(after), stdout=stdout, stderr=stderr)
+    err = stderr.getvalue()
+    print(err)
+    assert code == EXIT_FAILED
+    for key in ("EncryptionInTransit", "IamAuthorization"):
+        assert (f"update refused for SharedStorage[home].EfsSettings.{key}: - -> True: Update actions are not "
+                f"currently supported for the '{key}' parameter") in err
+    assert ("ParallelCluster cannot change SharedStorage[home].EfsSettings.EncryptionInTransit, "
+            "SharedStorage[home].EfsSettings.IamAuthorization in place, even with the compute fleet stopped: this "
+            "needs a NEW cluster") in err
+    assert fake.commands() == ["describe-cluster", "update-cluster"]  # no fleet stop, nothing changed
