@@ -162,3 +162,29 @@ def test_os_lists_match_the_parallelcluster_package():
     package = json.loads(out)
     assert sorted(PRIVATE_OSES) == sorted(package["private"])
     assert sorted(SUPPORTED_OS) == sorted(package["supported"])
+
+
+def test_parallelcluster_grants_the_efs_client_actions_itself_with_iam_authorization():
+    """Why ClusterRole adds no elasticfilesystem:Client* permission: ParallelCluster adds them, on exactly the file
+    systems with IamAuthorization (external ones included), to each node role it creates. Read from the installed
+    package, so an upgrade that drops it fails here."""
+    code = (
+        "import inspect, json\n"
+        "from pcluster.templates.cdk_builder_utils import NodeIamResourcesBase as N\n"
+        "from pcluster.templates.cluster_stack import ClusterCdkStack as C\n"
+        "print(json.dumps({'grant': inspect.getsource(N._add_pcluster_policies_to_role),\n"
+        "  'arns': inspect.getsource(N._get_efs_with_iam_authorization_arns),\n"
+        "  'roles': inspect.getsource(N._add_role_and_policies),\n"
+        "  'efs': inspect.getsource(C._add_efs_storage)}))\n"
+    )
+    src = json.loads(subprocess.run([str(pcluster_python()), "-c", code], capture_output=True, text=True,
+                                    check=True, timeout=120).stdout)
+    grant = re.sub(r"\s+", " ", src["grant"])
+    assert ('actions=[ "elasticfilesystem:ClientMount", "elasticfilesystem:ClientRootAccess", '
+            '"elasticfilesystem:ClientWrite", ], effect=iam.Effect.ALLOW, resources=efs_with_iam_authorization_arns'
+            in grant), grant
+    assert "if efs_storage.iam_authorization" in src["arns"] and 'resource=f"file-system/{efs_id}"' in src["arns"]
+    # Every role ParallelCluster creates (no InstanceRole/InstanceProfile in our config) gets that policy ...
+    assert "self._add_pcluster_policies_to_role(" in src["roles"]
+    # ... and an external file system's id is the one recorded for it.
+    assert "efs_id = shared_efs.file_system_id" in src["efs"]
