@@ -1,25 +1,32 @@
-"""Join function: hand the AD join credentials to a live node of this cluster, during its
-join window only, and to nothing else.
+"""Join function: for a live node of this cluster, during its join window only, create that node's
+computer object with a one-time password and answer that password; nothing else, to nothing else.
+
+A node so holds a credential for its own computer object and nothing else (issue 16): the account
+that adds computer objects (SSM JOIN_USER_PARAMETER / JOIN_PASSWORD_PARAMETER, only "create computer
+objects" on the cluster's OU) never leaves this function, and the object is created with a security
+descriptor that leaves that account no right on it (computer_account.py).
 
 Transport: a Lambda function URL with AWS_IAM auth (payload format 2.0). Lambda has
 verified the SigV4 signature, so the caller identity in the event is trusted; the body
-is not (it must be empty or ``{}``). Instance-role credentials carry the instance id as
-their session name, but anyone allowed to assume *some* role can choose that session
-name. So the caller is accepted only if its role is the role of that very instance's
-instance profile, in the same account, that role was created by ParallelCluster for
-this cluster (IAM path ``/parallelcluster/<CLUSTER_NAME>/``: no cluster user can create
-roles, while anyone with ec2:CreateTags can set the cluster tag), and the instance is a
-pending/running node of this cluster (tag) in this VPC.
+is not. Instance-role credentials carry the instance id as their session name, but anyone
+allowed to assume *some* role can choose that session name. So the caller is accepted only
+if its role is the role of that very instance's instance profile, in the same account,
+that role was created by ParallelCluster for this cluster (IAM path
+``/parallelcluster/<CLUSTER_NAME>/``: no cluster user can create roles, while anyone with
+ec2:CreateTags can set the cluster tag), the instance is a pending/running node of this
+cluster (tag) in this VPC, and EC2 launched it from one of the launch templates of the
+cluster's own CloudFormation stack (system tag ``aws:ec2launchtemplate:id``, which no one
+can set): an instance started by hand with the cluster's instance profile gets nothing.
 
-Join window: every process on a node can read the node role's credentials from IMDS,
-so a valid signature does not mean "the boot-time join asks". The credentials are
-answered only while the instance's window is open: launched less than WINDOW_MINUTES
-ago, fewer than MAX_ANSWERS answers given (retries after a transient DC error), and not
-closed. The node's join script closes its window after a verified join; from then on
-every request for that instance is refused, and logged at WARNING. The state lives in a
-DynamoDB table (one item per instance, key ``instanceId``); every answer is counted by
-ONE conditional UpdateItem BEFORE the secret is read, so concurrent requests can never
-get more than MAX_ANSWERS answers between them.
+Join window: every process on a node can read the node role's credentials from IMDS, so a
+valid signature does not mean "the boot-time join asks". An object is created only while
+the instance's window is open: launched less than WINDOW_MINUTES ago, fewer than MAX_ANSWERS
+attempts (retries after a transient DC error), no object created for the instance before
+(ONE one-time password per instance, ever; the directory refuses a second object of the
+name as well), and the record not made for another launch of the instance. The node's
+join script confirms its join with a close; later requests are refused and logged at
+WARNING. The state lives in a DynamoDB table (one item per instance, key ``instanceId``);
+every attempt is counted by ONE conditional UpdateItem BEFORE anything is read or created.
 
 Event fields read; a local HTTP endpoint (the real-AD lab) may build just these with
 ``function_url_event`` after authenticating the caller itself:
@@ -31,18 +38,20 @@ Event fields read; a local HTTP endpoint (the real-AD lab) may build just these 
     requestContext.authorizer.iam.userId  <role-id>:<instance-id>
     requestContext.authorizer.iam.accountId
     body, isBase64Encoded                 optional; the body selects the request:
-        empty or "{}"                                  credential request
+        empty or "{}"                                  join request
         {"joined": true, "computerName": "<NAME>"}     close request (after the join)
 
-Responses (JSON): 200 {"domain", "realm", "user", "password"} (credential request) or
-200 {"closed": true} (close request); 400 {"error": <why>} for malformed requests;
-403 {"error": "forbidden"}; 500 or 503 {"error": "internal error"} (503: AWS throttled
-or unreachable, worth retrying). Each request logs one JSON line (request id, caller,
-instance id, decision, reason, window state), never the secret.
+Responses (JSON): 200 {"domain", "realm", "computerName", "hostFqdn", "oneTimePassword"}
+(join request) or 200 {"closed": true} (close request); 400 {"error": <why>} for malformed
+requests; 403 {"error": "forbidden"}; 500 or 503 {"error": "internal error"} (503: AWS
+throttled or unreachable, or no domain controller reachable: worth retrying). Each request
+logs one JSON line (request id, caller, instance id, computer name, decision, reason,
+window state), never a password.
 
-AWS calls: ec2:DescribeInstances, iam:GetInstanceProfile, dynamodb:UpdateItem and
-dynamodb:GetItem on the window table, ssm:GetParameters with decryption (so
-kms:Decrypt on the parameters' key).
+AWS calls: ec2:DescribeInstances, iam:GetInstanceProfile, cloudformation:ListStackResources
+on the cluster's stacks, dynamodb:UpdateItem and dynamodb:GetItem on the window table,
+ssm:GetParameters with decryption (so kms:Decrypt on the parameters' key); LDAP (389, NTLM,
+sealed) to DC_IPS.
 """
 
 from __future__ import annotations
@@ -66,17 +75,27 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+try:  # the Lambda package: the modules side by side at the zip's root
+    import computer_account
+except ImportError:  # the checkout (tests, the AD lab)
+    from lambda_src import computer_account
+
 CLUSTER_TAG = "parallelcluster:cluster-name"
+# EC2 sets it on every instance launched from a launch template; no one can set an aws: tag.
+LAUNCH_TEMPLATE_TAG = "aws:ec2launchtemplate:id"
+# The cluster's launch templates, read from its CloudFormation stacks, are cached this long; a template
+# missing from the cache is looked up again at most this often (a flood cannot multiply the calls).
+TEMPLATE_CACHE_SECONDS = 300
+TEMPLATE_MISS_REFRESH_SECONDS = 30
 # ParallelCluster creates node roles and instance profiles under this path
 # (pcluster/templates/cdk_builder_utils.py `_cluster_scoped_iam_path`; stack name = cluster name).
 ROLE_PATH = "/parallelcluster/{cluster}/"
 # The window table's schema (JoinFunction creates it; tests create the same one in moto).
 WINDOW_KEY = "instanceId"
 TTL_ATTRIBUTE = "expiresAt"
-# TTL while open: launch + window + this; once closed: close + CLOSED_TTL (a later cleanup of
-# stale AD computer objects needs the computer name while the node lives).
+# TTL while no object was created: launch + window + this. Once an object exists for the instance the record
+# has no TTL: it must hold as long as the instance lives (one one-time password per instance, ever).
 OPEN_TTL_SLACK_SECONDS = 24 * 3600
-CLOSED_TTL_SECONDS = 400 * 24 * 3600
 LIVE_STATES = frozenset({"pending", "running"})
 THROTTLING_CODES = frozenset(
     {
@@ -132,6 +151,10 @@ class Settings:  # field = lower-cased environment variable name
     window_table: str
     window_minutes: int
     max_answers: int
+    dc_ips: tuple[str, ...]
+    computer_ou: str
+    computer_prefix: str
+    ldap_port: int = 389
 
 
 _PARAMETER = (re.compile(r"[A-Za-z0-9_.\-/]{1,2048}"), "an SSM parameter name")
@@ -142,6 +165,11 @@ _SETTINGS_RULES = {
     "JOIN_USER_PARAMETER": _PARAMETER,
     "JOIN_PASSWORD_PARAMETER": _PARAMETER,
     "WINDOW_TABLE": (re.compile(r"[A-Za-z0-9_.-]{3,255}"), "a DynamoDB table name"),
+    "DC_IPS": (re.compile(r"\d{1,3}(?:\.\d{1,3}){3}(?:,\d{1,3}(?:\.\d{1,3}){3})*"),
+               "comma-separated IPv4 addresses of the domain controllers"),
+    "COMPUTER_OU": (re.compile(r"(?:OU|CN)=[^,]+(?:,(?:OU|CN|DC)=[^,]+)*", re.IGNORECASE),
+                    "an OU's distinguished name"),
+    "COMPUTER_PREFIX": (re.compile(r"[A-Z][A-Z0-9]{0,5}"), "a computer name prefix (1-6 upper-case letters/digits)"),
 }
 # Whole numbers and their bounds: the window must outlast the join script's own deadline (10 min).
 _INT_RULES = {"WINDOW_MINUTES": (10, 1440), "MAX_ANSWERS": (1, 10)}
@@ -164,14 +192,21 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
             problems.append(f"{variable}={value[:80]!r} is not a whole number from {low} to {high}")
         else:
             values[variable.lower()] = int(value)
+    port = environ.get("LDAP_PORT", "389").strip() or "389"
+    if not re.fullmatch(r"\d{1,5}", port) or not 1 <= int(port) <= 65535:
+        problems.append(f"LDAP_PORT={port[:80]!r} is not a TCP port")
+    else:
+        values["ldap_port"] = int(port)
     if problems:
         raise SettingsError("join function environment: " + "; ".join(problems))
+    values["dc_ips"] = tuple(values["dc_ips"].split(","))
     return Settings(**values)
 
 
 def make_clients() -> dict[str, Any]:
     """Clients for `handle`; region and endpoints come from the usual AWS_* variables."""
-    return {name: boto3.client(name, config=BOTO_CONFIG) for name in ("ec2", "iam", "ssm", "dynamodb")}
+    return {name: boto3.client(name, config=BOTO_CONFIG)
+            for name in ("ec2", "iam", "ssm", "dynamodb", "cloudformation")}
 
 
 _settings: Settings | None = None
@@ -226,10 +261,13 @@ def handle(
     iam: Any,
     ssm: Any,
     dynamodb: Any,
+    cloudformation: Any,
     logger: logging.Logger = LOG,
     now: Callable[[], float] = time.time,
+    create_computer: Callable[..., tuple[str, str]] = computer_account.create_computer,
 ) -> dict[str, Any]:
-    """Authorize the caller; answer with the join credentials or close its window (see module doc)."""
+    """Authorize the caller; create its computer object and answer the one-time password, or close its window
+    (see module doc). `create_computer(directory, name, host_fqdn)` -> (DN, password): computer_account's."""
     fields: dict[str, Any] = {"request_id": _dig(event, "requestContext", "requestId")}
     internal_error = {"error": "internal error"}
     try:
@@ -239,19 +277,31 @@ def handle(
         fields.update(request="credentials" if closing is None else "close")
         caller = _instance_caller(identity)
         fields.update(caller_role=caller.role_name, instance_id=caller.instance_id)
-        launch = _authorize(caller, settings, ec2, iam)
+        launch = _authorize(caller, settings, ec2, iam, cloudformation, now())
         window = _Window(settings, dynamodb, caller.instance_id, launch, now(), fields)
+        name = computer_name(settings.computer_prefix, caller.instance_id)
+        fields.update(computer_name=name)
         if closing is None:
             window.count_answer()
-            body = _join_credentials(settings, ssm)
+            body = _new_computer(settings, ssm, create_computer, name)
+            fields.update(computer_dn=body.pop("dn"))
+            window.issued(name)
             status, decision, reason = 200, "allow", "live node of the cluster within its join window"
         else:
+            if closing != name:
+                raise _BadRequest(f"computerName must be this instance's computer name {name}")
             window.close(closing)
             body = {"closed": True}
             status, decision, reason = 200, "close", "the node closed its join window after its join"
     except _Refusal as refusal:
         status, decision, reason = refusal.status, refusal.decision, refusal.reason
         body = {"error": refusal.public}
+    except computer_account.DirectoryUnavailable as exc:
+        fields.update(error=str(exc))
+        status, body, decision, reason = 503, internal_error, "error", "directory unreachable"
+    except computer_account.ComputerAccountError as exc:
+        fields.update(error=str(exc))
+        status, body, decision, reason = 500, internal_error, "error", "computer object not created"
     except ClientError as exc:
         code = _error_code(exc)
         fields.update(error_code=code, operation=exc.operation_name)
@@ -349,9 +399,10 @@ def _instance_caller(identity: Mapping[str, str]) -> Caller:
     return Caller(arn_account, role_name, role_id, session)
 
 
-def _authorize(caller: Caller, settings: Settings, ec2: Any, iam: Any) -> datetime:
-    """Deny unless the instance is a live cluster node whose profile role is the caller's
-    and was made by ParallelCluster for this cluster; return the instance's launch time."""
+def _authorize(caller: Caller, settings: Settings, ec2: Any, iam: Any, cloudformation: Any, now: float) -> datetime:
+    """Deny unless the instance is a live cluster node, launched from one of the launch templates of the
+    cluster's own CloudFormation stack, whose profile role is the caller's and was made by ParallelCluster for
+    this cluster; return the instance's launch time."""
     try:
         answer = ec2.describe_instances(InstanceIds=[caller.instance_id])
     except ClientError as exc:
@@ -401,7 +452,56 @@ def _authorize(caller: Caller, settings: Settings, ec2: Any, iam: Any) -> dateti
     path, expected = roles[0].get("Path"), ROLE_PATH.format(cluster=settings.cluster_name)
     if path != expected:
         raise _Refusal(f"instance role path is {path!r}, not {expected!r} (not a ParallelCluster role of the cluster)")
+    # What no one can set by hand: the template EC2 launched it from, one of the cluster stack's own. An instance
+    # started by hand with the cluster's profile, outside those templates, gets nothing.
+    template = tags.get(LAUNCH_TEMPLATE_TAG)
+    if not template:
+        raise _Refusal("instance was not launched from a launch template (ParallelCluster launches every node from"
+                       " one of the cluster's)")
+    if template not in _cluster_templates(cloudformation, settings.cluster_name, now, want=template):
+        raise _Refusal(f"launch template {template} is not one of cluster {settings.cluster_name}'s CloudFormation"
+                       " stack")
     return _launch_time(instance.get("LaunchTime"))
+
+
+_templates: dict[str, Any] = {"ids": frozenset(), "fetched": float("-inf")}
+
+
+def _cluster_templates(cloudformation: Any, cluster: str, now: float, *, want: str) -> frozenset[str]:
+    """The launch template ids of the cluster's stack (ParallelCluster's stack name = cluster name) and of the
+    stacks nested in it (queues, login pools), cached per container."""
+    age = now - _templates["fetched"]
+    if age < TEMPLATE_CACHE_SECONDS and (want in _templates["ids"] or age < TEMPLATE_MISS_REFRESH_SECONDS):
+        return _templates["ids"]
+    ids: set[str] = set()
+    stacks, seen = [cluster], set()
+    while stacks:
+        stack = stacks.pop()
+        if stack in seen or len(seen) >= 20:  # ParallelCluster nests one level; a bound all the same
+            continue
+        seen.add(stack)
+        try:
+            pages = cloudformation.get_paginator("list_stack_resources").paginate(StackName=stack)
+            for page in pages:
+                for res in page.get("StackResourceSummaries", []):
+                    kind, physical = res.get("ResourceType"), res.get("PhysicalResourceId")
+                    if kind == "AWS::EC2::LaunchTemplate" and physical:
+                        ids.add(physical)
+                    elif kind == "AWS::CloudFormation::Stack" and physical:
+                        stacks.append(physical)
+        except ClientError as exc:
+            if _error_code(exc) != "ValidationError":  # "Stack ... does not exist"
+                raise
+    _templates.update(ids=frozenset(ids), fetched=now)
+    return _templates["ids"]
+
+
+def computer_name(prefix: str, instance_id: str) -> str:
+    """The node's computer (NetBIOS) name, from its instance id only: prefix + sha256 hex, upper case, 15
+    characters (lambda_src/directory_admin.computer_name, which deletes it again, computes the same)."""
+    import hashlib
+
+    return (prefix + hashlib.sha256(instance_id.encode()).hexdigest()).upper()[:15]
 
 
 def _launch_time(value: Any) -> datetime:
@@ -435,27 +535,40 @@ class _Window:
         fields.update(launched_minutes_ago=self.age_minutes, max_answers=settings.max_answers)
 
     def count_answer(self) -> None:
-        """Count one answer, or deny; called BEFORE the secret is read."""
+        """Count one attempt, or deny; called BEFORE any secret is read or any object created. Refused once a
+        computer object was created for the instance (one one-time password per instance, ever), once closed,
+        and when the record was made for another launch of the instance (stop/start)."""
         self._refuse_if_expired(close=False)
         open_until = self.launch_epoch + self.settings.window_minutes * 60 + OPEN_TTL_SLACK_SECONDS
         self._update(
             close=False,
             expression=f"SET answers = if_not_exists(answers, :zero) + :one, launchTime = :lt, {TTL_ATTRIBUTE} = :exp",
-            condition="attribute_not_exists(closedAt) AND (attribute_not_exists(answers) OR answers < :max)",
+            condition="attribute_not_exists(closedAt) AND attribute_not_exists(issuedAt)"
+            " AND (attribute_not_exists(launchTime) OR launchTime = :lt)"
+            " AND (attribute_not_exists(answers) OR answers < :max)",
             values={":zero": {"N": "0"}, ":one": {"N": "1"}, ":lt": {"S": self.launch_iso},
                     ":exp": {"N": str(int(open_until))}, ":max": {"N": str(self.settings.max_answers)}},
         )
 
+    def issued(self, computer_name: str) -> None:
+        """Record the created object. No TTL from now on: the record holds while the instance lives (the
+        directory-admin function deletes it with the instance's computer object)."""
+        self.dynamodb.update_item(
+            TableName=self.settings.window_table, Key=self.key,
+            UpdateExpression=f"SET issuedAt = :now, computerName = :name REMOVE {TTL_ATTRIBUTE}",
+            ExpressionAttributeValues={":now": {"S": _iso(self.now)}, ":name": {"S": computer_name}},
+        )
+
     def close(self, computer_name: str) -> None:
-        """Close the window for good (the item then lives 400 more days)."""
+        """Close the window for good (a confirmation: the record keeps no TTL)."""
         self._refuse_if_expired(close=True)
         self._update(
             close=True,
-            expression=f"SET closedAt = :now, computerName = :name, launchTime = :lt, {TTL_ATTRIBUTE} = :exp, "
-            "answers = if_not_exists(answers, :zero)",
-            condition="attribute_not_exists(closedAt)",
+            expression=f"SET closedAt = :now, computerName = :name, launchTime = :lt, "
+            f"answers = if_not_exists(answers, :zero) REMOVE {TTL_ATTRIBUTE}",
+            condition="attribute_not_exists(closedAt) AND (attribute_not_exists(launchTime) OR launchTime = :lt)",
             values={":now": {"S": _iso(self.now)}, ":name": {"S": computer_name}, ":lt": {"S": self.launch_iso},
-                    ":exp": {"N": str(int(self.now + CLOSED_TTL_SECONDS))}, ":zero": {"N": "0"}},
+                    ":zero": {"N": "0"}},
         )
 
     def _update(self, *, close: bool, expression: str, condition: str, values: dict[str, Any]) -> None:
@@ -484,17 +597,27 @@ class _Window:
     def _note(self, item: Mapping[str, Any]) -> tuple[int, bool]:
         answers = int(_dig(item, "answers", "N") or 0)
         closed_at = _dig(item, "closedAt", "S")
+        issued_at = _dig(item, "issuedAt", "S")
         self.fields.update(answers=answers, window_closed=closed_at is not None)
         if closed_at is not None:
-            self.fields.update(closed_at=closed_at, computer_name=_dig(item, "computerName", "S"))
+            self.fields.update(closed_at=closed_at)
+        if issued_at is not None:
+            self.fields.update(issued_at=issued_at)
         return answers, closed_at is not None
 
     def _refuse(self, item: Mapping[str, Any], *, close: bool, expired: bool) -> NoReturn:
         answers, closed = self._note(item)
+        recorded_launch = _dig(item, "launchTime", "S")
+        if recorded_launch not in (None, self.launch_iso):
+            raise _Refusal(f"the record of this instance was made for its launch at {recorded_launch}, not"
+                           f" {self.launch_iso} (stopped and started): no new computer object")
         if closed and close:
             raise _Refusal("join window closed: a second close request for this node")
         if closed:
             raise _Refusal("join window closed: a process on this node asked for the join secret after the join")
+        if _dig(item, "issuedAt", "S") is not None and not close:
+            raise _Refusal("computer object already created for this instance: a process on this node asked for a"
+                           " second one-time password")
         if expired:
             raise _Refusal(f"join window expired: launched {self.age_minutes} minutes ago,"
                            f" the window is {self.settings.window_minutes} minutes")
@@ -505,25 +628,32 @@ def _error_code(exc: ClientError) -> str:
     return exc.response.get("Error", {}).get("Code") or ""
 
 
-def _join_credentials(settings: Settings, ssm: Any) -> dict[str, str]:
-    names = [
-        settings.domain_parameter,
-        settings.join_user_parameter,
-        settings.join_password_parameter,
-    ]
+def _new_computer(settings: Settings, ssm: Any, create_computer: Callable[..., tuple[str, str]],
+                  name: str) -> dict[str, str]:
+    """Create the instance's computer object with a one-time password (the adding account's credentials from
+    SSM; they never leave the function) and the node's answer (plus "dn", for the log only)."""
+    names = [settings.domain_parameter, settings.join_user_parameter, settings.join_password_parameter]
     answer = ssm.get_parameters(Names=sorted(set(names)), WithDecryption=True)
     values = {p["Name"]: p.get("Value") for p in answer.get("Parameters", [])}
-    missing = sorted({name for name in names if not (values.get(name) or "").strip()})
+    missing = sorted({n for n in names if not (values.get(n) or "").strip()})
     if missing:  # names only: the values may be secret
         raise _ConfigError("configuration error: SSM parameters missing or empty: " + ", ".join(missing))
-    domain, user, password = (values[name] for name in names)
-    domain = domain.strip()
-    return {
-        "domain": domain,
-        "realm": domain.upper(),
-        "user": user,
-        "password": password,
-    }
+    domain, user, password = (values[n] for n in names)
+    domain = domain.strip().lower()
+    # The account's bare name ('DOMAIN\\user' and 'user@realm' name the same account).
+    user = user.strip().rsplit("\\", 1)[-1].split("@", 1)[0]
+    # Never the instance's own DNS name: an IP address comes back with a new instance while the old object may
+    # still hold its SPNs; this name is as unique as the instance id.
+    host_fqdn = f"{name.lower()}.{domain}"
+    directory = computer_account.Directory(dc_ips=settings.dc_ips, domain=domain, computer_ou=settings.computer_ou,
+                                           user=user, password=password, port=settings.ldap_port)
+    try:
+        dn, one_time = create_computer(directory, name, host_fqdn)
+    except computer_account.AlreadyExists:
+        raise _Refusal(f"computer object {name} exists already: an instance gets one one-time password, ever")\
+            from None
+    return {"domain": domain, "realm": domain.upper(), "computerName": name, "hostFqdn": host_fqdn,
+            "oneTimePassword": one_time, "dn": dn}
 
 
 def function_url_event(

@@ -75,6 +75,7 @@ class Chain:
     good: list[Node]
     untagged: Node
     impostor: Node
+    outsiders: list[Node]  # started with the cluster's profile, not from the cluster's launch templates
     unreachable: Node
     runs: dict[str, BootstrapRun]
     started: float
@@ -133,13 +134,16 @@ def chain(lab: Lab) -> Chain:
     untagged, unreachable = lab.add_nodes([{"tagged": False}, {"dc_unreachable": True}])
     # An impostor: credentials of another role whose session name is a real node's instance id.
     (impostor,) = lab.add_nodes([{"creds_role": "other", "session_of": good[0]}])
+    outsiders = lab.add_nodes([{"launch_template": "none"}, {"launch_template": "foreign"}])
     lab.timings["nodes_up_s"] = round(time.monotonic() - t0, 2)
     started = time.monotonic()
     runs = {n.key: n.start_bootstrap(timeout_arg=JOIN_TIMEOUT) for n in good}
     runs[untagged.key] = untagged.start_bootstrap(timeout_arg=REFUSED_TIMEOUT)
     runs[impostor.key] = impostor.start_bootstrap(timeout_arg=REFUSED_TIMEOUT)
+    runs.update({n.key: n.start_bootstrap(timeout_arg=REFUSED_TIMEOUT) for n in outsiders})
     runs[unreachable.key] = unreachable.start_bootstrap(timeout_arg=UNREACHABLE_TIMEOUT)
-    return Chain(lab, good, untagged, impostor, unreachable, runs, started)
+    return Chain(lab=lab, good=good, untagged=untagged, impostor=impostor, outsiders=outsiders,
+                 unreachable=unreachable, runs=runs, started=started)
 
 
 def describe(res) -> str:

@@ -4,6 +4,7 @@ Usage: /usr/bin/python3 dctool.py SPEC.json|-   (prints one JSON line with timin
 
 SPEC: {"users": [{"name", "password"}], "groups": [{"name", "members": [...]}],
        "machine_account_quota": int, "delegate_join": {"user": NAME, "container": "CN=Computers"},
+       "delegate_add": {"user": NAME, "ou": "OU=Computers,OU=pcluster-ad-<stack>"},
        "bulk": {"users": N, "prefix": "buser", "big_group": {"name", "members": M},
                 "many_groups": {"user": NAME, "count": K, "prefix": "mgrp"}}}
 Bulk users get no password (lookups only): that skips Kerberos key derivation, which is what
@@ -23,6 +24,14 @@ from samba.samdb import SamDB
 from samba.sd_utils import SDUtils
 
 COMPUTER_CLASS = "bf967a86-0de6-11d0-a285-00aa003049e2"  # schemaIDGUID of the computer class
+
+
+def _exists(samdb, dn):
+    try:
+        samdb.search(dn, scope=ldb.SCOPE_BASE, attrs=[])
+        return True
+    except ldb.LdbError:
+        return False
 
 
 def main():
@@ -57,6 +66,20 @@ def main():
         container = f"{delegate.get('container', 'CN=Computers')},{base}"
         for ace in (f"(OA;CI;CCDC;{COMPUTER_CLASS};;{sid})", f"(OA;CIIO;GA;;{COMPUTER_CLASS};{sid})"):
             SDUtils(samdb).dacl_add_ace(container, ace)
+    adding = spec.get("delegate_add")
+    if adding:
+        # The product's computer-adding account (issue 16): the stack's OU chain, and ONE right on its
+        # Computers OU: create computer objects (not inherited, no delete, no rights on the objects).
+        res = samdb.search(
+            base, expression=f"(sAMAccountName={ldb.binary_encode(adding['user'])})", attrs=["objectSid"]
+        )
+        sid = str(ndr_unpack(security.dom_sid, res[0]["objectSid"][0]))
+        parts = adding["ou"].split(",")
+        for i in range(len(parts) - 1, -1, -1):
+            dn = ",".join(parts[i:]) + "," + base
+            if not _exists(samdb, dn):
+                samdb.create_ou(dn)
+        SDUtils(samdb).dacl_add_ace(f"{adding['ou']},{base}", f"(OA;;CC;{COMPUTER_CLASS};;{sid})")
     for g in spec.get("groups", []):
         samdb.newgroup(g["name"])
         if g.get("members"):

@@ -95,6 +95,17 @@ REAPER = (
 )
 
 
+def domain_dn(domain: str) -> str:
+    return ",".join(f"DC={part}" for part in domain.split("."))
+
+
+def computer_prefix(cluster_name: str) -> str:
+    sys.path.insert(0, str(REPO))
+    from lambda_src.directory_admin import computer_prefix as prefix
+
+    return prefix(cluster_name)
+
+
 class LabError(RuntimeError):
     pass
 
@@ -434,6 +445,9 @@ service ssh start >/dev/null
             self.lab.cfg.region,
             "--timeout",
             str(timeout_arg),
+            # As the stack renders it into the cluster config: the node checks the answered name against it.
+            "--computer-prefix",
+            computer_prefix(self.lab.cfg.cluster_name),
         ]
         if args is not None:
             argv = [path, *args]
@@ -587,12 +601,22 @@ class Lab:
         self.client: Host | None = None
         self.timings: dict[str, float] = {}
         self.admin_password = "Adm1n-" + secrets.token_hex(6) + "!"
+        # A classic join account (create/delete + full control on CN=Computers): the benchmarks' reference
+        # `realm join` only. The product's chain uses the computer-adding account below.
         self.join_user = "svc-pcjoin"
         self.join_password = "J0in-" + secrets.token_urlsafe(12).replace("-", "x").replace("_", "y") + "#"
+        # The account the join function adds computer objects with (issue 16): "create computer objects" on
+        # the stack's Computers OU, nothing else. Nodes never see its password.
+        self.add_user = "svc-pcadd"
+        self.add_password = "Add-" + secrets.token_urlsafe(12).replace("-", "x").replace("_", "y") + "#"
+        self.computer_ou = f"OU=Computers,OU=pcluster-ad-{self.cfg.stack},{domain_dn(self.cfg.domain)}"
         self.users: dict[str, str] = {}
-        # The admin password is the lab's own (provisioning takes it in argv); the join password and the
-        # nodes' AWS secrets belong to the product's chain and must never show up in any argv.
-        self.watch = ArgvWatch({"join password": self.join_password.encode()})
+        # The admin password is the lab's own (provisioning takes it in argv); the join and adding passwords
+        # and the nodes' AWS secrets belong to the product's chain and must never show up in any argv.
+        self.watch = ArgvWatch({"join password": self.join_password.encode(),
+                                "adding account password": self.add_password.encode(),
+                                # realm join would carry a one-time password in its argv: never used
+                                "one-time password option": b"one-time-password"})
         self._node_index = 9  # hosts[9] is .10
         self._torn_down = False
         self.leftovers: list[str] = []
@@ -682,8 +706,11 @@ printf 'search {c.domain}\\nnameserver {self.dc_ip}\\n' >/etc/resolv.conf
         t2 = time.monotonic()
         self.populate(
             {
-                "users": [{"name": self.join_user, "password": self.join_password}],
+                "users": [{"name": self.join_user, "password": self.join_password},
+                          {"name": self.add_user, "password": self.add_password}],
                 "delegate_join": {"user": self.join_user},
+                "delegate_add": {"user": self.add_user,
+                                 "ou": self.computer_ou[: -len(domain_dn(self.cfg.domain)) - 1]},
             }
         )
         self._time("dc_join_user_s", t2)
@@ -733,8 +760,11 @@ printf 'search {c.domain}\\nnameserver {self.dc_ip}\\n' >/etc/resolv.conf
             "stack": c.stack,
             "cluster_name": c.cluster_name,
             "domain": c.domain,
-            "join_user": self.join_user,
-            "join_password": self.join_password,
+            "join_user": self.add_user,
+            "join_password": self.add_password,
+            "dc_ip": self.dc_ip,
+            "computer_ou": self.computer_ou,
+            "computer_prefix": computer_prefix(c.cluster_name),
             "services_ip": self.services_ip,
             "imds_port": c.imds_port,
             "url_port": c.url_port,
@@ -811,7 +841,8 @@ printf 'search {c.domain}\\nnameserver {self.dc_ip}\\n' >/etc/resolv.conf
 
     def add_nodes(self, specs: list[dict]) -> list[Node]:
         """Create nodes (their namespaces start in parallel). Spec keys, all optional: tagged, vpc
-        ("cluster"/"other"), state, profile, creds_role, session_of (another Node), dc_unreachable."""
+        ("cluster"/"other"), state, profile, creds_role, session_of (another Node), dc_unreachable,
+        launch_template ("cluster", "foreign": made by hand outside the cluster's stack, "none")."""
         made: list[Node] = []
         for spec in specs:
             i, ip = self.next_ip()
@@ -826,7 +857,8 @@ printf 'search {c.domain}\\nnameserver {self.dc_ip}\\n' >/etc/resolv.conf
         self.add_ec2_dns(made)
         for node, spec in zip(made, specs, strict=True):
             node.base_setup()
-            req = {k: spec[k] for k in ("tagged", "vpc", "state", "creds_role", "profile") if k in spec}
+            req = {k: spec[k] for k in ("tagged", "vpc", "state", "creds_role", "profile", "launch_template")
+                   if k in spec}
             if spec.get("session_of") is not None:
                 req["session_name"] = spec["session_of"].instance_id
             info = self.svc_call("add_node", name=node.hostname, ip=node.ip, **req)["node"]

@@ -72,6 +72,8 @@ def _rand(alphabet: str, n: int) -> str:
 
 
 def _load_handler(path: str):
+    # The Lambda package has the handler's modules side by side (computer_account).
+    sys.path.insert(0, str(Path(path).resolve().parent))
     spec = importlib.util.spec_from_file_location("join_handler", path)
     if spec is None or spec.loader is None:
         raise RuntimeError(f"cannot load the join handler from {path}")
@@ -95,11 +97,13 @@ class Aws:
         self.ssm = boto3.client("ssm", **kw)
         self.kms = boto3.client("kms", **kw)
         self.dynamodb = boto3.client("dynamodb", **kw)
+        self.cfn = boto3.client("cloudformation", **kw)
         self.lock = threading.RLock()
         self.nodes: dict[str, dict] = {}  # by lab IP
         self.secrets: dict[str, Secret] = {}  # by access key id
         self.creds_owner: dict[str, dict] = {}  # access key id -> node
         self.requests: list[dict] = []
+        self.one_time_passwords: list[str] = []
         self.imds_requests = 0
         self._setup()
 
@@ -180,6 +184,23 @@ class Aws:
             "WINDOW_TABLE": self.window_table,
             "WINDOW_MINUTES": str(self.cfg.get("window_minutes", 30)),
             "MAX_ANSWERS": str(self.cfg.get("max_answers", 3)),
+            "DC_IPS": self.cfg["dc_ip"],
+            "COMPUTER_OU": self.cfg["computer_ou"],
+            "COMPUTER_PREFIX": self.cfg["computer_prefix"],
+        }
+        # ParallelCluster's stack (stack name = cluster name) with the nodes' launch template, and one launch
+        # template made by hand with the same name pattern: an instance from it is no node of the cluster.
+        template = {"Resources": {"ComputeLt": {"Type": "AWS::EC2::LaunchTemplate", "Properties": {
+            "LaunchTemplateName": f"{self.cluster}-queue1-cr1",
+            "LaunchTemplateData": {"ImageId": "ami-12c6146b", "InstanceType": "c5.large"}}}}}
+        self.cfn.create_stack(StackName=self.cluster, TemplateBody=json.dumps(template))
+        res = self.cfn.describe_stack_resource(StackName=self.cluster, LogicalResourceId="ComputeLt")
+        self.templates = {
+            "cluster": res["StackResourceDetail"]["PhysicalResourceId"],
+            "foreign": self.ec2.create_launch_template(
+                LaunchTemplateName=f"{self.cluster}-by-hand",
+                LaunchTemplateData={"ImageId": "ami-12c6146b", "InstanceType": "c5.large"},
+            )["LaunchTemplate"]["LaunchTemplateId"],
         }
 
     def window(self, instance_id: str) -> dict:
@@ -199,6 +220,10 @@ class Aws:
                 tags.append({"Key": "parallelcluster:cluster-name", "Value": self.cluster})
                 tags.append({"Key": "parallelcluster:node-type", "Value": req.get("node_type", "Compute")})
             profile_key = req.get("profile", "node")
+            # ParallelCluster launches every node from a launch template of the cluster's stack; a test may
+            # start one by hand ("none") or from a template outside the stack ("foreign").
+            launch = req.get("launch_template", "cluster")
+            extra = {} if launch == "none" else {"LaunchTemplate": {"LaunchTemplateId": self.templates[launch]}}
             inst = self.ec2.run_instances(
                 ImageId="ami-12c6146b",
                 MinCount=1,
@@ -207,6 +232,7 @@ class Aws:
                 SubnetId=self.subnets[req.get("vpc", "cluster")],
                 IamInstanceProfile={"Arn": self.profiles[profile_key]},
                 TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+                **extra,
             )["Instances"][0]
             iid = inst["InstanceId"]
             if req.get("state") == "stopped":
@@ -422,8 +448,11 @@ class FunctionUrlHandler(BaseHTTPRequestHandler):
         event = self._event(body, node, secret)
         try:
             clients = {"ec2": aws.ec2, "iam": aws.iam, "ssm": aws.ssm}
-            if "dynamodb" in inspect.signature(self.handler_mod.handle).parameters:
+            params = inspect.signature(self.handler_mod.handle).parameters
+            if "dynamodb" in params:
                 clients["dynamodb"] = aws.dynamodb
+            if "cloudformation" in params:  # bench --compare-with runs older handlers too
+                clients["cloudformation"] = aws.cfn
             with aws.lock:
                 result = self.handler_mod.handle(event, settings=self.settings, logger=self.handler_log, **clients)
         except Exception:  # noqa: BLE001 - Lambda: an unhandled error is a 502 at the function URL
@@ -433,6 +462,8 @@ class FunctionUrlHandler(BaseHTTPRequestHandler):
             log.error("handler raised:\n%s", traceback.format_exc())
             return self._reply(502, json.dumps({"Message": "Internal Server Error"}))
         code, rbody, rheaders = self._translate(result)
+        if code == 200 and "oneTimePassword" in rbody:  # the lab checks that no node keeps it anywhere
+            aws.one_time_passwords.append(json.loads(rbody)["oneTimePassword"])
         record.update(status=code, ms=round((time.monotonic() - t0) * 1000, 1))
         if code != 200:
             record["body"] = rbody[:300]  # errors carry no secret; 200 bodies are never recorded
@@ -596,6 +627,8 @@ def main() -> int:
             elif op == "window":
                 with aws.lock:
                     out = {"ok": True, "window": aws.window(req["instance_id"])}
+            elif op == "one_time_passwords":
+                out = {"ok": True, "passwords": list(aws.one_time_passwords)}
             elif op == "ping":
                 out = {"ok": True}
             elif op == "quit":

@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 
 import pytest
 
 from .conftest import JOIN_TIMEOUT, REFUSED_TIMEOUT, SLACK, UNREACHABLE_TIMEOUT, USERS, describe
-from .lab import REPO, SSH_OPTS
+from .lab import REPO, SSH_OPTS, computer_prefix
 
 pytestmark = pytest.mark.adlab
 
@@ -39,6 +40,18 @@ def joined(node, domain: str) -> bool:
     listed = domain in node.run(["realm", "list", "--name-only"], check=False).stdout.split()
     keytab = node.run(["klist", "-k", "/etc/krb5.keytab"], check=False).stdout
     return listed and f"$@{domain.upper()}" in keytab
+
+
+def computer_name(lab, node) -> str:
+    """The node's computer account as the join function derives it from the instance id."""
+    from lambda_src.join_handler import computer_name as derive
+
+    return derive(computer_prefix(lab.cfg.cluster_name), node.instance_id)
+
+
+def dc_ldb(lab, *args: str) -> subprocess.CompletedProcess:
+    """ldbsearch on the DC's own database (the harness's view of the directory)."""
+    return lab.dc.run(["ldbsearch", "-H", "/var/lib/samba/private/sam.ldb", *args], check=False, timeout=60)
 
 
 def sssd_running(node) -> bool:
@@ -69,9 +82,12 @@ def test_function_url_saw_signed_calls_from_each_node(chain):
         assert [(r["kind"], r["status"]) for r in mine] == [("credentials", 200), ("close", 200)], mine
         # The identity the handler saw is the one the node's instance-role credentials carry.
         assert all(r["signer_instance"] == node.instance_id for r in mine)
-        # The window is closed for good, with the computer account the join used (adcli: short name, upper).
+        # The function created the object under the name derived from the instance id (never one the node
+        # chose), and the record keeps no TTL: it holds while the instance lives.
         window = chain.lab.svc_call("window", instance_id=node.instance_id)["window"]
-        assert window.get("closedAt") and window.get("computerName") == node.hostname.upper(), window
+        assert window.get("closedAt") and window.get("issuedAt"), window
+        assert window.get("computerName") == computer_name(chain.lab, node), window
+        assert "expiresAt" not in window, window
         assert window.get("answers") == "1", window
 
 
@@ -202,7 +218,7 @@ def test_unprivileged_user_on_a_joined_node_gets_403(chain):
     warnings = [ln for ln in lab.handler_log().splitlines() if " WARNING " in ln and node.instance_id in ln]
     assert warnings, lab.handler_log()[-2000:]
     # A second close (someone replaying the node's close) is refused too.
-    again = attack(lab, node, "65534", '{"joined": true, "computerName": "X"}')
+    again = attack(lab, node, "65534", json.dumps({"joined": True, "computerName": computer_name(lab, node)}))
     assert "status 403" in again.stdout, again.stdout
 
 
@@ -332,26 +348,36 @@ def test_fake_imds_requires_a_token_and_answers_per_node(chain):
 # --- no secret leaks ---------------------------------------------------------------------------
 
 
-def test_join_password_not_on_any_node_disk(chain):
+def test_no_directory_password_on_any_node_disk(chain):
+    """Neither the adding account's password (the function's only) nor any one-time password (used once by
+    adcli, on its stdin) is on any node's disk or in the function's log."""
     lab = chain.lab
-    secret = lab.join_password.encode()
+    scanned = [*chain.good, chain.untagged, chain.impostor, *chain.outsiders, chain.unreachable]
+    for node in scanned:
+        chain.result(node)  # every join (and refusal) has finished
+    one_time = lab.svc_call("one_time_passwords")["passwords"]
+    # One per node the function answered (the joined ones and the one that then cannot reach the DC), none for
+    # the refused ones.
+    answered = {r["source_ip"] for r in lab.requests() if r.get("kind") == "credentials" and r["status"] == 200}
+    assert len(one_time) == len(answered) == len(chain.good) + 1, (one_time, answered)
+    secrets = [lab.add_password, lab.join_password, *one_time]
     hits = []
-    for node in [*chain.good, chain.untagged, chain.impostor]:
+    for node in scanned:
         for upper in node.upper_dirs():
             for path in upper.rglob("*"):
                 if path.is_file() and not path.is_symlink():
                     try:
-                        if secret in path.read_bytes():
-                            hits.append(str(path))
+                        data = path.read_bytes()
                     except OSError:
-                        pass
-        # tmpfs /run and /tmp inside the node (pattern on stdin: never in an argv)
+                        continue
+                    hits += [str(path) for secret in secrets if secret.encode() in data]
+        # tmpfs /run and /tmp inside the node (patterns on stdin: never in an argv)
         res = node.run(
-            ["grep", "-rlsF", "-D", "skip", "-f", "-", "/run", "/tmp"], input=lab.join_password + "\n", check=False
+            ["grep", "-rlsF", "-D", "skip", "-f", "-", "/run", "/tmp"], input="\n".join(secrets) + "\n", check=False
         )
         hits += [f"{node.key}:{p}" for p in res.stdout.split()]
-    assert not hits, f"join password found in: {hits}"
-    assert lab.join_password not in lab.handler_log()
+    assert not hits, f"a directory password found in: {hits}"
+    assert not any(secret in lab.handler_log() for secret in secrets)
 
 
 def test_no_secret_in_any_process_argv(chain):
@@ -424,3 +450,129 @@ def test_readme_first_user_commands_work_as_written(chain):
     assert login.returncode == 0, login.stdout + login.stderr
     groups, home = login.stdout.splitlines()[-2:]
     assert "first-users" in groups.split() and home == "/home/carol", login.stdout
+
+
+# --- issue 16: a node holds a credential for its own computer object and nothing else -------------
+
+
+def test_instances_outside_the_cluster_templates_get_nothing(chain):
+    """Started with the cluster's instance profile and tag, but by hand or from a launch template that is not
+    one of the cluster stack's: the function refuses, and no computer object exists for them."""
+    lab = chain.lab
+    for node in chain.outsiders:
+        res = chain.result(node)
+        assert res.rc == 6, describe(res)
+        statuses = [r["status"] for r in lab.requests() if r["source_ip"] == node.ip]
+        assert statuses and set(statuses) == {403}, statuses
+        found = dc_ldb(lab, f"(sAMAccountName={computer_name(lab, node)}$)", "dn")
+        assert "dn: " not in found.stdout, found.stdout
+    log = lab.handler_log()
+    assert "was not launched from a launch template" in log
+    assert "is not one of cluster" in log
+
+
+def test_one_time_password_is_dead_after_the_join(chain):
+    """adcli replaced the one-time password at once: it no longer authenticates the computer account."""
+    lab = chain.lab
+    node = chain.good[0]
+    name = computer_name(lab, node)
+    one_time = lab.svc_call("one_time_passwords")["passwords"]
+    for password in one_time:
+        res = node.run(["kinit", f"{name}$@{lab.cfg.realm}"], input=password + "\n", check=False,
+                       env={"KRB5CCNAME": "MEMORY:"}, timeout=60)
+        assert res.returncode != 0, "a one-time password still authenticates " + name
+    # The node's own machine password (in its keytab) does.
+    ok = node.run(["kinit", "-k", f"{name}$@{lab.cfg.realm}"], check=False, env={"KRB5CCNAME": "MEMORY:"})
+    assert ok.returncode == 0, ok.stderr
+
+
+# Root on one node, with that node's machine credentials (its keytab), against ANOTHER node's computer object and
+# against the OU: each change must be refused by the directory.
+MACHINE_ATTACK = r"""set -u
+kinit -k -c /tmp/attack.cc "$1" || exit 90
+export KRB5CCNAME=/tmp/attack.cc
+try() { printf '%s\n' "$2" | ldbmodify -H "ldap://$DC" --use-kerberos=required >/dev/null 2>&1 \
+        && echo "ALLOWED $1" || echo "refused $1"; }
+try spn "dn: $2
+changetype: modify
+add: servicePrincipalName
+servicePrincipalName: host/evil.$3"
+try description "dn: $2
+changetype: modify
+replace: description
+description: owned"
+try rbcd "dn: $2
+changetype: modify
+replace: msDS-AllowedToActOnBehalfOfOtherIdentity
+msDS-AllowedToActOnBehalfOfOtherIdentity:: AQAEgBQAAAAAAAAAAAAAACQAAAABAgAAAAAABSAAAAAgAgAAAgAkAAEAAAAAA
+ AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==
+"
+try password "dn: $2
+changetype: modify
+replace: unicodePwd
+unicodePwd:: IgBPAHQAaABlAHIALQBQAHcALQAxADIAMwA0ADUANgAhACIA"
+try create "dn: CN=EVIL01,$4
+changetype: add
+objectClass: computer
+sAMAccountName: EVIL01$"
+ldbdel -H "ldap://$DC" --use-kerberos=required "$2" >/dev/null 2>&1 && echo "ALLOWED delete" || echo "refused delete"
+rm -f /tmp/attack.cc
+"""
+
+
+def test_root_on_a_node_cannot_touch_another_computer_object(chain):
+    lab = chain.lab
+    attacker, victim = chain.good[1], chain.good[0]
+    victim_dn = f"CN={computer_name(lab, victim)},{lab.computer_ou}"
+    before = dc_ldb(lab, "-b", victim_dn, "-s", "base", "servicePrincipalName", "description", "pwdLastSet").stdout
+    res = attacker.run(["/bin/bash", "-c", MACHINE_ATTACK, "attack", f"{computer_name(lab, attacker)}$@{lab.cfg.realm}",
+                        victim_dn, lab.cfg.domain, lab.computer_ou],
+                       env={"DC": lab.dc_ip}, check=False, timeout=120)
+    assert res.returncode != 90, "kinit with the node's keytab failed: " + res.stderr
+    lines = res.stdout.split("\n")
+    for what in ("spn", "description", "rbcd", "password", "create", "delete"):
+        assert f"refused {what}" in lines, res.stdout + res.stderr
+    assert dc_ldb(lab, "-b", victim_dn, "-s", "base", "servicePrincipalName", "description",
+                  "pwdLastSet").stdout == before
+
+
+ADDING_ACCOUNT_ATTACK = r"""
+import asyncio, json, sys
+sys.path.insert(0, sys.argv[1])
+import computer_account as ca
+cfg = json.loads(sys.stdin.read())
+async def main():
+    d = ca.Directory([cfg["dc"]], cfg["domain"], cfg["ou"], cfg["user"], cfg["password"])
+    conn = await ca._connect(d)
+    out = {}
+    dn = cfg["victim"]
+    for what, change in (("description", {"description": [("replace", "owned")]}),
+                         ("password", {"unicodePwd": [("replace", '"Other-Pw-123456!"')]}),
+                         ("spn", {"servicePrincipalName": [("add", ["host/evil." + cfg["domain"]])]})):
+        ok, err = await conn.modify(dn, change)
+        out[what] = "ALLOWED" if ok else getattr(err, "resultname", type(err).__name__)
+    ok, err = await conn.delete(dn)
+    out["delete"] = "ALLOWED" if ok else getattr(err, "resultname", type(err).__name__)
+    await conn.disconnect()
+    print(json.dumps(out))
+asyncio.run(main())
+"""
+
+
+def test_adding_account_keeps_no_right_on_the_objects_it_created(chain):
+    """The function's own account (create computer objects in the OU, nothing else) cannot change, reset or
+    delete a node's object it created: the object's descriptor has no creator entries, its owner is Domain
+    Admins (Samba)."""
+    lab = chain.lab
+    victim_dn = f"CN={computer_name(lab, chain.good[0])},{lab.computer_ou}"
+    cfg = {"dc": lab.dc_ip, "domain": lab.cfg.domain, "ou": lab.computer_ou, "user": lab.add_user,
+           "password": lab.add_password, "victim": victim_dn}
+    res = subprocess.run(["ip", "netns", "exec", lab.sw_ns, sys.executable, "-c", ADDING_ACCOUNT_ATTACK,
+                          str(REPO / "lambda_src")], input=json.dumps(cfg), capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out == {"description": "insufficientAccessRights", "password": "insufficientAccessRights",
+                   "spn": "insufficientAccessRights", "delete": "insufficientAccessRights"}, out
+    owner = dc_ldb(lab, "-b", victim_dn, "-s", "base", "nTSecurityDescriptor")
+    assert "O:DA" in owner.stdout, owner.stdout
