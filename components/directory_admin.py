@@ -11,7 +11,6 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
 
+from components._vpc_lambda import VPC_ACCESS_STATEMENT, package_files, security_group
 from lambda_src.directory_admin import computer_prefix, initial_password_parameter_name, sam_problem
 from stack_config import GroupSettings, UserSettings
 
@@ -86,30 +86,13 @@ def admin_parameter_name(stack: str) -> str:
     return f"/pcluster-ad/{stack}/admin-password"
 
 
-def _package_files(dist: str, version: str) -> dict[str, pulumi.Asset]:
-    """The installed distribution's importable *.py files (no caches: same bytes, same archive hash)."""
-    installed = metadata.version(dist)
-    if installed != version:
-        raise ValueError(f"DirectoryAdmin: {dist} {installed} is installed, the function is built with {version}: "
-                         "run `venv/bin/pip install -r requirements.txt`")
-    files = metadata.files(dist) or []
-    out = {}
-    for f in files:
-        path = str(f)
-        if path.endswith(".py") and path.split("/")[0] == dist:
-            out[path] = pulumi.FileAsset(str(f.locate()))
-    if not out:
-        raise ValueError(f"DirectoryAdmin: no files of {dist} found to package")
-    return out
-
-
 def code_archive(code_dir: str) -> pulumi.AssetArchive:
     handler = Path(code_dir) / "directory_admin.py"
     if not handler.exists():
         raise ValueError(f"DirectoryAdmin: {handler} is missing")
     assets: dict[str, Any] = {"directory_admin.py": pulumi.FileAsset(str(handler))}
     for dist, version in PACKAGED.items():
-        assets.update(_package_files(dist, version))
+        assets.update(package_files(dist, version, owner="DirectoryAdmin"))
     return pulumi.AssetArchive(dict(sorted(assets.items())))
 
 
@@ -172,20 +155,10 @@ class DirectoryAdmin(pulumi.ComponentResource):
             tags=tags("admin-password")), child)
 
         # Egress only: LDAP to the directory's DNS IPs (its domain controllers), HTTPS to AWS APIs.
-        ports = [LDAP_PORT, LDAPS_PORT] if args.ldaps else [LDAP_PORT]
-        egress = pulumi.Output.from_input(args.dns_ips).apply(lambda ips: [
-            {"protocol": "tcp", "from_port": p, "to_port": p, "cidr_blocks": [f"{ip}/32"],
-             "description": f"LDAP{'S' if p == LDAPS_PORT else ''} to domain controller {ip}"}
-            for ip in ips for p in ports
-        ] + [
-            # 0.0.0.0/0: AWS API endpoints (SSM, EC2, Directory Service, DynamoDB) have no fixed IPs;
-            # they are reached through the private subnets' NAT.
-            {"protocol": "tcp", "from_port": 443, "to_port": 443, "cidr_blocks": ["0.0.0.0/0"],
-             "description": "HTTPS to AWS APIs"},
-        ])
-        sg = aws.ec2.SecurityGroup(f"{name}-sg", aws.ec2.SecurityGroupArgs(
-            vpc_id=args.vpc_id, description=f"pcluster-ad {args.stack}: directory-admin function (egress only)",
-            ingress=[], egress=egress, tags=tags("sg")), child)
+        sg = security_group(
+            f"{name}-sg", vpc_id=args.vpc_id, dc_ips=args.dns_ips,
+            ldap_ports=[LDAP_PORT, LDAPS_PORT] if args.ldaps else [LDAP_PORT], dns=False, tags=tags("sg"),
+            description=f"pcluster-ad {args.stack}: directory-admin function (egress only)", parent=self)
 
         role = aws.iam.Role(f"{name}-role", aws.iam.RoleArgs(
             name=args.role_name,  # no path: JoinSecrets' key policy matches role/<name>
@@ -330,12 +303,7 @@ def _role_policy(*, parameter_arns: list[pulumi.Input[str]], user_parameters_arn
          "Resource": [directory_arn]},
         # `*`: EC2 Describe* actions support no resource-level permissions.
         {"Sid": "DescribeInstances", "Effect": "Allow", "Action": ["ec2:DescribeInstances"], "Resource": "*"},
-        # `*`: what Lambda needs to attach the function to the VPC (AWSLambdaVPCAccessExecutionRole's
-        # actions); these EC2 network-interface actions take no narrower resource for this use.
-        {"Sid": "AttachToVpc", "Effect": "Allow",
-         "Action": ["ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets",
-                    "ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses",
-                    "ec2:UnassignPrivateIpAddresses"], "Resource": "*"},
+        VPC_ACCESS_STATEMENT,  # `*`: components/_vpc_lambda.py says why
         {"Sid": "WriteOwnLogs", "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
          "Resource": [pulumi.Output.concat(log_group_arn, ":*")]},
     ]
