@@ -150,7 +150,6 @@ def test_program_wires_the_directory_admin(run_stack):
 
 
 def test_program_managed_ad_puts_the_ou_under_the_delegated_ou(run_stack):
-    import json
 
     g = run_stack(lambda c: c.update({"pcluster-ad:directory": {"type": "MicrosoftAD",
                                                                  "domainName": "corp.example.com"}}))
@@ -237,7 +236,6 @@ def test_existing_directory_admin_user_needs_the_password_and_created_ones_refus
 
 
 def test_program_existing_directory_with_admin_credentials(run_stack):
-    import json
 
     g = run_stack(lambda c: c.update({"pcluster-ad:directory": EXISTING}),
                   secrets={"pcluster-ad:adminPassword": "any-Existing-pw"})

@@ -116,7 +116,8 @@ def main() -> None:
     ssm = boto3.client("ssm", region_name=REGION)
     kms = boto3.client("kms", region_name=REGION)
     dynamodb = boto3.client("dynamodb", region_name=REGION)
-    key = kms.create_key()["KeyMetadata"]["KeyId"]
+    key_meta = kms.create_key()["KeyMetadata"]
+    key, key_arn = key_meta["KeyId"], key_meta["Arn"]
     vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.0.0/20", AvailabilityZone=f"{REGION}a")["Subnet"]["SubnetId"]
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
@@ -127,7 +128,8 @@ def main() -> None:
         op = req.get("op")
         try:
             if op == "config":
-                state["settings"] = da.load_settings(req["settings"])
+                # The stack key: the parameters below are under it (KMS_KEY_ARN, as the component sets it).
+                state["settings"] = da.load_settings({"KMS_KEY_ARN": key_arn, **req["settings"]})
                 for name, value in req.get("parameters", {}).items():
                     ssm.put_parameter(Name=name, Value=value, Type="SecureString", KeyId=key, Overwrite=True)
                 if req.get("table"):
