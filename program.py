@@ -19,7 +19,7 @@ from components.bootstrap_scripts import BootstrapScripts, BootstrapScriptsArgs,
 from components.cluster_launcher import ClusterLauncher, ClusterLauncherArgs
 from components.cluster_role import ClusterRole, ClusterRoleArgs
 from components.directory import Directory, DirectoryArgs
-from components.directory_admin import DirectoryAdmin, DirectoryAdminArgs
+from components.directory_admin import DirectoryAdmin, DirectoryAdminArgs, ou_name
 from components.home_storage import HomeStorage, HomeStorageArgs
 from components.join_function import JoinFunction, JoinFunctionArgs
 from components.join_secrets import JoinSecrets, JoinSecretsArgs
@@ -81,6 +81,11 @@ def pulumi_program() -> None:
         role_name=join_role_name,
         cluster_name=settings.cluster.name,
         vpc_id=network.vpc_id,
+        # In the private subnets (as DirectoryAdmin): it adds each node's computer object over LDAP.
+        subnet_ids=network.private_subnet_ids,
+        dc_ips=directory.dns_ips,
+        computer_ou=_join_computer_ou(settings),
+        computer_prefix=computer_prefix(settings.cluster.name),
         domain_parameter_name=secrets.domain_parameter_name,
         join_user_parameter_name=secrets.join_user_parameter_name,
         join_password_parameter_name=secrets.join_password_parameter_name,
@@ -308,6 +313,16 @@ def _parent_dn(settings: Settings) -> str:
         return ""
     base = ",".join(f"DC={label}" for label in settings.directory.domain_name.split("."))
     return f"OU={settings.directory.short_name},{base}"
+
+
+def _join_computer_ou(settings: Settings) -> str:
+    """Where the join function creates the nodes' computer objects: the stack's own OU=Computers when the stack
+    administers the directory (DirectoryAdmin's `computer_ou`, built the same way; the tests check they agree),
+    else the domain's default computers container, where README's delegated join account may create them."""
+    base = ",".join(f"DC={label}" for label in settings.directory.domain_name.split("."))
+    if settings.directory_admin:
+        return f"OU=Computers,OU={ou_name(settings.stack)},{_parent_dn(settings) or base}"
+    return f"CN=Computers,{base}"
 
 
 def _head_node_az(settings: Settings, azs: list[str]) -> str:

@@ -1,6 +1,8 @@
-"""JoinFunction: the Lambda behind an AWS_IAM function URL that hands the join credentials to a
-cluster node during its join window (lambda_src/join_handler.py decides who is a node and keeps
-the windows in this component's DynamoDB table), plus the policy nodes attach."""
+"""JoinFunction: the Lambda behind an AWS_IAM function URL that, for a cluster node during its join window,
+pre-creates the node's computer object in the directory and answers it a one-time password
+(lambda_src/join_handler.py decides who is a node and keeps the windows in this component's DynamoDB table;
+lambda_src/computer_account.py talks LDAP, sealed NTLM, to the domain controllers), plus the policy nodes attach.
+It runs in the VPC's private subnets (the domain controllers have private IPs only), like DirectoryAdmin."""
 
 from __future__ import annotations
 
@@ -12,14 +14,27 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
+from components._vpc_lambda import LDAP_PORT, VPC_ACCESS_STATEMENT, package_files, security_group
 from lambda_src.join_handler import TTL_ATTRIBUTE, WINDOW_KEY
 
 HANDLER = "join_handler.handler"
 RUNTIME = "python3.13"
-# Pure Python + boto3, no native wheels: Graviton (arm64) is the cheaper architecture at no risk.
+# Pure Python + boto3 (the runtime's), no native wheels (package_files refuses any): Graviton (arm64) is the
+# cheaper architecture at no risk.
 ARCHITECTURE = "arm64"
 MEMORY_MB = 256
 _MAX_NAME = 64  # IAM role and Lambda function names
+# Every lambda_src module the handler imports, side by side at the zip's root (join_handler's
+# `import computer_account`). tests/test_join_components.py parses their imports against the zip.
+MODULES = ("join_handler.py", "computer_account.py")
+# msldap and ONLY its pure-Python dependencies, copied from the installed, pinned distributions
+# (requirements.txt). Not packaged: cryptography, cffi, pycryptodomex (compiled; unicrypto then uses its pure
+# backend) and prompt-toolkit, tabulate, wcwidth (msldap's console client only).
+PACKAGED = {
+    "msldap": "0.5.15", "asn1crypto": "1.5.1", "asyauth": "0.0.23", "asysocks": "0.2.18", "h11": "0.16.0",
+    "minikerberos": "0.4.9", "oscrypto": "1.3.0", "six": "1.17.0", "tqdm": "4.70.1", "unicrypto": "0.0.12",
+    "winacl": "0.1.9",
+}
 
 
 @dataclass
@@ -27,6 +42,10 @@ class JoinFunctionArgs:
     role_name: str  # also the function's name; the JoinSecrets key policy names this role
     cluster_name: str
     vpc_id: pulumi.Input[str]
+    subnet_ids: pulumi.Input[Sequence[pulumi.Input[str]]]  # private subnets (NAT egress to AWS APIs)
+    dc_ips: pulumi.Input[Sequence[pulumi.Input[str]]]  # the directory's DNS IPs: its domain controllers
+    computer_ou: pulumi.Input[str]  # DN of the OU where node computer objects are created
+    computer_prefix: str  # lambda_src/directory_admin.computer_prefix(cluster name)
     domain_parameter_name: pulumi.Input[str]
     join_user_parameter_name: pulumi.Input[str]
     join_password_parameter_name: pulumi.Input[str]
@@ -41,17 +60,24 @@ class JoinFunctionArgs:
     # concurrency and how fast anyone can probe. None = no reservation (new accounts whose whole
     # quota is 10 cannot reserve any).
     reserved_concurrency: int | None = 10
-    timeout_seconds: int = 60  # four AWS calls, each retried up to 4 times under throttling
+    timeout_seconds: int = 60  # the AWS calls, each retried up to 4 times under throttling, and the LDAP add
+    ldap_port: int = LDAP_PORT
     tags: dict[str, str] = field(default_factory=dict)
 
 
 def code_archive(code_dir: str) -> pulumi.AssetArchive:
-    """The handler module only: lambda_src also holds other functions' code (directory_admin.py),
-    which must neither ride along nor redeploy this function when it changes."""
-    handler = Path(code_dir) / f"{HANDLER.split('.')[0]}.py"
-    if not handler.is_file():
-        raise ValueError(f"JoinFunction: {handler} is missing")
-    return pulumi.AssetArchive({handler.name: pulumi.FileAsset(str(handler))})
+    """The handler's modules (MODULES, listed: lambda_src also holds other functions' code, directory_admin.py,
+    which must neither ride along nor redeploy this function when it changes) and the `*.py` files of PACKAGED,
+    sorted, no caches: the same checkout gives the same archive, and nothing is downloaded at deploy time."""
+    assets: dict[str, Any] = {}
+    for module in MODULES:
+        path = Path(code_dir) / module
+        if not path.is_file():
+            raise ValueError(f"JoinFunction: {path} is missing")
+        assets[module] = pulumi.FileAsset(str(path))
+    for dist, version in PACKAGED.items():
+        assets.update(package_files(dist, version, owner="JoinFunction"))
+    return pulumi.AssetArchive(dict(sorted(assets.items())))
 
 
 class JoinFunction(pulumi.ComponentResource):
@@ -59,6 +85,7 @@ class JoinFunction(pulumi.ComponentResource):
     function_arn: pulumi.Output[str]
     function_url: pulumi.Output[str]
     role_arn: pulumi.Output[str]
+    security_group_id: pulumi.Output[str]
     window_table_name: pulumi.Output[str]
     window_table_arn: pulumi.Output[str]
     invoke_policy_arn: pulumi.Output[str]
@@ -76,6 +103,8 @@ class JoinFunction(pulumi.ComponentResource):
             raise ValueError(f"JoinFunction: window_minutes must be 10 to 1440, got {args.window_minutes}")
         if not 1 <= args.max_answers <= 10:
             raise ValueError(f"JoinFunction: max_answers must be 1 to 10, got {args.max_answers}")
+        if not 1 <= args.ldap_port <= 65535:
+            raise ValueError(f"JoinFunction: ldap_port must be a TCP port, got {args.ldap_port}")
         child = pulumi.ResourceOptions(parent=self)
         invoke = pulumi.InvokeOutputOptions(parent=self)
         account = aws.get_caller_identity_output(opts=invoke).account_id
@@ -109,6 +138,13 @@ class JoinFunction(pulumi.ComponentResource):
             tags=tags("windows"),
         ), child)
 
+        # Egress only: LDAP and DNS (TCP and UDP 53: the VPC's DHCP options name only the directory's DNS IPs,
+        # so every name, the AWS endpoints' too, is resolved there) to each directory DNS IP /32, HTTPS to the
+        # AWS APIs through the NAT. No ingress: nothing connects to the function (the URL is Lambda's own).
+        sg = security_group(
+            f"{name}-sg", vpc_id=args.vpc_id, dc_ips=args.dc_ips, ldap_ports=[args.ldap_port], dns=True,
+            description=f"pcluster-ad {args.cluster_name}: join function (egress only)", tags=tags("sg"), parent=self)
+
         role = aws.iam.Role(f"{name}-role", aws.iam.RoleArgs(
             name=args.role_name,  # no path: JoinSecrets' key policy matches role/<name> exactly
             description=f"pcluster-ad join function for cluster {args.cluster_name}",
@@ -130,6 +166,11 @@ class JoinFunction(pulumi.ComponentResource):
                 via_ssm=pulumi.Output.concat("ssm.", region, ".", partition_result.dns_suffix),
                 parameter_arns=args.parameter_arns, key_arn=args.key_arn, log_group_arn=log_group.arn,
                 window_table_arn=windows.arn,
+                # ParallelCluster's stack is named after the cluster; its nested stacks (queues, login pools)
+                # `<cluster>-<logical id>-<suffix>`.
+                cluster_stack_arns=[pulumi.Output.concat("arn:", partition, ":cloudformation:", region, ":", account,
+                                                         ":stack/", args.cluster_name, suffix)
+                                    for suffix in ("/*", "-*/*")],
             )),
         ), child)
 
@@ -144,7 +185,12 @@ class JoinFunction(pulumi.ComponentResource):
             memory_size=MEMORY_MB,
             timeout=args.timeout_seconds,
             reserved_concurrent_executions=args.reserved_concurrency,
-            # Names only: the function reads the values itself, at request time.
+            # In the private subnets: the domain controllers have private IPs only. Destroy order: Pulumi deletes
+            # dependents first, so subnets, NAT and routes outlive the function only where it depends on them;
+            # this function runs no code at delete (no Invocation, nothing reads the directory then), so it needs
+            # no network path at its delete and declares none beyond its subnets and security group.
+            vpc_config=aws.lambda_.FunctionVpcConfigArgs(subnet_ids=args.subnet_ids, security_group_ids=[sg.id]),
+            # Names only: the function reads the secret values itself, at request time.
             environment=aws.lambda_.FunctionEnvironmentArgs(variables={
                 "CLUSTER_NAME": args.cluster_name,
                 "VPC_ID": args.vpc_id,
@@ -154,6 +200,10 @@ class JoinFunction(pulumi.ComponentResource):
                 "WINDOW_TABLE": windows.name,
                 "WINDOW_MINUTES": str(args.window_minutes),
                 "MAX_ANSWERS": str(args.max_answers),
+                "DC_IPS": pulumi.Output.from_input(args.dc_ips).apply(",".join),
+                "COMPUTER_OU": args.computer_ou,
+                "COMPUTER_PREFIX": args.computer_prefix,
+                "LDAP_PORT": str(args.ldap_port),
             }),
             logging_config=aws.lambda_.FunctionLoggingConfigArgs(log_format="Text", log_group=log_group.name),
             tags=tags("fn"),
@@ -182,6 +232,7 @@ class JoinFunction(pulumi.ComponentResource):
         self.function_arn = function.arn
         self.function_url = url.function_url
         self.role_arn = role.arn
+        self.security_group_id = sg.id
         self.window_table_name = windows.name
         self.window_table_arn = windows.arn
         self.invoke_policy_arn = invoke_policy.arn
@@ -193,6 +244,7 @@ class JoinFunction(pulumi.ComponentResource):
             "functionArn": self.function_arn,
             "functionUrl": self.function_url,
             "roleArn": self.role_arn,
+            "securityGroupId": self.security_group_id,
             "windowTableName": self.window_table_name,
             "invokePolicyArn": self.invoke_policy_arn,
             "ready": self.ready,
@@ -201,7 +253,8 @@ class JoinFunction(pulumi.ComponentResource):
 
 def _role_policy(*, account: pulumi.Input[str], partition: pulumi.Input[str], via_ssm: pulumi.Input[str],
                  parameter_arns: pulumi.Input[Sequence[pulumi.Input[str]]], key_arn: pulumi.Input[str],
-                 log_group_arn: pulumi.Input[str], window_table_arn: pulumi.Input[str]) -> dict[str, Any]:
+                 log_group_arn: pulumi.Input[str], window_table_arn: pulumi.Input[str],
+                 cluster_stack_arns: Sequence[pulumi.Input[str]]) -> dict[str, Any]:
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -220,8 +273,13 @@ def _role_policy(*, account: pulumi.Input[str], partition: pulumi.Input[str], vi
             # paths); this is read-only. The answer carries the role's path, which the handler checks.
             {"Sid": "ReadInstanceProfiles", "Effect": "Allow", "Action": ["iam:GetInstanceProfile"],
              "Resource": [pulumi.Output.concat("arn:", partition, ":iam::", account, ":instance-profile/*")]},
+            # The launch templates of the cluster's stack and its nested stacks: a node must have been launched
+            # from one of them (EC2's aws:ec2launchtemplate:id tag). Read-only, those stacks only.
+            {"Sid": "ReadClusterStacks", "Effect": "Allow", "Action": ["cloudformation:ListStackResources"],
+             "Resource": list(cluster_stack_arns)},
             {"Sid": "WriteOwnLogs", "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
              "Resource": [pulumi.Output.concat(log_group_arn, ":*")]},
+            VPC_ACCESS_STATEMENT,
         ],
     }
 
