@@ -137,6 +137,9 @@ def pulumi_program() -> None:
         function_url_script=JOIN_SCRIPT,
         allowed_groups=settings.access.allowed_groups,
         admin_groups=settings.access.admin_groups,
+        # ssh keys for MPI open an account only from inside the VPC. An adopted VPC's CIDR is not in the
+        # stack config: not baked there (the nodes log that the keys are not limited).
+        vpc_cidr=settings.network.cidr if settings.network.vpc_id is None else None,
         tags=tags,
     ))
     role = ClusterRole("cluster-role", ClusterRoleArgs(

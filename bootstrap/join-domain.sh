@@ -18,8 +18,9 @@
 #   3b. access and speed, all BEFORE realm join, which restarts sssd with the domain at its end (so no moment
 #      in which any AD user may log in): with allowed groups (baked by the stack, or --allowed-groups), an
 #      sssd conf.d snippet that admits only their members (simple access provider, nested groups count); with
-#      admin groups, a sudoers drop-in checked by visudo first; a pam_exec hook that gives AD users an ssh key
-#      between nodes at their first ssh login; sssd's cache on tmpfs. After the join: groups that do not
+#      admin groups, a sudoers drop-in checked by visudo first; /etc/ssh/sshrc, which sshd runs AS THE USER,
+#      gives AD users an ssh key between nodes at their first ssh login (limited to the VPC CIDR baked by the
+#      stack, or --vpc-cidr; an old root pam_exec hook is removed); sssd's cache on tmpfs. After the join: groups that do not
 #      resolve are logged as WARNINGs;
 #   4. `realm join` (the password on stdin only), each attempt capped at min(remaining, 120 s) so that a
 #      hanging join is retried. On the Debian family, ONE pam-auth-update (home directories created at
@@ -90,6 +91,11 @@ BAKED_FUNCTION_URL=""
 # --allowed-groups / --admin-groups override them. Empty allowed groups: every domain user may log in.
 BAKED_ALLOWED_GROUPS=""
 BAKED_ADMIN_GROUPS=""
+# The cluster's VPC CIDR, baked the same way (--vpc-cidr overrides it): the ssh key made for MPI opens an
+# account only from inside the VPC (from="CIDR"). Empty: no such restriction.
+BAKED_VPC_CIDR=""
+VPC_CIDR=""
+VPC_CIDR_SET=""
 ALLOWED_GROUPS=""
 ADMIN_GROUPS=""
 ALLOWED_GROUPS_SET=""
@@ -109,7 +115,7 @@ usage() {
     cat <<'EOF'
 usage: join-domain.sh [--function-url URL] --region REGION [--timeout SECONDS] [--restrict-imds]
                       [--computer-ou DN] [--computer-prefix PREFIX] [--allowed-groups LIST]
-                      [--admin-groups LIST]
+                      [--admin-groups LIST] [--vpc-cidr CIDR]
 
   --function-url URL   the join function URL (https://...; plain http only to a loopback address);
                        default: the URL the stack baked into this copy
@@ -118,6 +124,8 @@ usage: join-domain.sh [--function-url URL] --region REGION [--timeout SECONDS] [
   --allowed-groups LIST  comma-separated AD groups whose members (nested too) may log in; default: the
                        list baked into this copy; empty: every domain user
   --admin-groups LIST  comma-separated AD groups whose members get sudo (with their password)
+  --vpc-cidr CIDR      the VPC's IPv4 CIDR block (e.g. 10.0.0.0/16): the ssh key made for an AD user opens
+                       the account only from there; default: the CIDR baked into this copy; empty: anywhere
   --restrict-imds      after the join, allow the instance metadata service (IMDS) to root only, now
                        and at every boot
   --computer-ou DN     create the computer object in this OU (OU=...,DC=...; the cluster's OU, where
@@ -149,13 +157,13 @@ parse_args() {
                 continue
                 ;;
             --function-url=* | --region=* | --timeout=* | --computer-ou=* | --computer-prefix=* \
-                | --allowed-groups=* | --admin-groups=*)
+                | --allowed-groups=* | --admin-groups=* | --vpc-cidr=*)
                 value=${opt#*=}
                 opt=${opt%%=*}
                 shift
                 ;;
             --function-url | --region | --timeout | --computer-ou | --computer-prefix | --allowed-groups \
-                | --admin-groups)
+                | --admin-groups | --vpc-cidr)
                 if (($# < 2)) || [[ $2 == --* ]]; then
                     usage_error "argument $opt requires a value"
                 fi
@@ -172,6 +180,7 @@ parse_args() {
             --timeout) TIMEOUT=$value ;;
             --allowed-groups) ALLOWED_GROUPS=$value ALLOWED_GROUPS_SET=1 ;;
             --admin-groups) ADMIN_GROUPS=$value ADMIN_GROUPS_SET=1 ;;
+            --vpc-cidr) VPC_CIDR=$value VPC_CIDR_SET=1 ;;
             --computer-ou) COMPUTER_OU=$value ;;
             --computer-prefix) COMPUTER_PREFIX=$value ;;
         esac
@@ -180,6 +189,10 @@ parse_args() {
     [[ -n $FUNCTION_URL ]] || FUNCTION_URL=$BAKED_FUNCTION_URL
     [[ -n $ALLOWED_GROUPS_SET ]] || ALLOWED_GROUPS=$BAKED_ALLOWED_GROUPS
     [[ -n $ADMIN_GROUPS_SET ]] || ADMIN_GROUPS=$BAKED_ADMIN_GROUPS
+    [[ -n $VPC_CIDR_SET ]] || VPC_CIDR=$BAKED_VPC_CIDR
+    if [[ -n $VPC_CIDR ]] && ! valid_ipv4_cidr "$VPC_CIDR"; then
+        usage_error "argument --vpc-cidr must be an IPv4 CIDR block such as 10.0.0.0/16 (no host bits set): '$VPC_CIDR'"
+    fi
     [[ -n $FUNCTION_URL ]] || usage_error "missing argument --function-url URL (no URL is baked into this copy)"
     [[ -n $REGION ]] || usage_error "missing required argument --region REGION"
     # Plain http would expose the signed request and the password in the answer: only to a loopback
@@ -1139,7 +1152,11 @@ restrict_imds() {
 
 readonly ACCESS_CONF=/etc/sssd/conf.d/50-pcluster-ad-access.conf
 readonly SUDOERS_FILE=/etc/sudoers.d/50-pcluster-ad-admins
-readonly SSH_KEY_HOOK=/usr/local/sbin/pcluster-ad-user-ssh-key
+# Per-user ssh key for MPI: a script that sshd runs AS THE USER through /etc/ssh/sshrc (issue 16: never as root).
+readonly SSH_KEY_HOOK=/usr/local/libexec/pcluster-ad-user-ssh-key
+readonly SSHRC=/etc/ssh/sshrc
+# What versions before issue 16 installed: a root pam_exec hook in sshd's PAM session stack (removed on a re-run).
+readonly OLD_SSH_KEY_HOOK=/usr/local/sbin/pcluster-ad-user-ssh-key
 
 # "a, b ,c" -> one trimmed name per array element (AD group names cannot hold commas).
 split_groups() {
@@ -1268,51 +1285,88 @@ check_access_groups() {
     return 0
 }
 
-# The hook pam_exec runs at every ssh session start (ParallelCluster's GenerateSshKeysForUsers, done as the user).
+# An IPv4 CIDR block as sshd's from="..." takes it (addrmatch.c): a.b.c.d/n, parts 0-255 without leading zeros
+# (getaddrinfo would read 010 as octal), n 0-32, no host bits set (sshd refuses 10.0.0.1/16).
+valid_ipv4_cidr() {
+    local part='(0|[1-9][0-9]?|1[0-9][0-9]|2[0-4][0-9]|25[0-5])' a b c d n
+    [[ $1 =~ ^$part\.$part\.$part\.$part/(0|[1-9]|[12][0-9]|3[0-2])$ ]] || return 1
+    a=${BASH_REMATCH[1]} b=${BASH_REMATCH[2]} c=${BASH_REMATCH[3]} d=${BASH_REMATCH[4]} n=${BASH_REMATCH[5]}
+    ((((a << 24 | b << 16 | c << 8 | d) & ((1 << (32 - n)) - 1)) == 0))
+}
+
+# The per-user key script. sshd runs /etc/ssh/sshrc, which calls it, AS THE USER (ParallelCluster's
+# GenerateSshKeysForUsers, but never as root: issue 16). @VPC_CIDR@ becomes the quoted CIDR when installed.
 read -r -d '' SSH_KEY_HOOK_TEXT <<'SH' || true
 #!/bin/sh
-# pcluster-ad: at an AD user's ssh login, make ~/.ssh/id_ed25519 (no passphrase) if there is none and
-# authorize it for this same user, so that ssh between cluster nodes (MPI) needs no password; the home
-# is shared by all nodes. Installed by join-domain.sh, run by pam_exec (sshd session). All file work is
-# done AS THE USER (setpriv/runuser), never as root inside a directory the user controls.
-[ "$PAM_TYPE" = open_session ] || exit 0
-user=$PAM_USER
-[ -n "$user" ] && [ "$user" != root ] || exit 0
-# AD users only (sssd): local accounts keep what ParallelCluster gave them.
-entry=$(getent -s sss passwd "$user") || exit 0
-uid=$(printf '%s' "$entry" | cut -d: -f3)
-gid=$(printf '%s' "$entry" | cut -d: -f4)
-home=$(printf '%s' "$entry" | cut -d: -f6)
-[ -n "$uid" ] && [ "$uid" -ge 1000 ] && [ -d "$home" ] || exit 0
-[ -e "$home/.ssh/id_ed25519" ] && exit 0
-work='umask 077
-cd "$HOME" || exit 0
+# pcluster-ad-user-ssh-key (installed by join-domain.sh): ssh between cluster nodes (MPI) for AD users.
+# /etc/ssh/sshrc runs it at every ssh session, and sshd runs that file AS THE USER: after dropping
+# privileges, before the user's shell or command (sshd(8), SSHRC). It makes ~/.ssh/id_ed25519 (no
+# passphrase) if there is none and adds its public key to the user's OWN ~/.ssh/authorized_keys, usable
+# only from the cluster's VPC (from="CIDR"); the home is shared by all nodes. A key the user already has
+# stays as it is. Nothing for root, system accounts or users that sssd does not know; nothing on stdout
+# (scp and sftp sessions run it too); a failure never blocks a login. The user's own environment (PATH...)
+# is used as it is: it runs with the user's rights only, like anything else in the session.
+vpc_cidr=@VPC_CIDR@
+[ -n "$HOME" ] && [ -e "$HOME/.ssh/id_ed25519" ] && exit 0
+uid=$(id -u) || exit 0
+[ "$uid" -ge 1000 ] 2>/dev/null || exit 0
+entry=$(getent -s sss passwd "$uid") || exit 0
+user=$(printf '%s\n' "$entry" | cut -d: -f1)
+home=$(printf '%s\n' "$entry" | cut -d: -f6)
+[ -n "$home" ] && cd "$home" 2>/dev/null || exit 0
 [ -e .ssh/id_ed25519 ] && exit 0
-mkdir -p .ssh && chmod 700 .ssh || exit 1
-ssh-keygen -q -t ed25519 -N "" -C "$(id -un)@pcluster-ad cluster-internal" -f .ssh/id_ed25519 </dev/null || exit 1
-cat .ssh/id_ed25519.pub >>.ssh/authorized_keys && chmod 600 .ssh/authorized_keys'
-if command -v setpriv >/dev/null 2>&1; then
-    exec setpriv --reuid="$uid" --regid="$gid" --init-groups --reset-env /bin/sh -c "$work"
+umask 077
+mkdir -p .ssh 2>/dev/null && chmod 700 .ssh 2>/dev/null || exit 0
+tmp=$(mktemp -d .ssh/.pcluster-ad-key.XXXXXX 2>/dev/null) || exit 0
+# ln refuses when a parallel session (this node or another) made the key first: that key is kept.
+if ssh-keygen -q -t ed25519 -N "" -C "$user@pcluster-ad cluster-internal" -f "$tmp/key" </dev/null >/dev/null 2>&1 \
+    && ln "$tmp/key" .ssh/id_ed25519 2>/dev/null; then
+    mv -f "$tmp/key.pub" .ssh/id_ed25519.pub
+    line=$(cat .ssh/id_ed25519.pub)
+    [ -n "$vpc_cidr" ] && line="from=\"$vpc_cidr\" $line"
+    if [ -s .ssh/authorized_keys ] && [ -n "$(tail -c 1 .ssh/authorized_keys)" ]; then
+        printf '\n' >>.ssh/authorized_keys
+    fi
+    printf '%s\n' "$line" >>.ssh/authorized_keys && chmod 600 .ssh/authorized_keys
 fi
-exec runuser -u "$user" -- /bin/sh -c "$work"
+rm -rf "$tmp"
+exit 0
 SH
 readonly SSH_KEY_HOOK_TEXT
 
 install_ssh_key_hook() {
-    local hook="$ROOT$SSH_KEY_HOOK" pam="$ROOT/etc/pam.d/sshd"
-    local line="session optional pam_exec.so quiet $SSH_KEY_HOOK"
-    mkdir -p -- "$(dirname -- "$hook")" || die 11 "access: cannot create $(dirname -- "$hook")"
-    { printf '%s\n' "$SSH_KEY_HOOK_TEXT" >"$hook" && chmod 0755 -- "$hook"; } || die 11 "access: cannot write $hook"
-    if [[ ! -e $pam ]]; then
-        log "access: no $pam (sshd is not installed): no ssh key hook"
+    local hook="$ROOT$SSH_KEY_HOOK" sshrc="$ROOT$SSHRC" body first rest mode cidr="''"
+    remove_old_ssh_key_hook
+    [[ -n $VPC_CIDR ]] && cidr="'$VPC_CIDR'" # valid_ipv4_cidr checked it: digits, dots and a slash
+    { mkdir -p -- "$(dirname -- "$hook")" && ssh_key_write_file "$hook" "${SSH_KEY_HOOK_TEXT/@VPC_CIDR@/$cidr}" 0755; } \
+        || die 11 "access: cannot write $hook"
+    if [[ ! -d $ROOT/etc/ssh ]]; then
+        log "access: no /etc/ssh (sshd is not installed): no ssh key between nodes"
         return 0
     fi
-    if ! grep -qF -- "$line" "$pam"; then
-        # Last in the file: after the session modules that create the home directory.
-        printf '# pcluster-ad: ssh key between cluster nodes for AD users (first login)\n%s\n' "$line" >>"$pam" \
-            || die 11 "access: cannot edit $pam"
+    if [[ ! -e $sshrc ]] || [[ $(head -n 1 -- "$sshrc") == "$SSHRC_HEADER" ]]; then
+        ssh_key_write_file "$sshrc" "$SSHRC_HEADER"$'\n'"$SSHRC_TEXT"$'\n'"$SSHRC_LINE" 0644 \
+            || die 11 "access: cannot write $sshrc"
+    else
+        # The node's own sshrc stays: our one marked line goes first (after a #! line), where no exit can skip it.
+        body=$(grep -vF -- "$SSHRC_MARK" "$sshrc") || [[ $? == 1 ]] || die 11 "access: cannot read $sshrc"
+        first=${body%%$'\n'*} rest=""
+        [[ $body == *$'\n'* ]] && rest=${body#*$'\n'}
+        if [[ $first == '#!'* ]]; then
+            body="$first"$'\n'"$SSHRC_LINE"${rest:+$'\n'}$rest
+        else
+            body="$SSHRC_LINE"${body:+$'\n'}$body
+        fi
+        mode=$(stat -c %a -- "$sshrc") || die 11 "access: cannot read $sshrc"
+        ssh_key_write_file "$sshrc" "$body" "$mode" || die 11 "access: cannot edit $sshrc"
+        log "access: $SSHRC was there already: kept, with one added line that runs $SSH_KEY_HOOK"
     fi
-    log "access: AD users get an ssh key between nodes at their first ssh login ($SSH_KEY_HOOK)"
+    log "access: AD users get an ssh key between nodes at their first ssh login ($SSH_KEY_HOOK, run as the user by $SSHRC)"
+    if [[ -n $VPC_CIDR ]]; then
+        log "access: that key opens the account only from the VPC: from=\"$VPC_CIDR\""
+    else
+        log "access: no VPC CIDR (none baked into this copy, no --vpc-cidr): that key is not limited to the VPC (no from= restriction)"
+    fi
 }
 
 configure_access() {
@@ -1328,6 +1382,56 @@ readonly SSSD_DB=/var/lib/sss/db
 readonly SSSD_DB_UNIT=var-lib-sss-db.mount
 
 # sssd's cache in memory: a cold `id` of a user in 200 groups writes ~400 cache entries, each synced to
+# /etc/ssh/sshrc when the node has none: sshd then skips its own xauth call, so X11 cookies are added here,
+# as the example in sshd(8) does. The marked line that calls the key script follows it.
+readonly SSHRC_HEADER="# pcluster-ad: /etc/ssh/sshrc, installed by join-domain.sh (a re-run rewrites it)."
+read -r -d '' SSHRC_TEXT <<'SH' || true
+# sshd runs this file with /bin/sh AS THE USER, after dropping privileges and before the user's shell or
+# command, at every session, unless the user has an own ~/.ssh/rc (sshd(8), SSHRC). As it exists, sshd
+# does not run xauth itself: X11 forwarding cookies are added here (the example in sshd(8)).
+if read -r proto cookie && [ -n "$DISPLAY" ]; then
+	if [ "$(echo "$DISPLAY" | cut -c1-10)" = 'localhost:' ]; then
+		# X11UseLocalhost=yes
+		echo add "unix:$(echo "$DISPLAY" | cut -c11-)" "$proto" "$cookie"
+	else
+		# X11UseLocalhost=no
+		echo add "$DISPLAY" "$proto" "$cookie"
+	fi | xauth -q -
+fi
+SH
+readonly SSHRC_TEXT
+readonly SSHRC_MARK="# pcluster-ad-user-ssh-key"
+readonly SSHRC_LINE="$SSH_KEY_HOOK </dev/null >/dev/null 2>&1 || true $SSHRC_MARK (ssh key for MPI, join-domain.sh)"
+
+# $2 into file $1 (mode $3) through a temporary file in the same directory: sessions may read it meanwhile.
+ssh_key_write_file() {
+    local tmp
+    tmp=$(mktemp "$(dirname -- "$1")/.pcluster-ad.XXXXXX") || return 1
+    if ! printf '%s\n' "$2" >"$tmp" || ! chmod "$3" -- "$tmp" || ! mv -f -- "$tmp" "$1"; then
+        rm -f -- "$tmp"
+        return 1
+    fi
+}
+
+# Nodes set up before issue 16 ran the key hook as root from sshd's PAM session stack (pam_exec, after
+# Debian's `pam_env user_readenv=1`: the user's ~/.pam_environment reached a root process). Both go.
+remove_old_ssh_key_hook() {
+    local pam="$ROOT/etc/pam.d/sshd" old="$ROOT$OLD_SSH_KEY_HOOK" text mode
+    if [[ -f $pam ]] && grep -F -- "$OLD_SSH_KEY_HOOK" "$pam" | grep -q 'pam_exec'; then
+        text=$(awk -v hook="$OLD_SSH_KEY_HOOK" \
+            '!(index($0, "pam_exec") && index($0, hook)) && $0 != "# pcluster-ad: ssh key between cluster nodes for AD users (first login)"' \
+            "$pam") || die 11 "access: cannot read $pam"
+        mode=$(stat -c %a -- "$pam") || die 11 "access: cannot read $pam"
+        ssh_key_write_file "$pam" "$text" "$mode" || die 11 "access: cannot edit $pam"
+        log "access: removed the old root ssh key hook (pam_exec) from $OLD_SSH_KEY_HOOK in $pam"
+    fi
+    if [[ -e $old || -L $old ]]; then
+        rm -f -- "$old" || die 11 "access: cannot remove $old"
+        log "access: removed the old root ssh key hook $OLD_SSH_KEY_HOOK"
+    fi
+    return 0
+}
+
 # disk. Trade-off: the cache (and cached logins while the directory is unreachable) does not survive a
 # reboot. A mount unit mounts it again at every boot, before sssd (RequiresMountsFor in a drop-in).
 sssd_cache_in_memory() {

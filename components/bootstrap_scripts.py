@@ -12,6 +12,7 @@ recreated function changes that object, not the cluster config).
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 import shlex
 from collections.abc import Sequence
@@ -25,6 +26,9 @@ SCRIPTS_PREFIX = "bootstrap"
 BAKED_URL_LINE = 'BAKED_FUNCTION_URL=""'  # the marked default line in bootstrap/join-domain.sh
 # pcluster-ad:access, baked the same way: a changed group list changes the S3 object, never the cluster config.
 BAKED_GROUP_LINES = {"allowed": 'BAKED_ALLOWED_GROUPS=""', "admin": 'BAKED_ADMIN_GROUPS=""'}
+# The cluster's VPC CIDR, baked the same way: the ssh key made for an AD user (MPI) opens the account only from
+# inside the VPC (from="CIDR" on its authorized_keys line). A new CIDR changes the S3 object only.
+BAKED_VPC_CIDR_LINE = 'BAKED_VPC_CIDR=""'
 _URL_RE = re.compile(r"https://[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~/%-]*)?")  # nothing the shell expands
 
 
@@ -70,6 +74,22 @@ def bake_access_groups(script: str, allowed: Sequence[str], admin: Sequence[str]
     return script
 
 
+def bake_vpc_cidr(script: str, cidr: str | None) -> str:
+    """The script with its marked VPC CIDR line set to `cidr`: an IPv4 network in canonical form (what sshd's
+    from="..." takes: no host bits set). None or "" leaves the line as it is (then no from= restriction)."""
+    if script.count(BAKED_VPC_CIDR_LINE + "\n") != 1:
+        raise ValueError(f"the join script must contain the line {BAKED_VPC_CIDR_LINE!r} exactly once")
+    if not cidr:
+        return script
+    try:
+        net = ipaddress.IPv4Network(cidr, strict=True)
+    except ValueError as e:
+        raise ValueError(f"not an IPv4 CIDR block to bake as the VPC CIDR: {cidr!r} ({e})") from None
+    if str(net) != cidr:
+        raise ValueError(f"not an IPv4 CIDR block in canonical form to bake as the VPC CIDR: {cidr!r} (use {net})")
+    return script.replace(BAKED_VPC_CIDR_LINE + "\n", f"BAKED_VPC_CIDR='{net}'\n", 1)
+
+
 @dataclass
 class BootstrapScriptsArgs:
     script_paths: list[str]  # local files, uploaded under bootstrap/<file name>
@@ -80,6 +100,9 @@ class BootstrapScriptsArgs:
     # pcluster-ad:access, baked into the same script: who may log in (empty: every domain user), who gets sudo.
     allowed_groups: Sequence[str] = ()
     admin_groups: Sequence[str] = ()
+    # The VPC's IPv4 CIDR, baked into the same script: the generated ssh keys work only from inside the VPC.
+    # None: not baked (no from= restriction; the node logs it).
+    vpc_cidr: pulumi.Input[str] | None = None
     force_destroy: bool = True  # the scripts are generated from the repo: nothing to lose
     tags: dict[str, str] = field(default_factory=dict)
 
@@ -141,9 +164,10 @@ class BootstrapScripts(pulumi.ComponentResource):
             if args.function_url is not None and file.name == args.function_url_script:
                 text = file.read_text(encoding="utf-8")
                 # Same key, new content when the script or the URL changes.
-                body = dict(content=pulumi.Output.from_input(args.function_url).apply(
-                    lambda url, text=text: bake_access_groups(bake_function_url(text, url), args.allowed_groups,
-                                                              args.admin_groups)))
+                body = dict(content=pulumi.Output.all(args.function_url, args.vpc_cidr).apply(
+                    lambda v, text=text: bake_vpc_cidr(bake_access_groups(bake_function_url(text, v[0]),
+                                                                          args.allowed_groups, args.admin_groups),
+                                                       v[1])))
             else:
                 # Content hash: a changed script is uploaded again even if its size is unchanged.
                 body = dict(source=pulumi.FileAsset(str(file)),

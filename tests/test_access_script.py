@@ -5,6 +5,7 @@ and the baked lists. visudo is the real one (sudo must be installed)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import shutil
 import stat
 import subprocess
@@ -12,14 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from components.bootstrap_scripts import bake_access_groups
+from components.bootstrap_scripts import bake_access_groups, bake_vpc_cidr
 from tests.bootstrap_sandbox.sandbox import JOIN_SCRIPT, Sandbox
 from tests.bootstrap_sandbox.servers import FakeFunctionUrl, FakeImds
-from tests.test_bootstrap_scripts import GOOD, REGION, run_join
+from tests.test_bootstrap_scripts import GOOD, REGION, run_join, shellcheck
 
 ACCESS = "etc/sssd/conf.d/50-pcluster-ad-access.conf"
 SUDOERS = "etc/sudoers.d/50-pcluster-ad-admins"
-HOOK = "usr/local/sbin/pcluster-ad-user-ssh-key"
+HOOK = "usr/local/libexec/pcluster-ad-user-ssh-key"
+SSHRC = "etc/ssh/sshrc"
+OLD_HOOK = "usr/local/sbin/pcluster-ad-user-ssh-key"
+OLD_PAM_LINES = ["# pcluster-ad: ssh key between cluster nodes for AD users (first login)",
+                 "session optional pam_exec.so quiet /usr/local/sbin/pcluster-ad-user-ssh-key"]
+DEBIAN_SSHD_PAM = ["@include common-auth", "account    required     pam_nologin.so", "@include common-session",
+                   "session    required     pam_env.so user_readenv=1 envfile=/etc/default/locale"]
 
 
 @pytest.fixture
@@ -29,7 +36,8 @@ def box(tmp_path):
     b = Sandbox(tmp_path / "box", "debian12")
     pam = b.root / "etc" / "pam.d"
     pam.mkdir(parents=True)
-    (pam / "sshd").write_text("@include common-auth\n@include common-session\n")
+    (pam / "sshd").write_text("\n".join(DEBIAN_SSHD_PAM) + "\n")
+    (b.root / "etc" / "ssh").mkdir(parents=True)
     (pam / "common-auth").write_text("auth [success=1 default=ignore] pam_unix.so nullok\n"
                                      "auth optional pam_cap.so\n")
     (b.root / "etc" / "security").mkdir(parents=True)
@@ -52,11 +60,11 @@ def test_access_files_are_written_before_realm_join(box):
                   "Domain Admins,R&D (old) #1!")
     assert result.rc == 0, result.output
     out = result.stdout
-    # realm join restarts sssd with the domain at its end: every access file is in place before it starts.
+    # The join (then sssd's restart with the domain): every access file is in place before it starts.
     assert out.index("access: only members of these AD groups may log in: hpc-users, Domain Admins") \
-        < out.index("realm: joining test.domain")
-    assert out.index("access: sudo (with password) for members of: Domain Admins") < out.index("realm: joining")
-    assert out.index("access: AD users get an ssh key between nodes") < out.index("realm: joining")
+        < out.index("adcli: joining test.domain")
+    assert out.index("access: sudo (with password) for members of: Domain Admins") < out.index("adcli: joining")
+    assert out.index("access: AD users get an ssh key between nodes") < out.index("adcli: joining")
     conf = box.root / ACCESS
     assert conf.read_text().splitlines()[1:] == ["[domain/test.domain]", "access_provider = simple",
                                                  "simple_allow_groups = hpc-users, Domain Admins"]
@@ -74,19 +82,232 @@ def test_access_files_are_written_before_realm_join(box):
     assert "none of the allowed groups exists: no AD user can log in" in out
 
 
-def test_ssh_key_hook_is_installed_once_at_the_end_of_sshd_pam(box):
-    for _ in range(2):
-        result = join(box)
+def installed(box: Sandbox, *extra: str, script: Path = JOIN_SCRIPT, runs: int = 1):
+    """join-domain.sh on an already joined node (a re-run: no request to the join function), `runs` times. The
+    ssh key part is the same in the first-join path (test_access_files_are_written_before_realm_join)."""
+    box.mark_joined()
+    for _ in range(runs):
+        result = join(box, *extra, script=script)
         assert result.rc == 0, result.output
-        box.mark_joined()
-    pam = (box.root / "etc" / "pam.d" / "sshd").read_text().splitlines()
-    line = "session optional pam_exec.so quiet /usr/local/sbin/pcluster-ad-user-ssh-key"
-    assert pam[-1] == line and pam.count(line) == 1
+    return result
+
+
+def test_ssh_key_hook_is_run_by_sshrc_as_the_user_and_never_from_pam(box):
+    result = installed(box, "--vpc-cidr", "10.1.0.0/16", runs=2)
+    # Nothing in sshd's PAM stack (pam_exec would run it as root with the user's ~/.pam_environment).
+    assert (box.root / "etc" / "pam.d" / "sshd").read_text().splitlines() == DEBIAN_SSHD_PAM
+    sshrc = (box.root / SSHRC).read_text().splitlines()
+    assert sshrc[0].startswith("# pcluster-ad: /etc/ssh/sshrc, installed by join-domain.sh")
+    assert "if read -r proto cookie && [ -n \"$DISPLAY\" ]; then" in sshrc  # xauth, as sshd(8) shows
+    calls = [line for line in sshrc if "pcluster-ad-user-ssh-key" in line and not line.startswith("#")]
+    assert calls == ["/usr/local/libexec/pcluster-ad-user-ssh-key </dev/null >/dev/null 2>&1 || true"
+                     " # pcluster-ad-user-ssh-key (ssh key for MPI, join-domain.sh)"], sshrc
+    assert stat.S_IMODE((box.root / SSHRC).stat().st_mode) == 0o644
     hook = box.root / HOOK
     assert stat.S_IMODE(hook.stat().st_mode) == 0o755
     text = hook.read_text()
-    assert "getent -s sss passwd" in text and "setpriv --reuid" in text
-    assert subprocess.run(["sh", "-n", str(hook)]).returncode == 0
+    assert "vpc_cidr='10.1.0.0/16'\n" in text and "@VPC_CIDR@" not in text
+    assert "getent -s sss passwd" in text and "setpriv" not in text and "runuser" not in text
+    assert "access: AD users get an ssh key between nodes at their first ssh login" in result.stdout
+    assert 'access: that key opens the account only from the VPC: from="10.1.0.0/16"' in result.stdout
+    lint = subprocess.run([shellcheck(), "-s", "sh", str(hook), str(box.root / SSHRC)], capture_output=True,
+                          text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    leftovers = [p.name for d in (hook.parent, box.root / "etc" / "ssh", box.root / "etc" / "pam.d")
+                 for p in d.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_rerun_on_an_older_node_removes_the_root_pam_exec_hook(box):
+    pam = box.root / "etc" / "pam.d" / "sshd"
+    pam.write_text("\n".join([*DEBIAN_SSHD_PAM, *OLD_PAM_LINES]) + "\n")
+    pam.chmod(0o644)
+    old = box.root / OLD_HOOK
+    old.parent.mkdir(parents=True)
+    old.write_text("#!/bin/sh\n# the hook of versions before issue 16, run as root by pam_exec\n")
+    old.chmod(0o755)
+    result = installed(box)
+    assert pam.read_text().splitlines() == DEBIAN_SSHD_PAM
+    assert stat.S_IMODE(pam.stat().st_mode) == 0o644
+    assert not old.exists()
+    assert "access: removed the old root ssh key hook (pam_exec)" in result.stdout
+    assert (box.root / HOOK).exists() and (box.root / SSHRC).exists()
+    # Idempotent: a second run finds nothing to remove and changes nothing.
+    again = installed(box)
+    assert "removed the old root ssh key hook" not in again.stdout
+    assert pam.read_text().splitlines() == DEBIAN_SSHD_PAM
+
+
+@pytest.mark.parametrize("shebang", [True, False])
+def test_an_existing_sshrc_is_kept_with_one_marked_line_first(box, shebang):
+    own = ["# site sshrc", "if read proto cookie; then echo \"add $DISPLAY $proto $cookie\" | xauth -q -; fi",
+           "exit 0"]
+    if shebang:
+        own = ["#!/bin/sh", *own]
+    sshrc = box.root / SSHRC
+    sshrc.write_text("\n".join(own) + "\n")
+    sshrc.chmod(0o640)
+    result = installed(box, runs=2)
+    lines = sshrc.read_text().splitlines()
+    mark = [i for i, line in enumerate(lines) if "# pcluster-ad-user-ssh-key" in line]
+    assert mark == [1 if shebang else 0], lines
+    assert lines[mark[0]].startswith("/usr/local/libexec/pcluster-ad-user-ssh-key </dev/null >/dev/null 2>&1")
+    assert [line for i, line in enumerate(lines) if i not in mark] == own  # before any exit; the rest unchanged
+    assert stat.S_IMODE(sshrc.stat().st_mode) == 0o640
+    assert "was there already: kept, with one added line" in result.stdout
+
+
+def test_without_a_vpc_cidr_the_key_is_not_limited_and_the_log_says_so(box):
+    result = installed(box)
+    assert "vpc_cidr=''\n" in (box.root / HOOK).read_text()
+    assert "access: no VPC CIDR (none baked into this copy, no --vpc-cidr): that key is not limited to the VPC" \
+        in result.stdout
+
+
+def test_baked_vpc_cidr_is_used_and_the_option_overrides_it(box, tmp_path):
+    baked = tmp_path / "join-domain.sh"
+    baked.write_text(bake_vpc_cidr(JOIN_SCRIPT.read_text(), "10.20.0.0/16"))
+    installed(box, script=baked)
+    assert "vpc_cidr='10.20.0.0/16'\n" in (box.root / HOOK).read_text()
+    installed(box, "--vpc-cidr", "172.16.4.0/22", script=baked)
+    assert "vpc_cidr='172.16.4.0/22'\n" in (box.root / HOOK).read_text()
+    result = installed(box, "--vpc-cidr=", script=baked)  # explicitly none
+    assert "vpc_cidr=''\n" in (box.root / HOOK).read_text()
+    assert "no VPC CIDR" in result.stdout
+
+
+@pytest.mark.parametrize("cidr", ["10.0.0.1/16", "10.0.0.0/33", "010.0.0.0/8", "10.0.0.0", "256.0.0.0/8",
+                                  "fd00::/8", "10.0.0.0/16,192.0.2.0/24", "10.0.0.0/16'; touch /tmp/x; '",
+                                  "10.0.0.0/16 "])
+def test_bad_vpc_cidr_is_a_usage_error_naming_the_option(box, cidr):
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        result = run_join(box, imds, fn, "--vpc-cidr", cidr)
+        assert result.rc == 2, result.output
+        assert "argument --vpc-cidr must be an IPv4 CIDR block" in result.stderr and "usage:" in result.stderr
+        assert imds.requests == [] and fn.requests == []
+    assert not (box.root / HOOK).exists()
+
+
+def test_bad_baked_vpc_cidr_is_refused_too(box, tmp_path):
+    baked = tmp_path / "join-domain.sh"
+    baked.write_text(JOIN_SCRIPT.read_text().replace('BAKED_VPC_CIDR=""\n', "BAKED_VPC_CIDR='10.0.0.7/16'\n"))
+    result = join(box, script=baked)
+    assert result.rc == 2 and "argument --vpc-cidr must be an IPv4 CIDR block" in result.stderr, result.output
+
+
+# --- the installed key script itself, run as sshrc runs it (the user's own process) ------------------------------
+
+FAKE_ID = """#!/bin/sh
+case "$1" in -u) echo "$FAKE_UID" ;; -un) echo alice ;; *) echo "uid=$FAKE_UID(alice)" ;; esac
+"""
+FAKE_GETENT = """#!/bin/sh
+[ "$1 $2 $3 $4" = "-s sss passwd $FAKE_UID" ] && [ -n "$FAKE_AD" ] || exit 2
+echo "alice:*:$FAKE_UID:$FAKE_UID:Alice:$FAKE_HOME:/bin/bash"
+"""
+
+
+@pytest.fixture
+def hook(box, tmp_path):
+    """The installed key script with stand-ins for `id` and `getent` first on PATH (the script uses the caller's
+    PATH as sshd gives it: it runs with the user's rights only); real ssh-keygen, ln, mktemp."""
+    installed(box, "--vpc-cidr", "10.1.0.0/16")
+    fakes = tmp_path / "fakes"
+    fakes.mkdir()
+    for name, text in (("id", FAKE_ID), ("getent", FAKE_GETENT)):
+        (fakes / name).write_text(text)
+        (fakes / name).chmod(0o755)
+    home = tmp_path / "alice"
+    home.mkdir()
+
+    def run(uid: int = 1500, ad: bool = True, fake: bool = True) -> subprocess.CompletedProcess:
+        env = {"PATH": f"{fakes}:/usr/bin:/bin" if fake else "/usr/bin:/bin", "HOME": str(home),
+               "FAKE_UID": str(uid), "FAKE_AD": "1" if ad else "", "FAKE_HOME": str(home)}
+        return subprocess.run([str(box.root / HOOK)], env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=60, cwd=home)
+
+    run.home = home
+    return run
+
+
+def test_key_script_makes_a_key_authorized_from_the_vpc_only(hook):
+    res = hook()
+    assert res.returncode == 0 and res.stdout == "" and res.stderr == "", res
+    ssh = hook.home / ".ssh"
+    pub = (ssh / "id_ed25519.pub").read_text().strip()
+    assert pub.startswith("ssh-ed25519 ") and pub.endswith(" alice@pcluster-ad cluster-internal")
+    assert (ssh / "authorized_keys").read_text() == f'from="10.1.0.0/16" {pub}\n'
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (ssh, ssh / "id_ed25519", ssh / "authorized_keys")}
+    assert modes == {".ssh": 0o700, "id_ed25519": 0o600, "authorized_keys": 0o600}
+    assert sorted(p.name for p in ssh.iterdir()) == ["authorized_keys", "id_ed25519", "id_ed25519.pub"]
+    # Every later session: nothing changes.
+    before = (ssh / "authorized_keys").read_text()
+    assert hook().returncode == 0 and (ssh / "authorized_keys").read_text() == before
+
+
+def test_key_script_keeps_a_key_the_user_has(hook):
+    ssh = hook.home / ".ssh"
+    ssh.mkdir(mode=0o700)
+    (ssh / "id_ed25519").write_text("her own key\n")
+    assert hook().returncode == 0
+    assert (ssh / "id_ed25519").read_text() == "her own key\n"
+    assert sorted(p.name for p in ssh.iterdir()) == ["id_ed25519"]
+
+
+def test_key_script_appends_on_a_line_of_its_own(hook):
+    ssh = hook.home / ".ssh"
+    ssh.mkdir(mode=0o700)
+    (ssh / "authorized_keys").write_text("ssh-ed25519 AAAAexisting laptop")  # no newline at the end
+    assert hook().returncode == 0
+    lines = (ssh / "authorized_keys").read_text().splitlines()
+    assert lines[0] == "ssh-ed25519 AAAAexisting laptop" and lines[1].startswith('from="10.1.0.0/16" ssh-ed25519 ')
+    assert len(lines) == 2
+
+
+@pytest.mark.parametrize("who", ["not in sssd", "system uid", "root"])
+def test_key_script_does_nothing_for_other_accounts(hook, who):
+    res = {"not in sssd": lambda: hook(ad=False), "system uid": lambda: hook(uid=999),
+           "root": lambda: hook(fake=False)}[who]()  # "root": the real id (the tests run as root) or a real user
+    assert res.returncode == 0 and res.stdout == "", res
+    assert list(hook.home.iterdir()) == []
+
+
+def test_key_script_parallel_first_sessions_make_one_key(hook):
+    """mpirun's first fan-out can start many sessions at once: ln decides, one key and one line."""
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        procs = list(pool.map(lambda _: hook(), range(8)))
+    assert all(p.returncode == 0 and p.stdout == "" for p in procs), procs
+    ssh = hook.home / ".ssh"
+    pub = (ssh / "id_ed25519.pub").read_text().strip()
+    assert (ssh / "authorized_keys").read_text() == f'from="10.1.0.0/16" {pub}\n'
+    assert sorted(p.name for p in ssh.iterdir()) == ["authorized_keys", "id_ed25519", "id_ed25519.pub"]
+
+
+@pytest.mark.parametrize(("display", "expected"), [("localhost:10.0", "add unix:10.0 MIT-MAGIC-COOKIE-1 0123abcd"),
+                                                   ("node1:11.0", "add node1:11.0 MIT-MAGIC-COOKIE-1 0123abcd"),
+                                                   ("", None)])
+def test_sshrc_adds_the_x11_cookie_as_sshd_would_and_runs_the_key_script(box, tmp_path, display, expected):
+    installed(box)
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    fakes = tmp_path / "fakes"
+    fakes.mkdir()
+    (fakes / "xauth").write_text(f'#!/bin/sh\necho "$*" >>{rec}/xauth.argv\ncat >>{rec}/xauth.stdin\n')
+    (fakes / "xauth").chmod(0o755)
+    key_script = tmp_path / "key-script"
+    key_script.write_text(f'#!/bin/sh\nread -r line || line=EOF\necho "ran with stdin: $line" >{rec}/key\n')
+    key_script.chmod(0o755)
+    text = (box.root / SSHRC).read_text().replace("/usr/local/libexec/pcluster-ad-user-ssh-key", str(key_script))
+    env = {"PATH": f"{fakes}:/usr/bin:/bin", **({"DISPLAY": display} if display else {})}
+    # sshd: popen("/bin/sh /etc/ssh/sshrc", "w"), then "proto cookie\n" on its stdin when X11 is forwarded.
+    res = subprocess.run(["/bin/sh", "-c", text], input="MIT-MAGIC-COOKIE-1 0123abcd\n" if display else "",
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout == "", res
+    if expected:
+        assert (rec / "xauth.argv").read_text() == "-q -\n"
+        assert (rec / "xauth.stdin").read_text() == expected + "\n"
+    else:
+        assert not (rec / "xauth.argv").exists()
+    assert (rec / "key").read_text() == "ran with stdin: EOF\n"  # never reads the cookie
 
 
 def test_no_lists_mean_every_domain_user_and_remove_earlier_files(box):

@@ -8,7 +8,13 @@ import subprocess
 
 import pytest
 
-from components.bootstrap_scripts import BAKED_URL_LINE, bake_function_url, bootstrap_bucket_name
+from components.bootstrap_scripts import (
+    BAKED_URL_LINE,
+    BAKED_VPC_CIDR_LINE,
+    bake_function_url,
+    bake_vpc_cidr,
+    bootstrap_bucket_name,
+)
 from tests.conftest import ROOT
 
 SCRIPT = ROOT / "bootstrap" / "join-domain.sh"
@@ -85,3 +91,56 @@ def test_stack_bucket_has_the_fixed_name(run_stack):
     assert bucket.inputs["bucket"] == "pcluster-ad-dev-<after-deploy:account-id>-eu-west-1"
     assert "bucketPrefix" not in bucket.inputs
     assert bucket.options["deleteBeforeReplace"] is True
+
+
+# --- the VPC CIDR (issue 16, part 3): the ssh keys made for MPI open an account only from inside the VPC ----------
+
+
+def test_the_script_has_exactly_one_marked_vpc_cidr_line():
+    assert SCRIPT.read_text().count(BAKED_VPC_CIDR_LINE + "\n") == 1
+
+
+def test_baked_vpc_cidr_is_accepted_by_the_script_and_the_flag_still_checked(tmp_path):
+    baked = tmp_path / "join-domain.sh"
+    baked.write_text(bake_vpc_cidr(bake_function_url(SCRIPT.read_text(), URL), "10.20.0.0/16"))
+    assert "BAKED_VPC_CIDR='10.20.0.0/16'\n" in baked.read_text()
+    # The VPC CIDR is checked before --timeout: a --timeout error means the baked CIDR was accepted.
+    result = _run(baked, "--region", "eu-west-1", "--timeout", "soon")
+    assert result.returncode == 2 and "argument --timeout" in result.stderr, result.stderr
+    assert "argument --vpc-cidr" not in result.stderr, result.stderr
+    result = _run(baked, "--region", "eu-west-1", "--vpc-cidr", "10.20.0.1/16")
+    assert result.returncode == 2 and "argument --vpc-cidr must be an IPv4 CIDR block" in result.stderr, \
+        result.stderr
+
+
+@pytest.mark.parametrize("cidr", ["10.0.0.1/16", "10.0.0.0/33", "010.0.0.0/8", "10.0.0.0", "fd00::/8",
+                                  "10.0.0.0/16'; id; '", " 10.0.0.0/16", "<after-deploy:network.cidr>"])
+def test_bake_refuses_anything_but_a_canonical_ipv4_network(cidr):
+    with pytest.raises(ValueError, match="VPC CIDR"):
+        bake_vpc_cidr(SCRIPT.read_text(), cidr)
+
+
+def test_no_vpc_cidr_leaves_the_line_and_a_script_without_it_is_refused():
+    text = SCRIPT.read_text()
+    assert bake_vpc_cidr(text, None) == text == bake_vpc_cidr(text, "")
+    with pytest.raises(ValueError, match="exactly once"):
+        bake_vpc_cidr("#!/bin/bash\necho hi\n", "10.0.0.0/16")
+
+
+def test_stack_bakes_the_vpc_cidr_it_creates(run_stack):
+    content = run_stack(lambda c: c["pcluster-ad:network"].__setitem__("cidr", "10.42.0.0/16")).named(
+        "bootstrap-join-domain").inputs["content"]
+    assert "BAKED_VPC_CIDR='10.42.0.0/16'\n" in content
+    assert "BAKED_FUNCTION_URL='<after-deploy:join-function-url.functionUrl>'" in content  # the rest still baked
+
+
+def test_stack_in_an_adopted_vpc_bakes_no_cidr(run_stack):
+    from tools.mocks import PlanMocks
+
+    subnets = {"subnet-0aaaaaaaaaaaaaaaa": {"availabilityZone": "eu-west-1a", "vpcId": "vpc-0123456789abcdef0"},
+               "subnet-0bbbbbbbbbbbbbbbb": {"availabilityZone": "eu-west-1b", "vpcId": "vpc-0123456789abcdef0"}}
+    content = run_stack(lambda c: c.__setitem__("pcluster-ad:network", {
+        "vpcId": "vpc-0123456789abcdef0", "publicSubnetId": "subnet-0cccccccccccccccc",
+        "privateSubnetIds": list(subnets)}), mocks=PlanMocks(subnets=subnets)).named(
+        "bootstrap-join-domain").inputs["content"]
+    assert BAKED_VPC_CIDR_LINE + "\n" in content  # the node logs that its keys are not limited to the VPC
