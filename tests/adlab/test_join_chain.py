@@ -475,6 +475,7 @@ def test_one_time_password_is_dead_after_the_join(chain):
     """adcli replaced the one-time password at once: it no longer authenticates the computer account."""
     lab = chain.lab
     node = chain.good[0]
+    assert chain.result(node).rc == 0
     name = computer_name(lab, node)
     one_time = lab.svc_call("one_time_passwords")["passwords"]
     for password in one_time:
@@ -491,8 +492,10 @@ def test_one_time_password_is_dead_after_the_join(chain):
 MACHINE_ATTACK = r"""set -u
 kinit -k -c /tmp/attack.cc "$1" || exit 90
 export KRB5CCNAME=/tmp/attack.cc
-try() { printf '%s\n' "$2" | ldbmodify -H "ldap://$DC" --use-kerberos=required >/dev/null 2>&1 \
-        && echo "ALLOWED $1" || echo "refused $1"; }
+# By the DC's name (Kerberos needs it); a refusal must be the directory's, never a failed bind.
+try() { local out; out=$(printf '%s\n' "$2" | ldbmodify -H "ldap://$DC" --use-kerberos=required 2>&1) \
+        && echo "ALLOWED $1" || { [[ $out == *nsufficient* || $out == *onstraint* || $out == *ccess* ]] \
+        && echo "refused $1" || echo "ERROR $1: $out"; }; }
 try spn "dn: $2
 changetype: modify
 add: servicePrincipalName
@@ -515,7 +518,8 @@ try create "dn: CN=EVIL01,$4
 changetype: add
 objectClass: computer
 sAMAccountName: EVIL01$"
-ldbdel -H "ldap://$DC" --use-kerberos=required "$2" >/dev/null 2>&1 && echo "ALLOWED delete" || echo "refused delete"
+out=$(ldbdel -H "ldap://$DC" --use-kerberos=required "$2" 2>&1) && echo "ALLOWED delete" \
+    || { [[ $out == *ccess* || $out == *nsufficient* ]] && echo "refused delete" || echo "ERROR delete: $out"; }
 rm -f /tmp/attack.cc
 """
 
@@ -523,11 +527,13 @@ rm -f /tmp/attack.cc
 def test_root_on_a_node_cannot_touch_another_computer_object(chain):
     lab = chain.lab
     attacker, victim = chain.good[1], chain.good[0]
+    for node in (attacker, victim):
+        assert chain.result(node).rc == 0
     victim_dn = f"CN={computer_name(lab, victim)},{lab.computer_ou}"
     before = dc_ldb(lab, "-b", victim_dn, "-s", "base", "servicePrincipalName", "description", "pwdLastSet").stdout
     res = attacker.run(["/bin/bash", "-c", MACHINE_ATTACK, "attack", f"{computer_name(lab, attacker)}$@{lab.cfg.realm}",
                         victim_dn, lab.cfg.domain, lab.computer_ou],
-                       env={"DC": lab.dc_ip}, check=False, timeout=120)
+                       env={"DC": f"dc1.{lab.cfg.domain}"}, check=False, timeout=120)
     assert res.returncode != 90, "kinit with the node's keytab failed: " + res.stderr
     lines = res.stdout.split("\n")
     for what in ("spn", "description", "rbcd", "password", "create", "delete"):
@@ -564,6 +570,7 @@ def test_adding_account_keeps_no_right_on_the_objects_it_created(chain):
     delete a node's object it created: the object's descriptor has no creator entries, its owner is Domain
     Admins (Samba)."""
     lab = chain.lab
+    assert chain.result(chain.good[0]).rc == 0
     victim_dn = f"CN={computer_name(lab, chain.good[0])},{lab.computer_ou}"
     cfg = {"dc": lab.dc_ip, "domain": lab.cfg.domain, "ou": lab.computer_ou, "user": lab.add_user,
            "password": lab.add_password, "victim": victim_dn}
