@@ -1,14 +1,18 @@
 """Join function (lambda_src/join_handler.py) against moto's in-process AWS.
 
 Every test runs with the root logger at DEBUG and the function's own logger captured; a
-teardown check asserts that the join password is in no log record and in no non-200 body.
-Time is the injected `now`, set relative to moto's LaunchTime (the real time of run_instances).
+teardown check asserts that the adding account's password and every one-time password are in
+no log record and in no non-200 body, and that the adding account's name and password are in no
+answer at all. The directory is a recording stand-in for computer_account.create_computer (the
+real one talks LDAP and is proven in the AD lab, tests/adlab). Time is the injected `now`, set
+relative to moto's LaunchTime (the real time of run_instances).
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -16,7 +20,8 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import boto3
@@ -27,21 +32,25 @@ from botocore.exceptions import ReadTimeoutError
 from moto import mock_aws
 from moto.dynamodb.models import DynamoDBBackend
 
+from lambda_src import computer_account
 from lambda_src import join_handler as jh
 
 ACCOUNT = "123456789012"  # moto's default account
 OTHER_ACCOUNT = "111122223333"
 CLUSTER = "hpc1"
 DOMAIN = "test.domain"
-JOIN_USER = "svc-join"
-PASSWORD = "Pw-7f3c9e1a!Join-S3cret"  # must never show up outside a 200 body
+JOIN_USER = "svc-join"  # the computer-adding account: never leaves the function
+PASSWORD = "Pw-7f3c9e1a!Join-S3cret"  # its password: never in a log or an answer
 NODE_ROLE = "hpc1-node-role"
 CLUSTER_PATH = f"/parallelcluster/{CLUSTER}/"  # where ParallelCluster creates the cluster's roles
 TABLE = "pcluster-ad-test-join-fn-windows"
 WINDOW_MINUTES = 30
 MAX_ANSWERS = 3
+DC_IPS = ("10.0.0.10", "10.0.0.11")
+COMPUTER_OU = "OU=Computers,OU=hpc1,DC=test,DC=domain"
+PREFIX = "HPC"
 WINDOW_ENV = {"WINDOW_TABLE": TABLE, "WINDOW_MINUTES": str(WINDOW_MINUTES), "MAX_ANSWERS": str(MAX_ANSWERS)}
-CLOSE_BODY = '{"joined": true, "computerName": "HPC1-NODE-01"}'
+DIRECTORY_ENV = {"DC_IPS": ",".join(DC_IPS), "COMPUTER_OU": COMPUTER_OU, "COMPUTER_PREFIX": PREFIX}
 PARAMS = {
     "DOMAIN_PARAMETER": "/pcluster-ad/test/domain",
     "JOIN_USER_PARAMETER": "/pcluster-ad/test/join-user",
@@ -51,6 +60,7 @@ NODE_ROLE_ID = "AROAEXAMPLENODEROLE01"  # offline tests only; moto makes its own
 FORBIDDEN = {"error": "forbidden"}
 INTERNAL = {"error": "internal error"}
 TEST_LOG = logging.getLogger("test.join")
+TEMPLATE_BUCKET = "pcluster-ad-test-templates"
 
 
 def node_event(
@@ -64,6 +74,10 @@ def node_event(
         request_id="req-1",
         **kwargs,
     )
+
+
+def close_body(name: str) -> str:
+    return json.dumps({"joined": True, "computerName": name})
 
 
 # --- fixtures -------------------------------------------------------------------------
@@ -85,34 +99,117 @@ def fake_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
 
 
+@pytest.fixture(autouse=True)
+def fresh_template_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cluster's launch templates are cached per container (module level): per test here."""
+    monkeypatch.setattr(jh, "_templates", {"ids": frozenset(), "fetched": float("-inf")})
+
+
+@dataclass
+class FakeDirectory:
+    """Stands in for computer_account.create_computer(directory, name, host_fqdn) -> (dn, password). Records
+    every call; like a DC it refuses a second object of one name (AlreadyExists). `failures` are raised by the
+    next calls, one each; `fail_always` by every call."""
+
+    calls: list[tuple[computer_account.Directory, str, str]] = field(default_factory=list)
+    created: dict[str, str] = field(default_factory=dict)  # name -> DN
+    passwords: list[str] = field(default_factory=list)  # every one-time password handed out
+    failures: list[Exception] = field(default_factory=list)
+    fail_always: Exception | None = None
+    during: Callable[[], None] | None = None  # runs inside the create (e.g. to look at the window item)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, directory: computer_account.Directory, name: str, host_fqdn: str) -> tuple[str, str]:
+        with self.lock:
+            self.calls.append((directory, name, host_fqdn))
+            if self.during is not None:
+                self.during()
+            if self.fail_always is not None:
+                raise self.fail_always
+            if self.failures:
+                raise self.failures.pop(0)
+            dn = f"CN={name},{directory.computer_ou}"
+            if name in self.created:
+                raise computer_account.AlreadyExists(f"{dn} exists already: one computer object per instance")
+            password = f"OneTime{len(self.passwords)}Pw{os.urandom(12).hex()}"
+            self.created[name] = dn
+            self.passwords.append(password)
+            return dn, password
+
+
+@pytest.fixture
+def fake_dc() -> FakeDirectory:
+    return FakeDirectory()
+
+
 @pytest.fixture
 def responses() -> list[dict[str, Any]]:
     return []
 
 
 @pytest.fixture(autouse=True)
-def no_secret_leaks(caplog: pytest.LogCaptureFixture, responses) -> Iterator[None]:
+def no_secret_leaks(caplog: pytest.LogCaptureFixture, responses, fake_dc) -> Iterator[None]:
     """Capture every log record (root at DEBUG, and the function's own non-propagating
-    logger); afterwards the password must be in none of them nor in any error body."""
+    logger); afterwards no password may be in any of them nor in any error body, and the
+    adding account (name or password) in no answer at all."""
     caplog.set_level(logging.DEBUG)
     jh.LOG.addHandler(caplog.handler)
     try:
         yield
     finally:
         jh.LOG.removeHandler(caplog.handler)
+    secrets = [PASSWORD, *fake_dc.passwords]
     for record in caplog.get_records("setup") + caplog.get_records("call"):
-        assert PASSWORD not in record.getMessage(), record.name
-    assert PASSWORD not in caplog.text
+        for secret in secrets:
+            assert secret not in record.getMessage(), record.name
+    for secret in secrets:
+        assert secret not in caplog.text
     for response in responses:
+        text = json.dumps(response)
+        assert PASSWORD not in text and JOIN_USER not in text  # not even in a 200 (issue 16)
         if response["statusCode"] != 200:
-            assert PASSWORD not in json.dumps(response)
-            assert JOIN_USER not in json.dumps(response)
+            for secret in fake_dc.passwords:
+                assert secret not in text
+
+
+def launch_template(**data: Any) -> dict[str, Any]:
+    return {"Type": "AWS::EC2::LaunchTemplate",
+            "Properties": {"LaunchTemplateData": {"InstanceType": "t3.micro", **data}}}
+
+
+def create_cluster_stacks(cloudformation: Any, s3: Any) -> dict[str, str]:
+    """What ParallelCluster's stack holds, as far as the function reads it: the cluster stack (stack name =
+    cluster name) with a node launch template and a nested stack (a queue) with another; plus a stack of
+    another cluster with its own. Returns the template ids by role."""
+    s3.create_bucket(Bucket=TEMPLATE_BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    s3.put_object(Bucket=TEMPLATE_BUCKET, Key="queue.json",
+                  Body=json.dumps({"Resources": {"QueueLaunchTemplate": launch_template()}}))
+    cluster = {"Resources": {
+        "NodeLaunchTemplate": launch_template(),
+        "Queue1": {"Type": "AWS::CloudFormation::Stack",
+                   "Properties": {"TemplateURL": f"https://{TEMPLATE_BUCKET}.s3.amazonaws.com/queue.json"}},
+    }}
+    cloudformation.create_stack(StackName=CLUSTER, TemplateBody=json.dumps(cluster))
+    cloudformation.create_stack(StackName="other-cluster",
+                                TemplateBody=json.dumps({"Resources": {"NodeLaunchTemplate": launch_template()}}))
+
+    def resources(stack: str) -> dict[str, dict[str, str]]:
+        return {r["LogicalResourceId"]: r for r in
+                cloudformation.list_stack_resources(StackName=stack)["StackResourceSummaries"]}
+
+    top = resources(CLUSTER)
+    assert top["Queue1"]["ResourceType"] == "AWS::CloudFormation::Stack"  # moto nests it from S3
+    return {
+        "node": top["NodeLaunchTemplate"]["PhysicalResourceId"],
+        "nested": resources(top["Queue1"]["PhysicalResourceId"])["QueueLaunchTemplate"]["PhysicalResourceId"],
+        "other-stack": resources("other-cluster")["NodeLaunchTemplate"]["PhysicalResourceId"],
+    }
 
 
 @dataclass
 class World:
-    """A moto account with the cluster's VPC, roles, instance profiles, SSM parameters and
-    window table."""
+    """A moto account with the cluster's VPC, roles, instance profiles, CloudFormation stacks and launch
+    templates, SSM parameters and window table; the directory is `fake_dc`."""
 
     clients: dict[str, Any]
     settings: jh.Settings
@@ -122,7 +219,9 @@ class World:
     image_id: str
     profile_arns: dict[str, str]  # by role name
     role_ids: dict[str, str]
+    templates: dict[str, str]  # launch template id by role: node, nested, other-stack, hand
     responses: list[dict[str, Any]]
+    fake_dc: FakeDirectory
 
     @property
     def node_profile_arn(self) -> str:
@@ -137,8 +236,15 @@ class World:
         return self.role_ids["other-role"]
 
     def launch(
-        self, tags: dict[str, str] | None = None, *, subnet_id: str | None = None, profile_arn: str | None = "node"
+        self,
+        tags: dict[str, str] | None = None,
+        *,
+        subnet_id: str | None = None,
+        profile_arn: str | None = "node",
+        template: str | None = "node",
     ) -> str:
+        """Run an instance as ParallelCluster does: from the cluster stack's node launch template (EC2 then
+        sets aws:ec2launchtemplate:id), with the cluster tag and the node instance profile."""
         tags = {jh.CLUSTER_TAG: CLUSTER} if tags is None else tags
         kwargs: dict[str, Any] = {}
         if profile_arn:
@@ -147,6 +253,8 @@ class World:
         if tags:
             tag_list = [{"Key": k, "Value": v} for k, v in tags.items()]
             kwargs["TagSpecifications"] = [{"ResourceType": "instance", "Tags": tag_list}]
+        if template:
+            kwargs["LaunchTemplate"] = {"LaunchTemplateId": self.templates.get(template, template)}
         reservation = self.clients["ec2"].run_instances(
             ImageId=self.image_id,
             MinCount=1,
@@ -161,15 +269,23 @@ class World:
         return node_event(instance_id, **{"role_id": self.node_role_id, **kwargs})
 
     def close_event(self, instance_id: str, **kwargs: Any) -> dict[str, Any]:
-        return self.event(instance_id, body=CLOSE_BODY, **kwargs)
+        """The close request naming the instance's own computer name."""
+        return self.event(instance_id, body=close_body(self.name(instance_id)), **kwargs)
+
+    def name(self, instance_id: str) -> str:
+        return jh.computer_name(PREFIX, instance_id)
+
+    def launch_time(self, instance_id: str) -> float:
+        [reservation] = self.clients["ec2"].describe_instances(InstanceIds=[instance_id])["Reservations"]
+        return reservation["Instances"][0]["LaunchTime"].timestamp()
 
     def minutes_after_launch(self, instance_id: str, minutes: float) -> Callable[[], float]:
         """A clock `minutes` after the instance's LaunchTime (moto: the real time of run_instances)."""
-        [reservation] = self.clients["ec2"].describe_instances(InstanceIds=[instance_id])["Reservations"]
-        launch = reservation["Instances"][0]["LaunchTime"].timestamp()
+        launch = self.launch_time(instance_id)
         return lambda: launch + minutes * 60
 
     def call(self, event: Any, now: Callable[[], float] = time.time, **clients: Any) -> dict[str, Any]:
+        clients.setdefault("create_computer", self.fake_dc)
         response = jh.handle(event, settings=self.settings, logger=TEST_LOG, now=now, **{**self.clients, **clients})
         self.responses.append(response)
         return response
@@ -206,7 +322,7 @@ ROLE_PATHS = {
 
 
 @pytest.fixture
-def world(responses) -> Iterator[World]:
+def world(responses, fake_dc) -> Iterator[World]:
     with mock_aws():  # entered before any client exists
         clients = jh.make_clients()  # the production retry/timeout config
         iam, ec2, ssm, kms = clients["iam"], clients["ec2"], clients["ssm"], boto3.client("kms")
@@ -218,6 +334,14 @@ def world(responses) -> Iterator[World]:
             profile = iam.create_instance_profile(InstanceProfileName=f"{role}-profile", Path=path)["InstanceProfile"]
             iam.add_role_to_instance_profile(InstanceProfileName=profile["InstanceProfileName"], RoleName=role)
             profile_arns[role] = profile["Arn"]
+        templates = create_cluster_stacks(clients["cloudformation"], boto3.client("s3"))
+        # Made by hand by someone who may create templates, tagged like the cluster's own: not the stack's.
+        templates["hand"] = ec2.create_launch_template(
+            LaunchTemplateName=f"{CLUSTER}-NodeLaunchTemplate",
+            LaunchTemplateData={"InstanceType": "t3.micro", "IamInstanceProfile": {"Arn": profile_arns[NODE_ROLE]}},
+            TagSpecifications=[{"ResourceType": "launch-template",
+                                "Tags": [{"Key": jh.CLUSTER_TAG, "Value": CLUSTER}]}],
+        )["LaunchTemplate"]["LaunchTemplateId"]
         vpc_id = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
         other_vpc_id = ec2.create_vpc(CidrBlock="10.1.0.0/16")["Vpc"]["VpcId"]
         subnet = ec2.create_subnet(VpcId=vpc_id, CidrBlock="10.0.1.0/24")
@@ -227,7 +351,7 @@ def world(responses) -> Iterator[World]:
         ssm.put_parameter(Name=PARAMS["DOMAIN_PARAMETER"], Value=DOMAIN, Type="String")
         for name, value in (("JOIN_USER_PARAMETER", JOIN_USER), ("JOIN_PASSWORD_PARAMETER", PASSWORD)):
             ssm.put_parameter(Name=PARAMS[name], Value=value, Type="SecureString", KeyId="alias/pcluster-ad-test-join")
-        env = {"CLUSTER_NAME": CLUSTER, "VPC_ID": vpc_id, **PARAMS, **WINDOW_ENV}
+        env = {"CLUSTER_NAME": CLUSTER, "VPC_ID": vpc_id, **PARAMS, **WINDOW_ENV, **DIRECTORY_ENV}
         yield World(
             clients=clients,
             settings=jh.load_settings(env),
@@ -237,7 +361,9 @@ def world(responses) -> Iterator[World]:
             image_id="ami-12c6146b",  # moto does not check that the AMI exists
             profile_arns=profile_arns,
             role_ids=role_ids,
+            templates=templates,
             responses=responses,
+            fake_dc=fake_dc,
         )
 
 
@@ -248,13 +374,18 @@ class NoAws:
         raise AssertionError(f"unexpected AWS call {name}")  # handle() turns it into a 500
 
 
+def no_directory(*_: Any) -> Any:
+    raise AssertionError("unexpected create_computer")  # handle() turns it into a 500
+
+
 @pytest.fixture
 def offline(responses) -> Callable[[Any], dict[str, Any]]:
     settings = jh.load_settings(full_env())
 
     def call(event: Any) -> dict[str, Any]:
         response = jh.handle(
-            event, settings=settings, ec2=NoAws(), iam=NoAws(), ssm=NoAws(), dynamodb=NoAws(), logger=TEST_LOG
+            event, settings=settings, ec2=NoAws(), iam=NoAws(), ssm=NoAws(), dynamodb=NoAws(),
+            cloudformation=NoAws(), create_computer=no_directory, logger=TEST_LOG,
         )
         responses.append(response)
         return response
@@ -274,22 +405,70 @@ def decisions(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
 # --- allowed ----------------------------------------------------------------------------
 
 
-def test_live_cluster_node_gets_exactly_the_join_credentials(world: World, caplog) -> None:
+def test_live_cluster_node_gets_its_own_computer_object_and_one_time_password(world: World, caplog) -> None:
     instance_id = world.launch()
     response = world.call(world.event(instance_id))
     assert response["statusCode"] == 200
     assert response["headers"]["content-type"] == "application/json"
     assert response["headers"]["cache-control"] == "no-store"
+    name = world.name(instance_id)
+    [one_time] = world.fake_dc.passwords
     assert body(response) == {
         "domain": DOMAIN,
         "realm": "TEST.DOMAIN",
-        "user": JOIN_USER,
-        "password": PASSWORD,
+        "computerName": name,
+        "hostFqdn": f"{name.lower()}.{DOMAIN}",
+        "oneTimePassword": one_time,
     }
+    # The directory got the adding account from SSM and the object's name from the instance id only.
+    [(directory, created, host_fqdn)] = world.fake_dc.calls
+    assert (created, host_fqdn) == (name, f"{name.lower()}.test.domain")
+    assert directory == computer_account.Directory(
+        dc_ips=DC_IPS, domain=DOMAIN, computer_ou=COMPUTER_OU, user=JOIN_USER, password=PASSWORD, port=389
+    )
     [log] = decisions(caplog)
     assert log["decision"] == "allow" and log["status"] == 200
     assert log["instance_id"] == instance_id and log["caller_role"] == NODE_ROLE
     assert log["request_id"] == "req-1" and log["caller_account"] == ACCOUNT
+    assert log["computer_name"] == name and log["computer_dn"] == f"CN={name},{COMPUTER_OU}"
+
+
+def test_computer_name_is_the_prefix_and_the_instance_ids_hash() -> None:
+    instance_id = "i-0123456789abcdef0"
+    expected = (PREFIX + hashlib.sha256(instance_id.encode()).hexdigest()).upper()[:15]
+    assert jh.computer_name(PREFIX, instance_id) == expected and len(expected) == 15
+    assert jh.computer_name("ABCDEF", instance_id).startswith("ABCDEF")
+    assert jh.computer_name(PREFIX, "i-0123456789abcdef1") != expected
+    # The directory-admin function deletes the object under the same name.
+    from lambda_src import directory_admin
+
+    assert directory_admin.computer_name(PREFIX, instance_id) == expected
+
+
+@pytest.mark.parametrize(
+    ("domain", "user"),
+    [(DOMAIN, "TEST\\svc-join"), (DOMAIN, f"{JOIN_USER}@TEST.DOMAIN"), (" Test.Domain ", f" {JOIN_USER} ")],
+)
+def test_directory_gets_the_bare_account_name_and_the_lower_case_domain(world: World, domain, user) -> None:
+    ssm = world.clients["ssm"]
+    ssm.put_parameter(Name=PARAMS["DOMAIN_PARAMETER"], Value=domain, Type="String", Overwrite=True)
+    ssm.put_parameter(Name=PARAMS["JOIN_USER_PARAMETER"], Value=user, Type="SecureString", Overwrite=True,
+                      KeyId="alias/pcluster-ad-test-join")
+    instance_id = world.launch()
+    answer = body(world.call(world.event(instance_id)))
+    [(directory, _, host_fqdn)] = world.fake_dc.calls
+    assert (directory.user, directory.domain, directory.password) == (JOIN_USER, DOMAIN, PASSWORD)
+    assert (answer["domain"], answer["realm"]) == (DOMAIN, "TEST.DOMAIN")
+    assert answer["hostFqdn"] == host_fqdn == f"{world.name(instance_id).lower()}.{DOMAIN}"
+
+
+def test_directory_settings_reach_the_directory(world: World) -> None:
+    world.settings = dataclasses.replace(world.settings, dc_ips=("10.9.9.9",), ldap_port=3268,
+                                         computer_ou="OU=Nodes,DC=test,DC=domain")
+    assert world.call(world.event(world.launch()))["statusCode"] == 200
+    [(directory, _, _)] = world.fake_dc.calls
+    assert (tuple(directory.dc_ips), directory.port, directory.computer_ou) == (
+        ("10.9.9.9",), 3268, "OU=Nodes,DC=test,DC=domain")
 
 
 @pytest.mark.parametrize(
@@ -316,6 +495,13 @@ def test_pending_instance_is_allowed(world: World) -> None:
     assert response["statusCode"] == 200
 
 
+def test_make_clients_includes_cloudformation_with_the_retry_config() -> None:
+    clients = jh.make_clients()
+    assert set(clients) == {"ec2", "iam", "ssm", "dynamodb", "cloudformation"}
+    for client in clients.values():
+        assert client.meta.config.retries["total_max_attempts"] == jh.MAX_ATTEMPTS
+
+
 # --- forbidden (403, reason only in the log) --------------------------------------------
 
 
@@ -325,7 +511,7 @@ def assert_denied(call: Callable[[Any], dict[str, Any]], caplog, event: dict[str
     assert body(response) == FORBIDDEN
     [log] = decisions(caplog)
     assert log["decision"] == "deny" and log["status"] == 403
-    assert reason in log["reason"]
+    assert reason in log["reason"], log["reason"]
     assert log["request_id"] == "req-1"
 
 
@@ -428,15 +614,129 @@ def test_deleted_instance_profile_is_denied(world: World, caplog) -> None:
     assert_denied(world.call, caplog, world.event(instance_id), "instance profile not found")
 
 
-# --- join window (per instance, closed for good) ----------------------------------------
+# --- the launch template: one of the cluster stack's own --------------------------------
+
+
+def test_instance_not_launched_from_a_launch_template_is_denied(world: World, caplog) -> None:
+    # Started by hand with the cluster's tag, VPC and instance profile: everything else holds.
+    instance_id = world.launch(template=None)
+    tags = world.clients["ec2"].describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    assert jh.LAUNCH_TEMPLATE_TAG not in {t["Key"] for t in tags.get("Tags", [])}
+    assert_denied(world.call, caplog, world.event(instance_id), "not launched from a launch template")
+
+
+@pytest.mark.parametrize("template", ["other-stack", "hand"])
+def test_a_launch_template_outside_the_cluster_stack_is_denied(world: World, caplog, template) -> None:
+    # "hand": created by hand, named and tagged like the cluster's, with the cluster's instance profile.
+    instance_id = world.launch(template=template)
+    assert_denied(world.call, caplog, world.event(instance_id),
+                  f"launch template {world.templates[template]} is not one of cluster {CLUSTER}'s")
+
+
+@pytest.mark.parametrize("template", ["node", "nested"])
+def test_launch_templates_of_the_cluster_stack_and_its_nested_stacks_are_accepted(world: World, template) -> None:
+    instance_id = world.launch(template=template)
+    tags = world.clients["ec2"].describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    assert {"Key": jh.LAUNCH_TEMPLATE_TAG, "Value": world.templates[template]} in tags["Tags"]
+    assert world.call(world.event(instance_id))["statusCode"] == 200
+
+
+def test_without_the_cluster_stack_no_template_is_the_clusters(world: World, caplog) -> None:
+    instance_id = world.launch()
+    cloudformation = world.clients["cloudformation"]
+    cloudformation.delete_stack(StackName=CLUSTER)
+    with pytest.raises(cloudformation.exceptions.ClientError, match="does not exist"):
+        cloudformation.list_stack_resources(StackName=CLUSTER)
+    assert_denied(world.call, caplog, world.event(instance_id), "is not one of cluster")
+
+
+def test_a_cloudformation_error_is_no_refusal(world: World, caplog, sleeps) -> None:
+    # Only "stack does not exist" means "no templates"; anything else is an error, not a silent deny.
+    instance_id = world.launch()
+    denied = (b"<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>not authorized to"
+              b" perform cloudformation:ListStackResources</Message></Error><RequestId>r1</RequestId></ErrorResponse>")
+    calls = fail_first(world, "cloudformation", times=None, answer=(403, denied))
+    response = world.call(world.event(instance_id))
+    assert response["statusCode"] == 500 and body(response) == INTERNAL and len(calls) == 1
+    [log] = decisions(caplog)
+    assert (log["error_code"], log["operation"]) == ("AccessDenied", "ListStackResources")
+    assert world.window(instance_id) == {}
+
+
+class StubCloudFormation:
+    """ListStackResources over stacks that a test changes (a cluster update adding a queue); records the
+    stacks listed."""
+
+    def __init__(self, stacks: dict[str, list[tuple[str, str]]]) -> None:
+        self.stacks, self.listed = stacks, []
+
+    def get_paginator(self, operation: str) -> Any:
+        assert operation == "list_stack_resources"
+        stub = self
+
+        class Paginator:
+            def paginate(self, *, StackName: str) -> list[dict[str, Any]]:
+                stub.listed.append(StackName)
+                resources = [{"ResourceType": kind, "PhysicalResourceId": physical}
+                             for kind, physical in stub.stacks[StackName]]
+                return [{"StackResourceSummaries": resources[:1]}, {"StackResourceSummaries": resources[1:]}]
+
+        return Paginator()
+
+
+def lt(template_id: str) -> tuple[str, str]:
+    return ("AWS::EC2::LaunchTemplate", template_id)
+
+
+def test_the_clusters_templates_are_cached_per_container(world: World) -> None:
+    node, added = world.templates["node"], world.templates["hand"]
+    cloudformation = StubCloudFormation({CLUSTER: [lt(node)]})
+    nodes = [world.launch() for _ in range(4)]
+    new_queue_node = world.launch(template="hand")  # from a template the stack gains later
+    t0 = world.launch_time(nodes[0]) + 60
+
+    def status(instance_id: str, seconds: float) -> int:
+        return world.call(world.event(instance_id), now=lambda: t0 + seconds,
+                          cloudformation=cloudformation)["statusCode"]
+
+    assert status(nodes[0], 0) == 200 and cloudformation.listed == [CLUSTER]
+    assert status(nodes[1], jh.TEMPLATE_CACHE_SECONDS - 1) == 200 and cloudformation.listed == [CLUSTER]
+    # A template missing from the cache is looked up again, but not more often than every 30 s.
+    cloudformation.stacks[CLUSTER].append(lt(added))
+    miss = jh.TEMPLATE_MISS_REFRESH_SECONDS
+    assert status(new_queue_node, 0) == 403 and cloudformation.listed == [CLUSTER]
+    assert status(new_queue_node, miss - 1) == 403 and cloudformation.listed == [CLUSTER]
+    assert status(new_queue_node, miss) == 200 and cloudformation.listed == [CLUSTER] * 2
+    # A known template: served from the cache for TEMPLATE_CACHE_SECONDS after the last look-up, then read again.
+    cloudformation.stacks[CLUSTER].remove(lt(node))
+    assert status(nodes[2], miss + jh.TEMPLATE_CACHE_SECONDS - 1) == 200 and len(cloudformation.listed) == 2
+    assert status(nodes[3], miss + jh.TEMPLATE_CACHE_SECONDS) == 403 and len(cloudformation.listed) == 3
+
+
+def test_every_stack_nested_in_the_cluster_stack_is_read(world: World) -> None:
+    queue = f"arn:aws:cloudformation:eu-west-1:{ACCOUNT}:stack/{CLUSTER}-Queue1-X/uuid"
+    login = f"arn:aws:cloudformation:eu-west-1:{ACCOUNT}:stack/{CLUSTER}-Login-Y/uuid"
+    cloudformation = StubCloudFormation({
+        CLUSTER: [("AWS::CloudFormation::Stack", queue), ("AWS::IAM::Role", "r"), lt("lt-0000000000000000a")],
+        queue: [("AWS::CloudFormation::Stack", login)],
+        login: [lt(world.templates["hand"])],
+    })
+    response = world.call(world.event(world.launch(template="hand")), cloudformation=cloudformation)
+    assert response["statusCode"] == 200
+    assert sorted(cloudformation.listed) == sorted([CLUSTER, queue, login])
+
+
+# --- join window (per instance, one object ever, closed for good) -------------------------
 
 
 def refused(world: World, caplog, event: dict[str, Any], reason: str, **call: Any) -> dict[str, Any]:
-    """Refused with a bare 403 at WARNING; the secret was not even read (ssm would fail the call
-    with a 500); returns the decision's log line."""
+    """Refused with a bare 403 at WARNING; the adding account was not even read (ssm would fail the
+    call with a 500) and no object created; returns the decision's log line."""
     caplog.clear()
+    creates = len(world.fake_dc.calls)
     response = world.call(event, ssm=NoAws(), **call)
     assert response["statusCode"] == 403 and body(response) == FORBIDDEN
+    assert len(world.fake_dc.calls) == creates
     [record] = [r for r in caplog.records if r.name == "test.join"]
     assert record.levelno == logging.WARNING
     log = json.loads(record.getMessage())
@@ -444,40 +744,86 @@ def refused(world: World, caplog, event: dict[str, Any], reason: str, **call: An
     return log
 
 
-def test_first_join_is_answered_and_counted(world: World, caplog) -> None:
+UNAVAILABLE = "no domain controller accepted the sealed LDAP bind: 10.0.0.10: TimeoutError"
+
+
+def test_the_request_is_counted_before_the_object_is_created_and_then_the_record_has_no_ttl(
+        world: World, caplog) -> None:
     instance_id = world.launch()
     now = world.minutes_after_launch(instance_id, 2)
-    assert world.call(world.event(instance_id), now=now)["statusCode"] == 200
     launch = now() - 120
-    item = world.window(instance_id)
-    assert item == {
+    during_create: dict[str, Any] = {}
+    world.fake_dc.during = lambda: during_create.update(world.window(instance_id))
+    assert world.call(world.event(instance_id), now=now)["statusCode"] == 200
+    assert during_create == {
         "instanceId": instance_id,
         "answers": "1",
         "launchTime": jh._iso(launch),
         jh.TTL_ATTRIBUTE: str(int(launch + WINDOW_MINUTES * 60 + 24 * 3600)),  # launch + window + 1 day
     }
-    assert item["launchTime"].endswith("Z") and "T" in item["launchTime"]
+    assert during_create["launchTime"].endswith("Z") and "T" in during_create["launchTime"]
+    # Once the object exists the record lives as long as the instance: no TTL.
+    assert world.window(instance_id) == {
+        "instanceId": instance_id,
+        "answers": "1",
+        "launchTime": jh._iso(launch),
+        "issuedAt": jh._iso(now()),
+        "computerName": world.name(instance_id),
+    }
     [log] = decisions(caplog)
     assert log["decision"] == "allow"
     assert (log["answers"], log["max_answers"], log["window_closed"], log["launched_minutes_ago"]) == (1, 3, False, 2)
 
 
-def test_retries_are_answered_up_to_the_limit_then_refused(world: World, caplog) -> None:
+def test_after_the_object_was_created_no_second_one_time_password_ever(world: World, caplog) -> None:
+    instance_id = world.launch()
+    assert world.call(world.event(instance_id), now=world.minutes_after_launch(instance_id, 2))["statusCode"] == 200
+    item = world.window(instance_id)
+    # A job on the node signs with the node role: refused, at WARNING, naming the instance; within the window,
+    # after it, a month later.
+    for minutes in (2, 3, WINDOW_MINUTES - 0.5, WINDOW_MINUTES + 1, 60 * 24 * 30):
+        log = refused(world, caplog, world.event(instance_id),
+                      "computer object already created for this instance: a process on this node asked for a"
+                      " second one-time password", now=world.minutes_after_launch(instance_id, minutes))
+        assert log["instance_id"] == instance_id and log["issued_at"] == item["issuedAt"]
+        assert log["computer_name"] == world.name(instance_id) and log["answers"] == 1
+    assert len(world.fake_dc.calls) == 1 and world.window(instance_id) == item  # a refusal counts nothing
+    # The node that joined with it closes its window.
+    response = world.call(world.close_event(instance_id), now=world.minutes_after_launch(instance_id, 3))
+    assert response["statusCode"] == 200 and body(response) == {"closed": True}
+
+
+def test_failed_attempts_are_retried_up_to_the_limit_then_refused(world: World, caplog) -> None:
+    world.fake_dc.fail_always = computer_account.DirectoryUnavailable(UNAVAILABLE)
     instance_id = world.launch()
     now = world.minutes_after_launch(instance_id, 5)
     for answers in range(1, MAX_ANSWERS + 1):
-        assert world.call(world.event(instance_id), now=now)["statusCode"] == 200
-        assert world.window(instance_id)["answers"] == str(answers)
+        response = world.call(world.event(instance_id), now=now)
+        assert response["statusCode"] == 503 and body(response) == INTERNAL
+        item = world.window(instance_id)
+        assert item["answers"] == str(answers) and "issuedAt" not in item and jh.TTL_ATTRIBUTE in item
     log = refused(world, caplog, world.event(instance_id), "join window exhausted: 3 of 3 answers given", now=now)
     assert (log["answers"], log["window_closed"], log["instance_id"]) == (3, False, instance_id)
-    assert world.window(instance_id)["answers"] == "3"  # a refusal counts nothing
-    # The node that joined with its last answer still closes its window.
+    assert world.window(instance_id)["answers"] == "3" and len(world.fake_dc.calls) == MAX_ANSWERS
+    # The node still closes its window (e.g. it joined otherwise); the close removes the TTL.
     response = world.call(world.close_event(instance_id), now=now)
     assert response["statusCode"] == 200 and body(response) == {"closed": True}
+    assert jh.TTL_ATTRIBUTE not in world.window(instance_id)
+
+
+def test_a_retry_after_a_directory_failure_gets_the_object(world: World) -> None:
+    world.fake_dc.failures = [computer_account.DirectoryUnavailable(UNAVAILABLE)]
+    instance_id = world.launch()
+    assert world.call(world.event(instance_id))["statusCode"] == 503
+    response = world.call(world.event(instance_id))
+    assert response["statusCode"] == 200 and body(response)["oneTimePassword"] == world.fake_dc.passwords[0]
+    item = world.window(instance_id)
+    assert item["answers"] == "2" and "issuedAt" in item and jh.TTL_ATTRIBUTE not in item
 
 
 def test_after_close_every_request_is_refused_forever(world: World, caplog) -> None:
     instance_id = world.launch()
+    name = world.name(instance_id)
     joined_at = world.minutes_after_launch(instance_id, 3)
     assert world.call(world.event(instance_id), now=joined_at)["statusCode"] == 200
     caplog.clear()
@@ -485,12 +831,12 @@ def test_after_close_every_request_is_refused_forever(world: World, caplog) -> N
     assert response["statusCode"] == 200 and body(response) == {"closed": True}
     [log] = decisions(caplog)
     assert log["decision"] == "close" and log["request"] == "close" and log["window_closed"] is True
+    assert log["computer_name"] == name
     item = world.window(instance_id)
-    assert item["closedAt"] == jh._iso(joined_at()) and item["computerName"] == "HPC1-NODE-01"
-    assert item[jh.TTL_ATTRIBUTE] == str(int(joined_at() + 400 * 24 * 3600))
-    assert item["answers"] == "1"
+    assert item["closedAt"] == jh._iso(joined_at()) and item["computerName"] == name
+    assert jh.TTL_ATTRIBUTE not in item  # kept while the instance lives (was 400 days)
+    assert item["answers"] == "1" and "issuedAt" in item
 
-    # A job on the joined node signs with the node role: refused, at WARNING, naming the instance.
     for minutes in (3, 4, WINDOW_MINUTES - 0.5, WINDOW_MINUTES + 1, 60 * 24 * 30):
         log = refused(
             world,
@@ -500,18 +846,40 @@ def test_after_close_every_request_is_refused_forever(world: World, caplog) -> N
             now=world.minutes_after_launch(instance_id, minutes),
         )
         assert log["instance_id"] == instance_id and log["window_closed"] is True
-        assert log["closed_at"] == item["closedAt"] and log["computer_name"] == "HPC1-NODE-01"
-    # A second close changes nothing (the computer name stays the joined one).
-    other_name = world.event(instance_id, body='{"joined": true, "computerName": "OTHER"}')
-    refused(world, caplog, other_name, "join window closed: a second close request", now=joined_at)
-    assert world.window(instance_id) == item
+        assert log["closed_at"] == item["closedAt"] and log["computer_name"] == name
+    # A second close changes nothing.
+    refused(world, caplog, world.close_event(instance_id), "join window closed: a second close request",
+            now=joined_at)
+    assert world.window(instance_id) == item and len(world.fake_dc.calls) == 1
 
 
 def test_close_before_any_answer_closes_the_window(world: World, caplog) -> None:
     instance_id = world.launch()
     assert world.call(world.close_event(instance_id))["statusCode"] == 200
-    assert world.window(instance_id)["answers"] == "0"
+    item = world.window(instance_id)
+    assert item["answers"] == "0" and item["computerName"] == world.name(instance_id)
+    assert jh.TTL_ATTRIBUTE not in item and "issuedAt" not in item
     refused(world, caplog, world.event(instance_id), "join window closed")
+    assert world.fake_dc.calls == []
+
+
+@pytest.mark.parametrize("answered", [False, True])
+@pytest.mark.parametrize("other", ["HPC1-NODE-01", "another instance's", "WRONG"])
+def test_a_close_must_name_the_instances_own_computer_name(world: World, caplog, answered, other) -> None:
+    instance_id = world.launch()
+    if other == "another instance's":
+        other = world.name("i-0123456789abcdef0")
+    if answered:
+        assert world.call(world.event(instance_id))["statusCode"] == 200
+    before = world.window(instance_id)
+    caplog.clear()
+    response = world.call(world.event(instance_id, body=close_body(other)))
+    assert response["statusCode"] == 400
+    assert body(response) == {"error": f"computerName must be this instance's computer name {world.name(instance_id)}"}
+    [log] = decisions(caplog)
+    assert log["decision"] == "bad-request" and log["instance_id"] == instance_id
+    assert world.window(instance_id) == before  # nothing closed, nothing written
+    assert world.call(world.close_event(instance_id))["statusCode"] == 200
 
 
 @pytest.mark.parametrize(("minutes", "status"), [(-1, 200), (0, 200), (29.9, 200), (30, 403), (600, 403)])
@@ -529,11 +897,46 @@ def test_a_launch_older_than_the_window_is_refused(world: World, caplog, minutes
 
 def test_the_window_length_and_limit_come_from_the_settings(world: World, caplog) -> None:
     world.settings = dataclasses.replace(world.settings, window_minutes=10, max_answers=1)
+    world.fake_dc.fail_always = computer_account.DirectoryUnavailable(UNAVAILABLE)
     instance_id = world.launch()
-    assert world.call(world.event(instance_id), now=world.minutes_after_launch(instance_id, 9))["statusCode"] == 200
+    assert world.call(world.event(instance_id), now=world.minutes_after_launch(instance_id, 9))["statusCode"] == 503
     refused(world, caplog, world.event(instance_id), "exhausted: 1 of 1")
     late = world.launch()
     refused(world, caplog, world.event(late), "window is 10 minutes", now=world.minutes_after_launch(late, 10))
+
+
+class Restarted:
+    """ec2 as after a stop and start: the instance's LaunchTime is `minutes` later (moto keeps the first)."""
+
+    def __init__(self, ec2: Any, minutes: float) -> None:
+        self.ec2, self.minutes = ec2, minutes
+
+    def describe_instances(self, **kwargs: Any) -> dict[str, Any]:
+        answer = self.ec2.describe_instances(**kwargs)
+        for reservation in answer["Reservations"]:
+            for instance in reservation["Instances"]:
+                instance["LaunchTime"] += timedelta(minutes=self.minutes)
+        return answer
+
+
+@pytest.mark.parametrize("before", ["failed attempt", "object created", "closed"])
+def test_a_record_of_another_launch_refuses_the_restarted_instance(world: World, caplog, before) -> None:
+    instance_id = world.launch()
+    if before == "failed attempt":
+        world.fake_dc.failures = [computer_account.DirectoryUnavailable(UNAVAILABLE)]
+        assert world.call(world.event(instance_id))["statusCode"] == 503
+    elif before == "object created":
+        assert world.call(world.event(instance_id))["statusCode"] == 200
+    else:
+        assert world.call(world.close_event(instance_id))["statusCode"] == 200
+    item = world.window(instance_id)
+    # Stopped and started an hour later; asking 2 minutes after the new launch, well within its window.
+    restarted, now = Restarted(world.clients["ec2"], 60), world.minutes_after_launch(instance_id, 62)
+    reason = f"the record of this instance was made for its launch at {item['launchTime']}"
+    log = refused(world, caplog, world.event(instance_id), reason, now=now, ec2=restarted)
+    assert log["launched_minutes_ago"] == 2
+    refused(world, caplog, world.close_event(instance_id), reason, now=now, ec2=restarted)
+    assert world.window(instance_id) == item and len(world.fake_dc.calls) == (before != "closed")
 
 
 @pytest.fixture
@@ -550,11 +953,7 @@ def atomic_moto_updates(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(DynamoDBBackend, "update_item", update_item)
 
 
-@pytest.mark.parametrize("max_answers", [1, MAX_ANSWERS])
-def test_concurrent_requests_never_exceed_the_limit(world: World, atomic_moto_updates, max_answers) -> None:
-    world.settings = dataclasses.replace(world.settings, max_answers=max_answers)
-    instance_id = world.launch()
-    threads, per_thread = 8, 3
+def run_concurrently(world: World, instance_id: str, threads: int = 8, per_thread: int = 3) -> list[int]:
     start = threading.Barrier(threads)
     statuses: list[int] = []
     failures: list[BaseException] = []
@@ -574,10 +973,30 @@ def test_concurrent_requests_never_exceed_the_limit(world: World, atomic_moto_up
         worker.join(timeout=120)
     assert not failures and not any(w.is_alive() for w in workers)
     assert len(statuses) == threads * per_thread
-    assert statuses.count(200) == max_answers
-    assert statuses.count(403) == threads * per_thread - max_answers
+    return statuses
+
+
+@pytest.mark.parametrize("max_answers", [1, MAX_ANSWERS])
+def test_concurrent_requests_never_exceed_the_limit(world: World, atomic_moto_updates, max_answers) -> None:
+    world.settings = dataclasses.replace(world.settings, max_answers=max_answers)
+    world.fake_dc.fail_always = computer_account.DirectoryUnavailable(UNAVAILABLE)  # every attempt counts, none ends
+    instance_id = world.launch()
+    statuses = run_concurrently(world, instance_id)
+    assert statuses.count(503) == max_answers == len(world.fake_dc.calls)
+    assert statuses.count(403) == len(statuses) - max_answers
     assert world.window(instance_id)["answers"] == str(max_answers)
-    print(f"{threads} threads x {per_thread} requests, limit {max_answers}: {statuses.count(200)} answered")
+    print(f"{len(statuses)} requests, limit {max_answers}: {statuses.count(503)} attempts")
+
+
+@pytest.mark.parametrize("max_answers", [1, MAX_ANSWERS])
+def test_concurrent_requests_get_one_object_and_one_password(world: World, atomic_moto_updates, max_answers) -> None:
+    world.settings = dataclasses.replace(world.settings, max_answers=max_answers)
+    instance_id = world.launch()
+    statuses = run_concurrently(world, instance_id)
+    assert statuses.count(200) == 1 and statuses.count(403) == len(statuses) - 1
+    assert len(world.fake_dc.passwords) == 1 and list(world.fake_dc.created) == [world.name(instance_id)]
+    assert 1 <= len(world.fake_dc.calls) <= max_answers
+    assert world.window(instance_id)["answers"] == str(len(world.fake_dc.calls))
 
 
 FOREIGN = {
@@ -587,6 +1006,9 @@ FOREIGN = {
     "another role's session": ({}, {"role": "other-role", "role_id": "other-role"}, "not the instance role"),
     "role outside the cluster path": ({"profile_arn": "unscoped-role"}, {"role": "unscoped-role",
                                                                           "role_id": "unscoped-role"}, "role path"),
+    "no launch template": ({"template": None}, {}, "not launched from a launch template"),
+    "hand-made launch template": ({"template": "hand"}, {}, "is not one of cluster"),
+    "another stack's launch template": ({"template": "other-stack"}, {}, "is not one of cluster"),
 }
 
 
@@ -651,11 +1073,69 @@ def test_old_item_is_read_back_when_the_failure_does_not_carry_it(world: World, 
     assert log["closed_at"] == world.window(instance_id)["closedAt"]
 
 
-def test_the_answer_is_counted_before_the_secret_is_read(world: World, caplog) -> None:
+def test_the_attempt_is_counted_before_the_adding_account_is_read(world: World, caplog) -> None:
     instance_id = world.launch()
     world.clients["ssm"].delete_parameter(Name=PARAMS["JOIN_PASSWORD_PARAMETER"])
     assert world.call(world.event(instance_id))["statusCode"] == 500
-    assert world.window(instance_id)["answers"] == "1"
+    assert world.window(instance_id)["answers"] == "1" and world.fake_dc.calls == []
+
+
+# --- the directory's answers ------------------------------------------------------------
+
+DIRECTORY_ERRORS = {
+    "object exists": (computer_account.AlreadyExists(f"CN=X,{COMPUTER_OU} exists already: one computer object"
+                                                     " per instance"), 403, FORBIDDEN, "deny", "exists already"),
+    "no DC reachable": (computer_account.DirectoryUnavailable(UNAVAILABLE), 503, INTERNAL, "error",
+                        "directory unreachable"),
+    "add refused": (computer_account.ComputerAccountError(f"cannot create CN=X,{COMPUTER_OU}: constraintViolation"),
+                    500, INTERNAL, "error", "computer object not created"),
+}
+
+
+@pytest.mark.parametrize("case", DIRECTORY_ERRORS)
+def test_directory_errors_are_answered_without_a_password(world: World, caplog, case) -> None:
+    error, status, answer, decision, reason = DIRECTORY_ERRORS[case]
+    world.fake_dc.failures = [error]
+    instance_id = world.launch()
+    response = world.call(world.event(instance_id))
+    assert response["statusCode"] == status and body(response) == answer
+    [record] = [r for r in caplog.records if r.name == "test.join"]
+    assert record.levelno == (logging.WARNING if status == 403 else logging.ERROR)
+    log = json.loads(record.getMessage())
+    assert log["decision"] == decision and reason in log["reason"]
+    assert log["computer_name"] == world.name(instance_id)
+    if status == 403:
+        assert world.name(instance_id) in log["reason"]
+    else:
+        assert log["error"] == str(error)
+    item = world.window(instance_id)
+    assert item["answers"] == "1" and "issuedAt" not in item and jh.TTL_ATTRIBUTE in item
+
+
+def test_an_unexpected_directory_error_is_a_500_and_its_message_is_not_logged(world: World, caplog) -> None:
+    world.fake_dc.failures = [RuntimeError(f"bug that quotes a value: {PASSWORD}")]
+    response = world.call(world.event(world.launch()))
+    assert response["statusCode"] == 500 and body(response) == INTERNAL
+    [log] = decisions(caplog)
+    assert log["error_type"] == "RuntimeError" and log["reason"] == "unexpected error"
+    assert "_new_computer" in "".join(log["where"])
+
+
+def test_a_failed_record_after_the_create_answers_no_password(world: World, caplog, sleeps) -> None:
+    # The count passes, the object is created, recording it is throttled: the answer is a 503 without the
+    # password; the retry gets no second object of the name from the directory.
+    instance_id = world.launch()
+    fail_first(world, "dynamodb", times=jh.MAX_ATTEMPTS, skip=1)
+    response = world.call(world.event(instance_id))
+    assert response["statusCode"] == 503 and body(response) == INTERNAL
+    assert list(world.fake_dc.created) == [world.name(instance_id)]
+    [log] = decisions(caplog)
+    assert log["computer_dn"] == world.fake_dc.created[world.name(instance_id)]
+    assert "issuedAt" not in world.window(instance_id)
+    caplog.clear()
+    response = world.call(world.event(instance_id))
+    assert response["statusCode"] == 403
+    assert "exists already" in decisions(caplog)[0]["reason"] and len(world.fake_dc.passwords) == 1
 
 
 # --- malformed requests (400 with a clear message) --------------------------------------
@@ -749,7 +1229,7 @@ def test_malformed_request_is_a_400_with_a_clear_message(offline, caplog, case) 
 # --- configuration and AWS errors (5xx, nothing internal answered) ----------------------
 
 
-@pytest.mark.parametrize("missing", ["JOIN_PASSWORD_PARAMETER", "DOMAIN_PARAMETER"])
+@pytest.mark.parametrize("missing", list(PARAMS))
 def test_missing_parameter_is_a_logged_configuration_error(world: World, caplog, missing) -> None:
     instance_id = world.launch()
     world.clients["ssm"].delete_parameter(Name=PARAMS[missing])
@@ -758,7 +1238,7 @@ def test_missing_parameter_is_a_logged_configuration_error(world: World, caplog,
     [log] = decisions(caplog)
     assert log["decision"] == "error"
     assert log["reason"].startswith("configuration error") and PARAMS[missing] in log["reason"]
-    assert JOIN_USER not in caplog.text
+    assert JOIN_USER not in caplog.text and world.fake_dc.calls == []
 
 
 class _Raw:
@@ -785,6 +1265,13 @@ THROTTLED = {
         b"<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate"
         b" exceeded</Message></Error><RequestId>r1</RequestId></ErrorResponse>",
     ),
+    "cloudformation": (
+        "ListStackResources",
+        400,
+        "text/xml",
+        b"<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate"
+        b" exceeded</Message></Error><RequestId>r1</RequestId></ErrorResponse>",
+    ),
     "dynamodb": (
         "UpdateItem",
         400,
@@ -798,6 +1285,9 @@ THROTTLED = {
         b'{"__type":"ThrottlingException","message":"Rate exceeded"}',
     ),
 }
+# Further requests of the operation in one allowed request: the record of the created object (UpdateItem),
+# the nested stack's resources (ListStackResources).
+LATER_CALLS = {"dynamodb": 1, "cloudformation": 1}
 
 
 @pytest.fixture
@@ -809,9 +1299,9 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 def fail_first(
-    world: World, service: str, times: int | None, answer: Exception | tuple[int, bytes] | None = None
+    world: World, service: str, times: int | None, answer: Exception | tuple[int, bytes] | None = None, skip: int = 0
 ) -> list[int]:
-    """Answer the first `times` (None: all) HTTP requests of one operation before moto
+    """Answer `times` (None: all) HTTP requests of one operation, after the first `skip`, before moto
     sees them: raise `answer`, or send it as (status, body); default: throttling."""
     operation, status, content_type, payload = THROTTLED[service]
     if isinstance(answer, tuple):
@@ -820,11 +1310,15 @@ def fail_first(
 
     def hook(request: Any, **_: Any) -> Any:
         calls.append(1)
-        if times is not None and len(calls) > times:
+        if len(calls) <= skip or (times is not None and len(calls) > skip + times):
             return None
         if isinstance(answer, Exception):
             raise answer
-        return AWSResponse(request.url, status, {"content-type": content_type}, _Raw(payload))
+        url = request.url
+        # botocore calls every before-send handler and takes the first answer: without this, moto would
+        # carry the request out as well (a "throttled" UpdateItem would still count).
+        request.url = "https://answered-by-the-test.invalid/"
+        return AWSResponse(url, status, {"content-type": content_type}, _Raw(payload))
 
     world.clients[service].meta.events.register_first(f"before-send.{service}.{operation}", hook)
     return calls
@@ -835,7 +1329,8 @@ def test_throttling_is_retried_with_backoff(world: World, sleeps, service) -> No
     instance_id = world.launch()
     calls = fail_first(world, service, times=2)
     assert world.call(world.event(instance_id))["statusCode"] == 200
-    assert len(calls) == 3 and len(sleeps) == 2
+    assert len(calls) == 3 + LATER_CALLS.get(service, 0) and len(sleeps) == 2
+    assert world.window(instance_id)["answers"] == "1"  # the throttled attempts were not carried out
 
 
 @pytest.mark.parametrize("service", THROTTLED)
@@ -903,7 +1398,22 @@ def test_leak_check_would_catch_botocore_debug_bodies(world: World, caplog) -> N
     caplog.clear()  # keep the teardown leak check about the function itself
 
 
-def test_handler_logs_one_json_object_per_line(world: World, monkeypatch) -> None:
+def test_leak_check_would_catch_a_one_time_password_in_a_log(world: World, caplog) -> None:
+    """The teardown check knows the fake directory's passwords: a log line with the answer would fail it."""
+    answer = body(world.call(world.event(world.launch())))
+    TEST_LOG.info(json.dumps(answer))
+    assert world.fake_dc.passwords == [answer["oneTimePassword"]]
+    assert answer["oneTimePassword"] in caplog.text
+    caplog.clear()
+
+
+@pytest.fixture
+def default_directory(monkeypatch: pytest.MonkeyPatch, world: World) -> None:
+    """`handler` calls `handle` with its default create_computer (the LDAP one): the fake instead."""
+    monkeypatch.setitem(jh.handle.__kwdefaults__, "create_computer", world.fake_dc)
+
+
+def test_handler_logs_one_json_object_per_line(world: World, monkeypatch, default_directory) -> None:
     out = io.StringIO()
     monkeypatch.setattr(jh.LOG.handlers[0], "stream", out)
     monkeypatch.setattr(jh, "_settings", world.settings)
@@ -912,29 +1422,39 @@ def test_handler_logs_one_json_object_per_line(world: World, monkeypatch) -> Non
     for event in (world.event(good), world.event(bad), {"version": "1.0"}):
         world.responses.append(jh.handler(event, None))
     lines = out.getvalue().splitlines()
-    assert PASSWORD not in out.getvalue()
+    assert PASSWORD not in out.getvalue() and world.fake_dc.passwords[0] not in out.getvalue()
     records = [json.loads(line) for line in lines]
     assert [r["decision"] for r in records] == ["allow", "deny", "bad-request"]
     for record in records[:2]:
         assert {"request_id", "instance_id", "caller_role", "decision", "reason"} <= set(record)
-    # The window state of an allowed request
-    assert {"answers", "max_answers", "window_closed", "launched_minutes_ago"} <= set(records[0])
+    # The window state and the object of an allowed request
+    assert {"answers", "max_answers", "window_closed", "launched_minutes_ago", "computer_name",
+            "computer_dn"} <= set(records[0])
 
 
 # --- settings and the Lambda entry point ------------------------------------------------
 
 
-ALL_VARIABLES = ["CLUSTER_NAME", "VPC_ID", *PARAMS, *WINDOW_ENV]
+ALL_VARIABLES = ["CLUSTER_NAME", "VPC_ID", *PARAMS, *WINDOW_ENV, *DIRECTORY_ENV]
+NAMED_VARIABLES = [*ALL_VARIABLES, "LDAP_PORT"]
 
 
 def full_env(**overrides: str) -> dict[str, str]:
-    env = {"CLUSTER_NAME": CLUSTER, "VPC_ID": "vpc-0123456789abcdef0", **PARAMS, **WINDOW_ENV}
+    env = {"CLUSTER_NAME": CLUSTER, "VPC_ID": "vpc-0123456789abcdef0", **PARAMS, **WINDOW_ENV, **DIRECTORY_ENV}
     return {**env, **overrides}
 
 
 def test_settings_from_a_valid_environment() -> None:
     settings = jh.load_settings(full_env())
-    assert settings == jh.Settings(CLUSTER, "vpc-0123456789abcdef0", *PARAMS.values(), TABLE, 30, 3)
+    assert settings == jh.Settings(CLUSTER, "vpc-0123456789abcdef0", *PARAMS.values(), TABLE, 30, 3, DC_IPS,
+                                   COMPUTER_OU, PREFIX, 389)
+    assert jh.load_settings(full_env(DC_IPS="10.0.0.10")).dc_ips == ("10.0.0.10",)
+    assert jh.load_settings(full_env(COMPUTER_PREFIX="A1B2C3")).computer_prefix == "A1B2C3"
+
+
+@pytest.mark.parametrize(("value", "port"), [("636", 636), ("3268", 3268), (" 389 ", 389), ("", 389)])
+def test_ldap_port_is_optional(value: str, port: int) -> None:
+    assert jh.load_settings(full_env(LDAP_PORT=value)).ldap_port == port
 
 
 @pytest.mark.parametrize("variable", ALL_VARIABLES)
@@ -960,12 +1480,31 @@ def test_each_missing_setting_is_named(variable: str) -> None:
         ("MAX_ANSWERS", "0"),
         ("MAX_ANSWERS", "11"),
         ("MAX_ANSWERS", "-1"),
+        ("DC_IPS", "dc1.test.domain"),
+        ("DC_IPS", "10.0.0.10;10.0.0.11"),
+        ("DC_IPS", "10.0.0.10,"),
+        ("DC_IPS", "10.0.0"),
+        ("DC_IPS", "fd00::10"),
+        pytest.param("DC_IPS", "256.0.0.10", marks=pytest.mark.xfail(
+            strict=True, reason="load_settings: DC_IPS pattern \\d{1,3} accepts octets above 255")),
+        pytest.param("DC_IPS", "10.0.0.10,999.1.1.1", marks=pytest.mark.xfail(
+            strict=True, reason="load_settings: DC_IPS pattern \\d{1,3} accepts octets above 255")),
+        ("COMPUTER_OU", "Computers"),
+        ("COMPUTER_OU", "DC=test,DC=domain"),
+        ("COMPUTER_OU", "OU=,DC=test,DC=domain"),
+        ("COMPUTER_PREFIX", "1AB"),
+        ("COMPUTER_PREFIX", "ABCDEFG"),
+        ("COMPUTER_PREFIX", "hpc"),
+        ("COMPUTER_PREFIX", "H-P"),
+        ("LDAP_PORT", "0"),
+        ("LDAP_PORT", "65536"),
+        ("LDAP_PORT", "ldap"),
     ],
 )
 def test_each_invalid_setting_is_named(variable: str, value: str) -> None:
     with pytest.raises(jh.SettingsError, match=rf"\b{variable}=") as error:
         jh.load_settings(full_env(**{variable: value}))
-    assert [v for v in ALL_VARIABLES if v in str(error.value)] == [variable]
+    assert [v for v in NAMED_VARIABLES if v in str(error.value)] == [variable]
 
 
 def test_all_missing_settings_are_named_at_once() -> None:
@@ -973,6 +1512,7 @@ def test_all_missing_settings_are_named_at_once() -> None:
         jh.load_settings({})
     for variable in ALL_VARIABLES:
         assert variable in str(error.value)
+    assert "LDAP_PORT" not in str(error.value)  # optional
 
 
 def test_handler_validates_settings_before_doing_anything(monkeypatch) -> None:
@@ -985,12 +1525,13 @@ def test_handler_validates_settings_before_doing_anything(monkeypatch) -> None:
         jh.handler({}, None)
 
 
-def test_handler_builds_settings_and_clients_once(world: World, monkeypatch) -> None:
+def test_handler_builds_settings_and_clients_once(world: World, monkeypatch, default_directory) -> None:
     monkeypatch.setattr(jh, "_settings", None)
     monkeypatch.setattr(jh, "_clients", None)
-    env = {"CLUSTER_NAME": CLUSTER, "VPC_ID": world.vpc_id, **PARAMS, **WINDOW_ENV}
+    env = {"CLUSTER_NAME": CLUSTER, "VPC_ID": world.vpc_id, **PARAMS, **WINDOW_ENV, **DIRECTORY_ENV}
     for variable, value in env.items():
         monkeypatch.setenv(variable, value)
+    monkeypatch.delenv("LDAP_PORT", raising=False)
     made: list[int] = []
 
     def make_clients() -> dict[str, Any]:
@@ -999,8 +1540,10 @@ def test_handler_builds_settings_and_clients_once(world: World, monkeypatch) -> 
 
     monkeypatch.setattr(jh, "make_clients", make_clients)
     instance_id = world.launch()
+    statuses = []
     for _ in range(2):
         response = jh.handler(world.event(instance_id), None)
         world.responses.append(response)
-        assert response["statusCode"] == 200
+        statuses.append(response["statusCode"])
+    assert statuses == [200, 403]  # one object per instance, also through the entry point
     assert made == [1] and jh._settings == world.settings
