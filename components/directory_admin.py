@@ -308,6 +308,7 @@ def _role_policy(*, parameter_arns: list[pulumi.Input[str]], user_parameters_arn
          "Resource": [pulumi.Output.concat(log_group_arn, ":*")]},
     ]
     if table_arn is not None:
-        statements.append({"Sid": "ReadRecordedComputerNames", "Effect": "Allow", "Action": ["dynamodb:GetItem"],
-                           "Resource": [table_arn]})
+        # Read the name a node's record holds; delete the record with the terminated node (it has no TTL).
+        statements.append({"Sid": "ReadRecordedComputerNames", "Effect": "Allow",
+                           "Action": ["dynamodb:GetItem", "dynamodb:DeleteItem"], "Resource": [table_arn]})
     return {"Version": "2012-10-17", "Statement": statements}

@@ -48,6 +48,8 @@ CLUSTER_TAG = "parallelcluster:cluster-name"
 WINDOW_KEY = "instanceId"  # the join window table's key (lambda_src/join_handler.py)
 # Instance states whose computer objects the sweep keeps (terminated ones stay describable ~1 h).
 LIVE_STATES = ["pending", "running", "shutting-down", "stopping", "stopped"]
+# A termination event is acted on only when EC2 itself reports one of these.
+GONE_STATES = frozenset({"shutting-down", "terminated"})
 
 # schemaIDGUID of the computer class (the same in every AD forest).
 COMPUTER_CLASS = "bf967a86-0de6-11d0-a285-00aa003049e2"
@@ -824,12 +826,19 @@ def handle_termination(event: Mapping[str, Any], *, settings: Settings, ec2: Any
         return {"instance": iid, "result": "ignored"}
     inst = _instance(ec2, iid)
     tags = {t["Key"]: t["Value"] for t in (inst or {}).get("Tags", [])}
-    if inst is None or tags.get(CLUSTER_TAG) != settings.cluster_name:
-        reason = "unknown instance" if inst is None else "not a node of this cluster"
+    # EC2's own word, not the event's: whoever may invoke this function could otherwise send a "terminated"
+    # event for a live node (the head node) and have its computer object deleted.
+    state = ((inst or {}).get("State") or {}).get("Name")
+    if inst is None or tags.get(CLUSTER_TAG) != settings.cluster_name or state not in GONE_STATES:
+        reason = ("unknown instance" if inst is None else "not a node of this cluster"
+                  if tags.get(CLUSTER_TAG) != settings.cluster_name else f"instance is {state}, not terminated")
         logger.info(json.dumps({"event": "termination", "instance": iid, "decision": "ignored", "reason": reason}))
         return {"instance": iid, "result": "ignored", "reason": reason}
     name = recorded_name(dynamodb, settings.window_table, iid) or computer_name(settings.computer_prefix, iid)
     result = directory().delete_computer(name)
+    # The join function's record of the instance has no TTL once an object was made for it: it goes with the node.
+    if settings.window_table:
+        dynamodb.delete_item(TableName=settings.window_table, Key={WINDOW_KEY: {"S": iid}})
     logger.info(json.dumps({"event": "termination", "instance": iid, "computer": name, "result": result}))
     return {"instance": iid, "computer": name, "result": result}
 

@@ -372,6 +372,25 @@ def test_termination_deletes_the_recorded_name(aws):
     assert got["deleted"] == ["HPCAB0123456789"] and got["out"]["result"] == "deleted"
 
 
+def test_termination_deletes_the_window_record(aws):
+    """The join function's record of a node keeps no TTL once an object was made: it goes with the node."""
+    (iid,) = aws[2]()
+    terminate(aws, iid, recorded="HPCAB0123456789")
+    assert "Item" not in aws[1].get_item(TableName=TABLE, Key={"instanceId": {"S": iid}})
+
+
+def test_forged_termination_of_a_live_node_is_ignored(aws):
+    """A "terminated" event for an instance that EC2 reports running (someone allowed to invoke the function
+    sends it for the head node): its computer object and record stay."""
+    ec2, dynamodb, launch = aws
+    (iid,) = launch()
+    dynamodb.put_item(TableName=TABLE, Item={"instanceId": {"S": iid}, "computerName": {"S": "HPCAB0123456789"}})
+    out = da.handle_termination(event(iid), settings=da.load_settings(ENV), ec2=ec2, dynamodb=dynamodb,
+                                directory=lambda: pytest.fail("no directory call for a live instance"))
+    assert out["result"] == "ignored" and out["reason"] == "instance is running, not terminated"
+    assert "Item" in dynamodb.get_item(TableName=TABLE, Key={"instanceId": {"S": iid}})
+
+
 def test_termination_falls_back_to_the_derived_name(aws):
     (iid,) = aws[2]()
     got = terminate(aws, iid)
