@@ -25,6 +25,7 @@ docs/design.md says so.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import secrets
 import string
@@ -40,6 +41,13 @@ OWNER_REFUSED = ("constraintViolation", "insufficientAccessRights", "unwillingTo
 OWNER_RIGHTS_READ_ONLY = "(A;;0x20000;;;OW)"
 PASSWORD_LENGTH = 48
 NAME = re.compile(r"[A-Z0-9][A-Z0-9-]{0,13}[A-Z0-9]|[A-Z0-9]")
+
+
+# msldap logs whole requests at DEBUG, the add's unicodePwd included: pin its loggers (and its auth and socket
+# layers') at INFO, so that a DEBUG root logger (AWS_LAMBDA_LOG_LEVEL) cannot turn that on.
+for _name in ("msldap", "asyauth", "asysocks", "minikerberos"):
+    if logging.getLogger(_name).level < logging.INFO:  # NOTSET (0) counts as below
+        logging.getLogger(_name).setLevel(logging.INFO)
 
 
 class ComputerAccountError(RuntimeError):
@@ -114,9 +122,20 @@ _schema_cache: dict[str, tuple[str, str]] = {}
 async def _first(conn: Any, base: str, attrs: list[str], flt: str = "(objectClass=*)", scope: int = 0) -> dict:
     async for entry, err in conn.search(base, flt, [a.encode() for a in attrs], search_scope=scope):
         if err is not None:
-            raise ComputerAccountError(f"LDAP search of {base}: {err}")
+            raise ComputerAccountError(f"LDAP search of {base}: {type(err).__name__} {_result_code(err)}".strip())
         return entry.get("attributes") or {}
     return {}
+
+
+async def _bounded(awaitable: Any, directory: Directory, what: str) -> Any:
+    """Every LDAP round trip within the directory's timeout: the whole creation stays well inside the function's
+    own timeout, which stays inside the node's request timeout (a node must never give up on a request whose
+    object then exists: it could not get its password again)."""
+    try:
+        return await asyncio.wait_for(awaitable, directory.timeout)
+    except TimeoutError:
+        raise DirectoryUnavailable(f"the domain controller did not answer the {what} within {directory.timeout}s")\
+            from None
 
 
 async def _connect(directory: Directory) -> Any:
@@ -150,11 +169,11 @@ async def _connect(directory: Directory) -> Any:
 async def _schema(conn: Any, directory: Directory) -> tuple[str, str]:
     if directory.domain not in _schema_cache:
         base = ",".join(f"DC={p}" for p in directory.domain.split("."))
-        sid = (await _first(conn, base, ["objectSid"])).get("objectSid")
-        root = await _first(conn, "", ["schemaNamingContext"])
+        sid = (await _bounded(_first(conn, base, ["objectSid"]), directory, "domain search")).get("objectSid")
+        root = await _bounded(_first(conn, "", ["schemaNamingContext"]), directory, "rootDSE search")
         schema_nc = root.get("schemaNamingContext") or f"CN=Schema,CN=Configuration,{base}"
-        default = (await _first(conn, f"CN=Computer,{schema_nc}", ["defaultSecurityDescriptor"])).get(
-            "defaultSecurityDescriptor")
+        default = (await _bounded(_first(conn, f"CN=Computer,{schema_nc}", ["defaultSecurityDescriptor"]),
+                                  directory, "schema search")).get("defaultSecurityDescriptor")
         if not sid or not default:
             raise ComputerAccountError("cannot read the domain SID or the computer class's defaultSecurityDescriptor")
         _schema_cache[directory.domain] = (str(sid), str(default))
@@ -182,7 +201,8 @@ async def _create(directory: Directory, name: str, host_fqdn: str, password: str
         for owner_domain_admins in (True, False):
             sd = SECURITY_DESCRIPTOR.from_sddl(descriptor_sddl(default_sddl, owner_domain_admins=owner_domain_admins),
                                                domain_sid=domain_sid)
-            ok, err = await conn.add(dn, {**attrs, "nTSecurityDescriptor": sd.to_bytes()})
+            ok, err = await _bounded(conn.add(dn, {**attrs, "nTSecurityDescriptor": sd.to_bytes()}), directory,
+                                     "add")
             if ok:
                 return dn
             code = _result_code(err)

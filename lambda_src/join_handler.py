@@ -285,7 +285,12 @@ def handle(
             window.count_answer()
             body = _new_computer(settings, ssm, create_computer, name)
             fields.update(computer_dn=body.pop("dn"))
-            window.issued(name)
+            try:
+                window.issued(name)
+            except (ClientError, BotoCoreError) as exc:
+                # The object exists and only this answer carries its password: answer. The directory refuses a
+                # second object of the name, so one password per instance holds without the record.
+                fields.update(record_error=type(exc).__name__)
             status, decision, reason = 200, "allow", "live node of the cluster within its join window"
         else:
             if closing != name:
