@@ -2,13 +2,14 @@
 
 The REAL scripts run with the REAL curl and python3 (behind recording pass-through wrappers), against a
 local fake IMDSv2 and a local fake function URL on 127.0.0.1 that verifies every SigV4 signature with
-botocore. System commands that would change the machine (realm, systemctl, pam-auth-update, apt-get,
+botocore. System commands that would change the machine (adcli, realm, systemctl, pam-auth-update, apt-get,
 dnf, authselect, sshd, ...) are recording stand-ins first on PATH (tests/bootstrap_sandbox/). Nothing
 leaves 127.0.0.1. The real-AD proof is tests/adlab/.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -21,12 +22,23 @@ from pathlib import Path
 import pytest
 
 from tests.bootstrap_sandbox.sandbox import JOIN_SCRIPT, SSH_SCRIPT, Sandbox
-from tests.bootstrap_sandbox.servers import ACCESS_KEY, SECRET_KEY, SESSION_TOKEN, FakeFunctionUrl, FakeImds
+from tests.bootstrap_sandbox.servers import (
+    ACCESS_KEY,
+    DEFAULT_COMPUTER_NAME,
+    INSTANCE_ID,
+    ONE_TIME_PASSWORD,
+    SECRET_KEY,
+    SESSION_TOKEN,
+    FakeFunctionUrl,
+    FakeImds,
+    join_answer,
+)
 
 REGION = "eu-west-1"
-PASSWORD = 'Pa$$ w0rd "q" \\b`t`!#%'
-USER = "joinadmin"
-GOOD = (200, {"domain": "test.domain", "realm": "TEST.DOMAIN", "user": USER, "password": PASSWORD})
+# Issue 16: the function answers the computer object it created for this instance, with a one-time password.
+PASSWORD = ONE_TIME_PASSWORD
+GOOD = join_answer()
+NAME = GOOD[1]["computerName"]
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} join-domain: ", re.M)
 
 
@@ -48,6 +60,10 @@ def run_join(box: Sandbox, imds: FakeImds, fn: FakeFunctionUrl | None, *extra: s
              env_extra: dict | None = None, prefix: list[str] | None = None):
     args = ["--function-url", url or fn.url, "--region", REGION, *extra]
     return box.run(JOIN_SCRIPT, args, box.env(imds.url, **(env_extra or {})), prefix=prefix)
+
+
+def adcli_joins(box: Sandbox) -> list[dict]:
+    return [c for c in box.calls("adcli") if c["argv"][:1] == ["join"]]
 
 
 def argv_strings(box: Sandbox) -> list[str]:
@@ -149,7 +165,7 @@ def test_join_plain_http_to_a_lab_host_only_with_explicit_opt_in(sandbox):
 # join-domain.sh: success, idempotency
 
 
-def test_join_success_password_only_on_realm_stdin(sandbox):
+def test_join_success_password_only_on_adcli_stdin(sandbox):
     box = sandbox()
     with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
         result = run_join(box, imds, fn, "--timeout", "60")
@@ -168,21 +184,25 @@ def test_join_success_password_only_on_realm_stdin(sandbox):
     gets = [r for r in imds.requests if r[0] == "GET"]
     assert gets and all(token in imds.tokens for _, _, token in gets)
 
-    # realm join: bare user with -U, --install=/, the domain; the password only on stdin.
-    joins = [c for c in box.calls("realm") if c["argv"][:1] == ["join"]]
+    # adcli join as the computer the function created, the one-time password only on stdin; no realm join.
+    joins = adcli_joins(box)
     assert len(joins) == 1
-    argv = joins[0]["argv"]
-    assert argv[argv.index("-U") + 1] == USER
-    assert "--install=/" in argv and argv[-1] == "test.domain"
-    assert not any(a.startswith("--computer-name") for a in argv)  # short host name: adcli's default
+    assert joins[0]["argv"] == ["join", "--verbose", "--login-type=computer", "--stdin-password",
+                                "--domain=test.domain", "--domain-realm=TEST.DOMAIN", f"--computer-name={NAME}",
+                                "--host-fqdn=ip-10-0-0-12.test.domain"]
     assert joins[0]["stdin"] == PASSWORD + "\n"
+    assert all(c["argv"] == ["list"] for c in box.calls("realm"))
 
-    # sssd.conf: the two settings changed in the domain section, realm's other defaults kept, mode 0600.
+    # sssd.conf, written by the script itself (adcli writes none): [sssd] with the domain, the domain section
+    # as realmd would write it with the two settings changed, mode 0600.
     conf = box.sssd_conf().read_text()
+    sssd_section = conf.split("[sssd]")[1].split("\n[")[0]
+    assert "domains = test.domain" in sssd_section and "services = nss, pam" in sssd_section
     section = conf.split("[domain/test.domain]")[1]
     assert "use_fully_qualified_names = False" in section and "fallback_homedir = /home/%u\n" in section
     assert "use_fully_qualified_names = True" not in conf and "%u@%d" not in conf
-    for kept in ("id_provider = ad", "ldap_id_mapping = True", "access_provider = ad", "krb5_realm = TEST.DOMAIN"):
+    for kept in ("id_provider = ad", "ldap_id_mapping = True", "access_provider = ad", "krb5_realm = TEST.DOMAIN",
+                 "ad_domain = test.domain", "cache_credentials = True"):
         assert kept in section
     assert stat.S_IMODE(box.sssd_conf().stat().st_mode) == 0o600
     # Debian 12's sssd init-script options (adlab pitfall 1) fixed.
@@ -191,12 +211,21 @@ def test_join_success_password_only_on_realm_stdin(sandbox):
     names = [c["name"] for c in box.calls()]
     assert "apt-get" not in names and "dnf" not in names  # everything needed was present
     assert ["--enable", "mkhomedir"] in [c["argv"] for c in box.calls("pam-auth-update")]
-    assert ["restart", "sssd"] in [c["argv"] for c in box.calls("systemctl")]
+    systemctls = [c["argv"] for c in box.calls("systemctl")]
+    assert ["restart", "sssd"] in systemctls
+    # realmd enabled sssd at its join; adcli does not: the script does, before the restart.
+    assert ["enable", "sssd"] in systemctls and systemctls.index(["enable", "sssd"]) < systemctls.index(
+        ["restart", "sssd"])
     getents = [c["argv"] for c in box.calls("getent")]
-    assert ["-s", "sss", "passwd", USER] in getents and ["passwd", USER] in getents
-    # The lookups ran after the restart.
-    order = [(c["name"], c["argv"][:1]) for c in box.calls() if c["name"] in ("systemctl", "getent")]
-    assert order.index(("systemctl", ["restart"])) < order.index(("getent", ["-s"]))
+    assert ["-s", "sss", "group", "Domain Users"] in getents
+    assert not [a for a in getents if "passwd" in a]  # no join user any more
+    # The lookup ran after the restart, and the restart after the join.
+    order = [(c["name"], c["argv"][:1]) for c in box.calls() if c["name"] in ("systemctl", "getent", "adcli")]
+    assert order.index(("adcli", ["join"])) < order.index(("systemctl", ["restart"])) \
+        < order.index(("getent", ["-s"]))
+    # The state file: domain, realm, the computer; no user.
+    state = (box.root / "var" / "lib" / "pcluster-ad" / "join-state").read_text()
+    assert state == f"domain=test.domain\nrealm=TEST.DOMAIN\ncomputer={NAME}\n"
 
     # Log: 0600 in a 0700 directory, timestamped, same lines as stdout.
     assert stat.S_IMODE(box.log.stat().st_mode) == 0o600
@@ -236,12 +265,12 @@ def test_join_rerun_is_idempotent(sandbox):
         seen, imds_seen = len(fn.requests), len(imds.requests)
         second = run_join(box, imds, fn)
     assert second.rc == 0, second.output
-    assert not [c for c in box.calls("realm") if c["argv"][:1] == ["join"]]
+    assert not adcli_joins(box)
     # A joined node asks nobody for anything: no function request, not even IMDS.
     assert len(fn.requests) == seen and len(imds.requests) == imds_seen
     assert "already joined to test.domain (realm TEST.DOMAIN): no request to the join function" in second.stdout
-    # The join user recorded by the first run is looked up again.
-    assert "verified: sssd is running and the join user resolves" in second.stdout
+    # The domain is verified again through sssd.
+    assert "verified: sssd is running and the domain answers ('Domain Users' resolves)" in second.stdout
     assert box.sssd_conf().read_bytes() == conf
     assert "already has use_fully_qualified_names = False" in second.stdout
 
@@ -255,9 +284,9 @@ def test_join_already_joined_node_makes_no_request_at_all(sandbox):
         result = run_join(box, imds, fn)
     assert result.rc == 0, result.output
     assert fn.requests == [] and imds.requests == []
-    assert [c["argv"] for c in box.calls("realm")] == [["list"]]
+    assert [c["argv"] for c in box.calls("realm")] == [["list"]] and not box.calls("adcli")
     assert "use_fully_qualified_names = False" in box.sssd_conf().read_text()
-    assert "no recorded join user" in result.stdout
+    assert "verified: sssd is running and the domain answers" in result.stdout
     assert PASSWORD not in result.output
 
 
@@ -276,9 +305,12 @@ def test_join_on_disk_join_counts_without_realmd(sandbox):
     with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
         fresh = run_join(box2, imds, fn)
     assert len(fn.fetches) == 1, fresh.output
+    # The script's sssd.conf edit keeps the existing section (no second one) and joins.
+    assert fresh.rc == 0 and len(adcli_joins(box2)) == 1, fresh.output
+    assert box2.sssd_conf().read_text().count("[domain/test.domain]") == 1
 
 
-def test_join_closes_the_window_once_realm_join_succeeded(sandbox):
+def test_join_closes_the_window_once_the_join_succeeded(sandbox):
     box = sandbox()
     with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
         result = run_join(box, imds, fn, "--timeout", "60")
@@ -287,28 +319,31 @@ def test_join_closes_the_window_once_realm_join_succeeded(sandbox):
     close = fn.closes[0]
     assert close["verified"], close.get("error")
     assert close["method"] == "POST" and {"host", "x-amz-date", "x-amz-security-token"} <= set(close["signed_headers"])
-    # Exactly the contract's body; the computer name adcli used: the short host name, upper-cased.
-    assert close["body"] == b'{"joined": true, "computerName": "IP-10-0-0-12"}'
+    # Exactly the contract's body; the computer name adcli used: the one the function answered.
+    assert close["body"] == b'{"joined": true, "computerName": "' + NAME.encode() + b'"}'
     out = result.stdout
-    # The close starts once realm join succeeded (in the background, while sssd is configured and
+    # The close starts once the join succeeded (in the background, while sssd is configured and
     # verified) and ends before the script does.
-    assert out.index("realm: joined test.domain") < out.index("join window: closing") < out.index("join window closed")
+    assert out.index(f"joined test.domain as {NAME}") < out.index("join window: closing") \
+        < out.index("join window closed")
     assert out.index("join window closed") < out.index("finished in")
     # Fresh IMDS credentials for the close: a token PUT after the credential request's.
     assert len([r for r in imds.requests if r[0] == "PUT"]) >= 2
     assert_secret_free(box, imds, result)
 
 
-def test_join_close_names_the_hashed_computer_account_of_a_long_host_name(sandbox):
+def test_join_close_names_the_answered_computer_account_whatever_the_host_name(sandbox):
     box = sandbox(hostname="queue1-dy-compute-12.test.pcluster")
-    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+    answer = join_answer(computerName="QUEUE1-1A2B3C4D", hostFqdn="Queue1-DY-compute-12.Test.Domain")
+    with FakeImds() as imds, FakeFunctionUrl([answer]) as fn:
         result = run_join(box, imds, fn)
     assert result.rc == 0, result.output
-    join = next(c["argv"] for c in box.calls("realm") if c["argv"][:1] == ["join"])
-    name = next(a.split("=", 1)[1] for a in join if a.startswith("--computer-name="))
+    join = adcli_joins(box)[0]["argv"]
+    assert "--computer-name=QUEUE1-1A2B3C4D" in join
+    assert "--host-fqdn=queue1-dy-compute-12.test.domain" in join  # lower-cased
     body = fn.closes[0]["body"].decode()
-    assert json.loads(body) == {"joined": True, "computerName": name.upper()} and body.startswith('{"joined": true')
-    assert re.fullmatch(r"[A-Z0-9-]{1,15}", name.upper())
+    assert json.loads(body) == {"joined": True, "computerName": "QUEUE1-1A2B3C4D"}
+    assert body.startswith('{"joined": true')
 
 
 @pytest.mark.parametrize(("answers", "attempts"), [
@@ -338,12 +373,12 @@ def test_join_trusts_the_on_disk_join_when_realmd_has_a_stale_view(sandbox):
     with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
         result = run_join(box, imds, fn)
     assert result.rc == 0, result.output
-    assert [c["argv"][0] for c in box.calls("realm")].count("join") == 1
+    assert len(adcli_joins(box)) == 1
     assert_secret_free(box, imds, result)
     # A rerun is a no-op: the on-disk join counts as configured.
     with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
         again = run_join(box, imds, fn)
-    assert again.rc == 0 and [c["argv"][0] for c in box.calls("realm")].count("join") == 1, again.output
+    assert again.rc == 0 and len(adcli_joins(box)) == 1 and not fn.requests, again.output
 
 
 def test_join_sssd_tuned_for_large_directories(sandbox):
@@ -355,27 +390,54 @@ def test_join_sssd_tuned_for_large_directories(sandbox):
     assert "ignore_group_members = True" in conf and "ldap_referrals = False" in conf
 
 
-def test_join_long_host_name_gets_a_stable_15_char_computer_name(sandbox):
-    names = []
-    for _ in range(2):
-        box = sandbox(hostname="queue1-dy-compute-12.test.pcluster")
-        with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
-            result = run_join(box, imds, fn)
-        assert result.rc == 0, result.output
-        join = next(c["argv"] for c in box.calls("realm") if c["argv"][:1] == ["join"])
-        names += [a.split("=", 1)[1] for a in join if a.startswith("--computer-name=")]
-    assert len(names) == 2 and names[0] == names[1]
-    assert len(names[0]) <= 15 and re.fullmatch(r"[a-z0-9-]+", names[0]) and names[0].startswith("queue1-")
-
-
-def test_join_user_reduced_to_bare_name(sandbox):
+def test_join_computer_name_checked_against_the_computer_prefix(sandbox):
+    """With --computer-prefix the answered name must be (prefix + sha256 hex of the instance id), upper-cased,
+    cut to 15: the derived name joins; any other name is an invalid answer (exit 7), nothing is joined."""
+    want = ("PCAD" + hashlib.sha256(INSTANCE_ID.encode()).hexdigest()).upper()[:15]
     box = sandbox()
-    answer = (200, {**GOOD[1], "user": "TEST\\joinadmin"})
-    with FakeImds() as imds, FakeFunctionUrl([answer]) as fn:
-        result = run_join(box, imds, fn)
+    with FakeImds() as imds, FakeFunctionUrl([join_answer("PCAD")]) as fn:
+        result = run_join(box, imds, fn, "--computer-prefix", "PCAD")
     assert result.rc == 0, result.output
-    join = next(c["argv"] for c in box.calls("realm") if c["argv"][:1] == ["join"])
-    assert join[join.index("-U") + 1] == USER
+    assert f"--computer-name={want}" in adcli_joins(box)[0]["argv"]
+    for wrong in (want[:-1] + ("0" if want[-1] != "0" else "1"), "PCAD", DEFAULT_COMPUTER_NAME):
+        bad = sandbox()
+        with FakeImds() as imds, FakeFunctionUrl([join_answer(computerName=wrong)]) as fn:
+            refused = run_join(bad, imds, fn, "--computer-prefix", "PCAD")
+        assert refused.rc == 7, refused.output
+        assert "invalid answer from the join function" in refused.stdout and f"is not {want}" in refused.stdout
+        assert not bad.calls("adcli") and not fn.closes and len(fn.fetches) == 1
+        assert not (bad.root / "etc" / "krb5.keytab").exists() and not bad.sssd_conf().exists()
+        assert_secret_free(bad, imds, refused)
+
+
+@pytest.mark.parametrize("fields", [
+    {"oneTimePassword": None},
+    {"oneTimePassword": ""},
+    {"oneTimePassword": "line\nbreak"},
+    {"oneTimePassword": "tab\there"},
+    {"computerName": None},
+    {"computerName": "pcad-node-7f3a9"},
+    {"computerName": "PCAD-NODE-7F3A9C"},
+    {"computerName": "-PCAD"},
+    {"computerName": "PCAD_NODE"},
+    {"hostFqdn": None},
+    {"hostFqdn": "ip 10.test.domain"},
+    {"hostFqdn": "-bad.test.domain"},
+    {"hostFqdn": "a" * 254},
+    pytest.param({"hostFqdn": "a" * 64 + ".test.domain"}, marks=pytest.mark.xfail(
+        strict=True, reason="join-domain.sh bug: join_response accepts a DNS label over 63 characters in hostFqdn")),
+    {"domain": None},
+    {"user": "joinadmin", "password": PASSWORD, "computerName": None, "hostFqdn": None, "oneTimePassword": None},
+], ids=lambda f: ",".join(f"{k}={'none' if v is None else len(v)}" for k, v in f.items()))
+def test_join_invalid_answer_fields_exit_7_and_join_nothing(sandbox, fields):
+    box = sandbox()
+    with FakeImds() as imds, FakeFunctionUrl([join_answer(**fields)]) as fn:
+        result = run_join(box, imds, fn)
+    assert result.rc == 7, result.output
+    assert "invalid answer from the join function" in result.stdout
+    assert not box.calls("adcli") and not fn.closes and len(fn.fetches) == 1
+    assert not box.sssd_conf().exists()
+    assert_secret_free(box, imds, result)
 
 
 def _can_hide_host_sbin() -> bool:
@@ -419,9 +481,9 @@ def test_join_rhel_family_installs_missing_packages_and_uses_authselect(sandbox)
                                                                                box.calls("authselect")]
     assert ["enable", "--now", "oddjobd.service"] in [c["argv"] for c in box.calls("systemctl")]
     assert not box.calls("pam-auth-update") and not box.calls("apt-get")
-    # realm runs authselect itself on this family: ours only after realm join has returned.
-    realm_join = next(c for c in box.calls("realm") if c["argv"][:1] == ["join"])
-    assert all(c["t"] > realm_join["t"] for c in box.calls("authselect"))
+    # authselect (ours) only after the join has returned.
+    join = adcli_joins(box)[0]
+    assert all(c["t"] > join["t"] for c in box.calls("authselect"))
     assert not (box.root / "etc" / "default" / "sssd").exists()
 
 
@@ -476,7 +538,7 @@ def test_join_retries_500_then_fails_clearly_within_the_deadline(sandbox):
     gaps = [b["t"] - a["t"] for a, b in zip(fn.requests, fn.requests[1:], strict=False)]
     assert gaps[1] > gaps[0] * 1.3  # backoff grows
     assert "giving up after" in result.stdout and "HTTP 500: internal error" in result.stdout
-    assert not [c for c in box.calls("realm") if c["argv"][:1] == ["join"]]
+    assert not box.calls("adcli")
     assert_secret_free(box, imds, result)
 
 
@@ -495,7 +557,7 @@ def test_join_403_fails_fast_without_retry(sandbox):
     assert result.rc == 6, result.output
     assert len(fn.requests) == 1 and result.elapsed < 5
     assert "refused this node (HTTP 403: forbidden)" in result.stdout and "Not retrying" in result.stdout
-    assert not [c for c in box.calls("realm") if c["argv"][:1] == ["join"]]
+    assert not box.calls("adcli")
 
 
 def test_join_other_4xx_is_not_retried(sandbox):
@@ -508,12 +570,12 @@ def test_join_other_4xx_is_not_retried(sandbox):
 
 def test_join_invalid_answer_fails_without_echoing_it(sandbox):
     box = sandbox()
-    raw = '{"domain": "test.domain", "user": "joinadmin", "password": "' + "x" * 10 + '"'  # truncated JSON
+    raw = '{"domain": "test.domain", "computerName": "N1", "oneTimePassword": "' + "x" * 10 + '"'  # truncated JSON
     with FakeImds() as imds, FakeFunctionUrl([(200, raw)]) as fn:
         result = run_join(box, imds, fn)
     assert result.rc == 7, result.output
     assert "invalid answer from the join function" in result.stdout and "x" * 10 not in result.output
-    assert not [c for c in box.calls("realm") if c["argv"][:1] == ["join"]]
+    assert not box.calls("adcli")
 
 
 def test_join_fails_when_imds_is_unreachable_within_the_deadline(sandbox):
@@ -535,7 +597,7 @@ def test_join_sssd_not_running_after_join_fails_clearly(sandbox):
     assert result.rc == 9, result.output
     assert "sssd is not running after the join" in result.stdout
     assert result.elapsed < 6 + 4
-    assert [c for c in box.calls("realm") if c["argv"][:1] == ["join"]]
+    assert adcli_joins(box)
     # The join itself succeeded: the window is closed all the same (a re-run finds the join on disk and
     # asks nothing), and the script waited for the close before it ended.
     assert len(fn.closes) == 1 and "join window closed" in result.stdout
@@ -564,41 +626,80 @@ def test_join_lookup_failing_fails_clearly(sandbox):
     with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
         result = run_join(box, imds, fn, "--timeout", "5")
     assert result.rc == 9, result.output
-    assert "does not resolve by its short name through sssd" in result.stdout
+    assert "sssd runs but the group 'Domain Users' does not resolve through sssd" in result.stdout
+
+
+def test_join_domain_not_in_sssd_conf_fails_the_lookup(sandbox):
+    """The lookup answers only through an sssd.conf with the domain section: the script's own sssd-domain
+    write is what makes "Domain Users" resolve (the stand-in adcli writes no sssd.conf)."""
+    box = sandbox()
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        result = run_join(box, imds, fn, "--timeout", "60")
+    assert result.rc == 0, result.output
+    box.sssd_conf().write_text("[sssd]\ndomains = other.domain\n")
+    box.clear_calls()
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        again = run_join(box, imds, fn, "--timeout", "5")
+    # Keytab still there: the node counts as joined, but sssd has no domain: verification fails (exit 9).
+    assert again.rc == 9, again.output
 
 
 DNS_HINT = "check the VPC's DHCP options and DNS"
 
 
-def test_join_realm_join_failure_fails_clearly(sandbox):
+def test_join_adcli_join_failure_fails_clearly(sandbox):
     # No wall-clock race: no backoff between attempts (test hook) and a deadline no load can use up,
-    # so the three attempts always run and the script always ends on the realm-join failure path.
-    box = sandbox(realm_join_rc=1)
+    # so the three attempts always run and the script always ends on the join failure path.
+    box = sandbox(adcli_join_rc=1)
     with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
         result = run_join(box, imds, fn, "--timeout", "300", env_extra={"PCLUSTER_AD_TEST_NO_BACKOFF": "1"})
     assert result.rc == 8, result.output
-    assert "realm join test.domain failed" in result.stdout and DNS_HINT in result.stdout
-    joins = [c for c in box.calls("realm") if c["argv"][:1] == ["join"]]
+    assert "adcli join test.domain failed" in result.stdout and DNS_HINT in result.stdout
+    joins = adcli_joins(box)
+    # Every retry uses the same one-time password (one fetch: the function is not asked again), on stdin only.
     assert len(joins) == 3 and all(c["stdin"] == PASSWORD + "\n" for c in joins)
+    assert len(fn.fetches) == 1
+    assert all(PASSWORD not in " ".join(c["argv"]) for c in joins)
     assert not fn.closes  # no join, no close
+    assert not box.sssd_conf().exists()  # no sssd configuration without a join
     assert_secret_free(box, imds, result)
 
 
-def test_join_hanging_realm_join_is_capped_and_retried(sandbox):
+def test_join_adcli_failing_with_the_host_key_written_counts_as_joined(sandbox):
+    box = sandbox(adcli_join_rc_with_key=1)
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        result = run_join(box, imds, fn, "--timeout", "60")
+    assert result.rc == 0, result.output
+    assert len(adcli_joins(box)) == 1
+    assert "the host key is in the keytab despite adcli's exit status" in result.stdout
+
+
+def test_join_wrong_one_time_password_is_refused_by_adcli(sandbox):
+    """The adcli stand-in checks its stdin against the one-time password the function answered."""
+    box = sandbox(one_time_password="something else")
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        result = run_join(box, imds, fn, "--timeout", "300", env_extra={"PCLUSTER_AD_TEST_NO_BACKOFF": "1"})
+    assert result.rc == 8 and len(adcli_joins(box)) == 3, result.output
+    assert "Preauthentication failed" in result.output
+
+
+def test_join_hanging_adcli_join_is_capped_and_retried(sandbox):
     """Issue 9 finding 8: a join attempt that hangs is killed at its cap and the next one runs."""
-    box = sandbox(realm_join_hangs=1)
+    box = sandbox(adcli_join_hangs=1)
     with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
         result = run_join(box, imds, fn, "--timeout", "300",
                           env_extra={"PCLUSTER_AD_TEST_NO_BACKOFF": "1", "PCLUSTER_AD_TEST_JOIN_ATTEMPT_SECONDS": "4"})
     assert result.rc == 0, result.output
-    joins = [c for c in box.calls("realm") if c["argv"][:1] == ["join"]]
+    joins = adcli_joins(box)
     assert len(joins) == 2
+    # The retry reuses the same one-time password (adcli had not changed it yet); one fetch only.
+    assert [c["stdin"] for c in joins] == [PASSWORD + "\n"] * 2 and len(fn.fetches) == 1
     assert "attempt 1, max 4s" in result.stdout and "attempt 2, max 4s" in result.stdout
     assert result.elapsed < 120  # the first attempt did not get the whole deadline
 
 
 def test_join_deadline_during_a_hanging_join_gives_the_dns_hint(sandbox):
-    box = sandbox(realm_join_hangs=9)
+    box = sandbox(adcli_join_hangs=9)
     with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
         result = run_join(box, imds, fn, "--timeout", "8")
     assert result.rc == 8, result.output
@@ -645,12 +746,12 @@ def test_join_no_credential_in_any_process_argv_or_environment(sandbox, tmp_path
     assert result.rc == 0, result.output
     execs = [line for line in trace.read_text().splitlines() if "execve(" in line]
     assert len(execs) > 20
-    assert any('"realm", "join"' in line or '"join", "--verbose"' in line for line in execs)
+    assert any('"adcli", "join"' in line or '"join", "--verbose"' in line for line in execs)
     for line in execs:
         for secret in credentials(imds):
             assert secret not in line, f"credential in an execve: {line[:300]}"
-    joins = [c for c in box.calls("realm") if c["argv"][:1] == ["join"]]
-    assert joins and joins[0]["stdin"] == PASSWORD + "\n"
+    joins = adcli_joins(box)
+    assert joins and joins[0]["stdin"] == PASSWORD + "\n" and "--stdin-password" in joins[0]["argv"]
 
 
 # --------------------------------------------------------------------------------------------------

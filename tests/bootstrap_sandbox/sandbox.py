@@ -1,7 +1,7 @@
 """A sandbox that runs the REAL bootstrap scripts with stand-in system commands (test-only code).
 
 Layout under one temporary directory:
-  bin/      first on PATH: recording stand-ins (realm, systemctl, getent, pam-auth-update, apt-get, dnf, ...)
+  bin/      first on PATH: recording stand-ins (adcli, realm, systemctl, getent, pam-auth-update, apt-get, dnf, ...)
             and recording pass-through wrappers that exec the REAL curl, python3 and timeout
   root/     the scripts' PCLUSTER_AD_ROOT (etc/os-release, etc/sssd/sssd.conf, etc/default/sssd, run/sssd.pid)
   rec/      one record per command call (argv, and stdin for stand-ins)
@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.bootstrap_sandbox.servers import ONE_TIME_PASSWORD
 from tests.bootstrap_sandbox.standin import REALM_SSSD_CONF
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,7 +87,7 @@ class Sandbox:
                 '# Defaults for sssd\n# This is only used for /etc/init.d/sssd\nDAEMON_OPTS="-D -f"\n'
                 "#DEBUG_LOGGER=--logger=journald\n")
         shutil.copy(real_executable("sleep"), self.daemon / "sssd")
-        self.scenario = {"domain": "test.domain", "join_user_bare": "joinadmin", **scenario}
+        self.scenario = {"domain": "test.domain", "one_time_password": ONE_TIME_PASSWORD, **scenario}
         omit = set(self.scenario.pop("omit_commands", []))
         # iptables_netns: the REAL iptables/ip6tables, run inside that network namespace (recorded).
         netns = self.scenario.pop("iptables_netns", None)
@@ -160,6 +161,7 @@ class Sandbox:
         (self.state / "joined").write_text(domain)
         self.sssd_conf().write_text(REALM_SSSD_CONF.format(domain=domain, realm=domain.upper()))
         self.sssd_conf().chmod(0o600)
+        (self.root / "etc" / "krb5.keytab").write_bytes(b"\x05\x02stand-in keytab: NODE1$@" + domain.upper().encode())
 
     def cleanup(self) -> None:
         pids = self.state / "pids"

@@ -6,12 +6,15 @@
   client signed, and answers what the test scripts (``responses``: a list used in order, the last one
   repeated). A request that does not verify gets 403 like AWS and is recorded as such. A close request
   (body ``{"joined": true, ...}``, the join window contract) is answered from ``close_responses``
-  instead (default ``200 {"closed": true}``), in order, the last one repeated.
+  instead (default ``200 {"closed": true}``), in order, the last one repeated. ``join_answer`` builds the
+  200 body of a credential request (issue 16: the computer object the function created, with a one-time
+  password).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import hmac
 import json
 import re
@@ -30,6 +33,24 @@ SECRET_KEY = "fAkE/SeCrEt+KeY=bootstrap/0123456789abcdefXYZ"
 SESSION_TOKEN = "FwoGZXIvYXdzEFAKEsessionTOKEN/with+chars=" + "Q" * 40
 INSTANCE_ID = "i-0123456789abcdef0"
 ROLE_NAME = "pcluster-ad-node-role"
+# The one-time password of the computer object the fake function "created" (the adcli stand-in expects it).
+ONE_TIME_PASSWORD = 'Pa$$ w0rd "q" \\b`t`!#%'
+# Any valid name when the node runs without --computer-prefix (deliberately not derived from the host name).
+DEFAULT_COMPUTER_NAME = "PCAD-NODE-7F3A9"
+
+
+def derived_computer_name(prefix: str, instance_id: str = INSTANCE_ID) -> str:
+    """The name the join function gives with --computer-prefix: (prefix + sha256 hex of the id)[:15], upper."""
+    return (prefix + hashlib.sha256(instance_id.encode()).hexdigest()).upper()[:15]
+
+
+def join_answer(computer_prefix: str | None = None, **fields) -> tuple[int, dict]:
+    """The join function's 200 answer (issue 16 shape); ``fields`` override or add keys (None removes one)."""
+    doc = {"domain": "test.domain", "realm": "TEST.DOMAIN",
+           "computerName": derived_computer_name(computer_prefix) if computer_prefix else DEFAULT_COMPUTER_NAME,
+           "hostFqdn": "ip-10-0-0-12.test.domain", "oneTimePassword": ONE_TIME_PASSWORD}
+    doc.update(fields)
+    return 200, {k: v for k, v in doc.items() if v is not None}
 
 _AUTH_RE = re.compile(
     r"^AWS4-HMAC-SHA256 Credential=(?P<ak>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/(?P<service>[^/]+)/aws4_request,"

@@ -56,33 +56,9 @@ def sssd_running() -> bool:
         return False
 
 
-def sssd_conf_short_names(domain: str) -> bool:
-    """True when [domain/<domain>] of sssd.conf says use_fully_qualified_names = False."""
-    try:
-        text = (ROOT / "etc" / "sssd" / "sssd.conf").read_text()
-    except OSError:
-        return False
-    section = None
-    for line in text.splitlines():
-        m = re.match(r"^\s*\[(.*)\]\s*$", line)
-        if m:
-            section = m.group(1).strip().lower()
-            continue
-        m = re.match(r"^\s*use_fully_qualified_names\s*=\s*(\S+)", line)
-        if m and section == f"domain/{domain}":
-            return m.group(1).lower() == "false"
-    return False
-
-
 def realm(args: list[str], stdin: str) -> int:
+    """`realm list` only: the script joins with adcli itself (issue 16); a `realm join` is refused here."""
     joined = STATE / "joined"
-    if args[:1] == ["join"] and SCENARIO.get("realm_join_hangs", 0):
-        # A hanging join (unreachable DC, stuck realmd): the first N attempts never return.
-        counter = STATE / "join-attempts"
-        n = int(counter.read_text()) + 1 if counter.exists() else 1
-        counter.write_text(str(n))
-        if n <= SCENARIO["realm_join_hangs"]:
-            time.sleep(3600)
     if args[:1] == ["list"]:
         if SCENARIO.get("realm_list_rc", 0):
             print("realm: Couldn't connect to realm service", file=sys.stderr)
@@ -92,34 +68,74 @@ def realm(args: list[str], stdin: str) -> int:
             print(f"{domain}\n  type: kerberos\n  realm-name: {domain.upper()}\n  domain-name: {domain}\n"
                   "  configured: kerberos-member\n  server-software: active-directory\n  client-software: sssd")
         return 0
-    if args[:1] == ["join"]:
-        domain = args[-1].lower()
-        if joined.exists():
-            print("realm: Already joined to this domain", file=sys.stderr)
-            return 1
-        print(f" * Resolving: _ldap._tcp.{domain}\n * Performing LDAP DSE lookup on: 10.99.0.1")
-        if SCENARIO.get("realm_join_rc", 0):
-            print("realm: Couldn't join realm: Insufficient permissions to join the domain", file=sys.stderr)
-            return SCENARIO["realm_join_rc"]
-        conf = ROOT / "etc" / "sssd" / "sssd.conf"
-        conf.parent.mkdir(parents=True, exist_ok=True)
-        conf.write_text(REALM_SSSD_CONF.format(domain=domain, realm=domain.upper()))
-        conf.chmod(0o600)
-        joined.write_text(domain)
-        print(" * Successfully enrolled machine in realm")
-        return 0
+    print(f"realm stand-in: unexpected call realm {' '.join(args)}", file=sys.stderr)
     return 2
 
 
+def adcli(args: list[str], stdin: str) -> int:
+    """`adcli join --stdin-password ...` with the one-time password of the object the function created.
+
+    Checks what the real adcli needs (--stdin-password, --login-type=computer, --domain=, --computer-name=,
+    --host-fqdn=) and that stdin is the one-time password the fake function answered (scenario
+    one_time_password) followed by a line break. On success it leaves what adcli leaves: the host key in the
+    keytab (the file, and state/ that the klist stand-in reads). It never writes sssd.conf (the script does).
+    Knobs: adcli_join_hangs (the first N attempts never return), adcli_join_rc (every attempt fails),
+    adcli_join_rc_with_key (fails, but the key is in the keytab)."""
+    if args[:1] != ["join"]:
+        return 0  # other adcli verbs: record only
+    counter = STATE / "adcli-join-attempts"
+    n = int(counter.read_text()) + 1 if counter.exists() else 1
+    counter.write_text(str(n))
+    if n <= SCENARIO.get("adcli_join_hangs", 0):
+        time.sleep(3600)  # a hanging join (unreachable DC): the first N attempts never return
+    opts = dict(a[2:].split("=", 1) for a in args[1:] if a.startswith("--") and "=" in a)
+    if "--stdin-password" not in args or opts.get("login-type") != "computer":
+        print("adcli: stand-in: expected --login-type=computer --stdin-password", file=sys.stderr)
+        return 2
+    for needed in ("domain", "computer-name", "host-fqdn"):
+        if not opts.get(needed):
+            print(f"adcli: stand-in: missing --{needed}=", file=sys.stderr)
+            return 2
+    domain, name = opts["domain"].lower(), opts["computer-name"]
+    print(f" * Using domain name: {domain}\n * Calculated computer account name from fqdn: {name}")
+    if stdin != SCENARIO.get("one_time_password", "") + "\n":
+        print(f"adcli: Couldn't join computer: Couldn't authenticate as: {name}$@{domain.upper()}: "
+              "Preauthentication failed", file=sys.stderr)
+        return 5
+    if SCENARIO.get("adcli_join_rc", 0):
+        print("adcli: Couldn't join computer: Couldn't find a domain controller", file=sys.stderr)
+        return SCENARIO["adcli_join_rc"]
+    keytab = ROOT / "etc" / "krb5.keytab"
+    keytab.parent.mkdir(parents=True, exist_ok=True)
+    keytab.write_bytes(b"\x05\x02stand-in keytab: " + f"{name}$@{domain.upper()}".encode())
+    keytab.chmod(0o600)
+    (STATE / "joined").write_text(domain)
+    (STATE / "computer").write_text(name)
+    if SCENARIO.get("adcli_join_rc_with_key", 0):
+        return SCENARIO["adcli_join_rc_with_key"]
+    print(f" * Wrote out krb5.conf snippet\n * Added the entries to the keytab: {name}$@{domain.upper()}")
+    return 0
+
+
 def klist(args: list[str]) -> int:
-    """`klist -k KEYTAB`: the host key that realm join leaves in the node's keytab."""
+    """`klist -k KEYTAB`: the host key that the join (adcli) leaves in the node's keytab."""
     joined = STATE / "joined"
     if args[:1] != ["-k"] or not joined.exists() or args[-1] != str(ROOT / "etc" / "krb5.keytab"):
         print("klist: Key table file not found", file=sys.stderr)
         return 1
     realm_name = joined.read_text().strip().upper()
-    print(f"Keytab name: FILE:{args[-1]}\nKVNO Principal\n---- ----\n   2 NODE1$@{realm_name}")
+    computer = STATE / "computer"
+    name = computer.read_text().strip() if computer.exists() else "NODE1"
+    print(f"Keytab name: FILE:{args[-1]}\nKVNO Principal\n---- ----\n   2 {name}$@{realm_name}")
     return 0
+
+
+def sssd_conf_has_domain(domain: str) -> bool:
+    try:
+        text = (ROOT / "etc" / "sssd" / "sssd.conf").read_text()
+    except OSError:
+        return False
+    return any(re.match(rf"^\s*\[domain/{re.escape(domain)}\]\s*$", line, re.I) for line in text.splitlines())
 
 
 def start_fake_sssd() -> None:
@@ -159,15 +175,20 @@ def systemctl(args: list[str]) -> int:
 def getent(args: list[str]) -> int:
     if args[:2] == ["-s", "sss"]:
         args = args[2:]
-    if len(args) != 2 or args[0] != "passwd" or SCENARIO.get("getent_fails"):
+    if len(args) != 2 or args[0] not in ("passwd", "group") or SCENARIO.get("getent_fails"):
         return 2
     name = args[1]
     domain = SCENARIO["domain"]
-    # Like the real thing: a short name resolves only through a running sssd configured for short names.
-    if name == SCENARIO["join_user_bare"] and sssd_running() and sssd_conf_short_names(domain):
-        print(f"{name}:*:1082001104:1082000513:{name}:/home/{name}:/bin/bash")
-        return 0
-    return 2
+    if args[0] == "group":
+        # "Domain Users" (every AD domain has it) resolves once joined (the host key) through a running sssd
+        # whose sssd.conf has the domain section.
+        joined = STATE / "joined"
+        if (name == "Domain Users" and joined.exists() and joined.read_text().strip() == domain
+                and sssd_running() and sssd_conf_has_domain(domain)):
+            print("domain users:*:1082000513:")
+            return 0
+        return 2
+    return 2  # passwd: no AD user resolves here (the ssh key tests bring their own getent)
 
 
 def package_manager(name: str, args: list[str]) -> int:
@@ -257,6 +278,8 @@ def main() -> int:
     record(name, args, stdin)
     if name == "realm":
         return realm(args, stdin)
+    if name == "adcli":
+        return adcli(args, stdin)
     if name == "klist":
         return klist(args)
     if name == "systemctl":
@@ -278,7 +301,7 @@ def main() -> int:
         return int(SCENARIO.get("pam_auth_update_rc", 0))
     if name in ("iptables", "ip6tables"):
         return 1 if "-C" in args else 0  # record only; -C (check): the rule is not there yet
-    return 0  # adcli, kinit, oddjobd, authconfig, sssd: record only
+    return 0  # kinit, oddjobd, authconfig, sssd: record only
 
 
 if __name__ == "__main__":
