@@ -1334,54 +1334,6 @@ exit 0
 SH
 readonly SSH_KEY_HOOK_TEXT
 
-install_ssh_key_hook() {
-    local hook="$ROOT$SSH_KEY_HOOK" sshrc="$ROOT$SSHRC" body first rest mode cidr="''"
-    remove_old_ssh_key_hook
-    [[ -n $VPC_CIDR ]] && cidr="'$VPC_CIDR'" # valid_ipv4_cidr checked it: digits, dots and a slash
-    { mkdir -p -- "$(dirname -- "$hook")" && ssh_key_write_file "$hook" "${SSH_KEY_HOOK_TEXT/@VPC_CIDR@/$cidr}" 0755; } \
-        || die 11 "access: cannot write $hook"
-    if [[ ! -d $ROOT/etc/ssh ]]; then
-        log "access: no /etc/ssh (sshd is not installed): no ssh key between nodes"
-        return 0
-    fi
-    if [[ ! -e $sshrc ]] || [[ $(head -n 1 -- "$sshrc") == "$SSHRC_HEADER" ]]; then
-        ssh_key_write_file "$sshrc" "$SSHRC_HEADER"$'\n'"$SSHRC_TEXT"$'\n'"$SSHRC_LINE" 0644 \
-            || die 11 "access: cannot write $sshrc"
-    else
-        # The node's own sshrc stays: our one marked line goes first (after a #! line), where no exit can skip it.
-        body=$(grep -vF -- "$SSHRC_MARK" "$sshrc") || [[ $? == 1 ]] || die 11 "access: cannot read $sshrc"
-        first=${body%%$'\n'*} rest=""
-        [[ $body == *$'\n'* ]] && rest=${body#*$'\n'}
-        if [[ $first == '#!'* ]]; then
-            body="$first"$'\n'"$SSHRC_LINE"${rest:+$'\n'}$rest
-        else
-            body="$SSHRC_LINE"${body:+$'\n'}$body
-        fi
-        mode=$(stat -c %a -- "$sshrc") || die 11 "access: cannot read $sshrc"
-        ssh_key_write_file "$sshrc" "$body" "$mode" || die 11 "access: cannot edit $sshrc"
-        log "access: $SSHRC was there already: kept, with one added line that runs $SSH_KEY_HOOK"
-    fi
-    log "access: AD users get an ssh key between nodes at their first ssh login ($SSH_KEY_HOOK, run as the user by $SSHRC)"
-    if [[ -n $VPC_CIDR ]]; then
-        log "access: that key opens the account only from the VPC: from=\"$VPC_CIDR\""
-    else
-        log "access: no VPC CIDR (none baked into this copy, no --vpc-cidr): that key is not limited to the VPC (no from= restriction)"
-    fi
-}
-
-configure_access() {
-    configure_login_access
-    configure_admin_access
-    install_ssh_key_hook
-}
-
-# ---------------------------------------------------------------------------------------------------
-# Fast logins in big directories (measured in bench/RESULTS.md; trade-offs in the README).
-
-readonly SSSD_DB=/var/lib/sss/db
-readonly SSSD_DB_UNIT=var-lib-sss-db.mount
-
-# sssd's cache in memory: a cold `id` of a user in 200 groups writes ~400 cache entries, each synced to
 # /etc/ssh/sshrc when the node has none: sshd then skips its own xauth call, so X11 cookies are added here,
 # as the example in sshd(8) does. The marked line that calls the key script follows it.
 readonly SSHRC_HEADER="# pcluster-ad: /etc/ssh/sshrc, installed by join-domain.sh (a re-run rewrites it)."
@@ -1432,6 +1384,54 @@ remove_old_ssh_key_hook() {
     return 0
 }
 
+install_ssh_key_hook() {
+    local hook="$ROOT$SSH_KEY_HOOK" sshrc="$ROOT$SSHRC" body first rest mode cidr="''"
+    remove_old_ssh_key_hook
+    [[ -n $VPC_CIDR ]] && cidr="'$VPC_CIDR'" # valid_ipv4_cidr checked it: digits, dots and a slash
+    { mkdir -p -- "$(dirname -- "$hook")" && ssh_key_write_file "$hook" "${SSH_KEY_HOOK_TEXT/@VPC_CIDR@/$cidr}" 0755; } \
+        || die 11 "access: cannot write $hook"
+    if [[ ! -d $ROOT/etc/ssh ]]; then
+        log "access: no /etc/ssh (sshd is not installed): no ssh key between nodes"
+        return 0
+    fi
+    if [[ ! -e $sshrc ]] || [[ $(head -n 1 -- "$sshrc") == "$SSHRC_HEADER" ]]; then
+        ssh_key_write_file "$sshrc" "$SSHRC_HEADER"$'\n'"$SSHRC_TEXT"$'\n'"$SSHRC_LINE" 0644 \
+            || die 11 "access: cannot write $sshrc"
+    else
+        # The node's own sshrc stays: our one marked line goes first (after a #! line), where no exit can skip it.
+        body=$(grep -vF -- "$SSHRC_MARK" "$sshrc") || [[ $? == 1 ]] || die 11 "access: cannot read $sshrc"
+        first=${body%%$'\n'*} rest=""
+        [[ $body == *$'\n'* ]] && rest=${body#*$'\n'}
+        if [[ $first == '#!'* ]]; then
+            body="$first"$'\n'"$SSHRC_LINE"${rest:+$'\n'}$rest
+        else
+            body="$SSHRC_LINE"${body:+$'\n'}$body
+        fi
+        mode=$(stat -c %a -- "$sshrc") || die 11 "access: cannot read $sshrc"
+        ssh_key_write_file "$sshrc" "$body" "$mode" || die 11 "access: cannot edit $sshrc"
+        log "access: $SSHRC was there already: kept, with one added line that runs $SSH_KEY_HOOK"
+    fi
+    log "access: AD users get an ssh key between nodes at their first ssh login ($SSH_KEY_HOOK, run as the user by $SSHRC)"
+    if [[ -n $VPC_CIDR ]]; then
+        log "access: that key opens the account only from the VPC: from=\"$VPC_CIDR\""
+    else
+        log "access: no VPC CIDR (none baked into this copy, no --vpc-cidr): that key is not limited to the VPC (no from= restriction)"
+    fi
+}
+
+configure_access() {
+    configure_login_access
+    configure_admin_access
+    install_ssh_key_hook
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Fast logins in big directories (measured in bench/RESULTS.md; trade-offs in the README).
+
+readonly SSSD_DB=/var/lib/sss/db
+readonly SSSD_DB_UNIT=var-lib-sss-db.mount
+
+# sssd's cache in memory: a cold `id` of a user in 200 groups writes ~400 cache entries, each synced to
 # disk. Trade-off: the cache (and cached logins while the directory is unreachable) does not survive a
 # reboot. A mount unit mounts it again at every boot, before sssd (RequiresMountsFor in a drop-in).
 sssd_cache_in_memory() {
