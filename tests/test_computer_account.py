@@ -304,3 +304,12 @@ def test_exceptions_are_one_family() -> None:
     assert issubclass(ca.AlreadyExists, ca.ComputerAccountError)
     assert issubclass(ca.DirectoryUnavailable, ca.ComputerAccountError)
     assert not issubclass(ca.AlreadyExists, ca.DirectoryUnavailable)
+
+
+@pytest.mark.parametrize("name", ["msldap", "asyauth", "asysocks", "minikerberos"])
+def test_ldap_library_loggers_are_held_above_debug(name: str) -> None:
+    # msldap logs whole requests at DEBUG, the add's unicodePwd included; a DEBUG root logger must not turn it on.
+    import logging
+
+    assert logging.getLogger(name).level >= logging.INFO
+    assert logging.getLogger(f"{name}.connection").getEffectiveLevel() >= logging.INFO
