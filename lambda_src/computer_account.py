@@ -38,7 +38,11 @@ UF_WORKSTATION_TRUST_ACCOUNT = 0x1000
 # LDAP result codes that mean "the owner in the descriptor is not acceptable from this creator".
 OWNER_REFUSED = ("constraintViolation", "insufficientAccessRights", "unwillingToPerform")
 # OWNER RIGHTS (S-1-3-4) with only READ_CONTROL: the Windows fallback (see the module doc).
-OWNER_RIGHTS_READ_ONLY = "(A;;0x20000;;;OW)"
+OWNER_RIGHTS_READ_ONLY = "(A;;0x20000;;;S-1-3-4)"  # winacl 0.1.9 does not know the alias OW
+# BUILTIN aliases as full SIDs: winacl 0.1.9 makes AO and PO RIDs of the DOMAIN (S-1-5-21-...-548), which name no one.
+BUILTIN_ALIASES = {"BA": "S-1-5-32-544", "BU": "S-1-5-32-545", "BG": "S-1-5-32-546", "AO": "S-1-5-32-548",
+                   "SO": "S-1-5-32-549", "PO": "S-1-5-32-550", "BO": "S-1-5-32-551", "RE": "S-1-5-32-552",
+                   "RU": "S-1-5-32-554"}
 PASSWORD_LENGTH = 48
 NAME = re.compile(r"[A-Z0-9][A-Z0-9-]{0,13}[A-Z0-9]|[A-Z0-9]")
 
@@ -93,6 +97,9 @@ def descriptor_sddl(default_sddl: str, *, owner_domain_admins: bool) -> str:
     from winacl.dtyp.ace import well_known_accessmasks
 
     dacl = default_sddl[default_sddl.index("D:") + 2:]
+    sacl = re.search(r"\)S:|^S:", dacl)  # a SACL part after the DACL is not the DACL's
+    if sacl:
+        dacl = dacl[:sacl.start() + (1 if dacl[sacl.start()] == ")" else 0)]
     flags = dacl[:dacl.index("(")] if "(" in dacl else ""
     aces = re.findall(r"\(([^()]*)\)", dacl)
     kept = []
@@ -109,6 +116,7 @@ def descriptor_sddl(default_sddl: str, *, owner_domain_admins: bool) -> str:
             if unknown:
                 raise ComputerAccountError(f"unknown access right(s) {unknown} in the schema's default descriptor")
             fields[2] = hex(sum(well_known_accessmasks[t] for t in tokens))
+        fields[5] = BUILTIN_ALIASES.get(fields[5].upper(), fields[5])
         kept.append("(" + ";".join(fields) + ")")
     if owner_domain_admins:
         return "O:DAG:DAD:" + flags + "".join(kept)

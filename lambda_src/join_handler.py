@@ -200,6 +200,9 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
     if problems:
         raise SettingsError("join function environment: " + "; ".join(problems))
     values["dc_ips"] = tuple(values["dc_ips"].split(","))
+    if any(int(octet) > 255 for ip in values["dc_ips"] for octet in ip.split(".")):
+        raise SettingsError(f"join function environment: DC_IPS={','.join(values['dc_ips'])[:80]!r} is not"
+                            " comma-separated IPv4 addresses of the domain controllers")
     return Settings(**values)
 
 

@@ -36,12 +36,12 @@ FULL = 0xF01FF  # RP WP CR CC DC LC LO RC WO WD SD DT SW
 # The default without its creator-owner entries, rights as masks: what the object gets, in order.
 KEPT = [
     f"(A;;{FULL:#x};;;DA)",
-    f"(A;;{FULL:#x};;;AO)",
+    f"(A;;{FULL:#x};;;S-1-5-32-548)",  # AO, as a full SID (BUILTIN aliases: see TRUSTEES)
     f"(A;;{FULL:#x};;;SY)",
     "(A;;0x20094;;;AU)",  # RP LC LO RC
     "(OA;;0x100;ab721a53-1e2f-11d0-9819-00aa0040529b;;WD)",  # CR
     "(A;;0x3;;;PS)",  # CC DC
-    "(OA;;0x3;bf967aa8-0de6-11d0-a285-00aa003049e2;;PO)",
+    "(OA;;0x3;bf967aa8-0de6-11d0-a285-00aa003049e2;;S-1-5-32-550)",  # PO
     "(OA;;0x30;bf967a7f-0de6-11d0-a285-00aa003049e2;;CA)",  # RP WP
     "(OA;;0x8;f3a64788-5306-11d1-a9c5-0000f80367c1;;PS)",  # SW
     "(OA;;0x30;77B5B886-944A-11d1-AEBD-0000F80367C1;;PS)",
@@ -61,11 +61,6 @@ TRUSTEES = {
     "S-1-5-32-560": "S-1-5-32-560",
     "OW": "S-1-3-4",
 }
-WINACL_OW = pytest.mark.xfail(
-    strict=True,
-    reason="computer_account.OWNER_RIGHTS_READ_ONLY uses the SDDL alias OW, which winacl 0.1.9 does not know"
-    " ('OW was not found in the well known sid definitions!'): the Windows fallback descriptor cannot be built",
-)
 
 
 def aces(sddl: str) -> list[str]:
@@ -115,7 +110,9 @@ def test_every_right_is_a_hex_mask_equal_to_winacls_sum() -> None:
             before, after = original[1:-1].split(";"), ace[1:-1].split(";")
             assert re.fullmatch(r"0x[0-9a-f]+", after[2]), ace
             assert int(after[2], 16) == mask_of(before[2]), (original, ace)
-            assert after[:2] + after[3:] == before[:2] + before[3:]  # only the rights change
+            # Only the rights change, and a BUILTIN alias becomes its full SID.
+            assert after[:2] + after[3:5] == before[:2] + before[3:5]
+            assert after[5] == ca.BUILTIN_ALIASES.get(before[5], before[5])
 
 
 def test_fallback_form_has_no_owner_and_an_owner_rights_read_only_entry() -> None:
@@ -132,7 +129,7 @@ def parse(sddl: str) -> SECURITY_DESCRIPTOR:
     return SECURITY_DESCRIPTOR.from_sddl(sddl, domain_sid=DOMAIN_SID)
 
 
-@pytest.mark.parametrize("owner_domain_admins", [True, pytest.param(False, marks=WINACL_OW)])
+@pytest.mark.parametrize("owner_domain_admins", [True, False])
 def test_winacl_parses_the_descriptor_and_its_bytes_round_trip(owner_domain_admins: bool) -> None:
     sddl = ca.descriptor_sddl(SAMBA_COMPUTER_DEFAULT, owner_domain_admins=owner_domain_admins)
     sd = parse(sddl)
@@ -149,23 +146,10 @@ def test_winacl_parses_the_descriptor_and_its_bytes_round_trip(owner_domain_admi
         assert (str(again.Dacl.aces[-1].Sid), again.Dacl.aces[-1].Mask) == ("S-1-3-4", 0x20000)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="winacl 0.1.9 maps the BUILTIN aliases AO and PO to RIDs of the domain (S-1-5-21-...-548/-550) instead of"
-    " S-1-5-32-548/-550: the object's entries for Account and Print Operators name SIDs that do not exist",
-)
 def test_every_trustee_becomes_its_well_known_sid() -> None:
     sd = parse(ca.descriptor_sddl(SAMBA_COMPUTER_DEFAULT, owner_domain_admins=True))
     trustees = [a[1:-1].split(";")[-1] for a in KEPT]
-    assert [str(ace.Sid) for ace in sd.Dacl.aces] == [TRUSTEES[t] for t in trustees]
-
-
-def test_trustees_other_than_the_builtin_aliases_become_their_sids() -> None:
-    # The part of the test above that holds today (so its xfail does not hide a regression elsewhere).
-    sd = parse(ca.descriptor_sddl(SAMBA_COMPUTER_DEFAULT, owner_domain_admins=True))
-    trustees = [a[1:-1].split(";")[-1] for a in KEPT]
-    pairs = [(t, str(ace.Sid)) for t, ace in zip(trustees, sd.Dacl.aces, strict=True) if t not in ("AO", "PO")]
-    assert pairs and all(sid == TRUSTEES[t] for t, sid in pairs), pairs
+    assert [str(ace.Sid) for ace in sd.Dacl.aces] == [TRUSTEES.get(t, t) for t in trustees]
 
 
 def test_dacl_flags_and_hex_rights_are_kept() -> None:
@@ -175,11 +159,6 @@ def test_dacl_flags_and_hex_rights_are_kept() -> None:
     assert ca.descriptor_sddl("O:SYG:SYD:(A;;RP;;;AU)", owner_domain_admins=True) == "O:DAG:DAD:(A;;0x10;;;AU)"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="descriptor_sddl takes every (...) after 'D:' as a DACL entry: a SACL part (S:(AU;...)) would be moved"
-    " into the DACL. No computer class default seen so far has one (Samba 4.17, Windows).",
-)
 def test_a_sacl_in_the_default_does_not_end_up_in_the_dacl() -> None:
     sddl = ca.descriptor_sddl("D:(A;;RP;;;AU)S:(AU;SA;WP;;;WD)", owner_domain_admins=True)
     assert "(AU;" not in dacl_part(sddl).split("S:")[0]
