@@ -108,7 +108,7 @@ COMPUTER_OU=""
 COMPUTER_PREFIX=""
 LOGGER_PID=""
 # Secrets: only ever in these shell variables (never exported) and in pipes.
-JOIN_PASSWORD=""
+ONE_TIME_PASSWORD=""
 SIGV4_CONFIG=""
 
 usage() {
@@ -252,9 +252,9 @@ start_logging() {
 on_exit() {
     local rc=$? i
     set +e
-    JOIN_PASSWORD=""
+    ONE_TIME_PASSWORD=""
     SIGV4_CONFIG=""
-    unset -v JOIN_PASSWORD SIGV4_CONFIG
+    unset -v ONE_TIME_PASSWORD SIGV4_CONFIG
     # Background work (start_pam_update, start_close_window) finishes and logs before the last line.
     [[ -n $PAM_PID ]] && wait "$PAM_PID"
     [[ -n $CLOSE_PID ]] && wait "$CLOSE_PID"
@@ -332,7 +332,8 @@ def sigv4_config():
         print("header = " + quote_curl("x-amz-security-token: " + token))
 
 def join_response():
-    # stdin: the function's 200 body. stdout: domain, realm, user, password, one per line.
+    # stdin: the function's 200 body. stdout: domain, realm, computer name, host FQDN, one-time password, one
+    # per line.
     try:
         doc = json.loads(sys.stdin.read())
         if not isinstance(doc, dict):
@@ -340,23 +341,21 @@ def join_response():
     except Exception:
         fail("the join function's answer is not a JSON object")
     domain, realm = doc.get("domain"), doc.get("realm") or ""
-    user, password = doc.get("user"), doc.get("password")
-    name = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-    label_re = re.compile(rf"^{name}(?:\.{name})*$")
+    name, fqdn, password = doc.get("computerName"), doc.get("hostFqdn"), doc.get("oneTimePassword")
+    label = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"  # DNS: 63 characters a label
+    label_re = re.compile(rf"^{label}(?:\.{label})*$")
     if not isinstance(domain, str) or not label_re.match(domain) or len(domain) > 253:
         fail("the join function's answer has no valid 'domain'")
     if not isinstance(realm, str) or (realm and not label_re.match(realm)):
         fail("the join function's answer has an invalid 'realm'")
     realm = (realm or domain).upper()
-    if not one_line(user):
-        fail("the join function's answer has no valid 'user'")
-    # Bare user name: 'DOMAIN\user' and 'user@realm' are reduced to 'user' (adlab pitfall 4).
-    user = user.rsplit("\\", 1)[-1].split("@", 1)[0].strip()
-    if not user or any(ord(c) < 32 for c in user):
-        fail("the join function's answer has no valid 'user'")
-    if not one_line(password):
-        fail("the join function's answer has no valid 'password' (empty, or with a line break)")
-    sys.stdout.write("\n".join([domain.lower(), realm, user, password]))
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Z0-9](?:[A-Z0-9-]{0,13}[A-Z0-9])?", name):
+        fail("the join function's answer has no valid 'computerName' (1-15 upper-case letters, digits, '-')")
+    if not isinstance(fqdn, str) or not label_re.match(fqdn) or len(fqdn) > 253:
+        fail("the join function's answer has no valid 'hostFqdn'")
+    if not one_line(password) or not password.isprintable():
+        fail("the join function's answer has no valid 'oneTimePassword' (empty, or with a control character)")
+    sys.stdout.write("\n".join([domain.lower(), realm, name, fqdn.lower(), password]))
 
 def error_field():
     # stdin: an error body. stdout: its 'error' text, shortened (never the body itself).
@@ -529,6 +528,50 @@ def sssd_conf(path, domain):
     write_atomic(path, "\n".join(new) + "\n", path)
     print(f"{path}: set in [{name}]: " + ", ".join(f"{k} = {v}" for k, v in settings.items()))
 
+def sssd_domain(path, domain, realm):
+    # The sssd configuration of a join (what realmd writes after its adcli join: this script runs adcli itself,
+    # so that the one-time password stays off every command line). Adds [sssd] domains/services and the
+    # [domain/<domain>] section when missing; keeps everything else. Idempotent.
+    base = {"id_provider": "ad", "access_provider": "ad", "ad_domain": domain, "krb5_realm": realm,
+            "realmd_tags": "manages-system joined-with-adcli", "cache_credentials": "True",
+            "krb5_store_password_if_offline": "True", "default_shell": "/bin/bash", "ldap_id_mapping": "True",
+            "use_fully_qualified_names": "False", "fallback_homedir": "/home/%u"}
+    try:
+        lines = open(path).read().splitlines()
+    except FileNotFoundError:
+        lines = []
+    except OSError as e:
+        fail(f"cannot read {path}: {e.strerror}")
+    names = [m.group(1).lower() for m in map(SECTION_RE.match, lines) if m]
+    out = list(lines)
+    if "sssd" not in names:
+        out = ["[sssd]", f"domains = {domain}", "config_file_version = 2", "services = nss, pam", ""] + out
+    else:
+        section, found, header = None, False, 0
+        for i, line in enumerate(out):
+            m = SECTION_RE.match(line)
+            if m:
+                section = m.group(1).lower()
+                header = i if section == "sssd" else header
+                continue
+            k = KEY_RE.match(line)
+            if section == "sssd" and k and k.group(1).lower() == "domains":
+                found = True
+                doms = [d.strip() for d in line.split("=", 1)[1].split(",") if d.strip()]
+                if domain.lower() not in [d.lower() for d in doms]:
+                    out[i] = "domains = " + ", ".join(doms + [domain])
+        if not found:
+            out.insert(header + 1, f"domains = {domain}")
+    if "domain/" + domain.lower() not in names:
+        while out and not out[-1].strip():
+            out.pop()
+        out += ([""] if out else []) + [f"[domain/{domain}]"] + [f"{k} = {v}" for k, v in base.items()]
+    if out == lines:
+        return
+    os.makedirs(os.path.dirname(path) or ".", mode=0o711, exist_ok=True)
+    write_atomic(path, "\n".join(out) + "\n", path if lines else None)
+    print(f"{path}: sssd configured for {domain}")
+
 def daemon_opts(path):
     # Debian 12 ships DAEMON_OPTS="-D -f" for the sssd init script; sssd >= 2.8 rejects -f, so sssd
     # does not start through the init script (adlab pitfall 1). Drop the -f. No effect under systemd.
@@ -549,7 +592,7 @@ def daemon_opts(path):
 
 cmd, args = sys.argv[1], sys.argv[2:]
 {"sigv4-config": sigv4_config, "join-response": join_response, "error-field": error_field,
- "computer-name": computer_name, "sssd-conf": sssd_conf,
+ "computer-name": computer_name, "sssd-conf": sssd_conf, "sssd-domain": sssd_domain,
  "daemon-opts": daemon_opts, "joined-realm": joined_realm, "close-response": close_response,
  "imds-address": imds_address}[cmd](*args)
 PY
@@ -708,7 +751,8 @@ IMDS_LOGGED=""
 
 AD_DOMAIN=""
 AD_REALM=""
-JOIN_USER=""
+COMPUTER_NAME="" # this node's computer account, as the join function created it (never chosen here)
+HOST_FQDN=""
 
 # post_to_function DATA MAX_TIME: POST DATA to the function URL, signed with the instance role's
 # credentials (SIGV4_CONFIG, from read_imds or imds_credentials; used once and cleared). The answer
@@ -728,7 +772,8 @@ post_to_function() {
     out=""
 }
 
-# Fills AD_DOMAIN, AD_REALM, JOIN_USER and JOIN_PASSWORD from the join function.
+# Fills AD_DOMAIN, AD_REALM, COMPUTER_NAME, HOST_FQDN and ONE_TIME_PASSWORD from the join function, which has
+# just created this instance's computer object with that one-time password.
 fetch_join_secret() {
     local attempt=0 delay=1 left max_time rc code body parsed err="none"
     while :; do
@@ -753,10 +798,13 @@ fetch_join_secret() {
             parsed=${parsed#*$'\n'}
             AD_REALM=${parsed%%$'\n'*}
             parsed=${parsed#*$'\n'}
-            JOIN_USER=${parsed%%$'\n'*}
-            JOIN_PASSWORD=${parsed#*$'\n'}
+            COMPUTER_NAME=${parsed%%$'\n'*}
+            parsed=${parsed#*$'\n'}
+            HOST_FQDN=${parsed%%$'\n'*}
+            ONE_TIME_PASSWORD=${parsed#*$'\n'}
             parsed=""
-            log "join function: HTTP 200 after $(elapsed)s: domain $AD_DOMAIN, realm $AD_REALM"
+            log "join function: HTTP 200 after $(elapsed)s: domain $AD_DOMAIN, realm $AD_REALM, computer account $COMPUTER_NAME (created for instance $INSTANCE_ID, one-time password)"
+            check_computer_name
             return 0
         else
             err="HTTP $code: $(printf '%s' "$body" | pyhelper error-field)"
@@ -806,69 +854,60 @@ realm_configured() {
     out=$(realm list 2>&1) && realm_list_names_domain <<<"$out"
 }
 
-# The hint for every realm-join failure, the deadline included (issue 9 finding 8).
-readonly REALM_HINT="(see the realm output above; 'No such realm found' or 'Discovery timed out' means this node cannot reach the domain controllers: check the VPC's DHCP options and DNS)"
-COMPUTER_NAME=""
+# The hint for every join failure, the deadline included (issue 9 finding 8).
+readonly REALM_HINT="(see the adcli output above; 'Couldn't find a domain controller' or 'Couldn't lookup domain' means this node cannot reach the domain controllers: check the VPC's DHCP options and DNS)"
 
+# With --computer-prefix (the stack renders it into the cluster config) the answered name must be the one
+# derived from this instance's id, as the function derives it: a wrong name means a wrong function or answer.
+check_computer_name() {
+    local want
+    [[ -n $COMPUTER_PREFIX ]] || return 0
+    want=$(printf '%s' "$INSTANCE_ID" | sha256sum)
+    want=${COMPUTER_PREFIX}${want%% *}
+    want=${want^^}
+    want=${want:0:15}
+    if [[ $COMPUTER_NAME != "$want" ]]; then
+        ONE_TIME_PASSWORD=""
+        die 7 "invalid answer from the join function: computer name $COMPUTER_NAME is not $want (prefix $COMPUTER_PREFIX, instance $INSTANCE_ID)"
+    fi
+}
+
+# The node's own join: adcli with the one-time password of the object the function created (on stdin: never
+# on a command line, where `realm join --one-time-password` would put it), then the sssd configuration that
+# realmd would write. adcli sets a machine password of its own at once, so the one-time password is dead
+# afterwards; a failed attempt before that may retry with it.
 do_join() {
-    local attempt left cap host short computer="" why=""
-    local -a args
-    # The computer account name (also what close_window reports).
-    host=$(hostname 2>/dev/null || uname -n)
-    short=${host%%.*}
-    if [[ -n $COMPUTER_PREFIX && -n $INSTANCE_ID ]]; then
-        # Per cluster and per node (lambda_src/directory_admin.computer_name does the same): two clusters
-        # on one directory never share a name, as host names from the same VPC CIDR would.
-        computer=$(printf '%s' "$INSTANCE_ID" | sha256sum)
-        computer=${COMPUTER_PREFIX}${computer%% *}
-        computer=${computer^^}
-        computer=${computer:0:15}
-        why="realm: computer account name $computer (prefix $COMPUTER_PREFIX, instance $INSTANCE_ID)"
-    elif ((${#short} > 15)); then
-        # Only a host name longer than NetBIOS allows needs a name of ours.
-        computer=$(pyhelper computer-name "$host")
-        why="realm: host name '$host' is longer than 15 characters: computer account name $computer"
-    fi
-    # Otherwise adcli's default: the short host name, upper-cased.
-    COMPUTER_NAME=${computer:-$short}
-    COMPUTER_NAME=${COMPUTER_NAME^^}
-    # No "already configured?" check here: main calls do_join only when existing_join found no join.
-    # --install=/ makes realmd assume the packages are installed (this script installed them) instead of
-    # asking PackageKit, which may be absent: without it realm join fails with "Necessary packages are
-    # not installed" (adlab pitfall 3), and with it realmd may reach for package repositories at boot.
-    args=(join --verbose --install=/ --client-software=sssd --membership-software=adcli -U "$JOIN_USER")
-    # The cluster's OU: where the stack's join account may create computer objects (DirectoryAdmin).
-    [[ -z $COMPUTER_OU ]] || args+=("--computer-ou=$COMPUTER_OU")
-    if [[ -n $computer ]]; then
-        log "$why"
-        args+=("--computer-name=$computer")
-    fi
-    args+=("$AD_DOMAIN")
+    local attempt left cap conf="$ROOT/etc/sssd/sssd.conf"
+    local -a args=(join --verbose --login-type=computer --stdin-password "--domain=$AD_DOMAIN"
+        "--domain-realm=$AD_REALM" "--computer-name=$COMPUTER_NAME" "--host-fqdn=$HOST_FQDN")
     cap=${PCLUSTER_AD_TEST_JOIN_ATTEMPT_SECONDS:-120}
     if [[ ! $cap =~ ^[1-9][0-9]*$ ]]; then
         cap=120
     fi
     for attempt in 1 2 3; do
         left=$(remaining)
-        ((left > 0)) || die 8 "deadline ($TIMEOUT s) reached before realm join $AD_DOMAIN succeeded $REALM_HINT"
+        ((left > 0)) || die 8 "deadline ($TIMEOUT s) reached before the join to $AD_DOMAIN succeeded $REALM_HINT"
         ((left > cap)) && left=$cap
-        log "realm: joining $AD_DOMAIN (attempt $attempt, max ${left}s)"
-        # The password goes on realm's stdin, never argv. Each attempt is capped: a hanging join
-        # (unreachable DC, stuck realmd) is killed and retried instead of eating the whole deadline.
-        if printf '%s\n' "$JOIN_PASSWORD" | timeout -k 10 "$left" realm "${args[@]}"; then
-            if realm_configured; then
-                log "realm: joined $AD_DOMAIN"
-                return 0
-            fi
-            log "realm join exited 0 but realm list does not show $AD_DOMAIN"
-        elif realm_configured; then
-            log "realm: $AD_DOMAIN is configured despite realm join's exit status"
-            return 0
+        log "adcli: joining $AD_DOMAIN as $COMPUTER_NAME (attempt $attempt, max ${left}s)"
+        # Each attempt is capped: a hanging join (unreachable DC) is killed and retried instead of eating the
+        # whole deadline.
+        if printf '%s\n' "$ONE_TIME_PASSWORD" | timeout -k 10 "$left" adcli "${args[@]}"; then
+            break
         fi
-        ((attempt < 3)) && (($(remaining) > 5)) && sleep_backoff $((5 * attempt))
+        if host_key_present; then
+            log "adcli: the host key is in the keytab despite adcli's exit status"
+            break
+        fi
+        ((attempt < 3)) || die 8 "adcli join $AD_DOMAIN failed $REALM_HINT"
+        (($(remaining) > 5)) && sleep_backoff $((5 * attempt))
     done
-    (($(remaining) > 0)) || die 8 "deadline ($TIMEOUT s) reached before realm join $AD_DOMAIN succeeded $REALM_HINT"
-    die 8 "realm join $AD_DOMAIN failed $REALM_HINT"
+    pyhelper sssd-domain "$conf" "$AD_DOMAIN" "$AD_REALM" || die 9 "could not write $conf"
+    realm_configured || die 8 "adcli joined, but $conf and the keytab do not show the join to $AD_DOMAIN"
+    log "joined $AD_DOMAIN as $COMPUTER_NAME"
+}
+
+host_key_present() {
+    klist -k "$ROOT/etc/krb5.keytab" 2>/dev/null | grep -qiF "$COMPUTER_NAME\$@$AD_REALM"
 }
 
 enable_mkhomedir() {
@@ -906,6 +945,8 @@ sssd_running() {
     return 1
 }
 
+readonly VERIFY_GROUP="Domain Users"
+
 # Bounded retries: right after a restart the domain can be offline for a moment.
 verify_sssd() {
     local until limit running=0 lookup=0 restarted_at
@@ -919,11 +960,8 @@ verify_sssd() {
         lookup=0
         if sssd_running; then
             running=1
-            if [[ -z $JOIN_USER ]]; then
-                lookup=1 # already joined, no record of the join user (see existing_join)
-                break
-            fi
-            if getent -s sss passwd "$JOIN_USER" >/dev/null && getent passwd "$JOIN_USER" >/dev/null; then
+            # A group every domain has (AWS Simple AD and Managed AD by this name): the domain answers.
+            if getent -s sss group "$VERIFY_GROUP" >/dev/null; then
                 lookup=1
                 break
             fi
@@ -939,19 +977,17 @@ verify_sssd() {
         die 9 "sssd is not running after the join (realm join exits 0 even when sssd fails to start): see /var/log/sssd/ and 'systemctl status sssd'"
     fi
     if ((lookup == 0)); then
-        die 9 "sssd runs but the join user does not resolve by its short name through sssd (getent passwd) within ${limit}s: see /var/log/sssd/"
+        die 9 "sssd runs but the group '$VERIFY_GROUP' does not resolve through sssd (getent group) within ${limit}s: see /var/log/sssd/"
     fi
-    if [[ -z $JOIN_USER ]]; then
-        log "verified: sssd is running (no recorded join user to look up)"
-    else
-        log "verified: sssd is running and the join user resolves by its short name"
-    fi
+    log "verified: sssd is running and the domain answers ('$VERIFY_GROUP' resolves)"
 }
 
 configure_sssd() {
     local conf="$ROOT/etc/sssd/sssd.conf"
     pyhelper sssd-conf "$conf" "$AD_DOMAIN" || die 9 "could not edit $conf"
     enable_mkhomedir
+    # realmd enabled sssd when it ran the join; adcli does not: sssd must start at every boot.
+    timeout -k 10 60 systemctl enable sssd || log "WARNING: systemctl enable sssd failed"
     log "sssd: restarting"
     if ! timeout -k 10 120 systemctl restart sssd; then
         log "WARNING: systemctl restart sssd failed"
@@ -964,7 +1000,7 @@ configure_sssd() {
 readonly STATE_FILE=/var/lib/pcluster-ad/join-state
 
 existing_join() {
-    local out found key value
+    local out found
     # A fresh node: no sssd domain section, no host keytab, no Samba ADS configuration, so nothing that
     # realmd could list as configured (its sssd and samba providers read exactly these). No realm list
     # (it starts realmd: ~30 ms) and no Python start.
@@ -976,19 +1012,13 @@ existing_join() {
     found=$(printf '%s\n' "$out" | pyhelper joined-realm "$ROOT/etc/sssd/sssd.conf" "$ROOT/etc/krb5.keytab") || return 1
     AD_DOMAIN=${found%%$'\n'*}
     AD_REALM=${found#*$'\n'}
-    # The join user (a name, no secret) recorded by the run that joined: verify_sssd looks it up.
-    if [[ -r $ROOT$STATE_FILE ]]; then
-        while IFS='=' read -r key value; do
-            [[ $key == user ]] && JOIN_USER=$value
-        done <"$ROOT$STATE_FILE"
-    fi
     return 0
 }
 
 write_state() {
     if ! { mkdir -p -- "$(dirname -- "$ROOT$STATE_FILE")" \
-        && printf 'domain=%s\nrealm=%s\nuser=%s\ncomputer=%s\n' "$AD_DOMAIN" "$AD_REALM" "$JOIN_USER" \
-            "$COMPUTER_NAME" >"$ROOT$STATE_FILE"; }; then
+        && printf 'domain=%s\nrealm=%s\ncomputer=%s\n' "$AD_DOMAIN" "$AD_REALM" "$COMPUTER_NAME" \
+            >"$ROOT$STATE_FILE"; }; then
         log "WARNING: could not write $ROOT$STATE_FILE"
     fi
 }
@@ -1501,8 +1531,8 @@ PAM_UPDATED=""
 start_pam_update() {
     [[ $OS_FAMILY == debian ]] || return 0
     (
-        JOIN_PASSWORD="" # the job never needs it
-        unset -v JOIN_PASSWORD
+        ONE_TIME_PASSWORD="" # the job never needs it
+        unset -v ONE_TIME_PASSWORD
         debian_pam_update || die 9 "pam-auth-update --enable mkhomedir failed"
     ) &
     PAM_PID=$!
@@ -1558,8 +1588,8 @@ main() {
         sssd_cache_in_memory
         start_pam_update
         do_join
-        JOIN_PASSWORD=""
-        unset -v JOIN_PASSWORD
+        ONE_TIME_PASSWORD=""
+        unset -v ONE_TIME_PASSWORD
         start_close_window
         configure_login_access # again, in the domain section realm wrote, before sssd restarts
         finish_pam_update
