@@ -145,7 +145,7 @@ def test_access_is_in_place_before_the_join_starts_sssd(site):
     out = site.runs["head"].output
     first_rule = out.index("access: only members of these AD groups may log in: hpc-users, Domain Admins,"
                            " no-such-group")
-    assert first_rule < out.index("realm: joining"), out
+    assert first_rule < out.index("adcli: joining"), out
     conf = site.head.read("/etc/sssd/conf.d/50-pcluster-ad-access.conf")
     assert "access_provider = simple" in conf and \
         "simple_allow_groups = hpc-users, Domain Admins, no-such-group" in conf, conf
