@@ -315,8 +315,11 @@ def one_line(s):
 def quote_curl(s):
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
-def sigv4_config():
-    # stdin: IMDS credentials JSON. stdout: curl config (user = key:secret, security token header).
+def sigv4_config(region, body):
+    # stdin: IMDS credentials JSON. stdout: curl config: user = key:secret, the security token header, and the
+    # request body: BODY (a JSON object) plus "proof", the headers of an STS GetCallerIdentity request signed with
+    # the same credentials, which the function has STS check (who asks, unforgeable by an event). The body goes in
+    # the config, never in curl's argv: the proof is valid for 15 minutes.
     try:
         doc = json.loads(sys.stdin.read())
         code = doc.get("Code", "Success")
@@ -327,9 +330,39 @@ def sigv4_config():
         fail(f"IMDS reports the instance credentials as {str(code)[:40]!r}")
     if not (one_line(akid) and one_line(secret)) or ":" in akid or (token and not one_line(token)):
         fail("the instance credentials from IMDS are malformed")
+    data = json.loads(body)
+    data["proof"] = sts_proof(region, akid, secret, token)
     print("user = " + quote_curl(akid + ":" + secret))
     if token:
         print("header = " + quote_curl("x-amz-security-token: " + token))
+    print("data-binary = " + quote_curl(json.dumps(data, separators=(",", ":"))))
+
+def sts_proof(region, akid, secret, token):
+    # SigV4 (docs.aws.amazon.com/IAM/latest/UserGuide/reference_sigv-create-signed-request.html) of
+    # POST https://sts.<region>.amazonaws.com/ Action=GetCallerIdentity, with the function's audience header
+    # signed (lambda_src/join_handler.py PROOF_*). Returns the headers the function sends on to STS.
+    import datetime, hashlib, hmac
+    now = datetime.datetime.now(datetime.timezone.utc)
+    amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+    host = f"sts.{region}.amazonaws.com"
+    payload = "Action=GetCallerIdentity&Version=2011-06-15"
+    headers = {"content-type": "application/x-www-form-urlencoded; charset=utf-8", "host": host,
+               "x-amz-date": amz_date, "x-amz-security-token": token,
+               "x-pcluster-ad-audience": "pcluster-ad-join-function"}
+    if not token:
+        del headers["x-amz-security-token"]
+    signed = ";".join(sorted(headers))
+    canonical = "\n".join(["POST", "/", "", *(f"{k}:{headers[k]}" for k in sorted(headers)), "", signed,
+                           hashlib.sha256(payload.encode()).hexdigest()])
+    scope = f"{day}/{region}/sts/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    key = ("AWS4" + secret).encode()
+    for part in (day, region, "sts", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    return {"authorization": f"AWS4-HMAC-SHA256 Credential={akid}/{scope}, SignedHeaders={signed}, "
+                             f"Signature={signature}",
+            "x-amz-date": amz_date, "x-amz-security-token": token}
 
 def join_response():
     # stdin: the function's 200 body. stdout: domain, realm, computer name, host FQDN, one-time password, one
@@ -572,6 +605,39 @@ def sssd_domain(path, domain, realm):
     write_atomic(path, "\n".join(out) + "\n", path if lines else None)
     print(f"{path}: sssd configured for {domain}")
 
+def krb5_default_realm(path, realm):
+    # What realmd sets in krb5.conf after its join: [libdefaults] default_realm, so that a user's plain `kinit`
+    # (and GSSAPI tools) name the domain. Everything else in the file stays. Idempotent.
+    try:
+        lines = open(path).read().splitlines()
+    except FileNotFoundError:
+        lines = []
+    out, section, done, header = [], None, False, None
+    for line in lines:
+        m = SECTION_RE.match(line)
+        if m:
+            if section == "libdefaults" and not done:
+                out.append(f"    default_realm = {realm}")
+                done = True
+            section = m.group(1).strip().lower()
+            header = len(out) if section == "libdefaults" else header
+        elif section == "libdefaults" and re.match(r"^\s*default_realm\s*=", line):
+            if done:
+                continue
+            line, done = f"    default_realm = {realm}", True
+        out.append(line)
+    if not done:
+        if header is None:
+            out = ["[libdefaults]", f"    default_realm = {realm}", *([""] if out else []), *out]
+        else:
+            out.append(f"    default_realm = {realm}")
+    if out == lines:
+        return
+    write_atomic(path, "\n".join(out) + "\n", path if lines else None)
+    if not lines:
+        os.chmod(path, 0o644)
+    print(f"{path}: default_realm = {realm}")
+
 def daemon_opts(path):
     # Debian 12 ships DAEMON_OPTS="-D -f" for the sssd init script; sssd >= 2.8 rejects -f, so sssd
     # does not start through the init script (adlab pitfall 1). Drop the -f. No effect under systemd.
@@ -593,6 +659,7 @@ def daemon_opts(path):
 cmd, args = sys.argv[1], sys.argv[2:]
 {"sigv4-config": sigv4_config, "join-response": join_response, "error-field": error_field,
  "computer-name": computer_name, "sssd-conf": sssd_conf, "sssd-domain": sssd_domain,
+ "krb5-default-realm": krb5_default_realm,
  "daemon-opts": daemon_opts, "joined-realm": joined_realm, "close-response": close_response,
  "imds-address": imds_address}[cmd](*args)
 PY
@@ -717,14 +784,15 @@ imds_token() {
 }
 
 # Bounded retries: IMDS and the instance profile can lag right after boot.
-# One try: fills INSTANCE_ID and SIGV4_CONFIG (fresh credentials: they rotate); 1 when IMDS fails.
+# imds_credentials BODY. One try: fills INSTANCE_ID and SIGV4_CONFIG, curl's config for a POST of BODY with its
+# caller proof (fresh credentials: they rotate); 1 when IMDS fails.
 imds_credentials() {
     local role creds
     if IMDS_TOKEN=$(imds_token) && [[ -n $IMDS_TOKEN ]] \
         && INSTANCE_ID=$(imds_get meta-data/instance-id) \
         && role=$(imds_get meta-data/iam/security-credentials/) && role=${role%%$'\n'*} && [[ -n $role ]] \
         && creds=$(imds_get "meta-data/iam/security-credentials/$role"); then
-        if SIGV4_CONFIG=$(printf '%s' "$creds" | pyhelper sigv4-config); then
+        if SIGV4_CONFIG=$(printf '%s' "$creds" | pyhelper sigv4-config "$REGION" "$1"); then
             creds=""
             if [[ -z $IMDS_LOGGED ]]; then
                 log "IMDS: instance $INSTANCE_ID, instance role $role"
@@ -737,10 +805,11 @@ imds_credentials() {
     return 1
 }
 
+# read_imds BODY: imds_credentials BODY with bounded retries.
 read_imds() {
     local delay=1
     while :; do
-        imds_credentials && return 0
+        imds_credentials "$1" && return 0
         (($(remaining) > 1)) || die 4 "could not read the instance id and role credentials from IMDSv2 at $IMDS_ENDPOINT before the deadline ($TIMEOUT s)"
         log "IMDS not ready (instance role credentials unavailable); retrying in ~${delay}s"
         sleep_backoff "$delay"
@@ -754,8 +823,8 @@ AD_REALM=""
 COMPUTER_NAME="" # this node's computer account, as the join function created it (never chosen here)
 HOST_FQDN=""
 
-# post_to_function DATA MAX_TIME: POST DATA to the function URL, signed with the instance role's
-# credentials (SIGV4_CONFIG, from read_imds or imds_credentials; used once and cleared). The answer
+# post_to_function MAX_TIME: POST to the function URL what SIGV4_CONFIG holds (from read_imds or imds_credentials:
+# the body with its caller proof), signed with the instance role's credentials; used once and cleared. The answer
 # lands in the CALLER's local variables rc (curl's exit status), code (HTTP status) and body, so a
 # secret in the body stays in the caller's scope.
 post_to_function() {
@@ -763,9 +832,9 @@ post_to_function() {
     [[ $FUNCTION_URL == http://* ]] && proto=http
     rc=0
     out=$(printf '%s\n' "$SIGV4_CONFIG" \
-        | curl -sS --proto "=$proto" --connect-timeout 10 --max-time "$2" -K - \
+        | curl -sS --proto "=$proto" --connect-timeout 10 --max-time "$1" -K - \
             --aws-sigv4 "aws:amz:$REGION:lambda" -X POST -H 'content-type: application/json' \
-            --data-binary "$1" -w '\n%{http_code}' -- "$FUNCTION_URL") || rc=$?
+            -w '\n%{http_code}' -- "$FUNCTION_URL") || rc=$?
     SIGV4_CONFIG=""
     code=${out##*$'\n'}
     body=${out%$'\n'*}
@@ -777,15 +846,17 @@ post_to_function() {
 fetch_join_secret() {
     local attempt=0 delay=1 left max_time rc code body parsed err="none"
     while :; do
-        read_imds # fresh credentials each attempt: they rotate
+        read_imds '{}' # fresh credentials (and caller proof) each attempt: they rotate
         left=$(remaining)
         if ((left <= 0)); then
             die 5 "giving up after $attempt attempts in $(elapsed)s (deadline $TIMEOUT s); last error: $err"
         fi
         attempt=$((attempt + 1))
-        max_time=$((left < 30 ? left : 30))
+        # Longer than the function may run (60 s): a node must never give up on a request whose computer object
+        # then exists, since no second one-time password is ever answered for it.
+        max_time=$((left < 90 ? left : 90))
         log "join function: attempt $attempt (POST $FUNCTION_URL, max ${max_time}s)"
-        post_to_function '{}' "$max_time"
+        post_to_function "$max_time"
         if ((rc != 0)); then
             err="curl failed (exit $rc)"
         elif [[ $code == 200 ]]; then
@@ -902,6 +973,7 @@ do_join() {
         (($(remaining) > 5)) && sleep_backoff $((5 * attempt))
     done
     pyhelper sssd-domain "$conf" "$AD_DOMAIN" "$AD_REALM" || die 9 "could not write $conf"
+    pyhelper krb5-default-realm "$ROOT/etc/krb5.conf" "$AD_REALM" || die 9 "could not write $ROOT/etc/krb5.conf"
     realm_configured || die 8 "adcli joined, but $conf and the keytab do not show the join to $AD_DOMAIN"
     log "joined $AD_DOMAIN as $COMPUTER_NAME"
 }
@@ -1039,12 +1111,12 @@ close_window() {
     for attempt in 1 2 3; do
         left=$((until - SECONDS))
         ((left >= 1)) || break
-        if ! imds_credentials; then
+        if ! imds_credentials "$data"; then
             err="IMDS credentials unavailable"
         else
             max_time=$((left < 20 ? left : 20))
             log "join window: closing (attempt $attempt, POST $FUNCTION_URL, computer $COMPUTER_NAME, max ${max_time}s)"
-            post_to_function "$data" "$max_time"
+            post_to_function "$max_time"
             if ((rc != 0)); then
                 err="curl failed (exit $rc)"
             elif [[ $code == 200 ]] && printf '%s' "$body" | pyhelper close-response; then

@@ -120,7 +120,20 @@ INSTANCE_ID = re.compile(r"i-(?:[0-9a-f]{8}|[0-9a-f]{17})")
 ASSUMED_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:sts::(\d{12}):assumed-role/([\w+=,.@-]+)/([\w+=,.@-]+)")
 # A NetBIOS computer name as the join script sends it: what realm join registered.
 COMPUTER_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,13}[A-Za-z0-9])?")
-CLOSE_BODY = '{"joined": true, "computerName": "<NAME>"}'
+CLOSE_BODY = '{"joined": true, "computerName": "<NAME>", "proof": {...}}'
+JOIN_BODY = '{"proof": {...}}'
+# The caller proof: the headers of an STS GetCallerIdentity request the node signed with its instance role's
+# credentials (what Vault's AWS auth does). The function sends it to STS itself: the identity STS answers cannot be
+# forged by anyone without those credentials, unlike the event, which anyone allowed lambda:InvokeFunction writes.
+PROOF_HEADERS = ("authorization", "x-amz-date", "x-amz-security-token")
+PROOF_BODY = "Action=GetCallerIdentity&Version=2011-06-15"
+PROOF_CONTENT_TYPE = "application/x-www-form-urlencoded; charset=utf-8"
+# Signed by the node: a GetCallerIdentity signature made for anything else is no proof here.
+PROOF_AUDIENCE_HEADER, PROOF_AUDIENCE = "X-Pcluster-Ad-Audience", "pcluster-ad-join-function"
+PROOF_SIGNED = ("content-type", "host", "x-amz-date", "x-amz-security-token", "x-pcluster-ad-audience")
+PROOF_AUTH = re.compile(r"AWS4-HMAC-SHA256 Credential=[A-Z0-9]{16,128}/\d{8}/(?P<region>[a-z0-9-]+)"
+                        r"/(?P<service>[a-z0-9]+)/aws4_request, ?SignedHeaders=(?P<signed>[a-z0-9;-]+),"
+                        r" ?Signature=[0-9a-f]{64}")
 PROFILE_ARN = re.compile(r"arn:aws[a-z-]*:iam::(\d{12}):instance-profile/(?:[\w+=,.@/-]*/)?([\w+=,.@-]+)")
 
 LOG = logging.getLogger("pcluster_ad.join")
@@ -249,6 +262,12 @@ class _ConfigError(_Refusal):
     status, decision, public = 500, "error", "internal error"
 
 
+class _ProofUnavailable(_Refusal):
+    """STS could not be asked: worth retrying."""
+
+    status, decision, public = 503, "error", "internal error"
+
+
 class Caller(NamedTuple):
     account: str
     role_name: str
@@ -268,6 +287,7 @@ def handle(
     logger: logging.Logger = LOG,
     now: Callable[[], float] = time.time,
     create_computer: Callable[..., tuple[str, str]] = computer_account.create_computer,
+    verify_proof: Callable[[Mapping[str, Any], float], dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Authorize the caller; create its computer object and answer the one-time password, or close its window
     (see module doc). `create_computer(directory, name, host_fqdn)` -> (DN, password): computer_account's."""
@@ -275,8 +295,13 @@ def handle(
     internal_error = {"error": "internal error"}
     try:
         # closing: the computer name of a close request; None for a credential request
-        identity, closing = _parse_request(event)
+        url_identity, closing, proof = _parse_request(event)
+        # Who asks is what STS says of the caller's signed GetCallerIdentity request, not what the event says:
+        # anyone in the account allowed lambda:InvokeFunction could write any event (attack review, issue 16).
+        identity = (verify_proof or sts_caller_identity)(proof, now())
         fields.update(caller_arn=identity["userArn"], caller_account=identity["accountId"])
+        if url_identity["userArn"] != identity["userArn"]:
+            raise _Refusal("the caller proof names another identity than the request's signature")
         fields.update(request="credentials" if closing is None else "close")
         caller = _instance_caller(identity)
         fields.update(caller_role=caller.role_name, instance_id=caller.instance_id)
@@ -341,9 +366,9 @@ def _dig(value: Any, *keys: str) -> Any:
     return value
 
 
-def _parse_request(event: Any) -> tuple[dict[str, str], str | None]:
-    """Check the request's shape; return requestContext.authorizer.iam and, for a close
-    request, the computer name."""
+def _parse_request(event: Any) -> tuple[dict[str, str], str | None, dict[str, str]]:
+    """Check the request's shape; return requestContext.authorizer.iam, for a close request the computer name,
+    and the caller proof."""
     if not isinstance(event, dict) or event.get("version") != "2.0":
         raise _BadRequest("not a Lambda function URL event (payload format 2.0)")
     if not isinstance(event.get("requestContext"), dict):
@@ -367,28 +392,69 @@ def _parse_request(event: Any) -> tuple[dict[str, str], str | None]:
             body = base64.b64decode(body, validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
             raise _BadRequest("body is not valid base64-encoded UTF-8") from None
-    return identity, _parse_body(body)
+    return (identity, *_parse_body(body))
 
 
-def _parse_body(body: str) -> str | None:
-    """The computer name of a close request, None for a credential request. Who asks is
-    known only from the signature: the body only says what for."""
-    if not body.strip():
-        return None
+def _parse_body(body: str) -> tuple[str | None, dict[str, str]]:
+    """The computer name of a close request (None for a join request) and the caller proof."""
     try:
-        parsed = json.loads(body)
+        parsed = json.loads(body or "null")
     except ValueError:
         raise _BadRequest("body is not valid JSON") from None
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("proof"), dict):
+        raise _BadRequest(f"body must be {JOIN_BODY} (join request) or {CLOSE_BODY} (close request): the proof is"
+                          " the caller's signed STS GetCallerIdentity headers")
+    proof = parsed.pop("proof")
+    bad = sorted(k for k, v in proof.items() if k not in PROOF_HEADERS or not isinstance(v, str) or not v
+                 or len(v) > 4096 or any(ord(c) < 32 for c in v))
+    if bad or set(proof) != set(PROOF_HEADERS):
+        raise _BadRequest(f"proof must hold exactly {', '.join(PROOF_HEADERS)} (strings)")
     if parsed == {}:
-        return None
-    if not isinstance(parsed, dict) or not {"joined", "computerName"} & set(parsed):
-        raise _BadRequest(f"body must be empty or {{}} (credential request) or {CLOSE_BODY} (close request)")
+        return None, proof
     if set(parsed) != {"joined", "computerName"} or parsed["joined"] is not True:
         raise _BadRequest(f"a close request body must be exactly {CLOSE_BODY}")
     name = parsed["computerName"]
     if not isinstance(name, str) or not COMPUTER_NAME.fullmatch(name):
         raise _BadRequest("computerName must be 1-15 letters, digits or '-', not starting or ending with '-'")
-    return name
+    return name, proof
+
+
+def sts_caller_identity(proof: Mapping[str, str], now: float, *, region: str | None = None,
+                        opener: Callable[..., Any] | None = None) -> dict[str, str]:
+    """Send the caller's signed GetCallerIdentity request to STS (this region's endpoint) and return who STS says
+    signed it, as {"userArn", "userId", "accountId"}. Only a request signed for this function (the audience
+    header, signed) and for this region is sent on; STS checks signature, time and token."""
+    import urllib.error
+    import urllib.request
+    import xml.etree.ElementTree as ElementTree
+
+    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or ""
+    match = PROOF_AUTH.fullmatch(proof["authorization"])
+    if not match or match["region"] != region or match["service"] != "sts":
+        raise _Refusal("the caller proof is not a SigV4 signature for STS in this region")
+    if not set(PROOF_SIGNED) <= set(match["signed"].split(";")):
+        raise _Refusal(f"the caller proof must sign {';'.join(PROOF_SIGNED)}")
+    request = urllib.request.Request(
+        f"https://sts.{region}.amazonaws.com/", data=PROOF_BODY.encode(), method="POST",
+        headers={"Content-Type": PROOF_CONTENT_TYPE, PROOF_AUDIENCE_HEADER: PROOF_AUDIENCE,
+                 "X-Amz-Date": proof["x-amz-date"], "X-Amz-Security-Token": proof["x-amz-security-token"],
+                 "Authorization": proof["authorization"]})
+    try:
+        with (opener or urllib.request.urlopen)(request, timeout=5) as answer:
+            text = answer.read(65536)
+    except urllib.error.HTTPError as exc:
+        if 400 <= exc.code < 500 and exc.code != 429:
+            raise _Refusal(f"STS refused the caller proof (HTTP {exc.code})") from None
+        raise _ProofUnavailable(f"STS answered HTTP {exc.code}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise _ProofUnavailable(f"STS unreachable ({type(exc).__name__})") from None
+    ns = {"s": "https://sts.amazonaws.com/doc/2011-06-15/"}
+    result = ElementTree.fromstring(text).find("s:GetCallerIdentityResult", ns)
+    values = {key: (result.findtext(f"s:{tag}", default="", namespaces=ns) if result is not None else "")
+              for key, tag in (("userArn", "Arn"), ("userId", "UserId"), ("accountId", "Account"))}
+    if not all(values.values()):
+        raise _Refusal("STS's answer to the caller proof names no caller")
+    return values
 
 
 def _instance_caller(identity: Mapping[str, str]) -> Caller:

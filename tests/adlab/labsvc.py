@@ -104,6 +104,7 @@ class Aws:
         self.creds_owner: dict[str, dict] = {}  # access key id -> node
         self.requests: list[dict] = []
         self.one_time_passwords: list[str] = []
+        self.sts_refusals: list[str] = []
         self.imds_requests = 0
         self._setup()
 
@@ -267,6 +268,30 @@ class Aws:
 
     def lookup_secret(self, ak: str) -> Secret | None:
         return self.secrets.get(ak)
+
+    def sts_caller_identity(self, proof: dict, now: float) -> dict:
+        """STS's GetCallerIdentity at the boundary: the node's signed request is verified exactly as STS does
+        (SigV4 recomputed with the signing credential's secret, token and time checked), and STS's answer for
+        that credential is returned. A refusal is what the handler gets from STS: its own refusal class."""
+        mod = FunctionUrlHandler.handler_mod
+        headers = [("Content-Type", mod.PROOF_CONTENT_TYPE), ("Host", f"sts.{self.region}.amazonaws.com"),
+                   (mod.PROOF_AUDIENCE_HEADER, mod.PROOF_AUDIENCE), ("X-Amz-Date", proof["x-amz-date"]),
+                   ("X-Amz-Security-Token", proof["x-amz-security-token"]), ("Authorization", proof["authorization"])]
+        match = mod.PROOF_AUTH.fullmatch(proof["authorization"])
+        if not match or match["region"] != self.region or match["service"] != "sts":
+            raise mod._Refusal("the caller proof is not a SigV4 signature for STS in this region")
+        if not set(mod.PROOF_SIGNED) <= set(match["signed"].split(";")):
+            raise mod._Refusal(f"the caller proof must sign {';'.join(mod.PROOF_SIGNED)}")
+        try:
+            secret = verify(method="POST", url=f"https://sts.{self.region}.amazonaws.com/", headers=headers,
+                            body=mod.PROOF_BODY.encode(), lookup=self.lookup_secret, region=self.region,
+                            service="sts")
+        except SignatureError as exc:
+            self.sts_refusals.append(str(exc))
+            raise mod._Refusal("STS refused the caller proof (HTTP 403)") from None
+        node = self.creds_owner[secret.access_key]
+        return {"userArn": f"arn:aws:sts::{ACCOUNT}:assumed-role/{node['role_name']}/{node['session']}",
+                "userId": f"{node['role_id']}:{node['session']}", "accountId": ACCOUNT}
 
 
 class ImdsHandler(BaseHTTPRequestHandler):
@@ -453,6 +478,8 @@ class FunctionUrlHandler(BaseHTTPRequestHandler):
                 clients["dynamodb"] = aws.dynamodb
             if "cloudformation" in params:  # bench --compare-with runs older handlers too
                 clients["cloudformation"] = aws.cfn
+            if "verify_proof" in params:
+                clients["verify_proof"] = aws.sts_caller_identity
             with aws.lock:
                 result = self.handler_mod.handle(event, settings=self.settings, logger=self.handler_log, **clients)
         except Exception:  # noqa: BLE001 - Lambda: an unhandled error is a 502 at the function URL

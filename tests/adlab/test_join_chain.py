@@ -167,30 +167,28 @@ def test_rerun_on_joined_node_is_harmless(chain):
 # --- the attack of issue 8: a local process on a joined node asks for the join password ---------
 
 # Run on a node as the given user: read the node role's credentials from IMDS (as any process can
-# on EC2), sign a POST to the function URL with them, as join-domain.sh does (curl --aws-sigv4, the
-# credentials in a config on stdin), print the HTTP status. Never prints the answer's body.
+# on EC2), make the request exactly as join-domain.sh does (its own Python helper, read from the script on the
+# node, signs the caller proof; curl --aws-sigv4 with the credentials and body in a config on stdin), print the
+# HTTP status. The attacker is as capable as the product. Never prints the answer's body.
 ATTACK = r"""set -euo pipefail
-ep=$1 url=$2 region=$3 body=$4
+ep=$1 url=$2 region=$3 body=$4 script=$5
 t=$(curl -sf -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 60" "$ep/latest/api/token")
 role=$(curl -sf -H "X-aws-ec2-metadata-token: $t" "$ep/latest/meta-data/iam/security-credentials/")
 creds=$(curl -sf -H "X-aws-ec2-metadata-token: $t" "$ep/latest/meta-data/iam/security-credentials/$role")
-ak=$(jq -r .AccessKeyId <<<"$creds")
-sk=$(jq -r .SecretAccessKey <<<"$creds")
-tk=$(jq -r .Token <<<"$creds")
-echo "imds: credentials for $ak"
-printf 'user = "%s:%s"
-header = "x-amz-security-token: %s"
-' "$ak" "$sk" "$tk" \
-  | curl -s -o /dev/null -w 'status %{http_code}
-' -K - --aws-sigv4 "aws:amz:$region:lambda" -X POST \
-      -H 'content-type: application/json' --data-binary "$body" "$url"
+echo "imds: credentials for $(jq -r .AccessKeyId <<<"$creds")"
+helper=$(sed -n "/^read -r -d '' PYHELPER <<'PY'/,/^PY\$/{//!p}" "$script")
+printf '%s' "$creds" | python3 -I -c "$helper" sigv4-config "$region" "$body" \
+  | curl -s -o /dev/null -w 'status %{http_code}\n' -K - --aws-sigv4 "aws:amz:$region:lambda" -X POST \
+      -H 'content-type: application/json' "$url"
 """
 
 
 def attack(lab, node, user: str, body: str = "{}") -> subprocess.CompletedProcess:
     prefix = [] if user == "root" else ["setpriv", "--reuid", user, "--regid", user, "--clear-groups"]
+    script = node.install_action("join-domain.sh")
     return node.run(
-        [*prefix, "/bin/bash", "-c", ATTACK, "attack", lab.imds_endpoint, lab.function_url, lab.cfg.region, body],
+        [*prefix, "/bin/bash", "-c", ATTACK, "attack", lab.imds_endpoint, lab.function_url, lab.cfg.region, body,
+         script],
         check=False,
         env={"HOME": "/tmp"},
         timeout=60,
@@ -352,14 +350,15 @@ def test_no_directory_password_on_any_node_disk(chain):
     """Neither the adding account's password (the function's only) nor any one-time password (used once by
     adcli, on its stdin) is on any node's disk or in the function's log."""
     lab = chain.lab
-    scanned = [*chain.good, chain.untagged, chain.impostor, *chain.outsiders, chain.unreachable]
-    for node in scanned:
-        chain.result(node)  # every join (and refusal) has finished
+    for node in [*chain.good, chain.untagged, chain.impostor, *chain.outsiders, chain.unreachable]:
+        chain.result(node)  # every join (and refusal) of the scenario has finished
+    scanned = list(lab.nodes)
     one_time = lab.svc_call("one_time_passwords")["passwords"]
-    # One per node the function answered (the joined ones and the one that then cannot reach the DC), none for
-    # the refused ones.
-    answered = {r["source_ip"] for r in lab.requests() if r.get("kind") == "credentials" and r["status"] == 200}
-    assert len(one_time) == len(answered) == len(chain.good) + 1, (one_time, answered)
+    # One per node the function answered, none for the refused ones.
+    answered = [r["source_ip"] for r in lab.requests() if r.get("kind") == "credentials" and r["status"] == 200]
+    assert len(one_time) == len(answered) == len(set(answered)), (one_time, answered)
+    assert {n.ip for n in chain.good} <= set(answered)
+    assert not {n.ip for n in (chain.untagged, chain.impostor, *chain.outsiders)} & set(answered)
     secrets = [lab.add_password, lab.join_password, *one_time]
     hits = []
     for node in scanned:
