@@ -269,6 +269,36 @@ class Aws:
     def lookup_secret(self, ak: str) -> Secret | None:
         return self.secrets.get(ak)
 
+    def sts_proof(self, ip: str) -> dict:
+        """A caller proof signed with the lab node's credentials, as join-domain.sh makes it (botocore's signer)."""
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials
+
+        mod = FunctionUrlHandler.handler_mod
+        node = self.nodes[ip]
+        headers = {"Content-Type": mod.PROOF_CONTENT_TYPE, mod.PROOF_AUDIENCE_HEADER: mod.PROOF_AUDIENCE}
+        req = AWSRequest(method="POST", url=f"https://sts.{self.region}.amazonaws.com/", data=mod.PROOF_BODY,
+                         headers=headers)
+        SigV4Auth(Credentials(node["access_key"], node["secret_key"], node["token"]), "sts", self.region).add_auth(req)
+        return {"authorization": req.headers["Authorization"], "x-amz-date": req.headers["X-Amz-Date"],
+                "x-amz-security-token": req.headers["X-Amz-Security-Token"]}
+
+    def invoke_direct(self, req: dict) -> dict:
+        """What `aws lambda invoke` does for anyone in the account allowed lambda:InvokeFunction: the event is
+        theirs to write. `as_ip`: the node whose identity the forged event claims; `proof_ip`: whose credentials
+        sign the proof (None: no proof)."""
+        mod = FunctionUrlHandler.handler_mod
+        victim = self.nodes[req["as_ip"]]
+        body = {} if req.get("proof_ip") is None else {"proof": self.sts_proof(req["proof_ip"])}
+        event = mod.function_url_event(
+            user_arn=f"arn:aws:sts::{ACCOUNT}:assumed-role/{victim['role_name']}/{victim['session']}",
+            user_id=f"{victim['role_id']}:{victim['session']}", account_id=ACCOUNT, body=json.dumps(body))
+        with self.lock:
+            return mod.handle(event, settings=FunctionUrlHandler.settings, ec2=self.ec2, iam=self.iam, ssm=self.ssm,
+                              dynamodb=self.dynamodb, cloudformation=self.cfn,
+                              logger=logging.getLogger("join_handler"), verify_proof=self.sts_caller_identity)
+
     def sts_caller_identity(self, proof: dict, now: float) -> dict:
         """STS's GetCallerIdentity at the boundary: the node's signed request is verified exactly as STS does
         (SigV4 recomputed with the signing credential's secret, token and time checked), and STS's answer for
@@ -654,6 +684,8 @@ def main() -> int:
             elif op == "window":
                 with aws.lock:
                     out = {"ok": True, "window": aws.window(req["instance_id"])}
+            elif op == "invoke_direct":
+                out = {"ok": True, "response": aws.invoke_direct(req)}
             elif op == "one_time_passwords":
                 out = {"ok": True, "passwords": list(aws.one_time_passwords)}
             elif op == "ping":

@@ -582,3 +582,22 @@ def test_adding_account_keeps_no_right_on_the_objects_it_created(chain):
                    "spn": "insufficientAccessRights", "delete": "insufficientAccessRights"}, out
     owner = dc_ldb(lab, "-b", victim_dn, "-s", "base", "nTSecurityDescriptor")
     assert "O:DA" in owner.stdout, owner.stdout
+
+
+def test_forged_direct_invocation_gets_nothing(chain):
+    """Anyone in the account allowed lambda:InvokeFunction can invoke the function directly and write the event,
+    claiming a booting node's identity (attack review, issue 16). Without a proof, or with a proof signed by other
+    credentials (here: another node's), the function refuses and creates nothing; the real node then joins."""
+    lab = chain.lab
+    (victim,) = lab.add_nodes([{}])
+    forged_by = chain.good[1]
+    no_proof = lab.svc_call("invoke_direct", as_ip=victim.ip, proof_ip=None)["response"]
+    assert no_proof["statusCode"] == 400, no_proof
+    other_proof = lab.svc_call("invoke_direct", as_ip=victim.ip, proof_ip=forged_by.ip)["response"]
+    assert other_proof["statusCode"] == 403, other_proof
+    assert "oneTimePassword" not in json.dumps(other_proof)
+    assert "the caller proof names another identity" in lab.handler_log()
+    assert "dn: " not in dc_ldb(lab, f"(sAMAccountName={computer_name(lab, victim)}$)", "dn").stdout
+    res = victim.start_bootstrap(timeout_arg=JOIN_TIMEOUT).wait()
+    assert res.rc == 0, describe(res)
+    assert "dn: " in dc_ldb(lab, f"(sAMAccountName={computer_name(lab, victim)}$)", "dn").stdout
