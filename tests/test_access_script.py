@@ -16,7 +16,7 @@ import pytest
 from components.bootstrap_scripts import bake_access_groups, bake_vpc_cidr
 from tests.bootstrap_sandbox.sandbox import JOIN_SCRIPT, Sandbox
 from tests.bootstrap_sandbox.servers import FakeFunctionUrl, FakeImds
-from tests.test_bootstrap_scripts import GOOD, REGION, run_join, shellcheck
+from tests.test_bootstrap_scripts import GOOD, REGION, assert_request, run_join, shellcheck
 
 ACCESS = "etc/sssd/conf.d/50-pcluster-ad-access.conf"
 SUDOERS = "etc/sudoers.d/50-pcluster-ad-admins"
@@ -50,9 +50,14 @@ def box(tmp_path):
 def join(box: Sandbox, *extra: str, script: Path = JOIN_SCRIPT):
     with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
         if script == JOIN_SCRIPT:
-            return run_join(box, imds, fn, "--timeout", "60", *extra)
-        return box.run(script, ["--function-url", fn.url, "--region", REGION, "--timeout", "60", *extra],
-                       box.env(imds.url))
+            result = run_join(box, imds, fn, "--timeout", "60", *extra)
+        else:
+            result = box.run(script, ["--function-url", fn.url, "--region", REGION, "--timeout", "60", *extra],
+                             box.env(imds.url))
+    # Whatever the request (join, close), the function got the contract's body with a valid caller proof.
+    for req in fn.requests:
+        assert_request(req, {"joined": True, "computerName": GOOD[1]["computerName"]} if req["close"] else {})
+    return result
 
 
 def test_access_files_are_written_before_realm_join(box):

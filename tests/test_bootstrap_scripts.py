@@ -17,21 +17,34 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 
+from lambda_src import join_handler as contract
+from tests.adlab import sigv4
 from tests.bootstrap_sandbox.sandbox import JOIN_SCRIPT, SSH_SCRIPT, Sandbox
 from tests.bootstrap_sandbox.servers import (
     ACCESS_KEY,
     DEFAULT_COMPUTER_NAME,
+    DEFAULT_CREDENTIALS,
     INSTANCE_ID,
     ONE_TIME_PASSWORD,
     SECRET_KEY,
     SESSION_TOKEN,
     FakeFunctionUrl,
     FakeImds,
+    RoleCredentials,
     join_answer,
+    known_credentials,
+    new_credentials,
+    verify_proof,
 )
 
 REGION = "eu-west-1"
@@ -71,22 +84,64 @@ def argv_strings(box: Sandbox) -> list[str]:
 
 
 def credentials(imds: FakeImds) -> list[str]:
-    return [PASSWORD, SECRET_KEY, SESSION_TOKEN, ACCESS_KEY, *imds.tokens]
+    issued = [x for c in imds.issued for x in (c.access_key, c.secret_key, c.token)]
+    return [PASSWORD, SECRET_KEY, SESSION_TOKEN, ACCESS_KEY, *issued, *imds.tokens]
 
 
-def assert_secret_free(box: Sandbox, imds: FakeImds, result) -> None:
-    """No credential in any recorded argv; the password nowhere in output, log or any file the script wrote."""
+def sent_bodies(fn: FakeFunctionUrl | None) -> list[str]:
+    """What the function URL received that must stay out of argv and logs: every body (with its caller proof),
+    the proof's authorization value and its signature."""
+    out = []
+    for req in fn.requests if fn else []:
+        out.append(req["body"].decode())
+        proof = req.get("proof")
+        if isinstance(proof, dict) and isinstance(proof.get("authorization"), str):
+            out += [proof["authorization"], proof["authorization"].rsplit("Signature=", 1)[-1]]
+    return out
+
+
+def assert_secret_free(box: Sandbox, imds: FakeImds, result, fn: FakeFunctionUrl | None = None) -> None:
+    """No credential, request body or caller proof in any recorded argv; the password, the secret key, the
+    session token, the bodies and proofs nowhere in output or log; the password and secret key in no file the
+    script wrote."""
     assert imds.tokens, "IMDS handed out no token"
+    bodies = sent_bodies(fn)
+    assert not fn or all(bodies), "no request body recorded"
     for line in argv_strings(box):
-        for secret in credentials(imds):
-            assert secret not in line, f"credential in argv: {line[:200]}"
+        for secret in [*credentials(imds), *bodies]:
+            assert secret not in line, f"credential, body or proof in argv: {line[:200]}"
+    secrets = [PASSWORD, SECRET_KEY, SESSION_TOKEN, *(c.secret_key for c in imds.issued),
+               *(c.token for c in imds.issued), *bodies]
     for text in (result.stdout, result.stderr, box.log.read_text()):
-        assert PASSWORD not in text and SECRET_KEY not in text and SESSION_TOKEN not in text
+        for secret in secrets:
+            assert secret not in text
+        assert "Signature=" not in text and '"proof"' not in text
     for path in box.base.rglob("*"):
         if path.is_file() and box.rec not in path.parents and path.parent != box.daemon:
             data = path.read_bytes()
             assert PASSWORD.encode() not in data, f"password written to {path}"
             assert SECRET_KEY.encode() not in data, f"secret key written to {path}"
+
+
+def assert_request(req: dict, expected: dict, *, creds: RoleCredentials | None = None) -> dict:
+    """The request as the function reads it: SigV4-signed (verified), its body exactly EXPECTED (members,
+    order and JSON types) followed by the caller proof, a valid proof (verify_proof: the SigV4 signature of
+    the STS GetCallerIdentity request, for sts in REGION, the audience header signed, made for this request)
+    signed with the credentials that signed the request (CREDS if given). Returns the proof."""
+    assert req["verified"], req.get("error")
+    assert req["method"] == "POST"
+    pairs = json.loads(req["body"], object_pairs_hook=list)
+    assert [k for k, _ in pairs] == [*expected, "proof"], req["body"]
+    assert json.dumps(dict(pairs[:-1])) == json.dumps(expected), req["body"]
+    assert req["proof_verified"], req.get("proof_error")
+    proof = req["proof"]
+    signer = verify_proof(proof, region=REGION)  # again, independently of the server's region
+    assert signer.access_key == req["access_key"] == req["proof_access_key"]
+    if creds is not None:
+        assert signer == creds
+    made = datetime.strptime(proof["x-amz-date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    assert abs((req["received"] - made).total_seconds()) <= 10, "the proof was not made for this request"
+    return proof
 
 
 # --------------------------------------------------------------------------------------------------
@@ -175,9 +230,9 @@ def test_join_success_password_only_on_adcli_stdin(sandbox):
     # The function URL got one credential POST, signed with SigV4 (verified with botocore) for lambda in
     # the region, with the session token, and the body {}; then the close request.
     assert len(fn.fetches) == 1 and len(fn.closes) == 1 and fn.requests[-1]["close"]
+    # The body is the join request, {} with the caller proof: {"proof": {...}}, signed with the same credentials.
     req = fn.fetches[0]
-    assert req["verified"], req.get("error")
-    assert req["method"] == "POST" and req["body"] == b"{}"
+    assert_request(req, {}, creds=DEFAULT_CREDENTIALS)
     assert {"host", "x-amz-date", "x-amz-security-token"} <= set(req["signed_headers"])
     # IMDSv2: a token was requested first, and every GET carried a valid one.
     assert imds.requests[0][0] == "PUT" and imds.requests[0][2]
@@ -226,6 +281,10 @@ def test_join_success_password_only_on_adcli_stdin(sandbox):
     # The state file: domain, realm, the computer; no user.
     state = (box.root / "var" / "lib" / "pcluster-ad" / "join-state").read_text()
     assert state == f"domain=test.domain\nrealm=TEST.DOMAIN\ncomputer={NAME}\n"
+    # krb5.conf (none before): [libdefaults] default_realm, as realmd would set it, readable by all.
+    krb5 = box.root / "etc" / "krb5.conf"
+    assert krb5.read_text() == "[libdefaults]\n    default_realm = TEST.DOMAIN\n"
+    assert stat.S_IMODE(krb5.stat().st_mode) == 0o644
 
     # Log: 0600 in a 0700 directory, timestamped, same lines as stdout.
     assert stat.S_IMODE(box.log.stat().st_mode) == 0o600
@@ -233,7 +292,7 @@ def test_join_success_password_only_on_adcli_stdin(sandbox):
     log = box.log.read_text()
     assert STAMP.match(log) and all(STAMP.match(line) for line in log.splitlines())
     assert log == result.stdout
-    assert_secret_free(box, imds, result)
+    assert_secret_free(box, imds, result, fn)
 
 
 def test_join_credentials_reach_curl_on_stdin_only(sandbox):
@@ -247,12 +306,21 @@ def test_join_credentials_reach_curl_on_stdin_only(sandbox):
     argv = signed[0]
     assert argv[argv.index("--aws-sigv4") + 1] == f"aws:amz:{REGION}:lambda"
     assert argv[argv.index("-K") + 1] == "-" and "--max-time" in argv and "-u" not in argv and "--user" not in argv
+    # Time allows (default deadline 600 s): the join request waits up to 90 s (longer than the function may
+    # run); the close up to 20 s.
+    assert argv[argv.index("--max-time") + 1] == "90"
+    assert signed[1][signed[1].index("--max-time") + 1] == "20"
+    # The body (with its caller proof) is in curl's config on stdin, never an argument.
+    for a in signed:
+        assert not [x for x in a if x.startswith(("-d", "--data", "--json", "-F", "--form", "-T", "--upload"))], a
+    assert_request(fn.fetches[0], {})
+    assert_request(fn.closes[0], {"joined": True, "computerName": NAME})
     # IMDS GETs get the session token through the config on stdin too.
     imds_gets = [a for a in curls if any(imds.url in x for x in a) and "PUT" not in a]
     assert imds_gets and all(a[a.index("-K") + 1] == "-" for a in imds_gets)
     for argv in curls:
         assert not any(h.lower().startswith(("x-amz-security-token", "x-aws-ec2-metadata-token:")) for h in argv)
-    assert_secret_free(box, imds, result)
+    assert_secret_free(box, imds, result, fn)
 
 
 def test_join_rerun_is_idempotent(sandbox):
@@ -317,10 +385,10 @@ def test_join_closes_the_window_once_the_join_succeeded(sandbox):
     assert result.rc == 0, result.output
     assert [r["close"] for r in fn.requests] == [False, True]
     close = fn.closes[0]
-    assert close["verified"], close.get("error")
-    assert close["method"] == "POST" and {"host", "x-amz-date", "x-amz-security-token"} <= set(close["signed_headers"])
-    # Exactly the contract's body; the computer name adcli used: the one the function answered.
-    assert close["body"] == b'{"joined": true, "computerName": "' + NAME.encode() + b'"}'
+    assert {"host", "x-amz-date", "x-amz-security-token"} <= set(close["signed_headers"])
+    # Exactly the contract's body with the caller proof; the computer name adcli used: the one the function
+    # answered.
+    assert_request(close, {"joined": True, "computerName": NAME}, creds=DEFAULT_CREDENTIALS)
     out = result.stdout
     # The close starts once the join succeeded (in the background, while sssd is configured and
     # verified) and ends before the script does.
@@ -329,7 +397,8 @@ def test_join_closes_the_window_once_the_join_succeeded(sandbox):
     assert out.index("join window closed") < out.index("finished in")
     # Fresh IMDS credentials for the close: a token PUT after the credential request's.
     assert len([r for r in imds.requests if r[0] == "PUT"]) >= 2
-    assert_secret_free(box, imds, result)
+    assert len(imds.issued) == 2
+    assert_secret_free(box, imds, result, fn)
 
 
 def test_join_close_names_the_answered_computer_account_whatever_the_host_name(sandbox):
@@ -341,9 +410,8 @@ def test_join_close_names_the_answered_computer_account_whatever_the_host_name(s
     join = adcli_joins(box)[0]["argv"]
     assert "--computer-name=QUEUE1-1A2B3C4D" in join
     assert "--host-fqdn=queue1-dy-compute-12.test.domain" in join  # lower-cased
-    body = fn.closes[0]["body"].decode()
-    assert json.loads(body) == {"joined": True, "computerName": "QUEUE1-1A2B3C4D"}
-    assert body.startswith('{"joined": true')
+    assert_request(fn.closes[0], {"joined": True, "computerName": "QUEUE1-1A2B3C4D"})
+    assert_request(fn.fetches[0], {})
 
 
 @pytest.mark.parametrize(("answers", "attempts"), [
@@ -534,12 +602,19 @@ def test_join_retries_500_then_fails_clearly_within_the_deadline(sandbox):
         result = run_join(box, imds, fn, "--timeout", "6")
     assert result.rc == 5, result.output
     assert result.elapsed < 6 + 4
-    assert len(fn.requests) >= 3 and all(r["verified"] for r in fn.requests)
+    assert len(fn.requests) >= 3
+    for req in fn.requests:
+        assert_request(req, {})
+    # A proof per request: each attempt's proof is made anew (the backoff puts them seconds apart).
+    assert len({r["proof"]["x-amz-date"] for r in fn.requests}) == len(fn.requests)
     gaps = [b["t"] - a["t"] for a, b in zip(fn.requests, fn.requests[1:], strict=False)]
     assert gaps[1] > gaps[0] * 1.3  # backoff grows
     assert "giving up after" in result.stdout and "HTTP 500: internal error" in result.stdout
+    # Time does not allow 90 s: each request waits at most what is left of the 6 s.
+    times = [int(a[a.index("--max-time") + 1]) for a in (c["argv"] for c in box.calls("curl")) if "--aws-sigv4" in a]
+    assert len(times) == len(fn.requests) and all(1 <= t <= 6 for t in times) and times == sorted(times, reverse=True)
     assert not box.calls("adcli")
-    assert_secret_free(box, imds, result)
+    assert_secret_free(box, imds, result, fn)
 
 
 def test_join_recovers_after_transient_errors(sandbox):
@@ -708,6 +783,215 @@ def test_join_deadline_during_a_hanging_join_gives_the_dns_hint(sandbox):
 
 
 # --------------------------------------------------------------------------------------------------
+# join-domain.sh: the caller proof in the body (sigv4-config), krb5.conf's default_realm
+
+
+def test_join_each_request_carries_a_fresh_proof_with_that_attempts_rotated_credentials(sandbox):
+    """IMDS hands out new credentials at every read: each request (two retried fetches, the answered one, the
+    close) is signed, and its proof made, with the credentials read for that very attempt."""
+    box = sandbox()
+    busy = (503, {"error": "busy"})
+    with FakeImds(rotate=True) as imds, FakeFunctionUrl([busy, busy, GOOD]) as fn:
+        result = run_join(box, imds, fn, "--timeout", "120", env_extra={"PCLUSTER_AD_TEST_NO_BACKOFF": "1"})
+    assert result.rc == 0, result.output
+    assert len(fn.fetches) == 3 and len(fn.closes) == 1 and fn.requests[-1]["close"]
+    assert len(imds.issued) == len(fn.requests) == 4 and len(set(imds.issued)) == 4
+    for req, creds in zip(fn.requests, imds.issued, strict=True):
+        assert_request(req, {"joined": True, "computerName": NAME} if req["close"] else {}, creds=creds)
+    assert len({r["proof"]["authorization"] for r in fn.requests}) == 4
+    assert_secret_free(box, imds, result, fn)
+
+
+KRB5_DEBIAN = """[libdefaults]
+\tdefault_realm = ATHENA.MIT.EDU
+\tkdc_timesync = 1
+\tccache_type = 4
+
+[realms]
+\tATHENA.MIT.EDU = {
+\t\tkdc = kerberos.mit.edu
+\t\tdefault_domain = mit.edu
+\t}
+
+[domain_realm]
+\t.mit.edu = ATHENA.MIT.EDU
+"""
+KRB5_RHEL = """# To opt out of the system crypto-policies configuration of krb5, remove the
+includedir /etc/krb5.conf.d/
+
+[logging]
+    default = FILE:/var/log/krb5libs.log
+
+[libdefaults]
+    dns_lookup_realm = false
+    rdns = false
+#    default_realm = EXAMPLE.COM
+    default_ccache_name = KEYRING:persistent:%{uid}
+
+[realms]
+# EXAMPLE.COM = {
+#     kdc = kerberos.example.com
+# }
+"""
+KRB5_NO_LIBDEFAULTS = "[realms]\n    OTHER.DOMAIN = {\n        kdc = dc.other.domain\n    }\n"
+
+
+def krb5_sections(text: str) -> dict[str, list[str]]:
+    """Section name -> its non-empty, non-comment lines (stripped), as a krb5 profile reads them."""
+    out: dict[str, list[str]] = {}
+    section = None
+    for line in text.splitlines():
+        if m := re.match(r"^\s*\[\s*([^\]]*?)\s*\]\s*$", line):
+            section = m.group(1)
+            out.setdefault(section, [])
+        elif line.strip() and not line.lstrip().startswith(("#", ";")):
+            out.setdefault(section, []).append(line.strip())
+    return out
+
+
+@pytest.mark.parametrize("before", [KRB5_DEBIAN, KRB5_RHEL, KRB5_NO_LIBDEFAULTS],
+                         ids=["debian-default-realm", "rhel-commented", "no-libdefaults"])
+def test_join_sets_default_realm_in_krb5_conf_keeping_the_rest_idempotently(sandbox, before):
+    box = sandbox()
+    krb5 = box.root / "etc" / "krb5.conf"
+    krb5.write_text(before)
+    krb5.chmod(0o640)
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        result = run_join(box, imds, fn)
+    assert result.rc == 0, result.output
+    after = krb5.read_text()
+    old, new = krb5_sections(before), krb5_sections(after)
+    # [libdefaults] has default_realm = TEST.DOMAIN, once, and no other default_realm; every other line of
+    # every section is kept, in order; comments too.
+    libdefaults = new["libdefaults"]
+    assert [x for x in libdefaults if x.startswith("default_realm")] == ["default_realm = TEST.DOMAIN"]
+    assert [x for x in libdefaults if not x.startswith("default_realm")] == \
+        [x for x in old.get("libdefaults", []) if not x.startswith("default_realm")]
+    assert {k: v for k, v in new.items() if k != "libdefaults"} == {k: v for k, v in old.items() if k != "libdefaults"}
+    assert [x for x in before.splitlines() if x.lstrip().startswith("#")] == \
+        [x for x in after.splitlines() if x.lstrip().startswith("#")]
+    assert stat.S_IMODE(krb5.stat().st_mode) == 0o640  # the file's mode is kept
+    assert "krb5.conf: default_realm = TEST.DOMAIN" in result.stdout
+    # A re-run that joins again (the host key gone): the file is left as it is.
+    (box.root / "etc" / "krb5.keytab").unlink()
+    (box.state / "joined").unlink()
+    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+        again = run_join(box, imds, fn)
+    assert again.rc == 0 and len(adcli_joins(box)) == 2, again.output
+    assert krb5.read_text() == after
+    assert "krb5.conf: default_realm" not in again.stdout
+
+
+def script_helper(tmp_path: Path) -> Path:
+    """join-domain.sh's own Python helper (the PYHELPER here-document), as a file."""
+    text = JOIN_SCRIPT.read_text()
+    code = text.split("read -r -d '' PYHELPER <<'PY' || true\n", 1)[1].split("\nPY\n", 1)[0]
+    path = tmp_path / "pyhelper.py"
+    path.write_text(code + "\n")
+    return path
+
+
+def sigv4_config(tmp_path: Path, region: str, body: str, creds: RoleCredentials = DEFAULT_CREDENTIALS) -> dict:
+    """Run the script's `sigv4-config REGION BODY` on the IMDS credentials JSON; its curl config as a dict."""
+    doc = {"Code": "Success", "AccessKeyId": creds.access_key, "SecretAccessKey": creds.secret_key,
+           "Token": creds.token}
+    proc = subprocess.run([sys.executable, "-I", str(script_helper(tmp_path)), "sigv4-config", region, body],
+                          input=json.dumps(doc), capture_output=True, text=True, check=True)
+    out = {}
+    for line in proc.stdout.splitlines():
+        key, value = line.split(" = ", 1)
+        assert value.startswith('"') and value.endswith('"'), line
+        out.setdefault(key, []).append(re.sub(r"\\(.)", r"\1", value[1:-1]))
+    return out
+
+
+def botocore_proof(creds: RoleCredentials, region: str, **headers: str) -> dict:
+    """A GetCallerIdentity proof signed by botocore with HEADERS (the content type always)."""
+    req = AWSRequest(method="POST", url=f"https://sts.{region}.amazonaws.com/", data=contract.PROOF_BODY,
+                     headers={"Content-Type": contract.PROOF_CONTENT_TYPE, **headers})
+    SigV4Auth(Credentials(creds.access_key, creds.secret_key, creds.token), "sts", region).add_auth(req)
+    return {"authorization": req.headers["Authorization"], "x-amz-date": req.headers["X-Amz-Date"],
+            "x-amz-security-token": creds.token}
+
+
+@pytest.mark.parametrize("body", ["{}", '{"joined": true, "computerName": "PCAD-NODE-7F3A9"}'])
+def test_sigv4_config_puts_the_body_and_a_valid_proof_in_curls_config(tmp_path, body):
+    creds = new_credentials()
+    config = sigv4_config(tmp_path, REGION, body, creds)
+    assert set(config) == {"user", "header", "data-binary"} and all(len(v) == 1 for v in config.values())
+    assert config["user"] == [f"{creds.access_key}:{creds.secret_key}"]
+    assert config["header"] == [f"x-amz-security-token: {creds.token}"]
+    pairs = json.loads(config["data-binary"][0], object_pairs_hook=list)
+    assert [k for k, _ in pairs] == [*json.loads(body), "proof"]
+    assert json.dumps(dict(pairs[:-1])) == json.dumps(json.loads(body))
+    proof = dict(pairs[-1][1])
+    assert verify_proof(proof, region=REGION) == creds
+    auth = sigv4._AUTH_RE.match(proof["authorization"])
+    assert auth["signed"] == "content-type;host;x-amz-date;x-amz-security-token;x-pcluster-ad-audience"
+    assert auth["service"] == "sts" and auth["region"] == REGION and auth["ak"] == creds.access_key
+
+
+def test_verify_proof_refuses_what_sts_or_the_function_would(tmp_path):
+    """The verifier the fake function uses is no rubber stamp: a wrong signature, no (or another) audience,
+    another region, unknown credentials, a stale date, a missing or extra header all fail."""
+    creds = new_credentials()
+    proof = dict(json.loads(sigv4_config(tmp_path, REGION, "{}", creds)["data-binary"][0])["proof"])
+    assert verify_proof(proof, region=REGION) == creds
+    audience = {contract.PROOF_AUDIENCE_HEADER: contract.PROOF_AUDIENCE}
+    assert verify_proof(botocore_proof(creds, REGION, **audience), region=REGION) == creds  # botocore agrees
+    sig = proof["authorization"][-1]
+    bad = {
+        "wrong signature": {**proof, "authorization": proof["authorization"][:-1] + ("0" if sig != "0" else "1")},
+        "no audience": botocore_proof(creds, REGION),
+        "another audience": botocore_proof(creds, REGION, **{contract.PROOF_AUDIENCE_HEADER: "sts-for-someone"}),
+        "another region": botocore_proof(creds, "eu-west-2", **audience),
+        "another region (script)": json.loads(sigv4_config(tmp_path, "eu-west-2", "{}", creds)["data-binary"][0])[
+            "proof"],
+        "another token": {**proof, "x-amz-security-token": SESSION_TOKEN},
+        "unknown credentials": botocore_proof(RoleCredentials("ASIAUNKNOWN0000000001", "s" * 40, "t" * 40), REGION,
+                                              **audience),
+        "no token": {k: v for k, v in proof.items() if k != "x-amz-security-token"},
+        "extra header": {**proof, "x-amz-content-sha256": "0" * 64},
+    }
+    for why, wrong in bad.items():
+        with pytest.raises(ValueError):
+            verify_proof(wrong, region=REGION)
+            pytest.fail(why)
+    with pytest.raises(ValueError, match="fresh"):
+        verify_proof(proof, region=REGION, now=datetime.now(UTC) + timedelta(minutes=10))
+    assert known_credentials(creds.access_key) == creds
+
+
+def test_the_join_functions_sts_request_from_the_scripts_proof_verifies(tmp_path):
+    """The function's own sts_caller_identity sends STS a request made from the script's proof; a stand-in STS
+    (the SigV4 check of tests/adlab/sigv4.py, service sts) accepts it, for the function's region only."""
+    creds = new_credentials()
+    proof = json.loads(sigv4_config(tmp_path, REGION, "{}", creds)["data-binary"][0])["proof"]
+    arn = f"arn:aws:sts::123456789012:assumed-role/node-role/{INSTANCE_ID}"
+
+    @contextmanager
+    def sts(request, timeout):
+        assert request.full_url == f"https://sts.{REGION}.amazonaws.com/" and request.get_method() == "POST"
+        headers = [*request.header_items(), ("Host", request.host)]
+        sigv4.verify(method="POST", url=request.full_url, headers=headers, body=request.data, region=REGION,
+                     service="sts", lookup=lambda ak: (c := known_credentials(ak)) and sigv4.Secret(
+                         c.access_key, c.secret_key, c.token))
+
+        class Answer:
+            def read(self, n):
+                return (f'<GetCallerIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">'
+                        f"<GetCallerIdentityResult><Arn>{arn}</Arn><UserId>AROAEXAMPLE:{INSTANCE_ID}</UserId>"
+                        "<Account>123456789012</Account></GetCallerIdentityResult></GetCallerIdentityResponse>"
+                        ).encode()
+        yield Answer()
+
+    identity = contract.sts_caller_identity(proof, time.time(), region=REGION, opener=sts)
+    assert identity == {"userArn": arn, "userId": f"AROAEXAMPLE:{INSTANCE_ID}", "accountId": "123456789012"}
+    with pytest.raises(contract._Refusal):
+        contract.sts_caller_identity(proof, time.time(), region="eu-west-2", opener=sts)
+
+
+# --------------------------------------------------------------------------------------------------
 # join-domain.sh: the secret never shows, whatever the shell options
 
 
@@ -747,9 +1031,13 @@ def test_join_no_credential_in_any_process_argv_or_environment(sandbox, tmp_path
     execs = [line for line in trace.read_text().splitlines() if "execve(" in line]
     assert len(execs) > 20
     assert any('"adcli", "join"' in line or '"join", "--verbose"' in line for line in execs)
+    # No credential, and no caller proof (strace prints the JSON body escaped: its signature and authorization
+    # are checked, and that no curl gets a body argument).
+    assert len(fn.requests) == 2 and all(r["proof_verified"] for r in fn.requests)
     for line in execs:
-        for secret in credentials(imds):
-            assert secret not in line, f"credential in an execve: {line[:300]}"
+        for secret in [*credentials(imds), *sent_bodies(fn)]:
+            assert secret not in line, f"credential or proof in an execve: {line[:300]}"
+        assert "proof" not in line and "--data" not in line, line[:300]
     joins = adcli_joins(box)
     assert joins and joins[0]["stdin"] == PASSWORD + "\n" and "--stdin-password" in joins[0]["argv"]
 
