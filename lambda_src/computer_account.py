@@ -231,5 +231,11 @@ def create_computer(directory: Directory, name: str, host_fqdn: str,
     if not NAME.fullmatch(name):
         raise ComputerAccountError(f"not a computer name: {name!r}")
     password = password_factory()
-    dn = asyncio.run(_create(directory, name, host_fqdn, password))
+    # A loop of its own, never installed as the thread's current loop: asyncio.run would leave the thread without
+    # one (set_event_loop(None)), which breaks any caller that uses the current loop afterwards.
+    loop = asyncio.new_event_loop()
+    try:
+        dn = loop.run_until_complete(_create(directory, name, host_fqdn, password))
+    finally:
+        loop.close()
     return dn, password

@@ -4,8 +4,10 @@ against a real Samba DC in the AD lab, tests/adlab.)"""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import string
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -292,3 +294,19 @@ def test_ldap_library_loggers_are_held_above_debug(name: str) -> None:
 
     assert logging.getLogger(name).level >= logging.INFO
     assert logging.getLogger(f"{name}.connection").getEffectiveLevel() >= logging.INFO
+
+
+def test_create_computer_leaves_the_threads_event_loop_alone(monkeypatch) -> None:
+    """asyncio.run would leave the thread without a current event loop: Pulumi's engine (and anything else
+    calling asyncio.get_event_loop() in the same thread later) then fails. Seen in the full suite."""
+    async def fake_create(directory, name, host_fqdn, password):
+        return f"CN={name},{directory.computer_ou}"
+
+    monkeypatch.setattr(ca, "_create", fake_create)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.11 warns when get_event_loop() makes the loop
+        before = asyncio.get_event_loop()
+    d = ca.Directory(["10.0.0.2"], "test.domain", "OU=Computers,DC=test,DC=domain", "svc", "pw")
+    assert ca.create_computer(d, "NODE1", "node1.test.domain", lambda: "Pw1") == (
+        "CN=NODE1,OU=Computers,DC=test,DC=domain", "Pw1")
+    assert asyncio.get_event_loop() is before and not before.is_closed()
