@@ -72,10 +72,17 @@ def test_join_and_ad_login_with_vpc_dns(dns):
     lab, a, b = dns["lab"], dns["a"], dns["b"]
     for node, res in zip((a, b), dns["results"], strict=True):
         assert res.rc == 0, f"{node.key}: join-domain.sh failed with VPC DNS\n{describe(res)}"
-    # The machine account is named after the node's EC2 host name; its keys are in the keytab.
+    # The machine account is the one the join function created for the instance (name from its instance id,
+    # host name <name>.<AD domain>: never the EC2 name, whose IP comes back with another instance); its keys are in
+    # the keytab.
+    from lambda_src.join_handler import computer_name
+
+    from .lab import computer_prefix
+
+    name = computer_name(computer_prefix(lab.cfg.cluster_name), a.instance_id)
     keytab = a.run(["klist", "-k", "/etc/krb5.keytab"]).stdout
-    assert f"{a.hostname.upper()[:15]}$@TEST.DOMAIN" in keytab, keytab
-    assert f"host/{a.hostname}.{lab.cfg.ec2_domain}@TEST.DOMAIN" in keytab, keytab
+    assert f"{name}$@TEST.DOMAIN" in keytab, keytab
+    assert f"host/{name.lower()}.{lab.cfg.domain}@TEST.DOMAIN" in keytab, keytab
     assert a.run_action("enable-ssh-password-auth.sh").rc == 0
     res = ssh(lab, a, "alice", USERS["alice"], "id; klist")
     assert res.returncode == 0, res.stdout + res.stderr
