@@ -973,7 +973,6 @@ do_join() {
         (($(remaining) > 5)) && sleep_backoff $((5 * attempt))
     done
     pyhelper sssd-domain "$conf" "$AD_DOMAIN" "$AD_REALM" || die 9 "could not write $conf"
-    pyhelper krb5-default-realm "$ROOT/etc/krb5.conf" "$AD_REALM" || die 9 "could not write $ROOT/etc/krb5.conf"
     realm_configured || die 8 "adcli joined, but $conf and the keytab do not show the join to $AD_DOMAIN"
     log "joined $AD_DOMAIN as $COMPUTER_NAME"
 }
@@ -1057,6 +1056,8 @@ verify_sssd() {
 configure_sssd() {
     local conf="$ROOT/etc/sssd/sssd.conf"
     pyhelper sssd-conf "$conf" "$AD_DOMAIN" || die 9 "could not edit $conf"
+    # Also on a node joined by an older version (a re-run): users' plain kinit names the domain.
+    pyhelper krb5-default-realm "$ROOT/etc/krb5.conf" "$AD_REALM" || die 9 "could not write $ROOT/etc/krb5.conf"
     enable_mkhomedir
     # realmd enabled sssd when it ran the join; adcli does not: sssd must start at every boot.
     timeout -k 10 60 systemctl enable sssd || log "WARNING: systemctl enable sssd failed"
