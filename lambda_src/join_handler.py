@@ -6,9 +6,11 @@ that adds computer objects (SSM JOIN_USER_PARAMETER / JOIN_PASSWORD_PARAMETER, o
 objects" on the cluster's OU) never leaves this function, and the object is created with a security
 descriptor that leaves that account no right on it (computer_account.py).
 
-Transport: a Lambda function URL with AWS_IAM auth (payload format 2.0). Lambda has
-verified the SigV4 signature, so the caller identity in the event is trusted; the body
-is not. Instance-role credentials carry the instance id as their session name, but anyone
+Transport: a Lambda function URL with AWS_IAM auth (payload format 2.0). The caller identity
+is what STS answers for the caller proof in the body (the headers of a GetCallerIdentity
+request the node signed with its credentials, which the function sends to STS): the event's
+identity is only compared with it, since anyone allowed lambda:InvokeFunction can invoke the
+function directly and write any event. Instance-role credentials carry the instance id as their session name, but anyone
 allowed to assume *some* role can choose that session name. So the caller is accepted only
 if its role is the role of that very instance's instance profile, in the same account,
 that role was created by ParallelCluster for this cluster (IAM path
@@ -37,9 +39,9 @@ Event fields read; a local HTTP endpoint (the real-AD lab) may build just these 
         arn:<partition>:sts::<account>:assumed-role/<role-name>/<instance-id>
     requestContext.authorizer.iam.userId  <role-id>:<instance-id>
     requestContext.authorizer.iam.accountId
-    body, isBase64Encoded                 optional; the body selects the request:
-        empty or "{}"                                  join request
-        {"joined": true, "computerName": "<NAME>"}     close request (after the join)
+    body, isBase64Encoded                 the body selects the request, and carries the proof:
+        {"proof": {...}}                                          join request
+        {"joined": true, "computerName": "<NAME>", "proof": {...}} close request (after the join)
 
 Responses (JSON): 200 {"domain", "realm", "computerName", "hostFqdn", "oneTimePassword"}
 (join request) or 200 {"closed": true} (close request); 400 {"error": <why>} for malformed
@@ -405,8 +407,9 @@ def _parse_body(body: str) -> tuple[str | None, dict[str, str]]:
         raise _BadRequest(f"body must be {JOIN_BODY} (join request) or {CLOSE_BODY} (close request): the proof is"
                           " the caller's signed STS GetCallerIdentity headers")
     proof = parsed.pop("proof")
+    # HTTP header values: printable ASCII only (anything else could not even be sent on to STS).
     bad = sorted(k for k, v in proof.items() if k not in PROOF_HEADERS or not isinstance(v, str) or not v
-                 or len(v) > 4096 or any(ord(c) < 32 for c in v))
+                 or len(v) > 4096 or not (v.isascii() and v.isprintable()))
     if bad or set(proof) != set(PROOF_HEADERS):
         raise _BadRequest(f"proof must hold exactly {', '.join(PROOF_HEADERS)} (strings)")
     if parsed == {}:
@@ -449,7 +452,10 @@ def sts_caller_identity(proof: Mapping[str, str], now: float, *, region: str | N
     except (urllib.error.URLError, OSError) as exc:
         raise _ProofUnavailable(f"STS unreachable ({type(exc).__name__})") from None
     ns = {"s": "https://sts.amazonaws.com/doc/2011-06-15/"}
-    result = ElementTree.fromstring(text).find("s:GetCallerIdentityResult", ns)
+    try:
+        result = ElementTree.fromstring(text).find("s:GetCallerIdentityResult", ns)
+    except ElementTree.ParseError:
+        raise _ProofUnavailable("STS's answer is not XML") from None
     values = {key: (result.findtext(f"s:{tag}", default="", namespaces=ns) if result is not None else "")
               for key, tag in (("userArn", "Arn"), ("userId", "UserId"), ("accountId", "Account"))}
     if not all(values.values()):

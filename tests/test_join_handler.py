@@ -2114,11 +2114,8 @@ def test_with_urllib_itself_an_unreachable_sts_is_a_503(world: World) -> None:
     assert response["statusCode"] == 503 and body(response) == INTERNAL
 
 
-@pytest.mark.xfail(strict=True, reason="join_handler bug: a proof value with a character outside Latin-1 passes"
-                   " _parse_body (which only refuses ord < 32) and makes http.client raise UnicodeEncodeError in"
-                   " sts_caller_identity, which catches only HTTPError/URLError/OSError: 500 'unexpected error'"
-                   " (ERROR log) for a malformed request instead of a 400")
-@pytest.mark.parametrize(("key", "char"), [("x-amz-security-token", "\u2028"), ("x-amz-date", "\u0100")])
+@pytest.mark.parametrize(("key", "char"), [("x-amz-security-token", "\u2028"), ("x-amz-date", "\u0100"),
+                                           ("authorization", "\x7f"), ("x-amz-security-token", "\x85")])
 def test_a_proof_value_outside_latin_1_is_a_malformed_request(world: World, caplog, key, char) -> None:
     instance_id = world.launch()
     proof = proof_for(instance_id, role_id=world.node_role_id)
@@ -2128,3 +2125,19 @@ def test_a_proof_value_outside_latin_1_is_a_malformed_request(world: World, capl
     [log] = decisions(caplog)
     assert log["decision"] != "error", log
     assert response["statusCode"] == 400 and "proof" in body(response)["error"]
+
+
+def test_an_sts_answer_that_is_not_xml_is_worth_a_retry(world: World) -> None:
+    """STS answering 200 with something that is not XML (a proxy's page): 503, never a 500 'unexpected error'."""
+    class Answer:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self, n=-1):
+            return b"<html>proxy error"
+
+    response = world.call(world.event(world.launch()), verify_proof=_sts_via(lambda request, timeout: Answer()))
+    assert response["statusCode"] == 503 and body(response) == INTERNAL
