@@ -388,7 +388,14 @@ def join_response():
         fail("the join function's answer has no valid 'hostFqdn'")
     if not one_line(password) or not password.isprintable():
         fail("the join function's answer has no valid 'oneTimePassword' (empty, or with a control character)")
-    sys.stdout.write("\n".join([domain.lower(), realm, name, fqdn.lower(), password]))
+    # The stack's service accounts (the function's own adding account): no login on any node. Optional (an older
+    # function answers none); sAMAccountNames hold no comma.
+    service = doc.get("serviceAccounts", [])
+    if not isinstance(service, list) or not all(
+            isinstance(n, str) and 0 < len(n) <= 20 and n.isprintable() and "," not in n and n.strip() == n
+            for n in service):
+        fail("the join function's answer has an invalid 'serviceAccounts' (a list of account names)")
+    sys.stdout.write("\n".join([domain.lower(), realm, name, fqdn.lower(), ",".join(service), password]))
 
 def error_field():
     # stdin: an error body. stdout: its 'error' text, shortened (never the body itself).
@@ -481,16 +488,6 @@ def imds_address(endpoint):
         print("6 fd00:ec2::254")
         return
     print(f"{addr.version} {addr} {port or 80}")
-
-def computer_name(host):
-    # NetBIOS names have at most 15 characters (adlab pitfall 9). Longer host names would be truncated
-    # by adcli and could collide (ip-172-31-100-20 vs ip-172-31-100-200): use a stable hashed name.
-    host = host.split(".", 1)[0].lower()
-    if len(host) <= 15:
-        return
-    prefix = re.sub(r"[^a-z0-9-]", "", host)[:6].rstrip("-") or "node"
-    import hashlib
-    print(prefix + "-" + hashlib.sha256(host.encode()).hexdigest()[: 14 - len(prefix)])
 
 def write_atomic(path, text, like):
     st = os.stat(like) if like and os.path.exists(like) else None
@@ -638,6 +635,11 @@ def krb5_default_realm(path, realm):
         os.chmod(path, 0o644)
     print(f"{path}: default_realm = {realm}")
 
+def node_config(conf, domain, realm, krb5):
+    sssd_domain(conf, domain, realm)
+    sssd_conf(conf, domain)
+    krb5_default_realm(krb5, realm)
+
 def daemon_opts(path):
     # Debian 12 ships DAEMON_OPTS="-D -f" for the sssd init script; sssd >= 2.8 rejects -f, so sssd
     # does not start through the init script (adlab pitfall 1). Drop the -f. No effect under systemd.
@@ -658,8 +660,7 @@ def daemon_opts(path):
 
 cmd, args = sys.argv[1], sys.argv[2:]
 {"sigv4-config": sigv4_config, "join-response": join_response, "error-field": error_field,
- "computer-name": computer_name, "sssd-conf": sssd_conf, "sssd-domain": sssd_domain,
- "krb5-default-realm": krb5_default_realm,
+ "node-config": node_config,
  "daemon-opts": daemon_opts, "joined-realm": joined_realm, "close-response": close_response,
  "imds-address": imds_address}[cmd](*args)
 PY
@@ -822,6 +823,7 @@ AD_DOMAIN=""
 AD_REALM=""
 COMPUTER_NAME="" # this node's computer account, as the join function created it (never chosen here)
 HOST_FQDN=""
+SERVICE_ACCOUNTS="" # comma-separated: accounts that never log in (the join function's), from its answer
 
 # post_to_function MAX_TIME: POST to the function URL what SIGV4_CONFIG holds (from read_imds or imds_credentials:
 # the body with its caller proof), signed with the instance role's credentials; used once and cleared. The answer
@@ -872,6 +874,8 @@ fetch_join_secret() {
             COMPUTER_NAME=${parsed%%$'\n'*}
             parsed=${parsed#*$'\n'}
             HOST_FQDN=${parsed%%$'\n'*}
+            parsed=${parsed#*$'\n'}
+            SERVICE_ACCOUNTS=${parsed%%$'\n'*}
             ONE_TIME_PASSWORD=${parsed#*$'\n'}
             parsed=""
             log "join function: HTTP 200 after $(elapsed)s: domain $AD_DOMAIN, realm $AD_REALM, computer account $COMPUTER_NAME (created for instance $INSTANCE_ID, one-time password)"
@@ -948,7 +952,7 @@ check_computer_name() {
 # realmd would write. adcli sets a machine password of its own at once, so the one-time password is dead
 # afterwards; a failed attempt before that may retry with it.
 do_join() {
-    local attempt left cap conf="$ROOT/etc/sssd/sssd.conf"
+    local attempt left cap
     local -a args=(join --verbose --login-type=computer --stdin-password "--domain=$AD_DOMAIN"
         "--domain-realm=$AD_REALM" "--computer-name=$COMPUTER_NAME" "--host-fqdn=$HOST_FQDN")
     cap=${PCLUSTER_AD_TEST_JOIN_ATTEMPT_SECONDS:-120}
@@ -972,8 +976,7 @@ do_join() {
         ((attempt < 3)) || die 8 "adcli join $AD_DOMAIN failed $REALM_HINT"
         (($(remaining) > 5)) && sleep_backoff $((5 * attempt))
     done
-    pyhelper sssd-domain "$conf" "$AD_DOMAIN" "$AD_REALM" || die 9 "could not write $conf"
-    realm_configured || die 8 "adcli joined, but $conf and the keytab do not show the join to $AD_DOMAIN"
+    host_key_present || die 8 "adcli joined, but the keytab holds no key of $COMPUTER_NAME\$@$AD_REALM"
     log "joined $AD_DOMAIN as $COMPUTER_NAME"
 }
 
@@ -1055,9 +1058,10 @@ verify_sssd() {
 
 configure_sssd() {
     local conf="$ROOT/etc/sssd/sssd.conf"
-    pyhelper sssd-conf "$conf" "$AD_DOMAIN" || die 9 "could not edit $conf"
-    # Also on a node joined by an older version (a re-run): users' plain kinit names the domain.
-    pyhelper krb5-default-realm "$ROOT/etc/krb5.conf" "$AD_REALM" || die 9 "could not write $ROOT/etc/krb5.conf"
+    # One Python start: the sssd configuration of the join (what realmd would write: this script runs adcli
+    # itself), our settings in it, and krb5.conf's default_realm (also on a node joined by an older version).
+    pyhelper node-config "$conf" "$AD_DOMAIN" "$AD_REALM" "$ROOT/etc/krb5.conf" \
+        || die 9 "could not write $conf or $ROOT/etc/krb5.conf"
     enable_mkhomedir
     # realmd enabled sssd when it ran the join; adcli does not: sssd must start at every boot.
     timeout -k 10 60 systemctl enable sssd || log "WARNING: systemctl enable sssd failed"
@@ -1073,7 +1077,7 @@ configure_sssd() {
 readonly STATE_FILE=/var/lib/pcluster-ad/join-state
 
 existing_join() {
-    local out found
+    local out found key value
     # A fresh node: no sssd domain section, no host keytab, no Samba ADS configuration, so nothing that
     # realmd could list as configured (its sssd and samba providers read exactly these). No realm list
     # (it starts realmd: ~30 ms) and no Python start.
@@ -1085,13 +1089,19 @@ existing_join() {
     found=$(printf '%s\n' "$out" | pyhelper joined-realm "$ROOT/etc/sssd/sssd.conf" "$ROOT/etc/krb5.keytab") || return 1
     AD_DOMAIN=${found%%$'\n'*}
     AD_REALM=${found#*$'\n'}
+    # The service accounts (names, no secret) recorded by the run that joined: they stay without login.
+    if [[ -r $ROOT$STATE_FILE ]]; then
+        while IFS='=' read -r key value; do
+            [[ $key == service ]] && SERVICE_ACCOUNTS=$value
+        done <"$ROOT$STATE_FILE"
+    fi
     return 0
 }
 
 write_state() {
     if ! { mkdir -p -- "$(dirname -- "$ROOT$STATE_FILE")" \
-        && printf 'domain=%s\nrealm=%s\ncomputer=%s\n' "$AD_DOMAIN" "$AD_REALM" "$COMPUTER_NAME" \
-            >"$ROOT$STATE_FILE"; }; then
+        && printf 'domain=%s\nrealm=%s\ncomputer=%s\nservice=%s\n' "$AD_DOMAIN" "$AD_REALM" "$COMPUTER_NAME" \
+            "$SERVICE_ACCOUNTS" >"$ROOT$STATE_FILE"; }; then
         log "WARNING: could not write $ROOT$STATE_FILE"
     fi
 }
@@ -1289,29 +1299,58 @@ access_section() {
 # resolves the user's groups through tokenGroups) pass the account phase of PAM, for ssh and every other
 # service. Local accounts are not sssd's: pam_sss answers "user unknown" and the local admin keeps access.
 configure_login_access() {
-    local conf="$ROOT$ACCESS_CONF" dir tmp list="" g
+    local conf="$ROOT$ACCESS_CONF" dir tmp list="" g body
     local -a groups=()
     split_groups "$ALLOWED_GROUPS" groups
-    if ((${#groups[@]} == 0)); then
-        if [[ -e $conf ]]; then
-            rm -f -- "$conf" || die 11 "access: cannot remove $conf"
-        fi
-        log "access: every domain user may log in (no allowed groups configured)"
-        return 0
-    fi
     for g in "${groups[@]}"; do
         list+="${list:+, }$g"
     done
+    # Computer accounts and the stack's service accounts never log in, whatever the access settings (issue 16):
+    # denied at PAM's account phase, which password, key and GSSAPI logins all pass.
+    if ((${#groups[@]} == 0)); then
+        body="# pcluster-ad: every domain user may log in, but no computer account and no service account.
+[$(access_section)]
+access_provider = ad
+ad_access_filter = (&(!(objectClass=computer))$(service_filter))
+"
+    else
+        body="# pcluster-ad (pcluster-ad:access.allowedGroups): only members of these AD groups may log in; never a
+# computer account or a service account.
+[$(access_section)]
+access_provider = simple
+simple_allow_groups = $list
+simple_deny_groups = Domain Computers${SERVICE_ACCOUNTS:+
+simple_deny_users = $SERVICE_ACCOUNTS}
+"
+    fi
     dir=$(dirname -- "$conf")
     { mkdir -p -- "$dir" && chmod 0711 -- "$dir"; } || die 11 "access: cannot create $dir"
     # A name starting with a dot: sssd reads only conf.d/*.conf files that do not start with one.
     tmp=$(mktemp "$dir/.pcluster-ad.XXXXXX") || die 11 "access: cannot write in $dir"
-    if ! printf '# pcluster-ad (pcluster-ad:access.allowedGroups): only members of these AD groups may log in.\n[%s]\naccess_provider = simple\nsimple_allow_groups = %s\n' \
-        "$(access_section)" "$list" >"$tmp" || ! chmod 0600 -- "$tmp" || ! mv -f -- "$tmp" "$conf"; then
+    if ! printf '%s' "$body" >"$tmp" || ! chmod 0600 -- "$tmp" || ! mv -f -- "$tmp" "$conf"; then
         rm -f -- "$tmp"
         die 11 "access: cannot write $conf"
     fi
-    log "access: only members of these AD groups may log in: $list ($conf)"
+    if ((${#groups[@]} == 0)); then
+        log "access: every domain user may log in (no allowed groups configured); computer accounts${SERVICE_ACCOUNTS:+ and $SERVICE_ACCOUNTS} never ($conf)"
+    else
+        log "access: only members of these AD groups may log in: $list; computer accounts${SERVICE_ACCOUNTS:+ and $SERVICE_ACCOUNTS} never ($conf)"
+    fi
+}
+
+# The ad_access_filter part that excludes the service accounts ("" without any).
+service_filter() {
+    local name
+    local -a names=()
+    split_groups "$SERVICE_ACCOUNTS" names
+    for name in "${names[@]}"; do
+        # RFC 4515 escapes: the name is a value inside the filter.
+        name=${name//\\/\\5c}
+        name=${name//\*/\\2a}
+        name=${name//(/\\28}
+        name=${name//)/\\29}
+        printf '(!(sAMAccountName=%s))' "$name"
+    done
 }
 
 # One sudoers word: every ASCII character other than letters, digits, '_', '.', '-' backslash-escaped

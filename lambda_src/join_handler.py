@@ -43,7 +43,7 @@ Event fields read; a local HTTP endpoint (the real-AD lab) may build just these 
         {"proof": {...}}                                          join request
         {"joined": true, "computerName": "<NAME>", "proof": {...}} close request (after the join)
 
-Responses (JSON): 200 {"domain", "realm", "computerName", "hostFqdn", "oneTimePassword"}
+Responses (JSON): 200 {"domain", "realm", "computerName", "hostFqdn", "oneTimePassword", "serviceAccounts"}
 (join request) or 200 {"closed": true} (close request); 400 {"error": <why>} for malformed
 requests; 403 {"error": "forbidden"}; 500 or 503 {"error": "internal error"} (503: AWS
 throttled or unreachable, or no domain controller reachable: worth retrying). Each request
@@ -298,6 +298,10 @@ def handle(
     try:
         # closing: the computer name of a close request; None for a credential request
         url_identity, closing, proof = _parse_request(event)
+        # A node whose object exists (or whose window closed) is refused at the cost of one read, before STS, EC2
+        # or IAM are asked: a process repeating requests with a joined node's credentials costs little. Keyed on the
+        # event's claim, so it can only refuse, never admit.
+        _refuse_finished(settings, dynamodb, url_identity, closing, fields)
         # Who asks is what STS says of the caller's signed GetCallerIdentity request, not what the event says:
         # anyone in the account allowed lambda:InvokeFunction could write any event (attack review, issue 16).
         identity = (verify_proof or sts_caller_identity)(proof, now())
@@ -461,6 +465,26 @@ def sts_caller_identity(proof: Mapping[str, str], now: float, *, region: str | N
     if not all(values.values()):
         raise _Refusal("STS's answer to the caller proof names no caller")
     return values
+
+
+def _refuse_finished(settings: Settings, dynamodb: Any, claimed: Mapping[str, str], closing: str | None,
+                     fields: dict[str, Any]) -> None:
+    match = ASSUMED_ROLE_ARN.fullmatch(claimed["userArn"])
+    if not match or not INSTANCE_ID.fullmatch(match.group(3)):
+        return  # the full checks refuse it with their reason
+    try:
+        item = dynamodb.get_item(TableName=settings.window_table, Key={WINDOW_KEY: {"S": match.group(3)}}).get(
+            "Item") or {}
+    except (ClientError, BotoCoreError):
+        return  # the full path decides (and reports a real outage)
+    if _dig(item, "closedAt", "S") is not None:
+        fields.update(instance_id=match.group(3), window_closed=True)
+        raise _Refusal("join window closed: a second close request for this node" if closing is not None else
+                       "join window closed: a process on this node asked for the join secret after the join")
+    if closing is None and _dig(item, "issuedAt", "S") is not None:
+        fields.update(instance_id=match.group(3), issued_at=_dig(item, "issuedAt", "S"))
+        raise _Refusal("computer object already created for this instance: a process on this node asked for a"
+                       " second one-time password")
 
 
 def _instance_caller(identity: Mapping[str, str]) -> Caller:
@@ -732,8 +756,9 @@ def _new_computer(settings: Settings, ssm: Any, create_computer: Callable[..., t
     except computer_account.AlreadyExists:
         raise _Refusal(f"computer object {name} exists already: an instance gets one one-time password, ever")\
             from None
+    # serviceAccounts: the adding account's name (never its password), which nodes keep from logging in.
     return {"domain": domain, "realm": domain.upper(), "computerName": name, "hostFqdn": host_fqdn,
-            "oneTimePassword": one_time, "dn": dn}
+            "oneTimePassword": one_time, "serviceAccounts": [user], "dn": dn}
 
 
 def function_url_event(

@@ -601,3 +601,51 @@ def test_forged_direct_invocation_gets_nothing(chain):
     res = victim.start_bootstrap(timeout_arg=JOIN_TIMEOUT).wait()
     assert res.rc == 0, describe(res)
     assert "dn: " in dc_ldb(lab, f"(sAMAccountName={computer_name(lab, victim)}$)", "dn").stdout
+
+
+# Root on a node can write any file in /home (shared by every node): here it puts an ssh key in the homes of a
+# computer account and of the function's adding account on the target node, as it could on any node.
+PLANT_KEY = r"""set -eu
+user=$1 pub=$2
+entry=$(getent passwd "$user") || { echo "unresolved $user"; exit 0; }
+home=$(printf '%s' "$entry" | cut -d: -f6)
+uid=$(printf '%s' "$entry" | cut -d: -f3)
+gid=$(printf '%s' "$entry" | cut -d: -f4)
+mkdir -p "$home/.ssh"
+printf '%s\n' "$pub" >"$home/.ssh/authorized_keys"
+chown -R "$uid:$gid" "$home"
+chmod 700 "$home" "$home/.ssh"
+chmod 600 "$home/.ssh/authorized_keys"
+echo "planted $user"
+"""
+
+
+KEY_OPTS = ["-i", "/root/.ssh/plant", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o",
+            "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10"]
+
+
+def test_computer_and_service_accounts_never_log_in(chain):
+    """Whatever the access settings (here: every domain user may log in), a computer account and the join
+    function's adding account are refused at PAM's account phase: by key, and the adding account also with its
+    real password. alice, with a key planted the same way, logs in (the control)."""
+    lab = chain.lab
+    target = chain.good[0]
+    assert chain.result(target).rc == 0 and chain.ssh_enabled.get(target.key)
+    lab.client.run(["rm", "-f", "/root/.ssh/plant", "/root/.ssh/plant.pub"], check=False)
+    lab.client.run(["mkdir", "-p", "/root/.ssh"])
+    lab.client.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", "/root/.ssh/plant"])
+    pub = lab.client.read("/root/.ssh/plant.pub").strip()
+    machine = f"{computer_name(lab, chain.good[1])}$"
+    results = {}
+    for user in ("alice", lab.add_user, machine):
+        planted = target.run(["/bin/bash", "-c", PLANT_KEY, "plant", user, pub], check=False).stdout.strip()
+        res = lab.client.run(["ssh", *KEY_OPTS, f"{user}@{target.ip}", "id -un"], check=False, timeout=60)
+        results[user] = (planted, res.returncode, res.stdout.strip())
+    assert results["alice"] == ("planted alice", 0, "alice"), results
+    # The adding account resolves like any user (so its refusal is the access rule's, not an unknown user's).
+    assert results[lab.add_user][0] == f"planted {lab.add_user}" and results[lab.add_user][1] != 0, results
+    assert results[machine][1] != 0, results
+    password = ssh(lab, target, lab.add_user, lab.add_password, "id -un")
+    assert password.returncode != 0 and lab.add_user not in password.stdout, password.stdout + password.stderr
+    conf = target.read("/etc/sssd/conf.d/50-pcluster-ad-access.conf")
+    assert "(!(objectClass=computer))" in conf and f"(!(sAMAccountName={lab.add_user}))" in conf, conf
