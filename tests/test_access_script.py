@@ -15,7 +15,7 @@ import pytest
 
 from components.bootstrap_scripts import bake_access_groups, bake_vpc_cidr
 from tests.bootstrap_sandbox.sandbox import JOIN_SCRIPT, Sandbox
-from tests.bootstrap_sandbox.servers import FakeFunctionUrl, FakeImds
+from tests.bootstrap_sandbox.servers import SERVICE_ACCOUNT, FakeFunctionUrl, FakeImds, join_answer
 from tests.test_bootstrap_scripts import GOOD, REGION, assert_request, run_join, shellcheck
 
 ACCESS = "etc/sssd/conf.d/50-pcluster-ad-access.conf"
@@ -47,8 +47,8 @@ def box(tmp_path):
     b.cleanup()
 
 
-def join(box: Sandbox, *extra: str, script: Path = JOIN_SCRIPT):
-    with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
+def join(box: Sandbox, *extra: str, script: Path = JOIN_SCRIPT, answer: tuple[int, dict] = GOOD):
+    with FakeImds() as imds, FakeFunctionUrl([answer]) as fn:
         if script == JOIN_SCRIPT:
             result = run_join(box, imds, fn, "--timeout", "60", *extra)
         else:
@@ -56,8 +56,26 @@ def join(box: Sandbox, *extra: str, script: Path = JOIN_SCRIPT):
                              box.env(imds.url))
     # Whatever the request (join, close), the function got the contract's body with a valid caller proof.
     for req in fn.requests:
-        assert_request(req, {"joined": True, "computerName": GOOD[1]["computerName"]} if req["close"] else {})
+        assert_request(req, {"joined": True, "computerName": answer[1]["computerName"]} if req["close"] else {})
     return result
+
+
+def access_lines(box: Sandbox) -> list[str]:
+    """The access drop-in without its comment lines."""
+    return [line for line in (box.root / ACCESS).read_text().splitlines() if not line.startswith("#")]
+
+
+def every_user(*service: str) -> list[str]:
+    """The drop-in without allowed groups: the ad provider, no computer account, none of SERVICE (escaped)."""
+    return ["[domain/test.domain]", "access_provider = ad",
+            "ad_access_filter = (&(!(objectClass=computer))" + "".join(f"(!(sAMAccountName={n}))" for n in service)
+            + ")"]
+
+
+def only_groups(groups: str, *service: str) -> list[str]:
+    """The drop-in with allowed groups: the simple provider, Domain Computers and SERVICE denied."""
+    return ["[domain/test.domain]", "access_provider = simple", f"simple_allow_groups = {groups}",
+            "simple_deny_groups = Domain Computers", *([f"simple_deny_users = {','.join(service)}"] if service else [])]
 
 
 def test_access_files_are_written_before_realm_join(box):
@@ -65,14 +83,15 @@ def test_access_files_are_written_before_realm_join(box):
                   "Domain Admins,R&D (old) #1!")
     assert result.rc == 0, result.output
     out = result.stdout
-    # The join (then sssd's restart with the domain): every access file is in place before it starts.
-    assert out.index("access: only members of these AD groups may log in: hpc-users, Domain Admins") \
+    # The adcli join (then sssd's restart with the domain): every access file is in place before it starts.
+    assert out.index("access: only members of these AD groups may log in: hpc-users, Domain Admins; computer "
+                     f"accounts and {SERVICE_ACCOUNT} never ({box.root / ACCESS})") \
         < out.index("adcli: joining test.domain")
+    assert len([c for c in box.calls("adcli") if c["argv"][:1] == ["join"]]) == 1
     assert out.index("access: sudo (with password) for members of: Domain Admins") < out.index("adcli: joining")
     assert out.index("access: AD users get an ssh key between nodes") < out.index("adcli: joining")
     conf = box.root / ACCESS
-    assert conf.read_text().splitlines()[1:] == ["[domain/test.domain]", "access_provider = simple",
-                                                 "simple_allow_groups = hpc-users, Domain Admins"]
+    assert conf.read_text().splitlines()[2:] == only_groups("hpc-users, Domain Admins", SERVICE_ACCOUNT)
     assert stat.S_IMODE(conf.stat().st_mode) == 0o600
     sudoers = box.root / SUDOERS
     assert sudoers.read_text().splitlines()[1:] == ["%Domain\\ Admins ALL=(ALL:ALL) ALL",
@@ -321,8 +340,14 @@ def test_no_lists_mean_every_domain_user_and_remove_earlier_files(box):
     box.mark_joined()
     result = join(box)  # a re-run with empty lists (the stack's lists were emptied)
     assert result.rc == 0, result.output
-    assert "access: every domain user may log in (no allowed groups configured)" in result.stdout
-    assert not (box.root / ACCESS).exists() and not (box.root / SUDOERS).exists()
+    # The access drop-in stays, now with the ad provider (no simple_allow_groups left): every domain user, never a
+    # computer account nor the service account (from the first run's state file). The sudoers drop-in goes.
+    assert "access: every domain user may log in (no allowed groups configured); computer accounts and " \
+           f"{SERVICE_ACCOUNT} never ({box.root / ACCESS})" in result.stdout
+    assert access_lines(box) == every_user(SERVICE_ACCOUNT)
+    assert "simple_allow_groups" not in (box.root / ACCESS).read_text()
+    assert stat.S_IMODE((box.root / ACCESS).stat().st_mode) == 0o600
+    assert not (box.root / SUDOERS).exists()
 
 
 def test_visudo_refusal_exits_11_and_installs_nothing(box):
@@ -340,13 +365,13 @@ def test_baked_lists_are_used_without_arguments(box, tmp_path):
     baked.write_text(bake_access_groups(JOIN_SCRIPT.read_text(), ["O'Brien team", "hpc-users"], ["Domain Admins"]))
     result = join(box, script=baked)
     assert result.rc == 0, result.output
-    assert "simple_allow_groups = O'Brien team, hpc-users" in (box.root / ACCESS).read_text()
+    assert access_lines(box) == only_groups("O'Brien team, hpc-users", SERVICE_ACCOUNT)
     assert "%Domain\\ Admins ALL=(ALL:ALL) ALL" in (box.root / SUDOERS).read_text()
     # An argument overrides the baked list, also with an empty value.
     box.mark_joined()
     result = join(box, "--allowed-groups", "", script=baked)
     assert result.rc == 0, result.output
-    assert not (box.root / ACCESS).exists()
+    assert access_lines(box) == every_user(SERVICE_ACCOUNT)
 
 
 def test_sssd_cache_unit_and_unused_pam_cap(box):
@@ -368,3 +393,70 @@ def test_pam_cap_is_kept_when_it_grants_something(box):
     assert result.rc == 0, result.output
     assert "pam: keeping pam_cap" in result.stdout
     assert [c["argv"] for c in box.calls("pam-auth-update")] == [["--enable", "mkhomedir"]]
+
+
+# Computer accounts and the stack's service accounts (the join function's adding account, answered as
+# "serviceAccounts") never log in, whatever the access settings.
+
+STATE = "var/lib/pcluster-ad/join-state"
+# Names the answer may carry: the filter escapes the RFC 4515 specials; 20 characters is the longest name.
+ODD_NAMES = ["svc-pcad-join", "a*b(c)\\d", "x" * 20]
+ODD_ESCAPED = ["svc-pcad-join", "a\\2ab\\28c\\29\\5cd", "x" * 20]
+
+
+@pytest.mark.parametrize("groups", [None, "hpc-users"], ids=["every-user", "allowed-groups"])
+def test_service_accounts_from_the_answer_never_log_in_in_both_modes(box, groups):
+    result = join(box, *(["--allowed-groups", groups] if groups else []),
+                  answer=join_answer(serviceAccounts=ODD_NAMES))
+    assert result.rc == 0, result.output
+    conf = box.root / ACCESS
+    listed = ",".join(ODD_NAMES)
+    if groups:
+        # The simple provider compares names: the names as they are, no filter escapes.
+        assert access_lines(box) == only_groups("hpc-users", *ODD_NAMES)
+        assert f"access: only members of these AD groups may log in: hpc-users; computer accounts and {listed} " \
+               f"never ({conf})" in result.stdout
+    else:
+        assert access_lines(box) == every_user(*ODD_ESCAPED)
+        assert f"access: every domain user may log in (no allowed groups configured); computer accounts and " \
+               f"{listed} never ({conf})" in result.stdout
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o600
+    # The state file keeps the names (no secret) for a re-run.
+    assert (box.root / STATE).read_text().splitlines()[-1] == f"service={listed}"
+
+
+@pytest.mark.parametrize("service", [None, []], ids=["no-field", "empty-list"])
+def test_an_answer_without_service_accounts_joins_with_only_the_computer_rule(box, service):
+    """An older join function answers no serviceAccounts: the node joins, computer accounts are still denied."""
+    result = join(box, answer=join_answer(serviceAccounts=service))
+    assert result.rc == 0, result.output
+    assert access_lines(box) == every_user()
+    assert "computer accounts never (" in result.stdout and "computer accounts and" not in result.stdout
+    assert (box.root / STATE).read_text().splitlines()[-1] == "service="
+    box.mark_joined()
+    again = join(box, "--allowed-groups", "hpc-users")
+    assert again.rc == 0, again.output
+    assert access_lines(box) == only_groups("hpc-users")  # no simple_deny_users line
+
+
+def test_a_rerun_keeps_the_service_accounts_from_the_state_file(box):
+    first = join(box, answer=join_answer(serviceAccounts=ODD_NAMES))
+    assert first.rc == 0, first.output
+    state = (box.root / STATE).read_text()
+    # Re-runs of the joined node ask no function (an answer with other names would show): the names come from the
+    # state file, into either mode, and the state file stays as it was.
+    with FakeImds() as imds, FakeFunctionUrl([join_answer(serviceAccounts=["other-svc"])]) as fn:
+        again = run_join(box, imds, fn, "--timeout", "60", "--allowed-groups", "hpc-users")
+        assert again.rc == 0, again.output
+        assert not fn.requests and "already joined to test.domain" in again.stdout
+        assert access_lines(box) == only_groups("hpc-users", *ODD_NAMES)
+        third = run_join(box, imds, fn, "--timeout", "60")
+        assert third.rc == 0, third.output
+        assert not fn.requests
+    assert access_lines(box) == every_user(*ODD_ESCAPED)
+    assert (box.root / STATE).read_text() == state
+    # A state file of an older version (no service line): only the computer rule.
+    (box.root / STATE).write_text("domain=test.domain\nrealm=TEST.DOMAIN\ncomputer=NODE1\n")
+    older = join(box)
+    assert older.rc == 0, older.output
+    assert access_lines(box) == every_user()

@@ -40,6 +40,7 @@ from tests.bootstrap_sandbox.servers import (
     SESSION_TOKEN,
     FakeFunctionUrl,
     FakeImds,
+    SERVICE_ACCOUNT,
     RoleCredentials,
     join_answer,
     known_credentials,
@@ -278,9 +279,26 @@ def test_join_success_password_only_on_adcli_stdin(sandbox):
     order = [(c["name"], c["argv"][:1]) for c in box.calls() if c["name"] in ("systemctl", "getent", "adcli")]
     assert order.index(("adcli", ["join"])) < order.index(("systemctl", ["restart"])) \
         < order.index(("getent", ["-s"]))
-    # The state file: domain, realm, the computer; no user.
+    # The sssd configuration of the join and krb5.conf's default_realm: ONE Python start (node-config), after the
+    # adcli join and before sssd's restart; none of the helper commands it replaced runs.
+    helpers = [c["argv"][2:] for c in box.calls("python3") if c["argv"][:2] == ["-I", "/dev/fd/3"]]
+    assert [h for h in helpers if h[:1] == ["node-config"]] == [
+        ["node-config", str(box.sssd_conf()), "test.domain", "TEST.DOMAIN", str(box.root / "etc" / "krb5.conf")]]
+    assert not [h for h in helpers if h[:1] in (["sssd-domain"], ["sssd-conf"], ["krb5-default-realm"],
+                                                ["computer-name"])]
+    steps = [c for c in box.calls() if (c["name"], c["argv"][:1]) in (("adcli", ["join"]), ("systemctl", ["restart"]))
+             or c["argv"][2:3] == ["node-config"]]
+    assert [c["argv"][2] if c["name"] == "python3" else c["name"] for c in steps] == [
+        "adcli", "node-config", "systemctl"]
+    # The state file: domain, realm, the computer, the service accounts the function answered; no user.
     state = (box.root / "var" / "lib" / "pcluster-ad" / "join-state").read_text()
-    assert state == f"domain=test.domain\nrealm=TEST.DOMAIN\ncomputer={NAME}\n"
+    assert state == f"domain=test.domain\nrealm=TEST.DOMAIN\ncomputer={NAME}\nservice={SERVICE_ACCOUNT}\n"
+    # The access drop-in exists without allowed groups too: every domain user, never a computer account nor the
+    # function's adding account.
+    access = (box.root / "etc" / "sssd" / "conf.d" / "50-pcluster-ad-access.conf").read_text()
+    assert access.splitlines()[1:] == [
+        "[domain/test.domain]", "access_provider = ad",
+        f"ad_access_filter = (&(!(objectClass=computer))(!(sAMAccountName={SERVICE_ACCOUNT})))"]
     # krb5.conf (none before): [libdefaults] default_realm, as realmd would set it, readable by all.
     krb5 = box.root / "etc" / "krb5.conf"
     assert krb5.read_text() == "[libdefaults]\n    default_realm = TEST.DOMAIN\n"
@@ -696,6 +714,34 @@ def test_join_sssd_restart_failing_fails_clearly(sandbox):
     assert "systemctl restart sssd failed" in result.stdout and "sssd is not running" in result.stdout
 
 
+@pytest.mark.parametrize("service", [
+    SERVICE_ACCOUNT,  # not a list
+    {"name": SERVICE_ACCOUNT},
+    5,
+    [5],
+    [None],
+    ["svc-a,svc-b"],
+    ["svc\nroot"],
+    ["x" * 21],
+    [""],
+    [" svc"],
+    ["svc "],
+    ["tab\there"],
+    [SERVICE_ACCOUNT, "a,b"],
+], ids=repr)
+def test_join_invalid_service_accounts_exit_7_and_join_nothing(sandbox, service):
+    box = sandbox()
+    with FakeImds() as imds, FakeFunctionUrl([join_answer(serviceAccounts=service)]) as fn:
+        result = run_join(box, imds, fn)
+    assert result.rc == 7, result.output
+    assert "invalid answer from the join function" in result.stdout and "'serviceAccounts'" in result.stdout
+    assert not box.calls("adcli") and not fn.closes and len(fn.fetches) == 1
+    assert not box.sssd_conf().exists() and not (box.root / "etc" / "krb5.keytab").exists()
+    assert not (box.root / "etc" / "sssd" / "conf.d" / "50-pcluster-ad-access.conf").exists()
+    assert not (box.root / "var" / "lib" / "pcluster-ad" / "join-state").exists()
+    assert_secret_free(box, imds, result)
+
+
 def test_join_lookup_failing_fails_clearly(sandbox):
     box = sandbox(getent_fails=True)
     with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
@@ -705,18 +751,29 @@ def test_join_lookup_failing_fails_clearly(sandbox):
 
 
 def test_join_domain_not_in_sssd_conf_fails_the_lookup(sandbox):
-    """The lookup answers only through an sssd.conf with the domain section: the script's own sssd-domain
-    write is what makes "Domain Users" resolve (the stand-in adcli writes no sssd.conf)."""
+    """The lookup answers only through an sssd.conf with the domain section: the script's own write (node-config,
+    at every run) is what makes "Domain Users" resolve (the stand-in adcli writes no sssd.conf). A re-run of a
+    joined node whose sssd.conf lost the domain writes it back."""
     box = sandbox()
     with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
         result = run_join(box, imds, fn, "--timeout", "60")
     assert result.rc == 0, result.output
     box.sssd_conf().write_text("[sssd]\ndomains = other.domain\n")
+    # sssd still runs and the keytab still has the host key: without the domain section the lookup fails.
+    env = box.env("http://127.0.0.1:9")
+    lookup = [str(box.bin / "getent"), "-s", "sss", "group", "Domain Users"]
+    assert subprocess.run(lookup, env=env, capture_output=True).returncode == 2
     box.clear_calls()
     with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
         again = run_join(box, imds, fn, "--timeout", "5")
-    # Keytab still there: the node counts as joined, but sssd has no domain: verification fails (exit 9).
-    assert again.rc == 9, again.output
+    # Keytab still there: the node counts as joined (no request); the domain is written back, the lookup answers.
+    assert again.rc == 0, again.output
+    assert not fn.requests and not adcli_joins(box)
+    assert "already joined to test.domain" in again.stdout
+    conf = box.sssd_conf().read_text()
+    assert "domains = other.domain, test.domain" in conf and conf.count("[domain/test.domain]") == 1
+    assert "verified: sssd is running and the domain answers ('Domain Users' resolves)" in again.stdout
+    assert subprocess.run(lookup, env=env, capture_output=True).returncode == 0
 
 
 DNS_HINT = "check the VPC's DHCP options and DNS"

@@ -34,7 +34,7 @@ import boto3
 import botocore.endpoint
 import pytest
 from botocore.awsrequest import AWSResponse
-from botocore.exceptions import ReadTimeoutError
+from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 from moto import mock_aws
 from moto.dynamodb.models import DynamoDBBackend
 
@@ -265,7 +265,14 @@ def check_no_leaks(caplog: pytest.LogCaptureFixture, responses: list[dict[str, A
         assert secret not in caplog.text
     for response in responses:
         text = json.dumps(response)
-        assert PASSWORD not in text and JOIN_USER not in text  # not even in a 200 (issue 16)
+        assert PASSWORD not in text  # not even in a 200 (issue 16)
+        # The adding account's NAME only as the one service account a 200 names (nodes keep it from logging in).
+        answer = json.loads(response["body"]) if response["statusCode"] == 200 else {}
+        rest = {**response, "body": json.dumps({k: v for k, v in answer.items() if k != "serviceAccounts"})
+                if answer else response["body"]}
+        assert JOIN_USER not in json.dumps(rest)
+        if "oneTimePassword" in answer:
+            assert answer["serviceAccounts"] == [JOIN_USER]
         for secret in STS.secrets():  # the proof is the caller's; the function never answers it
             assert secret not in text and json.dumps(secret)[1:-1] not in text
         if response["statusCode"] != 200:
@@ -484,15 +491,57 @@ def no_directory(*_: Any) -> Any:
 NOTHING_REACHED = {"ec2": NoAws(), "iam": NoAws(), "ssm": NoAws(), "dynamodb": NoAws(), "cloudformation": NoAws(),
                    "create_computer": no_directory}
 ALL_BUT_SSM = {k: v for k, v in NOTHING_REACHED.items() if k != "ssm"}  # for refused(), which sets ssm itself
+# For requests the pre-check (one read of the claimed record, jh._refuse_finished) or STS refuses: no EC2, IAM,
+# CloudFormation or directory call; dynamodb is a WindowReads.
+NOT_ASKED = {k: v for k, v in ALL_BUT_SSM.items() if k != "dynamodb"}
+
+
+def precheck_read(instance_id: str) -> dict[str, Any]:
+    """The pre-check's one GetItem: the window record of the instance the event claims, eventually consistent."""
+    return {"TableName": TABLE, "Key": {jh.WINDOW_KEY: {"S": instance_id}}}
+
+
+class WindowReads:
+    """dynamodb that answers GetItem only (from `real`, else as an absent record) and records every call; any
+    other call (a write) fails the request with a 500. For requests that may cost the pre-check's read only."""
+
+    def __init__(self, real: Any = None) -> None:
+        self.real, self.calls = real, []
+
+    def get_item(self, **kwargs: Any) -> Any:
+        self.calls.append(kwargs)
+        return self.real.get_item(**kwargs) if self.real is not None else {}
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"unexpected AWS call {name}")  # handle() turns it into a 500
+
+
+class StalePreCheck:
+    """dynamodb whose eventually consistent GetItem (the pre-check's) still answers the record as it was
+    (`stale`, a raw item; None: not there yet), as DynamoDB may right after a write; consistent reads and writes
+    go to `real`. The full path decides, with the record as it is."""
+
+    def __init__(self, real: Any, stale: dict[str, Any] | None = None) -> None:
+        self.real, self.stale, self.stale_reads = real, stale, []
+
+    def get_item(self, **kwargs: Any) -> Any:
+        if kwargs.get("ConsistentRead"):
+            return self.real.get_item(**kwargs)
+        self.stale_reads.append(kwargs)
+        return {} if self.stale is None else {"Item": self.stale}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
 
 
 @pytest.fixture
 def offline(responses) -> Callable[[Any], dict[str, Any]]:
     settings = jh.load_settings(full_env())
 
-    def call(event: Any) -> dict[str, Any]:
+    def call(event: Any, dynamodb: Any = None) -> dict[str, Any]:
+        """No AWS call at all; `dynamodb` (a WindowReads) where the pre-check's one read is allowed."""
         response = jh.handle(
-            event, settings=settings, ec2=NoAws(), iam=NoAws(), ssm=NoAws(), dynamodb=NoAws(),
+            event, settings=settings, ec2=NoAws(), iam=NoAws(), ssm=NoAws(), dynamodb=dynamodb or NoAws(),
             cloudformation=NoAws(), create_computer=no_directory, logger=TEST_LOG, verify_proof=STS,
         )
         responses.append(response)
@@ -527,6 +576,7 @@ def test_live_cluster_node_gets_its_own_computer_object_and_one_time_password(wo
         "computerName": name,
         "hostFqdn": f"{name.lower()}.{DOMAIN}",
         "oneTimePassword": one_time,
+        "serviceAccounts": [JOIN_USER],
     }
     # The directory got the adding account from SSM and the object's name from the instance id only.
     [(directory, created, host_fqdn)] = world.fake_dc.calls
@@ -678,7 +728,10 @@ def test_other_account_role_with_the_same_name_is_denied(world: World, caplog) -
 
 def test_user_arn_account_must_match_account_id(offline, caplog) -> None:
     identity = {**node_identity("i-0123456789abcdef0"), "accountId": OTHER_ACCOUNT}  # as STS says it
-    assert_denied(offline, caplog, identity_event(identity), "userArn account differs")
+    reads = WindowReads()  # the claimed instance has no record: the pre-check's one read, then the full checks
+    assert_denied(functools.partial(offline, dynamodb=reads), caplog, identity_event(identity),
+                  "userArn account differs")
+    assert reads.calls == [precheck_read("i-0123456789abcdef0")] and len(STS.calls) == 1
 
 
 def test_older_role_with_the_same_name_is_denied(world: World, caplog) -> None:
@@ -689,7 +742,10 @@ def test_older_role_with_the_same_name_is_denied(world: World, caplog) -> None:
 
 def test_user_id_for_another_session_is_denied(offline, caplog) -> None:
     identity = {**node_identity("i-0123456789abcdef0"), "userId": f"{NODE_ROLE_ID}:i-0123456789abcdef1"}
-    assert_denied(offline, caplog, identity_event(identity), "userId does not match")
+    reads = WindowReads()  # only the pre-check's read, of the session name's record (not the userId's)
+    assert_denied(functools.partial(offline, dynamodb=reads), caplog, identity_event(identity),
+                  "userId does not match")
+    assert reads.calls == [precheck_read("i-0123456789abcdef0")] and len(STS.calls) == 1
 
 
 @pytest.mark.parametrize("instance_id", ["i-0123456789abcdef0", "i-12345678"])
@@ -868,6 +924,20 @@ def refused(world: World, caplog, event: dict[str, Any], reason: str, **call: An
     return log
 
 
+def prechecked(world: World, caplog, event: dict[str, Any], reason: str, **call: Any) -> dict[str, Any]:
+    """Refused (see refused) by the pre-check: one eventually consistent read of the record of the instance the
+    event claims and nothing else; STS got no call, EC2, IAM and CloudFormation none either (they would fail the
+    call with a 500), nothing was written. Returns the decision's log line."""
+    claimed = event["requestContext"]["authorizer"]["iam"]["userArn"].rsplit("/", 1)[-1]
+    sts_calls, reads = len(STS.calls), WindowReads(world.clients["dynamodb"])
+    before = world.window(claimed)
+    log = refused(world, caplog, event, reason, **{**NOT_ASKED, "dynamodb": reads, **call})
+    assert len(STS.calls) == sts_calls and reads.calls == [precheck_read(claimed)]
+    assert world.window(claimed) == before
+    assert log["instance_id"] == claimed and "caller_arn" not in log and "computer_name" not in log
+    return log
+
+
 UNAVAILABLE = "no domain controller accepted the sealed LDAP bind: 10.0.0.10: TimeoutError"
 
 
@@ -905,10 +975,17 @@ def test_after_the_object_was_created_no_second_one_time_password_ever(world: Wo
     item = world.window(instance_id)
     # A job on the node signs with the node role: refused, at WARNING, naming the instance; within the window,
     # after it, a month later.
+    reason = ("computer object already created for this instance: a process on this node asked for a second"
+              " one-time password")
     for minutes in (2, 3, WINDOW_MINUTES - 0.5, WINDOW_MINUTES + 1, 60 * 24 * 30):
-        log = refused(world, caplog, world.event(instance_id),
-                      "computer object already created for this instance: a process on this node asked for a"
-                      " second one-time password", now=world.minutes_after_launch(instance_id, minutes))
+        now = world.minutes_after_launch(instance_id, minutes)
+        # The pre-check refuses it at the cost of one read: STS, EC2 and IAM are not asked.
+        log = prechecked(world, caplog, world.event(instance_id), reason, now=now)
+        assert log["issued_at"] == item["issuedAt"]
+        # Where the pre-check's eventually consistent read does not see the record yet, the full path refuses it.
+        stale = StalePreCheck(world.clients["dynamodb"])
+        log = refused(world, caplog, world.event(instance_id), reason, now=now, dynamodb=stale)
+        assert stale.stale_reads == [precheck_read(instance_id)]
         assert log["instance_id"] == instance_id and log["issued_at"] == item["issuedAt"]
         assert log["computer_name"] == world.name(instance_id) and log["answers"] == 1
     assert len(world.fake_dc.calls) == 1 and world.window(instance_id) == item  # a refusal counts nothing
@@ -961,19 +1038,24 @@ def test_after_close_every_request_is_refused_forever(world: World, caplog) -> N
     assert jh.TTL_ATTRIBUTE not in item  # kept while the instance lives (was 400 days)
     assert item["answers"] == "1" and "issuedAt" in item
 
+    reason = "join window closed: a process on this node asked for the join secret after the join"
     for minutes in (3, 4, WINDOW_MINUTES - 0.5, WINDOW_MINUTES + 1, 60 * 24 * 30):
-        log = refused(
-            world,
-            caplog,
-            world.event(instance_id),
-            "join window closed: a process on this node asked for the join secret after the join",
-            now=world.minutes_after_launch(instance_id, minutes),
-        )
+        now = world.minutes_after_launch(instance_id, minutes)
+        # The pre-check refuses it at the cost of one read: STS, EC2 and IAM are not asked.
+        log = prechecked(world, caplog, world.event(instance_id), reason, now=now)
+        assert log["window_closed"] is True
+        # Where the pre-check's eventually consistent read does not see the close yet, the full path refuses it.
+        stale = StalePreCheck(world.clients["dynamodb"])
+        log = refused(world, caplog, world.event(instance_id), reason, now=now, dynamodb=stale)
+        assert stale.stale_reads == [precheck_read(instance_id)]
         assert log["instance_id"] == instance_id and log["window_closed"] is True
         assert log["closed_at"] == item["closedAt"] and log["computer_name"] == name
-    # A second close changes nothing.
-    refused(world, caplog, world.close_event(instance_id), "join window closed: a second close request",
-            now=joined_at)
+    # A second close changes nothing: refused by the pre-check, and by the full path where the read is stale.
+    second = "join window closed: a second close request"
+    assert prechecked(world, caplog, world.close_event(instance_id), second, now=joined_at)["window_closed"] is True
+    log = refused(world, caplog, world.close_event(instance_id), second, now=joined_at,
+                  dynamodb=StalePreCheck(world.clients["dynamodb"]))
+    assert log["closed_at"] == item["closedAt"] and log["computer_name"] == name
     assert world.window(instance_id) == item and len(world.fake_dc.calls) == 1
 
 
@@ -1057,9 +1139,23 @@ def test_a_record_of_another_launch_refuses_the_restarted_instance(world: World,
     # Stopped and started an hour later; asking 2 minutes after the new launch, well within its window.
     restarted, now = Restarted(world.clients["ec2"], 60), world.minutes_after_launch(instance_id, 62)
     reason = f"the record of this instance was made for its launch at {item['launchTime']}"
-    log = refused(world, caplog, world.event(instance_id), reason, now=now, ec2=restarted)
-    assert log["launched_minutes_ago"] == 2
-    refused(world, caplog, world.close_event(instance_id), reason, now=now, ec2=restarted)
+    # The full path (the pre-check's eventually consistent read not seeing the record yet) names the launch.
+    for event in (world.event(instance_id), world.close_event(instance_id)):
+        stale = StalePreCheck(world.clients["dynamodb"])
+        log = refused(world, caplog, event, reason, now=now, ec2=restarted, dynamodb=stale)
+        assert log["launched_minutes_ago"] == 2 and stale.stale_reads == [precheck_read(instance_id)]
+    # With the record seen, the pre-check refuses what the record alone refuses (an object created: a second
+    # one-time password; closed: anything), before STS, EC2 and IAM; the rest goes the full path as above.
+    precheck = {
+        ("object created", "join"): "computer object already created for this instance",
+        ("closed", "join"): "join window closed: a process on this node asked for the join secret after the join",
+        ("closed", "close"): "join window closed: a second close request",
+    }
+    for kind, event in (("join", world.event(instance_id)), ("close", world.close_event(instance_id))):
+        if (before, kind) in precheck:
+            prechecked(world, caplog, event, precheck[before, kind], now=now)
+        else:
+            assert refused(world, caplog, event, reason, now=now, ec2=restarted)["launched_minutes_ago"] == 2
     assert world.window(instance_id) == item and len(world.fake_dc.calls) == (before != "closed")
 
 
@@ -1183,6 +1279,13 @@ def test_old_item_is_read_back_when_the_failure_does_not_carry_it(world: World, 
         def __getattr__(self, name: str) -> Any:
             return getattr(real, name)
 
+        reads: list[dict[str, Any]] = []
+
+        def get_item(self, **kwargs: Any) -> Any:
+            self.reads.append(kwargs)
+            # The pre-check's eventually consistent read does not see the close yet: the full path decides.
+            return real.get_item(**kwargs) if kwargs.get("ConsistentRead") else {}
+
         def update_item(self, **kwargs: Any) -> Any:
             try:
                 return real.update_item(**kwargs)
@@ -1193,8 +1296,11 @@ def test_old_item_is_read_back_when_the_failure_does_not_carry_it(world: World, 
 
     instance_id = world.launch()
     assert world.call(world.close_event(instance_id))["statusCode"] == 200
-    log = refused(world, caplog, world.event(instance_id), "join window closed", dynamodb=NoOldItem())
-    assert log["closed_at"] == world.window(instance_id)["closedAt"]
+    dynamodb = NoOldItem()
+    log = refused(world, caplog, world.event(instance_id), "join window closed", dynamodb=dynamodb)
+    assert log["closed_at"] == world.window(instance_id)["closedAt"] and log["computer_name"] == world.name(instance_id)
+    # The pre-check's read, then the read back after the refused update.
+    assert dynamodb.reads == [precheck_read(instance_id), {**precheck_read(instance_id), "ConsistentRead": True}]
 
 
 def test_the_attempt_is_counted_before_the_adding_account_is_read(world: World, caplog) -> None:
@@ -1708,8 +1814,10 @@ def test_a_forged_event_naming_a_fresh_node_gets_nothing(world: World, caplog, c
     proof = FORGED[case](world, a, b)
     fields = {} if request_kind == "credentials" else close_body(world.name(a))
     event = world.event(a, body=fields, proof=proof)
+    reads = WindowReads(world.clients["dynamodb"])  # the pre-check's one read of A's record, nothing else
     log = refused(world, caplog, event, "the caller proof names another identity than the request's signature",
-                  **ALL_BUT_SSM)
+                  **NOT_ASKED, dynamodb=reads)
+    assert reads.calls == [precheck_read(a)]
     [(asked, _)] = STS.calls
     assert asked == proof
     # The log names who really asked (STS's identity), and no instance: nothing was looked up.
@@ -1827,8 +1935,10 @@ def test_sts_refusing_or_unreachable_answers_nothing_and_counts_nothing(world: W
     failure, status, answer, decision, level = STS_FAILURES[case]
     instance_id = world.launch()
     STS.failure = failure
-    response = world.call(world.event(instance_id), **NOTHING_REACHED)
+    reads = WindowReads(world.clients["dynamodb"])  # the pre-check's one read, nothing else
+    response = world.call(world.event(instance_id), **{**NOTHING_REACHED, "dynamodb": reads})
     assert response["statusCode"] == status and body(response) == answer
+    assert reads.calls == [precheck_read(instance_id)]
     [record] = [r for r in caplog.records if r.name == "test.join"]
     log = json.loads(record.getMessage())
     assert record.levelno == level and log["decision"] == decision and log["reason"] == failure.reason
@@ -1847,9 +1957,150 @@ def test_a_proof_sts_does_not_recognise_is_refused(world: World, caplog, change)
     proof = proof_for(instance_id, role_id=world.node_role_id)
     key = {"signature": "authorization", "token": "x-amz-security-token", "date": "x-amz-date"}[change]
     forged = {**proof, key: proof[key][:-1] + ("0" if proof[key][-1] != "0" else "1")}
+    reads = WindowReads(world.clients["dynamodb"])  # the pre-check's one read, nothing else
     refused(world, caplog, world.event(instance_id, proof=forged), "STS refused the caller proof",
-            **ALL_BUT_SSM)
+            **NOT_ASKED, dynamodb=reads)
+    assert reads.calls == [precheck_read(instance_id)]
     assert world.window(instance_id) == {} and world.fake_dc.calls == []
+
+
+# --- the pre-check: a finished node is refused at the cost of one read -------------------------
+
+
+@pytest.mark.parametrize("finished", ["object created", "closed"])
+def test_the_pre_check_refuses_a_joined_nodes_repeat_without_sts_ec2_or_iam(world: World, caplog, finished) -> None:
+    instance_id = world.launch()
+    now = world.minutes_after_launch(instance_id, 3)
+    assert world.call(world.event(instance_id), now=now)["statusCode"] == 200
+    if finished == "closed":
+        assert world.call(world.close_event(instance_id), now=now)["statusCode"] == 200
+    item, sts_calls = world.window(instance_id), len(STS.calls)
+    # A process on the node repeats the request with the node's credentials (its proof is valid), many times.
+    repeats = {"join": (world.event(instance_id),
+                        "computer object already created for this instance" if finished == "object created"
+                        else "join window closed: a process on this node asked for the join secret after the join")}
+    if finished == "closed":
+        repeats["close"] = (world.close_event(instance_id), "join window closed: a second close request")
+    for event, reason in repeats.values():
+        for _ in range(3):
+            # prechecked: EC2, IAM, CloudFormation, SSM, the directory fail the call if asked; one read, no write.
+            prechecked(world, caplog, event, reason, now=now)
+    assert len(STS.calls) == sts_calls  # the fake STS got no call for any repeat
+    assert world.window(instance_id) == item and len(world.fake_dc.calls) == 1
+
+
+class FailingPreCheck:
+    """dynamodb whose eventually consistent GetItem (the pre-check's) fails with `error`; everything else goes to
+    `real`."""
+
+    def __init__(self, real: Any, error: Exception) -> None:
+        self.real, self.error, self.failed = real, error, []
+
+    def get_item(self, **kwargs: Any) -> Any:
+        if kwargs.get("ConsistentRead"):
+            return self.real.get_item(**kwargs)
+        self.failed.append(kwargs)
+        raise self.error
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+PRE_CHECK_ERRORS = {
+    "throttled": lambda: ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow"}},
+                                     "GetItem"),
+    "access denied": lambda: ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}}, "GetItem"),
+    "unreachable": lambda: EndpointConnectionError(endpoint_url="https://dynamodb.eu-west-1.amazonaws.com/"),
+    "read timeout": lambda: ReadTimeoutError(endpoint_url="https://dynamodb.eu-west-1.amazonaws.com/"),
+}
+
+
+@pytest.mark.parametrize("case", PRE_CHECK_ERRORS)
+def test_a_dynamodb_error_in_the_pre_check_falls_through_to_the_full_path(world: World, caplog, case) -> None:
+    instance_id = world.launch()
+    now = world.minutes_after_launch(instance_id, 2)
+    failing = FailingPreCheck(world.clients["dynamodb"], PRE_CHECK_ERRORS[case]())
+    # A fresh node: the full path answers it as ever.
+    caplog.clear()
+    response = world.call(world.event(instance_id), now=now, dynamodb=failing)
+    assert response["statusCode"] == 200 and failing.failed == [precheck_read(instance_id)]
+    answer = body(response)
+    assert answer["computerName"] == world.name(instance_id) and answer["oneTimePassword"] == world.fake_dc.passwords[0]
+    [log] = decisions(caplog)
+    assert log["decision"] == "allow" and "error_code" not in log and "error_type" not in log
+    item = world.window(instance_id)
+    assert item["answers"] == "1" and "issuedAt" in item and len(STS.calls) == 1
+    # The joined node's repeat: the full path refuses it (STS and EC2 asked), with the record's reason.
+    failing.failed.clear()
+    log = refused(world, caplog, world.event(instance_id), "computer object already created for this instance",
+                  now=now, dynamodb=failing)
+    assert failing.failed == [precheck_read(instance_id)] and len(STS.calls) == 2
+    assert log["computer_name"] == world.name(instance_id) and log["answers"] == 1
+    # Its close is the full path's too, and closes.
+    response = world.call(world.close_event(instance_id), now=now, dynamodb=failing)
+    assert response["statusCode"] == 200 and body(response) == {"closed": True}
+    assert "closedAt" in world.window(instance_id) and len(world.fake_dc.calls) == 1
+
+
+@pytest.mark.parametrize("request_kind", ["credentials", "close"])
+@pytest.mark.parametrize("finished", ["object created", "closed"])
+@pytest.mark.parametrize("case", FORGED)
+def test_a_forged_event_claiming_a_finished_node_is_only_refused(world: World, caplog, case, finished,
+                                                                 request_kind) -> None:
+    a, b = world.launch(), world.launch()  # A joined (and maybe closed); B live and fresh
+    assert world.call(world.event(a))["statusCode"] == 200
+    if finished == "closed":
+        assert world.call(world.close_event(a))["statusCode"] == 200
+    item_a, sts_calls = world.window(a), len(STS.calls)
+    proof = FORGED[case](world, a, b)
+    fields = {} if request_kind == "credentials" else close_body(world.name(a))
+    event = world.event(a, body=fields, proof=proof)
+    if (finished, request_kind) == ("object created", "close"):
+        # The record alone does not refuse a close: the full path does, on the proof.
+        reads = WindowReads(world.clients["dynamodb"])
+        log = refused(world, caplog, event, "the caller proof names another identity than the request's signature",
+                      **NOT_ASKED, dynamodb=reads)
+        assert reads.calls == [precheck_read(a)] and len(STS.calls) == sts_calls + 1
+    else:
+        reason = {"object created": "computer object already created for this instance",
+                  "closed": "join window closed"}[finished]
+        log = prechecked(world, caplog, event, reason)  # no STS call, one read of A's record
+    assert log["decision"] == "deny"
+    # Only refused: nothing of A's record or B's changed, no object created; B's own request is answered after.
+    assert world.window(a) == item_a and world.window(b) == {} and len(world.fake_dc.calls) == 1
+    response = world.call(world.event(b))
+    assert response["statusCode"] == 200 and body(response)["computerName"] == world.name(b)
+    assert world.window(b)["answers"] == "1"
+
+
+@pytest.mark.parametrize("request_kind", ["credentials", "close"])
+def test_a_finished_nodes_proof_naming_a_fresh_node_gets_nothing(world: World, caplog, request_kind) -> None:
+    # The pre-check reads the claimed (fresh) node's record: it admits nothing, STS's identity decides.
+    a, b = world.launch(), world.launch()
+    assert world.call(world.event(a))["statusCode"] == 200
+    assert world.call(world.close_event(a))["statusCode"] == 200
+    item_a = world.window(a)
+    fields = {} if request_kind == "credentials" else close_body(world.name(b))
+    event = world.event(b, body=fields, proof=proof_for(a, role_id=world.node_role_id))
+    reads = WindowReads(world.clients["dynamodb"])
+    log = refused(world, caplog, event, "the caller proof names another identity than the request's signature",
+                  **NOT_ASKED, dynamodb=reads)
+    assert reads.calls == [precheck_read(b)] and log["caller_arn"].endswith(f"/{a}") and "instance_id" not in log
+    assert world.window(a) == item_a and world.window(b) == {} and len(world.fake_dc.calls) == 1
+    assert world.call(world.event(b))["statusCode"] == 200
+
+
+def test_the_pre_check_reads_only_an_instance_sessions_record(offline, caplog) -> None:
+    # A session name that is no instance id, or no assumed-role session: no read at all, the full checks refuse.
+    for identity, reason in (
+        (node_identity("alice"), "session name is not an instance id"),
+        ({"userArn": f"arn:aws:iam::{ACCOUNT}:user/i-0123456789abcdef0", "userId": "AIDAEXAMPLEUSER00001",
+          "accountId": ACCOUNT}, "not an assumed-role session"),
+    ):
+        caplog.clear()
+        reads = WindowReads()
+        assert_denied(functools.partial(offline, dynamodb=reads), caplog, identity_event(identity), reason)
+        assert reads.calls == []
 
 
 def test_leak_check_would_catch_a_caller_proof_in_a_log_or_an_answer(world: World, caplog) -> None:

@@ -104,14 +104,19 @@ def test_home_efs_with_tls_and_iam_authorization_passes(tmp_path):
     assert not [f for f in result["failures"] if f["type"].startswith("Efs")], result["failures"]
 
 
-def test_iam_authorization_without_tls_fails_as_on_aws(tmp_path):
-    """The constraint the render must keep: ParallelCluster refuses IamAuthorization without EncryptionInTransit."""
-    plan_dir, name = make_plan(tmp_path, "dev")
+def validate_edited(tmp_path, stack: str, old: str, new: str) -> dict:
+    """ParallelCluster's full validation of the stack's rendered config with one line changed (old must be there)."""
+    plan_dir, name = make_plan(tmp_path, stack)
     config = plan_dir / "cluster-config.yaml"
     text = config.read_text()
-    assert "    EncryptionInTransit: true\n" in text
-    config.write_text(text.replace("    EncryptionInTransit: true\n", "    EncryptionInTransit: false\n"))
-    result = validate_full(plan_dir, name)
+    assert old in text
+    config.write_text(text.replace(old, new))
+    return validate_full(plan_dir, name)
+
+
+def test_iam_authorization_without_tls_fails_as_on_aws(tmp_path):
+    """The constraint the render must keep: ParallelCluster refuses IamAuthorization without EncryptionInTransit."""
+    result = validate_edited(tmp_path, "dev", "    EncryptionInTransit: true\n", "    EncryptionInTransit: false\n")
     assert result["ok"] is False
     (failure,) = [f for f in errors_of(result) if f["type"] == "EfsMountOptionsValidator"]
     assert failure["message"] == (
@@ -121,12 +126,7 @@ def test_iam_authorization_without_tls_fails_as_on_aws(tmp_path):
 
 def test_rocky9_without_custom_ami_fails_as_on_aws(tmp_path):
     """stack_config refuses it offline; should a config get past that, ParallelCluster refuses it too."""
-    plan_dir, name = make_plan(tmp_path, "prod")
-    config = plan_dir / "cluster-config.yaml"
-    text = config.read_text()
-    assert "  Os: rhel9\n" in text
-    config.write_text(text.replace("  Os: rhel9\n", "  Os: rocky9\n"))
-    result = validate_full(plan_dir, name)
+    result = validate_edited(tmp_path, "prod", "  Os: rhel9\n", "  Os: rocky9\n")
     assert result["ok"] is False
     # What `pcluster create-cluster` prints: resolving the (missing) official AMI stops the validation ...
     assert {"level": "ERROR", "type": "ConfigValidationError",

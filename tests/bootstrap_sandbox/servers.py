@@ -87,11 +87,17 @@ def derived_computer_name(prefix: str, instance_id: str = INSTANCE_ID) -> str:
     return (prefix + hashlib.sha256(instance_id.encode()).hexdigest()).upper()[:15]
 
 
+# The join function's adding account, which it answers as "serviceAccounts" (no login on any node).
+SERVICE_ACCOUNT = "svc-pcad-join"
+
+
 def join_answer(computer_prefix: str | None = None, **fields) -> tuple[int, dict]:
-    """The join function's 200 answer (issue 16 shape); ``fields`` override or add keys (None removes one)."""
+    """The join function's 200 answer (issue 16 shape, with serviceAccounts as lambda_src/join_handler.py answers
+    it); ``fields`` override or add keys (None removes one: serviceAccounts=None is an older function's answer)."""
     doc = {"domain": "test.domain", "realm": "TEST.DOMAIN",
            "computerName": derived_computer_name(computer_prefix) if computer_prefix else DEFAULT_COMPUTER_NAME,
-           "hostFqdn": "ip-10-0-0-12.test.domain", "oneTimePassword": ONE_TIME_PASSWORD}
+           "hostFqdn": "ip-10-0-0-12.test.domain", "oneTimePassword": ONE_TIME_PASSWORD,
+           "serviceAccounts": [SERVICE_ACCOUNT]}
     doc.update(fields)
     return 200, {k: v for k, v in doc.items() if v is not None}
 
