@@ -1683,6 +1683,11 @@ main() {
     detect_os
     install_packages
     check_curl
+    # Before any domain user can log in (sssd learns the domain below): from then on a user's process
+    # could take the instance role's credentials. This script runs as root and still reaches IMDS.
+    if [[ -n $RESTRICT_IMDS ]]; then
+        restrict_imds
+    fi
     # Only a DAEMON_OPTS line with -f needs the edit (Python starts only then).
     if [[ $OS_FAMILY == debian ]] && grep -Es '^[[:space:]]*DAEMON_OPTS=' "$ROOT/etc/default/sssd" | grep -q -- '-f'; then
         pyhelper daemon-opts "$ROOT/etc/default/sssd" || die 9 "could not edit $ROOT/etc/default/sssd"
@@ -1710,9 +1715,6 @@ main() {
         write_state
         check_access_groups
         finish_close_window
-    fi
-    if [[ -n $RESTRICT_IMDS ]]; then
-        restrict_imds
     fi
 }
 

@@ -1299,10 +1299,11 @@ def test_join_restrict_imds_installs_the_rules_and_the_boot_unit(sandbox):
     assert "Type=oneshot" in unit and "Before=ssh.service sshd.service slurmd.service" in unit
     systemctl = [c["argv"] for c in box.calls("systemctl")]
     assert ["enable", "pcluster-ad-imds-lockdown.service"] in systemctl
-    # After the join and the close: the close needs IMDS (root would still reach it, but keep the order).
+    # Before the join (attack review): no domain user can log in while IMDS is open to everyone. The script
+    # itself (root) still reads IMDS for the join and the close.
     out = result.stdout
-    assert out.index("join window closed") < out.index("imds: allowing IMDS")
-    assert "only root can reach IMDS now" in out
+    assert out.index("only root can reach IMDS now") < out.index("join function: attempt 1")
+    assert out.index("join function: attempt 1") < out.index("join window closed")
 
 
 def test_join_restrict_imds_default_endpoint_covers_both_families(sandbox):

@@ -229,9 +229,9 @@ def test_root_after_the_window_closed_gets_403(chain):
 
 
 def test_restrict_imds_leaves_imds_to_root_only(chain):
-    """--restrict-imds on a fresh node: after its join (and close), root still reads IMDS, an
-    unprivileged user cannot even reach it; the node's own iptables rules decide (the stand-in
-    answers every process alike)."""
+    """--restrict-imds on a fresh node: locked down before the join (no domain user can log in while IMDS is
+    open), the join and close still work as root; afterwards root still reads IMDS, an unprivileged user cannot
+    even reach it; the node's own iptables rules decide (the stand-in answers every process alike)."""
     lab = chain.lab
     (node,) = lab.add_nodes([{}])
     argv = ["--function-url", lab.function_url, "--region", lab.cfg.region, "--timeout", str(JOIN_TIMEOUT),
@@ -239,6 +239,7 @@ def test_restrict_imds_leaves_imds_to_root_only(chain):
     res = node.start_bootstrap(args=argv, timeout_arg=JOIN_TIMEOUT).wait()
     assert res.rc == 0, describe(res)
     assert "join window closed" in res.output and "only root can reach IMDS now" in res.output, describe(res)
+    assert res.output.index("only root can reach IMDS now") < res.output.index("joined "), describe(res)
     rules = node.run(["iptables", "-S"]).stdout
     port = str(lab.cfg.imds_port)
     assert f"-A PARALLELCLUSTER_IMDS -d {lab.services_ip}/32 -p tcp -m tcp --dport {port} -m owner --uid-owner 0" \
