@@ -157,7 +157,7 @@ class DirectoryAdmin(pulumi.ComponentResource):
         # Egress only: LDAP to the directory's DNS IPs (its domain controllers), HTTPS to AWS APIs.
         sg = security_group(
             f"{name}-sg", vpc_id=args.vpc_id, dc_ips=args.dns_ips,
-            ldap_ports=[LDAP_PORT, LDAPS_PORT] if args.ldaps else [LDAP_PORT], dns=False, tags=tags("sg"),
+            ldap_ports=[LDAP_PORT, LDAPS_PORT] if args.ldaps else [LDAP_PORT], dns=True, tags=tags("sg"),
             description=f"pcluster-ad {args.stack}: directory-admin function (egress only)", parent=self)
 
         role = aws.iam.Role(f"{name}-role", aws.iam.RoleArgs(
