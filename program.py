@@ -6,6 +6,7 @@ and the offline plan (tools/plan.py) use as an inline program.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -18,8 +19,9 @@ from cluster_config import JOIN_SCRIPT, SSH_SCRIPT
 from components.bootstrap_scripts import BootstrapScripts, BootstrapScriptsArgs, bootstrap_bucket_name
 from components.cluster_launcher import ClusterLauncher, ClusterLauncherArgs
 from components.cluster_role import ClusterRole, ClusterRoleArgs
-from components.directory import Directory, DirectoryArgs
+from components.directory import PREVIOUS_DHCP_OPTIONS_TAG, Directory, DirectoryArgs
 from components.directory_admin import DirectoryAdmin, DirectoryAdminArgs, ou_name
+from components.dns_forwarding import DomainForwarding, DomainForwardingArgs
 from components.home_storage import HomeStorage, HomeStorageArgs
 from components.join_function import JoinFunction, JoinFunctionArgs
 from components.join_secrets import JoinSecrets, JoinSecretsArgs
@@ -35,6 +37,7 @@ def pulumi_program() -> None:
     for warning in settings.warnings:
         pulumi.log.warn(warning)
     azs = _availability_zones(settings)
+    domain_dns = _domain_dns(settings)  # before any resource: an unusable VPC fails with nothing declared
     tags = {"pcluster-ad:stack": settings.stack, **settings.tags}
 
     network = Network("network", NetworkArgs(
@@ -61,7 +64,22 @@ def pulumi_program() -> None:
         existing_directory_id=settings.directory.directory_id,
         protect=settings.directory.protect,
         tags=tags,
+        manage_dhcp_options=domain_dns.mode == "DhcpOptions",
+        previous_dhcp_options_id=domain_dns.previous_dhcp_options_id,
     ))
+    # How the nodes and functions reach the domain's names: the stack's DHCP options (the Directory's association),
+    # or, in an adopted VPC by default, a Resolver rule (the VPC's DHCP options untouched), or nothing (Unmanaged).
+    domain_dns_ready: list[pulumi.Resource] = [directory.dhcp_association] if directory.dhcp_association else []
+    if domain_dns.mode == "ResolverRule":
+        forwarding = DomainForwarding("domain-dns", DomainForwardingArgs(
+            stack=settings.stack,
+            domain_name=settings.directory.domain_name,
+            vpc_id=network.vpc_id,
+            subnet_ids=[network.private_subnet_ids[i] for i in range(2)],
+            dc_ips=directory.dns_ips,
+            tags=tags,
+        ))
+        domain_dns_ready = [forwarding.association]
 
     # The join chain: credentials under a stack-owned KMS key, read only by the join function.
     # Account-wide IAM names carry the region; stack_config checked their lengths.
@@ -169,7 +187,7 @@ def pulumi_program() -> None:
         home_storage_type=settings.cluster.home_storage.type,
         home_storage_id=home.storage_id,
         node_security_group_ids=home.node_security_group_ids,
-        needs=[network, directory, directory.dhcp_association, secrets, join_function, *scripts.objects,
+        needs=[network, directory, *domain_dns_ready, secrets, join_function, *scripts.objects,
                role, home, *home.ready, *(directory_admin.ready if directory_admin else [])],
         join_computer_ou=directory_admin.computer_ou if directory_admin else None,
         join_computer_prefix=computer_prefix(settings.cluster.name),
@@ -186,6 +204,10 @@ def pulumi_program() -> None:
         # `pulumi stack output --show-secrets directoryAdminPassword`: the first user is created with it.
         pulumi.export("directoryAdminPassword", pulumi.Output.secret(admin_password))
     pulumi.export("domainName", directory.domain_name)
+    pulumi.export("domainDns", domain_dns.mode)
+    if settings.network.existing and domain_dns.mode == "DhcpOptions":
+        # `pulumi destroy` leaves the VPC with no DHCP options: this is the set to re-associate afterwards.
+        pulumi.export("previousDhcpOptionsId", domain_dns.previous_dhcp_options_id)
     pulumi.export("joinFunctionName", join_function.function_name)
     pulumi.export("joinFunctionUrl", join_function.function_url)
     pulumi.export("joinWindowTable", join_function.window_table_name)
@@ -236,6 +258,83 @@ def _load_or_fail() -> Settings:
         return stack_config.load_settings()
     except ConfigError as e:
         _fail(e.problems)
+
+
+@dataclass(frozen=True)
+class DomainDns:
+    mode: str  # stack_config.DOMAIN_DNS_MODES
+    previous_dhcp_options_id: str | None = None  # DhcpOptions in an adopted VPC: its set before the stack's
+
+
+# Directory("directory")'s own set carries this Name tag (and pcluster-ad:stack): how a later run recognises it.
+OWN_DHCP_OPTIONS_NAME = "directory-dhcp"
+AMAZON_DNS = ["AmazonProvidedDNS"]
+
+
+def _domain_dns(settings: Settings) -> DomainDns:
+    """How the VPC resolves the AD domain. A VPC created here: the stack's DHCP options. An adopted VPC: what
+    network.domainDns says, else what its DHCP options allow: ResolverRule when they send DNS to the Amazon-provided
+    resolver (the only one a Resolver rule applies to), Unmanaged when they already name exactly the directory's DNS,
+    DhcpOptions when they are this stack's own set (an earlier version made it: an upgrade changes nothing); any
+    other DNS servers: the operator must choose."""
+    net = settings.network
+    if not net.existing:
+        return DomainDns("DhcpOptions")
+    key = f"{stack_config.PROJECT}:network.domainDns"
+    vpc = aws.ec2.get_vpc(id=net.vpc_id)
+    current = vpc.dhcp_options_id or "default"  # "default": no options set, the Amazon-provided resolver
+    options = None if current == "default" else aws.ec2.get_vpc_dhcp_options(dhcp_options_id=current)
+    servers = list(options.domain_name_servers or []) if options else AMAZON_DNS
+    found_tags = dict(options.tags or {}) if options else {}
+    own = found_tags.get("Name") == OWN_DHCP_OPTIONS_NAME and found_tags.get("pcluster-ad:stack") == settings.stack
+    previous = found_tags.get(PREVIOUS_DHCP_OPTIONS_TAG) if own else current
+    directory_dns = set(settings.directory.dns_ips)  # known for an Existing directory only
+    mode = net.domain_dns
+    if mode is None:
+        if own:
+            mode = "DhcpOptions"
+            pulumi.log.warn(f"{key}: {net.vpc_id} uses this stack's own DHCP options ({current}), made by an earlier"
+                            " version of pcluster-ad: kept (DhcpOptions). Set network.domainDns to DhcpOptions to"
+                            " say so, or to ResolverRule to leave the VPC's DHCP options to it (README, 'Existing"
+                            " VPC: DNS').")
+        elif servers == AMAZON_DNS:
+            mode = "ResolverRule"
+        elif directory_dns and set(servers) == directory_dns:
+            mode = "Unmanaged"
+            pulumi.log.info(f"{key}: {net.vpc_id}'s DHCP options ({current}) already name the directory's DNS"
+                            f" servers {', '.join(servers)}: the stack leaves them alone (Unmanaged)")
+        else:
+            _fail([Problem(key, _custom_dns_problem(settings, current, servers) + " Choose one and set it.")])
+    if mode == "ResolverRule":
+        problems = []
+        if not vpc.enable_dns_support:
+            problems.append(Problem(f"{stack_config.PROJECT}:network.vpcId",
+                                    f"{net.vpc_id} has DNS resolution (enableDnsSupport) off: the Amazon-provided"
+                                    " resolver, which the Resolver rule extends, does not answer there. Turn it on:"
+                                    f" `aws ec2 modify-vpc-attribute --vpc-id {net.vpc_id} --enable-dns-support`"))
+        if servers != AMAZON_DNS and not own:
+            problems.append(Problem(key, "ResolverRule: " + _custom_dns_problem(settings, current, servers)))
+        if problems:
+            _fail(problems)
+    if own and mode != "DhcpOptions":
+        pulumi.log.warn(f"{key} {mode}: this update removes the stack's DHCP options ({current}) from {net.vpc_id};"
+                        " AWS then leaves the VPC with NO DHCP options (the Amazon-provided resolver), not with the"
+                        f" set it had before the stack ({previous or 'not recorded by the earlier version'}).")
+    if mode == "DhcpOptions":
+        pulumi.log.warn(f"{key} DhcpOptions: {net.vpc_id}'s DHCP options before this stack's are "
+                        f"{previous or 'not known (an earlier version of the stack did not record them)'}; `pulumi"
+                        " destroy` does not bring them back (output previousDhcpOptionsId): `aws ec2"
+                        f" associate-dhcp-options --vpc-id {net.vpc_id} --dhcp-options-id {previous or '<id>'}`")
+        return DomainDns(mode, previous)
+    return DomainDns(mode)
+
+
+def _custom_dns_problem(settings: Settings, current: str, servers: list[str]) -> str:
+    return (f"{settings.network.vpc_id}'s DHCP options ({current}) send DNS queries to {', '.join(servers)}, not"
+            " to the Amazon-provided resolver, so a Route 53 Resolver rule would not apply to them. Unmanaged: those"
+            f" servers resolve {settings.directory.domain_name} (they forward it to the directory's DNS); the stack"
+            " adds nothing. DhcpOptions: the stack replaces the VPC's DHCP options with the directory's DNS (DNS"
+            " changes for every instance in the VPC).")
 
 
 def _availability_zones(settings: Settings) -> list[str]:

@@ -36,6 +36,11 @@ DIRECTORY_SIZES = {"SimpleAD": ("Small", "Large"), "MicrosoftAD": ("Standard", "
 DEFAULT_ADMIN_USER = {"SimpleAD": "Administrator", "MicrosoftAD": "Admin"}
 HOME_STORAGE_TYPES = ("Efs", "Ebs")
 DELETION_POLICIES = ("Retain", "Delete")
+# network.domainDns, an adopted VPC only: how its instances and functions resolve the AD domain. ResolverRule: a
+# Route 53 Resolver rule forwards the domain to the directory's DNS, the VPC's DHCP options stay as they are.
+# DhcpOptions: the stack replaces the VPC's DHCP options (a VPC created here always gets them). Unmanaged: the VPC
+# resolves the domain already (its DNS servers forward it, or a rule shared with it does); the stack adds nothing.
+DOMAIN_DNS_MODES = ("ResolverRule", "DhcpOptions", "Unmanaged")
 
 _REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d+$")
 _CLUSTER_NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]+$")  # pcluster's own rule
@@ -80,6 +85,9 @@ class NetworkSettings:
     vpc_id: str | None = None  # set: adopt this VPC instead of creating one
     public_subnet_id: str | None = None
     private_subnet_ids: tuple[str, ...] = ()
+    # DOMAIN_DNS_MODES; None on an adopted VPC when not configured: the program decides from the VPC's DHCP options
+    # (program._domain_dns). A VPC created here: DhcpOptions.
+    domain_dns: str | None = "DhcpOptions"
 
     @property
     def existing(self) -> bool:
@@ -458,9 +466,9 @@ def parse_settings(
 
     if region and _STACK_RE.match(stack):
         _check_names(problems, stack, region)
-    network = _parse_network(problems, raw.get(_key("network")), region)
-    directory = _parse_directory(problems, raw.get(_key("directory")))
     warnings: list[str] = []
+    network = _parse_network(problems, raw.get(_key("network")), region, warnings)
+    directory = _parse_directory(problems, raw.get(_key("directory")))
     join = _parse_join(problems, raw.get(_key("join")), directory, admin_password, join_password,
                        stack=stack, warnings=warnings)
     groups, users = _parse_directory_objects(problems, raw.get(_key("groups")), raw.get(_key("users")), directory)
@@ -491,9 +499,11 @@ def parse_settings(
     )
 
 
-def _parse_network(problems: list[Problem], value: Any, region: str) -> NetworkSettings:
+def _parse_network(problems: list[Problem], value: Any, region: str,
+                   warnings: list[str] | None = None) -> NetworkSettings:
     r = _Reader(problems, _key("network"), value)
-    r.unknown_keys({"cidr", "natGateways", "availabilityZones", "vpcId", "publicSubnetId", "privateSubnetIds"})
+    r.unknown_keys({"cidr", "natGateways", "availabilityZones", "vpcId", "publicSubnetId", "privateSubnetIds",
+                    "domainDns"})
     vpc_id = r.str("vpcId")
     azs = r.str_list("availabilityZones")
     if vpc_id is not None:
@@ -514,11 +524,24 @@ def _parse_network(problems: list[Problem], value: Any, region: str) -> NetworkS
         for k in ("cidr", "natGateways", "availabilityZones"):
             if k in r.value:
                 r.fail(r.sub(k), "applies only to a VPC created here: remove it, or remove vpcId")
-        return NetworkSettings(vpc_id=vpc_id, public_subnet_id=public, private_subnet_ids=private)
+        domain_dns = r.choice("domainDns", DOMAIN_DNS_MODES)
+        if domain_dns == "DhcpOptions" and warnings is not None:
+            warnings.append(
+                f"{r.sub('domainDns')} DhcpOptions: the stack replaces {vpc_id}'s DHCP options, so DNS changes for"
+                " EVERY instance in that VPC, and `pulumi destroy` leaves the VPC with no DHCP options (AWS's"
+                " 'default': AmazonProvidedDNS), not with the set it had before. The set before is the stack output"
+                " previousDhcpOptionsId: after a destroy, restore it with `aws ec2 associate-dhcp-options"
+                f" --vpc-id {vpc_id} --dhcp-options-id <previousDhcpOptionsId>`. ResolverRule (the default) leaves"
+                " the VPC's DHCP options alone.")
+        return NetworkSettings(vpc_id=vpc_id, public_subnet_id=public, private_subnet_ids=private,
+                               domain_dns=domain_dns)
 
     for k in ("publicSubnetId", "privateSubnetIds"):
         if k in r.value:
             r.fail(r.sub(k), "applies only to an existing VPC: set network.vpcId too, or remove it")
+    if "domainDns" in r.value:
+        r.fail(r.sub("domainDns"), "applies only to an existing VPC (network.vpcId): a VPC created here always gets"
+               " DHCP options naming the directory's DNS servers; remove it")
     cidr = r.str("cidr", default="10.0.0.0/16") or "10.0.0.0/16"
     try:
         net = ipaddress.IPv4Network(cidr, strict=True)

@@ -1,6 +1,7 @@
-"""Directory: Simple AD or AWS Managed Microsoft AD (or an existing directory), and the VPC's
-DHCP options pointing at its DNS so that nodes resolve the domain (the directory's DNS forwards
-every other name, EC2 host names included, to the VPC resolver)."""
+"""Directory: Simple AD or AWS Managed Microsoft AD (or an existing directory), and, unless told otherwise, the
+VPC's DHCP options pointing at its DNS so that nodes resolve the domain (the directory's DNS forwards every other
+name, EC2 host names included, to the VPC resolver). In an adopted VPC the stack leaves the DHCP options alone by
+default (`manage_dhcp_options=False`; components/dns_forwarding.py forwards the domain instead)."""
 
 from __future__ import annotations
 
@@ -25,15 +26,23 @@ class DirectoryArgs:
     existing_directory_id: str | None = None
     protect: bool = False
     tags: dict[str, str] = field(default_factory=dict)
+    # False: no DHCP options, the VPC keeps its own (an adopted VPC with network.domainDns other than DhcpOptions).
+    manage_dhcp_options: bool = True
+    # An adopted VPC's set before this stack's (looked up at deploy): kept in a tag of the stack's set and in the
+    # output, because the provider's delete of the association leaves the VPC with no options, not with this one.
+    previous_dhcp_options_id: str | None = None
+
+
+PREVIOUS_DHCP_OPTIONS_TAG = "pcluster-ad:previous-dhcp-options"
 
 
 class Directory(pulumi.ComponentResource):
     directory_id: pulumi.Output[str | None]
     dns_ips: pulumi.Output[list[str]]
     domain_name: pulumi.Output[str]
-    dhcp_options_id: pulumi.Output[str]
+    dhcp_options_id: pulumi.Output[str] | None  # None: the VPC's DHCP options are not the stack's
     # Nodes resolve the domain only once this association exists: the cluster depends on it.
-    dhcp_association: aws.ec2.VpcDhcpOptionsAssociation
+    dhcp_association: aws.ec2.VpcDhcpOptionsAssociation | None
 
     def __init__(self, name: str, args: DirectoryArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("pcluster-ad:index:Directory", name, None, opts)
@@ -73,6 +82,20 @@ class Directory(pulumi.ComponentResource):
             self.directory_id = directory.id
             self.dns_ips = directory.dns_ip_addresses
 
+        self.domain_name = pulumi.Output.from_input(args.domain_name)
+        self.dhcp_options_id = None
+        self.dhcp_association = None
+        if args.manage_dhcp_options:
+            self._dhcp_options(name, args)
+        self.register_outputs({
+            "directoryId": self.directory_id,
+            "dnsIps": self.dns_ips,
+            "domainName": self.domain_name,
+            "dhcpOptionsId": self.dhcp_options_id,
+        })
+
+    def _dhcp_options(self, name: str, args: DirectoryArgs) -> None:
+        previous = {PREVIOUS_DHCP_OPTIONS_TAG: args.previous_dhcp_options_id} if args.previous_dhcp_options_id else {}
         dhcp = aws.ec2.VpcDhcpOptions(
             f"{name}-dhcp",
             aws.ec2.VpcDhcpOptionsArgs(
@@ -83,7 +106,7 @@ class Directory(pulumi.ComponentResource):
                 # sssd and Kerberos look up its SRV records by the full name). docs/design.md.
                 domain_name=args.ec2_internal_domain,
                 domain_name_servers=self.dns_ips,
-                tags={**args.tags, "Name": f"{name}-dhcp"},
+                tags={**args.tags, **previous, "Name": f"{name}-dhcp"},
             ),
             pulumi.ResourceOptions(parent=self),
         )
@@ -93,10 +116,3 @@ class Directory(pulumi.ComponentResource):
             pulumi.ResourceOptions(parent=self),
         )
         self.dhcp_options_id = dhcp.id
-        self.domain_name = pulumi.Output.from_input(args.domain_name)
-        self.register_outputs({
-            "directoryId": self.directory_id,
-            "dnsIps": self.dns_ips,
-            "domainName": self.domain_name,
-            "dhcpOptionsId": self.dhcp_options_id,
-        })

@@ -144,7 +144,9 @@ def test_existing_vpc_is_adopted_not_created(run_stack):
     assert g.outputs["vpcId"] == "vpc-0123456789abcdef0"
     assert g.outputs["privateSubnetIds"] == list(subnets)
     assert g.named("directory-ad").inputs["vpcSettings"]["subnetIds"] == list(subnets)
-    assert g.named("directory-dhcp-assoc").inputs["vpcId"] == "vpc-0123456789abcdef0"
+    # The adopted VPC's DHCP options stay as they are: a Resolver rule forwards the domain (tests/test_domain_dns.py).
+    assert not g.of_type("aws:ec2/vpcDhcpOptionsAssociation:VpcDhcpOptionsAssociation")
+    assert g.named("domain-dns-rule-assoc").inputs["vpcId"] == "vpc-0123456789abcdef0"
 
 
 def test_existing_subnets_in_one_az_fail_before_anything_is_declared(run_stack, caplog):

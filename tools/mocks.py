@@ -49,6 +49,8 @@ _COMPUTED: dict[str, dict[str, str | None]] = {
     "aws:ec2/eip:Eip": {"publicIp": None, "allocationId": None},
     "aws:ec2/natGateway:NatGateway": {"publicIp": None, "privateIp": None},
     "aws:ec2/securityGroup:SecurityGroup": {"arn": None},
+    "aws:route53/resolverEndpoint:ResolverEndpoint": {"arn": None, "hostVpcId": None},
+    "aws:route53/resolverRule:ResolverRule": {"arn": None, "ownerId": None, "shareStatus": None},
     "aws:cloudwatch/eventRule:EventRule": {"arn": None},
     "aws:lambda/invocation:Invocation": {"result": None},
     "random:index/randomPassword:RandomPassword": {"result": None, "bcryptHash": None},
@@ -60,10 +62,15 @@ class PlanMocks(Mocks):
     """Answers resource registrations and invokes with inputs plus marked placeholders."""
 
     def __init__(self, region: str = "eu-west-1", subnets: dict[str, dict[str, str]] | None = None,
-                 azs: list[str] | None = None):
+                 azs: list[str] | None = None, vpcs: dict[str, dict[str, Any]] | None = None,
+                 dhcp_options: dict[str, dict[str, Any]] | None = None):
         self.region = region
         self.subnets = subnets or {}  # id -> {availabilityZone, vpcId} for aws.ec2.get_subnet
         self.azs = azs
+        # An adopted VPC's lookups (program._domain_dns). Not given: a VPC whose DHCP options set (id known only at
+        # deploy) sends DNS to the Amazon-provided resolver, with DNS resolution on.
+        self.vpcs = vpcs or {}  # id -> {dhcpOptionsId, enableDnsSupport}
+        self.dhcp_options = dhcp_options or {}  # id -> {domainNameServers, tags}
 
     @classmethod
     def from_config(cls, config: dict[str, str]) -> PlanMocks:
@@ -110,6 +117,15 @@ class PlanMocks(Mocks):
             subnet = self.subnets.get(args.args.get("id"), {})
             return {"id": args.args.get("id"), "availabilityZone": subnet.get("availabilityZone",
                     f"{self.region}a"), "vpcId": subnet.get("vpcId", "vpc-unknown")}, []
+        if args.token == "aws:ec2/getVpc:getVpc":
+            vpc_id = args.args.get("id")
+            vpc = {"dhcpOptionsId": placeholder(str(vpc_id), "dhcpOptionsId"), "enableDnsSupport": True,
+                   "enableDnsHostnames": True, **self.vpcs.get(vpc_id, {})}
+            return {"id": vpc_id, **vpc}, []
+        if args.token == "aws:ec2/getVpcDhcpOptions:getVpcDhcpOptions":
+            options_id = args.args.get("dhcpOptionsId")
+            options = {"domainNameServers": ["AmazonProvidedDNS"], "tags": {}, **self.dhcp_options.get(options_id, {})}
+            return {"id": options_id, "dhcpOptionsId": options_id, **options}, []
         if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
             return {"accountId": ACCOUNT_PLACEHOLDER, "arn": "<after-deploy:caller-arn>",
                     "userId": "<after-deploy:caller-user-id>"}, []
