@@ -363,8 +363,65 @@ def _check_existing_subnets(settings: Settings) -> None:
     if len(set(azs)) != 2:
         problems.append(Problem("pcluster-ad:network.privateSubnetIds",
                                 f"both subnets are in {azs[0]}: pick two subnets in two different AZs"))
+    problems += route_out_problems(net.vpc_id, net.private_subnet_ids, net.public_subnet_id)
     if problems:
         _fail(problems)
+
+
+def _route_table(vpc_id: str, subnet_id: str):
+    """The subnet's route table: its explicit association, else the VPC's main table (the data source finds only
+    explicit associations and fails otherwise)."""
+    try:
+        return aws.ec2.get_route_table(subnet_id=subnet_id)
+    except Exception as e:  # the SDK raises a plain Exception for a failed invoke
+        if "no matching" not in str(e):
+            raise
+        return aws.ec2.get_route_table(vpc_id=vpc_id, filters=[
+            aws.ec2.GetRouteTableFilterArgs(name="association.main", values=["true"])])
+
+
+def _default_route(vpc_id: str, subnet_id: str):
+    table = _route_table(vpc_id, subnet_id)
+    return table.id, next((r for r in table.routes if r.cidr_block == "0.0.0.0/0"), None)
+
+
+def route_out_problems(vpc_id: str, private_subnet_ids: list[str], public_subnet_id: str) -> list[Problem]:
+    """An adopted VPC, before anything is created: the functions (DirectoryAdmin, JoinFunction) and the compute
+    nodes in the private subnets reach AWS's APIs, the join function URL and the OS packages only through a
+    0.0.0.0/0 route to a NAT (a public NAT gateway whose subnet routes to an internet gateway), a transit gateway
+    or a network appliance; an internet gateway route does not serve them (Lambda's interfaces never get a public
+    IP). The head node's public subnet needs 0.0.0.0/0 to an internet gateway."""
+    key = "pcluster-ad:network.privateSubnetIds"
+    fix = ("add a 0.0.0.0/0 route to a NAT gateway (in a public subnet) to its route table, or list private "
+           "subnets that have one")
+    problems = []
+    for subnet_id in private_subnet_ids:
+        table, route = _default_route(vpc_id, subnet_id)
+        if route is None:
+            problems.append(Problem(key, f"{subnet_id} (route table {table}) has no 0.0.0.0/0 route: the functions and"
+                                         f" the nodes there cannot reach AWS's APIs or the join function URL; {fix}"))
+        elif route.nat_gateway_id:
+            nat = aws.ec2.get_nat_gateway(id=route.nat_gateway_id)
+            if nat.connectivity_type == "private":
+                problems.append(Problem(key, f"{subnet_id} routes 0.0.0.0/0 to {nat.id}, a private NAT gateway (no "
+                                             f"way to the internet); {fix}"))
+                continue
+            nat_table, nat_route = _default_route(vpc_id, nat.subnet_id)
+            if nat_route is None or not (nat_route.gateway_id or "").startswith("igw-"):
+                problems.append(Problem(key, f"{subnet_id} routes 0.0.0.0/0 to {nat.id}, but that NAT gateway's "
+                                             f"subnet {nat.subnet_id} (route table {nat_table}) has no 0.0.0.0/0 route "
+                                             "to an internet gateway: give it one"))
+        elif not (route.transit_gateway_id or route.network_interface_id):
+            target = route.gateway_id or route.vpc_peering_connection_id or route.vpc_endpoint_id or "nowhere"
+            problems.append(Problem(key, f"{subnet_id} routes 0.0.0.0/0 to {target}: functions and nodes there have "
+                                         f"no public IP, so only a NAT (or a transit gateway) takes them out; {fix}"))
+    table, route = _default_route(vpc_id, public_subnet_id)
+    if route is None or not (route.gateway_id or "").startswith("igw-"):
+        problems.append(Problem("pcluster-ad:network.publicSubnetId",
+                                f"{public_subnet_id} (route table {table}) has no 0.0.0.0/0 route to an internet "
+                                "gateway: the head node there cannot be reached or reach the internet; pick a "
+                                "public subnet"))
+    return problems
 
 
 def _fail(problems: list[Problem]) -> NoReturn:

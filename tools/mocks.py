@@ -21,6 +21,10 @@ SECRET_MASK = "[secret]"
 ACCOUNT_PLACEHOLDER = "<after-deploy:account-id>"
 
 
+# An adopted VPC's way out as the plan's mocks answer it (PlanMocks.routes).
+EXISTING_NAT, EXISTING_IGW, EXISTING_VPC_CIDR = "nat-0existing000000000", "igw-0existing000000000", "10.99.0.0/16"
+
+
 def placeholder(resource: str, prop: str) -> str:
     return f"<after-deploy:{resource}.{prop}>"
 
@@ -63,7 +67,9 @@ class PlanMocks(Mocks):
 
     def __init__(self, region: str = "eu-west-1", subnets: dict[str, dict[str, str]] | None = None,
                  azs: list[str] | None = None, vpcs: dict[str, dict[str, Any]] | None = None,
-                 dhcp_options: dict[str, dict[str, Any]] | None = None):
+                 dhcp_options: dict[str, dict[str, Any]] | None = None,
+                 route_tables: dict[str, list[dict[str, Any]]] | None = None,
+                 nat_gateways: dict[str, dict[str, str]] | None = None, vpc_cidr: str = EXISTING_VPC_CIDR):
         self.region = region
         self.subnets = subnets or {}  # id -> {availabilityZone, vpcId} for aws.ec2.get_subnet
         self.azs = azs
@@ -71,6 +77,31 @@ class PlanMocks(Mocks):
         # deploy) sends DNS to the Amazon-provided resolver, with DNS resolution on.
         self.vpcs = vpcs or {}  # id -> {dhcpOptionsId, enableDnsSupport}
         self.dhcp_options = dhcp_options or {}  # id -> {domainNameServers, tags}
+        # An adopted VPC's routes (aws.ec2.get_route_table by subnet): subnet id -> routes. A subnet not listed: a
+        # 0.0.0.0/0 route to EXISTING_NAT when it is a listed subnet without mapPublicIpOnLaunch (a private one),
+        # else to EXISTING_IGW. NAT gateways (aws.ec2.get_nat_gateway): id -> {subnetId, connectivityType}.
+        self.route_tables = route_tables or {}
+        self.nat_gateways = nat_gateways or {EXISTING_NAT: {"subnetId": "subnet-0natpublic0000000",
+                                                             "connectivityType": "public"}}
+        self.vpc_cidr = vpc_cidr
+
+    def routes(self, subnet_id: str) -> list[dict[str, Any]]:
+        if subnet_id in self.route_tables:
+            return self.route_tables[subnet_id]
+        subnet = self.subnets.get(subnet_id)
+        if subnet is not None and not subnet.get("mapPublicIpOnLaunch"):
+            return [{"cidrBlock": "0.0.0.0/0", "natGatewayId": EXISTING_NAT}]
+        return [{"cidrBlock": "0.0.0.0/0", "gatewayId": EXISTING_IGW}]
+
+    def network_facts(self) -> dict[str, Any]:
+        """What the program reads of an adopted VPC, as tools.network_judge.Facts(**...) takes it."""
+        subnets = {**{nat["subnetId"]: {} for nat in self.nat_gateways.values()}, **self.subnets}
+        vpc = next((s["vpcId"] for s in self.subnets.values() if s.get("vpcId")), None)
+        options = self.dhcp_options.get((self.vpcs.get(vpc) or {}).get("dhcpOptionsId"), {})
+        return {"vpc_cidr": self.vpc_cidr, "subnets": subnets,
+                "route_tables": {s: self.routes(s) for s in subnets},
+                "nat_gateways": self.nat_gateways, "internet_gateways": [EXISTING_IGW],
+                "dhcp_servers": list(options.get("domainNameServers") or ["AmazonProvidedDNS"])}
 
     @classmethod
     def from_config(cls, config: dict[str, str]) -> PlanMocks:
@@ -88,9 +119,11 @@ class PlanMocks(Mocks):
             vpc = network["vpcId"]
             private = network.get("privateSubnetIds") or []
             for i, subnet_id in enumerate(private if isinstance(private, list) else []):
-                subnets[str(subnet_id)] = {"availabilityZone": f"{region}{'ab'[i % 2]}", "vpcId": vpc}
+                subnets[str(subnet_id)] = {"availabilityZone": f"{region}{'ab'[i % 2]}", "vpcId": vpc,
+                                           "cidrBlock": f"10.99.{i}.0/24", "mapPublicIpOnLaunch": False}
             if isinstance(network.get("publicSubnetId"), str):
-                subnets[network["publicSubnetId"]] = {"availabilityZone": f"{region}a", "vpcId": vpc}
+                subnets[network["publicSubnetId"]] = {"availabilityZone": f"{region}a", "vpcId": vpc,
+                                                      "cidrBlock": "10.99.100.0/24", "mapPublicIpOnLaunch": True}
         return cls(region=region, subnets=subnets)
 
     def new_resource(self, args: MockResourceArgs) -> tuple[str | None, dict]:
@@ -126,6 +159,17 @@ class PlanMocks(Mocks):
             options_id = args.args.get("dhcpOptionsId")
             options = {"domainNameServers": ["AmazonProvidedDNS"], "tags": {}, **self.dhcp_options.get(options_id, {})}
             return {"id": options_id, "dhcpOptionsId": options_id, **options}, []
+        if args.token == "aws:ec2/getRouteTable:getRouteTable":
+            subnet_id = args.args.get("subnetId")
+            if subnet_id is None:  # the VPC's main table: the local route only
+                return {"id": "rtb-main", "routeTableId": "rtb-main", "routes": []}, []
+            return {"id": f"rtb-of-{subnet_id}", "routeTableId": f"rtb-of-{subnet_id}", "subnetId": subnet_id,
+                    "routes": self.routes(subnet_id)}, []
+        if args.token == "aws:ec2/getNatGateway:getNatGateway":
+            nat = self.nat_gateways.get(args.args.get("id"))
+            if nat is None:  # as the provider answers: the invoke fails, the program may catch it
+                return {}, [("id", f"no matching EC2 NAT Gateway found: {args.args.get('id')}")]
+            return {"id": args.args.get("id"), "connectivityType": "public", **nat}, []
         if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
             return {"accountId": ACCOUNT_PLACEHOLDER, "arn": "<after-deploy:caller-arn>",
                     "userId": "<after-deploy:caller-user-id>"}, []
