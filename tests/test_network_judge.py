@@ -253,3 +253,78 @@ def test_subnet_on_the_main_route_table_is_looked_up_there(run_stack):
     assert graph.outputs["privateSubnetIds"] == PRIVATE
     main = [a for a in mocks.asked if a.get("vpcId")]
     assert main and main[0]["filters"] == [{"name": "association.main", "values": ["true"]}]
+
+
+# -------------------------------------------------------------------------- the judge's own rules, on edited plans
+def _edited(run_stack, edit) -> list:
+    resources, _ = plan(run_stack, "dev")
+    resources = copy.deepcopy(resources)
+    edit({r["name"]: r for r in resources}, resources)
+    return resources
+
+
+def test_cidr_blocks_and_all_protocols_match_as_aws_does(run_stack):
+    def vpc_wide(by_name, _):
+        by_name["directory-admin-sg"]["inputs"]["egress"] = [
+            # The DCs' addresses are inside the VPC's block: a rule to the block reaches them.
+            {"protocol": "tcp", "fromPort": 1, "toPort": 1000, "cidrBlocks": ["10.0.0.0/16"]},
+            {"protocol": "udp", "fromPort": 53, "toPort": 53, "cidrBlocks": ["10.0.0.0/16"]}]
+
+    verdict = judge(_edited(run_stack, vpc_wide))
+    # 443 to the internet is not inside 10.0.0.0/16.
+    assert verdict.failed_flows() == {"DirectoryAdmin AWS APIs"}
+
+    def everything(by_name, _):
+        by_name["directory-admin-sg"]["inputs"]["egress"] = [
+            {"protocol": "-1", "fromPort": 0, "toPort": 0, "cidrBlocks": ["0.0.0.0/0"]}]
+
+    assert judge(_edited(run_stack, everything)).ok
+
+    def other_block(by_name, _):
+        by_name["directory-admin-sg"]["inputs"]["egress"][0]["cidrBlocks"] = ["10.0.0.0/24"]
+
+    # A block that may or may not hold a DC is not a rule that certainly reaches it.
+    assert "DirectoryAdmin LDAP" in judge(_edited(run_stack, other_block)).failed_flows()
+
+
+def test_internet_gateway_route_does_not_serve_interfaces_without_public_ip(run_stack):
+    def igw(by_name, _):
+        for s in "ab":
+            by_name[f"network-private-{s}-rt"]["inputs"]["routes"] = [
+                {"cidrBlock": "0.0.0.0/0", "gatewayId": "<after-deploy:network-igw.id>"}]
+
+    verdict = judge(_edited(run_stack, igw))
+    assert verdict.failed_flows() == {"DirectoryAdmin AWS APIs", "JoinFunction AWS APIs", "ComputeNodes HTTPS"}
+    assert all("no public IP" in f.detail for f in verdict.failures)
+
+
+def _acl(ingress, egress):
+    def edit(by_name, resources):
+        resources.append({"type": "aws:ec2/networkAcl:NetworkAcl", "name": "private-acl", "parent": None,
+                          "dependencies": [], "inputs": {
+                              "vpcId": "<after-deploy:network-vpc.id>", "ingress": ingress, "egress": egress,
+                              "subnetIds": ["<after-deploy:network-private-a.id>",
+                                            "<after-deploy:network-private-b.id>"]}})
+    return edit
+
+
+ALLOW_ALL = {"ruleNo": 100, "action": "allow", "protocol": "-1", "fromPort": 0, "toPort": 0, "cidrBlock": "0.0.0.0/0"}
+
+
+def test_network_acls_are_stateless(run_stack):
+    assert judge(_edited(run_stack, _acl([ALLOW_ALL], [ALLOW_ALL]))).ok
+    # Requests in, but no ephemeral ports back: every reply to the private subnets is dropped.
+    well_known = {"ruleNo": 100, "action": "allow", "protocol": "-1", "fromPort": 0, "toPort": 0,
+                  "cidrBlock": "10.0.0.0/16"}
+    verdict = judge(_edited(run_stack, _acl([well_known], [ALLOW_ALL])))
+    assert {"DirectoryAdmin AWS APIs", "JoinFunction AWS APIs", "ComputeNodes HTTPS"} <= verdict.failed_flows()
+    assert any("(the reply)" in f.detail for f in verdict.failures)
+    assert "HeadNode HTTPS" not in verdict.failed_flows()  # the head node's public subnet has no ACL
+
+
+def test_network_acl_deny_entry_comes_first(run_stack):
+    deny_dns = {"ruleNo": 50, "action": "deny", "protocol": "udp", "fromPort": 53, "toPort": 53,
+                "cidrBlock": "0.0.0.0/0"}
+    verdict = judge(_edited(run_stack, _acl([deny_dns, ALLOW_ALL], [ALLOW_ALL])))
+    # DNS to a DC in the other private subnet (or from the public one) crosses the ACL; nothing else is denied.
+    assert verdict.failed_flows() == {"DirectoryAdmin DNS", "JoinFunction DNS", "HeadNode DNS", "ComputeNodes DNS"}

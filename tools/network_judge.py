@@ -111,7 +111,9 @@ DIRECTORY_CONTROLLER_INGRESS = [("tcp", 53, 53), ("udp", 53, 53), ("tcp", 88, 88
                                 ("udp", 389, 389), ("tcp", 445, 445), ("udp", 445, 445), ("tcp", 464, 464),
                                 ("udp", 464, 464), ("tcp", 636, 636), ("tcp", 1024, 65535)]
 AMAZON_DNS = "AmazonProvidedDNS"
-EPHEMERAL = (1024, 65535)
+# The reply's destination port is the client's ephemeral port: Lambda and the Linux nodes may use any of
+# 1024-65535 (AWS's ACL guide), so a stateless ACL must let all of them back; these samples stand for the range.
+EPHEMERAL = (1024, 32768, 60999, 65535)
 SG = "aws:ec2/securityGroup:SecurityGroup"
 PLACEHOLDER_ID = re.compile(r"^<after-deploy:([^<>]+)\.id>$")
 
@@ -407,7 +409,10 @@ class World:
                      or (peer is not None and any(g in peer.groups for g in r.groups)))]
 
     # ---- network ACLs (stateless)
-    def nacl_problems(self, subnet: str, direction: str, proto: str, port: int) -> list[str]:
+    def nacl_problems(self, subnet: str, direction: str, proto: str, ports: Sequence[int],
+                      peer: Interface | None) -> list[str]:
+        """Network ACLs of the subnet (stateless): the lowest-numbered entry that may match decides. An allow
+        counts only when its block certainly holds the peer; a deny whenever it may (conservative both ways)."""
         acls = [a for a in self.of("aws:ec2/networkAcl:NetworkAcl") if subnet in (a["inputs"].get("subnetIds") or [])]
         acls += [self.res[ref(a["inputs"]["networkAclId"])] for a in
                  self.of("aws:ec2/networkAclAssociation:NetworkAclAssociation")
@@ -417,20 +422,42 @@ class World:
             entries = [dict(e, origin=f"{acl['name']} {direction}[{i}]")
                        for i, e in enumerate(acl["inputs"].get(direction) or [])]
             entries += [dict(r["inputs"], ruleNo=r["inputs"].get("ruleNumber"), action=r["inputs"].get("ruleAction"),
-                             cidrBlock=r["inputs"].get("cidrBlock"), origin=r["name"])
+                             origin=r["name"])
                         for r in self.of("aws:ec2/networkAclRule:NetworkAclRule")
                         if ref(r["inputs"].get("networkAclId")) == acl["name"]
                         and bool(r["inputs"].get("egress")) == (direction == "egress")]
-            decision = "deny (no rule: the implicit deny)"
-            for e in sorted(entries, key=lambda e: int(e.get("ruleNo", 32767))):
-                p = _proto(e.get("protocol"))
-                if (p == "all" or (p == proto and int(e.get("fromPort", 0)) <= port <= int(e.get("toPort", 0)))) \
-                        and e.get("cidrBlock") == "0.0.0.0/0":
-                    decision = str(e.get("action", "deny")).lower()
+            for port in ports:
+                decision = "deny (no entry matches: the implicit deny)"
+                for e in sorted(entries, key=lambda e: int(e.get("ruleNo", 32767))):
+                    p = _proto(e.get("protocol"))
+                    low, high = int(e.get("fromPort", 0)), int(e.get("toPort", 0))
+                    if not (p == "all" or (p == proto and low <= port <= high)):
+                        continue
+                    action = str(e.get("action", "deny")).lower()
+                    block = e.get("cidrBlock") or ""
+                    if action == "allow" and self.cidr_matches(block, peer):
+                        decision = "allow"
+                        break
+                    if action != "allow" and self.cidr_may_match(block, peer):
+                        decision = f"deny ({e['origin']})"
+                        break
+                if decision != "allow":
+                    problems.append(f"network ACL {acl['name']} of {ref(subnet)}: {direction} {proto}/{port}: "
+                                    f"{decision}")
                     break
-            if decision != "allow":
-                problems.append(f"network ACL {acl['name']} {direction} {proto}/{port}: {decision}")
         return problems
+
+    def cidr_may_match(self, block: str, peer: Interface | None) -> bool:
+        if block == "0.0.0.0/0" or peer is None or self.cidr_matches(block, peer):
+            return True
+        try:
+            net = ipaddress.ip_network(block, strict=False)
+            if peer.address:
+                return ipaddress.ip_address(peer.address) in net
+        except ValueError:
+            pass
+        inside = self.within(peer)
+        return not inside or any(ipaddress.ip_network(c, strict=False).overlaps(net) for c in inside)
 
     # ---- routes
     def route_table(self, subnet: str) -> tuple[str | None, list[dict[str, Any]]]:
@@ -541,8 +568,8 @@ def _judge_packet(world: World, src: Interface, dst: Interface | None, proto: st
     if not world.allowed(src, "egress", proto, port, dst):
         problems.append(f"no egress rule of {src.piece}'s groups {sorted(src.groups)} allows {proto}/{port} to "
                         f"{dst.address or dst.piece if dst else 'the internet'} (from {ref(src.subnet)})")
-    problems += world.nacl_problems(src.subnet, "egress", proto, port)
-    problems += [p + " (reply)" for p in world.nacl_problems(src.subnet, "ingress", proto, EPHEMERAL[0])]
+    problems += world.nacl_problems(src.subnet, "egress", proto, [port], dst)
+    problems += [p + " (the reply)" for p in world.nacl_problems(src.subnet, "ingress", proto, EPHEMERAL, dst)]
     if dst is None:
         why = world.internet_path(src)
         if why:
@@ -552,7 +579,8 @@ def _judge_packet(world: World, src: Interface, dst: Interface | None, proto: st
         problems.append(f"no ingress rule of {dst.piece}'s groups {sorted(dst.groups)} admits {proto}/{port} from "
                         f"{src.piece} in {ref(src.subnet)}")
     if dst.subnet and dst.subnet != src.subnet:
-        problems += world.nacl_problems(dst.subnet, "ingress", proto, port)
+        problems += world.nacl_problems(dst.subnet, "ingress", proto, [port], src)
+        problems += [p + " (the reply)" for p in world.nacl_problems(dst.subnet, "egress", proto, EPHEMERAL, src)]
     return problems
 
 
