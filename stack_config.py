@@ -621,9 +621,22 @@ def _parse_directory(problems: list[Problem], value: Any) -> DirectorySettings |
             if directory_id is None:
                 r.fail(r.sub("directoryId"), "is required with directory.adminUser: the stack sets passwords"
                        " with ds:ResetUserPassword on this directory")
-        if parent_ou is not None and not re.fullmatch(r"(OU=[^,=]+,)+(DC=[A-Za-z0-9-]+,)*DC=[A-Za-z0-9-]+",
-                                                      parent_ou):
-            r.fail(r.sub("parentOu"), f"{parent_ou!r} is not an OU's DN such as OU=CORP,DC=corp,DC=example,DC=com")
+        root = ",".join(f"DC={label}" for label in (domain or "corp.example.com").split("."))
+        example = f"OU={short or 'CORP'},{root}"
+        if parent_ou is None and admin_user is not None:
+            # Not guessed: the config cannot tell Managed AD (whose Admin may write only below its delegated OU,
+            # and whose ds:ResetUserPassword sets passwords only there) from a directory whose root is writable.
+            r.fail(r.sub("parentOu"), "is required with directory.adminUser: the DN under which the stack creates"
+                   f" its OU. AWS Managed Microsoft AD: its delegated OU, named after the NetBIOS name, e.g. {example};"
+                   f" Simple AD or a directory whose root the admin may write: the domain itself, {root}")
+        elif parent_ou is not None and parent_ou.lower() == root.lower():
+            parent_ou = ""  # the domain root, written out
+        elif parent_ou is not None and not re.fullmatch(r"(OU=[^,=]+,)+(DC=[A-Za-z0-9-]+,)*DC=[A-Za-z0-9-]+",
+                                                        parent_ou):
+            r.fail(r.sub("parentOu"), f"{parent_ou!r} is not an OU's DN such as {example} (or the domain {root})")
+        elif parent_ou is not None and not parent_ou.lower().endswith("," + root.lower()):
+            r.fail(r.sub("parentOu"), f"{parent_ou!r} is not inside the domain {domain} ({root}): give an OU such as"
+                   f" {example}")
     else:
         admin_user = parent_ou = None
         for k in ("dnsIps", "directoryId", "adminUser", "parentOu"):

@@ -300,3 +300,66 @@ def test_join_window_settings_and_their_bounds():
     raw[JOIN].update(windowMinutes="1440", maxAnswers="10")  # strings, as `pulumi config set` stores them
     join = parse_settings(raw, stack="dev").join
     assert (join.window_minutes, join.max_answers) == (1440, 10)
+
+
+EXISTING_ADMINISTERED = {"type": "Existing", "domainName": "corp.example.com", "shortName": "CORP",
+                         "dnsIps": ["10.1.0.10", "10.1.1.10"], "directoryId": "d-1234567890", "adminUser": "Admin"}
+
+
+def _existing(directory: dict[str, Any]) -> dict[str, Any]:
+    raw = dev_raw()
+    raw[DIR] = directory
+    raw[JOIN] = {"user": "pcad-add-dev"}
+    return raw
+
+
+def test_existing_administered_directory_without_parent_ou_is_refused_with_both_answers():
+    """Issue 17, finding 6: an Existing AWS Managed Microsoft AD without parentOu put the stack's OU at the
+    domain root, where Managed AD's Admin cannot write (and ds:ResetUserPassword cannot reach). The config
+    cannot tell Managed AD from a directory whose root is writable, so the key is required, never guessed."""
+    with pytest.raises(ConfigError) as err:
+        parse_settings(_existing(dict(EXISTING_ADMINISTERED)), stack="dev", admin_password=GOOD_PASSWORD)
+    (p,) = [str(p) for p in err.value.problems if "parentOu" in str(p)]
+    assert p.startswith("pcluster-ad:directory.parentOu: is required with directory.adminUser")
+    assert "OU=CORP,DC=corp,DC=example,DC=com" in p  # Managed AD's delegated OU, from the NetBIOS name
+    assert "the domain itself, DC=corp,DC=example,DC=com" in p
+
+
+@pytest.mark.parametrize("parent,expected", [
+    ("OU=CORP,DC=corp,DC=example,DC=com", "OU=CORP,DC=corp,DC=example,DC=com"),
+    ("OU=HPC,OU=CORP,DC=corp,DC=example,DC=com", "OU=HPC,OU=CORP,DC=corp,DC=example,DC=com"),
+    ("DC=Corp,DC=example,DC=com", ""),  # the domain root, written out: the OU goes where it always went
+])
+def test_existing_administered_directory_parent_ou_accepted(parent, expected):
+    s = parse_settings(_existing({**EXISTING_ADMINISTERED, "parentOu": parent}), stack="dev",
+                       admin_password=GOOD_PASSWORD)
+    assert s.directory.parent_ou == expected and s.directory_admin
+
+
+@pytest.mark.parametrize("parent,words", [
+    ("OU=CORP,DC=other,DC=com", "is not inside the domain corp.example.com (DC=corp,DC=example,DC=com)"),
+    ("DC=example,DC=com", "is not an OU's DN such as OU=CORP,DC=corp,DC=example,DC=com"),
+    ("CN=Users,DC=corp,DC=example,DC=com", "is not an OU's DN"),
+])
+def test_existing_directory_parent_ou_must_be_an_ou_of_the_domain(parent, words):
+    with pytest.raises(ConfigError) as err:
+        parse_settings(_existing({**EXISTING_ADMINISTERED, "parentOu": parent}), stack="dev",
+                       admin_password=GOOD_PASSWORD)
+    found = [str(p) for p in err.value.problems]
+    assert any(p.startswith("pcluster-ad:directory.parentOu:") and words in p for p in found), found
+
+
+def test_existing_directory_without_admin_user_needs_no_parent_ou():
+    """Without directory.adminUser the stack creates no OU: parentOu stays optional."""
+    d = {k: v for k, v in EXISTING_ADMINISTERED.items() if k != "adminUser"}
+    s = parse_settings(_existing(d), stack="dev", join_password=GOOD_PASSWORD)
+    assert s.directory.parent_ou is None and not s.directory_admin
+
+
+def test_created_managed_ad_puts_the_ou_under_its_delegated_ou():
+    """The stack-created Managed AD path already derives the delegated OU (program._parent_dn)."""
+    from program import _parent_dn
+
+    raw = dev_raw()
+    raw[DIR] = {"type": "MicrosoftAD", "domainName": "corp.example.com", "shortName": "HPCCORP"}
+    assert _parent_dn(parse_settings(raw, stack="dev")) == "OU=HPCCORP,DC=corp,DC=example,DC=com"
