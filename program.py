@@ -130,6 +130,7 @@ def pulumi_program() -> None:
             dns_ips=directory.dns_ips,
             vpc_id=network.vpc_id,
             subnet_ids=network.private_subnet_ids,
+            network_path=network.egress,
             admin_user=settings.directory.admin_account,
             admin_password=admin_password,
             key_arn=secrets.key_arn,

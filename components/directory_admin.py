@@ -71,6 +71,10 @@ class DirectoryAdminArgs:
     users: Sequence[DirectoryUser] = ()
     sweep_schedule: str = "rate(1 day)"
     sweep_grace_minutes: int = 60
+    # The subnets' way out (Network.egress: route tables, associations, NAT, its EIP, the internet route): every
+    # Invocation and EventBridge target depends on it, so that on destroy the function's calls to SSM, EC2 and
+    # the directory run before the route out goes (tools/lifecycle_judge.py).
+    network_path: Sequence[pulumi.Resource] = ()
     ldaps: bool = False  # also allow 636 (Managed AD with LDAPS certificates)
     code_dir: str = "lambda_src"
     log_retention_days: int = 30
@@ -227,12 +231,15 @@ class DirectoryAdmin(pulumi.ComponentResource):
                 rule=rule.name, arn=function.arn, input=payload,
                 retry_policy=aws.cloudwatch.EventTargetRetryPolicyArgs(maximum_retry_attempts=20,
                                                                        maximum_event_age_in_seconds=3600),
-            ), pulumi.ResourceOptions(parent=self, depends_on=[permission])))
+            ), pulumi.ResourceOptions(parent=self, depends_on=[permission, *args.network_path])))
 
         def invocation(part_name: str, payload: dict[str, Any], deps: list[pulumi.Resource]) -> aws.lambda_.Invocation:
+            # The directory in every input: a replaced directory (new id, new DNS IPs) changes the input, so the
+            # update runs again and makes the OU, the accounts, the groups and the users in the new one.
+            payload = {**payload, "directoryId": args.directory_id, "dnsIps": args.dns_ips}
             return aws.lambda_.Invocation(f"{name}-{part_name}", aws.lambda_.InvocationArgs(
                 function_name=function.name, input=pulumi.Output.json_dumps(payload), lifecycle_scope="CRUD"),
-                pulumi.ResourceOptions(parent=self, depends_on=[function, role_policy, *deps]))
+                pulumi.ResourceOptions(parent=self, depends_on=[function, role_policy, *args.network_path, *deps]))
 
         # No names in the input (the function takes them from its environment): the version of the setup
         # (bump it when the setup does something new, so existing stacks re-run it) and of the password

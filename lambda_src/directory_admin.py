@@ -747,6 +747,12 @@ def handle_resource(event: Mapping[str, Any], *, settings: Settings, directory: 
     kind = event.get("resource")
     if action not in ("create", "update", "delete"):
         raise DirectoryError(f"unknown action {action!r}")
+    # The input names the directory (a replaced one re-runs every Invocation); the work goes to the function's
+    # own DIRECTORY_ID, so a create/update meant for another directory is refused rather than done here.
+    wanted = event.get("directoryId")
+    if action != "delete" and isinstance(wanted, str) and wanted and wanted != settings.directory_id:
+        raise DirectoryError(f"the input is for directory {wanted}, this function manages {settings.directory_id}:"
+                             " its environment is not updated yet; run `pulumi up` again")
     if kind == "directory":
         if action == "delete":
             # The OU holds the nodes' computer objects: never while the cluster has nodes (a replaced

@@ -156,14 +156,17 @@ def test_invocations_drive_the_directory(g):
         assert r.inputs["lifecycleScope"] == "CRUD"
         assert r.inputs["functionName"] == ROLE
     # No names in the inputs (issue 16): the function takes them from its environment; the setup's input
-    # carries the versions that make it re-run (setup behaviour, the account's password).
+    # carries the versions that make it re-run (setup behaviour, the account's password), and every input the
+    # directory (a new directory re-runs them all, issue 17 finding 4).
+    where = {"directoryId": DIRECTORY, "dnsIps": DNS}
     setup = json.loads(invs["directory-admin-setup"].inputs["input"])
     assert setup == {"resource": "directory", "ou": "pcluster-ad-dev", "setupVersion": 2,
-                     "joinPasswordVersion": setup["joinPasswordVersion"]}
+                     "joinPasswordVersion": setup["joinPasswordVersion"], **where}
     assert "join-secrets-join-password" in g.dependency_names(invs["directory-admin-setup"])  # its version
     alice = json.loads(invs["directory-admin-user-alice"].inputs["input"])
     assert alice == {"resource": "user", "name": "alice", "groups": ["hpc-users", "gpu"], "displayName": "Alice A",
-                     "email": "alice@example.com"}
+                     "email": "alice@example.com", **where}
+    assert json.loads(invs["directory-admin-group-gpu"].inputs["input"])["directoryId"] == DIRECTORY
     deps = g.dependency_names(invs["directory-admin-user-alice"])
     assert {"directory-admin-setup", "directory-admin-group-hpc-users", "directory-admin-group-gpu",
             "directory-admin-user-alice-initial-password"} <= set(deps)

@@ -55,7 +55,7 @@ _COMPUTED: dict[str, dict[str, str | None]] = {
     "aws:ec2/securityGroup:SecurityGroup": {"arn": None},
     "aws:route53/resolverEndpoint:ResolverEndpoint": {"arn": None, "hostVpcId": None},
     "aws:route53/resolverRule:ResolverRule": {"arn": None, "ownerId": None, "shareStatus": None},
-    "aws:cloudwatch/eventRule:EventRule": {"arn": None},
+    "aws:cloudwatch/eventRule:EventRule": {"arn": None, "name": None},
     "aws:lambda/invocation:Invocation": {"result": None},
     "random:index/randomPassword:RandomPassword": {"result": None, "bcryptHash": None},
     "command:local:Command": {"stdout": None, "stderr": None},
