@@ -77,11 +77,15 @@ NODE_FLOWS: list[dict[str, Any]] = [
     {"name": "LDAP", "target": "domain-controllers", "ports": [("tcp", 389)],
      "why": "adcli join (GSSAPI-sealed), sssd identity lookups"},
     {"name": "CLDAP", "target": "domain-controllers", "ports": [("udp", 389)],
-     "why": "adcli's domain discovery and sssd's netlogon ping (site, DC selection) are LDAP over UDP"},
+     "why": "adcli's domain discovery and sssd's netlogon ping (site, DC selection) may use LDAP over UDP; "
+            "not seen in the lab with one DC (tests/adlab/test_node_flows.py), kept as AWS's group allows it"},
     {"name": "kpasswd", "target": "domain-controllers", "ports": [("tcp", 464), ("udp", 464)],
      "why": "adcli sets the machine password; sssd renews it (ad_maximum_machine_account_password_age)"},
     {"name": "Global Catalog", "target": "domain-controllers", "ports": [("tcp", 3268)],
      "why": "sssd's AD provider looks users and group memberships up in the GC first (ad_enable_gc)"},
+    {"name": "SMB (GPO)", "target": "domain-controllers", "ports": [("tcp", 445)],
+     "why": "sssd's ad_gpo_access_control (default enforcing) reads the GPOs from SYSVOL over SMB at each login; "
+            "found by tests/adlab/test_node_flows.py"},
     {"name": "HTTPS", "target": "internet", "ports": [("tcp", 443)],
      "why": "the join function URL, STS/IMDS-signed calls, S3 scripts, OS packages"},
     {"name": "NFS /home", "target": "home", "ports": [("tcp", 2049)], "efs": True,
