@@ -76,10 +76,12 @@ def test_function_in_private_subnets_behind_egress_only_group(g):
     sg = g.named("directory-admin-sg").inputs
     assert sg["ingress"] == []
     rules = {(e["protocol"], e["fromPort"], e["toPort"], tuple(e["cidrBlocks"])) for e in sg["egress"]}
+    # DNS too: the function resolves through the VPC's DHCP options, which name only the directory's DNS (issue 17).
     assert rules == {("tcp", 389, 389, ("10.0.1.10/32",)), ("tcp", 389, 389, ("10.0.2.10/32",)),
-                     ("tcp", 443, 443, ("0.0.0.0/0",))}
+                     ("tcp", 443, 443, ("0.0.0.0/0",))} | {
+        (proto, 53, 53, (f"{ip}/32",)) for proto in ("udp", "tcp") for ip in ("10.0.1.10", "10.0.2.10")}
     ldaps = run(ldaps=True).named("directory-admin-sg").inputs["egress"]
-    assert {(e["fromPort"], e["cidrBlocks"][0]) for e in ldaps if e["fromPort"] != 443} == {
+    assert {(e["fromPort"], e["cidrBlocks"][0]) for e in ldaps if e["fromPort"] not in (443, 53)} == {
         (p, f"{ip}/32") for p in (389, 636) for ip in DNS}
     env = fn["environment"]["variables"]
     assert env["DNS_IPS"] == ",".join(DNS) and env["OU_NAME"] == "pcluster-ad-dev"
