@@ -100,6 +100,13 @@ def test_a_child_waits_for_its_parent_and_a_component_dependency_means_its_earli
     assert all(p.by_name[n].custom for wave in p.destroy_order() for n in wave)
 
 
+def test_the_worst_case_destroy_deletes_what_runs_no_code_first():
+    p = graph(("vpc", []), ("nat", ["vpc"]), ("route", ["nat"]), ("fn", ["vpc"]), ("call", ["fn"]))
+    assert p.worst_case_destroy(["call"]) == ["route", "nat", "call", "fn", "vpc"]
+    p = graph(("vpc", []), ("nat", ["vpc"]), ("route", ["nat"]), ("fn", ["vpc"]), ("call", ["fn", "route"]))
+    assert p.worst_case_destroy(["call"]) == ["call", "fn", "route", "nat", "vpc"]
+
+
 def test_replace_is_create_before_delete_unless_marked():
     p = Plan([{"type": "t:a:A", "name": "a", "parent": None, "dependencies": [], "inputs": {}},
               {"type": "t:a:A", "name": "b", "parent": None, "dependencies": [], "inputs": {},

@@ -164,6 +164,25 @@ class Plan:
             level[r.name] = 1 + max((level[d] for d in dependents[r.name]), default=-1)
         return _waves(level, self)
 
+    def worst_case_destroy(self, runners: Iterable[str]) -> list[str]:
+        """One legal `pulumi destroy` order (each resource after everything that depends on it) in which every
+        resource that runs no code goes as early as the rules allow: the worst case for code that runs on delete
+        (the engine may do exactly this, as deletes of independent resources run in parallel)."""
+        code = set(runners)
+        dependents: dict[str, set[str]] = {r.name: set() for r in self.resources}
+        for r in self.resources:
+            for d in self.direct(r.name):
+                dependents[d].add(r.name)
+        gone: set[str] = set()
+        order: list[str] = []
+        while len(gone) < len(self.resources):
+            ready = sorted(n for n in dependents if n not in gone and dependents[n] <= gone)
+            pick = next((n for n in ready if n not in code), ready[0])
+            gone.add(pick)
+            if self.by_name[pick].custom:
+                order.append(pick)
+        return order
+
     def replace_steps(self, name: str) -> list[str]:
         """What a replacement of `name` runs, in order."""
         if self.by_name[name].options.get("deleteBeforeReplace"):

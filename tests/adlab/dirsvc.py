@@ -16,6 +16,8 @@ Control: one JSON object per line on stdin, one JSON answer per line on stdout; 
     {"op": "name", "instance_id": ...}                    -> {"name": computer name}
     {"op": "resets"}                                      -> {"users": [user names whose password was reset]}
     {"op": "ldap", "server", "user", "password", "ops": [...]} -> what another account may do (test probes)
+    {"op": "aws_reachable", "value": bool}               false: the function's way to the AWS APIs is gone (the
+                                                          NAT, its routes): every EC2/SSM/DynamoDB call fails
 """
 
 from __future__ import annotations
@@ -116,6 +118,16 @@ def main() -> None:
     ssm = boto3.client("ssm", region_name=REGION)
     kms = boto3.client("kms", region_name=REGION)
     dynamodb = boto3.client("dynamodb", region_name=REGION)
+    cut = {"aws": False}
+
+    def no_route(request, **_kw):  # what a call meets once the private subnets' route out is deleted
+        if cut["aws"]:
+            from botocore.exceptions import EndpointConnectionError
+
+            raise EndpointConnectionError(endpoint_url=request.url)
+
+    for client in (ec2, ssm, dynamodb):
+        client.meta.events.register("before-send", no_route)
     key_meta = kms.create_key()["KeyMetadata"]
     key, key_arn = key_meta["KeyId"], key_meta["Arn"]
     vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
@@ -160,6 +172,9 @@ def main() -> None:
                 out = {}
             elif op == "name":
                 out = {"name": da.computer_name(state["settings"].computer_prefix, req["instance_id"])}
+            elif op == "aws_reachable":
+                cut["aws"] = not req["value"]
+                out = {}
             elif op == "resets":
                 out = {"users": state["ds"].resets}
             elif op == "ldap":
