@@ -25,6 +25,10 @@ def _existing(c):
     c["pcluster-ad:network"] = dict(EXISTING_NETWORK)
 
 
+def _existing_dhcp(c):
+    c["pcluster-ad:network"] = {**EXISTING_NETWORK, "domainDns": "DhcpOptions"}
+
+
 def _login(c):
     c["pcluster-ad:cluster"]["loginNodes"] = {"count": 1, "instanceType": "c5.large"}
 
@@ -39,7 +43,8 @@ def _existing_directory(c):
 STACKS = {
     "dev": ("dev", None, {}),
     "prod": ("prod", None, {}),
-    "existing-vpc": ("dev", _existing, {}),
+    "existing-vpc": ("dev", _existing, {}),  # network.domainDns unset: a Resolver rule (the VPC names AmazonDNS)
+    "existing-vpc-dhcp-options": ("dev", _existing_dhcp, {}),
     "dev-login-nodes": ("dev", _login, {}),
     "existing-directory": ("dev", _existing_directory, {"pcluster-ad:joinPassword": "Sup3r-Secret-Passw0rd"}),
 }
@@ -50,7 +55,7 @@ def plan(run_stack, name: str) -> tuple[list, Facts]:
     """The plan's resources (as resources.json holds them) and the adopted VPC's facts, run once per module."""
     if name not in _PLANS:
         stack, edit, secrets = STACKS[name]
-        mocks = _mocks() if edit is _existing else None
+        mocks = _mocks(edit) if edit in (_existing, _existing_dhcp) else None
         graph = run_stack(edit, stack=stack, secrets=secrets, mocks=mocks)
         graph.root = str(ROOT)
         _PLANS[name] = (graph.to_plan(), Facts(**mocks.network_facts()) if mocks else Facts())
@@ -173,9 +178,9 @@ def _run_existing(run_stack, mocks: PlanMocks):
     return run_stack(_existing, mocks=mocks)
 
 
-def _mocks(**kw) -> PlanMocks:
+def _mocks(edit=_existing, **kw) -> PlanMocks:
     doc = stack_doc("dev")
-    _existing(doc["config"])
+    edit(doc["config"])
     config, _ = config_from_stack_file(doc)
     base = PlanMocks.from_config(config)
     for k, v in kw.items():
@@ -328,3 +333,22 @@ def test_network_acl_deny_entry_comes_first(run_stack):
     verdict = judge(_edited(run_stack, _acl([deny_dns, ALLOW_ALL], [ALLOW_ALL])))
     # DNS to a DC in the other private subnet (or from the public one) crosses the ACL; nothing else is denied.
     assert verdict.failed_flows() == {"DirectoryAdmin DNS", "JoinFunction DNS", "HeadNode DNS", "ComputeNodes DNS"}
+
+
+def test_command_line(run_stack, tmp_path, capsys):
+    import json
+
+    from tools.network_judge import main
+
+    resources, facts = plan(run_stack, "existing-vpc")
+    (tmp_path / "resources.json").write_text(json.dumps(resources))
+    (tmp_path / "facts.json").write_text(json.dumps(facts.__dict__))
+    assert main([str(tmp_path), "--facts", str(tmp_path / "facts.json")]) == 0
+    assert "pass  ComputeNodes NFS /home" in capsys.readouterr().out
+    broken = copy.deepcopy(resources)
+    for r in broken:
+        if r["name"] == "domain-dns-sg":
+            r["inputs"]["egress"] = []
+    (tmp_path / "resources.json").write_text(json.dumps(broken))
+    assert main([str(tmp_path), "--facts", str(tmp_path / "facts.json")]) == 1
+    assert "FAIL  HeadNode DNS: no egress rule of resolver endpoint" in capsys.readouterr().out
