@@ -158,3 +158,40 @@ def test_before_the_fix_the_setup_delete_meets_a_cut_network_and_the_ou_stays(la
                        "tf": {"action": "delete", "prev_input": {}}})
     assert redo["ok"] and redo["result"]["deleted"] is True
     assert not dc_search(lab, STACK_DN, scope="base")
+
+
+def test_a_new_directory_gets_everything_again_from_the_updates(lab, svc, run_stack, monkeypatch):
+    """Finding 4: a replaced directory changes every Invocation's input (its id), so each runs its update; on a
+    directory that holds nothing of the stack the updates make the OU, the computer-adding account, the group
+    and the user (with her membership) again, and a second run changes nothing."""
+    plan = plan_of(run_stack, monkeypatch, fixed=True)
+    payload = {n: json.loads(plan.by_name[n].inputs["input"]) for n in plan.by_name
+               if plan.by_name[n].type == T_INVOCATION}
+    order = [n for wave in plan.create_order() for n in wave if n in payload]
+    assert order == ["directory-admin-setup", "directory-admin-group-hpc", "directory-admin-user-carol"]
+    for name in order:
+        svc.ok("handle", event={**payload[name], "tf": {"action": "create", "prev_input": {}}})
+    # The directory before had all of it; the new one has none (the same DC, emptied of the stack's OU).
+    svc.ok("handle", event={**payload["directory-admin-setup"], "tf": {"action": "delete", "prev_input": {}}})
+    assert not dc_search(lab, STACK_DN, scope="base")
+    results = {}
+    for name in order:
+        old = {**payload[name], "directoryId": "d-0ld0000000", "dnsIps": ["10.9.0.10", "10.9.1.10"]}
+        results[name] = svc.ok("handle", event={**payload[name], "tf": {"action": "update", "prev_input": old}})
+    assert len(results["directory-admin-setup"]["result"]["created"]) == 3
+    assert results["directory-admin-setup"]["result"]["addingAccount"]["account"]["created"] is True
+    assert results["directory-admin-group-hpc"]["result"]["result"] == "created"
+    assert results["directory-admin-user-carol"]["result"]["created"] is True
+    carol = dc_search(lab, STACK_DN, "(sAMAccountName=carol)", ["memberOf"])
+    assert carol and carol[0]["memberOf"] == [f"CN=hpc,OU=Users,{STACK_DN}"]
+    assert dc_search(lab, STACK_DN, f"(sAMAccountName={JOIN_USER})")
+    # Idempotent: the same updates again make nothing new.
+    again = {n: svc.ok("handle", event={**payload[n], "tf": {"action": "update", "prev_input": payload[n]}})
+             for n in order}
+    assert again["directory-admin-setup"]["result"]["created"] == []
+    assert again["directory-admin-setup"]["result"]["addingAccount"]["account"]["created"] is False
+    assert again["directory-admin-user-carol"]["result"]["created"] is False
+    assert again["directory-admin-group-hpc"]["result"]["result"] != "created"
+    for name in reversed(order):
+        svc.ok("handle", event={**payload[name], "tf": {"action": "delete", "prev_input": payload[name]}})
+    assert not dc_search(lab, STACK_DN, scope="base")
