@@ -11,7 +11,7 @@ from pulumi import RunError
 
 from tests.conftest import ROOT, stack_doc
 from tools.mocks import EXISTING_IGW, EXISTING_NAT, PlanMocks, config_from_stack_file
-from tools.network_judge import AMAZON_DNS, Facts, World, judge, mutations
+from tools.network_judge import AMAZON_DNS, Facts, World, judge, mutations, ref
 
 EXISTING_NETWORK = {
     "vpcId": "vpc-0123456789abcdef0",
@@ -99,13 +99,16 @@ def _redundant(world: World, what: str, resource: str) -> str | None:
                        for g in (f["inputs"].get("vpcConfig") or {}).get("securityGroupIds") or []}
     if f"<after-deploy:{resource}.id>" in function_groups and "(DNS (" in what and world.resolvers()[0] == [AMAZON_DNS]:
         return "the VPC resolves through the Amazon-provided resolver (exempt); the domain goes by a Resolver rule"
-    if r["type"] == "aws:ec2/securityGroup:SecurityGroup" and " egress[" in what and \
-            all(rule.get("securityGroups") and not rule.get("cidrBlocks") for rule in r["inputs"].get("egress") or []) \
-            and not r["inputs"].get("ingress") == []:
-        return "a group that only answers (mount targets): stateful groups let replies out without egress rules"
+    own = f"<after-deploy:{resource}.id>"
+    answering = {g for mt in world.of("aws:efs/mountTarget:MountTarget")
+                 for g in mt["inputs"].get("securityGroups") or []}
+    if own in answering and " egress[" in what:
+        return "the mount targets only answer: stateful groups let replies out without egress rules"
+    node_groups = {g for kind in ("head", "compute", "login") for i in world.node_interfaces(kind) for g in i.groups
+                   if any(p.startswith("pcluster:") for p in i.groups)}
     if r["type"] == "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule" and \
-            r["inputs"]["securityGroupId"] == "<after-deploy:home-clients.id>":
-        return "the nodes' ParallelCluster groups allow all egress as well (the clients group's rule is a spare)"
+            ref(r["inputs"]["securityGroupId"]) in node_groups:
+        return "the nodes also carry ParallelCluster's groups, which allow all egress"
     return None
 
 
@@ -123,6 +126,9 @@ def test_removing_any_one_thing_a_flow_needs_fails_that_flow(run_stack, name):
             assert not verdict.ok, f"{name}: {m.what}: no flow failed"
             failed += 1
             assert all(f.flow for f in verdict.failures)
+            if " egress[" in m.what or " ingress[" in m.what or " route " in m.what:
+                # The failure points at what was removed: the group or the route table.
+                assert any(m.resource in f.detail for f in verdict.failures), (m.what, verdict.failures)
         else:
             assert verdict.ok, f"{name}: {m.what} ({reason}) broke {verdict.failures}"
             spare.append(m.what)
