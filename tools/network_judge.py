@@ -19,7 +19,9 @@ them from tools.mocks.PlanMocks). For each flow of FLOWS below and each network 
 - routes: inside the VPC the local route; to the internet (AWS APIs, the function URL, packages) the
   subnet's table (its association, else the VPC's main table, which a created VPC leaves with only the local
   route) must send 0.0.0.0/0 to a NAT gateway (public, with an EIP, in a subnet whose table sends 0.0.0.0/0 to
-  the VPC's internet gateway) or, for an interface with a public IP, to the internet gateway itself.
+  the VPC's internet gateway) or, for an interface with a public IP, to the internet gateway itself. VPC
+  endpoints are not credited (the AWS API flows span services, IAM among them, that no endpoint covers): a plan
+  with endpoints still needs the NAT here, which errs on the safe side.
 - DNS: a piece in the VPC resolves through the servers the VPC's DHCP options name (the plan's association,
   else the adopted VPC's). The Amazon-provided resolver is exempt from groups and ACLs; any other server
   (the directory's DNS) needs 53 UDP and TCP like any peer. Domain-joined nodes also need that server to be
