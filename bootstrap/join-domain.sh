@@ -930,7 +930,7 @@ realm_configured() {
 }
 
 # The hint for every join failure, the deadline included (issue 9 finding 8).
-readonly REALM_HINT="(see the adcli output above; 'Couldn't find a domain controller' or 'Couldn't lookup domain' means this node cannot reach the domain controllers: check the VPC's DHCP options and DNS)"
+readonly REALM_HINT="(see the adcli output above; 'Couldn't find a domain controller' or 'Couldn't lookup domain' means this node cannot reach the domain controllers: check that the node resolves the domain (the VPC's DHCP options, or in an existing VPC the Route 53 Resolver rule for the domain) and reaches the domain controllers' ports)"
 
 # With --computer-prefix (the stack renders it into the cluster config) the answered name must be the one
 # derived from this instance's id, as the function derives it: a wrong name means a wrong function or answer.
