@@ -38,6 +38,7 @@ import os
 import re
 import struct
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -81,6 +82,17 @@ UF_ACCOUNTDISABLE = 0x2
 UF_NORMAL_ACCOUNT = 0x200
 UF_DONT_EXPIRE_PASSWD = 0x10000
 
+# ds:ResetUserPassword runs on a domain controller of AWS's choice, the LDAP add on the one this function bound to:
+# until the new account replicates (AD notifies its intra-site partners about 15 s after a change) the reset can
+# answer UserDoesNotExistException, and a Windows DC refuses the enable after it (unwillingToPerform 0000052D:
+# no password there yet) until the password replicates back. Only those two are retried, with these waits; the
+# waits of one event together stay within REPLICATION_BUDGET_S, well under the function's 120 s timeout
+# (components/directory_admin.py). AWS's own ParallelCluster AD test stack sleeps 1 s before each reset
+# (tests/integration-tests/tests/ad_integration/.../ad_stack.yaml: "TODO: retry w/ backoff instead of sleeping").
+REPLICATION_WAITS = (1.0, 2.0, 4.0, 8.0, 15.0)  # then 15 s each, until the budget is spent
+REPLICATION_BUDGET_S = 50.0
+PASSWORD_RESTRICTION = "0000052D"  # Windows' ERROR_PASSWORD_RESTRICTION, in the LDAP error message
+
 # sAMAccountName: at most 20 characters, none of "/\[]:;|=,+*?<> (and no control characters).
 SAM_FORBIDDEN = set('"/\\[]:;|=,+*?<>')
 MAX_SAM = 20
@@ -100,6 +112,62 @@ class DirectoryError(RuntimeError):
 
 class NotOurs(DirectoryError):
     """The named object exists outside the stack's OU: the stack never changes it."""
+
+
+class LdapError(DirectoryError):
+    """An LDAP operation the DC refused; `result` is ldap3's result (code, description, message)."""
+
+    def __init__(self, message: str, result: Mapping[str, Any]):
+        super().__init__(message)
+        self.result = dict(result)
+
+
+def not_replicated_yet(exc: BaseException) -> str | None:
+    """Why `exc` is what a domain controller answers before an account (or its password) created on another
+    controller has replicated to it, or None: ds:ResetUserPassword's UserDoesNotExistException, or a Windows
+    DC's refusal to enable an account whose password it has not received yet."""
+    code = ((getattr(exc, "response", None) or {}).get("Error") or {}).get("Code")
+    if code == "UserDoesNotExistException":
+        return code
+    if isinstance(exc, LdapError):
+        r = exc.result
+        if r.get("description") in ("unwillingToPerform", "constraintViolation") and \
+                PASSWORD_RESTRICTION in str(r.get("message", "")).upper():
+            return f"{r.get('description')} {PASSWORD_RESTRICTION}"
+    return None
+
+
+class ReplicationWait:
+    """Runs a step again while it fails only because the directory's controllers have not replicated yet
+    (not_replicated_yet), with growing waits; all waits of one event together stay within `budget_s`. Any
+    other error is raised at once. Each wait is logged; `sleep` is injected so that tests never wait."""
+
+    def __init__(self, sleep: Callable[[float], None] = time.sleep, waits: tuple[float, ...] = REPLICATION_WAITS,
+                 budget_s: float = REPLICATION_BUDGET_S, logger: logging.Logger | None = None):
+        self.sleep, self.waits, self.budget_s = sleep, waits, budget_s
+        self.logger = logger or log
+        self.waited = 0.0
+
+    def run(self, step: str, action: Callable[[], Any]) -> Any:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return action()
+            except Exception as exc:
+                why = not_replicated_yet(exc)
+                if why is None:
+                    raise
+                wait = min(self.waits[min(attempt, len(self.waits)) - 1], self.budget_s - self.waited)
+                if wait <= 0:
+                    raise DirectoryError(
+                        f"{step}: still {why} after {attempt} attempts and {self.waited:g} s of waiting for the"
+                        " domain controllers to replicate; run `pulumi up` again (the step is idempotent), and if"
+                        " it persists check the directory's replication") from exc
+                self.logger.info(json.dumps({"event": "replication wait", "step": step, "attempt": attempt,
+                                             "error": why, "waitSeconds": wait}))
+                self.sleep(wait)
+                self.waited += wait
 
 
 # -- names ---------------------------------------------------------------------------------------
@@ -280,16 +348,26 @@ class Directory:
     """LDAP operations on the stack's OU. `conn` is a bound ldap3 Connection (raise_exceptions=False);
     `set_password(user, password)` is ds:ResetUserPassword for this directory."""
 
-    def __init__(self, conn: Any, layout: Layout, set_password: Callable[[str, str], None]):
+    def __init__(self, conn: Any, layout: Layout, set_password: Callable[[str, str], None],
+                 replication: ReplicationWait | None = None):
         self.conn = conn
         self.layout = layout
         self.set_password = set_password
+        self.replication = replication or ReplicationWait()
 
     # low level
     def _check(self, ok: bool, what: str) -> None:
         if not ok:
             r = self.conn.result or {}
-            raise DirectoryError(f"{what}: {r.get('description')} {r.get('message', '')}".strip())
+            raise LdapError(f"{what}: {r.get('description')} {r.get('message', '')}".strip(), r)
+
+    def password_then_enable(self, name: str, dn: str, password: str, uac: int, *, must_change: bool = False) -> None:
+        """ds:ResetUserPassword, then (must change it at first login: pwdLastSet 0) enabled with `uac`; the reset
+        and the enable wait for replication between the controllers (ReplicationWait)."""
+        self.replication.run(f"ds:ResetUserPassword of {name!r}", lambda: self.set_password(name, password))
+        if must_change:
+            self.replace(dn, {"pwdLastSet": "0"})
+        self.replication.run(f"enable {dn}", lambda: self.replace(dn, {"userAccountControl": str(uac)}))
 
     def search(self, base: str, flt: str, attrs: Iterable[str] = (), *, scope: str = "SUBTREE",
                controls: Any = None) -> list[dict[str, Any]]:
@@ -388,8 +466,7 @@ class Directory:
                 created = True
             elif first(found, "description") != ADDING_ACCOUNT_DESCRIPTION:
                 self.replace(dn, {"description": ADDING_ACCOUNT_DESCRIPTION})
-            self.set_password(name, secret)
-            self.replace(dn, {"userAccountControl": str(UF_NORMAL_ACCOUNT | UF_DONT_EXPIRE_PASSWD)})
+            self.password_then_enable(name, dn, secret, UF_NORMAL_ACCOUNT | UF_DONT_EXPIRE_PASSWD)
             sid = self.search(dn, "(objectClass=*)", ["objectSid"], scope="BASE")[0]["raw_attributes"]["objectSid"][0]
             out["account"] = {"dn": dn, "created": created}
         in_ou = self.stack_accounts()
@@ -494,6 +571,29 @@ class Directory:
             raise NotOurs(f"{sam!r} is taken by another directory object: not touched")
         return found
 
+    def recase(self, found: dict[str, Any], name: str, *, upn: bool) -> str:
+        """The found account under `name` when the two differ only in case (alice -> Alice): sAMAccountName (and
+        userPrincipalName) and a CN=<old name> RDN take the new spelling; the object stays, so its objectSid (the
+        UID sssd maps from it), memberships and password do too. AD matches sAMAccountName without case, so the
+        account was found under the new spelling; deleting and re-creating it would make another account.
+        Returns the (new) DN."""
+        from ldap3.utils.dn import to_dn
+
+        dn, old = found["dn"], str(first(found, "sAMAccountName") or "")
+        if old == name or old.lower() != name.lower():
+            return dn
+        changes: dict[str, Any] = {"sAMAccountName": name}
+        if upn:
+            changes["userPrincipalName"] = f"{name}@{self.layout.domain}"
+        self.replace(dn, changes)
+        rdn, parent = to_dn(dn)[0], ",".join(to_dn(dn)[1:])
+        new_rdn = f"CN={escape_rdn(name)}"
+        if rdn.lower() == new_rdn.lower() and rdn != new_rdn:  # a CN the stack gave it (else someone's own CN)
+            self._check(self.conn.modify_dn(dn, new_rdn), f"rename {dn} to {new_rdn}")
+            dn = f"{new_rdn},{parent}"
+        log.info(json.dumps({"event": "renamed in place", "from": old, "to": name, "dn": dn}))
+        return dn
+
     def upsert_group(self, name: str, description: str = "") -> str:
         found = self._owned(name, "group")
         attrs = {"description": description} if description else {}
@@ -501,10 +601,12 @@ class Directory:
             self.add(f"CN={escape_rdn(name)},{self.layout.people_dn}", ["top", "group"],
                      {"sAMAccountName": name, **attrs})
             return "created"
+        renamed = first(found, "sAMAccountName") != name
+        dn = self.recase(found, name, upn=False)  # HPC -> hpc: the same group, renamed in place
         if (first(found, "description") or "") != description:
-            self.replace(found["dn"], {"description": description or []})  # [] removes it
+            self.replace(dn, {"description": description or []})  # [] removes it
             return "updated"
-        return "unchanged"
+        return "renamed" if renamed else "unchanged"
 
     def delete_group(self, name: str) -> str:
         found = self._owned(name, "group")
@@ -526,7 +628,7 @@ class Directory:
         needs_password = not found or bool(uac & UF_ACCOUNTDISABLE and _never_set(found))
         password = initial_password() if needs_password else None
         attrs = {k: v for k, v in (("displayName", display_name), ("mail", email)) if v}
-        created = False
+        created, renamed = False, bool(found) and first(found, "sAMAccountName") != name
         if not found:
             dn = f"CN={escape_rdn(name)},{lay.people_dn}"
             self.add(dn, ["top", "person", "organizationalPerson", "user"], {
@@ -534,7 +636,7 @@ class Directory:
                 "userAccountControl": str(UF_NORMAL_ACCOUNT | UF_ACCOUNTDISABLE)})
             created = True
         else:
-            dn = found["dn"]
+            dn = self.recase(found, name, upn=True)  # alice -> Alice: the same account, renamed in place
             changes: dict[str, Any] = {k: v for k, v in attrs.items() if first(found, k) != v}
             for k in ("displayName", "mail"):
                 if k not in attrs and first(found, k):
@@ -543,11 +645,9 @@ class Directory:
                 self.replace(dn, changes)
         if password is not None:
             # Initial password, must change it at first login (pwdLastSet 0), then enabled.
-            self.set_password(name, password)
-            self.replace(dn, {"pwdLastSet": "0"})
-            self.replace(dn, {"userAccountControl": str(UF_NORMAL_ACCOUNT)})
+            self.password_then_enable(name, dn, password, UF_NORMAL_ACCOUNT, must_change=True)
         membership = self.sync_groups(dn, want)
-        return {"dn": dn, "created": created, **membership}
+        return {"dn": dn, "created": created, "renamed": renamed, **membership}
 
     def stack_groups(self, groups: Iterable[str]) -> dict[str, dict[str, str]]:
         """{"ours": {lower name: dn} of every stack group, "want": {dn: name} of `groups`}; refuses when
@@ -773,9 +873,11 @@ def handle_resource(event: Mapping[str, Any], *, settings: Settings, directory: 
     remove = directory.delete_group if kind == "group" else directory.delete_user
     if action == "delete":
         return {"resource": kind, "name": name, "result": remove(name)}
-    renamed = action == "update" and isinstance(prev.get("name"), str) and prev["name"] != name
+    # Another name is another account: the old one goes. A change of case only (alice -> Alice) is the same
+    # account to AD (sAMAccountName is matched without case): upsert renames it in place, keeping its SID.
+    other_name = action == "update" and isinstance(prev.get("name"), str) and prev["name"].lower() != name.lower()
     if kind == "group":
-        if renamed:
+        if other_name:
             remove(prev["name"])  # renamed: the old object goes, a new one comes
         return {"resource": kind, "name": name, "result": directory.upsert_group(name, event.get("description", ""))}
     # A user: everything that can refuse is checked before the first write (also before a rename's delete).
@@ -791,13 +893,13 @@ def handle_resource(event: Mapping[str, Any], *, settings: Settings, directory: 
             secret.append(read_own_secret(ssm, settings, parameter))
         return secret[0]
 
-    if renamed:
+    if other_name:
         initial_password()  # the new name needs it: refuse before the old object goes
         remove(prev["name"])
     res = directory.upsert_user(name, groups=checked, display_name=event.get("displayName", ""),
                                 email=event.get("email", ""), initial_password=initial_password)
-    return {"resource": kind, "name": name, "created": res["created"], "added": res["added"],
-            "removed": res["removed"]}
+    return {"resource": kind, "name": name, "created": res["created"], "renamed": res.get("renamed", False),
+            "added": res["added"], "removed": res["removed"]}
 
 
 def _instance(ec2: Any, instance_id: str) -> dict[str, Any] | None:

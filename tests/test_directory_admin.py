@@ -12,6 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
+from botocore.stub import Stubber
 from moto import mock_aws
 
 from lambda_src import directory_admin as da
@@ -596,3 +598,220 @@ def test_the_ou_is_never_deleted_while_the_cluster_has_nodes(aws):
     ec2.terminate_instances(InstanceIds=[iid])
     assert da.handle_resource(ev, settings=da.load_settings(ENV), directory=D(), ssm=None, ec2=ec2)["deleted"]
     assert D.deleted
+
+
+# -- replication between domain controllers (issue 17, finding 3) -------------------------------------------
+
+NOT_THERE_YET = {"result": 53, "description": "unwillingToPerform",
+                 "message": "0000052D: SvcErr: DSID-031A124C, problem 5003 (WILL_NOT_PERFORM), data 0\n"}
+
+
+class ConnOnDict:
+    """An ldap3 connection stand-in for the DC the function bound to: add/modify/modify_dn on a dict of
+    entries; the enable (userAccountControl without the disabled bit) is refused `refuse_enable` times as a
+    Windows DC refuses it before the password set on another controller has replicated to it."""
+
+    def __init__(self, refuse_enable: int = 0, refuse_with: dict | None = None):
+        self.entries: dict[str, dict] = {}
+        self.refuse_enable, self.refuse_with = refuse_enable, refuse_with or NOT_THERE_YET
+        self.result: dict = {}
+        self.log: list[tuple] = []
+
+    def add(self, dn, classes, attrs):
+        self.entries[dn] = {k: [v] for k, v in attrs.items()}
+        self.log.append(("add", dn))
+        self.result = {"result": 0, "description": "success"}
+        return True
+
+    def modify(self, dn, mods, controls=None):
+        values = {k: v[0][1] for k, v in mods.items()}
+        if values.get("userAccountControl") and not int(values["userAccountControl"][0]) & da.UF_ACCOUNTDISABLE \
+                and self.refuse_enable:
+            self.refuse_enable -= 1
+            self.log.append(("refused", dn))
+            self.result = dict(self.refuse_with)
+            return False
+        self.entries[dn].update(values)
+        self.log.append(("modify", dn, tuple(sorted(values))))
+        self.result = {"result": 0, "description": "success"}
+        return True
+
+    def modify_dn(self, dn, rdn):
+        new = f"{rdn},{dn.split(',', 1)[1]}"
+        self.entries[new] = self.entries.pop(dn)
+        self.log.append(("modify_dn", dn, new))
+        self.result = {"result": 0, "description": "success"}
+        return True
+
+
+class UsersOnConn(da.Directory):
+    """Directory's real upsert_user / ensure_adding_account on ConnOnDict; lookups by case-insensitive name
+    (as AD matches sAMAccountName), no groups."""
+
+    def find_account(self, sam, object_class):
+        for dn, e in self.conn.entries.items():
+            if e.get("sAMAccountName", [""])[0].lower() == sam.lower():
+                return {"dn": dn, "attributes": e}
+        return None
+
+    def stack_groups(self, groups):
+        return {"ours": {}, "want": {}}
+
+    def sync_groups(self, user_dn, groups):
+        return {"added": [], "removed": []}
+
+
+def stubbed_ds(errors: int, code: str = "UserDoesNotExistException"):
+    ds = boto3.client("ds", region_name="eu-west-1", aws_access_key_id="x", aws_secret_access_key="x")
+    stub = Stubber(ds)
+    expected = {"DirectoryId": "d-1234567890", "UserName": "alice", "NewPassword": "In1tial-pw!"}
+    for _ in range(errors):
+        stub.add_client_error("reset_user_password", service_error_code=code, service_message="User does not exist.",
+                              http_status_code=400, expected_params=expected)
+    stub.add_response("reset_user_password", {}, expected)
+    stub.activate()
+    return ds, stub
+
+
+def users_dir(conn: ConnOnDict, ds, slept: list[float]) -> UsersOnConn:
+    return UsersOnConn(conn, da.Layout("test.domain", "pcluster-ad-dev"), da.ds_password_setter(ds, "d-1234567890"),
+                       da.ReplicationWait(sleep=slept.append))
+
+
+def test_reset_and_enable_wait_for_replication_then_succeed(caplog):
+    """The account was added on the function's DC; Directory Service answers from another one: the reset
+    meets UserDoesNotExistException 3 times, the enable (back on the first DC) is refused twice until the
+    password has replicated. Both are retried with growing waits, each logged; no wall clock is waited."""
+    ds, stub = stubbed_ds(3)
+    conn, slept = ConnOnDict(refuse_enable=2), []
+    caplog.set_level(logging.INFO, logger="directory_admin")
+    out = users_dir(conn, ds, slept).upsert_user("alice", initial_password=lambda: "In1tial-pw!")
+    stub.assert_no_pending_responses()
+    dn = "CN=alice,OU=Users,OU=pcluster-ad-dev,DC=test,DC=domain"
+    assert out["created"] and conn.entries[dn]["userAccountControl"] == [str(da.UF_NORMAL_ACCOUNT)]
+    assert conn.entries[dn]["pwdLastSet"] == ["0"]
+    assert slept == [1.0, 2.0, 4.0, 1.0, 2.0]  # each step starts its own backoff; the budget is shared
+    waits = [r.getMessage() for r in caplog.records if "replication wait" in r.getMessage()]
+    assert len(waits) == 5 and '"error": "UserDoesNotExistException"' in waits[0]
+    assert '"error": "unwillingToPerform 0000052D"' in waits[-1] and f'"step": "enable {dn}"' in waits[-1]
+    assert "In1tial-pw!" not in caplog.text
+
+
+def test_replication_wait_gives_up_within_its_budget_with_a_clear_error():
+    ds, stub = stubbed_ds(8)  # more than the budget allows
+    conn, slept = ConnOnDict(), []
+    with pytest.raises(da.DirectoryError) as err:
+        users_dir(conn, ds, slept).upsert_user("alice", initial_password=lambda: "In1tial-pw!")
+    assert sum(slept) == da.REPLICATION_BUDGET_S and len(slept) == 7
+    assert da.REPLICATION_BUDGET_S <= 60  # well under the function's 120 s timeout
+    msg = str(err.value)
+    assert msg.startswith("ds:ResetUserPassword of 'alice': still UserDoesNotExistException after 8 attempts and 50 s")
+    assert "run `pulumi up` again" in msg and "In1tial-pw!" not in msg
+    # Nothing was enabled: the account stays disabled until a later run sets its password.
+    (entry,) = conn.entries.values()
+    assert int(entry["userAccountControl"][0]) & da.UF_ACCOUNTDISABLE
+    # The budget is the event's, not the step's: a later step of the same event gets no wait at all.
+    wait = da.ReplicationWait(sleep=slept.append, budget_s=3)
+    with pytest.raises(da.DirectoryError, match="after 3 attempts and 3 s"):
+        wait.run("x", lambda: (_ for _ in ()).throw(da.LdapError("x", NOT_THERE_YET)))
+    with pytest.raises(da.DirectoryError, match="after 1 attempts and 3 s"):
+        wait.run("y", lambda: (_ for _ in ()).throw(da.LdapError("y", NOT_THERE_YET)))
+
+
+@pytest.mark.parametrize("ds_error,enable_refusal", [
+    ("InvalidPasswordException", None),
+    ("AccessDeniedException", None),
+    (None, {"result": 50, "description": "insufficientAccessRights", "message": "00002098: SecErr"}),
+    (None, {"result": 53, "description": "unwillingToPerform", "message": "00002077: SvcErr"}),
+])
+def test_other_errors_are_not_retried(ds_error, enable_refusal):
+    ds, _stub = stubbed_ds(1 if ds_error else 0, ds_error or "UserDoesNotExistException")
+    conn, slept = ConnOnDict(refuse_enable=1 if enable_refusal else 0, refuse_with=enable_refusal), []
+    with pytest.raises(ClientError if ds_error else da.LdapError):
+        users_dir(conn, ds, slept).upsert_user("alice", initial_password=lambda: "In1tial-pw!")
+    assert slept == []
+
+
+def test_the_adding_account_waits_for_replication_too():
+    d = old_layout()
+    failures = [1]
+
+    def set_pw(name, password):
+        if failures and failures.pop():
+            raise ClientError({"Error": {"Code": "UserDoesNotExistException", "Message": "no"}}, "ResetUserPassword")
+        d.writes.append(("password", name, password))
+
+    slept: list[float] = []
+    d.set_password, d.replication = set_pw, da.ReplicationWait(sleep=slept.append)
+    out = d.ensure_adding_account("pcad-add-dev", lambda: "Add1ng-pw!")
+    assert slept == [1.0] and ("password", "pcad-add-dev", "Add1ng-pw!") in d.writes
+    assert out["account"]["created"] and out["granted"]
+
+
+# -- a case-only rename keeps the account (issue 17, finding 7) ----------------------------------------------
+
+PEOPLE = "OU=Users,OU=pcluster-ad-dev,DC=test,DC=domain"
+
+
+def test_a_case_only_rename_event_does_not_delete_the_user(ssm_env):
+    """pcluster-ad:users alice -> Alice: the Invocation's update (prev_input alice). AD matches sAMAccountName
+    without case, so deleting 'alice' deleted the very account that 'Alice' then re-created (new SID, new UID)."""
+    ssm, settings, put, key, _other = ssm_env
+    put("/pcluster-ad/dev/users/Alice/initial-password", "Al1ce-initial!", key_id=key["Arn"])
+    ev = {"resource": "user", "name": "Alice", "groups": ["hpc"],
+          "tf": {"action": "update", "prev_input": {"resource": "user", "name": "alice", "groups": ["hpc"]}}}
+    d = RecordingUsers()
+    da.handle_resource(ev, settings=settings, directory=d, ssm=ssm)
+    assert [c[:2] for c in d.calls] == [("upsert", "Alice")]
+    # A group too: HPC -> hpc is the same group.
+    class G:
+        calls: list = []
+
+        def delete_group(self, n):
+            G.calls.append(("delete", n))
+
+        def upsert_group(self, n, description):
+            G.calls.append(("upsert", n))
+            return "renamed"
+
+    out = da.handle_resource({"resource": "group", "name": "hpc", "tf": {"action": "update",
+                              "prev_input": {"name": "HPC"}}}, settings=settings, directory=G(), ssm=ssm)
+    assert G.calls == [("upsert", "hpc")] and out["result"] == "renamed"
+
+
+def alice_on_the_dc() -> ConnOnDict:
+    conn = ConnOnDict()
+    conn.entries[f"CN=alice,{PEOPLE}"] = {
+        "sAMAccountName": ["alice"], "userPrincipalName": ["alice@test.domain"], "objectSid": ["S-1-5-21-1-2-3-1601"],
+        "userAccountControl": [str(da.UF_NORMAL_ACCOUNT)], "pwdLastSet": ["134000000000000000"],
+        "displayName": ["Alice A"]}
+    conn.entries[f"CN=hpc,{PEOPLE}"] = {"sAMAccountName": ["hpc"], "objectSid": ["S-1-5-21-1-2-3-1602"]}
+    return conn
+
+
+def test_upsert_renames_the_account_in_place_keeping_its_sid():
+    conn, slept = alice_on_the_dc(), []
+    entry = conn.entries[f"CN=alice,{PEOPLE}"]
+    d = users_dir(conn, boto3.client("ds", region_name="eu-west-1"), slept)
+    out = d.upsert_user("Alice", display_name="Alice A", initial_password=lambda: pytest.fail("no password needed"))
+    assert out["renamed"] and not out["created"] and out["dn"] == f"CN=Alice,{PEOPLE}"
+    assert conn.entries[f"CN=Alice,{PEOPLE}"] is entry and entry["objectSid"] == ["S-1-5-21-1-2-3-1601"]
+    assert entry["sAMAccountName"] == ["Alice"] and entry["userPrincipalName"] == ["Alice@test.domain"]
+    assert [op[0] for op in conn.log] == ["modify", "modify_dn"]  # nothing added, nothing deleted
+    # Run again (the Invocation retried): nothing to do.
+    conn.log.clear()
+    again = d.upsert_user("Alice", display_name="Alice A", initial_password=lambda: pytest.fail("no"))
+    assert not again["renamed"] and conn.log == []
+    # A group: same.
+    assert d.upsert_group("HPC") == "renamed" and f"CN=HPC,{PEOPLE}" in conn.entries
+    assert conn.entries[f"CN=HPC,{PEOPLE}"]["objectSid"] == ["S-1-5-21-1-2-3-1602"]
+    assert d.upsert_group("HPC") == "unchanged"
+
+
+def test_a_cn_someone_else_chose_is_kept_on_a_case_rename():
+    conn = alice_on_the_dc()
+    conn.entries[f"CN=Alice Anders,{PEOPLE}"] = conn.entries.pop(f"CN=alice,{PEOPLE}")
+    out = users_dir(conn, boto3.client("ds", region_name="eu-west-1"), []).upsert_user(
+        "ALICE", display_name="Alice A", initial_password=lambda: "x")
+    assert out["dn"] == f"CN=Alice Anders,{PEOPLE}" and conn.entries[out["dn"]]["sAMAccountName"] == ["ALICE"]
+    assert [op[0] for op in conn.log] == ["modify"]

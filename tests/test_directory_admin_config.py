@@ -245,3 +245,23 @@ def test_program_existing_directory_with_admin_credentials(run_stack):
     assert env["JOIN_USER"] == "pcad-add-dev"
     assert "directoryAdminPassword" not in g.outputs  # the directory's own password is not re-exported
     assert g.outputs["computerOu"] == "OU=Computers,OU=pcluster-ad-dev,OU=CORP,DC=corp,DC=example,DC=com"
+
+
+def test_program_keys_users_without_case(run_stack):
+    """A case-only rename (alice -> Alice) keeps every resource: the Invocation is UPDATED (its input's name
+    changes; the function renames the account in place, issue 17 finding 7), nothing is deleted and created
+    but the initial-password parameter, whose SSM name carries the spelling (SSM names are case-sensitive)."""
+    import json
+
+    def users(name: str):
+        return lambda c: c.update({"pcluster-ad:groups": GROUPS, "pcluster-ad:users": [{**USERS[0], "name": name}]})
+
+    before, after = run_stack(users("alice")), run_stack(users("Alice"))
+    assert {r.urn for r in before.resources} == {r.urn for r in after.resources}
+    old, new = (json.loads(g.named("directory-admin-user-alice").inputs["input"]) for g in (before, after))
+    assert old["name"] == "alice" and new == {**old, "name": "Alice"}
+    param = "directory-admin-user-alice-initial-password"
+    assert after.named(param).inputs["name"] == "/pcluster-ad/dev/users/Alice/initial-password"
+    was = {r["name"]: r for r in before.to_plan()}
+    changed = {r["name"] for r in after.to_plan() if r != was[r["name"]]}
+    assert changed == {"directory-admin-user-alice", param}
