@@ -4,8 +4,14 @@ A lab node counts, in its own network namespace, every new connection (conntrack
 controller, per protocol and port, while the product's join-domain.sh joins it (adcli), sssd resolves users and
 groups, and an AD user logs in over ssh with a password (Kerberos). The ports it used must all be among the
 node flows tools/network_judge.py declares toward the directory (NODE_FLOWS: DNS, Kerberos, LDAP, CLDAP, kpasswd,
-Global Catalog), and nothing may go to any other port of the DC: a port missing from the declaration would be a
-flow no security group is judged for.
+Global Catalog, SMB), and nothing may go to any other port of the DC: a port missing from the declaration would be
+a flow no security group is judged for.
+
+Meanwhile the lab enforces, with iptables and conntrack (stateful, as security groups are), the groups the judge
+evaluates: on the DC, the directory controllers group as modelled (DIRECTORY_CONTROLLER_INGRESS from the lab subnet,
+the lab's "VPC"); in the switch namespace, where the real join handler runs, the plan's own join-function-sg egress
+rules (from the program under Pulumi's mocks, the DC's placeholder replaced by the lab DC's address). The join and the
+login must succeed under them and neither drops a packet.
 """
 
 from __future__ import annotations
@@ -14,10 +20,10 @@ import re
 
 import pytest
 
-from tools.network_judge import NODE_FLOWS
+from tools.network_judge import DIRECTORY_CONTROLLER_INGRESS, NODE_FLOWS
 
 from .conftest import JOIN_TIMEOUT, USERS, describe
-from .lab import SSH_OPTS
+from .lab import SSH_OPTS, run
 
 pytestmark = pytest.mark.adlab
 
@@ -40,9 +46,39 @@ def _counters(node) -> dict[str, int]:
     return counts
 
 
-def test_a_real_join_and_login_use_only_declared_directory_ports(lab):
+def _enforce(iptables, chain: str, hook: list[str], accepts: list[list[str]]) -> None:
+    """A stateful filter: replies and `accepts` pass, everything else in `hook` is dropped (and counted)."""
+    iptables(["-N", chain])
+    iptables(["-I", *hook, "-j", chain])
+    iptables(["-A", chain, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"])
+    for rule in accepts:
+        iptables(["-A", chain, *rule, "-j", "ACCEPT"])
+    iptables(["-A", chain, "-m", "comment", "--comment", "dropped", "-j", "DROP"])
+
+
+def _dropped(out: str) -> int:
+    return sum(int(m.group(1)) for m in re.finditer(r"^\s*(\d+)\s+\d+\s+DROP.*dropped", out, re.M))
+
+
+def test_a_real_join_and_login_use_only_declared_directory_ports(lab, run_stack):
     (node,) = lab.add_nodes([{}])
     dc = lab.dc_ip
+    # The directory controllers group as the judge models it, on the DC.
+    _enforce(lambda a: lab.dc.run(["iptables", *a]), "PCADDCSG", ["INPUT", "1", "!", "-i", "lo"],
+             [["-s", lab.cfg.subnet, "-p", proto, "--dport", f"{low}:{high}"]
+              for proto, low, high in DIRECTORY_CONTROLLER_INGRESS])
+    # The plan's join-function-sg, where the real join handler runs (only its traffic to the DC is filtered: the
+    # switch namespace also serves IMDS and the function URL).
+    egress = run_stack().named("join-function-sg").inputs["egress"]
+    rules = [["-p", r["protocol"], "--dport", f"{int(r['fromPort'])}:{int(r['toPort'])}",
+              "-d", re.sub(r"<after-deploy:directory-ad\.dnsIpAddresses\[\d\]>", dc, cidr)]
+             for r in egress for cidr in r["cidrBlocks"]]
+    assert any(f"{dc}/32" in r for r in rules) and len(rules) == 7, rules  # LDAP + DNS x2 to each DC (one here), HTTPS
+
+    def sw(a):
+        return run(["ip", "netns", "exec", lab.sw_ns, "iptables", *a])
+
+    _enforce(sw, "PCADFNSG", ["OUTPUT", "1", "-d", dc], rules)
     node.run(["iptables", "-N", CHAIN])
     node.run(["iptables", "-I", "OUTPUT", "1", "-j", CHAIN])
     for proto, port in CANDIDATES:
@@ -61,6 +97,14 @@ def test_a_real_join_and_login_use_only_declared_directory_ports(lab):
     login = lab.client.run(["sshpass", "-e", "ssh", *SSH_OPTS, f"alice@{node.ip}", "id -un"], check=False,
                            env={"SSHPASS": USERS["alice"]}, timeout=90)
     assert login.returncode == 0 and "alice" in login.stdout, login
+
+    dc_dropped = _dropped(lab.dc.run(["iptables", "-L", "PCADDCSG", "-v", "-n", "-x"]).stdout)
+    fn_dropped = _dropped(sw(["-L", "PCADFNSG", "-v", "-n", "-x"]).stdout)
+    assert (dc_dropped, fn_dropped) == (0, 0), "the modelled groups dropped real traffic"
+    # The handler's LDAP went through the function's filter (it is the traffic under judgment).
+    fn_rules = sw(["-L", "PCADFNSG", "-v", "-n", "-x"]).stdout
+    assert any(int(m.group(1)) > 0 for m in re.finditer(r"^\s*(\d+)\s+\d+\s+ACCEPT\s+6\b.*dpt:389", fn_rules, re.M)), \
+        fn_rules
 
     counts = _counters(node)
     used = {(proto, port) for proto, port in CANDIDATES if counts.get(f"{proto}/{port}", 0) > 0}
