@@ -776,7 +776,7 @@ def test_join_domain_not_in_sssd_conf_fails_the_lookup(sandbox):
     assert subprocess.run(lookup, env=env, capture_output=True).returncode == 0
 
 
-DNS_HINT = "check that the node resolves the domain (the VPC's DHCP options, or in an existing VPC the Route 53 Resolver rule"
+DNS_HINT = "check that the node resolves the domain (the VPC's DHCP options, or in an existing VPC the Route 53"
 
 
 def test_join_adcli_join_failure_fails_clearly(sandbox):
