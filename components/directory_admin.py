@@ -158,7 +158,8 @@ class DirectoryAdmin(pulumi.ComponentResource):
             description="directory admin password: read only by the directory-admin function",
             tags=tags("admin-password")), child)
 
-        # Egress only: LDAP to the directory's DNS IPs (its domain controllers), HTTPS to AWS APIs.
+        # Egress only: LDAP and DNS to the directory's DNS IPs (its domain controllers; the VPC's DHCP options name
+        # them as the resolver, issue 17 finding 1), HTTPS to AWS APIs.
         sg = security_group(
             f"{name}-sg", vpc_id=args.vpc_id, dc_ips=args.dns_ips,
             ldap_ports=[LDAP_PORT, LDAPS_PORT] if args.ldaps else [LDAP_PORT], dns=True, tags=tags("sg"),
