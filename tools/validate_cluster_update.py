@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -50,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import validate_cluster_full as full  # noqa: E402 - the sibling script, run from the same venv
+import validate_cluster_full as full  # the sibling script, run from the same venv
 
 FLEETS = ("STOPPED", "RUNNING")
 
@@ -78,16 +79,75 @@ class _Stack:
         stack = cls.current
         if not stack or _stack_name(params) != stack["name"]:
             return full._no_such_stack(params)
-        return full._HttpStatus(200), {"StackResources": stack["resources"], "ResponseMetadata": {"HTTPStatusCode": 200}}
+        answer = {"StackResources": stack["resources"], "ResponseMetadata": {"HTTPStatusCode": 200}}
+        return full._HttpStatus(200), answer
 
 
 class World(full.World):
-    """The create validation's world, plus the EBS home volume (an update sees it attached to the head node)."""
+    """The create validation's world, plus the EBS home volume (an update sees it attached to the head node) and
+    the EFS file system a stack adopts by id (`homeStorage.fileSystemId`: it exists before the stack)."""
+
+    def build_all(self) -> None:
+        self._adopted_file_systems()
+        super().build_all()
+
+    def _adopted_file_systems(self) -> None:
+        from moto.backends import get_backend
+
+        for r in self.by_name.values():
+            fs_id = r["inputs"].get("fileSystemId") if r["type"] == "aws:efs/mountTarget:MountTarget" else None
+            if not (isinstance(fs_id, str) and re.fullmatch(r"fs-[0-9a-f]{8,40}", fs_id)):
+                continue  # a placeholder: the stack's own file system, built with the plan
+            backend = get_backend("efs")[full.ACCOUNT][self.region]
+            if fs_id in backend.file_systems_by_id:
+                continue
+            made = self.efs.create_file_system(CreationToken=f"adopted-{fs_id}", Encrypted=True)["FileSystemId"]
+            # moto draws ids at random: give the file system the id the user configured.
+            fs = backend.file_systems_by_id.pop(made)
+            fs.file_system_id, fs.file_system_arn = fs_id, fs.file_system_arn.replace(made, fs_id)
+            backend.file_systems_by_id[fs_id] = fs
+
+    def _aws_s3_bucketObjectv2_BucketObjectv2(self, name: str, i: dict[str, Any]) -> None:
+        buckets = {v["bucket"] for v in self.values.values() if "bucket" in v}
+        if i["bucket"] not in buckets:
+            # Mocks that re-create the bucket give it an id other than its name (the table's new-bootstrap-bucket
+            # row); on AWS a bucket's id IS its name, so the object goes to the bucket it depends on.
+            owners = [d for d in self.by_name[name].get("dependencies") or []
+                      if self.by_name.get(d, {}).get("type") == "aws:s3/bucket:Bucket"]
+            if len(owners) == 1:
+                i = {**i, "bucket": self.value_of(owners[0], "bucket")}
+        super()._aws_s3_bucketObjectv2_BucketObjectv2(name, i)
 
     def _aws_ebs_volume_Volume(self, name: str, i: dict[str, Any]) -> None:
         args: dict[str, Any] = {"AvailabilityZone": i["availabilityZone"], "Size": int(i.get("size") or 8),
                                 "VolumeType": i.get("type") or "gp3", "Encrypted": bool(i.get("encrypted"))}
         self._set(name, id=self.ec2.create_volume(**args)["VolumeId"])
+
+
+def _managed_policies_parsed_once() -> None:
+    """moto builds IAM's ~1300 AWS managed policies (MOTO_IAM_LOAD_MANAGED_POLICIES, which ParallelCluster's checks
+    need) for each of 6 partitions, twice per world, each time parsing the same JSON: about 3 s of every case. Parse
+    it once; each backend still gets its own policy objects (same fields as moto's AWSManagedPolicy.from_data)."""
+    from datetime import datetime
+
+    from moto.iam import models
+
+    if getattr(models.IAMBackend._init_aws_policies, "parsed_once", False):
+        return
+    parsed = [(name, d.get("DefaultVersionId"), d.get("Path"), json.dumps(d.get("Document")),
+               datetime.fromisoformat(d["CreateDate"]), datetime.fromisoformat(d["UpdateDate"]))
+              for name, d in json.loads(models.aws_managed_policies_data).items()]
+
+    def init(self: Any) -> list[Any]:
+        if not models.load_iam_aws_managed_policies():
+            return []
+        return [models.AWSManagedPolicy(name, account_id=self.account_id, region=self.region_name,
+                                        default_version_id=version, path=path, document=document,
+                                        create_date=created, update_date=updated)
+                for name, version, path, document, created, updated in parsed]
+
+    init.parsed_once = True  # type: ignore[attr-defined]
+    models.IAMBackend._init_aws_policies = init
 
 
 def _read_plan(plan_dir: Path) -> tuple[list[dict[str, Any]], str]:
@@ -261,8 +321,7 @@ def validate_update(case: dict[str, Any]) -> dict[str, Any]:
             for fleet in case.get("fleets") or FLEETS:
                 stack["table"].put_item(Item={"Id": "COMPUTE_FLEET", "Data": {
                     "status": fleet, "lastStatusUpdatedTime": "2026-09-01 00:00:00.000000+00:00"}})
-                AWSApi.reset()
-                Cache.clear_all()
+                Cache.clear_all()  # nothing ParallelCluster looked up for the previous run is reused
                 runs[fleet] = _update_request(name, target_text)
         finally:
             _Stack.current = None
@@ -283,6 +342,7 @@ def validate_updates(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if hook not in BUILTIN_HANDLERS:  # read by every client created from here on
                 BUILTIN_HANDLERS.append(hook)
         full._offline_supported_regions()
+        _managed_policies_parsed_once()
         import logging
 
         logging.disable(logging.WARNING)  # pcluster logs each expected refusal; the JSON carries them
@@ -322,6 +382,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (OSError, KeyError, ValueError, full.WorldError) as exc:
         print(f"validate_cluster_update: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except Exception:  # noqa: BLE001 - the world could not be built (a moto refusal): an internal error, not a verdict
+        import traceback
+
+        traceback.print_exc()
         return 2
     if args.json:
         print(json.dumps(result))
