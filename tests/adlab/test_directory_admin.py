@@ -327,6 +327,8 @@ def env(lab: Lab):
     initial = {u: "In1t-" + secrets.token_urlsafe(10) + "!" for u in ("carol", "dave", "erin")}
     params = {ADMIN_PARAM: lab.admin_password, JOIN_PARAM: join_password}
     params.update({f"/pcluster-ad/{STACK}/users/{u}/initial-password": p for u, p in initial.items()})
+    # erin -> Erin (test_case_only_rename_keeps_the_account): the stack writes the parameter under the new spelling.
+    params[f"/pcluster-ad/{STACK}/users/Erin/initial-password"] = initial["erin"]
     # KMS_KEY_ARN: dirsvc fills in the key its parameters are under (the stack key of a deployed stack).
     svc.ok("config", settings={
         "DIRECTORY_ID": "d-1234567890", "DOMAIN": lab.cfg.domain, "DNS_IPS": lab.dc_ip, "OU_NAME": OU,
@@ -723,6 +725,39 @@ def test_declared_user_changes_the_initial_password_at_first_login(env: Env, pro
     assert not dc_search(lab, BASE, "(sAMAccountName=dave)")
     assert node.run(["test", "-d", "/home/dave"], check=False).returncode == 0
     assert ssh_pass(lab, node, "dave", new).returncode != 0
+
+
+def test_case_only_rename_keeps_the_account(env: Env, product_node):
+    """pcluster-ad:users erin -> Erin (and its group sci -> SCI): the Invocations' updates rename the objects in
+    place on the real DC: the same objectSid (so the same UID under sssd's ID mapping, and her home stays hers),
+    the new spelling in sAMAccountName, userPrincipalName and the CN, her membership kept (issue 17, finding 7)."""
+    lab, svc = env.lab, env.svc
+    node, _res = product_node
+    sci = {"resource": "group", "name": "sci", "description": "science"}
+    svc.ok("handle", event={**sci, "tf": {"action": "create"}})
+    erin = user_event("erin", groups=["sci"], displayName="Erin E")
+    assert svc.ok("handle", event=erin)["result"]["created"] is True
+    sid = dc_sddl(lab, PEOPLE_DN, "erin")["sid"]
+    group_sid = dc_sddl(lab, PEOPLE_DN, "sci")["sid"]
+    uid = node.run(["id", "-u", "erin"]).stdout.strip()
+    assert sid and group_sid and uid.isdigit()
+
+    out = svc.ok("handle", event={**sci, "name": "SCI", "tf": {"action": "update", "prev_input": sci}})["result"]
+    assert out["result"] == "renamed"
+    new = user_event("Erin", "update", prev={k: v for k, v in erin.items() if k != "tf"}, groups=["SCI"],
+                     displayName="Erin E")
+    out = svc.ok("handle", event=new)["result"]
+    assert out["created"] is False and out["renamed"] is True and out["added"] == out["removed"] == []
+
+    (got,) = dc_search(lab, BASE, "(sAMAccountName=erin)", ["sAMAccountName", "userPrincipalName", "memberOf"])
+    assert got["dn"] == f"CN=Erin,{PEOPLE_DN}" and got["sAMAccountName"] == ["Erin"]
+    assert got["userPrincipalName"] == [f"Erin@{lab.cfg.domain}"] and got["memberOf"] == [f"CN=SCI,{PEOPLE_DN}"]
+    assert dc_sddl(lab, PEOPLE_DN, "Erin")["sid"] == sid, "a new SID: the account was deleted and re-created"
+    (g,) = dc_search(lab, BASE, "(sAMAccountName=sci)", ["sAMAccountName"])
+    assert g["sAMAccountName"] == ["SCI"] and dc_sddl(lab, PEOPLE_DN, "SCI")["sid"] == group_sid
+    node.run(["sss_cache", "-E"], check=False)  # the node asks the DC again, not its cache
+    assert node.run(["id", "-u", "erin"]).stdout.strip() == uid
+    assert svc.ok("handle", event=user_event("Erin", "delete"))["result"]["result"] == "deleted"
 
 
 def test_termination_uses_the_name_the_node_recorded(env: Env, product_node):
