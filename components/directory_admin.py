@@ -19,7 +19,13 @@ import pulumi_aws as aws
 import pulumi_random as random
 
 from components._vpc_lambda import VPC_ACCESS_STATEMENT, package_files, security_group
-from lambda_src.directory_admin import computer_prefix, initial_password_parameter_name, sam_problem
+from lambda_src.directory_admin import (
+    OWNER_KEY,
+    computer_prefix,
+    initial_password_parameter_name,
+    invocation_owner,
+    sam_problem,
+)
 from stack_config import GroupSettings, UserSettings
 
 HANDLER = "directory_admin.handler"
@@ -237,7 +243,10 @@ class DirectoryAdmin(pulumi.ComponentResource):
         def invocation(part_name: str, payload: dict[str, Any], deps: list[pulumi.Resource]) -> aws.lambda_.Invocation:
             # The directory in every input: a replaced directory (new id, new DNS IPs) changes the input, so the
             # update runs again and makes the OU, the accounts, the groups and the users in the new one.
-            payload = {**payload, "directoryId": args.directory_id, "dnsIps": args.dns_ips}
+            # The owner (lambda_src/directory_admin.py OWNER_KEY): a replacement's old delete then leaves what the new
+            # create made (its name and function name are those of the Invocation below).
+            payload = {**payload, "directoryId": args.directory_id, "dnsIps": args.dns_ips,
+                       OWNER_KEY: invocation_owner(f"{name}-{part_name}", function_name)}
             return aws.lambda_.Invocation(f"{name}-{part_name}", aws.lambda_.InvocationArgs(
                 function_name=function.name, input=pulumi.Output.json_dumps(payload), lifecycle_scope="CRUD"),
                 pulumi.ResourceOptions(parent=self, depends_on=[function, role_policy, *args.network_path, *deps]))

@@ -26,6 +26,7 @@ the EventTarget's, so that the trigger goes before anything its function needs).
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import sys
@@ -484,6 +485,44 @@ def replacement_hazards(plan: Plan) -> list[str]:
     return out
 
 
+def _handler_module(fn: Res) -> Any | None:
+    """The handler module of a function whose code is this repository's lambda_src/<module>.py."""
+    module = str(fn.inputs.get("handler") or "").rsplit(".", 1)[0]
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", module):
+        return None
+    try:
+        return importlib.import_module(f"lambda_src.{module}")
+    except ImportError:
+        return None
+
+
+def replace_safety_findings(plan: Plan) -> list[str]:
+    """Every CRUD Invocation replaced create-before-delete (replacement_hazards) runs its OLD delete after the NEW
+    create, on what the new one made. Its function's handler module must declare replace-safety: OWNER_KEY and
+    invocation_owner (a delete acts only on what its own owner made; lambda_src/directory_admin.py), and the input
+    must carry invocation_owner(its name, functionName, qualifier, triggers), which differs between the old and the
+    new Invocation of any replacement."""
+    out = []
+    for inv in plan.of_type(T_INVOCATION):
+        if inv.inputs.get("lifecycleScope") != "CRUD" or inv.options.get("deleteBeforeReplace"):
+            continue
+        fn = _function_named(plan, inv.inputs.get("functionName"))
+        module = _handler_module(fn) if fn is not None else None
+        key, owner = getattr(module, "OWNER_KEY", None), getattr(module, "invocation_owner", None)
+        if not isinstance(key, str) or not callable(owner):
+            handler = fn.inputs.get("handler") if fn is not None else inv.inputs.get("functionName")
+            out.append(f"{inv.name}: a replacement runs its old delete after the new create, and its handler"
+                       f" ({handler}) declares no replace-safety (OWNER_KEY, invocation_owner): the old delete undoes"
+                       " the new create")
+            continue
+        want = owner(inv.name, inv.inputs.get("functionName"), inv.inputs.get("qualifier"), inv.inputs.get("triggers"))
+        got = _payload(inv).get(key)
+        if got != want:
+            out.append(f"{inv.name}: its input's {key!r} is {got!r}, not {want!r}: the old and the new Invocation of a"
+                       " replacement would not tell their objects apart, and the old delete would undo the new create")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
@@ -505,9 +544,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"       {m}")
     for line in rerun_findings(plan):
         print(f"FAIL {line}")
+    unsafe = replace_safety_findings(plan)
+    for line in unsafe:
+        print(f"FAIL {line}")
     for line in replacement_hazards(plan):
         print(f"note {line}")
-    return 1 if findings or rerun_findings(plan) else 0
+    return 1 if findings or rerun_findings(plan) or unsafe else 0
 
 
 if __name__ == "__main__":
