@@ -33,17 +33,20 @@ STACK = "dev"  # the table's stack
 CLUSTER = stack_doc(STACK)["config"]["pcluster-ad:cluster"]["name"]
 
 
-def _render(edit, overrides: dict, out: Path) -> dict:
-    """The program's plan for the table's stack with one edit: a `tools.plan --out` directory; the config."""
+SAMPLES = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in ROOT.glob("Pulumi.*.yaml"))
+
+
+def _render(edit, overrides: dict, out: Path, stack: str = STACK) -> dict:
+    """The program's plan for a stack with one edit: a `tools.plan --out` directory; returns the config."""
     import program
     from tools.mocks import PlanMocks, config_from_stack_file, run_program
 
-    doc = copy.deepcopy(stack_doc(STACK))
+    doc = copy.deepcopy(stack_doc(stack))
     if edit:
         edit(doc["config"])
     config, secret_keys = config_from_stack_file(doc)
     mocks = _Recreated(overrides, region="eu-west-1") if overrides else PlanMocks.from_config(config)
-    graph = run_program(program.pulumi_program, config=config, secret_keys=secret_keys, stack=STACK, mocks=mocks)
+    graph = run_program(program.pulumi_program, config=config, secret_keys=secret_keys, stack=stack, mocks=mocks)
     graph.root = str(ROOT)
     out.mkdir(parents=True)
     (out / "resources.json").write_text(json.dumps(graph.to_plan(), default=str))
@@ -86,6 +89,14 @@ def table(tmp_path_factory) -> dict:
     _no_nfs_egress(tmp / "no-nfs-egress")
     cases.append({"id": "no-nfs-egress", "base": str(tmp / "base"), "target": str(tmp / "no-nfs-egress"),
                   "clusterName": CLUSTER})
+    # Every shipped sample (its OS, key pair, queues, home) passes the update-time validators on a live change.
+    for stack in SAMPLES:
+        _render(None, {}, tmp / f"{stack}-deployed", stack)
+        _render(lambda c: [q.update(maxCount=q["maxCount"] + 1) for q in c["pcluster-ad:cluster"]["queues"]], {},
+                tmp / f"{stack}-more-nodes", stack)
+        cases.append({"id": f"sample-{stack}", "base": str(tmp / f"{stack}-deployed"),
+                      "target": str(tmp / f"{stack}-more-nodes"),
+                      "clusterName": stack_doc(stack)["config"]["pcluster-ad:cluster"]["name"]})
     rendered = time.perf_counter() - started
     answer = run_update_validation(cases)
     total = time.perf_counter() - started
@@ -142,6 +153,23 @@ def test_a_fleet_stop_row_is_refused_for_the_fleet_with_parallelclusters_reason(
     assert (error["current_value"], error["requested_value"]) == ("10", "5")
     assert error["message"].startswith("All compute nodes must be stopped or QueueUpdateStrategy must be set to "
                                        "TERMINATE")
+
+
+@pytest.mark.parametrize("stack", SAMPLES)
+def test_every_sample_passes_the_update_validation_of_a_live_change(table, stack):
+    """More nodes in every queue of a shipped sample: ParallelCluster's update validation passes it with the fleet
+    running (no validator fails in the update context, the change policy allows it live)."""
+    result = table["results"][f"sample-{stack}"]
+    for fleet, run in result["runs"].items():
+        assert run["verdict"] == "allowed", (stack, fleet, run["message"], run["failures"],
+                                             run["updateValidationErrors"])
+        assert _errors(run) == []
+        assert run["changeSet"] and all(c["parameter"].endswith(".MaxCount") for c in run["changeSet"]), run
+    assert result["blocked_network"] == []
+
+
+def test_every_shipped_sample_is_covered():
+    assert SAMPLES == ["dev", "prod"]
 
 
 def test_validators_run_in_the_update_too(table):
