@@ -154,8 +154,8 @@ def test_before_the_fix_the_setup_delete_meets_a_cut_network_and_the_ou_stays(la
     assert not setup["ok"] and "EndpointConnectionError" in setup["error"], setup
     assert dc_search(lab, STACK_DN, scope="base")  # the OU is left behind: `pulumi destroy` cannot finish
     # The function works again once its route out is back (what recovery would need, before the NAT is gone).
-    redo = svc.handle({"resource": "directory", "directoryId": DIRECTORY_ID,
-                       "tf": {"action": "delete", "prev_input": {}}})
+    own = json.loads(plan.by_name["directory-admin-setup"].inputs["input"])  # its owner: the delete is its own
+    redo = svc.handle({**own, "tf": {"action": "delete", "prev_input": own}})
     assert redo["ok"] and redo["result"]["deleted"] is True
     assert not dc_search(lab, STACK_DN, scope="base")
 
