@@ -493,6 +493,9 @@ class RecordingUsers:
             raise da.DirectoryError(f"group(s) {unknown!r} not one of the stack's groups: nothing changed")
         return {"ours": ours, "want": {ours[g.lower()]: g for g in groups}}
 
+    def owner_of(self, kind, name=None):  # no owner recorded: a delete acts (replace-safety, OWNER_KEY)
+        return None
+
     def delete_user(self, n):
         self.calls.append(("delete", n))
         return "deleted"
