@@ -14,7 +14,9 @@ the Python SDK's `_add_dependency` in sdk/python/lib/pulumi/runtime/rpc.py):
 * Create/update: after everything it depends on. Destroy: dependents first, everything else in parallel; so
   "X still exists while Y's delete runs" holds only if Y depends on X, directly or transitively.
 * Replace: create the new one, update the dependents, delete the old one at the end (its delete runs with its
-  OLD inputs, after the new one's create); with delete_before_replace the old one is deleted first.
+  OLD inputs, after the new one's create); with delete_before_replace the old one is deleted first. So every CRUD
+  Invocation replaced create-before-delete needs a replace-safe handler and its owner in its input
+  (replace_safety_findings), or the old delete undoes what the new create made.
 
 Code runs during these steps for: `aws.lambda_.Invocation` (lifecycle_scope CRUD: create, update and delete;
 else create and update), pulumi-command Commands (the ClusterLauncher: pcluster create/update/delete), and
