@@ -89,6 +89,19 @@ def table(tmp_path_factory) -> dict:
     _no_nfs_egress(tmp / "no-nfs-egress")
     cases.append({"id": "no-nfs-egress", "base": str(tmp / "base"), "target": str(tmp / "no-nfs-egress"),
                   "clusterName": CLUSTER})
+    # /home on an EBS volume: at update it is attached to the head node ("in-use"), which SharedEbsVolumeIdValidator
+    # accepts only in the update context (it knows the head node); the create context wants it "available".
+    def ebs(c):
+        c["pcluster-ad:cluster"]["homeStorage"]["type"] = "Ebs"
+
+    def ebs_more_nodes(c):
+        ebs(c)
+        c["pcluster-ad:cluster"]["queues"][0]["maxCount"] += 1
+
+    _render(ebs, {}, tmp / "ebs-deployed")
+    _render(ebs_more_nodes, {}, tmp / "ebs-more-nodes")
+    cases.append({"id": "ebs-home-live-change", "base": str(tmp / "ebs-deployed"),
+                  "target": str(tmp / "ebs-more-nodes"), "clusterName": CLUSTER})
     # Every shipped sample (its OS, key pair, queues, home) passes the update-time validators on a live change.
     for stack in SAMPLES:
         _render(None, {}, tmp / f"{stack}-deployed", stack)
@@ -170,6 +183,15 @@ def test_every_sample_passes_the_update_validation_of_a_live_change(table, stack
 
 def test_every_shipped_sample_is_covered():
     assert SAMPLES == ["dev", "prod"]
+
+
+def test_an_ebs_home_attached_to_the_head_node_passes_in_the_update_context(table):
+    """The world attaches the EBS /home to the head node, as a running cluster has it; ParallelCluster's update
+    context (the head node's id) accepts that volume state, so a live change of an EBS-home stack is allowed."""
+    result = table["results"]["ebs-home-live-change"]
+    for fleet, run in result["runs"].items():
+        assert run["verdict"] == "allowed", (fleet, run["message"], run["failures"], run["updateValidationErrors"])
+        assert not [f for f in run["failures"] if f["type"] == "SharedEbsVolumeIdValidator"], run["failures"]
 
 
 def test_validators_run_in_the_update_too(table):
