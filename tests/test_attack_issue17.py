@@ -332,6 +332,28 @@ def test_refused_route_out_and_dhcp_messages_name_ids_only(run_stack, monkeypatc
     assert ADMIN_SECRET not in text and "J0in-Secret-Passw0rd!" not in text
 
 
+def test_refused_every_wildcard_resource_of_directory_admin_has_its_reason(run_stack):
+    """Issue 17 added no IAM statement (the Resolver endpoint and rule are the operator's, not a role's). The
+    DirectoryAdmin role's `*` resources are exactly the three whose actions take no narrower resource (each with
+    its comment in the component); everything else is scoped to the stack's own ARNs."""
+    g = run_stack(secrets={"pcluster-ad:adminPassword": ADMIN_SECRET})
+    policy = g.named("directory-admin-role-policy").inputs["policy"]
+    doc = json.loads(policy) if isinstance(policy, str) else policy
+    wild = {s["Sid"]: sorted(s["Action"]) for s in doc["Statement"] if s["Resource"] == "*"}
+    assert wild == {
+        "CheckParameterKeys": ["ssm:DescribeParameters"],
+        "DescribeInstances": ["ec2:DescribeInstances"],
+        "AttachToVpc": sorted(["ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets",
+                               "ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses",
+                               "ec2:UnassignPrivateIpAddresses"]),
+    }
+    assert all(s["Effect"] == "Allow" for s in doc["Statement"])
+    source = (da.__file__.replace("lambda_src/directory_admin.py", "components/directory_admin.py"))
+    text = open(source).read()
+    assert "# `*`: ssm:DescribeParameters supports no resource-level permissions" in text
+    assert "# `*`: EC2 Describe* actions support no resource-level permissions." in text
+
+
 # == findings (fail today) =============================================================================================
 
 @pytest.mark.xfail(strict=True, reason="attack finding 2: an Existing directory's dnsIps are the operator's word,"
@@ -381,3 +403,18 @@ def test_attack_finding_4_a_directory_switch_says_what_it_leaves_in_the_old_one(
           "tf": {"action": "update", "prev_input": {**payload, "directoryId": old, "dnsIps": ["10.9.0.10"]}}}
     out = da.handle_resource(ev, settings=settings(), directory=d, ssm=Ssm())
     assert old in json.dumps(out, default=str) + caplog.text
+
+
+@pytest.mark.xfail(strict=True, reason="attack finding 5: 'this stack's own DHCP options' is recognised by two tags"
+                   " anyone with ec2:CreateTags can write: forged on an AmazonProvidedDNS set, the stack silently"
+                   " switches the adopted VPC's DNS (DhcpOptions, no opt-in) and tells the operator to restore an"
+                   " attacker-named set after destroy")
+def test_attack_finding_5_forged_own_tags_on_an_amazon_dns_set_do_not_switch_the_vpc_dns(run_stack):
+    from tests.test_domain_dns import DHCP_ASSOC, adopt, mocks
+
+    forged = {"Name": "directory-dhcp", "pcluster-ad:stack": "dev", "pcluster-ad:previous-dhcp-options":
+              "dopt-0badbadbadbadbad0"}
+    # The stack's own set always names the directory's DNS IPs; this one sends DNS to the Amazon-provided resolver.
+    g = run_stack(adopt(), mocks=mocks(servers=["AmazonProvidedDNS"], tags=forged, current="dopt-0aaaaaaaaaaaaaaa0"))
+    assert g.outputs["domainDns"] == "ResolverRule" and not g.of_type(DHCP_ASSOC)
+    assert "dopt-0badbadbadbadbad0" not in json.dumps(g.outputs, default=str)
