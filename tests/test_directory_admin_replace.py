@@ -19,6 +19,7 @@ from moto import mock_aws
 
 import lambda_src.directory_admin as da
 from tests.test_directory_admin import CLUSTER, ENV
+from tests.test_lifecycle_judge import STACKS, plan_of
 from tools.lifecycle_judge import Plan, replace_safety_findings
 
 STACK_DN = "OU=pcluster-ad-dev,DC=test,DC=domain"
@@ -235,6 +236,11 @@ def edited(plan: Plan, edit) -> Plan:
     for r in rows:
         edit(r)
     return Plan(rows)
+
+
+@pytest.mark.parametrize("name", sorted(STACKS))
+def test_every_sample_stack_is_replace_safe(run_stack, name):
+    assert replace_safety_findings(plan_of(run_stack, name)) == []
 
 
 def test_the_judge_passes_the_programs_invocations(run_stack):
