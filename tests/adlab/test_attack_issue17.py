@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -17,7 +18,7 @@ from lambda_src.directory_admin import OWNER_ATTRIBUTE, OWNER_PREFIX, computer_p
 
 from .conftest import running_lab
 from .lab import HERE, Lab, lab_python
-from .test_directory_admin import DirSvc, allow_simple_binds, dc_search
+from .test_directory_admin import DirSvc, allow_simple_binds, dc_add_computer, dc_search
 
 pytestmark = pytest.mark.adlab
 
@@ -169,6 +170,28 @@ def test_attack_finding_1_a_same_named_stack_elsewhere_cannot_take_or_delete_thi
         left = {"carol": exists(lab, "carol"), "hpc": exists(lab, "hpc"), "adding account": exists(lab, "pcad-add-dev"),
                 "its password": binds(svc_a, lab, "pcad-add-dev", a["join_password"])}
         assert all(left.values()), left
+    finally:
+        for svc in (svc_a, svc_b):
+            svc.close()
+
+
+@pytest.mark.xfail(strict=True, reason="attack finding 1: with the same stack AND cluster name in two regions (or"
+                   " accounts) on one directory, the other deployment's daily sweep deletes this deployment's LIVE"
+                   " nodes' computer objects (not live in ITS region), so they lose the domain")
+def test_attack_finding_1_a_same_named_deployment_elsewhere_does_not_sweep_this_clusters_live_nodes(lab):
+    svc_a, a = deployment(lab, "dev2", "eu-west-1", "hpc", [])
+    svc_b, b = deployment(lab, "dev2", "us-east-1", "hpc", [])
+    try:
+        svc_a.ok("handle", event=event(a, "setup", setup(a), "create"))
+        svc_b.handle(event(b, "setup", setup(b), "create"))
+        (iid,) = svc_a.ok("instances", count=1)["ids"]
+        node = svc_a.ok("name", instance_id=iid)["name"]
+        dc_add_computer(lab, node, f"OU=Computers,OU=pcluster-ad-dev2,{BASE}")  # what the join function makes
+        later = datetime.now(UTC) + timedelta(hours=2)  # past the grace period
+        assert svc_a.ok("handle", event={"op": "sweep"}, now=later.isoformat())["result"]["deleted"] == []
+        assert exists(lab, node + "$")
+        svc_b.handle({"op": "sweep"}, now=later)
+        assert exists(lab, node + "$"), f"{node}: the live node's computer object was swept by the other deployment"
     finally:
         for svc in (svc_a, svc_b):
             svc.close()
