@@ -188,3 +188,37 @@ def test_parallelcluster_grants_the_efs_client_actions_itself_with_iam_authoriza
     assert "self._add_pcluster_policies_to_role(" in src["roles"]
     # ... and an external file system's id is the one recorded for it.
     assert "efs_id = shared_efs.file_system_id" in src["efs"]
+
+
+EXISTING_NETWORK = {"vpcId": "vpc-0123456789abcdef0", "publicSubnetId": "subnet-0aaaaaaaaaaaaaaa1",
+                    "privateSubnetIds": ["subnet-0bbbbbbbbbbbbbbb1", "subnet-0bbbbbbbbbbbbbbb2"]}
+
+
+def test_an_existing_vpc_stack_passes_and_says_what_was_not_checked(tmp_path, capsys):
+    """Issue 19 item 4: an adopted VPC (network.vpcId + subnet ids). The world creates that VPC and those subnets
+    under the ids the stack names (before: the groups went into a VPC moto did not have, RevokeSecurityGroupEgress
+    traceback), with the AZs the offline plan assumed; the plan and the validator both say it was assumed."""
+    plan_dir, name = make_plan(tmp_path, "dev", lambda c: c.update({"pcluster-ad:network": dict(EXISTING_NETWORK)}))
+    plan_warnings = [line for line in capsys.readouterr().err.splitlines() if "ASSUMED" in line]
+    result = validate_full(plan_dir, name)
+    print(f"\nexisting VPC: ParallelCluster full validation in {result['seconds']} s")
+    assert errors_of(result) == [], result["failures"]
+    assert result["ok"] is True and result["blocked_network"] == []
+    config = (plan_dir / "cluster-config.yaml").read_text()
+    for subnet in [EXISTING_NETWORK["publicSubnetId"], *EXISTING_NETWORK["privateSubnetIds"]]:
+        assert subnet in config  # the config names the user's subnets, and ParallelCluster found them
+    assert result["ids"]["<after-deploy:home-clients.id>"].startswith("sg-")
+    (note,) = result["not_checked"]
+    assert "vpc-0123456789abcdef0" in note and "ASSUMED" in note
+    assert "Not checked: the real subnets' AZs and VPC, their route tables" in note
+    # The validator built the subnets in the AZs the plan assumed (and said so, naming each subnet).
+    (plan_warning,) = plan_warnings
+    zones = {"subnet-0bbbbbbbbbbbbbbb1": "eu-west-1a", "subnet-0bbbbbbbbbbbbbbb2": "eu-west-1b",
+             "subnet-0aaaaaaaaaaaaaaa1": "eu-west-1a"}
+    for subnet, zone in zones.items():
+        assert f"{subnet} in {zone}" in note and f"{subnet} in {zone}" in plan_warning, (note, plan_warning)
+
+
+def test_a_sample_stack_has_nothing_unchecked(tmp_path):
+    plan_dir, name = make_plan(tmp_path, "dev")
+    assert validate_full(plan_dir, name)["not_checked"] == []

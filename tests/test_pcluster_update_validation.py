@@ -34,6 +34,8 @@ CLUSTER = stack_doc(STACK)["config"]["pcluster-ad:cluster"]["name"]
 
 
 SAMPLES = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in ROOT.glob("Pulumi.*.yaml"))
+EXISTING_NETWORK = {"vpcId": "vpc-0123456789abcdef0", "publicSubnetId": "subnet-0aaaaaaaaaaaaaaa1",
+                    "privateSubnetIds": ["subnet-0bbbbbbbbbbbbbbb1", "subnet-0bbbbbbbbbbbbbbb2"]}
 
 
 def _render(edit, overrides: dict, out: Path, stack: str = STACK) -> dict:
@@ -110,6 +112,18 @@ def table(tmp_path_factory) -> dict:
         cases.append({"id": f"sample-{stack}", "base": str(tmp / f"{stack}-deployed"),
                       "target": str(tmp / f"{stack}-more-nodes"),
                       "clusterName": stack_doc(stack)["config"]["pcluster-ad:cluster"]["name"]})
+    # An adopted VPC (network.vpcId + subnet ids, issue 19 item 4): the world builds it under the stack's ids.
+    def existing_vpc(c):
+        c["pcluster-ad:network"] = dict(EXISTING_NETWORK)
+
+    def existing_vpc_more_nodes(c):
+        existing_vpc(c)
+        c["pcluster-ad:cluster"]["queues"][0]["maxCount"] += 1
+
+    _render(existing_vpc, {}, tmp / "existing-vpc-deployed")
+    _render(existing_vpc_more_nodes, {}, tmp / "existing-vpc-more-nodes")
+    cases.append({"id": "existing-vpc-live-change", "base": str(tmp / "existing-vpc-deployed"),
+                  "target": str(tmp / "existing-vpc-more-nodes"), "clusterName": CLUSTER})
     rendered = time.perf_counter() - started
     answer = run_update_validation(cases)
     total = time.perf_counter() - started
@@ -204,3 +218,20 @@ def test_validators_run_in_the_update_too(table):
         assert len(failures) == 2, run["failures"]  # one per AZ the cluster uses
         for message in failures:
             assert "does not have a security group that allows inbound and outbound rules to support NFS" in message
+
+
+def test_an_existing_vpc_stack_passes_the_update_validation_of_a_live_change(table):
+    """Issue 19 item 4: on an adopted VPC the world holds the VPC and subnets under the stack's ids (before: a
+    RevokeSecurityGroupEgress traceback while building it); one more node is allowed live, and the result says the
+    subnets' AZs and routes were assumed, not checked."""
+    result = table["results"]["existing-vpc-live-change"]
+    for fleet, run in result["runs"].items():
+        assert run["verdict"] == "allowed", (fleet, run["message"], run["failures"], run["updateValidationErrors"])
+        assert _errors(run) == []
+        assert [c["parameter"] for c in run["changeSet"]] == [
+            "Scheduling.SlurmQueues[compute].ComputeResources[c5-large].MaxCount"], run["changeSet"]
+    assert result["blocked_network"] == []
+    (note,) = result["not_checked"]
+    assert "existing VPC vpc-0123456789abcdef0" in note and "ASSUMED" in note
+    assert "subnet-0bbbbbbbbbbbbbbb2 in eu-west-1b" in note and "Not checked: the real subnets' AZs" in note
+    assert all(table["results"][f"sample-{stack}"]["not_checked"] == [] for stack in SAMPLES)

@@ -84,6 +84,20 @@ class PlanMocks(Mocks):
         self.nat_gateways = nat_gateways or {EXISTING_NAT: {"subnetId": "subnet-0natpublic0000000",
                                                              "connectivityType": "public"}}
         self.vpc_cidr = vpc_cidr
+        self.assumed: dict[str, dict[str, Any]] = {}  # subnets from_config invented (no AWS to ask offline)
+
+    def assumption_warning(self) -> str | None:
+        """One line saying which existing subnets' AZs and routes the plan made up (from_config), or None."""
+        if not self.assumed:
+            return None
+        private = [f"{s} in {a['availabilityZone']}" for s, a in self.assumed.items() if not a["mapPublicIpOnLaunch"]]
+        public = [f"{s} in {a['availabilityZone']}" for s, a in self.assumed.items() if a["mapPublicIpOnLaunch"]]
+        vpc = next(iter(self.assumed.values()))["vpcId"]
+        return (f"pcluster-ad:network: the offline plan cannot look up {vpc}'s subnets; it ASSUMED privateSubnetIds "
+                f"{', '.join(private) or '(none)'}, publicSubnetId {', '.join(public) or '(none)'}, all in {vpc}, the "
+                "private ones routing out through a NAT gateway and the public one to an internet gateway. Not checked"
+                " offline: the subnets' real AZs and VPC, that the two private subnets are in two different AZs, their"
+                " route tables (and an EBS /home's AZ, the public subnet's); `pulumi preview` checks them against AWS.")
 
     def routes(self, subnet_id: str) -> list[dict[str, Any]]:
         if subnet_id in self.route_tables:
@@ -124,7 +138,9 @@ class PlanMocks(Mocks):
             if isinstance(network.get("publicSubnetId"), str):
                 subnets[network["publicSubnetId"]] = {"availabilityZone": f"{region}a", "vpcId": vpc,
                                                       "cidrBlock": "10.99.100.0/24", "mapPublicIpOnLaunch": True}
-        return cls(region=region, subnets=subnets)
+        mocks = cls(region=region, subnets=subnets)
+        mocks.assumed = {k: dict(v) for k, v in subnets.items()}
+        return mocks
 
     def new_resource(self, args: MockResourceArgs) -> tuple[str | None, dict]:
         state = dict(args.inputs)

@@ -79,14 +79,17 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / name).write_text(content)
     elapsed = time.perf_counter() - started
     _print_summary(result["resources"], result["outputs"], args.out, elapsed)
+    for warning in result["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
 def _plan(config: dict[str, str], secret_keys: list[str], stack: str) -> dict[str, Any]:
     import program
-    from tools.mocks import run_program
+    from tools.mocks import PlanMocks, run_program
 
-    graph = run_program(program.pulumi_program, config=config, secret_keys=secret_keys, stack=stack)
+    mocks = PlanMocks.from_config(config)
+    graph = run_program(program.pulumi_program, config=config, secret_keys=secret_keys, stack=stack, mocks=mocks)
     graph.root = str(ROOT)
     resources = graph.to_plan()
     files = {"resources.json": json.dumps(resources, indent=2, sort_keys=False, default=str) + "\n"}
@@ -94,7 +97,8 @@ def _plan(config: dict[str, str], secret_keys: list[str], stack: str) -> dict[st
         files["cluster-config.yaml"] = (
             "# ParallelCluster 3 config as the stack would render it; <after-deploy:...> values are known\n"
             "# only after deployment.\n" + graph.outputs["clusterConfig"])
-    return {"resources": resources, "outputs": graph.outputs, "files": files}
+    assumed = mocks.assumption_warning()  # an adopted VPC: what the plan could not ask AWS
+    return {"resources": resources, "outputs": graph.outputs, "files": files, "warnings": [assumed] if assumed else []}
 
 
 def _print_summary(resources: list[dict[str, Any]], outputs: dict[str, Any], out: Path, elapsed: float) -> None:

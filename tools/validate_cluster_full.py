@@ -20,7 +20,8 @@ semantic validator (`ClusterConfig.validate()`), with the validators listed in S
 Exit codes: 0 no ERROR-level failure (prints "OK" and any warnings), 1 ERROR failures (one line each),
 2 usage or internal error (e.g. a placeholder that names no resource of the plan).
 With --json, stdout is one JSON object per plan dir:
-{"ok": bool, "failures": [{"level", "type", "message"}], "seconds": float, "ids": {placeholder: value}}.
+{"ok": bool, "failures": [{"level", "type", "message"}], "seconds": float, "ids": {placeholder: value},
+"not_checked": [what an adopted VPC leaves unchecked offline]}.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT = "123456789012"  # moto's default account
 PLACEHOLDER_RE = re.compile(r"<after-deploy:([^<>]+)>")  # RESOURCE.PROPERTY, or account-id
+_VPC_ID_RE, _SUBNET_ID_RE = re.compile(r"vpc-[0-9a-f]{8,17}"), re.compile(r"subnet-[0-9a-f]{8,17}")  # real ids
 
 # Validators moto cannot answer, suppressed by name (as `--suppress-validators type:NAME` would):
 SUPPRESSED = (
@@ -161,6 +163,69 @@ class World:
         if m:  # a directory's DNS servers (the directory-admin function's egress rules name them)
             return f"10.255.{int(m[1])}.10"
         raise WorldError(f"no stand-in for <after-deploy:{name}.{prop}> ({typ})")
+
+    # ------------------------------------------------------------------ an adopted VPC
+
+    def adopt_network(self, configs: list[dict[str, Any]]) -> list[str]:
+        """An existing VPC (pcluster-ad:network.vpcId): the plan names it and its subnets by id, and builds neither.
+        Creates them in moto under those ids, with the AZs, CIDRs and routes the offline plan assumed
+        (tools/mocks.py PlanMocks.from_config: private subnets in the region's AZs a and b, routing out through a
+        NAT gateway; the public one in a, routing to an internet gateway). Returns what that leaves unchecked."""
+        from unittest import mock
+
+        vpcs = sorted({r["inputs"]["vpcId"] for r in self.by_name.values()
+                       if isinstance(r["inputs"].get("vpcId"), str) and _VPC_ID_RE.fullmatch(r["inputs"]["vpcId"])})
+        if not vpcs:
+            return []
+        private: list[str] = []
+        public: list[str] = []
+        for config in configs:  # queues in the private subnets, head node (and login nodes) in the public one
+            for queue in (config.get("Scheduling") or {}).get("SlurmQueues") or []:
+                private += [s for s in (queue.get("Networking") or {}).get("SubnetIds") or [] if s not in private]
+            pools = ((config.get("LoginNodes") or {}).get("Pools") or [])
+            for networking in [(config.get("HeadNode") or {}).get("Networking") or {}] + [
+                    p.get("Networking") or {} for p in pools]:
+                ids = [networking["SubnetId"]] if networking.get("SubnetId") else networking.get("SubnetIds") or []
+                public += [s for s in ids if s not in private + public]
+        private = [s for s in private if isinstance(s, str) and _SUBNET_ID_RE.fullmatch(s)]
+        public = [s for s in public if isinstance(s, str) and _SUBNET_ID_RE.fullmatch(s)]
+        vpc = vpcs[0]
+        with mock.patch("moto.ec2.models.vpcs.random_vpc_id", return_value=vpc):
+            self.ec2.create_vpc(CidrBlock="10.99.0.0/16")  # tools/mocks.py EXISTING_VPC_CIDR
+        for attr in ("EnableDnsSupport", "EnableDnsHostnames"):
+            self.ec2.modify_vpc_attribute(VpcId=vpc, **{attr: {"Value": True}})
+        zones: dict[str, str] = {}
+        for n, subnet in enumerate(private + public):
+            is_public = subnet in public
+            zones[subnet] = f"{self.region}{'a' if is_public else 'ab'[n % 2]}"
+            cidr = f"10.99.{100 + n - len(private) if is_public else n}.0/24"
+            with mock.patch("moto.ec2.models.subnets.random_subnet_id", return_value=subnet):
+                self.ec2.create_subnet(VpcId=vpc, CidrBlock=cidr, AvailabilityZone=zones[subnet])
+            if is_public:
+                self.ec2.modify_subnet_attribute(SubnetId=subnet, MapPublicIpOnLaunch={"Value": True})
+        igw = self.ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+        self.ec2.attach_internet_gateway(InternetGatewayId=igw, VpcId=vpc)
+        tables = {}
+        for kind, subnets in (("public", public), ("private", private)):
+            if not subnets:
+                continue
+            tables[kind] = self.ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
+            if kind == "public":
+                target = {"GatewayId": igw}
+            else:
+                nat_subnet = public[0] if public else subnets[0]
+                allocation = self.ec2.allocate_address(Domain="vpc")["AllocationId"]
+                target = {"NatGatewayId": self.ec2.create_nat_gateway(
+                    SubnetId=nat_subnet, AllocationId=allocation)["NatGateway"]["NatGatewayId"]}
+            self.ec2.create_route(RouteTableId=tables[kind], DestinationCidrBlock="0.0.0.0/0", **target)
+            for subnet in subnets:
+                self.ec2.associate_route_table(RouteTableId=tables[kind], SubnetId=subnet)
+        named = ", ".join(f"{s} in {zones[s]}" for s in private + public)
+        return [f"existing VPC {vpc}: built offline from the ids the stack names, with the subnets' AZs, CIDRs and "
+                f"routes ASSUMED as the offline plan assumes them ({named}; private subnets routing out through a NAT "
+                "gateway, the public one to an internet gateway, DNS support and hostnames on). Not checked: the real "
+                "subnets' AZs and VPC, their route tables and way out, the VPC's DNS attributes and CIDR, network ACLs "
+                "and endpoints; `pulumi preview` and ParallelCluster's own validation at deploy check them on AWS."]
 
     # ------------------------------------------------------------------ building
 
@@ -337,6 +402,7 @@ def validate_plan(plan_dir: Path, cluster_name: str) -> dict[str, Any]:
             AWSApi.reset()  # fresh clients (and caches) inside this moto world
             Cache.clear_all()
             world = World(resources, region)
+            not_checked = world.adopt_network([skeleton])
             world.build_all()
             ids: dict[str, str] = {}
 
@@ -351,7 +417,8 @@ def validate_plan(plan_dir: Path, cluster_name: str) -> dict[str, Any]:
                 world.ec2.create_key_pair(KeyName=key_name, KeyType=key_type)
             failures = _dry_run(cluster_name, concrete)
     return {"ok": not any(f["level"] == "ERROR" for f in failures) and not guard.blocked, "failures": failures,
-            "seconds": round(time.perf_counter() - started, 2), "ids": ids, "blocked_network": guard.blocked}
+            "seconds": round(time.perf_counter() - started, 2), "ids": ids, "blocked_network": guard.blocked,
+            "not_checked": not_checked}
 
 
 class _NetworkGuard:
@@ -460,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{f['level']}: {f['type']}: {f['message']}")
         for host in result["blocked_network"]:
             print(f"ERROR: the validation tried to reach {host} (refused: it must stay offline)")
+        for note in result["not_checked"]:
+            print(f"NOT CHECKED: {note}")
         print(f"{'OK' if result['ok'] else 'INVALID'} ({result['seconds']} s)")
     return 0 if result["ok"] else 1
 
