@@ -36,6 +36,7 @@ def pulumi_program() -> None:
     settings = _load_or_fail()
     for warning in settings.warnings:
         pulumi.log.warn(warning)
+    _check_existing_directory(settings)  # before any resource: a directory that disagrees declares nothing
     azs = _availability_zones(settings)
     domain_dns = _domain_dns(settings)  # before any resource: an unusable VPC fails with nothing declared
     tags = {"pcluster-ad:stack": settings.stack, **settings.tags}
@@ -336,6 +337,34 @@ def _custom_dns_problem(settings: Settings, current: str, servers: list[str]) ->
             f" servers resolve {settings.directory.domain_name} (they forward it to the directory's DNS); the stack"
             " adds nothing. DhcpOptions: the stack replaces the VPC's DHCP options with the directory's DNS (DNS"
             " changes for every instance in the VPC).")
+
+
+def _check_existing_directory(settings: Settings) -> None:
+    """An Existing directory with `directoryId`: its record in Directory Service must agree with the config's
+    `domainName` and `dnsIps` (DirectoryAdmin simple-binds with the admin password to each dnsIps entry; the
+    Resolver rule or DHCP options send the domain's DNS there). Each dnsIps entry must be one of the directory's
+    DNS IPs (an AD Connector's: its customer DNS IPs too); a subset is fine (a directory may have more DCs)."""
+    d = settings.directory
+    if d.type != "Existing" or d.directory_id is None:
+        return
+    record = aws.directoryservice.get_directory(directory_id=d.directory_id)
+    known = set(record.dns_ip_addresses or [])
+    for connect in record.connect_settings or []:
+        known.update(connect.customer_dns_ips or [])
+    problems = []
+    if (record.name or "").lower() != d.domain_name.lower():
+        problems.append(Problem(f"{stack_config.PROJECT}:directory.domainName",
+                                f"{d.domain_name!r} is not directory {d.directory_id}'s domain ({record.name!r}):"
+                                " give that domain, or the id of the directory of this domain"))
+    unknown = [ip for ip in d.dns_ips if ip not in known]
+    if unknown:
+        problems.append(Problem(f"{stack_config.PROJECT}:directory.dnsIps",
+                                f"{', '.join(unknown)} not among directory {d.directory_id}'s DNS IPs"
+                                f" ({', '.join(sorted(known)) or 'none'}): the stack would send directory passwords and"
+                                " the domain's DNS queries there; give the directory's own (`aws ds"
+                                f" describe-directories --directory-ids {d.directory_id}`, DnsIpAddrs)"))
+    if problems:
+        _fail(problems)
 
 
 def _availability_zones(settings: Settings) -> list[str]:

@@ -54,6 +54,20 @@ _INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 _VPC_ID_RE = re.compile(r"^vpc-[0-9a-f]{8,17}$")
 _SUBNET_ID_RE = re.compile(r"^subnet-[0-9a-f]{8,17}$")
 _DIRECTORY_ID_RE = re.compile(r"^d-[0-9a-f]{10}$")
+# Where a directory's DNS servers (its domain controllers) can be: RFC 1918 and RFC 6598's 100.64.0.0/10, the ranges
+# a VPC's subnets (Simple AD, Managed AD) and networks reached over VPN, Direct Connect or peering use. An address
+# outside them is reached through the NAT, over the internet: DirectoryAdmin would send the admin password there.
+PRIVATE_DNS_NETWORKS = tuple(ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                                                                "100.64.0.0/10"))
+
+
+def private_ipv4(value: str) -> bool:
+    """`value` is an IPv4 address in PRIVATE_DNS_NETWORKS."""
+    try:
+        ip = ipaddress.IPv4Address(value)
+    except ValueError:
+        return False
+    return any(ip in net for net in PRIVATE_DNS_NETWORKS)
 _STACK_RE = re.compile(r"^[A-Za-z0-9_-]{1,45}$")
 _AZ_RE = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d+[a-z]$")
 _AMI_ID_RE = re.compile(r"^ami-[0-9a-z]{8}$|^ami-[0-9a-z]{17}$")  # pcluster's PCLUSTER_AMI_ID_REGEX
@@ -611,6 +625,12 @@ def _parse_directory(problems: list[Problem], value: Any) -> DirectorySettings |
                 ipaddress.IPv4Address(ip)
             except ValueError:
                 r.fail(r.sub("dnsIps"), f"{ip!r} is not an IPv4 address")
+                continue
+            if not private_ipv4(ip):
+                r.fail(r.sub("dnsIps"), f"{ip!r} is not a private address (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16,"
+                       " 100.64.0.0/10): a domain controller's DNS IP is one (a mistyped address? see `aws ds"
+                       " describe-directories` DnsIpAddrs); the stack's functions would send directory passwords"
+                       " and the domain's DNS queries there")
         if directory_id is not None and not _DIRECTORY_ID_RE.match(directory_id):
             r.fail(r.sub("directoryId"), f"{directory_id!r} is not a directory id such as d-1234567890")
         admin_user = r.str("adminUser")

@@ -21,6 +21,7 @@ from pulumi import RunError
 
 from lambda_src import directory_admin as da
 from stack_config import ConfigError
+from tools.mocks import PlanMocks
 
 ENV = {"DIRECTORY_ID": "d-1234567890", "DOMAIN": "test.domain", "DNS_IPS": "10.0.0.10,10.0.1.10",
        "OU_NAME": "pcluster-ad-dev", "ADMIN_USER": "Administrator", "ADMIN_PASSWORD_PARAMETER": "/pcluster-ad/dev/a",
@@ -356,9 +357,6 @@ def test_refused_every_wildcard_resource_of_directory_admin_has_its_reason(run_s
 
 # == findings (fail today) =============================================================================================
 
-@pytest.mark.xfail(strict=True, reason="attack finding 2: an Existing directory's dnsIps are the operator's word,"
-                   " never checked: a public (or any non-directory) IP is accepted, DirectoryAdmin simple-binds to it"
-                   " in clear with the admin password (389 via the NAT) and the Resolver rule sends the domain there")
 def test_attack_finding_2_existing_directory_dns_ips_outside_the_private_ranges_are_refused(run_stack):
     typo = ["203.0.113.10", "10.0.1.10"]  # 10.0.0.10 mistyped as a public address
     with pytest.raises((ConfigError, RunError)):
@@ -366,6 +364,56 @@ def test_attack_finding_2_existing_directory_dns_ips_outside_the_private_ranges_
         # What the plan would do with it: the admin password in a simple bind to 203.0.113.10:389, via the NAT.
         egress = g.named("directory-admin-sg").inputs["egress"]
         assert any(e["fromPort"] == 389 and e["cidrBlocks"] == ["203.0.113.10/32"] for e in egress)
+
+
+class _Counting(PlanMocks):
+    """PlanMocks that count the resources the program declares."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.declared = 0
+
+    def new_resource(self, args):
+        self.declared += 1
+        return super().new_resource(args)
+
+
+@pytest.mark.parametrize("dns_ips,recorded_domain,key,says", [
+    (["10.0.0.10", "10.0.1.11"], "test.domain", "directory.dnsIps", "10.0.1.11 not among directory d-1234567890"),
+    (DC_IPS, "other.domain", "directory.domainName",
+     "'test.domain' is not directory d-1234567890's domain ('other.domain')")])
+def test_attack_finding_2_an_existing_directory_must_agree_with_its_record(run_stack, monkeypatch, dns_ips,
+                                                                          recorded_domain, key, says):
+    """Private but wrong (another host in the VPC, another directory's DC): with directoryId, the config's dnsIps
+    and domainName are compared with Directory Service's record (get_directory) before anything is declared."""
+    import pulumi
+
+    errors: list[str] = []
+    monkeypatch.setattr(pulumi.log, "error", lambda msg, *a, **k: errors.append(str(msg)))
+    record = {"d-1234567890": {"name": recorded_domain, "dnsIpAddresses": DC_IPS, "type": "MicrosoftAD"}}
+    mocks = _Counting(directories=record)
+    with pytest.raises(RunError, match="nothing was created"):
+        run_stack(existing_directory(dns_ips), mocks=mocks, secrets={"pcluster-ad:adminPassword": ADMIN_SECRET})
+    assert mocks.declared == 0
+    (error,) = errors
+    assert error.startswith(f"pcluster-ad:{key}: ") and says in error
+    # The directory's own IPs (one of them is enough: it may have more DCs), its domain in any case: accepted.
+    record = {"d-1234567890": {"name": "TEST.Domain", "dnsIpAddresses": DC_IPS, "type": "MicrosoftAD"}}
+    for ips in (DC_IPS, ["10.0.1.10"]):
+        ok = _Counting(directories=record)
+        g = run_stack(existing_directory(ips), mocks=ok, secrets={"pcluster-ad:adminPassword": ADMIN_SECRET})
+        assert ok.declared and g.outputs["directoryDnsIps"] == ips
+
+
+def test_attack_finding_2_an_ad_connector_is_compared_with_its_customer_dns_ips(run_stack):
+    """An AD Connector's record lists its own connector IPs as dnsIpAddresses (the provider's data source); the
+    domain controllers it connects to are connectSettings.customerDnsIps: those are accepted, nothing else."""
+    record = {"d-1234567890": {"name": "test.domain", "dnsIpAddresses": ["10.0.5.5", "10.0.6.6"],
+                               "type": "ADConnector", "connectSettings": [{"customerDnsIps": DC_IPS}]}}
+    secrets = {"pcluster-ad:adminPassword": ADMIN_SECRET}
+    run_stack(existing_directory(DC_IPS), mocks=PlanMocks(directories=record), secrets=secrets)
+    with pytest.raises(RunError):
+        run_stack(existing_directory(["10.0.0.10", "10.0.9.9"]), mocks=PlanMocks(directories=record), secrets=secrets)
 
 
 @pytest.mark.xfail(strict=True, reason="attack finding 3: a rename's delete of the old user/group runs before the new"

@@ -193,6 +193,26 @@ def test_existing_directory_needs_join_user_and_password():
     assert "pcluster-ad:joinPassword: is required for an Existing directory" in joined
 
 
+@pytest.mark.parametrize("ip,private", [
+    ("10.0.0.10", True), ("172.16.0.1", True), ("172.31.255.254", True), ("192.168.1.2", True),
+    ("100.64.0.1", True), ("100.127.255.254", True),  # RFC 6598 (VPC CIDRs may use it)
+    ("203.0.113.10", False), ("172.32.0.1", False), ("100.128.0.1", False), ("8.8.8.8", False),
+    ("11.0.0.10", False)])
+def test_existing_directory_dns_ips_must_be_private(ip, private):
+    """Issue 17 attack finding 2: a mistyped (public) dnsIps entry would get the admin password by simple bind
+    and the domain's DNS queries, through the NAT. Only RFC 1918 and 100.64.0.0/10 addresses are taken."""
+    raw = dev_raw()
+    raw[DIR] = {"type": "Existing", "domainName": "corp.example.com", "dnsIps": ["10.1.0.10", ip]}
+    raw[JOIN] = {"user": "svc-join"}
+    if private:
+        assert parse_settings(raw, stack="dev", join_password=GOOD_PASSWORD).directory.dns_ips[1] == ip
+        return
+    with pytest.raises(ConfigError) as err:
+        parse_settings(raw, stack="dev", join_password=GOOD_PASSWORD)
+    (problem,) = [str(p) for p in err.value.problems]
+    assert problem.startswith("pcluster-ad:directory.dnsIps: ") and f"{ip!r} is not a private address" in problem
+
+
 def test_admin_password_rules_and_secret_not_echoed():
     found = problems_of(lambda raw: None, admin_password="short")
     assert any("pcluster-ad:adminPassword" in p and "8-64 characters" in p for p in found)

@@ -58,6 +58,7 @@ _COMPUTED: dict[str, dict[str, str | None]] = {
     "aws:cloudwatch/eventRule:EventRule": {"arn": None, "name": None},
     "aws:lambda/invocation:Invocation": {"result": None},
     "random:index/randomPassword:RandomPassword": {"result": None, "bcryptHash": None},
+    "random:index/randomId:RandomId": {"hex": None, "b64Std": None, "b64Url": None, "dec": None},
     "command:local:Command": {"stdout": None, "stderr": None},
 }
 
@@ -69,7 +70,8 @@ class PlanMocks(Mocks):
                  azs: list[str] | None = None, vpcs: dict[str, dict[str, Any]] | None = None,
                  dhcp_options: dict[str, dict[str, Any]] | None = None,
                  route_tables: dict[str, list[dict[str, Any]]] | None = None,
-                 nat_gateways: dict[str, dict[str, str]] | None = None, vpc_cidr: str = EXISTING_VPC_CIDR):
+                 nat_gateways: dict[str, dict[str, str]] | None = None, vpc_cidr: str = EXISTING_VPC_CIDR,
+                 directories: dict[str, dict[str, Any]] | None = None):
         self.region = region
         self.subnets = subnets or {}  # id -> {availabilityZone, vpcId} for aws.ec2.get_subnet
         self.azs = azs
@@ -84,6 +86,11 @@ class PlanMocks(Mocks):
         self.nat_gateways = nat_gateways or {EXISTING_NAT: {"subnetId": "subnet-0natpublic0000000",
                                                              "connectivityType": "public"}}
         self.vpc_cidr = vpc_cidr
+        # Existing directories (aws.directoryservice.get_directory): id -> {name, dnsIpAddresses[, type,
+        # connectSettings]}. An id not listed: the record the stack config describes (directory.domainName,
+        # dnsIps), as the offline plan cannot ask Directory Service; the ids answered so go to assumed_directories.
+        self.directories = directories or {}
+        self.assumed_directories: list[str] = []
         self.assumed: dict[str, dict[str, Any]] = {}  # subnets from_config invented (no AWS to ask offline)
 
     def assumption_warning(self) -> str | None:
@@ -186,6 +193,15 @@ class PlanMocks(Mocks):
             if nat is None:  # as the provider answers: the invoke fails, the program may catch it
                 return {}, [("id", f"no matching EC2 NAT Gateway found: {args.args.get('id')}")]
             return {"id": args.args.get("id"), "connectivityType": "public", **nat}, []
+        if args.token == "aws:directoryservice/getDirectory:getDirectory":
+            directory_id = args.args.get("directoryId")
+            record = self.directories.get(directory_id)
+            if record is None:
+                configured = pulumi.Config("pcluster-ad").get_object("directory") or {}
+                record = {"name": configured.get("domainName"), "dnsIpAddresses": configured.get("dnsIps") or [],
+                          "type": "MicrosoftAD"}
+                self.assumed_directories.append(directory_id)
+            return {"id": directory_id, "directoryId": directory_id, **record}, []
         if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
             return {"accountId": ACCOUNT_PLACEHOLDER, "arn": "<after-deploy:caller-arn>",
                     "userId": "<after-deploy:caller-user-id>"}, []
