@@ -222,3 +222,22 @@ def test_an_existing_vpc_stack_passes_and_says_what_was_not_checked(tmp_path, ca
 def test_a_sample_stack_has_nothing_unchecked(tmp_path):
     plan_dir, name = make_plan(tmp_path, "dev")
     assert validate_full(plan_dir, name)["not_checked"] == []
+
+
+def test_an_ebs_home_on_an_existing_vpc_is_in_the_head_nodes_assumed_az(tmp_path):
+    """The plan puts an EBS /home in the public subnet's (assumed) AZ; the world builds that subnet in the same AZ,
+    so ParallelCluster's check that the volume is in the head node's AZ (an ERROR otherwise) passes. Before, the
+    world had no EBS volume at all (a stand-in id: ConfigSchemaValidator 'VolumeId ... does not match')."""
+    def edit(c):
+        c["pcluster-ad:network"] = dict(EXISTING_NETWORK)
+        c["pcluster-ad:cluster"]["homeStorage"]["type"] = "Ebs"
+
+    plan_dir, name = make_plan(tmp_path, "dev", edit)
+    resources = json.loads((plan_dir / "resources.json").read_text())
+    (volume,) = [r for r in resources if r["type"] == "aws:ebs/volume:Volume"]
+    assert volume["inputs"]["availabilityZone"] == "eu-west-1a"
+    result = validate_full(plan_dir, name)
+    assert errors_of(result) == [], result["failures"]
+    assert result["ok"] is True
+    assert [v for k, v in result["ids"].items() if "home" in k and v.startswith("vol-")], result["ids"]
+    assert "subnet-0aaaaaaaaaaaaaaa1 in eu-west-1a" in result["not_checked"][0]

@@ -323,6 +323,11 @@ class World:
             i["securityGroupId"] if i.get("self") else None)])
         self._set(name, id=f"sgr-{len(self.values):017x}")
 
+    def _aws_ebs_volume_Volume(self, name: str, i: dict[str, Any]) -> None:  # an EBS /home (SharedEbsVolumeId...)
+        args: dict[str, Any] = {"AvailabilityZone": i["availabilityZone"], "Size": int(i.get("size") or 8),
+                                "VolumeType": i.get("type") or "gp3", "Encrypted": bool(i.get("encrypted"))}
+        self._set(name, id=self.ec2.create_volume(**args)["VolumeId"])
+
     def _aws_efs_fileSystem_FileSystem(self, name: str, i: dict[str, Any]) -> None:
         args: dict[str, Any] = {"CreationToken": name, "Encrypted": bool(i.get("encrypted"))}
         if i.get("performanceMode"):

@@ -85,8 +85,8 @@ class _Stack:
 
 
 class World(full.World):
-    """The create validation's world, plus the EBS home volume (an update sees it attached to the head node) and
-    the EFS file system a stack adopts by id (`homeStorage.fileSystemId`: it exists before the stack)."""
+    """The create validation's world (the EBS home volume: an update sees it attached to the head node), plus the EFS
+    file system a stack adopts by id (`homeStorage.fileSystemId`: it exists before the stack)."""
 
     def build_all(self) -> None:
         self._adopted_file_systems()
@@ -118,11 +118,6 @@ class World(full.World):
             if len(owners) == 1:
                 i = {**i, "bucket": self.value_of(owners[0], "bucket")}
         super()._aws_s3_bucketObjectv2_BucketObjectv2(name, i)
-
-    def _aws_ebs_volume_Volume(self, name: str, i: dict[str, Any]) -> None:
-        args: dict[str, Any] = {"AvailabilityZone": i["availabilityZone"], "Size": int(i.get("size") or 8),
-                                "VolumeType": i.get("type") or "gp3", "Encrypted": bool(i.get("encrypted"))}
-        self._set(name, id=self.ec2.create_volume(**args)["VolumeId"])
 
 
 def _managed_policies_parsed_once() -> None:
