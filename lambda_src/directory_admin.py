@@ -621,6 +621,10 @@ class Directory:
             raise NotOurs(f"{sam!r} is taken by another directory object: not touched")
         return found
 
+    def own_account(self, sam: str, object_class: str) -> dict[str, Any] | None:
+        """The stack's account of that name, None when the name is free; NotOurs when it is taken outside the OU."""
+        return self._owned(sam, object_class)
+
     def recase(self, found: dict[str, Any], name: str, *, upn: bool) -> str:
         """The found account under `name` when the two differ only in case (alice -> Alice): sAMAccountName (and
         userPrincipalName) and a CN=<old name> RDN take the new spelling; the object stays, so its objectSid (the
@@ -897,6 +901,28 @@ def superseded(directory: Directory, kind: str, name: str | None, owner: str | N
             "decision": "superseded by a newer invocation: nothing deleted", "owner": owner, "ownedBy": current}
 
 
+def left_in_previous_directory(settings: Settings, kind: str, name: str | None, event: Mapping[str, Any],
+                                prev: Mapping[str, Any]) -> dict[str, Any]:
+    """An update whose previous input names another directory (directory.directoryId X -> Y): the function works
+    on its own (Y) only, so what the stack made in X stays there, enabled, and the stack no longer manages it (a
+    user removed from the config later is deleted in Y only). Said in a WARNING and in the result; README
+    "Switching an Existing directory" says how to clean X up. {} when the directory did not change."""
+    old, new = prev.get("directoryId"), event.get("directoryId")
+    if not (isinstance(old, str) and old and isinstance(new, str) and new and old != new):
+        return {}
+    if kind == "directory":
+        account = f" the computer-adding account {settings.join_user} (enabled)," if settings.join_user else ""
+        what = [f"the stack's OU {settings.layout.stack_dn} (under the parentOu of that time) with everything in it:"
+                f"{account} the declared users (enabled) and groups, the computer objects of nodes joined there"]
+    else:
+        what = [f"{kind} {prev.get('name') or name}" + (" (enabled, with its password)" if kind == "user" else "")]
+    note = {"directoryId": old, "left": what,
+            "cleanUp": f"not managed by this stack any more: delete them in {old} (README, 'Switching an Existing"
+                       " directory')"}
+    log.warning(json.dumps({"event": "directory switched", "from": old, "to": new, **note}))
+    return {"leftInPreviousDirectory": note}
+
+
 def handle_resource(event: Mapping[str, Any], *, settings: Settings, directory: Directory, ssm: Any,
                     ec2: Any = None) -> dict[str, Any]:
     """One Pulumi Invocation (lifecycle scope CRUD) on the directory, a group or a user."""
@@ -912,6 +938,7 @@ def handle_resource(event: Mapping[str, Any], *, settings: Settings, directory: 
     if action != "delete" and isinstance(wanted, str) and wanted and wanted != settings.directory_id:
         raise DirectoryError(f"the input is for directory {wanted}, this function manages {settings.directory_id}:"
                              " its environment is not updated yet; run `pulumi up` again")
+    left = left_in_previous_directory(settings, kind, event.get("name"), event, prev) if action == "update" else {}
     owner = event.get(OWNER_KEY) if isinstance(event.get(OWNER_KEY), str) and event.get(OWNER_KEY) else None
     if kind == "directory":
         if action == "delete":
@@ -933,6 +960,7 @@ def handle_resource(event: Mapping[str, Any], *, settings: Settings, directory: 
         if owner:
             out["owner"] = owner
             directory.claim(kind, None, owner)
+        out.update(left)
         return out
     name = event.get("name")
     if kind not in ("group", "user") or not isinstance(name, str) or sam_problem(name):
@@ -947,11 +975,12 @@ def handle_resource(event: Mapping[str, Any], *, settings: Settings, directory: 
     other_name = action == "update" and isinstance(prev.get("name"), str) and prev["name"].lower() != name.lower()
     if kind == "group":
         if other_name:
+            directory.own_account(name, "group")  # the new name taken outside the OU: refused, the old one kept
             remove(prev["name"])  # renamed: the old object goes, a new one comes
         result = directory.upsert_group(name, event.get("description", ""))
         if owner:
             directory.claim(kind, name, owner)
-        return {"resource": kind, "name": name, "result": result}
+        return {"resource": kind, "name": name, "result": result, **left}
     # A user: everything that can refuse is checked before the first write (also before a rename's delete).
     groups = event.get("groups", [])
     if not isinstance(groups, list) or any(not isinstance(g, str) or sam_problem(g) for g in groups):
@@ -967,13 +996,14 @@ def handle_resource(event: Mapping[str, Any], *, settings: Settings, directory: 
 
     if other_name:
         initial_password()  # the new name needs it: refuse before the old object goes
+        directory.own_account(name, "user")  # the new name taken outside the OU: refused, the old one kept
         remove(prev["name"])
     res = directory.upsert_user(name, groups=checked, display_name=event.get("displayName", ""),
                                 email=event.get("email", ""), initial_password=initial_password)
     if owner:
         directory.claim(kind, name, owner)
     return {"resource": kind, "name": name, "created": res["created"], "renamed": res.get("renamed", False),
-            "added": res["added"], "removed": res["removed"]}
+            "added": res["added"], "removed": res["removed"], **left}
 
 
 def _instance(ec2: Any, instance_id: str) -> dict[str, Any] | None:

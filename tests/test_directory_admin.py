@@ -496,6 +496,9 @@ class RecordingUsers:
     def owner_of(self, kind, name=None):  # no owner recorded: a delete acts (replace-safety, OWNER_KEY)
         return None
 
+    def own_account(self, n, object_class):  # a rename's new name: free
+        return None
+
     def delete_user(self, n):
         self.calls.append(("delete", n))
         return "deleted"
