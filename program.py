@@ -288,9 +288,18 @@ def _domain_dns(settings: Settings) -> DomainDns:
     options = None if current == "default" else aws.ec2.get_vpc_dhcp_options(dhcp_options_id=current)
     servers = list(options.domain_name_servers or []) if options else AMAZON_DNS
     found_tags = dict(options.tags or {}) if options else {}
-    own = found_tags.get("Name") == OWN_DHCP_OPTIONS_NAME and found_tags.get("pcluster-ad:stack") == settings.stack
-    previous = found_tags.get(PREVIOUS_DHCP_OPTIONS_TAG) if own else current
     directory_dns = set(settings.directory.dns_ips)  # known for an Existing directory only
+    tagged = found_tags.get("Name") == OWN_DHCP_OPTIONS_NAME and found_tags.get("pcluster-ad:stack") == settings.stack
+    # Tags are anyone's with ec2:CreateTags: the set is the stack's own only if it also names the directory's DNS,
+    # as the stack's set always does (a directory created here: its DCs' IPs, unknown before deployment, are
+    # private addresses in the VPC; never AmazonProvidedDNS).
+    own = tagged and (set(servers) == directory_dns if directory_dns else
+                      bool(servers) and all(stack_config.private_ipv4(s) for s in servers))
+    if tagged and not own:
+        pulumi.log.warn(f"{key}: {net.vpc_id}'s DHCP options ({current}) carry this stack's tags but name"
+                        f" {', '.join(servers)}, not the directory's DNS: not the stack's own set, treated as any"
+                        " other (tags can be written by anyone allowed ec2:CreateTags)")
+    previous = found_tags.get(PREVIOUS_DHCP_OPTIONS_TAG) if own else current
     mode = net.domain_dns
     if mode is None:
         if own:

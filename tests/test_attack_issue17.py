@@ -478,10 +478,6 @@ def test_attack_finding_4_the_switch_note_names_the_old_directory_and_what_stays
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
-@pytest.mark.xfail(strict=True, reason="attack finding 5: 'this stack's own DHCP options' is recognised by two tags"
-                   " anyone with ec2:CreateTags can write: forged on an AmazonProvidedDNS set, the stack silently"
-                   " switches the adopted VPC's DNS (DhcpOptions, no opt-in) and tells the operator to restore an"
-                   " attacker-named set after destroy")
 def test_attack_finding_5_forged_own_tags_on_an_amazon_dns_set_do_not_switch_the_vpc_dns(run_stack):
     from tests.test_domain_dns import DHCP_ASSOC, adopt, mocks
 

@@ -22,6 +22,8 @@ ENDPOINT = "aws:route53/resolverEndpoint:ResolverEndpoint"
 RULE = "aws:route53/resolverRule:ResolverRule"
 RULE_ASSOC = "aws:route53/resolverRuleAssociation:ResolverRuleAssociation"
 CREATED_DC = ["<after-deploy:directory-ad.dnsIpAddresses[0]>", "<after-deploy:directory-ad.dnsIpAddresses[1]>"]
+# The stack's own DHCP options set of an earlier run names the created directory's DNS IPs (private addresses).
+OWN_SET_DNS = ["10.99.0.10", "10.99.1.10"]
 
 
 def adopt(domain_dns: str | None = None, directory: dict | None = None):
@@ -108,7 +110,7 @@ def test_dhcp_options_opt_in_replaces_them_and_names_the_set_before(run_stack, c
 def test_a_later_run_finds_the_set_before_in_the_stacks_own_set(run_stack):
     """After the first `up` the VPC uses the stack's set: the set before comes from its tag, not the lookup."""
     own = {"Name": "directory-dhcp", "pcluster-ad:stack": "dev", "pcluster-ad:previous-dhcp-options": PREVIOUS}
-    g = run_stack(adopt("DhcpOptions"), mocks=mocks(servers=CREATED_DC, tags=own, current="dopt-0000000000000own"))
+    g = run_stack(adopt("DhcpOptions"), mocks=mocks(servers=OWN_SET_DNS, tags=own, current="dopt-0000000000000own"))
     assert g.outputs["previousDhcpOptionsId"] == PREVIOUS
     assert g.named("directory-dhcp").inputs["tags"]["pcluster-ad:previous-dhcp-options"] == PREVIOUS
 
@@ -116,13 +118,13 @@ def test_a_later_run_finds_the_set_before_in_the_stacks_own_set(run_stack):
 def test_upgrade_keeps_the_dhcp_options_an_earlier_version_made(run_stack, caplog):
     """A stack deployed before domainDns existed replaced the VPC's options: without the key, nothing flips."""
     own = {"Name": "directory-dhcp", "pcluster-ad:stack": "dev"}
-    g = run_stack(adopt(), mocks=mocks(servers=CREATED_DC, tags=own, current="dopt-0000000000000own"))
+    g = run_stack(adopt(), mocks=mocks(servers=OWN_SET_DNS, tags=own, current="dopt-0000000000000own"))
     assert g.outputs["domainDns"] == "DhcpOptions" and g.of_type(DHCP_ASSOC) and not g.of_type(ENDPOINT)
     assert g.outputs["previousDhcpOptionsId"] is None  # the earlier version did not record it
     assert "made by an earlier version" in caplog.text
     # Another stack's set is not this stack's: its DNS servers are custom ones, the operator chooses.
     with pytest.raises(RunError, match="invalid stack configuration"):
-        run_stack(adopt(), mocks=mocks(servers=CREATED_DC, tags={**own, "pcluster-ad:stack": "other"}))
+        run_stack(adopt(), mocks=mocks(servers=OWN_SET_DNS, tags={**own, "pcluster-ad:stack": "other"}))
 
 
 def test_custom_dns_servers_make_the_operator_choose(run_stack, caplog):
@@ -199,3 +201,28 @@ def test_forwarding_component_needs_two_subnets():
                                 dc_ips=DC_IPS)
     with pytest.raises(ValueError, match="subnet_ids"):
         DomainForwarding.__init__(object.__new__(DomainForwarding), "domain-dns", args)
+
+
+@pytest.mark.parametrize("servers,directory", [
+    (["203.0.113.53"], None),  # a public resolver: never a created directory's DCs
+    (["10.0.0.10", "10.0.9.9"], EXISTING_DIRECTORY),  # private, but not the Existing directory's dnsIps
+])
+def test_the_stacks_tags_alone_do_not_make_a_set_its_own(run_stack, caplog, servers, directory):
+    """Issue 17 attack finding 5: the stack's own set is recognised by its tags AND the directory's DNS in it (the
+    tags are anyone's with ec2:CreateTags). Tagged but naming other servers: a warning, then treated as any other
+    set: custom DNS servers, so the operator must choose (nothing is switched, no forged previous set is named)."""
+    forged = {"Name": "directory-dhcp", "pcluster-ad:stack": "dev",
+              "pcluster-ad:previous-dhcp-options": "dopt-0badbadbadbadbad0"}
+    cut = mocks(servers=servers, tags=forged, current="dopt-0aaaaaaaaaaaaaaa0")
+    with pytest.raises(RunError, match="nothing was created"):
+        run_stack(adopt(directory=directory), mocks=cut, secrets={"pcluster-ad:joinPassword": "Sup3r-Secret-Passw0rd"})
+    assert "carry this stack's tags but name" in caplog.text
+    assert "pcluster-ad:network.domainDns" in caplog.text and "Choose one and set it" in caplog.text
+    assert "dopt-0badbadbadbadbad0" not in caplog.text
+
+
+def test_the_stacks_own_set_of_an_existing_directory_names_its_dns_ips(run_stack):
+    own = {"Name": "directory-dhcp", "pcluster-ad:stack": "dev", "pcluster-ad:previous-dhcp-options": PREVIOUS}
+    g = run_stack(adopt(directory=EXISTING_DIRECTORY), mocks=mocks(servers=DC_IPS, tags=own, current="dopt-0own"),
+                  secrets={"pcluster-ad:joinPassword": "Sup3r-Secret-Passw0rd"})
+    assert g.outputs["domainDns"] == "DhcpOptions" and g.outputs["previousDhcpOptionsId"] == PREVIOUS
