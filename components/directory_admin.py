@@ -20,6 +20,7 @@ import pulumi_random as random
 
 from components._vpc_lambda import VPC_ACCESS_STATEMENT, package_files, security_group
 from lambda_src.directory_admin import (
+    DEPLOYMENT_KEY,
     OWNER_KEY,
     computer_prefix,
     initial_password_parameter_name,
@@ -131,6 +132,7 @@ class DirectoryAdmin(pulumi.ComponentResource):
     role_arn: pulumi.Output[str]
     security_group_id: pulumi.Output[str]
     admin_parameter_name: pulumi.Output[str]
+    deployment_id: pulumi.Output[str]
     computer_ou: str
     computer_prefix: str
     initial_password_parameters: dict[str, pulumi.Output[str]]
@@ -154,6 +156,11 @@ class DirectoryAdmin(pulumi.ComponentResource):
 
         def tags(p: str) -> dict[str, str]:
             return {**args.tags, "Name": f"{name}-{p}"}
+
+        # This deployment's id, made once and kept in the stack's state: the stack name alone does not tell two
+        # deployments on one directory apart (the same stack name in another region or account names the same OU).
+        # The function marks the OU and its accounts with it and touches no OU marked with another (DEPLOYMENT_KEY).
+        deployment = random.RandomId(f"{name}-deployment", random.RandomIdArgs(byte_length=16), child)
 
         log_group = aws.cloudwatch.LogGroup(f"{name}-logs", aws.cloudwatch.LogGroupArgs(
             name=f"/aws/lambda/{function_name}", retention_in_days=args.log_retention_days, tags=tags("logs")), child)
@@ -202,6 +209,7 @@ class DirectoryAdmin(pulumi.ComponentResource):
             "ADMIN_PASSWORD_PARAMETER": admin_param.name, "CLUSTER_NAME": args.cluster_name,
             "COMPUTER_PREFIX": self.computer_prefix, "SWEEP_GRACE_MINUTES": str(args.sweep_grace_minutes),
             "LDAP_PORT": str(LDAP_PORT), "STACK": args.stack, "KMS_KEY_ARN": args.key_arn,
+            "DEPLOYMENT_ID": deployment.hex,
         }
         if args.join_user:
             # The account and its password parameter come from here, never from an event (issue 16).
@@ -245,7 +253,9 @@ class DirectoryAdmin(pulumi.ComponentResource):
             # update runs again and makes the OU, the accounts, the groups and the users in the new one.
             # The owner (lambda_src/directory_admin.py OWNER_KEY): a replacement's old delete then leaves what the new
             # create made (its name and function name are those of the Invocation below).
+            # The deployment: the function refuses an input that is not its own and marks what it makes with it.
             payload = {**payload, "directoryId": args.directory_id, "dnsIps": args.dns_ips,
+                       DEPLOYMENT_KEY: deployment.hex,
                        OWNER_KEY: invocation_owner(f"{name}-{part_name}", function_name)}
             return aws.lambda_.Invocation(f"{name}-{part_name}", aws.lambda_.InvocationArgs(
                 function_name=function.name, input=pulumi.Output.json_dumps(payload), lifecycle_scope="CRUD"),
@@ -282,6 +292,7 @@ class DirectoryAdmin(pulumi.ComponentResource):
         self.role_arn = role.arn
         self.security_group_id = sg.id
         self.admin_parameter_name = admin_param.name
+        self.deployment_id = deployment.hex
         self.ready = [directory_setup, *targets]
         self.register_outputs({
             "functionName": self.function_name,

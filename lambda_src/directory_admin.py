@@ -82,6 +82,13 @@ TREE_DELETE_OID = "1.2.840.113556.1.4.805"
 OWNER_KEY = "owner"
 OWNER_ATTRIBUTE = "adminDescription"  # on OUs, groups and users alike (class top); not shown by default in AD tools
 OWNER_PREFIX = "pcluster-ad invocation: "
+# Which deployment (one Pulumi stack's state: components/directory_admin.py's RandomId, also the function's
+# DEPLOYMENT_ID) made an object: the stack name alone does not say it (the same stack name in two regions or accounts
+# names the same OU and adding account, and the owner token's function name cannot tell two accounts apart). Every
+# input carries it (DEPLOYMENT_KEY); the owner token ends with DEPLOYMENT_MARK + it. The setup refuses an OU another
+# deployment marked; the OU's delete, the sweep and the termination handler act only on an OU marked with their own.
+DEPLOYMENT_KEY = "deployment"
+DEPLOYMENT_MARK = "; deployment: "
 
 # The description the stack writes on its own account; an account directly in the stack's OU whose
 # description starts with MANAGED_DESCRIPTION_PREFIX is one the stack made (the old join account's said
@@ -208,6 +215,20 @@ def invocation_owner(invocation: str, function_name: str, qualifier: str | None 
     if triggers:
         out += "#" + hashlib.sha256(json.dumps(dict(triggers), sort_keys=True).encode()).hexdigest()[:16]
     return out
+
+
+def owner_value(owner: str | None, deployment: str = "") -> str:
+    """The OWNER_ATTRIBUTE value a create/update writes: its Invocation's owner and its deployment."""
+    return OWNER_PREFIX + (owner or "") + (DEPLOYMENT_MARK + deployment if deployment else "")
+
+
+def parse_owner_value(value: str | None) -> tuple[str | None, str | None] | None:
+    """(owner, deployment) of an OWNER_ATTRIBUTE value (either None when absent: an earlier version wrote no
+    deployment); None when the value is not one of ours."""
+    if not value or not value.startswith(OWNER_PREFIX):
+        return None
+    owner, _, deployment = value[len(OWNER_PREFIX):].partition(DEPLOYMENT_MARK)
+    return owner or None, deployment or None
 
 
 def computer_prefix(cluster_name: str) -> str:
@@ -420,7 +441,7 @@ class Directory:
     def find_account(self, sam: str, object_class: str) -> dict[str, Any] | None:
         hits = self.search(self.layout.base_dn, f"(&(objectClass={object_class})(sAMAccountName={escape_filter(sam)}))",
                            ["sAMAccountName", "userAccountControl", "pwdLastSet", "memberOf", "displayName", "mail",
-                            "description", "objectSid", "whenCreated"])
+                            "description", "objectSid", "whenCreated", OWNER_ATTRIBUTE])
         return hits[0] if hits else None
 
     def add(self, dn: str, classes: list[str], attrs: dict[str, Any]) -> None:
@@ -441,20 +462,26 @@ class Directory:
         return True
 
     # layout
-    def ensure_ou(self, dn: str, description: str) -> bool:
+    def ensure_ou(self, dn: str, description: str, mark: str = "") -> bool:
         if self.exists(dn):
             return False
-        self.add(dn, ["organizationalUnit"], {"description": description})
+        self.add(dn, ["organizationalUnit"], {"description": description, **({OWNER_ATTRIBUTE: mark} if mark else {})})
         return True
 
-    def ensure_layout(self) -> list[str]:
+    def ensure_layout(self, mark: str = "") -> list[str]:
+        """The stack's OU and its two sub-OUs; a stack OU this makes carries `mark` (owner_value) from its first
+        write, so that a setup that fails after it finds its own OU on the retry."""
         made = []
         lay = self.layout
-        for dn, what in ((lay.stack_dn, "pcluster-ad stack"), (lay.computers_dn, "cluster nodes"),
-                         (lay.people_dn, "users and groups declared in the stack config")):
-            if self.ensure_ou(dn, what):
+        for dn, what, m in ((lay.stack_dn, "pcluster-ad stack", mark), (lay.computers_dn, "cluster nodes", ""),
+                            (lay.people_dn, "users and groups declared in the stack config", "")):
+            if self.ensure_ou(dn, what, m):
                 made.append(dn)
         return made
+
+    def stack_ou_holds_accounts(self) -> bool:
+        """Any user, group or computer anywhere below the stack's OU (its sub-OUs alone do not count)."""
+        return bool(self.search(self.layout.stack_dn, "(|(objectClass=user)(objectClass=group))"))
 
     def delete_stack_ou(self) -> bool:
         return self.delete_tree(self.layout.stack_dn)
@@ -468,25 +495,35 @@ class Directory:
         found = self._owned(str(name), "group" if kind == "group" else "user")
         return found["dn"] if found else None
 
-    def owner_of(self, kind: str, name: str | None = None) -> str | None:
-        """The owner the last create/update wrote on the object (None: none, or no such object)."""
+    def owner_value_of(self, kind: str, name: str | None = None) -> str | None:
+        """The OWNER_ATTRIBUTE value on the object (None: none, or no such object)."""
         dn = self.managed_dn(kind, name)
         hit = self.search(dn, "(objectClass=*)", [OWNER_ATTRIBUTE], scope="BASE") if dn else []
-        value = str(first(hit[0], OWNER_ATTRIBUTE) or "") if hit else ""
-        return value[len(OWNER_PREFIX):] if value.startswith(OWNER_PREFIX) else None
+        return str(first(hit[0], OWNER_ATTRIBUTE) or "") or None if hit else None
 
-    def claim(self, kind: str, name: str | None, owner: str) -> bool:
-        """Write `owner` on the object (after a successful create/update); False when it is there already."""
+    def owner_of(self, kind: str, name: str | None = None) -> str | None:
+        """The owner the last create/update wrote on the object (None: none, or no such object)."""
+        return (parse_owner_value(self.owner_value_of(kind, name)) or (None, None))[0]
+
+    def deployment_of(self, kind: str, name: str | None = None) -> str | None:
+        """The deployment (DEPLOYMENT_KEY) the last create/update wrote on the object (None: none)."""
+        return (parse_owner_value(self.owner_value_of(kind, name)) or (None, None))[1]
+
+    def claim(self, kind: str, name: str | None, owner: str, deployment: str = "") -> bool:
+        """Write `owner` (and its deployment) on the object (after a successful create/update); False when it is
+        there already."""
         dn = self.managed_dn(kind, name)
         if dn is None:
             raise DirectoryError(f"{kind} {name!r} not found after its create/update: cannot record its owner")
-        if self.owner_of(kind, name) == owner:
+        value = owner_value(owner, deployment)
+        if self.owner_value_of(kind, name) == value:
             return False
-        self.replace(dn, {OWNER_ATTRIBUTE: OWNER_PREFIX + owner})
+        self.replace(dn, {OWNER_ATTRIBUTE: value})
         return True
 
     # the computer-adding account
-    def ensure_adding_account(self, name: str | None, password: Callable[[], str]) -> dict[str, Any]:
+    def ensure_adding_account(self, name: str | None, password: Callable[[], str], deployment: str = "",
+                              mark: str = "") -> dict[str, Any]:
         """The stack's computer-adding account `name` (None: the stack manages none, e.g. the admin is
         join.user) with exactly ONE ACE on OU=Computers (add_computer_ace), and every earlier stack-managed
         account gone with its ACEs (issue 16: the old join account's password reached every node).
@@ -495,7 +532,12 @@ class Directory:
         ACE in; out: every explicit ACE of an earlier account, any other ACE of this account, the old
         join_aces shape of any account in the stack OU or of a SID that no longer exists); then the
         earlier accounts are deleted. A failure at any step leaves what the next run finds and finishes.
-        Idempotent: a second run changes nothing but the password."""
+        Idempotent: a second run changes nothing but the password.
+
+        `mark` (owner_value with `deployment`) goes on an account this creates; an existing one whose mark names
+        another deployment is refused before any write (its password is never reset: that deployment's nodes join
+        with it); an unmarked one (an earlier version's, in an OU the caller checked is this deployment's) is
+        marked."""
         lay = self.layout
         out: dict[str, Any] = {"account": None, "granted": False, "removedAces": 0, "removedAccounts": []}
         sid = None
@@ -506,16 +548,30 @@ class Directory:
             if found and found["dn"].lower() != dn.lower():
                 raise NotOurs(f"computer-adding account {name!r} exists outside the stack's OU ({found['dn']}):"
                               " not touched; choose another pcluster-ad:join.user")
+            theirs = (parse_owner_value(first(found, OWNER_ATTRIBUTE)) or (None, None))[1] if found else None
+            if deployment and theirs and theirs != deployment:
+                raise NotOurs(f"computer-adding account {name!r} ({found['dn']}) was made by another deployment"
+                              f" ({theirs}; this one is {deployment}): not touched, its password not reset;"
+                              " choose another pcluster-ad:join.user")
             secret = password()  # read (and checked) before any write
             if not found:
                 self.add(dn, ["top", "person", "organizationalPerson", "user"], {
                     "sAMAccountName": name, "userPrincipalName": f"{name}@{lay.domain}",
                     "description": ADDING_ACCOUNT_DESCRIPTION,
                     "userAccountControl": str(UF_NORMAL_ACCOUNT | UF_ACCOUNTDISABLE),
+                    **({OWNER_ATTRIBUTE: mark} if mark else {}),
                 })
                 created = True
-            elif first(found, "description") != ADDING_ACCOUNT_DESCRIPTION:
-                self.replace(dn, {"description": ADDING_ACCOUNT_DESCRIPTION})
+            else:
+                changes = {"description": ADDING_ACCOUNT_DESCRIPTION} \
+                    if first(found, "description") != ADDING_ACCOUNT_DESCRIPTION else {}
+                if mark and first(found, OWNER_ATTRIBUTE) != mark:
+                    changes[OWNER_ATTRIBUTE] = mark
+                    if not theirs:
+                        log.info(json.dumps({"event": "adopted", "account": dn, "deployment": deployment,
+                                             "reason": "an earlier version's adding account in this deployment's OU"}))
+                if changes:
+                    self.replace(dn, changes)
             self.password_then_enable(name, dn, secret, UF_NORMAL_ACCOUNT | UF_DONT_EXPIRE_PASSWD)
             sid = self.search(dn, "(objectClass=*)", ["objectSid"], scope="BASE")[0]["raw_attributes"]["objectSid"][0]
             out["account"] = {"dn": dn, "created": created}
@@ -776,6 +832,7 @@ class Settings:
     cluster_name: str
     computer_prefix: str
     stack: str = ""
+    deployment_id: str = ""  # DEPLOYMENT_KEY: this deployment's id (required by load_settings)
     kms_key_arn: str = ""  # the stack's key: every parameter the function reads must be a SecureString under it
     parent_dn: str = ""
     join_user: str = ""  # the stack's computer-adding account ("" = none)
@@ -791,7 +848,7 @@ class Settings:
 
 
 _REQUIRED = ("DIRECTORY_ID", "DOMAIN", "DNS_IPS", "OU_NAME", "ADMIN_USER", "ADMIN_PASSWORD_PARAMETER",
-             "CLUSTER_NAME", "COMPUTER_PREFIX", "STACK", "KMS_KEY_ARN")
+             "CLUSTER_NAME", "COMPUTER_PREFIX", "STACK", "KMS_KEY_ARN", "DEPLOYMENT_ID")
 
 
 def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
@@ -809,12 +866,15 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
     stack = environ["STACK"].strip()
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", stack):
         raise SettingsError(f"STACK {stack!r}: letters, digits, '_', '.', '-' only")
+    deployment = environ["DEPLOYMENT_ID"].strip()
+    if not re.fullmatch(r"[A-Za-z0-9_-]{8,64}", deployment):
+        raise SettingsError(f"DEPLOYMENT_ID {deployment!r}: 8-64 letters, digits, '_', '-'")
     return Settings(
         directory_id=environ["DIRECTORY_ID"].strip(), domain=environ["DOMAIN"].strip().lower(), dns_ips=ips,
         ou_name=environ["OU_NAME"].strip(), admin_user=environ["ADMIN_USER"].strip(),
         admin_password_parameter=environ["ADMIN_PASSWORD_PARAMETER"].strip(),
         cluster_name=environ["CLUSTER_NAME"].strip(), computer_prefix=environ["COMPUTER_PREFIX"].strip(),
-        stack=stack, kms_key_arn=environ["KMS_KEY_ARN"].strip(),
+        stack=stack, deployment_id=deployment, kms_key_arn=environ["KMS_KEY_ARN"].strip(),
         parent_dn=environ.get("PARENT_DN", "").strip(), join_user=join_user, join_password_parameter=join_parameter,
         window_table=environ.get("WINDOW_TABLE", "").strip(),
         ldap_port=int(environ.get("LDAP_PORT", "389") or 389),
@@ -892,13 +952,62 @@ def ds_password_setter(ds: Any, directory_id: str) -> Callable[[str, str], None]
 IGNORED_KEYS = ("joinUser", "joinPasswordParameter", "initialPasswordParameter")
 
 
-def superseded(directory: Directory, kind: str, name: str | None, owner: str | None) -> dict[str, Any] | None:
-    """The answer to a delete whose object a newer Invocation owns (OWNER_KEY): nothing deleted; None: act."""
-    current = directory.owner_of(kind, name)
+def superseded(directory: Directory, kind: str, name: str | None, owner: str | None,
+               deployment: str = "") -> dict[str, Any] | None:
+    """The answer to a delete whose object a newer Invocation (OWNER_KEY) or another deployment (DEPLOYMENT_KEY)
+    owns: nothing deleted; None: act."""
+    current, theirs = (parse_owner_value(directory.owner_value_of(kind, name)) or (None, None))
+    what = {"resource": kind, **({"name": name} if name else {}), "deleted": False}
+    if deployment and theirs and theirs != deployment:
+        return {**what, "result": "not ours", "decision": f"made by another deployment ({theirs}; this one is"
+                f" {deployment}): nothing deleted", "deployment": deployment, "ownedBy": theirs}
     if current is None or current == owner:
         return None
-    return {"resource": kind, **({"name": name} if name else {}), "result": "superseded", "deleted": False,
-            "decision": "superseded by a newer invocation: nothing deleted", "owner": owner, "ownedBy": current}
+    return {**what, "result": "superseded", "decision": "superseded by a newer invocation: nothing deleted",
+            "owner": owner, "ownedBy": current}
+
+
+def stack_ou_standing(directory: Directory, deployment: str) -> tuple[str, str | None]:
+    """Whose the stack's OU is: ("own"|"other"|"unmarked"|"absent", the deployment its mark names)."""
+    value = directory.owner_value_of("directory")
+    theirs = (parse_owner_value(value) or (None, None))[1]
+    if theirs:
+        return ("own" if theirs == deployment else "other"), theirs
+    return ("unmarked" if value is not None or directory.exists(directory.layout.stack_dn) else "absent"), None
+
+
+def other_deployment_error(settings: Settings, theirs: str) -> DirectoryError:
+    return DirectoryError(
+        f"the stack's OU {settings.layout.stack_dn} belongs to another deployment ({theirs}; this one is"
+        f" {settings.deployment_id}): the same stack name on this directory from another region, account or a"
+        f" re-created stack. Nothing changed. Fix: use another stack name, or set pcluster-ad:directory.parentOu to"
+        f" an OU of its own; if that other deployment no longer exists, delete {settings.layout.stack_dn} in the"
+        " directory first")
+
+
+def check_setup_ou(directory: Directory, settings: Settings, action: str, prev: Mapping[str, Any]) -> str:
+    """Before the setup writes anything: the stack's OU is absent or this deployment's ("own"); an unmarked one is
+    adopted ("adopted": marked now) only on the migration from an earlier version (Pulumi's stored input of this
+    very Invocation has no DEPLOYMENT_KEY: an update of what this stack made) or when it holds no account, group or
+    computer (nobody's objects at stake); another deployment's, or any other unmarked one, is refused."""
+    standing, theirs = stack_ou_standing(directory, settings.deployment_id)
+    if standing == "other":
+        raise other_deployment_error(settings, str(theirs))
+    if standing != "unmarked":
+        return standing
+    migration = action == "update" and DEPLOYMENT_KEY not in prev
+    if not migration and directory.stack_ou_holds_accounts():
+        raise DirectoryError(
+            f"the stack's OU {settings.layout.stack_dn} exists, holds accounts and carries no deployment mark: made"
+            " by an earlier version of pcluster-ad for a deployment with the same stack name (another region or"
+            " account), or by hand. Not adopted, nothing changed. Fix: use another stack name, or set"
+            " pcluster-ad:directory.parentOu to an OU of its own; if it is this stack's own from an earlier version"
+            " whose state is gone, delete the OU in the directory first")
+    directory.replace(settings.layout.stack_dn, {OWNER_ATTRIBUTE: owner_value(None, settings.deployment_id)})
+    log.info(json.dumps({"event": "adopted", "ou": settings.layout.stack_dn, "deployment": settings.deployment_id,
+                         "reason": "migration from an earlier version (update without a deployment)" if migration
+                         else "unmarked and holds no account"}))
+    return "adopted"
 
 
 def left_in_previous_directory(settings: Settings, kind: str, name: str | None, event: Mapping[str, Any],
@@ -939,12 +1048,27 @@ def handle_resource(event: Mapping[str, Any], *, settings: Settings, directory: 
         raise DirectoryError(f"the input is for directory {wanted}, this function manages {settings.directory_id}:"
                              " its environment is not updated yet; run `pulumi up` again")
     left = left_in_previous_directory(settings, kind, event.get("name"), event, prev) if action == "update" else {}
+    # The deployment in the input must be the function's own (DEPLOYMENT_ID); a delete's stored input may predate it.
+    deployment = settings.deployment_id
+    sent = event.get(DEPLOYMENT_KEY)
+    if action != "delete" and sent is not None and sent != deployment:
+        raise DirectoryError(f"the input is for deployment {sent!r}, this function belongs to {deployment!r}: its"
+                             " environment is not updated yet; run `pulumi up` again")
     owner = event.get(OWNER_KEY) if isinstance(event.get(OWNER_KEY), str) and event.get(OWNER_KEY) else None
     if kind == "directory":
         if action == "delete":
-            # First: a replaced Invocation's old delete (after the new one's create) leaves the OU to the new one,
+            # Only an OU this deployment marked: another deployment's (the same stack name elsewhere) or an
+            # unmarked one is left as it is.
+            standing, theirs = stack_ou_standing(directory, deployment)
+            if standing in ("other", "unmarked"):
+                out = {"resource": kind, "result": "not ours", "deleted": False, "deployment": deployment,
+                       "ownedBy": theirs, "decision": f"{settings.layout.stack_dn} is not marked by this deployment:"
+                       " nothing deleted"}
+                log.info(json.dumps({"event": "resource", **out}))
+                return out
+            # Then: a replaced Invocation's old delete (after the new one's create) leaves the OU to the new one,
             # also while the cluster has nodes (it would otherwise be refused forever).
-            if (answer := superseded(directory, kind, None, owner)) is not None:
+            if (answer := superseded(directory, kind, None, owner, deployment)) is not None:
                 return answer
             # The OU holds the nodes' computer objects: never while the cluster has nodes (a replaced
             # Invocation would otherwise wipe a running cluster's OU; on destroy the cluster goes first).
@@ -953,13 +1077,17 @@ def handle_resource(event: Mapping[str, Any], *, settings: Settings, directory: 
                 raise DirectoryError(f"not deleting {settings.layout.stack_dn}: cluster {settings.cluster_name!r} still"
                                      f" has {len(live)} instance(s); delete the cluster first")
             return {"resource": kind, "deleted": directory.delete_stack_ou()}
-        made = directory.ensure_layout()
-        out: dict[str, Any] = {"resource": kind, "created": made}
+        standing = check_setup_ou(directory, settings, action, prev)  # before any write
+        mark = owner_value(owner, deployment)
+        made = directory.ensure_layout(mark)
+        out: dict[str, Any] = {"resource": kind, "created": made, "ou": standing}
         out["addingAccount"] = directory.ensure_adding_account(
-            settings.join_user or None, lambda: read_own_secret(ssm, settings, settings.join_password_parameter))
+            settings.join_user or None, lambda: read_own_secret(ssm, settings, settings.join_password_parameter),
+            deployment=deployment, mark=mark)
         if owner:
             out["owner"] = owner
-            directory.claim(kind, None, owner)
+        if owner or deployment:
+            directory.claim(kind, None, owner or "", deployment)
         out.update(left)
         return out
     name = event.get("name")
@@ -967,7 +1095,7 @@ def handle_resource(event: Mapping[str, Any], *, settings: Settings, directory: 
         raise DirectoryError(f"bad resource event: resource={kind!r} name={name!r}")
     remove = directory.delete_group if kind == "group" else directory.delete_user
     if action == "delete":
-        if (answer := superseded(directory, kind, name, owner)) is not None:
+        if (answer := superseded(directory, kind, name, owner, deployment)) is not None:
             return answer
         return {"resource": kind, "name": name, "result": remove(name)}
     # Another name is another account: the old one goes. A change of case only (alice -> Alice) is the same
@@ -979,7 +1107,7 @@ def handle_resource(event: Mapping[str, Any], *, settings: Settings, directory: 
             remove(prev["name"])  # renamed: the old object goes, a new one comes
         result = directory.upsert_group(name, event.get("description", ""))
         if owner:
-            directory.claim(kind, name, owner)
+            directory.claim(kind, name, owner, deployment)
         return {"resource": kind, "name": name, "result": result, **left}
     # A user: everything that can refuse is checked before the first write (also before a rename's delete).
     groups = event.get("groups", [])
@@ -1001,7 +1129,7 @@ def handle_resource(event: Mapping[str, Any], *, settings: Settings, directory: 
     res = directory.upsert_user(name, groups=checked, display_name=event.get("displayName", ""),
                                 email=event.get("email", ""), initial_password=initial_password)
     if owner:
-        directory.claim(kind, name, owner)
+        directory.claim(kind, name, owner, deployment)
     return {"resource": kind, "name": name, "created": res["created"], "renamed": res.get("renamed", False),
             "added": res["added"], "removed": res["removed"], **left}
 
@@ -1047,7 +1175,13 @@ def handle_termination(event: Mapping[str, Any], *, settings: Settings, ec2: Any
         logger.info(json.dumps({"event": "termination", "instance": iid, "decision": "ignored", "reason": reason}))
         return {"instance": iid, "result": "ignored", "reason": reason}
     name = recorded_name(dynamodb, settings.window_table, iid) or computer_name(settings.computer_prefix, iid)
-    result = directory().delete_computer(name)
+    d = directory()
+    standing, theirs = stack_ou_standing(d, settings.deployment_id)
+    if standing != "own":  # the same stack and cluster name elsewhere: its nodes' objects are not ours
+        reason = f"the stack's OU is {standing} (marked by {theirs}), not this deployment's ({settings.deployment_id})"
+        logger.info(json.dumps({"event": "termination", "instance": iid, "decision": "ignored", "reason": reason}))
+        return {"instance": iid, "result": "ignored", "reason": reason}
+    result = d.delete_computer(name)
     # The join function's record of the instance has no TTL once an object was made for it: it goes with the node.
     if settings.window_table:
         dynamodb.delete_item(TableName=settings.window_table, Key={WINDOW_KEY: {"S": iid}})
@@ -1072,6 +1206,13 @@ def sweep(*, settings: Settings, ec2: Any, directory: Directory, now: datetime,
     """Delete computer objects in the Computers OU that carry this cluster's name pattern, are older
     than the grace period (a node that is joining right now is always live anyway) and belong to no
     live instance. Anything else in the OU, and everything outside it, is left alone."""
+    standing, theirs = stack_ou_standing(directory, settings.deployment_id)
+    if standing != "own":  # the same stack and cluster name elsewhere: its live nodes are not in OUR region
+        out = {"deleted": [], "kept": [], "foreign": [], "result": "not ours", "ownedBy": theirs,
+               "decision": f"the stack's OU is {standing}, not marked by this deployment ({settings.deployment_id}):"
+               " nothing swept"}
+        logger.info(json.dumps({"event": "sweep", **out}))
+        return out
     pattern = computer_name_pattern(settings.computer_prefix)
     live = live_names(ec2, settings)
     cutoff = now - timedelta(minutes=settings.sweep_grace_minutes)

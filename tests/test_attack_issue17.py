@@ -26,7 +26,7 @@ from tools.mocks import PlanMocks
 ENV = {"DIRECTORY_ID": "d-1234567890", "DOMAIN": "test.domain", "DNS_IPS": "10.0.0.10,10.0.1.10",
        "OU_NAME": "pcluster-ad-dev", "ADMIN_USER": "Administrator", "ADMIN_PASSWORD_PARAMETER": "/pcluster-ad/dev/a",
        "CLUSTER_NAME": "hpc", "COMPUTER_PREFIX": da.computer_prefix("hpc"), "STACK": "dev",
-       "KMS_KEY_ARN": "arn:aws:kms:eu-west-1:123456789012:key/k"}
+       "KMS_KEY_ARN": "arn:aws:kms:eu-west-1:123456789012:key/k", "DEPLOYMENT_ID": "0123456789abcdef"}
 PEOPLE = "OU=Users,OU=pcluster-ad-dev,DC=test,DC=domain"
 ADMIN_SECRET = "Adm1n-Secret-Passw0rd!"
 DC_IPS = ["10.0.0.10", "10.0.1.10"]

@@ -280,7 +280,9 @@ def test_a_refused_password_parameter_writes_nothing():
 ENV = {"DIRECTORY_ID": "d-1234567890", "DOMAIN": "Test.Domain", "DNS_IPS": "10.0.1.5, 10.0.2.5",
        "OU_NAME": "pcluster-ad-dev", "ADMIN_USER": "Administrator", "ADMIN_PASSWORD_PARAMETER": "/p/admin",
        "CLUSTER_NAME": CLUSTER, "COMPUTER_PREFIX": da.computer_prefix(CLUSTER), "WINDOW_TABLE": TABLE,
-       "STACK": "dev", "KMS_KEY_ARN": "arn:aws:kms:eu-west-1:123456789012:key/11111111-2222-3333-4444-555555555555"}
+       "STACK": "dev", "KMS_KEY_ARN": "arn:aws:kms:eu-west-1:123456789012:key/11111111-2222-3333-4444-555555555555",
+       "DEPLOYMENT_ID": "0123456789abcdef0123456789abcdef"}
+OWN_OU = da.owner_value("directory-admin-setup@pcad-dev-eu-west-1-dir", ENV["DEPLOYMENT_ID"])  # the OU's mark
 
 
 def test_settings():
@@ -316,10 +318,19 @@ def test_under():
 class RecordingDirectory:
     """Stands in for the LDAP side (tested in the lab): records what the handler asks it to delete."""
 
-    def __init__(self, computers: list[dict] | None = None):
+    def __init__(self, computers: list[dict] | None = None, ou_mark: str | None = OWN_OU):
         self.computers = computers or []
         self.deleted: list[str] = []
         self.trees: list[str] = []
+        self.ou_mark = ou_mark  # the stack OU's OWNER_ATTRIBUTE (DEPLOYMENT_KEY): this deployment's by default
+        self.layout = da.Layout("test.domain", "pcluster-ad-dev")
+
+    def owner_value_of(self, kind: str, name: str | None = None) -> str | None:
+        assert kind == "directory"
+        return self.ou_mark
+
+    def exists(self, dn: str) -> bool:
+        return True
 
     def delete_computer(self, name: str) -> str:
         self.deleted.append(name)
@@ -493,8 +504,14 @@ class RecordingUsers:
             raise da.DirectoryError(f"group(s) {unknown!r} not one of the stack's groups: nothing changed")
         return {"ours": ours, "want": {ours[g.lower()]: g for g in groups}}
 
-    def owner_of(self, kind, name=None):  # no owner recorded: a delete acts (replace-safety, OWNER_KEY)
-        return None
+    layout = da.Layout("test.domain", "pcluster-ad-dev")
+
+    def owner_value_of(self, kind, name=None):  # no owner recorded: a delete acts (replace-safety, OWNER_KEY)
+        return OWN_OU if kind == "directory" else None  # the stack's OU: this deployment's
+
+    def claim(self, kind, name, owner, deployment=""):
+        self.calls.append(("claim", kind, name, owner, deployment))
+        return True
 
     def own_account(self, n, object_class):  # a rename's new name: free
         return None
@@ -507,8 +524,8 @@ class RecordingUsers:
         self.calls.append(("upsert", n, tuple(kw["groups"]["want"].values()), kw["initial_password"]()))
         return {"created": True, "added": [], "removed": []}
 
-    def ensure_adding_account(self, name, password):
-        self.calls.append(("account", name, password()))
+    def ensure_adding_account(self, name, password, deployment="", mark=""):
+        self.calls.append(("account", name, password(), deployment))
         return {"account": {"dn": f"CN={name}"}}
 
 
@@ -552,7 +569,7 @@ def test_directory_setup_takes_the_account_from_its_environment(ssm_env, caplog,
     class D(RecordingUsers):
         conn = None
 
-        def ensure_layout(self):
+        def ensure_layout(self, mark=""):
             return []
 
     d = D()
@@ -567,7 +584,8 @@ def test_directory_setup_takes_the_account_from_its_environment(ssm_env, caplog,
     out = da.handle(old_payload, settings=settings, ec2=None, ssm=ssm, ds=None, dynamodb=None,
                     connect=lambda s, pw: FakeConn())
     # The account and its password come from the function's environment, not from the payload.
-    assert d.calls == [("account", "pcad-add-dev", "Add1ng-pw!")] and FakeConn.unbound
+    assert d.calls == [("account", "pcad-add-dev", "Add1ng-pw!", ENV["DEPLOYMENT_ID"]),
+                       ("claim", "directory", None, "", ENV["DEPLOYMENT_ID"])] and FakeConn.unbound
     assert out["addingAccount"]["account"] == {"dn": "CN=pcad-add-dev"}
     assert '"decision": "ignored keys", "keys": ["joinPasswordParameter", "joinUser"]' in caplog.text
     assert "Add1ng-pw!" not in caplog.text and "Adm1n!" not in caplog.text
@@ -591,9 +609,10 @@ def test_the_ou_is_never_deleted_while_the_cluster_has_nodes(aws):
 
     class D:
         deleted = False
+        layout = da.Layout("test.domain", "pcluster-ad-dev")
 
-        def owner_of(self, kind, name=None):  # no owner recorded: the delete acts (replace-safety, OWNER_KEY)
-            return None
+        def owner_value_of(self, kind, name=None):  # this deployment's OU, no owner: the delete acts
+            return da.owner_value(None, ENV["DEPLOYMENT_ID"])
 
         def delete_stack_ou(self):
             D.deleted = True

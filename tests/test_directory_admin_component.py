@@ -95,9 +95,11 @@ def test_function_in_private_subnets_behind_egress_only_group(g):
     # The function loads this environment (what Lambda gives it), with the resolved values.
     from lambda_src.directory_admin import load_settings
 
-    settings = load_settings({k: str(v).replace("<after-deploy:join-secrets-key.arn>", "arn:aws:kms:r:1:key/k")
-                              for k, v in env.items()})
+    resolved = {"<after-deploy:join-secrets-key.arn>": "arn:aws:kms:r:1:key/k",
+                "<after-deploy:directory-admin-deployment.hex>": "0123456789abcdef0123456789abcdef"}  # RandomId.hex
+    settings = load_settings({k: resolved.get(str(v), str(v)) for k, v in env.items()})
     assert settings.join_user == "pcad-add-dev" and settings.stack == "dev"
+    assert settings.deployment_id == "0123456789abcdef0123456789abcdef"
 
 
 def test_admin_password_in_its_own_securestring(g):
@@ -160,7 +162,15 @@ def test_invocations_drive_the_directory(g):
     # No names in the inputs (issue 16): the function takes them from its environment; the setup's input
     # carries the versions that make it re-run (setup behaviour, the account's password), and every input the
     # directory (a new directory re-runs them all, issue 17 finding 4).
-    where = {"directoryId": DIRECTORY, "dnsIps": DNS}
+    # The deployment (issue 17 attack finding 1): one RandomId, a child of the component (kept in the stack's state,
+    # never replaced: no keepers), in every input and in the function's environment.
+    (dep,) = g.of_type("random:index/randomId:RandomId")
+    assert dep.name == "directory-admin-deployment" and dep.inputs == {"byteLength": 16}
+    assert g.parent_name(dep) == "directory-admin"
+    hex_id = "<after-deploy:directory-admin-deployment.hex>"
+    (fn,) = [f for f in g.of_type("aws:lambda/function:Function") if f.inputs.get("name") == ROLE]
+    assert fn.inputs["environment"]["variables"]["DEPLOYMENT_ID"] == hex_id
+    where = {"directoryId": DIRECTORY, "dnsIps": DNS, "deployment": hex_id}
     setup = json.loads(invs["directory-admin-setup"].inputs["input"])
     assert setup == {"resource": "directory", "ou": "pcluster-ad-dev", "setupVersion": 2,
                      "joinPasswordVersion": setup["joinPasswordVersion"], **where,

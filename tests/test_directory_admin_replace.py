@@ -61,15 +61,16 @@ class Dit(da.Directory):
             del self.objects[d]
         return bool(gone)
 
-    def ensure_layout(self):
+    def ensure_layout(self, mark=""):
         made = []
         for dn in (self.layout.stack_dn, self.layout.computers_dn, self.layout.people_dn):
             if dn not in self.objects:
-                self._new(dn, **{"class": "organizationalUnit"})
+                own = {da.OWNER_ATTRIBUTE: mark} if mark and dn == self.layout.stack_dn else {}
+                self._new(dn, **{"class": "organizationalUnit", **own})
                 made.append(dn)
         return made
 
-    def ensure_adding_account(self, name, password):
+    def ensure_adding_account(self, name, password, deployment="", mark=""):
         return {"account": None}
 
     def upsert_group(self, name, description=""):

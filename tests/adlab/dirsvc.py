@@ -26,6 +26,7 @@ import importlib.util
 import json
 import logging
 import os
+import secrets
 import subprocess
 import sys
 import traceback
@@ -134,6 +135,7 @@ def main() -> None:
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.0.0/20", AvailabilityZone=f"{REGION}a")["Subnet"]["SubnetId"]
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     state: dict = {}
+    deployment = secrets.token_hex(16)
     print(json.dumps({"ok": True}), flush=True)
     for line in sys.stdin:
         req = json.loads(line)
@@ -141,7 +143,9 @@ def main() -> None:
         try:
             if op == "config":
                 # The stack key: the parameters below are under it (KMS_KEY_ARN, as the component sets it).
-                state["settings"] = da.load_settings({"KMS_KEY_ARN": key_arn, **req["settings"]})
+                # One deployment per dirsvc (DEPLOYMENT_ID, components/directory_admin.py's RandomId) unless given.
+                state["settings"] = da.load_settings({"KMS_KEY_ARN": key_arn, "DEPLOYMENT_ID": deployment,
+                                                      **req["settings"]})
                 for name, value in req.get("parameters", {}).items():
                     ssm.put_parameter(Name=name, Value=value, Type="SecureString", KeyId=key, Overwrite=True)
                 if req.get("table"):

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from lambda_src.directory_admin import OWNER_ATTRIBUTE, OWNER_PREFIX, computer_prefix, invocation_owner
+from lambda_src.directory_admin import OWNER_ATTRIBUTE, OWNER_PREFIX, computer_prefix, invocation_owner, owner_value
 
 from .conftest import running_lab
 from .lab import HERE, Lab, lab_python
@@ -64,8 +64,10 @@ def as_user_modify(lab: Lab, user: str, password: str, dn: str, attr: str, value
 
 
 def deployment(lab: Lab, stack: str, region: str, cluster: str, users: list[str]) -> tuple[DirSvc, dict]:
-    """One deployment's DirectoryAdmin (its own dirsvc): stack name, region (its function's name), cluster."""
+    """One deployment's DirectoryAdmin (its own dirsvc): stack name, region (its function's name), cluster, and its
+    deployment id (components/directory_admin.py's RandomId: in its environment and every input)."""
     svc = DirSvc(lab)
+    deployment_id = secrets.token_hex(16)
     join_password = "Jn-" + secrets.token_urlsafe(16) + "9!"
     params = {f"/pcluster-ad/{stack}/admin-password": lab.admin_password,
               f"/pcluster-ad/{stack}/join-password": join_password}
@@ -76,15 +78,15 @@ def deployment(lab: Lab, stack: str, region: str, cluster: str, users: list[str]
         "ADMIN_USER": "Administrator", "ADMIN_PASSWORD_PARAMETER": f"/pcluster-ad/{stack}/admin-password",
         "STACK": stack, "CLUSTER_NAME": cluster, "COMPUTER_PREFIX": computer_prefix(cluster),
         "JOIN_USER": f"pcad-add-{stack}", "JOIN_PASSWORD_PARAMETER": f"/pcluster-ad/{stack}/join-password",
-        "SWEEP_GRACE_MINUTES": "60",
+        "SWEEP_GRACE_MINUTES": "60", "DEPLOYMENT_ID": deployment_id,
     }, parameters=params, dc_argv=lab.dc.argv([]))
     function = f"pcad-{stack}-{region}-dir"  # stack_config.physical_names: what the owner token names
-    return svc, {"join_password": join_password, "function": function, "stack": stack}
+    return svc, {"join_password": join_password, "function": function, "stack": stack, "deployment": deployment_id}
 
 
 def event(d: dict, part: str, payload: dict, action: str) -> dict:
     """An Invocation's input as components/directory_admin.py builds it (directory, DNS IPs, owner) plus tf."""
-    body = {**payload, "directoryId": DIRECTORY_ID, "dnsIps": ["10.0.0.10"],
+    body = {**payload, "directoryId": DIRECTORY_ID, "dnsIps": ["10.0.0.10"], "deployment": d["deployment"],
             "owner": invocation_owner(f"directory-admin-{part}", d["function"])}
     return {**body, "tf": {"action": action, "prev_input": body if action == "delete" else {}}}
 
@@ -122,7 +124,8 @@ def test_refused_a_user_cannot_write_the_owner_token_on_her_own_account_to_outli
         svc.ok("handle", event=event(d, "setup", setup(d), "create"))
         svc.ok("handle", event=event(d, "user-frank", {"resource": "user", "name": "frank", "groups": []}, "create"))
         (frank,) = dc_search(lab, BASE, "(sAMAccountName=frank)", [OWNER_ATTRIBUTE])
-        assert frank[OWNER_ATTRIBUTE] == [OWNER_PREFIX + invocation_owner("directory-admin-user-frank", d["function"])]
+        assert frank[OWNER_ATTRIBUTE] == [owner_value(invocation_owner("directory-admin-user-frank", d["function"]),
+                                                      d["deployment"])]
         own = "Fr4nk-" + secrets.token_urlsafe(10) + "!"
         lab.dc.run(["/usr/bin/python3", "-c", DC_SETPW, "frank"], input=own, timeout=60)
         forged = OWNER_PREFIX + "directory-admin-user-frank@someone-else"
@@ -136,7 +139,8 @@ def test_refused_a_user_cannot_write_the_owner_token_on_her_own_account_to_outli
             assert got["bind"] is True and got["ok"] is False, (user, got)
             assert got["result"] in ("insufficientAccessRights", "noSuchObject"), (user, got)
         (ou,) = dc_search(lab, BASE, "(ou=pcluster-ad-own)", [OWNER_ATTRIBUTE])
-        assert ou[OWNER_ATTRIBUTE] == [OWNER_PREFIX + invocation_owner("directory-admin-setup", d["function"])]
+        assert ou[OWNER_ATTRIBUTE] == [owner_value(invocation_owner("directory-admin-setup", d["function"]),
+                                                   d["deployment"])]
         out = svc.ok("handle", event=event(d, "user-frank", {"resource": "user", "name": "frank", "groups": []},
                                            "delete"))["result"]
         assert out["result"] == "deleted" and not exists(lab, "frank")
@@ -145,10 +149,6 @@ def test_refused_a_user_cannot_write_the_owner_token_on_her_own_account_to_outli
         svc.close()
 
 
-@pytest.mark.xfail(strict=True, reason="attack finding 1: the stack's OU (OU=pcluster-ad-<stack>) and its adding"
-                   " account are keyed by the stack name only: a second deployment with the same stack name on the"
-                   " same directory (another region or account) adopts them, resets the adding account's password,"
-                   " claims the owner token, and its destroy tree-deletes the first deployment's users and nodes")
 def test_attack_finding_1_a_same_named_stack_elsewhere_cannot_take_or_delete_this_stacks_ou(lab):
     """Stack `dev` in eu-west-1 (cluster hpca: the OU, the adding account, group hpc, user carol). Then stack `dev`
     in us-east-1 (or another account) on the same directory (README: one stack name may be used in two regions;
@@ -165,19 +165,29 @@ def test_attack_finding_1_a_same_named_stack_elsewhere_cannot_take_or_delete_thi
         assert exists(lab, "carol") and binds(svc_a, lab, "pcad-add-dev", a["join_password"])
         # The other deployment: `pulumi up` (its setup), then `pulumi destroy` (its setup's delete). A refusal of
         # either is fine; what matters is what is left of the first deployment.
-        svc_b.handle(event(b, "setup", setup(b), "create"))
-        svc_b.handle(event(b, "setup", setup(b), "delete"))
+        refused = svc_b.handle(event(b, "setup", setup(b), "create"))
+        gone = svc_b.handle(event(b, "setup", setup(b), "delete"))
         left = {"carol": exists(lab, "carol"), "hpc": exists(lab, "hpc"), "adding account": exists(lab, "pcad-add-dev"),
                 "its password": binds(svc_a, lab, "pcad-add-dev", a["join_password"])}
         assert all(left.values()), left
+        # How (the fix): the OU carries the first deployment's mark; the other's setup is refused before any write
+        # with the conflict and the fix named, its delete leaves the OU (not its own).
+        assert refused["ok"] is False and f"belongs to another deployment ({a['deployment']}" in refused["error"]
+        assert "another stack name" in refused["error"] and "pcluster-ad:directory.parentOu" in refused["error"]
+        assert gone["ok"] is True and gone["result"]["result"] == "not ours" and gone["result"]["deleted"] is False
+        (ou,) = dc_search(lab, BASE, "(ou=pcluster-ad-dev)", [OWNER_ATTRIBUTE])
+        assert ou[OWNER_ATTRIBUTE] == [owner_value(invocation_owner("directory-admin-setup", a["function"]),
+                                                   a["deployment"])]
+        (adder,) = dc_search(lab, BASE, "(sAMAccountName=pcad-add-dev)", [OWNER_ATTRIBUTE])
+        assert adder[OWNER_ATTRIBUTE] == ou[OWNER_ATTRIBUTE]  # marked the same way
+        # The first deployment's own destroy still removes everything.
+        assert svc_a.ok("handle", event=event(a, "setup", setup(a), "delete"))["result"]["deleted"] is True
+        assert not exists(lab, "carol") and not exists(lab, "pcad-add-dev")
     finally:
         for svc in (svc_a, svc_b):
             svc.close()
 
 
-@pytest.mark.xfail(strict=True, reason="attack finding 1: with the same stack AND cluster name in two regions (or"
-                   " accounts) on one directory, the other deployment's daily sweep deletes this deployment's LIVE"
-                   " nodes' computer objects (not live in ITS region), so they lose the domain")
 def test_attack_finding_1_a_same_named_deployment_elsewhere_does_not_sweep_this_clusters_live_nodes(lab):
     svc_a, a = deployment(lab, "dev2", "eu-west-1", "hpc", [])
     svc_b, b = deployment(lab, "dev2", "us-east-1", "hpc", [])
@@ -190,8 +200,53 @@ def test_attack_finding_1_a_same_named_deployment_elsewhere_does_not_sweep_this_
         later = datetime.now(UTC) + timedelta(hours=2)  # past the grace period
         assert svc_a.ok("handle", event={"op": "sweep"}, now=later.isoformat())["result"]["deleted"] == []
         assert exists(lab, node + "$")
-        svc_b.handle({"op": "sweep"}, now=later)
+        swept = svc_b.handle({"op": "sweep"}, now=later)
         assert exists(lab, node + "$"), f"{node}: the live node's computer object was swept by the other deployment"
+        assert swept["ok"] is True and swept["result"]["result"] == "not ours", swept  # the fix: the OU's mark
+        # Nor does the other deployment's termination handler (the same cluster tag in its region) touch it.
+        (other,) = svc_b.ok("instances", count=1)["ids"]
+        svc_b.ok("terminate", ids=[other])
+        dc_add_computer(lab, svc_b.ok("name", instance_id=other)["name"], f"OU=Computers,OU=pcluster-ad-dev2,{BASE}")
+        term = {"source": "aws.ec2", "detail-type": "EC2 Instance State-change Notification",
+                "detail": {"instance-id": other, "state": "terminated"}}
+        assert svc_b.ok("handle", event=term)["result"]["result"] == "ignored"
+        assert exists(lab, svc_b.ok("name", instance_id=other)["name"] + "$")
     finally:
+        for svc in (svc_a, svc_b):
+            svc.close()
+
+
+def test_fix_1_an_earlier_versions_unmarked_ou_is_adopted_only_by_its_own_stacks_update(lab):
+    """Migration (attack finding 1's fix): an OU and adding account as the version before deployment marks left them
+    (owner token without a deployment). Another deployment with the same stack name (first `up`: a create) is
+    refused; the stack's own first `up` with this version (an update whose stored input has no deployment) adopts
+    and marks them, keeping the adding account's password; then the other deployment is refused by the mark."""
+    svc_a, a = deployment(lab, "mig", "eu-west-1", "hpcm", [])
+    svc_b, b = deployment(lab, "mig", "us-east-1", "hpcn", [])
+    try:
+        svc_a.ok("handle", event=event(a, "setup", setup(a), "create"))
+        legacy = OWNER_PREFIX + invocation_owner("directory-admin-setup", a["function"])  # what the old version wrote
+        stack_dn = f"OU=pcluster-ad-mig,{BASE}"
+        (adder,) = dc_search(lab, BASE, "(sAMAccountName=pcad-add-mig)")
+        for dn in (stack_dn, adder["dn"]):
+            assert as_user_modify(lab, "Administrator", lab.admin_password, dn, OWNER_ATTRIBUTE, legacy)["ok"] is True
+        refused = svc_b.handle(event(b, "setup", setup(b), "create"))
+        assert refused["ok"] is False and "carries no deployment mark" in refused["error"], refused
+        assert "pcluster-ad:directory.parentOu" in refused["error"]
+        # The stack's own update: Pulumi's stored input (prev_input) is the earlier version's, without a deployment.
+        body = {k: v for k, v in event(a, "setup", setup(a), "create").items() if k != "tf"}
+        old = {k: v for k, v in body.items() if k != "deployment"}
+        out = svc_a.ok("handle", event={**body, "tf": {"action": "update", "prev_input": old}})["result"]
+        assert out["ou"] == "adopted"
+        mark = owner_value(invocation_owner("directory-admin-setup", a["function"]), a["deployment"])
+        for dn in (stack_dn, adder["dn"]):
+            (hit,) = dc_search(lab, dn, "(objectClass=*)", [OWNER_ATTRIBUTE], scope="base")
+            assert hit[OWNER_ATTRIBUTE] == [mark], dn
+        assert binds(svc_a, lab, "pcad-add-mig", a["join_password"])
+        refused = svc_b.handle(event(b, "setup", setup(b), "create"))
+        assert refused["ok"] is False and f"belongs to another deployment ({a['deployment']}" in refused["error"]
+        assert binds(svc_a, lab, "pcad-add-mig", a["join_password"])
+    finally:
+        svc_a.handle(event(a, "setup", setup(a), "delete"))
         for svc in (svc_a, svc_b):
             svc.close()
