@@ -292,7 +292,9 @@ SAM_MAX = 20
 
 def physical_names(stack: str, region: str) -> dict[str, str]:
     """IAM names are account-wide: the region is part of them, so one stack name can be used in two
-    regions of one account. Lambda function names are regional; it shares the role's name."""
+    regions of one account, but not on one directory: the stack's OU and adding account carry the stack name only,
+    and DirectoryAdmin refuses an OU another deployment marked (attack finding 1 of issue 17). Lambda function names
+    are regional; it shares the role's name."""
     role = f"pcad-{stack}-{region}-join"
     return {"join_role": role, "join_invoke_policy": f"{role}-invoke", "join_function": role,
             "directory_admin_role": f"pcad-{stack}-{region}-dir"}
