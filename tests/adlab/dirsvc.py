@@ -112,6 +112,22 @@ def ldap_ops(req: dict) -> list[dict]:
     return results
 
 
+def resolve_deployment(event: dict, deployment: str) -> dict:
+    """An input taken from the offline plan names the deployment as the mock's placeholder
+    (<after-deploy:...-deployment.hex>): at deploy time it is this deployment's RandomId, the function's
+    DEPLOYMENT_ID."""
+    def fix(d: dict) -> dict:
+        value = d.get("deployment")
+        if isinstance(value, str) and value.startswith("<after-deploy:") and value.endswith("-deployment.hex>"):
+            return {**d, "deployment": deployment}
+        return d
+
+    out = fix(event)
+    if isinstance(out.get("tf"), dict) and isinstance(out["tf"].get("prev_input"), dict):
+        out = {**out, "tf": {**out["tf"], "prev_input": fix(out["tf"]["prev_input"])}}
+    return out
+
+
 def main() -> None:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO)
     da = load_product()
@@ -153,7 +169,7 @@ def main() -> None:
                                           KeySchema=[{"AttributeName": da.WINDOW_KEY, "KeyType": "HASH"}],
                                           AttributeDefinitions=[{"AttributeName": da.WINDOW_KEY, "AttributeType": "S"}])
                 state["ds"] = FakeDs(req["dc_argv"], state["settings"].directory_id)
-                out = {}
+                out = {"deployment": state["settings"].deployment_id}
             elif op == "instances":
                 tags = [{"Key": da.CLUSTER_TAG, "Value": req.get("cluster", state["settings"].cluster_name)}]
                 spec = [{"ResourceType": "instance", "Tags": tags}] if req.get("tagged", True) else []
@@ -185,7 +201,8 @@ def main() -> None:
                 out = {"results": ldap_ops(req)}
             elif op == "handle":
                 now = datetime.fromisoformat(req["now"]) if req.get("now") else datetime.now(UTC)
-                result = da.handle(req["event"], settings=state["settings"], ec2=ec2, ssm=ssm, ds=state["ds"],
+                event = resolve_deployment(req["event"], state["settings"].deployment_id)
+                result = da.handle(event, settings=state["settings"], ec2=ec2, ssm=ssm, ds=state["ds"],
                                    dynamodb=dynamodb, now=lambda n=now: n)
                 out = {"result": json.loads(json.dumps(result, default=str))}
             else:

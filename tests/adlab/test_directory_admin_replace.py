@@ -16,7 +16,7 @@ import secrets
 
 import pytest
 
-from lambda_src.directory_admin import OWNER_ATTRIBUTE, OWNER_KEY, OWNER_PREFIX, computer_prefix, invocation_owner
+from lambda_src.directory_admin import OWNER_ATTRIBUTE, OWNER_KEY, computer_prefix, invocation_owner, owner_value
 from tools.lifecycle_judge import T_INVOCATION, Plan
 
 from .conftest import running_lab
@@ -52,7 +52,7 @@ def lab():
 @pytest.fixture(scope="module")
 def svc(lab):
     svc = DirSvc(lab)
-    svc.ok("config", settings={
+    svc.deployment = svc.ok("config", settings={
         "DIRECTORY_ID": DIRECTORY_ID, "DOMAIN": lab.cfg.domain, "DNS_IPS": lab.dc_ip, "OU_NAME": f"pcluster-ad-{STACK}",
         "ADMIN_USER": "Administrator", "ADMIN_PASSWORD_PARAMETER": f"/pcluster-ad/{STACK}/admin-password",
         "STACK": STACK, "CLUSTER_NAME": lab.cfg.cluster_name, "COMPUTER_PREFIX": computer_prefix(lab.cfg.cluster_name),
@@ -61,7 +61,7 @@ def svc(lab):
     }, parameters={f"/pcluster-ad/{STACK}/admin-password": lab.admin_password,
                    f"/pcluster-ad/{STACK}/join-password": "Jn-" + secrets.token_urlsafe(16) + "9!",
                    f"/pcluster-ad/{STACK}/users/carol/initial-password": "In1t-" + secrets.token_urlsafe(10) + "!"},
-        table=TABLE, dc_argv=lab.dc.argv([]))
+        table=TABLE, dc_argv=lab.dc.argv([]))["deployment"]  # its DEPLOYMENT_ID: in every owner token
     yield svc
     svc.close()
 
@@ -105,7 +105,7 @@ def test_a_replacement_leaves_the_new_invocations_objects_and_destroy_removes_th
     dc_add_computer(lab, svc.ok("name", instance_id=iid)["name"], COMPUTERS_DN)
     before = objects(lab)
     assert len(before) == 7, before  # OU, Computers, Users, the adding account, the node, hpc, carol
-    assert before[STACK_DN][1] == OWNER_PREFIX + old["directory-admin-setup"][OWNER_KEY]
+    assert before[STACK_DN][1] == owner_value(old["directory-admin-setup"][OWNER_KEY], svc.deployment)
 
     # The replacement: the new creates, then the old deletes at the end with their old inputs.
     for n in order:
@@ -115,10 +115,12 @@ def test_a_replacement_leaves_the_new_invocations_objects_and_destroy_removes_th
         assert out["result"] == "superseded" and out["deleted"] is False, out
     after = objects(lab)
     assert {dn: guid for dn, (guid, _o) in after.items()} == {dn: guid for dn, (guid, _o) in before.items()}
-    assert after[STACK_DN][1] == OWNER_PREFIX + new["directory-admin-setup"][OWNER_KEY]
+    assert after[STACK_DN][1] == owner_value(new["directory-admin-setup"][OWNER_KEY], svc.deployment)
     owned = {dn: o for dn, (_g, o) in after.items()}
-    assert owned[f"CN=hpc,OU=Users,{STACK_DN}"] == OWNER_PREFIX + new["directory-admin-group-hpc"][OWNER_KEY]
-    assert owned[f"CN=carol,OU=Users,{STACK_DN}"] == OWNER_PREFIX + new["directory-admin-user-carol"][OWNER_KEY]
+    assert owned[f"CN=hpc,OU=Users,{STACK_DN}"] == owner_value(
+        new["directory-admin-group-hpc"][OWNER_KEY], svc.deployment)
+    assert owned[f"CN=carol,OU=Users,{STACK_DN}"] == owner_value(
+        new["directory-admin-user-carol"][OWNER_KEY], svc.deployment)
     carol = dc_search(lab, STACK_DN, "(sAMAccountName=carol)", ["memberOf"])
     assert carol[0]["memberOf"] == [f"CN=hpc,OU=Users,{STACK_DN}"]
 
