@@ -287,8 +287,9 @@ class World:
         return out
 
     def _pcluster_rules(self) -> list[Rule]:
-        """ParallelCluster's managed node groups (pcluster/templates/cluster_stack.py, 3.16.1: _add_head_security_
-        group, _add_compute_security_group, _add_login_nodes_security_group, _add_inbounds_to_managed_*). They
+        """ParallelCluster's managed node groups (pcluster/templates/cluster_stack.py of the pinned version:
+        _add_head_security_group, _add_compute_security_group, _add_login_nodes_security_group,
+        _add_inbounds_to_managed_*). They
         are CloudFormation groups with no inline egress: AWS's default allow-all egress stays."""
         if not self.cluster:
             return []

@@ -9,7 +9,7 @@ Run it with the ParallelCluster venv's interpreter (tools/pcluster_venv.sh --wit
         --cluster-name hpc-dev [--fleet running|stopped] [--json]
     .venv-pcluster/bin/python tools/validate_cluster_update.py --batch < cases.json   # many changes, one process
 
-What `pcluster update-cluster` runs before it touches anything (3.16.1,
+What `pcluster update-cluster` runs before it touches anything (the pinned version,
 api/controllers/cluster_operations_controller.py `update_cluster`, models/cluster.py
 `validate_update_request`): the cluster's version check; the stack exists and is not IN_PROGRESS; the TARGET
 config's schema load and every semantic validator in the update context
