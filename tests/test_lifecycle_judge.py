@@ -311,4 +311,8 @@ def test_cli(run_stack, tmp_path, capsys):
     assert main([str(path)]) == 0
     out = capsys.readouterr().out
     assert "destroy wave 0: " in out and "FAIL" not in out
+    # The plan's --out directory works too (as for the network judge); a missing plan is a message, not a traceback.
+    assert main([str(tmp_path)]) == 0 and capsys.readouterr().out == out
+    assert main([str(tmp_path / "nowhere")]) == 2
+    assert "run `venv/bin/python -m tools.plan STACK --out DIR` first" in capsys.readouterr().err
     assert ROOT.joinpath("tools", "lifecycle_judge.py").is_file()

@@ -527,10 +527,15 @@ def replace_safety_findings(plan: Plan) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m tools.lifecycle_judge PLAN-DIR/resources.json", file=sys.stderr)
+    if len(args) != 1 or args[0] in ("-h", "--help"):
+        print("usage: python -m tools.lifecycle_judge PLAN-DIR[/resources.json]", file=sys.stderr)
+        return 0 if args and args[0] in ("-h", "--help") else 2
+    path = Path(args[0])
+    path = path / "resources.json" if path.is_dir() else path  # the plan's --out directory, as network_judge takes
+    if not path.is_file():
+        print(f"error: {path} not found: run `venv/bin/python -m tools.plan STACK --out DIR` first", file=sys.stderr)
         return 2
-    plan = Plan.load(args[0])
+    plan = Plan.load(str(path))
     for i, wave in enumerate(plan.destroy_order()):
         print(f"destroy wave {i}: {', '.join(wave)}")
     runs = code_runs(plan)
