@@ -26,7 +26,7 @@ from components.home_storage import HomeStorage, HomeStorageArgs
 from components.join_function import JoinFunction, JoinFunctionArgs
 from components.join_secrets import JoinSecrets, JoinSecretsArgs
 from components.network import Network, NetworkArgs
-from lambda_src.directory_admin import computer_prefix
+from lambda_src.directory_admin import access_group_names, computer_prefix
 from stack_config import ConfigError, Problem, Settings
 
 ROOT = Path(__file__).resolve().parent
@@ -144,6 +144,8 @@ def pulumi_program() -> None:
             window_table_arn=join_function.window_table_arn,
             groups=list(settings.groups),
             users=list(settings.users),
+            allowed_groups=list(settings.access.allowed_groups),
+            admin_groups=list(settings.access.admin_groups),
             code_dir=str(ROOT / "lambda_src"),
             tags=tags,
         ))
@@ -160,6 +162,9 @@ def pulumi_program() -> None:
         # ssh keys for MPI open an account only from inside the VPC. An adopted VPC's CIDR is not in the
         # stack config: not baked there (the nodes log that the keys are not limited).
         vpc_cidr=settings.network.cidr if settings.network.vpc_id is None else None,
+        # With DirectoryAdmin: access is the membership of the stack's two groups (issue 18); without: the lists.
+        stack_users_group_dn=directory_admin.access_users_group_dn if directory_admin else None,
+        stack_admins_group=directory_admin.access_admins_group if directory_admin else None,
         tags=tags,
     ))
     role = ClusterRole("cluster-role", ClusterRoleArgs(
@@ -252,7 +257,17 @@ def _login_access(settings: Settings) -> str:
     who = ("members of " + ", ".join(access.allowed_groups) + " (nested groups count)" if access.allowed_groups
            else "every domain user (pcluster-ad:access.allowedGroups is empty)")
     sudo = ", ".join(access.admin_groups) if access.admin_groups else "no AD group"
-    return f"login: {who}; sudo: {sudo}"
+    if settings.directory_admin:
+        # Issue 18: the stack's two groups carry the lists; the DC decides at each login.
+        names = access_group_names(settings.stack)
+        who += f", as members of the stack's group {names['users']}" if access.allowed_groups else ""
+        sudo += f", as members of the stack's group {names['admins']}"
+        state = "; disabled, expired, locked-out, computer and service accounts never"
+    else:
+        state = ("; computer and service accounts never" + ("" if not access.allowed_groups else
+                 " (no DirectoryAdmin: the lists are rendered on each node at boot, account state is checked"
+                 " by the KDC for password logins only)"))
+    return f"login: {who}{state}; sudo: {sudo}"
 
 
 def _load_or_fail() -> Settings:

@@ -91,6 +91,17 @@ BAKED_FUNCTION_URL=""
 # --allowed-groups / --admin-groups override them. Empty allowed groups: every domain user may log in.
 BAKED_ALLOWED_GROUPS=""
 BAKED_ADMIN_GROUPS=""
+# The stack's own access groups (DirectoryAdmin, issue 18), baked the same way: the DN of the users group (members:
+# the allowedGroups) and the name of the admins group (members: the adminGroups). Set: nodes admit in-chain members
+# of the users group and give sudo to the admins group, so an access change is a membership change in the directory
+# that every running node follows at the next login. Empty (no DirectoryAdmin): the lists above, as they are.
+# --stack-users-group / --stack-admins-group override them.
+BAKED_STACK_USERS_GROUP=""
+BAKED_STACK_ADMINS_GROUP=""
+STACK_USERS_GROUP=""
+STACK_ADMINS_GROUP=""
+STACK_USERS_GROUP_SET=""
+STACK_ADMINS_GROUP_SET=""
 # The cluster's VPC CIDR, baked the same way (--vpc-cidr overrides it): the ssh key made for MPI opens an
 # account only from inside the VPC (from="CIDR"). Empty: no such restriction.
 BAKED_VPC_CIDR=""
@@ -115,7 +126,8 @@ usage() {
     cat <<'EOF'
 usage: join-domain.sh [--function-url URL] --region REGION [--timeout SECONDS] [--restrict-imds]
                       [--computer-ou DN] [--computer-prefix PREFIX] [--allowed-groups LIST]
-                      [--admin-groups LIST] [--vpc-cidr CIDR]
+                      [--admin-groups LIST] [--vpc-cidr CIDR] [--stack-users-group DN]
+                      [--stack-admins-group NAME]
 
   --function-url URL   the join function URL (https://...; plain http only to a loopback address);
                        default: the URL the stack baked into this copy
@@ -124,6 +136,10 @@ usage: join-domain.sh [--function-url URL] --region REGION [--timeout SECONDS] [
   --allowed-groups LIST  comma-separated AD groups whose members (nested too) may log in; default: the
                        list baked into this copy; empty: every domain user
   --admin-groups LIST  comma-separated AD groups whose members get sudo (with their password)
+  --stack-users-group DN  the stack's users group (DirectoryAdmin): with allowed groups, only its in-chain
+                       members may log in (the directory decides at each login); default: baked; empty: the
+                       allowed groups themselves (sssd's simple provider)
+  --stack-admins-group NAME  the stack's admins group: its members get sudo instead of the admin groups'
   --vpc-cidr CIDR      the VPC's IPv4 CIDR block (e.g. 10.0.0.0/16): the ssh key made for an AD user opens
                        the account only from there; default: the CIDR baked into this copy; empty: anywhere
   --restrict-imds      after the join, allow the instance metadata service (IMDS) to root only, now
@@ -157,13 +173,14 @@ parse_args() {
                 continue
                 ;;
             --function-url=* | --region=* | --timeout=* | --computer-ou=* | --computer-prefix=* \
-                | --allowed-groups=* | --admin-groups=* | --vpc-cidr=*)
+                | --allowed-groups=* | --admin-groups=* | --vpc-cidr=* | --stack-users-group=* \
+                | --stack-admins-group=*)
                 value=${opt#*=}
                 opt=${opt%%=*}
                 shift
                 ;;
             --function-url | --region | --timeout | --computer-ou | --computer-prefix | --allowed-groups \
-                | --admin-groups | --vpc-cidr)
+                | --admin-groups | --vpc-cidr | --stack-users-group | --stack-admins-group)
                 if (($# < 2)) || [[ $2 == --* ]]; then
                     usage_error "argument $opt requires a value"
                 fi
@@ -181,6 +198,8 @@ parse_args() {
             --allowed-groups) ALLOWED_GROUPS=$value ALLOWED_GROUPS_SET=1 ;;
             --admin-groups) ADMIN_GROUPS=$value ADMIN_GROUPS_SET=1 ;;
             --vpc-cidr) VPC_CIDR=$value VPC_CIDR_SET=1 ;;
+            --stack-users-group) STACK_USERS_GROUP=$value STACK_USERS_GROUP_SET=1 ;;
+            --stack-admins-group) STACK_ADMINS_GROUP=$value STACK_ADMINS_GROUP_SET=1 ;;
             --computer-ou) COMPUTER_OU=$value ;;
             --computer-prefix) COMPUTER_PREFIX=$value ;;
         esac
@@ -190,6 +209,14 @@ parse_args() {
     [[ -n $ALLOWED_GROUPS_SET ]] || ALLOWED_GROUPS=$BAKED_ALLOWED_GROUPS
     [[ -n $ADMIN_GROUPS_SET ]] || ADMIN_GROUPS=$BAKED_ADMIN_GROUPS
     [[ -n $VPC_CIDR_SET ]] || VPC_CIDR=$BAKED_VPC_CIDR
+    [[ -n $STACK_USERS_GROUP_SET ]] || STACK_USERS_GROUP=$BAKED_STACK_USERS_GROUP
+    [[ -n $STACK_ADMINS_GROUP_SET ]] || STACK_ADMINS_GROUP=$BAKED_STACK_ADMINS_GROUP
+    if [[ -n $STACK_USERS_GROUP && ! $STACK_USERS_GROUP =~ ^CN=[A-Za-z0-9\ _.-]+(,(OU|CN)=[A-Za-z0-9\ _.-]+)*(,DC=[A-Za-z0-9-]+)+$ ]]; then
+        usage_error "argument --stack-users-group must be a DN (CN=...,OU=...,DC=...; letters, digits, space, '_.-' in its values): '$STACK_USERS_GROUP'"
+    fi
+    if [[ -n $STACK_ADMINS_GROUP && ! $STACK_ADMINS_GROUP =~ ^[A-Za-z0-9][A-Za-z0-9_.-]{0,19}$ ]]; then
+        usage_error "argument --stack-admins-group must be a group name (letters, digits, '_.-', at most 20): '$STACK_ADMINS_GROUP'"
+    fi
     if [[ -n $VPC_CIDR ]] && ! valid_ipv4_cidr "$VPC_CIDR"; then
         usage_error "argument --vpc-cidr must be an IPv4 CIDR block such as 10.0.0.0/16 (no host bits set): '$VPC_CIDR'"
     fi
@@ -1307,11 +1334,38 @@ configure_login_access() {
     done
     # Computer accounts and the stack's service accounts never log in, whatever the access settings (issue 16):
     # denied at PAM's account phase, which password, key and GSSAPI logins all pass.
-    if ((${#groups[@]} == 0)); then
-        body="# pcluster-ad: every domain user may log in, but no computer account and no service account.
-[$(access_section)]
+    # The ad provider (every mode but the lists without DirectoryAdmin) refuses disabled and expired accounts itself
+    # (sssd-ad(5): its access check includes ldap_account_expire_policy = ad: userAccountControl's ACCOUNTDISABLE,
+    # accountExpires) on its cached copy of the user (measured: a key or su login does not refresh it, so an expiry
+    # reaches those only when the copy is refreshed; password logins: the KDC refuses at once); the filter makes the
+    # DC refuse disabled accounts at every login, and adds locked-out accounts
+    # (lockoutTime set: cleared by an unlock or the next successful password logon after the lockout duration) and
+    # is evaluated by the DC at each login while online. GPO-based access control is off: sssd >= 1.14 enforces
+    # the domain's GPO logon rights by default, and a directory's GPOs (Simple AD's defaults) are not the site's.
+    # ACCOUNTDISABLE is in the filter too: the DC's word at each login, whatever sssd has cached of the entry.
+    local state="(!(userAccountControl:1.2.840.113556.1.4.803:=2))(!(lockoutTime>=1))"
+    local gpo="ad_gpo_access_control = disabled" section
+    section=$(access_section)
+    # DOM:<domain>: before the filter: sssd reads a colon as the start of that keyword, so a filter with the
+    # extensible matches (memberOf:<in-chain OID>:=, userAccountControl:<bit-and OID>:=) must carry it (sssd-ad(5),
+    # ad_access_filter; without it sssd logs "could not be parsed" and refuses everyone).
+    local dom="DOM:${section#domain/}:"
+    if [[ -n $STACK_USERS_GROUP ]] && ((${#groups[@]} > 0)); then
+        body="# pcluster-ad (pcluster-ad:access.allowedGroups, as the stack's group $STACK_USERS_GROUP): only its members
+# (nested groups count; the DC decides at each login) may log in; never a disabled, expired or locked-out account,
+# a computer account or a service account.
+[$section]
 access_provider = ad
-ad_access_filter = (&(!(objectClass=computer))$(service_filter))
+ad_access_filter = $dom(&(memberOf:1.2.840.113556.1.4.1941:=$STACK_USERS_GROUP)(!(objectClass=computer))$state$(service_filter))
+$gpo
+"
+    elif ((${#groups[@]} == 0)); then
+        body="# pcluster-ad: every domain user may log in, but no disabled, expired or locked-out account, no computer
+# account and no service account.
+[$section]
+access_provider = ad
+ad_access_filter = $dom(&(!(objectClass=computer))$state$(service_filter))
+$gpo
 "
     else
         body="# pcluster-ad (pcluster-ad:access.allowedGroups): only members of these AD groups may log in; never a
@@ -1331,8 +1385,10 @@ simple_deny_users = $SERVICE_ACCOUNTS}
         rm -f -- "$tmp"
         die 11 "access: cannot write $conf"
     fi
-    if ((${#groups[@]} == 0)); then
-        log "access: every domain user may log in (no allowed groups configured); computer accounts${SERVICE_ACCOUNTS:+ and $SERVICE_ACCOUNTS} never ($conf)"
+    if [[ -n $STACK_USERS_GROUP ]] && ((${#groups[@]} > 0)); then
+        log "access: only in-chain members of the stack's group $STACK_USERS_GROUP (allowed groups: $list) may log in, checked by the DC at each login; disabled, expired, locked-out and computer accounts${SERVICE_ACCOUNTS:+ and $SERVICE_ACCOUNTS} never ($conf)"
+    elif ((${#groups[@]} == 0)); then
+        log "access: every domain user may log in (no allowed groups configured); disabled, expired, locked-out and computer accounts${SERVICE_ACCOUNTS:+ and $SERVICE_ACCOUNTS} never ($conf)"
     else
         log "access: only members of these AD groups may log in: $list; computer accounts${SERVICE_ACCOUNTS:+ and $SERVICE_ACCOUNTS} never ($conf)"
     fi
@@ -1374,6 +1430,8 @@ configure_admin_access() {
     local file="$ROOT$SUDOERS_FILE" dir tmp body g
     local -a groups=()
     split_groups "$ADMIN_GROUPS" groups
+    # With the stack's admins group, sudo follows its membership (the directory's data): the one line, always.
+    [[ -n $STACK_ADMINS_GROUP ]] && groups=("$STACK_ADMINS_GROUP")
     if ((${#groups[@]} == 0)); then
         if [[ -e $file ]]; then
             rm -f -- "$file" || die 11 "access: cannot remove $file"

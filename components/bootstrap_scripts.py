@@ -29,6 +29,10 @@ BAKED_GROUP_LINES = {"allowed": 'BAKED_ALLOWED_GROUPS=""', "admin": 'BAKED_ADMIN
 # The cluster's VPC CIDR, baked the same way: the ssh key made for an AD user (MPI) opens the account only from
 # inside the VPC (from="CIDR" on its authorized_keys line). A new CIDR changes the S3 object only.
 BAKED_VPC_CIDR_LINE = 'BAKED_VPC_CIDR=""'
+BAKED_STACK_GROUP_LINES = {"users": 'BAKED_STACK_USERS_GROUP=""', "admins": 'BAKED_STACK_ADMINS_GROUP=""'}
+# join-domain.sh checks the same
+_STACK_USERS_DN_RE = re.compile(r"CN=[A-Za-z0-9 _.-]+(,(OU|CN)=[A-Za-z0-9 _.-]+)*(,DC=[A-Za-z0-9-]+)+")
+_STACK_ADMINS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,19}")
 _URL_RE = re.compile(r"https://[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~/%-]*)?")  # nothing the shell expands
 
 
@@ -74,6 +78,24 @@ def bake_access_groups(script: str, allowed: Sequence[str], admin: Sequence[str]
     return script
 
 
+def bake_stack_access_groups(script: str, users_dn: str | None, admins: str | None) -> str:
+    """The script with the stack's access groups (DirectoryAdmin, issue 18) baked: the users group's DN and the
+    admins group's name. None leaves both lines empty (no DirectoryAdmin: the baked lists decide)."""
+    for line in BAKED_STACK_GROUP_LINES.values():
+        if script.count(line + "\n") != 1:
+            raise ValueError(f"the join script must contain the line {line!r} exactly once")
+    if not users_dn and not admins:
+        return script
+    if not (users_dn and _STACK_USERS_DN_RE.fullmatch(users_dn)):
+        raise ValueError(f"not a stack users group DN to bake: {users_dn!r}")
+    if not (admins and _STACK_ADMINS_RE.fullmatch(admins)):
+        raise ValueError(f"not a stack admins group name to bake: {admins!r}")
+    for key, value in (("users", users_dn), ("admins", admins)):
+        line = BAKED_STACK_GROUP_LINES[key]
+        script = script.replace(line + "\n", f"{line.split('=', 1)[0]}={shlex.quote(value)}\n", 1)
+    return script
+
+
 def bake_vpc_cidr(script: str, cidr: str | None) -> str:
     """The script with its marked VPC CIDR line set to `cidr`: an IPv4 network in canonical form (what sshd's
     from="..." takes: no host bits set). None or "" leaves the line as it is (then no from= restriction)."""
@@ -103,6 +125,9 @@ class BootstrapScriptsArgs:
     # The VPC's IPv4 CIDR, baked into the same script: the generated ssh keys work only from inside the VPC.
     # None: not baked (no from= restriction; the node logs it).
     vpc_cidr: pulumi.Input[str] | None = None
+    # The stack's access groups (DirectoryAdmin.access_users_group_dn / access_admins_group); None: no DirectoryAdmin.
+    stack_users_group_dn: str | None = None
+    stack_admins_group: str | None = None
     force_destroy: bool = True  # the scripts are generated from the repo: nothing to lose
     tags: dict[str, str] = field(default_factory=dict)
 
@@ -165,9 +190,10 @@ class BootstrapScripts(pulumi.ComponentResource):
                 text = file.read_text(encoding="utf-8")
                 # Same key, new content when the script or the URL changes.
                 body = dict(content=pulumi.Output.all(args.function_url, args.vpc_cidr).apply(
-                    lambda v, text=text: bake_vpc_cidr(bake_access_groups(bake_function_url(text, v[0]),
-                                                                          args.allowed_groups, args.admin_groups),
-                                                       v[1])))
+                    lambda v, text=text: bake_stack_access_groups(
+                        bake_vpc_cidr(bake_access_groups(bake_function_url(text, v[0]), args.allowed_groups,
+                                                         args.admin_groups), v[1]),
+                        args.stack_users_group_dn, args.stack_admins_group)))
             else:
                 # Content hash: a changed script is uploaded again even if its size is unchanged.
                 body = dict(source=pulumi.FileAsset(str(file)),

@@ -22,6 +22,9 @@ from components._vpc_lambda import VPC_ACCESS_STATEMENT, package_files, security
 from lambda_src.directory_admin import (
     DEPLOYMENT_KEY,
     OWNER_KEY,
+    Layout,
+    access_group_dn,
+    access_group_names,
     computer_prefix,
     initial_password_parameter_name,
     invocation_owner,
@@ -76,6 +79,9 @@ class DirectoryAdminArgs:
     window_table_arn: pulumi.Input[str] | None = None
     groups: Sequence[DirectoryGroup] = ()
     users: Sequence[DirectoryUser] = ()
+    # pcluster-ad:access: members of the stack's two access groups (issue 18; names, the function resolves DNs)
+    allowed_groups: Sequence[str] = ()
+    admin_groups: Sequence[str] = ()
     sweep_schedule: str = "rate(1 day)"
     sweep_grace_minutes: int = 60
     # The subnets' way out (Network.egress: route tables, associations, NAT, its EIP, the internet route): every
@@ -122,6 +128,10 @@ def validate(args: DirectoryAdminArgs) -> None:
         unknown = [g for g in u.groups if g.lower() not in groups]
         if unknown:
             raise ValueError(f"DirectoryAdmin: user {u.name!r} is in undeclared groups {unknown}")
+    taken = {n.lower() for n in access_group_names(args.stack).values()}
+    clash = [g.name for g in args.groups if g.name.lower() in taken]
+    if clash:
+        raise ValueError(f"DirectoryAdmin: group(s) {clash} carry the name of the stack's own access groups")
     if args.join_user and not (args.join_password_parameter_name and args.join_password_parameter_arn):
         raise ValueError("DirectoryAdmin: a join user needs join_password_parameter_name and _arn")
 
@@ -135,6 +145,10 @@ class DirectoryAdmin(pulumi.ComponentResource):
     deployment_id: pulumi.Output[str]
     computer_ou: str
     computer_prefix: str
+    # The stack's access groups (issue 18): nodes admit in-chain members of the users group (by this DN) and give
+    # sudo to the admins group; the access Invocation keeps their members = pcluster-ad:access's groups.
+    access_users_group_dn: str
+    access_admins_group: str
     initial_password_parameters: dict[str, pulumi.Output[str]]
     # Depend on this before nodes join (the OU and the computer-adding account exist); on destroy the cluster
     # goes first, then the OU.
@@ -271,6 +285,13 @@ class DirectoryAdmin(pulumi.ComponentResource):
         group_resources = {g.name.lower(): invocation(f"group-{_slug(g.name)}", {
             "resource": "group", "name": g.name, "description": g.description}, [directory_setup])
             for g in args.groups}
+        # Access as directory data: membership only; nodes never need a new configuration for it.
+        access_names = access_group_names(args.stack)
+        self.access_users_group_dn = access_group_dn(Layout(args.domain_name, ou, args.parent_dn),
+                                                     access_names["users"])
+        self.access_admins_group = access_names["admins"]
+        self.access = invocation("access", {"resource": "access", "allowedGroups": list(args.allowed_groups),
+                                            "adminGroups": list(args.admin_groups)}, [directory_setup])
         self.initial_password_parameters = {}
         for u in args.users:
             slug = _slug(u.name)
@@ -293,7 +314,7 @@ class DirectoryAdmin(pulumi.ComponentResource):
         self.security_group_id = sg.id
         self.admin_parameter_name = admin_param.name
         self.deployment_id = deployment.hex
-        self.ready = [directory_setup, *targets]
+        self.ready = [directory_setup, self.access, *targets]
         self.register_outputs({
             "functionName": self.function_name,
             "functionArn": self.function_arn,

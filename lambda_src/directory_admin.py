@@ -253,6 +253,30 @@ def computer_name_pattern(prefix: str) -> re.Pattern[str]:
     return re.compile(re.escape(prefix) + f"[0-9A-F]{{{COMPUTER_NAME_MAX - len(prefix)}}}")
 
 
+# Access as directory data (issue 18): the stack owns two groups in its OU (OU=Users), whose members are the
+# configured access.allowedGroups / adminGroups (their DNs; nested groups count). Nodes are configured once with
+# them (join-domain.sh: ad_access_filter on in-chain membership of the users group, sudoers %<admins group>), so
+# `pulumi up` changes only membership. "pca-" keeps them apart from a site's own groups; sAMAccountName <= 20.
+ACCESS_GROUP_PREFIX = "pca-"
+ACCESS_GROUP_SUFFIXES = {"users": "-users", "admins": "-admins"}
+
+
+def access_group_names(stack: str) -> dict[str, str]:
+    """{"users": name, "admins": name} of the stack's access groups: pca-<stack>-users / -admins, at most 20
+    characters; a stack name that had to be cleaned up or shortened gets a short hash of the original."""
+    room = MAX_SAM - len(ACCESS_GROUP_PREFIX) - max(len(s) for s in ACCESS_GROUP_SUFFIXES.values())
+    clean = re.sub(r"[^a-z0-9-]+", "-", stack.lower()).strip("-") or "stack"
+    if clean != stack or len(clean) > room:
+        digest = hashlib.sha256(stack.encode()).hexdigest()[:4]
+        clean = f"{clean[: room - 5].strip('-') or 's'}-{digest}"
+    return {k: f"{ACCESS_GROUP_PREFIX}{clean}{suffix}" for k, suffix in ACCESS_GROUP_SUFFIXES.items()}
+
+
+def access_group_dn(layout: Layout, name: str) -> str:
+    """Where the stack makes an access group (the node's ad_access_filter names this DN)."""
+    return f"CN={escape_rdn(name)},{layout.people_dn}"
+
+
 def domain_dn(domain: str) -> str:
     return ",".join(f"DC={part}" for part in domain.split("."))
 
@@ -796,6 +820,34 @@ class Directory:
         return "deleted"
 
 
+    # access groups (issue 18)
+    def resolve_groups(self, names: Iterable[str]) -> tuple[dict[str, str], list[str]]:
+        """({name: DN} of the groups found anywhere in the domain by sAMAccountName, [names not found])."""
+        found: dict[str, str] = {}
+        missing: list[str] = []
+        for name in names:
+            hits = self.search(self.layout.base_dn,
+                               f"(&(objectClass=group)(sAMAccountName={escape_filter(name)}))", ["sAMAccountName"])
+            if hits:
+                found[name] = hits[0]["dn"]
+            else:
+                missing.append(name)
+        return found, missing
+
+    def set_members(self, group_dn: str, member_dns: Iterable[str]) -> dict[str, list[str]]:
+        """Make `member_dns` exactly the members of the group: one replace, only when it changes."""
+        hit = self.search(group_dn, "(objectClass=group)", ["member"], scope="BASE")
+        if not hit:
+            raise DirectoryError(f"{group_dn} not found: cannot set its members")
+        raw = (hit[0].get("attributes") or {}).get("member") or []
+        current = {str(m).lower(): str(m) for m in (raw if isinstance(raw, list) else [raw])}
+        want = {dn.lower(): dn for dn in member_dns}
+        added = sorted(want[k] for k in set(want) - set(current))
+        removed = sorted(current[k] for k in set(current) - set(want))
+        if added or removed:
+            self.replace(group_dn, {"member": sorted(want.values())})
+        return {"added": added, "removed": removed}
+
 def _never_set(found: dict[str, Any] | None) -> bool:
     return not found or first(found, "pwdLastSet") in (None, "0")
 
@@ -1032,6 +1084,50 @@ def left_in_previous_directory(settings: Settings, kind: str, name: str | None, 
     return {"leftInPreviousDirectory": note}
 
 
+def handle_access(event: Mapping[str, Any], *, action: str, settings: Settings, directory: Directory,
+                  owner: str | None, deployment: str, left: Mapping[str, Any]) -> dict[str, Any]:
+    """The stack's two access groups (access_group_names of the function's STACK, in its OU): their members are
+    exactly the groups of allowedGroups / adminGroups, by DN (the DC evaluates nested membership). A configured
+    group the directory does not hold is named in a WARNING and the result (no error: its members simply get no
+    access through it, as on the nodes before). Delete: both groups go (their members are not touched)."""
+    names = access_group_names(settings.stack)
+    if action == "delete":
+        out: dict[str, Any] = {"resource": "access"}
+        for key, group in names.items():
+            answer = superseded(directory, "group", group, owner, deployment)
+            out[key] = answer if answer is not None else {"name": group, "result": directory.delete_group(group)}
+        return out
+    wanted: dict[str, list[str]] = {}
+    for key, field_name in (("users", "allowedGroups"), ("admins", "adminGroups")):
+        value = event.get(field_name, [])
+        if not isinstance(value, list) or any(not isinstance(g, str) or sam_problem(g) for g in value):
+            raise DirectoryError(f"bad resource event: access {field_name}={value!r}")
+        wanted[key] = value
+    # Everything that can refuse before the first write: a name of ours taken outside the OU.
+    for group in names.values():
+        directory.own_account(group, "group")
+    out = {"resource": "access", **left}
+    missing_all: list[str] = []
+    for key, group in names.items():
+        field_name = "allowedGroups" if key == "users" else "adminGroups"
+        result = directory.upsert_group(group, f"pcluster-ad: members of pcluster-ad:access.{field_name}"
+                                        f" (stack {settings.stack}); nodes admit / give sudo to its members")
+        found, missing = directory.resolve_groups(wanted[key])
+        own = {access_group_dn(directory.layout, n).lower() for n in names.values()}
+        members = [dn for dn in found.values() if dn.lower() not in own]  # never a group of its own
+        dn = directory.managed_dn("group", group) or access_group_dn(directory.layout, group)
+        change = directory.set_members(dn, members)
+        if owner or deployment:
+            directory.claim("group", group, owner or "", deployment)
+        out[key] = {"name": group, "dn": dn, "result": result, "members": sorted(found), "missing": missing,
+                    **change}
+        if missing:
+            missing_all += [f"{n} ({field_name})" for n in missing]
+    if missing_all:
+        log.warning(json.dumps({"event": "access", "decision": "groups not found: their members get no access"
+                                " through them", "missing": missing_all}))
+    return out
+
 def handle_resource(event: Mapping[str, Any], *, settings: Settings, directory: Directory, ssm: Any,
                     ec2: Any = None) -> dict[str, Any]:
     """One Pulumi Invocation (lifecycle scope CRUD) on the directory, a group or a user."""
@@ -1090,6 +1186,9 @@ def handle_resource(event: Mapping[str, Any], *, settings: Settings, directory: 
             directory.claim(kind, None, owner or "", deployment)
         out.update(left)
         return out
+    if kind == "access":
+        return handle_access(event, action=action, settings=settings, directory=directory, owner=owner,
+                             deployment=deployment, left=left)
     name = event.get("name")
     if kind not in ("group", "user") or not isinstance(name, str) or sam_problem(name):
         raise DirectoryError(f"bad resource event: resource={kind!r} name={name!r}")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from components.bootstrap_scripts import bake_access_groups, bake_vpc_cidr
+from components.bootstrap_scripts import bake_access_groups, bake_stack_access_groups, bake_vpc_cidr
 from tests.bootstrap_sandbox.sandbox import JOIN_SCRIPT, Sandbox
 from tests.bootstrap_sandbox.servers import SERVICE_ACCOUNT, FakeFunctionUrl, FakeImds, join_answer
 from tests.test_bootstrap_scripts import GOOD, REGION, assert_request, run_join, shellcheck
@@ -65,11 +65,16 @@ def access_lines(box: Sandbox) -> list[str]:
     return [line for line in (box.root / ACCESS).read_text().splitlines() if not line.startswith("#")]
 
 
+# Disabled (the DC's word at each login) and locked-out accounts; expired ones: sssd's ad expire check.
+STATE_FILTER = "(!(userAccountControl:1.2.840.113556.1.4.803:=2))(!(lockoutTime>=1))"
+
+
 def every_user(*service: str) -> list[str]:
     """The drop-in without allowed groups: the ad provider, no computer account, none of SERVICE (escaped)."""
     return ["[domain/test.domain]", "access_provider = ad",
-            "ad_access_filter = (&(!(objectClass=computer))" + "".join(f"(!(sAMAccountName={n}))" for n in service)
-            + ")"]
+            "ad_access_filter = DOM:test.domain:(&(!(objectClass=computer))" + STATE_FILTER
+            + "".join(f"(!(sAMAccountName={n}))" for n in service)
+            + ")", "ad_gpo_access_control = disabled"]
 
 
 def only_groups(groups: str, *service: str) -> list[str]:
@@ -342,7 +347,8 @@ def test_no_lists_mean_every_domain_user_and_remove_earlier_files(box):
     assert result.rc == 0, result.output
     # The access drop-in stays, now with the ad provider (no simple_allow_groups left): every domain user, never a
     # computer account nor the service account (from the first run's state file). The sudoers drop-in goes.
-    assert "access: every domain user may log in (no allowed groups configured); computer accounts and " \
+    assert "access: every domain user may log in (no allowed groups configured); disabled, expired, locked-out and " \
+           "computer accounts and " \
            f"{SERVICE_ACCOUNT} never ({box.root / ACCESS})" in result.stdout
     assert access_lines(box) == every_user(SERVICE_ACCOUNT)
     assert "simple_allow_groups" not in (box.root / ACCESS).read_text()
@@ -418,8 +424,8 @@ def test_service_accounts_from_the_answer_never_log_in_in_both_modes(box, groups
                f"never ({conf})" in result.stdout
     else:
         assert access_lines(box) == every_user(*ODD_ESCAPED)
-        assert f"access: every domain user may log in (no allowed groups configured); computer accounts and " \
-               f"{listed} never ({conf})" in result.stdout
+        assert "access: every domain user may log in (no allowed groups configured); disabled, expired, locked-out" \
+               f" and computer accounts and {listed} never ({conf})" in result.stdout
     assert stat.S_IMODE(conf.stat().st_mode) == 0o600
     # The state file keeps the names (no secret) for a re-run.
     assert (box.root / STATE).read_text().splitlines()[-1] == f"service={listed}"
@@ -460,3 +466,63 @@ def test_a_rerun_keeps_the_service_accounts_from_the_state_file(box):
     older = join(box)
     assert older.rc == 0, older.output
     assert access_lines(box) == every_user()
+
+
+# -- issue 18: access as directory data (the stack's two groups, DirectoryAdmin) -----------------------------------
+
+USERS_DN = "CN=pca-dev-users,OU=Users,OU=pcluster-ad-dev,DC=test,DC=domain"
+
+
+def stack_groups_filter(*service: str) -> list[str]:
+    return ["[domain/test.domain]", "access_provider = ad",
+            "ad_access_filter = DOM:test.domain:"
+            f"(&(memberOf:1.2.840.113556.1.4.1941:={USERS_DN})(!(objectClass=computer))"
+            + STATE_FILTER + "".join(f"(!(sAMAccountName={n}))" for n in service) + ")",
+            "ad_gpo_access_control = disabled"]
+
+
+def test_stack_groups_make_the_node_config_independent_of_the_lists(box, tmp_path):
+    baked = tmp_path / "join-domain.sh"
+    baked.write_text(bake_stack_access_groups(bake_access_groups(JOIN_SCRIPT.read_text(), ["hpc-users"], []),
+                                              USERS_DN, "pca-dev-admins"))
+    result = join(box, script=baked)
+    assert result.rc == 0, result.output
+    # In-chain membership of the stack's users group, evaluated by the DC; the lists themselves appear nowhere.
+    assert access_lines(box) == stack_groups_filter(SERVICE_ACCOUNT)
+    assert f"access: only in-chain members of the stack's group {USERS_DN} (allowed groups: hpc-users)" \
+        in result.stdout
+    # sudo: the stack's admins group, even with no adminGroups configured (an empty group: nobody).
+    sudoers = (box.root / SUDOERS).read_text().splitlines()[1:]
+    assert sudoers == ["%pca-dev-admins ALL=(ALL:ALL) ALL"]
+    # Other lists (a later `pulumi up` that only changed membership): the very same files.
+    box.mark_joined()
+    before = ((box.root / ACCESS).read_text(), (box.root / SUDOERS).read_text())
+    again = join(box, "--allowed-groups", "physics,chemistry", "--admin-groups", "Domain Admins", script=baked)
+    assert again.rc == 0, again.output
+    assert ((box.root / ACCESS).read_text(), (box.root / SUDOERS).read_text()) == before
+
+
+def test_stack_groups_without_allowed_groups_admit_every_domain_user(box):
+    result = join(box, "--stack-users-group", USERS_DN, "--stack-admins-group", "pca-dev-admins")
+    assert result.rc == 0, result.output
+    assert access_lines(box) == every_user(SERVICE_ACCOUNT)
+    assert "%pca-dev-admins ALL=(ALL:ALL) ALL" in (box.root / SUDOERS).read_text()
+
+
+@pytest.mark.parametrize("opt,value", [("--stack-users-group", "pca-dev-users"),
+                                       ("--stack-users-group", "CN=x)(objectClass=*),DC=test"),
+                                       ("--stack-admins-group", "a b"), ("--stack-admins-group", "x" * 21)])
+def test_bad_stack_groups_are_usage_errors(box, opt, value):
+    result = join(box, opt, value)
+    assert result.rc == 2 and f"argument {opt} must be" in result.stderr, result.output
+    assert not (box.root / ACCESS).exists()
+
+
+def test_baking_the_stack_groups_checks_them():
+    text = JOIN_SCRIPT.read_text()
+    assert bake_stack_access_groups(text, None, None) == text
+    baked = bake_stack_access_groups(text, USERS_DN, "pca-dev-admins")
+    assert f"BAKED_STACK_USERS_GROUP={USERS_DN}\n" in baked and "BAKED_STACK_ADMINS_GROUP=pca-dev-admins\n" in baked
+    for users, admins in (("CN=a;b,DC=x", "pca-dev-admins"), (USERS_DN, "a'b"), (USERS_DN, None)):
+        with pytest.raises(ValueError, match="not a stack"):
+            bake_stack_access_groups(text, users, admins)

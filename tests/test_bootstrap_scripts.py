@@ -296,9 +296,11 @@ def test_join_success_password_only_on_adcli_stdin(sandbox):
     # The access drop-in exists without allowed groups too: every domain user, never a computer account nor the
     # function's adding account.
     access = (box.root / "etc" / "sssd" / "conf.d" / "50-pcluster-ad-access.conf").read_text()
-    assert access.splitlines()[1:] == [
+    assert [line for line in access.splitlines() if not line.startswith("#")] == [
         "[domain/test.domain]", "access_provider = ad",
-        f"ad_access_filter = (&(!(objectClass=computer))(!(sAMAccountName={SERVICE_ACCOUNT})))"]
+        "ad_access_filter = DOM:test.domain:(&(!(objectClass=computer))"
+        f"(!(userAccountControl:1.2.840.113556.1.4.803:=2))(!(lockoutTime>=1))(!(sAMAccountName={SERVICE_ACCOUNT})))",
+        "ad_gpo_access_control = disabled"]
     # krb5.conf (none before): [libdefaults] default_realm, as realmd would set it, readable by all.
     krb5 = box.root / "etc" / "krb5.conf"
     assert krb5.read_text() == "[libdefaults]\n    default_realm = TEST.DOMAIN\n"

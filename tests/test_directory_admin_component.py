@@ -154,8 +154,8 @@ def test_role_policy_is_least_privilege(g):
 
 def test_invocations_drive_the_directory(g):
     invs = {r.name: r for r in g.of_type("aws:lambda/invocation:Invocation")}
-    assert sorted(invs) == ["directory-admin-group-gpu", "directory-admin-group-hpc-users", "directory-admin-setup",
-                            "directory-admin-user-alice", "directory-admin-user-bob"]
+    assert sorted(invs) == ["directory-admin-access", "directory-admin-group-gpu", "directory-admin-group-hpc-users",
+                            "directory-admin-setup", "directory-admin-user-alice", "directory-admin-user-bob"]
     for r in invs.values():
         assert r.inputs["lifecycleScope"] == "CRUD"
         assert r.inputs["functionName"] == ROLE

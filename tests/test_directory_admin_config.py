@@ -136,7 +136,7 @@ def test_program_wires_the_directory_admin(run_stack):
     assert "directory-admin-setup" in g.dependency_names(g.named("cluster-pcluster"))
     assert {r.name for r in g.of_type("aws:lambda/invocation:Invocation")} == {
         "directory-admin-setup", "directory-admin-group-hpc-users", "directory-admin-group-gpu",
-        "directory-admin-user-alice", "directory-admin-user-bob"}
+        "directory-admin-user-alice", "directory-admin-user-bob", "directory-admin-access"}
     assert g.outputs["userInitialPasswordParameters"] == {
         "alice": "/pcluster-ad/dev/users/alice/initial-password", "bob": "/pcluster-ad/dev/users/bob/initial-password"}
     # The stack key lets the directory-admin role decrypt; the function is in the private subnets.

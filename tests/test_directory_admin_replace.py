@@ -247,7 +247,8 @@ def test_every_sample_stack_is_replace_safe(run_stack, name):
 def test_the_judge_passes_the_programs_invocations(run_stack):
     plan = dev_plan(run_stack)
     invs = [r.name for r in plan.of_type("aws:lambda/invocation:Invocation")]
-    assert sorted(invs) == ["directory-admin-group-hpc", "directory-admin-setup", "directory-admin-user-carol"]
+    assert sorted(invs) == ["directory-admin-access", "directory-admin-group-hpc", "directory-admin-setup",
+                            "directory-admin-user-carol"]
     assert replace_safety_findings(plan) == []
 
 
@@ -260,9 +261,9 @@ def test_the_judge_fails_invocations_without_their_owner(run_stack):
             r["inputs"]["input"] = json.dumps(payload)
 
     found = replace_safety_findings(edited(dev_plan(run_stack), drop_owner))
-    assert len(found) == 3 and all("its input's 'owner' is None" in f for f in found), found
-    assert sorted(f.split(":")[0] for f in found) == ["directory-admin-group-hpc", "directory-admin-setup",
-                                                     "directory-admin-user-carol"]
+    assert len(found) == 4 and all("its input's 'owner' is None" in f for f in found), found
+    assert sorted(f.split(":")[0] for f in found) == ["directory-admin-access", "directory-admin-group-hpc",
+                                                     "directory-admin-setup", "directory-admin-user-carol"]
 
 
 def test_the_judge_fails_an_owner_that_a_replacement_keeps(run_stack):
@@ -286,4 +287,4 @@ def test_the_judge_fails_an_owner_that_a_replacement_keeps(run_stack):
 def test_the_judge_fails_a_handler_that_declares_no_replace_safety(run_stack, monkeypatch):
     monkeypatch.delattr(da, "OWNER_KEY")
     found = replace_safety_findings(dev_plan(run_stack))
-    assert len(found) == 3 and all("declares no replace-safety" in f for f in found), found
+    assert len(found) == 4 and all("declares no replace-safety" in f for f in found), found

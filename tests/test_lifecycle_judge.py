@@ -235,7 +235,7 @@ def test_finding_2_the_judge_alone_catches_the_setup_racing_the_network(run_stac
     by_runner: dict[str, set[str]] = {}
     for f in findings:
         by_runner.setdefault(f.resource, set()).add(f.missing)
-    assert set(by_runner) == {"directory-admin-setup", "directory-admin-terminated-target",
+    assert set(by_runner) == {"directory-admin-setup", "directory-admin-access", "directory-admin-terminated-target",
                               "directory-admin-sweep-target"}
     assert {"network-nat-a", "network-nat-a-eip", "network-igw", "network-private-a-rt", "network-private-a-rta",
             "network-public-rt", "network-public-a-rta"} <= by_runner["directory-admin-setup"]
@@ -258,7 +258,8 @@ def test_finding_4_a_replaced_directory_changes_every_invocation_input(run_stack
 
     before = _invocation_inputs(run_stack(edit("d-1111111111", ("10.0.0.10", "10.0.1.10")), secrets=EXISTING_SECRETS))
     after = _invocation_inputs(run_stack(edit("d-2222222222", ("10.0.0.20", "10.0.1.20")), secrets=EXISTING_SECRETS))
-    assert sorted(before) == sorted(after) == ["directory-admin-group-gpu", "directory-admin-group-hpc-users",
+    assert sorted(before) == sorted(after) == ["directory-admin-access", "directory-admin-group-gpu",
+                                               "directory-admin-group-hpc-users",
                                                "directory-admin-setup", "directory-admin-user-alice",
                                                "directory-admin-user-bob"]
     for name in before:  # an input change is an update: each runs again, on the new directory

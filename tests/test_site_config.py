@@ -6,6 +6,7 @@ ParallelCluster 3.16.1 schema and its full create validation (tools/validate_clu
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -251,10 +252,20 @@ def test_group_change_changes_the_script_object_not_the_cluster(run_stack):
     assert before.named("bootstrap-join-domain").inputs["content"] != content
     for key in ("create", "update", "triggers", "stdin"):
         assert before.named("cluster-pcluster").inputs[key] == after.named("cluster-pcluster").inputs[key], key
-    assert after.outputs["loginAccess"] == ("login: members of hpc-users, Domain Admins (nested groups count);"
-                                            " sudo: ops")
-    assert before.outputs["loginAccess"] == ("login: every domain user (pcluster-ad:access.allowedGroups is"
-                                             " empty); sudo: no AD group")
+    # Issue 18: the nodes admit the stack's users group and give sudo to its admins group (baked, the same DN and
+    # name before and after); the lists themselves are that group's members, kept by the access Invocation.
+    users_dn = "CN=pca-dev-users,OU=Users,OU=pcluster-ad-dev,DC=test,DC=domain"
+    assert f"BAKED_STACK_USERS_GROUP={users_dn}\nBAKED_STACK_ADMINS_GROUP=pca-dev-admins\n" in content
+    access = [json.loads(s.named("directory-admin-access").inputs["input"]) for s in (before, after)]
+    assert (access[0]["allowedGroups"], access[0]["adminGroups"]) == ([], [])
+    assert (access[1]["allowedGroups"], access[1]["adminGroups"]) == (["hpc-users", "Domain Admins"], ["ops"])
+    assert after.outputs["loginAccess"] == (
+        "login: members of hpc-users, Domain Admins (nested groups count), as members of the stack's group"
+        " pca-dev-users; disabled, expired, locked-out, computer and service accounts never; sudo: ops, as members"
+        " of the stack's group pca-dev-admins")
+    assert before.outputs["loginAccess"] == (
+        "login: every domain user (pcluster-ad:access.allowedGroups is empty); disabled, expired, locked-out,"
+        " computer and service accounts never; sudo: no AD group, as members of the stack's group pca-dev-admins")
 
 
 def test_ssh_command_points_at_the_login_nodes_when_there_are_any(run_stack):

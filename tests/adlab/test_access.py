@@ -271,7 +271,7 @@ def test_rerun_without_groups_lets_every_domain_user_in(site):
     # No group rule any more; only computer and service accounts stay out (issue 16).
     conf = lone.read("/etc/sssd/conf.d/50-pcluster-ad-access.conf")
     assert "simple_allow_groups" not in conf and "access_provider = ad" in conf, conf
-    assert "ad_access_filter = (&(!(objectClass=computer))" in conf, conf
+    assert "ad_access_filter = DOM:test.domain:(&(!(objectClass=computer))" in conf, conf
     res = ssh(lab, lone, "carol", site.pw["carol"])
     assert res.returncode == 0 and res.stdout.strip() == "carol", res
 
