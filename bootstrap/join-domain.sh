@@ -17,8 +17,11 @@
 #      closed, or the node is no node of this cluster);
 #   3b. access and speed, all BEFORE realm join, which restarts sssd with the domain at its end (so no moment
 #      in which any AD user may log in): with allowed groups (baked by the stack, or --allowed-groups), an
-#      sssd conf.d snippet that admits only their members (simple access provider, nested groups count); with
-#      admin groups, a sudoers drop-in checked by visudo first; /etc/ssh/sshrc, which sshd runs AS THE USER,
+#      sssd conf.d snippet that admits only their members: with the stack's groups (DirectoryAdmin, baked, or
+#      --stack-users-group) the ad provider's filter on in-chain membership of the stack's users group, which the
+#      DC evaluates at each login, else the simple provider with the lists (nested groups count); disabled and
+#      locked-out accounts refused by the filter (ad provider); with admin groups, a sudoers drop-in checked by
+#      visudo first (the stack's admins group when baked); /etc/ssh/sshrc, which sshd runs AS THE USER,
 #      gives AD users an ssh key between nodes at their first ssh login (limited to the VPC CIDR baked by the
 #      stack, or --vpc-cidr; an old root pam_exec hook is removed); sssd's cache on tmpfs. After the join: groups that do not
 #      resolve are logged as WARNINGs;
