@@ -1,0 +1,193 @@
+"""Attack review of issue 18 (access as directory data), the unit side: what reaches a node's ad_access_filter and
+sudoers (the stack users group's DN, the admins group's name), what DirectoryAdmin makes those groups' members, and
+whether any path fails open. Attacks refused today are plain tests; findings are xfail(strict=True) and flip with
+the fix. The directory side (who may write the stack's groups) runs against the lab's Samba DC:
+tests/adlab/test_attack_issue18.py.
+
+sssd itself (read from its source, src/providers/ad/ad_access.c and src/providers/ldap/sdap_access.c): a filter of
+ad_access_filter that cannot be parsed is skipped, and a domain with no applicable filter gets "No filter set.
+Access is denied." -- a broken filter, or a user of a trusted domain that DOM:<domain>: does not name, is refused,
+never admitted (fail-closed)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+from ldap3.operation.search import parse_filter
+from ldap3.protocol.rfc4511 import Filter  # noqa: F401  (parse_filter's result type)
+
+from components.bootstrap_scripts import bake_access_groups, bake_stack_access_groups
+from lambda_src import directory_admin as da
+from tests.bootstrap_sandbox.sandbox import JOIN_SCRIPT
+from tests.bootstrap_sandbox.servers import SERVICE_ACCOUNT
+from tests.test_access_script import ACCESS, SUDOERS, USERS_DN, access_lines, box, join  # noqa: F401
+from tests.test_directory_admin_access import ADMINS, SETTINGS, USERS, MemDirectory, event, members, site
+
+IN_CHAIN = "1.2.840.113556.1.4.1941"
+
+
+# -- what may reach the filter: the users group's DN (RFC 4515 specials never) ----------------------------------------
+
+SPECIALS = ["(", ")", "*", "\\", "\x00", "\n", "'", "$(id)", "`id`"]
+
+
+@pytest.mark.parametrize("ch", SPECIALS)
+def test_refused_a_users_group_dn_with_filter_or_shell_specials_is_never_baked(ch):
+    """The DN goes into ad_access_filter unescaped: it must not carry RFC 4515's specials ( ) * \\ NUL, nor anything
+    that closes the filter's clause or the shell's quoting. The bake refuses (the deploy fails: closed)."""
+    text = JOIN_SCRIPT.read_text()
+    for dn in (f"CN=pca-dev{ch}users,OU=Users,OU=pcluster-ad-dev,DC=test,DC=domain",
+               f"CN=pca-dev-users,OU=Users,OU=evil{ch}x,DC=test,DC=domain",
+               f"CN=pca-dev-users,OU=Users,OU=pcluster-ad-dev,DC=test,DC=dom{ch}ain"):
+        with pytest.raises(ValueError, match="not a stack users group DN"):
+            bake_stack_access_groups(text, dn, "pca-dev-admins")
+
+
+@pytest.mark.parametrize("value", [
+    "CN=x,DC=test)(objectClass=*",                       # closes the memberOf clause, matches everyone
+    "CN=x*,DC=test",                                       # a substring match
+    "CN=x\\29(|(a=b),DC=test",                             # an escaped paren
+    "CN=pca-dev-users,OU=Users,DC=test,DC=domain\n[domain/test.domain]\naccess_provider = permit",  # new conf lines
+])
+def test_refused_the_join_script_refuses_a_users_group_dn_that_would_break_the_filter(box, value):  # noqa: F811
+    result = join(box, "--allowed-groups", "hpc-users", "--stack-users-group", value,
+                  "--stack-admins-group", "pca-dev-admins")
+    assert result.rc == 2 and "argument --stack-users-group must be" in result.stderr, result.output
+    assert not (box.root / ACCESS).exists()
+
+
+@pytest.mark.parametrize("stack", ["dev", "a(b)*c\\d", "ALL", "%admins", "x" * 60, "Prod Stack!", "é-ü", "-", "__",
+                                   "stack\nALL ALL=(ALL) NOPASSWD: ALL"])
+def test_refused_any_stack_name_gives_sudoers_and_filter_safe_group_names(stack):
+    """The stack's name (pulumi stack, site-chosen) becomes the groups' names: whatever it is, they are
+    pca-<[a-z0-9-]>-users/-admins, at most 20 characters, bakeable, and the users group's DN is one the bake accepts
+    (no filter special, no shell special): the stack name can never break the filter or sudoers."""
+    names = da.access_group_names(stack)
+    for key, name in names.items():
+        assert re.fullmatch(rf"pca-[a-z0-9][a-z0-9-]*-{key}", name) and len(name) <= da.MAX_SAM, name
+    dn = da.access_group_dn(da.Layout("test.domain", f"pcluster-ad-{names['users'][4:-6]}"), names["users"])
+    baked = bake_stack_access_groups(JOIN_SCRIPT.read_text(), dn, names["admins"])
+    assert f"BAKED_STACK_ADMINS_GROUP={names['admins']}\n" in baked
+
+
+@pytest.mark.skipif(shutil.which("visudo") is None, reason="visudo not installed")
+def test_refused_the_admins_line_is_valid_sudoers_for_odd_stack_names(tmp_path):
+    for stack in ("a(b)*c", "x" * 60, "ALL", "%admins"):
+        f = tmp_path / "s"
+        f.write_text(f"%{da.access_group_names(stack)['admins']} ALL=(ALL:ALL) ALL\n")
+        f.chmod(0o440)
+        assert subprocess.run(["visudo", "-c", "-q", "-f", str(f)], capture_output=True).returncode == 0
+
+
+def rendered_filter(box) -> str:  # noqa: F811
+    (line,) = [x for x in access_lines(box) if x.startswith("ad_access_filter = ")]
+    value = line.removeprefix("ad_access_filter = ")
+    assert value.startswith("DOM:test.domain:("), value
+    return value.removeprefix("DOM:test.domain:")
+
+
+def top_and_clauses(flt: str) -> list[str]:
+    """The top-level (&...) clauses of a filter, after a full RFC 4515 parse (ldap3's parser: balanced, valid)."""
+    parse_filter(flt, None, auto_escape=False, auto_encode=False, validator=None, check_names=False)
+    assert flt.startswith("(&") and flt.endswith(")")
+    out, depth, start = [], 0, None
+    for i, c in enumerate(flt[2:-1], 2):
+        if c == "(":
+            depth, start = depth + 1, (i if depth == 0 else start)
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                out.append(flt[start:i + 1])
+    assert depth == 0
+    return out
+
+
+def test_refused_computer_service_disabled_and_locked_accounts_are_anded_at_the_top(box, tmp_path):  # noqa: F811
+    """The exclusions (the old simple_deny_users' job) are top-level AND clauses next to the membership clause, so
+    no membership (nested, or a computer an ordinary user made with ms-DS-MachineAccountQuota and slipped into an
+    allowed group) can outweigh them; the whole filter parses as RFC 4515."""
+    baked = tmp_path / "join-domain.sh"
+    baked.write_text(bake_stack_access_groups(bake_access_groups(JOIN_SCRIPT.read_text(), ["hpc-users"], []),
+                                              USERS_DN, "pca-dev-admins"))
+    result = join(box, script=baked)
+    assert result.rc == 0, result.output
+    clauses = top_and_clauses(rendered_filter(box))
+    assert clauses[0] == f"(memberOf:{IN_CHAIN}:={USERS_DN})"
+    for must in ("(!(objectClass=computer))", "(!(userAccountControl:1.2.840.113556.1.4.803:=2))",
+                 "(!(lockoutTime>=1))", f"(!(sAMAccountName={SERVICE_ACCOUNT}))"):
+        assert must in clauses, (must, clauses)
+    # sudo: exactly one line, the stack's admins group, whatever the lists.
+    assert (box.root / SUDOERS).read_text().splitlines()[1:] == ["%pca-dev-admins ALL=(ALL:ALL) ALL"]
+
+
+# -- DirectoryAdmin: what becomes a member of the stack's groups -------------------------------------------------
+
+def handle(d: MemDirectory, ev: dict) -> dict:
+    return da.handle_resource(ev, settings=SETTINGS, directory=d, ssm=None)
+
+
+def hpc(name: str) -> str:
+    return f"CN={name},CN=Users,DC=test,DC=domain"
+
+
+@pytest.mark.parametrize("name", ["*", "hpc-users)(objectClass=*", "a\\2a", "x=y", "a,b", "\x00", "a\nb"])
+def test_refused_an_allowed_group_name_with_filter_specials_is_a_bad_event(name):
+    """A configured group name reaches the function's LDAP search: * \\ = , NUL and control characters are refused
+    (sAMAccountName's own rules); it never widens the search to another group."""
+    d = site()
+    with pytest.raises(da.DirectoryError, match="bad resource event"):
+        handle(d, event([name], []))
+    assert not d.writes
+
+
+def test_refused_parentheses_in_a_group_name_are_escaped_not_a_match_for_another_group():
+    """'(' and ')' are legal in sAMAccountName: escaped (RFC 4515 \\28 \\29), the name matches only itself."""
+    d = site()
+    seen: list[str] = []
+    search = d.search
+
+    def spy(base, flt, attrs=(), **kw):
+        seen.append(flt)
+        return search(base, flt, attrs, **kw) if "\\28" not in flt else []
+
+    d.search = spy
+    out = handle(d, event(["hpc(users)"], []))
+    assert out["users"]["missing"] == ["hpc(users)"] and members(d, USERS) == []
+    assert "(&(objectClass=group)(sAMAccountName=hpc\\28users\\29))" in seen, seen
+
+
+def test_refused_missing_groups_make_an_empty_users_group_never_an_open_one(caplog):
+    """Every configured group missing (a typo, a group deleted by the site): the users group is empty, so the
+    nodes' in-chain clause matches nobody (closed), and nothing like Domain Users is put in instead."""
+    d = site()
+    out = handle(d, event(["no-such-group"], ["nor-this"]))
+    assert out["users"]["missing"] == ["no-such-group"] and out["admins"]["missing"] == ["nor-this"]
+    assert members(d, USERS) == [] and members(d, ADMINS) == []
+
+
+def test_refused_the_stack_groups_never_become_members_of_either_stack_group():
+    """allowedGroups naming the stack's own groups (a loop, or sudo holders as users via a name): left out."""
+    d = site()
+    handle(d, event(["hpc-users"], ["hpc-admins"]))
+    out = handle(d, event([USERS, ADMINS, "hpc-users"], [USERS, ADMINS], action="update"))
+    assert members(d, USERS) == [hpc("hpc-users")] and members(d, ADMINS) == [], out
+
+
+# -- findings ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="attack finding 1: with DirectoryAdmin but allowedGroups empty, join-domain.sh "
+                   "renders the filter WITHOUT the stack users group's membership clause; a node booted then admits "
+                   "every domain user until re-run, so setting allowedGroups later (the usual way a site closes a "
+                   "cluster) never reaches running head/login/compute nodes (README: 'the one access change a "
+                   "running node does not follow'); issue 18 asks that nodes never need a new config")
+def test_finding_1_nodes_booted_with_empty_allowed_groups_still_follow_the_stack_users_group(box):  # noqa: F811
+    result = join(box, "--stack-users-group", USERS_DN, "--stack-admins-group", "pca-dev-admins")
+    assert result.rc == 0, result.output
+    flt = rendered_filter(box)
+    # Any clause on the stack's users group: then DirectoryAdmin could express "every user" as directory data
+    # (e.g. the filter ORs the in-chain clause with an attribute DirectoryAdmin sets on the group), and a later
+    # allowedGroups would close the node without a re-run.
+    assert USERS_DN.lower() in flt.lower(), flt
