@@ -98,3 +98,101 @@ def test_the_stack_groups_hold_exactly_the_configured_groups(env, groups):  # no
     """After the attacks: the users group holds physics18 only, the admins group ops18 only."""
     assert [m.split(",")[0] for m in members(env, USERS_DN)] == ["cn=physics18"]
     assert [m.split(",")[0] for m in members(env, ADMINS_DN)] == ["cn=ops18"]
+
+
+# -- a node with DirectoryAdmin but allowedGroups empty ("every domain user, but no disabled or locked-out one") -----
+
+LOK, LOK_PW = "lok18", "L0k18-Pw-2026!x"
+
+
+@pytest.fixture(scope="module")
+def open_node(env, groups):  # noqa: F811
+    """One node joined as the stack bakes it with DirectoryAdmin and no allowedGroups: the filter without the
+    membership clause. sssd's ad access provider asks the Global Catalog first (ad_gc_conn_list) and takes its
+    'allowed' as final; lockoutTime is not in the GC's partial attribute set (MS-ADSC; Samba's ad-schema)."""
+    from .lab import SSH_OPTS  # noqa: F401
+    from .test_directory_admin import COMPUTERS_DN
+    from .test_join_chain import PLANT_KEY
+
+    lab = env.lab  # noqa: F811
+    lab.populate({"users": [{"name": LOK, "password": LOK_PW}]})
+    (node,) = lab.add_nodes([{}])
+    res = node.start_bootstrap(args=[
+        "--function-url", lab.function_url, "--region", lab.cfg.region, "--timeout", "240",
+        "--computer-ou", COMPUTERS_DN, "--computer-prefix", env.prefix,
+        "--stack-users-group", USERS_DN, "--stack-admins-group", NAMES["admins"]]).wait()
+    assert res.rc == 0, res
+    lab.client.run(["rm", "-f", "/root/.ssh/plant", "/root/.ssh/plant.pub"], check=False)
+    lab.client.run(["mkdir", "-p", "/root/.ssh"])
+    lab.client.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", "/root/.ssh/plant"])
+    pub = lab.client.read("/root/.ssh/plant.pub").strip()
+    planted = node.run(["/bin/bash", "-c", PLANT_KEY, "plant", LOK, pub], check=False).stdout.strip()
+    assert planted == f"planted {LOK}", planted
+    return node
+
+
+GC_READ = r"""
+import json, sys
+from ldap3 import SIMPLE, Connection, Server
+q = json.load(sys.stdin)
+conn = Connection(Server(q["server"], port=q["port"], connect_timeout=5), user=q["user"], password=q["password"],
+                  authentication=SIMPLE, raise_exceptions=False)
+conn.bind()
+conn.search(q["base"], "(sAMAccountName=%s)" % q["sam"], attributes=["lockoutTime", "userAccountControl"])
+print(json.dumps({k: [str(x) for x in v] if isinstance(v, list) else str(v)
+                  for e in conn.response if e.get("type") == "searchResEntry" for k, v in e["attributes"].items()}))
+"""
+
+
+def gc_read(lab, port: int, sam: str) -> dict:  # noqa: F811
+    import json
+    import subprocess
+
+    from .lab import HERE, lab_python
+    probe = subprocess.run(["ip", "netns", "exec", lab.sw_ns, lab_python(), "-c", GC_READ], input=json.dumps(
+        {"server": lab.dc_ip, "port": port, "user": f"Administrator@{lab.cfg.domain}", "password": lab.admin_password,
+         "base": BASE, "sam": sam}), capture_output=True, text=True, timeout=60, cwd=str(HERE))
+    return json.loads(probe.stdout) if probe.returncode == 0 and probe.stdout else {"error": probe.stderr[-500:]}
+
+
+def by_key(env, node, user):  # noqa: F811
+    from .test_join_chain import KEY_OPTS
+    return env.lab.client.run(["ssh", *KEY_OPTS, f"{user}@{node.ip}", "id -un"], check=False, timeout=90)
+
+
+def by_su(node, user):
+    return node.run(["su", "-", user, "-c", "id -un"], check=False, timeout=90)
+
+
+def test_probe_lockouttime_on_ldap_and_on_the_global_catalog(env, open_node):  # noqa: F811
+    """Lock lok18 out (bad passwords under a lockout policy) and read lockoutTime on LDAP (389) and on the GC
+    (3268), where the node's sssd asks first: printed (finding 2's evidence: Samba's GC has it, a Windows GC not)."""
+    lab = env.lab  # noqa: F811
+    node = open_node
+    assert by_key(env, node, LOK).returncode == 0  # allowed before (every domain user)
+    res = lab.dc.run(["samba-tool", "domain", "passwordsettings", "set", "--account-lockout-threshold=3",
+                      "--account-lockout-duration=30", "--reset-account-lockout-after=30"], check=False)
+    assert res.returncode == 0, res.stderr
+    for _ in range(4):
+        node.run(["kinit", LOK], input="wrong-password\n", check=False)
+    (hit,) = dc_search(lab, BASE, f"(sAMAccountName={LOK})", ["lockoutTime"])
+    assert int(hit.get("lockoutTime", ["0"])[0]) > 0, hit
+    gc = {port: gc_read(lab, port, LOK) for port in (389, 3268)}
+    print(f"lockoutTime of {LOK} on LDAP / GC: {gc}")
+    assert gc[389].get("lockoutTime"), gc
+
+
+def test_refused_on_samba_a_locked_out_account_by_key_and_su_in_every_user_mode(env, open_node):  # noqa: F811
+    """Refused in the lab: Samba's GC (3268) returns lockoutTime (printed by the probe above: it does not trim to the
+    partial attribute set), so sssd's GC-first check sees it. A Windows DC's GC (AWS Managed AD) does not hold
+    lockoutTime: there the GC answers 'allowed' and sssd does not ask LDAP again -- finding 2, shown on the unit side
+    (tests/test_attack_issue18.py::test_finding_2_...)."""
+    node = open_node
+    (hit,) = dc_search(env.lab, BASE, f"(sAMAccountName={LOK})", ["lockoutTime"])
+    assert int(hit.get("lockoutTime", ["0"])[0]) > 0, hit  # locked by the probe above
+    try:
+        key, su = by_key(env, node, LOK), by_su(node, LOK)
+        print(f"locked-out {LOK}: key rc={key.returncode} su rc={su.returncode}")
+        assert key.returncode != 0 and su.returncode != 0, (key.stdout, su.stdout)
+    finally:
+        env.lab.dc.run(["samba-tool", "user", "unlock", LOK], check=False)
