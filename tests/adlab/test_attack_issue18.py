@@ -243,25 +243,46 @@ def test_finding_3_sudo_is_revoked_in_a_session_opened_before(env, stack_node): 
 
     from .test_join_chain import KEY_OPTS
     node = stack_node
-    # One ssh session: sleeps, then sudo with the password; adminGroups is emptied while it sleeps.
+    # One ssh session: sleeps beyond the README's 30 s bound, then sudo with the password; adminGroups is emptied
+    # while it sleeps (4 s in).
     proc = env.lab.client.popen(["ssh", *KEY_OPTS, f"{ADM}@{node.ip}",
-                                 f"id -Gn; sleep 12; printf '%s\\n' '{ADM_PW}' | sudo -S -k -p '' id -u"],
+                                 f"id -Gn; sleep 40; printf '%s\\n' '{ADM_PW}' | sudo -S -k -p '' id -u"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     time.sleep(4)
     try:
         out = access(env, ["physics18"], [])
         assert out["admins"]["removed"], out
         stdout, stderr = proc.communicate(timeout=90)
-        fresh = env.lab.client.run(["ssh", *KEY_OPTS, f"{ADM}@{node.ip}",
-                                    f"id -Gn; printf '%s\\n' '{ADM_PW}' | sudo -S -k -p '' id -u"],
-                                   check=False, timeout=90)
-        print(f"a session opened after the removal: {fresh.stdout.strip().splitlines()}")
     finally:
         access(env, ["physics18"], ["ops18"])
     lines = stdout.decode().strip().splitlines()
     print(f"old session of {ADM}: {lines} {stderr.decode()[-300:]!r}")
     assert NAMES["admins"] in lines[0], lines  # she was an admin when the session opened
     assert lines[-1:] != ["0"], lines  # sudo after the removal: refused
+
+
+@pytest.mark.xfail(strict=True, reason="attack finding 4: a NEW ssh-key login 35 s after adminGroups dropped her still "
+                   "has pca-<stack>-admins and sudo (with her password): a key login does not make sssd refresh the "
+                   "user's groups (a password login does: README's 10.1 s measurement), so the cached group list "
+                   "(entry_cache_timeout, 5400 s by default) decides; README states sudo is withdrawn at the next "
+                   "login within 30 s")
+def test_finding_4_sudo_is_withdrawn_at_a_new_key_login_within_the_stated_bound(env, stack_node):  # noqa: F811
+    import time
+
+    from .test_join_chain import KEY_OPTS
+    node = stack_node
+    cmd = f"id -Gn; printf '%s\\n' '{ADM_PW}' | sudo -S -k -p '' id -u"
+    before = env.lab.client.run(["ssh", *KEY_OPTS, f"{ADM}@{node.ip}", cmd], check=False, timeout=90)
+    assert before.stdout.strip().splitlines()[-1:] == ["0"], before.stdout  # an admin now
+    try:
+        assert access(env, ["physics18"], [])["admins"]["removed"]
+        time.sleep(35)
+        after = env.lab.client.run(["ssh", *KEY_OPTS, f"{ADM}@{node.ip}", cmd], check=False, timeout=90)
+    finally:
+        access(env, ["physics18"], ["ops18"])
+    lines = after.stdout.strip().splitlines()
+    print(f"a key login of {ADM} 35 s after the removal: {lines}")
+    assert lines[-1:] != ["0"], lines
 
 
 def test_refused_the_stack_users_group_deleted_means_nobody_logs_in(env, stack_node):  # noqa: F811
