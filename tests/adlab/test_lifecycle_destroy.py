@@ -20,7 +20,7 @@ import secrets
 
 import pytest
 
-from lambda_src.directory_admin import computer_prefix
+from lambda_src.directory_admin import access_group_names, computer_prefix
 from tools.lifecycle_judge import T_INVOCATION, Plan, code_runs
 
 from .conftest import running_lab
@@ -168,7 +168,8 @@ def test_a_new_directory_gets_everything_again_from_the_updates(lab, svc, run_st
     payload = {n: json.loads(plan.by_name[n].inputs["input"]) for n in plan.by_name
                if plan.by_name[n].type == T_INVOCATION}
     order = [n for wave in plan.create_order() for n in wave if n in payload]
-    assert order == ["directory-admin-setup", "directory-admin-group-hpc", "directory-admin-user-carol"]
+    assert order == ["directory-admin-setup", "directory-admin-access", "directory-admin-group-hpc",
+                     "directory-admin-user-carol"]
     for name in order:
         svc.ok("handle", event={**payload[name], "tf": {"action": "create", "prev_input": {}}})
     # The directory before had all of it; the new one has none (the same DC, emptied of the stack's OU).
@@ -185,6 +186,8 @@ def test_a_new_directory_gets_everything_again_from_the_updates(lab, svc, run_st
     carol = dc_search(lab, STACK_DN, "(sAMAccountName=carol)", ["memberOf"])
     assert carol and carol[0]["memberOf"] == [f"CN=hpc,OU=Users,{STACK_DN}"]
     assert dc_search(lab, STACK_DN, f"(sAMAccountName={JOIN_USER})")
+    for group in access_group_names(STACK).values():  # the stack's access groups (issue 18) again too
+        assert dc_search(lab, STACK_DN, f"(sAMAccountName={group})"), group
     # Idempotent: the same updates again make nothing new.
     again = {n: svc.ok("handle", event={**payload[n], "tf": {"action": "update", "prev_input": payload[n]}})
              for n in order}
