@@ -94,7 +94,8 @@ def test_a_replacement_leaves_the_new_invocations_objects_and_destroy_removes_th
     plan = Plan(run_stack(_stack, secrets={"pcluster-ad:adminPassword": "Adm1n-Secret-Passw0rd!"}).to_plan())
     old = {n: json.loads(r.inputs["input"]) for n, r in plan.by_name.items() if r.type == T_INVOCATION}
     order = [n for wave in plan.create_order() for n in wave if n in old]
-    assert order == ["directory-admin-setup", "directory-admin-group-hpc", "directory-admin-user-carol"]
+    assert order == ["directory-admin-setup", "directory-admin-access", "directory-admin-group-hpc",
+                     "directory-admin-user-carol"]
     function = plan.by_name["directory-admin-setup"].inputs["functionName"]
     assert all(old[n][OWNER_KEY] == invocation_owner(n, function) for n in order)
     new = {n: {**p, OWNER_KEY: invocation_owner(n, NEW_FUNCTION)} for n, p in old.items()}
@@ -104,7 +105,8 @@ def test_a_replacement_leaves_the_new_invocations_objects_and_destroy_removes_th
     (iid,) = svc.ok("instances", count=1)["ids"]  # the cluster is running: a node in the OU
     dc_add_computer(lab, svc.ok("name", instance_id=iid)["name"], COMPUTERS_DN)
     before = objects(lab)
-    assert len(before) == 7, before  # OU, Computers, Users, the adding account, the node, hpc, carol
+    # OU, Computers, Users, the adding account, the node, the two access groups (issue 18), hpc, carol
+    assert len(before) == 9, before
     assert before[STACK_DN][1] == owner_value(old["directory-admin-setup"][OWNER_KEY], svc.deployment)
 
     # The replacement: the new creates, then the old deletes at the end with their old inputs.
@@ -112,7 +114,9 @@ def test_a_replacement_leaves_the_new_invocations_objects_and_destroy_removes_th
         svc.ok("handle", event={**new[n], "tf": {"action": "create", "prev_input": {}}})
     for n in reversed(order):
         out = svc.ok("handle", event={**old[n], "tf": {"action": "delete", "prev_input": old[n]}})["result"]
-        assert out["result"] == "superseded" and out["deleted"] is False, out
+        # The access Invocation answers per group (its two stack groups), the others for their one object.
+        for answer in ([out["users"], out["admins"]] if n == "directory-admin-access" else [out]):
+            assert answer["result"] == "superseded" and answer["deleted"] is False, out
     after = objects(lab)
     assert {dn: guid for dn, (guid, _o) in after.items()} == {dn: guid for dn, (guid, _o) in before.items()}
     assert after[STACK_DN][1] == owner_value(new["directory-admin-setup"][OWNER_KEY], svc.deployment)
