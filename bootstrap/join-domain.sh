@@ -110,6 +110,10 @@ STACK_ADMINS_GROUP_SET=""
 BAKED_VPC_CIDR=""
 VPC_CIDR=""
 VPC_CIDR_SET=""
+# How UIDs/GIDs are found (issue 18), baked by the stack (pcluster-ad:identity.mode; --id-mode overrides it):
+# idmap (from the SID, sssd's ID mapping) or rfc2307 (the directory's uidNumber/gidNumber, allocated once per name).
+BAKED_ID_MODE=""
+ID_MODE=""
 ALLOWED_GROUPS=""
 ADMIN_GROUPS=""
 ALLOWED_GROUPS_SET=""
@@ -130,7 +134,7 @@ usage() {
 usage: join-domain.sh [--function-url URL] --region REGION [--timeout SECONDS] [--restrict-imds]
                       [--computer-ou DN] [--computer-prefix PREFIX] [--allowed-groups LIST]
                       [--admin-groups LIST] [--vpc-cidr CIDR] [--stack-users-group DN]
-                      [--stack-admins-group NAME]
+                      [--stack-admins-group NAME] [--id-mode idmap|rfc2307]
 
   --function-url URL   the join function URL (https://...; plain http only to a loopback address);
                        default: the URL the stack baked into this copy
@@ -143,6 +147,8 @@ usage: join-domain.sh [--function-url URL] --region REGION [--timeout SECONDS] [
                        members may log in (the directory decides at each login); default: baked; empty: the
                        allowed groups themselves (sssd's simple provider)
   --stack-admins-group NAME  the stack's admins group: its members get sudo instead of the admin groups'
+  --id-mode MODE       how UIDs/GIDs are found: idmap (derived from each SID by sssd) or rfc2307 (the
+                       directory's uidNumber/gidNumber; a switch drops sssd's cache); default: baked, else idmap
   --vpc-cidr CIDR      the VPC's IPv4 CIDR block (e.g. 10.0.0.0/16): the ssh key made for an AD user opens
                        the account only from there; default: the CIDR baked into this copy; empty: anywhere
   --restrict-imds      after the join, allow the instance metadata service (IMDS) to root only, now
@@ -177,13 +183,13 @@ parse_args() {
                 ;;
             --function-url=* | --region=* | --timeout=* | --computer-ou=* | --computer-prefix=* \
                 | --allowed-groups=* | --admin-groups=* | --vpc-cidr=* | --stack-users-group=* \
-                | --stack-admins-group=*)
+                | --stack-admins-group=* | --id-mode=*)
                 value=${opt#*=}
                 opt=${opt%%=*}
                 shift
                 ;;
             --function-url | --region | --timeout | --computer-ou | --computer-prefix | --allowed-groups \
-                | --admin-groups | --vpc-cidr | --stack-users-group | --stack-admins-group)
+                | --admin-groups | --vpc-cidr | --stack-users-group | --stack-admins-group | --id-mode)
                 if (($# < 2)) || [[ $2 == --* ]]; then
                     usage_error "argument $opt requires a value"
                 fi
@@ -203,6 +209,7 @@ parse_args() {
             --vpc-cidr) VPC_CIDR=$value VPC_CIDR_SET=1 ;;
             --stack-users-group) STACK_USERS_GROUP=$value STACK_USERS_GROUP_SET=1 ;;
             --stack-admins-group) STACK_ADMINS_GROUP=$value STACK_ADMINS_GROUP_SET=1 ;;
+            --id-mode) ID_MODE=$value ;;
             --computer-ou) COMPUTER_OU=$value ;;
             --computer-prefix) COMPUTER_PREFIX=$value ;;
         esac
@@ -214,6 +221,10 @@ parse_args() {
     [[ -n $VPC_CIDR_SET ]] || VPC_CIDR=$BAKED_VPC_CIDR
     [[ -n $STACK_USERS_GROUP_SET ]] || STACK_USERS_GROUP=$BAKED_STACK_USERS_GROUP
     [[ -n $STACK_ADMINS_GROUP_SET ]] || STACK_ADMINS_GROUP=$BAKED_STACK_ADMINS_GROUP
+    [[ -n $ID_MODE ]] || ID_MODE=${BAKED_ID_MODE:-idmap}
+    if [[ $ID_MODE != idmap && $ID_MODE != rfc2307 ]]; then
+        usage_error "argument --id-mode must be idmap or rfc2307: '$ID_MODE'"
+    fi
     if [[ -n $STACK_USERS_GROUP && ! $STACK_USERS_GROUP =~ ^CN=[A-Za-z0-9\ _.-]+(,(OU|CN)=[A-Za-z0-9\ _.-]+)*(,DC=[A-Za-z0-9-]+)+$ ]]; then
         usage_error "argument --stack-users-group must be a DN (CN=...,OU=...,DC=...; letters, digits, space, '_.-' in its values): '$STACK_USERS_GROUP'"
     fi
@@ -537,13 +548,22 @@ def write_atomic(path, text, like):
 SECTION_RE = re.compile(r"^\s*\[\s*([^\]]*?)\s*\]\s*$")
 KEY_RE = re.compile(r"^\s*([A-Za-z0-9_]+)\s*=")
 
-def sssd_conf(path, domain):
-    # Set keys in [domain/<domain>] of sssd.conf, keeping everything else. Idempotent.
+# How a user's UID/GID are found (--id-mode; issue 18): "idmap" derives them from the SID (sssd's ID mapping:
+# a new directory or a re-created account gives new numbers); "rfc2307" reads uidNumber/gidNumber, which
+# DirectoryAdmin allocates once per name (users and groups without them are not seen), with a private group
+# per user (gidNumber = uidNumber, no group object: auto_private_groups = hybrid).
+ID_MODES = {"idmap": {"ldap_id_mapping": "True"},
+            "rfc2307": {"ldap_id_mapping": "False", "auto_private_groups": "hybrid"}}
+
+def sssd_conf(path, domain, id_mode="idmap"):
+    # Set keys in [domain/<domain>] of sssd.conf, keeping everything else. Idempotent. True when the ID mode
+    # changed (sssd's cached users then carry the other mode's numbers).
     settings = {"use_fully_qualified_names": "False", "fallback_homedir": "/home/%u",
                 # Measured in tests/adlab (bench/RESULTS.md): a user in 200 groups logs in in ~2 s
                 # instead of ~4 s cold; group member lists are no longer fetched (id, logins and
                 # group-based access are unaffected). Referrals only slow AD lookups down.
-                "ignore_group_members": "True", "ldap_referrals": "False"}
+                "ignore_group_members": "True", "ldap_referrals": "False", **ID_MODES[id_mode]}
+    dropped = {"auto_private_groups"} if id_mode == "idmap" else set()  # a switch back: sssd's default again
     try:
         lines = open(path).read().splitlines()
     except OSError as e:
@@ -565,9 +585,14 @@ def sssd_conf(path, domain):
     name, start, end = target[0]
     body = lines[start + 1 : end]
     seen, out = set(), []
+    before = {}
     for line in body:
         m = KEY_RE.match(line)
         key = m.group(1).lower() if m else None
+        if key == "ldap_id_mapping":
+            before[key] = line.split("=", 1)[1].strip().lower()
+        if key in dropped:
+            continue
         if key in settings:
             if key in seen:
                 continue
@@ -582,11 +607,14 @@ def sssd_conf(path, domain):
             at -= 1
         out[at:at] = [f"{k} = {settings[k]}" for k in missing]
     new = lines[: start + 1] + out + lines[end:]
+    # sssd's own default is ID mapping on for the ad provider: absent counts as "true".
+    changed = before.get("ldap_id_mapping", "true") != settings["ldap_id_mapping"].lower()
     if new == lines:
         print(f"{path}: [{name}] already has " + ", ".join(f"{k} = {v}" for k, v in settings.items()))
-        return
+        return changed
     write_atomic(path, "\n".join(new) + "\n", path)
     print(f"{path}: set in [{name}]: " + ", ".join(f"{k} = {v}" for k, v in settings.items()))
+    return changed
 
 def sssd_domain(path, domain, realm):
     # The sssd configuration of a join (what realmd writes after its adcli join: this script runs adcli itself,
@@ -665,9 +693,28 @@ def krb5_default_realm(path, realm):
         os.chmod(path, 0o644)
     print(f"{path}: default_realm = {realm}")
 
-def node_config(conf, domain, realm, krb5):
+def drop_sssd_cache(db, mc):
+    # sssd's cache and its fast (memory-mapped) cache hold every user's and group's numbers: after a switch of
+    # the ID mode they are wrong, and sss_cache only marks entries expired (a cached UID is still served while
+    # the DC is unreachable). sssd is restarted right after this, from an empty cache.
+    import glob
+    gone = []
+    for pattern in (os.path.join(db, "cache_*.ldb"), os.path.join(db, "timestamps_*.ldb"), os.path.join(mc, "*")):
+        for f in glob.glob(pattern):
+            try:
+                os.unlink(f)
+                gone.append(os.path.basename(f))
+            except FileNotFoundError:
+                pass
+    print("sssd: ID mode changed: cache dropped (" + (", ".join(sorted(gone)) or "it was empty") + ")")
+
+def node_config(conf, domain, realm, krb5, id_mode="idmap", db="/var/lib/sss/db", mc="/var/lib/sss/mc"):
+    if id_mode not in ID_MODES:
+        fail(f"unknown ID mode {id_mode!r} (one of: {', '.join(ID_MODES)})")
+    existed = os.path.exists(conf)
     sssd_domain(conf, domain, realm)
-    sssd_conf(conf, domain)
+    if sssd_conf(conf, domain, id_mode) and existed:
+        drop_sssd_cache(db, mc)
     krb5_default_realm(krb5, realm)
 
 def daemon_opts(path):
@@ -1090,8 +1137,8 @@ configure_sssd() {
     local conf="$ROOT/etc/sssd/sssd.conf"
     # One Python start: the sssd configuration of the join (what realmd would write: this script runs adcli
     # itself), our settings in it, and krb5.conf's default_realm (also on a node joined by an older version).
-    pyhelper node-config "$conf" "$AD_DOMAIN" "$AD_REALM" "$ROOT/etc/krb5.conf" \
-        || die 9 "could not write $conf or $ROOT/etc/krb5.conf"
+    pyhelper node-config "$conf" "$AD_DOMAIN" "$AD_REALM" "$ROOT/etc/krb5.conf" "$ID_MODE" "$ROOT$SSSD_DB" \
+        "$ROOT/var/lib/sss/mc" || die 9 "could not write $conf or $ROOT/etc/krb5.conf"
     enable_mkhomedir
     # realmd enabled sssd when it ran the join; adcli does not: sssd must start at every boot.
     timeout -k 10 60 systemctl enable sssd || log "WARNING: systemctl enable sssd failed"
@@ -1347,7 +1394,12 @@ configure_login_access() {
     # the domain's GPO logon rights by default, and a directory's GPOs (Simple AD's defaults) are not the site's.
     # ACCOUNTDISABLE is in the filter too: the DC's word at each login, whatever sssd has cached of the entry.
     local state="(!(userAccountControl:1.2.840.113556.1.4.803:=2))(!(lockoutTime>=1))"
-    local gpo="ad_gpo_access_control = disabled" section
+    # ad_enable_gc = False: sssd would send the access filter to the Global Catalog first and take its "allowed" as
+    # final, and a Windows GC does not hold lockoutTime (not in the partial attribute set): a locked-out account
+    # would pass there (attack finding 2 of issue 18). The domain's own LDAP holds every attribute. The directories
+    # the product serves are single-domain forests, so the GC adds nothing else.
+    local gpo="ad_gpo_access_control = disabled
+ad_enable_gc = False" section
     section=$(access_section)
     # DOM:<domain>: before the filter: sssd reads a colon as the start of that keyword, so a filter with the
     # extensible matches (memberOf:<in-chain OID>:=, userAccountControl:<bit-and OID>:=) must carry it (sssd-ad(5),
@@ -1740,7 +1792,7 @@ main() {
     parse_args "$@"
     start_logging
     trap on_exit EXIT
-    log "starting: function URL $FUNCTION_URL, region $REGION, timeout ${TIMEOUT}s, IMDS $IMDS_ENDPOINT${RESTRICT_IMDS:+, then IMDS for root only}"
+    log "starting: function URL $FUNCTION_URL, region $REGION, timeout ${TIMEOUT}s, IMDS $IMDS_ENDPOINT${RESTRICT_IMDS:+, then IMDS for root only}, IDs: $ID_MODE"
     detect_os
     install_packages
     check_curl

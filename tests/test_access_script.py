@@ -74,7 +74,7 @@ def every_user(*service: str) -> list[str]:
     return ["[domain/test.domain]", "access_provider = ad",
             "ad_access_filter = DOM:test.domain:(&(!(objectClass=computer))" + STATE_FILTER
             + "".join(f"(!(sAMAccountName={n}))" for n in service)
-            + ")", "ad_gpo_access_control = disabled"]
+            + ")", "ad_gpo_access_control = disabled", "ad_enable_gc = False"]
 
 
 def only_groups(groups: str, *service: str) -> list[str]:
@@ -478,7 +478,7 @@ def stack_groups_filter(*service: str) -> list[str]:
             "ad_access_filter = DOM:test.domain:"
             f"(&(memberOf:1.2.840.113556.1.4.1941:={USERS_DN})(!(objectClass=computer))"
             + STATE_FILTER + "".join(f"(!(sAMAccountName={n}))" for n in service) + ")",
-            "ad_gpo_access_control = disabled"]
+            "ad_gpo_access_control = disabled", "ad_enable_gc = False"]
 
 
 def test_stack_groups_make_the_node_config_independent_of_the_lists(box, tmp_path):

@@ -208,14 +208,11 @@ def gc_attributes() -> set[str] | None:
     return out
 
 
-@pytest.mark.xfail(strict=True, reason="attack finding 2: allowedGroups empty (every-user mode): sssd's ad access "
-                   "check asks the Global Catalog first (ad_gc_conn_list; ad_enable_gc defaults to true) and takes its "
-                   "'allowed' as final; lockoutTime is not in the GC's partial attribute set, so on a Windows DC "
-                   "(AWS Managed AD) (!(lockoutTime>=1)) is true there and a locked-out account passes the access "
-                   "phase by ssh key and su (the README says refused). Samba's GC keeps lockoutTime: the lab cannot "
-                   "show it. Fix: ad_enable_gc = False in the access snippet, or a membership clause that the GC "
-                   "cannot satisfy")
 def test_finding_2_every_user_filter_holds_on_a_windows_global_catalog(box):  # noqa: F811
+    """Attack finding 2 (fixed): sssd's ad access check asks the Global Catalog first (ad_enable_gc defaults to true)
+    and takes its "allowed" as final; lockoutTime is not in a Windows GC's partial attribute set, so a locked-out
+    account would pass by key and su on AWS Managed AD (Samba's GC keeps it: the lab cannot show it). The access
+    snippet turns the GC off, or else every attribute of the filter must be on the GC."""
     gc = gc_attributes()
     if gc is None:
         pytest.skip("Samba's ad-schema files are not installed: cannot read the partial attribute set")

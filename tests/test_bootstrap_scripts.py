@@ -283,7 +283,8 @@ def test_join_success_password_only_on_adcli_stdin(sandbox):
     # adcli join and before sssd's restart; none of the helper commands it replaced runs.
     helpers = [c["argv"][2:] for c in box.calls("python3") if c["argv"][:2] == ["-I", "/dev/fd/3"]]
     assert [h for h in helpers if h[:1] == ["node-config"]] == [
-        ["node-config", str(box.sssd_conf()), "test.domain", "TEST.DOMAIN", str(box.root / "etc" / "krb5.conf")]]
+        ["node-config", str(box.sssd_conf()), "test.domain", "TEST.DOMAIN", str(box.root / "etc" / "krb5.conf"),
+         "idmap", str(box.root / "var" / "lib" / "sss" / "db"), str(box.root / "var" / "lib" / "sss" / "mc")]]
     assert not [h for h in helpers if h[:1] in (["sssd-domain"], ["sssd-conf"], ["krb5-default-realm"],
                                                 ["computer-name"])]
     steps = [c for c in box.calls() if (c["name"], c["argv"][:1]) in (("adcli", ["join"]), ("systemctl", ["restart"]))
@@ -300,7 +301,7 @@ def test_join_success_password_only_on_adcli_stdin(sandbox):
         "[domain/test.domain]", "access_provider = ad",
         "ad_access_filter = DOM:test.domain:(&(!(objectClass=computer))"
         f"(!(userAccountControl:1.2.840.113556.1.4.803:=2))(!(lockoutTime>=1))(!(sAMAccountName={SERVICE_ACCOUNT})))",
-        "ad_gpo_access_control = disabled"]
+        "ad_gpo_access_control = disabled", "ad_enable_gc = False"]
     # krb5.conf (none before): [libdefaults] default_realm, as realmd would set it, readable by all.
     krb5 = box.root / "etc" / "krb5.conf"
     assert krb5.read_text() == "[libdefaults]\n    default_realm = TEST.DOMAIN\n"
