@@ -96,6 +96,19 @@ def bake_stack_access_groups(script: str, users_dn: str | None, admins: str | No
     return script
 
 
+BAKED_ID_MODE_LINE = 'BAKED_ID_MODE=""'
+ID_MODES = ("idmap", "rfc2307")
+
+
+def bake_id_mode(script: str, mode: str) -> str:
+    """The script with pcluster-ad:identity.mode baked: how nodes find UIDs/GIDs (issue 18)."""
+    if script.count(BAKED_ID_MODE_LINE + "\n") != 1:
+        raise ValueError(f"the join script must contain the line {BAKED_ID_MODE_LINE!r} exactly once")
+    if mode not in ID_MODES:
+        raise ValueError(f"not an ID mode to bake: {mode!r} (idmap or rfc2307)")
+    return script.replace(BAKED_ID_MODE_LINE + "\n", f"BAKED_ID_MODE={mode}\n", 1)
+
+
 def bake_vpc_cidr(script: str, cidr: str | None) -> str:
     """The script with its marked VPC CIDR line set to `cidr`: an IPv4 network in canonical form (what sshd's
     from="..." takes: no host bits set). None or "" leaves the line as it is (then no from= restriction)."""
@@ -128,6 +141,8 @@ class BootstrapScriptsArgs:
     # The stack's access groups (DirectoryAdmin.access_users_group_dn / access_admins_group); None: no DirectoryAdmin.
     stack_users_group_dn: str | None = None
     stack_admins_group: str | None = None
+    # pcluster-ad:identity.mode, baked into the same script: idmap (UIDs from SIDs) or rfc2307 (uidNumber/gidNumber).
+    id_mode: str = "idmap"
     force_destroy: bool = True  # the scripts are generated from the repo: nothing to lose
     tags: dict[str, str] = field(default_factory=dict)
 
@@ -189,6 +204,7 @@ class BootstrapScripts(pulumi.ComponentResource):
             if args.function_url is not None and file.name == args.function_url_script:
                 text = file.read_text(encoding="utf-8")
                 # Same key, new content when the script or the URL changes.
+                text = bake_id_mode(text, args.id_mode)
                 body = dict(content=pulumi.Output.all(args.function_url, args.vpc_cidr).apply(
                     lambda v, text=text: bake_stack_access_groups(
                         bake_vpc_cidr(bake_access_groups(bake_function_url(text, v[0]), args.allowed_groups,
