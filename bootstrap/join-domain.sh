@@ -551,9 +551,11 @@ KEY_RE = re.compile(r"^\s*([A-Za-z0-9_]+)\s*=")
 # How a user's UID/GID are found (--id-mode; issue 18): "idmap" derives them from the SID (sssd's ID mapping:
 # a new directory or a re-created account gives new numbers); "rfc2307" reads uidNumber/gidNumber, which
 # DirectoryAdmin allocates once per name (users and groups without them are not seen), with a private group
-# per user (gidNumber = uidNumber, no group object: auto_private_groups = hybrid).
+# per user (gidNumber = uidNumber, no group object: auto_private_groups = hybrid). Homes stay /home/<name>: with
+# RFC 2307 sssd takes a user's unixHomeDirectory (a site's, or samba-tool's /home/<DOMAIN>/<name>) before
+# fallback_homedir, which would move a home that ID mapping put at /home/<name> (measured in the lab).
 ID_MODES = {"idmap": {"ldap_id_mapping": "True"},
-            "rfc2307": {"ldap_id_mapping": "False", "auto_private_groups": "hybrid"}}
+            "rfc2307": {"ldap_id_mapping": "False", "auto_private_groups": "hybrid", "override_homedir": "/home/%u"}}
 
 def sssd_conf(path, domain, id_mode="idmap"):
     # Set keys in [domain/<domain>] of sssd.conf, keeping everything else. Idempotent. True when the ID mode
@@ -563,7 +565,8 @@ def sssd_conf(path, domain, id_mode="idmap"):
                 # instead of ~4 s cold; group member lists are no longer fetched (id, logins and
                 # group-based access are unaffected). Referrals only slow AD lookups down.
                 "ignore_group_members": "True", "ldap_referrals": "False", **ID_MODES[id_mode]}
-    dropped = {"auto_private_groups"} if id_mode == "idmap" else set()  # a switch back: sssd's default again
+    # A switch back: the other mode's own keys go (sssd's defaults again).
+    dropped = {k for mode in ID_MODES.values() for k in mode} - set(ID_MODES[id_mode])
     try:
         lines = open(path).read().splitlines()
     except OSError as e:
@@ -1096,11 +1099,21 @@ sssd_running() {
     return 1
 }
 
-readonly VERIFY_GROUP="Domain Users"
+# A group every domain has (AWS Simple AD and Managed AD by this name). Under --id-mode rfc2307 only groups with a
+# gidNumber exist for sssd, and Domain Users has none: the stack's admins group then, which DirectoryAdmin gives one.
+verify_group() {
+    if [[ $ID_MODE == rfc2307 && -n $STACK_ADMINS_GROUP ]]; then
+        printf '%s' "$STACK_ADMINS_GROUP"
+    else
+        printf 'Domain Users'
+    fi
+}
 
 # Bounded retries: right after a restart the domain can be offline for a moment.
 verify_sssd() {
-    local until limit running=0 lookup=0 restarted_at
+    local until limit running=0 lookup=0 restarted_at hint=""
+    local VERIFY_GROUP
+    VERIFY_GROUP=$(verify_group)
     limit=$(remaining)
     ((limit > 120)) && limit=120
     ((limit < 1)) && limit=1
@@ -1111,7 +1124,6 @@ verify_sssd() {
         lookup=0
         if sssd_running; then
             running=1
-            # A group every domain has (AWS Simple AD and Managed AD by this name): the domain answers.
             if getent -s sss group "$VERIFY_GROUP" >/dev/null; then
                 lookup=1
                 break
@@ -1128,7 +1140,8 @@ verify_sssd() {
         die 9 "sssd is not running after the join (realm join exits 0 even when sssd fails to start): see /var/log/sssd/ and 'systemctl status sssd'"
     fi
     if ((lookup == 0)); then
-        die 9 "sssd runs but the group '$VERIFY_GROUP' does not resolve through sssd (getent group) within ${limit}s: see /var/log/sssd/"
+        [[ $ID_MODE == rfc2307 ]] && hint=" (--id-mode rfc2307: a group resolves only with a gidNumber; DirectoryAdmin gives the stack's groups one, pcluster-ad:identity.mode)"
+        die 9 "sssd runs but the group '$VERIFY_GROUP' does not resolve through sssd (getent group) within ${limit}s$hint: see /var/log/sssd/"
     fi
     log "verified: sssd is running and the domain answers ('$VERIFY_GROUP' resolves)"
 }
