@@ -1,0 +1,112 @@
+"""Stable POSIX identities on real nodes (issue 18): join-domain.sh --id-mode rfc2307 against the Samba DC, with sssd
+reading uidNumber/gidNumber; and the migration of a home made under ID mapping (bootstrap/remap-home-owners.py).
+
+Directory: posixa (uidNumber 150001, gidNumber 150001: her private group), plainb (no RFC 2307 attributes),
+pgrp (gidNumber 150100) and npgrp (none), both with posixa; migr (a user who logs in under ID mapping first and
+gets her numbers afterwards, as DirectoryAdmin gives them)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .conftest import JOIN_TIMEOUT, describe
+from .lab import BOOTSTRAP_DIR, SSH_OPTS
+
+pytestmark = pytest.mark.adlab
+
+PW = {"posixa": "Posixa-Pw-2026!x", "plainb": "Plainb-Pw-2026!x", "migr": "Migr-Pw-2026!xy"}
+TOOL = "/usr/local/sbin/remap-home-owners.py"
+# As the stack bakes it: rfc2307 comes with DirectoryAdmin's admins group, which has a gidNumber (the join's check
+# that the domain answers looks that group up: Domain Users has no gidNumber).
+RFC2307 = ["--id-mode", "rfc2307", "--stack-admins-group", "pgrp"]
+
+
+@pytest.fixture(scope="module")
+def ids(lab):
+    lab.populate({"users": [{"name": u, "password": p} for u, p in PW.items()],
+                  "groups": [{"name": "pgrp", "members": ["posixa"]}, {"name": "npgrp", "members": ["posixa"]}]})
+    lab.dc.run(["samba-tool", "user", "addunixattrs", "posixa", "150001", "--gid-number", "150001"])
+    lab.dc.run(["samba-tool", "group", "addunixattrs", "pgrp", "150100"])
+    rfc, idm = lab.add_nodes([{}, {}])
+    for node, extra in ((rfc, RFC2307), (idm, [])):
+        res = node.start_bootstrap(timeout_arg=JOIN_TIMEOUT, args=[*default_args(node), *extra]).wait()
+        assert res.rc == 0, describe(res)
+        assert node.run_action("enable-ssh-password-auth.sh").rc == 0
+        node.write(TOOL, (BOOTSTRAP_DIR / "remap-home-owners.py").read_bytes(), mode="0755")
+    return lab, rfc, idm
+
+
+def default_args(node) -> list[str]:
+    from lambda_src.directory_admin import computer_prefix
+    return ["--function-url", node.lab.function_url, "--region", node.lab.cfg.region, "--timeout", str(JOIN_TIMEOUT),
+            "--computer-prefix", computer_prefix(node.lab.cfg.cluster_name)]
+
+
+def ssh(lab, node, user, cmd):
+    return lab.client.run(["sshpass", "-e", "ssh", *SSH_OPTS, "-o", "PubkeyAuthentication=no", f"{user}@{node.ip}",
+                           cmd], env={"SSHPASS": PW[user]}, check=False, timeout=120)
+
+
+def test_rfc2307_node_takes_the_directory_numbers(ids):
+    lab, rfc, _ = ids
+    conf = rfc.read("/etc/sssd/sssd.conf")
+    assert "ldap_id_mapping = False" in conf and "auto_private_groups = hybrid" in conf, conf
+    out = rfc.run(["id", "posixa"], check=False)
+    assert out.returncode == 0, out.stderr
+    # Her private group (gidNumber = uidNumber, no group object) and the POSIX group; npgrp (no gidNumber) is not
+    # a POSIX group here.
+    assert out.stdout.startswith("uid=150001(posixa) gid=150001(posixa)"), out.stdout
+    assert "150100(pgrp)" in out.stdout and "npgrp" not in out.stdout, out.stdout
+    # A user without RFC 2307 attributes does not exist for the node (sssd skips her): no login.
+    assert rfc.run(["getent", "passwd", "plainb"], check=False).returncode == 2
+    assert ssh(lab, rfc, "plainb", "id -u").returncode != 0
+    # samba-tool gave her unixHomeDirectory /home/TEST/posixa: the cluster's home stays /home/<name>.
+    res = ssh(lab, rfc, "posixa", "id -u; echo $HOME; stat -c %u:%g $HOME")
+    assert res.returncode == 0 and res.stdout.split() == ["150001", "/home/posixa", "150001:150001"], (
+        res.stdout, res.stderr)
+
+
+def test_idmap_home_migrates_to_rfc2307_with_its_files(ids):
+    lab, _, node = ids
+    # Under ID mapping: migr logs in (home made by pam_mkhomedir) and leaves files; one in a shared directory.
+    node.sh("mkdir -p /home/shared && chmod 1777 /home/shared")
+    res = ssh(lab, node, "migr", "id -u; id -g; echo hi > ~/f; mkdir ~/d; echo x > ~/d/g; ln -s /etc/hostname ~/l;"
+                                 " echo s > /home/shared/by-migr")
+    assert res.returncode == 0, res.stderr
+    old_uid, old_gid = map(int, res.stdout.split()[:2])
+    assert old_uid >= 200000, old_uid  # sssd's ID mapping range
+    record = node.run(["python3", TOOL, "record", "--root", "/home"])
+    saved = json.loads(record.stdout)
+    assert saved["users"][str(old_uid)] == {"name": "migr", "gid": old_gid}, saved
+    node.write("/root/owners.json", record.stdout, mode="0600")
+    # DirectoryAdmin gives her numbers; the node switches (a re-run of the join script: no request, cache dropped).
+    lab.dc.run(["samba-tool", "user", "addunixattrs", "migr", "150002", "--gid-number", "150002"])
+    rerun = node.start_bootstrap(timeout_arg=JOIN_TIMEOUT, args=[*default_args(node), *RFC2307]).wait()
+    assert rerun.rc == 0, describe(rerun)
+    assert "ID mode changed: cache dropped" in rerun.output and "no request to the join function" in rerun.output
+    assert node.run(["id", "-u", "migr"]).stdout.strip() == "150002"
+    # Before the remap her files carry a number that is nobody's now.
+    assert node.run(["stat", "-c", "%u", "/home/migr/f"]).stdout.strip() == str(old_uid)
+    # Everything of hers: the home (with pam_mkhomedir's skeleton files), her files, the link, the shared file.
+    count = node.run(["/bin/sh", "-c", f"find /home -xdev \\( -uid {old_uid} -o -gid {old_gid} \\) | wc -l"])
+    mine = int(count.stdout)
+    assert mine >= 6, count.stdout
+    dry = node.run(["python3", TOOL, "apply", "/root/owners.json", "--dry-run"])
+    assert f"would change the owner of {mine} entries" in dry.stderr, dry.stderr
+    assert node.run(["stat", "-c", "%u", "/home/migr/f"]).stdout.strip() == str(old_uid)
+    applied = node.run(["python3", TOOL, "apply", "/root/owners.json"])
+    assert f"changed the owner of {mine} entries" in applied.stderr, applied.stderr
+    assert node.run(["/bin/sh", "-c", f"find /home -xdev \\( -uid {old_uid} -o -gid {old_gid} \\) | wc -l"]
+                    ).stdout.strip() == "0"
+    owners = node.run(["stat", "-c", "%n %u:%g", "/home/migr", "/home/migr/f", "/home/migr/d", "/home/migr/d/g",
+                       "/home/shared/by-migr"]).stdout.split("\n")
+    assert [line.split()[-1] for line in owners if line] == ["150002:150002"] * 5, owners
+    assert node.run(["stat", "-c", "%u", "--", "/home/migr/l"]).stdout.strip() == "150002"  # the link itself
+    assert node.run(["stat", "-L", "-c", "%u", "/etc/hostname"]).stdout.strip() == "0"  # never its target
+    # She logs in and has her files, and can write.
+    res = ssh(lab, node, "migr", "id -u; cat ~/f ~/d/g /home/shared/by-migr; touch ~/new && echo wrote")
+    assert res.returncode == 0 and res.stdout.split() == ["150002", "hi", "x", "s", "wrote"], (res.stdout, res.stderr)
+    again = node.run(["python3", TOOL, "apply", "/root/owners.json"])
+    assert "changed the owner of 0 entries" in again.stderr, again.stderr
