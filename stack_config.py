@@ -494,6 +494,7 @@ def parse_settings(
         _check_password(problems, _key("adminPassword"), admin_password, directory)
     tags = _parse_tags(problems, raw.get(_key("tags")))
     access = _parse_access(problems, raw.get(_key("access")))
+    _access_warnings(access, users, warnings)
 
     if problems:
         raise ConfigError(problems)
@@ -1077,6 +1078,26 @@ def _parse_access(problems: list[Problem], value: Any) -> AccessSettings:
             seen.setdefault(folded, i)
         lists[name] = groups
     return AccessSettings(allowed_groups=lists["allowedGroups"], admin_groups=lists["adminGroups"])
+
+
+def _access_warnings(access: AccessSettings, users: tuple[UserSettings, ...], warnings: list[str]) -> None:
+    """Who gets sudo or an account but cannot log in, as far as the stack file tells (the directory decides nested
+    membership at each login: a group inside an allowed group counts there, which the plan cannot see)."""
+    if not access.allowed_groups:
+        return  # every domain user may log in
+    allowed = {g.strip().casefold() for g in access.allowed_groups}
+    for i, group in enumerate(access.admin_groups):
+        if group.strip().casefold() not in allowed:
+            warnings.append(
+                f"{_key('access.adminGroups')}[{i}] {group!r} is not in {_key('access.allowedGroups')}: its members"
+                " get sudo only where they may log in, i.e. when they are also (nested) members of an allowed group;"
+                f" add {group!r} to allowedGroups, or make sure its members are in one")
+    for user in users:
+        if not any(g.casefold() in allowed for g in user.groups):
+            warnings.append(
+                f"{_key('users')} {user.name!r} is in none of {_key('access.allowedGroups')} "
+                f"({', '.join(access.allowed_groups)}) through the groups the stack gives it: it cannot log in unless"
+                " the directory makes it a member of one; add one of them to its groups, or declare it there")
 
 
 _TAG_CHARS = re.compile(r"^[\w .:/=+\-@]*$")  # what every AWS service takes in tags
