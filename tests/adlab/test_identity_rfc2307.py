@@ -110,3 +110,56 @@ def test_idmap_home_migrates_to_rfc2307_with_its_files(ids):
     assert res.returncode == 0 and res.stdout.split() == ["150002", "hi", "x", "s", "wrote"], (res.stdout, res.stderr)
     again = node.run(["python3", TOOL, "apply", "/root/owners.json"])
     assert "changed the owner of 0 entries" in again.stderr, again.stderr
+
+
+# -- end to end: DirectoryAdmin's numbers on rfc2307 nodes (needs the identity ledger) --------------------------------
+
+def test_a_redeclared_user_keeps_her_uid_and_files_and_a_second_stack_gives_the_same(ids):
+    """The issue's proof: a declared user removed and declared again keeps her UID/GID and her files; a second
+    stack (another OU and function on the same directory) gives her the same numbers, so the same home stays hers."""
+    from lambda_src.directory_admin import access_group_names
+
+    from .test_identity_ledger import Stack
+
+    lab, _, _ = ids
+    one, two = Stack(lab, "ids-n"), Stack(lab, "ids-m")
+    for st in (one, two):
+        st.handle({"resource": "access", "allowedGroups": [], "adminGroups": [], "identityVersion": 1})
+    first = one.user("olga")
+    uid = first["uidNumber"]
+    nodes = lab.add_nodes([{}, {}])
+    for node, st in zip(nodes, (one, two), strict=True):
+        res = node.start_bootstrap(timeout_arg=JOIN_TIMEOUT, args=[
+            *default_args(node), "--id-mode", "rfc2307",
+            "--stack-admins-group", access_group_names(st.name)["admins"]]).wait()
+        assert res.rc == 0, describe(res)
+
+    def as_olga(node, cmd):  # root's su: PAM's account phase (sssd's access decision) without her password
+        return node.run(["su", "-", "olga", "-c", cmd], check=False, timeout=90)
+
+    head = nodes[0]
+    res = as_olga(head, "id -u; id -g; echo mine > ~/f")
+    assert res.returncode == 0 and res.stdout.split() == [str(uid), str(uid)], (res.stdout, res.stderr)
+    # Removed from the stack: her account goes (the home stays).
+    assert one.user("olga", "delete")["result"] == "deleted"
+    head.run(["sss_cache", "-E"])
+    assert head.run(["id", "olga"], check=False).returncode != 0
+    # Declared again: a new account (new SID; ID mapping would give a new UID), the same numbers, her file.
+    again = one.user("olga")
+    assert (again["uidNumber"], again["gidNumber"]) == (uid, uid), again
+    head.run(["sss_cache", "-E"])
+    res = as_olga(head, "id -u; cat ~/f; stat -c %u:%g ~/f")
+    assert res.returncode == 0 and res.stdout.split() == [str(uid), "mine", f"{uid}:{uid}"], (res.stdout, res.stderr)
+    # The second stack: she leaves the first and is declared there; its node sees the same numbers, and her home
+    # (carried over with its numeric owners, as a shared /home would be) is hers there.
+    one.user("olga", "delete")
+    moved = two.user("olga")
+    assert moved["uidNumber"] == uid, moved
+    other = nodes[1]
+    packed = head.run(["/bin/sh", "-c", "tar -C /home --numeric-owner -cf - olga | base64 -w0"]).stdout
+    other.write("/tmp/olga.b64", packed, mode="0600")
+    other.run(["/bin/sh", "-c", "base64 -d /tmp/olga.b64 | tar -C /home --numeric-owner -xpf -"])
+    res = as_olga(other, "id -u; cat ~/f; echo more >> ~/f && echo wrote")
+    assert res.returncode == 0 and res.stdout.split() == [str(uid), "mine", "wrote"], (res.stdout, res.stderr)
+    for node in nodes:
+        lab.remove_host(node)
