@@ -29,29 +29,63 @@ from typing import Any
 FORMAT = "pcluster-ad home owners v1"
 
 
-def walk(root: str) -> Iterator[tuple[str, os.stat_result]]:
-    """(path, lstat) of root and everything below it on the same file system; symlinks are not followed."""
-    top = os.lstat(root)
-    yield root, top
-    stack = [root]
-    while stack:
-        d = stack.pop()
-        try:
-            entries = list(os.scandir(d))
-        except OSError as exc:
-            print(f"skipped {d}: {exc.strerror}", file=sys.stderr)
-            continue
-        for e in entries:
-            st = e.stat(follow_symlinks=False)
-            yield e.path, st
+Entry = tuple[int, str, str, os.stat_result]  # (directory fd, name in it, path for messages, lstat)
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def walk(root: str) -> Iterator[Entry]:
+    """Every entry below root (root itself first) on root's file system, each relative to an open descriptor of
+    its directory: a user who swaps a directory for a symlink while the walk runs (it walks trees users own) gets
+    ENOTDIR/ELOOP, never a walk or a chown elsewhere (O_NOFOLLOW, *at() calls, no path is resolved twice)."""
+    parent = os.open(os.path.dirname(os.path.abspath(root)) or "/", DIR_FLAGS)
+    name = os.path.basename(os.path.abspath(root)) or "."
+    try:
+        top = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        yield parent, name, root, top
+        if not stat.S_ISDIR(top.st_mode):
+            return
+        fd = os.open(name, DIR_FLAGS, dir_fd=parent)
+    finally:
+        os.close(parent)
+    stack = [(fd, root, iter(os.scandir(fd)))]
+    try:
+        while stack:
+            fd, path, entries = stack[-1]
+            entry = next(entries, None)
+            if entry is None:
+                os.close(fd)
+                stack.pop()
+                continue
+            try:
+                st = os.stat(entry.name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # gone meanwhile
+            child = os.path.join(path, entry.name)
+            yield fd, entry.name, child, st
             if stat.S_ISDIR(st.st_mode) and st.st_dev == top.st_dev:
-                stack.append(e.path)
+                try:
+                    sub = os.open(entry.name, DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:  # replaced by a symlink or a file since the stat: not followed
+                    print(f"skipped {child}: {exc.strerror}", file=sys.stderr)
+                    continue
+                if (os.fstat(sub).st_ino, os.fstat(sub).st_dev) != (st.st_ino, st.st_dev):
+                    os.close(sub)  # another directory than the one just stated (swapped): not this walk's
+                    print(f"skipped {child}: changed during the walk", file=sys.stderr)
+                    continue
+                stack.append((sub, child, iter(os.scandir(sub))))
+    finally:
+        for fd, _, _ in stack:
+            os.close(fd)
+
+
+def chown_at(dir_fd: int, name: str, uid: int, gid: int) -> None:
+    os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
 
 
 def record(root: str, getpwuid: Callable[[int], Any] = pwd.getpwuid,
            getgrgid: Callable[[int], Any] = grp.getgrgid) -> dict[str, Any]:
     uids, gids = set(), set()
-    for _, st in walk(root):
+    for _, _, _, st in walk(root):
         uids.add(st.st_uid)
         gids.add(st.st_gid)
     users, groups, unknown = {}, {}, {"uids": [], "gids": []}
@@ -117,16 +151,16 @@ class Plan:
 
 
 def apply(saved: dict[str, Any], root: str, *, dry_run: bool = False,
-          lchown: Callable[[str, int, int], None] = os.lchown, getpwnam: Callable[[str], Any] = pwd.getpwnam,
+          chown: Callable[[int, str, int, int], None] = chown_at, getpwnam: Callable[[str], Any] = pwd.getpwnam,
           getgrnam: Callable[[str], Any] = grp.getgrnam) -> dict[str, Any]:
     p = Plan(saved, getpwnam, getgrnam)
     changed = 0
-    for path, st in walk(root):
+    for dir_fd, name, _, st in walk(root):
         new = p.owner(st.st_uid, st.st_gid)
         if new != (st.st_uid, st.st_gid):
             changed += 1
             if not dry_run:
-                lchown(path, *new)
+                chown(dir_fd, name, *new)
     return {"changed": changed, "dryRun": dry_run, "uids": {str(k): v for k, v in sorted(p.uids.items())},
             "gids": {str(k): v for k, v in sorted(p.gids.items())}, "notes": p.notes}
 

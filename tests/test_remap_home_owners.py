@@ -142,3 +142,26 @@ def test_cli_refuses_a_foreign_file_and_a_missing_root(tmp_path):
     res = subprocess.run([sys.executable, str(TOOL), "record", "--root", str(tmp_path / "nope")],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "is not a directory" in res.stderr
+
+
+def test_a_directory_swapped_for_a_symlink_during_the_walk_is_not_followed(home, tmp_path):
+    """An attacker owns the tree being walked: right after the tool looked at her directory she replaces it with a
+    symlink to somewhere else (here a directory holding another file of an old UID): the walk must not go there."""
+    old, new = Nss(OLD), Nss(NEW)
+    saved = tool.record(str(home), old.getpwuid, old.getgrgid)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    victim = elsewhere / "not-in-home"
+    victim.write_text("x")
+    os.lchown(victim, *OLD["users"]["bob"])
+
+    def chown_then_swap(dir_fd, name, uid, gid):
+        tool.chown_at(dir_fd, name, uid, gid)
+        if name == "data":  # alice/data was just seen (and chowned) as a directory: now it is a symlink
+            target = home / "alice" / "data"
+            os.rename(target, home / "alice" / "data.moved")
+            target.symlink_to(elsewhere)
+
+    tool.apply(saved, str(home), chown=chown_then_swap, getpwnam=new.getpwnam, getgrnam=new.getgrnam)
+    assert (victim.lstat().st_uid, victim.lstat().st_gid) == OLD["users"]["bob"]
+    assert owners(home)["alice/notes.txt"] == (100001, 100001)  # the rest of the walk went on
