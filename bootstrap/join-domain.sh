@@ -1355,6 +1355,10 @@ restrict_imds() {
 
 readonly ACCESS_CONF=/etc/sssd/conf.d/50-pcluster-ad-access.conf
 readonly SUDOERS_FILE=/etc/sudoers.d/50-pcluster-ad-admins
+# sssd's cached view of a user, kept as fresh as the directory at every login and for sudo in open sessions.
+readonly FRESH_CONF=/etc/sssd/conf.d/50-pcluster-ad-fresh.conf
+readonly SUDO_CONF=/etc/sudo.conf
+readonly SUDO_CONF_MARK="# pcluster-ad: sudo asks NSS (sssd) for the user's groups at each call, not the session's list"
 # Per-user ssh key for MPI: a script that sshd runs AS THE USER through /etc/ssh/sshrc (issue 16: never as root).
 readonly SSH_KEY_HOOK=/usr/local/libexec/pcluster-ad-user-ssh-key
 readonly SSHRC=/etc/ssh/sshrc
@@ -1460,6 +1464,87 @@ simple_deny_users = $SERVICE_ACCOUNTS}
     else
         log "access: only members of these AD groups may log in: $list; computer accounts${SERVICE_ACCOUNTS:+ and $SERVICE_ACCOUNTS} never ($conf)"
     fi
+    configure_fresh_identity
+}
+
+# What a login and sudo see of a user must be the directory's, within a stated time (issue 18, attack findings 3
+# and 4 and the expired account; measured in tests/adlab/test_attack_issue18.py, test_access_directory.py):
+# - pac_lifetime = 0: after any Kerberos login (a password login, a sudo with the AD password) sssd keeps the
+#   ticket's PAC and, while it is valid (300 s by default), refreshes a user's groups FROM IT instead of from LDAP,
+#   and without re-reading the user entry (sssd ad_id.c: check_if_pac_is_available, ad_pac.c): a key login then
+#   kept a removed admin's group and an expired account's old accountExpires. With 0 every refresh reads LDAP.
+# - pam_initgroups_scheme = always: sssd's PAM responder refreshes the user (entry and groups, online) at each PAM
+#   request (pamsrv_cmd.c, pam_check_user_search_next); by default it skips that when the user has any process on
+#   the node (a running job), and a new login there would use the cache as it was.
+# - entry_cache_user_timeout = 30, memcache_size_initgroups = 0 (and sudo's group_source dynamic, below): sudo
+#   in a session opened before asks NSS for the user's groups; sssd answers from its cache while the entry is
+#   younger than 30 s (older: refreshed online), and with no fast-cache copy of group lists (it would be served
+#   by the NSS client itself for memcache_timeout, 300 s, whatever sssd knows).
+configure_fresh_identity() {
+    local conf="$ROOT$FRESH_CONF" dir tmp body
+    body="# pcluster-ad: group memberships and account state as the directory has them, at every login (the next one)
+# and for sudo in sessions opened before (within entry_cache_user_timeout). See join-domain.sh.
+[$(access_section)]
+entry_cache_user_timeout = 30
+
+[pam]
+pam_initgroups_scheme = always
+
+[pac]
+pac_lifetime = 0
+
+[nss]
+memcache_size_initgroups = 0
+"
+    dir=$(dirname -- "$conf")
+    { mkdir -p -- "$dir" && chmod 0711 -- "$dir"; } || die 11 "access: cannot create $dir"
+    tmp=$(mktemp "$dir/.pcluster-ad.XXXXXX") || die 11 "access: cannot write in $dir"
+    if ! printf '%s' "$body" >"$tmp" || ! chmod 0600 -- "$tmp" || ! mv -f -- "$tmp" "$conf"; then
+        rm -f -- "$tmp"
+        die 11 "access: cannot write $conf"
+    fi
+    log "access: sssd refreshes a user from the directory at every login (no PAC shortcut) and her group list after 30 s ($conf)"
+}
+
+# sudo's default group source (adaptive) is the kernel's list of the session, fixed when the user logged in:
+# an admin removed from the admins group kept sudo in every session she had open. "Set group_source dynamic"
+# (sudo.conf(5)) makes sudo ask NSS at each call. sudo uses the LAST such line: ours is appended, everything
+# else in the file stays (an earlier line of ours is replaced). sudo reads the file at each call.
+sudo_group_source_dynamic() {
+    local conf="$ROOT$SUDO_CONF" body="" last="" out="" line skip="" mode=0644 tmp
+    if [[ ! -e $conf ]] && ! command -v sudo >/dev/null; then
+        log "access: sudo is not installed: $SUDO_CONF left alone"
+        return 0
+    fi
+    if [[ -e $conf ]]; then
+        body=$(<"$conf") || die 11 "access: cannot read $conf"
+        mode=$(stat -c %a -- "$conf") || die 11 "access: cannot read $conf"
+        last=$(grep -iE '^[[:space:]]*Set[[:space:]]+group_source[[:space:]]' <<<"$body" | tail -n 1 \
+            | awk '{print tolower($3)}') || true
+    fi
+    if [[ $last == dynamic ]]; then
+        log "access: sudo asks NSS for the user's groups at each call ($conf: group_source dynamic)"
+        return 0
+    fi
+    while IFS= read -r line || [[ -n $line ]]; do
+        if [[ -n $skip ]]; then
+            skip=""
+            [[ $line == "Set group_source dynamic" ]] && continue
+        fi
+        if [[ $line == "$SUDO_CONF_MARK" ]]; then
+            skip=1
+            continue
+        fi
+        out+="$line"$'\n'
+    done <<<"$body"
+    [[ -z $body ]] && out=""
+    out+="$SUDO_CONF_MARK"$'\n'"Set group_source dynamic"$'\n'
+    tmp=$(mktemp "$(dirname -- "$conf")/.pcluster-ad.XXXXXX") || die 11 "access: cannot write next to $conf"
+    if ! printf '%s' "$out" >"$tmp" || ! chmod "$mode" -- "$tmp" || ! mv -f -- "$tmp" "$conf"; then
+        rm -f -- "$tmp"
+        die 11 "access: cannot write $conf"
+    fi
+    log "access: sudo asks NSS for the user's groups at each call: 'Set group_source dynamic' in $conf${last:+ (it had group_source $last)}"
 }
 
 # The ad_access_filter part that excludes the service accounts ("" without any).
@@ -1690,6 +1775,7 @@ install_ssh_key_hook() {
 configure_access() {
     configure_login_access
     configure_admin_access
+    sudo_group_source_dynamic
     install_ssh_key_hook
 }
 

@@ -526,3 +526,68 @@ def test_baking_the_stack_groups_checks_them():
     for users, admins in (("CN=a;b,DC=x", "pca-dev-admins"), (USERS_DN, "a'b"), (USERS_DN, None)):
         with pytest.raises(ValueError, match="not a stack"):
             bake_stack_access_groups(text, users, admins)
+
+
+# -- issue 18: sssd's cached view as fresh as the directory, sudo's groups from NSS (attack findings 3, 4; expiry) --
+
+FRESH = "etc/sssd/conf.d/50-pcluster-ad-fresh.conf"
+SUDO_CONF = "etc/sudo.conf"
+FRESH_LINES = ["[domain/test.domain]", "entry_cache_user_timeout = 30", "", "[pam]", "pam_initgroups_scheme = always",
+               "", "[pac]", "pac_lifetime = 0", "", "[nss]", "memcache_size_initgroups = 0"]
+MARK = "# pcluster-ad: sudo asks NSS (sssd) for the user's groups at each call, not the session's list"
+DEBIAN_SUDO_CONF = ["# sudo.conf (Debian's, shortened)", "#Set group_source static",
+                    "Plugin sudoers_policy sudoers.so", "Set disable_coredump false"]
+
+
+def fresh_lines(box: Sandbox) -> list[str]:
+    return [line for line in (box.root / FRESH).read_text().splitlines() if not line.startswith("#")]
+
+
+@pytest.mark.parametrize("mode", ["stack", "lists", "every-user"])
+def test_sssd_refreshes_from_ldap_at_every_login_in_every_mode(box, mode):
+    """No PAC shortcut (pac_lifetime = 0), an online refresh at every PAM request also while the user has a
+    session (pam_initgroups_scheme = always), group lists at most 30 s old and never from the fast cache; written
+    before realm join, 0600 (sssd ignores a snippet others can write), in the domain section realm writes."""
+    (box.root / "etc").mkdir(parents=True, exist_ok=True)
+    (box.root / SUDO_CONF).write_text("\n".join(DEBIAN_SUDO_CONF) + "\n")
+    args = {"stack": ["--allowed-groups", "hpc", "--stack-users-group", USERS_DN,
+                      "--stack-admins-group", "pca-dev-admins"],
+            "lists": ["--allowed-groups", "hpc", "--admin-groups", "ops"], "every-user": []}[mode]
+    result = join(box, *args)
+    assert result.rc == 0, result.output
+    assert fresh_lines(box) == FRESH_LINES
+    assert stat.S_IMODE((box.root / FRESH).stat().st_mode) == 0o600
+    out = result.stdout
+    assert out.index(f"access: sssd refreshes a user from the directory at every login (no PAC shortcut) and her "
+                     f"group list after 30 s ({box.root / FRESH})") < out.index("adcli: joining test.domain")
+    assert out.index("'Set group_source dynamic' in") < out.index("adcli: joining test.domain")
+    # sudo.conf: everything it had, then our line, which is the last group_source line (the one sudo uses).
+    assert (box.root / SUDO_CONF).read_text().splitlines() == [*DEBIAN_SUDO_CONF, MARK, "Set group_source dynamic"]
+
+
+def test_a_rerun_keeps_sudo_conf_and_the_fresh_snippet_as_they_are(box):
+    (box.root / "etc").mkdir(parents=True, exist_ok=True)
+    (box.root / SUDO_CONF).write_text("\n".join(DEBIAN_SUDO_CONF) + "\n")
+    (box.root / SUDO_CONF).chmod(0o640)
+    result = installed(box, "--allowed-groups", "hpc", runs=2)
+    assert "sudo asks NSS for the user's groups at each call (" in result.stdout  # the second run: nothing to do
+    assert (box.root / SUDO_CONF).read_text().splitlines() == [*DEBIAN_SUDO_CONF, MARK, "Set group_source dynamic"]
+    assert stat.S_IMODE((box.root / SUDO_CONF).stat().st_mode) == 0o640
+    assert fresh_lines(box) == FRESH_LINES
+
+
+def test_a_later_static_line_of_the_site_is_kept_and_ours_goes_last_again(box):
+    (box.root / "etc").mkdir(parents=True, exist_ok=True)
+    site = [*DEBIAN_SUDO_CONF, MARK, "Set group_source dynamic", "Set group_source static  # the site's"]
+    (box.root / SUDO_CONF).write_text("\n".join(site) + "\n")
+    result = installed(box)
+    assert "(it had group_source static)" in result.stdout
+    assert (box.root / SUDO_CONF).read_text().splitlines() == [
+        *DEBIAN_SUDO_CONF, "Set group_source static  # the site's", MARK, "Set group_source dynamic"]
+
+
+def test_a_sudo_conf_that_is_dynamic_already_is_not_touched(box):
+    (box.root / "etc").mkdir(parents=True, exist_ok=True)
+    (box.root / SUDO_CONF).write_text("set   group_source   DYNAMIC\n")
+    installed(box)
+    assert (box.root / SUDO_CONF).read_text() == "set   group_source   DYNAMIC\n"
