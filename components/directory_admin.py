@@ -351,32 +351,35 @@ class DirectoryAdmin(pulumi.ComponentResource):
         })
 
 
-def _identities(users: dict[str, aws.lambda_.Invocation], groups: dict[str, aws.lambda_.Invocation],
-                access: aws.lambda_.Invocation, access_names: dict[str, str]) -> pulumi.Output[dict[str, Any]]:
+def identities_from(users: Sequence[str], groups: Sequence[str], access_names: dict[str, str],
+                    results: Sequence[Any]) -> dict[str, dict[str, Any]]:
     """{name: {"uid", "gid"}} of the declared users, {name: {"gid"}} of the declared and the access groups, from
-    the function's answers (None where an answer has no number: an older function, or a preview)."""
+    the function's answers in that order (users, groups, access); None where an answer has no number (a preview,
+    or an older function)."""
     def parse(result: Any) -> dict[str, Any]:
         try:
-            return json.loads(result) if isinstance(result, str) else {}
+            out = json.loads(result) if isinstance(result, str) else {}
         except ValueError:
             return {}
+        return out if isinstance(out, dict) else {}
 
-    def build(results: list[Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        user_results = results[:len(users)]
-        group_results = results[len(users):len(users) + len(groups)]
-        for name, r in zip(users, user_results, strict=True):
-            r = parse(r)
-            out[name] = {"uid": r.get("uidNumber"), "gid": r.get("gidNumber")}
-        for name, r in zip(groups, group_results, strict=True):
-            out[name] = {"gid": parse(r).get("gidNumber")}
-        a = parse(results[-1])
-        for key, name in access_names.items():
-            out[name] = {"gid": (a.get(key) or {}).get("gidNumber")}
-        return out
+    out: dict[str, dict[str, Any]] = {}
+    for name, r in zip(users, results[:len(users)], strict=True):
+        answer = parse(r)
+        out[name] = {"uid": answer.get("uidNumber"), "gid": answer.get("gidNumber")}
+    for name, r in zip(groups, results[len(users):len(users) + len(groups)], strict=True):
+        out[name] = {"gid": parse(r).get("gidNumber")}
+    access = parse(results[-1])
+    for key, name in access_names.items():
+        out[name] = {"gid": (access.get(key) or {}).get("gidNumber")}
+    return out
 
+
+def _identities(users: dict[str, aws.lambda_.Invocation], groups: dict[str, aws.lambda_.Invocation],
+                access: aws.lambda_.Invocation, access_names: dict[str, str]) -> pulumi.Output[dict[str, Any]]:
     return pulumi.Output.all(*[r.result for r in users.values()], *[r.result for r in groups.values()],
-                             access.result).apply(build)
+                             access.result).apply(lambda results: identities_from(list(users), list(groups),
+                                                                                  access_names, results))
 
 
 def _slug(name: str) -> str:

@@ -928,10 +928,11 @@ class Directory:
                                       " directory first")
             holder = self.ledger_entry(f"n-{want}")
             if holder not in (None, key):
-                fix = (f"pin another number in {setting}" if pin is not None
-                       else f"give {kind} {name!r} another {attr} in the directory")
-                raise IdentityRefused(f"{want} ({source} for {kind} {name!r}) is {holder} in the identity ledger"
-                                      f" ({self.layout.ledger_dn}): nothing changed. Fix: {fix}")
+                where = f"the identity ledger ({self.layout.ledger_dn}) gives it to {holder}: nothing changed"
+                if pin is not None:
+                    raise IdentityRefused(f"{setting} pins {want}, {where}. Fix: pin another number in {setting}")
+                raise IdentityRefused(f"{kind} {name!r} ({object_dn}) carries {attr} {want}, {where}. Fix: give it"
+                                      f" another {attr} in the directory, or pin one in {setting}")
             others = [dn for dn in self.number_carriers(want)
                       if object_dn is None or dn.lower() != object_dn.lower()] if pin is not None else []
             if others:
