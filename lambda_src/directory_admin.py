@@ -893,7 +893,8 @@ class Directory:
         raise DirectoryError(f"the identity counter CN={rdn} kept moving: {ALLOCATION_ATTEMPTS} tries; run it again")
 
     def identity(self, kind: str, name: str, *, current: int | None = None, pin: int | None = None,
-                 object_dn: str | None = None, id_range: tuple[int, int] = ID_RANGE) -> dict[str, Any]:
+                 object_dn: str | None = None, id_range: tuple[int, int] = ID_RANGE, check_only: bool = False,
+                 setting: str | None = None) -> dict[str, Any]:
         """The number of `kind` ("user" | "group") `name` from the ledger at layout.ledger_dn: {"number", "source"}.
 
         The ledger holds one entry per name ever given a number (CN=<kind>-<lower-case name>, the number) and one
@@ -903,9 +904,11 @@ class Directory:
         ("adopted": the site's own numbers win), else the next free number of the range ("allocated": the counter,
         skipping numbers in the ledger and any object's uidNumber/gidNumber in the domain). `current`: the number
         the object carries (uidNumber of a user, gidNumber of a group). Refusals (a pin the ledger gives another
-        name, a name whose ledger number differs from its pin or from the object's) come before any write."""
+        name, a name whose ledger number differs from its pin or from the object's) come before any write;
+        `check_only`: only those (no write; number None when one would be allocated). `setting`: the config key a
+        refusal names (default: the pin's, pcluster-ad:users[<name>].uid / groups[<name>].gid)."""
         key = f"{kind}-{name.lower()}"
-        setting = f"pcluster-ad:{kind}s[{name}].{'uid' if kind == 'user' else 'gid'}"
+        setting = setting or f"pcluster-ad:{kind}s[{name}].{'uid' if kind == 'user' else 'gid'}"
         attr = "uidNumber" if kind == "user" else "gidNumber"
         recorded = self.ledger_entry(key)
         known = int(recorded) if recorded and recorded.isdigit() else None
@@ -938,6 +941,8 @@ class Directory:
             if others:
                 raise IdentityRefused(f"{setting} pins {want}, which {others[0]} carries already: nothing changed."
                                       f" Fix: pin another number in {setting}")
+            if check_only:
+                return {"number": want, "source": source}
             self.ensure_ledger()
             if not self._ledger_add(f"n-{want}", key) and self.ledger_entry(f"n-{want}") != key:
                 raise IdentityRefused(f"{want} ({source} for {kind} {name!r}) was just taken by"
@@ -946,6 +951,8 @@ class Directory:
                 return self.identity(kind, name, current=current, pin=pin, object_dn=object_dn, id_range=id_range)
             log.info(json.dumps({"event": "identity", "name": key, "number": want, "source": source}))
             return {"number": want, "source": source}
+        if check_only:
+            return {"number": None, "source": "allocated"}
         self.ensure_ledger()
         lo, hi = id_range
         skipped = 0
@@ -1290,7 +1297,8 @@ def handle_access(event: Mapping[str, Any], *, action: str, settings: Settings, 
     for key, group in names.items():
         found = directory.own_account(group, "group")
         idents[key] = directory.identity("group", group, current=number_of(found, "gidNumber"),
-                                         object_dn=found["dn"] if found else None, id_range=settings.id_range)
+                                         object_dn=found["dn"] if found else None, id_range=settings.id_range,
+                                         setting=f"pcluster-ad:access (the stack's group {group})")
     out = {"resource": "access", **left}
     missing_all: list[str] = []
     for key, group in names.items():
@@ -1405,8 +1413,9 @@ def handle_resource(event: Mapping[str, Any], *, settings: Settings, directory: 
         raise DirectoryError(f"bad resource event: user {name!r} groups={groups!r}")
     checked = directory.stack_groups(groups)
     found = directory.own_account(name, "user")
-    ident = directory.identity("user", name, current=number_of(found, "uidNumber"), pin=pin,
-                               object_dn=found["dn"] if found else None, id_range=settings.id_range)
+    # The ledger's refusals (no write); its writes come after the password checks, with the number.
+    directory.identity("user", name, current=number_of(found, "uidNumber"), pin=pin,
+                       object_dn=found["dn"] if found else None, id_range=settings.id_range, check_only=True)
     parameter = initial_password_parameter_name(settings.stack, name)
     secret: list[str] = []
 
@@ -1423,6 +1432,8 @@ def handle_resource(event: Mapping[str, Any], *, settings: Settings, directory: 
                                 email=event.get("email", ""), initial_password=initial_password)
     # uidNumber, and gidNumber = uidNumber (the user's private group on the nodes) unless the site set one.
     found = directory.own_account(name, "user")
+    ident = directory.identity("user", name, current=number_of(found, "uidNumber"), pin=pin,
+                               object_dn=found["dn"] if found else None, id_range=settings.id_range)
     numbers = directory.set_numbers(found["dn"] if found else res.get("dn", ""), found,
                                     {"uidNumber": ident["number"], "gidNumber": ident["number"]})
     if owner:

@@ -407,3 +407,18 @@ def test_the_race_test_catches_an_allocator_without_the_atomic_steps(monkeypatch
     s.pause = 0.002
     got = race(s)
     assert len(set(got.values())) < len(got)  # duplicates
+
+
+def test_a_user_refused_for_its_password_parameter_leaves_the_ledger_untouched():
+    """The ledger is written only after everything that can refuse the user (here: its initial-password parameter
+    is not the stack's SecureString): a refused event writes nothing, not even a number."""
+    class PlainSsm(Ssm):
+        def describe_parameters(self, ParameterFilters):
+            name = ParameterFilters[0]["Values"][0]
+            return {"Parameters": [{"Name": name, "Type": "String"}]}
+
+    s = site()
+    ev = {**user("alice"), "tf": {"action": "create", "prev_input": {}}}
+    with pytest.raises(da.DirectoryError, match="not a SecureString"):
+        da.handle_resource(ev, settings=SETTINGS, directory=Dir(s), ssm=PlainSsm())
+    assert s.writes == [] and LEDGER not in s.entries

@@ -109,6 +109,22 @@ def test_a_declared_user_and_group_carry_their_numbers_on_the_dc(stacks):
         assert on_dc(dc, name)["gidNumber"] == [str(acc[key]["gidNumber"])]
 
 
+def test_the_schema_gives_user_and_group_the_rfc2307_attributes(stacks):
+    """Why no objectClass is added: in the DC's schema (Samba's 2008 R2 one, like Windows since 2003 R2) the user
+    and group classes carry posixAccount / posixGroup as auxiliary classes, which hold uidNumber and gidNumber."""
+    dc = stacks[0].lab
+    schema = f"CN=Schema,CN=Configuration,{BASE}"
+    classes = {h["lDAPDisplayName"][0]: h for h in dc_search(
+        dc, schema, "(|(lDAPDisplayName=user)(lDAPDisplayName=group)(lDAPDisplayName=posixAccount)"
+        "(lDAPDisplayName=posixGroup))", ["lDAPDisplayName", "auxiliaryClass", "systemAuxiliaryClass", "mayContain",
+                                          "systemMayContain"], scope="one")}
+    aux = {c: set(h.get("auxiliaryClass", []) + h.get("systemAuxiliaryClass", [])) for c, h in classes.items()}
+    may = {c: set(h.get("mayContain", []) + h.get("systemMayContain", [])) for c, h in classes.items()}
+    print(f"\nschema: user aux {sorted(aux['user'])}, group aux {sorted(aux['group'])}")
+    assert "posixAccount" in aux["user"] and "posixGroup" in aux["group"]
+    assert {"uidNumber", "gidNumber"} <= may["posixAccount"] and "gidNumber" in may["posixGroup"]
+
+
 def test_a_deleted_and_redeclared_user_gets_the_same_numbers(stacks):
     a, _b = stacks
     dc = a.lab
