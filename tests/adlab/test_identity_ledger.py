@@ -22,7 +22,7 @@ pytestmark = pytest.mark.adlab
 
 LEDGER = f"CN=pcluster-ad-ids,{BASE}"
 STACKS = ("ids-a", "ids-b")
-USERS = ("lena", "mia", "noah", "olga", "pia", "pinned")
+USERS = ("lena", "mia", "noah", "olga", "pia", "pinned", "quinn")
 
 # Run by the DC's python3: a hand-made user carrying a uidNumber (another tool's, or the site's own numbering).
 SITE_USER = r"""
@@ -39,9 +39,9 @@ db.add({"dn": "CN=%s,CN=Users,%s" % (name, db.domain_dn()), "objectClass": "user
 
 
 class Stack:
-    def __init__(self, lab: Lab, name: str):  # noqa: F811
+    def __init__(self, lab: Lab, name: str, parent: str = ""):  # noqa: F811
         self.name, self.lab = name, lab
-        self.ou = f"OU=pcluster-ad-{name},{BASE}"
+        self.ou = f"OU=pcluster-ad-{name},{parent or BASE}"
         self.svc = DirSvc(lab)
         params = {f"/pcluster-ad/{name}/admin-password": lab.admin_password}
         params.update({f"/pcluster-ad/{name}/users/{u}/initial-password": "In1t-" + secrets.token_urlsafe(10) + "!"
@@ -50,7 +50,7 @@ class Stack:
             "DIRECTORY_ID": "d-1234567890", "DOMAIN": lab.cfg.domain, "DNS_IPS": lab.dc_ip,
             "OU_NAME": f"pcluster-ad-{name}", "ADMIN_USER": "Administrator",
             "ADMIN_PASSWORD_PARAMETER": f"/pcluster-ad/{name}/admin-password", "STACK": name,
-            "CLUSTER_NAME": f"hpc-{name}", "COMPUTER_PREFIX": "IDS" + ("A" if name.endswith("a") else "B"),
+            "CLUSTER_NAME": f"hpc-{name}", "COMPUTER_PREFIX": "IDS" + name[-1].upper(), "PARENT_DN": parent,
         }, parameters=params, dc_argv=lab.dc.argv([]))
         self.handle({"resource": "directory", "ou": f"pcluster-ad-{name}", "setupVersion": 2})
 
@@ -204,3 +204,23 @@ def test_two_functions_allocating_at_once_never_hand_out_one_number_twice(stacks
     assert earlier.isdisjoint(numbers)
     for name, (n,) in got.items():
         assert entries[f"group-{name}"] == str(n) and entries[f"n-{n}"] == f"group-{name}"
+
+
+def test_a_ledger_under_a_delegated_ou_as_on_managed_ad(stacks):
+    """AWS Managed AD: the stack's OU (and so the ledger) goes under the delegated OU. Samba takes the container
+    there too; that ledger starts its own counter, and still skips every number an object in the domain carries."""
+    dc = stacks[0].lab
+    parent = f"OU=Corp,{BASE}"
+    dc.dc.run(["samba-tool", "ou", "add", parent], timeout=60)
+    c = Stack(dc, "ids-c", parent)
+    try:
+        carried = {int(n) for h in dc_search(dc, BASE, "(|(uidNumber=*)(gidNumber=*))", ["uidNumber", "gidNumber"])
+                   for n in h.get("uidNumber", []) + h.get("gidNumber", [])}
+        quinn = c.user("quinn")
+        assert quinn["idSource"] == "allocated" and quinn["uidNumber"] not in carried, (quinn, sorted(carried))
+        own = {h["dn"].split(",")[0][3:]: h["description"][0] for h in dc_search(
+            dc, f"CN=pcluster-ad-ids,{parent}", "(objectClass=container)", ["description"], scope="one")}
+        assert own["user-quinn"] == str(quinn["uidNumber"]) and "user-quinn" not in ledger(dc)
+        assert on_dc(dc, "quinn")["uidNumber"] == [str(quinn["uidNumber"])]
+    finally:
+        c.svc.close()
