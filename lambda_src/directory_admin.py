@@ -911,7 +911,10 @@ class Directory:
         setting = setting or f"pcluster-ad:{kind}s[{name}].{'uid' if kind == 'user' else 'gid'}"
         attr = "uidNumber" if kind == "user" else "gidNumber"
         recorded = self.ledger_entry(key)
-        known = int(recorded) if recorded and recorded.isdigit() else None
+        if recorded is not None and not recorded.isdigit():
+            raise DirectoryError(f"the identity ledger's entry CN={key},{self.layout.ledger_dn} holds {recorded!r}, not"
+                                 " a number: nothing changed. Fix: set its description to the name's number")
+        known = int(recorded) if recorded is not None else None
         if known is not None:
             if pin is not None and pin != known:
                 raise IdentityRefused(f"{setting} pins {pin}, but the identity ledger ({self.layout.ledger_dn}) gave"
@@ -948,7 +951,8 @@ class Directory:
                 raise IdentityRefused(f"{want} ({source} for {kind} {name!r}) was just taken by"
                                       f" {self.ledger_entry(f'n-{want}')} in the identity ledger: run it again")
             if not self._ledger_add(key, str(want)):  # another function recorded the name meanwhile
-                return self.identity(kind, name, current=current, pin=pin, object_dn=object_dn, id_range=id_range)
+                return self.identity(kind, name, current=current, pin=pin, object_dn=object_dn, id_range=id_range,
+                                     setting=setting)
             log.info(json.dumps({"event": "identity", "name": key, "number": want, "source": source}))
             return {"number": want, "source": source}
         if check_only:
@@ -962,7 +966,8 @@ class Directory:
                 skipped += 1  # the site's (or another tool's) number, or one the ledger handed out already
                 continue
             if not self._ledger_add(key, str(n)):  # lost the race for this name: its number is the winner's
-                return self.identity(kind, name, current=current, pin=pin, object_dn=object_dn, id_range=id_range)
+                return self.identity(kind, name, current=current, pin=pin, object_dn=object_dn, id_range=id_range,
+                                     setting=setting)
             log.info(json.dumps({"event": "identity", "name": key, "number": n, "source": "allocated",
                                  "skipped": skipped}))
             return {"number": n, "source": "allocated"}

@@ -422,3 +422,12 @@ def test_a_user_refused_for_its_password_parameter_leaves_the_ledger_untouched()
     with pytest.raises(da.DirectoryError, match="not a SecureString"):
         da.handle_resource(ev, settings=SETTINGS, directory=Dir(s), ssm=PlainSsm())
     assert s.writes == [] and LEDGER not in s.entries
+
+
+def test_a_damaged_ledger_entry_is_refused_not_looped_on():
+    s = site()
+    d = Dir(s)
+    handle(d, user("alice"))
+    s.entries[f"CN=user-alice,{LEDGER}"]["description"] = ["edited by hand"]
+    with pytest.raises(da.DirectoryError, match=r"CN=user-alice,CN=pcluster-ad-ids.* holds 'edited by hand', not a"):
+        handle(d, user("alice"), "update")
