@@ -146,6 +146,7 @@ def pulumi_program() -> None:
             users=list(settings.users),
             allowed_groups=list(settings.access.allowed_groups),
             admin_groups=list(settings.access.admin_groups),
+            id_range=(settings.identity.id_min, settings.identity.id_max),  # pins travel on users / groups
             code_dir=str(ROOT / "lambda_src"),
             tags=tags,
         ))
@@ -227,6 +228,8 @@ def pulumi_program() -> None:
         pulumi.export("computerOu", directory_admin.computer_ou)
         # `aws ssm get-parameter --with-decryption --name <...>`: each declared user's first password.
         pulumi.export("userInitialPasswordParameters", directory_admin.initial_password_parameters)
+        # {name: {uid, gid}} the identity ledger gave the declared users and groups (issue 18, README "Stable UIDs")
+        pulumi.export("identities", directory_admin.identities)
     pulumi.export("homeStorageId", home.storage_id)
     if home.file_system_policy is not None:
         # On the stack's own EFS already; for an adopted one (fileSystemId), apply it: README "Home storage".

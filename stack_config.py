@@ -161,6 +161,28 @@ class JoinSettings:
 class GroupSettings:
     name: str
     description: str = ""
+    gid: int | None = None  # pinned gidNumber (pcluster-ad:groups[].gid); None: the ledger allocates one
+
+
+# POSIX identities (issue 18): the ledger's default range sits above local/system users and below sssd's
+# ID-mapping range (which starts at 200000), so allocated and ID-mapped numbers never meet.
+IDENTITY_MODES = ("idmap", "rfc2307")
+DEFAULT_ID_RANGE = (100000, 199999)
+MIN_POSIX_ID = 1000  # below: local system accounts and groups
+MAX_POSIX_ID = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class IdentitySettings:
+    """pcluster-ad:identity: how nodes get UIDs/GIDs. `rfc2307`: from uidNumber/gidNumber in the directory
+    (stable across re-declaration and a new directory); `idmap`: derived from SIDs (sssd ID mapping). Either way
+    DirectoryAdmin writes ledger numbers on what the stack declares (so switching later changes no owner)."""
+    mode: str = "idmap"
+    id_min: int = DEFAULT_ID_RANGE[0]
+    id_max: int = DEFAULT_ID_RANGE[1]
+    # Pinned numbers from pcluster-ad:users[].uid / groups[].gid: {name: number}
+    uid_pins: Mapping[str, int] = field(default_factory=dict)
+    gid_pins: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -169,6 +191,7 @@ class UserSettings:
     groups: tuple[str, ...] = ()
     display_name: str = ""
     email: str = ""
+    uid: int | None = None  # pinned uidNumber (pcluster-ad:users[].uid); None: the ledger allocates one
 
 
 @dataclass(frozen=True)
@@ -240,6 +263,7 @@ class Settings:
     # Users and groups the stack creates, updates and removes in its own OU (DirectoryAdmin).
     groups: tuple[GroupSettings, ...] = ()
     users: tuple[UserSettings, ...] = ()
+    identity: IdentitySettings = field(default_factory=IdentitySettings)
     # Accepted but worth a second look; the program logs them and the offline plan prints them.
     warnings: tuple[str, ...] = ()
 
@@ -444,7 +468,7 @@ def parse_settings(
     """
     problems: list[Problem] = []
     known_top = {"network", "directory", "adminPassword", "join", "joinPassword", "cluster", "tags", "access",
-                 "groups", "users"}
+                 "groups", "users", "identity"}
     for full_key in sorted(raw):
         ns, _, name = full_key.partition(":")
         if ns == PROJECT:
@@ -495,6 +519,7 @@ def parse_settings(
     tags = _parse_tags(problems, raw.get(_key("tags")))
     access = _parse_access(problems, raw.get(_key("access")))
     _access_warnings(access, users, warnings)
+    identity = _parse_identity(problems, raw.get(_key("identity")), directory, groups, users, warnings)
 
     if problems:
         raise ConfigError(problems)
@@ -512,6 +537,7 @@ def parse_settings(
         access=access,
         groups=groups,
         users=users,
+        identity=identity,
         warnings=tuple(warnings),
     )
 
@@ -786,17 +812,18 @@ def _parse_directory_objects(problems: list[Problem], groups_value: Any, users_v
 
     groups: list[GroupSettings] = []
     for _key_i, r in items(_key("groups"), groups_value):
-        r.unknown_keys({"name", "description"})
+        r.unknown_keys({"name", "description", "gid"})
         name = name_of(r, "group")
         description = r.str("description", default="") or ""
         if len(description) > 1024:
             r.fail(r.sub("description"), f"has {len(description)} characters: at most 1024")
+        gid = _pin(r, "gid")
         if name:
-            groups.append(GroupSettings(name=name, description=description))
+            groups.append(GroupSettings(name=name, description=description, gid=gid))
     declared = {g.name.casefold() for g in groups}
     users: list[UserSettings] = []
     for _key_i, r in items(_key("users"), users_value):
-        r.unknown_keys({"name", "groups", "displayName", "email"})
+        r.unknown_keys({"name", "groups", "displayName", "email", "uid"})
         name = name_of(r, "user")
         member_of = r.str_list("groups")
         for j, g in enumerate(member_of):
@@ -811,9 +838,70 @@ def _parse_directory_objects(problems: list[Problem], groups_value: Any, users_v
             r.fail(r.sub("displayName"), f"has {len(display)} characters: at most 256")
         if email and not _EMAIL_RE.match(email):
             r.fail(r.sub("email"), f"{email!r} is not an e-mail address")
+        uid = _pin(r, "uid")
         if name:
-            users.append(UserSettings(name=name, groups=member_of, display_name=display, email=email))
+            users.append(UserSettings(name=name, groups=member_of, display_name=display, email=email, uid=uid))
     return tuple(groups), tuple(users)
+
+
+def _pin(r: _Reader, name: str) -> int | None:
+    """A pinned uid/gid: a whole number from MIN_POSIX_ID to MAX_POSIX_ID (inside or outside identity.idRange)."""
+    if r.value.get(name) is None:
+        return None
+    value = r.int(name)
+    if value is None:
+        return None
+    if not MIN_POSIX_ID <= value <= MAX_POSIX_ID:
+        r.fail(r.sub(name), f"{value} is outside {MIN_POSIX_ID}..{MAX_POSIX_ID} (below {MIN_POSIX_ID}: local system"
+               " accounts): use the number the homes are owned by, or remove it to have one allocated")
+        return None
+    return value
+
+
+_IDENTITY_WARNING = ("pcluster-ad:identity.mode is idmap and pcluster-ad:users are declared: UIDs derive from SIDs:"
+                     " a re-declared user or a new directory changes owners; set pcluster-ad:identity.mode: rfc2307,"
+                     " README 'Stable UIDs'")
+
+
+def _parse_identity(problems: list[Problem], value: Any, directory: DirectorySettings | None,
+                    groups: tuple[GroupSettings, ...], users: tuple[UserSettings, ...],
+                    warnings: list[str]) -> IdentitySettings:
+    """pcluster-ad:identity (mode, idRange) and the pins of users[].uid / groups[].gid (unique: one number space)."""
+    r = _Reader(problems, _key("identity"), value)
+    r.unknown_keys({"mode", "idRange"})
+    mode = r.choice("mode", IDENTITY_MODES, default="idmap") or "idmap"
+    lo, hi = DEFAULT_ID_RANGE
+    if r.value.get("idRange") is not None:
+        rr = _Reader(problems, r.sub("idRange"), r.value.get("idRange"))
+        rr.unknown_keys({"min", "max"})
+        lo = rr.int("min", default=lo)
+        hi = rr.int("max", default=hi)
+        lo, hi = (DEFAULT_ID_RANGE[0] if lo is None else lo), (DEFAULT_ID_RANGE[1] if hi is None else hi)
+        if lo < MIN_POSIX_ID:
+            rr.fail(rr.sub("min"), f"{lo} is below {MIN_POSIX_ID} (local system accounts): use {MIN_POSIX_ID} or more,"
+                    f" e.g. the default {DEFAULT_ID_RANGE[0]}")
+        if hi > MAX_POSIX_ID:
+            rr.fail(rr.sub("max"), f"{hi} is above {MAX_POSIX_ID} (2^31-1, the largest ID every tool takes): lower it")
+        if lo >= hi:
+            rr.fail(rr.key, f"min {lo} must be below max {hi}: swap them or widen the range")
+    if mode == "rfc2307" and directory is not None and not directory.administered:
+        r.fail(r.sub("mode"), "rfc2307 needs the stack to allocate uidNumber/gidNumber, which it does only with admin"
+               " credentials (a directory created here, or directory.adminUser on an Existing one): set those, or"
+               " use mode idmap")
+    uid_pins = {u.name: u.uid for u in users if u.uid is not None}
+    gid_pins = {g.name: g.gid for g in groups if g.gid is not None}
+    seen: dict[int, str] = {}
+    for key, pins in ((_key("users"), uid_pins), (_key("groups"), gid_pins)):
+        for name, number in pins.items():
+            field_name = "uid" if key.endswith("users") else "gid"
+            where = f"{key}[{name}].{field_name}"
+            if number in seen:
+                problems.append(Problem(where, f"{number} is also pinned at {seen[number]} (users and groups share"
+                                        " one number space): give each its own number"))
+            seen.setdefault(number, where)
+    if mode == "idmap" and users:
+        warnings.append(_IDENTITY_WARNING)
+    return IdentitySettings(mode=mode, id_min=lo, id_max=hi, uid_pins=uid_pins, gid_pins=gid_pins)
 
 
 def _check_password(problems: list[Problem], key: str, password: str, directory: DirectorySettings | None) -> None:
@@ -1138,7 +1226,7 @@ def load_settings() -> Settings:
 
     cfg = pulumi.Config(PROJECT)
     raw: dict[str, Any] = {"aws:region": pulumi.Config("aws").get("region")}
-    for name in ("network", "directory", "join", "cluster", "tags", "access", "groups", "users"):
+    for name in ("network", "directory", "join", "cluster", "tags", "access", "groups", "users", "identity"):
         raw[_key(name)] = _get_object(cfg, name)
     # Unknown keys and namespaces are reported too (typos would otherwise be ignored).
     for full_key in _all_config_keys():

@@ -21,6 +21,8 @@ import pulumi_random as random
 from components._vpc_lambda import VPC_ACCESS_STATEMENT, package_files, security_group
 from lambda_src.directory_admin import (
     DEPLOYMENT_KEY,
+    ID_RANGE,
+    IDENTITY_VERSION,
     OWNER_KEY,
     Layout,
     access_group_dn,
@@ -82,6 +84,9 @@ class DirectoryAdminArgs:
     # pcluster-ad:access: members of the stack's two access groups (issue 18; names, the function resolves DNs)
     allowed_groups: Sequence[str] = ()
     admin_groups: Sequence[str] = ()
+    # pcluster-ad:identity.idRange: where the ledger allocates uidNumber/gidNumber (issue 18; pins: users[].uid,
+    # groups[].gid, carried on DirectoryUser / DirectoryGroup)
+    id_range: tuple[int, int] = ID_RANGE
     sweep_schedule: str = "rate(1 day)"
     sweep_grace_minutes: int = 60
     # The subnets' way out (Network.egress: route tables, associations, NAT, its EIP, the internet route): every
@@ -132,6 +137,12 @@ def validate(args: DirectoryAdminArgs) -> None:
     clash = [g.name for g in args.groups if g.name.lower() in taken]
     if clash:
         raise ValueError(f"DirectoryAdmin: group(s) {clash} carry the name of the stack's own access groups")
+    lo, hi = args.id_range
+    if not 1000 <= lo < hi <= 2**31 - 1:
+        raise ValueError(f"DirectoryAdmin: id_range {args.id_range}: 1000 <= min < max <= 2^31-1")
+    pins = [p for p in [*(u.uid for u in args.users), *(g.gid for g in args.groups)] if p is not None]
+    if len(pins) != len(set(pins)):
+        raise ValueError(f"DirectoryAdmin: a pinned uid/gid is given twice: {sorted(pins)}")
     if args.join_user and not (args.join_password_parameter_name and args.join_password_parameter_arn):
         raise ValueError("DirectoryAdmin: a join user needs join_password_parameter_name and _arn")
 
@@ -150,6 +161,7 @@ class DirectoryAdmin(pulumi.ComponentResource):
     access_users_group_dn: str
     access_admins_group: str
     initial_password_parameters: dict[str, pulumi.Output[str]]
+    identities: pulumi.Output[dict[str, dict[str, int]]]
     # Depend on this before nodes join (the OU and the computer-adding account exist); on destroy the cluster
     # goes first, then the OU.
     ready: list[pulumi.Resource]
@@ -224,6 +236,7 @@ class DirectoryAdmin(pulumi.ComponentResource):
             "COMPUTER_PREFIX": self.computer_prefix, "SWEEP_GRACE_MINUTES": str(args.sweep_grace_minutes),
             "LDAP_PORT": str(LDAP_PORT), "STACK": args.stack, "KMS_KEY_ARN": args.key_arn,
             "DEPLOYMENT_ID": deployment.hex,
+            "ID_MIN": str(args.id_range[0]), "ID_MAX": str(args.id_range[1]),
         }
         if args.join_user:
             # The account and its password parameter come from here, never from an event (issue 16).
@@ -282,8 +295,11 @@ class DirectoryAdmin(pulumi.ComponentResource):
         if args.join_user:
             setup["joinPasswordVersion"] = args.join_password_version
         directory_setup = invocation("setup", setup, [])
+        # identityVersion: existing stacks' Invocations see an update once and get their numbers (issue 18);
+        # a pin goes in the input (a changed pin is an update, which the function checks against the ledger).
         group_resources = {g.name.lower(): invocation(f"group-{_slug(g.name)}", {
-            "resource": "group", "name": g.name, "description": g.description}, [directory_setup])
+            "resource": "group", "name": g.name, "description": g.description, "identityVersion": IDENTITY_VERSION,
+            **({"gid": g.gid} if g.gid is not None else {})}, [directory_setup])
             for g in args.groups}
         # Access as directory data: membership only; nodes never need a new configuration for it.
         access_names = access_group_names(args.stack)
@@ -291,8 +307,10 @@ class DirectoryAdmin(pulumi.ComponentResource):
                                                      access_names["users"])
         self.access_admins_group = access_names["admins"]
         self.access = invocation("access", {"resource": "access", "allowedGroups": list(args.allowed_groups),
-                                            "adminGroups": list(args.admin_groups)}, [directory_setup])
+                                            "adminGroups": list(args.admin_groups),
+                                            "identityVersion": IDENTITY_VERSION}, [directory_setup])
         self.initial_password_parameters = {}
+        user_resources: dict[str, aws.lambda_.Invocation] = {}
         for u in args.users:
             slug = _slug(u.name)
             password = random.RandomPassword(f"{name}-user-{slug}-password", random.RandomPasswordArgs(
@@ -303,9 +321,10 @@ class DirectoryAdmin(pulumi.ComponentResource):
                 value=password.result, description=f"initial password of {u.name} (must be changed at first login)",
                 tags=tags(f"user-{slug}")), child)
             self.initial_password_parameters[u.name] = param.name
-            invocation(f"user-{slug}", {
+            user_resources[u.name] = invocation(f"user-{slug}", {
                 "resource": "user", "name": u.name, "groups": list(u.groups), "displayName": u.display_name,
                 "email": u.email,  # the function derives the parameter's name from the stack and the user
+                "identityVersion": IDENTITY_VERSION, **({"uid": u.uid} if u.uid is not None else {}),
             }, [directory_setup, param, *[group_resources[g.lower()] for g in u.groups]])
 
         self.function_name = function.name
@@ -314,6 +333,10 @@ class DirectoryAdmin(pulumi.ComponentResource):
         self.security_group_id = sg.id
         self.admin_parameter_name = admin_param.name
         self.deployment_id = deployment.hex
+        # {name: {uid, gid}} / {name: {gid}} as the function answered (the Invocations' results): what the nodes
+        # will show under pcluster-ad:identity.mode rfc2307.
+        self.identities = _identities(user_resources, {g.name: r for g, r in zip(
+            args.groups, group_resources.values(), strict=True)}, self.access, access_names)
         self.ready = [directory_setup, self.access, *targets]
         self.register_outputs({
             "functionName": self.function_name,
@@ -324,7 +347,39 @@ class DirectoryAdmin(pulumi.ComponentResource):
             "computerOu": self.computer_ou,
             "computerPrefix": self.computer_prefix,
             "initialPasswordParameters": self.initial_password_parameters,
+            "identities": self.identities,
         })
+
+
+def identities_from(users: Sequence[str], groups: Sequence[str], access_names: dict[str, str],
+                    results: Sequence[Any]) -> dict[str, dict[str, Any]]:
+    """{name: {"uid", "gid"}} of the declared users, {name: {"gid"}} of the declared and the access groups, from
+    the function's answers in that order (users, groups, access); None where an answer has no number (a preview,
+    or an older function)."""
+    def parse(result: Any) -> dict[str, Any]:
+        try:
+            out = json.loads(result) if isinstance(result, str) else {}
+        except ValueError:
+            return {}
+        return out if isinstance(out, dict) else {}
+
+    out: dict[str, dict[str, Any]] = {}
+    for name, r in zip(users, results[:len(users)], strict=True):
+        answer = parse(r)
+        out[name] = {"uid": answer.get("uidNumber"), "gid": answer.get("gidNumber")}
+    for name, r in zip(groups, results[len(users):len(users) + len(groups)], strict=True):
+        out[name] = {"gid": parse(r).get("gidNumber")}
+    access = parse(results[-1])
+    for key, name in access_names.items():
+        out[name] = {"gid": (access.get(key) or {}).get("gidNumber")}
+    return out
+
+
+def _identities(users: dict[str, aws.lambda_.Invocation], groups: dict[str, aws.lambda_.Invocation],
+                access: aws.lambda_.Invocation, access_names: dict[str, str]) -> pulumi.Output[dict[str, Any]]:
+    return pulumi.Output.all(*[r.result for r in users.values()], *[r.result for r in groups.values()],
+                             access.result).apply(lambda results: identities_from(list(users), list(groups),
+                                                                                  access_names, results))
 
 
 def _slug(name: str) -> str:

@@ -117,6 +117,15 @@ SAM_FORBIDDEN = set('"/\\[]:;|=,+*?<>')
 MAX_SAM = 20
 COMPUTER_NAME_MAX = 15
 
+# POSIX identities (issue 18): uidNumber/gidNumber for what the stack declares, from a ledger in the directory
+# (Directory.identity; docs/design.md "Identities (issue 18)"). One number space for users and groups; a user's
+# gidNumber is its uidNumber (nodes give each user a private group of that number: sssd auto_private_groups).
+LEDGER_NAME = "pcluster-ad-ids"  # CN=pcluster-ad-ids,<the stack OU's parent>
+LEDGER_VALUE = "description"  # the number (name entries, the counter) or the name key (number locks)
+ID_RANGE = (100000, 199999)  # stack_config.DEFAULT_ID_RANGE; the function's ID_MIN / ID_MAX
+IDENTITY_VERSION = 1  # in every user/group/access input: existing stacks' Invocations re-run once and get numbers
+ALLOCATION_ATTEMPTS = 500  # numbers tried per allocation (taken ones are skipped) before giving up
+
 log = logging.getLogger("directory_admin")
 log.setLevel(logging.INFO)  # decisions (deleted / ignored / refused) are the function's audit trail
 # botocore logs whole response bodies at DEBUG: that would include decrypted passwords. Pin its own
@@ -131,6 +140,10 @@ class DirectoryError(RuntimeError):
 
 class NotOurs(DirectoryError):
     """The named object exists outside the stack's OU: the stack never changes it."""
+
+
+class IdentityRefused(DirectoryError):
+    """A uid/gid the stack would give conflicts with the identity ledger or the directory (nothing written)."""
 
 
 class LdapError(DirectoryError):
@@ -411,6 +424,9 @@ class Layout:
         self.stack_dn = f"OU={escape_rdn(self.ou_name)},{parent}"
         self.computers_dn = f"OU=Computers,{self.stack_dn}"
         self.people_dn = f"OU=Users,{self.stack_dn}"
+        # The identity ledger (issue 18): beside the stack's OU, not in it, so that it outlives deleted users and
+        # `pulumi destroy`, and every stack whose OU has the same parent shares it.
+        self.ledger_dn = f"CN={LEDGER_NAME},{parent}"
 
 
 class Directory:
@@ -465,7 +481,7 @@ class Directory:
     def find_account(self, sam: str, object_class: str) -> dict[str, Any] | None:
         hits = self.search(self.layout.base_dn, f"(&(objectClass={object_class})(sAMAccountName={escape_filter(sam)}))",
                            ["sAMAccountName", "userAccountControl", "pwdLastSet", "memberOf", "displayName", "mail",
-                            "description", "objectSid", "whenCreated", OWNER_ATTRIBUTE])
+                            "description", "objectSid", "whenCreated", OWNER_ATTRIBUTE, "uidNumber", "gidNumber"])
         return hits[0] if hits else None
 
     def add(self, dn: str, classes: list[str], attrs: dict[str, Any]) -> None:
@@ -819,6 +835,160 @@ class Directory:
         self.delete_tree(found["dn"])
         return "deleted"
 
+    # POSIX identities (issue 18)
+    def ledger_entry(self, rdn: str) -> str | None:
+        """The LEDGER_VALUE of CN=<rdn> in the ledger; None when there is no such entry."""
+        hit = self.search(f"CN={escape_rdn(rdn)},{self.layout.ledger_dn}", "(objectClass=*)", [LEDGER_VALUE],
+                          scope="BASE")
+        return str(first(hit[0], LEDGER_VALUE) or "") if hit else None
+
+    def _ledger_add(self, rdn: str, value: str) -> bool:
+        """Add CN=<rdn> = value to the ledger; False when it exists (LDAP add is atomic on the DC: of two
+        functions adding the same entry, exactly one succeeds)."""
+        ok = self.conn.add(f"CN={escape_rdn(rdn)},{self.layout.ledger_dn}", ["top", "container"],
+                           {LEDGER_VALUE: value})
+        if not ok and (self.conn.result or {}).get("description") == "entryAlreadyExists":
+            return False
+        self._check(ok, f"add ledger entry {rdn}")
+        return True
+
+    def ensure_ledger(self) -> None:
+        dn = self.layout.ledger_dn
+        if self.exists(dn):
+            return
+        ok = self.conn.add(dn, ["top", "container"], {LEDGER_VALUE: (
+            "pcluster-ad: uidNumber/gidNumber handed out to declared users and groups, never reused. Do not delete:"
+            " re-declared users would get new numbers (docs/design.md, Identities)")})
+        if not ok and (self.conn.result or {}).get("description") != "entryAlreadyExists":  # another stack's, now
+            self._check(ok, f"create the identity ledger {dn}")
+        log.info(json.dumps({"event": "identity ledger", "dn": dn, "created": bool(ok)}))
+
+    def number_carriers(self, number: int) -> list[str]:
+        """DNs of every object in the domain carrying `number` as uidNumber or gidNumber (the site's or others')."""
+        return [h["dn"] for h in self.search(self.layout.base_dn, f"(|(uidNumber={number})(gidNumber={number}))")]
+
+    def next_candidate(self, lo: int, hi: int) -> int:
+        """The next number of the range's counter (CN=next-<lo>, its LEDGER_VALUE), moved on by one modify that
+        deletes the value read and adds the next: it fails when another function moved the counter in between
+        (the old value is gone), and then the counter is read again."""
+        from ldap3 import MODIFY_ADD, MODIFY_DELETE
+
+        rdn = f"next-{lo}"
+        for _ in range(ALLOCATION_ATTEMPTS):
+            value = self.ledger_entry(rdn)
+            if value is None:
+                if self._ledger_add(rdn, str(lo + 1)):
+                    return lo
+                continue
+            current = max(int(value), lo)
+            if current > hi:
+                raise DirectoryError(f"identity range {lo}..{hi} is used up (the ledger's counter CN={rdn},"
+                                     f"{self.layout.ledger_dn} is at {value}): widen pcluster-ad:identity.idRange.max")
+            ok = self.conn.modify(f"CN={escape_rdn(rdn)},{self.layout.ledger_dn}", {LEDGER_VALUE: [
+                (MODIFY_DELETE, [value]), (MODIFY_ADD, [str(current + 1)])]})
+            if ok:
+                return current
+            if (self.conn.result or {}).get("description") not in ("noSuchAttribute", "attributeOrValueExists"):
+                self._check(ok, f"move the identity counter CN={rdn}")
+        raise DirectoryError(f"the identity counter CN={rdn} kept moving: {ALLOCATION_ATTEMPTS} tries; run it again")
+
+    def identity(self, kind: str, name: str, *, current: int | None = None, pin: int | None = None,
+                 object_dn: str | None = None, id_range: tuple[int, int] = ID_RANGE, check_only: bool = False,
+                 setting: str | None = None) -> dict[str, Any]:
+        """The number of `kind` ("user" | "group") `name` from the ledger at layout.ledger_dn: {"number", "source"}.
+
+        The ledger holds one entry per name ever given a number (CN=<kind>-<lower-case name>, the number) and one
+        per number handed out (CN=n-<number>, the name key): LDAP's atomic add makes both unique, so two functions
+        (two stacks on one directory) never hand out one number twice nor two numbers for one name. A name in the
+        ledger gets its number back ("ledger"); else the pin ("pinned"), else the number the object carries already
+        ("adopted": the site's own numbers win), else the next free number of the range ("allocated": the counter,
+        skipping numbers in the ledger and any object's uidNumber/gidNumber in the domain). `current`: the number
+        the object carries (uidNumber of a user, gidNumber of a group). Refusals (a pin the ledger gives another
+        name, a name whose ledger number differs from its pin or from the object's) come before any write;
+        `check_only`: only those (no write; number None when one would be allocated). `setting`: the config key a
+        refusal names (default: the pin's, pcluster-ad:users[<name>].uid / groups[<name>].gid)."""
+        key = f"{kind}-{name.lower()}"
+        setting = setting or f"pcluster-ad:{kind}s[{name}].{'uid' if kind == 'user' else 'gid'}"
+        attr = "uidNumber" if kind == "user" else "gidNumber"
+        recorded = self.ledger_entry(key)
+        if recorded is not None and not recorded.isdigit():
+            raise DirectoryError(f"the identity ledger's entry CN={key},{self.layout.ledger_dn} holds {recorded!r}, not"
+                                 " a number: nothing changed. Fix: set its description to the name's number")
+        known = int(recorded) if recorded is not None else None
+        if known is not None:
+            if pin is not None and pin != known:
+                raise IdentityRefused(f"{setting} pins {pin}, but the identity ledger ({self.layout.ledger_dn}) gave"
+                                      f" {kind} {name!r} {known} (its homes are owned by it): nothing changed. Fix:"
+                                      f" set {setting} to {known}, or remove it")
+            if current is not None and current != known:
+                raise IdentityRefused(f"{kind} {name!r} ({object_dn}) carries {attr} {current}, the identity ledger"
+                                      f" ({self.layout.ledger_dn}) gives it {known}: nothing changed. Fix: set its"
+                                      f" {attr} to {known} in the directory, or pin {setting}: {current} after"
+                                      f" deleting CN={key} from the ledger")
+            return {"number": known, "source": "ledger"}
+        want, source = (pin, "pinned") if pin is not None else (current, "adopted")
+        if want is not None:
+            if pin is not None and current is not None and current != pin:
+                raise IdentityRefused(f"{setting} pins {pin}, but {kind} {name!r} ({object_dn}) carries {attr}"
+                                      f" {current}: not changed. Fix: set {setting} to {current}, or change it in the"
+                                      " directory first")
+            holder = self.ledger_entry(f"n-{want}")
+            if holder not in (None, key):
+                where = f"the identity ledger ({self.layout.ledger_dn}) gives it to {holder}: nothing changed"
+                if pin is not None:
+                    raise IdentityRefused(f"{setting} pins {want}, {where}. Fix: pin another number in {setting}")
+                raise IdentityRefused(f"{kind} {name!r} ({object_dn}) carries {attr} {want}, {where}. Fix: give it"
+                                      f" another {attr} in the directory, or pin one in {setting}")
+            others = [dn for dn in self.number_carriers(want)
+                      if object_dn is None or dn.lower() != object_dn.lower()] if pin is not None else []
+            if others:
+                raise IdentityRefused(f"{setting} pins {want}, which {others[0]} carries already: nothing changed."
+                                      f" Fix: pin another number in {setting}")
+            if check_only:
+                return {"number": want, "source": source}
+            self.ensure_ledger()
+            if not self._ledger_add(f"n-{want}", key) and self.ledger_entry(f"n-{want}") != key:
+                raise IdentityRefused(f"{want} ({source} for {kind} {name!r}) was just taken by"
+                                      f" {self.ledger_entry(f'n-{want}')} in the identity ledger: run it again")
+            if not self._ledger_add(key, str(want)):  # another function recorded the name meanwhile
+                return self.identity(kind, name, current=current, pin=pin, object_dn=object_dn, id_range=id_range,
+                                     setting=setting)
+            log.info(json.dumps({"event": "identity", "name": key, "number": want, "source": source}))
+            return {"number": want, "source": source}
+        if check_only:
+            return {"number": None, "source": "allocated"}
+        self.ensure_ledger()
+        lo, hi = id_range
+        skipped = 0
+        for _ in range(ALLOCATION_ATTEMPTS):
+            n = self.next_candidate(lo, hi)
+            if self.number_carriers(n) or not self._ledger_add(f"n-{n}", key):
+                skipped += 1  # the site's (or another tool's) number, or one the ledger handed out already
+                continue
+            if not self._ledger_add(key, str(n)):  # lost the race for this name: its number is the winner's
+                return self.identity(kind, name, current=current, pin=pin, object_dn=object_dn, id_range=id_range,
+                                     setting=setting)
+            log.info(json.dumps({"event": "identity", "name": key, "number": n, "source": "allocated",
+                                 "skipped": skipped}))
+            return {"number": n, "source": "allocated"}
+        raise DirectoryError(f"no free number for {kind} {name!r} after {ALLOCATION_ATTEMPTS} tries in"
+                             f" {lo}..{hi}: the range is crowded; widen or move pcluster-ad:identity.idRange")
+
+    def set_numbers(self, dn: str, found: Mapping[str, Any] | None, numbers: Mapping[str, int]) -> dict[str, int]:
+        """Write the numbers an object lacks (never changes one it has: `identity` refused that before);
+        returns what it carries now."""
+        have = {k: first(found, k) for k in numbers} if found else {}
+        changes = {k: str(v) for k, v in numbers.items() if have.get(k) in (None, "")}
+        if changes:
+            self.replace(dn, changes)
+        return {k: int(have[k]) if have.get(k) not in (None, "") else v for k, v in numbers.items()}
+
+    def number_group(self, name: str, number: int) -> dict[str, int]:
+        """The stack's group `name` carries gidNumber `number` (written when it has none)."""
+        found = self.own_account(name, "group")
+        if not found:
+            raise DirectoryError(f"group {name!r} not found after its create/update: cannot set its gidNumber")
+        return self.set_numbers(found["dn"], found, {"gidNumber": number})
 
     # access groups (issue 18)
     def resolve_groups(self, names: Iterable[str]) -> tuple[dict[str, str], list[str]]:
@@ -847,6 +1017,22 @@ class Directory:
         if added or removed:
             self.replace(group_dn, {"member": sorted(want.values())})
         return {"added": added, "removed": removed}
+
+def number_of(found: Mapping[str, Any] | None, attr: str) -> int | None:
+    """An object's uidNumber / gidNumber (None: none, or no object)."""
+    value = first(found, attr) if found else None
+    return int(value) if value not in (None, "") and str(value).lstrip("-").isdigit() else None
+
+
+def event_pin(event: Mapping[str, Any], key: str) -> int | None:
+    """A pinned uid/gid of a user/group input (pcluster-ad:users[].uid / groups[].gid; stack_config checked it)."""
+    value = event.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1000 <= value <= 2**31 - 1:
+        raise DirectoryError(f"bad resource event: {key}={value!r} (a whole number from 1000 to 2^31-1)")
+    return value
+
 
 def _never_set(found: dict[str, Any] | None) -> bool:
     return not found or first(found, "pwdLastSet") in (None, "0")
@@ -892,6 +1078,7 @@ class Settings:
     window_table: str = ""
     ldap_port: int = 389
     sweep_grace_minutes: int = 60
+    id_range: tuple[int, int] = ID_RANGE  # ID_MIN / ID_MAX: pcluster-ad:identity.idRange
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -918,6 +1105,12 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
     stack = environ["STACK"].strip()
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", stack):
         raise SettingsError(f"STACK {stack!r}: letters, digits, '_', '.', '-' only")
+    try:
+        id_range = (int(environ.get("ID_MIN") or ID_RANGE[0]), int(environ.get("ID_MAX") or ID_RANGE[1]))
+    except ValueError as exc:
+        raise SettingsError(f"ID_MIN / ID_MAX: not whole numbers ({exc})") from None
+    if not 1000 <= id_range[0] < id_range[1] <= 2**31 - 1:
+        raise SettingsError(f"ID_MIN / ID_MAX {id_range}: 1000 <= min < max <= 2^31-1")
     deployment = environ["DEPLOYMENT_ID"].strip()
     if not re.fullmatch(r"[A-Za-z0-9_-]{8,64}", deployment):
         raise SettingsError(f"DEPLOYMENT_ID {deployment!r}: 8-64 letters, digits, '_', '-'")
@@ -930,7 +1123,7 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         parent_dn=environ.get("PARENT_DN", "").strip(), join_user=join_user, join_password_parameter=join_parameter,
         window_table=environ.get("WINDOW_TABLE", "").strip(),
         ldap_port=int(environ.get("LDAP_PORT", "389") or 389),
-        sweep_grace_minutes=int(environ.get("SWEEP_GRACE_MINUTES", "60") or 60),
+        sweep_grace_minutes=int(environ.get("SWEEP_GRACE_MINUTES", "60") or 60), id_range=id_range,
     )
 
 
@@ -1103,9 +1296,14 @@ def handle_access(event: Mapping[str, Any], *, action: str, settings: Settings, 
         if not isinstance(value, list) or any(not isinstance(g, str) or sam_problem(g) for g in value):
             raise DirectoryError(f"bad resource event: access {field_name}={value!r}")
         wanted[key] = value
-    # Everything that can refuse before the first write: a name of ours taken outside the OU.
-    for group in names.values():
-        directory.own_account(group, "group")
+    # Everything that can refuse before the first write: a name of ours taken outside the OU, a gidNumber the
+    # ledger refuses. Both groups are POSIX groups (gidNumber): under rfc2307 sudo's %<admins group> needs it.
+    idents = {}
+    for key, group in names.items():
+        found = directory.own_account(group, "group")
+        idents[key] = directory.identity("group", group, current=number_of(found, "gidNumber"),
+                                         object_dn=found["dn"] if found else None, id_range=settings.id_range,
+                                         setting=f"pcluster-ad:access (the stack's group {group})")
     out = {"resource": "access", **left}
     missing_all: list[str] = []
     for key, group in names.items():
@@ -1117,10 +1315,11 @@ def handle_access(event: Mapping[str, Any], *, action: str, settings: Settings, 
         members = [dn for dn in found.values() if dn.lower() not in own]  # never a group of its own
         dn = directory.managed_dn("group", group) or access_group_dn(directory.layout, group)
         change = directory.set_members(dn, members)
+        numbers = directory.number_group(group, idents[key]["number"])
         if owner or deployment:
             directory.claim("group", group, owner or "", deployment)
         out[key] = {"name": group, "dn": dn, "result": result, "members": sorted(found), "missing": missing,
-                    **change}
+                    **change, **numbers}
         if missing:
             missing_all += [f"{n} ({field_name})" for n in missing]
     if missing_all:
@@ -1200,19 +1399,28 @@ def handle_resource(event: Mapping[str, Any], *, settings: Settings, directory: 
     # Another name is another account: the old one goes. A change of case only (alice -> Alice) is the same
     # account to AD (sAMAccountName is matched without case): upsert renames it in place, keeping its SID.
     other_name = action == "update" and isinstance(prev.get("name"), str) and prev["name"].lower() != name.lower()
+    pin = event_pin(event, "gid" if kind == "group" else "uid")
     if kind == "group":
+        # The new name taken outside the OU, or a number the ledger refuses: refused, nothing written.
+        found = directory.own_account(name, "group")
+        ident = directory.identity("group", name, current=number_of(found, "gidNumber"), pin=pin,
+                                   object_dn=found["dn"] if found else None, id_range=settings.id_range)
         if other_name:
-            directory.own_account(name, "group")  # the new name taken outside the OU: refused, the old one kept
             remove(prev["name"])  # renamed: the old object goes, a new one comes
         result = directory.upsert_group(name, event.get("description", ""))
+        numbers = directory.number_group(name, ident["number"])
         if owner:
             directory.claim(kind, name, owner, deployment)
-        return {"resource": kind, "name": name, "result": result, **left}
+        return {"resource": kind, "name": name, "result": result, **numbers, "idSource": ident["source"], **left}
     # A user: everything that can refuse is checked before the first write (also before a rename's delete).
     groups = event.get("groups", [])
     if not isinstance(groups, list) or any(not isinstance(g, str) or sam_problem(g) for g in groups):
         raise DirectoryError(f"bad resource event: user {name!r} groups={groups!r}")
     checked = directory.stack_groups(groups)
+    found = directory.own_account(name, "user")
+    # The ledger's refusals (no write); its writes come after the password checks, with the number.
+    directory.identity("user", name, current=number_of(found, "uidNumber"), pin=pin,
+                       object_dn=found["dn"] if found else None, id_range=settings.id_range, check_only=True)
     parameter = initial_password_parameter_name(settings.stack, name)
     secret: list[str] = []
 
@@ -1227,10 +1435,16 @@ def handle_resource(event: Mapping[str, Any], *, settings: Settings, directory: 
         remove(prev["name"])
     res = directory.upsert_user(name, groups=checked, display_name=event.get("displayName", ""),
                                 email=event.get("email", ""), initial_password=initial_password)
+    # uidNumber, and gidNumber = uidNumber (the user's private group on the nodes) unless the site set one.
+    found = directory.own_account(name, "user")
+    ident = directory.identity("user", name, current=number_of(found, "uidNumber"), pin=pin,
+                               object_dn=found["dn"] if found else None, id_range=settings.id_range)
+    numbers = directory.set_numbers(found["dn"] if found else res.get("dn", ""), found,
+                                    {"uidNumber": ident["number"], "gidNumber": ident["number"]})
     if owner:
         directory.claim(kind, name, owner, deployment)
     return {"resource": kind, "name": name, "created": res["created"], "renamed": res.get("renamed", False),
-            "added": res["added"], "removed": res["removed"], **left}
+            "added": res["added"], "removed": res["removed"], **numbers, "idSource": ident["source"], **left}
 
 
 def _instance(ec2: Any, instance_id: str) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ from pulumi import RunError
 
 from lambda_src import directory_admin as da
 from stack_config import ConfigError
+from tests.test_directory_admin import NumbersStub
 from tools.mocks import PlanMocks
 
 ENV = {"DIRECTORY_ID": "d-1234567890", "DOMAIN": "test.domain", "DNS_IPS": "10.0.0.10,10.0.1.10",
@@ -44,7 +45,7 @@ def existing_directory(dns_ips: list[str], domain: str = "test.domain"):
 
 # -- a directory on a dict, with the LDAP primitives Directory's real logic calls ---------------------------------
 
-class DictDirectory(da.Directory):
+class DictDirectory(NumbersStub, da.Directory):
     """Directory's real upsert/delete/_owned/owner logic on a dict of entries {dn: {attr: [values]}}; lookups by
     sAMAccountName without case (as AD). Records every write."""
 

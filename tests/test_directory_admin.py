@@ -491,7 +491,21 @@ def test_only_the_stacks_own_securestrings_are_read(ssm_env):
     assert not da.same_key("alias/pcluster-ad-dev-join", key["Arn"]) and da.same_key(key["KeyId"], key["Arn"])
 
 
-class RecordingUsers:
+class NumbersStub:
+    """The identity ledger as a stand-in (the real one: tests/test_identity_ledger.py): one number per name."""
+
+    def identity(self, kind, name, **kw):
+        ledger = self.__dict__.setdefault("_ids", {})
+        return {"number": ledger.setdefault(name.lower(), 100000 + len(ledger)), "source": "allocated"}
+
+    def set_numbers(self, dn, found, numbers):
+        return dict(numbers)
+
+    def number_group(self, name, number):
+        return {"gidNumber": number}
+
+
+class RecordingUsers(NumbersStub):
     """Directory stand-in for the resource handler: the stack has groups hpc and gpu."""
 
     def __init__(self):
@@ -672,7 +686,7 @@ class ConnOnDict:
         return True
 
 
-class UsersOnConn(da.Directory):
+class UsersOnConn(NumbersStub, da.Directory):
     """Directory's real upsert_user / ensure_adding_account on ConnOnDict; lookups by case-insensitive name
     (as AD matches sAMAccountName), no groups."""
 
@@ -792,8 +806,11 @@ def test_a_case_only_rename_event_does_not_delete_the_user(ssm_env):
     da.handle_resource(ev, settings=settings, directory=d, ssm=ssm)
     assert [c[:2] for c in d.calls] == [("upsert", "Alice")]
     # A group too: HPC -> hpc is the same group.
-    class G:
+    class G(NumbersStub):
         calls: list = []
+
+        def own_account(self, n, object_class):
+            return None
 
         def delete_group(self, n):
             G.calls.append(("delete", n))

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from lambda_src import directory_admin as da
+from tests.test_directory_admin import NumbersStub
 
 BASE = "DC=test,DC=domain"
 LAYOUT = da.Layout("test.domain", "pcluster-ad-dev")
@@ -17,7 +18,7 @@ SETTINGS = da.Settings(directory_id="d-1234567890", domain="test.domain", dns_ip
 USERS, ADMINS = "pca-dev-users", "pca-dev-admins"
 
 
-class MemDirectory(da.Directory):
+class MemDirectory(NumbersStub, da.Directory):
     """Directory on a dict of objects {dn: {attr: [values]}}: the primitives only; the logic is the real one."""
 
     def __init__(self, objects: dict[str, dict[str, list[str]]]):

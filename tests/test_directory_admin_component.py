@@ -178,7 +178,8 @@ def test_invocations_drive_the_directory(g):
     assert "join-secrets-join-password" in g.dependency_names(invs["directory-admin-setup"])  # its version
     alice = json.loads(invs["directory-admin-user-alice"].inputs["input"])
     assert alice == {"resource": "user", "name": "alice", "groups": ["hpc-users", "gpu"], "displayName": "Alice A",
-                     "email": "alice@example.com", **where, "owner": f"directory-admin-user-alice@{ROLE}"}
+                     "email": "alice@example.com", "identityVersion": 1, **where,
+                     "owner": f"directory-admin-user-alice@{ROLE}"}
     assert json.loads(invs["directory-admin-group-gpu"].inputs["input"])["directoryId"] == DIRECTORY
     deps = g.dependency_names(invs["directory-admin-user-alice"])
     assert {"directory-admin-setup", "directory-admin-group-hpc-users", "directory-admin-group-gpu",

@@ -17,6 +17,8 @@ def raw(**over: Any) -> dict[str, Any]:
     r = copy.deepcopy(stack_doc("dev")["config"])
     r.pop("pcluster-ad:join", None)
     r.update({f"pcluster-ad:{k}": v for k, v in over.items()})
+    if "adminUser" not in r.get("pcluster-ad:directory", {}) and r["pcluster-ad:directory"]["type"] == "Existing":
+        r.pop("pcluster-ad:identity", None)  # rfc2307 (the sample's) needs admin credentials
     return r
 
 
@@ -176,6 +178,7 @@ def test_program_existing_directory_has_no_directory_admin(run_stack):
         c["pcluster-ad:directory"] = {"type": "Existing", "domainName": "corp.example.com",
                                       "dnsIps": ["10.0.0.10", "10.0.1.10"]}
         c["pcluster-ad:join"] = {"user": "svc-join"}
+        c.pop("pcluster-ad:identity", None)  # rfc2307 (the sample's) needs admin credentials
 
     g = run_stack(edit, secrets={"pcluster-ad:joinPassword": "Corr3ct-Horse-Battery"})
     assert not [r for r in g.resources if r.name.startswith("directory-admin")]

@@ -18,7 +18,7 @@ import pytest
 from moto import mock_aws
 
 import lambda_src.directory_admin as da
-from tests.test_directory_admin import CLUSTER, ENV
+from tests.test_directory_admin import CLUSTER, ENV, NumbersStub
 from tests.test_lifecycle_judge import STACKS, plan_of
 from tools.lifecycle_judge import Plan, replace_safety_findings
 
@@ -27,7 +27,7 @@ PEOPLE = f"OU=Users,{STACK_DN}"
 OLD_FN, NEW_FN = "pcad-dev-eu-west-1-dir", "pcad-dev-eu-west-2-dir"  # a renamed function: the Invocations are replaced
 
 
-class Dit(da.Directory):
+class Dit(NumbersStub, da.Directory):
     """The stack's part of a directory on a dict (dn -> attributes). The handler's calls (ensure_layout, upsert_*,
     delete_*) act on it; Directory's managed_dn/owner_of/claim/_owned/delete_stack_ou/delete_group/delete_user are
     the real ones."""

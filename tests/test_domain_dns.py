@@ -33,6 +33,8 @@ def adopt(domain_dns: str | None = None, directory: dict | None = None):
         if directory:
             c["pcluster-ad:directory"] = directory
             c["pcluster-ad:join"] = {"user": "svc-join"}
+            if "adminUser" not in directory:  # rfc2307 (the sample's) needs admin credentials
+                c.pop("pcluster-ad:identity", None)
     return edit
 
 

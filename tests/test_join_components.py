@@ -617,7 +617,8 @@ def test_program_existing_directory_without_admin_uses_the_default_computers_con
     g = run_stack(lambda c: (c.__setitem__("pcluster-ad:directory", {
         "type": "Existing", "domainName": "corp.example.com", "shortName": "CORP",
         "dnsIps": ["10.0.0.10", "10.0.1.10"], "directoryId": "d-1234567890"}),
-        c.__setitem__("pcluster-ad:join", {"user": "svc-join"})),
+        c.__setitem__("pcluster-ad:join", {"user": "svc-join"}),
+        c.pop("pcluster-ad:identity", None)),  # rfc2307 (the sample's) needs admin credentials
         secrets={"pcluster-ad:joinPassword": PASSWORD})
     env = g.named("join-function-fn").inputs["environment"]["variables"]
     assert "computerOu" not in g.outputs

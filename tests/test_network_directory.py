@@ -162,7 +162,8 @@ def test_existing_directory_only_gets_dhcp_options(run_stack):
     g = run_stack(lambda c: (c.__setitem__("pcluster-ad:directory", {
         "type": "Existing", "domainName": "corp.example.com", "shortName": "CORP",
         "dnsIps": ["10.0.0.10", "10.0.1.10"], "directoryId": "d-1234567890"}),
-        c.__setitem__("pcluster-ad:join", {"user": "svc-join"})),
+        c.__setitem__("pcluster-ad:join", {"user": "svc-join"}),
+        c.pop("pcluster-ad:identity", None)),  # rfc2307 (the sample's) needs admin credentials
         secrets={"pcluster-ad:joinPassword": PASSWORD})
     assert not g.of_type(DIRECTORY)
     assert not g.of_type("random:index/randomPassword:RandomPassword")

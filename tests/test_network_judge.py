@@ -37,6 +37,7 @@ def _existing_directory(c):
     c["pcluster-ad:directory"] = {"type": "Existing", "domainName": "corp.example.com", "shortName": "CORP",
                                   "dnsIps": ["10.0.0.10", "10.0.1.10"], "directoryId": "d-1234567890"}
     c["pcluster-ad:join"] = {"user": "svc-join"}
+    c.pop("pcluster-ad:identity", None)  # rfc2307 (the sample's) needs admin credentials
 
 
 # name -> (stack file, edit, secrets): the sample stacks, an adopted VPC, login nodes, an Existing directory.

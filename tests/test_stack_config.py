@@ -64,6 +64,7 @@ def set_path(raw: dict[str, Any], key: str, path: list[Any], value: Any) -> None
 
 DELETE = object()
 NET, DIR, CL, JOIN = "pcluster-ad:network", "pcluster-ad:directory", "pcluster-ad:cluster", "pcluster-ad:join"
+IDENTITY = "pcluster-ad:identity"
 
 # (id, key, path, value, expected key in the message, expected words)
 RULES = [
@@ -186,6 +187,7 @@ def test_existing_directory_needs_join_user_and_password():
     def edit(raw):
         raw[DIR] = {"type": "Existing", "domainName": "corp.example.com", "dnsIps": ["10.1.0.10", "not-an-ip"]}
         raw.pop(JOIN, None)
+        raw.pop(IDENTITY, None)
 
     joined = "\n".join(problems_of(edit))
     assert "join.user: is required for an Existing directory" in joined
@@ -204,6 +206,7 @@ def test_existing_directory_dns_ips_must_be_private(ip, private):
     raw = dev_raw()
     raw[DIR] = {"type": "Existing", "domainName": "corp.example.com", "dnsIps": ["10.1.0.10", ip]}
     raw[JOIN] = {"user": "svc-join"}
+    raw.pop(IDENTITY, None)  # rfc2307 (the sample's) needs admin credentials
     if private:
         assert parse_settings(raw, stack="dev", join_password=GOOD_PASSWORD).directory.dns_ips[1] == ip
         return
@@ -228,6 +231,7 @@ def test_admin_password_rules_and_secret_not_echoed():
 def test_admin_password_on_existing_directory_is_rejected():
     def edit(raw):
         raw[DIR] = {"type": "Existing", "domainName": "corp.example.com", "dnsIps": ["10.1.0.10"]}
+        raw.pop(IDENTITY, None)
 
     found = problems_of(edit, admin_password=GOOD_PASSWORD, join_password=GOOD_PASSWORD)
     assert any("adminPassword: applies only to a directory created here" in p for p in found)
@@ -330,6 +334,8 @@ def _existing(directory: dict[str, Any]) -> dict[str, Any]:
     raw = dev_raw()
     raw[DIR] = directory
     raw[JOIN] = {"user": "pcad-add-dev"}
+    if "adminUser" not in directory:  # rfc2307 (the sample's) needs admin credentials
+        raw.pop(IDENTITY, None)
     return raw
 
 

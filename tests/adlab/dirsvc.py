@@ -16,6 +16,8 @@ Control: one JSON object per line on stdin, one JSON answer per line on stdout; 
     {"op": "name", "instance_id": ...}                    -> {"name": computer name}
     {"op": "resets"}                                      -> {"users": [user names whose password was reset]}
     {"op": "ldap", "server", "user", "password", "ops": [...]} -> what another account may do (test probes)
+    {"op": "allocate", "names": [[kind, name], ...]}    -> {"numbers": [...]}: Directory.identity for each name on
+                                                          one connection of this function's settings (issue 18 races)
     {"op": "aws_reachable", "value": bool}               false: the function's way to the AWS APIs is gone (the
                                                           NAT, its routes): every EC2/SSM/DynamoDB call fails
 """
@@ -29,6 +31,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 import traceback
 from datetime import UTC, datetime
 from pathlib import Path
@@ -199,6 +202,18 @@ def main() -> None:
                 out = {"users": state["ds"].resets}
             elif op == "ldap":
                 out = {"results": ldap_ops(req)}
+            elif op == "allocate":
+                settings = state["settings"]
+                conn = da.ldap_connect(settings, ssm.get_parameter(Name=settings.admin_password_parameter,
+                                                                   WithDecryption=True)["Parameter"]["Value"])
+                try:
+                    d = da.Directory(conn, settings.layout, lambda u, p: None)
+                    started = time.monotonic()
+                    out = {"numbers": [d.identity(kind, name, id_range=settings.id_range)["number"]
+                                       for kind, name in req["names"]],
+                           "started": started, "ended": time.monotonic()}
+                finally:
+                    conn.unbind()
             elif op == "handle":
                 now = datetime.fromisoformat(req["now"]) if req.get("now") else datetime.now(UTC)
                 event = resolve_deployment(req["event"], state["settings"].deployment_id)
