@@ -30,6 +30,7 @@ from lambda_src.directory_admin import access_group_names, computer_prefix
 from stack_config import ConfigError, Problem, Settings
 
 ROOT = Path(__file__).resolve().parent
+REMAP_TOOL = "remap-home-owners.py"  # uploaded with the scripts; not run by ParallelCluster (README "Stable UIDs")
 
 
 def pulumi_program() -> None:
@@ -154,7 +155,8 @@ def pulumi_program() -> None:
     # The cluster: scripts, node permissions, homes that outlive it, and the pcluster run.
     account_id = aws.get_caller_identity_output().account_id
     scripts = BootstrapScripts("bootstrap", BootstrapScriptsArgs(
-        script_paths=[str(ROOT / "bootstrap" / JOIN_SCRIPT), str(ROOT / "bootstrap" / SSH_SCRIPT)],
+        script_paths=[str(ROOT / "bootstrap" / JOIN_SCRIPT), str(ROOT / "bootstrap" / SSH_SCRIPT),
+                      str(ROOT / "bootstrap" / REMAP_TOOL)],
         bucket_name=account_id.apply(lambda a: bootstrap_bucket_name(a, settings.region, settings.stack)),
         function_url=join_function.function_url,
         function_url_script=JOIN_SCRIPT,
@@ -166,6 +168,7 @@ def pulumi_program() -> None:
         # With DirectoryAdmin: access is the membership of the stack's two groups (issue 18); without: the lists.
         stack_users_group_dn=directory_admin.access_users_group_dn if directory_admin else None,
         stack_admins_group=directory_admin.access_admins_group if directory_admin else None,
+        id_mode=settings.identity.mode,  # how nodes find UIDs/GIDs (issue 18)
         tags=tags,
     ))
     role = ClusterRole("cluster-role", ClusterRoleArgs(

@@ -217,7 +217,7 @@ class BootstrapScripts(pulumi.ComponentResource):
             self.objects.append(aws.s3.BucketObjectv2(f"{name}-{file.stem}", aws.s3.BucketObjectv2Args(
                 bucket=bucket.id,
                 key=f"{SCRIPTS_PREFIX}/{file.name}",
-                content_type="text/x-shellscript",
+                content_type="text/x-python" if file.suffix == ".py" else "text/x-shellscript",
                 **body,
             ), child))
 

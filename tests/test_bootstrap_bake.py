@@ -3,6 +3,8 @@ finding 4: nothing that can change without a real change may reach the head node
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import subprocess
 
@@ -144,3 +146,17 @@ def test_stack_in_an_adopted_vpc_bakes_no_cidr(run_stack):
         "privateSubnetIds": list(subnets)}), mocks=PlanMocks(subnets=subnets)).named(
         "bootstrap-join-domain").inputs["content"]
     assert BAKED_VPC_CIDR_LINE + "\n" in content  # the node logs that its keys are not limited to the VPC
+
+
+def test_stack_bakes_its_id_mode_and_uploads_the_remap_tool(run_stack):
+    """pcluster-ad:identity.mode reaches nodes through the uploaded script (issue 18); the migration tool is uploaded
+    beside it, unchanged, and ParallelCluster runs neither it nor anything else new."""
+    default = run_stack()  # the dev sample: rfc2307
+    content = default.named("bootstrap-join-domain").inputs["content"]
+    assert "BAKED_ID_MODE=rfc2307\n" in content
+    idmap = run_stack(lambda c: c.__setitem__("pcluster-ad:identity", {"mode": "idmap"}))
+    assert "BAKED_ID_MODE=idmap\n" in idmap.named("bootstrap-join-domain").inputs["content"]
+    tool = default.named("bootstrap-remap-home-owners").inputs
+    assert tool["key"] == "bootstrap/remap-home-owners.py" and tool["contentType"] == "text/x-python"
+    assert tool["sourceHash"] == hashlib.sha256((SCRIPT.parent / "remap-home-owners.py").read_bytes()).hexdigest()
+    assert "remap-home-owners" not in json.dumps(default.named("cluster-pcluster").inputs["stdin"])
