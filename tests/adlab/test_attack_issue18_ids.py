@@ -1,0 +1,154 @@
+"""Attack review of issue 18's identities against the lab's Samba DC (Simple AD is Samba): the identity ledger
+CN=pcluster-ad-ids,<parent> (docs/design.md, "Identities (issue 18)") attacked by the two principals a cluster
+hands out to people who are not the stack's admin:
+
+- an AD user with a shell or a job on any node (her password; LDAP as herself, sealed NTLM: DC_AS);
+- root on one compute node: its computer account (the machine password in /etc/krb5.keytab; LDAP as NODE$).
+
+What they would gain: a new ledger entry CN=user-<name> holding another user's number makes that name, once
+declared (or re-declared), that user on every rfc2307 node (her files, her jobs); moving the counter CN=next-<min>
+back onto a number the ledger handed out, or deleting / renaming CN=n-<number> or CN=user-<name>, makes the
+function hand a number out twice or a re-declared user a new number (her homes stop being hers). Every attempt
+must be refused by the DC, and the ledger must be byte for byte what the function wrote. Results measured on Samba
+4.17; on a Windows DC (AWS Managed AD) the same default descriptors apply (container class: Authenticated Users
+read only), not tried here."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+
+import pytest
+
+from .conftest import USERS
+from .test_directory_admin import BASE, DC_AS, dc_sddl, dc_search, lab  # noqa: F401
+from .test_identity_ledger import LEDGER, Stack, ledger
+
+pytestmark = pytest.mark.adlab
+
+# DC_AS with one more operation: a rename (LDAP modrdn / move) of an entry to another DN.
+_ELSE = '        else:\n            raise ValueError(o["op"])'
+assert _ELSE in DC_AS
+DC_AS_RENAME = DC_AS.replace(_ELSE, '        elif o["op"] == "rename":\n            db.rename(o["dn"], o["to"])\n'
+                             + _ELSE)
+
+# Run by the DC's python3: a computer object with a known password (what root on a node has in its keytab).
+NODE_ADD = r"""
+import sys
+from samba.auth import system_session
+from samba.param import LoadParm
+from samba.samdb import SamDB
+lp = LoadParm(); lp.load_default()
+db = SamDB(url=lp.samdb_url(), session_info=system_session(), lp=lp)
+name, parent, password = sys.argv[1], sys.argv[2], sys.stdin.read()
+db.add({"dn": "CN=%s,%s" % (name, parent), "objectClass": "computer", "sAMAccountName": name + "$",
+        "userAccountControl": "4096", "unicodePwd": ('"%s"' % password).encode("utf-16-le")})
+"""
+
+NODE = "ATKNODE18"
+NODE_PASSWORD = "Nd-" + secrets.token_urlsafe(18) + "7!"
+REFUSED = {"insufficientAccessRights"}
+# SDDL rights that change a container or its children (RP/LC/LO/RC: reading is harmless, numbers are not secret).
+WRITE_RIGHTS = ("GA", "GW", "WP", "CC", "DC", "SD", "DT", "WD", "WO", "SW")
+# Who is not the stack's admin: Everyone, Authenticated Users, Domain Users (-513), Domain Computers (-515),
+# PRINCIPAL_SELF, anonymous, the users' and computers' own groups.
+LOW = {"WD", "AU", "DU", "DC", "PS", "AN", "BU"}
+
+
+def as_(lab, account: str, password: str, ops: list[dict]) -> list[dict]:  # noqa: F811
+    res = lab.dc.run(["/usr/bin/python3", "-c", DC_AS_RENAME], input=json.dumps(
+        {"dc": lab.dc_ip, "user": account, "password": password, "ops": ops}), timeout=120)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def world(lab):  # noqa: F811
+    st = Stack(lab, "ids-atk")
+    lena, mia = st.user("lena")["uidNumber"], st.user("mia")["uidNumber"]
+    lab.dc.run(["/usr/bin/python3", "-c", NODE_ADD, NODE, f"CN=Computers,{BASE}"], input=NODE_PASSWORD)
+    yield {"stack": st, "lena": lena, "mia": mia, "before": ledger(lab)}
+    st.svc.close()
+
+
+def attacks(w: dict) -> list[dict]:
+    """Every write an attacker would make to the ledger, with what it would gain."""
+    lena, nxt = w["lena"], max(w["lena"], w["mia"]) + 1
+    e = lambda rdn: f"CN={rdn},{LEDGER}"  # noqa: E731
+    return [
+        # a name not yet declared recorded with lena's number: declared later, it becomes lena on the nodes
+        {"op": "add", "dn": e("user-zed"), "attrs": {"objectClass": "container", "description": str(lena)}},
+        # the next numbers claimed (burnt) or pre-assigned to a name of her choice
+        {"op": "add", "dn": e(f"n-{nxt}"), "attrs": {"objectClass": "container", "description": "user-zed"}},
+        # the counter moved back onto lena's number
+        {"op": "modify", "dn": e("next-100000"), "attr": "description", "value": str(lena)},
+        # lena's entry rewritten: re-declared, she would get mia's number (mia's files)
+        {"op": "modify", "dn": e("user-lena"), "attr": "description", "value": str(w["mia"])},
+        # lena's entries removed: re-declared she gets a new number; her number handed out again
+        {"op": "delete", "dn": e("user-lena")},
+        {"op": "delete", "dn": e(f"n-{lena}")},
+        # lena's name entry renamed onto another name (keeps the number, moves the owner)
+        {"op": "rename", "dn": e("user-lena"), "to": e("user-zed")},
+        {"op": "rename", "dn": e(f"n-{lena}"), "to": e(f"n-{nxt + 1}")},
+        # the ledger's own descriptor and description
+        {"op": "write_dacl", "dn": LEDGER, "sddl": "D:(A;;GA;;;WD)"},
+        {"op": "modify", "dn": LEDGER, "attr": "description", "value": "x"},
+        # the whole ledger moved away (a fresh, empty one would then be created: every name gets a new number)
+        {"op": "rename", "dn": LEDGER, "to": f"CN=pcluster-ad-ids-old,{BASE}"},
+        {"op": "delete", "dn": LEDGER},
+        # a ledger of her own where the next stack would look for one (its parent is the domain root on Simple AD)
+        {"op": "add", "dn": f"CN=pcluster-ad-ids-x,{BASE}", "attrs": {"objectClass": "container"}},
+    ]
+
+
+@pytest.mark.parametrize("who", ["user", "computer"])
+def test_no_user_and_no_computer_account_can_change_the_identity_ledger(lab, world, who):  # noqa: F811
+    account, password = ("alice", USERS["alice"]) if who == "user" else (NODE + "$", NODE_PASSWORD)
+    results = as_(lab, account, password, attacks(world))
+    assert results[0]["op"] != "bind", results
+    wrong = [r for r in results if r["result"] not in REFUSED]
+    assert not wrong, wrong
+    assert ledger(lab) == world["before"]
+    assert dc_search(lab, BASE, "(cn=pcluster-ad-ids*)", scope="one") == [{"dn": LEDGER}]
+
+
+def test_the_ledger_grants_nothing_but_reading_to_users_and_computers(lab, world):  # noqa: F811
+    """The ledger's and its entries' DACLs (inherited from the domain root on Simple AD): no write, create,
+    delete or descriptor right for Everyone, Authenticated Users, Domain Users, Domain Computers or SELF."""
+    for dn in (LEDGER, f"CN=user-lena,{LEDGER}", f"CN=next-100000,{LEDGER}"):
+        sddl = dc_sddl(lab, dn, "alice")["sddl"]
+        dacl = sddl.split("D:", 1)[1].split("S:", 1)[0]
+        for ace in re.findall(r"\(([^)]*)\)", dacl):
+            kind, _flags, rights, _obj, _inh, sid = ace.split(";")[:6]
+            if kind.startswith("A") and sid in LOW:
+                granted = [rights[i:i + 2] for i in range(0, len(rights), 2)]
+                assert not set(granted) & set(WRITE_RIGHTS), (dn, ace)
+
+
+def test_a_computer_account_cannot_give_itself_posix_numbers(lab, world):  # noqa: F811
+    """Under rfc2307 a computer object with a uidNumber is a POSIX account on every node (objectClass computer is
+    a user): NODE$ with lena's number would be a second owner of her files (the access filter refuses computers
+    at login, but the number would be shown and resolved as NODE$)."""
+    (node,) = dc_search(lab, BASE, f"(sAMAccountName={NODE}$)")
+    ops = [{"op": "modify", "dn": node["dn"], "attr": a, "value": str(world["lena"])}
+           for a in ("uidNumber", "gidNumber")]
+    ops.append({"op": "modify", "dn": node["dn"], "attr": "unixHomeDirectory", "value": "/home/lena"})
+    assert [r["result"] for r in as_(lab, NODE + "$", NODE_PASSWORD, ops)] == ["insufficientAccessRights"] * 3
+    assert dc_search(lab, BASE, f"(sAMAccountName={NODE}$)", ["uidNumber", "gidNumber"]) == [node]
+
+
+def test_a_user_cannot_add_a_computer_or_object_carrying_another_users_number(lab, world):  # noqa: F811
+    """Windows lets any user add up to ms-DS-MachineAccountQuota (10) computers to CN=Computers; one carrying
+    lena's uidNumber would be a second POSIX owner of her number on rfc2307 nodes. Samba refuses the add."""
+    lena = str(world["lena"])
+    ops = [{"op": "add", "dn": f"CN=EVIL18,CN=Computers,{BASE}",
+            "attrs": {"objectClass": "computer", "sAMAccountName": "EVIL18$", "uidNumber": lena, "gidNumber": lena,
+                      "userAccountControl": "4096"}},
+           {"op": "add", "dn": f"CN=evil18,CN=Users,{BASE}",
+            "attrs": {"objectClass": "user", "sAMAccountName": "evil18", "uidNumber": lena}},
+           {"op": "add", "dn": f"CN=evil18g,CN=Users,{BASE}",
+            "attrs": {"objectClass": "group", "sAMAccountName": "evil18g", "gidNumber": lena}}]
+    results = as_(lab, "alice", USERS["alice"], ops)
+    assert [r["result"] for r in results] == ["insufficientAccessRights"] * 3, results
+    assert [h["dn"] for h in dc_search(lab, BASE, f"(|(uidNumber={lena})(gidNumber={lena}))")] == [
+        h["dn"] for h in dc_search(lab, BASE, "(sAMAccountName=lena)")]
