@@ -21,8 +21,8 @@ import secrets
 
 import pytest
 
-from .conftest import USERS
-from .test_directory_admin import BASE, DC_AS, dc_sddl, dc_search, lab  # noqa: F401
+from .conftest import USERS, running_lab
+from .test_directory_admin import BASE, DC_AS, allow_simple_binds, dc_sddl, dc_search
 from .test_identity_ledger import LEDGER, Stack, ledger
 
 pytestmark = pytest.mark.adlab
@@ -56,14 +56,22 @@ WRITE_RIGHTS = ("GA", "GW", "WP", "CC", "DC", "SD", "DT", "WD", "WO", "SW")
 LOW = {"WD", "AU", "DU", "DC", "PS", "AN", "BU"}
 
 
-def as_(lab, account: str, password: str, ops: list[dict]) -> list[dict]:  # noqa: F811
+@pytest.fixture(scope="module")
+def lab():
+    """The lab with its AWS stand-ins (nodes join) and simple binds allowed (as Simple AD; the directory-admin
+    function's ldap3 binds so)."""
+    with running_lab(after_start=allow_simple_binds) as lab:
+        yield lab
+
+
+def as_(lab, account: str, password: str, ops: list[dict]) -> list[dict]:
     res = lab.dc.run(["/usr/bin/python3", "-c", DC_AS_RENAME], input=json.dumps(
         {"dc": lab.dc_ip, "user": account, "password": password, "ops": ops}), timeout=120)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
-def world(lab):  # noqa: F811
+def world(lab):
     st = Stack(lab, "ids-atk")
     lena, mia = st.user("lena")["uidNumber"], st.user("mia")["uidNumber"]
     lab.dc.run(["/usr/bin/python3", "-c", NODE_ADD, NODE, f"CN=Computers,{BASE}"], input=NODE_PASSWORD)
@@ -102,7 +110,7 @@ def attacks(w: dict) -> list[dict]:
 
 
 @pytest.mark.parametrize("who", ["user", "computer"])
-def test_no_user_and_no_computer_account_can_change_the_identity_ledger(lab, world, who):  # noqa: F811
+def test_no_user_and_no_computer_account_can_change_the_identity_ledger(lab, world, who):
     account, password = ("alice", USERS["alice"]) if who == "user" else (NODE + "$", NODE_PASSWORD)
     results = as_(lab, account, password, attacks(world))
     assert results[0]["op"] != "bind", results
@@ -112,7 +120,7 @@ def test_no_user_and_no_computer_account_can_change_the_identity_ledger(lab, wor
     assert dc_search(lab, BASE, "(cn=pcluster-ad-ids*)", scope="one") == [{"dn": LEDGER}]
 
 
-def test_the_ledger_grants_nothing_but_reading_to_users_and_computers(lab, world):  # noqa: F811
+def test_the_ledger_grants_nothing_but_reading_to_users_and_computers(lab, world):
     """The ledger's and its entries' DACLs (inherited from the domain root on Simple AD): no write, create,
     delete or descriptor right for Everyone, Authenticated Users, Domain Users, Domain Computers or SELF."""
     for dn in (LEDGER, f"CN=user-lena,{LEDGER}", f"CN=next-100000,{LEDGER}"):
@@ -125,7 +133,7 @@ def test_the_ledger_grants_nothing_but_reading_to_users_and_computers(lab, world
                 assert not set(granted) & set(WRITE_RIGHTS), (dn, ace)
 
 
-def test_a_computer_account_cannot_give_itself_posix_numbers(lab, world):  # noqa: F811
+def test_a_computer_account_cannot_give_itself_posix_numbers(lab, world):
     """Under rfc2307 a computer object with a uidNumber is a POSIX account on every node (objectClass computer is
     a user): NODE$ with lena's number would be a second owner of her files (the access filter refuses computers
     at login, but the number would be shown and resolved as NODE$)."""
@@ -137,7 +145,7 @@ def test_a_computer_account_cannot_give_itself_posix_numbers(lab, world):  # noq
     assert dc_search(lab, BASE, f"(sAMAccountName={NODE}$)", ["uidNumber", "gidNumber"]) == [node]
 
 
-def test_a_user_cannot_add_a_computer_or_object_carrying_another_users_number(lab, world):  # noqa: F811
+def test_a_user_cannot_add_a_computer_or_object_carrying_another_users_number(lab, world):
     """Windows lets any user add up to ms-DS-MachineAccountQuota (10) computers to CN=Computers; one carrying
     lena's uidNumber would be a second POSIX owner of her number on rfc2307 nodes. Samba refuses the add."""
     lena = str(world["lena"])
@@ -152,3 +160,92 @@ def test_a_user_cannot_add_a_computer_or_object_carrying_another_users_number(la
     assert [r["result"] for r in results] == ["insufficientAccessRights"] * 3, results
     assert [h["dn"] for h in dc_search(lab, BASE, f"(|(uidNumber={lena})(gidNumber={lena}))")] == [
         h["dn"] for h in dc_search(lab, BASE, "(sAMAccountName=lena)")]
+
+
+# -- on an rfc2307 node -------------------------------------------------------------------------------------------
+# Directory (the site's own data, which rfc2307 nodes read as they find it): lowu carries uidNumber 1000, the UID of
+# the default user of every ParallelCluster AMI (ec2-user, ubuntu, rocky: passwordless sudo); posu (150220) is in
+# sudo27, a group carrying gidNumber 27, the local `sudo` group of Debian/Ubuntu (on RHEL/AL2023 wheel is 10);
+# nestu (150210) is in dadm18, a group WITHOUT gidNumber (as Domain Admins is) that is a member of adm18 (gidNumber
+# 150200): adm18 stands for the stack's admins group, whose members are the configured adminGroups.
+NODE_PW = {"lowu": "Lowu-Pw-2026!xy", "posu": "Posu-Pw-2026!xy", "nestu": "Nestu-Pw-2026!x",
+           "plainu": "Plainu-Pw-2026!x"}
+LOCAL_DEFAULT = "defuser"  # the AMI's default user, UID 1000
+
+
+@pytest.fixture(scope="module")
+def node(lab, world):
+    from .conftest import JOIN_TIMEOUT, describe
+    from .test_identity_rfc2307 import default_args
+
+    lab.populate({"users": [{"name": u, "password": p} for u, p in NODE_PW.items()],
+                  "groups": [{"name": "adm18", "members": []}, {"name": "dadm18", "members": ["nestu"]},
+                             {"name": "sudo27", "members": ["posu"]}]})
+    for cmd in (["user", "addunixattrs", "lowu", "1000", "--gid-number", "1000"],
+                ["user", "addunixattrs", "posu", "150220", "--gid-number", "150220"],
+                ["user", "addunixattrs", "nestu", "150210", "--gid-number", "150210"],
+                ["user", "addunixattrs", "plainu", "150230", "--gid-number", "150230"],
+                ["group", "addunixattrs", "adm18", "150200"], ["group", "addunixattrs", "sudo27", "27"],
+                ["group", "addmembers", "adm18", "dadm18"]):
+        lab.dc.run(["samba-tool", *cmd])
+    (n,) = lab.add_nodes([{}])
+    res = n.start_bootstrap(timeout_arg=JOIN_TIMEOUT, args=[
+        *default_args(n), "--id-mode", "rfc2307", "--stack-admins-group", "adm18"]).wait()
+    assert res.rc == 0, describe(res)
+    assert n.run_action("enable-ssh-password-auth.sh").rc == 0
+    # -o: useradd checks uniqueness through NSS, where lowu (sssd) already has 1000 (found so in the lab)
+    n.run(["useradd", "-o", "-u", "1000", "-m", "-s", "/bin/bash", LOCAL_DEFAULT])
+    return n
+
+
+def node_ssh(lab, n, user: str, cmd: str):
+    from .lab import SSH_OPTS
+
+    return lab.client.run(["sshpass", "-e", "ssh", *SSH_OPTS, "-o", "PubkeyAuthentication=no", f"{user}@{n.ip}",
+                           cmd], env={"SSHPASS": NODE_PW[user]}, check=False, timeout=120)
+
+
+def sudo_as(lab, n, user: str, env: str = ""):
+    """A password login that runs sudo (with `env` in sudo's own environment) with the user's password."""
+    return node_ssh(lab, n, user, f"printf '%s\\n' '{NODE_PW[user]}' | {env} sudo -S -k -p '' id -u")
+
+
+def test_an_admin_through_a_group_without_gidnumber_keeps_sudo_under_rfc2307(lab, node):
+    """adminGroups: [Domain Admins] (no gidNumber) under rfc2307: the stack's admins group has one and sssd finds it
+    through the nested membership (tokenGroups), so sudo's %<admins group> matches; dadm18 itself is not listed."""
+    res = sudo_as(lab, node, "nestu")
+    assert res.stdout.strip().splitlines()[-1:] == ["0"], (res.stdout, res.stderr)
+    groups = node.run(["id", "-Gn", "nestu"]).stdout.split()
+    assert "adm18" in groups and "dadm18" not in groups, groups
+
+
+@pytest.mark.parametrize("env", ["_SSS_LOOPS=NO", "SSS_NSS_USE_MEMCACHE=NO"])
+def test_a_user_cannot_steer_what_nss_answers_sudo_through_her_environment(lab, node, env):
+    """sssd's NSS client reads _SSS_LOOPS and SSS_NSS_USE_MEMCACHE with getenv(), also inside setuid sudo (glibc's
+    secure mode does not remove them). _SSS_LOOPS=NO makes every sss lookup "not found": sudo cannot find the user
+    and refuses (fails closed); SSS_NSS_USE_MEMCACHE=NO only skips the memory cache (fresher answers). plainu has
+    no sudo: neither gives it to her; nestu keeps hers without _SSS_LOOPS only."""
+    assert sudo_as(lab, node, "plainu", env).stdout.strip() != "0"
+    out = sudo_as(lab, node, "nestu", env).stdout.strip().splitlines()[-1:]
+    assert out == (["0"] if env.startswith("SSS_NSS") else []), out
+
+
+@pytest.mark.xfail(strict=True, reason="attack finding 1: rfc2307 nodes take any uidNumber from the directory: a site"
+                   " account with uidNumber 1000 is the AMI's default user (ec2-user: passwordless sudo) on every"
+                   " node. Fix: min_id (e.g. 1001) in the rfc2307 domain section of sssd.conf")
+def test_a_directory_account_with_the_default_users_uid_is_not_a_posix_user_on_nodes(lab, node):
+    # lowu is uid 1000 at login: the default user's home (and its ~/.ssh/authorized_keys) is hers
+    res = node_ssh(lab, node, "lowu", f"id -u; touch ~{LOCAL_DEFAULT}/planted && echo PLANTED")
+    assert node.run(["id", "lowu"], check=False).returncode != 0
+    assert "PLANTED" not in res.stdout, res.stdout
+
+
+@pytest.mark.xfail(strict=True, reason="attack finding 1: rfc2307 nodes take any gidNumber from the directory: a site"
+                   " group with gidNumber 27 is the local sudo group (wheel: 10) for its members. Fix: min_id (e.g."
+                   " 1001) in the rfc2307 domain section of sssd.conf")
+def test_a_directory_group_with_a_local_system_gid_gives_its_members_nothing_local(lab, node):
+    # posu is in no admins group: through sudo27 (gidNumber 27) she is in the node's `sudo` group, which Debian's
+    # /etc/sudoers gives ALL (measured: sudo with her own password ran `id -u` as 0).
+    res = sudo_as(lab, node, "posu")
+    assert res.stdout.strip() != "0", res.stdout
+    assert 27 not in [int(g) for g in node.run(["id", "-G", "posu"]).stdout.split()]
