@@ -11,8 +11,9 @@ import json
 
 import pytest
 
-from .conftest import JOIN_TIMEOUT, describe
+from .conftest import JOIN_TIMEOUT, describe, running_lab
 from .lab import BOOTSTRAP_DIR, SSH_OPTS
+from .test_directory_admin import allow_simple_binds
 
 pytestmark = pytest.mark.adlab
 
@@ -21,6 +22,14 @@ TOOL = "/usr/local/sbin/remap-home-owners.py"
 # As the stack bakes it: rfc2307 comes with DirectoryAdmin's admins group, which has a gidNumber (the join's check
 # that the domain answers looks that group up: Domain Users has no gidNumber).
 RFC2307 = ["--id-mode", "rfc2307", "--stack-admins-group", "pgrp"]
+
+
+@pytest.fixture(scope="module")
+def lab():
+    """The lab of conftest.py (join services, client), with the DC configured like Simple AD: simple binds, which
+    the directory-admin function uses (the last test declares users through it)."""
+    with running_lab(after_start=allow_simple_binds) as lab:
+        yield lab
 
 
 @pytest.fixture(scope="module")
