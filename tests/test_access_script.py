@@ -591,3 +591,31 @@ def test_a_sudo_conf_that_is_dynamic_already_is_not_touched(box):
     (box.root / SUDO_CONF).write_text("set   group_source   DYNAMIC\n")
     installed(box)
     assert (box.root / SUDO_CONF).read_text() == "set   group_source   DYNAMIC\n"
+
+
+RHEL_SUDO_CONF = ["#", "# Default /etc/sudo.conf file", "#", "#Set group_source static", "#Set probe_interfaces false"]
+
+
+@pytest.mark.parametrize("os_name", ["rocky9", "alinux2023"])
+def test_rhel_family_gets_the_same_fresh_snippet_and_sudo_conf(tmp_path, os_name):
+    """RHEL family (authselect): the same snippet and sudo.conf line, on the first join and again on a re-run."""
+    if shutil.which("visudo") is None:
+        pytest.fail("visudo not found: install sudo (tools/install_adlab_deps.sh does)", pytrace=False)
+    box = Sandbox(tmp_path / "box", os_name, authselect_current="Profile ID: sssd\nEnabled features:\n- with-sudo")
+    try:
+        (box.root / "etc").mkdir(parents=True, exist_ok=True)
+        (box.root / SUDO_CONF).write_text("\n".join(RHEL_SUDO_CONF) + "\n")
+        (box.root / "var" / "lib" / "sss" / "db").mkdir(parents=True)
+        result = join(box, "--allowed-groups", "hpc", "--stack-users-group", USERS_DN,
+                      "--stack-admins-group", "pca-dev-admins")
+        assert result.rc == 0, result.output
+        assert fresh_lines(box) == FRESH_LINES
+        assert stat.S_IMODE((box.root / FRESH).stat().st_mode) == 0o600
+        assert (box.root / SUDO_CONF).read_text().splitlines() == [*RHEL_SUDO_CONF, MARK, "Set group_source dynamic"]
+        again = installed(box, "--allowed-groups", "hpc", "--stack-users-group", USERS_DN,
+                          "--stack-admins-group", "pca-dev-admins")
+        assert again.rc == 0, again.output
+        assert fresh_lines(box) == FRESH_LINES
+        assert (box.root / SUDO_CONF).read_text().splitlines() == [*RHEL_SUDO_CONF, MARK, "Set group_source dynamic"]
+    finally:
+        box.cleanup()
