@@ -168,7 +168,8 @@ class GroupSettings:
 # ID-mapping range (which starts at 200000), so allocated and ID-mapped numbers never meet.
 IDENTITY_MODES = ("idmap", "rfc2307")
 DEFAULT_ID_RANGE = (100000, 199999)
-MIN_POSIX_ID = 1000  # below: local system accounts and groups
+MIN_POSIX_ID = 2000  # below: the AMIs' local accounts (the default user 1000, ParallelCluster's system users); nodes
+# ignore directory numbers below it (sssd min_id, join-domain.sh), so none can shadow a local account (attack finding 1)
 MAX_POSIX_ID = 2**31 - 1
 
 
@@ -852,8 +853,9 @@ def _pin(r: _Reader, name: str) -> int | None:
     if value is None:
         return None
     if not MIN_POSIX_ID <= value <= MAX_POSIX_ID:
-        r.fail(r.sub(name), f"{value} is outside {MIN_POSIX_ID}..{MAX_POSIX_ID} (below {MIN_POSIX_ID}: local system"
-               " accounts): use the number the homes are owned by, or remove it to have one allocated")
+        r.fail(r.sub(name), f"{value} is outside {MIN_POSIX_ID}..{MAX_POSIX_ID} (below {MIN_POSIX_ID}: the nodes'"
+               " local accounts, which rfc2307 nodes keep for themselves): use the number the homes are owned by, or"
+               " remove it to have one allocated")
         return None
     return value
 
@@ -878,8 +880,8 @@ def _parse_identity(problems: list[Problem], value: Any, directory: DirectorySet
         hi = rr.int("max", default=hi)
         lo, hi = (DEFAULT_ID_RANGE[0] if lo is None else lo), (DEFAULT_ID_RANGE[1] if hi is None else hi)
         if lo < MIN_POSIX_ID:
-            rr.fail(rr.sub("min"), f"{lo} is below {MIN_POSIX_ID} (local system accounts): use {MIN_POSIX_ID} or more,"
-                    f" e.g. the default {DEFAULT_ID_RANGE[0]}")
+            rr.fail(rr.sub("min"), f"{lo} is below {MIN_POSIX_ID} (the nodes' local accounts): use {MIN_POSIX_ID} or"
+                    f" more, e.g. the default {DEFAULT_ID_RANGE[0]}")
         if hi > MAX_POSIX_ID:
             rr.fail(rr.sub("max"), f"{hi} is above {MAX_POSIX_ID} (2^31-1, the largest ID every tool takes): lower it")
         if lo >= hi:

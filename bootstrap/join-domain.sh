@@ -555,7 +555,10 @@ KEY_RE = re.compile(r"^\s*([A-Za-z0-9_]+)\s*=")
 # RFC 2307 sssd takes a user's unixHomeDirectory (a site's, or samba-tool's /home/<DOMAIN>/<name>) before
 # fallback_homedir, which would move a home that ID mapping put at /home/<name> (measured in the lab).
 ID_MODES = {"idmap": {"ldap_id_mapping": "True"},
-            "rfc2307": {"ldap_id_mapping": "False", "auto_private_groups": "hybrid", "override_homedir": "/home/%u"}}
+            "rfc2307": {"ldap_id_mapping": "False", "auto_private_groups": "hybrid", "override_homedir": "/home/%u",
+                        # Directory numbers below 2000 are the AMIs' local accounts (the default user 1000, its
+                        # group, sudo's group 27...): ignored, so none shadows one (attack finding 1 of issue 18).
+                        "min_id": "2000"}}
 
 def sssd_conf(path, domain, id_mode="idmap"):
     # Set keys in [domain/<domain>] of sssd.conf, keeping everything else. Idempotent. True when the ID mode

@@ -17,6 +17,7 @@ apply finds nothing to change. Exit 0: done (report on stderr); 2: usage or bad 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import grp
 import json
 import os
@@ -78,8 +79,29 @@ def walk(root: str) -> Iterator[Entry]:
             os.close(fd)
 
 
-def chown_at(dir_fd: int, name: str, uid: int, gid: int) -> None:
-    os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+AT_EMPTY_PATH = 0x1000  # linux/fcntl.h: fchownat on the descriptor itself (an O_PATH one included)
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def chown_at(dir_fd: int, name: str, seen: os.stat_result, uid: int, gid: int) -> bool:
+    """Chown the entry the decision was made on, or nothing: the name is opened without following it (O_PATH, a
+    symlink itself too), and only when the inode and its owner are still the ones `seen` (the walk's lstat) is
+    THAT inode chowned, through its descriptor. A user who swaps the entry meanwhile (a hardlink to a file of
+    someone else, a symlink) gets her swap skipped: False."""
+    try:
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    try:
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino, now.st_uid, now.st_gid) != (seen.st_dev, seen.st_ino, seen.st_uid, seen.st_gid):
+            return False
+        if _libc.fchownat(fd, b"", uid, gid, AT_EMPTY_PATH) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), name)
+        return True
+    finally:
+        os.close(fd)
 
 
 def record(root: str, getpwuid: Callable[[int], Any] = pwd.getpwuid,
@@ -151,17 +173,22 @@ class Plan:
 
 
 def apply(saved: dict[str, Any], root: str, *, dry_run: bool = False,
-          chown: Callable[[int, str, int, int], None] = chown_at, getpwnam: Callable[[str], Any] = pwd.getpwnam,
-          getgrnam: Callable[[str], Any] = grp.getgrnam) -> dict[str, Any]:
+          chown: Callable[[int, str, os.stat_result, int, int], bool] = chown_at,
+          getpwnam: Callable[[str], Any] = pwd.getpwnam, getgrnam: Callable[[str], Any] = grp.getgrnam
+          ) -> dict[str, Any]:
     p = Plan(saved, getpwnam, getgrnam)
-    changed = 0
-    for dir_fd, name, _, st in walk(root):
+    changed, skipped = 0, []
+    for dir_fd, name, path, st in walk(root):
         new = p.owner(st.st_uid, st.st_gid)
-        if new != (st.st_uid, st.st_gid):
+        if new == (st.st_uid, st.st_gid):
+            continue
+        if dry_run or chown(dir_fd, name, st, *new):
             changed += 1
-            if not dry_run:
-                chown(dir_fd, name, *new)
-    return {"changed": changed, "dryRun": dry_run, "uids": {str(k): v for k, v in sorted(p.uids.items())},
+        else:
+            skipped.append(path)
+            print(f"skipped {path}: changed since it was looked at (run apply again)", file=sys.stderr)
+    return {"changed": changed, "skipped": skipped, "dryRun": dry_run,
+            "uids": {str(k): v for k, v in sorted(p.uids.items())},
             "gids": {str(k): v for k, v in sorted(p.gids.items())}, "notes": p.notes}
 
 

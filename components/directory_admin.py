@@ -21,6 +21,7 @@ import pulumi_random as random
 from components._vpc_lambda import VPC_ACCESS_STATEMENT, package_files, security_group
 from lambda_src.directory_admin import (
     DEPLOYMENT_KEY,
+    FIRST_ID,
     ID_RANGE,
     IDENTITY_VERSION,
     OWNER_KEY,
@@ -138,8 +139,8 @@ def validate(args: DirectoryAdminArgs) -> None:
     if clash:
         raise ValueError(f"DirectoryAdmin: group(s) {clash} carry the name of the stack's own access groups")
     lo, hi = args.id_range
-    if not 1000 <= lo < hi <= 2**31 - 1:
-        raise ValueError(f"DirectoryAdmin: id_range {args.id_range}: 1000 <= min < max <= 2^31-1")
+    if not FIRST_ID <= lo < hi <= 2**31 - 1:
+        raise ValueError(f"DirectoryAdmin: id_range {args.id_range}: {FIRST_ID} <= min < max <= 2^31-1")
     pins = [p for p in [*(u.uid for u in args.users), *(g.gid for g in args.groups)] if p is not None]
     if len(pins) != len(set(pins)):
         raise ValueError(f"DirectoryAdmin: a pinned uid/gid is given twice: {sorted(pins)}")

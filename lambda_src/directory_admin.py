@@ -123,6 +123,9 @@ COMPUTER_NAME_MAX = 15
 LEDGER_NAME = "pcluster-ad-ids"  # CN=pcluster-ad-ids,<the stack OU's parent>
 LEDGER_VALUE = "description"  # the number (name entries, the counter) or the name key (number locks)
 ID_RANGE = (100000, 199999)  # stack_config.DEFAULT_ID_RANGE; the function's ID_MIN / ID_MAX
+# stack_config.MIN_POSIX_ID: no number below it is pinned, adopted or allocated (rfc2307 nodes ignore them: sssd
+# min_id; they are the AMIs' local accounts, e.g. the default user 1000).
+FIRST_ID = 2000
 IDENTITY_VERSION = 1  # in every user/group/access input: existing stacks' Invocations re-run once and get numbers
 ALLOCATION_ATTEMPTS = 500  # numbers tried per allocation (taken ones are skipped) before giving up
 
@@ -907,8 +910,13 @@ class Directory:
         name, a name whose ledger number differs from its pin or from the object's) come before any write;
         `check_only`: only those (no write; number None when one would be allocated). `setting`: the config key a
         refusal names (default: the pin's, pcluster-ad:users[<name>].uid / groups[<name>].gid)."""
-        key = f"{kind}-{name.lower()}"
         setting = setting or f"pcluster-ad:{kind}s[{name}].{'uid' if kind == 'user' else 'gid'}"
+        # The key folds case as AD does for ASCII only: Python's lower() also folds look-alikes (U+212A KELVIN SIGN
+        # -> "k") that AD keeps apart, which would give two accounts one number (attack finding 4).
+        if not name.isascii():
+            raise IdentityRefused(f"{kind} name {name!r} is not plain ASCII: no number given (a look-alike of another"
+                                  " name could share its number). Fix: use ASCII letters, digits, '_.-' in the name")
+        key = f"{kind}-{name.lower()}"
         attr = "uidNumber" if kind == "user" else "gidNumber"
         recorded = self.ledger_entry(key)
         if recorded is not None and not recorded.isdigit():
@@ -927,6 +935,10 @@ class Directory:
                                       f" deleting CN={key} from the ledger")
             return {"number": known, "source": "ledger"}
         want, source = (pin, "pinned") if pin is not None else (current, "adopted")
+        if want is not None and want < FIRST_ID:
+            raise IdentityRefused(f"{kind} {name!r} ({object_dn}) carries {attr} {want}, below {FIRST_ID}: the nodes'"
+                                  " local accounts (rfc2307 nodes ignore it): not adopted, nothing changed. Fix: give"
+                                  f" it an {attr} of {FIRST_ID} or more in the directory, or pin one in {setting}")
         if want is not None:
             if pin is not None and current is not None and current != pin:
                 raise IdentityRefused(f"{setting} pins {pin}, but {kind} {name!r} ({object_dn}) carries {attr}"
@@ -1029,8 +1041,8 @@ def event_pin(event: Mapping[str, Any], key: str) -> int | None:
     value = event.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 1000 <= value <= 2**31 - 1:
-        raise DirectoryError(f"bad resource event: {key}={value!r} (a whole number from 1000 to 2^31-1)")
+    if isinstance(value, bool) or not isinstance(value, int) or not FIRST_ID <= value <= 2**31 - 1:
+        raise DirectoryError(f"bad resource event: {key}={value!r} (a whole number from {FIRST_ID} to 2^31-1)")
     return value
 
 
@@ -1109,8 +1121,8 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         id_range = (int(environ.get("ID_MIN") or ID_RANGE[0]), int(environ.get("ID_MAX") or ID_RANGE[1]))
     except ValueError as exc:
         raise SettingsError(f"ID_MIN / ID_MAX: not whole numbers ({exc})") from None
-    if not 1000 <= id_range[0] < id_range[1] <= 2**31 - 1:
-        raise SettingsError(f"ID_MIN / ID_MAX {id_range}: 1000 <= min < max <= 2^31-1")
+    if not FIRST_ID <= id_range[0] < id_range[1] <= 2**31 - 1:
+        raise SettingsError(f"ID_MIN / ID_MAX {id_range}: {FIRST_ID} <= min < max <= 2^31-1")
     deployment = environ["DEPLOYMENT_ID"].strip()
     if not re.fullmatch(r"[A-Za-z0-9_-]{8,64}", deployment):
         raise SettingsError(f"DEPLOYMENT_ID {deployment!r}: 8-64 letters, digits, '_', '-'")

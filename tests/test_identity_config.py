@@ -56,12 +56,12 @@ def test_pins_and_range_are_exposed():
 
 @pytest.mark.parametrize("over,key,message", [
     ({"identity": {"mode": "posix"}}, "identity.mode", "must be one of idmap, rfc2307"),
-    ({"identity": {"idRange": {"min": 500, "max": 9999}}}, "identity.idRange.min", "below 1000"),
+    ({"identity": {"idRange": {"min": 500, "max": 9999}}}, "identity.idRange.min", "below 2000"),
     ({"identity": {"idRange": {"min": 100000, "max": 2**31}}}, "identity.idRange.max", "above 2147483647"),
     ({"identity": {"idRange": {"min": 200000, "max": 100000}}}, "identity.idRange", "min 200000 must be below max"),
     ({"identity": {"idRange": {"min": 1000, "maxi": 2000}}}, "identity.idRange.maxi", "did you mean 'max'"),
     ({"identity": {"mod": "rfc2307"}}, "identity.mod", "did you mean 'mode'"),
-    ({"users": [{"name": "alice", "uid": 999}]}, "users[0].uid", "outside 1000..2147483647"),
+    ({"users": [{"name": "alice", "uid": 999}]}, "users[0].uid", "outside 2000..2147483647"),
     ({"users": [{"name": "alice", "uid": "x"}]}, "users[0].uid", "whole number"),
     ({"groups": [{"name": "g", "gid": 7000}], "users": [{"name": "alice", "uid": 7000}]},
      "groups[g].gid", "also pinned at pcluster-ad:users[alice].uid"),

@@ -155,8 +155,8 @@ def test_a_directory_swapped_for_a_symlink_during_the_walk_is_not_followed(home,
     victim.write_text("x")
     os.lchown(victim, *OLD["users"]["bob"])
 
-    def chown_then_swap(dir_fd, name, uid, gid):
-        tool.chown_at(dir_fd, name, uid, gid)
+    def chown_then_swap(dir_fd, name, seen, uid, gid):
+        assert tool.chown_at(dir_fd, name, seen, uid, gid)
         if name == "data":  # alice/data was just seen (and chowned) as a directory: now it is a symlink
             target = home / "alice" / "data"
             os.rename(target, home / "alice" / "data.moved")

@@ -115,9 +115,10 @@ def test_a_real_join_and_login_use_only_declared_directory_ports(lab, run_stack)
         assert counts.get(f"{proto}/all", 0) == named, f"{proto} to ports outside the candidates: {counts}"
     assert used <= DECLARED, f"undeclared ports a real node uses: {sorted(used - DECLARED)}"
     # The join, the lookups and the login did reach the directory on these (measured: DNS, Kerberos, LDAP, kpasswd
-    # for adcli's machine password, the Global Catalog for sssd's lookups). SMB 445 was sssd's GPO check at login:
-    # with ad_gpo_access_control = disabled (issue 18) no login uses it any more; the flow stays declared (a site
-    # may turn GPO access control on).
-    assert {("udp", 53), ("tcp", 389), ("tcp", 464), ("tcp", 3268)} <= used, used
-    assert ("tcp", 445) not in used, used
+    # for adcli's machine password). SMB 445 was sssd's GPO check at login: with ad_gpo_access_control = disabled
+    # (issue 18) no login uses it any more; the Global Catalog (3268) was sssd's user and group lookups: with
+    # ad_enable_gc = False (attack finding 2 of issue 18) they go to LDAP 389. Both flows stay declared (a site may
+    # turn either on).
+    assert {("udp", 53), ("tcp", 389), ("tcp", 464)} <= used, used
+    assert ("tcp", 445) not in used and ("tcp", 3268) not in used, used
     assert ("udp", 88) in used or ("tcp", 88) in used, used
