@@ -11,9 +11,11 @@ but never stored in `Settings`: the program reads them again as Pulumi secrets.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import re
+import unicodedata
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -329,8 +331,17 @@ def default_join_user(stack: str) -> str:
     return (JOIN_USER_PREFIX + stack)[:SAM_MAX]
 
 
+_PHYSICAL_NAME_KINDS = {"join_role": "iam_role", "join_invoke_policy": "iam_policy",
+                        "join_function": "lambda_function", "directory_admin_role": "iam_role"}
+
+
 def _check_names(problems: list[Problem], stack: str, region: str) -> None:
     names = physical_names(stack, region)
+    for kind, aws_kind in _PHYSICAL_NAME_KINDS.items():
+        why = aws_name_problem(aws_kind, names[kind])
+        if why and not why.startswith("has "):  # lengths: NAME_LIMITS below says it once, with the fix
+            problems.append(Problem("stack name", f"{stack!r}: the {kind.replace('_', ' ')} name {names[kind]!r}"
+                                    f" {why}: use letters, digits, '-' or '_'"))
     for kind, limit in NAME_LIMITS.items():
         excess = len(names[kind]) - limit
         if excess > 0:
@@ -338,6 +349,85 @@ def _check_names(problems: list[Problem], stack: str, region: str) -> None:
             problems.append(Problem("stack name", f"{stack!r} is too long for region {region}: the {what}"
                                     f" name {names[kind]!r} would have {len(names[kind])} characters (limit {limit});"
                                     f" use a stack name of at most {len(stack) - excess} characters"))
+
+
+# AWS names built from config values are checked against the target service's OWN rule, read at run time from
+# botocore's service model of the operation that takes the name (not re-typed here): moto accepts names the
+# services refuse (tests/test_config_service_names.py), so only this check stops them before anything exists.
+# (service, operation, input member) for each kind of name the stack builds.
+AWS_NAME_OPERATIONS = {
+    "ssm_parameter": ("ssm", "PutParameter", "Name"),
+    "iam_role": ("iam", "CreateRole", "RoleName"),
+    "iam_policy": ("iam", "CreatePolicy", "PolicyName"),
+    "lambda_function": ("lambda", "CreateFunction", "FunctionName"),
+}
+# SSM's model gives PSParameterName no pattern: the character rule is in the member's documentation
+# ("Parameter names can include only the following symbols and letters: <code>a-zA-Z0-9_.-</code>"), and '/'
+# separates the hierarchy's levels.
+_SSM_CHARSET_DOC = re.compile(r"can include only the following symbols and letters:\s*<code>([^<]+)</code>")
+
+
+@dataclass(frozen=True)
+class AwsNameRule:
+    where: str  # e.g. "ssm PutParameter.Name": where the rule was read
+    max_len: int | None
+    pattern: str | None  # full-match, ASCII semantics (the services' Java regexes: \w is [A-Za-z0-9_])
+    allowed: str  # for messages
+
+
+@functools.cache
+def aws_name_rule(kind: str) -> AwsNameRule:
+    """The rule of one kind of AWS name (AWS_NAME_OPERATIONS) as botocore's installed service model states it."""
+    import botocore.session
+
+    service, operation, member = AWS_NAME_OPERATIONS[kind]
+    shape = botocore.session.get_session().get_service_model(service).operation_model(operation) \
+        .input_shape.members[member]
+    where = f"{service} {operation}.{member} ({shape.name})"
+    pattern = shape.metadata.get("pattern")
+    allowed = pattern or ""
+    if kind == "ssm_parameter" and pattern is None:
+        m = _SSM_CHARSET_DOC.search(shape.documentation or "")
+        if not m or not re.fullmatch(r"[A-Za-z0-9_.-]+", m.group(1)):
+            raise RuntimeError(f"botocore's model of {where} no longer states the characters of a parameter name:"
+                               " update stack_config.aws_name_rule")
+        # '/' first and the documented set as it stands: its trailing '-' stays a literal in the class.
+        allowed = m.group(1) + " and /"
+        pattern = f"[/{m.group(1)}]+"
+    return AwsNameRule(where=where, max_len=shape.metadata.get("max"), pattern=pattern, allowed=allowed)
+
+
+def aws_name_problem(kind: str, name: str) -> str | None:
+    """Why the service refuses `name` as a `kind` name (its botocore model's length and pattern), or None."""
+    rule = aws_name_rule(kind)
+    if rule.max_len is not None and len(name) > rule.max_len:
+        return f"has {len(name)} characters, more than the {rule.max_len} of {rule.where}"
+    if rule.pattern and not re.fullmatch(rule.pattern, name, re.ASCII):
+        bad = sorted({c for c in name if not re.fullmatch(rule.pattern, c, re.ASCII)})
+        shown = " ".join(repr(c) for c in bad) if bad else "its form"
+        return f"is refused by {rule.where}: {shown} (allowed: {rule.allowed})"
+    return None
+
+
+def posix_name_problems(name: str) -> list[str]:
+    """Why nodes (sssd, POSIX tools) or the identity ledger cannot carry a user/group name: rules no AWS model has."""
+    out = []
+    if "@" in name:
+        out.append("'@' is sssd's name@domain separator (the name would be read as a user of another domain)")
+    if not name.isascii():
+        out.append("the identity ledger numbers ASCII names only (a look-alike could share a number)")
+    if name.startswith("-"):
+        out.append("a leading '-' makes tools (id, chown, useradd) read it as an option")
+    if name.isdigit():
+        out.append("an all-digit name is read as a uid/gid number by chown, id and getent")
+    return out
+
+
+def _name_suggestion(name: str) -> str | None:
+    """A name that passes both rule sets, close to `name` (jürgen -> jurgen, john smith -> john.smith)."""
+    s = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode().split("@")[0]
+    s = re.sub(r"[^A-Za-z0-9_.-]", "", re.sub(r"\s+", ".", s.strip())).lstrip("-").rstrip(".")
+    return s if s and s != name and not s.isdigit() else None
 
 
 def engine_value(value: Any) -> str:
@@ -512,7 +602,9 @@ def parse_settings(
     directory = _parse_directory(problems, raw.get(_key("directory")))
     join = _parse_join(problems, raw.get(_key("join")), directory, admin_password, join_password,
                        stack=stack, warnings=warnings)
-    groups, users = _parse_directory_objects(problems, raw.get(_key("groups")), raw.get(_key("users")), directory)
+    groups, users = _parse_directory_objects(problems, raw.get(_key("groups")), raw.get(_key("users")), directory,
+                                             # a bad stack name is reported once, above; "stack" stands in for it
+                                             stack if _STACK_RE.match(stack) else "stack")
     cluster = _parse_cluster(problems, raw.get(_key("cluster")), network)
 
     if admin_password is not None and (directory is None or directory.created_here):
@@ -770,11 +862,11 @@ _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 def _parse_directory_objects(problems: list[Problem], groups_value: Any, users_value: Any,
-                             directory: DirectorySettings | None) -> tuple[tuple[GroupSettings, ...],
-                                                                          tuple[UserSettings, ...]]:
+                             directory: DirectorySettings | None, stack: str) -> tuple[tuple[GroupSettings, ...],
+                                                                                       tuple[UserSettings, ...]]:
     """pcluster-ad:groups and pcluster-ad:users: names by AD's sAMAccountName rules (unique across users
     and groups, ignoring case), groups that exist in the list, nothing twice."""
-    from lambda_src.directory_admin import sam_problem
+    from lambda_src.directory_admin import initial_password_parameter_name, sam_problem
 
     if groups_value is None and users_value is None:
         return (), ()
@@ -809,6 +901,20 @@ def _parse_directory_objects(problems: list[Problem], groups_value: Any, users_v
                    " users and groups share one namespace): remove or rename one")
             return None
         names[folded] = r.key
+        # Before anything is created: names that become part of AWS names (a user's initial-password parameter)
+        # or that nodes and the identity ledger cannot carry. One problem per name, every cause in it.
+        causes = posix_name_problems(name)
+        if what == "user":
+            parameter = initial_password_parameter_name(stack, name)
+            why_ssm = aws_name_problem("ssm_parameter", parameter)
+            if why_ssm:
+                causes.insert(0, f"it becomes part of the SSM parameter name {parameter!r}, which {why_ssm}")
+        if causes:
+            hint = _name_suggestion(name)
+            rule = "ASCII letters, digits and _ . -" if what == "user" else "ASCII, no '@'"
+            r.fail(r.sub("name"), f"{name!r} cannot be a {what} name: {'; '.join(causes)}. Fix: rename it"
+                   + (f", e.g. {hint!r}" if hint else "") + f" ({rule}; not all digits, no leading '-')")
+            return None
         return name
 
     groups: list[GroupSettings] = []
