@@ -558,7 +558,11 @@ ID_MODES = {"idmap": {"ldap_id_mapping": "True"},
             "rfc2307": {"ldap_id_mapping": "False", "auto_private_groups": "hybrid", "override_homedir": "/home/%u",
                         # Directory numbers below 2000 are the AMIs' local accounts (the default user 1000, its
                         # group, sudo's group 27...): ignored, so none shadows one (attack finding 1 of issue 18).
-                        "min_id": "2000"}}
+                        "min_id": "2000",
+                        # min_id hides such a group from getent but not from a member's group list (sssd 2.8.2:
+                        # `id` still showed gidNumber 27, and Debian's %sudo rule gave root; attack finding 1b):
+                        # groups below 2000 are not searched at all. {dn}: the domain's naming context.
+                        "ldap_group_search_base": "{dn}??(gidNumber>=2000)"}}
 
 def sssd_conf(path, domain, id_mode="idmap"):
     # Set keys in [domain/<domain>] of sssd.conf, keeping everything else. Idempotent. True when the ID mode
@@ -568,6 +572,8 @@ def sssd_conf(path, domain, id_mode="idmap"):
                 # instead of ~4 s cold; group member lists are no longer fetched (id, logins and
                 # group-based access are unaffected). Referrals only slow AD lookups down.
                 "ignore_group_members": "True", "ldap_referrals": "False", **ID_MODES[id_mode]}
+    dn = ",".join(f"DC={part}" for part in domain.split("."))
+    settings = {k: v.replace("{dn}", dn) for k, v in settings.items()}
     # A switch back: the other mode's own keys go (sssd's defaults again).
     dropped = {k for mode in ID_MODES.values() for k in mode} - set(ID_MODES[id_mode])
     try:

@@ -34,9 +34,6 @@ def test_rfc2307_nodes_ignore_directory_numbers_of_local_accounts(box):  # noqa:
     assert int(domain_section(box).get("min_id", "1")) > DEFAULT_USER_UID
 
 
-@pytest.mark.xfail(strict=True, reason="attack finding 1b: min_id does not filter a user's group list (sssd 2.8.2, lab:"
-                   " a directory group with gidNumber 27 still puts its members in the local `sudo` group: root)."
-                   " Fix, measured in the lab: ldap_group_search_base = <domain DN>??(gidNumber>=2000)")
 def test_rfc2307_nodes_search_only_groups_above_local_gids(box):  # noqa: F811
     result = join(box, "--id-mode", "rfc2307")
     assert result.rc == 0, result.output

@@ -75,7 +75,8 @@ def test_bootstrap_bucket_is_private_encrypted_versioned_tls_only(run_stack):
     deny = policy_of(g.named("bootstrap-tls-only"))["Statement"][0]
     assert deny["Effect"] == "Deny" and deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
     keys = sorted(r.inputs["key"] for r in g.of_type("aws:s3/bucketObjectv2:BucketObjectv2"))
-    assert keys == ["bootstrap/enable-ssh-password-auth.sh", "bootstrap/join-domain.sh"]
+    assert keys == ["bootstrap/enable-ssh-password-auth.sh", "bootstrap/join-domain.sh",
+                    "bootstrap/remap-home-owners.py"]  # the admin's tool for an ID-mode switch (issue 18)
 
 
 def test_changed_script_changes_the_uploaded_object(run_stack, tmp_path, monkeypatch):

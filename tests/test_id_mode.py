@@ -36,6 +36,8 @@ def test_rfc2307_reads_the_directory_numbers_with_a_private_group_per_user(box):
     assert section["ldap_id_mapping"] == "False" and section["auto_private_groups"] == "hybrid", section
     assert section["override_homedir"] == "/home/%u"  # not the directory's unixHomeDirectory
     assert section["min_id"] == "2000"  # no directory number shadows a local account (the default user 1000)
+    # ...nor a local group in a member's group list (min_id does not filter those: attack finding 1b)
+    assert section["ldap_group_search_base"] == "DC=test,DC=domain??(gidNumber>=2000)"
     # A fresh node has no cache to drop.
     assert "cache dropped" not in result.output
 
@@ -68,7 +70,7 @@ def test_a_switch_on_a_joined_node_drops_sssds_cache_and_back(box):  # noqa: F81
     assert back.rc == 0 and "ID mode changed: cache dropped" in back.output
     section = domain_section(box)
     assert section["ldap_id_mapping"] == "True" and "auto_private_groups" not in section
-    assert "override_homedir" not in section and "min_id" not in section
+    assert not {"override_homedir", "min_id", "ldap_group_search_base"} & set(section)
 
 
 def test_the_baked_mode_is_the_default_and_the_argument_wins(box, tmp_path):  # noqa: F811

@@ -244,11 +244,6 @@ def test_a_directory_account_with_the_default_users_uid_is_not_a_posix_user_on_n
     assert "PLANTED" not in res.stdout, res.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="attack finding 1b: min_id (9d19b71) does not filter a user's group list:"
-                   " sssd 2.8.2 ignores sudo27 (gidNumber 27) for `getent group` but still lists 27 in `id posu` and"
-                   " initgroups, also with ldap_use_tokengroups = False, so she is in the node's `sudo` group: root."
-                   " Fix (measured here by hand: posu loses 27 and sudo, nestu keeps sudo through adm18):"
-                   " ldap_group_search_base = <domain DN>??(gidNumber>=2000) in the rfc2307 domain section")
 def test_a_directory_group_with_a_local_system_gid_gives_its_members_nothing_local(lab, node):
     """posu is in no admins group; through sudo27 (gidNumber 27) she is in the node's `sudo` group, which Debian's
     /etc/sudoers gives ALL (measured: sudo with her own password ran `id -u` as 0)."""
