@@ -1398,11 +1398,24 @@ access_section() {
     [[ -n $found ]] || printf 'domain/%s' "$AD_DOMAIN"
 }
 
+# An sssd conf.d snippet, atomically (0600, directory 0711). A temporary name starting with a dot: sssd reads only
+# conf.d/*.conf files that do not start with one.
+write_sssd_snippet() {
+    local conf=$1 body=$2 dir tmp
+    dir=$(dirname -- "$conf")
+    { mkdir -p -- "$dir" && chmod 0711 -- "$dir"; } || die 11 "access: cannot create $dir"
+    tmp=$(mktemp "$dir/.pcluster-ad.XXXXXX") || die 11 "access: cannot write in $dir"
+    if ! printf '%s' "$body" >"$tmp" || ! chmod 0600 -- "$tmp" || ! mv -f -- "$tmp" "$conf"; then
+        rm -f -- "$tmp"
+        die 11 "access: cannot write $conf"
+    fi
+}
+
 # sssd's simple access provider: only members of the allowed groups (nested membership counts: sssd
 # resolves the user's groups through tokenGroups) pass the account phase of PAM, for ssh and every other
 # service. Local accounts are not sssd's: pam_sss answers "user unknown" and the local admin keeps access.
 configure_login_access() {
-    local conf="$ROOT$ACCESS_CONF" dir tmp list="" g body
+    local conf="$ROOT$ACCESS_CONF" list="" g body
     local -a groups=()
     split_groups "$ALLOWED_GROUPS" groups
     for g in "${groups[@]}"; do
@@ -1458,14 +1471,7 @@ simple_deny_groups = Domain Computers${SERVICE_ACCOUNTS:+
 simple_deny_users = $SERVICE_ACCOUNTS}
 "
     fi
-    dir=$(dirname -- "$conf")
-    { mkdir -p -- "$dir" && chmod 0711 -- "$dir"; } || die 11 "access: cannot create $dir"
-    # A name starting with a dot: sssd reads only conf.d/*.conf files that do not start with one.
-    tmp=$(mktemp "$dir/.pcluster-ad.XXXXXX") || die 11 "access: cannot write in $dir"
-    if ! printf '%s' "$body" >"$tmp" || ! chmod 0600 -- "$tmp" || ! mv -f -- "$tmp" "$conf"; then
-        rm -f -- "$tmp"
-        die 11 "access: cannot write $conf"
-    fi
+    write_sssd_snippet "$conf" "$body"
     if [[ -n $STACK_USERS_GROUP ]] && ((${#groups[@]} > 0)); then
         log "access: only in-chain members of the stack's group $STACK_USERS_GROUP (allowed groups: $list) may log in, checked by the DC at each login; disabled, expired, locked-out and computer accounts${SERVICE_ACCOUNTS:+ and $SERVICE_ACCOUNTS} never ($conf)"
     elif ((${#groups[@]} == 0)); then
@@ -1490,7 +1496,7 @@ simple_deny_users = $SERVICE_ACCOUNTS}
 #   younger than 30 s (older: refreshed online), and with no fast-cache copy of group lists (it would be served
 #   by the NSS client itself for memcache_timeout, 300 s, whatever sssd knows).
 configure_fresh_identity() {
-    local conf="$ROOT$FRESH_CONF" dir tmp body
+    local conf="$ROOT$FRESH_CONF" body
     body="# pcluster-ad: group memberships and account state as the directory has them, at every login (the next one)
 # and for sudo in sessions opened before (within entry_cache_user_timeout). See join-domain.sh.
 [$(access_section)]
@@ -1505,13 +1511,7 @@ pac_lifetime = 0
 [nss]
 memcache_size_initgroups = 0
 "
-    dir=$(dirname -- "$conf")
-    { mkdir -p -- "$dir" && chmod 0711 -- "$dir"; } || die 11 "access: cannot create $dir"
-    tmp=$(mktemp "$dir/.pcluster-ad.XXXXXX") || die 11 "access: cannot write in $dir"
-    if ! printf '%s' "$body" >"$tmp" || ! chmod 0600 -- "$tmp" || ! mv -f -- "$tmp" "$conf"; then
-        rm -f -- "$tmp"
-        die 11 "access: cannot write $conf"
-    fi
+    write_sssd_snippet "$conf" "$body"
     log "access: sssd refreshes a user from the directory at every login (no PAC shortcut) and her group list after 30 s ($conf)"
 }
 

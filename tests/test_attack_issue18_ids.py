@@ -110,13 +110,24 @@ def test_a_directory_swapped_for_a_symlink_during_the_walk_is_not_followed(tmp_p
     (home / "alice" / "d").mkdir()
     os.chown(home / "alice" / "d", *OLD["users"]["alice"])
     saved = record_and_plan(home)
+
+    def swap():
+        os.rmdir(home / "alice" / "d")
+        os.symlink(home / "shared", home / "alice" / "d")
+
+    apply_racing(saved, home, "d", swap)
+    assert os.lstat(home / "shared").st_uid == NEW["users"]["bob"][0]  # bob's (by his own entry), never alice's
+    assert os.lstat(theirs).st_uid == NEW["users"]["bob"][0]
+
+
+def apply_racing(saved, home, at: str, swap) -> None:
+    """apply() while the user wins a race: `swap` runs right after the walk looked at the entry named `at`."""
     real = tool.walk
 
     def racing(root):
         for entry in real(root):
-            if entry[1] == "d":
-                os.rmdir(home / "alice" / "d")
-                os.symlink(home / "shared", home / "alice" / "d")
+            if entry[1] == at:
+                swap()
             yield entry
 
     new = Nss(NEW)
@@ -125,29 +136,18 @@ def test_a_directory_swapped_for_a_symlink_during_the_walk_is_not_followed(tmp_p
         tool.apply(saved, str(home), getpwnam=new.getpwnam, getgrnam=new.getgrnam)
     finally:
         tool.walk = real
-    assert os.lstat(home / "shared").st_uid == NEW["users"]["bob"][0]  # bob's (by his own entry), never alice's
-    assert os.lstat(theirs).st_uid == NEW["users"]["bob"][0]
 
 
 # attack finding 3: fixed in 9d19b71 (a strict xfail until then)
 def test_an_entry_swapped_for_a_hardlink_between_stat_and_chown_keeps_the_other_owner(tmp_path):
     home, mine, theirs = tree(tmp_path)
     saved = record_and_plan(home)
-    real = tool.walk
 
-    def racing(root):  # alice wins the race: after the walk's stat of "notes", before apply's chown
-        for entry in real(root):
-            if entry[1] == "notes":
-                os.unlink(mine)
-                os.link(theirs, mine)
-            yield entry
+    def swap():  # alice wins the race: after the walk's stat of "notes", before apply's chown
+        os.unlink(mine)
+        os.link(theirs, mine)
 
-    new = Nss(NEW)
-    try:
-        tool.walk = racing
-        tool.apply(saved, str(home), getpwnam=new.getpwnam, getgrnam=new.getgrnam)
-    finally:
-        tool.walk = real
+    apply_racing(saved, home, "notes", swap)
     assert os.lstat(theirs).st_uid != NEW["users"]["alice"][0], "bob's file was given to alice"
 
 
