@@ -21,7 +21,7 @@ from pulumi import RunError
 
 from lambda_src import directory_admin as da
 from stack_config import ConfigError
-from tests.test_directory_admin import NumbersStub
+from tests.test_directory_admin import AnySecureString, NumbersStub
 from tools.mocks import PlanMocks
 
 ENV = {"DIRECTORY_ID": "d-1234567890", "DOMAIN": "test.domain", "DNS_IPS": "10.0.0.10,10.0.1.10",
@@ -99,15 +99,6 @@ def people() -> dict[str, dict]:
     }
 
 
-class Ssm:
-    """The initial password parameters: any name reads (the stack's key check is tested elsewhere)."""
-
-    def describe_parameters(self, ParameterFilters):
-        name = ParameterFilters[0]["Values"][0]
-        return {"Parameters": [{"Name": name, "Type": "SecureString", "KeyId": ENV["KMS_KEY_ARN"]}]}
-
-    def get_parameter(self, Name, WithDecryption):
-        return {"Parameter": {"Name": Name, "Type": "SecureString", "Value": "In1tial-Pw!"}}
 
 
 def settings() -> da.Settings:
@@ -137,17 +128,18 @@ def test_refused_an_input_for_another_directory_does_nothing_and_its_dns_ips_are
     ev = {"resource": "directory", "ou": "pcluster-ad-dev", "directoryId": "d-0ther00000",
           "dnsIps": ["203.0.113.66"], "tf": {"action": action, "prev_input": {}}}
 
-    class NoSsm(Ssm):
+    class NoSsm(AnySecureString):
         def get_parameter(self, Name, WithDecryption):
             return {"Parameter": {"Value": "adm1n"}}
 
     with pytest.raises(da.DirectoryError, match="is for directory d-0ther00000, this function manages d-1234567890"):
-        da.handle(ev, settings=settings(), ec2=None, ssm=NoSsm(), ds=None, dynamodb=None, connect=connect)
+        da.handle(ev, settings=settings(), ec2=None, ssm=NoSsm(ENV["KMS_KEY_ARN"]), ds=None, dynamodb=None,
+                  connect=connect)
     assert dialled == [DC_IPS]  # never the event's 203.0.113.66
     # A user event naming another directory: same.
     with pytest.raises(da.DirectoryError, match="is for directory"):
         da.handle({**ev, "resource": "user", "name": "mallory", "groups": []}, settings=settings(), ec2=None,
-                  ssm=NoSsm(), ds=None, dynamodb=None, connect=connect)
+                  ssm=NoSsm(ENV["KMS_KEY_ARN"]), ds=None, dynamodb=None, connect=connect)
     assert dialled == [DC_IPS, DC_IPS]
 
 
@@ -165,7 +157,7 @@ def test_refused_a_declared_name_that_case_folds_onto_a_domain_account_is_never_
         ev = {"resource": kind, "name": name, "groups": [], "owner": "directory-admin-user-x@pcad-dev-eu-west-1-dir",
               "tf": {"action": action, "prev_input": prev}}
         with pytest.raises(da.NotOurs):
-            da.handle_resource(ev, settings=settings(), directory=d, ssm=Ssm())
+            da.handle_resource(ev, settings=settings(), directory=d, ssm=AnySecureString(ENV["KMS_KEY_ARN"]))
     assert d.writes == [] and json.dumps(d.entries, sort_keys=True) == before
 
 
@@ -176,7 +168,7 @@ def test_refused_ldap_special_characters_in_names(name):
     assert da.sam_problem(name)
     with pytest.raises(da.DirectoryError, match="bad resource event"):
         da.handle_resource({"resource": "user", "name": name, "tf": {"action": "delete"}}, settings=settings(),
-                           directory=DictDirectory(people()), ssm=Ssm())
+                           directory=DictDirectory(people()), ssm=AnySecureString(ENV["KMS_KEY_ARN"]))
 
 
 def test_refused_parentheses_and_hash_are_escaped_in_filters_and_dns():
@@ -426,7 +418,7 @@ def test_attack_finding_3_a_rename_onto_a_taken_name_deletes_nothing(kind, old, 
     d = DictDirectory(people())
     ev = {"resource": kind, "name": new, "groups": [], "tf": {"action": "update", "prev_input": {"name": old}}}
     with pytest.raises(da.NotOurs):
-        da.handle_resource(ev, settings=settings(), directory=d, ssm=Ssm())
+        da.handle_resource(ev, settings=settings(), directory=d, ssm=AnySecureString(ENV["KMS_KEY_ARN"]))
     assert d.writes == [] and f"CN={old},{PEOPLE}" in d.entries
 
 
@@ -445,7 +437,7 @@ def test_attack_finding_4_a_directory_switch_says_what_it_leaves_in_the_old_one(
                {"resource": "user", "name": "alice", "groups": []})
     ev = {**payload, "directoryId": "d-1234567890", "dnsIps": DC_IPS,
           "tf": {"action": "update", "prev_input": {**payload, "directoryId": old, "dnsIps": ["10.9.0.10"]}}}
-    out = da.handle_resource(ev, settings=settings(), directory=d, ssm=Ssm())
+    out = da.handle_resource(ev, settings=settings(), directory=d, ssm=AnySecureString(ENV["KMS_KEY_ARN"]))
     assert old in json.dumps(out, default=str) + caplog.text
 
 
@@ -464,7 +456,7 @@ def test_attack_finding_4_the_switch_note_names_the_old_directory_and_what_stays
                "user": {"resource": "user", "name": "alice", "groups": []}}[kind]
     ev = {**payload, "directoryId": "d-1234567890", "tf": {"action": "update", "prev_input": {
         **payload, "directoryId": "d-0ld0000000"}}}
-    out = da.handle_resource(ev, settings=settings(), directory=d, ssm=Ssm())
+    out = da.handle_resource(ev, settings=settings(), directory=d, ssm=AnySecureString(ENV["KMS_KEY_ARN"]))
     note = out["leftInPreviousDirectory"]
     assert note["directoryId"] == "d-0ld0000000"
     assert ("OU=pcluster-ad-dev" in note["left"][0] and "users (enabled)" in note["left"][0]) if kind == "directory" \
@@ -474,7 +466,7 @@ def test_attack_finding_4_the_switch_note_names_the_old_directory_and_what_stays
     caplog.clear()
     for prev in ({**payload, "directoryId": "d-1234567890"}, payload):
         out = da.handle_resource({**ev, "tf": {"action": "update", "prev_input": prev}}, settings=settings(),
-                                 directory=d, ssm=Ssm())
+                                 directory=d, ssm=AnySecureString(ENV["KMS_KEY_ARN"]))
         assert "leftInPreviousDirectory" not in out
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 

@@ -491,6 +491,21 @@ def test_only_the_stacks_own_securestrings_are_read(ssm_env):
     assert not da.same_key("alias/pcluster-ad-dev-join", key["Arn"]) and da.same_key(key["KeyId"], key["Arn"])
 
 
+class AnySecureString:
+    """SSM as the directory-admin function sees it when every parameter it asks for is a SecureString under the
+    stack's key (`key_arn`): the key check itself is tested above (test_only_the_stacks_own_securestrings_are_read)."""
+
+    def __init__(self, key_arn: str):
+        self.key_arn = key_arn
+
+    def describe_parameters(self, ParameterFilters):
+        name = ParameterFilters[0]["Values"][0]
+        return {"Parameters": [{"Name": name, "Type": "SecureString", "KeyId": self.key_arn}]}
+
+    def get_parameter(self, Name, WithDecryption):
+        return {"Parameter": {"Name": Name, "Type": "SecureString", "Value": "In1tial-Pw!"}}
+
+
 class NumbersStub:
     """The identity ledger as a stand-in (the real one: tests/test_identity_ledger.py): one number per name."""
 

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from lambda_src import directory_admin as da
-from tests.test_directory_admin import ENV
+from tests.test_directory_admin import ENV, AnySecureString
 
 BASE = "DC=test,DC=domain"
 LEDGER = f"CN=pcluster-ad-ids,{BASE}"
@@ -169,20 +169,11 @@ def site() -> Server:
     return s
 
 
-class Ssm:
-    """The stack's SecureStrings: any initial password reads (the key check is tested in test_directory_admin)."""
-
-    def describe_parameters(self, ParameterFilters):
-        name = ParameterFilters[0]["Values"][0]
-        return {"Parameters": [{"Name": name, "Type": "SecureString", "KeyId": ENV["KMS_KEY_ARN"]}]}
-
-    def get_parameter(self, Name, WithDecryption):
-        return {"Parameter": {"Name": Name, "Type": "SecureString", "Value": "In1tial-Pw!"}}
 
 
 def handle(d: Dir, event: dict, action: str = "create", settings: da.Settings = SETTINGS) -> dict:
     ev = {**event, "tf": {"action": action, "prev_input": event if action == "delete" else {}}}
-    return da.handle_resource(ev, settings=settings, directory=d, ssm=Ssm())
+    return da.handle_resource(ev, settings=settings, directory=d, ssm=AnySecureString(ENV["KMS_KEY_ARN"]))
 
 
 def user(name: str, **kw) -> dict:
@@ -412,7 +403,7 @@ def test_the_race_test_catches_an_allocator_without_the_atomic_steps(monkeypatch
 def test_a_user_refused_for_its_password_parameter_leaves_the_ledger_untouched():
     """The ledger is written only after everything that can refuse the user (here: its initial-password parameter
     is not the stack's SecureString): a refused event writes nothing, not even a number."""
-    class PlainSsm(Ssm):
+    class PlainSsm(AnySecureString):
         def describe_parameters(self, ParameterFilters):
             name = ParameterFilters[0]["Values"][0]
             return {"Parameters": [{"Name": name, "Type": "String"}]}
@@ -420,7 +411,7 @@ def test_a_user_refused_for_its_password_parameter_leaves_the_ledger_untouched()
     s = site()
     ev = {**user("alice"), "tf": {"action": "create", "prev_input": {}}}
     with pytest.raises(da.DirectoryError, match="not a SecureString"):
-        da.handle_resource(ev, settings=SETTINGS, directory=Dir(s), ssm=PlainSsm())
+        da.handle_resource(ev, settings=SETTINGS, directory=Dir(s), ssm=PlainSsm(ENV["KMS_KEY_ARN"]))
     assert s.writes == [] and LEDGER not in s.entries
 
 
