@@ -1444,10 +1444,13 @@ ad_enable_gc = False" section
     # extensible matches (memberOf:<in-chain OID>:=, userAccountControl:<bit-and OID>:=) must carry it (sssd-ad(5),
     # ad_access_filter; without it sssd logs "could not be parsed" and refuses everyone).
     local dom="DOM:${section#domain/}:"
-    if [[ -n $STACK_USERS_GROUP ]] && ((${#groups[@]} > 0)); then
+    # With the stack's group, one filter for every allowedGroups, empty included (DirectoryAdmin then keeps every
+    # user account of the domain in the group): a later allowedGroups closes this node without a re-run (issue 18,
+    # attack finding 1).
+    if [[ -n $STACK_USERS_GROUP ]]; then
         body="# pcluster-ad (pcluster-ad:access.allowedGroups, as the stack's group $STACK_USERS_GROUP): only its members
 # (nested groups count; the DC decides at each login) may log in; never a disabled, expired or locked-out account,
-# a computer account or a service account.
+# a computer account or a service account. allowedGroups empty: the stack keeps every user account in the group.
 [$section]
 access_provider = ad
 ad_access_filter = $dom(&(memberOf:1.2.840.113556.1.4.1941:=$STACK_USERS_GROUP)(!(objectClass=computer))$state$(service_filter))
@@ -1472,8 +1475,8 @@ simple_deny_users = $SERVICE_ACCOUNTS}
 "
     fi
     write_sssd_snippet "$conf" "$body"
-    if [[ -n $STACK_USERS_GROUP ]] && ((${#groups[@]} > 0)); then
-        log "access: only in-chain members of the stack's group $STACK_USERS_GROUP (allowed groups: $list) may log in, checked by the DC at each login; disabled, expired, locked-out and computer accounts${SERVICE_ACCOUNTS:+ and $SERVICE_ACCOUNTS} never ($conf)"
+    if [[ -n $STACK_USERS_GROUP ]]; then
+        log "access: only in-chain members of the stack's group $STACK_USERS_GROUP (allowed groups: ${list:-none: every user account of the domain, kept in the group by the stack}) may log in, checked by the DC at each login; disabled, expired, locked-out and computer accounts${SERVICE_ACCOUNTS:+ and $SERVICE_ACCOUNTS} never ($conf)"
     elif ((${#groups[@]} == 0)); then
         log "access: every domain user may log in (no allowed groups configured); disabled, expired, locked-out and computer accounts${SERVICE_ACCOUNTS:+ and $SERVICE_ACCOUNTS} never ($conf)"
     else

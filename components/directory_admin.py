@@ -20,6 +20,7 @@ import pulumi_random as random
 
 from components._vpc_lambda import VPC_ACCESS_STATEMENT, package_files, security_group
 from lambda_src.directory_admin import (
+    ACCESS_SYNC_OP,
     DEPLOYMENT_KEY,
     FIRST_ID,
     ID_RANGE,
@@ -90,6 +91,9 @@ class DirectoryAdminArgs:
     id_range: tuple[int, int] = ID_RANGE
     sweep_schedule: str = "rate(1 day)"
     sweep_grace_minutes: int = 60
+    # allowedGroups empty: every user account of the domain joins the stack's users group within this (users created
+    # in the directory outside the stack may log in after the next run; lambda_src/directory_admin.py access_sync).
+    access_sync_schedule: str = "rate(5 minutes)"
     # The subnets' way out (Network.egress: route tables, associations, NAT, its EIP, the internet route): every
     # Invocation and EventBridge target depends on it, so that on destroy the function's calls to SSM, EC2 and
     # the directory run before the route out goes (tools/lifecycle_judge.py).
@@ -265,6 +269,14 @@ class DirectoryAdmin(pulumi.ComponentResource):
             ("sweep", aws.cloudwatch.EventRuleArgs(
                 description=f"pcluster-ad {args.stack}: remove computer objects of nodes that no longer exist",
                 schedule_expression=args.sweep_schedule, tags=tags("sweep")), json.dumps({"op": "sweep"})),
+            # Always there, whatever allowedGroups is now: the function syncs only while the users group is in
+            # everyone mode, which the directory (not this rule's life) decides, so no create/delete order of the
+            # rule can re-open a closed group.
+            ("access-sync", aws.cloudwatch.EventRuleArgs(
+                description=f"pcluster-ad {args.stack}: every domain user account into the stack's users group"
+                            " (only while allowedGroups is empty)",
+                schedule_expression=args.access_sync_schedule, tags=tags("access-sync")),
+             json.dumps({"op": ACCESS_SYNC_OP})),
         ):
             rule = aws.cloudwatch.EventRule(f"{name}-{part_name}", rule_args, child)
             permission = aws.lambda_.Permission(f"{name}-{part_name}-permission", aws.lambda_.PermissionArgs(

@@ -24,6 +24,9 @@ Events (``handle`` dispatches on the shape):
   computer object, only inside the cluster's Computers OU.
 * ``{"op": "sweep"}`` (the daily schedule): deletes computer objects in the Computers OU that carry
   this cluster's computer-name pattern and whose instance no longer exists.
+* ``{"op": "access-sync"}`` (every few minutes): while allowedGroups is empty (or names Domain Users), every user
+  account of the domain becomes a direct member of the stack's users group (a user's primary group is invisible to
+  the nodes' in-chain filter); otherwise nothing.
 
 Passwords are set with ds:ResetUserPassword (setting one over LDAP needs an encrypted connection,
 which Simple AD does not offer); they are read from SSM SecureStrings and never logged or returned.
@@ -291,6 +294,41 @@ def access_group_names(stack: str) -> dict[str, str]:
 def access_group_dn(layout: Layout, name: str) -> str:
     """Where the stack makes an access group (the node's ad_access_filter names this DN)."""
     return f"CN={escape_rdn(name)},{layout.people_dn}"
+
+
+# allowedGroups empty (or naming Domain Users): every user of the domain may log in. In-chain membership does not
+# see a user's PRIMARY group (Domain Users, by primaryGroupID: never in member/memberOf), so no group the stack could
+# nest expresses "everyone"; the users group then holds every normal user account directly, kept in step by the
+# access Invocation and by a schedule (ACCESS_SYNC_OP, components/directory_admin.py). Nodes keep ONE filter (in-chain
+# members of the users group), so turning allowedGroups on later closes running nodes without a re-run (attack
+# finding 1 of issue 18). The description marks the mode; every sync write asserts it in the same modify, so a
+# sync that races a closing update can never re-open the group.
+ACCESS_SYNC_OP = "access-sync"
+DOMAIN_USERS_RID = 513
+NORMAL_USER_ACCOUNTS = "(sAMAccountType=805306368)"  # SAM_NORMAL_USER_ACCOUNT: no computer, trust or gMSA account
+MEMBERS_PER_MODIFY = 1000  # AD refuses very large value lists in one modify (about 5,000): chunks well below
+NEVER_MEMBERS = ("krbtgt",)  # besides the directory's admin and the stack's adding account
+
+
+def everyone_description(stack: str) -> str:
+    return (f"pcluster-ad: every user account of the domain (pcluster-ad:access.allowedGroups empty or Domain Users;"
+            f" stack {stack}), kept in step by the stack's function; nodes admit its members")
+
+
+def members_description(stack: str, field_name: str) -> str:
+    return (f"pcluster-ad: members of pcluster-ad:access.{field_name} (stack {stack}); nodes admit / give sudo to"
+            " its members")
+
+
+def never_members(settings: Settings) -> set[str]:
+    """Accounts the everyone-mode users group never holds: the directory's admin (its password is the stack's
+    secret: it never logs in on a node), the stack's computer-adding account and krbtgt (nodes refuse them anyway)."""
+    return {n.lower() for n in (settings.admin_user, settings.join_user, *NEVER_MEMBERS) if n}
+
+
+def sid_with_rid(domain_sid: bytes, rid: int) -> bytes:
+    """The binary SID <domain SID>-<rid> (MS-DTYP 2.4.2.2: one more sub-authority, little-endian)."""
+    return bytes([domain_sid[0], domain_sid[1] + 1]) + domain_sid[2:] + rid.to_bytes(4, "little")
 
 
 def domain_dn(domain: str) -> str:
@@ -1030,6 +1068,72 @@ class Directory:
             self.replace(group_dn, {"member": sorted(want.values())})
         return {"added": added, "removed": removed}
 
+    def domain_users_dn(self) -> str | None:
+        """The DN of the domain's Domain Users group (by its SID, <domain SID>-513: its name is localized)."""
+        from ldap3.utils.conv import escape_bytes
+
+        domain = self.search(self.layout.base_dn, "(objectClass=*)", ["objectSid"], scope="BASE")
+        if not domain:
+            return None
+        sid = sid_with_rid(domain[0]["raw_attributes"]["objectSid"][0], DOMAIN_USERS_RID)
+        hits = self.search(self.layout.base_dn, f"(&(objectClass=group)(objectSid={escape_bytes(sid)}))")
+        return hits[0]["dn"] if hits else None
+
+    def user_accounts(self, never: set[str]) -> dict[str, str]:
+        """{dn.lower(): dn} of every normal user account of the domain, but those named in `never` (lower case)."""
+        return {h["dn"].lower(): h["dn"] for h in self.search(self.layout.base_dn, NORMAL_USER_ACCOUNTS,
+                                                              ["sAMAccountName"])
+                if str(first(h, "sAMAccountName") or "").lower() not in never}
+
+    def direct_members(self, group_dn: str) -> dict[str, str]:
+        """{dn.lower(): dn} of the group's direct members, from their memberOf back-links (a paged search: a
+        group's own member attribute comes in ranges of 1,500 values from AD)."""
+        return {h["dn"].lower(): h["dn"] for h in self.search(self.layout.base_dn,
+                                                              f"(memberOf={escape_filter(group_dn)})")}
+
+    def guarded_member_change(self, group_dn: str, guard: str, add: list[str], remove: list[str]) -> bool:
+        """One modify: the members added/removed, and the group's description deleted and added back as `guard`.
+        False (nothing written) when the description is not `guard` any more; LdapError on anything else."""
+        from ldap3 import MODIFY_ADD, MODIFY_DELETE
+
+        changes: dict[str, list] = {"description": [(MODIFY_DELETE, [guard]), (MODIFY_ADD, [guard])]}
+        if add:
+            changes["member"] = [(MODIFY_ADD, add)]
+        if remove:
+            changes.setdefault("member", []).append((MODIFY_DELETE, remove))
+        if self.conn.modify(group_dn, changes):
+            return True
+        result = dict(self.conn.result or {})
+        now = self.search(group_dn, "(objectClass=group)", ["description"], scope="BASE")
+        if first(now[0] if now else None, "description") != guard:
+            return False
+        raise LdapError(f"change the members of {group_dn}: {result.get('description')} {result.get('message', '')}"
+                        .strip(), result)
+
+    def sync_everyone(self, group_dn: str, guard: str, never: set[str]) -> dict[str, Any]:
+        """Make every user account of the domain (but `never`) the group's direct members, and nothing else, while
+        its description is `guard`. A member another writer added or removed meanwhile: read again (3 rounds)."""
+        added: list[str] = []
+        removed: list[str] = []
+        for _ in range(3):
+            want, have = self.user_accounts(never), self.direct_members(group_dn)
+            add = sorted(want[k] for k in set(want) - set(have))
+            remove = sorted(have[k] for k in set(have) - set(want))
+            if not add and not remove:
+                return {"added": added, "removed": removed, "members": len(want)}
+            try:
+                for i in range(0, max(len(add), len(remove)), MEMBERS_PER_MODIFY):
+                    part_add, part_remove = add[i:i + MEMBERS_PER_MODIFY], remove[i:i + MEMBERS_PER_MODIFY]
+                    if not self.guarded_member_change(group_dn, guard, part_add, part_remove):
+                        return {"added": added, "removed": removed, "result": "closed meanwhile: not synced"}
+                    added += part_add
+                    removed += part_remove
+            except LdapError as exc:
+                if exc.result.get("description") not in (
+                        "attributeOrValueExists", "noSuchAttribute", "unwillingToPerform"):
+                    raise
+        raise DirectoryError(f"the members of {group_dn} kept changing while they were synced: run it again")
+
 def number_of(found: Mapping[str, Any] | None, attr: str) -> int | None:
     """An object's uidNumber / gidNumber (None: none, or no object)."""
     value = first(found, attr) if found else None
@@ -1320,13 +1424,22 @@ def handle_access(event: Mapping[str, Any], *, action: str, settings: Settings, 
     missing_all: list[str] = []
     for key, group in names.items():
         field_name = "allowedGroups" if key == "users" else "adminGroups"
-        result = directory.upsert_group(group, f"pcluster-ad: members of pcluster-ad:access.{field_name}"
-                                        f" (stack {settings.stack}); nodes admit / give sudo to its members")
         found, missing = directory.resolve_groups(wanted[key])
-        own = {access_group_dn(directory.layout, n).lower() for n in names.values()}
-        members = [dn for dn in found.values() if dn.lower() not in own]  # never a group of its own
+        everyone = key == "users" and (not wanted[key] or (
+            (domain_users := directory.domain_users_dn()) is not None
+            and domain_users.lower() in {dn.lower() for dn in found.values()}))
+        # The description first: from here on a running sync's guarded write fails (closing) or may go (opening).
+        description = everyone_description(settings.stack) if everyone else members_description(settings.stack,
+                                                                                                 field_name)
+        result = directory.upsert_group(group, description)
         dn = directory.managed_dn("group", group) or access_group_dn(directory.layout, group)
-        change = directory.set_members(dn, members)
+        if everyone:
+            change = {"mode": "every user account", **directory.sync_everyone(dn, description,
+                                                                              never_members(settings))}
+        else:
+            own = {access_group_dn(directory.layout, n).lower() for n in names.values()}
+            members = [dn for dn in found.values() if dn.lower() not in own]  # never a group of its own
+            change = directory.set_members(dn, members)
         numbers = directory.number_group(group, idents[key]["number"])
         if owner or deployment:
             directory.claim("group", group, owner or "", deployment)
@@ -1338,6 +1451,27 @@ def handle_access(event: Mapping[str, Any], *, action: str, settings: Settings, 
         log.warning(json.dumps({"event": "access", "decision": "groups not found: their members get no access"
                                 " through them", "missing": missing_all}))
     return out
+
+def access_sync(*, settings: Settings, directory: Directory, logger: logging.Logger = log) -> dict[str, Any]:
+    """The schedule's run (ACCESS_SYNC_OP): while the stack's users group is in everyone mode (its description),
+    make every user account of the domain its member, so a user created since the last run may log in. Any other
+    mode, or an OU that is not this deployment's: nothing written."""
+    group = access_group_names(settings.stack)["users"]
+    out: dict[str, Any] = {"op": ACCESS_SYNC_OP, "group": group}
+    standing, theirs = stack_ou_standing(directory, settings.deployment_id)
+    found = directory.own_account(group, "group") if standing == "own" else None
+    guard = everyone_description(settings.stack)
+    if standing != "own":
+        out.update(result="not ours", ownedBy=theirs, decision=f"the stack's OU is {standing}: nothing synced")
+    elif found is None:
+        out.update(result="absent")
+    elif first(found, "description") != guard:
+        out.update(result="members of the configured groups: nothing to sync")
+    else:
+        out.update(directory.sync_everyone(found["dn"], guard, never_members(settings)))
+    logger.info(json.dumps({"event": "access sync", **out}))
+    return out
+
 
 def handle_resource(event: Mapping[str, Any], *, settings: Settings, directory: Directory, ssm: Any,
                     ec2: Any = None) -> dict[str, Any]:
@@ -1575,6 +1709,8 @@ def handle(event: Mapping[str, Any], *, settings: Settings, ec2: Any, ssm: Any, 
                                       logger=logger)
         if event.get("op") == "sweep":
             return sweep(settings=settings, ec2=ec2, directory=directory(), now=now(), logger=logger)
+        if event.get("op") == ACCESS_SYNC_OP:
+            return access_sync(settings=settings, directory=directory(), logger=logger)
         if "resource" in event:
             ignored = sorted(k for k in IGNORED_KEYS if k in event)
             if ignored:

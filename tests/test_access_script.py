@@ -502,10 +502,18 @@ def test_stack_groups_make_the_node_config_independent_of_the_lists(box, tmp_pat
     assert ((box.root / ACCESS).read_text(), (box.root / SUDOERS).read_text()) == before
 
 
-def test_stack_groups_without_allowed_groups_admit_every_domain_user(box):
+def test_stack_groups_without_allowed_groups_keep_the_stack_group_filter(box):
+    """allowedGroups empty: the same filter as with groups (DirectoryAdmin then keeps every user account in the
+    stack's users group), so a later allowedGroups closes the node without a re-run (issue 18, attack finding 1)."""
     result = join(box, "--stack-users-group", USERS_DN, "--stack-admins-group", "pca-dev-admins")
     assert result.rc == 0, result.output
-    assert access_lines(box) == every_user(SERVICE_ACCOUNT)
+    empty = access_lines(box)
+    assert "(allowed groups: none: every user account of the domain, kept in the group by the stack)" in result.stdout
+    box.mark_joined()
+    result = join(box, "--allowed-groups", "hpc-users", "--stack-users-group", USERS_DN,
+                  "--stack-admins-group", "pca-dev-admins")
+    assert result.rc == 0, result.output
+    assert access_lines(box) == empty and any(f"={USERS_DN})" in line for line in empty), empty
     assert "%pca-dev-admins ALL=(ALL:ALL) ALL" in (box.root / SUDOERS).read_text()
 
 

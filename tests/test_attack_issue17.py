@@ -193,12 +193,13 @@ def test_refused_the_function_can_be_invoked_only_by_its_own_rules_and_nodes_get
     (source ARN), so a rule of someone else's cannot target it; the sweep's input is fixed in the target."""
     g = run_stack(secrets={"pcluster-ad:adminPassword": ADMIN_SECRET})
     perms = [r for r in g.of_type("aws:lambda/permission:Permission") if r.name.startswith("directory-admin")]
-    assert len(perms) == 2
+    assert len(perms) == 3  # terminated, sweep, access-sync
     for p in perms:
         assert p.inputs["principal"] == "events.amazonaws.com" and p.inputs["action"] == "lambda:InvokeFunction"
         assert p.inputs.get("sourceArn"), f"{p.name}: not bound to its rule"
     targets = {r.name: r.inputs for r in g.of_type("aws:cloudwatch/eventTarget:EventTarget")}
     assert json.loads(targets["directory-admin-sweep-target"]["input"]) == {"op": "sweep"}
+    assert json.loads(targets["directory-admin-access-sync-target"]["input"]) == {"op": "access-sync"}
     node_policies = [json.dumps(r.inputs.get("policy"), default=str) for r in g.of_type("aws:iam/policy:Policy")
                      if r.name.startswith(("cluster-role", "join-function"))]
     assert node_policies

@@ -178,19 +178,17 @@ def test_refused_the_stack_groups_never_become_members_of_either_stack_group():
 
 # -- findings ----------------------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="attack finding 1: with DirectoryAdmin but allowedGroups empty, join-domain.sh "
-                   "renders the filter WITHOUT the stack users group's membership clause; a node booted then admits "
-                   "every domain user until re-run, so setting allowedGroups later (the usual way a site closes a "
-                   "cluster) never reaches running head/login/compute nodes (README: 'the one access change a "
-                   "running node does not follow'); issue 18 asks that nodes never need a new config")
 def test_finding_1_nodes_booted_with_empty_allowed_groups_still_follow_the_stack_users_group(box):  # noqa: F811
+    """Attack finding 1 (fixed; a strict xfail until then): with DirectoryAdmin but allowedGroups empty, the node's
+    filter had no clause on the stack's users group, so it admitted every domain user until re-run, and a later
+    allowedGroups (the usual way a site closes a cluster) never reached running nodes. Now the filter is the same for
+    every allowedGroups; DirectoryAdmin keeps every user account in the group while it is empty
+    (tests/test_directory_admin_access.py, the lab: tests/adlab/test_access_directory.py)."""
     result = join(box, "--stack-users-group", USERS_DN, "--stack-admins-group", "pca-dev-admins")
     assert result.rc == 0, result.output
     flt = rendered_filter(box)
-    # Any clause on the stack's users group: then DirectoryAdmin could express "every user" as directory data
-    # (e.g. the filter ORs the in-chain clause with an attribute DirectoryAdmin sets on the group), and a later
-    # allowedGroups would close the node without a re-run.
-    assert USERS_DN.lower() in flt.lower(), flt
+    # The in-chain clause is a conjunct of the whole filter: nobody outside the group passes.
+    assert flt.startswith(f"(&(memberOf:{IN_CHAIN}:={USERS_DN})"), flt
 
 
 def gc_attributes() -> set[str] | None:

@@ -26,12 +26,26 @@ class MemDirectory(NumbersStub, da.Directory):
         self.objects = objects
         self.writes: list[tuple] = []
 
+        self.conn = MemConn(self)
+
     def _hit(self, dn):
-        return {"dn": dn, "attributes": dict(self.objects[dn])}
+        obj = self.objects[dn]
+        return {"dn": dn, "attributes": {k: v for k, v in obj.items() if k != "objectSid"},
+                "raw_attributes": {"objectSid": obj.get("objectSid", [])}}
 
     def search(self, base, flt, attrs=(), *, scope="SUBTREE", controls=None):
         if scope == "BASE":
             return [self._hit(dn) for dn in self.objects if dn.lower() == base.lower()]
+        inside = [dn for dn in self.objects if dn.lower().endswith(base.lower())]
+        if flt == "(sAMAccountType=805306368)":
+            return [self._hit(dn) for dn in inside if self.objects[dn].get("sAMAccountType") == ["805306368"]]
+        if m := re.fullmatch(r"\(memberOf=(.*)\)", flt):  # the back-link: who the group's member values name
+            group_dn = next((g for g in self.objects if g.lower() == m[1].lower()), None)
+            named = {v.lower() for v in self.objects[group_dn].get("member", [])} if group_dn else set()
+            return [self._hit(dn) for dn in inside if dn.lower() in named]
+        if m := re.fullmatch(r"\(&\(objectClass=group\)\(objectSid=((?:\\[0-9a-f]{2})+)\)\)", flt):
+            sid = bytes.fromhex(m[1].replace("\\", ""))
+            return [self._hit(dn) for dn in inside if self.objects[dn].get("objectSid") == [sid]]
         m = re.fullmatch(r"\(&\(objectClass=(\w+|\*)\)\(sAMAccountName=([^)]*)\)\)", flt)
         assert m, flt
         cls, sam = m.groups()
@@ -53,13 +67,56 @@ class MemDirectory(NumbersStub, da.Directory):
         return self.objects.pop(dn, None) is not None
 
 
-def group(name: str, parent: str = f"CN=Users,{BASE}") -> tuple[str, dict]:
-    return f"CN={name},{parent}", {"objectClass": ["top", "group"], "sAMAccountName": [name]}
+class MemConn:
+    """ldap3's modify on the in-memory objects, with LDAP's semantics: the changes of one modify apply in order
+    and all or nothing; deleting a value that is not there fails (noSuchAttribute), adding one that is there fails
+    (attributeOrValueExists)."""
+
+    def __init__(self, d: MemDirectory):
+        self.d, self.result = d, {}
+
+    def modify(self, dn, changes):
+        obj = {k: list(v) for k, v in self.d.objects[dn].items()}
+        for attr, ops in changes.items():
+            for op, values in ops:
+                have = obj.setdefault(attr, [])
+                for v in values:
+                    present = v.lower() in {h.lower() for h in have}
+                    if op == "MODIFY_DELETE" and not present:
+                        self.result = {"description": "noSuchAttribute", "message": f"{attr}: {v}"}
+                        return False
+                    if op == "MODIFY_ADD" and present:
+                        self.result = {"description": "attributeOrValueExists", "message": f"{attr}: {v}"}
+                        return False
+                    if op == "MODIFY_DELETE":
+                        have[:] = [h for h in have if h.lower() != v.lower()]
+                    else:
+                        have.append(v)
+        self.d.writes.append(("modify", dn, tuple(sorted(changes))))
+        self.d.objects[dn] = obj
+        self.result = {"description": "success"}
+        return True
+
+
+DOMAIN_SID = bytes([1, 4, 0, 0, 0, 0, 0, 5]) + b"".join(n.to_bytes(4, "little") for n in (21, 1, 2, 3))
+
+
+def group(name: str, parent: str = f"CN=Users,{BASE}", rid: int | None = None) -> tuple[str, dict]:
+    obj = {"objectClass": ["top", "group"], "sAMAccountName": [name]}
+    if rid is not None:
+        obj["objectSid"] = [da.sid_with_rid(DOMAIN_SID, rid)]
+    return f"CN={name},{parent}", obj
+
+
+def person(name: str, parent: str = f"CN=Users,{BASE}") -> tuple[str, dict]:
+    return f"CN={name},{parent}", {"objectClass": ["top", "person", "user"], "sAMAccountName": [name],
+                                   "sAMAccountType": ["805306368"]}
 
 
 def site() -> MemDirectory:
-    return MemDirectory(dict([group("hpc-users"), group("hpc-admins"), group("Domain Admins"),
-                              group("physics", f"OU=Groups,{BASE}")]))
+    return MemDirectory(dict([(BASE, {"objectClass": ["domain"], "objectSid": [DOMAIN_SID]}),
+                              group("hpc-users"), group("hpc-admins"), group("Domain Admins", rid=512),
+                              group("Domain Users", rid=513), group("physics", f"OU=Groups,{BASE}")]))
 
 
 def event(allowed, admins, action="create", **extra):
@@ -102,9 +159,9 @@ def test_update_changes_only_membership_and_removes_a_group():
     assert out["admins"]["added"] == out["admins"]["removed"] == []
     # One write: the users group's members (the admins group is not touched, nothing created).
     assert d.writes == [("replace", da.access_group_dn(LAYOUT, USERS), ("member",))]
-    # An empty list empties the group.
-    da.handle_resource(event([], [], "update"), settings=SETTINGS, directory=d, ssm=None)
-    assert members(d, USERS) == [] and members(d, ADMINS) == []
+    # An empty admins list empties that group.
+    da.handle_resource(event(["hpc-users"], [], "update"), settings=SETTINGS, directory=d, ssm=None)
+    assert members(d, USERS) == [f"CN=hpc-users,CN=Users,{BASE}"] and members(d, ADMINS) == []
 
 
 def test_a_missing_group_is_reported_not_fatal(caplog):
@@ -148,3 +205,130 @@ def test_delete_removes_both_groups_but_not_a_newer_owners():
     out = da.handle_resource(event([], [], "delete"), settings=SETTINGS, directory=d, ssm=None)
     assert out["users"]["result"] == out["admins"]["result"] == "deleted"
     assert da.access_group_dn(LAYOUT, USERS) not in d.objects and f"CN=hpc-users,CN=Users,{BASE}" in d.objects
+
+
+# -- allowedGroups empty: every user account (attack finding 1 of issue 18) -----------------------------------------
+
+def people_site(*names: str) -> MemDirectory:
+    d = site()
+    for name in ("Administrator", "krbtgt", "svc-join", *names):
+        dn, obj = person(name)
+        d.objects[dn] = obj
+    return d
+
+
+EVERYONE_SETTINGS = da.Settings(**{**SETTINGS.__dict__, "join_user": "svc-join", "join_password_parameter": "/p/j"})
+
+
+def people(d: MemDirectory) -> list[str]:
+    return sorted(m.split(",")[0].removeprefix("CN=") for m in members(d, USERS))
+
+
+def test_empty_allowed_groups_put_every_user_account_in_the_users_group_but_the_admin_and_the_adding_account():
+    """In-chain membership never sees a user's primary group (Domain Users), so "every user" is every normal user
+    account as a direct member; the directory's admin, the stack's adding account and krbtgt never are."""
+    d = people_site("alice", "bob")
+    out = da.handle_resource(event([], ["hpc-admins"]), settings=EVERYONE_SETTINGS, directory=d, ssm=None)
+    assert people(d) == ["alice", "bob"], out
+    assert out["users"]["mode"] == "every user account" and out["users"]["members"] == 2
+    assert d.objects[da.access_group_dn(LAYOUT, USERS)]["description"] == [da.everyone_description("dev")]
+    assert members(d, ADMINS) == [f"CN=hpc-admins,CN=Users,{BASE}"]  # the admins group: its groups, as before
+
+
+@pytest.mark.parametrize("name", ["Domain Users", "Domänen-Benutzer"])
+def test_domain_users_in_allowed_groups_means_every_user_account_whatever_its_localized_name(name):
+    d = people_site("alice")
+    if name != "Domain Users":  # a German directory: the same SID, another name
+        dn, obj = group(name, rid=513)
+        del d.objects[f"CN=Domain Users,CN=Users,{BASE}"]
+        d.objects[dn] = obj
+    da.handle_resource(event([name, "physics"], []), settings=EVERYONE_SETTINGS, directory=d, ssm=None)
+    assert people(d) == ["alice"]
+    # A group whose name says "users" but is not <domain SID>-513: its members, as any group.
+    da.handle_resource(event(["hpc-users"], [], "update"), settings=EVERYONE_SETTINGS, directory=d, ssm=None)
+    assert people(d) == ["hpc-users"]
+
+
+def test_closing_replaces_every_user_by_the_configured_groups_and_opening_again_refills():
+    d = people_site("alice", "bob")
+    da.handle_resource(event([], []), settings=EVERYONE_SETTINGS, directory=d, ssm=None)
+    out = da.handle_resource(event(["physics"], [], "update"), settings=EVERYONE_SETTINGS, directory=d, ssm=None)
+    assert members(d, USERS) == [f"CN=physics,OU=Groups,{BASE}"], out
+    assert d.objects[da.access_group_dn(LAYOUT, USERS)]["description"] == [
+        da.members_description("dev", "allowedGroups")]
+    da.handle_resource(event([], [], "update"), settings=EVERYONE_SETTINGS, directory=d, ssm=None)
+    assert people(d) == ["alice", "bob"]  # physics left: no group is a member in everyone mode
+
+
+def test_the_schedule_adds_a_user_created_since_and_drops_a_member_added_by_hand():
+    d = people_site("alice", "bob")
+    da.handle_resource(event([], []), settings=EVERYONE_SETTINGS, directory=d, ssm=None)
+    dn, obj = person("carol", f"OU=Staff,{BASE}")
+    d.objects[dn] = obj
+    d.objects[da.access_group_dn(LAYOUT, USERS)]["member"].append(f"CN=hpc-admins,CN=Users,{BASE}")  # by hand
+    d.writes.clear()
+    out = da.access_sync(settings=EVERYONE_SETTINGS, directory=OwnOu(d))
+    assert out["added"] == [dn] and out["removed"] == [f"CN=hpc-admins,CN=Users,{BASE}"], out
+    assert people(d) == ["alice", "bob", "carol"]
+    assert len(d.writes) == 1  # one guarded modify
+
+
+class OwnOu:
+    """The directory with the stack's OU marked as this deployment's (what the setup Invocation does)."""
+
+    def __init__(self, d: MemDirectory):
+        self.d = d
+
+    def __getattr__(self, name):
+        return getattr(self.d, name)
+
+    def owner_value_of(self, kind):
+        return da.owner_value("directory-admin-setup@f", "dep-12345678")
+
+
+def test_the_schedule_writes_nothing_while_the_configured_groups_are_members():
+    d = people_site("alice")
+    da.handle_resource(event(["physics"], []), settings=EVERYONE_SETTINGS, directory=d, ssm=None)
+    d.writes.clear()
+    out = da.access_sync(settings=EVERYONE_SETTINGS, directory=OwnOu(d))
+    assert out["result"].startswith("members of the configured groups") and d.writes == []
+    assert members(d, USERS) == [f"CN=physics,OU=Groups,{BASE}"]
+
+
+def test_the_schedule_writes_nothing_in_an_ou_of_another_deployment():
+    d = people_site("alice")
+    da.handle_resource(event([], []), settings=EVERYONE_SETTINGS, directory=d, ssm=None)
+    other = da.Settings(**{**EVERYONE_SETTINGS.__dict__, "deployment_id": "dep-other-1"})
+    d.writes.clear()
+    out = da.access_sync(settings=other, directory=OwnOu(d))
+    assert out["result"] == "not ours" and d.writes == []
+
+
+class ClosingMidway(MemDirectory):
+    """A closing update (the access Invocation) lands between the sync's read and its write."""
+
+    def user_accounts(self, never):
+        found = super().user_accounts(never)
+        dn = da.access_group_dn(LAYOUT, USERS)
+        self.objects[dn]["description"] = [da.members_description("dev", "allowedGroups")]
+        self.objects[dn]["member"] = [f"CN=physics,OU=Groups,{BASE}"]
+        return found
+
+
+def test_a_sync_that_races_a_closing_update_never_reopens_the_group():
+    d = people_site("alice")
+    da.handle_resource(event([], []), settings=EVERYONE_SETTINGS, directory=d, ssm=None)
+    racing = ClosingMidway(d.objects)
+    dn, obj = person("mallory")
+    racing.objects[dn] = obj
+    out = da.access_sync(settings=EVERYONE_SETTINGS, directory=OwnOu(racing))
+    assert out["result"] == "closed meanwhile: not synced", out
+    assert members(racing, USERS) == [f"CN=physics,OU=Groups,{BASE}"]
+
+
+def test_a_large_domain_is_written_in_chunks_each_asserting_the_mode():
+    d = people_site(*(f"u{i:04d}" for i in range(2500)))
+    out = da.handle_resource(event([], []), settings=EVERYONE_SETTINGS, directory=d, ssm=None)
+    modifies = [w for w in d.writes if w[0] == "modify"]
+    assert len(modifies) == 3 and all(w[2] == ("description", "member") for w in modifies), modifies
+    assert out["users"]["members"] == 2500 and len(members(d, USERS)) == 2500

@@ -119,7 +119,9 @@ def test_event_rule_and_schedule(g):
     assert json.loads(term["eventPattern"]) == TERMINATED_PATTERN
     sweep = g.named("directory-admin-sweep").inputs
     assert sweep["scheduleExpression"] == "rate(1 day)"
-    for part, payload in (("terminated", None), ("sweep", {"op": "sweep"})):
+    # allowedGroups empty: every user account into the stack's users group (README "Who may log in").
+    assert g.named("directory-admin-access-sync").inputs["scheduleExpression"] == "rate(5 minutes)"
+    for part, payload in (("terminated", None), ("sweep", {"op": "sweep"}), ("access-sync", {"op": "access-sync"})):
         t = g.named(f"directory-admin-{part}-target").inputs
         assert t["arn"] == "<after-deploy:directory-admin-fn.arn>"
         assert (json.loads(t["input"]) if "input" in t else None) == payload

@@ -152,6 +152,51 @@ def test_revocation_reaches_running_nodes_without_a_rerun(site):
     assert compute is not head
 
 
+def test_empty_allowed_groups_admit_every_user_and_a_later_list_closes_running_nodes(site):
+    """Attack finding 1 of issue 18 (fixed): allowedGroups empty puts every user account of the domain in the stack's
+    users group (the nodes' filter stays the same), a user created later gets in after the schedule's sync, and
+    setting allowedGroups again closes the RUNNING nodes at the next login, without a re-run."""
+    before = [n.read("/etc/sssd/conf.d/50-pcluster-ad-access.conf") for n in site.nodes]
+    out = site.env.svc.ok("handle", event=access_event([], ["ops"]))["result"]
+    assert out["users"]["mode"] == "every user account", out
+    member_names = {m.split(",")[0].removeprefix("CN=").lower()
+                    for m in dc_search(site.lab, USERS_DN, attrs=["member"], scope="base")[0]["member"]}
+    assert {"opal", "chem", "phil"} <= member_names, member_names
+    assert not member_names & {JOIN_USER.lower(), "administrator", "krbtgt"}, member_names
+    took = {n.key: wait_until(lambda n=n: by_key(site, n, "opal").returncode == 0, REVOCATION_BOUND_S)
+            for n in site.nodes}  # opal is in no allowed group: in only because the list is empty
+    print(f"\nissue 18: every user admitted after {took} s")
+    for node in site.nodes:
+        assert by_key(site, node, JOIN_USER).returncode != 0  # the adding account: never
+    # A user the site creates in the directory afterwards: in after the schedule's run.
+    newbie_pw = "Newbie-Pw-2026!x"
+    site.lab.dc.run(["samba-tool", "user", "create", "newbie", newbie_pw])
+    try:
+        assert by_password(site, site.nodes[0], "newbie", newbie_pw).returncode != 0  # not a member yet
+        sync = site.env.svc.ok("handle", event={"op": "access-sync"})["result"]
+        assert [d.split(",")[0] for d in sync["added"]] == ["CN=newbie"], sync
+        for node in site.nodes:
+            wait_until(lambda node=node: by_password(site, node, "newbie", newbie_pw).returncode == 0,
+                       REVOCATION_BOUND_S)
+        # The site closes the cluster: only the groups' members, on the running nodes.
+        out = site.env.svc.ok("handle", event=access_event(["physics", "chemistry"], ["ops"]))["result"]
+        now = dc_search(site.lab, USERS_DN, attrs=["member"], scope="base")[0]["member"]
+        assert sorted(m.split(",")[0] for m in now) == ["CN=chemistry", "CN=physics"], out
+        took = {n.key: wait_until(lambda n=n: by_key(site, n, "opal").returncode != 0, REVOCATION_BOUND_S)
+                for n in site.nodes}
+        print(f"issue 18: closing reached the running nodes after {took} s")
+        for node in site.nodes:
+            assert logins(site, node, "opal") == ALL_OUT
+            assert by_password(site, node, "newbie", newbie_pw).returncode != 0
+            assert logins(site, node, "phil") == ALL_IN
+        # The schedule's next run writes nothing now.
+        sync = site.env.svc.ok("handle", event={"op": "access-sync"})["result"]
+        assert sync["result"].startswith("members of the configured groups"), sync
+    finally:
+        site.lab.dc.run(["samba-tool", "user", "delete", "newbie"], check=False)
+    assert [n.read("/etc/sssd/conf.d/50-pcluster-ad-access.conf") for n in site.nodes] == before  # no re-run
+
+
 def dc(site, *argv: str):
     return site.lab.dc.run(["samba-tool", *argv], check=False, timeout=60)
 
