@@ -89,6 +89,15 @@ LAUNCH_TEMPLATE_TAG = "aws:ec2launchtemplate:id"
 # missing from the cache is looked up again at most this often (a flood cannot multiply the calls).
 TEMPLATE_CACHE_SECONDS = 300
 TEMPLATE_MISS_REFRESH_SECONDS = 30
+# Instance profiles (IAM GetInstanceProfile) are cached this long per profile ARN: IAM's request rates are
+# unpublished and cannot be raised, and every node of a queue shares one profile (issue 20). An answer that no
+# longer matches the caller is fetched again at most this often (then the fresh answer decides).
+PROFILE_CACHE_SECONDS = 300
+PROFILE_MISS_REFRESH_SECONDS = 30
+PROFILE_CACHE_MAX = 64  # profiles per container (a cluster has one per queue and the head node)
+# The adding account's credentials (SSM GetParameters, 40/s by default per account and region) are kept this long
+# in the container; a rotation reaches new joins within it.
+CREDENTIAL_CACHE_SECONDS = 60
 # ParallelCluster creates node roles and instance profiles under this path
 # (pcluster/templates/cdk_builder_utils.py `_cluster_scoped_iam_path`; stack name = cluster name).
 ROLE_PATH = "/parallelcluster/{cluster}/"
@@ -301,7 +310,7 @@ def handle(
         # A node whose object exists (or whose window closed) is refused at the cost of one read, before STS, EC2
         # or IAM are asked: a process repeating requests with a joined node's credentials costs little. Keyed on the
         # event's claim, so it can only refuse, never admit.
-        _refuse_finished(settings, dynamodb, url_identity, closing, fields)
+        recorded = _refuse_finished(settings, dynamodb, url_identity, closing, fields)
         # Who asks is what STS says of the caller's signed GetCallerIdentity request, not what the event says:
         # anyone in the account allowed lambda:InvokeFunction could write any event (attack review, issue 16).
         identity = (verify_proof or sts_caller_identity)(proof, now())
@@ -311,16 +320,20 @@ def handle(
         fields.update(request="credentials" if closing is None else "close")
         caller = _instance_caller(identity)
         fields.update(caller_role=caller.role_name, instance_id=caller.instance_id)
-        launch = _authorize(caller, settings, ec2, iam, cloudformation, now())
-        window = _Window(settings, dynamodb, caller.instance_id, launch, now(), fields)
         name = computer_name(settings.computer_prefix, caller.instance_id)
+        # A close after the object was issued to this very role session needs no EC2 or IAM call: its only effect is
+        # bookkeeping (a second password is refused anyway), and only EC2 mints sessions of the instance role
+        # named after the instance.
+        fast = _issued_launch(recorded, caller, closing, settings, now()) if closing == name else None
+        launch = fast or _authorize(caller, settings, ec2, iam, cloudformation, now())
+        window = _Window(settings, dynamodb, caller.instance_id, launch, now(), fields)
         fields.update(computer_name=name)
         if closing is None:
-            window.count_answer()
-            body = _new_computer(settings, ssm, create_computer, name)
+            window.count_answer()  # before the adding account is read (cached: _join_credentials)
+            body = _new_computer(settings, _join_credentials(settings, ssm, now()), create_computer, name)
             fields.update(computer_dn=body.pop("dn"))
             try:
-                window.issued(name)
+                window.issued(name, caller.role_id)
             except (ClientError, BotoCoreError) as exc:
                 # The object exists and only this answer carries its password: answer. The directory refuses a
                 # second object of the name, so one password per instance holds without the record.
@@ -468,15 +481,17 @@ def sts_caller_identity(proof: Mapping[str, str], now: float, *, region: str | N
 
 
 def _refuse_finished(settings: Settings, dynamodb: Any, claimed: Mapping[str, str], closing: str | None,
-                     fields: dict[str, Any]) -> None:
+                     fields: dict[str, Any]) -> dict[str, Any]:
+    """The claimed instance's window record (an eventually consistent read), after refusing a request that it
+    already decides: closed, issued or exhausted. {} when there is none or it cannot be read."""
     match = ASSUMED_ROLE_ARN.fullmatch(claimed["userArn"])
     if not match or not INSTANCE_ID.fullmatch(match.group(3)):
-        return  # the full checks refuse it with their reason
+        return {}  # the full checks refuse it with their reason
     try:
         item = dynamodb.get_item(TableName=settings.window_table, Key={WINDOW_KEY: {"S": match.group(3)}}).get(
             "Item") or {}
     except (ClientError, BotoCoreError):
-        return  # the full path decides (and reports a real outage)
+        return {}  # the full path decides (and reports a real outage)
     if _dig(item, "closedAt", "S") is not None:
         fields.update(instance_id=match.group(3), window_closed=True)
         raise _Refusal("join window closed: a second close request for this node" if closing is not None else
@@ -485,6 +500,27 @@ def _refuse_finished(settings: Settings, dynamodb: Any, claimed: Mapping[str, st
         fields.update(instance_id=match.group(3), issued_at=_dig(item, "issuedAt", "S"))
         raise _Refusal("computer object already created for this instance: a process on this node asked for a"
                        " second one-time password")
+    answers = int(_dig(item, "answers", "N") or 0)
+    if closing is None and answers >= settings.max_answers:
+        fields.update(instance_id=match.group(3), answers=answers, window_closed=False)
+        raise _Refusal(f"join window exhausted: {answers} of {settings.max_answers} answers given")
+    # (An expired window is left to the full path: only EC2's launch time tells it from a restarted instance.)
+    return item
+
+
+def _issued_launch(item: Mapping[str, Any], caller: Caller, closing: str | None, settings: Settings,
+                   now: float) -> datetime | None:
+    """The launch time the record holds when it shows the object issued to this role session for this computer
+    name, within the window (the close's fast path); None: the full checks decide (and a late close then learns
+    from EC2 whether the instance was restarted)."""
+    if (_dig(item, "issuedAt", "S") is None or _dig(item, "issuedRoleId", "S") != caller.role_id
+            or _dig(item, "computerName", "S") != closing or _dig(item, "instanceId", "S") != caller.instance_id):
+        return None
+    try:
+        launch = _launch_time(_dig(item, "launchTime", "S"))
+    except _Refusal:
+        return None
+    return launch if now - launch.timestamp() < settings.window_minutes * 60 else None
 
 
 def _instance_caller(identity: Mapping[str, str]) -> Caller:
@@ -507,8 +543,11 @@ def _authorize(caller: Caller, settings: Settings, ec2: Any, iam: Any, cloudform
     """Deny unless the instance is a live cluster node, launched from one of the launch templates of the
     cluster's own CloudFormation stack, whose profile role is the caller's and was made by ParallelCluster for
     this cluster; return the instance's launch time."""
+    # A filter and a page size, not InstanceIds: EC2 may count a call without either in its small "unfiltered"
+    # bucket, which ParallelCluster's own DescribeInstances shares (issue 20). An unknown id: no instance.
     try:
-        answer = ec2.describe_instances(InstanceIds=[caller.instance_id])
+        answer = ec2.describe_instances(Filters=[{"Name": "instance-id", "Values": [caller.instance_id]}],
+                                        MaxResults=5)
     except ClientError as exc:
         if _error_code(exc).startswith("InvalidInstanceID."):
             raise _Refusal("instance not found") from None
@@ -537,14 +576,12 @@ def _authorize(caller: Caller, settings: Settings, ec2: Any, iam: Any, cloudform
         raise _Refusal("instance has no instance profile")
     if match.group(1) != caller.account:
         raise _Refusal("instance profile account differs from caller account")
-    try:
-        profile = iam.get_instance_profile(InstanceProfileName=match.group(2))
-    except ClientError as exc:
-        if _error_code(exc) == "NoSuchEntity":
-            raise _Refusal("instance profile not found") from None
-        raise
-    profile = profile["InstanceProfile"]
+    profile, fetched = _instance_profile(iam, match.group(2), profile_arn, now)
     roles = profile.get("Roles", [])
+    stale = [r for r in roles if (r.get("RoleName"), r.get("RoleId")) != (caller.role_name, caller.role_id)]
+    if fetched < now and (stale or len(roles) != 1) and now - fetched >= PROFILE_MISS_REFRESH_SECONDS:
+        profile, fetched = _instance_profile(iam, match.group(2), profile_arn, now, fresh=True)
+        roles = profile.get("Roles", [])
     if profile.get("Arn") != profile_arn or len(roles) != 1:
         raise _Refusal("instance profile is not the instance's or has no single role")
     if roles[0].get("RoleName") != caller.role_name:
@@ -569,6 +606,45 @@ def _authorize(caller: Caller, settings: Settings, ec2: Any, iam: Any, cloudform
 
 
 _templates: dict[str, Any] = {"ids": frozenset(), "fetched": float("-inf")}
+_profiles: dict[str, tuple[float, dict[str, Any]]] = {}
+_credentials: dict[str, Any] = {"values": None, "fetched": float("-inf")}
+
+
+def _instance_profile(iam: Any, name: str, arn: str, now: float, *,
+                      fresh: bool = False) -> tuple[dict[str, Any], float]:
+    """(the instance profile, when it was fetched), cached per ARN for PROFILE_CACHE_SECONDS."""
+    cached = _profiles.get(arn)
+    if cached and not fresh and now - cached[0] < PROFILE_CACHE_SECONDS:
+        return cached[1], cached[0]
+    try:
+        profile = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
+    except ClientError as exc:
+        if _error_code(exc) == "NoSuchEntity":
+            _profiles.pop(arn, None)
+            raise _Refusal("instance profile not found") from None
+        raise
+    if len(_profiles) >= PROFILE_CACHE_MAX:
+        _profiles.clear()
+    _profiles[arn] = (now, profile)
+    return profile, now
+
+
+def _join_credentials(settings: Settings, ssm: Any, now: float) -> tuple[str, str, str]:
+    """(domain, account name, password) of the computer-adding account, from SSM, cached per container for
+    CREDENTIAL_CACHE_SECONDS (never logged, never returned to a node)."""
+    if _credentials["values"] is not None and now - _credentials["fetched"] < CREDENTIAL_CACHE_SECONDS:
+        return _credentials["values"]
+    names = [settings.domain_parameter, settings.join_user_parameter, settings.join_password_parameter]
+    answer = ssm.get_parameters(Names=sorted(set(names)), WithDecryption=True)
+    values = {p["Name"]: p.get("Value") for p in answer.get("Parameters", [])}
+    missing = sorted({n for n in names if not (values.get(n) or "").strip()})
+    if missing:  # names only: the values may be secret
+        raise _ConfigError("configuration error: SSM parameters missing or empty: " + ", ".join(missing))
+    domain, user, password = (values[n] for n in names)
+    # The account's bare name ('DOMAIN\\user' and 'user@realm' name the same account).
+    found = (domain.strip().lower(), user.strip().rsplit("\\", 1)[-1].split("@", 1)[0], password)
+    _credentials.update(values=found, fetched=now)
+    return found
 
 
 def _cluster_templates(cloudformation: Any, cluster: str, now: float, *, want: str) -> frozenset[str]:
@@ -654,13 +730,15 @@ class _Window:
                     ":exp": {"N": str(int(open_until))}, ":max": {"N": str(self.settings.max_answers)}},
         )
 
-    def issued(self, computer_name: str) -> None:
-        """Record the created object. No TTL from now on: the record holds while the instance lives (the
-        directory-admin function deletes it with the instance's computer object)."""
+    def issued(self, computer_name: str, role_id: str) -> None:
+        """Record the created object and the role it went to (the close's fast path checks it). No TTL from now
+        on: the record holds while the instance lives (the directory-admin function deletes it with the
+        instance's computer object)."""
         self.dynamodb.update_item(
             TableName=self.settings.window_table, Key=self.key,
-            UpdateExpression=f"SET issuedAt = :now, computerName = :name REMOVE {TTL_ATTRIBUTE}",
-            ExpressionAttributeValues={":now": {"S": _iso(self.now)}, ":name": {"S": computer_name}},
+            UpdateExpression=f"SET issuedAt = :now, computerName = :name, issuedRoleId = :role REMOVE {TTL_ATTRIBUTE}",
+            ExpressionAttributeValues={":now": {"S": _iso(self.now)}, ":name": {"S": computer_name},
+                                       ":role": {"S": role_id}},
         )
 
     def close(self, computer_name: str) -> None:
@@ -732,20 +810,11 @@ def _error_code(exc: ClientError) -> str:
     return exc.response.get("Error", {}).get("Code") or ""
 
 
-def _new_computer(settings: Settings, ssm: Any, create_computer: Callable[..., tuple[str, str]],
-                  name: str) -> dict[str, str]:
-    """Create the instance's computer object with a one-time password (the adding account's credentials from
-    SSM; they never leave the function) and the node's answer (plus "dn", for the log only)."""
-    names = [settings.domain_parameter, settings.join_user_parameter, settings.join_password_parameter]
-    answer = ssm.get_parameters(Names=sorted(set(names)), WithDecryption=True)
-    values = {p["Name"]: p.get("Value") for p in answer.get("Parameters", [])}
-    missing = sorted({n for n in names if not (values.get(n) or "").strip()})
-    if missing:  # names only: the values may be secret
-        raise _ConfigError("configuration error: SSM parameters missing or empty: " + ", ".join(missing))
-    domain, user, password = (values[n] for n in names)
-    domain = domain.strip().lower()
-    # The account's bare name ('DOMAIN\\user' and 'user@realm' name the same account).
-    user = user.strip().rsplit("\\", 1)[-1].split("@", 1)[0]
+def _new_computer(settings: Settings, credentials: tuple[str, str, str],
+                  create_computer: Callable[..., tuple[str, str]], name: str) -> dict[str, str]:
+    """Create the instance's computer object with a one-time password (the adding account's `credentials`
+    (_join_credentials); they never leave the function) and the node's answer (plus "dn", for the log only)."""
+    domain, user, password = credentials
     # Never the instance's own DNS name: an IP address comes back with a new instance while the old object may
     # still hold its SPNs; this name is as unique as the instance id.
     host_fqdn = f"{name.lower()}.{domain}"

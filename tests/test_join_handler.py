@@ -194,8 +194,11 @@ def fake_sts(monkeypatch: pytest.MonkeyPatch) -> FakeSts:
 
 @pytest.fixture(autouse=True)
 def fresh_template_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The cluster's launch templates are cached per container (module level): per test here."""
+    """The cluster's launch templates, instance profiles and the adding account's credentials are cached per
+    container (module level): per test here."""
     monkeypatch.setattr(jh, "_templates", {"ids": frozenset(), "fetched": float("-inf")})
+    monkeypatch.setattr(jh, "_profiles", {})
+    monkeypatch.setattr(jh, "_credentials", {"values": None, "fetched": float("-inf")})
 
 
 @dataclass
@@ -963,6 +966,7 @@ def test_the_request_is_counted_before_the_object_is_created_and_then_the_record
         "launchTime": jh._iso(launch),
         "issuedAt": jh._iso(now()),
         "computerName": world.name(instance_id),
+        "issuedRoleId": world.node_role_id,  # the close's fast path: the same role session closes
     }
     [log] = decisions(caplog)
     assert log["decision"] == "allow"
@@ -1252,11 +1256,35 @@ def test_foreign_instances_are_refused_and_leave_no_window(world: World, caplog,
 
 
 @pytest.mark.parametrize("action", ["stop_instances", "terminate_instances"])
-def test_close_of_a_stopped_or_terminated_instance_is_refused(world: World, caplog, action) -> None:
+def test_close_of_a_stopped_or_terminated_instance_without_an_object_is_refused(world: World, caplog,
+                                                                                action) -> None:
+    world.fake_dc.fail_always = computer_account.DirectoryUnavailable(UNAVAILABLE)
+    instance_id = world.launch()
+    assert world.call(world.event(instance_id))["statusCode"] == 503  # counted, no object
+    getattr(world.clients["ec2"], action)(InstanceIds=[instance_id])
+    refused(world, caplog, world.close_event(instance_id), "instance state is")
+    assert "closedAt" not in world.window(instance_id)
+
+
+@pytest.mark.parametrize("action", ["stop_instances", "terminate_instances"])
+def test_a_close_after_the_object_was_issued_costs_no_ec2_or_iam_call(world: World, action) -> None:
+    """Issue 20: the close of the role session the object went to is decided from the record (its only effect is
+    bookkeeping: a second password is refused anyway); even a stopped node's stolen credentials gain nothing."""
     instance_id = world.launch()
     assert world.call(world.event(instance_id))["statusCode"] == 200
     getattr(world.clients["ec2"], action)(InstanceIds=[instance_id])
-    refused(world, caplog, world.close_event(instance_id), "instance state is")
+    response = world.call(world.close_event(instance_id), ec2=NoAws(), iam=NoAws(), cloudformation=NoAws())
+    assert response["statusCode"] == 200 and "closedAt" in world.window(instance_id)
+
+
+def test_a_close_by_another_role_session_takes_the_full_checks(world: World, caplog) -> None:
+    """A session of another role (even one named after the instance) is not the one the object went to: EC2 and
+    IAM decide, and refuse it."""
+    instance_id = world.launch()
+    assert world.call(world.event(instance_id))["statusCode"] == 200
+    event = world.event(instance_id, body=close_body(world.name(instance_id)), role="other-role",
+                        role_id=world.other_role_id)
+    refused(world, caplog, event, "caller role is not the instance role")
     assert "closedAt" not in world.window(instance_id)
 
 
