@@ -430,13 +430,30 @@ def _name_suggestion(name: str) -> str | None:
     return s if s and s != name and not s.isdigit() else None
 
 
-def engine_value(value: Any) -> str:
-    """A config value as the Pulumi engine hands it to a program: objects as JSON, booleans lower case."""
-    if isinstance(value, (dict, list)):
-        return json.dumps(value)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+# The keys the program reads as objects (pulumi.Config.get_object); every other key as the string it is.
+OBJECT_KEYS = ("network", "directory", "join", "cluster", "tags", "access", "groups", "users", "identity")
+_NOT_A_STRING = (" (in YAML an unquoted number, true/false, null or date is not a string: quote the value as you"
+                 " wrote it)")
+# time.Time.String(), what the engine makes of an unquoted YAML timestamp (tools/stack_file.py)
+_GO_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)? [+-]\d{4} \S+")
+
+
+def object_value(text: str | None) -> Any:
+    """What the program reads from one of OBJECT_KEYS, given the string the engine handed over: its JSON, else the
+    text itself (the validator then names the key). "" (the engine's value for a key with nothing under it, or ~)
+    is not set, like a missing key."""
+    if text is None or text == "":
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def program_values(config: Mapping[str, str]) -> dict[str, Any]:
+    """The engine's config map (full key -> string, tools/stack_file.py) -> the values load_settings reads."""
+    objects = {_key(name) for name in OBJECT_KEYS}
+    return {k: object_value(v) if k in objects else v for k, v in config.items()}
 
 
 def settings_from_values(values: Mapping[str, Any], *, stack: str,
@@ -484,7 +501,7 @@ class _Reader:
                 self.fail(self.sub(name), "is required")
             return default
         if not isinstance(value, str):
-            self.fail(self.sub(name), f"must be a string, got {value!r}")
+            self.fail(self.sub(name), f"must be a string, got {value!r}{_NOT_A_STRING}")
             return default
         return value
 
@@ -511,7 +528,10 @@ class _Reader:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
-        self.fail(self.sub(name), f"must be true or false, got {value!r}")
+        yaml11 = isinstance(value, str) and value.lower() in ("yes", "no", "on", "off", "y", "n")
+        self.fail(self.sub(name), f"must be true or false, got {value!r}" + (
+            " (YAML 1.1's yes/no/on/off are plain strings to Pulumi, which reads YAML 1.2: write true or false)"
+            if yaml11 else ""))
         return default
 
     def str_list(self, name: str) -> tuple[str, ...]:
@@ -609,7 +629,7 @@ def parse_settings(
 
     if admin_password is not None and (directory is None or directory.created_here):
         _check_password(problems, _key("adminPassword"), admin_password, directory)
-    tags = _parse_tags(problems, raw.get(_key("tags")))
+    tags = _parse_tags(problems, raw.get(_key("tags")), warnings)
     access = _parse_access(problems, raw.get(_key("access")))
     _access_warnings(access, users, warnings)
     identity = _parse_identity(problems, raw.get(_key("identity")), directory, groups, users, warnings)
@@ -1299,7 +1319,7 @@ def _access_warnings(access: AccessSettings, users: tuple[UserSettings, ...], wa
 _TAG_CHARS = re.compile(r"^[\w .:/=+\-@]*$")  # what every AWS service takes in tags
 
 
-def _parse_tags(problems: list[Problem], value: Any) -> dict[str, str]:
+def _parse_tags(problems: list[Problem], value: Any, warnings: list[str] | None = None) -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
@@ -1309,8 +1329,11 @@ def _parse_tags(problems: list[Problem], value: Any) -> dict[str, str]:
     for k, v in value.items():
         key = _key(f"tags.{k}")
         if not isinstance(v, str):
-            problems.append(Problem(key, f"value must be a string, got {v!r} (quote it in YAML: \"{v}\")"))
+            problems.append(Problem(key, f"value must be a string, got {v!r}{_NOT_A_STRING}"))
             continue
+        if _GO_TIME.fullmatch(v) and warnings is not None:
+            warnings.append(f"{key}: {v!r} is how Pulumi passes an unquoted YAML date or time: quote the value in the"
+                            " stack file to keep it as you wrote it")
         if not 1 <= len(str(k)) <= 128:
             problems.append(Problem(key, f"tag names have 1-128 characters, this one has {len(str(k))}"))
         elif str(k).lower().startswith("aws:"):
@@ -1334,8 +1357,8 @@ def load_settings() -> Settings:
 
     cfg = pulumi.Config(PROJECT)
     raw: dict[str, Any] = {"aws:region": pulumi.Config("aws").get("region")}
-    for name in ("network", "directory", "join", "cluster", "tags", "access", "groups", "users", "identity"):
-        raw[_key(name)] = _get_object(cfg, name)
+    for name in OBJECT_KEYS:
+        raw[_key(name)] = object_value(cfg.get(name))
     # Unknown keys and namespaces are reported too (typos would otherwise be ignored).
     for full_key in _all_config_keys():
         if full_key not in raw and full_key not in SECRET_KEYS:
@@ -1368,12 +1391,3 @@ def _all_config_keys() -> set[str]:
     from pulumi.runtime import config as runtime_config
 
     return set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())
-
-
-def _get_object(cfg: Any, name: str) -> Any:
-    import pulumi
-
-    try:
-        return cfg.get_object(name)
-    except (pulumi.ConfigTypeError, ValueError):  # not JSON: the validator names the key
-        return cfg.get(name)

@@ -18,8 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -39,20 +37,19 @@ def main(argv: list[str] | None = None) -> int:
         stacks = sorted(p.name for p in ROOT.glob("Pulumi.*.yaml"))
         print(f"error: {config_file} not found (stack files here: {', '.join(stacks) or 'none'})", file=sys.stderr)
         return 1
-    try:
-        doc = yaml.safe_load(config_file.read_text()) or {}
-    except yaml.YAMLError as e:
-        print(f"error: {config_file} is not valid YAML: {e}", file=sys.stderr)
-        return 1
-
     sys.path.insert(0, str(ROOT))
-    from stack_config import ConfigError, engine_value, settings_from_values
-    from tools.mocks import values_from_stack_file
+    from stack_config import PROJECT, ConfigError, program_values, settings_from_values
+    from tools.stack_file import StackFileError, read
 
-    if not isinstance(doc, dict) or not isinstance(doc.get("config") or {}, dict):
-        print(f"error: {config_file} must be a stack settings file with a `config:` map", file=sys.stderr)
+    try:  # as the Pulumi engine reads it (YAML as gopkg.in/yaml.v3 resolves it), not as YAML 1.1 would
+        engine = read(config_file.read_text(encoding="utf-8"), project=PROJECT)
+    except StackFileError as e:
+        print(f"error: {config_file}: {e}\nNothing was written.", file=sys.stderr)
         return 1
-    values, secret_keys = values_from_stack_file(doc)
+    for warning in engine.warnings:
+        print(f"warning: {config_file.name}: {warning}", file=sys.stderr)
+    config, secret_keys = engine.config, engine.secret_keys
+    values = program_values(config)
     try:  # the same validation the program runs, before anything is evaluated
         settings = settings_from_values(values, stack=stack, secret_keys=secret_keys)
     except ConfigError as e:
@@ -60,7 +57,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for warning in settings.warnings:  # accepted, but worth a second look (e.g. the admin as join account)
         print(f"warning: {warning}", file=sys.stderr)
-    config = {k: engine_value(v) for k, v in values.items()}
 
     import pulumi
 
