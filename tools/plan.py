@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import pulumi
 
+    log = _ProgramLog(settings.warnings)  # the program logs these again: each line once
+    logging.getLogger().addHandler(log)
     try:
         result = _plan(config, secret_keys, stack)
     except (ConfigError, pulumi.RunError) as e:  # checks that need the program (e.g. existing subnets)
@@ -70,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
               " pcluster-ad, not in your config: please report it with this message.\nNothing was written.",
               file=sys.stderr)
         return 1
+    finally:
+        logging.getLogger().removeHandler(log)
     args.out.mkdir(parents=True, exist_ok=True)
     for name, content in result["files"].items():
         (args.out / name).write_text(content)
@@ -78,6 +83,21 @@ def main(argv: list[str] | None = None) -> int:
     for warning in result["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+class _ProgramLog(logging.Handler):
+    """The program's pulumi.log lines (Pulumi's mocks log them to the root logger, unprefixed), as the CLI shows
+    them: "warning: ..." and each once."""
+
+    def __init__(self, shown: tuple[str, ...]) -> None:
+        super().__init__(logging.WARNING)
+        self.shown = set(shown)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message not in self.shown:
+            self.shown.add(message)
+            print(f"{record.levelname.lower()}: {message}", file=sys.stderr)
 
 
 def _plan(config: dict[str, str], secret_keys: list[str], stack: str) -> dict[str, Any]:
