@@ -1,6 +1,6 @@
 """Pulumi.<stack>.yaml read exactly as the Pulumi engine reads it, and written so that it reads back what was meant.
 
-The engine (pulumi/pulumi 1b5949891b, sdk 3.260; the pins hold since long before) reads a stack file with
+The engine (pulumi/pulumi 1b5949891b, sdk 3.260) reads a stack file with
 gopkg.in/yaml.v3 v3.0.1 (sdk/go.mod; sdk/go/common/encoding/marshal.go:27,111), in two passes
 (sdk/go/common/workspace/loaders.go:173-230): the file into Go's `any`, keys without a namespace prefixed with the
 project's name (loaders.go:61-89), re-encoded (util/yamlutil/encode.go) and decoded again into config.Map, each value
