@@ -41,10 +41,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 import stack_config
 from program import pulumi_program
+from tools import stack_file as engine_yaml
 
 ROOT = Path(__file__).resolve().parent
 PROJECT = stack_config.PROJECT
@@ -69,12 +68,12 @@ def inline_program() -> None:
 
 
 def engine_config(config: Mapping[str, Any], secrets: Mapping[str, str] | None = None) -> dict[str, tuple[str, bool]]:
-    """A config dict (nested objects as Python values) -> {full key: (engine string, is secret)}."""
-    out: dict[str, tuple[str, bool]] = {}
-    for key, value in config.items():
+    """A config dict (nested objects as Python values) -> {full key: (the string the engine hands the program, is
+    secret)}: the config as `write_config` writes it and the engine reads that file back (tools/stack_file.py)."""
+    for key in config:
         if key in SECRET_KEYS:
             raise ValueError(f"{key} is a secret: pass it in secrets=, not in config")
-        out[key] = (stack_config.engine_value(value), False)
+    out = {key: (text, False) for key, text in engine_yaml.config_of(config, project=PROJECT).config.items()}
     for key, value in (secrets or {}).items():
         if key not in SECRET_KEYS:
             raise ValueError(f"{key} is not a secret key; secrets are {', '.join(SECRET_KEYS)}")
@@ -86,10 +85,11 @@ def engine_config(config: Mapping[str, Any], secrets: Mapping[str, str] | None =
 
 def validate(config: Mapping[str, Any], secrets: Mapping[str, str] | None = None, stack: str = "dev"
              ) -> stack_config.Settings:
-    """Raise stack_config.ConfigError with every problem (ValueError for a secret in the wrong argument),
-    before anything is touched."""
-    engine_config(config, secrets)
-    return stack_config.settings_from_values({**config, **(secrets or {})}, stack=stack)
+    """Raise stack_config.ConfigError with every problem (ValueError for a secret in the wrong argument, or a
+    value the engine cannot load), before anything is touched. What is validated is what the program will read:
+    the config as written to the stack file and read back by the engine."""
+    values = {key: text for key, (text, _) in engine_config(config, secrets).items()}
+    return stack_config.settings_from_values(stack_config.program_values(values), stack=stack)
 
 
 def default_work_dir(stack: str) -> Path:
@@ -133,10 +133,10 @@ def stack_file(ws: Any, name: str) -> Path:
 def write_config(ws: Any, name: str, config: Mapping[str, Any]) -> None:
     """Replace the stack file's config with exactly `config` (plain values), keeping the secrets provider."""
     path = stack_file(ws, name)
-    current = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else None
+    current = engine_yaml.load(path.read_text(encoding="utf-8")) if path.exists() else None
     doc = {k: v for k, v in (current or {}).items() if k in SECRETS_PROVIDER_FIELDS}
     doc["config"] = {key: value for key, value in config.items()}
-    path.write_text(yaml.safe_dump(doc, sort_keys=True), encoding="utf-8")
+    path.write_text(engine_yaml.dump(doc), encoding="utf-8")  # strings quoted where the engine would read a number
 
 
 def set_secret(ws: Any, name: str, key: str, value: str) -> None:

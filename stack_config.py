@@ -303,6 +303,72 @@ AWS_PROVIDER_KEYS = frozenset({
 # `pulumi:` keys belong to the engine (e.g. pulumi:tags); nothing else may appear in a stack's config.
 KNOWN_NAMESPACES = (PROJECT, "aws", "pulumi")
 
+# ParallelCluster's own config keys (its cluster configuration file, as its docs show them) and this program's key
+# for each (README "Configuration reference"): a stack file pasted from ParallelCluster's docs gets a map, not a bare
+# "unknown key". None: no key here (the stack writes that part of ParallelCluster's config itself). List items are
+# walked through ("Scheduling.SlurmQueues.Name" is SlurmQueues[].Name).
+_JOIN_INSTEAD = ("none: nodes join the domain themselves (README \"The join account\"): the account is"
+                 f" {PROJECT}:join.user, its password the secret {PROJECT}:joinPassword")
+PCLUSTER_KEY_MAP: dict[str, str | None] = {
+    "Region": "aws:region",
+    "Image": f"{PROJECT}:cluster.os",
+    "Image.Os": f"{PROJECT}:cluster.os",
+    "Image.CustomAmi": f"{PROJECT}:cluster.customAmi",
+    "HeadNode": f"{PROJECT}:cluster.headNode",
+    "HeadNode.InstanceType": f"{PROJECT}:cluster.headNode.instanceType",
+    "HeadNode.Ssh.KeyName": f"{PROJECT}:cluster.keyName",
+    "HeadNode.Ssh.AllowedIps": f"{PROJECT}:cluster.allowedSshCidr",
+    "HeadNode.Networking.SubnetId": f"{PROJECT}:network.publicSubnetId",
+    "Scheduling": f"{PROJECT}:cluster.queues",
+    "Scheduling.SlurmQueues": f"{PROJECT}:cluster.queues",
+    "Scheduling.SlurmQueues.Name": f"{PROJECT}:cluster.queues[].name",
+    "Scheduling.SlurmQueues.ComputeResources": f"{PROJECT}:cluster.queues[].computeResources",
+    "Scheduling.SlurmQueues.ComputeResources.Name": f"{PROJECT}:cluster.queues[].computeResources[].name",
+    "Scheduling.SlurmQueues.ComputeResources.InstanceType": f"{PROJECT}:cluster.queues[].instanceType",
+    "Scheduling.SlurmQueues.ComputeResources.MinCount": f"{PROJECT}:cluster.queues[].minCount",
+    "Scheduling.SlurmQueues.ComputeResources.MaxCount": f"{PROJECT}:cluster.queues[].maxCount",
+    "Scheduling.SlurmQueues.Networking.SubnetIds": f"{PROJECT}:network.privateSubnetIds",
+    "Scheduling.SlurmSettings.QueueUpdateStrategy": f"{PROJECT}:cluster.queueUpdateStrategy",
+    "DirectoryService": f"{PROJECT}:directory",
+    "DirectoryService.DomainName": f"{PROJECT}:directory.domainName (with type: Existing)",
+    "DirectoryService.DomainAddr": f"{PROJECT}:directory.dnsIps (the domain controllers' IP addresses)",
+    "DirectoryService.DomainReadOnlyUser": _JOIN_INSTEAD,
+    "DirectoryService.PasswordSecretArn": _JOIN_INSTEAD,
+    "SharedStorage": f"{PROJECT}:cluster.homeStorage (the shared /home)",
+    "LoginNodes": f"{PROJECT}:cluster.loginNodes",
+    "LoginNodes.Pools.InstanceType": f"{PROJECT}:cluster.loginNodes.instanceType",
+    "LoginNodes.Pools.Count": f"{PROJECT}:cluster.loginNodes.count",
+    "Tags": f"{PROJECT}:tags",
+    "Imds": f"{PROJECT}:cluster.restrictImds",
+    "Iam": None, "Monitoring": None, "AdditionalPackages": None, "CustomS3Bucket": None, "DeploymentSettings": None,
+    "DevSettings": None,
+}
+PCLUSTER_KEYS = frozenset(k for k in PCLUSTER_KEY_MAP if "." not in k)  # its top-level sections
+
+
+def pcluster_key_hint(section: str, value: Any) -> str:
+    """The message for a ParallelCluster section pasted into the stack config: where each of its keys goes."""
+    found: list[str] = []
+
+    def walk(path: str, v: Any) -> None:
+        if isinstance(v, list):
+            for item in v:
+                walk(path, item)
+        elif isinstance(v, Mapping):
+            for k, sub in v.items():
+                if f"{path}.{k}" in PCLUSTER_KEY_MAP and f"{path}.{k}" not in found:
+                    found.append(f"{path}.{k}")
+                walk(f"{path}.{k}", sub)
+
+    walk(section, value)
+    leaves = [p for p in found if not any(q.startswith(p + ".") for q in found)] or [section]
+    targets: dict[str, list[str]] = {}  # one entry per destination: two keys with one answer are said once
+    for p in leaves:
+        targets.setdefault(PCLUSTER_KEY_MAP[p] or "none: the stack writes it", []).append(p)
+    where = "; ".join(f"{', '.join(paths)} -> {target}" for target, paths in targets.items())
+    return (f"is a key of ParallelCluster's own config file, not of this program (which writes that file): {where}"
+            " (README \"Configuration reference\")")
+
 # Physical names that must be unique per account (IAM) or per region (Lambda, KMS alias, SSM), and
 # their limits. One function builds them; validation checks the same strings (so a name that is too
 # long is a config error naming the stack, never a ValueError halfway through a deployment).
@@ -336,19 +402,31 @@ _PHYSICAL_NAME_KINDS = {"join_role": "iam_role", "join_invoke_policy": "iam_poli
 
 
 def _check_names(problems: list[Problem], stack: str, region: str) -> None:
+    """One problem per cause: several names carry the stack name, and one fix (a shorter or plainer stack name)
+    mends them all."""
     names = physical_names(stack, region)
-    for kind, aws_kind in _PHYSICAL_NAME_KINDS.items():
-        why = aws_name_problem(aws_kind, names[kind])
-        if why and not why.startswith("has "):  # lengths: NAME_LIMITS below says it once, with the fix
-            problems.append(Problem("stack name", f"{stack!r}: the {kind.replace('_', ' ')} name {names[kind]!r}"
-                                    f" {why}: use letters, digits, '-' or '_'"))
-    for kind, limit in NAME_LIMITS.items():
-        excess = len(names[kind]) - limit
-        if excess > 0:
-            what = kind.replace("_", " ")
-            problems.append(Problem("stack name", f"{stack!r} is too long for region {region}: the {what}"
-                                    f" name {names[kind]!r} would have {len(names[kind])} characters (limit {limit});"
-                                    f" use a stack name of at most {len(stack) - excess} characters"))
+    refused = [(kind, why) for kind, aws_kind in _PHYSICAL_NAME_KINDS.items()
+               # lengths: the check below says it once, with the fix
+               if (why := aws_name_problem(aws_kind, names[kind])) and not why.startswith("has ")]
+    by_rule: dict[str, list[str]] = {}
+    for kind, why in refused:
+        by_rule.setdefault(why, []).append(kind)
+    for why, kinds in by_rule.items():
+        what = " and ".join(k.replace("_", " ") for k in kinds)
+        shown = ", ".join(repr(names[k]) for k in kinds)
+        problems.append(Problem("stack name", f"{stack!r}: the {what} name{'s' if len(kinds) > 1 else ''} ({shown})"
+                                f" {why.replace('is refused', 'are refused') if len(kinds) > 1 else why}: use"
+                                " letters, digits, '-' or '_'"))
+    too_long = [(len(names[kind]) - limit, kind, limit) for kind, limit in NAME_LIMITS.items()
+                if len(names[kind]) > limit]
+    if too_long:
+        excess, worst, limit = max(too_long)
+        kinds = list(dict.fromkeys(kind.replace("_", " ") for _, kind, _ in too_long))
+        what = " and ".join(filter(None, [", ".join(kinds[:-1]), kinds[-1]]))
+        problems.append(Problem("stack name", f"{stack!r} is too long for region {region}: use a stack name of at"
+                                f" most {len(stack) - excess} characters (it is part of the {what} name"
+                                f"{'s' if len(kinds) > 1 else ''}; {names[worst]!r} would have"
+                                f" {len(names[worst])} characters, limit {limit})"))
 
 
 # AWS names built from config values are checked against the target service's OWN rule, read at run time from
@@ -430,13 +508,31 @@ def _name_suggestion(name: str) -> str | None:
     return s if s and s != name and not s.isdigit() else None
 
 
-def engine_value(value: Any) -> str:
-    """A config value as the Pulumi engine hands it to a program: objects as JSON, booleans lower case."""
-    if isinstance(value, (dict, list)):
-        return json.dumps(value)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+# The keys the program reads as objects (pulumi.Config.get_object); every other key as the string it is.
+OBJECT_KEYS = ("network", "directory", "join", "cluster", "tags", "access", "groups", "users", "identity")
+_NOT_A_STRING = (" (in YAML an unquoted number, true/false, null or date is not a string: quote the value as you"
+                 " wrote it)")
+# time.Time.String(), what the engine makes of an unquoted YAML timestamp (tools/stack_file.py)
+_GO_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)? [+-]\d{4} \S+")
+
+
+def object_value(text: str | None) -> Any:
+    """What the program reads from one of OBJECT_KEYS, given the string the engine handed over: its JSON, else the
+    text itself (the validator then names the key). "" (the engine's value for a key with nothing under it, or ~)
+    is not set, like a missing key."""
+    if text is None or text == "":
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def program_values(config: Mapping[str, str]) -> dict[str, Any]:
+    """The engine's config map (full key -> string, tools/stack_file.py) -> the values load_settings reads: this
+    project's keys as objects (unknown ones too, for the hints), the secrets and other namespaces as strings."""
+    return {k: object_value(v) if k.startswith(f"{PROJECT}:") and k not in SECRET_KEYS else v
+            for k, v in config.items()}
 
 
 def settings_from_values(values: Mapping[str, Any], *, stack: str,
@@ -464,6 +560,7 @@ class _Reader:
             self.fail(key, f"must be an object, got {type(value).__name__}")
             value = {}
         self.value = value
+        self.refused: set[str] = set()  # keys whose value was refused: checks that depend on them are skipped
 
     def fail(self, key: str, message: str) -> None:
         self.problems.append(Problem(key, message))
@@ -472,7 +569,10 @@ class _Reader:
         return f"{self.key}.{name}"
 
     def unknown_keys(self, known: set[str]) -> None:
-        for name in sorted(set(self.value) - known):
+        for name in sorted(set(self.value) - known, key=str):
+            if name in PCLUSTER_KEYS:  # pasted from ParallelCluster's docs
+                self.fail(self.sub(name), pcluster_key_hint(name, self.value[name]))
+                continue
             hint = _closest(name, known)
             extra = f" (did you mean '{hint}'?)" if hint else f" (known keys: {', '.join(sorted(known))})"
             self.fail(self.sub(name), f"unknown key{extra}")
@@ -484,7 +584,8 @@ class _Reader:
                 self.fail(self.sub(name), "is required")
             return default
         if not isinstance(value, str):
-            self.fail(self.sub(name), f"must be a string, got {value!r}")
+            self.fail(self.sub(name), f"must be a string, got {value!r}{_NOT_A_STRING}")
+            self.refused.add(name)
             return default
         return value
 
@@ -511,7 +612,10 @@ class _Reader:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
-        self.fail(self.sub(name), f"must be true or false, got {value!r}")
+        yaml11 = isinstance(value, str) and value.lower() in ("yes", "no", "on", "off", "y", "n")
+        self.fail(self.sub(name), f"must be true or false, got {value!r}" + (
+            " (YAML 1.1's yes/no/on/off are plain strings to Pulumi, which reads YAML 1.2: write true or false)"
+            if yaml11 else ""))
         return default
 
     def str_list(self, name: str) -> tuple[str, ...]:
@@ -527,7 +631,10 @@ class _Reader:
                required: bool = False) -> str | None:
         value = self.str(name, default=default, required=required)
         if value is not None and value not in choices:
-            self.fail(self.sub(name), f"must be one of {', '.join(choices)}, got {value!r}")
+            same = [c for c in choices if c.lower() == value.lower()]
+            hint = f" (did you mean {same[0]!r}? the values are case-sensitive)" if same else ""
+            self.fail(self.sub(name), f"must be one of {', '.join(choices)}, got {value!r}{hint}")
+            self.refused.add(name)
             return default
         return value
 
@@ -535,6 +642,9 @@ class _Reader:
 def _closest(name: str, known: set[str]) -> str | None:
     import difflib
 
+    for k in sorted(known):  # ParallelCluster's InstanceType for this program's instanceType
+        if k.lower() == str(name).lower():
+            return k
     matches = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
     return matches[0] if matches else None
 
@@ -573,7 +683,9 @@ def parse_settings(
             fix = f"did you mean '{hint}:{name}'?" if hint else f"this project reads {PROJECT}: and aws: keys"
             problems.append(Problem(full_key, f"unknown namespace '{ns}' ({fix}): the key would be ignored"))
             continue
-        if name not in known:
+        if ns == PROJECT and name in PCLUSTER_KEYS:  # pasted from ParallelCluster's docs
+            problems.append(Problem(full_key, pcluster_key_hint(name, raw[full_key])))
+        elif name not in known:
             hint = _closest(name, set(known))
             problems.append(Problem(full_key, "unknown key" + (f" (did you mean '{ns}:{hint}'?)" if hint else "")))
     # Stack files are committed: a password written there in plaintext is a leaked password.
@@ -609,7 +721,7 @@ def parse_settings(
 
     if admin_password is not None and (directory is None or directory.created_here):
         _check_password(problems, _key("adminPassword"), admin_password, directory)
-    tags = _parse_tags(problems, raw.get(_key("tags")))
+    tags = _parse_tags(problems, raw.get(_key("tags")), warnings)
     access = _parse_access(problems, raw.get(_key("access")))
     _access_warnings(access, users, warnings)
     identity = _parse_identity(problems, raw.get(_key("identity")), directory, groups, users, warnings)
@@ -782,7 +894,7 @@ def _parse_directory(problems: list[Problem], value: Any) -> DirectorySettings |
     else:
         admin_user = parent_ou = None
         for k in ("dnsIps", "directoryId", "adminUser", "parentOu"):
-            if k in r.value:
+            if k in r.value and dtype is not None:  # a refused or missing type: which keys apply is not known
                 r.fail(r.sub(k), "applies only to type Existing: remove it (a created directory has its own)")
     protect = r.bool("protect", default=False)
     if dtype is None or domain is None or short is None:
@@ -1086,11 +1198,12 @@ def _parse_cluster(problems: list[Problem], value: Any, network: NetworkSettings
     hs = _Reader(problems, r.sub("homeStorage"), r.value.get("homeStorage"))
     hs.unknown_keys({"type", "sizeGiB", "deletionPolicy", "fileSystemId", "volumeId"})
     hs_type = hs.choice("type", HOME_STORAGE_TYPES, default="Efs") or "Efs"
-    existing_home = _existing_home(hs, hs_type)
+    chosen = None if "type" in hs.refused else hs_type  # a refused type: no check may assume the default
+    existing_home = _existing_home(hs, chosen)
     size = hs.int("sizeGiB", default=100) or 100
-    if hs_type == "Ebs" and not 1 <= size <= 16384:
+    if chosen == "Ebs" and not 1 <= size <= 16384:
         hs.fail(hs.sub("sizeGiB"), f"must be 1-16384 GiB for an EBS volume, got {size}")
-    if hs_type == "Efs" and "sizeGiB" in hs.value:
+    if chosen == "Efs" and "sizeGiB" in hs.value:
         hs.fail(hs.sub("sizeGiB"), "applies only to type Ebs (EFS grows by itself): remove it")
     policy = hs.choice("deletionPolicy", DELETION_POLICIES, default="Retain") or "Retain"
     version = r.str("pclusterVersion", default=DEFAULT_PCLUSTER_VERSION) or DEFAULT_PCLUSTER_VERSION
@@ -1213,17 +1326,18 @@ def _parse_login_nodes(r: _Reader) -> LoginNodesSettings | None:
     return None if count is None else LoginNodesSettings(count=count, instance_type=itype)
 
 
-def _existing_home(hs: _Reader, hs_type: str) -> str | None:
-    """homeStorage.fileSystemId (Efs) / volumeId (Ebs): reattach homes kept by an earlier stack."""
+def _existing_home(hs: _Reader, hs_type: str | None) -> str | None:
+    """homeStorage.fileSystemId (Efs) / volumeId (Ebs): reattach homes kept by an earlier stack. hs_type None: the
+    type was refused, which of the two applies is not known."""
     fs_id, vol_id = hs.str("fileSystemId"), hs.str("volumeId")
     if fs_id is not None:
-        if hs_type != "Efs":
+        if hs_type == "Ebs":
             hs.fail(hs.sub("fileSystemId"), "applies to type Efs: use volumeId for an EBS volume")
         elif not re.match(r"^fs-[0-9a-f]{8,17}$", fs_id):
             hs.fail(hs.sub("fileSystemId"), f"{fs_id!r} is not an EFS file system id such as fs-0123456789abcdef0")
         return fs_id
     if vol_id is not None:
-        if hs_type != "Ebs":
+        if hs_type == "Efs":
             hs.fail(hs.sub("volumeId"), "applies to type Ebs: use fileSystemId for an EFS file system")
         elif not re.match(r"^vol-[0-9a-f]{8,17}$", vol_id):
             hs.fail(hs.sub("volumeId"), f"{vol_id!r} is not an EBS volume id such as vol-0123456789abcdef0")
@@ -1299,7 +1413,7 @@ def _access_warnings(access: AccessSettings, users: tuple[UserSettings, ...], wa
 _TAG_CHARS = re.compile(r"^[\w .:/=+\-@]*$")  # what every AWS service takes in tags
 
 
-def _parse_tags(problems: list[Problem], value: Any) -> dict[str, str]:
+def _parse_tags(problems: list[Problem], value: Any, warnings: list[str] | None = None) -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
@@ -1309,8 +1423,11 @@ def _parse_tags(problems: list[Problem], value: Any) -> dict[str, str]:
     for k, v in value.items():
         key = _key(f"tags.{k}")
         if not isinstance(v, str):
-            problems.append(Problem(key, f"value must be a string, got {v!r} (quote it in YAML: \"{v}\")"))
+            problems.append(Problem(key, f"value must be a string, got {v!r}{_NOT_A_STRING}"))
             continue
+        if _GO_TIME.fullmatch(v) and warnings is not None:
+            warnings.append(f"{key}: {v!r} is how Pulumi passes an unquoted YAML date or time: quote the value in the"
+                            " stack file to keep it as you wrote it")
         if not 1 <= len(str(k)) <= 128:
             problems.append(Problem(key, f"tag names have 1-128 characters, this one has {len(str(k))}"))
         elif str(k).lower().startswith("aws:"):
@@ -1334,12 +1451,13 @@ def load_settings() -> Settings:
 
     cfg = pulumi.Config(PROJECT)
     raw: dict[str, Any] = {"aws:region": pulumi.Config("aws").get("region")}
-    for name in ("network", "directory", "join", "cluster", "tags", "access", "groups", "users", "identity"):
-        raw[_key(name)] = _get_object(cfg, name)
+    for name in OBJECT_KEYS:
+        raw[_key(name)] = object_value(cfg.get(name))
     # Unknown keys and namespaces are reported too (typos would otherwise be ignored).
     for full_key in _all_config_keys():
         if full_key not in raw and full_key not in SECRET_KEYS:
-            raw[full_key] = "(set)"
+            ns, _, name = full_key.partition(":")
+            raw[full_key] = object_value(cfg.get(name)) if ns == PROJECT else "(set)"  # read for the hints
     return parse_settings(
         raw,
         stack=pulumi.get_stack(),
@@ -1368,12 +1486,3 @@ def _all_config_keys() -> set[str]:
     from pulumi.runtime import config as runtime_config
 
     return set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())
-
-
-def _get_object(cfg: Any, name: str) -> Any:
-    import pulumi
-
-    try:
-        return cfg.get_object(name)
-    except (pulumi.ConfigTypeError, ValueError):  # not JSON: the validator names the key
-        return cfg.get(name)

@@ -30,6 +30,22 @@ def test_engine_config_encodes_objects_and_marks_secrets():
     assert cfg["pcluster-ad:adminPassword"] == (PASSWORD, True)
 
 
+def test_the_stack_file_written_reads_back_as_the_validated_values(tmp_path):
+    """write_config's YAML, read as the engine reads it (tools/stack_file.py), gives the program what validate()
+    checked: PyYAML's safe_dump left 0o17 and 08 unquoted, which the engine reads as the numbers 15 and 8."""
+    from types import SimpleNamespace
+
+    from tools.stack_file import read
+
+    config = dev_config()
+    config["pcluster-ad:groups"] = [{"name": "0o17", "description": "08"}]
+    automation.validate(config)
+    automation.write_config(SimpleNamespace(work_dir=str(tmp_path)), "dev", config)
+    engine = read((tmp_path / "Pulumi.dev.yaml").read_text()).config
+    assert json.loads(engine["pcluster-ad:groups"]) == [{"name": "0o17", "description": "08"}]
+    assert engine == {key: text for key, (text, _) in automation.engine_config(config).items()}
+
+
 def test_secrets_must_not_travel_in_plain_config():
     with pytest.raises(ValueError, match="pcluster-ad:adminPassword is a secret"):
         automation.engine_config({"pcluster-ad:adminPassword": PASSWORD})

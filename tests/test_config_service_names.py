@@ -106,10 +106,9 @@ def test_the_rule_is_read_from_botocores_model(monkeypatch: pytest.MonkeyPatch):
     # ...and one whose IAM role names are lower-case letters only: the role names built from the stack name.
     use_model(monkeypatch, iam_role_pattern="[a-z]+")
     got = problems(raw())
-    assert got == ["stack name: 'dev': the join role name 'pcad-dev-eu-west-1-join' is refused by iam"
-                   " CreateRole.RoleName (roleNameType): '-' '1' (allowed: [a-z]+): use letters, digits, '-' or '_'",
-                   "stack name: 'dev': the directory admin role name 'pcad-dev-eu-west-1-dir' is refused by iam"
-                   " CreateRole.RoleName (roleNameType): '-' '1' (allowed: [a-z]+): use letters, digits, '-' or '_'"]
+    assert got == ["stack name: 'dev': the join role and directory admin role names ('pcad-dev-eu-west-1-join',"
+                   " 'pcad-dev-eu-west-1-dir') are refused by iam CreateRole.RoleName (roleNameType): '-' '1'"
+                   " (allowed: [a-z]+): use letters, digits, '-' or '_'"]  # one cause, one line (issue 19)
     # A model that no longer states SSM's characters fails loudly instead of passing every name.
     use_model(monkeypatch, ssm_doc="no rule here")
     with pytest.raises(RuntimeError, match="no longer states"):

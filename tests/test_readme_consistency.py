@@ -38,3 +38,8 @@ def test_node_version_is_the_same_everywhere():
     assert re.findall(r"Node\.js (\d+)\+", README.read_text()) == [version]
     for script in ("scripts/deploy.sh", "tools/pcluster_venv.sh"):
         assert set(re.findall(r"Node\.js (\d+) or newer", (ROOT / script).read_text())) == {version}, script
+
+
+def test_readme_states_no_test_count_that_goes_stale():
+    """Issue 19: "749 tests in 9 min" was wrong a commit later. Durations are kept, counts are not."""
+    assert not re.findall(r"\b\d[\d,]* (?:tests|test cases|passed)\b", README.read_text())

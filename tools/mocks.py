@@ -353,32 +353,22 @@ def _non_default(options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-ENCRYPTED_PLACEHOLDER = "Encrypted-Offline-1"
-
-
 def values_from_stack_file(doc: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """Pulumi.<stack>.yaml `config:` -> (values as Python objects, secret keys).
+    """A loaded Pulumi.<stack>.yaml -> (the values the program reads, secret keys), through the engine's reading
+    (tools/stack_file.py). Encrypted values (`{secure: ...}`) cannot be decrypted offline: they become a marked
+    placeholder that still satisfies the password rules, and stay secret."""
+    from stack_config import program_values
 
-    Encrypted values (`{secure: ...}`) cannot be decrypted offline: they become a marked
-    placeholder that still satisfies the password rules, and stay secret.
-    """
-    values: dict[str, Any] = {}
-    secret_keys: list[str] = []
-    for key, value in (doc.get("config") or {}).items():
-        if isinstance(value, dict) and set(value) == {"secure"}:
-            values[key] = ENCRYPTED_PLACEHOLDER
-            secret_keys.append(key)
-        else:
-            values[key] = value
-    return values, secret_keys
+    config, secret_keys = config_from_stack_file(doc)
+    return program_values(config), secret_keys
 
 
 def config_from_stack_file(doc: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
-    """Pulumi.<stack>.yaml `config:` -> (engine-style config map, secret keys)."""
-    from stack_config import engine_value
+    """A loaded Pulumi.<stack>.yaml -> (the config map the engine hands the program, secret keys)."""
+    from tools.stack_file import engine_config
 
-    values, secret_keys = values_from_stack_file(doc)
-    return {k: engine_value(v) for k, v in values.items()}, secret_keys
+    read = engine_config(doc)
+    return read.config, read.secret_keys
 
 
 def run_program(program: Callable[[], None], *, config: dict[str, str], secret_keys: list[str] | None = None,

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,20 +38,19 @@ def main(argv: list[str] | None = None) -> int:
         stacks = sorted(p.name for p in ROOT.glob("Pulumi.*.yaml"))
         print(f"error: {config_file} not found (stack files here: {', '.join(stacks) or 'none'})", file=sys.stderr)
         return 1
-    try:
-        doc = yaml.safe_load(config_file.read_text()) or {}
-    except yaml.YAMLError as e:
-        print(f"error: {config_file} is not valid YAML: {e}", file=sys.stderr)
-        return 1
-
     sys.path.insert(0, str(ROOT))
-    from stack_config import ConfigError, engine_value, settings_from_values
-    from tools.mocks import values_from_stack_file
+    from stack_config import PROJECT, ConfigError, program_values, settings_from_values
+    from tools.stack_file import StackFileError, read
 
-    if not isinstance(doc, dict) or not isinstance(doc.get("config") or {}, dict):
-        print(f"error: {config_file} must be a stack settings file with a `config:` map", file=sys.stderr)
+    try:  # as the Pulumi engine reads it (YAML as gopkg.in/yaml.v3 resolves it), not as YAML 1.1 would
+        engine = read(config_file.read_text(encoding="utf-8"), project=PROJECT)
+    except StackFileError as e:
+        print(f"error: {config_file}: {e}\nNothing was written.", file=sys.stderr)
         return 1
-    values, secret_keys = values_from_stack_file(doc)
+    for warning in engine.warnings:
+        print(f"warning: {config_file.name}: {warning}", file=sys.stderr)
+    config, secret_keys = engine.config, engine.secret_keys
+    values = program_values(config)
     try:  # the same validation the program runs, before anything is evaluated
         settings = settings_from_values(values, stack=stack, secret_keys=secret_keys)
     except ConfigError as e:
@@ -60,10 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for warning in settings.warnings:  # accepted, but worth a second look (e.g. the admin as join account)
         print(f"warning: {warning}", file=sys.stderr)
-    config = {k: engine_value(v) for k, v in values.items()}
 
     import pulumi
 
+    log = _ProgramLog(settings.warnings)  # the program logs these again: each line once
+    logging.getLogger().addHandler(log)
     try:
         result = _plan(config, secret_keys, stack)
     except (ConfigError, pulumi.RunError) as e:  # checks that need the program (e.g. existing subnets)
@@ -74,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
               " pcluster-ad, not in your config: please report it with this message.\nNothing was written.",
               file=sys.stderr)
         return 1
+    finally:
+        logging.getLogger().removeHandler(log)
     args.out.mkdir(parents=True, exist_ok=True)
     for name, content in result["files"].items():
         (args.out / name).write_text(content)
@@ -82,6 +83,21 @@ def main(argv: list[str] | None = None) -> int:
     for warning in result["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+class _ProgramLog(logging.Handler):
+    """The program's pulumi.log lines (Pulumi's mocks log them to the root logger, unprefixed), as the CLI shows
+    them: "warning: ..." and each once."""
+
+    def __init__(self, shown: tuple[str, ...]) -> None:
+        super().__init__(logging.WARNING)
+        self.shown = set(shown)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message not in self.shown:
+            self.shown.add(message)
+            print(f"{record.levelname.lower()}: {message}", file=sys.stderr)
 
 
 def _plan(config: dict[str, str], secret_keys: list[str], stack: str) -> dict[str, Any]:
