@@ -25,8 +25,11 @@ What deploys is exactly what was validated:
 - Plain values are written to the stack file as YAML; secrets go through `pulumi config set --secret` on stdin,
   never on a command line.
 
-`up` also needs the ParallelCluster venv of the stack's `pclusterVersion` (`bash tools/pcluster_venv.sh`; it raises
-`launcher.core.SetupError` naming the command, before any stack is touched).
+`preview` and `up` then run ParallelCluster's full create validation on the config's offline plan (`full_validation`,
+tools/full_validation.py: what `pcluster create-cluster --dryrun` judges, in moto) and raise its refusals as
+`tools.full_validation.FullValidationFailed`, a `stack_config.ConfigError`. That needs the ParallelCluster venv of the
+stack's `pclusterVersion` with moto (`bash tools/pcluster_venv.sh --with-moto`; else `launcher.core.SetupError` naming
+the command), before any stack is touched.
 Needs the Pulumi CLI on PATH (every entry point raises `PulumiCliMissing` with the same message otherwise), AWS
 credentials, a Pulumi backend (`pulumi login ...` or `env_vars={"PULUMI_BACKEND_URL": ...}`) and, with the
 default passphrase secrets provider, PULUMI_CONFIG_PASSPHRASE (or `secrets_provider="awskms://..."`).
@@ -182,14 +185,29 @@ def require_pcluster(settings: stack_config.Settings) -> str:
     return resolve_pcluster({**os.environ, "PCLUSTER_AD_PCLUSTER_VERSION": settings.cluster.pcluster_version})
 
 
+def full_validation(name: str, config: Mapping[str, Any], secrets: Mapping[str, str] | None = None) -> dict:
+    """ParallelCluster's full create validation of exactly this config's offline plan (tools/full_validation.py):
+    raises its FullValidationFailed (a stack_config.ConfigError, one problem per refusal) or launcher.core.SetupError
+    (no ParallelCluster venv with moto for the stack's version). Creates nothing."""
+    from tools.full_validation import check_config
+
+    return check_config(config, secrets, stack=name)
+
+
 def up(name: str, config: Mapping[str, Any], secrets: Mapping[str, str] | None = None,
        on_output: Callable[[str], Any] = print, **kwargs: Any) -> Any:
-    require_pcluster(validate(config, secrets, stack=name))
+    settings = validate(config, secrets, stack=name)
+    require_cli()  # the cheap checks first: the full validation takes seconds
+    require_pcluster(settings)
+    full_validation(name, config, secrets)
     return select_stack(name, config, secrets, **kwargs).up(on_output=on_output, show_secrets=False)
 
 
 def preview(name: str, config: Mapping[str, Any], secrets: Mapping[str, str] | None = None,
             on_output: Callable[[str], Any] = print, **kwargs: Any) -> Any:
+    validate(config, secrets, stack=name)
+    require_cli()
+    full_validation(name, config, secrets)
     return select_stack(name, config, secrets, **kwargs).preview(on_output=on_output)
 
 

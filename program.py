@@ -242,6 +242,11 @@ def pulumi_program() -> None:
     pulumi.export("headNodePublicIp", cluster.head_node_public_ip)
     pulumi.export("headNodePrivateIp", cluster.head_node_private_ip)
     pulumi.export("loginNodesAddress", cluster.login_nodes_address)
+    # The second day: `aws ssm start-session --target <headNodeInstanceId>` (README "Stack outputs"), the version
+    # the cluster runs (`pcluster` of that version only), its CloudWatch logs (`aws logs tail <clusterLogGroup>`).
+    pulumi.export("headNodeInstanceId", cluster.head_node_instance_id)
+    pulumi.export("pclusterVersion", cluster.pcluster_version)
+    pulumi.export("clusterLogGroup", cluster.log_group)
     pulumi.export("sshCommand", pulumi.Output.all(cluster.head_node_public_ip, cluster.login_nodes_address).apply(
         lambda v: _ssh_command(settings, *v)))
     pulumi.export("loginAccess", _login_access(settings))

@@ -487,6 +487,56 @@ def aws_name_problem(kind: str, name: str) -> str | None:
     return None
 
 
+# Instance types: EC2's own list, read at run time from botocore's EC2 model (shape InstanceType, the enum of
+# RunInstances' InstanceType): every type EC2 has had, current, previous-generation and retired, in any region.
+# ParallelCluster ships no list of its own (its validators ask DescribeInstanceTypes); which types a REGION offers
+# is checked by its full validation (tools/full_validation.py, moto's offerings per region). A type launched after
+# the pinned botocore is refused too: that validation's moto data is older still, so a warning here would only
+# move the refusal one step later, with a less clear message (tests/test_instance_types.py measures both lists).
+_INSTANCE_TYPE_PINS = "botocore (requirements.txt) and moto (tools/pcluster_venv.sh)"
+
+
+@functools.cache
+def ec2_instance_types() -> frozenset[str]:
+    """Every instance type name EC2's API knows, as the installed botocore's EC2 model states it."""
+    import botocore.session
+
+    shape = botocore.session.get_session().get_service_model("ec2").shape_for("InstanceType")
+    if not shape.enum or "c5.large" not in shape.enum:
+        raise RuntimeError("botocore's EC2 model no longer lists instance types in shape InstanceType: update"
+                           " stack_config.ec2_instance_types")
+    return frozenset(shape.enum)
+
+
+def instance_type_problem(value: str) -> str | None:
+    """Why `value` names no EC2 instance type in any region, with the closest real ones; None when it is one."""
+    import difflib
+
+    import botocore
+
+    known = ec2_instance_types()
+    if value in known:
+        return None
+    family, _, size = value.strip().lower().partition(".")
+    sizes = sorted({t.partition(".")[2] for t in known if t.partition(".")[0] == family})
+    if f"{family}.{size}" in known:
+        close = [f"{family}.{size}"]  # case or white space
+    elif sizes:
+        close = [f"{family}.{s}" for s in difflib.get_close_matches(size, sizes, n=2, cutoff=0.6)]
+    else:
+        close = difflib.get_close_matches(f"{family}.{size}", sorted(known), n=3, cutoff=0.8)
+    hint = f": did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    if not _INSTANCE_TYPE_RE.match(value):
+        return f"{value!r} is not an EC2 instance type such as c5.large{hint}"
+    if sizes:
+        why = f"{family} has no size {size!r}" + (hint or f" (its sizes: {', '.join(sizes)})")
+    else:
+        why = f"there is no instance family {family!r}{hint}"
+    return (f"{value!r} is not an EC2 instance type in any region: {why} (EC2's list as botocore"
+            f" {botocore.__version__} has it; a type launched since needs newer pins of {_INSTANCE_TYPE_PINS},"
+            " then bash tools/lock.sh)")
+
+
 def posix_name_problems(name: str) -> list[str]:
     """Why nodes (sssd, POSIX tools) or the identity ledger cannot carry a user/group name: rules no AWS model has."""
     out = []
@@ -1159,8 +1209,9 @@ def _parse_cluster(problems: list[Problem], value: Any, network: NetworkSettings
     head = _Reader(problems, r.sub("headNode"), r.value.get("headNode"))
     head.unknown_keys({"instanceType"})
     head_type = head.str("instanceType", default="c5.large") or "c5.large"
-    if not _INSTANCE_TYPE_RE.match(head_type):
-        head.fail(head.sub("instanceType"), f"{head_type!r} is not an EC2 instance type such as c5.large")
+    why = instance_type_problem(head_type)
+    if why:
+        head.fail(head.sub("instanceType"), why)
 
     queues: list[QueueSettings] = []
     raw_queues = r.value.get("queues")
@@ -1269,8 +1320,9 @@ def _parse_compute_resources(q: _Reader) -> tuple[ComputeResourceSettings, ...]:
     ok = True
     for reader in items:
         itype = reader.str("instanceType", required=True)
-        if itype is not None and not _INSTANCE_TYPE_RE.match(itype):
-            reader.fail(reader.sub("instanceType"), f"{itype!r} is not an EC2 instance type such as c5.large")
+        why = instance_type_problem(itype) if itype is not None else None
+        if why:
+            reader.fail(reader.sub("instanceType"), why)
             itype = None
         min_count = reader.int("minCount", default=0)
         max_count = reader.int("maxCount", default=10)
@@ -1320,8 +1372,9 @@ def _parse_login_nodes(r: _Reader) -> LoginNodesSettings | None:
         ln.fail(ln.sub("count"), f"must be 0 (pool stopped) to {MAX_LOGIN_NODES} login nodes, got {count}")
         count = None
     itype = ln.str("instanceType", default="c5.large") or "c5.large"
-    if not _INSTANCE_TYPE_RE.match(itype):
-        ln.fail(ln.sub("instanceType"), f"{itype!r} is not an EC2 instance type such as c5.large")
+    why = instance_type_problem(itype)
+    if why:
+        ln.fail(ln.sub("instanceType"), why)
         return None
     return None if count is None else LoginNodesSettings(count=count, instance_type=itype)
 

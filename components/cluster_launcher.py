@@ -86,7 +86,7 @@ def parse_launcher_result(stdout: str) -> dict:
         if isinstance(result, dict):
             return result
     return {"clusterName": None, "status": None, "headNodePublicIp": None, "headNodePrivateIp": None,
-            "loginNodesAddress": None}
+            "loginNodesAddress": None, "headNodeInstanceId": None, "pclusterVersion": None, "clusterLogGroup": None}
 
 
 class ClusterLauncher(pulumi.ComponentResource):
@@ -96,6 +96,9 @@ class ClusterLauncher(pulumi.ComponentResource):
     head_node_public_ip: pulumi.Output[str | None]
     head_node_private_ip: pulumi.Output[str | None]
     login_nodes_address: pulumi.Output[str | None]  # the login pool's load balancer (DNS name), if any
+    head_node_instance_id: pulumi.Output[str | None]  # for SSM Session Manager, the EC2 console, CloudWatch
+    pcluster_version: pulumi.Output[str]  # the cluster's (describe-cluster); before deployment the configured one
+    log_group: pulumi.Output[str | None]  # the cluster's CloudWatch log group, /aws/parallelcluster/<name>-<time>
 
     def __init__(self, name: str, args: ClusterLauncherArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("pcluster-ad:index:ClusterLauncher", name, None, opts)
@@ -166,10 +169,16 @@ class ClusterLauncher(pulumi.ComponentResource):
         self.head_node_public_ip = result.apply(lambda r: r.get("headNodePublicIp"))
         self.head_node_private_ip = result.apply(lambda r: r.get("headNodePrivateIp"))
         self.login_nodes_address = result.apply(lambda r: r.get("loginNodesAddress"))
+        self.head_node_instance_id = result.apply(lambda r: r.get("headNodeInstanceId"))
+        self.pcluster_version = result.apply(lambda r: r.get("pclusterVersion") or c.pcluster_version)
+        self.log_group = result.apply(lambda r: r.get("clusterLogGroup"))
         self.register_outputs({
             "clusterName": self.cluster_name,
             "status": self.status,
             "headNodePublicIp": self.head_node_public_ip,
             "headNodePrivateIp": self.head_node_private_ip,
             "loginNodesAddress": self.login_nodes_address,
+            "headNodeInstanceId": self.head_node_instance_id,
+            "pclusterVersion": self.pcluster_version,
+            "clusterLogGroup": self.log_group,
         })

@@ -4,7 +4,8 @@
         [--config-file PATH|-] [--timeout SECONDS] [--poll-seconds N]
 
 create/update read the cluster config from --config-file (default "-": stdin). Progress goes to stderr;
-the last stdout line is JSON: {"clusterName", "status", "headNodePublicIp", "headNodePrivateIp"}.
+the last stdout line is JSON: {"clusterName", "status", "headNodePublicIp", "headNodePrivateIp",
+"loginNodesAddress", "headNodeInstanceId", "pclusterVersion", "clusterLogGroup"}.
 Exit codes: 0 done, 1 failed (pcluster refused, cluster *_FAILED), 2 usage/bad input, 3 timeout,
 4 no usable pcluster (venv creation failed, Node.js missing) or no AWS credentials, 130 interrupted (SIGINT/SIGTERM).
 Environment: PCLUSTER_AD_PCLUSTER (pcluster executable to use), PCLUSTER_AD_PCLUSTER_VENV (venv location),

@@ -22,6 +22,8 @@ Decisions:
   launcher does what ParallelCluster asks, on the CURRENT config (describe-cluster's clusterConfiguration):
   that pool's Count 0, update, wait until the pool has no node, then applies the given config.
 - missing or invalid AWS credentials fail at once (exit 4), without retries.
+- after a create or update, list-cluster-log-streams names the cluster's CloudWatch log group (describe-cluster
+  does not) for the final line; a failure there only leaves that field empty.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ _FLEET_NEEDS_OPERATOR = {
     "`pcluster describe-compute-fleet -n {name} -r {region}` and the head node, then re-run",
 }
 _NO_CHANGES_RE = re.compile(r"no changes found", re.IGNORECASE)
+# A log stream's ARN (CloudWatch Logs DescribeLogStreams `arn`); group names hold no ':'.
+_LOG_STREAM_ARN_RE = re.compile(r"^arn:[^:]+:logs:[^:]*:[^:]*:log-group:(?P<group>[^:]+):log-stream:")
 _FLEET_STOP_RE = re.compile(r"stop the compute fleet|compute nodes must be stopped", re.IGNORECASE)
 # Update errors that stopping the compute fleet alone does not fix.
 _NOT_FLEET_FIXABLE_RE = re.compile(r"login nodes|--force-update|head node must be", re.IGNORECASE)
@@ -293,6 +297,7 @@ class Launcher:
         self._deadline = self._start + self.timeout
         self.last: dict = {}  # last describe-cluster answer
         self.deleted = False
+        self.log_group: str | None = None  # the cluster's CloudWatch log group (find_log_group)
 
     # ----------------------------------------------------------------- output
     def log(self, message: str) -> None:
@@ -303,7 +308,8 @@ class Launcher:
         """The final JSON line's object."""
         if self.deleted:
             return {"clusterName": self.name, "status": "DELETED", "headNodePublicIp": None, "headNodePrivateIp": None,
-                    "loginNodesAddress": None}
+                    "loginNodesAddress": None, "headNodeInstanceId": None, "pclusterVersion": None,
+                    "clusterLogGroup": None}
         head = self.last.get("headNode") or {}
         # Users log in through the login pool's load balancer when there is one.
         login = [p.get("address") for p in self.last.get("loginNodes") or [] if p.get("address")]
@@ -313,7 +319,31 @@ class Launcher:
             "headNodePublicIp": head.get("publicIpAddress"),
             "headNodePrivateIp": head.get("privateIpAddress"),
             "loginNodesAddress": login[0] if login else None,
+            "headNodeInstanceId": head.get("instanceId"),
+            "pclusterVersion": self.last.get("version"),  # the version the cluster was created with
+            "clusterLogGroup": self.log_group,
         }
+
+    def find_log_group(self) -> None:
+        """The cluster's CloudWatch log group, `/aws/parallelcluster/<cluster>-<UTC minute of its creation>`.
+        describe-cluster does not give it (ParallelCluster keeps it in its stack's ClusterCWLogGroup parameter);
+        list-cluster-log-streams does, in each stream's ARN. Never fails the operation: without CloudWatch logging,
+        with no stream yet or on an error, the output stays empty and a line says where to look."""
+        try:
+            result = self.pcluster("list-cluster-log-streams", "-n", self.name)
+        except LauncherError as exc:
+            result = PclusterResult(1, "", str(exc))
+        if result.returncode == 0:
+            for stream in result.data.get("logStreams") or []:
+                m = _LOG_STREAM_ARN_RE.match(str(stream.get("logStreamArn") or ""))
+                if m:
+                    self.log_group = m["group"]
+                    return
+            why = "the cluster has no CloudWatch log stream yet (or CloudWatch logging is off)"
+        else:
+            why = f"list-cluster-log-streams failed: {result.message}"
+        self.log(f"clusterLogGroup left empty: {why}; `pcluster list-cluster-log-streams -n {self.name} -r "
+                 f"{self.region}` shows the streams and their group later")
 
     def _report_failure(self, info: dict) -> None:
         self.log(
@@ -463,6 +493,14 @@ class Launcher:
 
     # ----------------------------------------------------------------- commands
     def create(self, config_path: str) -> None:
+        self._create(config_path)
+        self.find_log_group()
+
+    def update(self, config_path: str) -> None:
+        self._update(config_path)
+        self.find_log_group()
+
+    def _create(self, config_path: str) -> None:
         info = self.describe()
         if info is not None:
             self.log(f"cluster exists: {self._progress(info)}")
@@ -480,7 +518,7 @@ class Launcher:
         self.log(f"adopting the existing cluster ({status}) and applying the config to it")
         self._converge(config_path, info)
 
-    def update(self, config_path: str) -> None:
+    def _update(self, config_path: str) -> None:
         info = self.describe()
         if info is not None:
             info = self.wait_stable(info)

@@ -3,7 +3,8 @@
 #   bash scripts/deploy.sh [STACK] [pulumi up flags...]      (STACK defaults to dev)
 # 1. checks the prerequisites (Pulumi CLI, Node.js, AWS credentials hint, passphrase),
 # 2. installs the program's venv (venv/) and the ParallelCluster CLI's own (.venv-pcluster/),
-# 3. validates the stack config offline (tools.plan: every problem at once, nothing created),
+# 3. validates the stack config offline (tools.plan: every problem at once, nothing created), then runs
+#    ParallelCluster's full create validation on the plan (tools.full_validation: moto, no AWS account),
 # 4. logs in to local state (~/.pulumi) unless a backend is already configured (PULUMI_BACKEND_URL or a login),
 # 5. selects (or creates) the stack and runs `pulumi up`, which previews and asks before changing anything.
 set -euo pipefail
@@ -17,8 +18,9 @@ usage: bash scripts/deploy.sh [STACK] [pulumi up flags...]     (STACK defaults t
 
 Deploys the stack described by Pulumi.STACK.yaml: checks the prerequisites (Pulumi CLI, Node.js 20+,
 PULUMI_CONFIG_PASSPHRASE, AWS credentials), installs venv/ and .venv-pcluster/ (pinned, hash-checked),
-validates the stack config offline, then runs `pulumi up --stack STACK [flags]`, which previews and asks
-before changing anything (--yes skips the question).
+validates the stack config offline and with ParallelCluster's full create validation (in moto, no AWS
+account), then runs `pulumi up --stack STACK [flags]`, which previews and asks before changing anything
+(--yes skips the question).
 
 State: the backend you are logged in to (`pulumi login s3://...`) or PULUMI_BACKEND_URL; with neither, it
 logs in to local files (`pulumi login --local`, ~/.pulumi). README "Team state" shows S3 + KMS.
@@ -75,8 +77,8 @@ fi
 [ "$missing" -eq 0 ] || exit 2
 
 ensure_venv requirements.lock
-log "ensuring the ParallelCluster CLI venv (.venv-pcluster/)"
-bash tools/pcluster_venv.sh >/dev/null
+log "ensuring the ParallelCluster CLI venv (.venv-pcluster/, with moto for the full validation)"
+bash tools/pcluster_venv.sh --with-moto >/dev/null
 
 log "validating Pulumi.$stack.yaml offline"
 venv/bin/python -m tools.plan "$stack" --out "plan-out/$stack" >/dev/null
@@ -95,8 +97,13 @@ PY
 )
 if [ "$pcluster_version" != "$(cat pcluster_version.txt)" ]; then
   log "ensuring the ParallelCluster CLI venv for $pcluster_version (.venv-pcluster-$pcluster_version/)"
-  PCLUSTER_AD_PCLUSTER_VENV=".venv-pcluster-$pcluster_version" bash tools/pcluster_venv.sh "$pcluster_version" >/dev/null
+  PCLUSTER_AD_PCLUSTER_VENV=".venv-pcluster-$pcluster_version" bash tools/pcluster_venv.sh --with-moto "$pcluster_version" >/dev/null
 fi
+
+# What `pcluster create-cluster` would refuse (an instance type the region does not offer, ...), before the
+# directory and the network exist: ParallelCluster's own validators on the plan, in moto.
+log "ParallelCluster's full create validation of plan-out/$stack (offline; nothing is created)"
+venv/bin/python -m tools.full_validation "plan-out/$stack" >/dev/null
 
 # No backend pinned in Pulumi.yaml, so a team's `pulumi login s3://...` applies; local files only as the fallback.
 if [ -z "${PULUMI_BACKEND_URL:-}" ] && ! pulumi whoami --non-interactive </dev/null >/dev/null 2>&1; then

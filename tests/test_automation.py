@@ -97,6 +97,20 @@ def standin(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.fixture
+def validated(monkeypatch) -> list[tuple]:
+    """ParallelCluster's full validation recorded instead of run (10-15 s a call), for the tests about the
+    workspace; the tests below that are about the validation run the real one."""
+    seen: list[tuple] = []
+
+    def record(name, config, secrets=None):
+        seen.append((name, dict(config), dict(secrets or {})))
+        return {"ok": True, "failures": []}
+
+    monkeypatch.setattr(automation, "full_validation", record)
+    return seen
+
+
 def tracked_state() -> str:
     return subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
                           text=True, check=True).stdout
@@ -130,7 +144,7 @@ def test_up_deploys_exactly_the_validated_config_from_its_own_workspace(standin)
     assert tracked_state() == before and (ROOT / "Pulumi.dev.yaml").read_bytes() == sample
 
 
-def test_a_second_run_replaces_the_config_instead_of_merging(standin):
+def test_a_second_run_replaces_the_config_instead_of_merging(standin, validated):
     first = dev_config()
     first["pcluster-ad:tags"] = {"team": "hpc"}
     automation.up("dev", first, secrets={"pcluster-ad:joinPassword": PASSWORD}, on_output=lambda _line: None)
@@ -140,9 +154,10 @@ def test_a_second_run_replaces_the_config_instead_of_merging(standin):
     up = [c for c in pulumi_standin.calls(standin) if pulumi_standin.words(c)[0] == "up"]
     assert up[-1]["stack_file"]["config"] == second  # no tags, no joinPassword left over from the first run
     assert "pcluster-ad:tags" in up[0]["stack_file"]["config"]
+    assert [(c, s) for _, c, s in validated] == [(first, {"pcluster-ad:joinPassword": PASSWORD}), (second, {})]
 
 
-def test_outputs_and_destroy_use_the_same_workspace(standin):
+def test_outputs_and_destroy_use_the_same_workspace(standin, validated):
     automation.up("dev", dev_config(), on_output=lambda _line: None)
     assert automation.outputs("dev") == {"sshCommand": "ssh <ad-user>@203.0.113.10",
                                          "directoryAdminPassword": "[secret]"}
@@ -162,7 +177,40 @@ def test_up_without_the_pcluster_venv_stops_before_any_stack_is_touched(standin,
     assert pulumi_standin.calls(standin) == []
 
 
-def test_a_work_dir_inside_the_checkout_is_refused(standin):
+def test_preview_and_up_run_parallelclusters_full_validation_before_any_stack_is_touched(standin):
+    """Issue 19 item 2b: a type that exists (the offline check passes it) but that the region does not offer is
+    refused as `pcluster create-cluster` would refuse it, as a ConfigError, before the Pulumi CLI is run at all."""
+    from tools.full_validation import FullValidationFailed
+
+    config = dev_config()
+    config["pcluster-ad:cluster"] = {**config["pcluster-ad:cluster"],
+                                     "queues": [{"name": "compute", "instanceType": "c8ib.large"}]}
+    automation.validate(config, stack="dev")  # the offline check passes it
+    with pytest.raises(FullValidationFailed) as err:
+        automation.preview("dev", config, secrets={"pcluster-ad:adminPassword": PASSWORD},
+                           on_output=lambda _line: None)
+    assert isinstance(err.value, ConfigError)  # an embedder's `except ConfigError` handles it
+    assert any(p.key.startswith("ParallelCluster ") and "The instance type 'c8ib.large' is not supported" in p.message
+               for p in err.value.problems), err.value.problems
+    assert "nothing was created" in str(err.value)
+    assert pulumi_standin.calls(standin) == []
+
+
+def test_up_without_moto_in_the_pcluster_venv_names_the_command(standin, monkeypatch, tmp_path):
+    from launcher.core import SetupError
+
+    venv = tmp_path / "venv-without-moto"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "pcluster").write_text("#!/bin/sh\n")
+    (venv / "bin" / "pcluster").chmod(0o755)
+    (venv / "lib" / "python3.11" / "site-packages" / "aws_parallelcluster-3.16.1.dist-info").mkdir(parents=True)
+    monkeypatch.setenv("PCLUSTER_AD_PCLUSTER_VENV", str(venv))
+    with pytest.raises(SetupError, match=r"has no moto, .* run `PCLUSTER_AD_PCLUSTER_VENV=.* --with-moto 3\.16\.1`"):
+        automation.up("dev", dev_config(), on_output=lambda _line: None)
+    assert pulumi_standin.calls(standin) == []
+
+
+def test_a_work_dir_inside_the_checkout_is_refused(standin, validated):
     with pytest.raises(ValueError, match="inside the checkout"):
         automation.up("dev", dev_config(), work_dir=ROOT, on_output=lambda _line: None)
     assert pulumi_standin.calls(standin) == []

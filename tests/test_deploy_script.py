@@ -132,3 +132,22 @@ def test_a_kms_stack_needs_no_passphrase(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert calls[-1] == "up --stack citest-kms"
     assert plain.returncode == 2 and "PULUMI_CONFIG_PASSPHRASE" in plain.stdout and plain_calls == []
+
+
+def test_parallelclusters_full_validation_stops_it_before_pulumi(tmp_path):
+    """Issue 19 item 2b: a type that exists (the offline check passes it) but that the stack's region does not offer
+    is what `pcluster create-cluster` refuses 10-40 minutes into `pulumi up`, after the directory exists: deploy.sh
+    runs ParallelCluster's own create validation on the plan first (tools/full_validation.py)."""
+    doc = stack_doc("dev")
+    doc["config"]["pcluster-ad:cluster"]["queues"][0]["instanceType"] = "c8ib.large"  # not offered in eu-west-1
+    bad = ROOT / "Pulumi.citest-region.yaml"
+    bad.write_text(yaml.safe_dump(doc))
+    try:
+        result, calls = run_deploy(tmp_path, "citest-region", "--yes")
+    finally:
+        bad.unlink()
+        shutil.rmtree(ROOT / "plan-out" / "citest-region", ignore_errors=True)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "ParallelCluster's full create validation of plan-out/citest-region" in result.stdout
+    assert "The instance type 'c8ib.large' is not supported." in result.stderr
+    assert calls == []

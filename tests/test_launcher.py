@@ -182,14 +182,25 @@ def launch(fake, clock):
     return run
 
 
+HEAD_ID = "i-0123456789abcdef0"  # the stand-in's head node
+LOG_GROUP_RE = re.compile(rf"/aws/parallelcluster/{NAME}-\d{{12}}")  # ParallelCluster's name: cluster, UTC minute
+
+
 def assert_final(result: Result, status: str | None, public: str | None = None, private: str | None = None) -> None:
+    """The final line; the log group is named exactly after a create or update that succeeded."""
     assert result.stdout.count("\n") == 1, "stdout must hold only the final JSON line"
-    assert result.final == {
+    final = dict(result.final)
+    group = final.pop("clusterLogGroup")
+    done = result.code == EXIT_OK and status in ("CREATE_COMPLETE", "UPDATE_COMPLETE")
+    assert (group is not None and LOG_GROUP_RE.fullmatch(group) is not None) if done else group is None, group
+    assert final == {
         "clusterName": NAME,
         "status": status,
         "headNodePublicIp": public,
         "headNodePrivateIp": private,
         "loginNodesAddress": None,
+        "headNodeInstanceId": HEAD_ID if private else None,
+        "pclusterVersion": "3.16.1" if status not in (None, "DELETED") else None,
     }
 
 
@@ -200,7 +211,8 @@ def test_create_new_cluster(fake, launch, clock):
     result = launch("create")
     assert result.code == EXIT_OK, result.stderr
     assert_final(result, "CREATE_COMPLETE", "203.0.113.10", "10.0.0.10")
-    assert fake.commands() == ["describe-cluster", "create-cluster"] + ["describe-cluster"] * 3
+    assert fake.commands() == (["describe-cluster", "create-cluster"] + ["describe-cluster"] * 3
+                               + ["list-cluster-log-streams"])
     (create,) = fake.calls("create-cluster")
     assert create["argv"][create["argv"].index("--rollback-on-failure") + 1] == "false"
     assert create["argv"][create["argv"].index("-r") + 1] == REGION
@@ -233,7 +245,7 @@ def test_create_adopts_existing_cluster_with_same_config(fake, launch):
     assert result.code == EXIT_OK, result.stderr
     assert_final(result, "CREATE_COMPLETE", "203.0.113.10", "10.0.0.10")
     assert "create-cluster" not in fake.commands()
-    assert fake.commands() == ["describe-cluster", "update-cluster"]
+    assert fake.commands() == ["describe-cluster", "update-cluster", "list-cluster-log-streams"]
     assert "adopting the existing cluster" in result.stderr
     assert "no changes" in result.stderr
 
@@ -253,7 +265,7 @@ def test_create_waits_for_a_cluster_already_being_created(fake, launch):
     assert result.code == EXIT_OK, result.stderr
     assert_final(result, "CREATE_COMPLETE", "203.0.113.10", "10.0.0.10")
     assert "create-cluster" not in fake.commands()
-    assert fake.commands()[-1] == "update-cluster"  # converge: a no-change update
+    assert fake.commands()[-2:] == ["update-cluster", "list-cluster-log-streams"]  # converge: a no-change update
 
 
 def test_create_waits_for_a_deletion_then_creates(fake, launch):
@@ -270,7 +282,8 @@ def test_create_losing_a_race_adopts_the_winner(fake, launch):
     assert result.code == EXIT_OK, result.stderr
     assert_final(result, "CREATE_COMPLETE", "203.0.113.10", "10.0.0.10")
     assert "already exists; adopting it" in result.stderr
-    assert fake.commands() == ["describe-cluster", "create-cluster", "describe-cluster", "update-cluster"]
+    assert fake.commands() == ["describe-cluster", "create-cluster", "describe-cluster", "update-cluster",
+                               "list-cluster-log-streams"]
 
 
 def test_create_refuses_an_existing_failed_cluster(fake, launch):
@@ -427,7 +440,7 @@ def test_update_without_changes_is_success(fake, launch):
     assert result.code == EXIT_OK, result.stderr
     assert_final(result, "CREATE_COMPLETE", "203.0.113.10", "10.0.0.10")
     assert "no changes" in result.stderr
-    assert fake.commands() == ["describe-cluster", "update-cluster"]
+    assert fake.commands() == ["describe-cluster", "update-cluster", "list-cluster-log-streams"]
 
 
 def test_update_stops_and_restarts_the_compute_fleet(fake, launch):
@@ -582,6 +595,55 @@ def test_delete_timeout(fake, launch, clock):
     assert result.final["status"] == "DELETE_IN_PROGRESS"
 
 
+# ----------------------------------------------------------------------------- what a user needs afterwards
+
+
+def test_final_line_names_the_head_node_instance_the_version_and_the_log_group(fake, launch):
+    """Issue 19 item 9: the instance id (SSM Session Manager), the version the cluster was created with (not the
+    launcher's pin) and its CloudWatch log group, which describe-cluster does not give: list-cluster-log-streams
+    does, in each stream's ARN; an update keeps the group."""
+    fake.scenario(cluster_version="3.15.0")
+    result = launch("create")
+    assert result.code == EXIT_OK, result.stderr
+    group = fake.state()["clusters"][NAME]["logGroup"]
+    assert LOG_GROUP_RE.fullmatch(group)
+    assert {k: result.final[k] for k in ("headNodeInstanceId", "pclusterVersion", "clusterLogGroup")} == {
+        "headNodeInstanceId": HEAD_ID, "pclusterVersion": "3.15.0", "clusterLogGroup": group}
+    assert fake.commands()[-1] == "list-cluster-log-streams"
+
+
+def test_an_update_names_the_same_log_group(fake, launch):
+    fake.seed("CREATE_COMPLETE", CONFIG_A)
+    result = launch("update", CONFIG_B)
+    assert result.code == EXIT_OK, result.stderr
+    assert result.final["status"] == "UPDATE_COMPLETE"
+    assert result.final["clusterLogGroup"] == fake.state()["clusters"][NAME]["logGroup"]
+
+
+@pytest.mark.parametrize("knobs, why", [
+    ({"log_streams": 0}, "no CloudWatch log stream yet"),
+    ({"cloudwatch_logs": False}, "CloudWatch logging is off"),
+    ({"log_stream_errors": "An error occurred (AccessDeniedException) when calling the DescribeLogStreams"
+                           " operation"}, "list-cluster-log-streams failed: An error occurred (AccessDenied"),
+], ids=["no-stream-yet", "logging-off", "access-denied"])
+def test_no_log_group_leaves_the_output_empty_and_the_cluster_done(fake, launch, knobs, why):
+    fake.scenario(**knobs)
+    result = launch("create")
+    assert result.code == EXIT_OK, result.stderr
+    assert result.final["status"] == "CREATE_COMPLETE" and result.final["clusterLogGroup"] is None
+    assert result.final["headNodeInstanceId"] == HEAD_ID
+    assert why in result.stderr
+    assert f"`pcluster list-cluster-log-streams -n {NAME} -r {REGION}`" in result.stderr
+
+
+def test_a_failed_create_does_not_look_for_logs(fake, launch):
+    fake.scenario(create_outcome="CREATE_FAILED")
+    result = launch("create")
+    assert result.code == EXIT_FAILED
+    assert "list-cluster-log-streams" not in fake.commands()
+    assert result.final["clusterLogGroup"] is None
+
+
 # ----------------------------------------------------------------------------- pcluster executable
 
 
@@ -600,7 +662,7 @@ def test_missing_pcluster_exits_4_with_a_final_line(fake, clock):
     assert code == EXIT_SETUP
     assert json.loads(stdout.getvalue()) == {
         "clusterName": NAME, "status": None, "headNodePublicIp": None, "headNodePrivateIp": None,
-        "loginNodesAddress": None,
+        "loginNodesAddress": None, "headNodeInstanceId": None, "pclusterVersion": None, "clusterLogGroup": None,
     }
 
 
@@ -671,9 +733,12 @@ def test_cli_as_a_real_process(fake):
                             cwd=ROOT, env=_subprocess_env(fake), timeout=60, check=False)
     assert create.returncode == 0, create.stderr
     assert create.stdout.count("\n") == 1
-    assert json.loads(create.stdout) == {
+    final = json.loads(create.stdout)
+    assert LOG_GROUP_RE.fullmatch(final.pop("clusterLogGroup"))
+    assert final == {
         "clusterName": NAME, "status": "CREATE_COMPLETE",
         "headNodePublicIp": "203.0.113.10", "headNodePrivateIp": "10.0.0.10", "loginNodesAddress": None,
+        "headNodeInstanceId": HEAD_ID, "pclusterVersion": "3.16.1",
     }
     assert "waiting for CREATE_COMPLETE" in create.stderr
 
@@ -724,7 +789,10 @@ def test_launcher_class_with_a_scripted_runner(clock):
                         "version."}),
         (0, {"cluster": {"clusterName": NAME, "clusterStatus": "CREATE_IN_PROGRESS"}}),
         (0, {"clusterName": NAME, "clusterStatus": "CREATE_COMPLETE", "cloudFormationStackStatus": "CREATE_COMPLETE",
-             "headNode": {"privateIpAddress": "10.1.2.3"}}),
+             "version": "3.16.1", "headNode": {"privateIpAddress": "10.1.2.3", "instanceId": "i-0aaaabbbbccccdddd"}}),
+        (0, {"logStreams": [{"logStreamName": "ip-10-1-2-3.i-0aaaabbbbccccdddd.cfn-init", "logStreamArn":
+             f"arn:aws:logs:{REGION}:123456789012:log-group:/aws/parallelcluster/{NAME}-202609011200:log-stream:"
+             "ip-10-1-2-3.i-0aaaabbbbccccdddd.cfn-init"}]}),
     ])
     seen = []
 
@@ -739,9 +807,11 @@ def test_launcher_class_with_a_scripted_runner(clock):
     launcher.create("/dev/null")
     assert launcher.summary() == {
         "clusterName": NAME, "status": "CREATE_COMPLETE", "headNodePublicIp": None, "headNodePrivateIp": "10.1.2.3",
-        "loginNodesAddress": None,
+        "loginNodesAddress": None, "headNodeInstanceId": "i-0aaaabbbbccccdddd", "pclusterVersion": "3.16.1",
+        "clusterLogGroup": f"/aws/parallelcluster/{NAME}-202609011200",
     }
-    assert [a[0] for a in seen] == ["describe-cluster", "create-cluster", "describe-cluster"]
+    assert [a[0] for a in seen] == ["describe-cluster", "create-cluster", "describe-cluster",
+                                    "list-cluster-log-streams"]
 
 
 # ----------------------------------------------------------------------------- behaviours of the real 3.16.1 CLI

@@ -95,11 +95,15 @@ def test_both_forms_in_one_queue_are_refused():
                " computeResources entry" in problems, problems
 
 
+# Eleven real types (each must exist in some region: tests/test_instance_types.py).
+ELEVEN_TYPES = ["c5.large", "c5.xlarge", "c5.2xlarge", "c5.4xlarge", "c5.9xlarge", "c5.12xlarge", "c5.18xlarge",
+                "c5.24xlarge", "c5.metal", "m5.large", "m5.xlarge"]
+
+
 def test_more_than_50_compute_resources_in_the_cluster_are_refused():
     def edit(raw):
         raw["pcluster-ad:cluster"]["queues"] = [
-            {"name": f"q{i}", "computeResources": [{"instanceType": f"c5.{j}xlarge"} for j in range(1, 12)]}
-            for i in range(5)]
+            {"name": f"q{i}", "computeResources": [{"instanceType": t} for t in ELEVEN_TYPES]} for i in range(5)]
 
     problems = problems_of(edit)
     assert problems == ["pcluster-ad:cluster.queues: ParallelCluster allows at most 50 compute resources"

@@ -94,12 +94,13 @@ def full_validation_python() -> Path:
     return python
 
 
-def validate_full(plan_dir: Path, cluster_name: str, *, timeout: float = 300) -> dict:
+def validate_full(plan_dir: Path, cluster_name: str, *, timeout: float = 300, python: Path | None = None) -> dict:
     """ParallelCluster's full create validation of a `tools.plan` output directory, in a moto world built
     from the plan (tools/validate_cluster_full.py): {"ok", "failures": [{level, type, message}], "seconds",
-    "ids", "blocked_network"}."""
+    "ids", "blocked_network", "not_checked"}. `python`: the ParallelCluster venv's interpreter to run it with
+    (tools/full_validation.py: the stack's version, never installed); default full_validation_python()."""
     proc = subprocess.run(
-        [str(full_validation_python()), str(FULL_VALIDATOR), str(plan_dir), "--cluster-name", cluster_name,
+        [str(python or full_validation_python()), str(FULL_VALIDATOR), str(plan_dir), "--cluster-name", cluster_name,
          "--json"],
         capture_output=True, text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL,
         env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")},  # never a real account

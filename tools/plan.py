@@ -4,7 +4,9 @@
     venv/bin/python -m tools.plan --config-file my-stack.yaml --out plan-out
 
 Evaluates the real program under Pulumi's mocks and writes DIR/resources.json (every
-resource: type, name, parent, dependencies, inputs with secrets shown as "[secret]").
+resource: type, name, parent, dependencies, inputs with secrets shown as "[secret]"),
+DIR/cluster-config.yaml (the ParallelCluster config) and DIR/outputs.json (the stack outputs).
+ParallelCluster's full validation of that plan: `venv/bin/python -m tools.full_validation DIR`.
 Values known only after deployment appear as "<after-deploy:RESOURCE.PROPERTY>".
 Invalid config: every problem is printed, nothing is written, exit status 1.
 """
@@ -108,7 +110,10 @@ def _plan(config: dict[str, str], secret_keys: list[str], stack: str) -> dict[st
     graph = run_program(program.pulumi_program, config=config, secret_keys=secret_keys, stack=stack, mocks=mocks)
     graph.root = str(ROOT)
     resources = graph.to_plan()
-    files = {"resources.json": json.dumps(resources, indent=2, sort_keys=False, default=str) + "\n"}
+    files = {"resources.json": json.dumps(resources, indent=2, sort_keys=False, default=str) + "\n",
+             # The stack outputs as the plan knows them (tools/full_validation.py reads clusterName, pclusterVersion).
+             "outputs.json": json.dumps({k: v for k, v in graph.outputs.items() if k != "clusterConfig"}, indent=2,
+                                        default=str) + "\n"}
     if isinstance(graph.outputs.get("clusterConfig"), str):
         files["cluster-config.yaml"] = (
             "# ParallelCluster 3 config as the stack would render it; <after-deploy:...> values are known\n"
