@@ -24,8 +24,8 @@ State: the backend you are logged in to (`pulumi login s3://...`) or PULUMI_BACK
 logs in to local files (`pulumi login --local`, ~/.pulumi). README "Team state" shows S3 + KMS.
 
 Without a Pulumi CLI or AWS credentials, the offline plan still validates a stack and shows every
-resource it would create:
-  venv/bin/python -m tools.plan STACK --out plan-out/STACK
+resource it would create (it sets up venv/ first; no root needed):
+  bash scripts/plan.sh STACK
 
 Examples:
   bash scripts/deploy.sh dev

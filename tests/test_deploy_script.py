@@ -88,7 +88,7 @@ def test_help_is_a_usage_text_that_names_the_offline_plan(tmp_path):
         result, calls = run_deploy(tmp_path, flag, with_pulumi=False, passphrase=False)
         assert result.returncode == 0, result.stdout + result.stderr
         assert result.stdout.startswith("usage: bash scripts/deploy.sh [STACK]")
-        assert "venv/bin/python -m tools.plan STACK --out plan-out/STACK" in result.stdout
+        assert "bash scripts/plan.sh STACK" in result.stdout
         assert "not found" not in result.stdout + result.stderr
         assert calls == []
 

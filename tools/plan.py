@@ -1,5 +1,6 @@
 """Offline plan: what `pulumi up` would declare for a stack, with no AWS and no Pulumi CLI.
 
+    bash scripts/plan.sh dev                  # sets up venv/ first (no root), then this; plan-out/dev
     venv/bin/python -m tools.plan dev --out plan-out
     venv/bin/python -m tools.plan --config-file my-stack.yaml --out plan-out
 
@@ -7,6 +8,7 @@ Evaluates the real program under Pulumi's mocks and writes DIR/resources.json (e
 resource: type, name, parent, dependencies, inputs with secrets shown as "[secret]").
 Values known only after deployment appear as "<after-deploy:RESOURCE.PROPERTY>".
 Invalid config: every problem is printed, nothing is written, exit status 1.
+`plan()` is the same for config values in Python (automation.plan uses it).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.plan", description=__doc__.split("\n\n")[0])
     parser.add_argument("stack", nargs="?", help="stack name: reads Pulumi.<STACK>.yaml")
     parser.add_argument("--config-file", type=Path, help="a stack settings file to use instead of Pulumi.<STACK>.yaml")
-    parser.add_argument("--out", type=Path, required=True, help="directory to write resources.json into")
+    parser.add_argument("--out", type=Path, help="directory to write resources.json into (default: plan-out/STACK)")
     args = parser.parse_args(argv)
     if args.stack is None and args.config_file is None:
         parser.error("give a STACK name (Pulumi.<STACK>.yaml) or --config-file FILE")
@@ -46,27 +49,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     sys.path.insert(0, str(ROOT))
-    from stack_config import ConfigError, engine_value, settings_from_values
+    from stack_config import ConfigError
     from tools.mocks import values_from_stack_file
 
     if not isinstance(doc, dict) or not isinstance(doc.get("config") or {}, dict):
         print(f"error: {config_file} must be a stack settings file with a `config:` map", file=sys.stderr)
         return 1
     values, secret_keys = values_from_stack_file(doc)
-    try:  # the same validation the program runs, before anything is evaluated
-        settings = settings_from_values(values, stack=stack, secret_keys=secret_keys)
-    except ConfigError as e:
-        print(f"{config_file.name}: {e}\nNothing was written.", file=sys.stderr)
-        return 1
-    for warning in settings.warnings:  # accepted, but worth a second look (e.g. the admin as join account)
-        print(f"warning: {warning}", file=sys.stderr)
-    config = {k: engine_value(v) for k, v in values.items()}
+    out = args.out or Path("plan-out") / stack
 
     import pulumi
 
     try:
-        result = _plan(config, secret_keys, stack)
-    except (ConfigError, pulumi.RunError) as e:  # checks that need the program (e.g. existing subnets)
+        result = plan(values, secret_keys, stack)
+    except (ConfigError, pulumi.RunError) as e:  # the config's rules, or checks that need the program (subnets)
         print(f"{config_file.name}: {e}\nNothing was written.", file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - a bug, not the user's input: say so, without a traceback
@@ -74,14 +70,31 @@ def main(argv: list[str] | None = None) -> int:
               " pcluster-ad, not in your config: please report it with this message.\nNothing was written.",
               file=sys.stderr)
         return 1
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name, content in result["files"].items():
-        (args.out / name).write_text(content)
+    write_files(result, out)
     elapsed = time.perf_counter() - started
-    _print_summary(result["resources"], result["outputs"], args.out, elapsed)
-    for warning in result["warnings"]:
+    _print_summary(result["resources"], result["outputs"], out, elapsed)
+    for warning in result["warnings"]:  # accepted, but worth a second look (e.g. the admin as join account)
         print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def plan(values: Mapping[str, Any], secret_keys: Sequence[str] = (), stack: str = "dev") -> dict[str, Any]:
+    """The offline plan of a stack's config values (Python objects, as in a stack file's `config:`; the keys in
+    `secret_keys` are secrets): {"resources": [...], "outputs": {...}, "files": {name: text}, "warnings": [...]}.
+    Raises stack_config.ConfigError (every problem, the same validation the program runs, before anything is
+    evaluated) or pulumi.RunError (a check that needs the program)."""
+    from stack_config import engine_value, settings_from_values
+
+    settings = settings_from_values(dict(values), stack=stack, secret_keys=list(secret_keys))
+    result = _plan({k: engine_value(v) for k, v in values.items()}, list(secret_keys), stack)
+    return {**result, "warnings": [*settings.warnings, *result["warnings"]]}
+
+
+def write_files(result: dict[str, Any], out: Path) -> None:
+    """resources.json and cluster-config.yaml of a plan() result into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, content in result["files"].items():
+        (out / name).write_text(content)
 
 
 def _plan(config: dict[str, str], secret_keys: list[str], stack: str) -> dict[str, Any]:
