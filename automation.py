@@ -25,11 +25,18 @@ What deploys is exactly what was validated:
 - Plain values are written to the stack file as YAML; secrets go through `pulumi config set --secret` on stdin,
   never on a command line.
 
-`up` also needs the ParallelCluster venv of the stack's `pclusterVersion` (`bash tools/pcluster_venv.sh`; it raises
-`launcher.core.SetupError` naming the command, before any stack is touched).
-Needs the Pulumi CLI on PATH (every entry point raises `PulumiCliMissing` with the same message otherwise), AWS
+- `plan(name, config, secrets)` is the offline plan (tools/plan.py's `plan`): what `up` would declare, with no
+  Pulumi CLI, no AWS and nothing created.
+
+Prerequisites on this machine, checked before any stack is touched, all reported at once in one
+`MissingPrerequisites` (`PulumiCliMissing` when the CLI is among them, listed first): the Pulumi CLI on PATH (every
+entry point but `plan`); for `up` and `destroy`, which run the cluster command, also the checkout's `venv/` (the
+command runs `venv/bin/python -m launcher` in the checkout: `bash scripts/plan.sh dev` makes it) and the
+ParallelCluster venv of the stack's `pclusterVersion` (`bash tools/pcluster_venv.sh`). Beyond this machine: AWS
 credentials, a Pulumi backend (`pulumi login ...` or `env_vars={"PULUMI_BACKEND_URL": ...}`) and, with the
 default passphrase secrets provider, PULUMI_CONFIG_PASSPHRASE (or `secrets_provider="awskms://..."`).
+`ERRORS` are the exceptions that mean "fix your input or this machine" (each message names the key or the
+command); a failing `pulumi` command raises `pulumi.automation.CommandError` after its output was shown.
 """
 
 from __future__ import annotations
@@ -37,13 +44,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 import stack_config
+from components.cluster_launcher import LAUNCHER
 from program import pulumi_program
 
 ROOT = Path(__file__).resolve().parent
@@ -52,15 +60,34 @@ SECRET_KEYS = stack_config.SECRET_KEYS
 # Fields of a stack file that belong to the secrets provider: kept when the config is replaced.
 SECRETS_PROVIDER_FIELDS = ("secretsprovider", "encryptedkey", "encryptionsalt")
 CLI_MISSING = ("the Pulumi CLI ('pulumi') is not on PATH: install it (https://www.pulumi.com/docs/install/);"
-               " the Automation API drives it. Without a CLI, `python -m tools.plan STACK --out DIR` still"
-               " validates and plans a stack offline")
+               " the Automation API drives it. Without a CLI, `automation.plan(name, config)` still validates and"
+               " plans a stack offline")
 
 
-class PulumiCliMissing(RuntimeError):
-    """The Pulumi CLI is not installed (or not on PATH)."""
+class MissingPrerequisites(RuntimeError):
+    """Something this machine needs for the command is missing; `problems` lists each with its fix (the Pulumi CLI
+    first). Raised before any stack is touched."""
 
-    def __init__(self) -> None:
-        super().__init__(CLI_MISSING)
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        if len(self.problems) == 1:
+            message = self.problems[0]
+        else:
+            lines = "\n".join(f"  - {p}" for p in self.problems)
+            message = f"{len(self.problems)} prerequisites are missing on this machine; nothing was touched:\n{lines}"
+        super().__init__(message)
+
+
+class PulumiCliMissing(MissingPrerequisites):
+    """The Pulumi CLI is not installed (or not on PATH), and whatever else `others` names."""
+
+    def __init__(self, others: Sequence[str] = ()) -> None:
+        super().__init__([CLI_MISSING, *others])
+
+
+# What an embedding program catches to report a problem without a traceback: every problem at once, each naming
+# the key or the command that fixes it (ValueError: a secret in `config` or a work_dir inside the checkout).
+ERRORS = (stack_config.ConfigError, MissingPrerequisites, ValueError)
 
 
 def inline_program() -> None:
@@ -173,18 +200,67 @@ def _existing(name: str, work_dir: str | Path | None, env_vars: Mapping[str, str
     return auto.Stack.select(name, workspace(name, work_dir=work_dir, env_vars=env_vars))
 
 
-def require_pcluster(settings: stack_config.Settings) -> str:
-    """The pcluster executable `up` will run (launcher.core.resolve_pcluster), or launcher.core.SetupError naming
-    the setup command: the launcher never installs during a deployment, so a missing venv is found here, before
-    the stack is touched, not twenty minutes into `up`."""
-    from launcher.core import resolve_pcluster
+def launcher_python() -> Path:
+    """The interpreter the cluster command runs (`venv/bin/python -m launcher`, relative to the checkout: the
+    engine runs it in the project's main directory, ROOT)."""
+    return ROOT / LAUNCHER.split()[0]
 
-    return resolve_pcluster({**os.environ, "PCLUSTER_AD_PCLUSTER_VERSION": settings.cluster.pcluster_version})
+
+def require_prerequisites(pcluster_version: str | None = None, env_vars: Mapping[str, str] | None = None) -> None:
+    """Raise MissingPrerequisites listing everything missing for a command, the Pulumi CLI first. With a
+    `pcluster_version` (up, destroy: they run the cluster command) also the checkout's venv/ and the
+    ParallelCluster venv of that version: the launcher installs nothing during a deployment, so a missing venv is
+    found here, before the stack is touched, not after the directory was built."""
+    from launcher.core import SetupError, resolve_pcluster
+
+    problems = [] if shutil.which("pulumi") else [CLI_MISSING]
+    if pcluster_version is not None:
+        python = launcher_python()
+        if not os.access(python, os.X_OK):
+            problems.append(f"{python} is missing: the cluster command runs `{LAUNCHER}` in the checkout; set it up"
+                            f" with `bash {ROOT / 'scripts' / 'plan.sh'} dev` (installs venv/ from the hash-checked"
+                            " requirements.lock, then plans the sample stack offline)")
+        try:  # the environment the command will see: the engine passes on the workspace's env_vars
+            resolve_pcluster({**os.environ, **(env_vars or {}), "PCLUSTER_AD_PCLUSTER_VERSION": pcluster_version})
+        except SetupError as exc:
+            problems.append(str(exc))
+    if problems and problems[0] == CLI_MISSING:
+        raise PulumiCliMissing(problems[1:])
+    if problems:
+        raise MissingPrerequisites(problems)
+
+
+def deployed_pcluster_version(name: str, work_dir: str | Path | None) -> str:
+    """The `pclusterVersion` in the workspace's stack file (what the last preview/up wrote), else the default."""
+    path = (Path(work_dir) if work_dir is not None else default_work_dir(name)) / f"Pulumi.{name.split('/')[-1]}.yaml"
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        version = doc["config"]["pcluster-ad:cluster"]["pclusterVersion"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return stack_config.DEFAULT_PCLUSTER_VERSION
+    return str(version)
+
+
+def plan(name: str, config: Mapping[str, Any], secrets: Mapping[str, str] | None = None, *,
+         out: str | Path | None = None) -> dict[str, Any]:
+    """The offline plan of `config` + `secrets` as stack `name` (tools/plan.py's `plan`, the program under Pulumi's
+    mocks): {"resources": [...], "outputs": {...}, "files": {"resources.json": ..., "cluster-config.yaml": ...},
+    "warnings": [...]}, secrets shown as "[secret]"; `out` also writes the files there. No Pulumi CLI, no AWS,
+    nothing created; raises stack_config.ConfigError with every problem (or pulumi.RunError from a check that needs
+    the program)."""
+    from tools import plan as offline
+
+    engine_config(config, secrets)
+    result = offline.plan({**config, **(secrets or {})}, list(secrets or {}), name)
+    if out is not None:
+        offline.write_files(result, Path(out))
+    return result
 
 
 def up(name: str, config: Mapping[str, Any], secrets: Mapping[str, str] | None = None,
        on_output: Callable[[str], Any] = print, **kwargs: Any) -> Any:
-    require_pcluster(validate(config, secrets, stack=name))
+    settings = validate(config, secrets, stack=name)
+    require_prerequisites(settings.cluster.pcluster_version, kwargs.get("env_vars"))
     return select_stack(name, config, secrets, **kwargs).up(on_output=on_output, show_secrets=False)
 
 
@@ -195,6 +271,7 @@ def preview(name: str, config: Mapping[str, Any], secrets: Mapping[str, str] | N
 
 def destroy(name: str, on_output: Callable[[str], Any] = print, *, work_dir: str | Path | None = None,
             env_vars: Mapping[str, str] | None = None) -> Any:
+    require_prerequisites(deployed_pcluster_version(name, work_dir), env_vars)
     return _existing(name, work_dir, env_vars).destroy(on_output=on_output, show_secrets=False)
 
 
