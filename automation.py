@@ -28,11 +28,21 @@ What deploys is exactly what was validated:
 `preview` and `up` then run ParallelCluster's full create validation on the config's offline plan (`full_validation`,
 tools/full_validation.py: what `pcluster create-cluster --dryrun` judges, in moto) and raise its refusals as
 `tools.full_validation.FullValidationFailed`, a `stack_config.ConfigError`. That needs the ParallelCluster venv of the
-stack's `pclusterVersion` with moto (`bash tools/pcluster_venv.sh --with-moto`; else `launcher.core.SetupError` naming
-the command), before any stack is touched.
-Needs the Pulumi CLI on PATH (every entry point raises `PulumiCliMissing` with the same message otherwise), AWS
+stack's `pclusterVersion` with moto (`bash tools/pcluster_venv.sh --with-moto`), checked with the rest below.
+
+- `plan(name, config, secrets)` is the offline plan (tools/plan.py's `plan`): what `up` would declare, with no
+  Pulumi CLI, no AWS and nothing created.
+
+Prerequisites on this machine, checked before any stack is touched, all reported at once in one
+`MissingPrerequisites` (`PulumiCliMissing` when the CLI is among them, listed first): the Pulumi CLI on PATH (every
+entry point but `plan`); for `preview`, `up` and `destroy` the ParallelCluster venv of the stack's
+`pclusterVersion` (`bash tools/pcluster_venv.sh --with-moto`); for `up` and `destroy`, which run the cluster
+command, also the checkout's `venv/` (the command runs `venv/bin/python -m launcher` in the checkout:
+`bash scripts/plan.sh dev` makes it). Beyond this machine: AWS
 credentials, a Pulumi backend (`pulumi login ...` or `env_vars={"PULUMI_BACKEND_URL": ...}`) and, with the
 default passphrase secrets provider, PULUMI_CONFIG_PASSPHRASE (or `secrets_provider="awskms://..."`).
+`ERRORS` are the exceptions that mean "fix your input or this machine" (each message names the key or the
+command); a failing `pulumi` command raises `pulumi.automation.CommandError` after its output was shown.
 """
 
 from __future__ import annotations
@@ -40,11 +50,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import stack_config
+from components.cluster_launcher import LAUNCHER
 from program import pulumi_program
 from tools import stack_file as engine_yaml
 
@@ -54,15 +65,34 @@ SECRET_KEYS = stack_config.SECRET_KEYS
 # Fields of a stack file that belong to the secrets provider: kept when the config is replaced.
 SECRETS_PROVIDER_FIELDS = ("secretsprovider", "encryptedkey", "encryptionsalt")
 CLI_MISSING = ("the Pulumi CLI ('pulumi') is not on PATH: install it (https://www.pulumi.com/docs/install/);"
-               " the Automation API drives it. Without a CLI, `python -m tools.plan STACK --out DIR` still"
-               " validates and plans a stack offline")
+               " the Automation API drives it. Without a CLI, `automation.plan(name, config)` still validates and"
+               " plans a stack offline")
 
 
-class PulumiCliMissing(RuntimeError):
-    """The Pulumi CLI is not installed (or not on PATH)."""
+class MissingPrerequisites(RuntimeError):
+    """Something this machine needs for the command is missing; `problems` lists each with its fix (the Pulumi CLI
+    first). Raised before any stack is touched."""
 
-    def __init__(self) -> None:
-        super().__init__(CLI_MISSING)
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        if len(self.problems) == 1:
+            message = self.problems[0]
+        else:
+            lines = "\n".join(f"  - {p}" for p in self.problems)
+            message = f"{len(self.problems)} prerequisites are missing on this machine; nothing was touched:\n{lines}"
+        super().__init__(message)
+
+
+class PulumiCliMissing(MissingPrerequisites):
+    """The Pulumi CLI is not installed (or not on PATH), and whatever else `others` names."""
+
+    def __init__(self, others: Sequence[str] = ()) -> None:
+        super().__init__([CLI_MISSING, *others])
+
+
+# What an embedding program catches to report a problem without a traceback: every problem at once, each naming
+# the key or the command that fixes it (ValueError: a secret in `config` or a work_dir inside the checkout).
+ERRORS = (stack_config.ConfigError, MissingPrerequisites, ValueError)
 
 
 def inline_program() -> None:
@@ -176,13 +206,68 @@ def _existing(name: str, work_dir: str | Path | None, env_vars: Mapping[str, str
     return auto.Stack.select(name, workspace(name, work_dir=work_dir, env_vars=env_vars))
 
 
-def require_pcluster(settings: stack_config.Settings) -> str:
-    """The pcluster executable `up` will run (launcher.core.resolve_pcluster), or launcher.core.SetupError naming
-    the setup command: the launcher never installs during a deployment, so a missing venv is found here, before
-    the stack is touched, not twenty minutes into `up`."""
-    from launcher.core import resolve_pcluster
+def launcher_python() -> Path:
+    """The interpreter the cluster command runs (`venv/bin/python -m launcher`, relative to the checkout: the
+    engine runs it in the project's main directory, ROOT)."""
+    return ROOT / LAUNCHER.split()[0]
 
-    return resolve_pcluster({**os.environ, "PCLUSTER_AD_PCLUSTER_VERSION": settings.cluster.pcluster_version})
+
+def require_prerequisites(pcluster_version: str | None = None, env_vars: Mapping[str, str] | None = None, *,
+                          launcher: bool = True, moto: bool = False) -> None:
+    """Raise MissingPrerequisites listing everything missing for a command, the Pulumi CLI first. With a
+    `pcluster_version` also the ParallelCluster venv of that version (`moto`: with moto, for the full validation of
+    preview/up) and, with `launcher` (up, destroy: they run the cluster command), the checkout's venv/: the launcher
+    installs nothing during a deployment, so a missing venv is found here, before the stack is touched, not after
+    the directory was built."""
+    from launcher.core import SetupError, resolve_pcluster
+    from tools.full_validation import venv_python
+
+    problems = [] if shutil.which("pulumi") else [CLI_MISSING]
+    if pcluster_version is not None:
+        python = launcher_python()
+        if launcher and not os.access(python, os.X_OK):
+            problems.append(f"{python} is missing: the cluster command runs `{LAUNCHER}` in the checkout; set it up"
+                            f" with `bash {ROOT / 'scripts' / 'plan.sh'} dev` (installs venv/ from the hash-checked"
+                            " requirements.lock, then plans the sample stack offline)")
+        env = {**os.environ, **(env_vars or {})}  # what the command will see: the engine passes on env_vars
+        try:
+            if moto:
+                venv_python(pcluster_version, env)
+            else:
+                resolve_pcluster({**env, "PCLUSTER_AD_PCLUSTER_VERSION": pcluster_version})
+        except SetupError as exc:
+            problems.append(str(exc))
+    if problems and problems[0] == CLI_MISSING:
+        raise PulumiCliMissing(problems[1:])
+    if problems:
+        raise MissingPrerequisites(problems)
+
+
+def deployed_pcluster_version(name: str, work_dir: str | Path | None) -> str:
+    """The `pclusterVersion` in the workspace's stack file (what the last preview/up wrote), else the default."""
+    path = (Path(work_dir) if work_dir is not None else default_work_dir(name)) / f"Pulumi.{name.split('/')[-1]}.yaml"
+    try:
+        doc = engine_yaml.load(path.read_text(encoding="utf-8")) or {}
+        version = doc["config"]["pcluster-ad:cluster"]["pclusterVersion"]
+    except (OSError, engine_yaml.StackFileError, KeyError, TypeError):
+        return stack_config.DEFAULT_PCLUSTER_VERSION
+    return str(version)
+
+
+def plan(name: str, config: Mapping[str, Any], secrets: Mapping[str, str] | None = None, *,
+         out: str | Path | None = None) -> dict[str, Any]:
+    """The offline plan of `config` + `secrets` as stack `name` (tools/plan.py's `plan`, the program under Pulumi's
+    mocks): {"resources": [...], "outputs": {...}, "files": {"resources.json": ..., "cluster-config.yaml": ...},
+    "warnings": [...]}, secrets shown as "[secret]"; `out` also writes the files there. No Pulumi CLI, no AWS,
+    nothing created; raises stack_config.ConfigError with every problem (or pulumi.RunError from a check that needs
+    the program)."""
+    from tools import plan as offline
+
+    engine_config(config, secrets)
+    result = offline.plan({**config, **(secrets or {})}, list(secrets or {}), name)
+    if out is not None:
+        offline.write_files(result, Path(out))
+    return result
 
 
 def full_validation(name: str, config: Mapping[str, Any], secrets: Mapping[str, str] | None = None) -> dict:
@@ -197,22 +282,23 @@ def full_validation(name: str, config: Mapping[str, Any], secrets: Mapping[str, 
 def up(name: str, config: Mapping[str, Any], secrets: Mapping[str, str] | None = None,
        on_output: Callable[[str], Any] = print, **kwargs: Any) -> Any:
     settings = validate(config, secrets, stack=name)
-    require_cli()  # the cheap checks first: the full validation takes seconds
-    require_pcluster(settings)
+    require_prerequisites(settings.cluster.pcluster_version, kwargs.get("env_vars"), moto=True)  # before the validation
     full_validation(name, config, secrets)
     return select_stack(name, config, secrets, **kwargs).up(on_output=on_output, show_secrets=False)
 
 
 def preview(name: str, config: Mapping[str, Any], secrets: Mapping[str, str] | None = None,
             on_output: Callable[[str], Any] = print, **kwargs: Any) -> Any:
-    validate(config, secrets, stack=name)
-    require_cli()
+    settings = validate(config, secrets, stack=name)
+    # The full validation runs in the ParallelCluster venv: checked with the CLI, all at once.
+    require_prerequisites(settings.cluster.pcluster_version, kwargs.get("env_vars"), launcher=False, moto=True)
     full_validation(name, config, secrets)
     return select_stack(name, config, secrets, **kwargs).preview(on_output=on_output)
 
 
 def destroy(name: str, on_output: Callable[[str], Any] = print, *, work_dir: str | Path | None = None,
             env_vars: Mapping[str, str] | None = None) -> Any:
+    require_prerequisites(deployed_pcluster_version(name, work_dir), env_vars)
     return _existing(name, work_dir, env_vars).destroy(on_output=on_output, show_secrets=False)
 
 

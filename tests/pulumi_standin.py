@@ -81,8 +81,11 @@ if words[:1] in (["up"], ["preview"], ["destroy"]):
     record["stack_file"] = yaml.safe_load(path.read_text()) if path.exists() else None
     if words[:1] == ["destroy"]:
         (state / f"deployed-{stack}").unlink(missing_ok=True)
-    else:
+    elif words[:1] == ["up"]:
         (state / f"deployed-{stack}").touch()
+    else:  # preview: the SDK wants the engine's summary event in the event log (a file, before CLI 3.206)
+        with open(opt("--event-log"), "a") as log:
+            log.write(json.dumps({"sequence": 0, "timestamp": 0, "summaryEvent": {"resourceChanges": {}}}) + "\n")
     done(0, f"stand-in {words[0]} of {stack}\n")
 if cmd == ["stack", "output"]:
     stack = opt("--stack")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -77,7 +78,7 @@ def test_missing_pulumi_cli_is_explained_the_same_way_everywhere(monkeypatch, tm
     with pytest.raises(automation.PulumiCliMissing) as err:
         call()
     assert str(err.value) == automation.CLI_MISSING
-    assert "https://www.pulumi.com/docs/install/" in str(err.value) and "tools.plan" in str(err.value)
+    assert "https://www.pulumi.com/docs/install/" in str(err.value) and "automation.plan(" in str(err.value)
 
 
 def test_a_bad_secret_fails_validation_before_the_cli_is_looked_up(monkeypatch):
@@ -169,11 +170,11 @@ def test_outputs_and_destroy_use_the_same_workspace(standin, validated):
 
 
 def test_up_without_the_pcluster_venv_stops_before_any_stack_is_touched(standin, monkeypatch):
-    from launcher.core import SetupError
-
     monkeypatch.setenv("PCLUSTER_AD_PCLUSTER_VENV", str(standin / "no-venv"))
-    with pytest.raises(SetupError, match="not install anything during a deployment: run `PCLUSTER_AD_PCLUSTER_VENV="):
+    with pytest.raises(automation.MissingPrerequisites,
+                       match="not install anything during a deployment: run `PCLUSTER_AD_PCLUSTER_VENV=") as err:
         automation.up("dev", dev_config(), on_output=lambda _line: None)
+    assert not isinstance(err.value, automation.PulumiCliMissing) and len(err.value.problems) == 1
     assert pulumi_standin.calls(standin) == []
 
 
@@ -197,17 +198,127 @@ def test_preview_and_up_run_parallelclusters_full_validation_before_any_stack_is
 
 
 def test_up_without_moto_in_the_pcluster_venv_names_the_command(standin, monkeypatch, tmp_path):
-    from launcher.core import SetupError
-
     venv = tmp_path / "venv-without-moto"
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "pcluster").write_text("#!/bin/sh\n")
     (venv / "bin" / "pcluster").chmod(0o755)
     (venv / "lib" / "python3.11" / "site-packages" / "aws_parallelcluster-3.16.1.dist-info").mkdir(parents=True)
     monkeypatch.setenv("PCLUSTER_AD_PCLUSTER_VENV", str(venv))
-    with pytest.raises(SetupError, match=r"has no moto, .* run `PCLUSTER_AD_PCLUSTER_VENV=.* --with-moto 3\.16\.1`"):
+    with pytest.raises(automation.MissingPrerequisites,
+                       match=r"has no moto, .* run `PCLUSTER_AD_PCLUSTER_VENV=.* --with-moto 3\.16\.1`"):
         automation.up("dev", dev_config(), on_output=lambda _line: None)
     assert pulumi_standin.calls(standin) == []
+
+
+@pytest.fixture
+def bare_checkout(tmp_path, monkeypatch):
+    """A checkout without venv/ (automation.ROOT) and no ParallelCluster venv (PCLUSTER_AD_PCLUSTER_VENV)."""
+    root = tmp_path / "checkout"
+    root.mkdir()
+    monkeypatch.setattr(automation, "ROOT", root)
+    monkeypatch.setenv("PCLUSTER_AD_PCLUSTER_VENV", str(tmp_path / "no-pcluster-venv"))
+    monkeypatch.setenv("PCLUSTER_AD_WORKSPACES", str(tmp_path / "ws"))
+    return root
+
+
+def test_up_reports_every_missing_prerequisite_at_once_cli_first(bare_checkout, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    with pytest.raises(automation.MissingPrerequisites) as err:
+        automation.up("dev", dev_config(), on_output=lambda _line: None)
+    assert isinstance(err.value, automation.PulumiCliMissing)  # `except PulumiCliMissing` still sees it
+    cli, venv, pcluster = err.value.problems
+    assert cli == automation.CLI_MISSING
+    assert venv.startswith(f"{bare_checkout / 'venv' / 'bin' / 'python'} is missing: the cluster command runs")
+    assert f"bash {bare_checkout / 'scripts' / 'plan.sh'} dev" in venv
+    assert pcluster.startswith(f"{tmp_path / 'no-pcluster-venv' / 'bin' / 'pcluster'} is missing")
+    assert "tools/pcluster_venv.sh" in pcluster
+    message = str(err.value)
+    assert message.startswith("3 prerequisites are missing on this machine; nothing was touched:\n  - the Pulumi CLI")
+    assert message.index(cli) < message.index(venv) < message.index(pcluster)
+    assert not (tmp_path / "ws").exists()  # no workspace, no stack file
+
+
+def test_up_without_the_program_venv_stops_before_any_stack_is_touched(standin, bare_checkout, monkeypatch):
+    monkeypatch.setenv("PCLUSTER_AD_PCLUSTER_VENV", str(ROOT / ".venv-pcluster"))  # this one is there
+    with pytest.raises(automation.MissingPrerequisites) as err:
+        automation.up("dev", dev_config(), on_output=lambda _line: None)
+    assert err.value.problems == [str(err.value)] and "venv/bin/python is missing" in str(err.value)
+    assert pulumi_standin.calls(standin) == []
+    # With it, the same call deploys.
+    (bare_checkout / "venv" / "bin").mkdir(parents=True)
+    (bare_checkout / "venv" / "bin" / "python").symlink_to(sys.executable)
+    automation.up("dev", dev_config(), on_output=lambda _line: None)
+    assert [c for c in pulumi_standin.calls(standin) if pulumi_standin.words(c)[0] == "up"]
+
+
+def test_the_pcluster_venv_is_looked_up_with_the_workspace_env_vars(standin, monkeypatch):
+    """The cluster command sees the workspace's env_vars: the check must look where the launcher will."""
+    monkeypatch.delenv("PCLUSTER_AD_PCLUSTER_VENV", raising=False)
+    with pytest.raises(automation.MissingPrerequisites, match="elsewhere/bin/pcluster is missing"):
+        automation.up("dev", dev_config(), on_output=lambda _line: None,
+                      env_vars={"PCLUSTER_AD_PCLUSTER_VENV": str(standin / "elsewhere")})
+    assert pulumi_standin.calls(standin) == []
+
+
+def test_destroy_checks_the_venvs_of_the_deployed_version(standin, bare_checkout, tmp_path):
+    """destroy runs the cluster command's delete first: same checks, for the pclusterVersion last deployed."""
+    work_dir = tmp_path / "ws" / "dev"
+    work_dir.mkdir(parents=True)
+    (work_dir / "Pulumi.dev.yaml").write_text(yaml.safe_dump(
+        {"config": {"pcluster-ad:cluster": {"name": "hpc-dev", "pclusterVersion": "3.15.0"}}}))
+    with pytest.raises(automation.MissingPrerequisites) as err:
+        automation.destroy("dev", on_output=lambda _line: None)
+    assert [p.split(" is ")[0] for p in err.value.problems] == [
+        str(bare_checkout / "venv" / "bin" / "python"), str(tmp_path / "no-pcluster-venv" / "bin" / "pcluster")]
+    assert "tools/pcluster_venv.sh 3.15.0" in err.value.problems[1]
+    assert pulumi_standin.calls(standin) == []
+
+
+def test_preview_needs_no_program_venv(standin, bare_checkout, monkeypatch):
+    """preview never runs the cluster command: it needs the CLI and the ParallelCluster venv (with moto, for the
+    full validation), not the checkout's venv/."""
+    monkeypatch.setenv("PCLUSTER_AD_PCLUSTER_VENV", str(ROOT / ".venv-pcluster"))
+    automation.preview("dev", dev_config(), on_output=lambda _line: None)
+    assert [pulumi_standin.words(c)[0] for c in pulumi_standin.calls(standin)][-1] == "preview"
+
+
+def test_plan_is_the_offline_plan_of_a_config_dict(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no Pulumi CLI
+    monkeypatch.setattr(automation, "ROOT", tmp_path / "no-checkout-venv")  # nor venvs: not needed
+    result = automation.plan("dev", dev_config(), secrets={"pcluster-ad:adminPassword": PASSWORD},
+                             out=tmp_path / "out")
+    names = {r["name"] for r in result["resources"]}
+    assert {"network", "directory", "cluster", "cluster-pcluster"} <= names
+    assert result["outputs"]["clusterName"] == "hpc-dev"
+    assert yaml.safe_load(result["files"]["cluster-config.yaml"])["Region"] == "eu-west-1"
+    assert PASSWORD not in json.dumps(result, default=str) and "[secret]" in result["files"]["resources.json"]
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"resources.json", "outputs.json", "cluster-config.yaml"}
+
+
+def test_plan_is_what_tools_plan_writes_for_the_same_stack(tmp_path):
+    from tools import plan as offline
+
+    assert offline.main(["dev", "--out", str(tmp_path / "cli")]) == 0
+    result = automation.plan("dev", dev_config())
+
+    def by_name(resources: list[dict]) -> dict:  # the registration order varies between runs (async)
+        return {(r["type"], r["name"]): r for r in resources}
+
+    cli = json.loads((tmp_path / "cli" / "resources.json").read_text())
+    assert by_name(result["resources"]) == by_name(cli) and len(cli) == len(result["resources"])
+    assert result["files"]["cluster-config.yaml"] == (tmp_path / "cli" / "cluster-config.yaml").read_text()
+
+
+def test_plan_refuses_an_invalid_config_with_every_problem(tmp_path):
+    config = dev_config()
+    config["pcluster-ad:cluster"] = {**config["pcluster-ad:cluster"], "name": "bad_name"}
+    with pytest.raises(ConfigError) as err:
+        automation.plan("dev", config, secrets={"pcluster-ad:adminPassword": "short"}, out=tmp_path / "out")
+    assert any("cluster.name" in str(p) for p in err.value.problems)
+    assert any("adminPassword" in str(p) for p in err.value.problems)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="is a secret"):
+        automation.plan("dev", {**dev_config(), "pcluster-ad:adminPassword": PASSWORD})
 
 
 def test_a_work_dir_inside_the_checkout_is_refused(standin, validated):

@@ -8,19 +8,20 @@ the install runs offline (--no-build-isolation --no-index --no-deps) in seconds.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import runpy
-import shutil
 import subprocess
 import sys
 import sysconfig
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests import pulumi_standin
-from tests.conftest import ROOT
+from tests.conftest import ROOT, copy_checkout
 
 PASSWORD = "Embedd3d-Admin-Pw"
 
@@ -43,14 +44,13 @@ def git(repo: Path, *args: str) -> str:
 @pytest.fixture(scope="module")
 def checkout(tmp_path_factory) -> Path:
     """The checkout's files (tracked and new, not ignored) committed in a fresh repository."""
-    copy = tmp_path_factory.mktemp("checkout") / "pcluster-ad"
-    for name in git(ROOT, "ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0"):
-        if name and (ROOT / name).is_file():
-            (copy / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, copy / name)
+    copy = copy_checkout(tmp_path_factory.mktemp("checkout") / "pcluster-ad")
     git(copy, "init", "-q")
     git(copy, "add", "-A")
     git(copy, "commit", "-q", "-m", "snapshot")
+    # The checkout's venv/ (ignored by git), which the cluster command runs: `up` checks it is there.
+    (copy / "venv" / "bin").mkdir(parents=True)
+    (copy / "venv" / "bin" / "python").symlink_to(sys.executable)
     return copy
 
 
@@ -71,15 +71,17 @@ def installed_venv(tmp_path_factory, checkout) -> Path:
     return venv
 
 
-def run_example(tmp_path: Path, venv: Path, action: str, stdin: str = "") -> subprocess.CompletedProcess:
+def run_example(tmp_path: Path, venv: Path, action: str, stdin: str = "", with_cli: bool = True,
+                pcluster_venv: Path = ROOT / ".venv-pcluster") -> subprocess.CompletedProcess:
     work = tmp_path / "elsewhere"
     work.mkdir(exist_ok=True)
     (work / "embed.py").write_text(readme_example())
     pulumi_standin.install(tmp_path / "bin")
     # The copy has no ParallelCluster venv of its own: `up` checks for one first; use the checkout's.
-    env = {"HOME": str(tmp_path / "home"), "LANG": "C.UTF-8",
-           "PCLUSTER_AD_PCLUSTER_VENV": str(ROOT / ".venv-pcluster"),
+    env = {"HOME": str(tmp_path / "home"), "LANG": "C.UTF-8", "PCLUSTER_AD_PCLUSTER_VENV": str(pcluster_venv),
            **pulumi_standin.env(tmp_path, tmp_path / "bin")}
+    if not with_cli:
+        env["PATH"] = os.pathsep.join(d for d in env["PATH"].split(os.pathsep)[1:] if not Path(d, "pulumi").exists())
     # No controlling terminal (new session): getpass reads the password from stdin, as in CI.
     return subprocess.run([str(venv / "bin" / "python"), "embed.py", action], cwd=work, env=env, input=stdin,
                           capture_output=True, text=True, timeout=600, check=False, start_new_session=True)
@@ -116,6 +118,37 @@ def test_readme_example_deploys_exactly_its_validated_config_from_outside_the_ch
 
     assert git(checkout, "status", "--porcelain") == ""
     assert {p.name: p.read_bytes() for p in checkout.glob("Pulumi*.yaml")} == stack_files
+
+
+def test_the_example_reports_every_missing_prerequisite_at_once_without_a_traceback(tmp_path, checkout,
+                                                                                     installed_venv):
+    (checkout / "venv").rename(checkout / "venv.away")
+    try:
+        result = run_example(tmp_path, installed_venv, "up", stdin=PASSWORD + "\n", with_cli=False,
+                             pcluster_venv=tmp_path / "no-pcluster-venv")
+    finally:
+        (checkout / "venv.away").rename(checkout / "venv")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr[result.stderr.index("error: "):].splitlines()  # after getpass's warning (no terminal)
+    assert lines[0] == "error: 3 prerequisites are missing on this machine; nothing was touched:"
+    assert lines[1].startswith("  - the Pulumi CLI ('pulumi') is not on PATH")
+    assert lines[2].startswith(f"  - {checkout / 'venv' / 'bin' / 'python'} is missing")
+    assert lines[3].startswith(f"  - {tmp_path / 'no-pcluster-venv' / 'bin' / 'pcluster'} is missing")
+    assert pulumi_standin.calls(tmp_path) == []
+    assert not (tmp_path / "home" / ".pcluster-ad").exists()
+
+
+def test_the_example_plans_offline_without_the_cli(tmp_path, installed_venv):
+    result = run_example(tmp_path, installed_venv, "plan", with_cli=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = tmp_path / "elsewhere" / "plan-out"
+    resources = json.loads((out / "resources.json").read_text())
+    assert result.stdout == f"{len(resources)} resources; resources.json and cluster-config.yaml in plan-out/\n"
+    cluster = yaml.safe_load((out / "cluster-config.yaml").read_text())
+    assert cluster["Region"] == "eu-west-1"
+    assert cluster["Scheduling"]["SlurmQueues"][0]["Name"] == "compute"
+    assert pulumi_standin.calls(tmp_path) == []
 
 
 def test_the_installed_package_is_the_checkouts_modules(checkout, installed_venv, tmp_path):

@@ -1,5 +1,6 @@
 """Offline plan: what `pulumi up` would declare for a stack, with no AWS and no Pulumi CLI.
 
+    bash scripts/plan.sh dev                  # sets up venv/ first (no root), then this; plan-out/dev
     venv/bin/python -m tools.plan dev --out plan-out
     venv/bin/python -m tools.plan --config-file my-stack.yaml --out plan-out
 
@@ -9,6 +10,7 @@ DIR/cluster-config.yaml (the ParallelCluster config) and DIR/outputs.json (the s
 ParallelCluster's full validation of that plan: `venv/bin/python -m tools.full_validation DIR`.
 Values known only after deployment appear as "<after-deploy:RESOURCE.PROPERTY>".
 Invalid config: every problem is printed, nothing is written, exit status 1.
+`plan()` is the same for config values in Python (automation.plan uses it).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.plan", description=__doc__.split("\n\n")[0])
     parser.add_argument("stack", nargs="?", help="stack name: reads Pulumi.<STACK>.yaml")
     parser.add_argument("--config-file", type=Path, help="a stack settings file to use instead of Pulumi.<STACK>.yaml")
-    parser.add_argument("--out", type=Path, required=True, help="directory to write resources.json into")
+    parser.add_argument("--out", type=Path, help="directory to write resources.json into (default: plan-out/STACK)")
     args = parser.parse_args(argv)
     if args.stack is None and args.config_file is None:
         parser.error("give a STACK name (Pulumi.<STACK>.yaml) or --config-file FILE")
@@ -60,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for warning in settings.warnings:  # accepted, but worth a second look (e.g. the admin as join account)
         print(f"warning: {warning}", file=sys.stderr)
+    out = args.out or Path("plan-out") / stack
 
     import pulumi
 
@@ -77,12 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         logging.getLogger().removeHandler(log)
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name, content in result["files"].items():
-        (args.out / name).write_text(content)
+    write_files(result, out)
     elapsed = time.perf_counter() - started
-    _print_summary(result["resources"], result["outputs"], args.out, elapsed)
-    for warning in result["warnings"]:
+    _print_summary(result["resources"], result["outputs"], out, elapsed)
+    for warning in result["warnings"]:  # what the plan could not check (an adopted VPC)
         print(f"warning: {warning}", file=sys.stderr)
     return 0
 
@@ -100,6 +102,27 @@ class _ProgramLog(logging.Handler):
         if message not in self.shown:
             self.shown.add(message)
             print(f"{record.levelname.lower()}: {message}", file=sys.stderr)
+
+
+def plan(values: Mapping[str, Any], secret_keys: Sequence[str] = (), stack: str = "dev") -> dict[str, Any]:
+    """The offline plan of a stack's config values (Python objects, as in a stack file's `config:`; the keys in
+    `secret_keys` are secrets): {"resources": [...], "outputs": {...}, "files": {name: text}, "warnings": [...]}.
+    Raises stack_config.ConfigError (every problem, the same validation the program runs, before anything is
+    evaluated) or pulumi.RunError (a check that needs the program)."""
+    from stack_config import PROJECT, program_values, settings_from_values
+    from tools.stack_file import config_of
+
+    engine = config_of(values, project=PROJECT)  # what the engine reads back from a stack file of these values
+    settings = settings_from_values(program_values(engine.config), stack=stack, secret_keys=list(secret_keys))
+    result = _plan(engine.config, list(secret_keys), stack)
+    return {**result, "warnings": [*engine.warnings, *settings.warnings, *result["warnings"]]}
+
+
+def write_files(result: dict[str, Any], out: Path) -> None:
+    """The files of a plan() result (resources.json, outputs.json, cluster-config.yaml) into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, content in result["files"].items():
+        (out / name).write_text(content)
 
 
 def _plan(config: dict[str, str], secret_keys: list[str], stack: str) -> dict[str, Any]:
