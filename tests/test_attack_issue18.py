@@ -24,7 +24,24 @@ from lambda_src import directory_admin as da
 from tests.bootstrap_sandbox.sandbox import JOIN_SCRIPT
 from tests.bootstrap_sandbox.servers import SERVICE_ACCOUNT
 from tests.test_access_script import ACCESS, SUDOERS, USERS_DN, access_lines, box, join  # noqa: F401
-from tests.test_directory_admin_access import ADMINS, SETTINGS, USERS, MemDirectory, event, members, site
+from tests.test_directory_admin_access import (
+    ADMINS,
+    BASE,
+    DOMAIN_SID,
+    EVERYONE_SETTINGS,
+    LAYOUT,
+    SETTINGS,
+    USERS,
+    MemDirectory,
+    OwnOu,
+    event,
+    group,
+    members,
+    people,
+    people_site,
+    person,
+    site,
+)
 
 IN_CHAIN = "1.2.840.113556.1.4.1941"
 
@@ -223,3 +240,168 @@ def test_finding_2_every_user_filter_holds_on_a_windows_global_catalog(box):  # 
     used = {m.lower() for m in re.findall(r"\(!?\(?([A-Za-z][A-Za-z0-9-]*)(?::[0-9.]+)?:?(?:>=|<=|~=|=)",
                                           rendered_filter(box))}
     assert used <= gc, f"attributes a Windows GC does not hold: {sorted(used - gc)}"
+
+
+# -- allowedGroups empty: every user account in the users group (the fix of finding 1), attacked ---------------------
+# The mode is the users group's description; the schedule's {"op": "access-sync"} syncs only while it says "everyone",
+# every write asserting it. Who could open a closed group, get an account synced in, or steer the sync? (The lab side,
+# against Samba's ACLs: tests/adlab/test_attack_issue18.py; who may invoke the function: test_attack_issue17.py
+# test_refused_the_function_can_be_invoked_only_by_its_own_rules_and_nodes_get_no_way_to_it.)
+
+def everyone(d: MemDirectory, ev: dict) -> dict:
+    return da.handle_resource(ev, settings=EVERYONE_SETTINGS, directory=d, ssm=None)
+
+
+def users_group(d: MemDirectory) -> dict:
+    return d.objects[da.access_group_dn(LAYOUT, USERS)]
+
+
+def test_refused_a_group_named_domain_users_without_sid_513_is_an_ordinary_group():
+    """A localized directory (Domain Users is "Domänen-Benutzer") where someone made a group named "Domain Users":
+    allowedGroups ["Domain Users"] means that group's members, never every account (Domain Users is found by SID)."""
+    d = people_site("alice", "bob")
+    del d.objects[f"CN=Domain Users,CN=Users,{BASE}"]
+    for name, rid in (("Domänen-Benutzer", 513), ("Domain Users", 1234)):
+        dn, obj = group(name, rid=rid)
+        d.objects[dn] = obj
+    out = everyone(d, event(["Domain Users"], []))
+    assert members(d, USERS) == [f"CN=Domain Users,CN=Users,{BASE}"], out
+    assert users_group(d)["description"] == [da.members_description("dev", "allowedGroups")]
+    assert "mode" not in out["users"]
+
+
+def test_refused_a_group_with_rid_513_of_another_domain_is_an_ordinary_group():
+    """A group whose SID ends in -513 but whose domain part is not this domain's (another domain's Domain Users as
+    it would look if it were found here): an ordinary member, not every account."""
+    d = people_site("alice")
+    other = bytes([1, 4, 0, 0, 0, 0, 0, 5]) + b"".join(n.to_bytes(4, "little") for n in (21, 9, 9, 9))
+    assert other != DOMAIN_SID
+    dn, obj = group("Trusted Users", f"OU=Groups,{BASE}")
+    obj["objectSid"] = [da.sid_with_rid(other, 513)]
+    d.objects[dn] = obj
+    everyone(d, event(["Trusted Users"], []))
+    assert members(d, USERS) == [dn] and people(d) == ["Trusted Users"]
+
+
+def test_refused_a_closed_group_stays_closed_whatever_an_access_sync_event_carries(monkeypatch):
+    """Whoever could get {"op": "access-sync"} to the function (only the stack's EventBridge rule may invoke it) steers
+    nothing: the op reads no other key of the event (group, mode and stack come from the function's environment),
+    and a group in members mode is not written."""
+    d = people_site("alice", "mallory")
+    everyone(d, event(["physics"], []))
+    d.writes.clear()
+    monkeypatch.setattr(da, "Directory", lambda conn, layout, setter: OwnOu(d))
+    d.conn.unbind = lambda: None
+
+    class Ssm:
+        def get_parameter(self, Name, WithDecryption):
+            return {"Parameter": {"Value": "x"}}
+
+    ev = {"op": "access-sync", "allowedGroups": [], "group": USERS, "description": da.everyone_description("dev"),
+          "stack": "dev", "resource": "access", "deployment": "dep-12345678"}
+    out = da.handle(ev, settings=EVERYONE_SETTINGS, ec2=None, ssm=Ssm(), ds=None, dynamodb=None,
+                    connect=lambda s, p: None)
+    assert out["result"].startswith("members of the configured groups"), out
+    assert d.writes == [] and members(d, USERS) == [f"CN=physics,OU=Groups,{BASE}"]
+
+
+def test_refused_the_admin_the_adding_account_and_krbtgt_are_never_synced_whatever_their_case():
+    """AD matches sAMAccountName without case: ADMINISTRATOR / SVC-JOIN / KrbTgt are the same accounts."""
+    d = site()
+    for name in ("ADMINISTRATOR", "SVC-JOIN", "KrbTgt", "alice"):
+        dn, obj = person(name)
+        d.objects[dn] = obj
+    everyone(d, event([], []))
+    assert people(d) == ["alice"]
+
+
+def test_refused_a_description_that_only_resembles_everyone_mode_is_not_synced():
+    """The schedule syncs only on the exact everyone text of THIS stack: another stack's everyone text, or the text
+    with different case / spacing, written by hand on a closed group, does not make it add every account."""
+    d = people_site("alice")
+    everyone(d, event(["physics"], []))
+    for text in (da.everyone_description("prod"), da.everyone_description("dev").upper(),
+                 da.everyone_description("dev") + " "):
+        users_group(d)["description"] = [text]
+        d.writes.clear()
+        out = da.access_sync(settings=EVERYONE_SETTINGS, directory=OwnOu(d))
+        assert out["result"].startswith("members of the configured groups") and d.writes == [], (text, out)
+
+
+@pytest.mark.xfail(strict=True, reason="attack finding 6: every-account mode syncs ANOTHER pcluster-ad stack's "
+                   "computer-adding account (a normal user account; its description says so) into this stack's users "
+                   "group; this stack's nodes deny only their own service account by name, so that account may log "
+                   "in here (README: 'no computer and no service account')")
+def test_finding_6_another_stacks_computer_adding_account_is_never_synced():
+    d = people_site("alice")
+    dn, obj = person("svc-prod-join", f"OU=pcluster-ad-prod,{BASE}")
+    obj["description"] = [da.ADDING_ACCOUNT_DESCRIPTION]
+    d.objects[dn] = obj
+    everyone(d, event([], []))
+    assert people(d) == ["alice"]
+
+
+LAMBDA_RESPONSE_LIMIT = 6 * 1024 * 1024  # a synchronous invocation's answer (the Invocation resource's call)
+
+
+class FastMembers(MemDirectory):
+    """The modify as a set operation (MemConn's value checks are quadratic): the answer is what is measured."""
+
+    def guarded_member_change(self, group_dn, guard, add, remove):
+        obj = self.objects[group_dn]
+        if obj.get("description") != [guard]:
+            return False
+        gone = {r.lower() for r in remove}
+        obj["member"] = [m for m in obj.get("member", []) if m.lower() not in gone] + list(add)
+        return True
+
+
+@pytest.mark.xfail(strict=True, reason="attack finding 7: the access Invocation's answer (and its log line) lists "
+                   "every account DN it added; on a 100,000-account domain (AWS Managed AD Enterprise) it exceeds "
+                   "Lambda's 6 MB response limit, so the opening `pulumi up` fails after writing, and the domain's "
+                   "whole account list goes into Pulumi state and CloudWatch")
+def test_finding_7_opening_a_large_domain_answers_within_the_lambda_response_limit():
+    import json
+
+    d = FastMembers(site().objects)
+    for i in range(100_000):
+        dn = f"CN=Firstname Lastname {i:06d},OU=Staff,OU=Corp,{BASE}"
+        d.objects[dn] = {"objectClass": ["top", "person", "user"], "sAMAccountName": [f"u{i:06d}"],
+                         "sAMAccountType": ["805306368"]}
+    out = everyone(d, event([], []))
+    assert out["users"]["members"] == 100_000
+    assert len(json.dumps(out).encode()) < LAMBDA_RESPONSE_LIMIT
+
+
+class AdminLimit(FastMembers):
+    """A DC that refuses a modify changing more than 5,000 values of `member` (adminLimitExceeded): the limit that
+    MEMBERS_PER_MODIFY's comment states for AD, and that the opening's chunks stay under."""
+
+    def replace(self, dn, changes):
+        if "member" in changes:
+            old = {m.lower() for m in self.objects[dn].get("member", [])}
+            if len(old ^ {m.lower() for m in changes["member"]}) > 5000:
+                raise da.LdapError(f"modify {dn}: adminLimitExceeded", {"description": "adminLimitExceeded"})
+        super().replace(dn, changes)
+
+
+@pytest.mark.xfail(strict=True, reason="attack finding 8: closing a users group that holds every account writes the "
+                   "members-mode description first, then ONE replace of `member` removing every account; past AD's "
+                   "per-modify value limit (the one the opening chunks for) that replace is refused on every re-run, "
+                   "and the group stays full of every account while its description says closed (so no sync repairs "
+                   "it): the cluster stays open to every user however often `pulumi up` runs")
+def test_finding_8_closing_a_large_every_account_group_closes_it():
+    d = AdminLimit(people_site().objects)
+    for i in range(6000):
+        dn, obj = person(f"u{i:05d}")
+        d.objects[dn] = obj
+    everyone(d, event([], []))
+    assert len(members(d, USERS)) == 6000  # opened in guarded chunks of MEMBERS_PER_MODIFY
+    for _ in range(3):  # `pulumi up` and two re-runs
+        try:
+            everyone(d, event(["physics"], [], "update"))
+            break
+        except da.DirectoryError:
+            continue
+    assert users_group(d)["description"] == [da.members_description("dev", "allowedGroups")]
+    assert members(d, USERS) == [f"CN=physics,OU=Groups,{BASE}"], f"{len(members(d, USERS))} members"

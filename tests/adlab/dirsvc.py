@@ -18,6 +18,10 @@ Control: one JSON object per line on stdin, one JSON answer per line on stdout; 
     {"op": "ldap", "server", "user", "password", "ops": [...]} -> what another account may do (test probes)
     {"op": "allocate", "names": [[kind, name], ...]}    -> {"numbers": [...]}: Directory.identity for each name on
                                                           one connection of this function's settings (issue 18 races)
+    {"op": "guarded", "dn", "guard", "add": [...], "remove": [...]}
+                                                       -> {"written": bool}: Directory.guarded_member_change on one
+                                                          connection of this function's settings (issue 18: the
+                                                          every-account mode's guard against a real DC)
     {"op": "aws_reachable", "value": bool}               false: the function's way to the AWS APIs is gone (the
                                                           NAT, its routes): every EC2/SSM/DynamoDB call fails
 """
@@ -212,6 +216,16 @@ def main() -> None:
                     out = {"numbers": [d.identity(kind, name, id_range=settings.id_range)["number"]
                                        for kind, name in req["names"]],
                            "started": started, "ended": time.monotonic()}
+                finally:
+                    conn.unbind()
+            elif op == "guarded":
+                settings = state["settings"]
+                conn = da.ldap_connect(settings, ssm.get_parameter(Name=settings.admin_password_parameter,
+                                                                   WithDecryption=True)["Parameter"]["Value"])
+                try:
+                    d = da.Directory(conn, settings.layout, lambda u, p: None)
+                    out = {"written": d.guarded_member_change(req["dn"], req["guard"], req.get("add", []),
+                                                              req.get("remove", []))}
                 finally:
                     conn.unbind()
             elif op == "handle":

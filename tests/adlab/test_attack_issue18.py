@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 
-from lambda_src.directory_admin import access_group_names
+from lambda_src.directory_admin import access_group_names, everyone_description, members_description
 
-from .test_directory_admin import BASE, JOIN_USER, PEOPLE_DN, STACK, dc_search, env, lab, ldap_as  # noqa: F401
+from .test_directory_admin import BASE, COMPUTERS_DN, JOIN_USER, PEOPLE_DN, STACK, dc_as, dc_search, env, lab, ldap_as  # noqa: F401
 
 pytestmark = pytest.mark.adlab
 
@@ -343,3 +343,157 @@ def test_refused_the_stack_users_group_deleted_means_nobody_logs_in(env, stack_n
     finally:
         access(env, ["physics18"], ["ops18"])
     assert by_key(env, node, USR).returncode == 0
+
+
+# -- allowedGroups empty: every user account kept in the users group (the fix of finding 1), attacked ---------------
+# The mode is the users group's description (everyone_description); the schedule's {"op": "access-sync"} adds every
+# normal user account (sAMAccountType 805306368) only while it says so, each write asserting it (delete + add of the
+# value in the same modify). Attackers: mallory (an ordinary directory user, also a user with a shell on a node) and
+# root on stack_node with its computer account's keytab (Kerberos LDAP as NODE$).
+
+EVERYONE = everyone_description(STACK)
+CLOSED = members_description(STACK, "allowedGroups")
+MAL_PCS = {"MAL18SYN": "4096", "MAL18NRM": "512"}  # a workstation account, and one asking for a normal account
+MAL_PC_PW = "Mpc-Pw-2026!x-18"
+
+# Root on a node: LDAP as the node's computer account, from its keytab (Kerberos, sealed). One LDIF per argument;
+# prints one line per change: 0 (done) or ldbmodify's LDAP error code (50: insufficientAccessRights).
+AS_NODE = r"""set -u
+export KRB5CCNAME=FILE:/tmp/atk18.cc
+me=$(klist -k /etc/krb5.keytab | awk '/\$@/ {print $2; exit}')
+kinit -k -t /etc/krb5.keytab "$me" >/dev/null 2>&1 || { echo "kinit failed for $me"; exit 0; }
+echo "$me"
+for ldif in "$@"; do
+    if out=$(printf '%s\n' "$ldif" | ldbmodify -H ldap://dc1.test.domain --use-kerberos=required 2>&1); then
+        echo 0
+    else
+        code=$(printf '%s' "$out" | grep -o 'LDAP error [0-9]*' | head -1)
+        echo "${code:-error: $(printf '%s' "$out" | tr -c '[:print:]' ' ' | cut -c1-120)}"
+    fi
+done
+kdestroy >/dev/null 2>&1 || true
+"""
+
+
+def sync(env):  # noqa: F811
+    return env.svc.ok("handle", event={"op": "access-sync"})["result"]
+
+
+def description(env, dn: str) -> list[str]:  # noqa: F811
+    (hit,) = dc_search(env.lab, dn, "(objectClass=group)", ["description"], scope="base")
+    return hit.get("description", [])
+
+
+def as_node(node, *ldifs: str) -> list[str]:
+    out = node.run(["/bin/bash", "-c", AS_NODE, "as-node", *ldifs], check=False, timeout=120).stdout
+    return out.strip().splitlines()
+
+
+def modify(dn: str, op: str, attr: str, value: str) -> str:
+    return f"dn: {dn}\nchangetype: modify\n{op}: {attr}\n{attr}: {value}\n"
+
+
+def test_refused_no_user_and_no_node_account_can_switch_a_closed_users_group_to_every_account(
+        env, groups, stack_node):  # noqa: F811
+    """The group closed (physics18): mallory, and root on a node as its computer account, write the everyone text
+    into the group's description (then the schedule would add every account), its DACL, or themselves as member.
+    All refused by the DC; the schedule's run then writes nothing."""
+    assert description(env, USERS_DN) == [CLOSED]
+    got = dc_as(env.lab, MALLORY, MALLORY_PW, [
+        {"op": "modify", "dn": USERS_DN, "attr": "description", "value": EVERYONE},
+        {"op": "write_dacl", "dn": USERS_DN, "sddl": "D:(A;;GA;;;WD)"},
+        {"op": "add_member", "dn": USERS_DN, "member": groups["mallory_dn"]}])
+    assert [g["result"] for g in got] == ["insufficientAccessRights"] * 3, got
+    node_dn = dc_search(env.lab, COMPUTERS_DN, "(objectClass=computer)", ["distinguishedName"])
+    lines = as_node(stack_node, modify(USERS_DN, "replace", "description", EVERYONE),
+                    modify(USERS_DN, "add", "member", groups["mallory_dn"]))
+    print(f"\nroot on the node, as its computer account: {lines}")
+    assert lines[0].endswith(f"@{env.lab.cfg.realm}") and "$" in lines[0], lines  # the Kerberos bind worked
+    assert lines[1:] == ["LDAP error 50"] * 2, lines
+    assert node_dn  # the node's computer object is in the stack's Computers OU
+    assert description(env, USERS_DN) == [CLOSED]
+    assert sync(env)["result"].startswith("members of the configured groups")
+    assert [m.split(",")[0] for m in members(env, USERS_DN)] == ["cn=physics18"]
+
+
+def test_refused_no_computer_account_becomes_a_normal_user_account_that_the_sync_adds(env, groups, stack_node):  # noqa: F811
+    """mallory adds computer accounts (ms-DS-MachineAccountQuota; sealed NTLM, with a password), one asking for a
+    normal account's userAccountControl, then flips the other's to a normal account (512); root on the node flips its
+    own. Had any become sAMAccountType 805306368, every-account mode would add it to the users group (the nodes'
+    filter still refuses objectClass=computer). Then allowedGroups is emptied: no computer is a member."""
+    made = dc_as(env.lab, MALLORY, MALLORY_PW, [
+        {"op": "add", "dn": f"CN={pc},CN=Computers,{BASE}", "password": MAL_PC_PW,
+         "attrs": {"objectClass": "computer", "sAMAccountName": f"{pc}$", "userAccountControl": uac}}
+        for pc, uac in MAL_PCS.items()])
+    flip = dc_as(env.lab, MALLORY, MALLORY_PW, [
+        {"op": "modify", "dn": f"CN={pc},CN=Computers,{BASE}", "attr": "userAccountControl", "value": "512"}
+        for pc in MAL_PCS])
+    me = dc_search(env.lab, COMPUTERS_DN, "(objectClass=computer)", ["distinguishedName"])
+    own = as_node(stack_node, *(modify(c["dn"], "replace", "userAccountControl", "512") for c in me))
+    types = {c["dn"].split(",")[0]: c.get("sAMAccountType") for c in dc_search(
+        env.lab, BASE, "(objectClass=computer)", ["sAMAccountType"])}
+    print(f"\nmallory adds {[(m['dn'].split(',')[0], m['result']) for m in made]}, flips "
+          f"{[(m['dn'].split(',')[0], m['result']) for m in flip]}; the node flips itself: {own}; types: {types}")
+    try:
+        assert all(x != "0" for x in own[1:]), own
+        assert all(t == ["805306369"] for t in types.values()), types  # machine accounts, every one
+        out = access(env, [], ["ops18"])
+        assert out["users"]["mode"] == "every user account", out
+        inside = dc_search(env.lab, BASE, f"(memberOf={USERS_DN})", ["objectClass", "sAMAccountName"])
+        names = sorted(str(h["sAMAccountName"][0]).lower() for h in inside)
+        print(f"every-account mode, members: {names}")
+        assert not [h for h in inside if "computer" in [str(c).lower() for c in h["objectClass"]]], names
+        assert MALLORY in names and not {JOIN_USER.lower(), "administrator", "krbtgt"} & set(names), names
+    finally:
+        access(env, ["physics18"], ["ops18"])
+        for pc in MAL_PCS:
+            env.lab.dc.run(["samba-tool", "computer", "delete", pc], check=False)
+    assert [m.split(",")[0] for m in members(env, USERS_DN)] == ["cn=physics18"]
+
+
+def test_refused_on_samba_a_sync_write_under_the_wrong_mode_writes_nothing(env, groups):  # noqa: F811
+    """The guard itself on the real DC: the sync's modify (description: delete EVERYONE, add EVERYONE; member: add)
+    on the CLOSED group fails as a whole (nothing added, the description stays); under the right guard the same
+    shape is accepted and leaves the one description value as it was."""
+    mal = groups["mallory_dn"]
+    assert env.svc.ok("guarded", dn=USERS_DN, guard=EVERYONE, add=[mal])["written"] is False
+    assert mal.lower() not in members(env, USERS_DN) and description(env, USERS_DN) == [CLOSED]
+    try:
+        assert env.svc.ok("guarded", dn=USERS_DN, guard=CLOSED, add=[mal])["written"] is True  # control
+        assert mal.lower() in members(env, USERS_DN) and description(env, USERS_DN) == [CLOSED]
+    finally:
+        env.svc.ok("guarded", dn=USERS_DN, guard=CLOSED, remove=[mal])
+    assert mal.lower() not in members(env, USERS_DN)
+
+
+def test_refused_closing_every_account_mode_shuts_her_out_on_a_running_node_and_syncs_keep_it_shut(
+        env, groups, stack_node):  # noqa: F811
+    """closed -> every account -> closed on the running node (joined once, never re-run): mallory (in no allowed
+    group) is out, then in, then out again; after the closing the schedule's run writes nothing, so she stays out."""
+    import time
+
+    from .test_join_chain import PLANT_KEY
+    pub = env.lab.client.read("/root/.ssh/plant.pub").strip()
+    planted = stack_node.run(["/bin/bash", "-c", PLANT_KEY, "plant", MALLORY, pub], check=False).stdout.strip()
+    assert planted == f"planted {MALLORY}", planted
+
+    def settles(want_in: bool) -> float:
+        t0 = time.monotonic()
+        while (by_key(env, stack_node, MALLORY).returncode == 0) != want_in:
+            assert time.monotonic() - t0 < 30, f"mallory {'not ' if want_in else ''}admitted 30 s on"
+            time.sleep(1)
+        return round(time.monotonic() - t0, 1)
+
+    assert by_key(env, stack_node, MALLORY).returncode != 0  # closed: physics18 only
+    try:
+        access(env, [], ["ops18"])
+        took_in = settles(True)
+    finally:
+        out = access(env, ["physics18"], ["ops18"])
+    assert out["users"]["removed"], out
+    assert sync(env)["result"].startswith("members of the configured groups")
+    took_out = settles(False)
+    print(f"\nmallory admitted {took_in} s after opening, refused {took_out} s after closing")
+    assert description(env, USERS_DN) == [CLOSED]
+    assert [m.split(",")[0] for m in members(env, USERS_DN)] == ["cn=physics18"]
+    assert by_key(env, stack_node, USR).returncode == 0  # a physics18 member: still in
