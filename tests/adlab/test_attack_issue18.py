@@ -107,9 +107,10 @@ LOK, LOK_PW = "lok18", "L0k18-Pw-2026!x"
 
 @pytest.fixture(scope="module")
 def open_node(env, groups):  # noqa: F811
-    """One node joined as the stack bakes it with DirectoryAdmin and no allowedGroups: the filter without the
-    membership clause. sssd's ad access provider asks the Global Catalog first (ad_gc_conn_list) and takes its
-    'allowed' as final; lockoutTime is not in the GC's partial attribute set (MS-ADSC; Samba's ad-schema)."""
+    """One node joined as the stack bakes it with DirectoryAdmin and no allowedGroups: since attack finding 1's fix
+    the same filter as with a list (in-chain members of the stack's users group), every_account below fills the group.
+    sssd's ad access provider asks the Global Catalog first (ad_gc_conn_list) and takes its 'allowed' as final;
+    lockoutTime is not in the GC's partial attribute set (MS-ADSC; Samba's ad-schema)."""
     from .lab import SSH_OPTS  # noqa: F401
     from .test_directory_admin import COMPUTERS_DN
     from .test_join_chain import PLANT_KEY
@@ -130,6 +131,16 @@ def open_node(env, groups):  # noqa: F811
     assert planted == f"planted {LOK}", planted
     return node
 
+
+
+@pytest.fixture
+def every_account(env, open_node):  # noqa: F811
+    """allowedGroups empty: DirectoryAdmin keeps every user account in the users group (attack finding 1's fix);
+    closed again (physics18) afterwards, as the tests below expect."""
+    out = access(env, [], ["ops18"])
+    assert out["users"]["mode"] == "every user account", out
+    yield open_node
+    access(env, ["physics18"], ["ops18"])
 
 GC_READ = r"""
 import json, sys
@@ -164,11 +175,11 @@ def by_su(node, user):
     return node.run(["su", "-", user, "-c", "id -un"], check=False, timeout=90)
 
 
-def test_probe_lockouttime_on_ldap_and_on_the_global_catalog(env, open_node):  # noqa: F811
+def test_probe_lockouttime_on_ldap_and_on_the_global_catalog(env, every_account):  # noqa: F811
     """Lock lok18 out (bad passwords under a lockout policy) and read lockoutTime on LDAP (389) and on the GC
     (3268), where the node's sssd asks first: printed (finding 2's evidence: Samba's GC has it, a Windows GC not)."""
     lab = env.lab  # noqa: F811
-    node = open_node
+    node = every_account
     assert by_key(env, node, LOK).returncode == 0  # allowed before (every domain user)
     res = lab.dc.run(["samba-tool", "domain", "passwordsettings", "set", "--account-lockout-threshold=3",
                       "--account-lockout-duration=30", "--reset-account-lockout-after=30"], check=False)
@@ -182,12 +193,12 @@ def test_probe_lockouttime_on_ldap_and_on_the_global_catalog(env, open_node):  #
     assert gc[389].get("lockoutTime"), gc
 
 
-def test_refused_on_samba_a_locked_out_account_by_key_and_su_in_every_user_mode(env, open_node):  # noqa: F811
+def test_refused_on_samba_a_locked_out_account_by_key_and_su_in_every_user_mode(env, every_account):  # noqa: F811
     """Refused in the lab: Samba's GC (3268) returns lockoutTime (printed by the probe above: it does not trim to the
     partial attribute set), so sssd's GC-first check sees it. A Windows DC's GC (AWS Managed AD) does not hold
     lockoutTime: there the GC answers 'allowed' and sssd does not ask LDAP again -- finding 2, shown on the unit side
     (tests/test_attack_issue18.py::test_finding_2_...)."""
-    node = open_node
+    node = every_account
     (hit,) = dc_search(env.lab, BASE, f"(sAMAccountName={LOK})", ["lockoutTime"])
     assert int(hit.get("lockoutTime", ["0"])[0]) > 0, hit  # locked by the probe above
     try:
