@@ -307,6 +307,7 @@ ACCESS_SYNC_OP = "access-sync"
 DOMAIN_USERS_RID = 513
 NORMAL_USER_ACCOUNTS = "(sAMAccountType=805306368)"  # SAM_NORMAL_USER_ACCOUNT: no computer, trust or gMSA account
 MEMBERS_PER_MODIFY = 1000  # AD refuses very large value lists in one modify (about 5,000): chunks well below
+ANSWER_SAMPLE = 20  # DNs named per kind in an answer and its log line (the counts are whole)
 NEVER_MEMBERS = ("krbtgt",)  # besides the directory's admin and the stack's adding account
 
 
@@ -1054,20 +1055,6 @@ class Directory:
                 missing.append(name)
         return found, missing
 
-    def set_members(self, group_dn: str, member_dns: Iterable[str]) -> dict[str, list[str]]:
-        """Make `member_dns` exactly the members of the group: one replace, only when it changes."""
-        hit = self.search(group_dn, "(objectClass=group)", ["member"], scope="BASE")
-        if not hit:
-            raise DirectoryError(f"{group_dn} not found: cannot set its members")
-        raw = (hit[0].get("attributes") or {}).get("member") or []
-        current = {str(m).lower(): str(m) for m in (raw if isinstance(raw, list) else [raw])}
-        want = {dn.lower(): dn for dn in member_dns}
-        added = sorted(want[k] for k in set(want) - set(current))
-        removed = sorted(current[k] for k in set(current) - set(want))
-        if added or removed:
-            self.replace(group_dn, {"member": sorted(want.values())})
-        return {"added": added, "removed": removed}
-
     def domain_users_dn(self) -> str | None:
         """The DN of the domain's Domain Users group (by its SID, <domain SID>-513: its name is localized)."""
         from ldap3.utils.conv import escape_bytes
@@ -1080,10 +1067,12 @@ class Directory:
         return hits[0]["dn"] if hits else None
 
     def user_accounts(self, never: set[str]) -> dict[str, str]:
-        """{dn.lower(): dn} of every normal user account of the domain, but those named in `never` (lower case)."""
+        """{dn.lower(): dn} of every normal user account of the domain, but those named in `never` (lower case) and
+        any pcluster-ad stack's computer-adding account (its description: attack finding 6 of issue 18)."""
         return {h["dn"].lower(): h["dn"] for h in self.search(self.layout.base_dn, NORMAL_USER_ACCOUNTS,
-                                                              ["sAMAccountName"])
-                if str(first(h, "sAMAccountName") or "").lower() not in never}
+                                                              ["sAMAccountName", "description"])
+                if str(first(h, "sAMAccountName") or "").lower() not in never
+                and not str(first(h, "description") or "").startswith(ADDING_ACCOUNT_DESCRIPTION)}
 
     def direct_members(self, group_dn: str) -> dict[str, str]:
         """{dn.lower(): dn} of the group's direct members, from their memberOf back-links (a paged search: a
@@ -1112,20 +1101,33 @@ class Directory:
 
     def sync_everyone(self, group_dn: str, guard: str, never: set[str]) -> dict[str, Any]:
         """Make every user account of the domain (but `never`) the group's direct members, and nothing else, while
-        its description is `guard`. A member another writer added or removed meanwhile: read again (3 rounds)."""
+        its description is `guard`."""
+        return self.sync_members(group_dn, guard, lambda: self.user_accounts(never))
+
+    def sync_members(self, group_dn: str, guard: str, wanted: Callable[[], Mapping[str, str]]) -> dict[str, Any]:
+        """Make `wanted()` ({dn.lower(): dn}) exactly the group's direct members while its description is `guard`:
+        guarded writes of at most MEMBERS_PER_MODIFY values each, so any size of change goes through and a failed
+        run leaves progress that the next one continues (attack finding 8 of issue 18). A member another writer
+        added or removed meanwhile: read again (3 rounds). The answer names at most ANSWER_SAMPLE DNs of each kind
+        (a Lambda answer holds 6 MB; attack finding 7)."""
         added: list[str] = []
         removed: list[str] = []
+
+        def answer(**extra: Any) -> dict[str, Any]:
+            return {"added": added[:ANSWER_SAMPLE], "removed": removed[:ANSWER_SAMPLE], "addedCount": len(added),
+                    "removedCount": len(removed), **extra}
+
         for _ in range(3):
-            want, have = self.user_accounts(never), self.direct_members(group_dn)
+            want, have = wanted(), self.direct_members(group_dn)
             add = sorted(want[k] for k in set(want) - set(have))
             remove = sorted(have[k] for k in set(have) - set(want))
             if not add and not remove:
-                return {"added": added, "removed": removed, "members": len(want)}
+                return answer(members=len(want))
             try:
                 for i in range(0, max(len(add), len(remove)), MEMBERS_PER_MODIFY):
                     part_add, part_remove = add[i:i + MEMBERS_PER_MODIFY], remove[i:i + MEMBERS_PER_MODIFY]
                     if not self.guarded_member_change(group_dn, guard, part_add, part_remove):
-                        return {"added": added, "removed": removed, "result": "closed meanwhile: not synced"}
+                        return answer(result="the group's mode changed meanwhile: not synced")
                     added += part_add
                     removed += part_remove
             except LdapError as exc:
@@ -1438,8 +1440,10 @@ def handle_access(event: Mapping[str, Any], *, action: str, settings: Settings, 
                                                                               never_members(settings))}
         else:
             own = {access_group_dn(directory.layout, n).lower() for n in names.values()}
-            members = [dn for dn in found.values() if dn.lower() not in own]  # never a group of its own
-            change = directory.set_members(dn, members)
+            members = {m.lower(): m for m in found.values() if m.lower() not in own}  # never a group of its own
+            change = directory.sync_members(dn, description, lambda members=members: members)
+            if change.get("result"):  # another access Invocation changed the mode meanwhile
+                raise DirectoryError(f"{group}: its mode changed while its members were set: run `pulumi up` again")
         numbers = directory.number_group(group, idents[key]["number"])
         if owner or deployment:
             directory.claim("group", group, owner or "", deployment)

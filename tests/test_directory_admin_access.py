@@ -157,8 +157,8 @@ def test_update_changes_only_membership_and_removes_a_group():
     assert members(d, USERS) == [f"CN=hpc-users,CN=Users,{BASE}"]
     assert out["users"]["removed"] == [f"CN=physics,OU=Groups,{BASE}"] and out["users"]["added"] == []
     assert out["admins"]["added"] == out["admins"]["removed"] == []
-    # One write: the users group's members (the admins group is not touched, nothing created).
-    assert d.writes == [("replace", da.access_group_dn(LAYOUT, USERS), ("member",))]
+    # One write: the users group's members, asserting its mode (the admins group is not touched, nothing created).
+    assert d.writes == [("modify", da.access_group_dn(LAYOUT, USERS), ("description", "member"))]
     # An empty admins list empties that group.
     da.handle_resource(event(["hpc-users"], [], "update"), settings=SETTINGS, directory=d, ssm=None)
     assert members(d, USERS) == [f"CN=hpc-users,CN=Users,{BASE}"] and members(d, ADMINS) == []
@@ -322,7 +322,7 @@ def test_a_sync_that_races_a_closing_update_never_reopens_the_group():
     dn, obj = person("mallory")
     racing.objects[dn] = obj
     out = da.access_sync(settings=EVERYONE_SETTINGS, directory=OwnOu(racing))
-    assert out["result"] == "closed meanwhile: not synced", out
+    assert out["result"] == "the group's mode changed meanwhile: not synced", out
     assert members(racing, USERS) == [f"CN=physics,OU=Groups,{BASE}"]
 
 
