@@ -374,8 +374,7 @@ def terminate(aws_, iid: str, recorded: str | None = None) -> dict:
     if recorded:
         dynamodb.put_item(TableName=TABLE, Item={"instanceId": {"S": iid}, "computerName": {"S": recorded}})
     d = RecordingDirectory()
-    out = da.handle_termination(event(iid), settings=da.load_settings(ENV), ec2=ec2, dynamodb=dynamodb,
-                                directory=lambda: d)
+    out = da.handle_termination(event(iid), settings=da.load_settings(ENV), dynamodb=dynamodb, directory=lambda: d)
     return {"out": out, "deleted": d.deleted}
 
 
@@ -392,39 +391,36 @@ def test_termination_deletes_the_window_record(aws):
     assert "Item" not in aws[1].get_item(TableName=TABLE, Key={"instanceId": {"S": iid}})
 
 
-def test_forged_termination_of_a_live_node_is_ignored(aws):
-    """A "terminated" event for an instance that EC2 reports running (someone allowed to invoke the function
-    sends it for the head node): its computer object and record stay."""
-    ec2, dynamodb, launch = aws
+def test_termination_is_decided_from_the_join_record_without_asking_ec2(aws):
+    """Issue 20: ours is what the join function recorded; handle_termination takes no EC2 client at all (1,000
+    terminations would otherwise spend EC2's DescribeInstances bucket that ParallelCluster's scaling shares). The
+    event is trusted as EC2's: only AWS services may send an aws.* source, and only the stack's own rules may
+    invoke the function (tests/test_attack_issue17.py)."""
+    import inspect
+
+    assert "ec2" not in inspect.signature(da.handle_termination).parameters
+    _ec2, dynamodb, launch = aws
     (iid,) = launch()
     dynamodb.put_item(TableName=TABLE, Item={"instanceId": {"S": iid}, "computerName": {"S": "HPCAB0123456789"}})
-    out = da.handle_termination(event(iid), settings=da.load_settings(ENV), ec2=ec2, dynamodb=dynamodb,
-                                directory=lambda: pytest.fail("no directory call for a live instance"))
-    assert out["result"] == "ignored" and out["reason"] == "instance is running, not terminated"
-    assert "Item" in dynamodb.get_item(TableName=TABLE, Key={"instanceId": {"S": iid}})
+    d = RecordingDirectory()
+    out = da.handle_termination(event(iid), settings=da.load_settings(ENV), dynamodb=dynamodb, directory=lambda: d)
+    assert out["result"] == "deleted" and d.deleted == ["HPCAB0123456789"]
 
 
-def test_termination_falls_back_to_the_derived_name(aws):
-    (iid,) = aws[2]()
-    got = terminate(aws, iid)
-    assert got["deleted"] == [da.computer_name(da.computer_prefix(CLUSTER), iid)]
-
-
-def test_termination_ignores_others(aws, caplog):
-    ec2, dynamodb, launch = aws
+def test_termination_without_a_join_record_is_left_to_the_sweep(aws, caplog):
+    """Any other instance of the account and region (another cluster's, an untagged one, one whose record could not
+    be written): ignored, no directory call; the daily sweep removes objects of ours that were missed."""
+    _ec2, dynamodb, launch = aws
     (other,) = launch("another-cluster")
-    (untagged,) = launch(None)
+    (ours,) = launch()
     caplog.set_level(logging.INFO, logger="directory_admin")
-    for iid, reason in ((other, "not a node of this cluster"), (untagged, "not a node of this cluster"),
-                        ("i-0123456789abcdef0", "unknown instance")):
-        got = terminate(aws, iid) if iid != "i-0123456789abcdef0" else {
-            "out": da.handle_termination(event(iid), settings=da.load_settings(ENV), ec2=ec2, dynamodb=dynamodb,
-                                         directory=lambda: pytest.fail("no directory call for an ignored event")),
-            "deleted": []}
-        assert got["out"]["result"] == "ignored" and got["out"]["reason"] == reason and got["deleted"] == []
+    for iid in (other, ours, "i-0123456789abcdef0"):
+        out = da.handle_termination(event(iid), settings=da.load_settings(ENV), dynamodb=dynamodb,
+                                    directory=lambda: pytest.fail("no directory call for an ignored event"))
+        assert out["result"] == "ignored" and out["reason"].startswith("no join record"), out
     assert caplog.text.count('"decision": "ignored"') == 3
     running = da.handle_termination(event("i-0123456789abcdef0", "running"), settings=da.load_settings(ENV),
-                                    ec2=ec2, dynamodb=dynamodb, directory=lambda: pytest.fail("no call"))
+                                    dynamodb=dynamodb, directory=lambda: pytest.fail("no call"))
     assert running["result"] == "ignored"
 
 

@@ -19,6 +19,7 @@ from tests.test_directory_admin import (
     ENV,
     FOREIGN_SID,
     OU,
+    TABLE,
     WORLD,
     FakeDirectory,
     RecordingDirectory,
@@ -142,9 +143,10 @@ def test_sweep_and_termination_act_only_on_an_ou_marked_with_their_own(aws):
     (iid,) = launch()
     ec2.terminate_instances(InstanceIds=[iid])
     d = RecordingDirectory(ou_mark=da.owner_value("x@y", OTHER))
-    out = da.handle_termination(event(iid), settings=s, ec2=ec2, dynamodb=_dynamodb, directory=lambda: d)
+    _dynamodb.put_item(TableName=TABLE, Item={"instanceId": {"S": iid}, "computerName": {"S": old["name"]}})
+    out = da.handle_termination(event(iid), settings=s, dynamodb=_dynamodb, directory=lambda: d)
     assert out["result"] == "ignored" and "not this deployment's" in out["reason"] and d.deleted == []
-    assert terminate(aws, launch()[0])["deleted"]  # its own OU: deleted as before
+    assert terminate(aws, launch()[0], recorded=old["name"])["deleted"]  # its own OU: deleted as before
 
 
 def test_another_deployments_adding_account_is_never_touched():

@@ -104,8 +104,9 @@ def play(lab, svc: DirSvc, plan: Plan) -> tuple[dict[str, dict], list[str], list
                 svc.ok("handle", event={**payload[name], "tf": {"action": "create", "prev_input": {}}})
     ids = svc.ok("instances", count=2)["ids"]
     nodes = [svc.ok("name", instance_id=i)["name"] for i in ids]
-    for n in nodes:  # what the join function pre-creates for each node
+    for iid, n in zip(ids, nodes, strict=True):  # what the join function pre-creates and records for each node
         dc_add_computer(lab, n, COMPUTERS_DN)
+        svc.ok("put_item", item={"instanceId": {"S": iid}, "computerName": {"S": n}, "issuedAt": {"S": "x"}})
     answers: dict[str, dict] = {}
     order = plan.worst_case_destroy(runs)
     gone: set[str] = set()
