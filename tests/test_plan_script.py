@@ -88,7 +88,7 @@ def test_one_command_sets_up_the_venv_and_plans_a_stack_without_root(clone):
 
     # The plan of Pulumi.dev.yaml, in the caller's directory (default plan-out/STACK).
     out = work / "plan-out" / "dev"
-    assert f"wrote cluster-config.yaml, resources.json to {Path('plan-out/dev')}/" in result.stdout
+    assert f"wrote cluster-config.yaml, outputs.json, resources.json to {Path('plan-out/dev')}/" in result.stdout
     resources = json.loads((out / "resources.json").read_text())
     dev = stack_doc("dev")["config"]
     types = {r["type"] for r in resources}

@@ -40,6 +40,10 @@ AWS_GLOBAL_OPTIONS = {
     "page-size", "max-items", "starting-token",
 }
 AWS_S3_COMMANDS = {"cp", "mv", "rm", "sync", "ls", "mb", "rb", "presign", "website"}
+# AWS CLI v2 commands that are customizations, not service operations, with their own options (awscli's
+# customizations/logs/tail.py).
+AWS_CLI_CUSTOMIZATIONS = {("logs", "tail"): {"follow", "since", "format", "filter-pattern", "log-stream-names",
+                                             "log-stream-name-prefix"}}
 # CLI command names that differ from botocore's service names (the CLI renames these services).
 AWS_CLI_SERVICE_NAMES = {"s3api": "s3", "configservice": "config", "deploy": "codedeploy"}
 # A value a reader fills in: a shell variable, an <angle-bracket> or `...` placeholder.
@@ -154,6 +158,10 @@ def check_aws(cmd: Command) -> list[str]:
     options = {w[2:].split("=", 1)[0] for w in words[3:] if w.startswith("--")}
     if service == "s3":
         return [] if operation in AWS_S3_COMMANDS else [f"{cmd.where}: `aws s3 {operation}` is no aws s3 command"]
+    if (service, operation) in AWS_CLI_CUSTOMIZATIONS:
+        allowed = AWS_CLI_CUSTOMIZATIONS[service, operation]
+        return [f"{cmd.where}: `aws {service} {operation}` has no option --{o}"
+                for o in sorted(options - allowed - AWS_GLOBAL_OPTIONS)]
     try:
         model = _botocore_session().get_service_model(AWS_CLI_SERVICE_NAMES.get(service, service))
     except UnknownServiceError:
@@ -370,6 +378,7 @@ def test_the_sample_stack_parses_before_any_change():
     ("aws ds reset-user-password --directory-id d-1 --user-name bob", "lacks required --new-password"),
     ("aws dss describe-directories", "no service"),
     ("aws s3 copy a b", "no aws s3 command"),
+    ("aws logs tail /aws/parallelcluster/x --folow", "has no option --folow"),
     ("printf '{\"DirectoryId\": \"%s\", \"User\": \"bob\", \"NewPassword\": \"%s\"}' \"$D\" \"$P\" \\\n"
      "  | aws ds reset-user-password --cli-input-json file:///dev/stdin", "unknown keys ['User']"),
     ("JOB=$(aws backup start-restore-job --recovery-point-arn \"$RP\" --metadat file://m.json)",
