@@ -53,7 +53,10 @@ window state), never a password.
 AWS calls: ec2:DescribeInstances, iam:GetInstanceProfile, cloudformation:ListStackResources
 on the cluster's stacks, dynamodb:UpdateItem and dynamodb:GetItem on the window table,
 ssm:GetParameters with decryption (so kms:Decrypt on the parameters' key); LDAP (389, NTLM,
-sealed) to DC_IPS.
+sealed) to DC_IPS. Per request (issue 20, docs/design.md): a request the window record already
+refuses costs one GetItem; a join at most one (filtered) DescribeInstances, instance profiles
+and the adding account's credentials are cached per container; a close by the role session the
+object was issued to is decided from the record alone.
 """
 
 from __future__ import annotations
