@@ -333,7 +333,13 @@ def handle(
         fields.update(computer_name=name)
         if closing is None:
             window.count_answer()  # before the adding account is read (cached: _join_credentials)
-            body = _new_computer(settings, _join_credentials(settings, ssm, now()), create_computer, name)
+            try:
+                body = _new_computer(settings, _join_credentials(settings, ssm, now()), create_computer, name)
+            except computer_account.ComputerAccountError:
+                # A rotated password fails the bind like an unreachable DC: the node's retry reads SSM again
+                # instead of spending its whole window on the old password (attack review of issue 20, finding 4).
+                _credentials.update(values=None, fetched=float("-inf"))
+                raise
             fields.update(computer_dn=body.pop("dn"))
             try:
                 window.issued(name, caller.role_id)
