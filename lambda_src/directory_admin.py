@@ -52,6 +52,7 @@ CLUSTER_TAG = "parallelcluster:cluster-name"
 WINDOW_KEY = "instanceId"  # the join window table's key (lambda_src/join_handler.py)
 # Instance states whose computer objects the sweep keeps (terminated ones stay describable ~1 h).
 LIVE_STATES = ["pending", "running", "shutting-down", "stopping", "stopped"]
+GONE_STATES = frozenset({"shutting-down", "terminated"})
 # A termination event is acted on only when EC2 itself reports one of these.
 
 # schemaIDGUID of the computer class (the same in every AD forest).
@@ -1596,6 +1597,24 @@ def handle_resource(event: Mapping[str, Any], *, settings: Settings, directory: 
             "added": res["added"], "removed": res["removed"], **numbers, "idSource": ident["source"], **left}
 
 
+def _instance(ec2: Any, instance_id: str) -> dict[str, Any] | None:
+    """The instance as EC2 describes it (None: unknown, e.g. terminated long ago): its id AND a filter, so the call
+    is never in EC2's unfiltered bucket (issue 20)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        res = ec2.describe_instances(InstanceIds=[instance_id],
+                                     Filters=[{"Name": "instance-id", "Values": [instance_id]}])
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code", "").startswith("InvalidInstanceID"):
+            return None
+        raise
+    for r in res.get("Reservations", []):
+        for i in r.get("Instances", []):
+            return i
+    return None
+
+
 def recorded_name(dynamodb: Any, table: str, instance_id: str) -> str | None:
     if not table:
         return None
@@ -1603,7 +1622,7 @@ def recorded_name(dynamodb: Any, table: str, instance_id: str) -> str | None:
     return ((item or {}).get("computerName") or {}).get("S")
 
 
-def handle_termination(event: Mapping[str, Any], *, settings: Settings, dynamodb: Any,
+def handle_termination(event: Mapping[str, Any], *, settings: Settings, ec2: Any, dynamodb: Any,
                        directory: Callable[[], Directory], logger: logging.Logger = log) -> dict[str, Any]:
     detail = event.get("detail") or {}
     iid = detail.get("instance-id", "")
@@ -1611,14 +1630,23 @@ def handle_termination(event: Mapping[str, Any], *, settings: Settings, dynamodb
         logger.info(json.dumps({"event": "termination", "instance": iid, "decision": "ignored",
                                 "reason": "not a termination"}))
         return {"instance": iid, "result": "ignored"}
-    # Ours is what the join function recorded (it made the object), not what EC2 says: every termination in the
-    # account and region arrives here, and asking EC2 about each would spend the DescribeInstances bucket that
-    # ParallelCluster's own scaling needs (issue 20). The event itself is EC2's: only AWS services may send an
-    # aws.* source, and only the stack's own rules may invoke this function (its resource policy). An instance
-    # without a record (its record could not be written) is left to the sweep.
+    # Ours is what the join function recorded (it made the object): every termination in the account and region
+    # arrives here, and asking EC2 about each would spend the DescribeInstances bucket that ParallelCluster's own
+    # scaling needs (issue 20). An instance without a record (its record could not be written) is left to the sweep.
     name = recorded_name(dynamodb, settings.window_table, iid)
     if name is None:
         reason = "no join record: not a node this stack joined (the sweep removes what is missed)"
+        logger.info(json.dumps({"event": "termination", "instance": iid, "decision": "ignored", "reason": reason}))
+        return {"instance": iid, "result": "ignored", "reason": reason}
+    # For our own nodes, EC2's word, not the event's: whoever may invoke this function (an IAM policy of the
+    # account suffices) could otherwise send a "terminated" event for a live node (the head node), delete its object
+    # and record, and let a job there ask for a second one-time password (attack finding 1 of issue 20).
+    inst = _instance(ec2, iid)
+    tags = {t["Key"]: t["Value"] for t in (inst or {}).get("Tags", [])}
+    state = ((inst or {}).get("State") or {}).get("Name")
+    if inst is not None and (tags.get(CLUSTER_TAG) != settings.cluster_name or state not in GONE_STATES):
+        reason = ("not a node of this cluster" if tags.get(CLUSTER_TAG) != settings.cluster_name
+                  else f"instance is {state}, not terminated")
         logger.info(json.dumps({"event": "termination", "instance": iid, "decision": "ignored", "reason": reason}))
         return {"instance": iid, "result": "ignored", "reason": reason}
     d = directory()
@@ -1692,7 +1720,7 @@ def handle(event: Mapping[str, Any], *, settings: Settings, ec2: Any, ssm: Any, 
 
     try:
         if event.get("source") == "aws.ec2":
-            return handle_termination(event, settings=settings, dynamodb=dynamodb, directory=directory,
+            return handle_termination(event, settings=settings, ec2=ec2, dynamodb=dynamodb, directory=directory,
                                       logger=logger)
         if event.get("op") == "sweep":
             return sweep(settings=settings, ec2=ec2, directory=directory(), now=now(), logger=logger)

@@ -351,7 +351,7 @@ def handle(
         else:
             if closing != name:
                 raise _BadRequest(f"computerName must be this instance's computer name {name}")
-            window.close(closing)
+            window.close(closing, issued_to=caller.role_id if fast else None)
             body = {"closed": True}
             status, decision, reason = 200, "close", "the node closed its join window after its join"
     except _Refusal as refusal:
@@ -552,11 +552,12 @@ def _authorize(caller: Caller, settings: Settings, ec2: Any, iam: Any, cloudform
     """Deny unless the instance is a live cluster node, launched from one of the launch templates of the
     cluster's own CloudFormation stack, whose profile role is the caller's and was made by ParallelCluster for
     this cluster; return the instance's launch time."""
-    # A filter and a page size, not InstanceIds: EC2 may count a call without either in its small "unfiltered"
-    # bucket, which ParallelCluster's own DescribeInstances shares (issue 20). An unknown id: no instance.
+    # The id AND a filter: EC2 may count a call without a filter in its small "unfiltered" bucket, which
+    # ParallelCluster's own DescribeInstances shares (issue 20); a filter with a page size instead of the id could
+    # answer an empty page and a NextToken (attack finding 2 of issue 20). An unknown id: InvalidInstanceID.
     try:
-        answer = ec2.describe_instances(Filters=[{"Name": "instance-id", "Values": [caller.instance_id]}],
-                                        MaxResults=5)
+        answer = ec2.describe_instances(InstanceIds=[caller.instance_id],
+                                        Filters=[{"Name": "instance-id", "Values": [caller.instance_id]}])
     except ClientError as exc:
         if _error_code(exc).startswith("InvalidInstanceID."):
             raise _Refusal("instance not found") from None
@@ -718,6 +719,7 @@ class _Window:
                  fields: dict[str, Any]) -> None:
         self.settings, self.dynamodb, self.now, self.fields = settings, dynamodb, now, fields
         self.key = {WINDOW_KEY: {"S": instance_id}}
+        self.issued_to: str | None = None  # a close decided from the record: the role id its write requires
         self.launch_epoch = launch.timestamp()
         self.launch_iso = _iso(self.launch_epoch)
         self.age_minutes = round((now - self.launch_epoch) / 60, 1)
@@ -750,16 +752,23 @@ class _Window:
                                        ":role": {"S": role_id}},
         )
 
-    def close(self, computer_name: str) -> None:
-        """Close the window for good (a confirmation: the record keeps no TTL)."""
+    def close(self, computer_name: str, *, issued_to: str | None = None) -> None:
+        """Close the window for good (a confirmation: the record keeps no TTL). `issued_to`: the close was decided
+        from the record (no EC2 call), so the write itself requires the record to show the object issued to that
+        role id: a record deleted meanwhile (the node terminated) is not re-created (attack finding 3, issue 20)."""
         self._refuse_if_expired(close=True)
+        values = {":now": {"S": _iso(self.now)}, ":name": {"S": computer_name}, ":lt": {"S": self.launch_iso},
+                  ":zero": {"N": "0"}}
+        condition = "attribute_not_exists(closedAt) AND (attribute_not_exists(launchTime) OR launchTime = :lt)"
+        if issued_to is not None:
+            condition += " AND issuedRoleId = :role"
+            values[":role"] = {"S": issued_to}
+        self.issued_to = issued_to
         self._update(
             close=True,
             expression=f"SET closedAt = :now, computerName = :name, launchTime = :lt, "
             f"answers = if_not_exists(answers, :zero) REMOVE {TTL_ATTRIBUTE}",
-            condition="attribute_not_exists(closedAt) AND (attribute_not_exists(launchTime) OR launchTime = :lt)",
-            values={":now": {"S": _iso(self.now)}, ":name": {"S": computer_name}, ":lt": {"S": self.launch_iso},
-                    ":zero": {"N": "0"}},
+            condition=condition, values=values,
         )
 
     def _update(self, *, close: bool, expression: str, condition: str, values: dict[str, Any]) -> None:
@@ -804,6 +813,9 @@ class _Window:
                            f" {self.launch_iso} (stopped and started): no new computer object")
         if closed and close:
             raise _Refusal("join window closed: a second close request for this node")
+        if close and self.issued_to is not None and _dig(item, "issuedRoleId", "S") != self.issued_to:
+            raise _Refusal("no record of a computer object issued to this session any more (the node's record was"
+                           " removed, e.g. with its termination): nothing to close")
         if closed:
             raise _Refusal("join window closed: a process on this node asked for the join secret after the join")
         if _dig(item, "issuedAt", "S") is not None and not close:

@@ -374,7 +374,8 @@ def terminate(aws_, iid: str, recorded: str | None = None) -> dict:
     if recorded:
         dynamodb.put_item(TableName=TABLE, Item={"instanceId": {"S": iid}, "computerName": {"S": recorded}})
     d = RecordingDirectory()
-    out = da.handle_termination(event(iid), settings=da.load_settings(ENV), dynamodb=dynamodb, directory=lambda: d)
+    out = da.handle_termination(event(iid), settings=da.load_settings(ENV), ec2=ec2, dynamodb=dynamodb,
+                                directory=lambda: d)
     return {"out": out, "deleted": d.deleted}
 
 
@@ -391,36 +392,64 @@ def test_termination_deletes_the_window_record(aws):
     assert "Item" not in aws[1].get_item(TableName=TABLE, Key={"instanceId": {"S": iid}})
 
 
-def test_termination_is_decided_from_the_join_record_without_asking_ec2(aws):
-    """Issue 20: ours is what the join function recorded; handle_termination takes no EC2 client at all (1,000
-    terminations would otherwise spend EC2's DescribeInstances bucket that ParallelCluster's scaling shares). The
-    event is trusted as EC2's: only AWS services may send an aws.* source, and only the stack's own rules may
-    invoke the function (tests/test_attack_issue17.py)."""
-    import inspect
+class CountingEc2:
+    """The moto EC2 client, with its DescribeInstances calls counted and their parameters kept."""
 
-    assert "ec2" not in inspect.signature(da.handle_termination).parameters
-    _ec2, dynamodb, launch = aws
+    def __init__(self, ec2):
+        self.ec2, self.calls = ec2, []
+
+    def describe_instances(self, **kwargs):
+        self.calls.append(kwargs)
+        return self.ec2.describe_instances(**kwargs)
+
+
+def test_termination_asks_ec2_only_about_its_own_nodes_with_a_filtered_call(aws):
+    """Issue 20: ours is what the join function recorded; EC2 is asked once, filtered, and only about a recorded node
+    (its state: a forged event for a live node is refused, attack finding 1 of issue 20); any other termination of
+    the account and region costs no EC2 call."""
+    ec2, dynamodb, launch = aws
+    (ours,) = launch()
+    (other,) = launch("another-cluster")
+    ec2.terminate_instances(InstanceIds=[ours, other])
+    dynamodb.put_item(TableName=TABLE, Item={"instanceId": {"S": ours}, "computerName": {"S": "HPCAB0123456789"}})
+    counting = CountingEc2(ec2)
+    d = RecordingDirectory()
+    out = da.handle_termination(event(other), settings=da.load_settings(ENV), ec2=counting, dynamodb=dynamodb,
+                                directory=lambda: pytest.fail("no directory call"))
+    assert out["result"] == "ignored" and counting.calls == []
+    out = da.handle_termination(event(ours), settings=da.load_settings(ENV), ec2=counting, dynamodb=dynamodb,
+                                directory=lambda: d)
+    assert out["result"] == "deleted" and d.deleted == ["HPCAB0123456789"]
+    assert counting.calls == [{"InstanceIds": [ours], "Filters": [{"Name": "instance-id", "Values": [ours]}]}]
+
+
+def test_forged_termination_of_a_live_node_is_ignored(aws):
+    """A "terminated" event for a recorded instance that EC2 reports running (someone allowed to invoke the function
+    sends it for the head node): its computer object and record stay."""
+    ec2, dynamodb, launch = aws
     (iid,) = launch()
     dynamodb.put_item(TableName=TABLE, Item={"instanceId": {"S": iid}, "computerName": {"S": "HPCAB0123456789"}})
-    d = RecordingDirectory()
-    out = da.handle_termination(event(iid), settings=da.load_settings(ENV), dynamodb=dynamodb, directory=lambda: d)
-    assert out["result"] == "deleted" and d.deleted == ["HPCAB0123456789"]
+    out = da.handle_termination(event(iid), settings=da.load_settings(ENV), ec2=ec2, dynamodb=dynamodb,
+                                directory=lambda: pytest.fail("no directory call for a live instance"))
+    assert out["result"] == "ignored" and out["reason"] == "instance is running, not terminated"
+    assert "Item" in dynamodb.get_item(TableName=TABLE, Key={"instanceId": {"S": iid}})
 
 
 def test_termination_without_a_join_record_is_left_to_the_sweep(aws, caplog):
     """Any other instance of the account and region (another cluster's, an untagged one, one whose record could not
-    be written): ignored, no directory call; the daily sweep removes objects of ours that were missed."""
+    be written): ignored, no EC2 call (ec2=None) and no directory call; the daily sweep removes objects of ours that
+    were missed."""
     _ec2, dynamodb, launch = aws
     (other,) = launch("another-cluster")
     (ours,) = launch()
     caplog.set_level(logging.INFO, logger="directory_admin")
     for iid in (other, ours, "i-0123456789abcdef0"):
-        out = da.handle_termination(event(iid), settings=da.load_settings(ENV), dynamodb=dynamodb,
+        out = da.handle_termination(event(iid), settings=da.load_settings(ENV), ec2=None, dynamodb=dynamodb,
                                     directory=lambda: pytest.fail("no directory call for an ignored event"))
         assert out["result"] == "ignored" and out["reason"].startswith("no join record"), out
     assert caplog.text.count('"decision": "ignored"') == 3
     running = da.handle_termination(event("i-0123456789abcdef0", "running"), settings=da.load_settings(ENV),
-                                    dynamodb=dynamodb, directory=lambda: pytest.fail("no call"))
+                                    ec2=None, dynamodb=dynamodb, directory=lambda: pytest.fail("no call"))
     assert running["result"] == "ignored"
 
 

@@ -144,7 +144,7 @@ def test_sweep_and_termination_act_only_on_an_ou_marked_with_their_own(aws):
     ec2.terminate_instances(InstanceIds=[iid])
     d = RecordingDirectory(ou_mark=da.owner_value("x@y", OTHER))
     _dynamodb.put_item(TableName=TABLE, Item={"instanceId": {"S": iid}, "computerName": {"S": old["name"]}})
-    out = da.handle_termination(event(iid), settings=s, dynamodb=_dynamodb, directory=lambda: d)
+    out = da.handle_termination(event(iid), settings=s, ec2=ec2, dynamodb=_dynamodb, directory=lambda: d)
     assert out["result"] == "ignored" and "not this deployment's" in out["reason"] and d.deleted == []
     assert terminate(aws, launch()[0], recorded=old["name"])["deleted"]  # its own OU: deleted as before
 

@@ -84,15 +84,14 @@ def test_a_burst_of_joins_and_closes_stays_within_the_per_join_budget(world: Wor
     assert calls.of(closes, "dynamodb") == 2 * NODES  # the record read, the close write
 
 
-def test_describe_instances_is_filtered_and_paginated(world: World, calls: Calls):  # noqa: F811
-    """EC2 may count a DescribeInstances with neither filters nor a page size in its small "unfiltered" bucket,
-    which ParallelCluster's own calls share: the function's call carries both, never InstanceIds."""
+def test_describe_instances_names_the_instance_and_carries_a_filter(world: World, calls: Calls):  # noqa: F811
+    """EC2 may count a DescribeInstances without a filter in its small "unfiltered" bucket, which ParallelCluster's
+    own calls share: the function's call carries one, and names the instance id (one whole answer, no pages)."""
     iid = world.launch()
     calls.take()
     assert world.call(world.event(iid))["statusCode"] == 200
     [(_, _, params)] = [p for p in calls.params if p[:2] == ("ec2", "DescribeInstances")]
-    assert "InstanceIds" not in params and params.get("MaxResults")
-    assert params["Filters"] == [{"Name": "instance-id", "Values": [iid]}]
+    assert params == {"InstanceIds": [iid], "Filters": [{"Name": "instance-id", "Values": [iid]}]}
 
 
 def test_a_flood_from_a_joined_nodes_credentials_costs_no_ec2_iam_or_ssm_call(world: World, calls: Calls):  # noqa: F811
