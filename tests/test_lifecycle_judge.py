@@ -236,7 +236,7 @@ def test_finding_2_the_judge_alone_catches_the_setup_racing_the_network(run_stac
     for f in findings:
         by_runner.setdefault(f.resource, set()).add(f.missing)
     assert set(by_runner) == {"directory-admin-setup", "directory-admin-access", "directory-admin-terminated-target",
-                              "directory-admin-sweep-target"}
+                              "directory-admin-sweep-target", "directory-admin-access-sync-target"}
     assert {"network-nat-a", "network-nat-a-eip", "network-igw", "network-private-a-rt", "network-private-a-rta",
             "network-public-rt", "network-public-a-rta"} <= by_runner["directory-admin-setup"]
     # Said in words an operator understands.
