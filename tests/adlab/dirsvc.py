@@ -28,6 +28,7 @@ Control: one JSON object per line on stdin, one JSON answer per line on stdout; 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -135,6 +136,18 @@ def resolve_deployment(event: dict, deployment: str) -> dict:
     return out
 
 
+@contextlib.contextmanager
+def own_directory(da, settings, ssm):
+    """A Directory (of the product module `da`) on its own connection, bound as the function binds (the admin's
+    password from SSM)."""
+    conn = da.ldap_connect(settings, ssm.get_parameter(Name=settings.admin_password_parameter,
+                                                       WithDecryption=True)["Parameter"]["Value"])
+    try:
+        yield da.Directory(conn, settings.layout, lambda u, p: None)
+    finally:
+        conn.unbind()
+
+
 def main() -> None:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO)
     da = load_product()
@@ -207,27 +220,15 @@ def main() -> None:
             elif op == "ldap":
                 out = {"results": ldap_ops(req)}
             elif op == "allocate":
-                settings = state["settings"]
-                conn = da.ldap_connect(settings, ssm.get_parameter(Name=settings.admin_password_parameter,
-                                                                   WithDecryption=True)["Parameter"]["Value"])
-                try:
-                    d = da.Directory(conn, settings.layout, lambda u, p: None)
+                with own_directory(da, state["settings"], ssm) as d:
                     started = time.monotonic()
-                    out = {"numbers": [d.identity(kind, name, id_range=settings.id_range)["number"]
+                    out = {"numbers": [d.identity(kind, name, id_range=state["settings"].id_range)["number"]
                                        for kind, name in req["names"]],
                            "started": started, "ended": time.monotonic()}
-                finally:
-                    conn.unbind()
             elif op == "guarded":
-                settings = state["settings"]
-                conn = da.ldap_connect(settings, ssm.get_parameter(Name=settings.admin_password_parameter,
-                                                                   WithDecryption=True)["Parameter"]["Value"])
-                try:
-                    d = da.Directory(conn, settings.layout, lambda u, p: None)
+                with own_directory(da, state["settings"], ssm) as d:
                     out = {"written": d.guarded_member_change(req["dn"], req["guard"], req.get("add", []),
                                                               req.get("remove", []))}
-                finally:
-                    conn.unbind()
             elif op == "handle":
                 now = datetime.fromisoformat(req["now"]) if req.get("now") else datetime.now(UTC)
                 event = resolve_deployment(req["event"], state["settings"].deployment_id)
