@@ -589,7 +589,7 @@ def _authorize(caller: Caller, settings: Settings, ec2: Any, iam: Any, cloudform
     profile, fetched = _instance_profile(iam, match.group(2), profile_arn, now)
     roles = profile.get("Roles", [])
     stale = [r for r in roles if (r.get("RoleName"), r.get("RoleId")) != (caller.role_name, caller.role_id)]
-    if fetched < now and (stale or len(roles) != 1) and now - fetched >= PROFILE_MISS_REFRESH_SECONDS:
+    if (stale or len(roles) != 1) and now - fetched >= PROFILE_MISS_REFRESH_SECONDS:  # a cached answer only
         profile, fetched = _instance_profile(iam, match.group(2), profile_arn, now, fresh=True)
         roles = profile.get("Roles", [])
     if profile.get("Arn") != profile_arn or len(roles) != 1:
@@ -719,7 +719,6 @@ class _Window:
                  fields: dict[str, Any]) -> None:
         self.settings, self.dynamodb, self.now, self.fields = settings, dynamodb, now, fields
         self.key = {WINDOW_KEY: {"S": instance_id}}
-        self.issued_to: str | None = None  # a close decided from the record: the role id its write requires
         self.launch_epoch = launch.timestamp()
         self.launch_iso = _iso(self.launch_epoch)
         self.age_minutes = round((now - self.launch_epoch) / 60, 1)
@@ -763,15 +762,15 @@ class _Window:
         if issued_to is not None:
             condition += " AND issuedRoleId = :role"
             values[":role"] = {"S": issued_to}
-        self.issued_to = issued_to
         self._update(
-            close=True,
+            close=True, issued_to=issued_to,
             expression=f"SET closedAt = :now, computerName = :name, launchTime = :lt, "
             f"answers = if_not_exists(answers, :zero) REMOVE {TTL_ATTRIBUTE}",
             condition=condition, values=values,
         )
 
-    def _update(self, *, close: bool, expression: str, condition: str, values: dict[str, Any]) -> None:
+    def _update(self, *, close: bool, expression: str, condition: str, values: dict[str, Any],
+                issued_to: str | None = None) -> None:
         try:
             answer = self.dynamodb.update_item(
                 TableName=self.settings.window_table, Key=self.key, UpdateExpression=expression,
@@ -782,7 +781,7 @@ class _Window:
             if _error_code(exc) != "ConditionalCheckFailedException":
                 raise
             old = exc.response.get("Item")
-            self._refuse(old if old is not None else self._read(), close=close, expired=False)
+            self._refuse(old if old is not None else self._read(), close=close, expired=False, issued_to=issued_to)
         self._note(answer.get("Attributes") or {})
 
     def _refuse_if_expired(self, *, close: bool) -> None:
@@ -805,7 +804,8 @@ class _Window:
             self.fields.update(issued_at=issued_at)
         return answers, closed_at is not None
 
-    def _refuse(self, item: Mapping[str, Any], *, close: bool, expired: bool) -> NoReturn:
+    def _refuse(self, item: Mapping[str, Any], *, close: bool, expired: bool,
+                issued_to: str | None = None) -> NoReturn:
         answers, closed = self._note(item)
         recorded_launch = _dig(item, "launchTime", "S")
         if recorded_launch not in (None, self.launch_iso):
@@ -813,7 +813,7 @@ class _Window:
                            f" {self.launch_iso} (stopped and started): no new computer object")
         if closed and close:
             raise _Refusal("join window closed: a second close request for this node")
-        if close and self.issued_to is not None and _dig(item, "issuedRoleId", "S") != self.issued_to:
+        if close and issued_to is not None and _dig(item, "issuedRoleId", "S") != issued_to:
             raise _Refusal("no record of a computer object issued to this session any more (the node's record was"
                            " removed, e.g. with its termination): nothing to close")
         if closed:
