@@ -1,5 +1,5 @@
 """Entry point for `pulumi up|preview|destroy`: see program.py."""
 
-from program import pulumi_program
+from pcluster_ad.program import pulumi_program
 
 pulumi_program()

@@ -54,10 +54,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import stack_config
-from components.cluster_launcher import LAUNCHER
-from program import pulumi_program
-from tools import stack_file as engine_yaml
+from pcluster_ad import stack_config
+from pcluster_ad.components.cluster_launcher import LAUNCHER
+from pcluster_ad.program import pulumi_program
+from pcluster_ad.tools import stack_file as engine_yaml
 
 ROOT = Path(__file__).resolve().parent
 PROJECT = stack_config.PROJECT
@@ -219,8 +219,8 @@ def require_prerequisites(pcluster_version: str | None = None, env_vars: Mapping
     preview/up) and, with `launcher` (up, destroy: they run the cluster command), the checkout's venv/: the launcher
     installs nothing during a deployment, so a missing venv is found here, before the stack is touched, not after
     the directory was built."""
-    from launcher.core import SetupError, resolve_pcluster
-    from tools.full_validation import venv_python
+    from pcluster_ad.launcher.core import SetupError, resolve_pcluster
+    from pcluster_ad.tools.full_validation import venv_python
 
     problems = [] if shutil.which("pulumi") else [CLI_MISSING]
     if pcluster_version is not None:
@@ -261,7 +261,7 @@ def plan(name: str, config: Mapping[str, Any], secrets: Mapping[str, str] | None
     "warnings": [...]}, secrets shown as "[secret]"; `out` also writes the files there. No Pulumi CLI, no AWS,
     nothing created; raises stack_config.ConfigError with every problem (or pulumi.RunError from a check that needs
     the program)."""
-    from tools import plan as offline
+    from pcluster_ad.tools import plan as offline
 
     engine_config(config, secrets)
     result = offline.plan({**config, **(secrets or {})}, list(secrets or {}), name)
@@ -274,7 +274,7 @@ def full_validation(name: str, config: Mapping[str, Any], secrets: Mapping[str, 
     """ParallelCluster's full create validation of exactly this config's offline plan (tools/full_validation.py):
     raises its FullValidationFailed (a stack_config.ConfigError, one problem per refusal) or launcher.core.SetupError
     (no ParallelCluster venv with moto for the stack's version). Creates nothing."""
-    from tools.full_validation import check_config
+    from pcluster_ad.tools.full_validation import check_config
 
     return check_config(config, secrets, stack=name)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from stack_config import LoginNodesSettings, QueueSettings
+from pcluster_ad.stack_config import LoginNodesSettings, QueueSettings
 
 JOIN_SCRIPT = "join-domain.sh"
 SSH_SCRIPT = "enable-ssh-password-auth.sh"

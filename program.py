@@ -14,20 +14,20 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
 
-import stack_config
-from cluster_config import JOIN_SCRIPT, SSH_SCRIPT
-from components.bootstrap_scripts import BootstrapScripts, BootstrapScriptsArgs, bootstrap_bucket_name
-from components.cluster_launcher import ClusterLauncher, ClusterLauncherArgs
-from components.cluster_role import ClusterRole, ClusterRoleArgs
-from components.directory import PREVIOUS_DHCP_OPTIONS_TAG, Directory, DirectoryArgs
-from components.directory_admin import DirectoryAdmin, DirectoryAdminArgs, ou_name
-from components.dns_forwarding import DomainForwarding, DomainForwardingArgs
-from components.home_storage import HomeStorage, HomeStorageArgs
-from components.join_function import JoinFunction, JoinFunctionArgs
-from components.join_secrets import JoinSecrets, JoinSecretsArgs
-from components.network import Network, NetworkArgs
-from lambda_src.directory_admin import access_group_names, computer_prefix
-from stack_config import ConfigError, Problem, Settings
+from pcluster_ad import stack_config
+from pcluster_ad.cluster_config import JOIN_SCRIPT, SSH_SCRIPT
+from pcluster_ad.components.bootstrap_scripts import BootstrapScripts, BootstrapScriptsArgs, bootstrap_bucket_name
+from pcluster_ad.components.cluster_launcher import ClusterLauncher, ClusterLauncherArgs
+from pcluster_ad.components.cluster_role import ClusterRole, ClusterRoleArgs
+from pcluster_ad.components.directory import PREVIOUS_DHCP_OPTIONS_TAG, Directory, DirectoryArgs
+from pcluster_ad.components.directory_admin import DirectoryAdmin, DirectoryAdminArgs, ou_name
+from pcluster_ad.components.dns_forwarding import DomainForwarding, DomainForwardingArgs
+from pcluster_ad.components.home_storage import HomeStorage, HomeStorageArgs
+from pcluster_ad.components.join_function import JoinFunction, JoinFunctionArgs
+from pcluster_ad.components.join_secrets import JoinSecrets, JoinSecretsArgs
+from pcluster_ad.components.network import Network, NetworkArgs
+from pcluster_ad.lambda_src.directory_admin import access_group_names, computer_prefix
+from pcluster_ad.stack_config import ConfigError, Problem, Settings
 
 ROOT = Path(__file__).resolve().parent
 REMAP_TOOL = "remap-home-owners.py"  # uploaded with the scripts; not run by ParallelCluster (README "Stable UIDs")

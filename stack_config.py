@@ -968,7 +968,7 @@ def _parse_join(problems: list[Problem], value: Any, directory: DirectorySetting
         concurrency = 10
     # Late import: cluster_config imports this module. The window must outlast the join script's
     # own deadline, or a slow first join would be refused its retries.
-    from cluster_config import JOIN_TIMEOUT_SECONDS
+    from pcluster_ad.cluster_config import JOIN_TIMEOUT_SECONDS
 
     min_window = -(-JOIN_TIMEOUT_SECONDS // 60)
     window = r.int("windowMinutes", default=30)
@@ -1004,7 +1004,7 @@ def _parse_join(problems: list[Problem], value: Any, directory: DirectorySetting
     admin = directory.admin_account or ""
     is_admin = user.lower() == admin.lower()
     if directory.administered and not is_admin:
-        from lambda_src.directory_admin import sam_problem
+        from pcluster_ad.lambda_src.directory_admin import sam_problem
 
         why = sam_problem(user)
         if why:
@@ -1028,7 +1028,7 @@ def _parse_directory_objects(problems: list[Problem], groups_value: Any, users_v
                                                                                        tuple[UserSettings, ...]]:
     """pcluster-ad:groups and pcluster-ad:users: names by AD's sAMAccountName rules (unique across users
     and groups, ignoring case), groups that exist in the list, nothing twice."""
-    from lambda_src.directory_admin import initial_password_parameter_name, sam_problem
+    from pcluster_ad.lambda_src.directory_admin import initial_password_parameter_name, sam_problem
 
     if groups_value is None and users_value is None:
         return (), ()
@@ -1294,7 +1294,7 @@ def _parse_cluster(problems: list[Problem], value: Any, network: NetworkSettings
 def _parse_compute_resources(q: _Reader) -> tuple[ComputeResourceSettings, ...]:
     """A queue's instance types: the one-type form (instanceType, minCount, maxCount on the queue) or
     computeResources: [{name?, instanceType, minCount, maxCount}], one ParallelCluster ComputeResource each."""
-    from cluster_config import compute_resource_name  # late: cluster_config imports this module
+    from pcluster_ad.cluster_config import compute_resource_name  # late: cluster_config imports this module
 
     raw = q.value.get("computeResources")
     if raw is None:

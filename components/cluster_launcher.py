@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_command as command
 
-from cluster_config import ClusterConfigInputs, HomeStorage, render, to_yaml
-from stack_config import ClusterSettings
-from update_policy import replacement_digest
+from pcluster_ad.cluster_config import ClusterConfigInputs, HomeStorage, render, to_yaml
+from pcluster_ad.stack_config import ClusterSettings
+from pcluster_ad.update_policy import replacement_digest
 
 LAUNCHER = "venv/bin/python -m launcher"
 

@@ -18,8 +18,8 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
 
-from components._vpc_lambda import VPC_ACCESS_STATEMENT, package_files, security_group
-from lambda_src.directory_admin import (
+from pcluster_ad.components._vpc_lambda import VPC_ACCESS_STATEMENT, package_files, security_group
+from pcluster_ad.lambda_src.directory_admin import (
     ACCESS_SYNC_OP,
     DEPLOYMENT_KEY,
     FIRST_ID,
@@ -34,7 +34,7 @@ from lambda_src.directory_admin import (
     invocation_owner,
     sam_problem,
 )
-from stack_config import GroupSettings, UserSettings
+from pcluster_ad.stack_config import GroupSettings, UserSettings
 
 HANDLER = "directory_admin.handler"
 RUNTIME = "python3.13"

@@ -14,8 +14,8 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from components._vpc_lambda import LDAP_PORT, VPC_ACCESS_STATEMENT, package_files, security_group
-from lambda_src.join_handler import TTL_ATTRIBUTE, WINDOW_KEY
+from pcluster_ad.components._vpc_lambda import LDAP_PORT, VPC_ACCESS_STATEMENT, package_files, security_group
+from pcluster_ad.lambda_src.join_handler import TTL_ATTRIBUTE, WINDOW_KEY
 
 HANDLER = "join_handler.handler"
 RUNTIME = "python3.13"

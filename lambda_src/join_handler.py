@@ -83,7 +83,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 try:  # the Lambda package: the modules side by side at the zip's root
     import computer_account
 except ImportError:  # the checkout (tests, the AD lab)
-    from lambda_src import computer_account
+    from pcluster_ad.lambda_src import computer_account
 
 CLUSTER_TAG = "parallelcluster:cluster-name"
 # EC2 sets it on every instance launched from a launch template; no one can set an aws: tag.

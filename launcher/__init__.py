@@ -3,7 +3,7 @@
 See docs/design.md ("Launcher") and launcher/core.py.
 """
 
-from launcher.core import (
+from pcluster_ad.launcher.core import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_SETUP,

@@ -2,7 +2,7 @@
 
 import sys
 
-from launcher.cli import main
+from pcluster_ad.launcher.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(install_signal_handlers=True))

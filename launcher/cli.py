@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from launcher.core import (
+from pcluster_ad.launcher.core import (
     DEFAULT_POLL,
     DEFAULT_TIMEOUT,
     EXIT_INTERRUPTED,

@@ -135,7 +135,7 @@ log "ensuring the ParallelCluster CLI venv (.venv-pcluster/, with moto for the f
 bash tools/pcluster_venv.sh --with-moto >/dev/null
 
 log "validating Pulumi.$stack.yaml offline"
-venv/bin/python -m tools.plan "$stack" --out "plan-out/$stack" >/dev/null
+venv/bin/python -m pcluster_ad.tools.plan "$stack" --out "plan-out/$stack" >/dev/null
 
 # The launcher never installs during `pulumi up`: a stack on another ParallelCluster version gets its venv now.
 pcluster_version=$(venv/bin/python - "$stack" <<'PY'
@@ -143,7 +143,7 @@ import sys
 
 import yaml
 
-import stack_config
+from pcluster_ad import stack_config
 
 cluster = (yaml.safe_load(open(f"Pulumi.{sys.argv[1]}.yaml")).get("config") or {}).get("pcluster-ad:cluster") or {}
 print(cluster.get("pclusterVersion") or stack_config.DEFAULT_PCLUSTER_VERSION)
@@ -157,7 +157,7 @@ fi
 # What `pcluster create-cluster` would refuse (an instance type the region does not offer, ...), before the
 # directory and the network exist: ParallelCluster's own validators on the plan, in moto.
 log "ParallelCluster's full create validation of plan-out/$stack (offline; nothing is created)"
-venv/bin/python -m tools.full_validation "plan-out/$stack" >/dev/null
+venv/bin/python -m pcluster_ad.tools.full_validation "plan-out/$stack" >/dev/null
 
 # No backend pinned in Pulumi.yaml, so a team's `pulumi login s3://...` applies; local files only as the fallback.
 if [ -z "$backend" ]; then

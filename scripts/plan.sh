@@ -28,4 +28,4 @@ esac
 
 # ensure_venv works on paths relative to the checkout; the plan itself runs where the caller is.
 (cd "$root" && ensure_venv requirements.lock)
-PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" exec "$root/venv/bin/python" -m tools.plan "$@"
+PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" exec "$root/venv/bin/python" -m pcluster_ad.tools.plan "$@"

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tools.mocks import Graph, PlanMocks, config_from_stack_file, run_program  # noqa: E402
+from pcluster_ad.tools.mocks import Graph, PlanMocks, config_from_stack_file, run_program  # noqa: E402
 
 
 def copy_checkout(dest: Path) -> Path:
@@ -46,7 +46,7 @@ def run_stack() -> Callable[..., Graph]:
     def run(edit: Callable[[dict[str, Any]], None] | None = None, *, stack: str = "dev",
             secrets: dict[str, str] | None = None, mocks: PlanMocks | None = None,
             stack_name: str | None = None) -> Graph:
-        import program
+        from pcluster_ad import program
 
         doc = copy.deepcopy(stack_doc(stack))
         if edit:

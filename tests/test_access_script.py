@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from components.bootstrap_scripts import bake_access_groups, bake_stack_access_groups, bake_vpc_cidr
+from pcluster_ad.components.bootstrap_scripts import bake_access_groups, bake_stack_access_groups, bake_vpc_cidr
 from tests.bootstrap_sandbox.sandbox import JOIN_SCRIPT, Sandbox
 from tests.bootstrap_sandbox.servers import SERVICE_ACCOUNT, FakeFunctionUrl, FakeImds, join_answer
 from tests.test_bootstrap_scripts import GOOD, REGION, assert_request, run_join, shellcheck

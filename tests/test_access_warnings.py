@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from stack_config import parse_settings
+from pcluster_ad.stack_config import parse_settings
 from tests.conftest import stack_doc
 
 

@@ -19,10 +19,10 @@ import boto3
 import pytest
 from pulumi import RunError
 
-from lambda_src import directory_admin as da
-from stack_config import ConfigError
+from pcluster_ad.lambda_src import directory_admin as da
+from pcluster_ad.stack_config import ConfigError
+from pcluster_ad.tools.mocks import PlanMocks
 from tests.test_directory_admin import AnySecureString, NumbersStub
-from tools.mocks import PlanMocks
 
 ENV = {"DIRECTORY_ID": "d-1234567890", "DOMAIN": "test.domain", "DNS_IPS": "10.0.0.10,10.0.1.10",
        "OU_NAME": "pcluster-ad-dev", "ADMIN_USER": "Administrator", "ADMIN_PASSWORD_PARAMETER": "/pcluster-ad/dev/a",

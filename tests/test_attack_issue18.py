@@ -19,8 +19,8 @@ import pytest
 from ldap3.operation.search import parse_filter
 from ldap3.protocol.rfc4511 import Filter  # noqa: F401  (parse_filter's result type)
 
-from components.bootstrap_scripts import bake_access_groups, bake_stack_access_groups
-from lambda_src import directory_admin as da
+from pcluster_ad.components.bootstrap_scripts import bake_access_groups, bake_stack_access_groups
+from pcluster_ad.lambda_src import directory_admin as da
 from tests.bootstrap_sandbox.sandbox import JOIN_SCRIPT
 from tests.bootstrap_sandbox.servers import SERVICE_ACCOUNT
 from tests.test_access_script import ACCESS, SUDOERS, USERS_DN, access_lines, box, join  # noqa: F401

@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from lambda_src import directory_admin as da
+from pcluster_ad.lambda_src import directory_admin as da
 from tests.test_access_script import box, join  # noqa: F401 - fixture
 from tests.test_id_mode import domain_section
 from tests.test_identity_config import problems, raw

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from lambda_src import computer_account
-from lambda_src import directory_admin as da
-from lambda_src import join_handler as jh
+from pcluster_ad.lambda_src import computer_account
+from pcluster_ad.lambda_src import directory_admin as da
+from pcluster_ad.lambda_src import join_handler as jh
 from tests.test_directory_admin import ENV as DA_ENV
 from tests.test_directory_admin import OWN_OU
 from tests.test_join_calls import Calls

@@ -9,11 +9,11 @@ import sys
 import pytest
 import yaml
 
-import automation
-from stack_config import ConfigError
+from pcluster_ad import automation
+from pcluster_ad.stack_config import ConfigError
+from pcluster_ad.tools.mocks import PlanMocks, mask_secrets, run_program
 from tests import pulumi_standin
 from tests.conftest import ROOT, stack_doc
-from tools.mocks import PlanMocks, mask_secrets, run_program
 
 PASSWORD = "Autom4tion-Secret-Pw"
 
@@ -36,7 +36,7 @@ def test_the_stack_file_written_reads_back_as_the_validated_values(tmp_path):
     checked: PyYAML's safe_dump left 0o17 and 08 unquoted, which the engine reads as the numbers 15 and 8."""
     from types import SimpleNamespace
 
-    from tools.stack_file import read
+    from pcluster_ad.tools.stack_file import read
 
     config = dev_config()
     config["pcluster-ad:groups"] = [{"name": "0o17", "description": "08"}]
@@ -181,7 +181,7 @@ def test_up_without_the_pcluster_venv_stops_before_any_stack_is_touched(standin,
 def test_preview_and_up_run_parallelclusters_full_validation_before_any_stack_is_touched(standin):
     """Issue 19 item 2b: a type that exists (the offline check passes it) but that the region does not offer is
     refused as `pcluster create-cluster` would refuse it, as a ConfigError, before the Pulumi CLI is run at all."""
-    from tools.full_validation import FullValidationFailed
+    from pcluster_ad.tools.full_validation import FullValidationFailed
 
     config = dev_config()
     config["pcluster-ad:cluster"] = {**config["pcluster-ad:cluster"],
@@ -296,7 +296,7 @@ def test_plan_is_the_offline_plan_of_a_config_dict(tmp_path, monkeypatch):
 
 
 def test_plan_is_what_tools_plan_writes_for_the_same_stack(tmp_path):
-    from tools import plan as offline
+    from pcluster_ad.tools import plan as offline
 
     assert offline.main(["dev", "--out", str(tmp_path / "cli")]) == 0
     result = automation.plan("dev", dev_config())

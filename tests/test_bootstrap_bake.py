@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from components.bootstrap_scripts import (
+from pcluster_ad.components.bootstrap_scripts import (
     BAKED_URL_LINE,
     BAKED_VPC_CIDR_LINE,
     bake_function_url,
@@ -137,7 +137,7 @@ def test_stack_bakes_the_vpc_cidr_it_creates(run_stack):
 
 
 def test_stack_in_an_adopted_vpc_bakes_no_cidr(run_stack):
-    from tools.mocks import PlanMocks
+    from pcluster_ad.tools.mocks import PlanMocks
 
     subnets = {"subnet-0aaaaaaaaaaaaaaaa": {"availabilityZone": "eu-west-1a", "vpcId": "vpc-0123456789abcdef0"},
                "subnet-0bbbbbbbbbbbbbbbb": {"availabilityZone": "eu-west-1b", "vpcId": "vpc-0123456789abcdef0"}}

@@ -27,7 +27,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from lambda_src import join_handler as contract
+from pcluster_ad.lambda_src import join_handler as contract
 from tests.adlab import sigv4
 from tests.bootstrap_sandbox.sandbox import JOIN_SCRIPT, SSH_SCRIPT, Sandbox
 from tests.bootstrap_sandbox.servers import (

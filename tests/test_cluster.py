@@ -8,10 +8,10 @@ import json
 import pytest
 import yaml
 
-from cluster_config import compute_resource_name
-from components.cluster_launcher import launcher_commands, parse_launcher_result
+from pcluster_ad.cluster_config import compute_resource_name
+from pcluster_ad.components.cluster_launcher import launcher_commands, parse_launcher_result
+from pcluster_ad.tools.pcluster_schema import validate
 from tests.conftest import ROOT, stack_doc
-from tools.pcluster_schema import validate
 
 COMMAND = "command:local:Command"
 
@@ -47,7 +47,7 @@ def test_scripts_are_read_from_a_bucket_of_this_account_only(run_stack):
     nodes' only S3 read of the scripts carries s3:ResourceAccount = the deploying account, and a Deny for any other
     account wins over whatever else a site attaches. ParallelCluster's Iam.S3Access (bucket and key only, no
     condition) is not used, so no other grant on the bucket name reaches the nodes."""
-    from components.cluster_role import scripts_policy
+    from pcluster_ad.components.cluster_role import scripts_policy
 
     g = run_stack()
     (allow, deny) = policy_of(g.named("cluster-role-scripts-policy"))["Statement"]
@@ -80,7 +80,7 @@ def test_bootstrap_bucket_is_private_encrypted_versioned_tls_only(run_stack):
 
 
 def test_changed_script_changes_the_uploaded_object(run_stack, tmp_path, monkeypatch):
-    import program
+    from pcluster_ad import program
 
     before = run_stack().named("bootstrap-enable-ssh-password-auth").inputs["sourceHash"]
     changed = tmp_path / "bootstrap"

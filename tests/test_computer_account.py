@@ -15,7 +15,7 @@ import pytest
 from winacl.dtyp.ace import well_known_accessmasks
 from winacl.dtyp.security_descriptor import SECURITY_DESCRIPTOR
 
-from lambda_src import computer_account as ca
+from pcluster_ad.lambda_src import computer_account as ca
 
 # Samba 4.17's defaultSecurityDescriptor of the computer class (what _schema reads from CN=Computer,<schema>).
 SAMBA_COMPUTER_DEFAULT = (

@@ -14,9 +14,9 @@ import botocore.session
 import pytest
 from moto import mock_aws
 
-import stack_config
-from lambda_src.directory_admin import initial_password_parameter_name
-from stack_config import ConfigError, aws_name_problem, aws_name_rule, parse_settings, physical_names
+from pcluster_ad import stack_config
+from pcluster_ad.lambda_src.directory_admin import initial_password_parameter_name
+from pcluster_ad.stack_config import ConfigError, aws_name_problem, aws_name_rule, parse_settings, physical_names
 from tests.conftest import stack_doc
 
 ISSUE_USERS = ["john smith", "jürgen", "o'brien", "bob@team.example.org"]

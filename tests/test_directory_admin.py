@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from lambda_src import directory_admin as da
+from pcluster_ad.lambda_src import directory_admin as da
 
 CLUSTER = "hpc"
 TABLE = "hpc-join-windows"

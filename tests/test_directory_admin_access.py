@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from lambda_src import directory_admin as da
+from pcluster_ad.lambda_src import directory_admin as da
 from tests.test_directory_admin import NumbersStub
 
 BASE = "DC=test,DC=domain"

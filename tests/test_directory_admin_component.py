@@ -11,7 +11,7 @@ from pathlib import Path
 import pulumi
 import pytest
 
-from components.directory_admin import (
+from pcluster_ad.components.directory_admin import (
     PACKAGED,
     TERMINATED_PATTERN,
     DirectoryAdmin,
@@ -21,9 +21,9 @@ from components.directory_admin import (
     code_archive,
     validate,
 )
-from components.join_secrets import JoinSecrets, JoinSecretsArgs
+from pcluster_ad.components.join_secrets import JoinSecrets, JoinSecretsArgs
+from pcluster_ad.tools.mocks import Graph, PlanMocks, is_secret_value, run_program, unwrap_secrets
 from tests.conftest import ROOT
-from tools.mocks import Graph, PlanMocks, is_secret_value, run_program, unwrap_secrets
 
 ADMIN_PW = "Adm1n-Secret-Passw0rd!"
 DNS = ["10.0.1.10", "10.0.2.10"]
@@ -93,7 +93,7 @@ def test_function_in_private_subnets_behind_egress_only_group(g):
     none = run(join_user=None).named("directory-admin-fn").inputs["environment"]["variables"]
     assert "JOIN_USER" not in none and "JOIN_PASSWORD_PARAMETER" not in none
     # The function loads this environment (what Lambda gives it), with the resolved values.
-    from lambda_src.directory_admin import load_settings
+    from pcluster_ad.lambda_src.directory_admin import load_settings
 
     resolved = {"<after-deploy:join-secrets-key.arn>": "arn:aws:kms:r:1:key/k",
                 "<after-deploy:directory-admin-deployment.hex>": "0123456789abcdef0123456789abcdef"}  # RandomId.hex

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from stack_config import ConfigError, default_join_user, parse_settings, physical_names
+from pcluster_ad.stack_config import ConfigError, default_join_user, parse_settings, physical_names
 from tests.conftest import stack_doc
 
 
@@ -107,7 +107,7 @@ def test_program_wires_the_directory_admin(run_stack):
 
     import yaml
 
-    from tools.mocks import is_secret_value
+    from pcluster_ad.tools.mocks import is_secret_value
 
     def edit(c):
         c["pcluster-ad:groups"] = GROUPS
@@ -130,7 +130,7 @@ def test_program_wires_the_directory_admin(run_stack):
     config = yaml.safe_load(g.outputs["clusterConfig"])
     args = config["HeadNode"]["CustomActions"]["OnNodeStart"]["Args"]
     assert args[args.index("--computer-ou") + 1] == "OU=Computers,OU=pcluster-ad-dev,DC=test,DC=domain"
-    from lambda_src.directory_admin import computer_prefix
+    from pcluster_ad.lambda_src.directory_admin import computer_prefix
 
     assert args[args.index("--computer-prefix") + 1] == computer_prefix("hpc-dev")
     for q in config["Scheduling"]["SlurmQueues"]:
@@ -198,7 +198,8 @@ def test_plan_prints_the_admin_join_warning(tmp_path):
     doc["config"]["pcluster-ad:join"] = {"user": "Administrator"}
     cfg = tmp_path / "Pulumi.mine.yaml"
     cfg.write_text(yaml.safe_dump(doc))
-    res = subprocess.run([sys.executable, "-m", "tools.plan", "--config-file", str(cfg), "--out", str(tmp_path / "o")],
+    res = subprocess.run([sys.executable, "-m", "pcluster_ad.tools.plan", "--config-file", str(cfg),
+                          "--out", str(tmp_path / "o")],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "warning: pcluster-ad:join.user is the directory administrator 'Administrator'" in res.stderr

@@ -12,9 +12,9 @@ import copy
 
 import pytest
 
-import lambda_src.directory_admin as da
 import tests.test_directory_admin as admin_tests
 import tests.test_directory_admin_replace as replace_tests
+from pcluster_ad.lambda_src import directory_admin as da
 from tests.test_directory_admin import (
     ENV,
     FOREIGN_SID,

@@ -17,10 +17,10 @@ import boto3
 import pytest
 from moto import mock_aws
 
-import lambda_src.directory_admin as da
+from pcluster_ad.lambda_src import directory_admin as da
+from pcluster_ad.tools.lifecycle_judge import Plan, replace_safety_findings
 from tests.test_directory_admin import CLUSTER, ENV, NumbersStub
 from tests.test_lifecycle_judge import STACKS, plan_of
-from tools.lifecycle_judge import Plan, replace_safety_findings
 
 STACK_DN = "OU=pcluster-ad-dev,DC=test,DC=domain"
 PEOPLE = f"OU=Users,{STACK_DN}"

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from pulumi import RunError
 
-from stack_config import ConfigError, parse_settings
+from pcluster_ad.stack_config import ConfigError, parse_settings
+from pcluster_ad.tools.mocks import PlanMocks, values_from_stack_file
 from tests.conftest import stack_doc
-from tools.mocks import PlanMocks, values_from_stack_file
 
 VPC = "vpc-0123456789abcdef0"
 PUBLIC = "subnet-0cccccccccccccccc"
@@ -197,7 +197,7 @@ def test_config_domain_dns_is_validated_and_the_opt_in_warns():
 
 
 def test_forwarding_component_needs_two_subnets():
-    from components.dns_forwarding import DomainForwarding, DomainForwardingArgs
+    from pcluster_ad.components.dns_forwarding import DomainForwarding, DomainForwardingArgs
 
     args = DomainForwardingArgs(stack="dev", domain_name="test.domain", vpc_id=VPC, subnet_ids=["subnet-1"],
                                 dc_ips=DC_IPS)

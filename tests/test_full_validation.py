@@ -1,6 +1,6 @@
-"""`python -m tools.full_validation PLAN_DIR` (issue 19 item 2b): ParallelCluster's full create validation of a
-planned stack, the gate scripts/deploy.sh and automation.preview/up run before anything is created. It picks the
-ParallelCluster venv of the stack's version (never installing one) and refuses what `pcluster create-cluster` would,
+"""`python -m pcluster_ad.tools.full_validation PLAN_DIR` (issue 19 item 2b): ParallelCluster's full create
+validation of a planned stack, the gate scripts/deploy.sh and automation.preview/up run before anything is
+created. It picks the ParallelCluster venv of the stack's version (never installing one) and refuses what `pcluster create-cluster` would,
 such as an instance type that exists (the offline check passes it) but that the stack's region does not offer."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher.core import SetupError
-from stack_config import instance_type_problem
+from pcluster_ad.launcher.core import SetupError
+from pcluster_ad.stack_config import instance_type_problem
+from pcluster_ad.tools import full_validation, plan
 from tests.conftest import ROOT, stack_doc
-from tools import full_validation, plan
 
 # A real instance type (offline check: passes) that eu-west-1 does not offer (moto's offerings, which the full
 # validation's world answers with; tests/test_instance_types.py compares both lists).
@@ -40,7 +40,8 @@ def region_lacks_the_type(config):
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tools.full_validation", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "pcluster_ad.tools.full_validation", *args], cwd=ROOT,
+                          capture_output=True,
                           text=True, timeout=300, check=False, env={**os.environ, **(env or {})})
 
 
@@ -91,4 +92,4 @@ def test_a_venv_without_moto_names_the_command_that_adds_it(tmp_path):
 def test_a_directory_without_a_plan_is_a_usage_error(tmp_path):
     result = run_cli(str(tmp_path))
     assert result.returncode == 2
-    assert f"run `venv/bin/python -m tools.plan STACK --out {tmp_path}` first" in result.stderr
+    assert f"run `venv/bin/python -m pcluster_ad.tools.plan STACK --out {tmp_path}` first" in result.stderr

@@ -8,7 +8,7 @@ import configparser
 
 import pytest
 
-from components.bootstrap_scripts import bake_id_mode
+from pcluster_ad.components.bootstrap_scripts import bake_id_mode
 from tests.bootstrap_sandbox.sandbox import JOIN_SCRIPT
 from tests.test_access_script import box, join  # noqa: F401 - fixture
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from stack_config import ConfigError, IdentitySettings, parse_settings
+from pcluster_ad.stack_config import ConfigError, IdentitySettings, parse_settings
 from tests.conftest import ROOT, stack_doc
 
 ID = "pcluster-ad:identity"
@@ -85,7 +85,7 @@ def test_idmap_with_users_warns_and_the_plan_prints_it(tmp_path):
     import yaml
 
     stack_file.write_text(yaml.safe_dump(doc))
-    res = subprocess.run([sys.executable, "-m", "tools.plan", "--config-file", str(stack_file), "--out",
+    res = subprocess.run([sys.executable, "-m", "pcluster_ad.tools.plan", "--config-file", str(stack_file), "--out",
                           str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "warning: pcluster-ad:identity.mode is idmap and pcluster-ad:users are declared: UIDs derive from SIDs" \
@@ -114,7 +114,7 @@ def test_the_program_hands_directory_admin_the_range_and_the_pins(run_stack):
 
 
 def test_the_identities_output_reads_the_functions_answers():
-    from components.directory_admin import identities_from
+    from pcluster_ad.components.directory_admin import identities_from
 
     results = [json.dumps({"uidNumber": 100002, "gidNumber": 100002}), json.dumps({"gidNumber": 100000}),
                json.dumps({"users": {"gidNumber": 100003}, "admins": {"gidNumber": 100004}})]

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from lambda_src import directory_admin as da
+from pcluster_ad.lambda_src import directory_admin as da
 from tests.test_directory_admin import ENV, AnySecureString
 
 BASE = "DC=test,DC=domain"

@@ -17,10 +17,10 @@ import botocore
 import pytest
 import yaml
 
-from stack_config import ConfigError, ec2_instance_types, instance_type_problem, parse_settings
+from pcluster_ad.stack_config import ConfigError, ec2_instance_types, instance_type_problem, parse_settings
+from pcluster_ad.tools import plan
+from pcluster_ad.tools.pcluster_schema import full_validation_python
 from tests.conftest import stack_doc
-from tools import plan
-from tools.pcluster_schema import full_validation_python
 
 TYPO = "c5.larg"
 

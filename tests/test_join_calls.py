@@ -109,7 +109,7 @@ def test_a_flood_from_a_joined_nodes_credentials_costs_no_ec2_iam_or_ssm_call(wo
 
 
 def test_an_exhausted_window_is_refused_from_the_record(world: World, calls: Calls):  # noqa: F811
-    from lambda_src import computer_account
+    from pcluster_ad.lambda_src import computer_account
 
     world.fake_dc.fail_always = computer_account.DirectoryUnavailable("no DC")
     iid = world.launch()

@@ -17,13 +17,12 @@ import pulumi
 import pulumi_aws as aws
 import pytest
 
-from components import _vpc_lambda
-from components import join_function as jf
-from components.join_function import JoinFunction, JoinFunctionArgs
-from components.join_secrets import JoinSecrets, JoinSecretsArgs, principal_arn_patterns
-from lambda_src import join_handler as jh
-from tests.conftest import ROOT, dumps
-from tools.mocks import (
+from pcluster_ad.components import _vpc_lambda
+from pcluster_ad.components import join_function as jf
+from pcluster_ad.components.join_function import JoinFunction, JoinFunctionArgs
+from pcluster_ad.components.join_secrets import JoinSecrets, JoinSecretsArgs, principal_arn_patterns
+from pcluster_ad.lambda_src import join_handler as jh
+from pcluster_ad.tools.mocks import (
     ACCOUNT_PLACEHOLDER,
     Graph,
     PlanMocks,
@@ -32,6 +31,7 @@ from tools.mocks import (
     run_program,
     unwrap_secrets,
 )
+from tests.conftest import ROOT, dumps
 
 PASSWORD = "J0in-Secret-Passw0rd!"
 USER = "svc-join"
@@ -592,7 +592,7 @@ def test_every_star_resource_says_why():
 
 def test_program_puts_the_function_in_the_private_subnets_with_the_directory(run_stack):
     """The real program: subnets, DC IPs, computer OU (DirectoryAdmin's), prefix (the launcher's)."""
-    from lambda_src.directory_admin import computer_prefix
+    from pcluster_ad.lambda_src.directory_admin import computer_prefix
 
     g = run_stack()
     fn = g.named("join-function-fn").inputs

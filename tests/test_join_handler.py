@@ -38,8 +38,8 @@ from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeou
 from moto import mock_aws
 from moto.dynamodb.models import DynamoDBBackend
 
-from lambda_src import computer_account
-from lambda_src import join_handler as jh
+from pcluster_ad.lambda_src import computer_account
+from pcluster_ad.lambda_src import join_handler as jh
 
 ACCOUNT = "123456789012"  # moto's default account
 OTHER_ACCOUNT = "111122223333"
@@ -601,7 +601,7 @@ def test_computer_name_is_the_prefix_and_the_instance_ids_hash() -> None:
     assert jh.computer_name("ABCDEF", instance_id).startswith("ABCDEF")
     assert jh.computer_name(PREFIX, "i-0123456789abcdef1") != expected
     # The directory-admin function deletes the object under the same name.
-    from lambda_src import directory_admin
+    from pcluster_ad.lambda_src import directory_admin
 
     assert directory_admin.computer_name(PREFIX, instance_id) == expected
 

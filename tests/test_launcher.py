@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher import cli
-from launcher.core import (
+from pcluster_ad.launcher import cli
+from pcluster_ad.launcher.core import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_SETUP,
@@ -797,7 +797,7 @@ def test_launcher_class_with_a_scripted_runner(clock):
     seen = []
 
     def runner(args, timeout):
-        from launcher.core import PclusterResult
+        from pcluster_ad.launcher.core import PclusterResult
 
         seen.append(list(args))
         code, data = next(answers)
@@ -935,7 +935,7 @@ def test_update_with_another_parallelcluster_version_is_refused_clearly(fake, la
 
 def test_stand_in_update_verdict_is_parallelclusters_own(fake, tmp_path):
     """The stand-in's refusal for a mixed change equals ConfigPatch's, field by field."""
-    from tools.pcluster_schema import pcluster_python
+    from pcluster_ad.tools.pcluster_schema import pcluster_python
 
     fake.seed("CREATE_COMPLETE", CONFIG_A)
     config = tmp_path / "c.yaml"

@@ -12,8 +12,8 @@ import json
 import pytest
 import yaml
 
-from launcher import cli
-from launcher.core import EXIT_FAILED, EXIT_OK, LauncherError, fetch_https
+from pcluster_ad.launcher import cli
+from pcluster_ad.launcher.core import EXIT_FAILED, EXIT_OK, LauncherError, fetch_https
 from tests.test_launcher import CONFIG_A, NAME, REGION, Fake, FakeClock, fake_runner
 
 POOL = """\

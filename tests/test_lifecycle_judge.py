@@ -11,18 +11,18 @@ import json
 import pulumi
 import pytest
 
-import lambda_src.directory_admin as da
-from components.directory_admin import DirectoryAdminArgs
-from tests.conftest import ROOT
-from tests.test_directory_admin import ENV, RecordingUsers
-from tools.lifecycle_judge import (
+from pcluster_ad.components.directory_admin import DirectoryAdminArgs
+from pcluster_ad.lambda_src import directory_admin as da
+from pcluster_ad.tools.lifecycle_judge import (
     Plan,
     code_runs,
     judge,
     replacement_hazards,
     rerun_findings,
 )
-from tools.mocks import run_program
+from pcluster_ad.tools.mocks import run_program
+from tests.conftest import ROOT
+from tests.test_directory_admin import ENV, RecordingUsers
 
 EXISTING_NETWORK = {"vpcId": "vpc-0123456789abcdef0", "publicSubnetId": "subnet-0aaaaaaaaaaaaaaa1",
                     "privateSubnetIds": ["subnet-0bbbbbbbbbbbbbbb1", "subnet-0bbbbbbbbbbbbbbb2"]}
@@ -227,7 +227,7 @@ def test_each_network_edge_of_the_fix_is_needed(run_stack, runner):
 
 def test_finding_2_the_judge_alone_catches_the_setup_racing_the_network(run_stack, monkeypatch):
     """Today's main before the fix: the Invocations and targets did not depend on the network path."""
-    import program
+    from pcluster_ad import program
 
     monkeypatch.setattr(program, "DirectoryAdminArgs", lambda **kw: DirectoryAdminArgs(**{**kw, "network_path": ()}))
     p = Plan(run_stack().to_plan())
@@ -303,7 +303,7 @@ def test_replacement_hazards_are_reported(run_stack):
 
 
 def test_cli(run_stack, tmp_path, capsys):
-    from tools.lifecycle_judge import main
+    from pcluster_ad.tools.lifecycle_judge import main
 
     path = tmp_path / "resources.json"
     path.write_text(json.dumps([{"type": r.type, "name": r.name, "parent": r.parent,
@@ -315,5 +315,5 @@ def test_cli(run_stack, tmp_path, capsys):
     # The plan's --out directory works too (as for the network judge); a missing plan is a message, not a traceback.
     assert main([str(tmp_path)]) == 0 and capsys.readouterr().out == out
     assert main([str(tmp_path / "nowhere")]) == 2
-    assert "run `venv/bin/python -m tools.plan STACK --out DIR` first" in capsys.readouterr().err
+    assert "run `venv/bin/python -m pcluster_ad.tools.plan STACK --out DIR` first" in capsys.readouterr().err
     assert ROOT.joinpath("tools", "lifecycle_judge.py").is_file()

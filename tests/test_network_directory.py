@@ -7,8 +7,8 @@ import ipaddress
 import pytest
 from pulumi import RunError
 
+from pcluster_ad.tools.mocks import PlanMocks, is_secret_value, mask_secrets, unwrap_secrets
 from tests.conftest import dumps
-from tools.mocks import PlanMocks, is_secret_value, mask_secrets, unwrap_secrets
 
 SUBNET = "aws:ec2/subnet:Subnet"
 NAT = "aws:ec2/natGateway:NatGateway"
@@ -195,7 +195,7 @@ def test_invalid_config_declares_nothing(run_stack):
 @pytest.mark.parametrize("bad", ["test.domain eu-west-1.compute.internal", "", "eu-west-1.compute.internal\t"])
 def test_directory_refuses_more_than_one_dhcp_domain(bad):
     """The component itself refuses a list (or nothing) as the DHCP domain, naming the argument."""
-    from components.directory import Directory, DirectoryArgs
+    from pcluster_ad.components.directory import Directory, DirectoryArgs
 
     args = DirectoryArgs(type="Existing", domain_name="test.domain", short_name="TEST", vpc_id="vpc-1",
                          subnet_ids=[], ec2_internal_domain=bad, existing_dns_ips=["10.0.0.10"])

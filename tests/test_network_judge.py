@@ -9,9 +9,9 @@ import copy
 import pytest
 from pulumi import RunError
 
+from pcluster_ad.tools.mocks import EXISTING_IGW, EXISTING_NAT, PlanMocks, config_from_stack_file
+from pcluster_ad.tools.network_judge import AMAZON_DNS, Facts, World, judge, mutations, ref
 from tests.conftest import ROOT, stack_doc
-from tools.mocks import EXISTING_IGW, EXISTING_NAT, PlanMocks, config_from_stack_file
-from tools.network_judge import AMAZON_DNS, Facts, World, judge, mutations, ref
 
 EXISTING_NETWORK = {
     "vpcId": "vpc-0123456789abcdef0",
@@ -152,8 +152,8 @@ def test_each_function_rule_is_needed_by_its_own_flow(run_stack):
 
 def test_directory_admin_without_dns_fails_directory_admin_dns(run_stack, monkeypatch):
     """Finding 1 of issue 17: today's main built DirectoryAdmin's group with dns=False."""
-    import components._vpc_lambda as vpc_lambda
-    import components.directory_admin as directory_admin
+    from pcluster_ad.components import _vpc_lambda as vpc_lambda
+    from pcluster_ad.components import directory_admin as directory_admin
 
     original = vpc_lambda.security_group
 
@@ -345,7 +345,7 @@ def test_network_acl_deny_entry_comes_first(run_stack):
 def test_command_line(run_stack, tmp_path, capsys):
     import json
 
-    from tools.network_judge import main
+    from pcluster_ad.tools.network_judge import main
 
     resources, facts = plan(run_stack, "existing-vpc")
     (tmp_path / "resources.json").write_text(json.dumps(resources))

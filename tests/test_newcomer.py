@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stack_config import (
+from pcluster_ad.stack_config import (
     AWS_PROVIDER_KEYS,
     NAME_LIMITS,
     ConfigError,
@@ -19,8 +19,8 @@ from stack_config import (
     physical_names,
     settings_from_values,
 )
+from pcluster_ad.tools.mocks import values_from_stack_file
 from tests.conftest import ROOT, stack_doc
-from tools.mocks import values_from_stack_file
 
 EXISTING_NETWORK = {
     "vpcId": "vpc-0123456789abcdef0",
@@ -30,7 +30,8 @@ EXISTING_NETWORK = {
 
 
 def run_plan(config_file: Path, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tools.plan", "--config-file", str(config_file), "--out", str(out)],
+    return subprocess.run([sys.executable, "-m", "pcluster_ad.tools.plan", "--config-file", str(config_file),
+                           "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
@@ -59,7 +60,7 @@ def test_existing_vpc_stack_plans_without_false_problems(tmp_path):
 
 def test_existing_vpc_problems_found_by_the_program_are_reported_without_traceback(run_stack):
     """Subnets in one AZ are found only by the program (a lookup): still a clean config error."""
-    from tools.mocks import PlanMocks
+    from pcluster_ad.tools.mocks import PlanMocks
 
     cfg = {"aws:region": "eu-west-1", "pcluster-ad:network": __import__("json").dumps(EXISTING_NETWORK)}
     mocks = PlanMocks.from_config(cfg)
@@ -80,7 +81,7 @@ def test_every_shipped_stack_file_plans(tmp_path, stack_file):
 
 def test_a_program_bug_is_reported_without_traceback(tmp_path, monkeypatch):
     """tools.plan catches what the program raises beyond config errors and says it is a bug."""
-    from tools import plan
+    from pcluster_ad.tools import plan
 
     def broken(*_a, **_k):
         raise KeyError("boom")

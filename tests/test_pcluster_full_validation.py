@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stack_config import PRIVATE_OSES, SUPPORTED_OS
+from pcluster_ad.stack_config import PRIVATE_OSES, SUPPORTED_OS
+from pcluster_ad.tools import plan
+from pcluster_ad.tools.pcluster_schema import SchemaToolError, pcluster_python, validate_full
 from tests.conftest import ROOT
-from tools import plan
-from tools.pcluster_schema import SchemaToolError, pcluster_python, validate_full
 
 SAMPLES = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in ROOT.glob("Pulumi.*.yaml"))
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tools.pcluster_schema import pcluster_python, validate, validate_many
+from pcluster_ad.tools.pcluster_schema import pcluster_python, validate, validate_many
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tools" / "pcluster_venv.sh"

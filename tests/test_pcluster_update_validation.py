@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pcluster_ad.tools.pcluster_schema import full_validation_python
 from tests.conftest import ROOT, stack_doc
 from tests.test_update_policy import ROWS, _Recreated, _verdicts
-from tools.pcluster_schema import full_validation_python
 
 UPDATE_VALIDATOR = ROOT / "tools" / "validate_cluster_update.py"
 STACK = "dev"  # the table's stack
@@ -40,8 +40,8 @@ EXISTING_NETWORK = {"vpcId": "vpc-0123456789abcdef0", "publicSubnetId": "subnet-
 
 def _render(edit, overrides: dict, out: Path, stack: str = STACK) -> dict:
     """The program's plan for a stack with one edit: a `tools.plan --out` directory; returns the config."""
-    import program
-    from tools.mocks import PlanMocks, config_from_stack_file, run_program
+    from pcluster_ad import program
+    from pcluster_ad.tools.mocks import PlanMocks, config_from_stack_file, run_program
 
     doc = copy.deepcopy(stack_doc(stack))
     if edit:

@@ -13,7 +13,7 @@ from tests.conftest import ROOT, stack_doc
 
 
 def run_plan(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tools.plan", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "pcluster_ad.tools.plan", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import yaml
 
+from pcluster_ad.tools import plan
+from pcluster_ad.tools.mocks import PlanMocks
 from tests.conftest import ROOT
-from tools import plan
-from tools.mocks import PlanMocks
 
 EXISTING_NETWORK = {"vpcId": "vpc-0123456789abcdef0", "publicSubnetId": "subnet-0aaaaaaaaaaaaaaa1",
                     "privateSubnetIds": ["subnet-0bbbbbbbbbbbbbbb1", "subnet-0bbbbbbbbbbbbbbb2"]}

@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
-from stack_config import AWS_PROVIDER_KEYS, PROJECT, SECRET_KEYS, ConfigError, settings_from_values
+from pcluster_ad.stack_config import AWS_PROVIDER_KEYS, PROJECT, SECRET_KEYS, ConfigError, settings_from_values
+from pcluster_ad.tools.mocks import values_from_stack_file
+from pcluster_ad.tools.pcluster_schema import pcluster_python
 from tests.conftest import ROOT, stack_doc
-from tools.mocks import values_from_stack_file
-from tools.pcluster_schema import pcluster_python
 
 README = ROOT / "README.md"
 

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from cluster_config import LOGIN_POOL_NAME
-from stack_config import ConfigError, parse_settings
+from pcluster_ad.cluster_config import LOGIN_POOL_NAME
+from pcluster_ad.stack_config import ConfigError, parse_settings
 from tests.conftest import ROOT, stack_doc
 
 MULTI = [{"instanceType": "c5.large", "minCount": 1, "maxCount": 10},
@@ -197,15 +197,15 @@ def test_multi_type_queue_and_login_pool_render(run_stack):
 
 
 def test_site_config_passes_the_real_schema(run_stack):
+    from pcluster_ad.tools.pcluster_schema import validate
     from tests.test_cluster import concrete
-    from tools.pcluster_schema import validate
 
     assert validate(concrete(run_stack(_site).outputs["clusterConfig"]), "hpc-dev", "eu-west-1") == []
 
 
 def test_site_config_passes_parallelclusters_full_validation(tmp_path):
+    from pcluster_ad.tools.pcluster_schema import validate_full
     from tests.test_pcluster_full_validation import errors_of, make_plan
-    from tools.pcluster_schema import validate_full
 
     plan_dir, name = make_plan(tmp_path, "dev", _site)
     result = validate_full(plan_dir, name)
@@ -223,7 +223,7 @@ TRICKY = ["hpc-users", "Domain Admins", "O'Brien $HOME `x` team", "R&D (old) #1!
 def test_baked_groups_read_back_in_bash_exactly():
     import subprocess
 
-    from components.bootstrap_scripts import bake_access_groups
+    from pcluster_ad.components.bootstrap_scripts import bake_access_groups
 
     script = (ROOT / "bootstrap" / "join-domain.sh").read_text()
     baked = bake_access_groups(script, TRICKY, ["Domain Admins"])
@@ -237,7 +237,7 @@ def test_baked_groups_read_back_in_bash_exactly():
 
 @pytest.mark.parametrize("bad", ["a,b", "line\nbreak", " "])
 def test_baking_refuses_what_the_script_cannot_split(bad):
-    from components.bootstrap_scripts import bake_access_groups
+    from pcluster_ad.components.bootstrap_scripts import bake_access_groups
 
     with pytest.raises(ValueError, match="not a valid AD group name"):
         bake_access_groups((ROOT / "bootstrap" / "join-domain.sh").read_text(), [bad], [])
@@ -273,7 +273,7 @@ def test_group_change_changes_the_script_object_not_the_cluster(run_stack):
 
 
 def test_ssh_command_points_at_the_login_nodes_when_there_are_any(run_stack):
-    import program
+    from pcluster_ad import program
 
     settings = parse_settings(dev_raw(), stack="dev")
     assert program._ssh_command(settings, "203.0.113.9", None) == "ssh <ad-user>@203.0.113.9"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from stack_config import ConfigError, ec2_internal_domain, parse_settings
+from pcluster_ad.stack_config import ConfigError, ec2_internal_domain, parse_settings
 from tests.conftest import stack_doc
 
 GOOD_PASSWORD = "Corr3ct-Horse-Battery"
@@ -315,7 +315,7 @@ def test_queue_update_strategy_defaults_to_drain():
 
 
 def test_join_window_settings_and_their_bounds():
-    from cluster_config import JOIN_TIMEOUT_SECONDS
+    from pcluster_ad.cluster_config import JOIN_TIMEOUT_SECONDS
 
     raw = dev_raw()
     raw.setdefault(JOIN, {}).update(windowMinutes=JOIN_TIMEOUT_SECONDS // 60, maxAnswers=1)
@@ -384,7 +384,7 @@ def test_existing_directory_without_admin_user_needs_no_parent_ou():
 
 def test_created_managed_ad_puts_the_ou_under_its_delegated_ou():
     """The stack-created Managed AD path already derives the delegated OU (program._parent_dn)."""
-    from program import _parent_dn
+    from pcluster_ad.program import _parent_dn
 
     raw = dev_raw()
     raw[DIR] = {"type": "MicrosoftAD", "domainName": "corp.example.com", "shortName": "HPCCORP"}

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from stack_config import NAME_LIMITS, ConfigError, parse_settings, physical_names
+from pcluster_ad.stack_config import NAME_LIMITS, ConfigError, parse_settings, physical_names
+from pcluster_ad.tools.stack_file import dump
 from tests.conftest import ROOT, stack_doc
-from tools.stack_file import dump
 
 
 def problems(raw: dict, stack: str = "dev") -> list[str]:
@@ -27,7 +27,7 @@ def dev() -> dict:
 def run_plan(tmp_path, config: dict, stack: str = "mine") -> subprocess.CompletedProcess:
     path = tmp_path / f"Pulumi.{stack}.yaml"
     path.write_text(dump({"config": config}))
-    return subprocess.run([sys.executable, "-m", "tools.plan", "--config-file", str(path), "--out",
+    return subprocess.run([sys.executable, "-m", "pcluster_ad.tools.plan", "--config-file", str(path), "--out",
                            str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 

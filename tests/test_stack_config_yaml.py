@@ -28,10 +28,10 @@ import sys
 import pytest
 import yaml
 
-from stack_config import ConfigError, load_settings, program_values, settings_from_values
+from pcluster_ad.stack_config import ConfigError, load_settings, program_values, settings_from_values
+from pcluster_ad.tools.mocks import PlanMocks, config_from_stack_file, run_program
+from pcluster_ad.tools.stack_file import StackFileError, dump, load, read
 from tests.conftest import ROOT, stack_doc
-from tools.mocks import PlanMocks, config_from_stack_file, run_program
-from tools.stack_file import StackFileError, dump, load, read
 
 GO_TIME = "2024-01-01 00:00:00 +0000 UTC"  # time.Time.String() of 2024-01-01 (object.go:490-491)
 
@@ -178,7 +178,7 @@ def test_the_program_reads_what_the_plan_validated():
 def run_plan(tmp_path, text: str) -> subprocess.CompletedProcess:
     cfg = tmp_path / "Pulumi.mine.yaml"
     cfg.write_text(text)
-    return subprocess.run([sys.executable, "-m", "tools.plan", "--config-file", str(cfg), "--out",
+    return subprocess.run([sys.executable, "-m", "pcluster_ad.tools.plan", "--config-file", str(cfg), "--out",
                            str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 

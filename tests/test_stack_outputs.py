@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import re
 
+from pcluster_ad.tools.mocks import PlanMocks
 from tests.conftest import ROOT
-from tools.mocks import PlanMocks
 
 GROUP = "/aws/parallelcluster/hpc-dev-202609011200"
 FINAL_LINE = {"clusterName": "hpc-dev", "status": "CREATE_COMPLETE", "headNodePublicIp": "203.0.113.10",
@@ -57,7 +57,7 @@ def test_before_deploy_the_version_is_the_configured_one_and_the_rest_unknown(ru
 
 
 def test_the_offline_plan_writes_the_outputs(tmp_path):
-    from tools import plan
+    from pcluster_ad.tools import plan
 
     assert plan.main(["dev", "--out", str(tmp_path)]) == 0
     outputs = json.loads((tmp_path / "outputs.json").read_text())

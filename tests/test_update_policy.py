@@ -17,10 +17,10 @@ from collections.abc import Callable
 import pytest
 import yaml
 
+from pcluster_ad.tools.mocks import PlanMocks
+from pcluster_ad.tools.pcluster_schema import pcluster_python
+from pcluster_ad.update_policy import SNAPSHOT, needs_replacement, replacement_view, snapshot
 from tests.conftest import ROOT
-from tools.mocks import PlanMocks
-from tools.pcluster_schema import pcluster_python
-from update_policy import SNAPSHOT, needs_replacement, replacement_view, snapshot
 
 NEW_URL = "https://newfunctionurl0000000000000000.lambda-url.eu-west-1.on.aws/"
 
@@ -141,9 +141,9 @@ def run_stack_module():
     """run_stack for a module-scoped fixture: the table runs the program once per row, for all its tests."""
     import copy
 
-    import program
+    from pcluster_ad import program
+    from pcluster_ad.tools.mocks import config_from_stack_file, run_program
     from tests.conftest import stack_doc
-    from tools.mocks import config_from_stack_file, run_program
 
     def run(edit=None, *, mocks=None):
         doc = copy.deepcopy(stack_doc("dev"))
@@ -253,9 +253,9 @@ def test_inputs_left_out_of_the_triggers_only_reach_in_place_fields():
     """The Command's triggers are computed with a stand-in for the policies, queue subnets and security groups
     (so that one of them being unknown in a preview does not show a replacement): ParallelCluster must update
     every field they reach in place, and the inputs that are used must matter."""
-    from cluster_config import ClusterConfigInputs, HomeStorage, render
-    from components.cluster_launcher import IN_PLACE_STAND_IN
-    from stack_config import ComputeResourceSettings, QueueSettings
+    from pcluster_ad.cluster_config import ClusterConfigInputs, HomeStorage, render
+    from pcluster_ad.components.cluster_launcher import IN_PLACE_STAND_IN
+    from pcluster_ad.stack_config import ComputeResourceSettings, QueueSettings
 
     def config(private=("subnet-b",), policies=("arn:p",), sgs=("sg-1",), public="subnet-a", uri="s3://b/x",
                home="fs-1") -> dict:
@@ -338,7 +338,7 @@ def test_first_up_after_issue_16_replaces_the_cluster(run_stack):
             print(f"\n{e['parameter']}: {e['message']}")
     # What the launcher would say, should such a change ever reach update-cluster (a cluster changed outside
     # Pulumi): its "needs a NEW cluster" branch recognises ParallelCluster's message.
-    from launcher.core import _UNSUPPORTED_RE
+    from pcluster_ad.launcher.core import _UNSUPPORTED_RE
 
     assert all(_UNSUPPORTED_RE.search(e["message"]) for e in stopped["updateValidationErrors"])
 
@@ -349,8 +349,8 @@ def test_launcher_refuses_the_tls_iam_change_in_place_with_a_clear_message(tmp_p
     message, without touching the compute fleet (the stand-in pcluster answers with ParallelCluster's ConfigPatch)."""
     import io
 
-    from launcher import cli
-    from launcher.core import EXIT_FAILED
+    from pcluster_ad.launcher import cli
+    from pcluster_ad.launcher.core import EXIT_FAILED
     from tests.test_launcher import CONFIG_A, NAME, REGION, Fake, FakeClock, fake_runner
 
     home = ("SharedStorage:\n  - MountDir: /home\n    Name: home\n    StorageType: Efs\n    EfsSettings:\n"

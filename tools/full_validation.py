@@ -1,7 +1,7 @@
 """ParallelCluster's full create validation of a planned stack, before anything is created.
 
-    venv/bin/python -m tools.plan dev --out plan-out/dev
-    venv/bin/python -m tools.full_validation plan-out/dev
+    venv/bin/python -m pcluster_ad.tools.plan dev --out plan-out/dev
+    venv/bin/python -m pcluster_ad.tools.full_validation plan-out/dev
 
 Judges the stack's rendered cluster config as `pcluster create-cluster --dryrun true` does (the schema and every
 semantic validator: instance types the region offers, AMIs, subnets, security groups, EFS mount targets, ...), in a
@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from launcher.core import EXIT_SETUP, SetupError, resolve_pcluster  # noqa: E402
-from stack_config import SECRET_KEYS, ConfigError, Problem  # noqa: E402
-from tools.pcluster_schema import SchemaToolError, validate_full  # noqa: E402
+from pcluster_ad.launcher.core import EXIT_SETUP, SetupError, resolve_pcluster  # noqa: E402
+from pcluster_ad.stack_config import SECRET_KEYS, ConfigError, Problem  # noqa: E402
+from pcluster_ad.tools.pcluster_schema import SchemaToolError, validate_full  # noqa: E402
 
 
 class FullValidationFailed(ConfigError):
@@ -96,7 +96,8 @@ def check_config(config: Mapping[str, Any], secrets: Mapping[str, str] | None = 
         values.update({key: {"secure": "v1:not-needed-offline"} for key in (secrets or {}) if key in SECRET_KEYS})
         stack_file.write_text(yaml.safe_dump({"config": values}), encoding="utf-8")
         out = Path(tmp) / "plan"
-        proc = subprocess.run([sys.executable, "-m", "tools.plan", "--config-file", str(stack_file), "--out",
+        proc = subprocess.run([sys.executable, "-m", "pcluster_ad.tools.plan", "--config-file", str(stack_file),
+                               "--out",
                                str(out)], cwd=ROOT, env=dict(os.environ if env is None else env),
                               stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False, timeout=600)
         if proc.returncode != 0:  # the program's own checks (the config's passed already): its message names the key
@@ -105,12 +106,13 @@ def check_config(config: Mapping[str, Any], secrets: Mapping[str, str] | None = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.full_validation", description=__doc__.split("\n\n")[0])
-    parser.add_argument("plan_dir", type=Path, help="a `python -m tools.plan ... --out DIR` directory")
+    parser = argparse.ArgumentParser(prog="python -m pcluster_ad.tools.full_validation",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("plan_dir", type=Path, help="a `python -m pcluster_ad.tools.plan ... --out DIR` directory")
     args = parser.parse_args(argv)
     if not (args.plan_dir / "outputs.json").is_file():
-        print(f"error: {args.plan_dir} holds no plan with outputs.json: run `venv/bin/python -m tools.plan STACK"
-              f" --out {args.plan_dir}` first", file=sys.stderr)
+        print(f"error: {args.plan_dir} holds no plan with outputs.json: run `venv/bin/python -m"
+              f" pcluster_ad.tools.plan STACK --out {args.plan_dir}` first", file=sys.stderr)
         return 2
     try:
         result = validate_plan_dir(args.plan_dir)

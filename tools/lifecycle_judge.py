@@ -1,8 +1,8 @@
 """Lifecycle judge: the order in which Pulumi's engine would create, update, replace and destroy the plan's
 resources, and whether every piece of code that runs during those steps finds what it needs.
 
-    venv/bin/python -m tools.plan dev --out plan-out
-    venv/bin/python -m tools.lifecycle_judge plan-out/resources.json
+    venv/bin/python -m pcluster_ad.tools.plan dev --out plan-out
+    venv/bin/python -m pcluster_ad.tools.lifecycle_judge plan-out/resources.json
 
 The engine's rules, as modelled here (pulumi/pulumi pkg/resource/graph/dependency_graph.go, `DependenciesOf`;
 the Python SDK's `_add_dependency` in sdk/python/lib/pulumi/runtime/rpc.py):
@@ -371,7 +371,7 @@ def code_runs(plan: Plan) -> list[CodeRun]:
                 run.add("the stack's OU (the directory setup)", [s.name for s in _directory_setups(plan)
                                                                  if s.name != inv.name])
             if kind == "user" and isinstance(stack, str) and isinstance(payload.get("name"), str):
-                from lambda_src.directory_admin import initial_password_parameter_name
+                from pcluster_ad.lambda_src.directory_admin import initial_password_parameter_name
 
                 parameter = initial_password_parameter_name(stack, payload["name"])
                 run.add("the user's initial-password parameter",
@@ -528,12 +528,13 @@ def replace_safety_findings(plan: Plan) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or args[0] in ("-h", "--help"):
-        print("usage: python -m tools.lifecycle_judge PLAN-DIR[/resources.json]", file=sys.stderr)
+        print("usage: python -m pcluster_ad.tools.lifecycle_judge PLAN-DIR[/resources.json]", file=sys.stderr)
         return 0 if args and args[0] in ("-h", "--help") else 2
     path = Path(args[0])
     path = path / "resources.json" if path.is_dir() else path  # the plan's --out directory, as network_judge takes
     if not path.is_file():
-        print(f"error: {path} not found: run `venv/bin/python -m tools.plan STACK --out DIR` first", file=sys.stderr)
+        print(f"error: {path} not found: run `venv/bin/python -m pcluster_ad.tools.plan STACK --out DIR` first",
+              file=sys.stderr)
         return 2
     plan = Plan.load(str(path))
     for i, wave in enumerate(plan.destroy_order()):

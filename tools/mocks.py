@@ -357,7 +357,7 @@ def values_from_stack_file(doc: dict[str, Any]) -> tuple[dict[str, Any], list[st
     """A loaded Pulumi.<stack>.yaml -> (the values the program reads, secret keys), through the engine's reading
     (tools/stack_file.py). Encrypted values (`{secure: ...}`) cannot be decrypted offline: they become a marked
     placeholder that still satisfies the password rules, and stay secret."""
-    from stack_config import program_values
+    from pcluster_ad.stack_config import program_values
 
     config, secret_keys = config_from_stack_file(doc)
     return program_values(config), secret_keys
@@ -365,7 +365,7 @@ def values_from_stack_file(doc: dict[str, Any]) -> tuple[dict[str, Any], list[st
 
 def config_from_stack_file(doc: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
     """A loaded Pulumi.<stack>.yaml -> (the config map the engine hands the program, secret keys)."""
-    from tools.stack_file import engine_config
+    from pcluster_ad.tools.stack_file import engine_config
 
     read = engine_config(doc)
     return read.config, read.secret_keys

@@ -1,7 +1,7 @@
 """The network judge: does every flow a runtime piece needs get through, the way AWS evaluates it?
 
-    venv/bin/python -m tools.plan dev --out plan-out/dev
-    venv/bin/python -m tools.network_judge plan-out/dev [--facts facts.json]
+    venv/bin/python -m pcluster_ad.tools.plan dev --out plan-out/dev
+    venv/bin/python -m pcluster_ad.tools.network_judge plan-out/dev [--facts facts.json]
 
 Input: the plan's resources (tools/plan.py's resources.json, or tools.mocks.Graph.to_plan()), the cluster
 config the plan hands ParallelCluster (the launcher Command's stdin), and for an adopted VPC the facts the
@@ -758,7 +758,8 @@ def _networkings(config: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 # ------------------------------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.network_judge", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pcluster_ad.tools.network_judge",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("plan_dir", type=Path, help="a directory with the plan's resources.json")
     parser.add_argument("--facts", type=Path, help="JSON of Facts for an adopted VPC (subnets, route tables, ...)")
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """Offline ParallelCluster 3 schema check, callable from the project venv.
 
-    from tools.pcluster_schema import validate, validate_many
+    from pcluster_ad.tools.pcluster_schema import validate, validate_many
     errors = validate(yaml_text, cluster_name="pcluster-ad-dev", region="us-east-1")   # [] when valid
     per_config = validate_many([(yaml_text, "pcluster-ad-dev", "us-east-1"), ...])     # one subprocess
 

@@ -1,13 +1,13 @@
 """Offline plan: what `pulumi up` would declare for a stack, with no AWS and no Pulumi CLI.
 
     bash scripts/plan.sh dev                  # sets up venv/ first (no root), then this; plan-out/dev
-    venv/bin/python -m tools.plan dev --out plan-out
-    venv/bin/python -m tools.plan --config-file my-stack.yaml --out plan-out
+    venv/bin/python -m pcluster_ad.tools.plan dev --out plan-out
+    venv/bin/python -m pcluster_ad.tools.plan --config-file my-stack.yaml --out plan-out
 
 Evaluates the real program under Pulumi's mocks and writes DIR/resources.json (every
 resource: type, name, parent, dependencies, inputs with secrets shown as "[secret]"),
 DIR/cluster-config.yaml (the ParallelCluster config) and DIR/outputs.json (the stack outputs).
-ParallelCluster's full validation of that plan: `venv/bin/python -m tools.full_validation DIR`.
+ParallelCluster's full validation of that plan: `venv/bin/python -m pcluster_ad.tools.full_validation DIR`.
 Values known only after deployment appear as "<after-deploy:RESOURCE.PROPERTY>".
 Invalid config: every problem is printed, nothing is written, exit status 1.
 `plan()` is the same for config values in Python (automation.plan uses it).
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.plan", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pcluster_ad.tools.plan", description=__doc__.split("\n\n")[0])
     parser.add_argument("stack", nargs="?", help="stack name: reads Pulumi.<STACK>.yaml")
     parser.add_argument("--config-file", type=Path, help="a stack settings file to use instead of Pulumi.<STACK>.yaml")
     parser.add_argument("--out", type=Path, help="directory to write resources.json into (default: plan-out/STACK)")
@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {config_file} not found (stack files here: {', '.join(stacks) or 'none'})", file=sys.stderr)
         return 1
     sys.path.insert(0, str(ROOT))
-    from stack_config import PROJECT, ConfigError, program_values, settings_from_values
-    from tools.stack_file import StackFileError, read
+    from pcluster_ad.stack_config import PROJECT, ConfigError, program_values, settings_from_values
+    from pcluster_ad.tools.stack_file import StackFileError, read
 
     try:  # as the Pulumi engine reads it (YAML as gopkg.in/yaml.v3 resolves it), not as YAML 1.1 would
         engine = read(config_file.read_text(encoding="utf-8"), project=PROJECT)
@@ -109,8 +109,8 @@ def plan(values: Mapping[str, Any], secret_keys: Sequence[str] = (), stack: str 
     `secret_keys` are secrets): {"resources": [...], "outputs": {...}, "files": {name: text}, "warnings": [...]}.
     Raises stack_config.ConfigError (every problem, the same validation the program runs, before anything is
     evaluated) or pulumi.RunError (a check that needs the program)."""
-    from stack_config import PROJECT, program_values, settings_from_values
-    from tools.stack_file import config_of
+    from pcluster_ad.stack_config import PROJECT, program_values, settings_from_values
+    from pcluster_ad.tools.stack_file import config_of
 
     engine = config_of(values, project=PROJECT)  # what the engine reads back from a stack file of these values
     settings = settings_from_values(program_values(engine.config), stack=stack, secret_keys=list(secret_keys))
@@ -126,8 +126,8 @@ def write_files(result: dict[str, Any], out: Path) -> None:
 
 
 def _plan(config: dict[str, str], secret_keys: list[str], stack: str) -> dict[str, Any]:
-    import program
-    from tools.mocks import PlanMocks, run_program
+    from pcluster_ad import program
+    from pcluster_ad.tools.mocks import PlanMocks, run_program
 
     mocks = PlanMocks.from_config(config)
     graph = run_program(program.pulumi_program, config=config, secret_keys=secret_keys, stack=stack, mocks=mocks)

@@ -3,7 +3,7 @@
 
 Run it with the ParallelCluster venv's interpreter (tools/pcluster_venv.sh --with-moto), never the project venv:
 
-    venv/bin/python -m tools.plan dev --out plan-out/dev
+    venv/bin/python -m pcluster_ad.tools.plan dev --out plan-out/dev
     .venv-pcluster/bin/python tools/validate_cluster_full.py plan-out/dev --cluster-name hpc-dev [--json]
 
 It builds, in an in-process moto (no network, dummy credentials), the AWS world the plan declares

@@ -3,8 +3,8 @@
 
 Run it with the ParallelCluster venv's interpreter (tools/pcluster_venv.sh --with-moto), never the project venv:
 
-    venv/bin/python -m tools.plan dev --out plan-out/base          # the stack as deployed
-    venv/bin/python -m tools.plan --config-file changed.yaml --out plan-out/target
+    venv/bin/python -m pcluster_ad.tools.plan dev --out plan-out/base          # the stack as deployed
+    venv/bin/python -m pcluster_ad.tools.plan --config-file changed.yaml --out plan-out/target
     .venv-pcluster/bin/python tools/validate_cluster_update.py plan-out/base plan-out/target \
         --cluster-name hpc-dev [--fleet running|stopped] [--json]
     .venv-pcluster/bin/python tools/validate_cluster_update.py --batch < cases.json   # many changes, one process

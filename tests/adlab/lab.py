@@ -101,7 +101,7 @@ def domain_dn(domain: str) -> str:
 
 def computer_prefix(cluster_name: str) -> str:
     sys.path.insert(0, str(REPO))
-    from lambda_src.directory_admin import computer_prefix as prefix
+    from pcluster_ad.lambda_src.directory_admin import computer_prefix as prefix
 
     return prefix(cluster_name)
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from components.bootstrap_scripts import bake_vpc_cidr
+from pcluster_ad.components.bootstrap_scripts import bake_vpc_cidr
 
 from .conftest import JOIN_TIMEOUT, describe
 from .lab import BOOTSTRAP_DIR, SSH_OPTS, BootstrapRun

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from lambda_src.directory_admin import access_group_names
+from pcluster_ad.lambda_src.directory_admin import access_group_names
 
 from .conftest import describe
 from .lab import SSH_OPTS

@@ -14,7 +14,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from lambda_src.directory_admin import OWNER_ATTRIBUTE, OWNER_PREFIX, computer_prefix, invocation_owner, owner_value
+from pcluster_ad.lambda_src.directory_admin import (
+    OWNER_ATTRIBUTE,
+    OWNER_PREFIX,
+    computer_prefix,
+    invocation_owner,
+    owner_value,
+)
 
 from .conftest import running_lab
 from .lab import HERE, Lab, lab_python

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from lambda_src.directory_admin import access_group_names, everyone_description, members_description
+from pcluster_ad.lambda_src.directory_admin import access_group_names, everyone_description, members_description
 
 from .test_directory_admin import BASE, COMPUTERS_DN, JOIN_USER, PEOPLE_DN, STACK, dc_as, dc_search, env, lab, ldap_as  # noqa: F401
 

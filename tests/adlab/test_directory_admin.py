@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from lambda_src.directory_admin import computer_name, computer_prefix
+from pcluster_ad.lambda_src.directory_admin import computer_name, computer_prefix
 
 from .conftest import describe, running_lab
 from .lab import HERE, REPO, SSH_OPTS, Lab, LabError, lab_python

@@ -16,8 +16,14 @@ import secrets
 
 import pytest
 
-from lambda_src.directory_admin import OWNER_ATTRIBUTE, OWNER_KEY, computer_prefix, invocation_owner, owner_value
-from tools.lifecycle_judge import T_INVOCATION, Plan
+from pcluster_ad.lambda_src.directory_admin import (
+    OWNER_ATTRIBUTE,
+    OWNER_KEY,
+    computer_prefix,
+    invocation_owner,
+    owner_value,
+)
+from pcluster_ad.tools.lifecycle_judge import T_INVOCATION, Plan
 
 from .conftest import running_lab
 from .test_directory_admin import DirSvc, allow_simple_binds, dc_add_computer, dc_search

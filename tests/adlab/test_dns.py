@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from stack_config import ec2_internal_domain
+from pcluster_ad.stack_config import ec2_internal_domain
 
 from .conftest import JOIN_TIMEOUT, USERS, describe
 from .lab import SSH_OPTS, LabError, run
@@ -75,7 +75,7 @@ def test_join_and_ad_login_with_vpc_dns(dns):
     # The machine account is the one the join function created for the instance (name from its instance id,
     # host name <name>.<AD domain>: never the EC2 name, whose IP comes back with another instance); its keys are in
     # the keytab.
-    from lambda_src.join_handler import computer_name
+    from pcluster_ad.lambda_src.join_handler import computer_name
 
     from .lab import computer_prefix
 

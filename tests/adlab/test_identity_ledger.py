@@ -13,7 +13,7 @@ import secrets
 
 import pytest
 
-from lambda_src.directory_admin import ID_RANGE, access_group_names
+from pcluster_ad.lambda_src.directory_admin import ID_RANGE, access_group_names
 
 from .lab import Lab
 from .test_directory_admin import BASE, DirSvc, dc_search, lab  # noqa: F401

@@ -48,7 +48,7 @@ def ids(lab):
 
 
 def default_args(node) -> list[str]:
-    from lambda_src.directory_admin import computer_prefix
+    from pcluster_ad.lambda_src.directory_admin import computer_prefix
     return ["--function-url", node.lab.function_url, "--region", node.lab.cfg.region, "--timeout", str(JOIN_TIMEOUT),
             "--computer-prefix", computer_prefix(node.lab.cfg.cluster_name)]
 
@@ -126,7 +126,7 @@ def test_idmap_home_migrates_to_rfc2307_with_its_files(ids):
 def test_a_redeclared_user_keeps_her_uid_and_files_and_a_second_stack_gives_the_same(ids):
     """The issue's proof: a declared user removed and declared again keeps her UID/GID and her files; a second
     stack (another OU and function on the same directory) gives her the same numbers, so the same home stays hers."""
-    from lambda_src.directory_admin import access_group_names
+    from pcluster_ad.lambda_src.directory_admin import access_group_names
 
     from .test_identity_ledger import Stack
 

@@ -44,7 +44,7 @@ def joined(node, domain: str) -> bool:
 
 def computer_name(lab, node) -> str:
     """The node's computer account as the join function derives it from the instance id."""
-    from lambda_src.join_handler import computer_name as derive
+    from pcluster_ad.lambda_src.join_handler import computer_name as derive
 
     return derive(computer_prefix(lab.cfg.cluster_name), node.instance_id)
 

@@ -20,8 +20,8 @@ import secrets
 
 import pytest
 
-from lambda_src.directory_admin import access_group_names, computer_prefix
-from tools.lifecycle_judge import T_INVOCATION, Plan, code_runs
+from pcluster_ad.lambda_src.directory_admin import access_group_names, computer_prefix
+from pcluster_ad.tools.lifecycle_judge import T_INVOCATION, Plan, code_runs
 
 from .conftest import running_lab
 from .test_directory_admin import DirSvc, allow_simple_binds, computers, dc_add_computer, dc_search
@@ -74,8 +74,8 @@ def svc(lab):
 
 def plan_of(run_stack, monkeypatch, fixed: bool) -> Plan:
     if not fixed:  # the code before the fix: no network path among the Invocations' and targets' dependencies
-        import program
-        from components.directory_admin import DirectoryAdminArgs
+        from pcluster_ad import program
+        from pcluster_ad.components.directory_admin import DirectoryAdminArgs
 
         monkeypatch.setattr(program, "DirectoryAdminArgs",
                             lambda **kw: DirectoryAdminArgs(**{**kw, "network_path": ()}))

@@ -20,7 +20,7 @@ import re
 
 import pytest
 
-from tools.network_judge import DIRECTORY_CONTROLLER_INGRESS, NODE_FLOWS
+from pcluster_ad.tools.network_judge import DIRECTORY_CONTROLLER_INGRESS, NODE_FLOWS
 
 from .conftest import JOIN_TIMEOUT, USERS, describe
 from .lab import SSH_OPTS, run

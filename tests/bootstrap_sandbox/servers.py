@@ -35,7 +35,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from lambda_src import join_handler as contract
+from pcluster_ad.lambda_src import join_handler as contract
 from tests.adlab import sigv4
 
 ACCESS_KEY = "ASIAFAKEBOOTSTRAP001"
