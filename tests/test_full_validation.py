@@ -1,7 +1,8 @@
-"""`python -m pcluster_ad.tools.full_validation PLAN_DIR` (issue 19 item 2b): ParallelCluster's full create
-validation of a planned stack, the gate scripts/deploy.sh and automation.preview/up run before anything is
-created. It picks the ParallelCluster venv of the stack's version (never installing one) and refuses what `pcluster create-cluster` would,
-such as an instance type that exists (the offline check passes it) but that the stack's region does not offer."""
+"""`python -m pcluster_ad.tools.full_validation PLAN_DIR` (issue 19 item 2b): ParallelCluster's full create validation
+of a planned stack, the gate scripts/deploy.sh and automation.preview/up run before anything is created. It picks
+the ParallelCluster venv of the stack's version (never installing one) and refuses what `pcluster create-cluster`
+would, such as an instance type that exists (the offline check passes it) but that the stack's region does not
+offer."""
 
 from __future__ import annotations
 
