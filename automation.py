@@ -48,14 +48,17 @@ command); a failing `pulumi` command raises `pulumi.automation.CommandError` aft
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pcluster_ad import stack_config
 from pcluster_ad.components.cluster_launcher import LAUNCHER
+from pcluster_ad.launcher.core import is_checkout
 from pcluster_ad.program import pulumi_program
 from pcluster_ad.tools import stack_file as engine_yaml
 
@@ -150,7 +153,7 @@ def workspace(name: str, *, work_dir: str | Path | None = None, env_vars: Mappin
         raise ValueError(f"work_dir={directory} is inside the checkout {ROOT}: its stack files are tracked;"
                          " give a directory outside it (default ~/.pcluster-ad/workspaces/<stack>)")
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    settings = auto.ProjectSettings(name=PROJECT, runtime="python", main=str(ROOT),
+    settings = auto.ProjectSettings(name=PROJECT, runtime="python", main=str(program_dir(directory)),
                                     description="pcluster-ad through the Automation API (generated; do not edit)")
     try:
         return auto.LocalWorkspace(work_dir=str(directory), program=inline_program, env_vars=dict(env_vars or {}),
@@ -206,10 +209,31 @@ def _existing(name: str, work_dir: str | Path | None, env_vars: Mapping[str, str
     return auto.Stack.select(name, workspace(name, work_dir=work_dir, env_vars=env_vars))
 
 
+def program_dir(directory: Path) -> Path:
+    """The project's main directory, where the engine runs the cluster command (`venv/bin/python -m launcher`,
+    components/cluster_launcher.py). In a checkout, the checkout. For an installed package, `program/` in the stack's
+    workspace `directory`: venv/bin/python hands over to this interpreter, launcher/ is the package's. The command
+    line is in the stack's state, and its `create` part changing would REPLACE the cluster: so it is the same line
+    for both, and a stack moves between a checkout and an installed package without a diff."""
+    if is_checkout(ROOT):
+        return ROOT
+    main = directory / "program"
+    python = main / "venv" / "bin" / "python"
+    python.parent.mkdir(parents=True, exist_ok=True)
+    # exec keeps the venv: Python finds its venv from the path it was started as (sys.executable is that path).
+    python.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n', encoding="utf-8")
+    python.chmod(0o755)
+    link = main / "launcher"
+    if not (link.is_symlink() and link.resolve() == (ROOT / "launcher").resolve()):
+        link.unlink(missing_ok=True)
+        link.symlink_to(ROOT / "launcher", target_is_directory=True)
+    return main
+
+
 def launcher_python() -> Path:
-    """The interpreter the cluster command runs (`venv/bin/python -m launcher`, relative to the checkout: the
-    engine runs it in the project's main directory, ROOT)."""
-    return ROOT / LAUNCHER.split()[0]
+    """The interpreter the cluster command runs: the checkout's venv/bin/python (the engine runs the command in the
+    project's main directory, the checkout); an installed package runs it with this interpreter (`program_dir`)."""
+    return ROOT / LAUNCHER.split()[0] if is_checkout(ROOT) else Path(sys.executable)
 
 
 def require_prerequisites(pcluster_version: str | None = None, env_vars: Mapping[str, str] | None = None, *,

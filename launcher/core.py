@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -49,6 +49,21 @@ DEFAULT_POLL = 30.0
 MAX_DESCRIBE_ERRORS = 5
 REPO_DIR = Path(__file__).resolve().parent.parent
 PCLUSTER_VERSION = (REPO_DIR / "pcluster_version.txt").read_text(encoding="utf-8").strip()
+
+
+def is_checkout(repo_dir: Path = REPO_DIR) -> bool:
+    """The package runs from a checkout (pcluster_ad/ is the checkout's stand-in for the package), not from an
+    installed wheel."""
+    return (repo_dir / "pcluster_ad" / "__init__.py").is_file()
+
+
+def venv_home(env: Mapping[str, str], repo_dir: Path = REPO_DIR) -> Path:
+    """Where the ParallelCluster venvs live by default: beside the code in a checkout (.venv-pcluster); for an
+    installed package (a wheel in site-packages) in the user's data directory, never inside site-packages."""
+    if is_checkout(repo_dir):
+        return repo_dir
+    data = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME") or Path.home()) / ".local" / "share")
+    return Path(data) / "pcluster-ad"
 
 # Exit codes of `python -m launcher`.
 EXIT_OK = 0
@@ -214,14 +229,14 @@ def resolve_pcluster(
     if not re.fullmatch(r"\d+\.\d+\.\d+", version):
         raise SetupError(f"PCLUSTER_AD_PCLUSTER_VERSION={version!r} is not a version such as {PCLUSTER_VERSION}")
     default_venv = ".venv-pcluster" if version == PCLUSTER_VERSION else f".venv-pcluster-{version}"
-    venv = Path(env.get("PCLUSTER_AD_PCLUSTER_VENV") or repo_dir / default_venv)
+    venv = Path(env.get("PCLUSTER_AD_PCLUSTER_VENV") or venv_home(env, repo_dir) / default_venv)
     pcluster = venv / "bin" / "pcluster"
     pinned = list(venv.glob(f"lib/python3*/site-packages/aws_parallelcluster-{version}.dist-info"))
     if os.access(pcluster, os.X_OK) and pinned:
         return str(pcluster)
     what = f"is not aws-parallelcluster {version}" if os.access(pcluster, os.X_OK) else "is missing"
     command = f"bash {repo_dir / 'tools' / 'pcluster_venv.sh'}"
-    if version != PCLUSTER_VERSION or env.get("PCLUSTER_AD_PCLUSTER_VENV"):
+    if version != PCLUSTER_VERSION or env.get("PCLUSTER_AD_PCLUSTER_VENV") or venv_home(env, repo_dir) != repo_dir:
         command = f"PCLUSTER_AD_PCLUSTER_VENV={venv} {command} {version}"
     raise SetupError(f"{pcluster} {what}; the launcher does not install anything during a deployment: run"
                      f" `{command}` (scripts/deploy.sh does this before `pulumi up`), then run the deployment again")

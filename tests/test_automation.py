@@ -214,7 +214,8 @@ def test_up_without_moto_in_the_pcluster_venv_names_the_command(standin, monkeyp
 def bare_checkout(tmp_path, monkeypatch):
     """A checkout without venv/ (automation.ROOT) and no ParallelCluster venv (PCLUSTER_AD_PCLUSTER_VENV)."""
     root = tmp_path / "checkout"
-    root.mkdir()
+    (root / "pcluster_ad").mkdir(parents=True)
+    (root / "pcluster_ad" / "__init__.py").touch()  # what makes a checkout (launcher.core.is_checkout)
     monkeypatch.setattr(automation, "ROOT", root)
     monkeypatch.setenv("PCLUSTER_AD_PCLUSTER_VENV", str(tmp_path / "no-pcluster-venv"))
     monkeypatch.setenv("PCLUSTER_AD_WORKSPACES", str(tmp_path / "ws"))

@@ -151,15 +151,19 @@ def test_the_example_plans_offline_without_the_cli(tmp_path, installed_venv):
     assert pulumi_standin.calls(tmp_path) == []
 
 
-def test_the_installed_package_is_the_checkouts_modules(checkout, installed_venv, tmp_path):
-    code = ("import automation, stack_config; from pcluster_ad import automation as a, stack_config as s; "
-            "import pcluster_ad.automation; print(a is automation and s is stack_config "
-            "and pcluster_ad.automation is a, a.ROOT)")
+def test_the_installed_package_is_the_checkouts_top_level(checkout, installed_venv, tmp_path):
+    """From a directory with a `program.py` and a `tools/` of its own (a user's project), the package still imports
+    its own modules: nothing of pcluster-ad is a top-level name."""
+    (tmp_path / "program.py").write_text("raise SystemExit('the user\'s program.py was imported')\n")
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools" / "__init__.py").write_text("raise SystemExit('the user\'s tools/ was imported')\n")
+    code = ("from pcluster_ad import automation, program; from pcluster_ad.tools import plan; "
+            "print(automation.ROOT, program.__file__, plan.__file__)")
     proc = subprocess.run([str(installed_venv / "bin" / "python"), "-c", code], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300, check=False, env={k: v for k, v in os.environ.items()
                                                                     if k != "PYTHONPATH"})
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["True", str(checkout)]
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.split() == [str(checkout), str(checkout / "program.py"), str(checkout / "tools" / "plan.py")]
 
 
 def test_an_invalid_config_in_the_example_stops_before_pulumi(tmp_path, installed_venv):
@@ -169,13 +173,14 @@ def test_an_invalid_config_in_the_example_stops_before_pulumi(tmp_path, installe
     assert pulumi_standin.calls(tmp_path) == []
 
 
-def test_pyproject_lists_every_top_level_module_and_package():
-    """A module added at the top level must be listed, or `import pcluster_ad` breaks outside the checkout."""
+def test_pyproject_packages_every_folder_with_code():
+    """A folder of code added at the top level must be listed, or the wheel goes without it (top-level modules are
+    packaged without a list: the package IS the top level)."""
     import tomllib
 
     setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    modules = {p.stem for p in ROOT.glob("*.py") if p.name != "__main__.py"}
-    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests", "bench"}
-    assert set(setup["py-modules"]) == modules
-    # lambda_src is a namespace package (the Lambda zip's root): listed, found by the import test above.
-    assert set(setup["packages"]) - {"lambda_src"} == packages
+    assert setup["package-dir"] == {"pcluster_ad": "."}
+    folders = {p.parent.name for p in ROOT.glob("*/*.py")} - {"tests", "bench", "pcluster_ad"}
+    assert set(setup["packages"]) == {"pcluster_ad"} | {f"pcluster_ad.{name}" for name in folders} - {
+        "pcluster_ad.bootstrap"}  # bootstrap/ is package data: scripts uploaded to S3, never imported
+    assert "bootstrap/*" in setup["package-data"]["pcluster_ad"]

@@ -670,6 +670,8 @@ def _fake_repo(tmp_path: Path, script: str) -> Path:
     repo = tmp_path / "repo"
     (repo / "tools").mkdir(parents=True)
     (repo / "tools" / "pcluster_venv.sh").write_text(script)
+    (repo / "pcluster_ad").mkdir()
+    (repo / "pcluster_ad" / "__init__.py").touch()  # a checkout: its venvs sit beside the code
     return repo
 
 
@@ -1023,6 +1025,8 @@ def _fake_venv(venv: Path, version: str) -> Path:
 
 
 def test_stack_pcluster_version_selects_its_own_venv(tmp_path):
+    (tmp_path / "pcluster_ad").mkdir()
+    (tmp_path / "pcluster_ad" / "__init__.py").touch()  # a checkout
     default = _fake_venv(tmp_path / ".venv-pcluster", "3.16.1")
     other = _fake_venv(tmp_path / ".venv-pcluster-3.15.0", "3.15.0")
     assert resolve_pcluster({}, repo_dir=tmp_path) == str(default)
@@ -1045,3 +1049,17 @@ def test_real_pcluster_cli_without_credentials_fails_at_once(moto_endpoint, tmp_
     assert proc.returncode == EXIT_SETUP, proc.stderr
     assert "Unable to locate credentials: no usable AWS credentials" in proc.stderr
     assert "describe-cluster failed (1/" not in proc.stderr, "no retries"
+
+
+def test_an_installed_package_keeps_its_venvs_in_the_users_data_directory(tmp_path):
+    """A wheel in site-packages (no checkout marker): the venv is looked up, and made, outside site-packages."""
+    package = _fake_repo(tmp_path, "")
+    (package / "pcluster_ad" / "__init__.py").unlink()
+    home = tmp_path / "home"
+    with pytest.raises(SetupError) as err:
+        resolve_pcluster({"HOME": str(home)}, repo_dir=package)
+    venv = home / ".local" / "share" / "pcluster-ad" / ".venv-pcluster"
+    assert str(err.value).startswith(f"{venv / 'bin' / 'pcluster'} is missing")
+    assert f"bash {package / 'tools' / 'pcluster_venv.sh'}" in str(err.value)
+    made = _fake_venv(tmp_path / "data" / "pcluster-ad" / ".venv-pcluster", "3.16.1")
+    assert resolve_pcluster({"XDG_DATA_HOME": str(tmp_path / "data")}, repo_dir=package) == str(made)

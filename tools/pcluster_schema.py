@@ -18,6 +18,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from pcluster_ad.launcher.core import venv_home
+
 ROOT = Path(__file__).resolve().parent.parent
 VALIDATOR = ROOT / "tools" / "validate_cluster_config.py"
 VENV_SCRIPT = ROOT / "tools" / "pcluster_venv.sh"
@@ -29,7 +31,7 @@ class SchemaToolError(RuntimeError):
 
 
 def venv_dir() -> Path:
-    return Path(os.environ.get("PCLUSTER_AD_PCLUSTER_VENV") or ROOT / ".venv-pcluster")
+    return Path(os.environ.get("PCLUSTER_AD_PCLUSTER_VENV") or venv_home(os.environ, ROOT) / ".venv-pcluster")
 
 
 def pcluster_python() -> Path:

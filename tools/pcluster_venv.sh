@@ -8,9 +8,9 @@
 # VERSION defaults to the pinned aws-parallelcluster in pcluster_version.txt, installed from the hash-checked lock
 # tools/pcluster-venv.lock (tools/pcluster-venv-moto.lock with --with-moto; both made by tools/lock.sh), so every
 # transitive dependency is pinned too. Another VERSION is installed without a lock (its dependencies unpinned; a
-# warning says so). The venv lives at <repo>/.venv-pcluster, or at $PCLUSTER_AD_PCLUSTER_VENV. It is kept apart
-# from the project's venv on purpose: pcluster pins packaging~=25.0 while pulumi needs packaging>=26, and pip
-# resolves that silently to an old pcluster.
+# warning says so). The venv lives at <repo>/.venv-pcluster (an installed package: ~/.local/share/pcluster-ad/), or
+# at $PCLUSTER_AD_PCLUSTER_VENV. It is kept apart from the project's venv on purpose: pcluster pins packaging~=25.0
+# while pulumi needs packaging>=26, and pip resolves that silently to an old pcluster.
 #
 # Progress goes to stderr; the only stdout line is the absolute path of the pcluster executable.
 # Exit codes: 0 ready, 2 usage, 3 Node.js missing, 4 python missing, 5 install failed.
@@ -53,7 +53,13 @@ if [[ ! "$version" =~ ^[0-9]+(\.[0-9]+)*([a-z]+[0-9]*)?$ ]]; then
     exit 2
 fi
 
-venv_dir="${PCLUSTER_AD_PCLUSTER_VENV:-${repo_dir}/.venv-pcluster}"
+# Beside the code in a checkout; an installed package (site-packages) keeps its venvs in the user's data directory.
+if [ -f "${repo_dir}/pcluster_ad/__init__.py" ]; then
+    venv_home="${repo_dir}"
+else
+    venv_home="${XDG_DATA_HOME:-$HOME/.local/share}/pcluster-ad"
+fi
+venv_dir="${PCLUSTER_AD_PCLUSTER_VENV:-${venv_home}/.venv-pcluster}"
 python_bin="${PCLUSTER_AD_PYTHON:-python3}"
 
 # pcluster runs CDK (Node.js) even for --dryrun; fail early and clearly.

@@ -24,6 +24,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pcluster_ad.launcher.core import is_checkout
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -37,13 +39,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give a STACK name (Pulumi.<STACK>.yaml) or --config-file FILE")
 
     started = time.perf_counter()
-    config_file = args.config_file or ROOT / f"Pulumi.{args.stack}.yaml"
+    stacks_dir = ROOT if is_checkout(ROOT) else Path.cwd()  # an installed package: the caller's stack files
+    config_file = args.config_file or stacks_dir / f"Pulumi.{args.stack}.yaml"
     stack = args.stack or config_file.stem.removeprefix("Pulumi.")
     if not config_file.is_file():
-        stacks = sorted(p.name for p in ROOT.glob("Pulumi.*.yaml"))
+        stacks = sorted(p.name for p in stacks_dir.glob("Pulumi.*.yaml"))
         print(f"error: {config_file} not found (stack files here: {', '.join(stacks) or 'none'})", file=sys.stderr)
         return 1
-    sys.path.insert(0, str(ROOT))
     from pcluster_ad.stack_config import PROJECT, ConfigError, program_values, settings_from_values
     from pcluster_ad.tools.stack_file import StackFileError, read
 
