@@ -50,6 +50,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -218,16 +219,32 @@ def program_dir(directory: Path) -> Path:
     if is_checkout(ROOT):
         return ROOT
     main = directory / "program"
-    python = main / "venv" / "bin" / "python"
-    python.parent.mkdir(parents=True, exist_ok=True)
+    bin_dir = main / "venv" / "bin"
+    for path in (directory, main, main / "venv", bin_dir):  # it will hold what the cluster command executes
+        _own_private_dir(path)
     # exec keeps the venv: Python finds its venv from the path it was started as (sys.executable is that path).
-    python.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n', encoding="utf-8")
-    python.chmod(0o755)
-    link = main / "launcher"
-    if not (link.is_symlink() and link.resolve() == (ROOT / "launcher").resolve()):
-        link.unlink(missing_ok=True)
-        link.symlink_to(ROOT / "launcher", target_is_directory=True)
+    # Written beside and renamed over: a planted symlink is replaced, never followed.
+    wrapper = bin_dir / ".python.new"
+    wrapper.unlink(missing_ok=True)
+    fd = os.open(wrapper, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    os.replace(wrapper, bin_dir / "python")
+    link = main / ".launcher.new"
+    link.unlink(missing_ok=True)
+    link.symlink_to(ROOT / "launcher", target_is_directory=True)
+    os.replace(link, main / "launcher")
     return main
+
+
+def _own_private_dir(path: Path) -> None:
+    """Make `path` (mode 0700) or accept it only as a real directory of this user that nobody else can write."""
+    path.mkdir(mode=0o700, exist_ok=True)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise ValueError(f"{path} must be a directory of your own that nobody else can write (not a symlink, not"
+                         " group- or world-writable): it holds the interpreter the cluster command runs; give another"
+                         " work_dir or `chmod go-w` it")
 
 
 def launcher_python() -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -338,3 +339,44 @@ def test_inline_program_builds_the_whole_stack_under_mocks():
     assert graph.outputs["clusterName"] == "hpc-dev"
     assert graph.outputs["joinParameterPrefix"] == "/pcluster-ad/automation/"
     assert PASSWORD not in json.dumps([mask_secrets(r.inputs) for r in graph.resources], default=str)
+
+
+@pytest.fixture
+def installed_package(tmp_path, monkeypatch):
+    """automation as it runs from an installed wheel: its ROOT is a package directory, not a checkout."""
+    package = tmp_path / "site-packages" / "pcluster_ad"
+    (package / "launcher").mkdir(parents=True)
+    monkeypatch.setattr(automation, "ROOT", package)
+    return package
+
+
+def test_an_installed_package_runs_the_cluster_command_with_its_own_interpreter(installed_package, tmp_path):
+    main = automation.program_dir(tmp_path / "ws")
+    assert main == tmp_path / "ws" / "program" and (main / "launcher").resolve() == installed_package / "launcher"
+    proc = subprocess.run([str(main / "venv" / "bin" / "python"), "-c", "import sys; print(sys.prefix)"],
+                          capture_output=True, text=True, check=True, timeout=60)
+    assert proc.stdout.strip() == sys.prefix  # the installing venv, with pcluster_ad and its dependencies
+    assert automation.launcher_python() == Path(sys.executable)
+    assert automation.program_dir(tmp_path / "ws") == main  # again: the same, nothing stale
+
+
+def test_the_program_directory_refuses_a_workspace_others_can_write(installed_package, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(ValueError, match=r"shared must be a directory of your own that nobody else can write"):
+        automation.program_dir(shared)
+    assert not (shared / "program").exists()
+
+
+def test_a_planted_symlink_is_replaced_never_followed(installed_package, tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    bin_dir = tmp_path / "ws" / "program" / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python").symlink_to(victim)
+    (tmp_path / "ws" / "program" / "launcher").symlink_to(tmp_path)  # another launcher/
+    main = automation.program_dir(tmp_path / "ws")
+    assert victim.read_text() == "precious\n"
+    assert not (bin_dir / "python").is_symlink() and "exec " in (bin_dir / "python").read_text()
+    assert (main / "launcher").resolve() == installed_package / "launcher"
