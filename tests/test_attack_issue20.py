@@ -392,3 +392,25 @@ def test_a_forged_termination_gives_a_job_on_the_node_no_second_password(world: 
     directory_admin(terminated(node))  # sent by a principal allowed lambda:InvokeFunction, not by EC2
     response = world.call(world.event(node), now=lambda: t0 + 60)  # a job on the node, 3 minutes after boot
     assert response["statusCode"] == 403 and len(world.fake_dc.passwords) == 1, "a second one-time password"
+
+
+def test_only_the_stacks_own_schedules_and_events_may_invoke_the_directory_admin_function(run_stack) -> None:
+    """README "Security properties": no node's role and no other service may invoke the function that binds as the
+    directory admin; the function's resource policy admits EventBridge from the stack's own rules only."""
+    graph = run_stack()
+    function = next(r for r in graph.of_type("aws:lambda/function:Function") if r.name == "directory-admin-fn")
+    rules = {r.name for r in graph.of_type("aws:cloudwatch/eventRule:EventRule")}
+    permissions = [r for r in graph.of_type("aws:lambda/permission:Permission")
+                   if r.inputs.get("function") == function.inputs["name"]]
+    assert permissions, "the schedules need a permission each"
+    for p in permissions:
+        assert p.inputs["principal"] == "events.amazonaws.com", p.inputs
+        assert p.inputs["action"] == "lambda:InvokeFunction"
+        assert p.inputs["sourceArn"].removeprefix("<after-deploy:").removesuffix(".arn>") in rules, p.inputs
+    for policy in graph.of_type("aws:iam/policy:Policy") + graph.of_type("aws:iam/rolePolicy:RolePolicy"):
+        document = json.loads(policy.inputs["policy"]) if isinstance(policy.inputs.get("policy"), str) else {}
+        for statement in document.get("Statement", []):
+            actions = statement.get("Action", [])
+            actions = [actions] if isinstance(actions, str) else actions
+            if any(a.startswith("lambda:Invoke") for a in actions):
+                assert function.inputs["name"] not in json.dumps(statement), (policy.name, statement)
