@@ -1,1 +1,1 @@
-"""Benchmarks (see adlab_bench.py)."""
+"""Benchmarks (see adlab_bench.py); the join path at scale, a simulation over counted calls: join_scale.py."""

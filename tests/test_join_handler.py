@@ -13,6 +13,7 @@ moto's LaunchTime (the real time of run_instances).
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -435,6 +436,14 @@ ROLE_PATHS = {
 
 @pytest.fixture
 def world(responses, fake_dc) -> Iterator[World]:
+    with moto_world(responses, fake_dc) as w:
+        yield w
+
+
+@contextlib.contextmanager
+def moto_world(responses: list[dict[str, Any]], fake_dc: FakeDirectory) -> Iterator[World]:
+    """The `world` fixture's account, for callers outside pytest too (bench/join_scale.py counts the handlers'
+    calls in it); the caller provides what the autouse fixtures do (fake credentials, a fresh STS and caches)."""
     with mock_aws():  # entered before any client exists
         clients = jh.make_clients()  # the production retry/timeout config
         iam, ec2, ssm, kms = clients["iam"], clients["ec2"], clients["ssm"], boto3.client("kms")

@@ -1,0 +1,147 @@
+"""The AWS calls of the join function (join, close, a refused request) and of the directory-admin function's
+termination handler, counted from the real handlers on moto (issue 20), in the order the handler makes them.
+
+Each request's calls are recorded with botocore's event hooks (tests/test_join_calls.py's `Calls`); the STS check
+of the caller proof (plain HTTPS, not botocore) and the directory's create are recorded by wrapping the handler's
+`verify_proof` and `create_computer` parameters. The scale model (bench/join_scale.py) replays these sequences,
+so it follows the code. Runs outside pytest: it provides what the tests' autouse fixtures do (fake credentials,
+no IMDS, no network for STS, empty per-container caches).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+# One call: (service, operation, bucket class). The class says which EC2 bucket a DescribeInstances may fall in:
+# "unfiltered" without Filters and MaxResults, else "filtered"; "" for other calls.
+Call = tuple[str, str, str]
+
+_FAKE_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "eu-west-1", "AWS_EC2_METADATA_DISABLED": "true", "MOTO_EC2_LOAD_DEFAULT_AMIS": "false",
+    "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+}
+
+
+@dataclass(frozen=True)
+class Counted:
+    """Call sequences per request kind, each as the handler made it on moto."""
+
+    join_cold: tuple[Call, ...]  # the first join in a fresh container (nothing cached)
+    join_warm: tuple[Call, ...]  # every later join (IAM, CloudFormation, SSM answers cached)
+    close: tuple[Call, ...]  # the node's close after its join
+    refused: tuple[Call, ...]  # a join request after the window closed (the flood's request)
+    termination_ours: tuple[Call, ...]  # a terminated node the join function recorded
+    termination_other: tuple[Call, ...]  # any other terminated instance of the account and region
+    nodes: int  # joins counted (every warm join had the same sequence)
+
+
+def bucket_class(service: str, operation: str, params: dict[str, Any]) -> str:
+    if (service, operation) != ("ec2", "DescribeInstances"):
+        return ""
+    return "filtered" if params.get("Filters") or params.get("MaxResults") else "unfiltered"
+
+
+@contextlib.contextmanager
+def _fake_aws() -> Iterator[None]:
+    """Fake credentials only, no config files, no IMDS; the real STS unreachable; empty per-container caches."""
+    from pcluster_ad.lambda_src import join_handler as jh
+    from pcluster_ad.tests import test_join_handler as tjh
+
+    saved_env = {k: v for k, v in os.environ.items() if k.startswith("AWS_") or k.startswith("MOTO_")}
+    saved = (urllib.request.urlopen, jh._templates, jh._profiles, jh._credentials)
+    quiet = logging.getLogger(tjh.TEST_LOG.name), logging.getLogger(jh.LOG.name)  # the refusals log WARNING lines
+    was_disabled = [q.disabled for q in quiet]
+
+    def no_network(*_: Any, **__: Any) -> Any:
+        raise AssertionError("the call count sent a request to the real STS")
+
+    for name in saved_env:
+        del os.environ[name]
+    os.environ.update(_FAKE_ENV)
+    urllib.request.urlopen = no_network
+    jh._templates = {"ids": frozenset(), "fetched": float("-inf")}
+    jh._profiles, jh._credentials = {}, {"values": None, "fetched": float("-inf")}
+    tjh.STS.proofs.clear()
+    tjh.STS.calls.clear()
+    tjh.STS.failure = None
+    for q in quiet:
+        q.disabled = True
+    try:
+        yield
+    finally:
+        for q, disabled in zip(quiet, was_disabled, strict=True):
+            q.disabled = disabled
+        for name in _FAKE_ENV:
+            os.environ.pop(name, None)
+        os.environ.update(saved_env)
+        urllib.request.urlopen, jh._templates, jh._profiles, jh._credentials = saved
+
+
+def count(nodes: int = 20) -> Counted:
+    """Launch `nodes` nodes of one queue in moto, join and close each, repeat one request after a close, and
+    terminate one recorded node and one other instance; return each request's call sequence."""
+    from pcluster_ad.lambda_src import directory_admin as da
+    from pcluster_ad.tests import test_join_handler as tjh
+    from pcluster_ad.tests.test_attack_issue20 import DirectoryOfTheWorld
+    from pcluster_ad.tests.test_directory_admin import ENV as DA_ENV
+    from pcluster_ad.tests.test_join_calls import Calls
+
+    if nodes < 2:
+        raise ValueError(f"nodes={nodes}: at least 2 (one cold join, one warm)")
+    with _fake_aws():
+        fake_dc = tjh.FakeDirectory()
+        with tjh.moto_world([], fake_dc) as world:
+            calls = Calls(world.clients)
+
+            def verify(proof: Any, now: float) -> dict[str, str]:
+                calls.params.append(("sts", "GetCallerIdentity", {}))
+                return tjh.STS(proof, now)
+
+            def create(*args: Any) -> tuple[str, str]:
+                calls.params.append(("directory", "CreateComputer", {}))
+                return fake_dc(*args)
+
+            def request(event: dict[str, Any], want: int) -> tuple[Call, ...]:
+                calls.params.clear()
+                response = world.call(event, verify_proof=verify, create_computer=create)
+                if response["statusCode"] != want:
+                    raise AssertionError(f"counting: status {response['statusCode']}, not {want}: {response}")
+                return tuple((s, o, bucket_class(s, o, p)) for s, o, p in calls.params)
+
+            ids = [world.launch() for _ in range(nodes)]
+            joins = [request(world.event(iid), 200) for iid in ids]
+            closes = {request(world.close_event(iid), 200) for iid in ids}
+            refused = request(world.event(ids[0]), 403)
+            if len(set(joins[1:])) != 1 or len(closes) != 1:
+                raise AssertionError(f"counting: joins or closes differ between nodes: {set(joins[1:])}, {closes}")
+
+            settings = da.load_settings({**DA_ENV, "CLUSTER_NAME": tjh.CLUSTER, "COMPUTER_PREFIX": tjh.PREFIX,
+                                         "WINDOW_TABLE": tjh.TABLE})
+            directory = DirectoryOfTheWorld(fake_dc)
+            other = world.launch(tags={})  # another instance of the account: never joined
+            world.clients["ec2"].terminate_instances(InstanceIds=[ids[0], other])
+
+            def terminate(iid: str, want: str) -> tuple[Call, ...]:
+                calls.params.clear()
+                out = da.handle_termination({"detail": {"instance-id": iid, "state": "terminated"}},
+                                            settings=settings, ec2=world.clients["ec2"],
+                                            dynamodb=world.clients["dynamodb"], directory=lambda: directory)
+                if out["result"] != want:
+                    raise AssertionError(f"counting: termination of {iid}: {out}")
+                return tuple((s, o, bucket_class(s, o, p)) for s, o, p in calls.params)
+
+            return Counted(join_cold=joins[0], join_warm=joins[1], close=closes.pop(), refused=refused,
+                           termination_ours=terminate(ids[0], "deleted"),
+                           termination_other=terminate(other, "ignored"), nodes=nodes)
+
+
+def by_service(calls: tuple[Call, ...]) -> Counter[str]:
+    return Counter(s for s, _, _ in calls if s != "directory")

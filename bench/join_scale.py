@@ -1,0 +1,617 @@
+"""Scale model of the join path (issue 20): N nodes booting over T seconds against AWS's limits and the directory.
+
+    venv/bin/python -m bench.join_scale [--seed 1] [--quick]
+
+A discrete-event simulation, seeded and deterministic. What each request costs is not written here: the call
+sequences of the join function (join, close, refused request) and of the termination handler are counted from the
+real handlers on moto (bench/join_calls.py) and replayed in their order, with the per-container caches of the code
+(join_handler.PROFILE_CACHE_SECONDS, TEMPLATE_CACHE_SECONDS, CREDENTIAL_CACHE_SECONDS). "Before issue 20" replays
+the call counts the issue gives for main before it (commit fdc06b3): per join EC2 2 (bare InstanceIds), IAM 2,
+DynamoDB 2 writes, SSM 1, Lambda 2; a refused request EC2 + IAM; a termination 1 EC2 call per terminated instance
+(the STS check of the caller proof, one per request, as now; its CloudFormation calls, not in the issue, left out).
+
+Limits (token buckets: capacity, refill per second):
+- EC2 DescribeInstances, two readings of https://docs.aws.amazon.com/AWSEC2/latest/APIReference/throttling.html
+  (request token bucket sizes and refill rates) and its newer page
+  https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-throttling.html:
+  "unfiltered": the category buckets; a DescribeInstances without Filters and MaxResults counts in the
+  "unfiltered and unpaginated non-mutating" bucket (50, 10/s), any other in the non-mutating bucket (100, 20/s);
+  "non-mutating": every DescribeInstances, filtered or not, in one bucket of (100, 20/s) (the newer page evaluates
+  each API on its own; its example non-mutating bucket is 100 tokens, 20 per second). The pages' excerpts at hand
+  show the 100/20 figures; the 50/10 of the unfiltered bucket is as issue 20 quotes the older page. Not modelled:
+  a reading in which a call naming InstanceIds is "unfiltered" whatever its filter (then the function's call would
+  share ParallelCluster's post-launch bucket again).
+  ParallelCluster's own calls share them (aws-parallelcluster-node, develop of 2024-10 = 3.11.1, the newest source
+  at hand; the project pins 3.16.1: not checked for changes since; src/slurm_plugin/fleet_manager.py):
+  after each CreateFleet, `_get_instances_info` calls DescribeInstances with bare InstanceIds (the paginator, no
+  page size: unfiltered and unpaginated), 5 attempts 0.1 s, then 0.3*2^n s + up to 0.5 s apart, boto3 retries off
+  (resume.py max_retry 1); instances still undescribed are not assigned to Slurm nodes and clustermgtd terminates
+  them ("discarded"). clustermgtd's loop (60 s) describes the cluster's instances with tag filters, pages of 1000.
+- IAM: AWS publishes no rate and it cannot be raised. ASSUMPTION: GetInstanceProfile (20, 10/s) for the account.
+- SSM GetParameters: the standard throughput default, 40 per second (40, 40/s).
+- STS GetCallerIdentity (the caller proof): ASSUMPTION (600, 600/s) per account and region.
+- CloudFormation ListStackResources: unpublished; ASSUMPTION (20, 5/s).
+- DynamoDB on demand: a new table serves up to 4,000 writes and 12,000 reads per second.
+- Lambda: reserved concurrency (the stack's default 10); a request finding every slot busy gets HTTP 429 from the
+  function URL. A new container starts cold (0.4 s) with empty caches.
+- Directory: the lab's Samba DC spends 0.10-0.14 CPU s per join (issue 20; bench/RESULTS.md); one free core per
+  DC, served first come first served. ASSUMPTION: a third of it is the function's LDAP create, the rest the node's
+  `realm join`, which also spends 1.2 s on the node and its network (the lab's join takes ~1.5 s).
+
+The node follows bootstrap/join-domain.sh: the join request retried on 408/429/5xx with a 1, 2, 4 .. 30 s backoff
+plus jitter of up to half, within the 600 s deadline; curl waits out the function; a 403 ends the join; each
+`realm join` attempt capped at 120 s; the close (in the background) 3 tries within 60 s, 1 and 2 s apart.
+
+Admission control (the cap of joins in progress per DC, built in lambda_src/join_handler.py by another change) is
+a parameter here: ASSUMPTION that it decides after the pre-check read with one DynamoDB write, before STS and EC2;
+that a join is in progress from its admission until its close (or a 120 s lease); that a refused node sleeps the
+Retry-After (2 s) plus full jitter, uniform(0, min(30, 2^k)) s, and that such a 429 spends no answer of the window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import math
+import random
+from collections import Counter
+from collections.abc import Callable, Generator, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from pcluster_ad.bench.join_calls import Call, Counted
+from pcluster_ad.lambda_src import join_handler as jh
+
+# --- limits ------------------------------------------------------------------------------------------------------
+
+EC2_READINGS: dict[str, dict[str, tuple[float, float]]] = {
+    # bucket name -> (capacity, refill per second); DescribeInstances classes map onto them in ec2_bucket().
+    "unfiltered": {"ec2-unfiltered": (50, 10), "ec2-describe": (100, 20)},
+    "non-mutating": {"ec2-describe": (100, 20)},
+}
+LIMITS: dict[str, tuple[float, float]] = {
+    "iam": (20, 10),  # ASSUMPTION (unpublished)
+    "ssm": (40, 40),
+    "sts": (600, 600),  # ASSUMPTION
+    "cloudformation": (20, 5),  # ASSUMPTION (unpublished)
+    "dynamodb-read": (12000, 12000),
+    "dynamodb-write": (4000, 4000),
+}
+# Service time of one call (s), from the function in the region; rough, only the shape matters.
+LATENCY = {"dynamodb": 0.008, "sts": 0.03, "ec2": 0.12, "iam": 0.08, "cloudformation": 0.15, "ssm": 0.03}
+LAMBDA_OVERHEAD_S, COLD_START_S = 0.02, 0.4
+LAMBDA_TIMEOUT_S = 60  # components/join_function.py: timeout_seconds
+MAX_ANSWERS = 3  # components/join_function.py: max_answers (the window's attempts)
+BOTO_ATTEMPTS = jh.MAX_ATTEMPTS  # the function's standard retry mode: backoff uniform(0, 2^n) s
+DC_CPU_PER_JOIN = (0.10, 0.14)
+CREATE_SHARE = 1 / 3
+REALM_JOIN_CLIENT_S = 1.2
+REALM_JOIN_CAP_S = 120
+DEADLINE_S = 600
+CLOSE_TRIES, CLOSE_BUDGET_S = 3, 60
+CACHE_SECONDS = {"iam": jh.PROFILE_CACHE_SECONDS, "cloudformation": jh.TEMPLATE_CACHE_SECONDS,
+                 "ssm": jh.CREDENTIAL_CACHE_SECONDS}
+WRITES = frozenset({"UpdateItem", "PutItem", "DeleteItem"})
+ADMISSION_CALL: Call = ("dynamodb", "UpdateItem", "")
+RETRY_AFTER_S = 2
+ADMISSION_LEASE_S = 120
+# ParallelCluster (aws-parallelcluster-node fleet_manager.py / clustermgtd.py)
+PC_DESCRIBE_DELAYS = (0.1, 0.6, 1.2, 2.4, 4.8)  # before attempt 1..5 (+ up to 0.5 s jitter from the 2nd)
+PC_LAUNCH_EVERY_S, PC_BOOT_S = 10, 40  # a launch batch every 10 s; its nodes start their join script 40 s later
+CLUSTERMGTD_EVERY_S, PC_PAGE = 60, 1000
+FLOODER, PC = -1, -2  # "nodes" of their own random streams
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What each request costs, in order: counted (current code) or the issue's figures (before issue 20)."""
+
+    name: str
+    join: tuple[Call, ...]  # with every cached call included (a cold container)
+    close: tuple[Call, ...]
+    refused: tuple[Call, ...]
+    termination_ours: tuple[Call, ...]
+    termination_other: tuple[Call, ...]
+    cached: frozenset[str] = frozenset()  # services whose answers a container keeps (CACHE_SECONDS)
+
+
+def current_profile(counted: Counted) -> Profile:
+    """The counted sequences; a service the cold join calls and the warm join does not is a cached one."""
+    cached = frozenset(s for s, _, _ in counted.join_cold) - frozenset(s for s, _, _ in counted.join_warm)
+    unknown = cached - set(CACHE_SECONDS)
+    if unknown:
+        raise ValueError(f"the handler caches {sorted(unknown)}: add their cache time to CACHE_SECONDS")
+    return Profile("current", counted.join_cold, counted.close, counted.refused, counted.termination_ours,
+                   counted.termination_other, cached)
+
+
+EC2_BARE: Call = ("ec2", "DescribeInstances", "unfiltered")
+IAM: Call = ("iam", "GetInstanceProfile", "")
+STS: Call = ("sts", "GetCallerIdentity", "")
+BEFORE = Profile(  # issue 20's figures for main before it (fdc06b3): no pre-check, no cache, bare InstanceIds
+    "before issue 20",
+    join=(STS, EC2_BARE, IAM, ("dynamodb", "UpdateItem", ""), ("ssm", "GetParameters", ""),
+          ("directory", "CreateComputer", "")),
+    close=(STS, EC2_BARE, IAM, ("dynamodb", "UpdateItem", "")),
+    refused=(STS, EC2_BARE, IAM, ("dynamodb", "UpdateItem", "")),
+    termination_ours=(EC2_BARE,),
+    termination_other=(EC2_BARE,),
+)
+
+
+# --- the simulation ----------------------------------------------------------------------------------------------
+
+class Bucket:
+    def __init__(self, capacity: float, rate: float, at: float = 0.0) -> None:
+        self.capacity, self.rate, self.tokens, self.at = capacity, rate, capacity, at  # full at `at`
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+@dataclass
+class Scenario:
+    nodes: int
+    seconds: float
+    dcs: int = 2
+    reading: str = "unfiltered"
+    reserved_concurrency: int = 10
+    admission_per_dc: int | None = None  # None: no admission control
+    flood_per_s: float = 0.0  # signed requests per second from one joined node's credentials
+    flood_seconds: float = 60.0
+    flood_start: float = 30.0
+    seed: int = 1
+
+
+@dataclass
+class Result:
+    scenario: Scenario
+    profile: str
+    latencies: dict[int, float] = field(default_factory=dict)  # node -> join latency from its script start
+    failed: Counter[str] = field(default_factory=Counter)  # why
+    discarded: int = 0  # nodes ParallelCluster launched, could not describe, and terminated
+    throttles: Counter[str] = field(default_factory=Counter)  # by service (function's calls)
+    pc_throttles: int = 0  # ParallelCluster's own DescribeInstances answered RequestLimitExceeded
+    pc_describe_failures: int = 0  # launch batches not described in 5 attempts + clustermgtd loops failed
+    http_429_lambda: int = 0
+    http_429_admission: int = 0
+    failed_after_429: int = 0
+    windows_open: int = 0
+    calls: Counter[str] = field(default_factory=Counter)  # by service, the function's
+    flood_calls: Counter[str] = field(default_factory=Counter)
+    flood_answers: Counter[int] = field(default_factory=Counter)
+
+    @property
+    def started(self) -> int:
+        return self.scenario.nodes - self.discarded
+
+    def share(self) -> float:
+        return len(self.latencies) / self.scenario.nodes
+
+    def pct(self, q: float) -> float:
+        values = sorted(self.latencies.values())
+        if not values:
+            return math.nan
+        return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
+
+
+class _Sim:
+    """Processes are generators yielding the seconds to sleep; everything else is plain state."""
+
+    def __init__(self, scenario: Scenario, profile: Profile) -> None:
+        self.s, self.p = scenario, profile
+        self.rngs: dict[int, random.Random] = {}  # one stream per node: a flood changes no node's own draws
+        self.now = -float(PC_BOOT_S)
+        self.queue: list[tuple[float, int, Generator[float, None, None]]] = []
+        self.seq = 0
+        self.buckets = {name: Bucket(*spec, at=self.now)
+                        for name, spec in {**LIMITS, **EC2_READINGS[scenario.reading]}.items()}
+        self.dc_free = [self.now] * scenario.dcs
+        self.busy = 0
+        self.idle: list[dict[str, float]] = []  # warm containers: service -> when its answer was fetched
+        self.in_progress = 0
+        self.leases: dict[int, int] = {}  # node -> its admission lease (admission control)
+        self.lease_seq = 0
+        self.result = Result(scenario, profile.name)
+        self.window: dict[int, str] = {}  # node -> "open" | "issued" | "closed"; answers spent below
+        self.answers: Counter[int] = Counter()
+
+    # scheduling
+    def spawn(self, process: Generator[float, None, None], at: float) -> None:
+        self.seq += 1
+        heapq.heappush(self.queue, (at, self.seq, process))
+
+    def run(self) -> None:
+        while self.queue:
+            self.now, _, process = heapq.heappop(self.queue)
+            try:
+                delay = next(process)
+            except StopIteration:
+                continue
+            self.spawn(process, self.now + max(0.0, delay))
+
+    def rng(self, who: int) -> random.Random:
+        if who not in self.rngs:
+            self.rngs[who] = random.Random(self.s.seed * 1_000_003 + who)
+        return self.rngs[who]
+
+    # limits
+    def ec2_bucket(self, kind: str) -> str:
+        return "ec2-unfiltered" if kind == "unfiltered" and "ec2-unfiltered" in self.buckets else "ec2-describe"
+
+    def bucket_of(self, call: Call) -> str:
+        service, operation, kind = call
+        if service == "ec2":
+            return self.ec2_bucket(kind)
+        if service == "dynamodb":
+            return "dynamodb-write" if operation in WRITES else "dynamodb-read"
+        return service
+
+    def aws_call(self, who: int, call: Call, calls: Counter[str]) -> Generator[float, None, bool]:
+        """One call with the function's retries; False: still throttled after BOTO_ATTEMPTS."""
+        bucket = self.buckets[self.bucket_of(call)]
+        for attempt in range(BOTO_ATTEMPTS):
+            calls[call[0]] += 1
+            if bucket.take(self.now):
+                yield LATENCY[call[0]]
+                return True
+            self.result.throttles[call[0]] += 1
+            yield LATENCY[call[0]]
+            if attempt + 1 < BOTO_ATTEMPTS:
+                yield self.rng(who).uniform(0, 2 ** attempt)
+        return False
+
+    def dc_work(self, who: int, seconds: float) -> float:
+        """Queue `seconds` of CPU on a random DC; return when it is done (FIFO, one core)."""
+        dc = self.rng(who).randrange(self.s.dcs)
+        self.dc_free[dc] = max(self.now, self.dc_free[dc]) + seconds
+        return self.dc_free[dc]
+
+    # the function
+    def invoke(self, node: int, kind: str, calls: Counter[str]) -> Generator[float, None, int]:
+        """One function URL request; returns the HTTP status the node sees."""
+        if self.busy >= self.s.reserved_concurrency:
+            return 429
+        self.busy += 1
+        container = self.idle.pop() if self.idle else None
+        try:
+            if container is None:
+                container = {}
+                yield COLD_START_S
+            yield LAMBDA_OVERHEAD_S
+            started = self.now - LAMBDA_OVERHEAD_S
+            return (yield from self._handle(node, kind, container, calls, started))
+        finally:
+            self.busy -= 1
+            self.idle.append(container if container is not None else {})
+
+    def _handle(self, node: int, kind: str, cache: dict[str, float], calls: Counter[str],
+                started: float) -> Generator[float, None, int]:
+        p, state = self.p, self.window.get(node, "open")
+        if state == "closed" or (kind == "join" and (state == "issued" or self.answers[node] >= MAX_ANSWERS)):
+            # Refused: now by the pre-check read alone; before issue 20 after STS, EC2 and IAM.
+            for call in p.refused:
+                if not (yield from self.aws_call(node, call, calls)):
+                    return 503
+            return 403
+        sequence = p.join if kind == "join" else p.close if kind == "close" else p.refused
+        if kind == "join" and self.s.admission_per_dc is not None:
+            if sequence[0][:2] != ("dynamodb", "GetItem"):
+                raise ValueError(f"{p.name}: admission control is modelled after the pre-check read")
+            if not (yield from self.aws_call(node, sequence[0], calls)):
+                return 503
+            if not (yield from self.aws_call(node, ADMISSION_CALL, calls)):
+                return 503
+            if node not in self.leases:
+                if self.in_progress >= self.s.admission_per_dc * self.s.dcs:
+                    self.result.http_429_admission += 1
+                    return -429  # 429 with Retry-After
+                self.in_progress += 1
+                self.lease_seq += 1
+                self.leases[node] = self.lease_seq
+                self.spawn(self._lease(node, self.lease_seq), self.now + ADMISSION_LEASE_S)
+            sequence = sequence[1:]
+        counted = False
+        # Decided once per request: a cold join makes both CloudFormation calls, a warm one neither.
+        fresh = {svc for svc in p.cached if self.now - cache.get(svc, -math.inf) < CACHE_SECONDS[svc]}
+        for call in sequence:
+            service, operation, _ = call
+            if service in fresh:
+                continue
+            if service == "directory":
+                done = self.dc_work(node, self.rng(node).uniform(*DC_CPU_PER_JOIN) * CREATE_SHARE)
+                yield done - self.now
+                if self.now - started > LAMBDA_TIMEOUT_S:
+                    self.window[node] = "issued"  # the object exists; its one password was never answered
+                    return 504
+                continue
+            if not (yield from self.aws_call(node, call, calls)):
+                return 503
+            if service in p.cached:
+                cache[service] = self.now
+            if kind == "join" and (service, operation) == ("dynamodb", "UpdateItem") and not counted:
+                counted = True
+                self.answers[node] += 1  # count_answer: before the secret is read
+            if self.now - started > LAMBDA_TIMEOUT_S:
+                return 504
+        if kind == "join":
+            self.window[node] = "issued"
+        elif kind == "close":
+            self.window[node] = "closed"
+        return 200
+
+    def _lease(self, node: int, lease: int) -> Generator[float, None, None]:
+        if self.leases.get(node) == lease:  # not released (closed) or renewed since
+            self.release(node)
+        return
+        yield 0.0
+
+    def release(self, node: int) -> None:
+        if self.leases.pop(node, None) is not None:
+            self.in_progress -= 1
+
+    # the node (bootstrap/join-domain.sh)
+    def node(self, node: int) -> Generator[float, None, None]:
+        start, r = self.now, self.result
+        delay, backoff, saw_429 = 1, 0, False
+        while True:
+            status = yield from self.invoke(node, "join", r.calls)
+            if status == 200:
+                break
+            if status in (429, -429):
+                saw_429 = True
+                r.http_429_lambda += status == 429
+            if status == 403 or self.now - start >= DEADLINE_S - 1:
+                self.fail(node, "refused (403)" if status == 403 else "deadline", saw_429)
+                return
+            if status == -429:  # admission: Retry-After plus full jitter
+                sleep = RETRY_AFTER_S + self.rng(node).uniform(0, min(30, 2 ** backoff))
+                backoff += 1
+            else:
+                sleep = delay + self.rng(node).randint(0, delay // 2)
+                delay = min(30, delay * 2)
+            yield min(sleep, max(0.0, start + DEADLINE_S - 1 - self.now))
+        while True:  # realm join, each attempt capped
+            done = self.dc_work(node, self.rng(node).uniform(*DC_CPU_PER_JOIN) * (1 - CREATE_SHARE))
+            done += REALM_JOIN_CLIENT_S
+            cap = min(REALM_JOIN_CAP_S, start + DEADLINE_S - self.now)
+            if done - self.now <= cap:
+                yield done - self.now
+                break
+            yield cap
+            if self.now - start >= DEADLINE_S - 1:
+                self.fail(node, "realm join deadline", saw_429)
+                return
+        r.latencies[node] = self.now - start
+        self.spawn(self.close(node), self.now)
+
+    def close(self, node: int) -> Generator[float, None, None]:
+        until, delay = self.now + CLOSE_BUDGET_S, 1
+        for attempt in range(1, CLOSE_TRIES + 1):
+            if until - self.now < 1:
+                break
+            status = yield from self.invoke(node, "close", self.result.calls)
+            if status == 200:
+                self.release(node)
+                return
+            if status == 429:
+                self.result.http_429_lambda += 1
+            elif status not in (408, 503, 504):
+                break
+            if attempt < CLOSE_TRIES and until - self.now > 1:
+                yield delay + self.rng(node).randint(0, delay // 2)
+            delay *= 2
+        self.result.windows_open += 1
+        self.release(node)
+
+    def fail(self, node: int, why: str, saw_429: bool) -> None:
+        self.result.failed[why] += 1
+        self.result.failed_after_429 += saw_429
+        self.release(node)
+
+    # the flood: one joined node's credentials, requests at a fixed rate
+    def flood(self, node: int) -> Generator[float, None, None]:
+        end, gap = self.now + self.s.flood_seconds, 1 / self.s.flood_per_s
+        while self.now < end:
+            self.spawn(self._flood_request(node), self.now)
+            yield gap
+
+    def _flood_request(self, node: int) -> Generator[float, None, None]:
+        status = yield from self.invoke(node, "join", self.result.flood_calls)
+        self.result.flood_answers[abs(status)] += 1
+
+    # ParallelCluster
+    def pc_launch(self, count: int) -> Generator[float, None, bool]:
+        """CreateFleet, then DescribeInstances on the new ids: True if described."""
+        bucket = self.buckets[self.ec2_bucket("unfiltered")]
+        for attempt, pause in enumerate(PC_DESCRIBE_DELAYS):
+            yield pause + (self.rng(PC).uniform(0, 0.5) if attempt else 0)
+            for _ in range(math.ceil(count / PC_PAGE)):
+                if not bucket.take(self.now):
+                    self.result.pc_throttles += 1
+                    break
+            else:
+                return True
+        self.result.pc_describe_failures += 1
+        return False
+
+    def clustermgtd(self, running: Callable[[], int], until: float) -> Generator[float, None, None]:
+        bucket = self.buckets[self.ec2_bucket("filtered")]
+        yield self.rng(PC).uniform(0, CLUSTERMGTD_EVERY_S)
+        while self.now < until:
+            for _ in range(max(1, math.ceil(running() / PC_PAGE))):
+                if not bucket.take(self.now):
+                    self.result.pc_throttles += 1
+                    self.result.pc_describe_failures += 1
+                    break
+            yield CLUSTERMGTD_EVERY_S
+
+
+def simulate(scenario: Scenario, profile: Profile) -> Result:
+    sim = _Sim(scenario, profile)
+    rng = random.Random(scenario.seed + 1)
+    starts = sorted(rng.uniform(0, scenario.seconds) for _ in range(scenario.nodes))
+    batches: dict[int, list[int]] = {}
+    for node, at in enumerate(starts):
+        batches.setdefault(int(at // PC_LAUNCH_EVERY_S), []).append(node)
+    for k, nodes in sorted(batches.items()):  # the batch's nodes start PC_BOOT_S after its launch, in order
+        launch = k * PC_LAUNCH_EVERY_S - PC_BOOT_S
+        sim.spawn(_batch_then_stagger(sim, nodes, [starts[n] - k * PC_LAUNCH_EVERY_S for n in nodes]), launch)
+    sim.spawn(sim.clustermgtd(lambda: scenario.nodes, scenario.seconds + DEADLINE_S), sim.now)
+    if scenario.flood_per_s:
+        sim.window[FLOODER] = "closed"  # a joined node whose window closed
+        sim.spawn(sim.flood(FLOODER), scenario.flood_start)
+    sim.run()
+    return sim.result
+
+
+def _batch_then_stagger(sim: _Sim, nodes: list[int], offsets: list[float]) -> Generator[float, None, None]:
+    launched = sim.now
+    if not (yield from sim.pc_launch(len(nodes))):
+        sim.result.discarded += len(nodes)
+        return
+    for node, offset in zip(nodes, offsets, strict=True):
+        sim.spawn(sim.node(node), max(sim.now, launched + PC_BOOT_S + offset))
+
+
+def terminations(profile: Profile, count: int, seconds: float, ours: float, reading: str) -> dict[str, Any]:
+    """`count` instances of the account terminated evenly over `seconds`, a share `ours` of them this cluster's
+    joined nodes: EC2 calls of the termination handler, its throttles (one call each, no retry counted), and how
+    long the EC2 bucket it uses stays empty."""
+    buckets = {name: Bucket(*spec) for name, spec in EC2_READINGS[reading].items()}
+    calls = throttled = 0
+    empty = set()
+    for i in range(count):
+        at = i * seconds / count
+        sequence = profile.termination_ours if i < ours * count else profile.termination_other
+        for service, _, kind in sequence:
+            if service != "ec2":
+                continue
+            name = "ec2-unfiltered" if kind == "unfiltered" and "ec2-unfiltered" in buckets else "ec2-describe"
+            calls += 1
+            if not buckets[name].take(at):
+                throttled += 1
+                empty.add(int(at))
+    return {"ec2_calls": calls, "throttled": throttled, "seconds_bucket_empty": len(empty)}
+
+
+# --- the report --------------------------------------------------------------------------------------------------
+
+def _fmt(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.1f}"
+
+
+def row(label: str, r: Result) -> str:
+    t = r.throttles
+    fail = sum(r.failed.values())
+    return (f"| {label} | {100 * r.share():.1f}% | {_fmt(r.pct(0.5))} / {_fmt(r.pct(0.95))} / {_fmt(r.pct(1.0))} | "
+            f"{r.http_429_lambda} / {r.http_429_admission} | {fail} ({r.failed_after_429} after a 429) | "
+            f"{t['ec2']} / {t['iam']} / {t['ssm']} / {t['cloudformation']} / {t['sts'] + t['dynamodb']} | "
+            f"{r.windows_open} | {r.pc_throttles} / {r.pc_describe_failures} ({r.discarded} nodes) |")
+
+
+HEAD = ("| case | joined | latency from boot p50 / p95 / max (s) | HTTP 429 Lambda / admission | failed nodes | "
+        "throttles EC2 / IAM / SSM / CloudFormation / other | windows left open | "
+        "ParallelCluster EC2 throttles / describe failures (discarded) |\n|---|---|---|---|---|---|---|---|")
+
+
+def call_table(counted: Counted, current: Profile) -> str:
+    def cell(calls: Iterable[Call]) -> str:
+        c = Counter(s for s, _, _ in calls if s != "directory")
+        return ", ".join(f"{s} {n}" for s, n in sorted(c.items())) or "-"
+
+    warm = counted.join_warm
+    lines = ["| request | before issue 20 (issue's figures) | now, counted on moto |", "|---|---|---|",
+             f"| join, cold container | {cell(BEFORE.join)} | {cell(counted.join_cold)} |",
+             f"| join, warm container | {cell(BEFORE.join)} | {cell(warm)} |",
+             f"| close | {cell(BEFORE.close)} | {cell(counted.close)} |",
+             f"| request after the window closed | {cell(BEFORE.refused)} | {cell(counted.refused)} |",
+             f"| termination, a joined node | {cell(BEFORE.termination_ours)} | {cell(counted.termination_ours)} |",
+             f"| termination, any other instance | {cell(BEFORE.termination_other)} | "
+             f"{cell(counted.termination_other)} |"]
+    kinds = sorted({k for s, _, k in counted.join_cold + counted.termination_ours if s == "ec2"})
+    lines.append(f"\nEC2 DescribeInstances of the function now: {', '.join(kinds)} (before: unfiltered); cached per"
+                 f" container: {', '.join(f'{s} {CACHE_SECONDS[s]} s' for s in sorted(current.cached))}.")
+    return "\n".join(lines)
+
+
+def _label(profile: Profile, sc: Scenario) -> str:
+    cap = "" if sc.admission_per_dc is None else f", admission {sc.admission_per_dc}/DC"
+    return f"{profile.name}{cap}; reserved {sc.reserved_concurrency}; EC2 {sc.reading}"
+
+
+def report(seed: int = 1, quick: bool = False) -> str:
+    from pcluster_ad.bench import join_calls
+
+    counted = join_calls.count(5 if quick else 20)
+    current = current_profile(counted)
+    out = [f"## Calls per request (counted from the handlers on moto, {counted.nodes} nodes)\n",
+           call_table(counted, current), ""]
+    scale = 0.1 if quick else 1.0
+
+    def n(nodes: int) -> int:
+        return max(10, int(nodes * scale))
+
+    cases = [  # (title, base scenario, rows: (profile, changes))
+        (f"{n(1000)} nodes over 120 s, 2 DCs", Scenario(n(1000), 120, dcs=2, seed=seed),
+         [(BEFORE, {}), (current, {}), (current, {"admission_per_dc": 10}),
+          (BEFORE, {"reserved_concurrency": 100}), (current, {"reserved_concurrency": 100})]),
+        (f"{n(2000)} nodes over 120 s, 4 DCs", Scenario(n(2000), 120, dcs=4, seed=seed),
+         [(BEFORE, {}), (current, {}), (current, {"admission_per_dc": 10}),
+          (current, {"reserved_concurrency": 100}), (current, {"reserved_concurrency": 100, "admission_per_dc": 10})]),
+        (f"Overload: {n(2000)} nodes over 120 s on ONE DC (what admission control is for)",
+         Scenario(n(2000), 120, dcs=1, seed=seed),
+         [(current, {}), (current, {"admission_per_dc": 10}), (current, {"admission_per_dc": 20}),
+          (current, {"reserved_concurrency": 100}), (current, {"reserved_concurrency": 100, "admission_per_dc": 20})]),
+    ]
+    for title, base, rows in cases:
+        out += [f"## {title}\n", HEAD]
+        for reading in EC2_READINGS:
+            for profile, changes in rows:
+                sc = replace(base, reading=reading, **changes)
+                out.append(row(_label(profile, sc), simulate(sc, profile)))
+        out.append("")
+    flood = Scenario(n(1000), 120, dcs=2, seed=seed)
+    out.append(f"## A flood: 1,000 signed requests per second for 60 s (from t=30 s) from one joined node's "
+               f"credentials, during {flood.nodes} nodes over 120 s, 2 DCs (EC2 unfiltered reading)\n")
+    out.append("| case | flood's EC2 / IAM / STS / DynamoDB calls | flood answers (HTTP status: count) | other nodes'"
+               " latency p95 / max without -> with the flood (s) | largest delay of one node (s) | joined |\n"
+               "|---|---|---|---|---|---|")
+    for profile, changes in [(BEFORE, {}), (current, {}), (current, {"admission_per_dc": 10}),
+                             (current, {"reserved_concurrency": 50, "admission_per_dc": 10}),
+                             (current, {"reserved_concurrency": 100, "admission_per_dc": 10})]:
+        sc = replace(flood, **changes)
+        calm, hit = simulate(sc, profile), simulate(replace(sc, flood_per_s=1000), profile)
+        delays = [hit.latencies.get(node, math.inf) - v for node, v in calm.latencies.items()]
+        fc = hit.flood_calls
+        out.append(f"| {_label(profile, sc)} | {fc['ec2']} / {fc['iam']} / {fc['sts']} / {fc['dynamodb']} | "
+                   f"{dict(sorted(hit.flood_answers.items()))} | {_fmt(calm.pct(0.95))} / {_fmt(calm.pct(1))} -> "
+                   f"{_fmt(hit.pct(0.95))} / {_fmt(hit.pct(1))} | {_fmt(max(delays, default=0.0))} | "
+                   f"{100 * hit.share():.1f}% |")
+    out.append("")
+    out.append("## Terminations: 1,000 instances of the account over 10 s, half of them this cluster's joined nodes "
+               "(first attempts only)\n")
+    out.append("| case | EC2 calls | throttled | seconds with the bucket empty |\n|---|---|---|---|")
+    for profile in (BEFORE, current):
+        for reading in EC2_READINGS:
+            t = terminations(profile, 1000, 10, 0.5, reading)
+            out.append(f"| {profile.name}; EC2 {reading} | {t['ec2_calls']} | {t['throttled']} | "
+                       f"{t['seconds_bucket_empty']} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="small cases only (seconds)")
+    args = parser.parse_args(argv)
+    print(report(args.seed, args.quick))
+
+
+if __name__ == "__main__":
+    main()
