@@ -53,7 +53,7 @@ def bucket_class(service: str, operation: str, params: dict[str, Any]) -> str:
 def _fake_aws() -> Iterator[None]:
     """Fake credentials only, no config files, no IMDS; the real STS unreachable; empty per-container caches."""
     from pcluster_ad.lambda_src import join_handler as jh
-    from pcluster_ad.tests import test_join_handler as tjh
+    from tests import test_join_handler as tjh
 
     saved_env = {k: v for k, v in os.environ.items() if k.startswith("AWS_") or k.startswith("MOTO_")}
     saved = (urllib.request.urlopen, jh._templates, jh._profiles, jh._credentials)
@@ -89,10 +89,10 @@ def count(nodes: int = 20) -> Counted:
     """Launch `nodes` nodes of one queue in moto, join and close each, repeat one request after a close, and
     terminate one recorded node and one other instance; return each request's call sequence."""
     from pcluster_ad.lambda_src import directory_admin as da
-    from pcluster_ad.tests import test_join_handler as tjh
-    from pcluster_ad.tests.test_attack_issue20 import DirectoryOfTheWorld
-    from pcluster_ad.tests.test_directory_admin import ENV as DA_ENV
-    from pcluster_ad.tests.test_join_calls import Calls
+    from tests import test_join_handler as tjh
+    from tests.test_attack_issue20 import DirectoryOfTheWorld
+    from tests.test_directory_admin import ENV as DA_ENV
+    from tests.test_join_calls import Calls
 
     if nodes < 2:
         raise ValueError(f"nodes={nodes}: at least 2 (one cold join, one warm)")

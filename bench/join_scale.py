@@ -59,7 +59,7 @@ from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pcluster_ad.bench.join_calls import Call, Counted
+from bench.join_calls import Call, Counted
 from pcluster_ad.lambda_src import join_handler as jh
 
 # --- limits ------------------------------------------------------------------------------------------------------
@@ -546,7 +546,7 @@ def _label(profile: Profile, sc: Scenario) -> str:
 
 
 def report(seed: int = 1, quick: bool = False) -> str:
-    from pcluster_ad.bench import join_calls
+    from bench import join_calls
 
     counted = join_calls.count(5 if quick else 20)
     current = current_profile(counted)

@@ -184,3 +184,21 @@ def test_pyproject_packages_every_folder_with_code():
     assert set(setup["packages"]) == {"pcluster_ad"} | {f"pcluster_ad.{name}" for name in folders} - {
         "pcluster_ad.bootstrap"}  # bootstrap/ is package data: scripts uploaded to S3, never imported
     assert "bootstrap/*" in setup["package-data"]["pcluster_ad"]
+
+
+def test_code_imports_through_the_package_only_what_the_wheel_carries():
+    """In a checkout the package's __path__ is the whole top level, so `pcluster_ad.tests` would import there and
+    nowhere else: the code names only packaged folders and top-level modules."""
+    import re
+    import tomllib
+
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packaged = {p.split(".", 1)[1] for p in setup["packages"] if "." in p} | {p.stem for p in ROOT.glob("*.py")}
+    named = set()
+    for path in [*ROOT.glob("*.py"), *ROOT.glob("*/*.py"), *ROOT.glob("*/*/*.py")]:
+        if path.parts[len(ROOT.parts)] in ("venv", "build"):
+            continue
+        named |= set(re.findall(r"^\s*(?:from|import) pcluster_ad\.(\w+)", path.read_text(encoding="utf-8"), re.M))
+        named |= {n for group in re.findall(r"from pcluster_ad import ([\w, ]+)", path.read_text(encoding="utf-8"))
+                  for n in group.replace(" ", "").split(",")}
+    assert named - packaged == set(), f"not in the wheel: {sorted(named - packaged)}"

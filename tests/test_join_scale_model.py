@@ -10,8 +10,8 @@ from dataclasses import replace
 
 import pytest
 
-from pcluster_ad.bench import join_calls
-from pcluster_ad.bench import join_scale as js
+from bench import join_calls
+from bench import join_scale as js
 
 SMALL = js.Scenario(nodes=50, seconds=20, dcs=1, seed=7)
 
