@@ -493,7 +493,7 @@ def _handler_module(fn: Res) -> Any | None:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", module):
         return None
     try:
-        return importlib.import_module(f"lambda_src.{module}")
+        return importlib.import_module(f"pcluster_ad.lambda_src.{module}")
     except ImportError:
         return None
 
