@@ -55,10 +55,12 @@ WINDOW_KEY = "instanceId"  # the join window table's key (lambda_src/join_handle
 LIVE_STATES = ["pending", "running", "shutting-down", "stopping", "stopped"]
 # A termination event is acted on only when EC2 itself reports one of these.
 GONE_STATES = frozenset({"shutting-down", "terminated"})
-# The sweep deletes at most this many computer objects per run (the rest in the next runs: hourly, so a backlog of
-# 20,000 left by a directory outage is gone within two days while each run stays far inside the function's timeout;
-# the lab's Samba DC deletes one in a few milliseconds), and asks EC2 about this many instance ids per call.
+# The sweep deletes at most this many computer objects per run, the rest in the next runs (hourly: a backlog of 20,000
+# left by a directory outage is gone within two days), and stops earlier when fewer than SWEEP_RESERVE_SECONDS of
+# the run are left: the lab's Samba DC took 68.5 ms a delete on a busy 2-core machine (tests/adlab, 300 in 20.6 s),
+# so 500 take about 35 s of the function's 120 s. It asks EC2 about this many instance ids per call.
 SWEEP_MAX_DELETES = 500
+SWEEP_RESERVE_SECONDS = 20.0
 SWEEP_ID_CHUNK = 100
 
 # schemaIDGUID of the computer class (the same in every AD forest).
@@ -1718,12 +1720,13 @@ def still_there(ec2: Any, instance_ids: Iterable[str]) -> set[str]:
 
 
 def sweep(*, settings: Settings, ec2: Any, directory: Directory, now: datetime, dynamodb: Any = None,
-          logger: logging.Logger = log) -> dict[str, Any]:
+          time_left: Callable[[], float] | None = None, logger: logging.Logger = log) -> dict[str, Any]:
     """Delete computer objects in the Computers OU that carry this cluster's name pattern, are older than the grace
     period (a node that is joining right now is always live anyway) and belong to no live instance, with the join
     function's record of each (what a missed termination event left behind). A recorded instance EC2 still reports
-    alive keeps its object, tags or not. At most `sweep_max_deletes` per run (the rest: `left`, for the next run),
-    so a backlog never outlasts the function's timeout. Anything else in the OU, and everything outside it, is left
+    alive keeps its object, tags or not. At most `sweep_max_deletes` per run, and none once `time_left()` (seconds
+    of the run) is below SWEEP_RESERVE_SECONDS: the rest is `left`, for the next run, so a backlog never outlasts
+    the function's timeout. Anything else in the OU, and everything outside it, is left
     alone."""
     standing, theirs = stack_ou_standing(directory, settings.deployment_id)
     if standing != "own":  # the same stack and cluster name elsewhere: its live nodes are not in OUR region
@@ -1752,7 +1755,8 @@ def sweep(*, settings: Settings, ec2: Any, directory: Directory, now: datetime, 
         iid = records.get(name)
         if iid in alive:
             kept.append(name)  # a live instance EC2 does not list under the cluster tag: never swept
-        elif len(deleted) >= settings.sweep_max_deletes:
+        elif len(deleted) >= settings.sweep_max_deletes or (time_left is not None
+                                                             and time_left() < SWEEP_RESERVE_SECONDS):
             left += 1
         else:
             directory.delete_tree(dn)
@@ -1767,6 +1771,7 @@ def sweep(*, settings: Settings, ec2: Any, directory: Directory, now: datetime, 
 def handle(event: Mapping[str, Any], *, settings: Settings, ec2: Any, ssm: Any, ds: Any, dynamodb: Any,
            connect: Callable[[Settings, str], Any] = ldap_connect,
            now: Callable[[], datetime] = lambda: datetime.now(UTC),
+           time_left: Callable[[], float] | None = None,
            logger: logging.Logger = log) -> dict[str, Any]:
     cache: dict[str, Directory] = {}
 
@@ -1782,7 +1787,7 @@ def handle(event: Mapping[str, Any], *, settings: Settings, ec2: Any, ssm: Any, 
                                       logger=logger)
         if event.get("op") == "sweep":
             return sweep(settings=settings, ec2=ec2, directory=directory(), now=now(), dynamodb=dynamodb,
-                         logger=logger)
+                         time_left=time_left, logger=logger)
         if event.get("op") == ACCESS_SYNC_OP:
             return access_sync(settings=settings, directory=directory(), logger=logger)
         if "resource" in event:
@@ -1813,7 +1818,9 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
     if _clients is None:
         cfg = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=20)
         _clients = {n: boto3.client(n, config=cfg) for n in ("ec2", "ssm", "ds", "dynamodb")}
-    return handle(event, settings=_settings, **_clients)
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    return handle(event, settings=_settings, time_left=(lambda: remaining() / 1000) if remaining else None,
+                  **_clients)
 
 
 if __name__ == "__main__":  # pragma: no cover - local debugging only

@@ -161,3 +161,48 @@ def test_every_aws_call_of_termination_and_sweep_is_in_the_role_policy(aws):
     allowed = {a for st in policy["Statement"] for a in st["Action"]}
     assert seen == {"ec2:DescribeInstances", "dynamodb:GetItem", "dynamodb:DeleteItem", "dynamodb:Scan"}
     assert seen <= allowed
+
+
+class TickingDirectory(HoldingDirectory):
+    """Each delete takes one second of the run (the clock the sweep reads as `time_left`)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def time_left(self) -> float:
+        return self.seconds
+
+    def delete_tree(self, dn: str) -> bool:
+        self.seconds -= 1
+        return super().delete_tree(dn)
+
+
+def test_the_sweep_stops_before_the_function_times_out(aws):
+    """A slow directory: with 40 s of the run left and 1 s a delete, the sweep deletes while at least
+    SWEEP_RESERVE_SECONDS (20) are left, then counts the rest as `left` for the next run."""
+    ec2, dynamodb, _launch = aws
+    d = TickingDirectory(40)
+    prefix = settings().computer_prefix
+    for n in range(100):
+        d.add(f"{prefix}{n:0{15 - len(prefix)}X}", NOW - timedelta(hours=5))
+    out = da.sweep(settings=settings(), ec2=ec2, directory=d, now=NOW, dynamodb=dynamodb, time_left=d.time_left)
+    assert (len(out["deleted"]), out["left"], len(d.objects)) == (21, 79, 79)
+
+
+def test_the_lambda_entry_point_hands_the_run_time_left_to_the_sweep(monkeypatch):
+    seen = {}
+
+    def fake_handle(event, *, settings, time_left, **clients):
+        seen["left"] = time_left()
+        return {}
+
+    class Context:
+        def get_remaining_time_in_millis(self) -> int:
+            return 45_500
+
+    monkeypatch.setattr(da, "handle", fake_handle)
+    monkeypatch.setattr(da, "_settings", settings())
+    monkeypatch.setattr(da, "_clients", {})
+    da.handler({"op": "sweep"}, Context())
+    assert seen == {"left": 45.5}
