@@ -775,6 +775,9 @@ def parse_settings(
     access = _parse_access(problems, raw.get(_key("access")))
     _access_warnings(access, users, warnings)
     identity = _parse_identity(problems, raw.get(_key("identity")), directory, groups, users, warnings)
+    if directory is not None and join is not None and cluster is not None:
+        _directory_sizing(problems, warnings, directory_footprint(directory, join, cluster, groups, users),
+                          directory)
 
     if problems:
         raise ConfigError(problems)
@@ -1461,6 +1464,126 @@ def _access_warnings(access: AccessSettings, users: tuple[UserSettings, ...], wa
                 f"{_key('users')} {user.name!r} is in none of {_key('access.allowedGroups')} "
                 f"({', '.join(access.allowed_groups)}) through the groups the stack gives it: it cannot log in unless"
                 " the directory makes it a member of one; add one of them to its groups, or declare it there")
+
+
+# What each directory AWS creates is documented to hold: (objects, users); "objects" counts users, groups and
+# computers together, so every node's computer object takes room (issue 20, "Directory sizing").
+# Simple AD: AWS Directory Service Administration Guide, "Simple Active Directory"
+#   https://docs.aws.amazon.com/directoryservice/latest/admin-guide/directory_simple_ad.html
+#   Small "Supports up to 500 users (approximately 2,000 objects including users, groups, and computers)",
+#   Large "up to 5,000 users (approximately 20,000 objects ...)".
+# AWS Managed Microsoft AD: AWS Prescriptive Guidance, "AWS Managed Microsoft AD"
+#   https://docs.aws.amazon.com/prescriptive-guidance/latest/optimize-costs-microsoft-workloads/active-directory-aws-managed.html
+#   "Enterprise Edition supports up to 500,000 Active Directory objects", "Standard Edition supports up to 30,000".
+DIRECTORY_CAPACITY: dict[tuple[str, str], tuple[int, int | None]] = {
+    ("SimpleAD", "Small"): (2_000, 500),
+    ("SimpleAD", "Large"): (20_000, 5_000),
+    ("MicrosoftAD", "Standard"): (30_000, None),
+    ("MicrosoftAD", "Enterprise"): (500_000, None),
+}
+# Above this share of an edition's objects the plan warns: the rest is shared with the directory's own objects (a
+# freshly provisioned Samba 4 domain, what Simple AD runs, holds 267 in its domain partition: 3 users, 38 groups, the
+# DC, containers; measured with samba-tool domain provision), users made outside the stack, and computer objects of
+# nodes whose termination event was missed, until the sweep removes them (docs/design.md "Computer objects").
+SIZING_WARN_SHARE = 0.8
+# The stack's own objects in a directory it administers: its OU with OU=Computers and OU=Users, the identity ledger
+# (lambda_src/directory_admin.py: a container, shared with stacks under the same parent) and its two access groups.
+STACK_OUS = 3
+ACCESS_GROUPS = 2
+
+
+@dataclass(frozen=True)
+class DirectoryFootprint:
+    """What the stack puts in the directory with every node up (the cluster's maximum)."""
+    head_nodes: int
+    login_nodes: int
+    compute_nodes: int  # the sum of every queue's compute resources' maxCount
+    users: int  # declared users and the stack's computer-adding account
+    groups: int  # declared groups and the stack's access groups
+    other: int  # OUs, the identity ledger and its entries (one per numbered user and group)
+
+    @property
+    def computers(self) -> int:
+        return self.head_nodes + self.login_nodes + self.compute_nodes
+
+    @property
+    def total(self) -> int:
+        return self.computers + self.users + self.groups + self.other
+
+    def describe(self) -> str:
+        login = f", {_count(self.login_nodes, 'login node')}" if self.login_nodes else ""
+        nodes = f"{_count(self.computers, 'computer object')} (head node{login}, the queues' maxCount" \
+                f" {self.compute_nodes:,})"
+        if not self.users and not self.groups and not self.other:
+            return nodes
+        return f"{nodes}, {_count(self.users, 'user')}, {_count(self.groups, 'group')}, {self.other:,} OUs and" \
+               " identity-ledger entries"
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n:,} {what}{'' if n == 1 else 's'}"
+
+
+def directory_footprint(directory: DirectorySettings, join: JoinSettings, cluster: ClusterSettings,
+                        groups: tuple[GroupSettings, ...], users: tuple[UserSettings, ...]) -> DirectoryFootprint:
+    """Nodes get one computer object each (the join function creates it, the termination handler deletes it);
+    only a directory the stack administers gets its users, groups and OUs too."""
+    compute = sum(cr.max_count for q in cluster.queues for cr in q.compute_resources)
+    login = cluster.login_nodes.count if cluster.login_nodes else 0
+    if not directory.administered:
+        return DirectoryFootprint(1, login, compute, 0, 0, 0)
+    numbered = len(users) + len(groups) + ACCESS_GROUPS
+    return DirectoryFootprint(1, login, compute, users=len(users) + (1 if join.managed else 0),
+                              groups=len(groups) + ACCESS_GROUPS, other=STACK_OUS + 1 + numbered)
+
+
+def _edition_name(edition: tuple[str, str]) -> str:
+    return f"{'Simple AD' if edition[0] == 'SimpleAD' else 'Managed Microsoft AD'} {edition[1]}"
+
+
+def _sizing_fix(edition: tuple[str, str], total: int) -> str:
+    """The smallest larger edition that holds `total` below the warning share, and the other way out."""
+    order = list(DIRECTORY_CAPACITY)
+    for bigger in order[order.index(edition) + 1:]:
+        if total <= DIRECTORY_CAPACITY[bigger][0] * SIZING_WARN_SHARE:
+            how = (f"set {_key('directory.size')}: {bigger[1]}" if bigger[0] == edition[0]
+                   else f"use {_key('directory.type')}: {bigger[0]} with size: {bigger[1]}")
+            return f"{how} (about {DIRECTORY_CAPACITY[bigger][0]:,} objects), or lower the queues' maxCount"
+    return "lower the queues' maxCount (or the login nodes' count)"
+
+
+def _directory_sizing(problems: list[Problem], warnings: list[str], footprint: DirectoryFootprint,
+                      directory: DirectorySettings) -> None:
+    """Refuse a cluster whose maximum cannot fit the directory edition created here; warn when it leaves little
+    room; for an Existing directory, say what was not checked."""
+    total = footprint.total
+    if not directory.created_here:
+        warnings.append(
+            f"{_key('directory.type')} Existing: not checked whether the directory can hold what this stack adds (its"
+            f" edition and the objects already in it are unknown here): with every node up, {total:,} objects:"
+            f" {footprint.describe()}. AWS documents Simple AD Small at about 2,000 objects (users, groups and"
+            " computers), Large 20,000, Managed Microsoft AD Standard 30,000, Enterprise 500,000")
+        return
+    edition = (directory.type, directory.size or DIRECTORY_SIZES[directory.type][0])
+    if edition not in DIRECTORY_CAPACITY:
+        return  # a refused size: reported once, above
+    objects, max_users = DIRECTORY_CAPACITY[edition]
+    name = _edition_name(edition)
+    if total > objects:
+        problems.append(Problem(_key("directory.size"), f"{name} holds about {objects:,} objects (users,"
+                                f" groups and computers), but with every node up this stack puts {total:,} there:"
+                                f" {footprint.describe()}; {_sizing_fix(edition, total)}"))
+    elif total > objects * SIZING_WARN_SHARE:
+        warnings.append(
+            f"{_key('directory.size')} {edition[1]}: with every node up this stack puts {total:,} of the about"
+            f" {objects:,} objects {name} holds there ({footprint.describe()}), leaving {objects - total:,} for the"
+            " directory's own objects, users made outside the stack and computer objects of missed terminations"
+            f" until the sweep removes them; {_sizing_fix(edition, total)}")
+    if max_users is not None and footprint.users > max_users:
+        bigger = (f"set {_key('directory.size')}: Large" if edition[1] == "Small"
+                  else f"use {_key('directory.type')}: MicrosoftAD")
+        problems.append(Problem(_key("users"), f"{_count(footprint.users, 'user')} with the stack's computer-adding"
+                                f" account: {name} supports up to {max_users:,} users; {bigger}, or declare fewer"))
 
 
 _TAG_CHARS = re.compile(r"^[\w .:/=+\-@]*$")  # what every AWS service takes in tags

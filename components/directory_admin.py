@@ -26,6 +26,7 @@ from pcluster_ad.lambda_src.directory_admin import (
     ID_RANGE,
     IDENTITY_VERSION,
     OWNER_KEY,
+    SWEEP_MAX_DELETES,
     Layout,
     access_group_dn,
     access_group_names,
@@ -89,8 +90,10 @@ class DirectoryAdminArgs:
     # pcluster-ad:identity.idRange: where the ledger allocates uidNumber/gidNumber (issue 18; pins: users[].uid,
     # groups[].gid, carried on DirectoryUser / DirectoryGroup)
     id_range: tuple[int, int] = ID_RANGE
-    sweep_schedule: str = "rate(1 day)"
+    # Missed terminations (lambda_src/directory_admin.py sweep): hourly, at most sweep_max_deletes objects a run.
+    sweep_schedule: str = "rate(1 hour)"
     sweep_grace_minutes: int = 60
+    sweep_max_deletes: int = SWEEP_MAX_DELETES
     # allowedGroups empty: every user account of the domain joins the stack's users group within this (users created
     # in the directory outside the stack may log in after the next run; lambda_src/directory_admin.py access_sync).
     access_sync_schedule: str = "rate(5 minutes)"
@@ -239,6 +242,7 @@ class DirectoryAdmin(pulumi.ComponentResource):
             "OU_NAME": ou, "PARENT_DN": args.parent_dn, "ADMIN_USER": args.admin_user,
             "ADMIN_PASSWORD_PARAMETER": admin_param.name, "CLUSTER_NAME": args.cluster_name,
             "COMPUTER_PREFIX": self.computer_prefix, "SWEEP_GRACE_MINUTES": str(args.sweep_grace_minutes),
+            "SWEEP_MAX_DELETES": str(args.sweep_max_deletes),
             "LDAP_PORT": str(LDAP_PORT), "STACK": args.stack, "KMS_KEY_ARN": args.key_arn,
             "DEPLOYMENT_ID": deployment.hex,
             "ID_MIN": str(args.id_range[0]), "ID_MAX": str(args.id_range[1]),
@@ -425,7 +429,9 @@ def _role_policy(*, parameter_arns: list[pulumi.Input[str]], user_parameters_arn
          "Resource": [pulumi.Output.concat(log_group_arn, ":*")]},
     ]
     if table_arn is not None:
-        # Read the name a node's record holds; delete the record with the terminated node (it has no TTL).
+        # Read the name a node's record holds; delete the record with the terminated node (it has no TTL); the
+        # sweep scans the records for the instances of the objects it finds (missed terminations).
         statements.append({"Sid": "ReadRecordedComputerNames", "Effect": "Allow",
-                           "Action": ["dynamodb:GetItem", "dynamodb:DeleteItem"], "Resource": [table_arn]})
+                           "Action": ["dynamodb:GetItem", "dynamodb:DeleteItem", "dynamodb:Scan"],
+                           "Resource": [table_arn]})
     return {"Version": "2012-10-17", "Statement": statements}

@@ -22,8 +22,9 @@ Events (``handle`` dispatches on the shape):
   ACEs), ``group`` or ``user``.
 * EventBridge "EC2 Instance State-change Notification" with state ``terminated``: deletes that node's
   computer object, only inside the cluster's Computers OU.
-* ``{"op": "sweep"}`` (the daily schedule): deletes computer objects in the Computers OU that carry
-  this cluster's computer-name pattern and whose instance no longer exists.
+* ``{"op": "sweep"}`` (the hourly schedule): deletes computer objects in the Computers OU that carry
+  this cluster's computer-name pattern and whose instance no longer exists (missed terminations), with their
+  join records; at most SWEEP_MAX_DELETES per run.
 * ``{"op": "access-sync"}`` (every few minutes): while allowedGroups is empty (or names Domain Users), every user
   account of the domain becomes a direct member of the stack's users group (a user's primary group is invisible to
   the nodes' in-chain filter); otherwise nothing.
@@ -52,8 +53,15 @@ CLUSTER_TAG = "parallelcluster:cluster-name"
 WINDOW_KEY = "instanceId"  # the join window table's key (lambda_src/join_handler.py)
 # Instance states whose computer objects the sweep keeps (terminated ones stay describable ~1 h).
 LIVE_STATES = ["pending", "running", "shutting-down", "stopping", "stopped"]
-GONE_STATES = frozenset({"shutting-down", "terminated"})
 # A termination event is acted on only when EC2 itself reports one of these.
+GONE_STATES = frozenset({"shutting-down", "terminated"})
+# The sweep deletes at most this many computer objects per run, the rest in the next runs (hourly: a backlog of 20,000
+# left by a directory outage is gone within two days), and stops earlier when fewer than SWEEP_RESERVE_SECONDS of
+# the run are left: the lab's Samba DC took 68.5 ms a delete on a busy 2-core machine (tests/adlab, 300 in 20.6 s),
+# so 500 take about 35 s of the function's 120 s. It asks EC2 about this many instance ids per call.
+SWEEP_MAX_DELETES = 500
+SWEEP_RESERVE_SECONDS = 20.0
+SWEEP_ID_CHUNK = 100
 
 # schemaIDGUID of the computer class (the same in every AD forest).
 COMPUTER_CLASS = "bf967a86-0de6-11d0-a285-00aa003049e2"
@@ -1196,6 +1204,7 @@ class Settings:
     window_table: str = ""
     ldap_port: int = 389
     sweep_grace_minutes: int = 60
+    sweep_max_deletes: int = SWEEP_MAX_DELETES
     id_range: tuple[int, int] = ID_RANGE  # ID_MIN / ID_MAX: pcluster-ad:identity.idRange
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -1241,7 +1250,8 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         parent_dn=environ.get("PARENT_DN", "").strip(), join_user=join_user, join_password_parameter=join_parameter,
         window_table=environ.get("WINDOW_TABLE", "").strip(),
         ldap_port=int(environ.get("LDAP_PORT", "389") or 389),
-        sweep_grace_minutes=int(environ.get("SWEEP_GRACE_MINUTES", "60") or 60), id_range=id_range,
+        sweep_grace_minutes=int(environ.get("SWEEP_GRACE_MINUTES", "60") or 60),
+        sweep_max_deletes=int(environ.get("SWEEP_MAX_DELETES") or SWEEP_MAX_DELETES), id_range=id_range,
     )
 
 
@@ -1675,11 +1685,49 @@ def live_names(ec2: Any, settings: Settings) -> set[str]:
     return names
 
 
-def sweep(*, settings: Settings, ec2: Any, directory: Directory, now: datetime,
-          logger: logging.Logger = log) -> dict[str, Any]:
-    """Delete computer objects in the Computers OU that carry this cluster's name pattern, are older
-    than the grace period (a node that is joining right now is always live anyway) and belong to no
-    live instance. Anything else in the OU, and everything outside it, is left alone."""
+def recorded_instances(dynamodb: Any, table: str) -> dict[str, str]:
+    """{COMPUTER NAME: instance id} of every object the join function recorded (one Scan of the window table: one
+    item per node that asked, a few hundred bytes each)."""
+    if dynamodb is None or not table:
+        return {}
+    out: dict[str, str] = {}
+    pages = dynamodb.get_paginator("scan").paginate(
+        TableName=table, ProjectionExpression="#i, computerName", FilterExpression="attribute_exists(computerName)",
+        ExpressionAttributeNames={"#i": WINDOW_KEY})
+    for page in pages:
+        for item in page.get("Items", []):
+            name = (item.get("computerName") or {}).get("S")
+            iid = (item.get(WINDOW_KEY) or {}).get("S")
+            if name and iid:
+                out[name.upper()] = iid
+    return out
+
+
+def still_there(ec2: Any, instance_ids: Iterable[str]) -> set[str]:
+    """The ids among `instance_ids` that EC2 still reports in any state but terminated, whatever their tags (a node
+    whose cluster tag someone removed is still a live node). Filtered calls only (issue 20)."""
+    ids = sorted(set(instance_ids))
+    alive: set[str] = set()
+    for start in range(0, len(ids), SWEEP_ID_CHUNK):
+        pages = ec2.get_paginator("describe_instances").paginate(
+            Filters=[{"Name": "instance-id", "Values": ids[start:start + SWEEP_ID_CHUNK]}])
+        for page in pages:
+            for r in page.get("Reservations", []):
+                for i in r.get("Instances", []):
+                    if (i.get("State") or {}).get("Name") != "terminated":
+                        alive.add(i["InstanceId"])
+    return alive
+
+
+def sweep(*, settings: Settings, ec2: Any, directory: Directory, now: datetime, dynamodb: Any = None,
+          time_left: Callable[[], float] | None = None, logger: logging.Logger = log) -> dict[str, Any]:
+    """Delete computer objects in the Computers OU that carry this cluster's name pattern, are older than the grace
+    period (a node that is joining right now is always live anyway) and belong to no live instance, with the join
+    function's record of each (what a missed termination event left behind). A recorded instance EC2 still reports
+    alive keeps its object, tags or not. At most `sweep_max_deletes` per run, and none once `time_left()` (seconds
+    of the run) is below SWEEP_RESERVE_SECONDS: the rest is `left`, for the next run, so a backlog never outlasts
+    the function's timeout. Anything else in the OU, and everything outside it, is left
+    alone."""
     standing, theirs = stack_ou_standing(directory, settings.deployment_id)
     if standing != "own":  # the same stack and cluster name elsewhere: its live nodes are not in OUR region
         out = {"deleted": [], "kept": [], "foreign": [], "result": "not ours", "ownedBy": theirs,
@@ -1690,7 +1738,7 @@ def sweep(*, settings: Settings, ec2: Any, directory: Directory, now: datetime,
     pattern = computer_name_pattern(settings.computer_prefix)
     live = live_names(ec2, settings)
     cutoff = now - timedelta(minutes=settings.sweep_grace_minutes)
-    deleted, kept, foreign = [], [], []
+    kept, foreign, orphans = [], [], []
     for c in directory.list_computers():
         name = c["name"].upper()
         created = c["created"]
@@ -1699,9 +1747,23 @@ def sweep(*, settings: Settings, ec2: Any, directory: Directory, now: datetime,
         elif name in live or (isinstance(created, datetime) and created > cutoff):
             kept.append(name)
         else:
-            directory.delete_tree(c["dn"])
+            orphans.append((name, c["dn"]))
+    records = recorded_instances(dynamodb, settings.window_table) if orphans else {}
+    alive = still_there(ec2, [records[n] for n, _ in orphans if n in records])
+    deleted, left = [], 0
+    for name, dn in sorted(orphans):
+        iid = records.get(name)
+        if iid in alive:
+            kept.append(name)  # a live instance EC2 does not list under the cluster tag: never swept
+        elif len(deleted) >= settings.sweep_max_deletes or (time_left is not None
+                                                             and time_left() < SWEEP_RESERVE_SECONDS):
+            left += 1
+        else:
+            directory.delete_tree(dn)
+            if iid is not None:  # the record has no TTL once an object was made: it goes with the object
+                dynamodb.delete_item(TableName=settings.window_table, Key={WINDOW_KEY: {"S": iid}})
             deleted.append(name)
-    out = {"deleted": sorted(deleted), "kept": sorted(kept), "foreign": sorted(foreign)}
+    out = {"deleted": sorted(deleted), "kept": sorted(kept), "foreign": sorted(foreign), "left": left}
     logger.info(json.dumps({"event": "sweep", **out}))
     return out
 
@@ -1709,6 +1771,7 @@ def sweep(*, settings: Settings, ec2: Any, directory: Directory, now: datetime,
 def handle(event: Mapping[str, Any], *, settings: Settings, ec2: Any, ssm: Any, ds: Any, dynamodb: Any,
            connect: Callable[[Settings, str], Any] = ldap_connect,
            now: Callable[[], datetime] = lambda: datetime.now(UTC),
+           time_left: Callable[[], float] | None = None,
            logger: logging.Logger = log) -> dict[str, Any]:
     cache: dict[str, Directory] = {}
 
@@ -1723,7 +1786,8 @@ def handle(event: Mapping[str, Any], *, settings: Settings, ec2: Any, ssm: Any, 
             return handle_termination(event, settings=settings, ec2=ec2, dynamodb=dynamodb, directory=directory,
                                       logger=logger)
         if event.get("op") == "sweep":
-            return sweep(settings=settings, ec2=ec2, directory=directory(), now=now(), logger=logger)
+            return sweep(settings=settings, ec2=ec2, directory=directory(), now=now(), dynamodb=dynamodb,
+                         time_left=time_left, logger=logger)
         if event.get("op") == ACCESS_SYNC_OP:
             return access_sync(settings=settings, directory=directory(), logger=logger)
         if "resource" in event:
@@ -1754,7 +1818,9 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
     if _clients is None:
         cfg = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=20)
         _clients = {n: boto3.client(n, config=cfg) for n in ("ec2", "ssm", "ds", "dynamodb")}
-    return handle(event, settings=_settings, **_clients)
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    return handle(event, settings=_settings, time_left=(lambda: remaining() / 1000) if remaining else None,
+                  **_clients)
 
 
 if __name__ == "__main__":  # pragma: no cover - local debugging only

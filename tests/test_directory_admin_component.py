@@ -118,7 +118,7 @@ def test_event_rule_and_schedule(g):
     term = g.named("directory-admin-terminated").inputs
     assert json.loads(term["eventPattern"]) == TERMINATED_PATTERN
     sweep = g.named("directory-admin-sweep").inputs
-    assert sweep["scheduleExpression"] == "rate(1 day)"
+    assert sweep["scheduleExpression"] == "rate(1 hour)"  # missed terminations, bounded per run (issue 20)
     # allowedGroups empty: every user account into the stack's users group (README "Who may log in").
     assert g.named("directory-admin-access-sync").inputs["scheduleExpression"] == "rate(5 minutes)"
     for part, payload in (("terminated", None), ("sweep", {"op": "sweep"}), ("access-sync", {"op": "access-sync"})):
@@ -145,7 +145,8 @@ def test_role_policy_is_least_privilege(g):
     assert st["DecryptOwnParameters"]["Condition"] == via
     assert st["DescribeInstances"]["Action"] == ["ec2:DescribeInstances"]
     assert st["CheckParameterKeys"]["Action"] == ["ssm:DescribeParameters"]
-    assert st["ReadRecordedComputerNames"]["Action"] == ["dynamodb:GetItem", "dynamodb:DeleteItem"]
+    assert st["ReadRecordedComputerNames"]["Action"] == ["dynamodb:GetItem", "dynamodb:DeleteItem", "dynamodb:Scan"]
+    assert st["ReadRecordedComputerNames"]["Resource"] == ["arn:aws:dynamodb:eu-west-1:1:table/w"]  # the table only
     # Every `*` resource is one of the two documented ones.
     stars = sorted(s["Sid"] for s in doc["Statement"] if s["Resource"] == "*")
     assert stars == ["AttachToVpc", "CheckParameterKeys", "DescribeInstances"]
