@@ -1,6 +1,6 @@
 """Scale model of the join path (issue 20): N nodes booting over T seconds against AWS's limits and the directory.
 
-    venv/bin/python -m bench.join_scale [--seed 1] [--quick]
+    venv/bin/python -m bench.join_scale [--seed 1] [--quick]     (about 20 s; --quick a few seconds)
 
 A discrete-event simulation, seeded and deterministic. What each request costs is not written here: the call
 sequences of the join function (join, close, refused request) and of the termination handler are counted from the
@@ -32,8 +32,23 @@ Limits (token buckets: capacity, refill per second):
 - STS GetCallerIdentity (the caller proof): ASSUMPTION (600, 600/s) per account and region.
 - CloudFormation ListStackResources: unpublished; ASSUMPTION (20, 5/s).
 - DynamoDB on demand: a new table serves up to 4,000 writes and 12,000 reads per second.
-- Lambda: reserved concurrency (the stack's default 10); a request finding every slot busy gets HTTP 429 from the
-  function URL. A new container starts cold (0.4 s) with empty caches.
+- Lambda: reserved concurrency R (the stack's default 10) limits the function twice; either limit answers the
+  function URL's request HTTP 429 (TooManyRequestsException), and the node cannot tell them apart:
+  - slots: a request finding all R execution environments busy (a cold start, 0.4 s, holds its slot too);
+  - rate: synchronous invocations are limited to 10 requests per second per unit of concurrency, so the function
+    gets 10 * R requests per second, however short its requests (AWS Lambda Developer Guide, "Understanding Lambda
+    function scaling", https://docs.aws.amazon.com/lambda/latest/dg/lambda-concurrency.html , section on
+    concurrency and requests per second: each execution environment serves at most 10 requests per second, and
+    the account's requests per second are limited to 10 times its concurrency; "Lambda scaling behavior",
+    https://docs.aws.amazon.com/lambda/latest/dg/scaling-behavior.html , states the same ratio: 1,000
+    environments "or 10,000 requests per second"). The excerpts at hand state the account-level limit and the
+    ratio; applying it per function to 10 * R follows the guide's per-environment rule. Modelled as a token bucket
+    of 10 * R per second; ASSUMPTION (no burst is published): its capacity is 0.1 s of the rate (R tokens). A
+    request refused for a busy slot spends no token. Not modelled: the scaling rate (1,000 environments per 10 s
+    per function), which never binds for R <= 1,000.
+  A new container starts cold with empty caches. ASSUMPTION (Lambda's routing is not published): a request takes
+  the most recently freed idle container, so after a flood a node's request often lands on one the flood started,
+  whose caches are empty (its refused requests fetch nothing), and pays the cached calls again.
 - Directory: the lab's Samba DC spends 0.10-0.14 CPU s per join (issue 20; bench/RESULTS.md); one free core per
   DC, served first come first served. ASSUMPTION: a third of it is the function's LDAP create, the rest the node's
   `realm join`, which also spends 1.2 s on the node and its network (the lab's join takes ~1.5 s).
@@ -80,6 +95,8 @@ LIMITS: dict[str, tuple[float, float]] = {
 # Service time of one call (s), from the function in the region; rough, only the shape matters.
 LATENCY = {"dynamodb": 0.008, "sts": 0.03, "ec2": 0.12, "iam": 0.08, "cloudformation": 0.15, "ssm": 0.03}
 LAMBDA_OVERHEAD_S, COLD_START_S = 0.02, 0.4
+LAMBDA_RPS_PER_CONCURRENCY = 10  # requests per second per unit of reserved concurrency (docstring)
+LAMBDA_RPS_BURST_S = 0.1  # ASSUMPTION: the rate bucket holds 0.1 s of its rate
 LAMBDA_TIMEOUT_S = 60  # components/join_function.py: timeout_seconds
 MAX_ANSWERS = 3  # components/join_function.py: max_answers (the window's attempts)
 BOTO_ATTEMPTS = jh.MAX_ATTEMPTS  # the function's standard retry mode: backoff uniform(0, 2^n) s
@@ -173,12 +190,15 @@ class Result:
     scenario: Scenario
     profile: str
     latencies: dict[int, float] = field(default_factory=dict)  # node -> join latency from its script start
+    starts: dict[int, float] = field(default_factory=dict)  # node -> when its join script started
     failed: Counter[str] = field(default_factory=Counter)  # why
     discarded: int = 0  # nodes ParallelCluster launched, could not describe, and terminated
     throttles: Counter[str] = field(default_factory=Counter)  # by service (function's calls)
     pc_throttles: int = 0  # ParallelCluster's own DescribeInstances answered RequestLimitExceeded
     pc_describe_failures: int = 0  # launch batches not described in 5 attempts + clustermgtd loops failed
     http_429_lambda: int = 0
+    lambda_throttles: Counter[str] = field(default_factory=Counter)  # every 429 of Lambda, nodes' and flood's, by
+    # limit: "concurrency" (every slot busy) or "rate" (over 10 * R requests per second)
     http_429_admission: int = 0
     failed_after_429: int = 0
     windows_open: int = 0
@@ -212,6 +232,8 @@ class _Sim:
         self.buckets = {name: Bucket(*spec, at=self.now)
                         for name, spec in {**LIMITS, **EC2_READINGS[scenario.reading]}.items()}
         self.dc_free = [self.now] * scenario.dcs
+        rps = LAMBDA_RPS_PER_CONCURRENCY * scenario.reserved_concurrency
+        self.lambda_rate = Bucket(max(1.0, rps * LAMBDA_RPS_BURST_S), rps, at=self.now)
         self.busy = 0
         self.idle: list[dict[str, float]] = []  # warm containers: service -> when its answer was fetched
         self.in_progress = 0
@@ -276,6 +298,10 @@ class _Sim:
     def invoke(self, node: int, kind: str, calls: Counter[str]) -> Generator[float, None, int]:
         """One function URL request; returns the HTTP status the node sees."""
         if self.busy >= self.s.reserved_concurrency:
+            self.result.lambda_throttles["concurrency"] += 1
+            return 429
+        if not self.lambda_rate.take(self.now):
+            self.result.lambda_throttles["rate"] += 1
             return 429
         self.busy += 1
         container = self.idle.pop() if self.idle else None
@@ -358,6 +384,7 @@ class _Sim:
     # the node (bootstrap/join-domain.sh)
     def node(self, node: int) -> Generator[float, None, None]:
         start, r = self.now, self.result
+        r.starts[node] = start
         delay, backoff, saw_429 = 1, 0, False
         while True:
             status = yield from self.invoke(node, "join", r.calls)
@@ -545,6 +572,61 @@ def _label(profile: Profile, sc: Scenario) -> str:
     return f"{profile.name}{cap}; reserved {sc.reserved_concurrency}; EC2 {sc.reading}"
 
 
+SWEEP = (10, 50, 100, 105, 110, 120, 150, 200, 300)
+SWEEP_QUICK = (10, 100, 150)
+FLOOD_DELAY_GOAL_S = 1.0
+
+
+def flood_delays(sc: Scenario, profile: Profile, per_s: float = 1000) -> tuple[Result, Result, list[float]]:
+    """The same nodes without and with the flood; each node's extra latency (inf: it did not join), in the order
+    of calm.latencies."""
+    calm, hit = simulate(sc, profile), simulate(replace(sc, flood_per_s=per_s), profile)
+    return calm, hit, [hit.latencies.get(node, math.inf) - v for node, v in calm.latencies.items()]
+
+
+def _boot_goal(r: Result, p95: float) -> bool:
+    return (r.share() == 1 and not r.failed and r.pct(0.95) <= p95 and r.pc_throttles == 0
+            and r.windows_open == 0)
+
+
+def reserved_sweep(current: Profile, seed: int, n: Callable[[int], int], values: Iterable[int]) -> list[str]:
+    """Issue 20's three goals against reserved concurrency: the flood (1,000 signed requests/s for 60 s from one
+    joined node's credentials during 1,000 nodes over 120 s, 2 DCs), 1,000 nodes over 120 s (2 DCs; p95 <= 3 s,
+    no failure, no ParallelCluster EC2 throttle, no window left open) and 2,000 over 120 s (4 DCs; p95 <= 40 s, no
+    failure), the last two under both EC2 readings (the worse shown); no admission control (main today)."""
+    out = [f"## Reserved concurrency against issue 20's goals (flood: 1,000 requests/s for 60 s from t=30 s during "
+           f"{n(1000)} nodes over 120 s, 2 DCs, EC2 unfiltered; no admission control)\n",
+           "| reserved concurrency | Lambda rate limit (req/s) | flood answers (HTTP status: count) | Lambda 429s: "
+           "every slot busy / over the rate | of them to joining nodes | other nodes' latency p95 / max without -> "
+           "with the flood (s) | largest delay of one node (s) | nodes delayed > 1 s | largest delay of a node "
+           "starting 1 s or more into the flood (s) | "
+           f"{n(1000)} nodes, 2 DCs: p95 / max (s), failed | {n(2000)} nodes, 4 DCs: p95 / max (s), failed | "
+           "goals met: flood / 1,000 / 2,000 |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in values:
+        sc = Scenario(n(1000), 120, dcs=2, seed=seed, reserved_concurrency=r)
+        calm, hit, delays = flood_delays(sc, current)
+        worst = max(delays, default=0.0)
+        settled = max((d for node, d in zip(calm.latencies, delays, strict=True)
+                       if calm.starts[node] >= sc.flood_start + 1), default=0.0)
+        flood_ok = worst <= FLOOD_DELAY_GOAL_S and hit.flood_calls["ec2"] == hit.flood_calls["iam"] == 0
+        boots = []
+        for nodes, dcs, goal in ((n(1000), 2, 3.0), (n(2000), 4, 40.0)):
+            runs = [simulate(replace(sc, nodes=nodes, dcs=dcs, reading=reading), current) for reading in EC2_READINGS]
+            ok = all(_boot_goal(x, goal) for x in runs)
+            w = max(runs, key=lambda x: (x.pct(0.95), x.pct(1.0)))
+            boots.append((f"{_fmt(w.pct(0.95))} / {_fmt(w.pct(1.0))}, {sum(sum(x.failed.values()) for x in runs)}",
+                          ok))
+        lt = hit.lambda_throttles
+        yes = {True: "yes", False: "NO"}
+        out.append(f"| {r} | {LAMBDA_RPS_PER_CONCURRENCY * r} | {dict(sorted(hit.flood_answers.items()))} | "
+                   f"{lt['concurrency']} / {lt['rate']} | {hit.http_429_lambda} | {_fmt(calm.pct(0.95))} / "
+                   f"{_fmt(calm.pct(1))} -> {_fmt(hit.pct(0.95))} / {_fmt(hit.pct(1))} | {worst:.2f} | "
+                   f"{sum(d > 1 for d in delays)} | {settled:.2f} | {boots[0][0]} | {boots[1][0]} | "
+                   f"{yes[flood_ok]} / {yes[boots[0][1]]} / {yes[boots[1][1]]} |")
+    return out
+
+
 def report(seed: int = 1, quick: bool = False) -> str:
     from bench import join_calls
 
@@ -584,15 +666,17 @@ def report(seed: int = 1, quick: bool = False) -> str:
                "|---|---|---|---|---|---|")
     for profile, changes in [(BEFORE, {}), (current, {}), (current, {"admission_per_dc": 10}),
                              (current, {"reserved_concurrency": 50, "admission_per_dc": 10}),
-                             (current, {"reserved_concurrency": 100, "admission_per_dc": 10})]:
+                             (current, {"reserved_concurrency": 100, "admission_per_dc": 10}),
+                             (current, {"reserved_concurrency": 150, "admission_per_dc": 10})]:
         sc = replace(flood, **changes)
-        calm, hit = simulate(sc, profile), simulate(replace(sc, flood_per_s=1000), profile)
-        delays = [hit.latencies.get(node, math.inf) - v for node, v in calm.latencies.items()]
+        calm, hit, delays = flood_delays(sc, profile)
         fc = hit.flood_calls
         out.append(f"| {_label(profile, sc)} | {fc['ec2']} / {fc['iam']} / {fc['sts']} / {fc['dynamodb']} | "
                    f"{dict(sorted(hit.flood_answers.items()))} | {_fmt(calm.pct(0.95))} / {_fmt(calm.pct(1))} -> "
                    f"{_fmt(hit.pct(0.95))} / {_fmt(hit.pct(1))} | {_fmt(max(delays, default=0.0))} | "
                    f"{100 * hit.share():.1f}% |")
+    out.append("")
+    out += reserved_sweep(current, seed, n, SWEEP_QUICK if quick else SWEEP)
     out.append("")
     out.append("## Terminations: 1,000 instances of the account over 10 s, half of them this cluster's joined nodes "
                "(first attempts only)\n")

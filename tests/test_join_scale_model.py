@@ -48,7 +48,7 @@ def test_the_counted_requests_are_the_handlers_budgets(counted: join_calls.Count
 def test_the_simulation_replays_the_counted_calls(counted: join_calls.Counted, current: js.Profile) -> None:
     """Unthrottled, the model's calls are the counted ones times the requests: every node one join and one close."""
     r = js.simulate(SMALL, current)
-    assert len(r.latencies) == SMALL.nodes and not r.failed and not r.throttles
+    assert len(r.latencies) == SMALL.nodes and not r.failed and not r.throttles and not r.lambda_throttles
     per_join, per_close = services(counted.join_warm), services(counted.close)
     for service in ("ec2", "sts", "dynamodb"):
         assert r.calls[service] == SMALL.nodes * (per_join[service] + per_close[service]), service
@@ -91,6 +91,23 @@ def test_a_flood_from_a_joined_nodes_credentials_costs_no_ec2_iam_or_sts_call(cu
     assert now.flood_calls["ec2"] == now.flood_calls["iam"] == now.flood_calls["sts"] == 0
     assert now.flood_calls["dynamodb"] == now.flood_answers[403]  # the pre-check read, nothing else
     assert before.flood_calls["ec2"] > 0 and before.flood_calls["iam"] > 0
+
+
+def test_a_flood_above_ten_requests_per_second_per_unit_of_concurrency_gets_429_with_slots_free(
+        current: js.Profile) -> None:
+    """Lambda serves a function at most 10 requests per second per unit of reserved concurrency. 200 refused
+    requests/s for 5 s need ~6 of 10 slots (each lasts ~30 ms) but exceed 10 * 10 per second: the excess is
+    answered 429 by the rate limit, not the slots, and at most the rate's 5 s plus its burst get through. With 30
+    slots (300 per second) the same flood meets no rate limit."""
+    flood = replace(SMALL, flood_per_s=200, flood_seconds=5, flood_start=5, reserved_concurrency=10)
+    r = js.simulate(flood, current)
+    assert sum(r.flood_answers.values()) == 1000
+    rate = js.LAMBDA_RPS_PER_CONCURRENCY * flood.reserved_concurrency
+    served = sum(n for status, n in r.flood_answers.items() if status != 429)
+    assert 0 < served <= rate * flood.flood_seconds + rate * js.LAMBDA_RPS_BURST_S
+    assert r.flood_answers[429] >= 1000 - served and r.lambda_throttles["rate"] > r.lambda_throttles["concurrency"]
+    roomy = js.simulate(replace(flood, reserved_concurrency=30), current)
+    assert roomy.lambda_throttles["rate"] == 0 and roomy.flood_answers[403] > served
 
 
 def test_the_model_is_deterministic(current: js.Profile) -> None:
