@@ -24,6 +24,12 @@ from typing import Any
 PROJECT = "pcluster-ad"
 # The one place the ParallelCluster version is written (shell scripts read the same file).
 DEFAULT_PCLUSTER_VERSION = Path(__file__).with_name("pcluster_version.txt").read_text(encoding="utf-8").strip()
+# The join function's default reserved concurrency. Lambda serves a function at most 10 requests per second per unit
+# of it, and the flood the function must absorb (1,000 signed requests/s from one node's credentials, issue 20)
+# alone would use all of 100; 150 leaves the other nodes' joins untouched (bench/join_scale.py, the reserved
+# concurrency sweep in bench/RESULTS.md). AWS keeps 100 of an account's concurrency unreserved: the account needs a
+# Lambda concurrency quota of 250 or more (the default is 1,000), else set join.reservedConcurrency lower or 0.
+JOIN_RESERVED_CONCURRENCY = 150
 
 # ParallelCluster 3.16 operating systems (Image.Os).
 SUPPORTED_OS = ("alinux2023", "rhel8", "rhel9", "rocky8", "rocky9", "ubuntu2204", "ubuntu2404")
@@ -148,8 +154,8 @@ class JoinSettings:
     # Whether the join password is its own config secret (else: the admin password).
     has_own_password: bool
     # The join function's reserved concurrency; None = unreserved (accounts whose whole Lambda
-    # quota is 10 cannot reserve any).
-    reserved_concurrency: int | None = 10
+    # quota is 10 cannot reserve any). JOIN_RESERVED_CONCURRENCY by default.
+    reserved_concurrency: int | None = 150
     # Join window per instance: the function answers only this long after launch, this many times.
     window_minutes: int = 30
     max_answers: int = 3
@@ -965,10 +971,10 @@ def _parse_join(problems: list[Problem], value: Any, directory: DirectorySetting
     # A directory created here: a least-privilege join account the stack creates (DirectoryAdmin).
     default_user = default_join_user(stack) if directory and directory.administered else None
     user = r.str("user", default=default_user)
-    concurrency = r.int("reservedConcurrency", default=10)
+    concurrency = r.int("reservedConcurrency", default=JOIN_RESERVED_CONCURRENCY)
     if concurrency is not None and not 0 <= concurrency <= 1000:
         r.fail(r.sub("reservedConcurrency"), f"must be 0 (unreserved) to 1000, got {concurrency}")
-        concurrency = 10
+        concurrency = JOIN_RESERVED_CONCURRENCY
     # Late import: cluster_config imports this module. The window must outlast the join script's
     # own deadline, or a slow first join would be refused its retries.
     from pcluster_ad.cluster_config import JOIN_TIMEOUT_SECONDS

@@ -59,7 +59,7 @@ class JoinFunctionArgs:
     # Caps what a burst of nodes (or a caller hammering the URL) can take from the account's
     # concurrency and how fast anyone can probe. None = no reservation (new accounts whose whole
     # quota is 10 cannot reserve any).
-    reserved_concurrency: int | None = 10
+    reserved_concurrency: int | None = 150  # stack_config.JOIN_RESERVED_CONCURRENCY (a component reads no config)
     timeout_seconds: int = 60  # the AWS calls, each retried up to 4 times under throttling, and the LDAP add
     ldap_port: int = LDAP_PORT
     tags: dict[str, str] = field(default_factory=dict)

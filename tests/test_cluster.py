@@ -328,7 +328,7 @@ def test_the_real_schema_rejects_a_broken_render(run_stack):
 
 def test_join_function_concurrency_follows_the_config(run_stack):
     fn = run_stack().named("join-function-fn")
-    assert fn.inputs["reservedConcurrentExecutions"] == 10
+    assert fn.inputs["reservedConcurrentExecutions"] == 150  # stack_config.JOIN_RESERVED_CONCURRENCY (bench-sized)
     fn = run_stack(lambda c: c.setdefault("pcluster-ad:join", {}).update(reservedConcurrency=0)).named(
         "join-function-fn")
     assert "reservedConcurrentExecutions" not in fn.inputs

@@ -269,7 +269,7 @@ def test_function_configuration(g):
     fn = g.named("join-function-fn").inputs
     assert fn["runtime"] == "python3.13" and fn["handler"] == "join_handler.handler"
     assert fn["architectures"] == ["arm64"] and fn["memorySize"] == 256
-    assert fn["timeout"] == 60 and fn["reservedConcurrentExecutions"] == 10
+    assert fn["timeout"] == 60 and fn["reservedConcurrentExecutions"] == 10  # join_program passes 10
     assert fn["role"] == "<after-deploy:join-function-role.arn>"
     assert fn["environment"]["variables"] == {
         "CLUSTER_NAME": CLUSTER, "VPC_ID": VPC,

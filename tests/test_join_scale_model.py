@@ -113,3 +113,20 @@ def test_a_flood_above_ten_requests_per_second_per_unit_of_concurrency_gets_429_
 def test_the_model_is_deterministic(current: js.Profile) -> None:
     a, b = js.simulate(SMALL, current), js.simulate(SMALL, current)
     assert a.latencies == b.latencies and a.calls == b.calls
+
+
+def test_the_stacks_default_reserved_concurrency_absorbs_the_issues_flood(current: js.Profile) -> None:
+    """stack_config.JOIN_RESERVED_CONCURRENCY: 1,000 signed requests/s from one node's credentials meet no Lambda
+    rate limit and delay no other node that starts once the flood runs by more than 1 s (in the model); 100, where
+    the flood alone fills the rate, would not."""
+    from pcluster_ad.stack_config import JOIN_RESERVED_CONCURRENCY
+
+    sc = js.Scenario(nodes=300, seconds=40, dcs=2, seed=3, flood_start=10, flood_seconds=20,
+                     reserved_concurrency=JOIN_RESERVED_CONCURRENCY)
+    calm, hit, delays = js.flood_delays(sc, current)
+    assert hit.lambda_throttles["rate"] == 0
+    settled = [d for node, d in zip(calm.latencies, delays, strict=True) if calm.starts[node] >= sc.flood_start + 1]
+    assert settled and max(settled) <= 1.0
+    assert hit.flood_calls["ec2"] == hit.flood_calls["iam"] == 0
+    _, starved, _ = js.flood_delays(replace(sc, reserved_concurrency=100), current)
+    assert starved.lambda_throttles["rate"] > 0
