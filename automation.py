@@ -153,6 +153,7 @@ def workspace(name: str, *, work_dir: str | Path | None = None, env_vars: Mappin
     if resolved == ROOT or ROOT in resolved.parents:
         raise ValueError(f"work_dir={directory} is inside the checkout {ROOT}: its stack files are tracked;"
                          " give a directory outside it (default ~/.pcluster-ad/workspaces/<stack>)")
+    directory = resolved  # the engine never follows a symlink that someone could point elsewhere later
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     settings = auto.ProjectSettings(name=PROJECT, runtime="python", main=str(program_dir(directory)),
                                     description="pcluster-ad through the Automation API (generated; do not edit)")
@@ -218,6 +219,9 @@ def program_dir(directory: Path) -> Path:
     for both, and a stack moves between a checkout and an installed package without a diff."""
     if is_checkout(ROOT):
         return ROOT
+    # Resolved: the engine gets a path without symlinks, which nobody can point elsewhere after these checks.
+    directory = directory.resolve()
+    _no_one_else_can_rename(directory)
     main = directory / "program"
     bin_dir = main / "venv" / "bin"
     for path in (directory, main, main / "venv", bin_dir):  # it will hold what the cluster command executes
@@ -235,6 +239,32 @@ def program_dir(directory: Path) -> Path:
     link.symlink_to(ROOT / "launcher", target_is_directory=True)
     os.replace(link, main / "launcher")
     return main
+
+
+def _no_one_else_can_rename(path: Path) -> None:
+    """Every directory above `path` (resolved) is root's or this user's and nobody else can write it, or it is sticky
+    (/tmp: nobody renames what is not theirs). Otherwise whoever can write one of them renames the checked workspace
+    away after this check and puts their own venv/bin/python in its place, for the engine to run as this user."""
+    uid = os.geteuid()
+    for parent in path.parents:
+        info = parent.stat()
+        others_write = info.st_mode & 0o002 or (info.st_mode & 0o020 and not _private_group(info.st_gid, uid))
+        if info.st_uid not in (0, uid) or (others_write and not info.st_mode & stat.S_ISVTX):
+            raise ValueError(f"{parent} (above the workspace {path}) must be root's or yours, and nobody else may write"
+                             " it (unless sticky, as /tmp): whoever can would swap the workspace, which holds the"
+                             " interpreter the cluster command runs; give a work_dir below your home directory")
+
+
+def _private_group(gid: int, uid: int) -> bool:
+    """`gid` is the user's own group (user private groups, umask 002): their primary group, with no other member."""
+    import grp
+    import pwd
+
+    try:
+        user, group = pwd.getpwuid(uid), grp.getgrgid(gid)
+    except KeyError:
+        return False
+    return user.pw_gid == gid and set(group.gr_mem) <= {user.pw_name}
 
 
 def _own_private_dir(path: Path) -> None:

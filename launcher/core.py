@@ -62,7 +62,9 @@ def venv_home(env: Mapping[str, str], repo_dir: Path = REPO_DIR) -> Path:
     installed package (a wheel in site-packages) in the user's data directory, never inside site-packages."""
     if is_checkout(repo_dir):
         return repo_dir
-    data = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME") or Path.home()) / ".local" / "share")
+    data = env.get("XDG_DATA_HOME") or ""
+    if not Path(data).is_absolute():  # the XDG base directory spec: a relative path is invalid, to be ignored
+        data = str(Path(env.get("HOME") or Path.home()) / ".local" / "share")
     return Path(data) / "pcluster-ad"
 
 # Exit codes of `python -m launcher`.

@@ -174,8 +174,9 @@ def test_an_invalid_config_in_the_example_stops_before_pulumi(tmp_path, installe
 
 
 def test_pyproject_packages_every_folder_with_code():
-    """A folder of code added at the top level must be listed, or the wheel goes without it (top-level modules are
-    packaged without a list: the package IS the top level)."""
+    """A folder of code, a top-level module or a bootstrap script added must be listed, or the wheel goes without it
+    (listed, not globbed: a wheel built from a working checkout carries nothing else that sits there; setup.py)."""
+    import ast
     import tomllib
 
     setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
@@ -183,7 +184,12 @@ def test_pyproject_packages_every_folder_with_code():
     folders = {p.parent.name for p in ROOT.glob("*/*.py")} - {"tests", "bench", "pcluster_ad"}
     assert set(setup["packages"]) == {"pcluster_ad"} | {f"pcluster_ad.{name}" for name in folders} - {
         "pcluster_ad.bootstrap"}  # bootstrap/ is package data: scripts uploaded to S3, never imported
-    assert "bootstrap/*" in setup["package-data"]["pcluster_ad"]
+    bootstrap = {f"bootstrap/{p.name}" for p in (ROOT / "bootstrap").iterdir()}
+    assert bootstrap <= set(setup["package-data"]["pcluster_ad"])
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    listed = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                  and getattr(n.targets[0], "id", "") == "MODULES")
+    assert listed == {p.stem for p in ROOT.glob("*.py")} - {"setup"}
 
 
 def test_code_imports_through_the_package_only_what_the_wheel_carries():
@@ -193,7 +199,8 @@ def test_code_imports_through_the_package_only_what_the_wheel_carries():
     import tomllib
 
     setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    packaged = {p.split(".", 1)[1] for p in setup["packages"] if "." in p} | {p.stem for p in ROOT.glob("*.py")}
+    modules = {p.stem for p in ROOT.glob("*.py")} - {"setup"}  # setup.py builds the wheel; it is no module of it
+    packaged = {p.split(".", 1)[1] for p in setup["packages"] if "." in p} | modules
     named = set()
     for path in [*ROOT.glob("*.py"), *ROOT.glob("*/*.py"), *ROOT.glob("*/*/*.py")]:
         if path.parts[len(ROOT.parts)] in ("venv", "build"):

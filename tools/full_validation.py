@@ -29,8 +29,8 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+if not __package__ and str(ROOT) not in sys.path:  # run as a file in a checkout; imported, pcluster_ad is importable
+    sys.path.insert(0, str(ROOT))  # (never the installed package's directory: its modules would shadow the caller's)
 
 from pcluster_ad.launcher.core import EXIT_SETUP, SetupError, resolve_pcluster  # noqa: E402
 from pcluster_ad.stack_config import SECRET_KEYS, ConfigError, Problem  # noqa: E402

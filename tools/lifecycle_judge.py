@@ -561,5 +561,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    if not __package__:  # run as a file in a checkout (`-m pcluster_ad.tools...` needs nothing)
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     sys.exit(main())

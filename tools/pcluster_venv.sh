@@ -57,7 +57,9 @@ fi
 if [ -f "${repo_dir}/pcluster_ad/__init__.py" ]; then
     venv_home="${repo_dir}"
 else
-    venv_home="${XDG_DATA_HOME:-$HOME/.local/share}/pcluster-ad"
+    data_home="${XDG_DATA_HOME:-}"
+    case "$data_home" in /*) ;; *) data_home="$HOME/.local/share" ;; esac # relative: invalid (XDG base dir spec)
+    venv_home="${data_home}/pcluster-ad"
 fi
 venv_dir="${PCLUSTER_AD_PCLUSTER_VENV:-${venv_home}/.venv-pcluster}"
 python_bin="${PCLUSTER_AD_PYTHON:-python3}"
