@@ -14,7 +14,9 @@
 #      auth), signed with `curl --aws-sigv4`; the credentials reach curl through a config on stdin,
 #      never argv; bounded retries with exponential backoff and jitter, all within --timeout (default
 #      600 s) counted from the start of the script; HTTP 403 is final (the node's join window is
-#      closed, or the node is no node of this cluster);
+#      closed, or the node is no node of this cluster); HTTP 429 (the joins in progress against the directory
+#      are at the function's cap, or Lambda throttles) and 503 are waited out with full-jitter exponential
+#      backoff, never shorter than the answer's retryAfter: "join function busy, retrying in N s (attempt k)";
 #   3b. access and speed, all BEFORE realm join, which restarts sssd with the domain at its end (so no moment
 #      in which any AD user may log in): with allowed groups (baked by the stack, or --allowed-groups), an
 #      sssd conf.d snippet that admits only their members: with the stack's groups (DirectoryAdmin, baked, or
@@ -448,6 +450,36 @@ def error_field():
     msg = re.sub(r"[^ -~]", "?", str(msg))[:200]
     print(msg if msg else "(no error message)")
 
+def busy_delay(busy, retry_after, remaining, rand, base=1.0, cap=30.0):
+    # AWS's "full jitter" (Exponential Backoff And Jitter, AWS Architecture Blog): a random wait in
+    # [0, min(cap, base * 2^busy)] so that nodes sent away together do not come back together; never shorter than
+    # the function's Retry-After; never past the deadline (1 s left for the last attempt).
+    delay = max(float(retry_after), rand(0.0, min(cap, base * 2 ** busy)))
+    return max(0.0, min(delay, remaining - 1.0))
+
+def retry_after(text):
+    # The function's 429 body carries retryAfter (seconds), as its Retry-After header does: curl before 7.84
+    # (RHEL 8, Ubuntu 22.04) cannot print a response header with -w. 0 when absent (Lambda's own throttling).
+    try:
+        value = json.loads(text).get("retryAfter", 0)
+    except Exception:
+        return 0
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 600 else 0
+
+def busy_wait(busy, attempt, remaining, code, text, sleep=None, rand=None, out=print):
+    # Log the wait, then wait (sleep and rand injectable: tests pass fakes). Returns the delay.
+    import random, time
+    delay = busy_delay(busy, retry_after(text), remaining, rand or random.uniform)
+    out(f"join function busy, retrying in {delay:.1f} s (attempt {attempt}; HTTP {code})", flush=True)
+    (sleep or time.sleep)(delay)
+    return delay
+
+def busy_wait_cli(busy, attempt, remaining, code):
+    # stdin: the 429/503 body (no secret). PCLUSTER_AD_TEST_NO_BACKOFF=1: log, do not sleep.
+    no_sleep = os.environ.get("PCLUSTER_AD_TEST_NO_BACKOFF") == "1"
+    busy_wait(int(busy), int(attempt), int(remaining), code, sys.stdin.read(65536),
+              sleep=(lambda _: None) if no_sleep else None)
+
 def joined_realm(conf, keytab):
     # stdin: `realm list` output. stdout: domain and realm of this node's existing join, one per line;
     # exit 1 when the node is not joined. A realm realmd lists as configured counts; so does the on-disk
@@ -749,6 +781,7 @@ def daemon_opts(path):
 
 cmd, args = sys.argv[1], sys.argv[2:]
 {"sigv4-config": sigv4_config, "join-response": join_response, "error-field": error_field,
+ "busy-wait": busy_wait_cli,
  "node-config": node_config,
  "daemon-opts": daemon_opts, "joined-realm": joined_realm, "close-response": close_response,
  "imds-address": imds_address}[cmd](*args)
@@ -935,8 +968,9 @@ post_to_function() {
 # Fills AD_DOMAIN, AD_REALM, COMPUTER_NAME, HOST_FQDN and ONE_TIME_PASSWORD from the join function, which has
 # just created this instance's computer object with that one-time password.
 fetch_join_secret() {
-    local attempt=0 delay=1 left max_time rc code body parsed err="none"
+    local attempt=0 delay=1 left max_time rc code body parsed err="none" busy=0 busy_body
     while :; do
+        busy_body=""
         read_imds '{}' # fresh credentials (and caller proof) each attempt: they rotate
         left=$(remaining)
         if ((left <= 0)); then
@@ -972,17 +1006,25 @@ fetch_join_secret() {
             return 0
         else
             err="HTTP $code: $(printf '%s' "$body" | pyhelper error-field)"
-            body=""
             case $code in
                 403)
                     die 6 "the join function refused this node ($err). Not retrying: check that instance $INSTANCE_ID carries the tag parallelcluster:cluster-name of the cluster, runs in the cluster's VPC, and that its instance role may call the function URL (lambda:InvokeFunctionUrl and, for URLs created since October 2025, lambda:InvokeFunction)"
                     ;;
-                408 | 429 | 5[0-9][0-9]) ;;
+                # Busy (the joins in progress are at their cap, issue 20) or throttled: wait with full jitter,
+                # at least the function's retryAfter. The body is an error: no secret.
+                429 | 503) busy_body=${body:-"{}"} ;;
+                408 | 5[0-9][0-9]) ;;
                 *) die 5 "the join function answered $err; not retryable" ;;
             esac
+            body=""
         fi
         if (($(remaining) <= 1)); then
             die 5 "giving up after $attempt attempts in $(elapsed)s (deadline $TIMEOUT s); last error: $err"
+        fi
+        if [[ -n $busy_body ]]; then
+            busy=$((busy + 1))
+            printf '%s' "$busy_body" | pyhelper busy-wait "$busy" "$((attempt + 1))" "$(remaining)" "$code"
+            continue
         fi
         log "join function: attempt $attempt failed: $err; retrying in ~${delay}s"
         sleep_backoff "$delay"

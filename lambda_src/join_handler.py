@@ -895,7 +895,8 @@ class _Lease:
                 answer = self.dynamodb.update_item(
                     TableName=self.settings.window_table, Key=self.key,
                     UpdateExpression="SET leases.#i = :exp",
-                    ConditionExpression="attribute_exists(leases.#i) OR (attribute_exists(leases) AND size(leases) < :cap)",
+                    ConditionExpression="attribute_exists(leases.#i)"
+                    " OR (attribute_exists(leases) AND size(leases) < :cap)",
                     ExpressionAttributeNames={"#i": self.instance_id},
                     ExpressionAttributeValues={":exp": {"N": str(int(now) + LEASE_SECONDS)}, ":cap": {"N": str(cap)}},
                     ReturnValues="ALL_NEW", ReturnValuesOnConditionCheckFailure="ALL_OLD",
