@@ -214,3 +214,28 @@ def test_settings_default_to_one_domain_controller_and_name_a_bad_value() -> Non
         with pytest.raises(jh.SettingsError, match=r"MAX_JOINS_IN_PROGRESS=.* is not a whole number from 0 to 500"):
             jh.load_settings(full_env(MAX_JOINS_IN_PROGRESS=bad))
 
+
+
+# --- attack review of admission control --------------------------------------------------------------------------
+
+
+def test_refused_a_joined_node_that_never_closes_cannot_keep_its_slot_by_asking_again(capped: World):
+    """Root or a job on a node that got its answer (and never closes) asks again and again: the pre-check refuses
+    each request before the lease is touched, so the slot still expires LEASE_SECONDS after the answer."""
+    start = capped.launch_time(capped.launch()) + 60
+    [holder] = fill(capped, 1, now=lambda: start)
+    for seconds in (10, 100, jh.LEASE_SECONDS - 1):
+        assert capped.call(capped.event(holder), now=lambda s=seconds: start + s)["statusCode"] == 403
+    assert leases(capped) == {holder: int(start) + jh.LEASE_SECONDS}
+    fill(capped, CAP - 1, now=lambda: start + 1)
+    waiting = capped.launch()
+    assert capped.call(capped.event(waiting), now=lambda: start + jh.LEASE_SECONDS)["statusCode"] == 200
+    assert holder not in leases(capped)
+
+
+def test_refused_a_nodes_close_releases_no_other_nodes_slot(capped: World):
+    """A node's close (its own credentials, its own computer name) removes its own lease only."""
+    held = fill(capped, 2)
+    other = capped.launch()
+    assert capped.call(capped.close_event(other))["statusCode"] == 200  # a close before any answer: allowed
+    assert sorted(leases(capped)) == sorted(held)
