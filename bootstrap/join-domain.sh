@@ -39,7 +39,8 @@
 #      secret again: a re-run finds the join on disk), in the background while steps 5-6 run, and
 #      waited for before the script ends: a second signed POST, body
 #      {"joined": true, "computerName": "<NAME>"} (NAME: the computer account the join used), up to 3
-#      attempts within min(remaining, 60 s), fresh IMDS credentials each; from then on the function
+#      failed attempts (429/503 are waited out as in step 3 and not counted; 10 attempts at most) within
+#      min(remaining, 60 s), fresh IMDS credentials each; it also frees the node's admission slot; from then on the function
 #      refuses this instance for good. A failure is logged as a WARNING and does not fail the boot
 #      (the window still closes by itself after the function's windowMinutes / maxAnswers);
 #   8. --restrict-imds: IMDS for root (uid 0) only, as ParallelCluster locks its head node (iptables
@@ -1251,7 +1252,7 @@ write_state() {
 # Close the join window: from now on the function refuses every request for this instance.
 
 close_window() {
-    local attempt until left max_time rc code body err="none" delay=1 data
+    local attempt=0 failures=0 busy=0 until left max_time rc code body busy_body err="none" delay=1 data
     left=$(remaining)
     ((left > 60)) && left=60
     if ((left < 1)); then
@@ -1260,9 +1261,13 @@ close_window() {
     fi
     until=$((SECONDS + left))
     printf -v data '{"joined": true, "computerName": "%s"}' "$COMPUTER_NAME"
-    for attempt in 1 2 3; do
+    # 3 failures at most; a busy answer (429/503: Lambda throttling) is no failure but a full-jitter wait, so that a
+    # busy function does not use up the close's tries within seconds (the close also frees the node's admission slot).
+    while ((failures < 3 && attempt < 10)); do
+        attempt=$((attempt + 1))
         left=$((until - SECONDS))
         ((left >= 1)) || break
+        busy_body=""
         if ! imds_credentials "$data"; then
             err="IMDS credentials unavailable"
         else
@@ -1277,12 +1282,22 @@ close_window() {
             else
                 err="HTTP $code: $(printf '%s' "$body" | pyhelper error-field)"
                 case $code in
-                    408 | 429 | 5[0-9][0-9]) ;;
+                    429 | 503) busy_body=${body:-"{}"} ;;
+                    408 | 5[0-9][0-9]) ;;
                     *) break ;; # 403 (closed already, or refused), a 200 that does not say closed: final
                 esac
             fi
+            body=""
         fi
-        if ((attempt < 3 && until - SECONDS > 1)); then
+        if [[ -n $busy_body ]]; then
+            busy=$((busy + 1))
+            if ((until - SECONDS > 1)); then
+                printf '%s' "$busy_body" | pyhelper busy-wait "$busy" "$((attempt + 1))" "$((until - SECONDS))" "$code"
+            fi
+            continue
+        fi
+        failures=$((failures + 1))
+        if ((failures < 3 && until - SECONDS > 1)); then
             sleep_backoff "$delay"
         fi
         delay=$((delay * 2))

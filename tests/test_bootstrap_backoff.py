@@ -115,3 +115,17 @@ def test_a_403_after_waiting_is_still_final(sandbox):  # noqa: F811
         result = run_join(box, imds, fn, "--timeout", "60", env_extra={"PCLUSTER_AD_TEST_NO_BACKOFF": "1"})
     assert result.rc == 6, result.output
     assert len(fn.requests) == 2 and "Not retrying" in result.stdout
+
+
+def test_a_busy_close_is_waited_out_not_given_up_after_three_tries(sandbox):  # noqa: F811
+    """Lambda throttling at the close (issue 20: a third of the windows of a 1,000-node burst stayed open): 429s are
+    waited out within the close's 60 s and do not count as its 3 failures; the window closes (and the node's
+    admission slot is freed)."""
+    throttled = (429, {"Message": "Rate Exceeded."})
+    box = sandbox()
+    with FakeImds() as imds, FakeFunctionUrl([GOOD], close_responses=[throttled] * 5 + [(200, {"closed": True})]) as fn:
+        result = run_join(box, imds, fn, "--timeout", "120", env_extra={"PCLUSTER_AD_TEST_NO_BACKOFF": "1"})
+    assert result.rc == 0, result.output
+    assert len(fn.closes) == 6 and "join window closed" in result.stdout
+    assert "WARNING: join window NOT closed" not in result.stdout
+    assert result.stdout.count("join function busy, retrying in") == 5
