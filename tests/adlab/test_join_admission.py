@@ -31,7 +31,8 @@ def test_a_burst_of_40_joins_with_admission_on_all_join_without_a_join_timeout()
         results = [run.wait() for run in runs]
         wall = time.monotonic() - start
         requests = lab.requests()
-        handler = [json.loads(line) for line in lab.handler_log().splitlines() if line.startswith("{")]
+        # handler.log: "<asctime> <level> <the handler's JSON line>"
+        handler = [json.loads(line[line.index("{"):]) for line in lab.handler_log().splitlines() if "{" in line]
 
         failed = [(node.key, describe(res)) for node, res in zip(nodes, results, strict=True) if res.rc != 0]
         assert not failed, failed[0]
