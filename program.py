@@ -23,7 +23,7 @@ from pcluster_ad.components.directory import PREVIOUS_DHCP_OPTIONS_TAG, Director
 from pcluster_ad.components.directory_admin import DirectoryAdmin, DirectoryAdminArgs, ou_name
 from pcluster_ad.components.dns_forwarding import DomainForwarding, DomainForwardingArgs
 from pcluster_ad.components.home_storage import HomeStorage, HomeStorageArgs
-from pcluster_ad.components.join_function import JoinFunction, JoinFunctionArgs
+from pcluster_ad.components.join_function import JoinFunction, JoinFunctionArgs, max_joins_for
 from pcluster_ad.components.join_secrets import JoinSecrets, JoinSecretsArgs
 from pcluster_ad.components.network import Network, NetworkArgs
 from pcluster_ad.lambda_src.directory_admin import access_group_names, computer_prefix
@@ -115,6 +115,8 @@ def pulumi_program() -> None:
         reserved_concurrency=settings.join.reserved_concurrency,
         window_minutes=settings.join.window_minutes,
         max_answers=settings.join.max_answers,
+        # Admission control (issue 20): JOINS_PER_DC joins at once per domain controller of the directory.
+        max_joins_in_progress=max_joins_for(directory.dns_ips),
         tags=tags,
     ))
 

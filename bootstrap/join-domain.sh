@@ -14,7 +14,9 @@
 #      auth), signed with `curl --aws-sigv4`; the credentials reach curl through a config on stdin,
 #      never argv; bounded retries with exponential backoff and jitter, all within --timeout (default
 #      600 s) counted from the start of the script; HTTP 403 is final (the node's join window is
-#      closed, or the node is no node of this cluster);
+#      closed, or the node is no node of this cluster); HTTP 429 (the joins in progress against the directory
+#      are at the function's cap, or Lambda throttles) and 503 are waited out with full-jitter exponential
+#      backoff, never shorter than the answer's retryAfter: "join function busy, retrying in N s (attempt k)";
 #   3b. access and speed, all BEFORE realm join, which restarts sssd with the domain at its end (so no moment
 #      in which any AD user may log in): with allowed groups (baked by the stack, or --allowed-groups), an
 #      sssd conf.d snippet that admits only their members: with the stack's groups (DirectoryAdmin, baked, or
@@ -37,7 +39,8 @@
 #      secret again: a re-run finds the join on disk), in the background while steps 5-6 run, and
 #      waited for before the script ends: a second signed POST, body
 #      {"joined": true, "computerName": "<NAME>"} (NAME: the computer account the join used), up to 3
-#      attempts within min(remaining, 60 s), fresh IMDS credentials each; from then on the function
+#      failed attempts (429/503 are waited out as in step 3 and not counted; 10 attempts at most) within
+#      min(remaining, 60 s), fresh IMDS credentials each; it also frees the node's admission slot; from then on the function
 #      refuses this instance for good. A failure is logged as a WARNING and does not fail the boot
 #      (the window still closes by itself after the function's windowMinutes / maxAnswers);
 #   8. --restrict-imds: IMDS for root (uid 0) only, as ParallelCluster locks its head node (iptables
@@ -448,6 +451,36 @@ def error_field():
     msg = re.sub(r"[^ -~]", "?", str(msg))[:200]
     print(msg if msg else "(no error message)")
 
+def busy_delay(busy, retry_after, remaining, rand, base=1.0, cap=30.0):
+    # AWS's "full jitter" (Exponential Backoff And Jitter, AWS Architecture Blog): a random wait in
+    # [0, min(cap, base * 2^busy)] so that nodes sent away together do not come back together; never shorter than
+    # the function's Retry-After; never past the deadline (1 s left for the last attempt).
+    delay = max(float(retry_after), rand(0.0, min(cap, base * 2 ** busy)))
+    return max(0.0, min(delay, remaining - 1.0))
+
+def retry_after(text):
+    # The function's 429 body carries retryAfter (seconds), as its Retry-After header does: curl before 7.84
+    # (RHEL 8, Ubuntu 22.04) cannot print a response header with -w. 0 when absent (Lambda's own throttling).
+    try:
+        value = json.loads(text).get("retryAfter", 0)
+    except Exception:
+        return 0
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 600 else 0
+
+def busy_wait(busy, attempt, remaining, code, text, sleep=None, rand=None, out=print):
+    # Log the wait, then wait (sleep and rand injectable: tests pass fakes). Returns the delay.
+    import random, time
+    delay = busy_delay(busy, retry_after(text), remaining, rand or random.uniform)
+    out(f"join function busy, retrying in {delay:.1f} s (attempt {attempt}; HTTP {code})", flush=True)
+    (sleep or time.sleep)(delay)
+    return delay
+
+def busy_wait_cli(busy, attempt, remaining, code):
+    # stdin: the 429/503 body (no secret). PCLUSTER_AD_TEST_NO_BACKOFF=1: log, do not sleep.
+    no_sleep = os.environ.get("PCLUSTER_AD_TEST_NO_BACKOFF") == "1"
+    busy_wait(int(busy), int(attempt), int(remaining), code, sys.stdin.read(65536),
+              sleep=(lambda _: None) if no_sleep else None)
+
 def joined_realm(conf, keytab):
     # stdin: `realm list` output. stdout: domain and realm of this node's existing join, one per line;
     # exit 1 when the node is not joined. A realm realmd lists as configured counts; so does the on-disk
@@ -749,6 +782,7 @@ def daemon_opts(path):
 
 cmd, args = sys.argv[1], sys.argv[2:]
 {"sigv4-config": sigv4_config, "join-response": join_response, "error-field": error_field,
+ "busy-wait": busy_wait_cli,
  "node-config": node_config,
  "daemon-opts": daemon_opts, "joined-realm": joined_realm, "close-response": close_response,
  "imds-address": imds_address}[cmd](*args)
@@ -935,8 +969,9 @@ post_to_function() {
 # Fills AD_DOMAIN, AD_REALM, COMPUTER_NAME, HOST_FQDN and ONE_TIME_PASSWORD from the join function, which has
 # just created this instance's computer object with that one-time password.
 fetch_join_secret() {
-    local attempt=0 delay=1 left max_time rc code body parsed err="none"
+    local attempt=0 delay=1 left max_time rc code body parsed err="none" busy=0 busy_body
     while :; do
+        busy_body=""
         read_imds '{}' # fresh credentials (and caller proof) each attempt: they rotate
         left=$(remaining)
         if ((left <= 0)); then
@@ -972,17 +1007,25 @@ fetch_join_secret() {
             return 0
         else
             err="HTTP $code: $(printf '%s' "$body" | pyhelper error-field)"
-            body=""
             case $code in
                 403)
                     die 6 "the join function refused this node ($err). Not retrying: check that instance $INSTANCE_ID carries the tag parallelcluster:cluster-name of the cluster, runs in the cluster's VPC, and that its instance role may call the function URL (lambda:InvokeFunctionUrl and, for URLs created since October 2025, lambda:InvokeFunction)"
                     ;;
-                408 | 429 | 5[0-9][0-9]) ;;
+                # Busy (the joins in progress are at their cap, issue 20) or throttled: wait with full jitter,
+                # at least the function's retryAfter. The body is an error: no secret.
+                429 | 503) busy_body=${body:-"{}"} ;;
+                408 | 5[0-9][0-9]) ;;
                 *) die 5 "the join function answered $err; not retryable" ;;
             esac
+            body=""
         fi
         if (($(remaining) <= 1)); then
             die 5 "giving up after $attempt attempts in $(elapsed)s (deadline $TIMEOUT s); last error: $err"
+        fi
+        if [[ -n $busy_body ]]; then
+            busy=$((busy + 1))
+            printf '%s' "$busy_body" | pyhelper busy-wait "$busy" "$((attempt + 1))" "$(remaining)" "$code"
+            continue
         fi
         log "join function: attempt $attempt failed: $err; retrying in ~${delay}s"
         sleep_backoff "$delay"
@@ -1209,7 +1252,7 @@ write_state() {
 # Close the join window: from now on the function refuses every request for this instance.
 
 close_window() {
-    local attempt until left max_time rc code body err="none" delay=1 data
+    local attempt=0 failures=0 busy=0 until left max_time rc code body busy_body err="none" delay=1 data
     left=$(remaining)
     ((left > 60)) && left=60
     if ((left < 1)); then
@@ -1218,9 +1261,13 @@ close_window() {
     fi
     until=$((SECONDS + left))
     printf -v data '{"joined": true, "computerName": "%s"}' "$COMPUTER_NAME"
-    for attempt in 1 2 3; do
+    # 3 failures at most; a busy answer (429/503: Lambda throttling) is no failure but a full-jitter wait, so that a
+    # busy function does not use up the close's tries within seconds (the close also frees the node's admission slot).
+    while ((failures < 3 && attempt < 10)); do
+        attempt=$((attempt + 1))
         left=$((until - SECONDS))
         ((left >= 1)) || break
+        busy_body=""
         if ! imds_credentials "$data"; then
             err="IMDS credentials unavailable"
         else
@@ -1235,12 +1282,22 @@ close_window() {
             else
                 err="HTTP $code: $(printf '%s' "$body" | pyhelper error-field)"
                 case $code in
-                    408 | 429 | 5[0-9][0-9]) ;;
+                    429 | 503) busy_body=${body:-"{}"} ;;
+                    408 | 5[0-9][0-9]) ;;
                     *) break ;; # 403 (closed already, or refused), a 200 that does not say closed: final
                 esac
             fi
+            body=""
         fi
-        if ((attempt < 3 && until - SECONDS > 1)); then
+        if [[ -n $busy_body ]]; then
+            busy=$((busy + 1))
+            if ((until - SECONDS > 1)); then
+                printf '%s' "$busy_body" | pyhelper busy-wait "$busy" "$((attempt + 1))" "$((until - SECONDS))" "$code"
+            fi
+            continue
+        fi
+        failures=$((failures + 1))
+        if ((failures < 3 && until - SECONDS > 1)); then
             sleep_backoff "$delay"
         fi
         delay=$((delay * 2))

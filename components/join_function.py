@@ -15,7 +15,7 @@ import pulumi
 import pulumi_aws as aws
 
 from pcluster_ad.components._vpc_lambda import LDAP_PORT, VPC_ACCESS_STATEMENT, package_files, security_group
-from pcluster_ad.lambda_src.join_handler import TTL_ATTRIBUTE, WINDOW_KEY
+from pcluster_ad.lambda_src.join_handler import JOINS_PER_DC, MAX_JOINS_LIMIT, TTL_ATTRIBUTE, WINDOW_KEY
 
 HANDLER = "join_handler.handler"
 RUNTIME = "python3.13"
@@ -61,8 +61,22 @@ class JoinFunctionArgs:
     # quota is 10 cannot reserve any).
     reserved_concurrency: int | None = 150  # stack_config.JOIN_RESERVED_CONCURRENCY (a component reads no config)
     timeout_seconds: int = 60  # the AWS calls, each retried up to 4 times under throttling, and the LDAP add
+    # Admission control (issue 20): joins at once against the directory (join_handler MAX_JOINS_IN_PROGRESS); more
+    # nodes wait (HTTP 429, their full-jitter backoff). The program passes max_joins_for(the directory's DC IPs).
+    max_joins_in_progress: pulumi.Input[int] = JOINS_PER_DC
     ldap_port: int = LDAP_PORT
     tags: dict[str, str] = field(default_factory=dict)
+
+
+def max_joins_for(dc_ips: pulumi.Input[Sequence[pulumi.Input[str]]]) -> pulumi.Output[int]:
+    """JOINS_PER_DC per domain controller of the directory (its DNS IPs are its DCs), within the handler's bound."""
+    return pulumi.Output.from_input(dc_ips).apply(lambda ips: max(1, min(MAX_JOINS_LIMIT, JOINS_PER_DC * len(ips))))
+
+
+def _checked_max_joins(value: int) -> str:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_JOINS_LIMIT:
+        raise ValueError(f"JoinFunction: max_joins_in_progress must be 0 (no cap) to {MAX_JOINS_LIMIT}, got {value!r}")
+    return str(value)
 
 
 def code_archive(code_dir: str) -> pulumi.AssetArchive:
@@ -204,6 +218,7 @@ class JoinFunction(pulumi.ComponentResource):
                 "COMPUTER_OU": args.computer_ou,
                 "COMPUTER_PREFIX": args.computer_prefix,
                 "LDAP_PORT": str(args.ldap_port),
+                "MAX_JOINS_IN_PROGRESS": pulumi.Output.from_input(args.max_joins_in_progress).apply(_checked_max_joins),
             }),
             logging_config=aws.lambda_.FunctionLoggingConfigArgs(log_format="Text", log_group=log_group.name),
             tags=tags("fn"),
@@ -266,7 +281,8 @@ def _role_policy(*, account: pulumi.Input[str], partition: pulumi.Input[str], vi
             # `*`: EC2 Describe* actions do not support resource-level permissions.
             {"Sid": "DescribeCallerInstance", "Effect": "Allow", "Action": ["ec2:DescribeInstances"],
              "Resource": "*"},
-            # One conditional UpdateItem per answer or close; GetItem to log a refused window's state.
+            # One conditional UpdateItem per answer or close, and per admission lease taken or released (the
+            # table's "admission" item); GetItem to log a refused window's state.
             {"Sid": "CountJoinWindows", "Effect": "Allow", "Action": ["dynamodb:UpdateItem", "dynamodb:GetItem"],
              "Resource": [window_table_arn]},
             # instance-profile/*: ParallelCluster creates the node profiles with generated names (and

@@ -45,7 +45,9 @@ Event fields read; a local HTTP endpoint (the real-AD lab) may build just these 
 
 Responses (JSON): 200 {"domain", "realm", "computerName", "hostFqdn", "oneTimePassword", "serviceAccounts"}
 (join request) or 200 {"closed": true} (close request); 400 {"error": <why>} for malformed
-requests; 403 {"error": "forbidden"}; 500 or 503 {"error": "internal error"} (503: AWS
+requests; 403 {"error": "forbidden"}; 429 {"error": "join function busy: ...", "retryAfter": N} with header
+Retry-After: N when MAX_JOINS_IN_PROGRESS joins are in progress (admission control, _Lease: decided from DynamoDB
+before any EC2, IAM, SSM or LDAP call, no answer counted); 500 or 503 {"error": "internal error"} (503: AWS
 throttled or unreachable, or no domain controller reachable: worth retrying). Each request
 logs one JSON line (request id, caller, instance id, computer name, decision, reason,
 window state), never a password.
@@ -56,7 +58,8 @@ ssm:GetParameters with decryption (so kms:Decrypt on the parameters' key); LDAP 
 sealed) to DC_IPS. Per request (issue 20, docs/design.md): a request the window record already
 refuses costs one GetItem; a join at most one (filtered) DescribeInstances, instance profiles
 and the adding account's credentials are cached per container; a close by the role session the
-object was issued to is decided from the record alone.
+object was issued to is decided from the record alone; the admission lease costs one UpdateItem per join and one
+per close (a 429: the pre-check's GetItem and one UpdateItem).
 """
 
 from __future__ import annotations
@@ -110,6 +113,19 @@ TTL_ATTRIBUTE = "expiresAt"
 # TTL while no object was created: launch + window + this. Once an object exists for the instance the record
 # has no TTL: it must hold as long as the instance lives (one one-time password per instance, ever).
 OPEN_TTL_SLACK_SECONDS = 24 * 3600
+# Admission control (issue 20): at most MAX_JOINS_IN_PROGRESS joins at once against the directory. A join holds a
+# lease from its credential request until its close; the leases are one map in ONE item of the window table (key
+# ADMISSION_KEY, which no instance id matches), changed only by conditional UpdateItems, so the cap holds however many
+# function instances run. An overloaded DC pushes `realm join` past its cap and the retries make it worse: waiting
+# (HTTP 429, the node's full-jitter backoff) is cheaper than a collapse.
+ADMISSION_KEY = "admission"
+JOINS_PER_DC = 8  # the lab's Samba DC spends 0.10-0.14 CPU s per join; 8 at once keep one DC well inside its cap
+MAX_JOINS_LIMIT = 500
+# A lease outlives the function's timeout (60 s) and one `realm join` attempt (join-domain.sh caps it at 120 s): a
+# node that dies after its answer (no close) frees its slot after this, never holds it for good.
+LEASE_SECONDS = 180
+RETRY_AFTER_SECONDS = 2  # a join takes seconds: the node's full-jitter backoff spreads the retries beyond this floor
+EXPIRED_DROP_MAX = 50  # expired leases dropped per UpdateItem (the expression stays far below 4 KB)
 LIVE_STATES = frozenset({"pending", "running"})
 THROTTLING_CODES = frozenset(
     {
@@ -182,6 +198,7 @@ class Settings:  # field = lower-cased environment variable name
     computer_ou: str
     computer_prefix: str
     ldap_port: int = 389
+    max_joins_in_progress: int = JOINS_PER_DC  # 0: no admission control
 
 
 _PARAMETER = (re.compile(r"[A-Za-z0-9_.\-/]{1,2048}"), "an SSM parameter name")
@@ -224,6 +241,12 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         problems.append(f"LDAP_PORT={port[:80]!r} is not a TCP port")
     else:
         values["ldap_port"] = int(port)
+    joins = environ.get("MAX_JOINS_IN_PROGRESS", "").strip() or str(JOINS_PER_DC)
+    if not re.fullmatch(r"\d{1,5}", joins) or int(joins) > MAX_JOINS_LIMIT:
+        problems.append(f"MAX_JOINS_IN_PROGRESS={joins[:80]!r} is not a whole number from 0 to {MAX_JOINS_LIMIT}"
+                        f" (joins at once against the directory, {JOINS_PER_DC} per domain controller; 0: no cap)")
+    else:
+        values["max_joins_in_progress"] = int(joins)
     if problems:
         raise SettingsError("join function environment: " + "; ".join(problems))
     values["dc_ips"] = tuple(values["dc_ips"].split(","))
@@ -282,6 +305,17 @@ class _ProofUnavailable(_Refusal):
     status, decision, public = 503, "error", "internal error"
 
 
+class _Busy(_Refusal):
+    """The joins in progress are at the cap: come back after `retry_after` seconds. Nothing was counted."""
+
+    status, decision = 429, "busy"
+
+    def __init__(self, reason: str, retry_after: int = RETRY_AFTER_SECONDS) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+        self.public = "join function busy: the joins in progress against the directory are at their cap; retry later"
+
+
 class Caller(NamedTuple):
     account: str
     role_name: str
@@ -307,6 +341,8 @@ def handle(
     (see module doc). `create_computer(directory, name, host_fqdn)` -> (DN, password): computer_account's."""
     fields: dict[str, Any] = {"request_id": _dig(event, "requestContext", "requestId")}
     internal_error = {"error": "internal error"}
+    headers = {"content-type": "application/json", "cache-control": "no-store"}
+    lease: _Lease | None = None
     try:
         # closing: the computer name of a close request; None for a credential request
         url_identity, closing, proof = _parse_request(event)
@@ -324,6 +360,16 @@ def handle(
         caller = _instance_caller(identity)
         fields.update(caller_role=caller.role_name, instance_id=caller.instance_id)
         name = computer_name(settings.computer_prefix, caller.instance_id)
+        # Admission (issue 20), BEFORE any EC2, IAM, SSM or LDAP call: a 429 costs DynamoDB only and counts no
+        # answer of the window. AFTER STS: the lease is keyed on the instance id STS vouches for, and EC2 names a
+        # node role's sessions after their own instance, so a node holds one slot at most however many requests it
+        # sends (a flood from its credentials gets 429s, or the window's refusals, and no EC2 or IAM call). BEFORE
+        # the authorization, which costs an EC2 call: an identity that fails it gives its slot back before its
+        # answer (below), so a non-node holds a slot only while its own request runs, which takes no more than the
+        # function's reserved concurrency already gives any caller of the URL.
+        if closing is None and settings.max_joins_in_progress:
+            lease = _Lease(settings, dynamodb, caller.instance_id, fields)
+            lease.acquire(now())
         # A close after the object was issued to this very role session needs no EC2 or IAM call: its only effect is
         # bookkeeping (a second password is refused anyway), and only EC2 mints sessions of the instance role
         # named after the instance.
@@ -352,8 +398,14 @@ def handle(
             if closing != name:
                 raise _BadRequest(f"computerName must be this instance's computer name {name}")
             window.close(closing, issued_to=caller.role_id if fast else None)
+            if settings.max_joins_in_progress:  # the join is over: its slot goes to the next node
+                _Lease(settings, dynamodb, caller.instance_id, fields).release()
             body = {"closed": True}
             status, decision, reason = 200, "close", "the node closed its join window after its join"
+    except _Busy as busy:
+        status, decision, reason = busy.status, busy.decision, busy.reason
+        body = {"error": busy.public, "retryAfter": busy.retry_after}
+        headers["retry-after"] = str(busy.retry_after)
     except _Refusal as refusal:
         status, decision, reason = refusal.status, refusal.decision, refusal.reason
         body = {"error": refusal.public}
@@ -378,14 +430,13 @@ def handle(
         status, body = 500, internal_error
         decision, reason = "error", "unexpected error"
 
-    level = {2: logging.INFO, 4: logging.WARNING}.get(status // 100, logging.ERROR)
+    if lease is not None and lease.held and status != 200:
+        lease.release()  # refused or failed: no join goes on (a 200 keeps it until the close, or its expiry)
+    # A 429 is flow control, not a warning.
+    level = {2: logging.INFO, 4: logging.WARNING}.get(status // 100, logging.ERROR) if status != 429 else logging.INFO
     record = {**fields, "status": status, "decision": decision, "reason": reason}
     logger.log(level, json.dumps(record, default=str, sort_keys=True))
-    return {
-        "statusCode": status,
-        "headers": {"content-type": "application/json", "cache-control": "no-store"},
-        "body": json.dumps(body),
-    }
+    return {"statusCode": status, "headers": headers, "body": json.dumps(body)}
 
 
 def _dig(value: Any, *keys: str) -> Any:
@@ -825,6 +876,94 @@ class _Window:
             raise _Refusal(f"join window expired: launched {self.age_minutes} minutes ago,"
                            f" the window is {self.settings.window_minutes} minutes")
         raise _Refusal(f"join window exhausted: {answers} of {self.settings.max_answers} answers given")
+
+
+class _Lease:
+    """An instance's slot among the joins in progress (Settings.max_joins_in_progress): one entry
+    ``leases.<instance id> = <expiry epoch>`` in the ADMISSION_KEY item. Taking it is one conditional UpdateItem
+    (the instance's own entry is refreshed, a new one needs fewer entries than the cap); expired entries are dropped
+    only when they would refuse someone, by a conditional UpdateItem that fails if any of them changed."""
+
+    def __init__(self, settings: Settings, dynamodb: Any, instance_id: str, fields: dict[str, Any]) -> None:
+        self.settings, self.dynamodb, self.instance_id, self.fields = settings, dynamodb, instance_id, fields
+        self.key = {WINDOW_KEY: {"S": ADMISSION_KEY}}
+        self.held = False
+
+    def acquire(self, now: float) -> None:
+        """Take (or refresh) the slot, else raise _Busy. Bounded: a few rounds, then busy (lost races mean others
+        got slots)."""
+        cap = self.settings.max_joins_in_progress
+        for _ in range(4):
+            try:
+                answer = self.dynamodb.update_item(
+                    TableName=self.settings.window_table, Key=self.key,
+                    UpdateExpression="SET leases.#i = :exp",
+                    ConditionExpression="attribute_exists(leases.#i)"
+                    " OR (attribute_exists(leases) AND size(leases) < :cap)",
+                    ExpressionAttributeNames={"#i": self.instance_id},
+                    ExpressionAttributeValues={":exp": {"N": str(int(now) + LEASE_SECONDS)}, ":cap": {"N": str(cap)}},
+                    ReturnValues="ALL_NEW", ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+            except ClientError as exc:
+                code = _error_code(exc)
+                if code == "ValidationException" and "document path" in str(exc):
+                    self._create()  # no map yet (first join of the table): a SET of leases.<id> needs one
+                    continue
+                if code != "ConditionalCheckFailedException":
+                    raise
+                item = exc.response.get("Item")
+                if item is None or _dig(item, "leases", "M") is None:
+                    self._create()
+                    continue
+                leases = item["leases"]["M"]
+                expired = {i: v for i, v in leases.items() if float(_dig(v, "N") or 0) <= now}
+                self.fields.update(joins_in_progress=len(leases) - len(expired), max_joins_in_progress=cap)
+                if not expired:
+                    raise _Busy(f"{len(leases)} joins in progress, the cap is {cap}") from None
+                self._drop(expired)
+                continue
+            self.held = True
+            self.fields.update(joins_in_progress=len(_dig(answer, "Attributes", "leases", "M") or {}),
+                               max_joins_in_progress=cap)
+            return
+        raise _Busy(f"no slot after 4 rounds of concurrent changes (cap {cap})")
+
+    def release(self) -> None:
+        """Give the slot back; an error is logged and left to the lease's expiry (the answer stands)."""
+        try:
+            self.dynamodb.update_item(
+                TableName=self.settings.window_table, Key=self.key, UpdateExpression="REMOVE leases.#i",
+                ConditionExpression="attribute_exists(leases.#i)", ExpressionAttributeNames={"#i": self.instance_id})
+            self.fields.update(lease_released=True)
+        except ClientError as exc:
+            if _error_code(exc) != "ConditionalCheckFailedException":  # none held: nothing to give back
+                self.fields.update(lease_release_error=_error_code(exc))
+        except BotoCoreError as exc:
+            self.fields.update(lease_release_error=type(exc).__name__)
+        self.held = False
+
+    def _create(self) -> None:
+        self.dynamodb.update_item(
+            TableName=self.settings.window_table, Key=self.key,
+            UpdateExpression="SET leases = if_not_exists(leases, :empty)",
+            ExpressionAttributeValues={":empty": {"M": {}}})
+
+    def _drop(self, expired: Mapping[str, Any]) -> None:
+        """Remove leases that expired (nodes that died after their answer, or whose close never came), each only
+        if it is still the entry that was read."""
+        chosen = sorted(expired)[:EXPIRED_DROP_MAX]
+        names = {f"#e{n}": i for n, i in enumerate(chosen)}
+        values = {f":e{n}": expired[i] for n, i in enumerate(chosen)}
+        try:
+            self.dynamodb.update_item(
+                TableName=self.settings.window_table, Key=self.key,
+                UpdateExpression="REMOVE " + ", ".join(f"leases.#e{n}" for n in range(len(chosen))),
+                ConditionExpression=" AND ".join(f"leases.#e{n} = :e{n}" for n in range(len(chosen))),
+                ExpressionAttributeNames=names, ExpressionAttributeValues=values)
+        except ClientError as exc:
+            if _error_code(exc) != "ConditionalCheckFailedException":  # refreshed or dropped meanwhile: read again
+                raise
+        self.fields.update(expired_leases_dropped=len(chosen))
 
 
 def _error_code(exc: ClientError) -> str:

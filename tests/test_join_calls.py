@@ -5,6 +5,7 @@ issue's per-request budgets, not timings."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from typing import Any
 
@@ -67,6 +68,7 @@ def test_a_burst_of_joins_and_closes_stays_within_the_per_join_budget(world: Wor
     """20 nodes of one queue (one instance profile) join and close: at most one EC2 call per join and none per
     close; IAM once for the burst (cached per profile); the adding account's credentials read once (cached);
     CloudFormation once for the cluster's templates."""
+    world.settings = dataclasses.replace(world.settings, max_joins_in_progress=NODES)  # all in progress at once
     ids = [world.launch() for _ in range(NODES)]
     calls.take()
     for iid in ids:
@@ -81,7 +83,8 @@ def test_a_burst_of_joins_and_closes_stays_within_the_per_join_budget(world: Wor
     assert calls.of(joins, "iam") == 1 and joins["ssm", "GetParameters"] == 1
     assert calls.of(joins, "cloudformation") <= 2  # the cluster stack and its nested queue stack, once
     assert calls.of(closes, "ec2") == calls.of(closes, "iam") == calls.of(closes, "cloudformation") == 0
-    assert calls.of(closes, "dynamodb") == 2 * NODES  # the record read, the close write
+    assert calls.of(closes, "dynamodb") == 3 * NODES  # the record read, the close write, the lease's release
+    assert joins["dynamodb", "UpdateItem"] == 3 * NODES  # the admission lease, the count, the issued record
 
 
 def test_describe_instances_names_the_instance_and_carries_a_filter(world: World, calls: Calls):  # noqa: F811

@@ -64,7 +64,7 @@ class CallerMocks(PlanMocks):
 
 def join_program(*, code_dir: str = str(ROOT / "lambda_src"), reserved_concurrency: int | None = 10,
                  deployer_principal_arns=None, role_name: str | None = None, window_minutes: int = 45,
-                 max_answers: int = 2, ldap_port: int = 389):
+                 max_answers: int = 2, ldap_port: int = 389, max_joins_in_progress=None):
     def program() -> None:
         stack = pulumi.get_stack()
         tags = {"pcluster-ad:stack": stack}
@@ -81,7 +81,8 @@ def join_program(*, code_dir: str = str(ROOT / "lambda_src"), reserved_concurren
             join_password_parameter_name=secrets.join_password_parameter_name,
             parameter_arns=secrets.parameter_arns, key_arn=secrets.key_arn, code_dir=code_dir,
             reserved_concurrency=reserved_concurrency, window_minutes=window_minutes, max_answers=max_answers,
-            ldap_port=ldap_port, tags=tags))
+            ldap_port=ldap_port, tags=tags,
+            **({} if max_joins_in_progress is None else {"max_joins_in_progress": max_joins_in_progress})))
         # Stands in for the cluster launcher: it takes `ready` as an input.
         aws.ssm.Parameter("launcher-stand-in", aws.ssm.ParameterArgs(type="String", insecure_value=fn.ready))
         pulumi.export("keyAlias", secrets.key_alias)
@@ -278,6 +279,7 @@ def test_function_configuration(g):
         "JOIN_PASSWORD_PARAMETER": "/pcluster-ad/dev/join-password",
         "WINDOW_TABLE": f"{ROLE_NAME}-windows", "WINDOW_MINUTES": "45", "MAX_ANSWERS": "2",
         "DC_IPS": ",".join(DC_IPS), "COMPUTER_OU": COMPUTER_OU, "COMPUTER_PREFIX": PREFIX, "LDAP_PORT": "389",
+        "MAX_JOINS_IN_PROGRESS": "8",  # admission control (issue 20): the default, one domain controller's
     }
     assert fn["loggingConfig"] == {"logFormat": "Text", "logGroup": f"/aws/lambda/{ROLE_NAME}"}
     assert isinstance(fn["code"], pulumi.AssetArchive)
@@ -399,6 +401,8 @@ def test_plan_is_json_with_placeholders(g):
     ({"max_answers": 0}, "max_answers must be 1 to 10, got 0"),
     ({"max_answers": 11}, "max_answers must be 1 to 10"),
     ({"ldap_port": 0}, "ldap_port must be a TCP port, got 0"),
+    ({"max_joins_in_progress": 501}, "max_joins_in_progress must be 0 \\(no cap\\) to 500, got 501"),
+    ({"max_joins_in_progress": -1}, "max_joins_in_progress must be 0"),
 ])
 def test_bad_inputs_fail_clearly(kwargs, message):
     with pytest.raises(Exception, match=message):
@@ -415,6 +419,20 @@ def test_program_wires_the_join_window_config(run_stack):
     assert (env["WINDOW_TABLE"], env["WINDOW_MINUTES"], env["MAX_ANSWERS"]) == (table, "20", "5")
     defaults = run_stack().named("join-function-fn").inputs["environment"]["variables"]
     assert (defaults["WINDOW_MINUTES"], defaults["MAX_ANSWERS"]) == ("30", "3")
+
+
+def test_program_sizes_the_joins_in_progress_from_the_directorys_domain_controllers(run_stack):
+    """Admission control (issue 20): JOINS_PER_DC per DC of the directory (its DNS IPs), no stack config."""
+    from pcluster_ad.components.join_function import max_joins_for
+
+    for stack in ("dev", "prod"):
+        g = run_stack(stack=stack)
+        env = g.named("join-function-fn").inputs["environment"]["variables"]
+        assert env["MAX_JOINS_IN_PROGRESS"] == str(jh.JOINS_PER_DC * len(g.outputs["directoryDnsIps"]))
+    assert run(max_joins_in_progress=max_joins_for(["10.0.0.1"] * 4)).named("join-function-fn").inputs[
+        "environment"]["variables"]["MAX_JOINS_IN_PROGRESS"] == "32"
+    assert run(max_joins_in_progress=0).named("join-function-fn").inputs["environment"]["variables"][
+        "MAX_JOINS_IN_PROGRESS"] == "0"
 
 
 # --- the package: what the zip holds, and that it is enough -------------------------------------------------------

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from .lab import BOOTSTRAP_DIR, REPO, BootstrapRun, Lab, LabError, Node, missing_deps
+from .lab import BOOTSTRAP_DIR, REPO, BootstrapRun, Lab, LabConfig, LabError, Node, missing_deps
 
 # Time limits (--timeout) given to the product's join script per scenario.
 JOIN_TIMEOUT = 240
@@ -87,13 +87,13 @@ class Chain:
 
 @contextlib.contextmanager
 def running_lab(*, services: bool = True, after_start: Callable[[Lab], None] | None = None,
-                client: bool = True) -> Iterator[Lab]:
+                client: bool = True, cfg: LabConfig | None = None) -> Iterator[Lab]:
     """The one life cycle of a lab in tests/adlab: preflight, bring-up (`after_start` runs right after the DC
     and, with `services`, the AWS stand-ins are up), the lab's users and groups, an ssh client host (`client`);
     then teardown, and the check that nothing of the lab is left (processes, namespaces, mounts, bridges, links)."""
     lab_preflight()
     t0 = time.monotonic()
-    lab = Lab()
+    lab = Lab(cfg)
     try:
         try:
             lab.start(services=services)

@@ -186,6 +186,8 @@ class LabConfig:
     # The function URL is https (as on AWS) with a lab CA the nodes trust; False serves plain http
     # and sets the product's documented lab switch PCLUSTER_AD_ALLOW_HTTP=1 for the node script.
     url_tls: bool = True
+    # The join function's MAX_JOINS_IN_PROGRESS (admission control, issue 20); None: the handler's default.
+    max_joins_in_progress: int | None = None
     keep: bool = dataclasses.field(default_factory=lambda: os.environ.get("ADLAB_KEEP") == "1")
 
     @property
@@ -772,6 +774,8 @@ printf 'search {c.domain}\\nnameserver {self.dc_ip}\\n' >/etc/resolv.conf
             "handler_path": str(REPO / "lambda_src" / "join_handler.py"),
             "handler_log": str(self.root / "handler.log"),
         }
+        if c.max_joins_in_progress is not None:
+            conf["max_joins_in_progress"] = c.max_joins_in_progress
         if c.url_tls:
             self.ca_pem, cert, key = make_tls(self.root, self.services_ip)
             conf.update(tls_cert=str(cert), tls_key=str(key))

@@ -189,6 +189,8 @@ class Aws:
             "COMPUTER_OU": self.cfg["computer_ou"],
             "COMPUTER_PREFIX": self.cfg["computer_prefix"],
         }
+        if "max_joins_in_progress" in self.cfg:
+            self.function_env["MAX_JOINS_IN_PROGRESS"] = str(self.cfg["max_joins_in_progress"])
         # ParallelCluster's stack (stack name = cluster name) with the nodes' launch template, and one launch
         # template made by hand with the same name pattern: an instance from it is no node of the cluster.
         template = {"Resources": {"ComputeLt": {"Type": "AWS::EC2::LaunchTemplate", "Properties": {
