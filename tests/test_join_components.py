@@ -455,7 +455,8 @@ def code_zip(tmp_path: Path) -> Path:
 
 def imported_names(source: str) -> tuple[set[str], set[str]]:
     """(lambda_src modules, other top-level modules) that a module imports, anywhere in it (also inside functions
-    and try/except: `import computer_account` / `from lambda_src import computer_account` are the same module)."""
+    and try/except: `import computer_account` / `from pcluster_ad.lambda_src import computer_account` are the same
+    module)."""
     local_files = {p.stem for p in (ROOT / "lambda_src").glob("*.py")}
     local, other = set(), set()
     for node in ast.walk(ast.parse(source)):
@@ -467,9 +468,10 @@ def imported_names(source: str) -> tuple[set[str], set[str]]:
                 names = [node.module] if node.module else [a.name for a in node.names]
                 local.update(n.split(".")[0] for n in names)
                 continue
-            names = [f"{node.module}.{a.name}" for a in node.names] if node.module == "lambda_src" else [node.module]
+            module = node.module.removeprefix("pcluster_ad.")  # the checkout's fallback: the same module
+            names = [f"{module}.{a.name}" for a in node.names] if module == "lambda_src" else [module]
         for name in names:
-            parts = name.split(".")
+            parts = name.removeprefix("pcluster_ad.").split(".")
             if parts[0] == "lambda_src":
                 local.add(parts[1])
             elif parts[0] in local_files:
@@ -526,7 +528,8 @@ def test_every_module_the_handler_imports_is_in_the_zip(tmp_path):
 
 def test_imports_parse_every_form():
     local, other = imported_names(
-        "import os, json\nfrom lambda_src import computer_account\nfrom lambda_src.directory_admin import x\n"
+        "import os, json\nfrom pcluster_ad.lambda_src import computer_account\n"
+        "from lambda_src.directory_admin import x\n"
         "from . import join_handler\ndef f():\n    import msldap.connection\n    from winacl.dtyp import ace\n")
     assert local == {"computer_account", "directory_admin", "join_handler"}
     assert other == {"os", "json", "msldap", "winacl"}
