@@ -1,5 +1,6 @@
-"""The AWS calls of the join function (join, close, a refused request) and of the directory-admin function's
-termination handler, counted from the real handlers on moto (issue 20), in the order the handler makes them.
+"""The AWS calls of the join function (join, close, a refused request, a join answered 429 by admission control, a
+join that fails after taking its admission lease) and of the directory-admin function's termination handler,
+counted from the real handlers on moto (issue 20), in the order the handler makes them.
 
 Each request's calls are recorded with botocore's event hooks (tests/test_join_calls.py's `Calls`); the STS check
 of the caller proof (plain HTTPS, not botocore) and the directory's create are recorded by wrapping the handler's
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 # One call: (service, operation, bucket class). The class says which EC2 bucket a DescribeInstances may fall in:
-# "unfiltered" without Filters and MaxResults, else "filtered"; "" for other calls.
+# "unfiltered" without Filters and MaxResults, else "filtered"; "admission" for a DynamoDB call on the admission
+# item (join_handler.ADMISSION_KEY: taking or giving back a lease, one item for every join); "" for other calls.
 Call = tuple[str, str, str]
 
 _FAKE_ENV = {
@@ -34,16 +36,24 @@ _FAKE_ENV = {
 class Counted:
     """Call sequences per request kind, each as the handler made it on moto."""
 
-    join_cold: tuple[Call, ...]  # the first join in a fresh container (nothing cached)
+    join_cold: tuple[Call, ...]  # the first join in a fresh container (nothing cached), admission control on
     join_warm: tuple[Call, ...]  # every later join (IAM, CloudFormation, SSM answers cached)
-    close: tuple[Call, ...]  # the node's close after its join
+    close: tuple[Call, ...]  # the node's close after its join (it gives the lease back)
     refused: tuple[Call, ...]  # a join request after the window closed (the flood's request)
+    busy: tuple[Call, ...]  # a join while `cap` others hold leases: HTTP 429 with Retry-After
+    join_failed: tuple[Call, ...]  # a join whose directory is unreachable (503): the lease is given back
     termination_ours: tuple[Call, ...]  # a terminated node the join function recorded
     termination_other: tuple[Call, ...]  # any other terminated instance of the account and region
     nodes: int  # joins counted (every warm join had the same sequence)
+    cap: int  # the handler's MAX_JOINS_IN_PROGRESS in the counting world (its default, JOINS_PER_DC)
+    retry_after: int  # the 429's Retry-After header (s)
 
 
 def bucket_class(service: str, operation: str, params: dict[str, Any]) -> str:
+    from pcluster_ad.lambda_src import join_handler as jh
+
+    if service == "dynamodb":
+        return "admission" if params.get("Key") == {jh.WINDOW_KEY: {"S": jh.ADMISSION_KEY}} else ""
     if (service, operation) != ("ec2", "DescribeInstances"):
         return ""
     return "filtered" if params.get("Filters") or params.get("MaxResults") else "unfiltered"
@@ -86,8 +96,11 @@ def _fake_aws() -> Iterator[None]:
 
 
 def count(nodes: int = 20) -> Counted:
-    """Launch `nodes` nodes of one queue in moto, join and close each, repeat one request after a close, and
-    terminate one recorded node and one other instance; return each request's call sequence."""
+    """Launch `nodes` nodes of one queue in moto, join and close each in turn, repeat one request after a close;
+    fill the admission cap with joins in progress and ask once more (429), close them, let the refused node join;
+    fail one join at the directory; terminate one recorded node and one other instance. Return each request's call
+    sequence."""
+    from pcluster_ad.lambda_src import computer_account
     from pcluster_ad.lambda_src import directory_admin as da
     from tests import test_join_handler as tjh
     from tests.test_attack_issue20 import DirectoryOfTheWorld
@@ -100,6 +113,10 @@ def count(nodes: int = 20) -> Counted:
         fake_dc = tjh.FakeDirectory()
         with tjh.moto_world([], fake_dc) as world:
             calls = Calls(world.clients)
+            cap = world.settings.max_joins_in_progress
+            if not cap:
+                raise AssertionError("counting: the handler's default has no admission control")
+            dc_down = False
 
             def verify(proof: Any, now: float) -> dict[str, str]:
                 calls.params.append(("sts", "GetCallerIdentity", {}))
@@ -107,6 +124,8 @@ def count(nodes: int = 20) -> Counted:
 
             def create(*args: Any) -> tuple[str, str]:
                 calls.params.append(("directory", "CreateComputer", {}))
+                if dc_down:
+                    raise computer_account.DirectoryUnavailable("counting: no domain controller reachable")
                 return fake_dc(*args)
 
             def request(event: dict[str, Any], want: int) -> tuple[Call, ...]:
@@ -114,12 +133,26 @@ def count(nodes: int = 20) -> Counted:
                 response = world.call(event, verify_proof=verify, create_computer=create)
                 if response["statusCode"] != want:
                     raise AssertionError(f"counting: status {response['statusCode']}, not {want}: {response}")
+                last.update(headers=response["headers"])
                 return tuple((s, o, bucket_class(s, o, p)) for s, o, p in calls.params)
 
+            last: dict[str, Any] = {}
             ids = [world.launch() for _ in range(nodes)]
-            joins = [request(world.event(iid), 200) for iid in ids]
-            closes = {request(world.close_event(iid), 200) for iid in ids}
+            joins, closes = [], set()
+            for iid in ids:  # one after the other: each close gives its lease back
+                joins.append(request(world.event(iid), 200))
+                closes.add(request(world.close_event(iid), 200))
             refused = request(world.event(ids[0]), 403)
+            holders = [world.launch() for _ in range(cap)]
+            joins += [request(world.event(iid), 200) for iid in holders]
+            waiting = world.launch()
+            busy = request(world.event(waiting), 429)
+            retry_after = int(last["headers"].get("retry-after", "0"))
+            closes |= {request(world.close_event(iid), 200) for iid in holders}
+            joins.append(request(world.event(waiting), 200))  # a 429 spent no answer of its window
+            closes.add(request(world.close_event(waiting), 200))
+            dc_down = True
+            join_failed = request(world.event(world.launch()), 503)
             if len(set(joins[1:])) != 1 or len(closes) != 1:
                 raise AssertionError(f"counting: joins or closes differ between nodes: {set(joins[1:])}, {closes}")
 
@@ -138,9 +171,10 @@ def count(nodes: int = 20) -> Counted:
                     raise AssertionError(f"counting: termination of {iid}: {out}")
                 return tuple((s, o, bucket_class(s, o, p)) for s, o, p in calls.params)
 
-            return Counted(join_cold=joins[0], join_warm=joins[1], close=closes.pop(), refused=refused,
-                           termination_ours=terminate(ids[0], "deleted"),
-                           termination_other=terminate(other, "ignored"), nodes=nodes)
+            return Counted(join_cold=joins[0], join_warm=joins[1], close=closes.pop(), refused=refused, busy=busy,
+                           join_failed=join_failed, termination_ours=terminate(ids[0], "deleted"),
+                           termination_other=terminate(other, "ignored"), nodes=len(joins), cap=cap,
+                           retry_after=retry_after)
 
 
 def by_service(calls: tuple[Call, ...]) -> Counter[str]:

@@ -3,12 +3,15 @@
     venv/bin/python -m bench.join_scale [--seed 1] [--quick]     (about 20 s; --quick a few seconds)
 
 A discrete-event simulation, seeded and deterministic. What each request costs is not written here: the call
-sequences of the join function (join, close, refused request) and of the termination handler are counted from the
-real handlers on moto (bench/join_calls.py) and replayed in their order, with the per-container caches of the code
+sequences of the join function (join, close, refused request, a join answered 429 by admission control, a join that
+fails after its lease) and of the termination handler are counted from the real handlers on moto
+(bench/join_calls.py) and replayed in their order, with the per-container caches of the code
 (join_handler.PROFILE_CACHE_SECONDS, TEMPLATE_CACHE_SECONDS, CREDENTIAL_CACHE_SECONDS). "Before issue 20" replays
 the call counts the issue gives for main before it (commit fdc06b3): per join EC2 2 (bare InstanceIds), IAM 2,
 DynamoDB 2 writes, SSM 1, Lambda 2; a refused request EC2 + IAM; a termination 1 EC2 call per terminated instance
-(the STS check of the caller proof, one per request, as now; its CloudFormation calls, not in the issue, left out).
+(the STS check of the caller proof, one per request, as now; its CloudFormation calls, not in the issue, left out),
+and the join script before it (every retryable answer, 429 included, 1, 2, 4 .. 30 s apart plus up to half; the
+close 3 tries within 60 s whatever the answer).
 
 Limits (token buckets: capacity, refill per second):
 - EC2 DescribeInstances, two readings of https://docs.aws.amazon.com/AWSEC2/latest/APIReference/throttling.html
@@ -32,8 +35,11 @@ Limits (token buckets: capacity, refill per second):
 - STS GetCallerIdentity (the caller proof): ASSUMPTION (600, 600/s) per account and region.
 - CloudFormation ListStackResources: unpublished; ASSUMPTION (20, 5/s).
 - DynamoDB on demand: a new table serves up to 4,000 writes and 12,000 reads per second.
-- Lambda: reserved concurrency R (the stack's default 10) limits the function twice; either limit answers the
-  function URL's request HTTP 429 (TooManyRequestsException), and the node cannot tell them apart:
+- DynamoDB, the admission item: every lease take and release writes the ONE item "admission" of the window table;
+  one partition serves at most 1,000 write units per second (a unit per started KB of the item).
+- Lambda: reserved concurrency R (the stack's default, stack_config.JOIN_RESERVED_CONCURRENCY, 150) limits the
+  function twice; either limit answers the function URL's request HTTP 429 (TooManyRequestsException), and the
+  node cannot tell them apart:
   - slots: a request finding all R execution environments busy (a cold start, 0.4 s, holds its slot too);
   - rate: synchronous invocations are limited to 10 requests per second per unit of concurrency, so the function
     gets 10 * R requests per second, however short its requests (AWS Lambda Developer Guide, "Understanding Lambda
@@ -53,14 +59,20 @@ Limits (token buckets: capacity, refill per second):
   DC, served first come first served. ASSUMPTION: a third of it is the function's LDAP create, the rest the node's
   `realm join`, which also spends 1.2 s on the node and its network (the lab's join takes ~1.5 s).
 
-The node follows bootstrap/join-domain.sh: the join request retried on 408/429/5xx with a 1, 2, 4 .. 30 s backoff
-plus jitter of up to half, within the 600 s deadline; curl waits out the function; a 403 ends the join; each
-`realm join` attempt capped at 120 s; the close (in the background) 3 tries within 60 s, 1 and 2 s apart.
+The node follows bootstrap/join-domain.sh: a 429 or 503 answer is "busy": it waits max(retryAfter, uniform(0,
+min(30, 2^n))) s for its n-th busy answer (pyhelper busy_delay; retryAfter 2 s from admission control, none from
+Lambda's own 429 or the function's 503), cut to the 600 s deadline; 408 and other 5xx wait 1, 2, 4 .. 30 s plus up
+to half; a 403 ends the join; curl waits out the function; each `realm join` attempt capped at 120 s; the close (in
+the background) 3 failures or 10 attempts within 60 s, busy answers waited out the same way and not counted.
 
-Admission control (the cap of joins in progress per DC, built in lambda_src/join_handler.py by another change) is
-a parameter here: ASSUMPTION that it decides after the pre-check read with one DynamoDB write, before STS and EC2;
-that a join is in progress from its admission until its close (or a 120 s lease); that a refused node sleeps the
-Retry-After (2 s) plus full jitter, uniform(0, min(30, 2^k)) s, and that such a 429 spends no answer of the window.
+Admission control follows lambda_src/join_handler.py (_Lease), at the handler's default of JOINS_PER_DC (8) per DC
+(components/join_function.py sets MAX_JOINS_IN_PROGRESS from the DC count): it is decided at the join's call on the
+admission item, found in the counted sequence (after the pre-check read and STS, before EC2); a full map answers 429
+right after it (the counted 429 is exactly that prefix; current_profile checks it), with the counted Retry-After,
+and spends no answer of the window; a join failing after its lease gives it back with one more write, one killed by
+the function's timeout does not; the close gives it back (its counted call on the item); a lease not given back
+expires LEASE_SECONDS (180 s) after its last take and is dropped (one more write, then the take again) only when it
+would refuse someone. A joined node's request is refused by the pre-check read before the lease is touched.
 """
 
 from __future__ import annotations
@@ -76,6 +88,7 @@ from typing import Any
 
 from bench.join_calls import Call, Counted
 from pcluster_ad.lambda_src import join_handler as jh
+from pcluster_ad.stack_config import JOIN_RESERVED_CONCURRENCY
 
 # --- limits ------------------------------------------------------------------------------------------------------
 
@@ -105,13 +118,25 @@ CREATE_SHARE = 1 / 3
 REALM_JOIN_CLIENT_S = 1.2
 REALM_JOIN_CAP_S = 120
 DEADLINE_S = 600
-CLOSE_TRIES, CLOSE_BUDGET_S = 3, 60
+CLOSE_BUDGET_S = 60
 CACHE_SECONDS = {"iam": jh.PROFILE_CACHE_SECONDS, "cloudformation": jh.TEMPLATE_CACHE_SECONDS,
                  "ssm": jh.CREDENTIAL_CACHE_SECONDS}
 WRITES = frozenset({"UpdateItem", "PutItem", "DeleteItem"})
-ADMISSION_CALL: Call = ("dynamodb", "UpdateItem", "")
-RETRY_AFTER_S = 2
-ADMISSION_LEASE_S = 120
+# Admission control (lambda_src/join_handler.py, _Lease): the cap is JOINS_PER_DC per DC (components/join_function.py
+# max_joins_for), a lease lasts LEASE_SECONDS from its last take, expired ones are dropped (EXPIRED_DROP_MAX per
+# write) only when they would refuse someone. The 429's Retry-After is counted on moto (Counted.retry_after).
+ADMISSION_LEASE_S = jh.LEASE_SECONDS
+# DynamoDB serves one partition at most 1,000 write units per second, and one item never spans partitions: every
+# lease take and release is a write of the ONE admission item (a write unit per started KB of the item).
+ADMISSION_ITEM_LIMIT = (1000, 1000)
+LEASE_ENTRY_BYTES, ITEM_BASE_BYTES = 32, 32  # "leases.i-0123456789abcdef0" = epoch; the key and map names
+# The node's waits (bootstrap/join-domain.sh): 429 and 503 are "busy": pyhelper busy_delay, full jitter
+# max(retryAfter, uniform(0, min(30, 2^busy))) with busy counted from 1, cut to the deadline (1 s left); Lambda's own
+# 429 and the function's 503 carry no retryAfter (0). 408 and other 5xx: sleep_backoff, 1, 2, 4 .. 30 s plus up to
+# half of it (bash integers). The close: 3 failures or 10 attempts within min(remaining, 60 s), busy answers waited
+# out the same way and not counted as failures; 403 ends it.
+BUSY_CAP_S = 30
+CLOSE_FAILURES, CLOSE_ATTEMPTS = 3, 10
 # ParallelCluster (aws-parallelcluster-node fleet_manager.py / clustermgtd.py)
 PC_DESCRIBE_DELAYS = (0.1, 0.6, 1.2, 2.4, 4.8)  # before attempt 1..5 (+ up to 0.5 s jitter from the 2nd)
 PC_LAUNCH_EVERY_S, PC_BOOT_S = 10, 40  # a launch batch every 10 s; its nodes start their join script 40 s later
@@ -130,6 +155,15 @@ class Profile:
     termination_ours: tuple[Call, ...]
     termination_other: tuple[Call, ...]
     cached: frozenset[str] = frozenset()  # services whose answers a container keeps (CACHE_SECONDS)
+    busy: tuple[Call, ...] = ()  # a join answered 429 by admission control (the join's calls up to its lease)
+    retry_after: int = 0  # the 429's Retry-After (s)
+    old_node: bool = False  # the join script before issue 20: every retryable answer 1, 2, 4 .. 30 s (+ up to half)
+    # apart, the close 3 tries whatever the answer
+
+    @property
+    def admits(self) -> bool:
+        """The join takes an admission lease (a call on the admission item)."""
+        return any(kind == "admission" for _, _, kind in self.join)
 
 
 def current_profile(counted: Counted) -> Profile:
@@ -138,8 +172,16 @@ def current_profile(counted: Counted) -> Profile:
     unknown = cached - set(CACHE_SECONDS)
     if unknown:
         raise ValueError(f"the handler caches {sorted(unknown)}: add their cache time to CACHE_SECONDS")
+    lease = [i for i, (_, _, kind) in enumerate(counted.join_cold) if kind == "admission"]
+    if len(lease) != 1 or counted.busy != counted.join_cold[:lease[0] + 1]:
+        raise ValueError(f"the model decides admission at the join's one lease call and answers 429 right after it;"
+                         f" the handler's join is {counted.join_cold}, its 429 {counted.busy}: adapt _Sim._handle")
+    if [k for _, _, k in counted.close].count("admission") != 1 or counted.join_failed[-1][2] != "admission":
+        raise ValueError(f"the model gives a lease back in the close and after a failed join (one call on the "
+                         f"admission item): the handler's close is {counted.close}, a failed join "
+                         f"{counted.join_failed}: adapt _Sim._handle")
     return Profile("current", counted.join_cold, counted.close, counted.refused, counted.termination_ours,
-                   counted.termination_other, cached)
+                   counted.termination_other, cached, counted.busy, counted.retry_after)
 
 
 EC2_BARE: Call = ("ec2", "DescribeInstances", "unfiltered")
@@ -153,6 +195,7 @@ BEFORE = Profile(  # issue 20's figures for main before it (fdc06b3): no pre-che
     refused=(STS, EC2_BARE, IAM, ("dynamodb", "UpdateItem", "")),
     termination_ours=(EC2_BARE,),
     termination_other=(EC2_BARE,),
+    old_node=True,
 )
 
 
@@ -162,11 +205,11 @@ class Bucket:
     def __init__(self, capacity: float, rate: float, at: float = 0.0) -> None:
         self.capacity, self.rate, self.tokens, self.at = capacity, rate, capacity, at  # full at `at`
 
-    def take(self, now: float) -> bool:
+    def take(self, now: float, tokens: float = 1) -> bool:
         self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
         self.at = now
-        if self.tokens >= 1:
-            self.tokens -= 1
+        if self.tokens >= tokens:
+            self.tokens -= tokens
             return True
         return False
 
@@ -177,12 +220,19 @@ class Scenario:
     seconds: float
     dcs: int = 2
     reading: str = "unfiltered"
-    reserved_concurrency: int = 10
-    admission_per_dc: int | None = None  # None: no admission control
+    reserved_concurrency: int = JOIN_RESERVED_CONCURRENCY  # the stack's default
+    admission_per_dc: int | None = jh.JOINS_PER_DC  # the stack's default; None: no admission control (0)
     flood_per_s: float = 0.0  # signed requests per second from one joined node's credentials
     flood_seconds: float = 60.0
     flood_start: float = 30.0
     seed: int = 1
+
+    @property
+    def cap(self) -> int:
+        """MAX_JOINS_IN_PROGRESS as components/join_function.py max_joins_for sets it (0: none)."""
+        if self.admission_per_dc is None:
+            return 0
+        return max(1, min(jh.MAX_JOINS_LIMIT, self.admission_per_dc * self.dcs))
 
 
 @dataclass
@@ -200,6 +250,9 @@ class Result:
     lambda_throttles: Counter[str] = field(default_factory=Counter)  # every 429 of Lambda, nodes' and flood's, by
     # limit: "concurrency" (every slot busy) or "rate" (over 10 * R requests per second)
     http_429_admission: int = 0
+    leases_expired: int = 0  # leases dropped after LEASE_SECONDS (a node that never closed)
+    admission_item_peak: int = 0  # the most writes of the admission item within one second
+    lease_held: list[float] = field(default_factory=list)  # seconds from a lease's (last) take to its release
     failed_after_429: int = 0
     windows_open: int = 0
     calls: Counter[str] = field(default_factory=Counter)  # by service, the function's
@@ -235,10 +288,10 @@ class _Sim:
         rps = LAMBDA_RPS_PER_CONCURRENCY * scenario.reserved_concurrency
         self.lambda_rate = Bucket(max(1.0, rps * LAMBDA_RPS_BURST_S), rps, at=self.now)
         self.busy = 0
+        self.admission_item = Bucket(*ADMISSION_ITEM_LIMIT, at=self.now)
         self.idle: list[dict[str, float]] = []  # warm containers: service -> when its answer was fetched
-        self.in_progress = 0
-        self.leases: dict[int, int] = {}  # node -> its admission lease (admission control)
-        self.lease_seq = 0
+        self.leases: dict[int, float] = {}  # node -> when its admission lease expires
+        self.item_writes: Counter[int] = Counter()  # second -> writes of the admission item
         self.result = Result(scenario, profile.name)
         self.window: dict[int, str] = {}  # node -> "open" | "issued" | "closed"; answers spent below
         self.answers: Counter[int] = Counter()
@@ -274,12 +327,20 @@ class _Sim:
             return "dynamodb-write" if operation in WRITES else "dynamodb-read"
         return service
 
+    def take(self, call: Call) -> bool:
+        if not self.buckets[self.bucket_of(call)].take(self.now):
+            return False
+        if call[2] != "admission":
+            return True
+        self.item_writes[int(self.now)] += 1
+        units = math.ceil((ITEM_BASE_BYTES + LEASE_ENTRY_BYTES * len(self.leases)) / 1024)
+        return self.admission_item.take(self.now, units)
+
     def aws_call(self, who: int, call: Call, calls: Counter[str]) -> Generator[float, None, bool]:
         """One call with the function's retries; False: still throttled after BOTO_ATTEMPTS."""
-        bucket = self.buckets[self.bucket_of(call)]
         for attempt in range(BOTO_ATTEMPTS):
             calls[call[0]] += 1
-            if bucket.take(self.now):
+            if self.take(call):
                 yield LATENCY[call[0]]
                 return True
             self.result.throttles[call[0]] += 1
@@ -318,6 +379,10 @@ class _Sim:
 
     def _handle(self, node: int, kind: str, cache: dict[str, float], calls: Counter[str],
                 started: float) -> Generator[float, None, int]:
+        """The counted sequence in its order. Admission control (the join's call on the admission item, after the
+        pre-check read and STS, before EC2): 429 right after it when `cap` leases are live; a join failing after it
+        gives the lease back (one more call), one killed by the function's timeout does not; the close's call on the
+        item gives it back. A 429 is returned as -429 (it carries Retry-After)."""
         p, state = self.p, self.window.get(node, "open")
         if state == "closed" or (kind == "join" and (state == "issued" or self.answers[node] >= MAX_ANSWERS)):
             # Refused: now by the pre-check read alone; before issue 20 after STS, EC2 and IAM.
@@ -325,39 +390,38 @@ class _Sim:
                 if not (yield from self.aws_call(node, call, calls)):
                     return 503
             return 403
-        sequence = p.join if kind == "join" else p.close if kind == "close" else p.refused
-        if kind == "join" and self.s.admission_per_dc is not None:
-            if sequence[0][:2] != ("dynamodb", "GetItem"):
-                raise ValueError(f"{p.name}: admission control is modelled after the pre-check read")
-            if not (yield from self.aws_call(node, sequence[0], calls)):
-                return 503
-            if not (yield from self.aws_call(node, ADMISSION_CALL, calls)):
-                return 503
-            if node not in self.leases:
-                if self.in_progress >= self.s.admission_per_dc * self.s.dcs:
-                    self.result.http_429_admission += 1
-                    return -429  # 429 with Retry-After
-                self.in_progress += 1
-                self.lease_seq += 1
-                self.leases[node] = self.lease_seq
-                self.spawn(self._lease(node, self.lease_seq), self.now + ADMISSION_LEASE_S)
-            sequence = sequence[1:]
-        counted = False
+        sequence = p.join if kind == "join" else p.close
+        counted = leased = False
+        status = 200
         # Decided once per request: a cold join makes both CloudFormation calls, a warm one neither.
         fresh = {svc for svc in p.cached if self.now - cache.get(svc, -math.inf) < CACHE_SECONDS[svc]}
         for call in sequence:
-            service, operation, _ = call
-            if service in fresh:
+            service, operation, klass = call
+            if service in fresh or (klass == "admission" and not self.s.cap):
+                continue  # MAX_JOINS_IN_PROGRESS=0: the handler never touches the admission item
+            if klass == "admission" and kind == "join":
+                got = yield from self._acquire(node, call, calls)
+                if got == "busy":
+                    self.result.http_429_admission += 1
+                    return -429
+                if got == "throttled":
+                    return 503
+                leased = True
+                continue
+            if klass == "admission":  # the close gives the lease back; an error is left to the lease's expiry
+                if (yield from self.aws_call(node, call, calls)):
+                    self.give_back(node)
                 continue
             if service == "directory":
                 done = self.dc_work(node, self.rng(node).uniform(*DC_CPU_PER_JOIN) * CREATE_SHARE)
                 yield done - self.now
                 if self.now - started > LAMBDA_TIMEOUT_S:
                     self.window[node] = "issued"  # the object exists; its one password was never answered
-                    return 504
+                    return 504  # killed: no release, the lease expires
                 continue
             if not (yield from self.aws_call(node, call, calls)):
-                return 503
+                status = 503
+                break
             if service in p.cached:
                 cache[service] = self.now
             if kind == "join" and (service, operation) == ("dynamodb", "UpdateItem") and not counted:
@@ -365,27 +429,46 @@ class _Sim:
                 self.answers[node] += 1  # count_answer: before the secret is read
             if self.now - started > LAMBDA_TIMEOUT_S:
                 return 504
+        if status != 200:
+            if leased:
+                release = next(c for c in p.close if c[2] == "admission")
+                if (yield from self.aws_call(node, release, calls)):
+                    self.give_back(node)
+            return status
         if kind == "join":
             self.window[node] = "issued"
         elif kind == "close":
             self.window[node] = "closed"
         return 200
 
-    def _lease(self, node: int, lease: int) -> Generator[float, None, None]:
-        if self.leases.get(node) == lease:  # not released (closed) or renewed since
-            self.release(node)
-        return
-        yield 0.0
+    def give_back(self, node: int) -> None:
+        until = self.leases.pop(node, None)
+        if until is not None:
+            self.result.lease_held.append(self.now - (until - ADMISSION_LEASE_S))
 
-    def release(self, node: int) -> None:
-        if self.leases.pop(node, None) is not None:
-            self.in_progress -= 1
+    def _acquire(self, node: int, call: Call, calls: Counter[str]) -> Generator[float, None, str]:
+        """_Lease.acquire: one conditional write; when full and some leases expired, one write dropping them and
+        the take again. "ok", "busy" or "throttled"."""
+        if not (yield from self.aws_call(node, call, calls)):
+            return "throttled"
+        if node not in self.leases and len(self.leases) >= self.s.cap:
+            expired = sorted(n for n, until in self.leases.items() if until <= self.now)[:jh.EXPIRED_DROP_MAX]
+            if not expired:
+                return "busy"
+            for n in expired:
+                del self.leases[n]
+            self.result.leases_expired += len(expired)
+            for _ in range(2):
+                if not (yield from self.aws_call(node, call, calls)):
+                    return "throttled"
+        self.leases[node] = self.now + ADMISSION_LEASE_S  # taken, or refreshed (its own entry)
+        return "ok"
 
     # the node (bootstrap/join-domain.sh)
     def node(self, node: int) -> Generator[float, None, None]:
         start, r = self.now, self.result
         r.starts[node] = start
-        delay, backoff, saw_429 = 1, 0, False
+        delay, busy, saw_429 = 1, 0, False
         while True:
             status = yield from self.invoke(node, "join", r.calls)
             if status == 200:
@@ -396,13 +479,14 @@ class _Sim:
             if status == 403 or self.now - start >= DEADLINE_S - 1:
                 self.fail(node, "refused (403)" if status == 403 else "deadline", saw_429)
                 return
-            if status == -429:  # admission: Retry-After plus full jitter
-                sleep = RETRY_AFTER_S + self.rng(node).uniform(0, min(30, 2 ** backoff))
-                backoff += 1
+            left = start + DEADLINE_S - self.now
+            if status in (429, -429, 503) and not self.p.old_node:  # busy: full jitter, at least its retryAfter
+                busy += 1
+                sleep = self.busy_delay(node, busy, self.p.retry_after if status == -429 else 0)
             else:
                 sleep = delay + self.rng(node).randint(0, delay // 2)
                 delay = min(30, delay * 2)
-            yield min(sleep, max(0.0, start + DEADLINE_S - 1 - self.now))
+            yield max(0.0, min(sleep, left - 1))
         while True:  # realm join, each attempt capped
             done = self.dc_work(node, self.rng(node).uniform(*DC_CPU_PER_JOIN) * (1 - CREATE_SHARE))
             done += REALM_JOIN_CLIENT_S
@@ -415,31 +499,40 @@ class _Sim:
                 self.fail(node, "realm join deadline", saw_429)
                 return
         r.latencies[node] = self.now - start
-        self.spawn(self.close(node), self.now)
+        self.spawn(self.close(node, start), self.now)
 
-    def close(self, node: int) -> Generator[float, None, None]:
-        until, delay = self.now + CLOSE_BUDGET_S, 1
-        for attempt in range(1, CLOSE_TRIES + 1):
+    def busy_delay(self, node: int, busy: int, retry_after: float) -> float:
+        return max(retry_after, self.rng(node).uniform(0, min(BUSY_CAP_S, 2 ** busy)))
+
+    def close(self, node: int, start: float) -> Generator[float, None, None]:
+        until = self.now + min(CLOSE_BUDGET_S, start + DEADLINE_S - self.now)
+        attempt = failures = busy = 0
+        delay = 1
+        while failures < CLOSE_FAILURES and attempt < CLOSE_ATTEMPTS:
+            attempt += 1
             if until - self.now < 1:
                 break
             status = yield from self.invoke(node, "close", self.result.calls)
             if status == 200:
-                self.release(node)
                 return
-            if status == 429:
-                self.result.http_429_lambda += 1
-            elif status not in (408, 503, 504):
-                break
-            if attempt < CLOSE_TRIES and until - self.now > 1:
-                yield delay + self.rng(node).randint(0, delay // 2)
+            if status in (429, 503) and not self.p.old_node:  # busy: waited out, no failure
+                self.result.http_429_lambda += status == 429
+                busy += 1
+                if until - self.now > 1:
+                    yield max(0.0, min(self.busy_delay(node, busy, 0), until - self.now - 1))
+                continue
+            self.result.http_429_lambda += status == 429 and self.p.old_node
+            if status not in (408, 429, 500, 502, 503, 504):
+                break  # 403: final
+            failures += 1
+            if failures < CLOSE_FAILURES and until - self.now > 1:
+                yield max(0.0, min(delay + self.rng(node).randint(0, delay // 2), start + DEADLINE_S - self.now - 1))
             delay *= 2
-        self.result.windows_open += 1
-        self.release(node)
+        self.result.windows_open += 1  # its lease, if the close did not give it back, expires
 
     def fail(self, node: int, why: str, saw_429: bool) -> None:
         self.result.failed[why] += 1
         self.result.failed_after_429 += saw_429
-        self.release(node)
 
     # the flood: one joined node's credentials, requests at a fixed rate
     def flood(self, node: int) -> Generator[float, None, None]:
@@ -494,6 +587,7 @@ def simulate(scenario: Scenario, profile: Profile) -> Result:
         sim.window[FLOODER] = "closed"  # a joined node whose window closed
         sim.spawn(sim.flood(FLOODER), scenario.flood_start)
     sim.run()
+    sim.result.admission_item_peak = max(sim.item_writes.values(), default=0)
     return sim.result
 
 
@@ -539,41 +633,55 @@ def row(label: str, r: Result) -> str:
     return (f"| {label} | {100 * r.share():.1f}% | {_fmt(r.pct(0.5))} / {_fmt(r.pct(0.95))} / {_fmt(r.pct(1.0))} | "
             f"{r.http_429_lambda} / {r.http_429_admission} | {fail} ({r.failed_after_429} after a 429) | "
             f"{t['ec2']} / {t['iam']} / {t['ssm']} / {t['cloudformation']} / {t['sts'] + t['dynamodb']} | "
-            f"{r.windows_open} | {r.pc_throttles} / {r.pc_describe_failures} ({r.discarded} nodes) |")
+            f"{r.windows_open} | {r.admission_item_peak} / {r.leases_expired} | "
+            f"{r.pc_throttles} / {r.pc_describe_failures} ({r.discarded} nodes) |")
 
 
 HEAD = ("| case | joined | latency from boot p50 / p95 / max (s) | HTTP 429 Lambda / admission | failed nodes | "
-        "throttles EC2 / IAM / SSM / CloudFormation / other | windows left open | "
-        "ParallelCluster EC2 throttles / describe failures (discarded) |\n|---|---|---|---|---|---|---|---|")
+        "throttles EC2 / IAM / SSM / CloudFormation / other | windows left open | admission item: peak writes/s, "
+        "leases expired | ParallelCluster EC2 throttles / describe failures (discarded) |\n"
+        "|---|---|---|---|---|---|---|---|---|")
 
 
 def call_table(counted: Counted, current: Profile) -> str:
     def cell(calls: Iterable[Call]) -> str:
-        c = Counter(s for s, _, _ in calls if s != "directory")
+        c = Counter(s if k != "admission" else "dynamodb (admission item)" for s, _, k in calls if s != "directory")
         return ", ".join(f"{s} {n}" for s, n in sorted(c.items())) or "-"
 
     warm = counted.join_warm
     lines = ["| request | before issue 20 (issue's figures) | now, counted on moto |", "|---|---|---|",
              f"| join, cold container | {cell(BEFORE.join)} | {cell(counted.join_cold)} |",
              f"| join, warm container | {cell(BEFORE.join)} | {cell(warm)} |",
-             f"| close | {cell(BEFORE.close)} | {cell(counted.close)} |",
+             f"| join answered 429 (admission: {counted.cap} joins in progress) | - | {cell(counted.busy)} |",
+             f"| join failing after its lease (DC unreachable, 503) | - | {cell(counted.join_failed)} |",
+             f"| close (gives the lease back) | {cell(BEFORE.close)} | {cell(counted.close)} |",
              f"| request after the window closed | {cell(BEFORE.refused)} | {cell(counted.refused)} |",
              f"| termination, a joined node | {cell(BEFORE.termination_ours)} | {cell(counted.termination_ours)} |",
              f"| termination, any other instance | {cell(BEFORE.termination_other)} | "
              f"{cell(counted.termination_other)} |"]
     kinds = sorted({k for s, _, k in counted.join_cold + counted.termination_ours if s == "ec2"})
+    lease = [f"{s} {o}" for s, o, k in counted.join_cold if k == "admission"]
     lines.append(f"\nEC2 DescribeInstances of the function now: {', '.join(kinds)} (before: unfiltered); cached per"
-                 f" container: {', '.join(f'{s} {CACHE_SECONDS[s]} s' for s in sorted(current.cached))}.")
+                 f" container: {', '.join(f'{s} {CACHE_SECONDS[s]} s' for s in sorted(current.cached))}. Admission"
+                 f" (handler default {counted.cap} per DC): the lease is {', '.join(lease)} after the pre-check read"
+                 f" and STS, before EC2; the 429 carries Retry-After {counted.retry_after} s.")
     return "\n".join(lines)
 
 
 def _label(profile: Profile, sc: Scenario) -> str:
-    cap = "" if sc.admission_per_dc is None else f", admission {sc.admission_per_dc}/DC"
+    if not profile.admits:
+        cap = ""
+    elif sc.admission_per_dc is None:
+        cap = ", no admission"
+    else:
+        cap = f", admission {sc.admission_per_dc}/DC"
     return f"{profile.name}{cap}; reserved {sc.reserved_concurrency}; EC2 {sc.reading}"
 
 
-SWEEP = (10, 50, 100, 105, 110, 120, 150, 200, 300)
-SWEEP_QUICK = (10, 100, 150)
+SWEEP = (10, 50, 100, 110, 150, 200)
+SWEEP_QUICK = (10, 150)
+CAP_SWEEP: tuple[int | None, ...] = (4, 8, 12, 16, 24, 32, None)
+CAP_SWEEP_QUICK: tuple[int | None, ...] = (8, None)
 FLOOD_DELAY_GOAL_S = 1.0
 
 
@@ -589,41 +697,90 @@ def _boot_goal(r: Result, p95: float) -> bool:
             and r.windows_open == 0)
 
 
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def _worst(runs: list[Result]) -> Result:
+    return max(runs, key=lambda x: (x.pct(0.95), x.pct(1.0)))
+
+
+def _settled(sc: Scenario, calm: Result, delays: list[float]) -> float:
+    """The largest delay of a node whose join started 1 s or more into the flood (after its cold starts)."""
+    return max((d for node, d in zip(calm.latencies, delays, strict=True)
+                if calm.starts[node] >= sc.flood_start + 1), default=0.0)
+
+
+def _flood_cell(sc: Scenario, profile: Profile) -> tuple[str, bool]:
+    calm, hit, delays = flood_delays(sc, profile)
+    worst = max(delays, default=0.0)
+    ok = worst <= FLOOD_DELAY_GOAL_S and hit.flood_calls["ec2"] == hit.flood_calls["iam"] == 0
+    return (f"{worst:.2f} ({_settled(sc, calm, delays):.2f} from 1 s into it), {sum(d > 1 for d in delays)} nodes"
+            f" > 1 s; flood EC2 / IAM {hit.flood_calls['ec2']} / {hit.flood_calls['iam']}"), ok
+
+
 def reserved_sweep(current: Profile, seed: int, n: Callable[[int], int], values: Iterable[int]) -> list[str]:
-    """Issue 20's three goals against reserved concurrency: the flood (1,000 signed requests/s for 60 s from one
-    joined node's credentials during 1,000 nodes over 120 s, 2 DCs), 1,000 nodes over 120 s (2 DCs; p95 <= 3 s,
-    no failure, no ParallelCluster EC2 throttle, no window left open) and 2,000 over 120 s (4 DCs; p95 <= 40 s, no
-    failure), the last two under both EC2 readings (the worse shown); no admission control (main today)."""
-    out = [f"## Reserved concurrency against issue 20's goals (flood: 1,000 requests/s for 60 s from t=30 s during "
-           f"{n(1000)} nodes over 120 s, 2 DCs, EC2 unfiltered; no admission control)\n",
+    """Issue 20's three goals against reserved concurrency (admission control at the handler's default): the flood
+    (1,000 signed requests/s for 60 s from one joined node's credentials during 1,000 nodes over 120 s, 2 DCs),
+    1,000 nodes over 120 s (2 DCs; p95 <= 3 s, no failure, no ParallelCluster EC2 throttle, no window left open)
+    and 2,000 over 120 s (4 DCs; p95 <= 40 s), the last two under both EC2 readings (the worse shown)."""
+    out = [f"## Reserved concurrency against issue 20's goals (admission {jh.JOINS_PER_DC}/DC; flood: 1,000 "
+           f"requests/s for 60 s from t=30 s during {n(1000)} nodes over 120 s, 2 DCs, EC2 unfiltered)\n",
            "| reserved concurrency | Lambda rate limit (req/s) | flood answers (HTTP status: count) | Lambda 429s: "
-           "every slot busy / over the rate | of them to joining nodes | other nodes' latency p95 / max without -> "
-           "with the flood (s) | largest delay of one node (s) | nodes delayed > 1 s | largest delay of a node "
-           "starting 1 s or more into the flood (s) | "
+           "every slot busy / over the rate | other nodes' latency p95 / max without -> with the flood (s) | "
+           "largest delay of one node (s) | nodes delayed > 1 s | "
            f"{n(1000)} nodes, 2 DCs: p95 / max (s), failed | {n(2000)} nodes, 4 DCs: p95 / max (s), failed | "
            "goals met: flood / 1,000 / 2,000 |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    yes = {True: "yes", False: "NO"}
     for r in values:
         sc = Scenario(n(1000), 120, dcs=2, seed=seed, reserved_concurrency=r)
         calm, hit, delays = flood_delays(sc, current)
         worst = max(delays, default=0.0)
-        settled = max((d for node, d in zip(calm.latencies, delays, strict=True)
-                       if calm.starts[node] >= sc.flood_start + 1), default=0.0)
         flood_ok = worst <= FLOOD_DELAY_GOAL_S and hit.flood_calls["ec2"] == hit.flood_calls["iam"] == 0
         boots = []
         for nodes, dcs, goal in ((n(1000), 2, 3.0), (n(2000), 4, 40.0)):
             runs = [simulate(replace(sc, nodes=nodes, dcs=dcs, reading=reading), current) for reading in EC2_READINGS]
-            ok = all(_boot_goal(x, goal) for x in runs)
-            w = max(runs, key=lambda x: (x.pct(0.95), x.pct(1.0)))
+            w = _worst(runs)
             boots.append((f"{_fmt(w.pct(0.95))} / {_fmt(w.pct(1.0))}, {sum(sum(x.failed.values()) for x in runs)}",
-                          ok))
+                          all(_boot_goal(x, goal) for x in runs)))
         lt = hit.lambda_throttles
-        yes = {True: "yes", False: "NO"}
         out.append(f"| {r} | {LAMBDA_RPS_PER_CONCURRENCY * r} | {dict(sorted(hit.flood_answers.items()))} | "
-                   f"{lt['concurrency']} / {lt['rate']} | {hit.http_429_lambda} | {_fmt(calm.pct(0.95))} / "
+                   f"{lt['concurrency']} / {lt['rate']} | {_fmt(calm.pct(0.95))} / "
                    f"{_fmt(calm.pct(1))} -> {_fmt(hit.pct(0.95))} / {_fmt(hit.pct(1))} | {worst:.2f} | "
-                   f"{sum(d > 1 for d in delays)} | {settled:.2f} | {boots[0][0]} | {boots[1][0]} | "
+                   f"{sum(d > 1 for d in delays)} | {boots[0][0]} | {boots[1][0]} | "
                    f"{yes[flood_ok]} / {yes[boots[0][1]]} / {yes[boots[1][1]]} |")
+    return out
+
+
+def cap_sweep(current: Profile, seed: int, n: Callable[[int], int], values: Iterable[int | None]) -> list[str]:
+    """Issue 20's goals against the admission cap per DC, at the stack's reserved concurrency; boots under both
+    EC2 readings (the worse shown), plus the one-DC overload (2,000 nodes over 120 s on ONE DC)."""
+    out = [f"## Admission cap per DC against issue 20's goals (reserved {JOIN_RESERVED_CONCURRENCY}; boots under "
+           f"both EC2 readings, the worse shown)\n",
+           f"| joins in progress per DC | lease held, mean (s) | {n(1000)} nodes, 2 DCs: p95 / max (s), "
+           f"admission 429s, failed, windows open | {n(2000)} nodes, 4 DCs: p95 / max (s), admission 429s, failed, "
+           f"windows open | flood: largest delay of one node (s) | ONE DC, {n(2000)} nodes: p95 / max (s), "
+           f"admission / Lambda 429s, failed, windows open | goals met: 1,000 / 2,000 / flood |",
+           "|---|---|---|---|---|---|---|"]
+    yes = {True: "yes", False: "NO"}
+    for per_dc in values:
+        base = Scenario(n(1000), 120, dcs=2, seed=seed, admission_per_dc=per_dc)
+        cells, oks = [], []
+        for nodes, dcs, goal in ((n(1000), 2, 3.0), (n(2000), 4, 40.0)):
+            runs = [simulate(replace(base, nodes=nodes, dcs=dcs, reading=reading), current)
+                    for reading in EC2_READINGS]
+            w = _worst(runs)
+            cells.append(f"{_fmt(w.pct(0.95))} / {_fmt(w.pct(1.0))}, {w.http_429_admission}, "
+                         f"{sum(w.failed.values())}, {w.windows_open}")
+            oks.append(all(_boot_goal(x, goal) for x in runs))
+        flood, flood_ok = _flood_cell(base, current)
+        one = simulate(replace(base, nodes=n(2000), dcs=1), current)
+        held = _mean(simulate(base, current).lease_held)
+        out.append(f"| {per_dc if per_dc is not None else 'none'} | {_fmt(held)} | {cells[0]} | {cells[1]} | {flood} | "
+                   f"{_fmt(one.pct(0.95))} / {_fmt(one.pct(1.0))}, {one.http_429_admission} / "
+                   f"{one.http_429_lambda}, {sum(one.failed.values())}, {one.windows_open} | "
+                   f"{yes[oks[0]]} / {yes[oks[1]]} / {yes[flood_ok]} |")
     return out
 
 
@@ -632,24 +789,25 @@ def report(seed: int = 1, quick: bool = False) -> str:
 
     counted = join_calls.count(5 if quick else 20)
     current = current_profile(counted)
-    out = [f"## Calls per request (counted from the handlers on moto, {counted.nodes} nodes)\n",
+    out = [f"## Calls per request (counted from the handlers on moto, {counted.nodes} joins)\n",
            call_table(counted, current), ""]
     scale = 0.1 if quick else 1.0
 
     def n(nodes: int) -> int:
         return max(10, int(nodes * scale))
 
-    cases = [  # (title, base scenario, rows: (profile, changes))
+    off = {"admission_per_dc": None}
+    old = {"reserved_concurrency": 10}  # the stack's default before the sweep (and issue 20's study)
+    cases = [  # (title, base scenario, rows: (profile, changes)); the base is the stack's default
         (f"{n(1000)} nodes over 120 s, 2 DCs", Scenario(n(1000), 120, dcs=2, seed=seed),
-         [(BEFORE, {}), (current, {}), (current, {"admission_per_dc": 10}),
-          (BEFORE, {"reserved_concurrency": 100}), (current, {"reserved_concurrency": 100})]),
+         [(BEFORE, old), (current, {}), (current, off), (current, {"admission_per_dc": 16}), (current, old),
+          (BEFORE, {"reserved_concurrency": 100})]),
         (f"{n(2000)} nodes over 120 s, 4 DCs", Scenario(n(2000), 120, dcs=4, seed=seed),
-         [(BEFORE, {}), (current, {}), (current, {"admission_per_dc": 10}),
-          (current, {"reserved_concurrency": 100}), (current, {"reserved_concurrency": 100, "admission_per_dc": 10})]),
+         [(BEFORE, old), (current, {}), (current, off), (current, {"admission_per_dc": 16}), (current, old)]),
         (f"Overload: {n(2000)} nodes over 120 s on ONE DC (what admission control is for)",
          Scenario(n(2000), 120, dcs=1, seed=seed),
-         [(current, {}), (current, {"admission_per_dc": 10}), (current, {"admission_per_dc": 20}),
-          (current, {"reserved_concurrency": 100}), (current, {"reserved_concurrency": 100, "admission_per_dc": 20})]),
+         [(current, {}), (current, off), (current, {"admission_per_dc": 16}), (current, {"admission_per_dc": 4}),
+          (current, old)]),
     ]
     for title, base, rows in cases:
         out += [f"## {title}\n", HEAD]
@@ -662,19 +820,20 @@ def report(seed: int = 1, quick: bool = False) -> str:
     out.append(f"## A flood: 1,000 signed requests per second for 60 s (from t=30 s) from one joined node's "
                f"credentials, during {flood.nodes} nodes over 120 s, 2 DCs (EC2 unfiltered reading)\n")
     out.append("| case | flood's EC2 / IAM / STS / DynamoDB calls | flood answers (HTTP status: count) | other nodes'"
-               " latency p95 / max without -> with the flood (s) | largest delay of one node (s) | joined |\n"
-               "|---|---|---|---|---|---|")
-    for profile, changes in [(BEFORE, {}), (current, {}), (current, {"admission_per_dc": 10}),
-                             (current, {"reserved_concurrency": 50, "admission_per_dc": 10}),
-                             (current, {"reserved_concurrency": 100, "admission_per_dc": 10}),
-                             (current, {"reserved_concurrency": 150, "admission_per_dc": 10})]:
+               " latency p95 / max without -> with the flood (s) | largest delay of one node (s) | the same, nodes "
+               "starting 1 s or more into the flood (s) | nodes delayed > 1 s | joined |\n"
+               "|---|---|---|---|---|---|---|---|")
+    for profile, changes in [(BEFORE, old), (current, {}), (current, off), (current, {"admission_per_dc": 16}),
+                             (current, {"reserved_concurrency": 100}), (current, old)]:
         sc = replace(flood, **changes)
         calm, hit, delays = flood_delays(sc, profile)
         fc = hit.flood_calls
         out.append(f"| {_label(profile, sc)} | {fc['ec2']} / {fc['iam']} / {fc['sts']} / {fc['dynamodb']} | "
                    f"{dict(sorted(hit.flood_answers.items()))} | {_fmt(calm.pct(0.95))} / {_fmt(calm.pct(1))} -> "
-                   f"{_fmt(hit.pct(0.95))} / {_fmt(hit.pct(1))} | {_fmt(max(delays, default=0.0))} | "
-                   f"{100 * hit.share():.1f}% |")
+                   f"{_fmt(hit.pct(0.95))} / {_fmt(hit.pct(1))} | {max(delays, default=0.0):.2f} | "
+                   f"{_settled(sc, calm, delays):.2f} | {sum(d > 1 for d in delays)} | {100 * hit.share():.1f}% |")
+    out.append("")
+    out += cap_sweep(current, seed, n, CAP_SWEEP_QUICK if quick else CAP_SWEEP)
     out.append("")
     out += reserved_sweep(current, seed, n, SWEEP_QUICK if quick else SWEEP)
     out.append("")
