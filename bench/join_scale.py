@@ -25,7 +25,7 @@ Limits (token buckets: capacity, refill per second):
   a reading in which a call naming InstanceIds is "unfiltered" whatever its filter (then the function's call would
   share ParallelCluster's post-launch bucket again).
   ParallelCluster's own calls share them (aws-parallelcluster-node, develop of 2024-10 = 3.11.1, the newest source
-  at hand; the project pins 3.16.1: not checked for changes since; src/slurm_plugin/fleet_manager.py):
+  at hand; the version in pcluster_version.txt is newer: not checked for changes since; src/slurm_plugin/fleet_manager.py):
   after each CreateFleet, `_get_instances_info` calls DescribeInstances with bare InstanceIds (the paginator, no
   page size: unfiltered and unpaginated), 5 attempts 0.1 s, then 0.3*2^n s + up to 0.5 s apart, boto3 retries off
   (resume.py max_retry 1); instances still undescribed are not assigned to Slurm nodes and clustermgtd terminates
