@@ -26,7 +26,7 @@ PROJECT = "pcluster-ad"
 DEFAULT_PCLUSTER_VERSION = Path(__file__).with_name("pcluster_version.txt").read_text(encoding="utf-8").strip()
 # The join function's default reserved concurrency. Lambda serves a function at most 10 requests per second per unit
 # of it, and the flood the function must absorb (1,000 signed requests/s from one node's credentials, issue 20)
-# alone would use all of 100; 150 leaves the other nodes' joins untouched (bench/join_scale.py, the reserved
+# alone would use all of 100; 150 leaves room for the other nodes' joins (bench/join_scale.py, the reserved
 # concurrency sweep in bench/RESULTS.md). AWS keeps 100 of an account's concurrency unreserved: the account needs a
 # Lambda concurrency quota of 250 or more (the default is 1,000), else set join.reservedConcurrency lower or 0.
 JOIN_RESERVED_CONCURRENCY = 150

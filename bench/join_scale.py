@@ -25,7 +25,8 @@ Limits (token buckets: capacity, refill per second):
   a reading in which a call naming InstanceIds is "unfiltered" whatever its filter (then the function's call would
   share ParallelCluster's post-launch bucket again).
   ParallelCluster's own calls share them (aws-parallelcluster-node, develop of 2024-10 = 3.11.1, the newest source
-  at hand; the version in pcluster_version.txt is newer: not checked for changes since; src/slurm_plugin/fleet_manager.py):
+  at hand; the version in pcluster_version.txt is newer: not checked for changes since;
+  src/slurm_plugin/fleet_manager.py):
   after each CreateFleet, `_get_instances_info` calls DescribeInstances with bare InstanceIds (the paginator, no
   page size: unfiltered and unpaginated), 5 attempts 0.1 s, then 0.3*2^n s + up to 0.5 s apart, boto3 retries off
   (resume.py max_retry 1); instances still undescribed are not assigned to Slurm nodes and clustermgtd terminates
@@ -65,7 +66,7 @@ Lambda's own 429 or the function's 503), cut to the 600 s deadline; 408 and othe
 to half; a 403 ends the join; curl waits out the function; each `realm join` attempt capped at 120 s; the close (in
 the background) 3 failures or 10 attempts within 60 s, busy answers waited out the same way and not counted.
 
-Admission control follows lambda_src/join_handler.py (_Lease), at the handler's default of JOINS_PER_DC (8) per DC
+Admission control follows lambda_src/join_handler.py (_Lease), at the handler's default of JOINS_PER_DC per DC
 (components/join_function.py sets MAX_JOINS_IN_PROGRESS from the DC count): it is decided at the join's call on the
 admission item, found in the counted sequence (after the pre-check read and STS, before EC2); a full map answers 429
 right after it (the counted 429 is exactly that prefix; current_profile checks it), with the counted Retry-After,

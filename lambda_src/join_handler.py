@@ -119,7 +119,9 @@ OPEN_TTL_SLACK_SECONDS = 24 * 3600
 # function instances run. An overloaded DC pushes `realm join` past its cap and the retries make it worse: waiting
 # (HTTP 429, the node's full-jitter backoff) is cheaper than a collapse.
 ADMISSION_KEY = "admission"
-JOINS_PER_DC = 8  # the lab's Samba DC spends 0.10-0.14 CPU s per join; 8 at once keep one DC well inside its cap
+# A lease lasts a node's whole join, ~1.6 s, of which the DC spends 0.10-0.14 CPU s (lab): 16 at once pass ~10
+# joins/s, one DC's capacity (7-10/s); 8 passed ~5/s and made 1,000 nodes on 2 DCs wait (bench/join_scale.py).
+JOINS_PER_DC = 16
 MAX_JOINS_LIMIT = 500
 # A lease outlives the function's timeout (60 s) and one `realm join` attempt (join-domain.sh caps it at 120 s): a
 # node that dies after its answer (no close) frees its slot after this, never holds it for good.

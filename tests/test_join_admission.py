@@ -207,7 +207,7 @@ def test_concurrent_requests_never_hold_more_slots_than_the_cap(capped: World, a
 
 
 def test_settings_default_to_one_domain_controller_and_name_a_bad_value() -> None:
-    assert jh.load_settings(full_env()).max_joins_in_progress == jh.JOINS_PER_DC == 8
+    assert jh.load_settings(full_env()).max_joins_in_progress == jh.JOINS_PER_DC == 16
     assert jh.load_settings(full_env(MAX_JOINS_IN_PROGRESS="32")).max_joins_in_progress == 32
     assert jh.load_settings(full_env(MAX_JOINS_IN_PROGRESS="0")).max_joins_in_progress == 0
     for bad in ("-1", "eight", "501", "1.5"):

@@ -279,7 +279,7 @@ def test_function_configuration(g):
         "JOIN_PASSWORD_PARAMETER": "/pcluster-ad/dev/join-password",
         "WINDOW_TABLE": f"{ROLE_NAME}-windows", "WINDOW_MINUTES": "45", "MAX_ANSWERS": "2",
         "DC_IPS": ",".join(DC_IPS), "COMPUTER_OU": COMPUTER_OU, "COMPUTER_PREFIX": PREFIX, "LDAP_PORT": "389",
-        "MAX_JOINS_IN_PROGRESS": "8",  # admission control (issue 20): the default, one domain controller's
+        "MAX_JOINS_IN_PROGRESS": "16",  # admission control (issue 20): the default, one domain controller's
     }
     assert fn["loggingConfig"] == {"logFormat": "Text", "logGroup": f"/aws/lambda/{ROLE_NAME}"}
     assert isinstance(fn["code"], pulumi.AssetArchive)
@@ -430,7 +430,7 @@ def test_program_sizes_the_joins_in_progress_from_the_directorys_domain_controll
         env = g.named("join-function-fn").inputs["environment"]["variables"]
         assert env["MAX_JOINS_IN_PROGRESS"] == str(jh.JOINS_PER_DC * len(g.outputs["directoryDnsIps"]))
     assert run(max_joins_in_progress=max_joins_for(["10.0.0.1"] * 4)).named("join-function-fn").inputs[
-        "environment"]["variables"]["MAX_JOINS_IN_PROGRESS"] == "32"
+        "environment"]["variables"]["MAX_JOINS_IN_PROGRESS"] == str(4 * jh.JOINS_PER_DC)
     assert run(max_joins_in_progress=0).named("join-function-fn").inputs["environment"]["variables"][
         "MAX_JOINS_IN_PROGRESS"] == "0"
 
