@@ -63,3 +63,27 @@ def run_stack() -> Callable[..., Graph]:
 
 def dumps(value: Any) -> str:
     return json.dumps(value, default=str, sort_keys=True)
+
+
+@pytest.fixture
+def installed_package(tmp_path, monkeypatch):
+    """automation as it runs from an installed wheel: its ROOT is a package directory, not a checkout."""
+    from pcluster_ad import automation
+
+    package = tmp_path / "site-packages" / "pcluster_ad"
+    (package / "launcher").mkdir(parents=True)
+    monkeypatch.setattr(automation, "ROOT", package)
+    return package
+
+
+def borrowing_venv(venv: Path) -> Path:
+    """A fresh venv (no pip of its own) that borrows this venv's site-packages through a .pth file: pulumi & co. and
+    pip/setuptools, so that installing the checkout into it runs offline in seconds. Returns its python."""
+    import sysconfig
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True, timeout=300).stdout.strip()
+    Path(purelib, "project-venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python

@@ -43,15 +43,6 @@ from tests.test_wheel import run, site_package, venv, wheel  # noqa: F401 - the 
 NOBODY = 65534
 
 
-@pytest.fixture
-def installed_package(tmp_path, monkeypatch):
-    """automation as it runs from an installed wheel: its ROOT is a package directory, not a checkout."""
-    package = tmp_path / "site-packages" / "pcluster_ad"
-    (package / "launcher").mkdir(parents=True)
-    monkeypatch.setattr(automation, "ROOT", package)
-    return package
-
-
 # F1 ------------------------------------------------------------------------------------------------------------
 
 

@@ -341,15 +341,6 @@ def test_inline_program_builds_the_whole_stack_under_mocks():
     assert PASSWORD not in json.dumps([mask_secrets(r.inputs) for r in graph.resources], default=str)
 
 
-@pytest.fixture
-def installed_package(tmp_path, monkeypatch):
-    """automation as it runs from an installed wheel: its ROOT is a package directory, not a checkout."""
-    package = tmp_path / "site-packages" / "pcluster_ad"
-    (package / "launcher").mkdir(parents=True)
-    monkeypatch.setattr(automation, "ROOT", package)
-    return package
-
-
 def test_an_installed_package_runs_the_cluster_command_with_its_own_interpreter(installed_package, tmp_path):
     main = automation.program_dir(tmp_path / "ws")
     assert main == tmp_path / "ws" / "program" and (main / "launcher").resolve() == installed_package / "launcher"

@@ -14,14 +14,13 @@ import re
 import runpy
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests import pulumi_standin
-from tests.conftest import ROOT, copy_checkout
+from tests.conftest import ROOT, borrowing_venv, copy_checkout
 
 PASSWORD = "Embedd3d-Admin-Pw"
 
@@ -58,11 +57,7 @@ def checkout(tmp_path_factory) -> Path:
 def installed_venv(tmp_path_factory, checkout) -> Path:
     """A fresh venv with the checkout installed editable, as the README says."""
     venv = tmp_path_factory.mktemp("embed-venv") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
-    python = venv / "bin" / "python"
-    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-    Path(purelib, "project-venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    python = borrowing_venv(venv)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-build-isolation", "--no-index",
                            "--no-deps", "-e", str(checkout)], cwd=venv.parent, env=env, capture_output=True, text=True,

@@ -12,14 +12,13 @@ import json
 import os
 import subprocess
 import sys
-import sysconfig
 import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT, copy_checkout
+from tests.conftest import ROOT, borrowing_venv, copy_checkout
 
 
 def run(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -42,11 +41,7 @@ def wheel(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory, wheel) -> Path:
     venv = tmp_path_factory.mktemp("wheel-venv") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
-    python = venv / "bin" / "python"
-    purelib = Path(run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                       cwd=venv).stdout.strip())
-    (purelib / "project-venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    python = borrowing_venv(venv)
     proc = run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)], cwd=venv)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return venv
