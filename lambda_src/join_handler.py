@@ -543,7 +543,8 @@ def sts_caller_identity(proof: Mapping[str, str], now: float, *, region: str | N
 def _refuse_finished(settings: Settings, dynamodb: Any, claimed: Mapping[str, str], closing: str | None,
                      fields: dict[str, Any], now: float) -> dict[str, Any]:
     """The claimed instance's window record (an eventually consistent read), after refusing a request that it
-    already decides: closed, issued, exhausted, or made for a launch whose window is over. {} when there is none or it cannot be read."""
+    already decides: closed, issued, exhausted, or made for a launch whose window is over. {} when there is none or
+    it cannot be read."""
     match = ASSUMED_ROLE_ARN.fullmatch(claimed["userArn"])
     if not match or not INSTANCE_ID.fullmatch(match.group(3)):
         return {}  # the full checks refuse it with their reason
