@@ -455,7 +455,8 @@ def busy_delay(busy, retry_after, remaining, rand, base=1.0, cap=30.0):
     # AWS's "full jitter" (Exponential Backoff And Jitter, AWS Architecture Blog): a random wait in
     # [0, min(cap, base * 2^busy)] so that nodes sent away together do not come back together; never shorter than
     # the function's Retry-After; never past the deadline (1 s left for the last attempt).
-    delay = max(float(retry_after), rand(0.0, min(cap, base * 2 ** busy)))
+    # (2 ** 30 s is past any cap: a long run of busy answers never reaches an int too large for a float.)
+    delay = max(float(retry_after), rand(0.0, min(cap, base * 2 ** min(busy, 30))))
     return max(0.0, min(delay, remaining - 1.0))
 
 def retry_after(text):

@@ -351,7 +351,7 @@ def handle(
         # A node whose object exists (or whose window closed) is refused at the cost of one read, before STS, EC2
         # or IAM are asked: a process repeating requests with a joined node's credentials costs little. Keyed on the
         # event's claim, so it can only refuse, never admit.
-        recorded = _refuse_finished(settings, dynamodb, url_identity, closing, fields)
+        recorded = _refuse_finished(settings, dynamodb, url_identity, closing, fields, now())
         # Who asks is what STS says of the caller's signed GetCallerIdentity request, not what the event says:
         # anyone in the account allowed lambda:InvokeFunction could write any event (attack review, issue 16).
         identity = (verify_proof or sts_caller_identity)(proof, now())
@@ -432,7 +432,7 @@ def handle(
         status, body = 500, internal_error
         decision, reason = "error", "unexpected error"
 
-    if lease is not None and lease.held and status != 200:
+    if lease is not None and lease.taken and status != 200:
         lease.release()  # refused or failed: no join goes on (a 200 keeps it until the close, or its expiry)
     # A 429 is flow control, not a warning.
     level = {2: logging.INFO, 4: logging.WARNING}.get(status // 100, logging.ERROR) if status != 429 else logging.INFO
@@ -543,9 +543,10 @@ def sts_caller_identity(proof: Mapping[str, str], now: float, *, region: str | N
 
 
 def _refuse_finished(settings: Settings, dynamodb: Any, claimed: Mapping[str, str], closing: str | None,
-                     fields: dict[str, Any]) -> dict[str, Any]:
+                     fields: dict[str, Any], now: float) -> dict[str, Any]:
     """The claimed instance's window record (an eventually consistent read), after refusing a request that it
-    already decides: closed, issued or exhausted. {} when there is none or it cannot be read."""
+    already decides: closed, issued, exhausted, or made for a launch whose window is over. {} when there is none or
+    it cannot be read."""
     match = ASSUMED_ROLE_ARN.fullmatch(claimed["userArn"])
     if not match or not INSTANCE_ID.fullmatch(match.group(3)):
         return {}  # the full checks refuse it with their reason
@@ -566,7 +567,20 @@ def _refuse_finished(settings: Settings, dynamodb: Any, claimed: Mapping[str, st
     if closing is None and answers >= settings.max_answers:
         fields.update(instance_id=match.group(3), answers=answers, window_closed=False)
         raise _Refusal(f"join window exhausted: {answers} of {settings.max_answers} answers given")
-    # (An expired window is left to the full path: only EC2's launch time tells it from a restarted instance.)
+    # The window of the launch the record was made for is over: refused whatever EC2 says (the same launch: expired;
+    # a later one, after a stop and start: the record is another launch's), so EC2 is not asked and no lease taken,
+    # however often a node whose join failed asks (attack review 2 of issue 20, finding 2).
+    recorded_launch = _dig(item, "launchTime", "S")
+    if recorded_launch is not None:
+        try:
+            launched = _launch_time(recorded_launch).timestamp()
+        except _Refusal:
+            return item  # unreadable: the full path decides
+        if now - launched >= settings.window_minutes * 60:
+            fields.update(instance_id=match.group(3), answers=answers, window_closed=False)
+            raise _Refusal(f"join window expired: the record was made for the launch at {recorded_launch},"
+                           f" {round((now - launched) / 60, 1)} minutes ago; the window is {settings.window_minutes}"
+                           " minutes (a later launch gets no new object either)")
     return item
 
 
@@ -889,7 +903,10 @@ class _Lease:
     def __init__(self, settings: Settings, dynamodb: Any, instance_id: str, fields: dict[str, Any]) -> None:
         self.settings, self.dynamodb, self.instance_id, self.fields = settings, dynamodb, instance_id, fields
         self.key = {WINDOW_KEY: {"S": ADMISSION_KEY}}
-        self.held = False
+        # held: this request took or refreshed the slot; taken: it took it (no live entry of the instance before).
+        # Only a slot taken goes back on a refusal: a refreshed one belongs to an answer of the same instance whose
+        # join is in progress (attack review 2 of issue 20, finding 3).
+        self.held = self.taken = False
 
     def acquire(self, now: float) -> None:
         """Take (or refresh) the slot, else raise _Busy. Bounded: a few rounds, then busy (lost races mean others
@@ -904,7 +921,7 @@ class _Lease:
                     " OR (attribute_exists(leases) AND size(leases) < :cap)",
                     ExpressionAttributeNames={"#i": self.instance_id},
                     ExpressionAttributeValues={":exp": {"N": str(int(now) + LEASE_SECONDS)}, ":cap": {"N": str(cap)}},
-                    ReturnValues="ALL_NEW", ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                    ReturnValues="ALL_OLD", ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
             except ClientError as exc:
                 code = _error_code(exc)
@@ -924,8 +941,9 @@ class _Lease:
                     raise _Busy(f"{len(leases)} joins in progress, the cap is {cap}") from None
                 self._drop(expired)
                 continue
-            self.held = True
-            self.fields.update(joins_in_progress=len(_dig(answer, "Attributes", "leases", "M") or {}),
+            before = _dig(answer, "Attributes", "leases", "M") or {}
+            self.held, self.taken = True, float(_dig(before, self.instance_id, "N") or 0) <= now
+            self.fields.update(joins_in_progress=len(before) + (self.instance_id not in before),
                                max_joins_in_progress=cap)
             return
         raise _Busy(f"no slot after 4 rounds of concurrent changes (cap {cap})")
@@ -942,7 +960,7 @@ class _Lease:
                 self.fields.update(lease_release_error=_error_code(exc))
         except BotoCoreError as exc:
             self.fields.update(lease_release_error=type(exc).__name__)
-        self.held = False
+        self.held = self.taken = False
 
     def _create(self) -> None:
         self.dynamodb.update_item(
