@@ -27,6 +27,8 @@ NODE_PACKAGES=(
   iptables
   python3 jq hostname
 )
+# Not ldb-tools: the attack tests' `ldbmodify --use-kerberos` comes from Samba's ldb command line, which the
+# Debian 12 machine has (samba installed) and Debian 13's ldb-tools has not (no credential options at all).
 # The lab's systemctl shim drives /etc/init.d scripts (no systemd as PID 1 in a lab host): Debian 13's
 # sssd-common, openssh-server and dbus still ship theirs.
 

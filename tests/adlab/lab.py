@@ -333,6 +333,8 @@ mount --rbind /sys {r}/sys
 mount -t proc proc {r}/proc
 mount -t tmpfs -o mode=0755,size=512m adlab-run {r}/run
 mount -t tmpfs -o mode=1777,size=1g adlab-tmp {r}/tmp
+# the machine's /srv, as a debian12 host sees it: where tests keep directories shared between hosts
+mount --bind /srv {r}/srv
 [ -e {r}/usr/bin/systemctl ] || touch {r}/usr/bin/systemctl
 mount --bind {SHIM_SYSTEMCTL} {r}/usr/bin/systemctl
 # the checkout at the same path inside (after the tmpfs mounts: CI clones under /tmp)

@@ -1,6 +1,7 @@
 """The lab's second node generation: a Debian 13 host runs on an overlay of the cached root that
 tools/trixie_root.sh builds, sees nothing of the machine's own /etc, writes only to its own upper dir, and
-leaves nothing behind (small lab without a DC; the first run builds the root, minutes, then ~0 s)."""
+leaves nothing behind (small lab without a DC; the first run builds the root, 1-3 min, then ~0 s); and one node
+of each generation joins and logs an AD user in, in one lab."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import lab_preflight
+from .conftest import JOIN_TIMEOUT, USERS, describe, lab_preflight, running_lab
 from .lab import REPO, Lab, LabConfig, LabError, _pid_running, default_node_os, machine_os, node_image
+from .test_join_chain import ssh
 
 pytestmark = pytest.mark.adlab
 
@@ -96,7 +98,31 @@ def test_debian13_root_has_the_node_packages_of_the_machine():
     must be in the Debian 13 root too, or the two generations test different images."""
     machine = _bash_array(REPO / "tools" / "install_adlab_deps.sh", "PACKAGES")
     trixie = _bash_array(REPO / "tools" / "trixie_root.sh", "NODE_PACKAGES")
-    # the DC's, the ssh client's, the sandbox's and the builder's; packagekit: left out on purpose (README)
-    not_on_nodes = {"samba-ad-dc", "samba-ad-provision", "samba", "winbind", "ldb-tools", "smbclient", "sshpass",
-                    "strace", "debootstrap", "packagekit"}
+    # the DC's, the ssh client's, the sandbox's and the builder's; packagekit and ldb-tools: see README
+    not_on_nodes = {"samba-ad-dc", "samba-ad-provision", "samba", "winbind", "smbclient", "sshpass",
+                    "strace", "debootstrap", "packagekit", "ldb-tools"}
     assert machine - not_on_nodes <= trixie, sorted(machine - not_on_nodes - trixie)
+
+
+def test_both_generations_join_and_log_in_side_by_side():
+    """One lab, one node of each generation: the product's join, an ssh password login of an AD user and `id`
+    on both (join times printed, not asserted: a busy 2-core machine)."""
+    if machine_os() != "debian12":
+        pytest.skip("debian12 nodes need a Debian 12 machine (no cached bookworm root yet, see README)")
+    with running_lab() as lab:
+        nodes = [lab.add_node(os="debian12"), lab.add_node(os="debian13")]
+        figures = {}
+        for node in nodes:  # one after the other: each join alone on the machine
+            res = node.start_bootstrap(timeout_arg=JOIN_TIMEOUT).wait()
+            assert res.rc == 0, f"{node.os}: join-domain.sh failed\n{describe(res)}"
+            assert node.run_action("enable-ssh-password-auth.sh").rc == 0
+            login = ssh(lab, node, "alice", USERS["alice"], "id; ssh -V")
+            assert login.returncode == 0, f"{node.os}: {login.stdout}{login.stderr}"
+            assert "(alice)" in login.stdout and "hpc-users" in login.stdout, login.stdout
+            figures[node.os] = {
+                "join_s": round(res.elapsed, 1),
+                "sssd": node.run(["sssd", "--version"]).stdout.strip(),
+                "ssh": login.stderr.strip().splitlines()[-1],
+            }
+        assert figures["debian13"]["sssd"].startswith("2.10"), figures
+        print(f"\nside by side: {figures}")
