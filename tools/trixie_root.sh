@@ -26,6 +26,11 @@ NODE_PACKAGES=(
   bind9-dnsutils iproute2 util-linux procps psmisc curl ca-certificates
   iptables
   python3 jq hostname
+  # pam_cap in common-auth, as on the Debian 12 machine and Debian/Ubuntu images (libcap2-bin recommends
+  # it): the product drops it when it grants nothing
+  libcap2-bin libpam-cap
+  # the attacker's compiler: test_access.py's user builds her LD_PRELOAD library on the node
+  gcc libc6-dev
 )
 # Not ldb-tools: the attack tests' `ldbmodify --use-kerberos` comes from Samba's ldb command line, which the
 # Debian 12 machine has (samba installed) and Debian 13's ldb-tools has not (no credential options at all).
