@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import JOIN_TIMEOUT, USERS, describe, lab_preflight, running_lab
-from .lab import REPO, Lab, LabConfig, LabError, _pid_running, default_node_os, machine_os, node_image
+from .lab import REPO, SSH_OPTS, Lab, LabConfig, LabError, _pid_running, default_node_os, machine_os, node_image
 from .test_join_chain import ssh
 
 pytestmark = pytest.mark.adlab
@@ -126,3 +126,47 @@ def test_both_generations_join_and_log_in_side_by_side():
             }
         assert figures["debian13"]["sssd"].startswith("2.10"), figures
         print(f"\nside by side: {figures}")
+
+
+def test_openssh_10_drops_a_source_after_failed_logins_openssh_9_2_does_not():
+    """OpenSSH 9.8+ (Debian 13: 10.0) refuses, by default (PerSourcePenalties), every connection from a source
+    address that caused a few failed authentications (5 s each, enforced from 15 s on: ~6 refused passwords, as
+    each takes ~2.8 s here): then even the right password from that address is dropped before the key exchange,
+    for ~16 s. OpenSSH 9.2 (Debian 12) has no such thing. In a cluster all users reaching a node from the head
+    node share one address. No DC: a local user."""
+    lab_preflight()
+    if machine_os() != "debian12":
+        pytest.skip("needs a Debian 12 machine for the OpenSSH 9.2 side")
+    lab = Lab(LabConfig(keep=False))
+    with lab:
+        lab.start(dc=False, services=False)
+        client = lab.add_client()
+        hosts = {"debian12": lab.add_host("s12", "s12", lab.next_ip()[1], node_os="debian12"),
+                 "debian13": lab.add_host("s13", "s13", lab.next_ip()[1], node_os="debian13")}
+        good = "Pen-Pw-" + os.urandom(6).hex()
+        outcome = {}
+        for gen, host in hosts.items():
+            host.sh("useradd -m pen && chpasswd", input=f"pen:{good}\n")
+            host.sh("mkdir -p /run/sshd && /usr/sbin/sshd -o PasswordAuthentication=yes -o LogLevel=VERBOSE "
+                    "-E /var/log/adlab-sshd.log")
+
+            def login(password, host=host):
+                return client.run(["sshpass", "-e", "ssh", *SSH_OPTS, f"pen@{host.ip}", "id -un"],
+                                  env={"SSHPASS": password}, check=False, timeout=60)
+
+            assert login(good).stdout.strip() == "pen", gen
+            refused = 0
+            for _ in range(10):  # wrong passwords until the server drops the address (or 10 refusals)
+                res = login("wrong-" + good)
+                if "kex_exchange_identification" in res.stderr:
+                    break
+                refused += 1
+            after = login(good)  # right after the first drop (the penalty lasts ~16 s)
+            outcome[gen] = {"wrong passwords refused": refused,
+                            "right password": "in" if after.stdout.strip() == "pen" else after.stderr.strip()[-70:],
+                            "penalty": "activating ipv4 penalty" in host.read("/var/log/adlab-sshd.log")}
+        print(f"\nfailed logins from one address: {outcome}")
+        assert outcome["debian12"]["right password"] == "in" and not outcome["debian12"]["penalty"], outcome
+        assert outcome["debian12"]["wrong passwords refused"] == 10, outcome
+        assert outcome["debian13"]["penalty"] and outcome["debian13"]["wrong passwords refused"] < 10, outcome
+        assert "kex_exchange_identification" in outcome["debian13"]["right password"], outcome
