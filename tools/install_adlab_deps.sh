@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the AD lab (tests/adlab, bench/adlab_bench.py) and the node-script
 # sandbox tests (strace, openssh-server, iptables for join-domain.sh --restrict-imds) need.
+# The node packages are mirrored in tools/trixie_root.sh (the lab's Debian 13 nodes): keep both in step.
 # Idempotent: does nothing (and touches no network) when everything is already installed.
 # Run as root on Debian 12. Daemons are kept from starting on this host during the install.
 set -euo pipefail
@@ -10,8 +11,9 @@ PACKAGES=(
   sssd sssd-ad sssd-tools realmd adcli libnss-sss libpam-sss libpam-modules libpam-runtime
   polkitd packagekit dbus openssh-server openssh-client sshpass
   sudo
-  dnsutils iproute2 util-linux procps psmisc curl
+  bind9-dnsutils iproute2 util-linux procps psmisc curl
   strace iptables
+  debootstrap # tools/trixie_root.sh: the Debian 13 node root
 )
 
 missing=()

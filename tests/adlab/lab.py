@@ -12,8 +12,12 @@ Every host has its own network, mount, UTS and PID namespaces; /etc, /var, /home
 overlays on the host's (upper dirs under the lab folder), /run and /tmp are private tmpfs. The
 PID namespace's init is a tiny reaper; killing it kills everything in the host.
 
+Node generations (NODE_OS): "debian12" nodes are the machine's own file system as above; "debian13"
+nodes pivot_root into an overlay whose lower dir is a cached Debian 13 root (tools/trixie_root.sh).
+Lab.add_nodes(specs) takes "os" per spec; the default is ADLAB_NODE_OS (unset: the machine's generation).
+
 Harness-only shims (never in the product): a systemctl shim bind-mounted over /usr/bin/systemctl,
-and DAEMON_OPTS="-D" in /etc/default/sssd (Debian 12 ships "-D -f", which sssd 2.8 rejects).
+and DAEMON_OPTS="-D" in /etc/default/sssd (Debian 12 and 13 ship "-D -f", which sssd 2.8/2.10 reject).
 """
 
 from __future__ import annotations
@@ -40,6 +44,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 SHIM_SYSTEMCTL = HERE / "shims" / "systemctl"
+TRIXIE_ROOT_TOOL = REPO / "tools" / "trixie_root.sh"
+# Node generations: "debian12" = the machine's own file system (tools/install_adlab_deps.sh);
+# "debian13" = a cached Debian 13 root built by tools/trixie_root.sh.
+NODE_OS = ("debian12", "debian13")
 # The node scripts under test; ADLAB_BOOTSTRAP_DIR points the lab at a work-in-progress copy.
 BOOTSTRAP_DIR = Path(os.environ.get("ADLAB_BOOTSTRAP_DIR") or REPO / "bootstrap")
 NS_PREFIX = "adl"
@@ -124,6 +132,52 @@ def lab_python() -> str:
     return str(venv) if venv.exists() else sys.executable
 
 
+def machine_os(os_release: str = "/etc/os-release") -> str | None:
+    """The machine's own generation ("debian12", "debian13"), or None when it is neither."""
+    fields = {}
+    with contextlib.suppress(OSError):
+        for line in Path(os_release).read_text().splitlines():
+            k, _, v = line.partition("=")
+            fields[k] = v.strip().strip('"')
+    name = f"{fields.get('ID')}{fields.get('VERSION_ID')}"
+    return name if name in NODE_OS else None
+
+
+def default_node_os() -> str:
+    """ADLAB_NODE_OS: the generation of nodes whose spec names none (whole-module runs); unset: the machine's."""
+    value = os.environ.get("ADLAB_NODE_OS") or machine_os() or "debian12"
+    if value not in NODE_OS:
+        raise LabError(f"ADLAB_NODE_OS={value!r} is not a node generation: use one of {', '.join(NODE_OS)}")
+    return value
+
+
+_IMAGES: dict[str, Path] = {}
+
+
+def node_image(node_os: str) -> Path | None:
+    """The root file system a node of this generation starts from: None for the machine's own file system
+    (the generation the machine runs), else a cached root: debian13 from tools/trixie_root.sh, built on first
+    use (minutes), then only named (~0 s)."""
+    if node_os not in NODE_OS:
+        raise LabError(f"node os {node_os!r} is not a node generation: use one of {', '.join(NODE_OS)}")
+    if node_os == machine_os():
+        return None
+    if node_os != "debian13":
+        raise LabError(
+            f"{node_os} nodes need a cached {node_os} root on this {machine_os() or 'non-Debian-12/13'} machine, "
+            f"and only debian13 roots are built ({TRIXIE_ROOT_TOOL.name}): run the lab with ADLAB_NODE_OS=debian13"
+        )
+    if node_os not in _IMAGES:
+        res = run(["bash", str(TRIXIE_ROOT_TOOL)], timeout=1800, check=False)
+        if res.returncode != 0:
+            raise LabError(f"cannot build the {node_os} node root ({TRIXIE_ROOT_TOOL}):\n{res.stderr[-3000:]}")
+        path = Path(res.stdout.strip().splitlines()[-1])
+        if not (path / "etc" / "adlab-root-versions").is_file():
+            raise LabError(f"{TRIXIE_ROOT_TOOL} named {path}, which is not a finished root")
+        _IMAGES[node_os] = path
+    return _IMAGES[node_os]
+
+
 def run(
     argv: list[str], *, check: bool = True, timeout: float = 120, input: str | bytes | None = None, text: bool = True
 ):
@@ -189,6 +243,8 @@ class LabConfig:
     # The join function's MAX_JOINS_IN_PROGRESS (admission control, issue 20); None: the handler's default.
     max_joins_in_progress: int | None = None
     keep: bool = dataclasses.field(default_factory=lambda: os.environ.get("ADLAB_KEEP") == "1")
+    # Generation of nodes whose spec names none (NODE_OS); the DC and the client stay on the machine's.
+    node_os: str = dataclasses.field(default_factory=default_node_os)
 
     @property
     def domain(self) -> str:
@@ -211,9 +267,12 @@ class RunResult:
 class Host:
     """One lab machine: network + mount + UTS + PID namespaces, overlay /etc /var /home /root."""
 
-    def __init__(self, lab: Lab, key: str, hostname: str, ip: str):
+    def __init__(self, lab: Lab, key: str, hostname: str, ip: str, node_os: str | None = None):
         self.lab = lab
         self.key = key
+        # None (the DC, the client): the machine's own file system, whatever its generation
+        self.os = node_os or machine_os() or "machine"
+        self.image = node_image(node_os) if node_os else None  # None: the machine's own file system
         self.ns = f"{lab.id}-{key}"
         self.hostname = hostname
         self.ip = ip
@@ -258,10 +317,48 @@ class Host:
 
     def spawn(self) -> None:
         """Start the namespace init (does not wait; see wait_ready)."""
+        script = self._image_script() if self.image else self._host_fs_script()
+        self._start_init(script)
+
+    def _image_script(self) -> str:
+        """Init script of a host on a cached root (debian13): one overlay over the whole root, the machine's
+        /dev and /sys as the debian12 hosts see them, then pivot_root, so that nsenter -m lands in it."""
+        r = self.root / "rootfs"
+        for d in (r, self.root / "upper" / "rootfs", self.root / "work" / "rootfs"):
+            d.mkdir(parents=True, exist_ok=True)
+        return f"""set -euo pipefail
+hostname {self.hostname}
+mount -t overlay adlab-root -o "lowerdir={self.image},upperdir={self.root}/upper/rootfs" \
+  -o "workdir={self.root}/work/rootfs" {r}
+mount --rbind /dev {r}/dev
+mount --rbind /sys {r}/sys
+mount -t proc proc {r}/proc
+mount -t tmpfs -o mode=0755,size=512m adlab-run {r}/run
+mount -t tmpfs -o mode=1777,size=1g adlab-tmp {r}/tmp
+# the machine's /srv, as a debian12 host sees it: where tests keep directories shared between hosts
+mount --bind /srv {r}/srv
+[ -e {r}/usr/bin/systemctl ] || touch {r}/usr/bin/systemctl
+mount --bind {SHIM_SYSTEMCTL} {r}/usr/bin/systemctl
+# the checkout at the same path inside (after the tmpfs mounts: CI clones under /tmp)
+mkdir -p {r}{REPO}
+mount --bind {REPO} {r}{REPO}
+cd {r}
+mkdir -p .adlab-oldroot
+pivot_root . .adlab-oldroot
+cd /
+umount -l /.adlab-oldroot
+rmdir /.adlab-oldroot
+mkdir -p /run/lock /run/dbus /run/sshd /run/user
+echo READY
+exec /usr/bin/python3 -c "$ADLAB_REAPER" </dev/null >/dev/null 2>&1
+"""
+
+    def _host_fs_script(self) -> str:
+        """Init script of a host on the machine's own file system (debian12 nodes, the DC, the client)."""
         for d in ("etc", "var", "home", "root"):
             (self.root / "upper" / d).mkdir(parents=True, exist_ok=True)
             (self.root / "work" / d).mkdir(parents=True, exist_ok=True)
-        script = f"""set -euo pipefail
+        return f"""set -euo pipefail
 hostname {self.hostname}
 for d in etc var home root; do
   mount -t overlay "adlab-$d" -o "lowerdir=/$d,upperdir={self.root}/upper/$d,workdir={self.root}/work/$d" "/$d"
@@ -281,6 +378,8 @@ mkdir -p /run/lock /run/dbus /run/sshd /run/user
 echo READY
 exec /usr/bin/python3 -c "$ADLAB_REAPER" </dev/null >/dev/null 2>&1
 """
+
+    def _start_init(self, script: str) -> None:
         log = open(self.root / "init.log", "wb")
         self.proc = subprocess.Popen(
             [
@@ -357,7 +456,8 @@ exec /usr/bin/python3 -c "$ADLAB_REAPER" </dev/null >/dev/null 2>&1
             "-u",
             "-n",
             "-p",
-            "--wd=/",
+            # a cached-root host's / is not the machine's: take the working directory of its init (its /)
+            "--wd" if self.image else "--wd=/",
             "--",
             "/usr/bin/env",
             "-i",
@@ -391,6 +491,9 @@ exec /usr/bin/python3 -c "$ADLAB_REAPER" </dev/null >/dev/null 2>&1
         return res.stdout if res.returncode == 0 else ""
 
     def upper_dirs(self) -> list[Path]:
+        """Everything the host wrote to disk (its overlays' upper dirs; tmpfs /run and /tmp aside)."""
+        if self.image:
+            return [self.root / "upper" / "rootfs"]
         return [self.root / "upper" / d for d in ("etc", "var", "home", "root")]
 
 
@@ -416,7 +519,7 @@ printf '127.0.0.1 localhost\\n{self.ip} {fqdn} {self.hostname}\\n' >/etc/hosts
 printf 'search {c.ec2_domain}\\nnameserver {lab.dc_ip}\\n' >/etc/resolv.conf
 dbus-uuidgen >/etc/machine-id
 mkdir -p /var/lib/dbus && cp /etc/machine-id /var/lib/dbus/machine-id
-# harness shim for Debian 12 pitfall 1 (sssd 2.8 rejects -f); not product code
+# harness shim for Debian 12 pitfall 1 (sssd 2.8 and 2.10 reject -f, both Debians ship it); not product code
 sed -i 's/^DAEMON_OPTS=.*/DAEMON_OPTS="-D"/' /etc/default/sssd
 # cloud images ship password logins off; enable-ssh-password-auth.sh must win over this
 printf 'PasswordAuthentication no\\n' >/etc/ssh/sshd_config.d/50-cloud-init.conf
@@ -667,8 +770,8 @@ class Lab:
             self.start_services()
         return self
 
-    def add_host(self, key: str, hostname: str, ip: str, cls=Host, drop_to=None) -> Host:
-        h = cls(self, key, hostname, ip)
+    def add_host(self, key: str, hostname: str, ip: str, cls=Host, drop_to=None, node_os: str | None = None) -> Host:
+        h = cls(self, key, hostname, ip, node_os=node_os)
         self.hosts[key] = h
         h.create_netns(drop_to=drop_to)
         h.spawn()
@@ -846,12 +949,13 @@ printf 'search {c.domain}\\nnameserver {self.dc_ip}\\n' >/etc/resolv.conf
     def add_nodes(self, specs: list[dict]) -> list[Node]:
         """Create nodes (their namespaces start in parallel). Spec keys, all optional: tagged, vpc
         ("cluster"/"other"), state, profile, creds_role, session_of (another Node), dc_unreachable,
-        launch_template ("cluster", "foreign": made by hand outside the cluster's stack, "none")."""
+        launch_template ("cluster", "foreign": made by hand outside the cluster's stack, "none"),
+        os (NODE_OS; default cfg.node_os, i.e. ADLAB_NODE_OS)."""
         made: list[Node] = []
         for spec in specs:
             i, ip = self.next_ip()
             hostname = "ip-" + ip.replace(".", "-")
-            node = Node(self, f"n{i}", hostname, ip)
+            node = Node(self, f"n{i}", hostname, ip, node_os=spec.get("os") or self.cfg.node_os)
             self.hosts[node.key] = node
             node.create_netns(drop_to=[self.dc_ip] if spec.get("dc_unreachable") else None)
             node.spawn()
@@ -872,6 +976,10 @@ printf 'search {c.domain}\\nnameserver {self.dc_ip}\\n' >/etc/resolv.conf
             self.watch.add(f"session token of {node.key}", info["token"].encode())
             self.nodes.append(node)
         return made
+
+    def add_node(self, **spec) -> Node:
+        """One node; keys as for add_nodes, e.g. add_node(os="debian13")."""
+        return self.add_nodes([spec])[0]
 
     def remove_host(self, host: Host) -> None:
         host.kill()
