@@ -1,6 +1,6 @@
 """Embed the stack in your own Python with Pulumi's Automation API.
 
-    from pcluster_ad import automation      # after `pip install -e <checkout>`; `import automation` in the checkout
+    from pcluster_ad import automation      # in the checkout, after `pip install -e <checkout>`, or from a wheel
 
     config = {
         "aws:region": "eu-west-1",
@@ -38,7 +38,8 @@ Prerequisites on this machine, checked before any stack is touched, all reported
 entry point but `plan`); for `preview`, `up` and `destroy` the ParallelCluster venv of the stack's
 `pclusterVersion` (`bash tools/pcluster_venv.sh --with-moto`); for `up` and `destroy`, which run the cluster
 command, also the checkout's `venv/` (the command runs `venv/bin/python -m launcher` in the checkout:
-`bash scripts/plan.sh dev` makes it). Beyond this machine: AWS
+`bash scripts/plan.sh dev` makes it; installed from a wheel, the command runs with this interpreter from
+`program_dir`, nothing to set up). Beyond this machine: AWS
 credentials, a Pulumi backend (`pulumi login ...` or `env_vars={"PULUMI_BACKEND_URL": ...}`) and, with the
 default passphrase secrets provider, PULUMI_CONFIG_PASSPHRASE (or `secrets_provider="awskms://..."`).
 `ERRORS` are the exceptions that mean "fix your input or this machine" (each message names the key or the
