@@ -46,8 +46,8 @@ Event fields read; a local HTTP endpoint (the real-AD lab) may build just these 
 Responses (JSON): 200 {"domain", "realm", "computerName", "hostFqdn", "oneTimePassword", "serviceAccounts"}
 (join request) or 200 {"closed": true} (close request); 400 {"error": <why>} for malformed
 requests; 403 {"error": "forbidden"}; 429 {"error": "join function busy: ...", "retryAfter": N} with header
-Retry-After: N when MAX_JOINS_IN_PROGRESS joins are in progress (admission control, _Lease: decided from DynamoDB
-before any EC2, IAM, SSM or LDAP call, no answer counted); 500 or 503 {"error": "internal error"} (503: AWS
+Retry-After: N when MAX_JOINS_IN_PROGRESS joins are in progress (admission control, _Lease: decided after the
+authorization, before any SSM or LDAP call, no answer counted); 500 or 503 {"error": "internal error"} (503: AWS
 throttled or unreachable, or no domain controller reachable: worth retrying). Each request
 logs one JSON line (request id, caller, instance id, computer name, decision, reason,
 window state), never a password.
@@ -59,7 +59,10 @@ sealed) to DC_IPS. Per request (issue 20, docs/design.md): a request the window 
 refuses costs one GetItem; a join at most one (filtered) DescribeInstances, instance profiles
 and the adding account's credentials are cached per container; a close by the role session the
 object was issued to is decided from the record alone; the admission lease costs one UpdateItem per join and one
-per close (a 429: the pre-check's GetItem and one UpdateItem).
+per close. A 429 records the authorization (one more UpdateItem): the node's retries within AUTHORIZED_SECONDS, and
+its join after them, are decided from the record (a retry: the pre-check's GetItem and the lease's UpdateItem). An
+instance that is no node of the cluster (VPC, tag, launch template) is recorded as such: its next requests cost the
+pre-check's GetItem alone.
 """
 
 from __future__ import annotations
