@@ -381,31 +381,28 @@ def handle(
         fields.update(caller_role=caller.role_name, instance_id=caller.instance_id)
         name = computer_name(settings.computer_prefix, caller.instance_id)
         if closing is None:
-            # Authorized BEFORE admission (attack review 2 of issue 20, finding 1): only a node takes a lease, so
-            # instances started outside the cluster's templates cannot hold the slots while EC2 is asked. A node
-            # answered 429 before has its authorization in its record: its retries cost no EC2 call.
+            # A node answered 429 before has its authorization in its record: its retries cost no EC2 call.
             recorded_launch = _authorized_launch(recorded, caller, settings, now())
-            launch = recorded_launch or _authorize_or_mark(caller, settings, ec2, iam, cloudformation, dynamodb,
-                                                           now(), fields)
-            window = _Window(settings, dynamodb, caller.instance_id, launch, now(), fields)
-            if settings.max_joins_in_progress:
-                # Admission (issue 20), BEFORE any SSM or LDAP call: a 429 counts no answer of the window. Keyed on
-                # the instance id STS and EC2 vouch for: a node holds one slot however many requests it sends.
-                lease = _Lease(settings, dynamodb, caller.instance_id, fields)
-                try:
-                    lease.acquire(now())
-                except _Busy:
-                    if recorded_launch is None:
-                        window.authorized(caller.role_id)
-                    raise
         else:
             # A close after the object was issued to this very role session needs no EC2 or IAM call: its only
             # effect is bookkeeping (a second password is refused anyway), and only EC2 mints sessions of the
             # instance role named after the instance.
             recorded_launch = _issued_launch(recorded, caller, closing, settings, now()) if closing == name else None
-            launch = recorded_launch or _authorize_or_mark(caller, settings, ec2, iam, cloudformation, dynamodb,
-                                                           now(), fields)
-            window = _Window(settings, dynamodb, caller.instance_id, launch, now(), fields)
+        launch = recorded_launch or _authorize_or_mark(caller, settings, ec2, iam, cloudformation, dynamodb, now(),
+                                                       fields)
+        window = _Window(settings, dynamodb, caller.instance_id, launch, now(), fields)
+        if closing is None and settings.max_joins_in_progress:
+            # Admission (issue 20), AFTER the authorization (attack review 2 of issue 20, finding 1): only a node
+            # takes a slot, so instances started outside the cluster's templates cannot hold the slots while EC2 is
+            # asked. BEFORE any SSM or LDAP call: a 429 counts no answer of the window. Keyed on the instance id STS
+            # and EC2 vouch for: a node holds one slot however many requests it sends.
+            lease = _Lease(settings, dynamodb, caller.instance_id, fields)
+            try:
+                lease.acquire(now())
+            except _Busy:
+                if recorded_launch is None:  # EC2 just authorized it: its retries are decided from the record
+                    window.authorized(caller.role_id)
+                raise
         fields.update(computer_name=name)
         if closing is None:
             # Before the adding account is read (cached: _join_credentials); decided from the record: only while the
