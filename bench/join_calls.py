@@ -1,5 +1,6 @@
-"""The AWS calls of the join function (join, close, a refused request, a join answered 429 by admission control, a
-join that fails after taking its admission lease) and of the directory-admin function's termination handler,
+"""The AWS calls of the join function (join, close, a refused request, a join answered 429 by admission control and
+its retry and join decided from the recorded authorization, a join that fails after taking its admission lease, an
+instance that is no node of the cluster) and of the directory-admin function's termination handler,
 counted from the real handlers on moto (issue 20), in the order the handler makes them.
 
 Each request's calls are recorded with botocore's event hooks (tests/test_join_calls.py's `Calls`); the STS check
@@ -40,7 +41,11 @@ class Counted:
     join_warm: tuple[Call, ...]  # every later join (IAM, CloudFormation, SSM answers cached)
     close: tuple[Call, ...]  # the node's close after its join (it gives the lease back)
     refused: tuple[Call, ...]  # a join request after the window closed (the flood's request)
-    busy: tuple[Call, ...]  # a join while `cap` others hold leases: HTTP 429 with Retry-After
+    busy: tuple[Call, ...]  # a join while `cap` others hold leases: HTTP 429 with Retry-After (authorization recorded)
+    busy_retry: tuple[Call, ...]  # that node's next request, still at the cap: decided from its record (no EC2)
+    join_recorded: tuple[Call, ...]  # that node's join once a lease is free, decided from its record (no EC2)
+    not_node_first: tuple[Call, ...]  # an instance that is no node of the cluster (no cluster tag): recorded as such
+    not_node_again: tuple[Call, ...]  # its next request: refused from the record
     join_failed: tuple[Call, ...]  # a join whose directory is unreachable (503): the lease is given back
     termination_ours: tuple[Call, ...]  # a terminated node the join function recorded
     termination_other: tuple[Call, ...]  # any other terminated instance of the account and region
@@ -97,7 +102,8 @@ def _fake_aws() -> Iterator[None]:
 
 def count(nodes: int = 20) -> Counted:
     """Launch `nodes` nodes of one queue in moto, join and close each in turn, repeat one request after a close;
-    fill the admission cap with joins in progress and ask once more (429), close them, let the refused node join;
+    fill the admission cap with joins in progress and ask twice more (429), close them, let the refused node join;
+    ask twice from an instance that is no node;
     fail one join at the directory; terminate one recorded node and one other instance. Return each request's call
     sequence."""
     from pcluster_ad.lambda_src import computer_account
@@ -148,9 +154,13 @@ def count(nodes: int = 20) -> Counted:
             waiting = world.launch()
             busy = request(world.event(waiting), 429)
             retry_after = int(last["headers"].get("retry-after", "0"))
+            busy_retry = request(world.event(waiting), 429)
             closes |= {request(world.close_event(iid), 200) for iid in holders}
-            joins.append(request(world.event(waiting), 200))  # a 429 spent no answer of its window
+            join_recorded = request(world.event(waiting), 200)  # a 429 spent no answer of its window
             closes.add(request(world.close_event(waiting), 200))
+            stranger = world.launch(tags={})  # the cluster's profile and template, not its tag
+            not_node_first = request(world.event(stranger), 403)
+            not_node_again = request(world.event(stranger), 403)
             dc_down = True
             join_failed = request(world.event(world.launch()), 503)
             if len(set(joins[1:])) != 1 or len(closes) != 1:
@@ -172,7 +182,9 @@ def count(nodes: int = 20) -> Counted:
                 return tuple((s, o, bucket_class(s, o, p)) for s, o, p in calls.params)
 
             return Counted(join_cold=joins[0], join_warm=joins[1], close=closes.pop(), refused=refused, busy=busy,
-                           join_failed=join_failed, termination_ours=terminate(ids[0], "deleted"),
+                           busy_retry=busy_retry, join_recorded=join_recorded, not_node_first=not_node_first,
+                           not_node_again=not_node_again, join_failed=join_failed,
+                           termination_ours=terminate(ids[0], "deleted"),
                            termination_other=terminate(other, "ignored"), nodes=len(joins), cap=cap,
                            retry_after=retry_after)
 

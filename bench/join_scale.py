@@ -68,12 +68,14 @@ the background) 3 failures or 10 attempts within 60 s, busy answers waited out t
 
 Admission control follows lambda_src/join_handler.py (_Lease), at the handler's default of JOINS_PER_DC per DC
 (components/join_function.py sets MAX_JOINS_IN_PROGRESS from the DC count): it is decided at the join's call on the
-admission item, found in the counted sequence (after the pre-check read and STS, before EC2); a full map answers 429
-right after it (the counted 429 is exactly that prefix; current_profile checks it), with the counted Retry-After,
-and spends no answer of the window; a join failing after its lease gives it back with one more write, one killed by
-the function's timeout does not; the close gives it back (its counted call on the item); a lease not given back
-expires LEASE_SECONDS (180 s) after its last take and is dropped (one more write, then the take again) only when it
-would refuse someone. A joined node's request is refused by the pre-check read before the lease is touched.
+admission item, found in the counted sequence (after the pre-check read, STS and the authorization: EC2, IAM and
+CloudFormation); a full map answers 429 right after it, with the counted Retry-After, spends no answer of the window
+and records the authorization (one more write; the counted 429 is exactly that prefix and the write, current_profile
+checks it); the node's requests within AUTHORIZED_SECONDS (120 s) of it are decided from that record (the counted
+join without EC2, IAM and CloudFormation); a join failing after its lease gives it back with one more write, one
+killed by the function's timeout does not; the close gives it back (its counted call on the item); a lease not given
+back expires LEASE_SECONDS (180 s) after its last take and is dropped (one more write, then the take again) only when
+it would refuse someone. A joined node's request is refused by the pre-check read before the lease is touched.
 """
 
 from __future__ import annotations
@@ -127,6 +129,9 @@ WRITES = frozenset({"UpdateItem", "PutItem", "DeleteItem"})
 # max_joins_for), a lease lasts LEASE_SECONDS from its last take, expired ones are dropped (EXPIRED_DROP_MAX per
 # write) only when they would refuse someone. The 429's Retry-After is counted on moto (Counted.retry_after).
 ADMISSION_LEASE_S = jh.LEASE_SECONDS
+# A join answered 429 after EC2 authorized it records the authorization; its requests within this time are decided
+# from the record (Counted.busy_retry, join_recorded: no EC2, IAM or CloudFormation call).
+AUTHORIZED_S = jh.AUTHORIZED_SECONDS
 # DynamoDB serves one partition at most 1,000 write units per second, and one item never spans partitions: every
 # lease take and release is a write of the ONE admission item (a write unit per started KB of the item).
 ADMISSION_ITEM_LIMIT = (1000, 1000)
@@ -156,7 +161,9 @@ class Profile:
     termination_ours: tuple[Call, ...]
     termination_other: tuple[Call, ...]
     cached: frozenset[str] = frozenset()  # services whose answers a container keeps (CACHE_SECONDS)
-    busy: tuple[Call, ...] = ()  # a join answered 429 by admission control (the join's calls up to its lease)
+    busy: tuple[Call, ...] = ()  # a join answered 429 by admission control (the join's calls up to its lease, then
+    # the record of its authorization)
+    join_recorded: tuple[Call, ...] = ()  # a join decided from that record (a 429 after its lease call)
     retry_after: int = 0  # the 429's Retry-After (s)
     old_node: bool = False  # the join script before issue 20: every retryable answer 1, 2, 4 .. 30 s (+ up to half)
     # apart, the close 3 tries whatever the answer
@@ -173,16 +180,25 @@ def current_profile(counted: Counted) -> Profile:
     unknown = cached - set(CACHE_SECONDS)
     if unknown:
         raise ValueError(f"the handler caches {sorted(unknown)}: add their cache time to CACHE_SECONDS")
-    lease = [i for i, (_, _, kind) in enumerate(counted.join_cold) if kind == "admission"]
-    if len(lease) != 1 or counted.busy != counted.join_cold[:lease[0] + 1]:
-        raise ValueError(f"the model decides admission at the join's one lease call and answers 429 right after it;"
-                         f" the handler's join is {counted.join_cold}, its 429 {counted.busy}: adapt _Sim._handle")
+    lease = [i for i, (_, _, kind) in enumerate(counted.join_warm) if kind == "admission"]
+    record = (("dynamodb", "UpdateItem", ""),)  # counted in a warm container (IAM, CloudFormation cached)
+    if len(lease) != 1 or counted.busy != counted.join_warm[:lease[0] + 1] + record:
+        raise ValueError(f"the model decides admission at the join's one lease call and answers 429 right after it,"
+                         f" recording the authorization with one write; the handler's join is {counted.join_warm},"
+                         f" its 429 {counted.busy}: adapt _Sim._handle")
+    authorizing = {"ec2", "iam", "cloudformation"}
+    recorded = tuple(c for c in counted.join_warm if c[0] not in authorizing)
+    at = [i for i, (_, _, kind) in enumerate(recorded) if kind == "admission"]
+    if counted.join_recorded != recorded or counted.busy_retry != recorded[:at[0] + 1]:
+        raise ValueError(f"the model replays a join decided from its recorded authorization as the warm join without"
+                         f" EC2, IAM and CloudFormation, and its 429 as that up to the lease call; the handler's are"
+                         f" {counted.join_recorded} and {counted.busy_retry}: adapt _Sim._handle")
     if [k for _, _, k in counted.close].count("admission") != 1 or counted.join_failed[-1][2] != "admission":
         raise ValueError(f"the model gives a lease back in the close and after a failed join (one call on the "
                          f"admission item): the handler's close is {counted.close}, a failed join "
                          f"{counted.join_failed}: adapt _Sim._handle")
     return Profile("current", counted.join_cold, counted.close, counted.refused, counted.termination_ours,
-                   counted.termination_other, cached, counted.busy, counted.retry_after)
+                   counted.termination_other, cached, counted.busy, counted.join_recorded, counted.retry_after)
 
 
 EC2_BARE: Call = ("ec2", "DescribeInstances", "unfiltered")
@@ -296,6 +312,7 @@ class _Sim:
         self.result = Result(scenario, profile.name)
         self.window: dict[int, str] = {}  # node -> "open" | "issued" | "closed"; answers spent below
         self.answers: Counter[int] = Counter()
+        self.authorized: dict[int, float] = {}  # node -> until when its recorded authorization decides its joins
 
     # scheduling
     def spawn(self, process: Generator[float, None, None], at: float) -> None:
@@ -391,7 +408,9 @@ class _Sim:
                 if not (yield from self.aws_call(node, call, calls)):
                     return 503
             return 403
-        sequence = p.join if kind == "join" else p.close
+        # A node answered 429 before: its join is decided from its recorded authorization (no EC2, IAM, CFN).
+        from_record = kind == "join" and bool(p.join_recorded) and self.now < self.authorized.get(node, -math.inf)
+        sequence = p.join_recorded if from_record else p.join if kind == "join" else p.close
         counted = leased = False
         status = 200
         # Decided once per request: a cold join makes both CloudFormation calls, a warm one neither.
@@ -404,6 +423,9 @@ class _Sim:
                 got = yield from self._acquire(node, call, calls)
                 if got == "busy":
                     self.result.http_429_admission += 1
+                    # The authorization EC2 just gave is recorded (p.busy's last call; best effort).
+                    if not from_record and (yield from self.aws_call(node, p.busy[-1], calls)):
+                        self.authorized[node] = self.now + AUTHORIZED_S
                     return -429
                 if got == "throttled":
                     return 503
@@ -654,9 +676,13 @@ def call_table(counted: Counted, current: Profile) -> str:
              f"| join, cold container | {cell(BEFORE.join)} | {cell(counted.join_cold)} |",
              f"| join, warm container | {cell(BEFORE.join)} | {cell(warm)} |",
              f"| join answered 429 (admission: {counted.cap} joins in progress) | - | {cell(counted.busy)} |",
+             f"| its retry, still 429 (decided from the record) | - | {cell(counted.busy_retry)} |",
+             f"| its join after the 429s (decided from the record) | - | {cell(counted.join_recorded)} |",
              f"| join failing after its lease (DC unreachable, 503) | - | {cell(counted.join_failed)} |",
              f"| close (gives the lease back) | {cell(BEFORE.close)} | {cell(counted.close)} |",
              f"| request after the window closed | {cell(BEFORE.refused)} | {cell(counted.refused)} |",
+             f"| an instance that is no node, first request | - | {cell(counted.not_node_first)} |",
+             f"| an instance that is no node, next requests | - | {cell(counted.not_node_again)} |",
              f"| termination, a joined node | {cell(BEFORE.termination_ours)} | {cell(counted.termination_ours)} |",
              f"| termination, any other instance | {cell(BEFORE.termination_other)} | "
              f"{cell(counted.termination_other)} |"]
@@ -664,8 +690,8 @@ def call_table(counted: Counted, current: Profile) -> str:
     lease = [f"{s} {o}" for s, o, k in counted.join_cold if k == "admission"]
     lines.append(f"\nEC2 DescribeInstances of the function now: {', '.join(kinds)} (before: unfiltered); cached per"
                  f" container: {', '.join(f'{s} {CACHE_SECONDS[s]} s' for s in sorted(current.cached))}. Admission"
-                 f" (handler default {counted.cap} per DC): the lease is {', '.join(lease)} after the pre-check read"
-                 f" and STS, before EC2; the 429 carries Retry-After {counted.retry_after} s.")
+                 f" (handler default {counted.cap} per DC): the lease is {', '.join(lease)} after the pre-check read,"
+                 f" STS and the authorization (EC2); the 429 carries Retry-After {counted.retry_after} s.")
     return "\n".join(lines)
 
 

@@ -46,8 +46,8 @@ Event fields read; a local HTTP endpoint (the real-AD lab) may build just these 
 Responses (JSON): 200 {"domain", "realm", "computerName", "hostFqdn", "oneTimePassword", "serviceAccounts"}
 (join request) or 200 {"closed": true} (close request); 400 {"error": <why>} for malformed
 requests; 403 {"error": "forbidden"}; 429 {"error": "join function busy: ...", "retryAfter": N} with header
-Retry-After: N when MAX_JOINS_IN_PROGRESS joins are in progress (admission control, _Lease: decided from DynamoDB
-before any EC2, IAM, SSM or LDAP call, no answer counted); 500 or 503 {"error": "internal error"} (503: AWS
+Retry-After: N when MAX_JOINS_IN_PROGRESS joins are in progress (admission control, _Lease: decided after the
+authorization, before any SSM or LDAP call, no answer counted); 500 or 503 {"error": "internal error"} (503: AWS
 throttled or unreachable, or no domain controller reachable: worth retrying). Each request
 logs one JSON line (request id, caller, instance id, computer name, decision, reason,
 window state), never a password.
@@ -59,7 +59,10 @@ sealed) to DC_IPS. Per request (issue 20, docs/design.md): a request the window 
 refuses costs one GetItem; a join at most one (filtered) DescribeInstances, instance profiles
 and the adding account's credentials are cached per container; a close by the role session the
 object was issued to is decided from the record alone; the admission lease costs one UpdateItem per join and one
-per close (a 429: the pre-check's GetItem and one UpdateItem).
+per close. A 429 records the authorization (one more UpdateItem): the node's retries within AUTHORIZED_SECONDS, and
+its join after them, are decided from the record (a retry: the pre-check's GetItem and the lease's UpdateItem). An
+instance that is no node of the cluster (VPC, tag, launch template) is recorded as such: its next requests cost the
+pre-check's GetItem alone.
 """
 
 from __future__ import annotations
@@ -128,6 +131,16 @@ MAX_JOINS_LIMIT = 500
 LEASE_SECONDS = 180
 RETRY_AFTER_SECONDS = 2  # a join takes seconds: the node's full-jitter backoff spreads the retries beyond this floor
 EXPIRED_DROP_MAX = 50  # expired leases dropped per UpdateItem (the expression stays far below 4 KB)
+# A join answered 429 records in its window record that EC2, IAM and CloudFormation authorized this role session of
+# this launch; the node's retries are decided from the record this long after EC2's answer (no EC2 call per retry),
+# then EC2 is asked again: a node terminated meanwhile is not trusted for long on a stale answer.
+AUTHORIZED_SECONDS = 120
+# An instance refused for what only the instance decides (VPC, cluster tag, launch template) is recorded as "not a
+# node" for this long: its further requests are refused from DynamoDB alone (no EC2, IAM or CloudFormation call).
+NOT_A_NODE_SECONDS = 24 * 3600
+# A launch template missing from the cluster stack marks the instance only when the stack was read this long after
+# the instance's launch: a queue added by a cluster update may launch nodes before a cached list shows its template.
+TEMPLATE_SETTLE_SECONDS = 300
 LIVE_STATES = frozenset({"pending", "running"})
 THROTTLING_CODES = frozenset(
     {
@@ -301,6 +314,11 @@ class _ConfigError(_Refusal):
     status, decision, public = 500, "error", "internal error"
 
 
+class _NotANode(_Refusal):
+    """Refused for what depends on the instance alone (EC2 sets it at launch; handle records it for
+    NOT_A_NODE_SECONDS)."""
+
+
 class _ProofUnavailable(_Refusal):
     """STS could not be asked: worth retrying."""
 
@@ -362,25 +380,34 @@ def handle(
         caller = _instance_caller(identity)
         fields.update(caller_role=caller.role_name, instance_id=caller.instance_id)
         name = computer_name(settings.computer_prefix, caller.instance_id)
-        # Admission (issue 20), BEFORE any EC2, IAM, SSM or LDAP call: a 429 costs DynamoDB only and counts no
-        # answer of the window. AFTER STS: the lease is keyed on the instance id STS vouches for, and EC2 names a
-        # node role's sessions after their own instance, so a node holds one slot at most however many requests it
-        # sends (a flood from its credentials gets 429s, or the window's refusals, and no EC2 or IAM call). BEFORE
-        # the authorization, which costs an EC2 call: an identity that fails it gives its slot back before its
-        # answer (below), so a non-node holds a slot only while its own request runs, which takes no more than the
-        # function's reserved concurrency already gives any caller of the URL.
-        if closing is None and settings.max_joins_in_progress:
-            lease = _Lease(settings, dynamodb, caller.instance_id, fields)
-            lease.acquire(now())
-        # A close after the object was issued to this very role session needs no EC2 or IAM call: its only effect is
-        # bookkeeping (a second password is refused anyway), and only EC2 mints sessions of the instance role
-        # named after the instance.
-        fast = _issued_launch(recorded, caller, closing, settings, now()) if closing == name else None
-        launch = fast or _authorize(caller, settings, ec2, iam, cloudformation, now())
+        if closing is None:
+            # A node answered 429 before has its authorization in its record: its retries cost no EC2 call.
+            recorded_launch = _authorized_launch(recorded, caller, settings, now())
+        else:
+            # A close after the object was issued to this very role session needs no EC2 or IAM call: its only
+            # effect is bookkeeping (a second password is refused anyway), and only EC2 mints sessions of the
+            # instance role named after the instance.
+            recorded_launch = _issued_launch(recorded, caller, closing, settings, now()) if closing == name else None
+        launch = recorded_launch or _authorize_or_mark(caller, settings, ec2, iam, cloudformation, dynamodb, now(),
+                                                       fields)
         window = _Window(settings, dynamodb, caller.instance_id, launch, now(), fields)
+        if closing is None and settings.max_joins_in_progress:
+            # Admission (issue 20), AFTER the authorization (attack review 2 of issue 20, finding 1): only a node
+            # takes a slot, so instances started outside the cluster's templates cannot hold the slots while EC2 is
+            # asked. BEFORE any SSM or LDAP call: a 429 counts no answer of the window. Keyed on the instance id STS
+            # and EC2 vouch for: a node holds one slot however many requests it sends.
+            lease = _Lease(settings, dynamodb, caller.instance_id, fields)
+            try:
+                lease.acquire(now())
+            except _Busy:
+                if recorded_launch is None:  # EC2 just authorized it: its retries are decided from the record
+                    window.authorized(caller.role_id)
+                raise
         fields.update(computer_name=name)
         if closing is None:
-            window.count_answer()  # before the adding account is read (cached: _join_credentials)
+            # Before the adding account is read (cached: _join_credentials); decided from the record: only while the
+            # record still shows this role's authorization (not re-created after the node's termination removed it).
+            window.count_answer(authorized_as=caller.role_id if recorded_launch else None)
             try:
                 body = _new_computer(settings, _join_credentials(settings, ssm, now()), create_computer, name)
             except computer_account.ComputerAccountError:
@@ -399,7 +426,7 @@ def handle(
         else:
             if closing != name:
                 raise _BadRequest(f"computerName must be this instance's computer name {name}")
-            window.close(closing, issued_to=caller.role_id if fast else None)
+            window.close(closing, issued_to=caller.role_id if recorded_launch else None)
             if settings.max_joins_in_progress:  # the join is over: its slot goes to the next node
                 _Lease(settings, dynamodb, caller.instance_id, fields).release()
             body = {"closed": True}
@@ -555,6 +582,9 @@ def _refuse_finished(settings: Settings, dynamodb: Any, claimed: Mapping[str, st
             "Item") or {}
     except (ClientError, BotoCoreError):
         return {}  # the full path decides (and reports a real outage)
+    if float(_dig(item, "notNodeUntil", "N") or 0) > now:  # TTL deletion lags: the record's own deadline decides
+        fields.update(instance_id=match.group(3), not_a_node=True)
+        raise _Refusal(f"not a node of the cluster (recorded: {_dig(item, 'notNodeReason', 'S')}); no EC2 call")
     if _dig(item, "closedAt", "S") is not None:
         fields.update(instance_id=match.group(3), window_closed=True)
         raise _Refusal("join window closed: a second close request for this node" if closing is not None else
@@ -599,6 +629,43 @@ def _issued_launch(item: Mapping[str, Any], caller: Caller, closing: str | None,
     return launch if now - launch.timestamp() < settings.window_minutes * 60 else None
 
 
+def _authorized_launch(item: Mapping[str, Any], caller: Caller, settings: Settings, now: float) -> datetime | None:
+    """The launch time the record holds when it shows this role session's authorization (a join answered 429, within
+    AUTHORIZED_SECONDS of EC2's answer) within the window; None: the full checks decide. Only the role id STS
+    vouches for matches: a session of another role named after the instance gets nothing from it."""
+    if (_dig(item, "authorizedRoleId", "S") != caller.role_id or _dig(item, "instanceId", "S") != caller.instance_id
+            or float(_dig(item, "authorizedUntil", "N") or 0) <= now):
+        return None
+    try:
+        launch = _launch_time(_dig(item, "launchTime", "S"))
+    except _Refusal:
+        return None
+    return launch if now - launch.timestamp() < settings.window_minutes * 60 else None
+
+
+def _authorize_or_mark(caller: Caller, settings: Settings, ec2: Any, iam: Any, cloudformation: Any, dynamodb: Any,
+                       now: float, fields: dict[str, Any]) -> datetime:
+    """_authorize; an instance it finds no node of the cluster (_NotANode) is recorded as such for
+    NOT_A_NODE_SECONDS, so the pre-check refuses its further requests from DynamoDB alone. Never over a record of an
+    object issued or a window closed; best effort."""
+    try:
+        return _authorize(caller, settings, ec2, iam, cloudformation, now)
+    except _NotANode as refusal:
+        until = str(int(now) + NOT_A_NODE_SECONDS)
+        try:
+            dynamodb.update_item(
+                TableName=settings.window_table, Key={WINDOW_KEY: {"S": caller.instance_id}},
+                UpdateExpression=f"SET notNodeReason = :why, notNodeUntil = :until, {TTL_ATTRIBUTE} = :until",
+                ConditionExpression="attribute_not_exists(issuedAt) AND attribute_not_exists(closedAt)",
+                ExpressionAttributeValues={":why": {"S": refusal.reason[:300]}, ":until": {"N": until}})
+            fields.update(not_a_node_recorded=True)
+        except ClientError as exc:
+            fields.update(not_a_node_record_error=_error_code(exc))
+        except BotoCoreError as exc:
+            fields.update(not_a_node_record_error=type(exc).__name__)
+        raise
+
+
 def _instance_caller(identity: Mapping[str, str]) -> Caller:
     """The instance and role an instance-role session claims to be, else deny."""
     match = ASSUMED_ROLE_ARN.fullmatch(identity["userArn"])
@@ -639,12 +706,13 @@ def _authorize(caller: Caller, settings: Settings, ec2: Any, iam: Any, cloudform
     state = _dig(instance, "State", "Name")
     if state not in LIVE_STATES:
         raise _Refusal(f"instance state is {state}")
+    # _NotANode: what EC2 fixed at the launch (the VPC, the aws: tag) or what only the cluster's owner sets (its tag).
     if instance.get("VpcId") != settings.vpc_id:
-        raise _Refusal(f"instance is in VPC {instance.get('VpcId')}")
+        raise _NotANode(f"instance is in VPC {instance.get('VpcId')}")
     tags = {t.get("Key"): t.get("Value") for t in instance.get("Tags", [])}
     tag = tags.get(CLUSTER_TAG)
     if tag != settings.cluster_name:
-        raise _Refusal(f"instance tag {CLUSTER_TAG} is {tag!r}")
+        raise _NotANode(f"instance tag {CLUSTER_TAG} is {tag!r}")
 
     # The role attached to the instance now: a session name alone is spoofable.
     profile_arn = _dig(instance, "IamInstanceProfile", "Arn") or ""
@@ -674,12 +742,16 @@ def _authorize(caller: Caller, settings: Settings, ec2: Any, iam: Any, cloudform
     # started by hand with the cluster's profile, outside those templates, gets nothing.
     template = tags.get(LAUNCH_TEMPLATE_TAG)
     if not template:
-        raise _Refusal("instance was not launched from a launch template (ParallelCluster launches every node from"
-                       " one of the cluster's)")
+        raise _NotANode("instance was not launched from a launch template (ParallelCluster launches every node from"
+                        " one of the cluster's)")
+    launch = _launch_time(instance.get("LaunchTime"))
     if template not in _cluster_templates(cloudformation, settings.cluster_name, now, want=template):
-        raise _Refusal(f"launch template {template} is not one of cluster {settings.cluster_name}'s CloudFormation"
-                       " stack")
-    return _launch_time(instance.get("LaunchTime"))
+        # For good only when the stack was read well after the launch: a queue a cluster update adds launches nodes
+        # from a template a cached list may not show yet (it is read again after TEMPLATE_MISS_REFRESH_SECONDS).
+        settled = _templates["fetched"] - launch.timestamp() >= TEMPLATE_SETTLE_SECONDS
+        raise (_NotANode if settled else _Refusal)(
+            f"launch template {template} is not one of cluster {settings.cluster_name}'s CloudFormation stack")
+    return launch
 
 
 _templates: dict[str, Any] = {"ids": frozenset(), "fetched": float("-inf")}
@@ -791,21 +863,49 @@ class _Window:
         self.age_minutes = round((now - self.launch_epoch) / 60, 1)
         fields.update(launched_minutes_ago=self.age_minutes, max_answers=settings.max_answers)
 
-    def count_answer(self) -> None:
+    def count_answer(self, *, authorized_as: str | None = None) -> None:
         """Count one attempt, or deny; called BEFORE any secret is read or any object created. Refused once a
         computer object was created for the instance (one one-time password per instance, ever), once closed,
-        and when the record was made for another launch of the instance (stop/start)."""
+        and when the record was made for another launch of the instance (stop/start). `authorized_as`: the join was
+        decided from the record's authorization (no EC2 call), so the write requires the record to still show it
+        for that role id (a record deleted meanwhile, with the node's termination, is not re-created)."""
         self._refuse_if_expired(close=False)
-        open_until = self.launch_epoch + self.settings.window_minutes * 60 + OPEN_TTL_SLACK_SECONDS
+        values = {":zero": {"N": "0"}, ":one": {"N": "1"}, ":lt": {"S": self.launch_iso},
+                  ":exp": {"N": str(int(self._open_until()))}, ":max": {"N": str(self.settings.max_answers)}}
+        condition = ("attribute_not_exists(closedAt) AND attribute_not_exists(issuedAt)"
+                     " AND (attribute_not_exists(launchTime) OR launchTime = :lt)"
+                     " AND (attribute_not_exists(answers) OR answers < :max)")
+        if authorized_as is not None:
+            condition += " AND authorizedRoleId = :role"
+            values[":role"] = {"S": authorized_as}
         self._update(
-            close=False,
+            close=False, role=authorized_as,
             expression=f"SET answers = if_not_exists(answers, :zero) + :one, launchTime = :lt, {TTL_ATTRIBUTE} = :exp",
-            condition="attribute_not_exists(closedAt) AND attribute_not_exists(issuedAt)"
-            " AND (attribute_not_exists(launchTime) OR launchTime = :lt)"
-            " AND (attribute_not_exists(answers) OR answers < :max)",
-            values={":zero": {"N": "0"}, ":one": {"N": "1"}, ":lt": {"S": self.launch_iso},
-                    ":exp": {"N": str(int(open_until))}, ":max": {"N": str(self.settings.max_answers)}},
+            condition=condition, values=values,
         )
+
+    def authorized(self, role_id: str) -> None:
+        """Record that EC2, IAM and CloudFormation authorized this role id for this launch just now (a 429 follows):
+        the node's retries within AUTHORIZED_SECONDS are decided from the record (_authorized_launch), not EC2. Only
+        on a record of this launch with no object and no close; best effort (a retry without it asks EC2 again)."""
+        try:
+            self.dynamodb.update_item(
+                TableName=self.settings.window_table, Key=self.key,
+                UpdateExpression=f"SET authorizedRoleId = :role, authorizedUntil = :until, launchTime = :lt,"
+                f" {TTL_ATTRIBUTE} = if_not_exists({TTL_ATTRIBUTE}, :exp)",
+                ConditionExpression="attribute_not_exists(closedAt) AND attribute_not_exists(issuedAt)"
+                " AND (attribute_not_exists(launchTime) OR launchTime = :lt)",
+                ExpressionAttributeValues={":role": {"S": role_id}, ":lt": {"S": self.launch_iso},
+                                           ":until": {"N": str(int(self.now) + AUTHORIZED_SECONDS)},
+                                           ":exp": {"N": str(int(self._open_until()))}})
+            self.fields.update(authorization_recorded=True)
+        except ClientError as exc:
+            self.fields.update(authorization_record_error=_error_code(exc))
+        except BotoCoreError as exc:
+            self.fields.update(authorization_record_error=type(exc).__name__)
+
+    def _open_until(self) -> float:
+        return self.launch_epoch + self.settings.window_minutes * 60 + OPEN_TTL_SLACK_SECONDS
 
     def issued(self, computer_name: str, role_id: str) -> None:
         """Record the created object and the role it went to (the close's fast path checks it). No TTL from now
@@ -830,14 +930,14 @@ class _Window:
             condition += " AND issuedRoleId = :role"
             values[":role"] = {"S": issued_to}
         self._update(
-            close=True, issued_to=issued_to,
+            close=True, role=issued_to,
             expression=f"SET closedAt = :now, computerName = :name, launchTime = :lt, "
             f"answers = if_not_exists(answers, :zero) REMOVE {TTL_ATTRIBUTE}",
             condition=condition, values=values,
         )
 
     def _update(self, *, close: bool, expression: str, condition: str, values: dict[str, Any],
-                issued_to: str | None = None) -> None:
+                role: str | None = None) -> None:
         try:
             answer = self.dynamodb.update_item(
                 TableName=self.settings.window_table, Key=self.key, UpdateExpression=expression,
@@ -848,7 +948,7 @@ class _Window:
             if _error_code(exc) != "ConditionalCheckFailedException":
                 raise
             old = exc.response.get("Item")
-            self._refuse(old if old is not None else self._read(), close=close, expired=False, issued_to=issued_to)
+            self._refuse(old if old is not None else self._read(), close=close, expired=False, role=role)
         self._note(answer.get("Attributes") or {})
 
     def _refuse_if_expired(self, *, close: bool) -> None:
@@ -871,8 +971,8 @@ class _Window:
             self.fields.update(issued_at=issued_at)
         return answers, closed_at is not None
 
-    def _refuse(self, item: Mapping[str, Any], *, close: bool, expired: bool,
-                issued_to: str | None = None) -> NoReturn:
+    def _refuse(self, item: Mapping[str, Any], *, close: bool, expired: bool, role: str | None = None) -> NoReturn:
+        """`role`: the role id the record had to name (issuedRoleId for a close, authorizedRoleId for a join)."""
         answers, closed = self._note(item)
         recorded_launch = _dig(item, "launchTime", "S")
         if recorded_launch not in (None, self.launch_iso):
@@ -880,7 +980,7 @@ class _Window:
                            f" {self.launch_iso} (stopped and started): no new computer object")
         if closed and close:
             raise _Refusal("join window closed: a second close request for this node")
-        if close and issued_to is not None and _dig(item, "issuedRoleId", "S") != issued_to:
+        if close and role is not None and _dig(item, "issuedRoleId", "S") != role:
             raise _Refusal("no record of a computer object issued to this session any more (the node's record was"
                            " removed, e.g. with its termination): nothing to close")
         if closed:
@@ -888,6 +988,9 @@ class _Window:
         if _dig(item, "issuedAt", "S") is not None and not close:
             raise _Refusal("computer object already created for this instance: a process on this node asked for a"
                            " second one-time password")
+        if role is not None and not close and _dig(item, "authorizedRoleId", "S") != role:
+            raise _Refusal("the record no longer shows this session's authorization (the node's record was removed,"
+                           " e.g. with its termination): retry")
         if expired:
             raise _Refusal(f"join window expired: launched {self.age_minutes} minutes ago,"
                            f" the window is {self.settings.window_minutes} minutes")

@@ -77,8 +77,6 @@ class InFlight:
         return getattr(self.world.clients["ec2"], name)
 
 
-@pytest.mark.xfail(strict=True, reason="finding 1: a non-node's request takes an admission slot before EC2 decides"
-                   " it is no node; CAP such requests in flight deny every join (429)")
 def test_requests_of_hand_started_instances_in_flight_do_not_deny_a_nodes_join(capped: World) -> None:
     """CAP instances started with the cluster's instance profile from a template of their own keep one request
     each in flight: each holds a slot while EC2 is asked. A node of the cluster asking then must still join."""

@@ -66,7 +66,10 @@ def no_aws_but_dynamodb(counts: Counter) -> bool:
     return {service for service, _ in counts} <= {"dynamodb"}
 
 
-def test_the_cap_answers_429_with_retry_after_before_any_other_call_and_counts_nothing(capped: World, calls, caplog):
+def test_the_cap_answers_429_with_retry_after_after_the_authorization_and_counts_nothing(capped: World, calls,
+                                                                                          caplog):
+    """The first 429 comes after the node's one EC2 call (only a node takes a lease) and records the authorization;
+    its retries cost DynamoDB only. No SSM or directory call, no answer of the window counted."""
     held = fill(capped)
     waiting = capped.launch()
     calls.take()
@@ -77,10 +80,14 @@ def test_the_cap_answers_429_with_retry_after_before_any_other_call_and_counts_n
     assert response["headers"]["retry-after"] == str(jh.RETRY_AFTER_SECONDS)
     assert body(response) == {"error": "join function busy: the joins in progress against the directory are at"
                                        " their cap; retry later", "retryAfter": jh.RETRY_AFTER_SECONDS}
-    # The window pre-check's read and the refused lease: no EC2, IAM, SSM, CloudFormation, no directory call.
-    assert counts == Counter({("dynamodb", "GetItem"): 1, ("dynamodb", "UpdateItem"): 1}), counts
+    # The pre-check's read, the authorization (EC2; IAM and CloudFormation cached), the refused lease, the record of
+    # the authorization: no SSM, no directory call.
+    assert counts == Counter({("dynamodb", "GetItem"): 1, ("ec2", "DescribeInstances"): 1,
+                              ("dynamodb", "UpdateItem"): 2}), counts
+    assert capped.call(capped.event(waiting))["statusCode"] == 429
+    assert calls.take() == Counter({("dynamodb", "GetItem"): 1, ("dynamodb", "UpdateItem"): 1})
     assert len(capped.fake_dc.calls) == creates
-    assert capped.window(waiting) == {}  # no answer of its window counted
+    assert "answers" not in capped.window(waiting)  # no answer of its window counted
     assert sorted(leases(capped)) == sorted(held)
     log = decisions(caplog)[-1]
     assert (log["decision"], log["joins_in_progress"], log["max_joins_in_progress"]) == ("busy", CAP, CAP)
@@ -144,13 +151,14 @@ def test_a_flood_from_a_waiting_nodes_credentials_costs_no_ec2_iam_or_ssm_call(c
     a 429 from DynamoDB alone, and the node's window counted none of them."""
     fill(capped)
     flooder = capped.launch()
+    assert capped.call(capped.event(flooder))["statusCode"] == 429  # its one EC2 call; the authorization recorded
     calls.take()
     for _ in range(1000):
         assert capped.call(capped.event(flooder))["statusCode"] == 429
     flood = calls.take()
     print(f"\nissue 20: 1,000 requests from a waiting node at the cap: {dict(flood)}")
     assert flood == Counter({("dynamodb", "GetItem"): 1000, ("dynamodb", "UpdateItem"): 1000})
-    assert capped.window(flooder) == {}
+    assert "answers" not in capped.window(flooder)
 
 
 def test_sessions_named_after_made_up_instances_hold_no_slot(capped: World, calls, caplog):
