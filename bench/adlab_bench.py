@@ -21,11 +21,24 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
-from tests.adlab.lab import BOOTSTRAP_DIR, REPO, SSH_OPTS, Lab, LabError, Node, RunResult, missing_deps
+from tests.adlab.lab import (
+    BOOTSTRAP_DIR,
+    NODE_OS,
+    REPO,
+    SSH_OPTS,
+    Lab,
+    LabConfig,
+    LabError,
+    Node,
+    RunResult,
+    default_node_os,
+    missing_deps,
+)
 
 DOMAIN_SECTION = "[domain/test.domain]"
 # sssd settings for large directories, measured cumulatively (each variant adds to the previous).
@@ -340,24 +353,44 @@ STACK_USERS_DN = "CN=pca-bench-users,CN=Users,DC=test,DC=domain"
 GOALS = {"id": 0.50, "login": 0.35, "join": 0.70}  # after / before, at most
 
 
-def _script_run(node: Node, lab: Lab, script: str, extra: list[str], timeout_arg: int = 300):
+def _script_run(node: Node, lab: Lab, script: str, extra: list[str], timeout_arg: int = 300, url_path: str = ""):
     """Start a join script (its full text) on a node as ParallelCluster would: downloaded, chmod +x, run."""
     from tests.adlab.lab import BootstrapRun
 
     path = "/tmp/pcluster-ad-actions/join-domain-bench.sh"
     node.write(path, script, mode="0755")
-    argv = [path, "--function-url", lab.function_url, "--region", lab.cfg.region, "--timeout", str(timeout_arg),
-            *extra]
+    argv = [path, "--function-url", lab.function_url + url_path, "--region", lab.cfg.region,
+            "--timeout", str(timeout_arg), *extra]
     return BootstrapRun(node, argv, timeout_arg + 60)
 
 
-def _first_lookup(node: Node, lab: Lab, script: str, extra: list[str]) -> float | None:
-    run = _script_run(node, lab, script, extra)
+def _first_lookup(node: Node, lab: Lab, script: str, extra: list[str], url_path: str = "") -> float | None:
+    run = _script_run(node, lab, script, extra, url_path=url_path)
     res = run.wait()
     return res.elapsed + wait_lookup(node, "alice") if res.rc == 0 else None
 
 
+BEFORE_PATH = "before/"  # the function URL path under which the lab serves the GIT_REV's join handler
+
+
+def before_handler(rev: str, into: Path) -> dict:
+    """The join handler of REV (its whole lambda_src, modules side by side), for LabConfig.path_handlers: the
+    function's contract changed since (one-time passwords, caller proof), so REV's script needs REV's function."""
+    import subprocess
+
+    archive = subprocess.run(["git", "archive", rev, "lambda_src"], cwd=REPO, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return {"/" + BEFORE_PATH: str(into / "lambda_src" / "join_handler.py")}
+
+
 STACK_GROUP_GOALS = {"id": 1.10, "login": 1.10, "join": 1.10}  # issue 18: the ad provider within 10% of the lists
+
+
+def node_versions(node: Node) -> str:
+    """The versions the goals hinge on, read on the node itself (sssd, adcli, realmd, OpenSSH)."""
+    out = node.sh("dpkg-query -W -f='${Package} ${Version}\\n' sssd-common adcli realmd openssh-server 2>/dev/null"
+                  " || true").stdout
+    return "; ".join(line.strip() for line in out.splitlines() if line.strip())
 
 
 def bench_compare(lab: Lab, users: int, reps: int, joins: int, before_ref: str, rows: list, raw: dict,
@@ -371,7 +404,8 @@ def bench_compare(lab: Lab, users: int, reps: int, joins: int, before_ref: str, 
     access = ["--allowed-groups", "hpc-users, mgrp0000"]
     before_access: list[str] = []
     goals = GOALS
-    who = {"before": f"join-domain.sh at {before_ref}", "after": WHO["product"] + " with allowedGroups"}
+    who = {"before": f"join-domain.sh and join function at {before_ref}",
+           "after": WHO["product"] + " with allowedGroups"}
     if stack_groups:
         # Issue 18: the same allowed groups on both sides; before as sssd's simple provider with the lists (the
         # script at before_ref), after through the stack's users group (the ad provider's filter, which the DC
@@ -393,7 +427,11 @@ def bench_compare(lab: Lab, users: int, reps: int, joins: int, before_ref: str, 
             if members:
                 lab.dc.run(["samba-tool", "group", "addmembers", group, ",".join(members)])
     before, after = lab.add_nodes([{}, {}])
-    runs = {"before": _script_run(before, lab, before_script, before_access),
+    rows.append(("Node generation (both sides)", after.os, node_versions(after)))
+    # On sssd >= 2.9.1 (Debian 13's 2.10) the groups are already stored valid: the emulation is then a no-op check.
+    real_291 = after.os == "debian13"
+    emulated = "REAL on this sssd" if real_291 else "EMULATED on 2.8.2"
+    runs = {"before": _script_run(before, lab, before_script, before_access, url_path=BEFORE_PATH),
             "after": _script_run(after, lab, after_script, access)}
     nodes = {"before": before, "after": after}
     for key, run in runs.items():
@@ -442,7 +480,8 @@ def bench_compare(lab: Lab, users: int, reps: int, joins: int, before_ref: str, 
     for _ in range(joins):
         for key, script in (("before", before_script), ("after", after_script)):
             (node,) = lab.add_nodes([{}])
-            t = _first_lookup(node, lab, script, access if key == "after" else before_access)
+            t = _first_lookup(node, lab, script, access if key == "after" else before_access,
+                              url_path=BEFORE_PATH if key == "before" else "")
             if t is not None:
                 res[key]["join"].append(t)
             lab.remove_host(node)
@@ -468,10 +507,12 @@ def bench_compare(lab: Lab, users: int, reps: int, joins: int, before_ref: str, 
     b, a = (statistics.median(res[k]["id_sssd291"]) for k in ("before", "after"))
     same_groups = res["before"]["id_sssd291_groups"] == res["after"]["id_sssd291_groups"] == sorted(
         res["after"]["id_out"].split(","))
-    rows.append(("cold `id` of that user with sssd >= 2.9.1's cache (EMULATED on 2.8.2: initgroups + `id`), "
+    rows.append((f"cold `id` of that user with sssd >= 2.9.1's cache ({emulated}: initgroups + `id`), "
                  "before / after", f"{b * 1000:.0f} / {a * 1000:.0f} ms = {a / b:.0%}",
                  f"median of {len(res['after']['id_sssd291'])}; same groups as the real cold `id`: "
-                 f"{'yes' if same_groups else 'NO'}; a projection for AL2023/RHEL, not the goal's measure"))
+                 f"{'yes' if same_groups else 'NO'}; "
+                 + ("this sssd stores them valid itself: the emulation changes nothing here" if real_291 else
+                    "a projection for AL2023/RHEL, not the goal's measure")))
     rows.append(("`id manyuser` output identical before / after", "yes" if same_id else "NO",
                  f"{res['after']['id_out'].count(',') + 1} groups; rc {sorted(res['after']['id_rc'])}"))
     rows.append(("ssh login of a user in no allowed group (exit code) before / after",
@@ -494,11 +535,14 @@ def main(argv: list[str] | None = None) -> int:
         "(AD-side capacity figures only; labelled as such)",
     )
     ap.add_argument("--compare-with", metavar="GIT_REV",
-                    help="instead of the tuning variants: today's join-domain.sh at GIT_REV against the current one,"
+                    help="instead of the tuning variants: the join chain at GIT_REV (its join-domain.sh and its join"
+                    " function, served beside today's) against the current one,"
                     " side by side (cold id, cold ssh login, join p50); --sequential joins of each")
     ap.add_argument("--stack-groups", action="store_true",
                     help="with --compare-with: both sides restrict logins to the same groups; the current script"
                     " through the stack's access groups (issue 18), goal within 10%%")
+    ap.add_argument("--node-os", choices=NODE_OS, default=None,
+                    help="generation of the lab's node hosts (default: ADLAB_NODE_OS, else the machine's)")
     ap.add_argument("--results", type=Path, help="also write the table (and raw JSON) to this markdown file")
     args = ap.parse_args(argv)
     missing = missing_deps()
@@ -508,7 +552,10 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[tuple[str, str, str]] = []
     raw: dict = {}
     t0 = time.monotonic()
-    with Lab() as lab:
+    node_os = args.node_os or default_node_os()
+    tmp = tempfile.TemporaryDirectory(prefix="pcad-bench-handler-")
+    handlers = before_handler(args.compare_with, Path(tmp.name)) if args.compare_with else {}
+    with tmp, Lab(LabConfig(node_os=node_os, path_handlers=handlers)) as lab:
         lab.start()
         lab.populate(
             {

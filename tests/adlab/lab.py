@@ -245,6 +245,9 @@ class LabConfig:
     keep: bool = dataclasses.field(default_factory=lambda: os.environ.get("ADLAB_KEEP") == "1")
     # Generation of nodes whose spec names none (NODE_OS); the DC and the client stay on the machine's.
     node_os: str = dataclasses.field(default_factory=default_node_os)
+    # Older join handlers served beside the current one, by URL path prefix ("/before/": handler file), for
+    # bench --compare-with: an older join-domain.sh then calls the function of its own time.
+    path_handlers: dict = dataclasses.field(default_factory=dict)
 
     @property
     def domain(self) -> str:
@@ -875,6 +878,9 @@ printf 'search {c.domain}\\nnameserver {self.dc_ip}\\n' >/etc/resolv.conf
             "url_port": c.url_port,
             "url_id": "adlab" + secrets.token_hex(11),
             "handler_path": str(REPO / "lambda_src" / "join_handler.py"),
+            "path_handlers": dict(c.path_handlers),
+            **({"classic_join_user": self.join_user, "classic_join_password": self.join_password}
+               if c.path_handlers else {}),
             "handler_log": str(self.root / "handler.log"),
         }
         if c.max_joins_in_progress is not None:

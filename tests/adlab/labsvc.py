@@ -71,14 +71,14 @@ def _rand(alphabet: str, n: int) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(n))
 
 
-def _load_handler(path: str):
+def _load_handler(path: str, name: str = "join_handler"):
     # The Lambda package has the handler's modules side by side (computer_account).
     sys.path.insert(0, str(Path(path).resolve().parent))
-    spec = importlib.util.spec_from_file_location("join_handler", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise RuntimeError(f"cannot load the join handler from {path}")
     mod = importlib.util.module_from_spec(spec)
-    sys.modules["join_handler"] = mod
+    sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod
 
@@ -164,6 +164,14 @@ class Aws:
             KeyId=f"alias/pcluster-ad-{self.stack}-join",
             Value=self.cfg["join_password"],
         )
+        # Older handlers (path_handlers) hand their node a password for `realm join`: the lab's classic join
+        # account (delegation on CN=Computers), not the adding account, which may only create objects in the OU.
+        if self.cfg.get("classic_join_user"):
+            classic = (("user", self.cfg["classic_join_user"]), ("password", self.cfg["classic_join_password"]))
+            for key, value in classic:
+                self.params[f"classic-join-{key}"] = f"{prefix}/classic-join-{key}"
+                self.ssm.put_parameter(Name=self.params[f"classic-join-{key}"], Type="SecureString",
+                                       KeyId=f"alias/pcluster-ad-{self.stack}-join", Value=value)
         # The join-window table as the JoinFunction component creates it (key instanceId, TTL expiresAt).
         self.window_table = f"pcluster-ad-{self.stack}-join-window"
         self.dynamodb.create_table(
@@ -452,6 +460,9 @@ class FunctionUrlHandler(BaseHTTPRequestHandler):
     aws: Aws
     handler_mod = None
     settings = None
+    # bench --compare-with: an older join handler served under its own URL path (prefix -> (module, settings)), so
+    # that an older join-domain.sh talks to the function of its own time in the same lab, against the same DC.
+    path_handlers: dict = {}
     scheme = "http"
     handler_log: logging.Logger
 
@@ -491,7 +502,11 @@ class FunctionUrlHandler(BaseHTTPRequestHandler):
             aws.requests.append(record)
             log.info("function url: 403 from %s: %s", self.client_address[0], exc)
             return self._reply(403, json.dumps({"Message": "Forbidden" if "Missing" in str(exc) else str(exc)}))
-        if self.handler_mod is None:
+        mod, settings = self.handler_mod, self.settings
+        for prefix, (alt_mod, alt_settings) in self.path_handlers.items():
+            if self.path.startswith(prefix):
+                mod, settings = alt_mod, alt_settings
+        if mod is None:
             record.update(status=502, error="join handler not loadable")
             aws.requests.append(record)
             return self._reply(502, json.dumps({"Message": "Internal Server Error"}))
@@ -505,7 +520,7 @@ class FunctionUrlHandler(BaseHTTPRequestHandler):
         event = self._event(body, node, secret)
         try:
             clients = {"ec2": aws.ec2, "iam": aws.iam, "ssm": aws.ssm}
-            params = inspect.signature(self.handler_mod.handle).parameters
+            params = inspect.signature(mod.handle).parameters
             if "dynamodb" in params:
                 clients["dynamodb"] = aws.dynamodb
             if "cloudformation" in params:  # bench --compare-with runs older handlers too
@@ -513,7 +528,7 @@ class FunctionUrlHandler(BaseHTTPRequestHandler):
             if "verify_proof" in params:
                 clients["verify_proof"] = aws.sts_caller_identity
             with aws.lock:
-                result = self.handler_mod.handle(event, settings=self.settings, logger=self.handler_log, **clients)
+                result = mod.handle(event, settings=settings, logger=self.handler_log, **clients)
         except Exception:  # noqa: BLE001 - Lambda: an unhandled error is a 502 at the function URL
             record.update(status=502, error="handler raised: " + traceback.format_exc(limit=3)[-600:])
             record["ms"] = round((time.monotonic() - t0) * 1000, 1)
@@ -649,6 +664,14 @@ def main() -> int:
     FunctionUrlHandler.aws = ImdsHandler.aws = aws
     FunctionUrlHandler.handler_mod = handler_mod
     FunctionUrlHandler.settings = settings
+    for i, (prefix, path) in enumerate(sorted(cfg.get("path_handlers", {}).items())):
+        alt = _load_handler(path, f"join_handler_alt{i}")
+        env = dict(aws.function_env)
+        # A handler that names COMPUTER_OU creates the objects itself (issue 16 on): it keeps the adding account.
+        if "classic-join-user" in aws.params and "COMPUTER_OU" not in Path(path).read_text():
+            env.update(JOIN_USER_PARAMETER=aws.params["classic-join-user"],
+                       JOIN_PASSWORD_PARAMETER=aws.params["classic-join-password"])
+        FunctionUrlHandler.path_handlers[prefix] = (alt, _make_settings(alt, env))
     FunctionUrlHandler.handler_log = hlog
 
     servers = []
