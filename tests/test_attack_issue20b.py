@@ -9,7 +9,6 @@ xfail(strict=True) and flip with the fix."""
 # ruff: noqa: F811  (the fixtures of tests/test_join_handler.py are imported, then requested by name)
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,7 +18,7 @@ import pytest
 from pcluster_ad.lambda_src import directory_admin as da
 from pcluster_ad.lambda_src import join_handler as jh
 from tests.test_bootstrap_backoff import H
-from tests.test_join_calls import Calls
+from tests.test_join_admission import calls, capped_to, leases  # noqa: F401  (fixture)
 from tests.test_join_handler import (  # noqa: F401  (fixtures)
     TABLE,
     StalePreCheck,
@@ -39,19 +38,8 @@ CAP = 4
 
 @pytest.fixture
 def capped(world: World) -> World:
-    world.settings = dataclasses.replace(world.settings, max_joins_in_progress=CAP)
-    return world
+    return capped_to(world, CAP)
 
-
-@pytest.fixture
-def calls(world: World) -> Calls:
-    return Calls(world.clients)
-
-
-def leases(world: World) -> dict[str, int]:
-    item = world.clients["dynamodb"].get_item(TableName=TABLE, Key={jh.WINDOW_KEY: {"S": jh.ADMISSION_KEY}},
-                                              ConsistentRead=True).get("Item", {})
-    return {k: int(v["N"]) for k, v in item.get("leases", {}).get("M", {}).items()}
 
 
 # --- (3) instances started with the cluster's profile outside its launch templates -------------------------------

@@ -12,14 +12,13 @@ xfail(strict=True) with the finding's text and flip with the fix. AWS calls are 
 # ruff: noqa: F811  (the fixtures of tests/test_join_handler.py are imported, then requested by name)
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 
 import pytest
 
 from pcluster_ad.lambda_src import join_handler as jh
 from tests.test_attack_issue20 import directory_admin, terminated  # noqa: F401  (fixture)
-from tests.test_join_calls import Calls
+from tests.test_join_admission import calls, capped_to  # noqa: F401  (fixture)
 from tests.test_join_handler import (  # noqa: F401  (fixtures)
     CLUSTER,
     TABLE,
@@ -39,13 +38,7 @@ CAP = 2
 
 @pytest.fixture
 def capped(world: World) -> World:
-    world.settings = dataclasses.replace(world.settings, max_joins_in_progress=CAP)
-    return world
-
-
-@pytest.fixture
-def calls(world: World) -> Calls:
-    return Calls(world.clients)
+    return capped_to(world, CAP)
 
 
 def fill(world: World, n: int = CAP) -> list[str]:

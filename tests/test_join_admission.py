@@ -37,10 +37,15 @@ from tests.test_join_handler import (  # noqa: F401  (fixtures)
 CAP = 4
 
 
+def capped_to(world: World, cap: int) -> World:
+    """The world's join function with admission control at `cap` joins in progress."""
+    world.settings = dataclasses.replace(world.settings, max_joins_in_progress=cap)
+    return world
+
+
 @pytest.fixture
 def capped(world: World) -> World:
-    world.settings = dataclasses.replace(world.settings, max_joins_in_progress=CAP)
-    return world
+    return capped_to(world, CAP)
 
 
 @pytest.fixture

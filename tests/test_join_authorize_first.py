@@ -7,13 +7,12 @@ refused from DynamoDB alone. AWS calls are counted with botocore's event hooks (
 # ruff: noqa: F811  (the fixtures of tests/test_join_handler.py are imported, then requested by name)
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 
 import pytest
 
 from pcluster_ad.lambda_src import join_handler as jh
-from tests.test_join_calls import Calls
+from tests.test_join_admission import calls, capped_to  # noqa: F401  (fixture)
 from tests.test_join_handler import (  # noqa: F401  (fixtures)
     TABLE,
     StalePreCheck,
@@ -35,13 +34,7 @@ AUTHORIZING = {"ec2", "iam", "cloudformation"}
 
 @pytest.fixture
 def capped(world: World) -> World:
-    world.settings = dataclasses.replace(world.settings, max_joins_in_progress=CAP)
-    return world
-
-
-@pytest.fixture
-def calls(world: World) -> Calls:
-    return Calls(world.clients)
+    return capped_to(world, CAP)
 
 
 def services(counts: Counter) -> set[str]:
