@@ -614,6 +614,15 @@ def _refuse_finished(settings: Settings, dynamodb: Any, claimed: Mapping[str, st
     return item
 
 
+def _recorded_launch(item: Mapping[str, Any], settings: Settings, now: float) -> datetime | None:
+    """The launch time the record holds, if the window it opened is still open; None otherwise."""
+    try:
+        launch = _launch_time(_dig(item, "launchTime", "S"))
+    except _Refusal:
+        return None
+    return launch if now - launch.timestamp() < settings.window_minutes * 60 else None
+
+
 def _issued_launch(item: Mapping[str, Any], caller: Caller, closing: str | None, settings: Settings,
                    now: float) -> datetime | None:
     """The launch time the record holds when it shows the object issued to this role session for this computer
@@ -622,11 +631,7 @@ def _issued_launch(item: Mapping[str, Any], caller: Caller, closing: str | None,
     if (_dig(item, "issuedAt", "S") is None or _dig(item, "issuedRoleId", "S") != caller.role_id
             or _dig(item, "computerName", "S") != closing or _dig(item, "instanceId", "S") != caller.instance_id):
         return None
-    try:
-        launch = _launch_time(_dig(item, "launchTime", "S"))
-    except _Refusal:
-        return None
-    return launch if now - launch.timestamp() < settings.window_minutes * 60 else None
+    return _recorded_launch(item, settings, now)
 
 
 def _authorized_launch(item: Mapping[str, Any], caller: Caller, settings: Settings, now: float) -> datetime | None:
@@ -636,11 +641,7 @@ def _authorized_launch(item: Mapping[str, Any], caller: Caller, settings: Settin
     if (_dig(item, "authorizedRoleId", "S") != caller.role_id or _dig(item, "instanceId", "S") != caller.instance_id
             or float(_dig(item, "authorizedUntil", "N") or 0) <= now):
         return None
-    try:
-        launch = _launch_time(_dig(item, "launchTime", "S"))
-    except _Refusal:
-        return None
-    return launch if now - launch.timestamp() < settings.window_minutes * 60 else None
+    return _recorded_launch(item, settings, now)
 
 
 def _authorize_or_mark(caller: Caller, settings: Settings, ec2: Any, iam: Any, cloudformation: Any, dynamodb: Any,
