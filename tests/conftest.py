@@ -21,6 +21,16 @@ if str(ROOT) not in sys.path:
 from pcluster_ad.tools.mocks import Graph, PlanMocks, config_from_stack_file, run_program  # noqa: E402
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """A moto mock started while importing a test module never stops: every later ``mock_aws()`` of this process then
+    starts on the state the one before left (the fixtures' tables "already exist"), in whatever order tests run."""
+    from moto.core.models import MockAWS
+
+    if MockAWS._nested_count:
+        raise pytest.UsageError(f"{MockAWS._nested_count} moto mock(s) started while collecting tests: start moto in "
+                                "a fixture or a program's main(), never at import")
+
+
 def copy_checkout(dest: Path) -> Path:
     """The checkout's files as a user's clone has them (tracked and new, not ignored: no venv/, no plan-out/)."""
     names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,

@@ -41,16 +41,24 @@ import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 
-os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_EC2_METADATA_DISABLED="true")
-for _v in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
-    os.environ.pop(_v, None)
+import boto3
+from moto import mock_aws
 
-from moto import mock_aws  # noqa: E402  (before any boto3 client exists)
-
+# Started by main() only: importing this module (a test reads its helpers) must leave the importing process's moto
+# and environment alone (a mock started at import never stops, so every later mock_aws() in that process keeps the
+# state of the one before).
 _MOCK = mock_aws()
-_MOCK.start()
 
-import boto3  # noqa: E402
+
+def _isolate_from_aws() -> None:
+    """Never let botocore look for real credentials or real endpoints (moto intercepts all calls)."""
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_EC2_METADATA_DISABLED="true")
+    for var in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        os.environ.pop(var, None)
+    for var in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        os.environ.pop(var, None)
+    _MOCK.start()
+
 
 REPO = Path(__file__).resolve().parents[2]
 REGION = "eu-west-1"
@@ -149,6 +157,7 @@ def own_directory(da, settings, ssm):
 
 
 def main() -> None:
+    _isolate_from_aws()
     logging.basicConfig(stream=sys.stderr, level=logging.INFO)
     da = load_product()
     ec2 = boto3.client("ec2", region_name=REGION)
