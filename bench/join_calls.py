@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -134,9 +135,12 @@ def count(nodes: int = 20) -> Counted:
                     raise computer_account.DirectoryUnavailable("counting: no domain controller reachable")
                 return fake_dc(*args)
 
+            clock = {"offset": 0.0}  # a node's retry comes after its 429's Retry-After (the model's nodes wait it out)
+
             def request(event: dict[str, Any], want: int) -> tuple[Call, ...]:
                 calls.params.clear()
-                response = world.call(event, verify_proof=verify, create_computer=create)
+                response = world.call(event, verify_proof=verify, create_computer=create,
+                                      now=lambda: time.time() + clock["offset"])
                 if response["statusCode"] != want:
                     raise AssertionError(f"counting: status {response['statusCode']}, not {want}: {response}")
                 last.update(headers=response["headers"])
@@ -154,8 +158,10 @@ def count(nodes: int = 20) -> Counted:
             waiting = world.launch()
             busy = request(world.event(waiting), 429)
             retry_after = int(last["headers"].get("retry-after", "0"))
+            clock["offset"] += retry_after + 1
             busy_retry = request(world.event(waiting), 429)
             closes |= {request(world.close_event(iid), 200) for iid in holders}
+            clock["offset"] += retry_after + 1
             join_recorded = request(world.event(waiting), 200)  # a 429 spent no answer of its window
             closes.add(request(world.close_event(waiting), 200))
             stranger = world.launch(tags={})  # the cluster's profile and template, not its tag

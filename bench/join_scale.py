@@ -189,9 +189,10 @@ def current_profile(counted: Counted) -> Profile:
     authorizing = {"ec2", "iam", "cloudformation"}
     recorded = tuple(c for c in counted.join_warm if c[0] not in authorizing)
     at = [i for i, (_, _, kind) in enumerate(recorded) if kind == "admission"]
-    if counted.join_recorded != recorded or counted.busy_retry != recorded[:at[0] + 1]:
+    if counted.join_recorded != recorded or counted.busy_retry != recorded[:at[0] + 1] + record:
         raise ValueError(f"the model replays a join decided from its recorded authorization as the warm join without"
-                         f" EC2, IAM and CloudFormation, and its 429 as that up to the lease call; the handler's are"
+                         f" EC2, IAM and CloudFormation, and its 429 as that up to the lease call and the write of its"
+                         f" next retry time; the handler's are"
                          f" {counted.join_recorded} and {counted.busy_retry}: adapt _Sim._handle")
     if [k for _, _, k in counted.close].count("admission") != 1 or counted.join_failed[-1][2] != "admission":
         raise ValueError(f"the model gives a lease back in the close and after a failed join (one call on the "
@@ -423,8 +424,9 @@ class _Sim:
                 got = yield from self._acquire(node, call, calls)
                 if got == "busy":
                     self.result.http_429_admission += 1
-                    # The authorization EC2 just gave is recorded (p.busy's last call; best effort).
-                    if not from_record and (yield from self.aws_call(node, p.busy[-1], calls)):
+                    # The next retry time is recorded (p.busy's last call; best effort), with the authorization
+                    # EC2 just gave unless this join was decided from the record.
+                    if (yield from self.aws_call(node, p.busy[-1], calls)) and not from_record:
                         self.authorized[node] = self.now + AUTHORIZED_S
                     return -429
                 if got == "throttled":

@@ -429,9 +429,12 @@ def _role_policy(*, parameter_arns: list[pulumi.Input[str]], user_parameters_arn
          "Resource": [pulumi.Output.concat(log_group_arn, ":*")]},
     ]
     if table_arn is not None:
-        # Read the name a node's record holds; delete the record with the terminated node (it has no TTL); the
-        # sweep scans the records for the instances of the objects it finds (missed terminations).
+        # Read the name a node's record holds; delete the record with the terminated node (it has no TTL); withdraw
+        # the authorization a join answered 429 recorded, when it terminates before its object (UpdateItem: no more
+        # than the DeleteItem it already has); the sweep scans the records for the instances of the objects it
+        # finds (missed terminations).
         statements.append({"Sid": "ReadRecordedComputerNames", "Effect": "Allow",
-                           "Action": ["dynamodb:GetItem", "dynamodb:DeleteItem", "dynamodb:Scan"],
+                           "Action": ["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
+                                      "dynamodb:Scan"],
                            "Resource": [table_arn]})
     return {"Version": "2012-10-17", "Statement": statements}

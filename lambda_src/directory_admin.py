@@ -1625,11 +1625,30 @@ def _instance(ec2: Any, instance_id: str) -> dict[str, Any] | None:
     return None
 
 
-def recorded_name(dynamodb: Any, table: str, instance_id: str) -> str | None:
+def recorded_item(dynamodb: Any, table: str, instance_id: str) -> dict[str, Any]:
     if not table:
-        return None
-    item = dynamodb.get_item(TableName=table, Key={WINDOW_KEY: {"S": instance_id}}, ConsistentRead=True).get("Item")
-    return ((item or {}).get("computerName") or {}).get("S")
+        return {}
+    return dynamodb.get_item(TableName=table, Key={WINDOW_KEY: {"S": instance_id}}, ConsistentRead=True).get(
+        "Item") or {}
+
+
+def withdraw_authorization(dynamodb: Any, table: str, instance_id: str) -> bool:
+    """Remove the authorization a join answered 429 recorded (authorizedRoleId: its retries are decided from the
+    record, without EC2), while no object was made: the terminated node's credentials, which outlive it, get no
+    one-time password from it (attack review 3 of issue 20, finding 3). Harmless when the event is forged: a live
+    node's next retry asks EC2 again. False when there was nothing to withdraw."""
+    from botocore.exceptions import ClientError
+
+    try:
+        dynamodb.update_item(
+            TableName=table, Key={WINDOW_KEY: {"S": instance_id}},
+            UpdateExpression="REMOVE authorizedRoleId, authorizedUntil, retryNotBefore",
+            ConditionExpression="attribute_exists(authorizedRoleId) AND attribute_not_exists(computerName)")
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+            return False
+        raise
+    return True
 
 
 def handle_termination(event: Mapping[str, Any], *, settings: Settings, ec2: Any, dynamodb: Any,
@@ -1643,7 +1662,12 @@ def handle_termination(event: Mapping[str, Any], *, settings: Settings, ec2: Any
     # Ours is what the join function recorded (it made the object): every termination in the account and region
     # arrives here, and asking EC2 about each would spend the DescribeInstances bucket that ParallelCluster's own
     # scaling needs (issue 20). An instance without a record (its record could not be written) is left to the sweep.
-    name = recorded_name(dynamodb, settings.window_table, iid)
+    item = recorded_item(dynamodb, settings.window_table, iid)
+    name = (item.get("computerName") or {}).get("S")
+    if name is None and "authorizedRoleId" in item and withdraw_authorization(dynamodb, settings.window_table, iid):
+        reason = "a join answered 429 and no object yet: its recorded authorization withdrawn (no EC2 call)"
+        logger.info(json.dumps({"event": "termination", "instance": iid, "decision": "withdrawn", "reason": reason}))
+        return {"instance": iid, "result": "authorization withdrawn", "reason": reason}
     if name is None:
         reason = "no join record: not a node this stack joined (the sweep removes what is missed)"
         logger.info(json.dumps({"event": "termination", "instance": iid, "decision": "ignored", "reason": reason}))

@@ -71,6 +71,7 @@ import base64
 import binascii
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -135,13 +136,17 @@ EXPIRED_DROP_MAX = 50  # expired leases dropped per UpdateItem (the expression s
 # this launch; the node's retries are decided from the record this long after EC2's answer (no EC2 call per retry),
 # then EC2 is asked again: a node terminated meanwhile is not trusted for long on a stale answer.
 AUTHORIZED_SECONDS = 120
-# An instance refused for what only the instance decides (VPC, cluster tag, launch template) is recorded as "not a
-# node" for this long: its further requests are refused from DynamoDB alone (no EC2, IAM or CloudFormation call).
+# An instance refused for what only the instance decides (VPC, cluster tag, launch template, terminated) is recorded
+# as "not a node" for this long, for the role id that asked: its further requests with that role are refused from
+# DynamoDB alone (no EC2, IAM or CloudFormation call). Keyed on the role id STS vouched for, so a session of another
+# role named after a real node marks that role only, never the node's own (attack review 3 of issue 20, finding 2).
 NOT_A_NODE_SECONDS = 24 * 3600
+NOT_A_NODE_ATTRIBUTE = "notNodeUntil_{role_id}"  # one attribute per role id: a short marker never shortens a long one
 # A launch template missing from the cluster stack marks the instance only when the stack was read this long after
 # the instance's launch: a queue added by a cluster update may launch nodes before a cached list shows its template.
 TEMPLATE_SETTLE_SECONDS = 300
 LIVE_STATES = frozenset({"pending", "running"})
+GONE_STATES = frozenset({"shutting-down", "terminated"})  # for good: instance ids are never reused
 THROTTLING_CODES = frozenset(
     {
         "Throttling",
@@ -315,8 +320,12 @@ class _ConfigError(_Refusal):
 
 
 class _NotANode(_Refusal):
-    """Refused for what depends on the instance alone (EC2 sets it at launch; handle records it for
-    NOT_A_NODE_SECONDS)."""
+    """Refused for what depends on the instance alone (EC2 sets it at launch, or it is gone); handle records it for
+    `seconds` (NOT_A_NODE_SECONDS unless the answer may change sooner)."""
+
+    def __init__(self, reason: str, seconds: int = NOT_A_NODE_SECONDS) -> None:
+        super().__init__(reason)
+        self.seconds = seconds
 
 
 class _ProofUnavailable(_Refusal):
@@ -399,9 +408,10 @@ def handle(
             lease = _Lease(settings, dynamodb, caller.instance_id, fields)
             try:
                 lease.acquire(now())
-            except _Busy:
-                if recorded_launch is None:  # EC2 just authorized it: its retries are decided from the record
-                    window.authorized(caller.role_id)
+            except _Busy as busy:
+                # EC2 just authorized it (recorded_launch None): its retries are decided from the record. Either
+                # way the record says when the next try may come (the pre-check answers earlier ones).
+                window.busy(caller.role_id, retry_after=busy.retry_after, authorize=recorded_launch is None)
                 raise
         fields.update(computer_name=name)
         if closing is None:
@@ -582,7 +592,9 @@ def _refuse_finished(settings: Settings, dynamodb: Any, claimed: Mapping[str, st
             "Item") or {}
     except (ClientError, BotoCoreError):
         return {}  # the full path decides (and reports a real outage)
-    if float(_dig(item, "notNodeUntil", "N") or 0) > now:  # TTL deletion lags: the record's own deadline decides
+    claimed_role_id = claimed["userId"].partition(":")[0]
+    marker = NOT_A_NODE_ATTRIBUTE.format(role_id=claimed_role_id)
+    if float(_dig(item, marker, "N") or 0) > now:  # TTL deletion lags: the record's own deadline decides
         fields.update(instance_id=match.group(3), not_a_node=True)
         raise _Refusal(f"not a node of the cluster (recorded: {_dig(item, 'notNodeReason', 'S')}); no EC2 call")
     if _dig(item, "closedAt", "S") is not None:
@@ -611,6 +623,14 @@ def _refuse_finished(settings: Settings, dynamodb: Any, claimed: Mapping[str, st
             raise _Refusal(f"join window expired: the record was made for the launch at {recorded_launch},"
                            f" {round((now - launched) / 60, 1)} minutes ago; the window is {settings.window_minutes}"
                            " minutes (a later launch gets no new object either)")
+    # A join answered 429 comes back no sooner than its Retry-After: earlier retries (root on a waiting node flooding)
+    # are answered 429 from this read, so they never write the one admission item (attack review 3, finding 5).
+    # Keyed on the claim (instance and role id): it can only make the claimant wait.
+    retry_not_before = float(_dig(item, "retryNotBefore", "N") or 0)
+    if closing is None and retry_not_before > now and _dig(item, "authorizedRoleId", "S") == claimed_role_id:
+        fields.update(instance_id=match.group(3), retry_not_before=retry_not_before)
+        raise _Busy("a retry before the Retry-After of this node's last 429",
+                    retry_after=max(1, math.ceil(retry_not_before - now)))
     return item
 
 
@@ -652,14 +672,18 @@ def _authorize_or_mark(caller: Caller, settings: Settings, ec2: Any, iam: Any, c
     try:
         return _authorize(caller, settings, ec2, iam, cloudformation, now)
     except _NotANode as refusal:
-        until = str(int(now) + NOT_A_NODE_SECONDS)
+        until = str(int(now) + refusal.seconds)
         try:
+            # The record's own TTL stays (a window's record outlives a short marker); a new record ends with it.
             dynamodb.update_item(
                 TableName=settings.window_table, Key={WINDOW_KEY: {"S": caller.instance_id}},
-                UpdateExpression=f"SET notNodeReason = :why, notNodeUntil = :until, {TTL_ATTRIBUTE} = :until",
-                ConditionExpression="attribute_not_exists(issuedAt) AND attribute_not_exists(closedAt)",
+                UpdateExpression=f"SET notNodeReason = :why, #until = :until,"
+                f" {TTL_ATTRIBUTE} = if_not_exists({TTL_ATTRIBUTE}, :until)",
+                ConditionExpression="attribute_not_exists(issuedAt) AND attribute_not_exists(closedAt)"
+                " AND (attribute_not_exists(#until) OR #until < :until)",
+                ExpressionAttributeNames={"#until": NOT_A_NODE_ATTRIBUTE.format(role_id=caller.role_id)},
                 ExpressionAttributeValues={":why": {"S": refusal.reason[:300]}, ":until": {"N": until}})
-            fields.update(not_a_node_recorded=True)
+            fields.update(not_a_node_recorded=True, not_a_node_seconds=refusal.seconds)
         except ClientError as exc:
             fields.update(not_a_node_record_error=_error_code(exc))
         except BotoCoreError as exc:
@@ -705,7 +729,9 @@ def _authorize(caller: Caller, settings: Settings, ec2: Any, iam: Any, cloudform
     if reservation.get("OwnerId", caller.account) != caller.account:
         raise _Refusal("instance owner account differs from caller account")
     state = _dig(instance, "State", "Name")
-    if state not in LIVE_STATES:
+    if state in GONE_STATES:  # its credentials outlive it (hours): recorded, so they cost no EC2 call per request
+        raise _NotANode(f"instance state is {state}")
+    if state not in LIVE_STATES:  # stopping, stopped: a later start is another launch (the window decides)
         raise _Refusal(f"instance state is {state}")
     # _NotANode: what EC2 fixed at the launch (the VPC, the aws: tag) or what only the cluster's owner sets (its tag).
     if instance.get("VpcId") != settings.vpc_id:
@@ -749,9 +775,11 @@ def _authorize(caller: Caller, settings: Settings, ec2: Any, iam: Any, cloudform
     if template not in _cluster_templates(cloudformation, settings.cluster_name, now, want=template):
         # For good only when the stack was read well after the launch: a queue a cluster update adds launches nodes
         # from a template a cached list may not show yet (it is read again after TEMPLATE_MISS_REFRESH_SECONDS).
+        # Unsettled, it is recorded until the list may be read again, so an instance started by hand with the
+        # cluster's profile costs one EC2 call per TEMPLATE_MISS_REFRESH_SECONDS, not per request (finding 4).
         settled = _templates["fetched"] - launch.timestamp() >= TEMPLATE_SETTLE_SECONDS
-        raise (_NotANode if settled else _Refusal)(
-            f"launch template {template} is not one of cluster {settings.cluster_name}'s CloudFormation stack")
+        raise _NotANode(f"launch template {template} is not one of cluster {settings.cluster_name}'s CloudFormation"
+                        " stack", seconds=NOT_A_NODE_SECONDS if settled else TEMPLATE_MISS_REFRESH_SECONDS)
     return launch
 
 
@@ -885,21 +913,26 @@ class _Window:
             condition=condition, values=values,
         )
 
-    def authorized(self, role_id: str) -> None:
-        """Record that EC2, IAM and CloudFormation authorized this role id for this launch just now (a 429 follows):
-        the node's retries within AUTHORIZED_SECONDS are decided from the record (_authorized_launch), not EC2. Only
-        on a record of this launch with no object and no close; best effort (a retry without it asks EC2 again)."""
+    def busy(self, role_id: str, *, retry_after: int, authorize: bool) -> None:
+        """Record when this node may try again (retryNotBefore: the pre-check answers 429 to earlier tries from this
+        record, without a write of the admission item) and, with `authorize`, that EC2, IAM and CloudFormation
+        authorized this role id for this launch just now: the node's retries within AUTHORIZED_SECONDS are decided
+        from the record (_authorized_launch), not EC2 (never extended by a retry decided from it). Only on a record
+        of this launch with no object and no close; best effort (a retry without it asks EC2 again)."""
+        values = {":lt": {"S": self.launch_iso}, ":exp": {"N": str(int(self._open_until()))},
+                  ":retry": {"N": f"{self.now + retry_after:.3f}"}}
+        expression = (f"SET retryNotBefore = :retry, launchTime = :lt,"
+                      f" {TTL_ATTRIBUTE} = if_not_exists({TTL_ATTRIBUTE}, :exp)")
+        if authorize:
+            expression += ", authorizedRoleId = :role, authorizedUntil = :until"
+            values.update({":role": {"S": role_id}, ":until": {"N": str(int(self.now) + AUTHORIZED_SECONDS)}})
         try:
             self.dynamodb.update_item(
-                TableName=self.settings.window_table, Key=self.key,
-                UpdateExpression=f"SET authorizedRoleId = :role, authorizedUntil = :until, launchTime = :lt,"
-                f" {TTL_ATTRIBUTE} = if_not_exists({TTL_ATTRIBUTE}, :exp)",
+                TableName=self.settings.window_table, Key=self.key, UpdateExpression=expression,
                 ConditionExpression="attribute_not_exists(closedAt) AND attribute_not_exists(issuedAt)"
                 " AND (attribute_not_exists(launchTime) OR launchTime = :lt)",
-                ExpressionAttributeValues={":role": {"S": role_id}, ":lt": {"S": self.launch_iso},
-                                           ":until": {"N": str(int(self.now) + AUTHORIZED_SECONDS)},
-                                           ":exp": {"N": str(int(self._open_until()))}})
-            self.fields.update(authorization_recorded=True)
+                ExpressionAttributeValues=values)
+            self.fields.update(retry_recorded=True, authorization_recorded=authorize)
         except ClientError as exc:
             self.fields.update(authorization_record_error=_error_code(exc))
         except BotoCoreError as exc:

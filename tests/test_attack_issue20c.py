@@ -5,13 +5,14 @@ Attackers: (1) an AD user with a shell or job on a node (the node role's credent
 for hours after the instance is gone), (2) root on a compute node (mid-join, joined, or whose join failed),
 (3) someone who starts instances with the cluster's instance profile outside the cluster's launch templates,
 (4) someone with ec2:CreateTags/DeleteTags in the account (who, like anyone allowed to assume some role, can also
-get an STS session named after any instance id). Attacks refused today are plain tests; findings are
-xfail(strict=True) with the finding's text and flip with the fix. AWS calls are counted with botocore's event hooks
+get an STS session named after any instance id). Attacks refused are plain tests; the five findings of the review
+are fixed, each test says what it found and what the fix is. AWS calls are counted with botocore's event hooks
 (tests/test_join_calls.py's Calls)."""
 
 # ruff: noqa: F811  (the fixtures of tests/test_join_handler.py are imported, then requested by name)
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import pytest
@@ -87,11 +88,11 @@ def test_refused_a_joined_nodes_flood_costs_one_read_per_request(capped: World, 
 # --- findings -------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding 1 (medium): the credentials of a TERMINATED node (read from IMDS by any user of the node, valid for"
-    " hours) cost one EC2 DescribeInstances per request: the termination handler deletes the node's record, so the"
-    " pre-check finds nothing, and 'instance state is terminated' is no _NotANode, so no marker is written"))
 def test_a_terminated_nodes_credentials_flood_costs_no_ec2_call(capped: World, directory_admin, calls) -> None:
+    """Finding 1 (medium, fixed): the credentials of a TERMINATED node (read from IMDS by any user of the node, valid
+    for hours) cost one EC2 DescribeInstances per request: the termination handler deletes the node's record, so the
+    pre-check finds nothing, and 'instance state is terminated' is no _NotANode, so no marker is written. Fix: the
+    termination makes the state 'terminated', which is now a not-a-node refusal: recorded for the role id."""
     [node] = fill(capped, 1)
     assert capped.call(capped.close_event(node))["statusCode"] == 200
     capped.clients["ec2"].terminate_instances(InstanceIds=[node])
@@ -105,12 +106,12 @@ def test_a_terminated_nodes_credentials_flood_costs_no_ec2_call(capped: World, d
     assert ec2_calls(flood) <= 1, flood
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding 2 (low-medium): a session of ANY role named after a real node (attacker 4: any assumable role, session"
-    " name of their choice) marks the node 'not a node' for 24 h while its cluster tag is briefly removed: the VPC and"
-    " tag checks raise _NotANode before the caller's role is checked, and the pre-check honours the marker for"
-    " every role; the node's join is refused for 24 h after the tag is back"))
 def test_a_forged_session_during_a_tag_blip_does_not_deny_a_real_nodes_join(capped: World) -> None:
+    """Finding 2 (low-medium, fixed): a session of ANY role named after a real node (attacker 4: any assumable role,
+    session name of their choice) marks the node 'not a node' for 24 h while its cluster tag is briefly removed: the
+    VPC and tag checks raise _NotANode before the caller's role is checked, and the pre-check honours the marker for
+    every role; the node's join is refused for 24 h after the tag is back. Fix: the marker is keyed on the role id
+    STS vouched for: another role's refusal never marks the node's own role."""
     node = capped.launch()
     ec2 = capped.clients["ec2"]
     ec2.delete_tags(Resources=[node], Tags=[{"Key": jh.CLUSTER_TAG}])
@@ -121,12 +122,12 @@ def test_a_forged_session_during_a_tag_blip_does_not_deny_a_real_nodes_join(capp
     assert response["statusCode"] == 200, capped.window(node)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding 3 (low-medium): a node terminated after its 429 still gets a one-time password within"
-    " AUTHORIZED_SECONDS (its credentials outlive it): the termination handler ignores a record without"
-    " computerName, so authorizedRoleId stays, and the object it creates after the termination event is never"
-    " deleted by the termination handler (an orphan with a known password until the sweep)"))
 def test_a_node_terminated_after_its_429_gets_no_password(capped: World, directory_admin) -> None:
+    """Finding 3 (low-medium, fixed): a node terminated after its 429 still gets a one-time password within
+    AUTHORIZED_SECONDS (its credentials outlive it): the termination handler ignores a record without computerName,
+    so authorizedRoleId stays, and the object it creates after the termination event is never deleted by the
+    termination handler (an orphan with a known password until the sweep). Fix: the termination handler withdraws a
+    recorded authorization of an instance without an object (no EC2 call)."""
     held = fill(capped)
     waiting = capped.launch()
     assert capped.call(capped.event(waiting))["statusCode"] == 429
@@ -138,12 +139,12 @@ def test_a_node_terminated_after_its_429_gets_no_password(capped: World, directo
     assert response["statusCode"] == 403 and len(capped.fake_dc.passwords) == created, capped.window(waiting)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding 4 (low-medium): an instance started by hand with the cluster's profile (attacker 3) costs one EC2"
-    " DescribeInstances per request until the stack is read TEMPLATE_SETTLE_SECONDS after its launch: the unsettled"
-    " template refusal writes no marker, not even a short one; relaunching every 5 minutes keeps it so"))
 def test_a_hand_started_instance_flood_within_the_settle_time_costs_at_most_one_ec2_call(capped: World,
                                                                                          calls) -> None:
+    """Finding 4 (low-medium, fixed): an instance started by hand with the cluster's profile (attacker 3) costs one EC2
+    DescribeInstances per request until the stack is read TEMPLATE_SETTLE_SECONDS after its launch: the unsettled
+    template refusal writes no marker, not even a short one; relaunching every 5 minutes keeps it so. Fix: the
+    unsettled template refusal is recorded until the template list may be read again (30 s)."""
     hand = capped.launch(template="hand")
     at = capped.launch_time(hand) + 60
     calls.take()
@@ -154,18 +155,19 @@ def test_a_hand_started_instance_flood_within_the_settle_time_costs_at_most_one_
     assert ec2_calls(flood) <= 1, flood
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding 5 (medium): every 429 retry, however soon, is a conditional UpdateItem of the ONE admission item: root on"
-    " a waiting node (attacker 2) flooding 1,000/s pushes that single item past DynamoDB's per-partition 1,000 WCU/s,"
-    " so every other node's lease (and close) is throttled; the recorded authorization does not make the retry wait"
-    " out its Retry-After"))
 def test_a_waiting_nodes_429_flood_does_not_write_the_admission_item_per_request(capped: World, calls) -> None:
+    """Finding 5 (medium, fixed): every 429 retry, however soon, is a conditional UpdateItem of the ONE admission item:
+    root on a waiting node (attacker 2) flooding 1,000/s pushes that single item past DynamoDB's per-partition 1,000
+    WCU/s, so every other node's lease (and close) is throttled; the recorded authorization does not make the retry
+    wait out its Retry-After. Fix: a 429 records retryNotBefore in the node's own record: earlier retries are
+    answered 429 by the pre-check read."""
     fill(capped)
     waiting = capped.launch()
-    assert capped.call(capped.event(waiting))["statusCode"] == 429
+    t0 = time.time()
+    assert capped.call(capped.event(waiting), now=lambda: t0)["statusCode"] == 429
     calls.params.clear()
-    for _ in range(20):
-        assert capped.call(capped.event(waiting))["statusCode"] == 429
+    for n in range(20):  # within one second
+        assert capped.call(capped.event(waiting), now=lambda n=n: t0 + n / 20)["statusCode"] == 429
     admission = [p for s, op, p in calls.params
                  if (s, op) == ("dynamodb", "UpdateItem") and p["Key"] == {jh.WINDOW_KEY: {"S": jh.ADMISSION_KEY}}]
     print(f"\n20 retries of a node answered 429 within its Retry-After: {len(admission)} admission-item writes")

@@ -149,17 +149,23 @@ def test_every_aws_call_of_termination_and_sweep_is_in_the_role_policy(aws):
         client.meta.events.register("before-call", lambda model, **_: seen.add(
             f"{model.service_model.endpoint_prefix}:{model.name}"))
     d = HoldingDirectory()
-    live, missed, delivered = launch(count=3)
+    live, missed, delivered, waiting = launch(count=4)
     for iid in (live, missed, delivered):
         join(aws, d, iid, NOW - timedelta(hours=3))
-    ec2.terminate_instances(InstanceIds=[missed, delivered])
+    # A join answered 429 (its authorization recorded, no object yet) whose node then terminates.
+    dynamodb.put_item(TableName=TABLE, Item={da.WINDOW_KEY: {"S": waiting}, "authorizedRoleId": {"S": "AROAWAIT"},
+                                             "authorizedUntil": {"N": str(int(NOW.timestamp()) + 120)}})
+    ec2.terminate_instances(InstanceIds=[missed, delivered, waiting])
     seen.clear()
     da.handle_termination(event(delivered), settings=settings(), ec2=ec2, dynamodb=dynamodb, directory=lambda: d)
+    out = da.handle_termination(event(waiting), settings=settings(), ec2=ec2, dynamodb=dynamodb, directory=lambda: d)
+    assert out["result"] == "authorization withdrawn", out
     da.sweep(settings=settings(), ec2=ec2, directory=d, now=NOW, dynamodb=dynamodb)
     policy = _role_policy(parameter_arns=["p"], user_parameters_arn="u", key_arn="k", via_ssm="v", directory_arn="d",
                           table_arn="t", log_group_arn="l")
     allowed = {a for st in policy["Statement"] for a in st["Action"]}
-    assert seen == {"ec2:DescribeInstances", "dynamodb:GetItem", "dynamodb:DeleteItem", "dynamodb:Scan"}
+    assert seen == {"ec2:DescribeInstances", "dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
+                    "dynamodb:Scan"}
     assert seen <= allowed
 
 

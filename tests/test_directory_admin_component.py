@@ -145,7 +145,8 @@ def test_role_policy_is_least_privilege(g):
     assert st["DecryptOwnParameters"]["Condition"] == via
     assert st["DescribeInstances"]["Action"] == ["ec2:DescribeInstances"]
     assert st["CheckParameterKeys"]["Action"] == ["ssm:DescribeParameters"]
-    assert st["ReadRecordedComputerNames"]["Action"] == ["dynamodb:GetItem", "dynamodb:DeleteItem", "dynamodb:Scan"]
+    assert st["ReadRecordedComputerNames"]["Action"] == ["dynamodb:GetItem", "dynamodb:UpdateItem",
+                                                         "dynamodb:DeleteItem", "dynamodb:Scan"]
     assert st["ReadRecordedComputerNames"]["Resource"] == ["arn:aws:dynamodb:eu-west-1:1:table/w"]  # the table only
     # Every `*` resource is one of the two documented ones.
     stars = sorted(s["Sid"] for s in doc["Statement"] if s["Resource"] == "*")
