@@ -187,12 +187,13 @@ def current_profile(counted: Counted) -> Profile:
                          f" recording the authorization with one write; the handler's join is {counted.join_warm},"
                          f" its 429 {counted.busy}: adapt _Sim._handle")
     authorizing = {"ec2", "iam", "cloudformation"}
-    recorded = tuple(c for c in counted.join_warm if c[0] not in authorizing)
-    at = [i for i, (_, _, kind) in enumerate(recorded) if kind == "admission"]
-    if counted.join_recorded != recorded or counted.busy_retry != recorded[:at[0] + 1] + record:
+    warm = tuple(c for c in counted.join_warm if c[0] not in authorizing)
+    at = [i for i, (_, _, kind) in enumerate(warm) if kind == "admission"]
+    recorded = warm[:at[0]] + record + warm[at[0]:]  # its turn (one write in its own record) before the lease
+    if counted.join_recorded != recorded or counted.busy_retry != recorded[:at[0] + 2]:
         raise ValueError(f"the model replays a join decided from its recorded authorization as the warm join without"
-                         f" EC2, IAM and CloudFormation, and its 429 as that up to the lease call and the write of its"
-                         f" next retry time; the handler's are"
+                         f" EC2, IAM and CloudFormation, with its turn (a write in its own record) before the lease,"
+                         f" and its 429 as that up to the lease call; the handler's are"
                          f" {counted.join_recorded} and {counted.busy_retry}: adapt _Sim._handle")
     if [k for _, _, k in counted.close].count("admission") != 1 or counted.join_failed[-1][2] != "admission":
         raise ValueError(f"the model gives a lease back in the close and after a failed join (one call on the "
@@ -424,9 +425,9 @@ class _Sim:
                 got = yield from self._acquire(node, call, calls)
                 if got == "busy":
                     self.result.http_429_admission += 1
-                    # The next retry time is recorded (p.busy's last call; best effort), with the authorization
-                    # EC2 just gave unless this join was decided from the record.
-                    if (yield from self.aws_call(node, p.busy[-1], calls)) and not from_record:
+                    # The authorization EC2 just gave is recorded with the next retry time (p.busy's last call;
+                    # best effort); a join decided from the record set its next retry time with its turn.
+                    if not from_record and (yield from self.aws_call(node, p.busy[-1], calls)):
                         self.authorized[node] = self.now + AUTHORIZED_S
                     return -429
                 if got == "throttled":
@@ -449,7 +450,9 @@ class _Sim:
                 break
             if service in p.cached:
                 cache[service] = self.now
-            if kind == "join" and (service, operation) == ("dynamodb", "UpdateItem") and not counted:
+            # count_answer: the join's first UpdateItem after its lease (a retry's turn comes before the lease)
+            if (kind == "join" and (service, operation) == ("dynamodb", "UpdateItem") and not counted
+                    and (leased or not self.s.cap or not p.admits)):
                 counted = True
                 self.answers[node] += 1  # count_answer: before the secret is read
             if self.now - started > LAMBDA_TIMEOUT_S:

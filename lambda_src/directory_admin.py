@@ -55,6 +55,9 @@ WINDOW_KEY = "instanceId"  # the join window table's key (lambda_src/join_handle
 LIVE_STATES = ["pending", "running", "shutting-down", "stopping", "stopped"]
 # A termination event is acted on only when EC2 itself reports one of these.
 GONE_STATES = frozenset({"shutting-down", "terminated"})
+# A terminated node's record stays this long (DynamoDB's TTL then removes it): longer than any credentials of its
+# instance role can live (IMDS serves credentials valid for hours, never a day).
+TERMINATED_RECORD_SECONDS = 24 * 3600
 # The sweep deletes at most this many computer objects per run, the rest in the next runs (hourly: a backlog of 20,000
 # left by a directory outage is gone within two days), and stops earlier when fewer than SWEEP_RESERVE_SECONDS of
 # the run are left: the lab's Samba DC took 68.5 ms a delete on a busy 2-core machine (tests/adlab, 300 in 20.6 s),
@@ -1652,7 +1655,8 @@ def withdraw_authorization(dynamodb: Any, table: str, instance_id: str) -> bool:
 
 
 def handle_termination(event: Mapping[str, Any], *, settings: Settings, ec2: Any, dynamodb: Any,
-                       directory: Callable[[], Directory], logger: logging.Logger = log) -> dict[str, Any]:
+                       directory: Callable[[], Directory], logger: logging.Logger = log,
+                       now: Callable[[], float] = time.time) -> dict[str, Any]:
     detail = event.get("detail") or {}
     iid = detail.get("instance-id", "")
     if detail.get("state") != "terminated" or not re.fullmatch(r"i-[0-9a-f]{8,17}", iid):
@@ -1690,9 +1694,17 @@ def handle_termination(event: Mapping[str, Any], *, settings: Settings, ec2: Any
         logger.info(json.dumps({"event": "termination", "instance": iid, "decision": "ignored", "reason": reason}))
         return {"instance": iid, "result": "ignored", "reason": reason}
     result = d.delete_computer(name)
-    # The join function's record of the instance has no TTL once an object was made for it: it goes with the node.
+    # The join function's record of the instance has no TTL once an object was made for it. It stays as a tombstone
+    # for TERMINATED_RECORD_SECONDS: the node's credentials outlive it (hours; EC2 forgets the instance after about
+    # one), and the join function's pre-check refuses them from this one read (attack review 4 of issue 20, F2).
     if settings.window_table:
-        dynamodb.delete_item(TableName=settings.window_table, Key={WINDOW_KEY: {"S": iid}})
+        at = now()
+        dynamodb.update_item(
+            TableName=settings.window_table, Key={WINDOW_KEY: {"S": iid}},
+            UpdateExpression="SET terminatedAt = :at, expiresAt = :ttl"
+            " REMOVE issuedRoleId, authorizedRoleId, authorizedUntil, retryNotBefore",
+            ExpressionAttributeValues={":at": {"S": datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")},
+                                       ":ttl": {"N": str(int(at) + TERMINATED_RECORD_SECONDS)}})
     logger.info(json.dumps({"event": "termination", "instance": iid, "computer": name, "result": result}))
     return {"instance": iid, "computer": name, "result": result}
 

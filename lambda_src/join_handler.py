@@ -328,6 +328,11 @@ class _NotANode(_Refusal):
         self.seconds = seconds
 
 
+class _NotFound(_Refusal):
+    """EC2 does not know the instance (a made-up id, one too new for EC2's eventual consistency, or one terminated
+    long ago)."""
+
+
 class _ProofUnavailable(_Refusal):
     """STS could not be asked: worth retrying."""
 
@@ -389,6 +394,8 @@ def handle(
         caller = _instance_caller(identity)
         fields.update(caller_role=caller.role_name, instance_id=caller.instance_id)
         name = computer_name(settings.computer_prefix, caller.instance_id)
+        if closing is not None and closing != name:  # before EC2: a wrong name costs no call (attack review 4, F1)
+            raise _BadRequest(f"computerName must be this instance's computer name {name}")
         if closing is None:
             # A node answered 429 before has its authorization in its record: its retries cost no EC2 call.
             recorded_launch = _authorized_launch(recorded, caller, settings, now())
@@ -398,20 +405,25 @@ def handle(
             # instance role named after the instance.
             recorded_launch = _issued_launch(recorded, caller, closing, settings, now()) if closing == name else None
         launch = recorded_launch or _authorize_or_mark(caller, settings, ec2, iam, cloudformation, dynamodb, now(),
-                                                       fields)
+                                                       fields, recorded=recorded)
         window = _Window(settings, dynamodb, caller.instance_id, launch, now(), fields)
         if closing is None and settings.max_joins_in_progress:
             # Admission (issue 20), AFTER the authorization (attack review 2 of issue 20, finding 1): only a node
             # takes a slot, so instances started outside the cluster's templates cannot hold the slots while EC2 is
             # asked. BEFORE any SSM or LDAP call: a 429 counts no answer of the window. Keyed on the instance id STS
             # and EC2 vouch for: a node holds one slot however many requests it sends.
+            if recorded_launch is not None:
+                # A retry after a 429 takes its turn in its own record first (conditional: one of any requests in
+                # flight at once wins, the others are answered 429 without touching the admission item; attack
+                # review 4 of issue 20, finding 4). The turn sets the next retry time, should the lease refuse.
+                window.take_turn(caller.role_id)
             lease = _Lease(settings, dynamodb, caller.instance_id, fields)
             try:
                 lease.acquire(now())
             except _Busy as busy:
-                # EC2 just authorized it (recorded_launch None): its retries are decided from the record. Either
-                # way the record says when the next try may come (the pre-check answers earlier ones).
-                window.busy(caller.role_id, retry_after=busy.retry_after, authorize=recorded_launch is None)
+                if recorded_launch is None:  # EC2 just authorized it: its retries are decided from the record,
+                    # and the record says when the next try may come (the pre-check answers earlier ones)
+                    window.busy(caller.role_id, retry_after=busy.retry_after)
                 raise
         fields.update(computer_name=name)
         if closing is None:
@@ -427,15 +439,15 @@ def handle(
                 raise
             fields.update(computer_dn=body.pop("dn"))
             try:
-                window.issued(name, caller.role_id)
+                window.issued(name, caller.role_id, authorized_as=caller.role_id if recorded_launch else None)
+            except _Busy:
+                raise  # the authorization was withdrawn meanwhile (the node terminated): no password answered
             except (ClientError, BotoCoreError) as exc:
                 # The object exists and only this answer carries its password: answer. The directory refuses a
                 # second object of the name, so one password per instance holds without the record.
                 fields.update(record_error=type(exc).__name__)
             status, decision, reason = 200, "allow", "live node of the cluster within its join window"
         else:
-            if closing != name:
-                raise _BadRequest(f"computerName must be this instance's computer name {name}")
             window.close(closing, issued_to=caller.role_id if recorded_launch else None)
             if settings.max_joins_in_progress:  # the join is over: its slot goes to the next node
                 _Lease(settings, dynamodb, caller.instance_id, fields).release()
@@ -597,6 +609,9 @@ def _refuse_finished(settings: Settings, dynamodb: Any, claimed: Mapping[str, st
     if float(_dig(item, marker, "N") or 0) > now:  # TTL deletion lags: the record's own deadline decides
         fields.update(instance_id=match.group(3), not_a_node=True)
         raise _Refusal(f"not a node of the cluster (recorded: {_dig(item, 'notNodeReason', 'S')}); no EC2 call")
+    if _dig(item, "terminatedAt", "S") is not None:  # written by the termination handler after EC2 said so
+        fields.update(instance_id=match.group(3), terminated_at=_dig(item, "terminatedAt", "S"))
+        raise _Refusal("instance terminated (its record says so); no EC2 call")
     if _dig(item, "closedAt", "S") is not None:
         fields.update(instance_id=match.group(3), window_closed=True)
         raise _Refusal("join window closed: a second close request for this node" if closing is not None else
@@ -634,6 +649,13 @@ def _refuse_finished(settings: Settings, dynamodb: Any, claimed: Mapping[str, st
     return item
 
 
+def _recorded_launch_time(item: Mapping[str, Any]) -> float | None:
+    try:
+        return _launch_time(_dig(item, "launchTime", "S")).timestamp()
+    except _Refusal:
+        return None
+
+
 def _recorded_launch(item: Mapping[str, Any], settings: Settings, now: float) -> datetime | None:
     """The launch time the record holds, if the window it opened is still open; None otherwise."""
     try:
@@ -665,12 +687,21 @@ def _authorized_launch(item: Mapping[str, Any], caller: Caller, settings: Settin
 
 
 def _authorize_or_mark(caller: Caller, settings: Settings, ec2: Any, iam: Any, cloudformation: Any, dynamodb: Any,
-                       now: float, fields: dict[str, Any]) -> datetime:
+                       now: float, fields: dict[str, Any], *, recorded: Mapping[str, Any]) -> datetime:
     """_authorize; an instance it finds no node of the cluster (_NotANode) is recorded as such for
     NOT_A_NODE_SECONDS, so the pre-check refuses its further requests from DynamoDB alone. Never over a record of an
-    object issued or a window closed; best effort."""
+    object issued or a window closed; best effort. `recorded`: the pre-check's read of the instance's record."""
     try:
-        return _authorize(caller, settings, ec2, iam, cloudformation, now)
+        try:
+            return _authorize(caller, settings, ec2, iam, cloudformation, now)
+        except _NotFound as refusal:
+            # EC2 forgets a terminated instance after about an hour; its credentials last longer. An instance this
+            # function recorded, launched long enough ago that EC2's eventual consistency is no reason, is gone:
+            # recorded too (attack review 4, finding 2). An id never recorded writes nothing (no item per made-up id).
+            launched = _recorded_launch_time(recorded)
+            if launched is None or now - launched < TEMPLATE_SETTLE_SECONDS:
+                raise
+            raise _NotANode(f"{refusal.reason} (recorded for its launch at {_iso(launched)})") from None
     except _NotANode as refusal:
         until = str(int(now) + refusal.seconds)
         try:
@@ -719,11 +750,11 @@ def _authorize(caller: Caller, settings: Settings, ec2: Any, iam: Any, cloudform
                                         Filters=[{"Name": "instance-id", "Values": [caller.instance_id]}])
     except ClientError as exc:
         if _error_code(exc).startswith("InvalidInstanceID."):
-            raise _Refusal("instance not found") from None
+            raise _NotFound("instance not found") from None
         raise
     found = [(r, i) for r in answer["Reservations"] for i in r.get("Instances", [])]
     if len(found) != 1 or found[0][1].get("InstanceId") != caller.instance_id:
-        raise _Refusal("instance not found")
+        raise _NotFound("instance not found")
     reservation, instance = found[0]
 
     if reservation.get("OwnerId", caller.account) != caller.account:
@@ -913,44 +944,74 @@ class _Window:
             condition=condition, values=values,
         )
 
-    def busy(self, role_id: str, *, retry_after: int, authorize: bool) -> None:
-        """Record when this node may try again (retryNotBefore: the pre-check answers 429 to earlier tries from this
-        record, without a write of the admission item) and, with `authorize`, that EC2, IAM and CloudFormation
-        authorized this role id for this launch just now: the node's retries within AUTHORIZED_SECONDS are decided
+    def busy(self, role_id: str, *, retry_after: int) -> None:
+        """Record that EC2, IAM and CloudFormation authorized this role id for this launch just now (a 429 follows),
+        and when this node may try again (retryNotBefore: the pre-check answers 429 to earlier tries from this
+        record, without a write of the admission item): the node's retries within AUTHORIZED_SECONDS are decided
         from the record (_authorized_launch), not EC2 (never extended by a retry decided from it). Only on a record
         of this launch with no object and no close; best effort (a retry without it asks EC2 again)."""
         values = {":lt": {"S": self.launch_iso}, ":exp": {"N": str(int(self._open_until()))},
-                  ":retry": {"N": f"{self.now + retry_after:.3f}"}}
-        expression = (f"SET retryNotBefore = :retry, launchTime = :lt,"
-                      f" {TTL_ATTRIBUTE} = if_not_exists({TTL_ATTRIBUTE}, :exp)")
-        if authorize:
-            expression += ", authorizedRoleId = :role, authorizedUntil = :until"
-            values.update({":role": {"S": role_id}, ":until": {"N": str(int(self.now) + AUTHORIZED_SECONDS)}})
+                  ":retry": {"N": f"{self.now + retry_after:.3f}"}, ":role": {"S": role_id},
+                  ":until": {"N": str(int(self.now) + AUTHORIZED_SECONDS)}}
+        expression = (f"SET retryNotBefore = :retry, launchTime = :lt, authorizedRoleId = :role,"
+                      f" authorizedUntil = :until, {TTL_ATTRIBUTE} = if_not_exists({TTL_ATTRIBUTE}, :exp)")
         try:
             self.dynamodb.update_item(
                 TableName=self.settings.window_table, Key=self.key, UpdateExpression=expression,
                 ConditionExpression="attribute_not_exists(closedAt) AND attribute_not_exists(issuedAt)"
                 " AND (attribute_not_exists(launchTime) OR launchTime = :lt)",
                 ExpressionAttributeValues=values)
-            self.fields.update(retry_recorded=True, authorization_recorded=authorize)
+            self.fields.update(retry_recorded=True, authorization_recorded=True)
         except ClientError as exc:
             self.fields.update(authorization_record_error=_error_code(exc))
         except BotoCoreError as exc:
             self.fields.update(authorization_record_error=type(exc).__name__)
 
+    def take_turn(self, role_id: str) -> None:
+        """A retry decided from the record takes its turn: ONE conditional write sets the next retry time (now +
+        RETRY_AFTER_SECONDS) if it has passed and the record still shows this role's authorization. A request that
+        loses (another retry of the node in flight, or the authorization withdrawn) is answered 429 without a write
+        of the admission item."""
+        try:
+            self.dynamodb.update_item(
+                TableName=self.settings.window_table, Key=self.key, UpdateExpression="SET retryNotBefore = :next",
+                ConditionExpression="authorizedRoleId = :role AND (attribute_not_exists(retryNotBefore)"
+                " OR retryNotBefore <= :now)",
+                ExpressionAttributeValues={":role": {"S": role_id}, ":now": {"N": f"{self.now:.3f}"},
+                                           ":next": {"N": f"{self.now + RETRY_AFTER_SECONDS:.3f}"}})
+        except ClientError as exc:
+            if _error_code(exc) != "ConditionalCheckFailedException":
+                raise
+            self.fields.update(turn_taken=False)
+            raise _Busy("another request of this node took the turn, or its authorization was withdrawn",
+                        retry_after=1) from None
+        self.fields.update(turn_taken=True)
+
     def _open_until(self) -> float:
         return self.launch_epoch + self.settings.window_minutes * 60 + OPEN_TTL_SLACK_SECONDS
 
-    def issued(self, computer_name: str, role_id: str) -> None:
+    def issued(self, computer_name: str, role_id: str, *, authorized_as: str | None = None) -> None:
         """Record the created object and the role it went to (the close's fast path checks it). No TTL from now
-        on: the record holds while the instance lives (the directory-admin function deletes it with the
-        instance's computer object)."""
-        self.dynamodb.update_item(
-            TableName=self.settings.window_table, Key=self.key,
-            UpdateExpression=f"SET issuedAt = :now, computerName = :name, issuedRoleId = :role REMOVE {TTL_ATTRIBUTE}",
-            ExpressionAttributeValues={":now": {"S": _iso(self.now)}, ":name": {"S": computer_name},
-                                       ":role": {"S": role_id}},
-        )
+        on: the record holds while the instance lives (the directory-admin function gives it a TTL with the
+        instance's termination). `authorized_as`: the join was decided from the record, so the record must still
+        show that role's authorization: withdrawn meanwhile (the node terminated while its object was made), no
+        password is answered (_Busy; the object is left to the sweep; attack review 4 of issue 20, finding 6)."""
+        values = {":now": {"S": _iso(self.now)}, ":name": {"S": computer_name}, ":role": {"S": role_id}}
+        extra = {}
+        if authorized_as is not None:
+            values[":authorized"] = {"S": authorized_as}
+            extra = {"ConditionExpression": "authorizedRoleId = :authorized"}
+        try:
+            self.dynamodb.update_item(
+                TableName=self.settings.window_table, Key=self.key,
+                UpdateExpression=f"SET issuedAt = :now, computerName = :name, issuedRoleId = :role"
+                f" REMOVE {TTL_ATTRIBUTE}", ExpressionAttributeValues=values, **extra)
+        except ClientError as exc:
+            if authorized_as is None or _error_code(exc) != "ConditionalCheckFailedException":
+                raise
+            self.fields.update(object_left_for_the_sweep=True)
+            raise _Busy("the authorization was withdrawn while the object was made (the node terminated): no"
+                        " password answered", retry_after=1) from None
 
     def close(self, computer_name: str, *, issued_to: str | None = None) -> None:
         """Close the window for good (a confirmation: the record keeps no TTL). `issued_to`: the close was decided
@@ -1023,8 +1084,10 @@ class _Window:
             raise _Refusal("computer object already created for this instance: a process on this node asked for a"
                            " second one-time password")
         if role is not None and not close and _dig(item, "authorizedRoleId", "S") != role:
-            raise _Refusal("the record no longer shows this session's authorization (the node's record was removed,"
-                           " e.g. with its termination): retry")
+            # 429, not 403: the node retries, and the retry asks EC2 (a terminated node is then refused; a live
+            # node whose authorization a forged termination event withdrew joins: attack review 4, finding 3).
+            raise _Busy("the record no longer shows this session's authorization (withdrawn with the node's"
+                        " termination, or its record removed): retry through EC2", retry_after=1)
         if expired:
             raise _Refusal(f"join window expired: launched {self.age_minutes} minutes ago,"
                            f" the window is {self.settings.window_minutes} minutes")

@@ -362,14 +362,15 @@ def terminated(iid: str) -> dict[str, Any]:
 
 def test_refused_a_real_termination_removes_only_that_nodes_object(world: World, directory_admin) -> None:
     """The record names only its own instance's computer (see the first test): the termination of node A deletes A's
-    object and record, never B's."""
+    object and makes its record a tombstone, never B's."""
     a, b = world.launch(), world.launch()
     for iid in (a, b):
         assert world.call(world.event(iid))["statusCode"] == 200
     world.clients["ec2"].terminate_instances(InstanceIds=[a])
     out = directory_admin(terminated(a))
     assert out["result"] == "deleted" and directory_admin.directory.deleted == [world.name(a)]
-    assert world.window(a) == {} and world.window(b)["computerName"] == world.name(b)
+    assert "terminatedAt" in world.window(a) and world.window(b)["computerName"] == world.name(b)
+    assert "terminatedAt" not in world.window(b)
 
 
 def test_a_forged_termination_of_a_live_node_keeps_its_object_and_record(world: World, directory_admin) -> None:

@@ -6,7 +6,8 @@ Attackers: (1) an AD user with a shell or job on a node (the node role's credent
 the instance is gone), (2) root on a compute node (mid-join, waiting on 429, joined, or whose join failed), (3)
 someone who starts instances with the cluster's instance profile outside its launch templates, (4) someone allowed
 lambda:InvokeFunction on the join or the directory-admin function (any event), or able to assume some role with any
-session name. Attacks refused are plain tests; findings are xfail(strict=True) and pass once fixed. AWS calls are
+session name. Attacks refused are plain tests; findings 1-4 and 6 are fixed (each test says
+what it found and the fix); finding 5 is a strict xfail. AWS calls are
 counted with botocore's event hooks (tests/test_join_calls.py's Calls); concurrency is modelled without threads or
 clocks (a stale pre-check read, a hook inside STS or the directory)."""
 
@@ -215,12 +216,13 @@ def test_refused_a_terminated_hand_started_instance_costs_one_ec2_call(capped: W
 # --- findings -------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="finding 1 (medium): a close request with another computer name is refused"
-                   " (400) only after _authorize_or_mark: one EC2 DescribeInstances per request from a waiting,"
-                   " mid-join or failed node (root), or a joined node whose close did not land (any user); fix:"
-                   " refuse closing != computer_name(instance id) right after _instance_caller, before EC2")
 def test_wrong_name_close_requests_cost_no_ec2_call_each(capped: World, calls) -> None:
-    """(2) root on a waiting node: its record has no closedAt and no issuedAt, so the pre-check lets a close through;
+    """Finding 1 (medium, fixed): a close request with another computer name is refused (400) only after
+    _authorize_or_mark: one EC2 DescribeInstances per request from a waiting, mid-join or failed node (root), or a
+    joined node whose close did not land (any user). Fix: a close naming another computer is answered 400 right
+    after the caller is known, before EC2.
+
+    (2) root on a waiting node: its record has no closedAt and no issuedAt, so the pre-check lets a close through;
     a close naming another computer is refused only after EC2 was asked, every time."""
     t0 = time.time()
     _, waiting = waiting_node(capped, t0)
@@ -233,14 +235,15 @@ def test_wrong_name_close_requests_cost_no_ec2_call_each(capped: World, calls) -
     assert ec2_calls(flood) == 0, flood
 
 
-@pytest.mark.xfail(strict=True, reason="finding 2 (medium): a terminated node's credentials (valid for hours) cost"
-                   " one EC2 call per request again once EC2 no longer shows the instance (~1 h after termination):"
-                   " the termination handler deleted the record, 'instance not found' writes no marker; fix: the"
-                   " termination handler leaves a tombstone (notNodeUntil_<issuedRoleId> = now + 24 h, expiresAt)"
-                   " instead of deleting the record")
 def test_a_terminated_nodes_credentials_cost_no_ec2_call_per_request_after_ec2_forgot_it(capped: World,
                                                                                           directory_admin) -> None:
-    """(1) an AD user kept the node role's credentials; the node joined, closed, terminated; the attacker waits until
+    """Finding 2 (medium, fixed): a terminated node's credentials (valid for hours) cost one EC2 call per request again
+    once EC2 no longer shows the instance (~1 h after termination): the termination handler deleted the record,
+    'instance not found' writes no marker. Fix: the termination handler keeps the record as a tombstone
+    (terminatedAt, a 24 h TTL) that the pre-check refuses; EC2's 'not found' for an instance the function recorded
+    more than 5 min after its launch is a 'not a node'.
+
+    (1) an AD user kept the node role's credentials; the node joined, closed, terminated; the attacker waits until
     EC2 answers InvalidInstanceID.NotFound, then floods."""
     [node] = fill(capped, 1)
     assert capped.call(capped.close_event(node))["statusCode"] == 200
@@ -253,14 +256,14 @@ def test_a_terminated_nodes_credentials_cost_no_ec2_call_per_request_after_ec2_f
     assert forgotten.calls <= 1, forgotten.calls
 
 
-@pytest.mark.xfail(strict=True, reason="finding 3 (low-medium): a forged termination event (lambda:InvokeFunction on"
-                   " the directory-admin function) landing between a live waiting node's pre-check read and its"
-                   " count_answer makes that retry a 403, which join-domain.sh treats as final: the node's join fails;"
-                   " fix: answer a lost recorded authorization 429 (Retry-After 1; the retry asks EC2), or authorize"
-                   " through EC2 in the same request")
 def test_a_forged_termination_racing_a_waiting_nodes_retry_does_not_fail_its_join(capped: World,
                                                                                    directory_admin) -> None:
-    """(4) invokes the directory-admin function with 'terminated' for a live waiting node while its retry is asking
+    """Finding 3 (low-medium, fixed): a forged termination event (lambda:InvokeFunction on the directory-admin
+    function) landing between a live waiting node's pre-check read and its count_answer makes that retry a 403,
+    which join-domain.sh treats as final: the node's join fails. Fix: a join whose recorded authorization is gone is
+    answered 429 (Retry-After 1): the retry asks EC2.
+
+    (4) invokes the directory-admin function with 'terminated' for a live waiting node while its retry is asking
     STS (modelled by a hook in verify_proof). withdraw_authorization's docstring says a forged event is harmless."""
     t0 = time.time()
     held, waiting = waiting_node(capped, t0)
@@ -276,13 +279,13 @@ def test_a_forged_termination_racing_a_waiting_nodes_retry_does_not_fail_its_joi
     assert response["statusCode"] in (200, 429, 503), (response["statusCode"], body(response))
 
 
-@pytest.mark.xfail(strict=True, reason="finding 4 (low): retryNotBefore is read, not taken: concurrent retries at the"
-                   " Retry-After (or with a stale eventually consistent read) all pass the pre-check and each writes"
-                   " the admission item (up to the reserved concurrency, 150, per Retry-After); fix: a conditional"
-                   " ticket on the node's own record (SET retryNotBefore = :next IF retryNotBefore <= :now) before"
-                   " the lease, losers answered 429")
 def test_concurrent_retries_at_the_retry_after_write_the_admission_item_once(capped: World, calls) -> None:
-    """(2) root on a waiting node fires 20 requests at once when its Retry-After ends: every pre-check read precedes
+    """Finding 4 (low, fixed): retryNotBefore is read, not taken: concurrent retries at the Retry-After (or with a
+    stale eventually consistent read) all pass the pre-check and each writes the admission item (up to the reserved
+    concurrency, 150, per Retry-After). Fix: a retry decided from the record takes its turn with one conditional
+    write in its own record before the lease; the losers are answered 429.
+
+    (2) root on a waiting node fires 20 requests at once when its Retry-After ends: every pre-check read precedes
     the first of their writes (StalePreCheck answers the record as it was at that moment)."""
     t0 = time.time()
     _, waiting = waiting_node(capped, t0)
@@ -315,14 +318,14 @@ def test_sessions_of_a_foreign_role_with_made_up_ids_cost_no_ec2_call(capped: Wo
     assert ec2_calls(flood) == 0, flood
 
 
-@pytest.mark.xfail(strict=True, reason="finding 6 (low): a termination handled while a join decided from the record"
-                   " is inside the directory (after count_answer, before issued()) withdraws the authorization and"
-                   " returns;"
-                   " the object is then recorded and its password answered: an object of a terminated instance with"
-                   " a password its root knows, left to the sweep; fix: issued() conditional on authorizedRoleId for a"
-                   " join decided from the record, and no password answered when it was withdrawn")
 def test_a_termination_during_the_object_creation_answers_no_password(capped: World, directory_admin) -> None:
-    """(2) root on a waiting node that is being terminated keeps retrying with its credentials; the termination
+    """Finding 6 (low, fixed): a termination handled while a join decided from the record is inside the directory
+    (after count_answer, before issued()) withdraws the authorization and returns; the object is then recorded and
+    its password answered: an object of a terminated instance with a password its root knows, left to the sweep.
+    Fix: issued() requires the recorded authorization for a join decided from the record; withdrawn, no password
+    (429; the object is left to the sweep).
+
+    (2) root on a waiting node that is being terminated keeps retrying with its credentials; the termination
     event is handled while its retry's object is being created (modelled by a hook in the directory)."""
     t0 = time.time()
     held, waiting = waiting_node(capped, t0)

@@ -8,6 +8,7 @@ import hashlib
 import logging
 import struct
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 
 import boto3
@@ -387,11 +388,18 @@ def test_termination_deletes_the_recorded_name(aws):
     assert got["deleted"] == ["HPCAB0123456789"] and got["out"]["result"] == "deleted"
 
 
-def test_termination_deletes_the_window_record(aws):
-    """The join function's record of a node keeps no TTL once an object was made: it goes with the node."""
+def test_termination_leaves_a_tombstone_record_for_a_day(aws):
+    """The join function's record of a node keeps no TTL once an object was made: the termination makes it a
+    tombstone (terminatedAt, TTL one day, no role ids) that the join function's pre-check refuses, since the node's
+    credentials outlive it (attack review 4 of issue 20, finding 2)."""
     (iid,) = aws[2]()
+    before = int(time.time())
     terminate(aws, iid, recorded="HPCAB0123456789")
-    assert "Item" not in aws[1].get_item(TableName=TABLE, Key={"instanceId": {"S": iid}})
+    after = int(time.time())
+    item = aws[1].get_item(TableName=TABLE, Key={"instanceId": {"S": iid}})["Item"]
+    assert "terminatedAt" in item and not {"issuedRoleId", "authorizedRoleId", "retryNotBefore"} & set(item), item
+    ttl = int(item["expiresAt"]["N"])
+    assert before + da.TERMINATED_RECORD_SECONDS <= ttl <= after + da.TERMINATED_RECORD_SECONDS
 
 
 class CountingEc2:
