@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -42,6 +43,14 @@ OS_RELEASE = {
     "rocky9": 'NAME="Rocky Linux"\nVERSION_ID="9.4"\nID="rocky"\nID_LIKE="rhel centos fedora"\n'
               'PRETTY_NAME="Rocky Linux 9.4 (Blue Onyx)"\n',
 }
+
+
+def node_agent_argv(agent: Path = REPO / "bootstrap") -> list[str]:
+    """The command line join-domain.sh's pyhelper runs (its NODE_AGENT_BOOT, read from the script) with this Python:
+    the node agent from `agent`, the folder that holds node_agent/ (the checkout's) or a baked zipapp."""
+    boot = re.search(r"^readonly NODE_AGENT_BOOT='([^']*)'$", JOIN_SCRIPT.read_text(), re.M)
+    assert boot, "join-domain.sh has no NODE_AGENT_BOOT line"
+    return [sys.executable, "-I", "-c", boot.group(1), str(agent)]
 
 
 def real_executable(name: str) -> str:
