@@ -179,7 +179,8 @@ def test_pyproject_packages_every_folder_with_code():
     folders = {p.parent.name for p in ROOT.glob("*/*.py")} - {"tests", "bench", "pcluster_ad"}
     assert set(setup["packages"]) == {"pcluster_ad"} | {f"pcluster_ad.{name}" for name in folders} - {
         "pcluster_ad.bootstrap"}  # bootstrap/ is package data: scripts uploaded to S3, never imported
-    bootstrap = {f"bootstrap/{p.name}" for p in (ROOT / "bootstrap").iterdir()}
+    bootstrap = {f"bootstrap/{p.name}" for p in (ROOT / "bootstrap").iterdir() if p.is_file()}
+    bootstrap |= {f"bootstrap/node_agent/{p.name}" for p in (ROOT / "bootstrap" / "node_agent").glob("*.py")}
     assert bootstrap <= set(setup["package-data"]["pcluster_ad"])
     tree = ast.parse((ROOT / "setup.py").read_text())
     listed = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)

@@ -60,6 +60,7 @@ def test_the_wheel_carries_everything_the_program_reads_at_run_time(wheel):
                 "pcluster_ad/launcher/__main__.py"}
     expected |= {f"pcluster_ad/{p.relative_to(ROOT)}" for folder in ("bootstrap", "lambda_src", "components")
                  for p in (ROOT / folder).iterdir() if p.is_file() and p.suffix != ".pyc"}
+    expected |= {f"pcluster_ad/{p.relative_to(ROOT)}" for p in (ROOT / "bootstrap" / "node_agent").glob("*.py")}
     assert expected <= names, sorted(expected - names)
     tops = {name.split("/")[0] for name in names}
     assert tops == {"pcluster_ad", wheel.name.split("-py3")[0] + ".dist-info"}, tops  # one import name, no tests/

@@ -250,7 +250,9 @@ def joined_realm(conf, keytab):
         sys.exit(1)
     import subprocess
     try:
-        out = subprocess.run(["klist", "-k", keytab], capture_output=True, text=True, timeout=30).stdout
+        # stdout/stderr=PIPE and universal_newlines: capture_output and text are Python 3.7 (RHEL 8's python3 is 3.6)
+        out = subprocess.run(["klist", "-k", keytab], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             universal_newlines=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         sys.exit(1)
     principals = [w for w in out.split() if "$@" in w]

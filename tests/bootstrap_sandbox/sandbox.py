@@ -28,6 +28,7 @@ from tests.bootstrap_sandbox.standin import REALM_SSSD_CONF
 
 REPO = Path(__file__).resolve().parents[2]
 JOIN_SCRIPT = REPO / "bootstrap" / "join-domain.sh"
+AGENT_DIR = REPO / "bootstrap" / "node_agent"  # the node agent the stack bakes into the uploaded join script
 SSH_SCRIPT = REPO / "bootstrap" / "enable-ssh-password-auth.sh"
 STANDIN = Path(__file__).resolve().parent / "standin.py"
 
