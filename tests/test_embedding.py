@@ -197,6 +197,9 @@ def test_code_imports_through_the_package_only_what_the_wheel_carries():
     setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     modules = {p.stem for p in ROOT.glob("*.py")} - {"setup"}  # setup.py builds the wheel; it is no module of it
     packaged = {p.split(".", 1)[1] for p in setup["packages"] if "." in p} | modules
+    # The node agent is package data the wheel carries, importable as pcluster_ad.bootstrap.node_agent (tests do).
+    if "bootstrap/node_agent/__main__.py" in setup["package-data"]["pcluster_ad"]:
+        packaged.add("bootstrap")
     named = set()
     for path in [*ROOT.glob("*.py"), *ROOT.glob("*/*.py"), *ROOT.glob("*/*/*.py")]:
         if path.parts[len(ROOT.parts)] in ("venv", "build"):

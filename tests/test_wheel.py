@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -112,6 +113,9 @@ def test_the_installed_wheel_plans_a_stack_from_a_directory_of_the_users_own(tmp
             assert (package / path).is_file(), path
     uploaded = {Path(p).name for p in assets}
     assert {"enable-ssh-password-auth.sh", "remap-home-owners.py", "join_handler.py", "directory_admin.py"} <= uploaded
+    # The join script is uploaded with the wheel's node agent baked in (bootstrap/node_agent, package data).
+    (join,) = [r for r in resources if r.get("inputs", {}).get("key") == "bootstrap/join-domain.sh"]
+    assert re.search(r"^NODE_AGENT_ZIP='[A-Za-z0-9+/=]{1000,}'$", join["inputs"]["content"], re.M)
     config = yaml.safe_load((work / "plan-out" / "cluster-config.yaml").read_text())
     assert config["Scheduling"]["SlurmQueues"]
     outputs = json.loads((work / "plan-out" / "outputs.json").read_text())
