@@ -355,10 +355,10 @@ GOALS = {"id": 0.50, "login": 0.35, "join": 0.70}  # after / before, at most
 
 def _script_run(node: Node, lab: Lab, script: str, extra: list[str], timeout_arg: int = 300, url_path: str = ""):
     """Start a join script (its full text) on a node as ParallelCluster would: downloaded, chmod +x, run."""
-    from tests.adlab.lab import BootstrapRun
+    from tests.adlab.lab import BootstrapRun, as_uploaded
 
     path = "/tmp/pcluster-ad-actions/join-domain-bench.sh"
-    node.write(path, script, mode="0755")
+    node.write(path, as_uploaded(script), mode="0755")
     argv = [path, "--function-url", lab.function_url + url_path, "--region", lab.cfg.region,
             "--timeout", str(timeout_arg), *extra]
     return BootstrapRun(node, argv, timeout_arg + 60)

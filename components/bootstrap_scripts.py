@@ -11,10 +11,13 @@ recreated function changes that object, not the cluster config).
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import ipaddress
 import re
 import shlex
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,6 +128,44 @@ def bake_vpc_cidr(script: str, cidr: str | None) -> str:
     return script.replace(BAKED_VPC_CIDR_LINE + "\n", f"BAKED_VPC_CIDR='{net}'\n", 1)
 
 
+# The node agent (bootstrap/node_agent/), baked into the join script as a base64 zipapp on this line: the script and
+# its Python travel as one S3 object, one version. Named, not globbed: a checkout may hold other files there.
+NODE_AGENT_LINE = 'NODE_AGENT_ZIP=""'
+NODE_AGENT_DIR = "node_agent"  # beside the script
+NODE_AGENT_MODULES = ("__init__.py", "__main__.py", "common.py", "files.py", "function_api.py", "imds.py", "sigv4.py",
+                      "sssd_config.py")
+# The zipapp's own entry (`python3 -I node-agent.pyz COMMAND ...`); the script itself imports node_agent.__main__.
+NODE_AGENT_ZIPAPP_MAIN = b"from node_agent.__main__ import main\nmain()\n"
+
+
+def node_agent_zip(agent_dir: Path) -> bytes:
+    """The node agent as a zipapp, the same bytes for the same sources on any machine (the upload's hash is stable
+    between plans): names sorted, fixed timestamps and modes, stored uncompressed (zlib builds differ in output)."""
+    files = {"__main__.py": NODE_AGENT_ZIPAPP_MAIN}
+    for name in NODE_AGENT_MODULES:
+        path = agent_dir / name
+        if not path.is_file():
+            raise ValueError(f"the node agent module {path} is missing: the join script needs every file of "
+                             f"{NODE_AGENT_MODULES} in {agent_dir}")
+        files[f"node_agent/{name}"] = path.read_bytes()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name in sorted(files):
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.create_system, info.external_attr = 3, 0o644 << 16  # unix, rw-r--r--
+            zf.writestr(info, files[name])
+    return buf.getvalue()
+
+
+def bake_node_agent(script: str, agent_dir: Path) -> str:
+    """The script with its marked node agent line set to the zipapp of `agent_dir`, base64 (no shell quoting
+    needed: [A-Za-z0-9+/=] only)."""
+    if script.count(NODE_AGENT_LINE + "\n") != 1:
+        raise ValueError(f"the join script must contain the line {NODE_AGENT_LINE!r} exactly once")
+    encoded = base64.b64encode(node_agent_zip(agent_dir)).decode("ascii")
+    return script.replace(NODE_AGENT_LINE + "\n", f"NODE_AGENT_ZIP='{encoded}'\n", 1)
+
+
 @dataclass
 class BootstrapScriptsArgs:
     script_paths: list[str]  # local files, uploaded under bootstrap/<file name>
@@ -204,7 +245,7 @@ class BootstrapScripts(pulumi.ComponentResource):
             if args.function_url is not None and file.name == args.function_url_script:
                 text = file.read_text(encoding="utf-8")
                 # Same key, new content when the script or the URL changes.
-                text = bake_id_mode(text, args.id_mode)
+                text = bake_node_agent(bake_id_mode(text, args.id_mode), file.parent / NODE_AGENT_DIR)
                 body = dict(content=pulumi.Output.all(args.function_url, args.vpc_cidr).apply(
                     lambda v, text=text: bake_stack_access_groups(
                         bake_vpc_cidr(bake_access_groups(bake_function_url(text, v[0]), args.allowed_groups,

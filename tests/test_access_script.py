@@ -13,8 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from pcluster_ad.components.bootstrap_scripts import bake_access_groups, bake_stack_access_groups, bake_vpc_cidr
-from tests.bootstrap_sandbox.sandbox import JOIN_SCRIPT, Sandbox
+from pcluster_ad.components.bootstrap_scripts import (
+    bake_access_groups,
+    bake_node_agent,
+    bake_stack_access_groups,
+    bake_vpc_cidr,
+)
+from tests.bootstrap_sandbox.sandbox import AGENT_DIR, JOIN_SCRIPT, Sandbox
 from tests.bootstrap_sandbox.servers import SERVICE_ACCOUNT, FakeFunctionUrl, FakeImds, join_answer
 from tests.test_bootstrap_scripts import GOOD, REGION, assert_request, run_join, shellcheck
 
@@ -196,6 +201,7 @@ def test_without_a_vpc_cidr_the_key_is_not_limited_and_the_log_says_so(box):
 def test_baked_vpc_cidr_is_used_and_the_option_overrides_it(box, tmp_path):
     baked = tmp_path / "join-domain.sh"
     baked.write_text(bake_vpc_cidr(JOIN_SCRIPT.read_text(), "10.20.0.0/16"))
+    baked.write_text(bake_node_agent(baked.read_text(), AGENT_DIR))  # as the stack uploads it
     installed(box, script=baked)
     assert "vpc_cidr='10.20.0.0/16'\n" in (box.root / HOOK).read_text()
     installed(box, "--vpc-cidr", "172.16.4.0/22", script=baked)
@@ -220,6 +226,7 @@ def test_bad_vpc_cidr_is_a_usage_error_naming_the_option(box, cidr):
 def test_bad_baked_vpc_cidr_is_refused_too(box, tmp_path):
     baked = tmp_path / "join-domain.sh"
     baked.write_text(JOIN_SCRIPT.read_text().replace('BAKED_VPC_CIDR=""\n', "BAKED_VPC_CIDR='10.0.0.7/16'\n"))
+    baked.write_text(bake_node_agent(baked.read_text(), AGENT_DIR))  # as the stack uploads it
     result = join(box, script=baked)
     assert result.rc == 2 and "argument --vpc-cidr must be an IPv4 CIDR block" in result.stderr, result.output
 
@@ -369,6 +376,7 @@ def test_visudo_refusal_exits_11_and_installs_nothing(box):
 def test_baked_lists_are_used_without_arguments(box, tmp_path):
     baked = tmp_path / "join-domain.sh"
     baked.write_text(bake_access_groups(JOIN_SCRIPT.read_text(), ["O'Brien team", "hpc-users"], ["Domain Admins"]))
+    baked.write_text(bake_node_agent(baked.read_text(), AGENT_DIR))  # as the stack uploads it
     result = join(box, script=baked)
     assert result.rc == 0, result.output
     assert access_lines(box) == only_groups("O'Brien team, hpc-users", SERVICE_ACCOUNT)
@@ -485,6 +493,7 @@ def test_stack_groups_make_the_node_config_independent_of_the_lists(box, tmp_pat
     baked = tmp_path / "join-domain.sh"
     baked.write_text(bake_stack_access_groups(bake_access_groups(JOIN_SCRIPT.read_text(), ["hpc-users"], []),
                                               USERS_DN, "pca-dev-admins"))
+    baked.write_text(bake_node_agent(baked.read_text(), AGENT_DIR))  # as the stack uploads it
     result = join(box, script=baked)
     assert result.rc == 0, result.output
     # In-chain membership of the stack's users group, evaluated by the DC; the lists themselves appear nowhere.

@@ -19,9 +19,9 @@ import pytest
 from ldap3.operation.search import parse_filter
 from ldap3.protocol.rfc4511 import Filter  # noqa: F401  (parse_filter's result type)
 
-from pcluster_ad.components.bootstrap_scripts import bake_access_groups, bake_stack_access_groups
+from pcluster_ad.components.bootstrap_scripts import bake_access_groups, bake_node_agent, bake_stack_access_groups
 from pcluster_ad.lambda_src import directory_admin as da
-from tests.bootstrap_sandbox.sandbox import JOIN_SCRIPT
+from tests.bootstrap_sandbox.sandbox import AGENT_DIR, JOIN_SCRIPT
 from tests.bootstrap_sandbox.servers import SERVICE_ACCOUNT
 from tests.test_access_script import ACCESS, SUDOERS, USERS_DN, access_lines, box, join  # noqa: F401
 from tests.test_directory_admin_access import (
@@ -129,6 +129,7 @@ def test_refused_computer_service_disabled_and_locked_accounts_are_anded_at_the_
     baked = tmp_path / "join-domain.sh"
     baked.write_text(bake_stack_access_groups(bake_access_groups(JOIN_SCRIPT.read_text(), ["hpc-users"], []),
                                               USERS_DN, "pca-dev-admins"))
+    baked.write_text(bake_node_agent(baked.read_text(), AGENT_DIR))  # as the stack uploads it
     result = join(box, script=baked)
     assert result.rc == 0, result.output
     clauses = top_and_clauses(rendered_filter(box))

@@ -9,18 +9,15 @@ from typing import Any
 
 import pytest
 
-from tests.bootstrap_sandbox.sandbox import JOIN_SCRIPT
 from tests.bootstrap_sandbox.servers import FakeFunctionUrl, FakeImds
 from tests.test_bootstrap_scripts import GOOD, run_join, sandbox  # noqa: F401  (fixture)
 
 
 def helper() -> dict[str, Any]:
-    """The script's own Python helper (the PYHELPER here-document), its functions without the dispatch."""
-    text = JOIN_SCRIPT.read_text()
-    code = text.split("read -r -d '' PYHELPER <<'PY' || true\n", 1)[1].split("\nPY\n", 1)[0]
-    namespace: dict[str, Any] = {"__name__": "pyhelper"}
-    exec(compile(code.split("\ncmd, args = sys.argv", 1)[0], "pyhelper", "exec"), namespace)
-    return namespace
+    """The node agent's module of the join function's answers (bootstrap/node_agent/function_api.py)."""
+    from pcluster_ad.bootstrap.node_agent import function_api
+
+    return vars(function_api)
 
 
 H = helper()

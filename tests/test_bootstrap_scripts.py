@@ -29,7 +29,7 @@ from botocore.credentials import Credentials
 
 from pcluster_ad.lambda_src import join_handler as contract
 from tests.adlab import sigv4
-from tests.bootstrap_sandbox.sandbox import JOIN_SCRIPT, SSH_SCRIPT, Sandbox
+from tests.bootstrap_sandbox.sandbox import JOIN_SCRIPT, SSH_SCRIPT, Sandbox, node_agent_argv
 from tests.bootstrap_sandbox.servers import (
     ACCESS_KEY,
     DEFAULT_COMPUTER_NAME,
@@ -281,15 +281,15 @@ def test_join_success_password_only_on_adcli_stdin(sandbox):
         < order.index(("getent", ["-s"]))
     # The sssd configuration of the join and krb5.conf's default_realm: ONE Python start (node-config), after the
     # adcli join and before sssd's restart; none of the helper commands it replaced runs.
-    helpers = [c["argv"][2:] for c in box.calls("python3") if c["argv"][:2] == ["-I", "/dev/fd/3"]]
+    helpers = [c["argv"][4:] for c in box.calls("python3") if c["argv"][:2] == ["-I", "-c"]]  # -c BOOT AGENT
     assert [h for h in helpers if h[:1] == ["node-config"]] == [
         ["node-config", str(box.sssd_conf()), "test.domain", "TEST.DOMAIN", str(box.root / "etc" / "krb5.conf"),
          "idmap", str(box.root / "var" / "lib" / "sss" / "db"), str(box.root / "var" / "lib" / "sss" / "mc")]]
     assert not [h for h in helpers if h[:1] in (["sssd-domain"], ["sssd-conf"], ["krb5-default-realm"],
                                                 ["computer-name"])]
     steps = [c for c in box.calls() if (c["name"], c["argv"][:1]) in (("adcli", ["join"]), ("systemctl", ["restart"]))
-             or c["argv"][2:3] == ["node-config"]]
-    assert [c["argv"][2] if c["name"] == "python3" else c["name"] for c in steps] == [
+             or c["argv"][4:5] == ["node-config"]]
+    assert [c["argv"][4] if c["name"] == "python3" else c["name"] for c in steps] == [
         "adcli", "node-config", "systemctl"]
     # The state file: domain, realm, the computer, the service accounts the function answered; no user.
     state = (box.root / "var" / "lib" / "pcluster-ad" / "join-state").read_text()
@@ -945,20 +945,11 @@ def test_join_sets_default_realm_in_krb5_conf_keeping_the_rest_idempotently(sand
     assert "krb5.conf: default_realm" not in again.stdout
 
 
-def script_helper(tmp_path: Path) -> Path:
-    """join-domain.sh's own Python helper (the PYHELPER here-document), as a file."""
-    text = JOIN_SCRIPT.read_text()
-    code = text.split("read -r -d '' PYHELPER <<'PY' || true\n", 1)[1].split("\nPY\n", 1)[0]
-    path = tmp_path / "pyhelper.py"
-    path.write_text(code + "\n")
-    return path
-
-
 def sigv4_config(tmp_path: Path, region: str, body: str, creds: RoleCredentials = DEFAULT_CREDENTIALS) -> dict:
     """Run the script's `sigv4-config REGION BODY` on the IMDS credentials JSON; its curl config as a dict."""
     doc = {"Code": "Success", "AccessKeyId": creds.access_key, "SecretAccessKey": creds.secret_key,
            "Token": creds.token}
-    proc = subprocess.run([sys.executable, "-I", str(script_helper(tmp_path)), "sigv4-config", region, body],
+    proc = subprocess.run([*node_agent_argv(), "sigv4-config", region, body],
                           input=json.dumps(doc), capture_output=True, text=True, check=True)
     out = {}
     for line in proc.stdout.splitlines():
@@ -1312,23 +1303,19 @@ def test_join_restrict_imds_installs_the_rules_and_the_boot_unit(sandbox):
     assert out.index("join function: attempt 1") < out.index("join window closed")
 
 
-def test_join_restrict_imds_default_endpoint_covers_both_families(sandbox):
+def test_join_restrict_imds_default_endpoint_covers_both_families():
     """Without AWS_EC2_METADATA_SERVICE_ENDPOINT: EC2's addresses, IPv4 and IPv6, whole address (as
     ParallelCluster does). Checked through the script's own helper: no request ever goes to 169.254.169.254."""
-    box = sandbox()
-    script = JOIN_SCRIPT.read_text()
-    helper = script.split("read -r -d '' PYHELPER <<'PY' || true\n", 1)[1].split("\nPY\n", 1)[0]
-    (box.base / "helper.py").write_text(helper)
     for endpoint, want in [
         ("http://169.254.169.254", "4 169.254.169.254\n6 fd00:ec2::254\n"),
         ("http://[fd00:ec2::254]", "4 169.254.169.254\n6 fd00:ec2::254\n"),
         ("http://10.98.1.1:8081", "4 10.98.1.1 8081\n"),
         ("http://10.98.1.1", "4 10.98.1.1 80\n"),
     ]:
-        out = subprocess.run([sys.executable, "-I", str(box.base / "helper.py"), "imds-address", endpoint],
+        out = subprocess.run([*node_agent_argv(), "imds-address", endpoint],
                              capture_output=True, text=True)
         assert out.returncode == 0 and out.stdout == want, (endpoint, out)
-    bad = subprocess.run([sys.executable, "-I", str(box.base / "helper.py"), "imds-address", "http://imds.local"],
+    bad = subprocess.run([*node_agent_argv(), "imds-address", "http://imds.local"],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "cannot lock it down" in bad.stderr
 

@@ -179,7 +179,8 @@ def test_pyproject_packages_every_folder_with_code():
     folders = {p.parent.name for p in ROOT.glob("*/*.py")} - {"tests", "bench", "pcluster_ad"}
     assert set(setup["packages"]) == {"pcluster_ad"} | {f"pcluster_ad.{name}" for name in folders} - {
         "pcluster_ad.bootstrap"}  # bootstrap/ is package data: scripts uploaded to S3, never imported
-    bootstrap = {f"bootstrap/{p.name}" for p in (ROOT / "bootstrap").iterdir()}
+    bootstrap = {f"bootstrap/{p.name}" for p in (ROOT / "bootstrap").iterdir() if p.is_file()}
+    bootstrap |= {f"bootstrap/node_agent/{p.name}" for p in (ROOT / "bootstrap" / "node_agent").glob("*.py")}
     assert bootstrap <= set(setup["package-data"]["pcluster_ad"])
     tree = ast.parse((ROOT / "setup.py").read_text())
     listed = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
@@ -196,6 +197,9 @@ def test_code_imports_through_the_package_only_what_the_wheel_carries():
     setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     modules = {p.stem for p in ROOT.glob("*.py")} - {"setup"}  # setup.py builds the wheel; it is no module of it
     packaged = {p.split(".", 1)[1] for p in setup["packages"] if "." in p} | modules
+    # The node agent is package data the wheel carries, importable as pcluster_ad.bootstrap.node_agent (tests do).
+    if "bootstrap/node_agent/__main__.py" in setup["package-data"]["pcluster_ad"]:
+        packaged.add("bootstrap")
     named = set()
     for path in [*ROOT.glob("*.py"), *ROOT.glob("*/*.py"), *ROOT.glob("*/*/*.py")]:
         if path.parts[len(ROOT.parts)] in ("venv", "build"):

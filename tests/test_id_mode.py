@@ -8,8 +8,8 @@ import configparser
 
 import pytest
 
-from pcluster_ad.components.bootstrap_scripts import bake_id_mode
-from tests.bootstrap_sandbox.sandbox import JOIN_SCRIPT
+from pcluster_ad.components.bootstrap_scripts import bake_id_mode, bake_node_agent
+from tests.bootstrap_sandbox.sandbox import AGENT_DIR, JOIN_SCRIPT
 from tests.test_access_script import box, join  # noqa: F401 - fixture
 
 DOMAIN = "domain/test.domain"
@@ -76,6 +76,7 @@ def test_a_switch_on_a_joined_node_drops_sssds_cache_and_back(box):  # noqa: F81
 def test_the_baked_mode_is_the_default_and_the_argument_wins(box, tmp_path):  # noqa: F811
     baked = tmp_path / "join-domain.sh"
     baked.write_text(bake_id_mode(JOIN_SCRIPT.read_text(), "rfc2307"))
+    baked.write_text(bake_node_agent(baked.read_text(), AGENT_DIR))  # as the stack uploads it
     baked.chmod(0o755)
     result = join(box, script=baked)
     assert result.rc == 0, result.output

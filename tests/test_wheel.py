@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -60,6 +61,7 @@ def test_the_wheel_carries_everything_the_program_reads_at_run_time(wheel):
                 "pcluster_ad/launcher/__main__.py"}
     expected |= {f"pcluster_ad/{p.relative_to(ROOT)}" for folder in ("bootstrap", "lambda_src", "components")
                  for p in (ROOT / folder).iterdir() if p.is_file() and p.suffix != ".pyc"}
+    expected |= {f"pcluster_ad/{p.relative_to(ROOT)}" for p in (ROOT / "bootstrap" / "node_agent").glob("*.py")}
     assert expected <= names, sorted(expected - names)
     tops = {name.split("/")[0] for name in names}
     assert tops == {"pcluster_ad", wheel.name.split("-py3")[0] + ".dist-info"}, tops  # one import name, no tests/
@@ -111,6 +113,9 @@ def test_the_installed_wheel_plans_a_stack_from_a_directory_of_the_users_own(tmp
             assert (package / path).is_file(), path
     uploaded = {Path(p).name for p in assets}
     assert {"enable-ssh-password-auth.sh", "remap-home-owners.py", "join_handler.py", "directory_admin.py"} <= uploaded
+    # The join script is uploaded with the wheel's node agent baked in (bootstrap/node_agent, package data).
+    (join,) = [r for r in resources if r.get("inputs", {}).get("key") == "bootstrap/join-domain.sh"]
+    assert re.search(r"^NODE_AGENT_ZIP='[A-Za-z0-9+/=]{1000,}'$", join["inputs"]["content"], re.M)
     config = yaml.safe_load((work / "plan-out" / "cluster-config.yaml").read_text())
     assert config["Scheduling"]["SlurmQueues"]
     outputs = json.loads((work / "plan-out" / "outputs.json").read_text())

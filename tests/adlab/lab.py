@@ -227,6 +227,17 @@ def _pids_in_netns(inode: int) -> list[int]:
     return pids
 
 
+def as_uploaded(script: str) -> str:
+    """A join script's text as the stack uploads it: its node agent (BOOTSTRAP_DIR/node_agent) baked in as the
+    zipapp (components/bootstrap_scripts.py). A script from before the node agent (bench --compare-with) carries
+    its Python in a here-document: unchanged."""
+    from pcluster_ad.components.bootstrap_scripts import NODE_AGENT_DIR, NODE_AGENT_LINE, bake_node_agent
+
+    if NODE_AGENT_LINE + "\n" not in script:
+        return script
+    return bake_node_agent(script, BOOTSTRAP_DIR / NODE_AGENT_DIR)
+
+
 @dataclasses.dataclass
 class LabConfig:
     subnet: str = dataclasses.field(default_factory=lambda: os.environ.get("ADLAB_SUBNET", "10.99.0.0/24"))
@@ -533,12 +544,14 @@ service ssh start >/dev/null
         lab.trust_ca(self)
 
     def install_action(self, name: str) -> str:
-        """Put a product script on the node as ParallelCluster does (downloaded, chmod +x): unchanged bytes."""
+        """Put a product script on the node as ParallelCluster does (downloaded, chmod +x): the bytes the stack
+        uploads (the join script with its node agent baked in, as_uploaded), otherwise unchanged."""
         src = BOOTSTRAP_DIR / name
         if not src.exists():
             raise LabError(f"product script missing: {src}")
         dst = f"/tmp/pcluster-ad-actions/{name}"
-        self.write(dst, src.read_bytes(), mode="0755")
+        self.write(dst, as_uploaded(src.read_text()).encode() if name == "join-domain.sh" else src.read_bytes(),
+                   mode="0755")
         return dst
 
     def start_bootstrap(

@@ -33,7 +33,7 @@ import pytest
 from pcluster_ad.components.bootstrap_scripts import bake_vpc_cidr
 
 from .conftest import JOIN_TIMEOUT, describe
-from .lab import BOOTSTRAP_DIR, SSH_OPTS, BootstrapRun
+from .lab import BOOTSTRAP_DIR, SSH_OPTS, BootstrapRun, as_uploaded
 
 pytestmark = pytest.mark.adlab
 
@@ -115,7 +115,8 @@ def site(lab):
 
     # The rhel node runs the script as the stack uploads it: the VPC CIDR baked in, no --vpc-cidr.
     baked = "/tmp/pcluster-ad-actions/join-domain-baked.sh"
-    rhel.write(baked, bake_vpc_cidr((BOOTSTRAP_DIR / "join-domain.sh").read_text(), lab.cfg.subnet), mode="0755")
+    rhel.write(baked, as_uploaded(bake_vpc_cidr((BOOTSTRAP_DIR / "join-domain.sh").read_text(), lab.cfg.subnet)),
+               mode="0755")
     runs = {
         "head": head.start_bootstrap(args=argv(ALLOWED, ADMINS, lab.cfg.subnet)),
         "compute": compute.start_bootstrap(args=argv(ALLOWED, ADMINS, lab.cfg.subnet)),

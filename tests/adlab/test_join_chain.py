@@ -167,8 +167,8 @@ def test_rerun_on_joined_node_is_harmless(chain):
 # --- the attack of issue 8: a local process on a joined node asks for the join password ---------
 
 # Run on a node as the given user: read the node role's credentials from IMDS (as any process can
-# on EC2), make the request exactly as join-domain.sh does (its own Python helper, read from the script on the
-# node, signs the caller proof; curl --aws-sigv4 with the credentials and body in a config on stdin), print the
+# on EC2), make the request exactly as join-domain.sh does (its own node agent, the zipapp baked into the script on
+# the node, signs the caller proof; curl --aws-sigv4 with the credentials and body in a config on stdin), print the
 # HTTP status. The attacker is as capable as the product. Never prints the answer's body.
 ATTACK = r"""set -euo pipefail
 ep=$1 url=$2 region=$3 body=$4 script=$5
@@ -176,8 +176,9 @@ t=$(curl -sf -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 60" "$ep/latest/ap
 role=$(curl -sf -H "X-aws-ec2-metadata-token: $t" "$ep/latest/meta-data/iam/security-credentials/")
 creds=$(curl -sf -H "X-aws-ec2-metadata-token: $t" "$ep/latest/meta-data/iam/security-credentials/$role")
 echo "imds: credentials for $(jq -r .AccessKeyId <<<"$creds")"
-helper=$(sed -n "/^read -r -d '' PYHELPER <<'PY'/,/^PY\$/{//!p}" "$script")
-printf '%s' "$creds" | python3 -I -c "$helper" sigv4-config "$region" "$body" \
+agent=$(mktemp -d)
+sed -n "s/^NODE_AGENT_ZIP='\(.*\)'\$/\1/p" "$script" | base64 -d >"$agent/node-agent.pyz"
+printf '%s' "$creds" | python3 -I "$agent/node-agent.pyz" sigv4-config "$region" "$body" \
   | curl -s -o /dev/null -w 'status %{http_code}\n' -K - --aws-sigv4 "aws:amz:$region:lambda" -X POST \
       -H 'content-type: application/json' "$url"
 """

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -27,6 +28,7 @@ from tests.bootstrap_sandbox.standin import REALM_SSSD_CONF
 
 REPO = Path(__file__).resolve().parents[2]
 JOIN_SCRIPT = REPO / "bootstrap" / "join-domain.sh"
+AGENT_DIR = REPO / "bootstrap" / "node_agent"  # the node agent the stack bakes into the uploaded join script
 SSH_SCRIPT = REPO / "bootstrap" / "enable-ssh-password-auth.sh"
 STANDIN = Path(__file__).resolve().parent / "standin.py"
 
@@ -42,6 +44,14 @@ OS_RELEASE = {
     "rocky9": 'NAME="Rocky Linux"\nVERSION_ID="9.4"\nID="rocky"\nID_LIKE="rhel centos fedora"\n'
               'PRETTY_NAME="Rocky Linux 9.4 (Blue Onyx)"\n',
 }
+
+
+def node_agent_argv(agent: Path = REPO / "bootstrap") -> list[str]:
+    """The command line join-domain.sh's pyhelper runs (its NODE_AGENT_BOOT, read from the script) with this Python:
+    the node agent from `agent`, the folder that holds node_agent/ (the checkout's) or a baked zipapp."""
+    boot = re.search(r"^readonly NODE_AGENT_BOOT='([^']*)'$", JOIN_SCRIPT.read_text(), re.M)
+    assert boot, "join-domain.sh has no NODE_AGENT_BOOT line"
+    return [sys.executable, "-I", "-c", boot.group(1), str(agent)]
 
 
 def real_executable(name: str) -> str:

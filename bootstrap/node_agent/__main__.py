@@ -1,0 +1,23 @@
+"""The command line: `COMMAND ARGS...`, data (secrets included) on stdin, answers on stdout, errors on stderr.
+
+Only the command's module is imported: the script starts Python a dozen times in a join.
+"""
+
+import importlib
+import sys
+
+COMMANDS = {"sigv4-config": ("sigv4", "sigv4_config"), "join-response": ("function_api", "join_response"),
+            "error-field": ("function_api", "error_field"), "busy-wait": ("function_api", "busy_wait_cli"),
+            "node-config": ("sssd_config", "node_config"), "daemon-opts": ("sssd_config", "daemon_opts"),
+            "joined-realm": ("sssd_config", "joined_realm"), "close-response": ("function_api", "close_response"),
+            "imds-address": ("imds", "imds_address")}
+
+
+def main(argv=None):
+    cmd, args = (sys.argv if argv is None else argv)[1], (sys.argv if argv is None else argv)[2:]
+    module, name = COMMANDS[cmd]
+    getattr(importlib.import_module("." + module, __package__), name)(*args)
+
+
+if __name__ == "__main__":
+    main()
