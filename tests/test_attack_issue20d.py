@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from typing import Any
 
 import pytest
@@ -24,7 +23,7 @@ from botocore.exceptions import ClientError
 
 from pcluster_ad.lambda_src import join_handler as jh
 from tests.test_attack_issue20 import directory_admin, terminated  # noqa: F401  (fixture)
-from tests.test_join_admission import calls, capped_to  # noqa: F401  (fixture)
+from tests.test_join_admission import calls, capped_to, ec2_calls, fill  # noqa: F401  (fixture)
 from tests.test_join_handler import (  # noqa: F401  (fixtures)
     CLUSTER,
     STS,
@@ -52,15 +51,6 @@ def capped(world: World) -> World:
     return capped_to(world, CAP)
 
 
-def fill(world: World, n: int = CAP, **call: Any) -> list[str]:
-    ids = [world.launch() for _ in range(n)]
-    for iid in ids:
-        assert world.call(world.event(iid), **call)["statusCode"] == 200
-    return ids
-
-
-def ec2_calls(counts: Counter) -> int:
-    return sum(n for (service, _), n in counts.items() if service == "ec2")
 
 
 def raw(world: World, iid: str) -> dict[str, Any]:

@@ -60,12 +60,16 @@ def leases(world: World) -> dict[str, int]:
     return {k: int(v["N"]) for k, v in item.get("leases", {}).get("M", {}).items()}
 
 
-def fill(world: World, n: int = CAP, **call: Any) -> list[str]:
-    """n nodes get their answer and do not close yet: n joins in progress."""
-    ids = [world.launch() for _ in range(n)]
+def fill(world: World, n: int | None = None, **call: Any) -> list[str]:
+    """n nodes (default: the world's cap) get their answer and do not close yet: n joins in progress."""
+    ids = [world.launch() for _ in range(world.settings.max_joins_in_progress if n is None else n)]
     for iid in ids:
         assert world.call(world.event(iid), **call)["statusCode"] == 200
     return ids
+
+
+def ec2_calls(counts: Counter) -> int:
+    return sum(n for (service, _), n in counts.items() if service == "ec2")
 
 
 def no_aws_but_dynamodb(counts: Counter) -> bool:

@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 
 from pcluster_ad.lambda_src import join_handler as jh
-from tests.test_join_admission import calls, capped_to  # noqa: F401  (fixture)
+from tests.test_join_admission import calls, capped_to, fill  # noqa: F401  (fixture)
 from tests.test_join_handler import (  # noqa: F401  (fixtures)
     TABLE,
     StalePreCheck,
@@ -41,12 +41,6 @@ def capped(world: World) -> World:
 def services(counts: Counter) -> set[str]:
     return {service for service, _ in counts}
 
-
-def fill(world: World, n: int = CAP) -> list[str]:
-    ids = [world.launch() for _ in range(n)]
-    for iid in ids:
-        assert world.call(world.event(iid))["statusCode"] == 200
-    return ids
 
 
 # --- (a) a node's 429 retries are decided from its record ---------------------------------------------------------

@@ -32,7 +32,6 @@ import contextlib
 import importlib.util
 import json
 import logging
-import os
 import secrets
 import subprocess
 import sys
@@ -42,23 +41,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import boto3
-from moto import mock_aws
 
-# Started by main() only: importing this module (a test reads its helpers) must leave the importing process's moto
-# and environment alone (a mock started at import never stops, so every later mock_aws() in that process keeps the
-# state of the one before).
-_MOCK = mock_aws()
-
-
-def _isolate_from_aws() -> None:
-    """Never let botocore look for real credentials or real endpoints (moto intercepts all calls)."""
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_EC2_METADATA_DISABLED="true")
-    for var in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
-        os.environ.pop(var, None)
-    for var in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
-        os.environ.pop(var, None)
-    _MOCK.start()
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from moto_service import isolate_from_aws
 
 REPO = Path(__file__).resolve().parents[2]
 REGION = "eu-west-1"
@@ -157,7 +142,7 @@ def own_directory(da, settings, ssm):
 
 
 def main() -> None:
-    _isolate_from_aws()
+    isolate_from_aws()
     logging.basicConfig(stream=sys.stderr, level=logging.INFO)
     da = load_product()
     ec2 = boto3.client("ec2", region_name=REGION)

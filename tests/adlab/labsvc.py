@@ -41,26 +41,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import boto3
-from moto import mock_aws
-
-# Started by main() only: importing this module (a test reads its helpers) must leave the importing process's moto
-# and environment alone (a mock started at import never stops, so every later mock_aws() in that process keeps the
-# state of the one before).
-_MOCK = mock_aws()
-
-
-def _isolate_from_aws() -> None:
-    """Never let botocore look for real credentials or real endpoints (moto intercepts all calls)."""
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_EC2_METADATA_DISABLED="true")
-    for var in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
-        os.environ.pop(var, None)
-    for var in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
-        os.environ.pop(var, None)
-    _MOCK.start()
-
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sigv4 import Secret, SignatureError, verify  # noqa: E402
+from moto_service import MOCK, isolate_from_aws
+from sigv4 import Secret, SignatureError, verify
 
 log = logging.getLogger("labsvc")
 ACCOUNT = "123456789012"
@@ -642,7 +626,7 @@ def _make_settings(mod, env: dict):
 
 
 def main() -> int:
-    _isolate_from_aws()
+    isolate_from_aws()
     cfg = json.loads(Path(sys.argv[1]).read_text())
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s labsvc %(levelname)s %(message)s")
     aws = Aws(cfg)
@@ -729,7 +713,7 @@ def main() -> int:
         print(json.dumps(out), flush=True)
     for srv in servers:
         srv.shutdown()
-    _MOCK.stop()
+    MOCK.stop()
     return 0
 
 
