@@ -606,9 +606,8 @@ def yardstick_rows(after: dict, y: dict, joins: int, reps: int) -> list[tuple]:
         yardsticks.yardstick_row("join p95, start to first AD lookup", pct(after["join"], 0.95),
                                  pct(y["floor_join"], 0.95), None, "floor"),
         yardsticks.yardstick_row(f"cold `id` of the 200-group user (median of {reps}; peer rc "
-                                 f"{sorted(y['peer_id_rc'])}, {y['peer_id_out'].count(',') + 1} groups, `id` output "
-                                 f"{'identical to' if y['peer_id_out'] == after['id_out'] else 'DIFFERENT from'} "
-                                 "the product's)",
+                                 f"{sorted(y['peer_id_rc'])}, {y['peer_id_out'].count(',') + 1} groups, "
+                                 f"{yardsticks.same_id(y['peer_id_out'], after['id_out'])})",
                                  med(after["id"]), med(y["peer_id"]), g["id"], "peer"),
         yardsticks.yardstick_row(f"cold ssh login of that user (median of {reps}; peer rc "
                                  f"{sorted(y['peer_login_rc'])})",

@@ -153,6 +153,18 @@ def yardstick_row(measure: str, product: float, yardstick: float, goal: float | 
             "-" if goal is None else f"product <= {goal:.2f}x {yard_name}", met)
 
 
+def same_id(peer: str, product: str) -> str:
+    """Compare two `id` outputs as sets of ids and names, case aside: the ldap provider keeps AD's case ("Domain
+    Users"), the ad provider lowercases (case_sensitive = False), and the group order is the cache's."""
+    def norm(out: str) -> set[str]:
+        return set(re.findall(r"\d+\([^)]*\)", out.lower()))
+
+    if not peer or not product:
+        return "`id` output missing"
+    same = norm(peer) == norm(product)
+    return "same ids and groups as the product" if same else "ids or groups DIFFER from the product"
+
+
 YARD_HEADER = ("measure", "product", "yardstick", "product / yardstick", "goal", "goal met?")
 
 
