@@ -419,16 +419,19 @@ def setup_peer(lab: Lab, node: Node, ro_password: str) -> dict:
     return {**props, "ldap_default_authtok": "(the read-only user's password)"}
 
 
-def floor_join(lab: Lab, node: Node) -> float | None:
-    """Issue 21's floor: bare `realm join` (password on stdin) + sssd start, then the first AD lookup; seconds from
-    the start, as _first_lookup measures the product (host-side clock around the node command, + wait_lookup)."""
+def floor_join(lab: Lab, node: Node) -> dict | None:
+    """Issue 21's floor: bare `realm join` (password on stdin) + sssd start, then the first AD lookup. "total" in
+    seconds from the start, as _first_lookup measures the product (host-side clock around the node command, +
+    wait_lookup); the steps timed inside the node."""
     t0 = time.monotonic()
     res = node.run(yardsticks.floor_join_argv(lab.join_user, lab.cfg.domain), input=lab.join_password + "\n",
                    check=False, timeout=180)
     elapsed = time.monotonic() - t0
     if res.returncode != 0:
         return None
-    return elapsed + wait_lookup(node, yardsticks.floor_user("alice", lab.cfg.domain))
+    realm_s, sssd_s = yardsticks.floor_steps(res.stdout)
+    lookup_s = wait_lookup(node, yardsticks.floor_user("alice", lab.cfg.domain))
+    return {"total": elapsed + lookup_s, "realm_join": realm_s, "sssd_start": sssd_s, "first_lookup": lookup_s}
 
 
 def bench_compare(lab: Lab, users: int, reps: int, joins: int, before_ref: str, rows: list, raw: dict,
@@ -491,7 +494,7 @@ def bench_compare(lab: Lab, users: int, reps: int, joins: int, before_ref: str, 
         (peer,) = lab.add_nodes([{}])
         raw["peer_sssd_domain"] = setup_peer(lab, peer, ro_password)
     yres: dict = {"peer_id": [], "peer_login": [], "peer_id_out": "", "peer_id_rc": set(), "peer_login_rc": set(),
-                  "floor_join": []}
+                  "floor_join": [], "floor_steps": []}
 
     def login(node: Node, user: str, pw: str) -> tuple[float, int]:
         t = time.monotonic()
@@ -542,9 +545,10 @@ def bench_compare(lab: Lab, users: int, reps: int, joins: int, before_ref: str, 
     for _ in range(joins):
         if yard:
             (node,) = lab.add_nodes([{}])
-            t = floor_join(lab, node)
-            if t is not None:
-                yres["floor_join"].append(t)
+            f = floor_join(lab, node)
+            if f is not None:
+                yres["floor_join"].append(f["total"])
+                yres["floor_steps"].append(f)
             lab.remove_host(node)
         for key, script in (("before", before_script), ("after", after_script)):
             (node,) = lab.add_nodes([{}])
@@ -605,6 +609,9 @@ def yardstick_rows(after: dict, y: dict, joins: int, reps: int) -> list[tuple]:
                                  pct(after["join"], 0.5), pct(y["floor_join"], 0.5), g["join"], "floor"),
         yardsticks.yardstick_row("join p95, start to first AD lookup", pct(after["join"], 0.95),
                                  pct(y["floor_join"], 0.95), None, "floor"),
+        ("the floor's steps (medians): realm join / sssd start / first lookup", "-",
+         " / ".join(f"{med([f[k] for f in y.get('floor_steps', [])]) * 1000:.0f}"
+                    for k in ("realm_join", "sssd_start", "first_lookup")) + " ms", "-", "-", "no goal"),
         yardsticks.yardstick_row(f"cold `id` of the 200-group user (median of {reps}; peer rc "
                                  f"{sorted(y['peer_id_rc'])}, {y['peer_id_out'].count(',') + 1} groups, "
                                  f"{yardsticks.same_id(y['peer_id_out'], after['id_out'])})",

@@ -178,14 +178,27 @@ def markdown_table(header: tuple, rows: list[tuple]) -> str:
 FLOOR_SCRIPT = """set -e
 # The floor: realm join (password on stdin, the join account's), then start sssd (realmd only enables it here:
 # the lab's hosts have no systemd, and on a real node the start is part of what a join costs).
+S=$(date +%s%N)
 realm join --install=/ --client-software=sssd --membership-software=adcli -U "$1" "$2" >/tmp/floor-join.out 2>&1
+J=$(date +%s%N)
 systemctl restart sssd
+E=$(date +%s%N)
+echo "$((J - S)) $((E - J))"
 """
 
 
 def floor_join_argv(join_user: str, domain: str) -> list[str]:
     """The floor's command on the node: names in argv, the password only on stdin."""
     return ["/bin/bash", "-c", FLOOR_SCRIPT, "_", join_user, domain]
+
+
+def floor_steps(stdout: str) -> tuple[float, float]:
+    """(realm join s, sssd start s) from the floor script's last output line (nanoseconds, timed in the node)."""
+    try:
+        join_ns, start_ns = stdout.strip().splitlines()[-1].split()
+        return int(join_ns) / 1e9, int(start_ns) / 1e9
+    except (IndexError, ValueError):
+        raise ValueError(f"the floor script printed no step times: {stdout[-200:]!r}") from None
 
 
 def floor_user(user: str, domain: str) -> str:

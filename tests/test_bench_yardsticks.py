@@ -98,6 +98,9 @@ def test_floor_command_carries_no_password():
     argv = yardsticks.floor_join_argv("svc-pcjoin", "test.domain")
     assert argv[-2:] == ["svc-pcjoin", "test.domain"]
     assert "realm join" in argv[2] and "systemctl restart sssd" in argv[2]
+    assert yardsticks.floor_steps("Password for svc-pcjoin:\n612000000 150000000\n") == (0.612, 0.15)
+    with pytest.raises(ValueError, match="no step times"):
+        yardsticks.floor_steps("realm: Couldn't join realm")
     assert yardsticks.floor_user("alice", "test.domain") == "alice@test.domain"
 
 
@@ -114,8 +117,10 @@ def test_bench_yardstick_rows_judge_the_after_side():
     y = {"floor_join": [1.9, 2.0, 2.1], "peer_id": [2.0, 3.0, 4.0], "peer_login": [0.9, 1.0, 1.1],
          "peer_id_rc": {0}, "peer_login_rc": {0}, "peer_id_out": "uid=1(u)"}
     rows = adlab_bench.yardstick_rows(after, y, joins=3, reps=3)
-    assert [r[-1] for r in rows] == ["yes", "no goal", "yes", "no"]  # 2.2/2.0; -; 0.4/3.0; 1.1/1.0
-    assert rows[3][3] == "1.10x"
+    assert [r[-1] for r in rows] == ["yes", "no goal", "no goal", "yes", "no"]  # 2.2/2.0; -; steps; 0.4/3; 1.1/1
+    assert rows[4][3] == "1.10x"
+    y["floor_steps"] = [{"realm_join": 0.6, "sssd_start": 0.2, "first_lookup": 0.1}]
+    assert adlab_bench.yardstick_rows(after, y, joins=3, reps=3)[2][2] == "600 / 200 / 100 ms"
 
 
 def test_yardsticks_need_compare_with(capsys):
