@@ -13,6 +13,9 @@ handler behind the SigV4-checked function URL, realm/adcli/sssd against Samba AD
 3. a directory of --users users (bulk add, no passwords), one user in 200 groups and a group
    of 1,000 members: getent/id cold (sssd caches emptied) and warm, with the sssd.conf the
    product writes and then with settings tuned for large directories.
+4. --compare-with REV: REV's join chain against today's, side by side (cold `id`, cold ssh login, join p50), and
+   issue 21's yardsticks in the same rounds (bench/yardsticks.py): the floor of a join and ParallelCluster's own
+   DirectoryService mode (the peer), each with its product / yardstick ratio and goal.
 """
 
 from __future__ import annotations
