@@ -13,6 +13,9 @@ handler behind the SigV4-checked function URL, realm/adcli/sssd against Samba AD
 3. a directory of --users users (bulk add, no passwords), one user in 200 groups and a group
    of 1,000 members: getent/id cold (sssd caches emptied) and warm, with the sssd.conf the
    product writes and then with settings tuned for large directories.
+4. --compare-with REV: REV's join chain against today's, side by side (cold `id`, cold ssh login, join p50), and
+   issue 21's yardsticks in the same rounds (bench/yardsticks.py): the floor of a join and ParallelCluster's own
+   DirectoryService mode (the peer), each with its product / yardstick ratio and goal.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import threading
 import time
 from pathlib import Path
 
+from bench import yardsticks
 from tests.adlab.lab import (
     BOOTSTRAP_DIR,
     NODE_OS,
@@ -393,8 +397,50 @@ def node_versions(node: Node) -> str:
     return "; ".join(line.strip() for line in out.splitlines() if line.strip())
 
 
+PEER_RO_USER = "pcluster-ro"  # the peer's DomainReadOnlyUser: a plain domain user (read access is every user's)
+PEER_CA = "/etc/sssd/pcluster-lab-dc-ca.pem"  # the peer's LdapTlsCaCert: the Samba DC's self-made CA
+
+
+def setup_peer(lab: Lab, node: Node, ro_password: str) -> dict:
+    """Issue 21's peer on a node that is not joined: ParallelCluster's DirectoryService mode, the sssd.conf its
+    cookbook renders (bench/yardsticks.py) over ldaps with the DC's CA (ParallelCluster's default LdapTlsReqCert
+    hard), the cookbook's Debian PAM step, then sssd (re)started as the recipe does. Returns the properties with
+    the password masked."""
+    dn = lab.dc.run(["ldbsearch", "-H", "/var/lib/samba/private/sam.ldb", f"(sAMAccountName={PEER_RO_USER})",
+                     "dn"]).stdout
+    bind_dn = next(line[4:].strip() for line in dn.splitlines() if line.startswith("dn: "))
+    node.write(PEER_CA, lab.dc.read("/var/lib/samba/private/tls/ca.pem"))
+    props = yardsticks.pcluster_domain_properties(
+        domain_name=lab.cfg.domain, domain_addr=f"ldaps://dc1.{lab.cfg.domain}", read_only_user=bind_dn,
+        password=ro_password, tls_req_cert="hard", tls_ca_cert=PEER_CA)
+    # As the recipe writes it: root, 0600 (the read-only password is in it, as on every ParallelCluster node).
+    node.write("/etc/sssd/sssd.conf", yardsticks.render_pcluster_sssd_conf(props), mode="0600")
+    node.sh(yardsticks.PEER_PAM + " && systemctl restart sssd && (systemctl restart ssh || true)", timeout=120)
+    if node.run_action("enable-ssh-password-auth.sh").rc != 0:  # the cookbook's sed would lose to the lab image's
+        raise LabError("peer: enable-ssh-password-auth.sh failed")  # 50-cloud-init.conf; the product's action wins
+    wait_lookup(node, "alice")
+    return {**props, "ldap_default_authtok": "(the read-only user's password)"}
+
+
+def floor_join(lab: Lab, node: Node) -> dict | None:
+    """Issue 21's floor: bare `realm join` (password on stdin) + sssd start, then the first AD lookup. "total" in
+    seconds from the start, as _first_lookup measures the product (host-side clock around the node command, +
+    wait_lookup); the steps timed inside the node."""
+    t0 = time.monotonic()
+    res = node.run(yardsticks.floor_join_argv(lab.join_user, lab.cfg.domain), input=lab.join_password + "\n",
+                   check=False, timeout=180)
+    elapsed = time.monotonic() - t0
+    if res.returncode != 0:
+        return None
+    realm_s, sssd_s = yardsticks.floor_steps(res.stdout)
+    lookup_s = wait_lookup(node, yardsticks.floor_user("alice", lab.cfg.domain))
+    return {"total": elapsed + lookup_s, "realm_join": realm_s, "sssd_start": sssd_s, "first_lookup": lookup_s}
+
+
 def bench_compare(lab: Lab, users: int, reps: int, joins: int, before_ref: str, rows: list, raw: dict,
-                  stack_groups: bool = False) -> None:
+                  stack_groups: bool = False, yard_rows: list | None = None) -> None:
+    """yard_rows: a list to receive issue 21's yardstick table (the floor and the peer are measured only then)."""
+    import secrets
     import subprocess
 
     before_script = subprocess.run(["git", "show", f"{before_ref}:bootstrap/join-domain.sh"], cwd=REPO, check=True,
@@ -414,9 +460,14 @@ def bench_compare(lab: Lab, users: int, reps: int, joins: int, before_ref: str, 
         access += ["--stack-users-group", STACK_USERS_DN, "--stack-admins-group", "pca-bench-admins"]
         goals = STACK_GROUP_GOALS
         who["after"] = WHO["product"] + " with the stack's access groups (ad provider)"
+    yard = yard_rows is not None
+    ro_password = "R0-" + secrets.token_urlsafe(12).replace("-", "x").replace("_", "y") + "#"
+    if yard:
+        lab.watch.add("peer read-only password", ro_password.encode())
     t0 = time.monotonic()
     lab.populate({
-        "users": [{"name": "manyuser", "password": MANY_PW}, {"name": "outsider", "password": OUTSIDER_PW}],
+        "users": [{"name": "manyuser", "password": MANY_PW}, {"name": "outsider", "password": OUTSIDER_PW}]
+        + ([{"name": PEER_RO_USER, "password": ro_password}] if yard else []),
         "bulk": {"users": users, "prefix": "buser", "big_group": {"name": "biggroup", "members": min(1000, users)},
                  "many_groups": {"user": "manyuser", "count": 200, "prefix": "mgrp"}},
     })
@@ -441,6 +492,12 @@ def bench_compare(lab: Lab, users: int, reps: int, joins: int, before_ref: str, 
         if nodes[key].run_action("enable-ssh-password-auth.sh").rc != 0:
             raise LabError(f"{key}: enable-ssh-password-auth.sh failed")
         wait_lookup(nodes[key], "alice")
+    peer = None
+    if yard:
+        (peer,) = lab.add_nodes([{}])
+        raw["peer_sssd_domain"] = setup_peer(lab, peer, ro_password)
+    yres: dict = {"peer_id": [], "peer_login": [], "peer_id_out": "", "peer_id_rc": set(), "peer_login_rc": set(),
+                  "floor_join": [], "floor_steps": []}
 
     def login(node: Node, user: str, pw: str) -> tuple[float, int]:
         t = time.monotonic()
@@ -477,7 +534,25 @@ def bench_compare(lab: Lab, users: int, reps: int, joins: int, before_ref: str, 
             t, rc = login(node, "manyuser", MANY_PW)
             res[key]["login"].append(t)
             res[key]["login_rc"].add(rc)
+        if peer is not None:  # the same two measures on the peer, in the same round
+            cold_restart(peer, "alice")
+            t, rc, out = timed(peer, ["id", "manyuser"])
+            yres["peer_id"].append(t)
+            yres["peer_id_rc"].add(rc)
+            yres["peer_id_out"] = out.strip()
+            peer.sh("rm -rf /home/manyuser")
+            cold_restart(peer, "alice")
+            t, rc = login(peer, "manyuser", MANY_PW)
+            yres["peer_login"].append(t)
+            yres["peer_login_rc"].add(rc)
     for _ in range(joins):
+        if yard:
+            (node,) = lab.add_nodes([{}])
+            f = floor_join(lab, node)
+            if f is not None:
+                yres["floor_join"].append(f["total"])
+                yres["floor_steps"].append(f)
+            lab.remove_host(node)
         for key, script in (("before", before_script), ("after", after_script)):
             (node,) = lab.add_nodes([{}])
             t = _first_lookup(node, lab, script, access if key == "after" else before_access,
@@ -517,8 +592,38 @@ def bench_compare(lab: Lab, users: int, reps: int, joins: int, before_ref: str, 
                  f"{res['after']['id_out'].count(',') + 1} groups; rc {sorted(res['after']['id_rc'])}"))
     rows.append(("ssh login of a user in no allowed group (exit code) before / after",
                  f"{outsider['before']} / {outsider['after']}", "0 = logged in, 255 = refused at the account phase"))
+    if yard:
+        yard_rows.extend(yardstick_rows(res["after"], yres, joins, reps))
+        raw["yardsticks"] = {k: (sorted(v) if isinstance(v, set) else v) for k, v in yres.items()}
+        lab.remove_host(peer)
     for node in nodes.values():
         lab.remove_host(node)
+
+
+def yardstick_rows(after: dict, y: dict, joins: int, reps: int) -> list[tuple]:
+    """Issue 21's table: the product ("after") against the floor (joins) and the peer (cold id, cold login)."""
+    def med(v: list[float]) -> float:
+        return statistics.median(v) if v else float("nan")
+
+    g = yardsticks.GOALS
+    rows = [
+        yardsticks.yardstick_row(f"join p50, start to first AD lookup (product {len(after['join'])}/{joins} ok, "
+                                 f"floor {len(y['floor_join'])}/{joins} ok)",
+                                 pct(after["join"], 0.5), pct(y["floor_join"], 0.5), g["join"], "floor"),
+        yardsticks.yardstick_row("join p95, start to first AD lookup", pct(after["join"], 0.95),
+                                 pct(y["floor_join"], 0.95), None, "floor"),
+        ("the floor's steps (medians): realm join / sssd start / first lookup", "-",
+         " / ".join(f"{med([f[k] for f in y.get('floor_steps', [])]) * 1000:.0f}"
+                    for k in ("realm_join", "sssd_start", "first_lookup")) + " ms", "-", "-", "no goal"),
+        yardsticks.yardstick_row(f"cold `id` of the 200-group user (median of {reps}; peer rc "
+                                 f"{sorted(y['peer_id_rc'])}, {y['peer_id_out'].count(',') + 1} groups, "
+                                 f"{yardsticks.same_id(y['peer_id_out'], after['id_out'])})",
+                                 med(after["id"]), med(y["peer_id"]), g["id"], "peer"),
+        yardsticks.yardstick_row(f"cold ssh login of that user (median of {reps}; peer rc "
+                                 f"{sorted(y['peer_login_rc'])})",
+                                 med(after["login"]), med(y["peer_login"]), g["login"], "peer"),
+    ]
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -541,15 +646,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stack-groups", action="store_true",
                     help="with --compare-with: both sides restrict logins to the same groups; the current script"
                     " through the stack's access groups (issue 18), goal within 10%%")
+    ap.add_argument("--yardsticks", action=argparse.BooleanOptionalAction, default=None,
+                    help="with --compare-with (on by default there): issue 21's yardsticks in the same run, the floor"
+                    " of a join (bare realm join + sssd start, --sequential joins) and the peer (ParallelCluster's"
+                    " DirectoryService sssd.conf: cold id and cold ssh login, --reps), with product / yardstick"
+                    " ratios and goals; --no-yardsticks to skip them")
     ap.add_argument("--node-os", choices=NODE_OS, default=None,
                     help="generation of the lab's node hosts (default: ADLAB_NODE_OS, else the machine's)")
     ap.add_argument("--results", type=Path, help="also write the table (and raw JSON) to this markdown file")
     args = ap.parse_args(argv)
+    if args.yardsticks and not args.compare_with:
+        ap.error("--yardsticks needs --compare-with GIT_REV: the yardsticks are measured beside its product figures")
+    # On by default with --compare-with: no side-by-side figure goes out without its distance to the best.
+    yard = args.compare_with is not None and args.yardsticks is not False
     missing = missing_deps()
     if missing:
         print("AD lab dependencies missing; run tools/install_adlab_deps.sh: " + ", ".join(missing), file=sys.stderr)
         return 2
     rows: list[tuple[str, str, str]] = []
+    yard_rows: list[tuple] = []
     raw: dict = {}
     t0 = time.monotonic()
     node_os = args.node_os or default_node_os()
@@ -573,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.compare_with:
             bench_compare(lab, args.users, args.reps, args.sequential, args.compare_with, rows, raw,
-                          stack_groups=args.stack_groups)
+                          stack_groups=args.stack_groups, yard_rows=yard_rows if yard else None)
         else:
             if args.sequential:
                 bench_sequential(lab, args.sequential, rows, raw, args.join_with)
@@ -585,6 +700,11 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(("Whole benchmark wall time", f"{time.monotonic() - t0:.0f} s", f"teardown left: {left or 'nothing'}"))
     table = ["| measure | value | notes |", "| --- | --- | --- |"] + [f"| {a} | {b} | {c} |" for a, b, c in rows]
     text = "\n".join(table)
+    if yard:
+        text += ("\n\nYardsticks (issue 21): the product = the after side above; the floor = bare `realm join` +"
+                 " sssd start; the peer = ParallelCluster's DirectoryService sssd.conf (cookbook "
+                 f"{yardsticks.PCLUSTER_COOKBOOK['commit'][:12]}), node not joined\n\n"
+                 + yardsticks.markdown_table(yardsticks.YARD_HEADER, yard_rows))
     print(text)
     if args.results:
         args.results.write_text(
@@ -592,8 +712,10 @@ def main(argv: list[str] | None = None) -> int:
             "`venv/bin/python -m bench.adlab_bench"
             f" --sequential {args.sequential} --burst {args.burst} --users {args.users} --reps {args.reps}"
             f" --join-with {args.join_with}"
+            + (f" --node-os {args.node_os}" if args.node_os else "")
             + (f" --compare-with {args.compare_with}" if args.compare_with else "")
             + (" --stack-groups" if args.stack_groups else "")
+            + (" --no-yardsticks" if args.compare_with and not yard else "")
             + f"` (node scripts: {WHO['product']})"
             " on the project machine (2 cores, Debian 12, Samba 4.17, sssd 2.8).\n\n"
             + text
