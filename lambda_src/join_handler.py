@@ -439,9 +439,8 @@ def handle(
                 raise
             fields.update(computer_dn=body.pop("dn"))
             try:
+                # _Busy (not caught here) when the authorization it was decided from was withdrawn meanwhile
                 window.issued(name, caller.role_id, authorized_as=caller.role_id if recorded_launch else None)
-            except _Busy:
-                raise  # the authorization was withdrawn meanwhile (the node terminated): no password answered
             except (ClientError, BotoCoreError) as exc:
                 # The object exists and only this answer carries its password: answer. The directory refuses a
                 # second object of the name, so one password per instance holds without the record.
@@ -649,20 +648,18 @@ def _refuse_finished(settings: Settings, dynamodb: Any, claimed: Mapping[str, st
     return item
 
 
-def _recorded_launch_time(item: Mapping[str, Any]) -> float | None:
+def _recorded_launch_time(item: Mapping[str, Any]) -> datetime | None:
+    """The launch time the record holds; None when it holds none or an unreadable one."""
     try:
-        return _launch_time(_dig(item, "launchTime", "S")).timestamp()
+        return _launch_time(_dig(item, "launchTime", "S"))
     except _Refusal:
         return None
 
 
 def _recorded_launch(item: Mapping[str, Any], settings: Settings, now: float) -> datetime | None:
     """The launch time the record holds, if the window it opened is still open; None otherwise."""
-    try:
-        launch = _launch_time(_dig(item, "launchTime", "S"))
-    except _Refusal:
-        return None
-    return launch if now - launch.timestamp() < settings.window_minutes * 60 else None
+    launch = _recorded_launch_time(item)
+    return launch if launch is not None and now - launch.timestamp() < settings.window_minutes * 60 else None
 
 
 def _issued_launch(item: Mapping[str, Any], caller: Caller, closing: str | None, settings: Settings,
@@ -699,9 +696,9 @@ def _authorize_or_mark(caller: Caller, settings: Settings, ec2: Any, iam: Any, c
             # function recorded, launched long enough ago that EC2's eventual consistency is no reason, is gone:
             # recorded too (attack review 4, finding 2). An id never recorded writes nothing (no item per made-up id).
             launched = _recorded_launch_time(recorded)
-            if launched is None or now - launched < TEMPLATE_SETTLE_SECONDS:
+            if launched is None or now - launched.timestamp() < TEMPLATE_SETTLE_SECONDS:
                 raise
-            raise _NotANode(f"{refusal.reason} (recorded for its launch at {_iso(launched)})") from None
+            raise _NotANode(f"{refusal.reason} (recorded for its launch at {_iso(launched.timestamp())})") from None
     except _NotANode as refusal:
         until = str(int(now) + refusal.seconds)
         try:
