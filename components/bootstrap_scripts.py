@@ -57,10 +57,15 @@ def bootstrap_bucket_name(account_id: str, region: str, stack: str) -> str:
     return f"pcluster-ad-{clean}-{account_id}-{region}"
 
 
+def _require_marked_line(script: str, line: str) -> None:
+    """Every bake sets one marked line of the join script: it must be there, exactly once."""
+    if script.count(line + "\n") != 1:
+        raise ValueError(f"the join script must contain the line {line!r} exactly once")
+
+
 def bake_function_url(script: str, url: str) -> str:
     """The script with its marked default line set to the join function URL."""
-    if script.count(BAKED_URL_LINE + "\n") != 1:
-        raise ValueError(f"the join script must contain the line {BAKED_URL_LINE!r} exactly once")
+    _require_marked_line(script, BAKED_URL_LINE)
     if not (_URL_RE.fullmatch(url) or re.fullmatch(r"<after-deploy:[A-Za-z0-9.-]+>", url)):  # offline plan
         raise ValueError(f"the join function URL is not a plain https:// URL: {url!r}")
     return script.replace(BAKED_URL_LINE + "\n", f"BAKED_FUNCTION_URL='{url}'\n", 1)
@@ -71,8 +76,7 @@ def bake_access_groups(script: str, allowed: Sequence[str], admin: Sequence[str]
     hold commas; stack_config checked them), shell-quoted (names may hold spaces, quotes, $ ...)."""
     for kind, groups in (("allowed", allowed), ("admin", admin)):
         line = BAKED_GROUP_LINES[kind]
-        if script.count(line + "\n") != 1:
-            raise ValueError(f"the join script must contain the line {line!r} exactly once")
+        _require_marked_line(script, line)
         for group in groups:
             if not group.strip() or any(c in group for c in ",\n\r"):
                 raise ValueError(f"not a valid AD group name to bake: {group!r}")
@@ -85,8 +89,7 @@ def bake_stack_access_groups(script: str, users_dn: str | None, admins: str | No
     """The script with the stack's access groups (DirectoryAdmin, issue 18) baked: the users group's DN and the
     admins group's name. None leaves both lines empty (no DirectoryAdmin: the baked lists decide)."""
     for line in BAKED_STACK_GROUP_LINES.values():
-        if script.count(line + "\n") != 1:
-            raise ValueError(f"the join script must contain the line {line!r} exactly once")
+        _require_marked_line(script, line)
     if not users_dn and not admins:
         return script
     if not (users_dn and _STACK_USERS_DN_RE.fullmatch(users_dn)):
@@ -105,8 +108,7 @@ ID_MODES = ("idmap", "rfc2307")
 
 def bake_id_mode(script: str, mode: str) -> str:
     """The script with pcluster-ad:identity.mode baked: how nodes find UIDs/GIDs (issue 18)."""
-    if script.count(BAKED_ID_MODE_LINE + "\n") != 1:
-        raise ValueError(f"the join script must contain the line {BAKED_ID_MODE_LINE!r} exactly once")
+    _require_marked_line(script, BAKED_ID_MODE_LINE)
     if mode not in ID_MODES:
         raise ValueError(f"not an ID mode to bake: {mode!r} (idmap or rfc2307)")
     return script.replace(BAKED_ID_MODE_LINE + "\n", f"BAKED_ID_MODE={mode}\n", 1)
@@ -115,8 +117,7 @@ def bake_id_mode(script: str, mode: str) -> str:
 def bake_vpc_cidr(script: str, cidr: str | None) -> str:
     """The script with its marked VPC CIDR line set to `cidr`: an IPv4 network in canonical form (what sshd's
     from="..." takes: no host bits set). None or "" leaves the line as it is (then no from= restriction)."""
-    if script.count(BAKED_VPC_CIDR_LINE + "\n") != 1:
-        raise ValueError(f"the join script must contain the line {BAKED_VPC_CIDR_LINE!r} exactly once")
+    _require_marked_line(script, BAKED_VPC_CIDR_LINE)
     if not cidr:
         return script
     try:
@@ -160,8 +161,7 @@ def node_agent_zip(agent_dir: Path) -> bytes:
 def bake_node_agent(script: str, agent_dir: Path) -> str:
     """The script with its marked node agent line set to the zipapp of `agent_dir`, base64 (no shell quoting
     needed: [A-Za-z0-9+/=] only)."""
-    if script.count(NODE_AGENT_LINE + "\n") != 1:
-        raise ValueError(f"the join script must contain the line {NODE_AGENT_LINE!r} exactly once")
+    _require_marked_line(script, NODE_AGENT_LINE)
     encoded = base64.b64encode(node_agent_zip(agent_dir)).decode("ascii")
     return script.replace(NODE_AGENT_LINE + "\n", f"NODE_AGENT_ZIP='{encoded}'\n", 1)
 
