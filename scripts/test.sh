@@ -48,6 +48,9 @@ lab_log=$(mktemp /tmp/pcluster-ad-lab-XXXXXX.log)
 log "pytest tests/adlab in the background (its log: $lab_log), and the rest here"
 venv/bin/python -m pytest tests/adlab >"$lab_log" 2>&1 &
 lab_pid=$!
+# A background job of a script ignores Ctrl-C: say so, rather than leave it unseen (it ends and tears its lab down
+# by itself; killing it midway could leave the lab's namespaces and mounts behind).
+trap 'log "interrupted: the lab'"'"'s tests go on in the background (pid $lab_pid) until they end and clean up; log: $lab_log"; exit 130' INT
 venv/bin/python -m pytest --ignore=tests/adlab
 pytest_status "pytest (all but the lab)" $?
 rest=$?
