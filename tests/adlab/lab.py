@@ -538,7 +538,7 @@ sed -i 's/^DAEMON_OPTS=.*/DAEMON_OPTS="-D"/' /etc/default/sssd
 # cloud images ship password logins off; enable-ssh-password-auth.sh must win over this
 printf 'PasswordAuthentication no\\n' >/etc/ssh/sshd_config.d/50-cloud-init.conf
 dbus-daemon --system --fork
-service ssh start >/dev/null
+systemctl start ssh >/dev/null  # the shim returns once sshd listens (as systemd does)
 """
         )
         lab.trust_ca(self)

@@ -170,3 +170,24 @@ def test_openssh_10_drops_a_source_after_failed_logins_openssh_9_2_does_not():
         assert outcome["debian12"]["wrong passwords refused"] == 10, outcome
         assert outcome["debian13"]["penalty"] and outcome["debian13"]["wrong passwords refused"] < 10, outcome
         assert "kex_exchange_identification" in outcome["debian13"]["right password"], outcome
+
+
+def test_the_lab_systemctl_returns_once_sshd_listens_again():
+    """The lab's systemctl shim waits, as systemd does, until sshd is ready after a start, restart or reload
+    (a SIGHUP makes sshd close its listen sockets and re-exec). Without that wait a login right after the
+    product's `systemctl reload ssh` met "Connection refused" on a busy machine (a red CI). No DC."""
+    lab_preflight()
+    lab = Lab(LabConfig(keep=False))
+    with lab:
+        lab.start(dc=False, services=False)
+        gens = ["debian12", "debian13"] if machine_os() == "debian12" else [machine_os() or "debian13"]
+        refused = {}
+        for gen in gens:
+            host = lab.add_host(f"r{gen[-2:]}", f"r{gen[-2:]}", lab.next_ip()[1], node_os=gen)
+            host.run(["systemctl", "start", "ssh"])
+            refused[gen] = 0
+            for verb in ["reload", "restart"] * 10:  # the probe right after, in the same shell: no gap
+                refused[gen] += host.sh(f"systemctl {verb} ssh; exec 3<>/dev/tcp/{host.ip}/22",
+                                        check=False).returncode != 0
+        print(f"\nconnections refused right after a reload or restart: {refused}")
+        assert refused == dict.fromkeys(gens, 0), refused
