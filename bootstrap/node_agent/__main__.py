@@ -10,7 +10,8 @@ COMMANDS = {"sigv4-config": ("sigv4", "sigv4_config"), "join-response": ("functi
             "error-field": ("function_api", "error_field"), "busy-wait": ("function_api", "busy_wait_cli"),
             "node-config": ("sssd_config", "node_config"), "daemon-opts": ("sssd_config", "daemon_opts"),
             "joined-realm": ("sssd_config", "joined_realm"), "close-response": ("function_api", "close_response"),
-            "imds-address": ("imds", "imds_address")}
+            "imds-address": ("imds_lockdown", "imds_address"),
+            "restrict-imds": ("imds_lockdown", "restrict_imds_cli")}
 
 
 def main(argv=None):
