@@ -695,41 +695,6 @@ host_key_present() {
     klist -k "$ROOT/etc/krb5.keytab" 2>/dev/null | grep -qiF "$COMPUTER_NAME\$@$AD_REALM"
 }
 
-enable_mkhomedir() {
-    local out
-    if [[ $OS_FAMILY == debian ]]; then
-        [[ -n $PAM_UPDATED ]] && return 0 # done while realm join ran (start_pam_update)
-        debian_pam_update || die 9 "pam-auth-update --enable mkhomedir failed"
-    elif command -v authselect >/dev/null; then
-        out=$(authselect current 2>&1 || true)
-        if [[ $out == *"Profile ID: sssd"* ]]; then
-            log "pam: authselect profile sssd is active; enabling feature with-mkhomedir"
-            authselect enable-feature with-mkhomedir || die 9 "authselect enable-feature with-mkhomedir failed"
-        else
-            log "pam: authselect select sssd with-mkhomedir"
-            authselect select sssd with-mkhomedir --force || die 9 "authselect select sssd with-mkhomedir failed"
-        fi
-        systemctl enable --now oddjobd.service || die 9 "could not enable and start oddjobd (home creation)"
-    else
-        log "pam: authconfig --enablemkhomedir"
-        authconfig --enablesssd --enablesssdauth --enablemkhomedir --update \
-            || die 9 "authconfig --enablemkhomedir failed"
-        systemctl enable --now oddjobd.service || die 9 "could not enable and start oddjobd (home creation)"
-    fi
-}
-
-sssd_running() {
-    local pidfile pid comm
-    for pidfile in "$ROOT/run/sssd.pid" "$ROOT/var/run/sssd.pid"; do
-        [[ -r $pidfile ]] || continue
-        read -r pid <"$pidfile" || continue
-        [[ $pid =~ ^[0-9]+$ ]] || continue
-        comm=$(cat "/proc/$pid/comm" 2>/dev/null) || continue
-        [[ $comm == sssd ]] && return 0
-    done
-    return 1
-}
-
 # A group every domain has (AWS Simple AD and Managed AD by this name). Under --id-mode rfc2307 only groups with a
 # gidNumber exist for sssd, and Domain Users has none: the stack's admins group then, which DirectoryAdmin gives one.
 verify_group() {
@@ -740,56 +705,15 @@ verify_group() {
     fi
 }
 
-# Bounded retries: right after a restart the domain can be offline for a moment.
-verify_sssd() {
-    local until limit running=0 lookup=0 restarted_at hint=""
-    local VERIFY_GROUP
-    VERIFY_GROUP=$(verify_group)
-    limit=$(remaining)
-    ((limit > 120)) && limit=120
-    ((limit < 1)) && limit=1
-    until=$((SECONDS + limit))
-    restarted_at=$SECONDS
-    while :; do
-        running=0
-        lookup=0
-        if sssd_running; then
-            running=1
-            if getent -s sss group "$VERIFY_GROUP" >/dev/null; then
-                lookup=1
-                break
-            fi
-        elif ((restarted_at >= 0 && SECONDS - restarted_at >= 10 && until - SECONDS > 5)); then
-            log "sssd is not running; restarting it once more"
-            timeout -k 10 60 systemctl restart sssd || log "WARNING: systemctl restart sssd failed"
-            restarted_at=-1
-        fi
-        ((SECONDS < until)) || break
-        sleep 2
-    done
-    if ((running == 0)); then
-        die 9 "sssd is not running after the join (realm join exits 0 even when sssd fails to start): see /var/log/sssd/ and 'systemctl status sssd'"
-    fi
-    if ((lookup == 0)); then
-        [[ $ID_MODE == rfc2307 ]] && hint=" (--id-mode rfc2307: a group resolves only with a gidNumber; DirectoryAdmin gives the stack's groups one, pcluster-ad:identity.mode)"
-        die 9 "sssd runs but the group '$VERIFY_GROUP' does not resolve through sssd (getent group) within ${limit}s$hint: see /var/log/sssd/"
-    fi
-    log "verified: sssd is running and the domain answers ('$VERIFY_GROUP' resolves)"
-}
-
 configure_sssd() {
     local conf="$ROOT/etc/sssd/sssd.conf"
     # One Python start: the sssd configuration of the join (what realmd would write: this script runs adcli
     # itself), our settings in it, and krb5.conf's default_realm (also on a node joined by an older version).
     pyhelper node-config "$conf" "$AD_DOMAIN" "$AD_REALM" "$ROOT/etc/krb5.conf" "$ID_MODE" "$ROOT$SSSD_DB" \
         "$ROOT/var/lib/sss/mc" || die 9 "could not write $conf or $ROOT/etc/krb5.conf"
-    enable_mkhomedir
-    # realmd enabled sssd when it ran the join; adcli does not: sssd must start at every boot.
-    timeout -k 10 60 systemctl enable sssd || log "WARNING: systemctl enable sssd failed"
-    log "sssd: restarting"
-    if ! timeout -k 10 120 systemctl restart sssd; then
-        log "WARNING: systemctl restart sssd failed"
-    fi
+    # mkhomedir (PAM), sssd enabled at boot and restarted, then verified within the deadline (node agent's
+    # sssd_service): bounded retries, one more restart if sssd did not come up; it logs and exits 9 on failure.
+    pyhelper sssd-start "$ROOT" "$OS_FAMILY" "$PAM_UPDATED" "$(verify_group)" "$ID_MODE" "$(remaining)" || exit $?
 }
 
 # ---------------------------------------------------------------------------------------------------
@@ -1333,73 +1257,18 @@ configure_access() {
 # Fast logins in big directories (measured in bench/RESULTS.md; trade-offs in the README).
 
 readonly SSSD_DB=/var/lib/sss/db
-readonly SSSD_DB_UNIT=var-lib-sss-db.mount
 
-# sssd's cache in memory: a cold `id` of a user in 200 groups writes ~400 cache entries, each synced to
-# disk. Trade-off: the cache (and cached logins while the directory is unreachable) does not survive a
-# reboot. A mount unit mounts it again at every boot, before sssd (RequiresMountsFor in a drop-in).
+# sssd's cache in memory (node agent's sssd_service: a tmpfs, and a mount unit for every boot; trade-offs there and in
+# the README). It logs and exits 9 on failure.
 sssd_cache_in_memory() {
-    local db="$ROOT$SSSD_DB" unit="$ROOT/etc/systemd/system/$SSSD_DB_UNIT" dropin owner opts
-    dropin="$ROOT/etc/systemd/system/sssd.service.d/50-pcluster-ad-cache-in-memory.conf"
-    mkdir -p -- "$db" || die 9 "cannot create $db"
-    # The directory's owner and mode as the package made them (sssd runs as root or as user sssd).
-    owner=$(stat -c 'uid=%u,gid=%g,mode=%a' -- "$db") || die 9 "cannot read $db"
-    opts="$owner,size=512m,noexec,nosuid,nodev"
-    if command -v selinuxenabled >/dev/null && selinuxenabled; then
-        opts+=",context=system_u:object_r:sssd_var_lib_t:s0"
-    fi
-    mkdir -p -- "$(dirname -- "$unit")" "$(dirname -- "$dropin")" || die 9 "cannot create systemd unit directories"
-    printf '[Unit]\nDescription=pcluster-ad: sssd cache in memory (fast lookups in big directories)\nBefore=sssd.service\n\n[Mount]\nWhat=tmpfs\nWhere=%s\nType=tmpfs\nOptions=%s\n' \
-        "$SSSD_DB" "$opts" >"$unit" || die 9 "cannot write $unit"
-    printf '[Unit]\nRequiresMountsFor=%s\n' "$SSSD_DB" >"$dropin" || die 9 "cannot write $dropin"
-    timeout -k 10 60 systemctl daemon-reload || log "WARNING: systemctl daemon-reload failed"
-    if [[ -n $ROOT ]]; then
-        log "sssd: test root $ROOT: the unit is written, nothing is mounted"
-        return 0
-    fi
-    if [[ $(stat -f -c %T -- "$db") == tmpfs ]]; then
-        log "sssd: cache already in memory ($SSSD_DB)"
-        return 0
-    fi
-    if sssd_running; then
-        timeout -k 10 60 systemctl stop sssd || log "WARNING: systemctl stop sssd failed"
-    fi
-    mount -t tmpfs -o "$opts" tmpfs "$db" || die 9 "cannot mount a tmpfs on $db"
-    log "sssd: cache in memory ($SSSD_DB on tmpfs; $SSSD_DB_UNIT mounts it at every boot)"
-}
-
-# Debian and Ubuntu's common-auth runs pam_cap, which resolves every group of the user again at each
-# login (1.7 s of a 5 s cold login for a user in 200 groups). It grants nothing unless
-# /etc/security/capability.conf says so: dropped only then. 0 when it can go.
-pam_cap_unused() {
-    local conf="$ROOT/etc/security/capability.conf"
-    [[ $OS_FAMILY == debian ]] || return 1
-    grep -qs 'pam_cap\.so' "$ROOT/etc/pam.d/common-auth" || return 1
-    if [[ -e $conf ]] && grep -Ev '^[[:space:]]*(#|$)' "$conf" | grep -Evq '^[[:space:]]*none[[:space:]]+\*[[:space:]]*$'; then
-        log "pam: keeping pam_cap ($conf grants capabilities)"
-        return 1
-    fi
-    log "pam: dropping pam_cap from common-auth ($conf grants nothing)"
-    return 0
-}
-
-# Debian family: both PAM changes in ONE pam-auth-update (each run rewrites every common-* file).
-debian_pam_update() {
-    local -a args=()
-    pam_cap_unused && args+=(--disable capability)
-    args+=(--enable mkhomedir)
-    log "pam: enabling mkhomedir (pam-auth-update ${args[*]})"
-    DEBIAN_FRONTEND=noninteractive pam-auth-update "${args[@]}" </dev/null && return 0
-    ((${#args[@]} > 2)) || return 1
-    log "WARNING: pam-auth-update ${args[*]} failed; enabling mkhomedir alone (pam_cap stays: logins stay slower)"
-    DEBIAN_FRONTEND=noninteractive pam-auth-update --enable mkhomedir </dev/null
+    pyhelper sssd-cache "$ROOT" || exit $?
 }
 
 # While realm join runs (mostly adcli waiting on the DC, ~0.8 s of fixed waits): the Debian family's PAM update
 # (~0.1 s), in the background. Safe to overlap there: realmd leaves PAM alone on that family
 # (realmd-distro.conf: sssd-enable-logins is empty). Everything else that must be in place when realm join
 # restarts sssd at its end (access files, ssh key hook, the cache on tmpfs) is done before the join, in the
-# foreground. On the RHEL family realm runs authselect itself, so enable_mkhomedir waits until after the join.
+# foreground. On the RHEL family realm runs authselect itself, so mkhomedir (sssd-start) waits until after the join.
 PAM_PID=""
 PAM_UPDATED=""
 start_pam_update() {
@@ -1407,7 +1276,7 @@ start_pam_update() {
     (
         ONE_TIME_PASSWORD="" # the job never needs it
         unset -v ONE_TIME_PASSWORD
-        debian_pam_update || die 9 "pam-auth-update --enable mkhomedir failed"
+        pyhelper pam-update "$ROOT" # the node agent's pam: pam_cap dropped if unused, mkhomedir; exits 9 on failure
     ) &
     PAM_PID=$!
 }
@@ -1460,7 +1329,6 @@ main() {
         configure_access
         sssd_cache_in_memory
         configure_sssd
-        verify_sssd
         check_access_groups
     else
         fetch_join_secret
@@ -1474,7 +1342,6 @@ main() {
         configure_login_access # again, in the domain section realm wrote, before sssd restarts
         finish_pam_update
         configure_sssd
-        verify_sssd
         write_state
         check_access_groups
         finish_close_window

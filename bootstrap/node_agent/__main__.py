@@ -11,7 +11,9 @@ COMMANDS = {"sigv4-config": ("sigv4", "sigv4_config"), "join-response": ("functi
             "node-config": ("sssd_config", "node_config"), "daemon-opts": ("sssd_config", "daemon_opts"),
             "joined-realm": ("sssd_config", "joined_realm"), "close-response": ("function_api", "close_response"),
             "imds-address": ("imds_lockdown", "imds_address"),
-            "restrict-imds": ("imds_lockdown", "restrict_imds_cli")}
+            "restrict-imds": ("imds_lockdown", "restrict_imds_cli"),
+            "sssd-cache": ("sssd_service", "cache_in_memory_cli"), "sssd-start": ("sssd_service", "start_cli"),
+            "pam-update": ("pam", "pam_update_cli")}
 
 
 def main(argv=None):
