@@ -640,8 +640,6 @@ realm_configured() {
     out=$(realm list 2>&1) && realm_list_names_domain <<<"$out"
 }
 
-# The hint for every join failure, the deadline included (issue 9 finding 8).
-readonly REALM_HINT="(see the adcli output above; 'Couldn't find a domain controller' or 'Couldn't lookup domain' means this node cannot reach the domain controllers: check that the node resolves the domain (the VPC's DHCP options, or in an existing VPC the Route 53 Resolver rule for the domain) and reaches the domain controllers' ports)"
 
 # With --computer-prefix (the stack renders it into the cluster config) the answered name must be the one
 # derived from this instance's id, as the function derives it: a wrong name means a wrong function or answer.
@@ -658,41 +656,11 @@ check_computer_name() {
     fi
 }
 
-# The node's own join: adcli with the one-time password of the object the function created (on stdin: never
-# on a command line, where `realm join --one-time-password` would put it), then the sssd configuration that
-# realmd would write. adcli sets a machine password of its own at once, so the one-time password is dead
-# afterwards; a failed attempt before that may retry with it.
+# The node's own join (node agent's join): adcli as the computer the function created, the one-time password on
+# stdin only, capped and retried attempts within the deadline. It logs and exits 8 on failure.
 do_join() {
-    local attempt left cap
-    local -a args=(join --verbose --login-type=computer --stdin-password "--domain=$AD_DOMAIN"
-        "--domain-realm=$AD_REALM" "--computer-name=$COMPUTER_NAME" "--host-fqdn=$HOST_FQDN")
-    cap=${PCLUSTER_AD_TEST_JOIN_ATTEMPT_SECONDS:-120}
-    if [[ ! $cap =~ ^[1-9][0-9]*$ ]]; then
-        cap=120
-    fi
-    for attempt in 1 2 3; do
-        left=$(remaining)
-        ((left > 0)) || die 8 "deadline ($TIMEOUT s) reached before the join to $AD_DOMAIN succeeded $REALM_HINT"
-        ((left > cap)) && left=$cap
-        log "adcli: joining $AD_DOMAIN as $COMPUTER_NAME (attempt $attempt, max ${left}s)"
-        # Each attempt is capped: a hanging join (unreachable DC) is killed and retried instead of eating the
-        # whole deadline.
-        if printf '%s\n' "$ONE_TIME_PASSWORD" | timeout -k 10 "$left" adcli "${args[@]}"; then
-            break
-        fi
-        if host_key_present; then
-            log "adcli: the host key is in the keytab despite adcli's exit status"
-            break
-        fi
-        ((attempt < 3)) || die 8 "adcli join $AD_DOMAIN failed $REALM_HINT"
-        (($(remaining) > 5)) && sleep_backoff $((5 * attempt))
-    done
-    host_key_present || die 8 "adcli joined, but the keytab holds no key of $COMPUTER_NAME\$@$AD_REALM"
-    log "joined $AD_DOMAIN as $COMPUTER_NAME"
-}
-
-host_key_present() {
-    klist -k "$ROOT/etc/krb5.keytab" 2>/dev/null | grep -qiF "$COMPUTER_NAME\$@$AD_REALM"
+    printf '%s\n' "$ONE_TIME_PASSWORD" | pyhelper adcli-join "$AD_DOMAIN" "$AD_REALM" "$COMPUTER_NAME" "$HOST_FQDN" \
+        "$ROOT" "$(remaining)" "$TIMEOUT" || exit $?
 }
 
 # A group every domain has (AWS Simple AD and Managed AD by this name). Under --id-mode rfc2307 only groups with a

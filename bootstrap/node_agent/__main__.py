@@ -13,7 +13,7 @@ COMMANDS = {"sigv4-config": ("sigv4", "sigv4_config"), "join-response": ("functi
             "imds-address": ("imds_lockdown", "imds_address"),
             "restrict-imds": ("imds_lockdown", "restrict_imds_cli"),
             "sssd-cache": ("sssd_service", "cache_in_memory_cli"), "sssd-start": ("sssd_service", "start_cli"),
-            "pam-update": ("pam", "pam_update_cli")}
+            "pam-update": ("pam", "pam_update_cli"), "adcli-join": ("join", "adcli_join_cli")}
 
 
 def main(argv=None):

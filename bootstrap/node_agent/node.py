@@ -20,13 +20,16 @@ class Node:
     def which(self, name):
         return shutil.which(name)
 
-    def run(self, argv, env=None, quiet=False):
-        """The exit status; output to the log (or nowhere when quiet); never a terminal's stdin."""
+    def run(self, argv, env=None, quiet=False, input=None):
+        """The exit status; output to the log (or nowhere when quiet); stdin: INPUT (a secret goes only this way) or
+        nothing, never a terminal's."""
         sys.stdout.flush()  # our lines before the command's own
         out = subprocess.DEVNULL if quiet else None
         full_env = dict(os.environ, **env) if env else None
+        stdin = subprocess.DEVNULL if input is None else subprocess.PIPE
         try:
-            return subprocess.call(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=full_env)
+            return subprocess.run(argv, input=input, stdin=None if input is not None else stdin, stdout=out,
+                                  stderr=out, env=full_env, universal_newlines=True).returncode
         except OSError:
             return 127  # as a shell says for a command it cannot run
 

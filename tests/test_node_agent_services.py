@@ -1,6 +1,6 @@
-"""The node agent's sssd service and PAM modules (bootstrap/node_agent/sssd_service.py, pam.py) with a fake node: the
-commands, which, log and a counting clock. The sandbox (tests/test_bootstrap_scripts.py, tests/test_access_script.py)
-and the lab prove the same through join-domain.sh."""
+"""The node agent's sssd service, PAM and join modules (bootstrap/node_agent/sssd_service.py, pam.py, join.py) with a
+fake node: the commands, which, log and a counting clock. The sandbox (tests/test_bootstrap_scripts.py,
+tests/test_access_script.py) and the lab prove the same through join-domain.sh."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from pcluster_ad.bootstrap.node_agent import pam, sssd_service
+from pcluster_ad.bootstrap.node_agent import join, pam, sssd_service
 from pcluster_ad.bootstrap.node_agent.common import NodeError
 
 
@@ -241,3 +241,76 @@ def test_the_command_lines_log_the_error_and_exit_with_its_code(tmp_path):
                          capture_output=True, text=True)
     assert res.returncode == 9 and res.stdout.strip().splitlines()[-1] == (
         "ERROR: pam-auth-update --enable mkhomedir failed"), res
+
+
+# --- the join itself (node_agent/join.py) ----------------------------------------------------------------------------
+
+class JoinNode(FakeNode):
+    """adcli's answers per attempt (rc, and whether the key is in the keytab afterwards)."""
+
+    def __init__(self, root, answers, attempt_seconds=1):
+        super().__init__(root)
+        self.answers, self.keytab, self.inputs, self.attempt_seconds = list(answers), "", [], attempt_seconds
+
+    def run(self, argv, env=None, quiet=False, input=None):
+        self.calls.append((argv, env))
+        self.inputs.append(input)
+        self.now += self.attempt_seconds
+        rc, key = self.answers.pop(0)
+        if key:
+            self.keytab = "   2 NODE01$@TEST.DOMAIN (aes256-cts-hmac-sha1-96)\n"
+        return rc
+
+    def output(self, argv):
+        assert argv == ["klist", "-k", self.root + "/etc/krb5.keytab"]
+        return self.keytab or "klist: Key table file not found\n"
+
+
+def adcli(node, deadline=300, cap=120):
+    join.adcli_join(node, "One-Time-Pw", "test.domain", "TEST.DOMAIN", "NODE01", "ip-10-0-0-12.test.domain",
+                    node.root, deadline, 300, cap)
+
+
+def test_adcli_gets_the_password_on_stdin_only_and_each_attempt_is_capped(tmp_path):
+    node = JoinNode(str(tmp_path), [(0, True)])
+    adcli(node, cap=45)
+    argv = node.argvs()[0]
+    assert argv[:5] == ["timeout", "-k", "10", "45", "adcli"] and not any("One-Time-Pw" in a for a in argv)
+    assert argv[5:] == ["join", "--verbose", "--login-type=computer", "--stdin-password", "--domain=test.domain",
+                        "--domain-realm=TEST.DOMAIN", "--computer-name=NODE01", "--host-fqdn=ip-10-0-0-12.test.domain"]
+    assert node.inputs == ["One-Time-Pw\n"]
+    assert node.lines == ["adcli: joining test.domain as NODE01 (attempt 1, max 45s)", "joined test.domain as NODE01"]
+
+
+def test_a_failed_attempt_is_retried_after_a_jittered_backoff_and_a_key_despite_the_status_counts(tmp_path):
+    node = JoinNode(str(tmp_path), [(1, False), (1, True)])
+    adcli(node)
+    assert len(node.argvs()) == 2 and 1 + 5 + 1 <= node.now <= 1 + 7 + 1  # 5 s plus up to 2 s of jitter
+    assert "adcli: the host key is in the keytab despite adcli's exit status" in node.lines
+
+
+def test_three_failures_exit_8_with_the_hint(tmp_path):
+    node = JoinNode(str(tmp_path), [(1, False)] * 3)
+    with pytest.raises(NodeError, match=r"adcli join test.domain failed \(see the adcli output above; 'Couldn't "
+                                        r"find a domain controller'") as err:
+        adcli(node)
+    assert err.value.code == 8 and len(node.argvs()) == 3
+
+
+def test_the_deadline_stops_the_attempts_and_no_attempt_runs_past_it(tmp_path):
+    node = JoinNode(str(tmp_path), [(1, False)] * 3, attempt_seconds=20)
+    with pytest.raises(NodeError, match=r"deadline \(300 s\) reached before the join to test.domain succeeded"):
+        adcli(node, deadline=30)
+    # attempt 1 may take all 30 s; after it (20 s) and the backoff (5-7 s) attempt 2 gets what is left; then none
+    assert [int(a[3]) for a in node.argvs()][0] == 30 and 3 <= int(node.argvs()[1][3]) <= 5
+    assert len(node.argvs()) == 2
+
+
+def test_a_zero_status_without_the_key_is_an_error(tmp_path):
+    with pytest.raises(NodeError, match=r"adcli joined, but the keytab holds no key of NODE01\$@TEST.DOMAIN"):
+        adcli(JoinNode(str(tmp_path), [(0, False)]))
+
+
+@pytest.mark.parametrize("value, cap", [("", 120), ("30", 30), ("0", 120), ("-5", 120), ("x", 120), ("010", 120)])
+def test_the_attempt_cap_hook_takes_positive_integers_only(value, cap):
+    assert join.attempt_cap({"PCLUSTER_AD_TEST_JOIN_ATTEMPT_SECONDS": value}) == cap
