@@ -31,6 +31,50 @@ def pytest_collection_finish(session: pytest.Session) -> None:
                                 "a fixture or a program's main(), never at import")
 
 
+class _SharedLoaderCache:
+    """A botocore Loader's `_cache` (its @instance_cache: service models, endpoints, paginators, ...), shared by every
+    Loader of this process that searches the same paths for the same extras. botocore already hands one loaded model
+    to every client of a session, i.e. treats them as read-only; but each boto3 session has its own Loader, and moto
+    makes a new default session per mock, so every test's world re-parsed the same JSON (about half of building a
+    moto world). The key holds the search paths as they are at lookup time (boto3 appends its own after __init__)."""
+
+    shared: dict[tuple, Any] = {}
+
+    def __init__(self, loader: Any):
+        self.loader = loader
+
+    def _key(self, key: tuple) -> tuple:
+        return (tuple(self.loader.search_paths), tuple(self.loader.extras_types), *key)
+
+    def __contains__(self, key: tuple) -> bool:
+        return self._key(key) in self.shared
+
+    def __getitem__(self, key: tuple) -> Any:
+        return self.shared[self._key(key)]
+
+    def __setitem__(self, key: tuple, value: Any) -> None:
+        self.shared[self._key(key)] = value
+
+
+def _share_botocore_loaders() -> None:
+    from botocore import loaders
+
+    init = loaders.Loader.__init__
+    if getattr(init, "shares_cache", False):
+        return
+
+    def shared_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        if type(self.file_loader) is loaders.JSONFileLoader:  # a custom file loader may read other things
+            self._cache = _SharedLoaderCache(self)
+
+    shared_init.shares_cache = True  # type: ignore[attr-defined]
+    loaders.Loader.__init__ = shared_init
+
+
+_share_botocore_loaders()
+
+
 def copy_checkout(dest: Path) -> Path:
     """The checkout's files as a user's clone has them (tracked and new, not ignored: no venv/, no plan-out/)."""
     names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,

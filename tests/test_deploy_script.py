@@ -11,6 +11,7 @@ import subprocess
 import pytest
 import yaml
 
+from pcluster_ad.tools.full_validation import CACHE_ENV
 from tests.conftest import ROOT, stack_doc
 
 # `whoami --verbose` as the real CLI prints it (pkg/cmd/pulumi/whoami/whoami.go); PULUMI_STANDIN_BACKEND is the
@@ -25,6 +26,16 @@ esac
 """
 PULUMI_CLOUD = {"PULUMI_STANDIN_BACKEND": "https://app.pulumi.com/stand-in"}
 WHOAMI = "whoami --verbose --non-interactive"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _verdict_cache(tmp_path_factory):
+    """Most tests here deploy the same dev plan, each through ParallelCluster's full validation (5-10 s in moto): its
+    verdict is kept for the module (tools/full_validation.py CACHE_ENV, keyed by a digest of the plan, the validator
+    and the venv), so a repeated plan gets the same verdict without a new world; another plan is validated afresh."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("full-validation-verdicts")))
+        yield
 
 
 def fake_node(version_output: str) -> str:
@@ -51,8 +62,9 @@ def run_deploy(tmp_path, *args: str, with_pulumi: bool = True, passphrase: bool 
     if passphrase:
         env["PULUMI_CONFIG_PASSPHRASE"] = "test-passphrase"
     env.update(extra_env or {})
-    if os.environ.get("PCLUSTER_AD_PCLUSTER_VENV"):
-        env["PCLUSTER_AD_PCLUSTER_VENV"] = os.environ["PCLUSTER_AD_PCLUSTER_VENV"]
+    for key in ("PCLUSTER_AD_PCLUSTER_VENV", CACHE_ENV):
+        if os.environ.get(key) and key not in (extra_env or {}):
+            env[key] = os.environ[key]
     result = subprocess.run(["bash", "scripts/deploy.sh", *args], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=600, check=False)
     calls = (tmp_path / "calls").read_text().splitlines() if (tmp_path / "calls").exists() else []
@@ -75,7 +87,7 @@ def test_unknown_stack_is_named(tmp_path):
 
 
 def test_deploys_the_dev_stack_after_validating_it(tmp_path):
-    result, calls = run_deploy(tmp_path, "dev", "--yes")
+    result, calls = run_deploy(tmp_path, "dev", "--yes", extra_env={CACHE_ENV: ""})  # a full validation, never kept
     assert result.returncode == 0, result.stdout + result.stderr
     assert calls == [WHOAMI, "stack select --create dev", "up --stack dev --yes"]
 

@@ -94,3 +94,35 @@ def test_a_directory_without_a_plan_is_a_usage_error(tmp_path):
     result = run_cli(str(tmp_path))
     assert result.returncode == 2
     assert f"run `venv/bin/python -m pcluster_ad.tools.plan STACK --out {tmp_path}` first" in result.stderr
+
+
+def test_a_kept_verdict_comes_back_only_for_the_same_plan_validator_and_venv(tmp_path, monkeypatch):
+    """CACHE_ENV (CI, tests/test_deploy_script.py): the same plan, planned again (its JSON in another order), gets the
+    kept verdict, refusals included, without a new world; an edited plan or another validator source gets a new one."""
+    worlds = []
+    for attempt in "abcdef":
+        (tmp_path / attempt).mkdir()
+
+    def validate_full(plan, name, *, python):  # stands in for the moto world: counts them, answers by the plan
+        worlds.append(plan)
+        refused = NOT_IN_EU_WEST_1 in (plan / "cluster-config.yaml").read_text()
+        return {"ok": not refused, "seconds": 7.5, "blocked_network": [], "not_checked": [],
+                "failures": [{"level": "ERROR", "type": "T", "message": "refused"}] if refused else []}
+
+    monkeypatch.setattr(full_validation, "validate_full", validate_full)
+    env = {**os.environ, full_validation.CACHE_ENV: str(tmp_path / "kept")}
+    first = full_validation.validate_plan_dir(plan_dir(tmp_path / "a"), env)
+    again = full_validation.validate_plan_dir(plan_dir(tmp_path / "b"), env)
+    assert len(worlds) == 1 and "cached" not in first and again == {**first, "cached": True}
+    assert len(list((tmp_path / "kept").iterdir())) == 1
+    for attempt in ("c", "d"):  # a refusal is kept too, and raised again
+        with pytest.raises(full_validation.FullValidationFailed, match="refused"):
+            full_validation.validate_plan_dir(plan_dir(tmp_path / attempt, region_lacks_the_type), env)
+    assert len(worlds) == 2
+    validator = tmp_path / "validate_cluster_full.py"
+    validator.write_text(full_validation.FULL_VALIDATOR.read_text() + "# changed\n")
+    monkeypatch.setattr(full_validation, "FULL_VALIDATOR", validator)
+    full_validation.validate_plan_dir(plan_dir(tmp_path / "e"), env)
+    assert len(worlds) == 3
+    full_validation.validate_plan_dir(plan_dir(tmp_path / "f"), {**env, full_validation.CACHE_ENV: ""})  # off
+    assert len(worlds) == 4

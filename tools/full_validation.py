@@ -10,6 +10,11 @@ scripts/deploy.sh runs it before `pulumi up`; automation.preview/up run it (chec
 touched. It runs with the ParallelCluster venv of the stack's pclusterVersion (the plan's outputs.json), which must
 hold moto: `bash tools/pcluster_venv.sh --with-moto [VERSION]` makes it; nothing is installed here.
 
+With PCLUSTER_AD_FULL_VALIDATION_CACHE=DIR, a verdict is kept in DIR under a digest of everything it depends on (the
+plan's resources, cluster config and outputs, the validator's sources, the venv's interpreter and installed
+packages), and a plan with the same digest gets that verdict back without a new world: for CI and tests, which
+validate the same plan many times (a plan's JSON comes out in varying order: the digest is over its sorted form).
+
 Exit codes: 0 passed (warnings and what was not checked are printed), 1 refused (one line per failure),
 2 usage (no plan there), 4 the venv is missing or has no moto.
 """
@@ -17,6 +22,7 @@ Exit codes: 0 passed (warnings and what was not checked are printed), 1 refused 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -34,7 +40,9 @@ if not __package__ and str(ROOT) not in sys.path:  # run as a file in a checkout
 
 from pcluster_ad.launcher.core import EXIT_SETUP, SetupError, resolve_pcluster  # noqa: E402
 from pcluster_ad.stack_config import SECRET_KEYS, ConfigError, Problem  # noqa: E402
-from pcluster_ad.tools.pcluster_schema import SchemaToolError, validate_full  # noqa: E402
+from pcluster_ad.tools.pcluster_schema import FULL_VALIDATOR, SchemaToolError, validate_full  # noqa: E402
+
+CACHE_ENV = "PCLUSTER_AD_FULL_VALIDATION_CACHE"
 
 
 class FullValidationFailed(ConfigError):
@@ -74,12 +82,38 @@ def venv_python(version: str, env: Mapping[str, str] | None = None) -> Path:
     return pcluster.parent / "python"
 
 
+def verdict_digest(plan_dir: Path, python: Path) -> str:
+    """A digest of what the validation's verdict depends on (see CACHE_ENV): the plan (resources in sorted order, keys
+    sorted: tools.plan writes them in varying order), the validator's sources, the interpreter and its packages."""
+    resources = json.loads((plan_dir / "resources.json").read_text(encoding="utf-8"))
+    site = sorted(p.name for p in python.parent.parent.glob("lib/python3*/site-packages/*.dist-info"))
+    parts = {
+        "resources": sorted(json.dumps(r, sort_keys=True) for r in resources),
+        "config": (plan_dir / "cluster-config.yaml").read_text(encoding="utf-8"),
+        "outputs": json.loads((plan_dir / "outputs.json").read_text(encoding="utf-8")),
+        "validator": [Path(f).read_text(encoding="utf-8") for f in (FULL_VALIDATOR, __file__,
+                                                                     ROOT / "tools" / "pcluster_schema.py")],
+        "python": [str(python), os.path.realpath(python), site],
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
 def validate_plan_dir(plan_dir: Path, env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Run the validation on a `tools.plan` directory; its result ({"ok", "failures", "not_checked", ...}).
     Raises FullValidationFailed when ParallelCluster refuses, SetupError without a usable venv."""
     outputs = json.loads((plan_dir / "outputs.json").read_text())
     python = venv_python(outputs["pclusterVersion"], env)
-    result = validate_full(plan_dir, outputs["clusterName"], python=python)
+    cache_dir = (os.environ if env is None else env).get(CACHE_ENV)
+    cached = Path(cache_dir, f"{verdict_digest(plan_dir, python)}.json") if cache_dir else None
+    if cached is not None and cached.is_file():
+        result = {**json.loads(cached.read_text(encoding="utf-8")), "cached": True}
+    else:
+        result = validate_full(plan_dir, outputs["clusterName"], python=python)
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            partial = cached.with_suffix(f".{os.getpid()}.tmp")
+            partial.write_text(json.dumps(result), encoding="utf-8")
+            partial.replace(cached)  # whole or absent, for a concurrent reader
     if not result["ok"]:
         raise FullValidationFailed(result)
     return result
@@ -129,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{f['level'].lower()}: ParallelCluster {f['type']}: {f['message']}", file=sys.stderr)
     for note in result.get("not_checked") or []:
         print(f"not checked: {note}", file=sys.stderr)
-    print(f"ParallelCluster's full create validation passed ({result['seconds']} s)")
+    how = f"{result['seconds']} s" + (f", the verdict kept in ${CACHE_ENV}" if result.get("cached") else "")
+    print(f"ParallelCluster's full create validation passed ({how})")
     return 0
 
 

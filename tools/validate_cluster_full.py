@@ -27,17 +27,20 @@ With --json, stdout is one JSON object per plan dir:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT = "123456789012"  # moto's default account
+MANAGED_POLICIES = "MOTO_IAM_LOAD_MANAGED_POLICIES"  # moto reads it whenever it builds an IAM backend
 PLACEHOLDER_RE = re.compile(r"<after-deploy:([^<>]+)>")  # RESOURCE.PROPERTY, or account-id
 _VPC_ID_RE, _SUBNET_ID_RE = re.compile(r"vpc-[0-9a-f]{8,17}"), re.compile(r"subnet-[0-9a-f]{8,17}")  # real ids
 
@@ -81,7 +84,7 @@ def _env_for_moto(tmp: Path, region: str, custom_amis: list[tuple[str, str]]) ->
     os.environ.update({
         "MOTO_AMIS_PATH": str(path),
         # ParallelCluster checks its own managed policies (e.g. for the instance role) exist.
-        "MOTO_IAM_LOAD_MANAGED_POLICIES": "true",
+        MANAGED_POLICIES: "true",
         "AWS_DEFAULT_REGION": region,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",  # moto's dummy credentials, no real account
@@ -393,14 +396,14 @@ def validate_plan(plan_dir: Path, cluster_name: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="pcluster-ad-world-") as tmp:
         _env_for_moto(Path(tmp), region, custom)
         from botocore.handlers import BUILTIN_HANDLERS
-        from moto import mock_aws
 
         hook = ("before-call.cloudformation.DescribeStacks", _no_such_stack)
         if hook not in BUILTIN_HANDLERS:  # read by every client created from here on
             BUILTIN_HANDLERS.append(hook)
 
         _offline_supported_regions()
-        with _NetworkGuard() as guard, mock_aws():
+        managed_policies_parsed_once()
+        with _NetworkGuard() as guard, moto_world():
             from pcluster.aws.aws_api import AWSApi
             from pcluster.aws.common import Cache
 
@@ -424,6 +427,54 @@ def validate_plan(plan_dir: Path, cluster_name: str) -> dict[str, Any]:
     return {"ok": not any(f["level"] == "ERROR" for f in failures) and not guard.blocked, "failures": failures,
             "seconds": round(time.perf_counter() - started, 2), "ids": ids, "blocked_network": guard.blocked,
             "not_checked": not_checked}
+
+
+def managed_policies_parsed_once() -> None:
+    """moto builds IAM's ~1300 AWS managed policies (MOTO_IAM_LOAD_MANAGED_POLICIES, which ParallelCluster's checks
+    need) for each of 6 partitions, each time parsing the same JSON: about 3 s of every world. Parse it once per
+    process; each backend still gets its own policy objects (same fields as moto's AWSManagedPolicy.from_data)."""
+    from datetime import datetime
+
+    from moto.iam import models
+
+    if getattr(models.IAMBackend._init_aws_policies, "parsed_once", False):
+        return
+    parsed = [(name, d.get("DefaultVersionId"), d.get("Path"), json.dumps(d.get("Document")),
+               datetime.fromisoformat(d["CreateDate"]), datetime.fromisoformat(d["UpdateDate"]))
+              for name, d in json.loads(models.aws_managed_policies_data).items()]
+
+    def init(self: Any) -> list[Any]:
+        if not models.load_iam_aws_managed_policies():
+            return []
+        return [models.AWSManagedPolicy(name, account_id=self.account_id, region=self.region_name,
+                                        default_version_id=version, path=path, document=document,
+                                        create_date=created, update_date=updated)
+                for name, version, path, document, created, updated in parsed]
+
+    init.parsed_once = True  # type: ignore[attr-defined]
+    models.IAMBackend._init_aws_policies = init
+
+
+@contextlib.contextmanager
+def moto_world() -> Iterator[None]:
+    """`mock_aws()`, whose end does not build IAM's managed policies again: stopping moto resets every backend (each
+    IAM one re-creating its ~1300 policies, 2-3 s) and then drops them all, so the policies are off while it does."""
+    from moto import mock_aws
+
+    mock = mock_aws()
+    mock.start()
+    try:
+        yield
+    finally:
+        before = os.environ.get(MANAGED_POLICIES)
+        os.environ[MANAGED_POLICIES] = "false"
+        try:
+            mock.stop()
+        finally:
+            if before is None:
+                os.environ.pop(MANAGED_POLICIES, None)
+            else:
+                os.environ[MANAGED_POLICIES] = before
 
 
 class _NetworkGuard:

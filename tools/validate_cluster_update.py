@@ -120,32 +120,6 @@ class World(full.World):
         super()._aws_s3_bucketObjectv2_BucketObjectv2(name, i)
 
 
-def _managed_policies_parsed_once() -> None:
-    """moto builds IAM's ~1300 AWS managed policies (MOTO_IAM_LOAD_MANAGED_POLICIES, which ParallelCluster's checks
-    need) for each of 6 partitions, twice per world, each time parsing the same JSON: about 3 s of every case. Parse
-    it once; each backend still gets its own policy objects (same fields as moto's AWSManagedPolicy.from_data)."""
-    from datetime import datetime
-
-    from moto.iam import models
-
-    if getattr(models.IAMBackend._init_aws_policies, "parsed_once", False):
-        return
-    parsed = [(name, d.get("DefaultVersionId"), d.get("Path"), json.dumps(d.get("Document")),
-               datetime.fromisoformat(d["CreateDate"]), datetime.fromisoformat(d["UpdateDate"]))
-              for name, d in json.loads(models.aws_managed_policies_data).items()]
-
-    def init(self: Any) -> list[Any]:
-        if not models.load_iam_aws_managed_policies():
-            return []
-        return [models.AWSManagedPolicy(name, account_id=self.account_id, region=self.region_name,
-                                        default_version_id=version, path=path, document=document,
-                                        create_date=created, update_date=updated)
-                for name, version, path, document, created, updated in parsed]
-
-    init.parsed_once = True  # type: ignore[attr-defined]
-    models.IAMBackend._init_aws_policies = init
-
-
 def _read_plan(plan_dir: Path) -> tuple[list[dict[str, Any]], str]:
     resources = json.loads((plan_dir / "resources.json").read_text())
     # Without comment lines: tools.plan's header explains the placeholders with one.
@@ -280,7 +254,6 @@ def _update_request(name: str, target_text: str) -> dict[str, Any]:
 def validate_update(case: dict[str, Any]) -> dict[str, Any]:
     """One stack change: build its world, then run update-cluster's validation once per fleet state."""
     import yaml
-    from moto import mock_aws
 
     started = time.perf_counter()
     base_resources, base_raw = _read_plan(Path(case["base"]))
@@ -293,7 +266,7 @@ def validate_update(case: dict[str, Any]) -> dict[str, Any]:
     os.environ["AWS_DEFAULT_REGION"] = region
     name = case["clusterName"]
     runs: dict[str, Any] = {}
-    with full._NetworkGuard() as guard, mock_aws():
+    with full._NetworkGuard() as guard, full.moto_world():
         from pcluster.aws.aws_api import AWSApi
         from pcluster.aws.common import Cache
 
@@ -339,7 +312,7 @@ def validate_updates(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if hook not in BUILTIN_HANDLERS:  # read by every client created from here on
                 BUILTIN_HANDLERS.append(hook)
         full._offline_supported_regions()
-        _managed_policies_parsed_once()
+        full.managed_policies_parsed_once()
         import logging
 
         logging.disable(logging.WARNING)  # pcluster logs each expected refusal; the JSON carries them
