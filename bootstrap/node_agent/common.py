@@ -10,3 +10,11 @@ def fail(msg, code=1):
 
 def one_line(s):
     return isinstance(s, str) and s != "" and not any(c in s for c in "\0\r\n")
+
+
+class Die(Exception):
+    """The script's `die CODE MESSAGE`: the command logs "ERROR: MESSAGE" on stdout and exits CODE."""
+
+    def __init__(self, code, message):
+        Exception.__init__(self, message)
+        self.code = code
