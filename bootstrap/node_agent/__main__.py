@@ -9,6 +9,8 @@ import sys
 COMMANDS = {"sigv4-config": ("sigv4", "sigv4_config"), "join-response": ("function_api", "join_response"),
             "error-field": ("function_api", "error_field"), "busy-wait": ("function_api", "busy_wait_cli"),
             "node-config": ("sssd_config", "node_config"), "daemon-opts": ("sssd_config", "daemon_opts"),
+            "access": ("access", "configure_cli"), "login-access": ("access", "login_access_cli"),
+            "check-access-groups": ("access", "check_groups_cli"),
             "joined-realm": ("sssd_config", "joined_realm"), "close-response": ("function_api", "close_response"),
             "imds-address": ("imds_lockdown", "imds_address"),
             "restrict-imds": ("imds_lockdown", "restrict_imds_cli"),
