@@ -14,6 +14,7 @@ import sys
 
 from .common import NodeError
 from .files import fill, lines_of, read_text, temp_beside
+from .node import Node
 
 ACCESS_CONF = "/etc/sssd/conf.d/50-pcluster-ad-access.conf"
 SUDOERS_FILE = "/etc/sudoers.d/50-pcluster-ad-admins"
@@ -32,19 +33,9 @@ STATE_FILTER = "(!(userAccountControl:1.2.840.113556.1.4.803:=2))(!(lockoutTime>
 AD_OPTIONS = "ad_gpo_access_control = disabled\nad_enable_gc = False\n"
 
 
-def log(msg):
-    sys.stdout.write(msg + "\n")
-    sys.stdout.flush()  # before any command's own output
-
-
-def run_command(argv, quiet=False):
-    import subprocess
-    sys.stdout.flush()
-    null = subprocess.DEVNULL if quiet else None
-    try:
-        return subprocess.call(argv, stdin=subprocess.DEVNULL, stdout=null, stderr=null)
-    except OSError:
-        return 127
+# The node's log and commands (node.Node); each step takes them as parameters for the tests' fakes.
+log = Node().log
+run_command = Node().run
 
 
 def split_groups(value):
