@@ -354,19 +354,48 @@ NODE_AGENT_TMP="" # the decoded zip's directory (root only, code and no secret):
 # -I: no environment, no user site-packages, no current directory on sys.path. The code is argv (no secret in it).
 readonly NODE_AGENT_BOOT='import sys; sys.path.insert(0, sys.argv.pop(1)); from node_agent.__main__ import main; main()'
 
-# start_node_agent: make the agent runnable, once (main, after the EXIT trap that removes it). Python imports a zip
-# only from a seekable file: the zip is written once, not piped at every call.
+# untrusted_path PATH...: the first one another user could change (echoed), else none (exit 1). A PATH must belong to
+# root and be writable by root only; so must every directory above it, or be sticky (/tmp: nobody renames root's
+# entries there). What root runs from a checkout's folder is then nobody else's code.
+untrusted_path() {
+    local start p uid mode
+    for start in "$@"; do
+        p=$start
+        while :; do
+            read -r uid mode < <(stat -c '%u %a' -- "$p" 2>/dev/null) || { printf '%s' "$p"; return 0; }
+            if [[ $uid != 0 ]] || { ((8#$mode & 8#022)) && [[ $p == "$start" || ! -k $p ]]; }; then
+                printf '%s' "$p"
+                return 0
+            fi
+            [[ $p == / ]] && break
+            p=$(dirname -- "$p")
+        done
+    done
+    return 1
+}
+
+# start_node_agent: make the agent runnable, once (main, after the EXIT trap that removes it), in a private
+# directory of its own. Python imports a zip only from a seekable file: the zip is written once, not piped at every
+# call. A checkout's copy (not baked) takes the node_agent/ folder beside it only when no one but root can change it,
+# and copies it: nothing else of that directory comes onto root's sys.path.
 start_node_agent() {
+    local dir bad
+    NODE_AGENT_TMP=$(mktemp -d) || die 3 "cannot create a temporary directory for the node agent"
+    NODE_AGENT=$NODE_AGENT_TMP
     if [[ -n $NODE_AGENT_ZIP ]]; then
-        NODE_AGENT_TMP=$(mktemp -d) || die 3 "cannot create a temporary directory for the node agent"
         printf '%s' "$NODE_AGENT_ZIP" | base64 -d >"$NODE_AGENT_TMP/node-agent.pyz" ||
             die 3 "cannot write the node agent to $NODE_AGENT_TMP"
         NODE_AGENT=$NODE_AGENT_TMP/node-agent.pyz
-    else
-        NODE_AGENT=$(cd -- "$(dirname -- "$0")" && pwd -P)
-        [[ -f $NODE_AGENT/node_agent/__main__.py ]] ||
-            die 3 "no node agent: NODE_AGENT_ZIP is empty and $NODE_AGENT/node_agent/ is missing (upload the script as the stack bakes it, or keep bootstrap/node_agent/ beside it)"
+        return 0
     fi
+    dir=$(cd -- "$(dirname -- "$0")" && pwd -P)
+    [[ -f $dir/node_agent/__main__.py ]] ||
+        die 3 "no node agent: NODE_AGENT_ZIP is empty and $dir/node_agent/ is missing (upload the script as the stack bakes it, or keep bootstrap/node_agent/ beside it)"
+    if bad=$(untrusted_path "$dir" "$dir/node_agent" "$dir"/node_agent/*.py); then
+        die 3 "no node agent: $bad can be changed by a user other than root, so root will not run the node_agent/ folder beside this copy (upload the script as the stack bakes it: the agent is inside it; or keep the checkout in root's own directories)"
+    fi
+    { mkdir -- "$NODE_AGENT_TMP/node_agent" && cp -- "$dir"/node_agent/*.py "$NODE_AGENT_TMP/node_agent/"; } ||
+        die 3 "cannot copy the node agent to $NODE_AGENT_TMP"
 }
 
 pyhelper() { python3 -I -c "$NODE_AGENT_BOOT" "$NODE_AGENT" "$@"; }

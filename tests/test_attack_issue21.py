@@ -50,8 +50,6 @@ def plant(path: Path, marker: Path, body: str = "") -> None:
 # imports later (json, hmac...) is found in that directory first.
 
 
-@pytest.mark.xfail(strict=True, reason="attack finding 1: a checkout copy in a world-writable directory (/tmp) runs "
-                                       "another user's node_agent/ as root")
 def test_a_checkout_copy_in_a_shared_directory_never_runs_a_planted_agent(sandbox, tmp_path):  # noqa: F811
     shared = shared_dir(tmp_path / "shared")
     script = shared / "join-domain.sh"
@@ -66,8 +64,6 @@ def test_a_checkout_copy_in_a_shared_directory_never_runs_a_planted_agent(sandbo
     assert result.rc == 3 and fn.requests == []
 
 
-@pytest.mark.xfail(strict=True, reason="attack finding 1: a checkout folder in a world-writable directory goes first "
-                                       "on root's sys.path (standard modules shadowed)")
 def test_a_checkout_folder_in_a_shared_directory_never_shadows_a_standard_module(sandbox, tmp_path):  # noqa: F811
     shared = shared_dir(tmp_path / "shared")
     script = shared / "join-domain.sh"

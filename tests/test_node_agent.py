@@ -10,6 +10,7 @@ import io
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -341,5 +342,26 @@ def test_the_checkout_copy_runs_the_folder_beside_it(sandbox):  # noqa: F811
     with FakeImds() as fake_imds, FakeFunctionUrl([GOOD]) as fn:
         result = run_join(box, fake_imds, fn)
     assert result.rc == 0, result.output
-    agents = {c["argv"][3] for c in box.calls("python3") if c["argv"][:2] == ["-I", "-c"]}
-    assert agents == {str(AGENT_DIR.parent)}
+    # A copy of the folder in the run's own private directory (attack finding 1 of issue 21: nothing else beside the
+    # script reaches root's sys.path), removed at exit.
+    (agent,) = {c["argv"][3] for c in box.calls("python3") if c["argv"][:2] == ["-I", "-c"]}
+    assert agent != str(AGENT_DIR.parent) and agent.startswith(str(box.tmp)) and not os.path.exists(agent)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_a_checkout_copy_in_a_folder_another_user_owns_is_refused_naming_it(sandbox, tmp_path):  # noqa: F811
+    """Attack finding 1 of issue 21: root runs the folder beside a checkout's copy only when nobody else can change
+    it: a user's own directory (here uid 65534's) is refused, naming the path, before any request."""
+    home = tmp_path / "home-of-a-user"
+    (home / "node_agent").mkdir(parents=True)
+    for module in AGENT_DIR.glob("*.py"):
+        shutil.copy(module, home / "node_agent" / module.name)
+    script = home / "join-domain.sh"
+    script.write_text(JOIN_SCRIPT.read_text())
+    os.chown(home, 65534, 65534)
+    box = sandbox()
+    with FakeImds() as fake_imds, FakeFunctionUrl([GOOD]) as fn:
+        result = box.run(script, ["--function-url", fn.url, "--region", "eu-west-1"], box.env(fake_imds.url))
+    assert result.rc == 3 and f"no node agent: {home} can be changed by a user other than root" in result.output, \
+        result.output
+    assert fn.requests == [] and list(box.tmp.iterdir()) == []
