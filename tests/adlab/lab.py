@@ -78,6 +78,7 @@ REQUIRED_TOOLS = [
     "/usr/libexec/packagekitd",
     "/usr/bin/dig",
     "/usr/bin/ldbsearch",
+    "/usr/bin/ldapmodify",  # the attack tests: root on a node writes as its computer account (-Y GSSAPI)
     "/usr/bin/klist",
     "/usr/sbin/pam-auth-update",
     "/usr/bin/curl",
