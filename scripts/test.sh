@@ -71,7 +71,7 @@ lab_lane() {
     pytest_status "pytest (the lab on debian13 nodes)" $? || rc=1
     log "lab pass 2 (${#DEB13_MODULES[@]} modules, debian13 nodes): $((SECONDS - t0)) s"
   else
-    log "lab pass 2 skipped: Debian 12 nodes on a $machine_generation machine need a bookworm root (not built yet)"
+    log "lab pass 2 skipped on this $machine_generation machine: a second generation needs Debian 12 (no bookworm root yet)"
   fi
   return "$rc"
 }
