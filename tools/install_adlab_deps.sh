@@ -13,6 +13,8 @@ PACKAGES=(
   sudo
   bind9-dnsutils iproute2 util-linux procps psmisc curl
   strace iptables
+  # the attack tests' LDAP writes from a node as its computer account (ldapmodify -Y GSSAPI), both generations
+  ldap-utils libsasl2-modules-gssapi-mit
   debootstrap # tools/trixie_root.sh: the Debian 13 node root
 )
 

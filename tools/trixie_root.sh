@@ -31,9 +31,11 @@ NODE_PACKAGES=(
   libcap2-bin libpam-cap
   # the attacker's compiler: test_access.py's user builds her LD_PRELOAD library on the node
   gcc libc6-dev
+  # the attacker's LDAP client: root on a node writes to the directory as the node's computer account
+  # (ldapmodify/ldapdelete -Y GSSAPI), as on a Debian 12 node. Not ldb-tools: Debian 13's is built without
+  # Samba's credential options (no --use-kerberos)
+  ldap-utils libsasl2-modules-gssapi-mit
 )
-# Not ldb-tools: the attack tests' `ldbmodify --use-kerberos` comes from Samba's ldb command line, which the
-# Debian 12 machine has (samba installed) and Debian 13's ldb-tools has not (no credential options at all).
 # The lab's systemctl shim drives /etc/init.d scripts (no systemd as PID 1 in a lab host): Debian 13's
 # sssd-common, openssh-server and dbus still ship theirs.
 

@@ -78,6 +78,7 @@ REQUIRED_TOOLS = [
     "/usr/libexec/packagekitd",
     "/usr/bin/dig",
     "/usr/bin/ldbsearch",
+    "/usr/bin/ldapmodify",  # the attack tests: root on a node writes as its computer account (-Y GSSAPI)
     "/usr/bin/klist",
     "/usr/sbin/pam-auth-update",
     "/usr/bin/curl",
@@ -951,6 +952,16 @@ printf 'search {c.domain}\\nnameserver {self.dc_ip}\\n' >/etc/resolv.conf
         self.client = self.add_host("cl", "client1", self.client_ip)
         self.trust_ca(self.client)
         return self.client
+
+    def client_source(self) -> str:
+        """A further address of the ssh client (from the nodes' pool, on its eth0): a fresh source for logins.
+        OpenSSH >= 9.8 (Debian 13 nodes) drops every connection from an address that caused a few failed
+        authentications (PerSourcePenalties); a test that refuses logins on purpose moves its later logins to a
+        new source (`ssh -b`), as different users behind different addresses would be."""
+        assert self.client is not None, "add_client() first"
+        ip = self.next_ip()[1]
+        self.client.run(["ip", "addr", "add", f"{ip}/{self.net.prefixlen}", "dev", "eth0"])
+        return ip
 
     def trust_ca(self, host: Host) -> None:
         """Add the lab CA to the host's system bundle (what curl uses), as an AMI with a private CA would."""

@@ -410,6 +410,21 @@ exec /usr/bin/$(/usr/bin/basename "$0") "$@"
 """
 
 
+def read_user_env_at_ssh_login(node) -> bool:
+    """Arm the attack's way in: sshd's PAM stack reading ~/.pam_environment (pam_env user_readenv=1), as Debian 12's
+    openssh-server and Ubuntu 22.04/24.04's ship it. Debian 13's no longer does (openssh 1:9.7p1-6, Debian bug
+    #1018260; upstream Linux-PAM deprecated the option), but its pam_env (Linux-PAM 1.7) still honours it: on such a
+    node the option is set as those OSes have it, so that the payload is live and what is proved is the product's
+    part (nothing of hers runs as root), not the OS's. Returns whether the node's own stack already read it."""
+    pam = node.read("/etc/pam.d/sshd")
+    if "user_readenv=1" in pam:
+        return True
+    node.sh(r"sed -i 's|^\(session\s\+required\s\+pam_env.so envfile=/etc/default/locale\)$|\1 user_readenv=1|' "
+            "/etc/pam.d/sshd")
+    assert "pam_env.so envfile=/etc/default/locale user_readenv=1" in node.read("/etc/pam.d/sshd"), pam
+    return False
+
+
 def uid_of(node, user: str) -> int:
     return int(node.run(["id", "-u", user]).stdout.strip())
 
@@ -473,6 +488,10 @@ def test_pam_environment_attack_runs_nothing_of_hers_as_root(site, where):
     files)."""
     node = site.head if where == "debian" else site.rhel
     user = "mallory"
+    if where == "debian":
+        own = read_user_env_at_ssh_login(node)
+        # Debian 13's openssh-server (1:10.0p1) ships without it, Debian 12's (1:9.2p1) with it.
+        assert own == (node.os == "debian12"), (node.os, own)
     arm_env_attack(site, node, user)
     uid = uid_of(node, user)
     res = ssh(site.lab, node, user, site.pw[user], "id -un")
@@ -498,6 +517,7 @@ def test_old_root_hook_is_exploitable_and_a_rerun_removes_it(site):
     node.sh("rm -f /etc/ssh/sshrc /usr/local/libexec/pcluster-ad-user-ssh-key")
     node.write(OLD_HOOK_PATH, OLD_HOOK, mode="0755")
     node.run(["/bin/sh", "-c", "cat >>/etc/pam.d/sshd"], input=OLD_PAM_LINES)
+    read_user_env_at_ssh_login(node)
     arm_env_attack(site, node, user)
     assert ssh(lab, node, user, site.pw[user], "true").returncode == 0
     ev = attack_evidence(node, user)

@@ -368,19 +368,21 @@ MAL_PCS = {"MAL18SYN": "4096", "MAL18NRM": "512"}  # a workstation account, and 
 MAL_PC_PW = "Mpc-Pw-2026!x-18"
 
 # Root on a node: LDAP as the node's computer account, from its keytab (Kerberos, sealed). One LDIF per argument;
-# prints one line per change: 0 (done) or ldbmodify's LDAP error code (50: insufficientAccessRights).
+# prints one line per change: 0 (done) or the LDAP result code that ldapmodify exits with (50:
+# insufficientAccessRights); a failed bind or connection is an "error: ..." line, never a result code. OpenLDAP's
+# ldapmodify -Y GSSAPI: every node generation has it (Debian 13's ldb-tools lacks Samba's --use-kerberos).
 AS_NODE = r"""set -u
 export KRB5CCNAME=FILE:/tmp/atk18.cc
 me=$(klist -k /etc/krb5.keytab | awk '/\$@/ {print $2; exit}')
 kinit -k -t /etc/krb5.keytab "$me" >/dev/null 2>&1 || { echo "kinit failed for $me"; exit 0; }
 echo "$me"
 for ldif in "$@"; do
-    if out=$(printf '%s\n' "$ldif" | ldbmodify -H ldap://dc1.test.domain --use-kerberos=required 2>&1); then
-        echo 0
-    else
-        code=$(printf '%s' "$out" | grep -o 'LDAP error [0-9]*' | head -1)
-        echo "${code:-error: $(printf '%s' "$out" | tr -c '[:print:]' ' ' | cut -c1-120)}"
-    fi
+    out=$(printf '%s\n' "$ldif" | ldapmodify -Q -N -Y GSSAPI -H ldap://dc1.test.domain 2>&1); rc=$?
+    case $rc:$out in
+        0:*) echo 0 ;;
+        *ldap_sasl_interactive_bind*|255:*) echo "error: $(printf '%s' "$out" | tr -c '[:print:]' ' ' | cut -c1-120)" ;;
+        *) echo "LDAP error $rc" ;;
+    esac
 done
 kdestroy >/dev/null 2>&1 || true
 """

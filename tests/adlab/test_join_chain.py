@@ -489,14 +489,17 @@ def test_one_time_password_is_dead_after_the_join(chain):
 
 
 # Root on one node, with that node's machine credentials (its keytab), against ANOTHER node's computer object and
-# against the OU: each change must be refused by the directory.
+# against the OU: each change must be refused by the directory. OpenLDAP's ldapmodify/ldapdelete with SASL GSSAPI
+# (sealed), a client every node generation has (Debian 13's ldb-tools lacks Samba's --use-kerberos); they exit with
+# the LDAP result code: 50 insufficientAccessRights, 19 constraintViolation. Anything else (a failed bind: 49, the
+# server unreachable: 255) is an ERROR, never a refusal.
 MACHINE_ATTACK = r"""set -u
 kinit -k -c /tmp/attack.cc "$1" || exit 90
 export KRB5CCNAME=/tmp/attack.cc
-# By the DC's name (Kerberos needs it); a refusal must be the directory's, never a failed bind.
-try() { local out; out=$(printf '%s\n' "$2" | ldbmodify -H "ldap://$DC" --use-kerberos=required 2>&1) \
-        && echo "ALLOWED $1" || { [[ $out == *nsufficient* || $out == *onstraint* || $out == *ccess* ]] \
-        && echo "refused $1" || echo "ERROR $1: $out"; }; }
+# By the DC's name (Kerberos needs it; -N: no reverse lookup of it).
+verdict() { case $2 in 0) echo "ALLOWED $1";; 50|19) echo "refused $1";; *) echo "ERROR $1: rc $2: $3";; esac; }
+try() { local out rc; out=$(printf '%s\n' "$2" | ldapmodify -Q -N -Y GSSAPI -H "ldap://$DC" 2>&1); rc=$?
+        verdict "$1" "$rc" "$out"; }
 try spn "dn: $2
 changetype: modify
 add: servicePrincipalName
@@ -519,8 +522,10 @@ try create "dn: CN=EVIL01,$4
 changetype: add
 objectClass: computer
 sAMAccountName: EVIL01$"
-out=$(ldbdel -H "ldap://$DC" --use-kerberos=required "$2" 2>&1) && echo "ALLOWED delete" \
-    || { [[ $out == *ccess* || $out == *nsufficient* ]] && echo "refused delete" || echo "ERROR delete: $out"; }
+out=$(ldapdelete -Q -N -Y GSSAPI -H "ldap://$DC" "$2" 2>&1); verdict delete $? "$out"
+# The control: the same bind reads the attacker's own object (Samba refuses anonymous searches and has no WhoAmI),
+# so the refusals above were given to an authenticated computer account, not to a failed or anonymous bind.
+ldapsearch -LLL -Q -N -Y GSSAPI -H "ldap://$DC" -b "$4" -s one "(sAMAccountName=${1%@*})" dn 2>&1 | sed 's/^/seen /'
 rm -f /tmp/attack.cc
 """
 
@@ -539,6 +544,8 @@ def test_root_on_a_node_cannot_touch_another_computer_object(chain):
     lines = res.stdout.split("\n")
     for what in ("spn", "description", "rbcd", "password", "create", "delete"):
         assert f"refused {what}" in lines, res.stdout + res.stderr
+    own = f"seen dn: CN={computer_name(lab, attacker)},{lab.computer_ou}"
+    assert own.lower() in [x.lower() for x in lines], res.stdout
     assert dc_ldb(lab, "-b", victim_dn, "-s", "base", "servicePrincipalName", "description",
                   "pwdLastSet").stdout == before
 
