@@ -134,7 +134,7 @@ def bake_vpc_cidr(script: str, cidr: str | None) -> str:
 NODE_AGENT_LINE = 'NODE_AGENT_ZIP=""'
 NODE_AGENT_DIR = "node_agent"  # beside the script
 NODE_AGENT_MODULES = ("__init__.py", "__main__.py", "common.py", "files.py", "function_api.py", "imds.py", "sigv4.py",
-                      "sssd_config.py")
+                      "sssd_config.py", "httpc.py", "join_client.py")
 # The zipapp's own entry (`python3 -I node-agent.pyz COMMAND ...`); the script itself imports node_agent.__main__.
 NODE_AGENT_ZIPAPP_MAIN = b"from node_agent.__main__ import main\nmain()\n"
 

@@ -6,11 +6,12 @@ Only the command's module is imported: the script starts Python a dozen times in
 import importlib
 import sys
 
-COMMANDS = {"sigv4-config": ("sigv4", "sigv4_config"), "join-response": ("function_api", "join_response"),
+COMMANDS = {"join-response": ("function_api", "join_response"),
             "error-field": ("function_api", "error_field"), "busy-wait": ("function_api", "busy_wait_cli"),
             "node-config": ("sssd_config", "node_config"), "daemon-opts": ("sssd_config", "daemon_opts"),
             "joined-realm": ("sssd_config", "joined_realm"), "close-response": ("function_api", "close_response"),
-            "imds-address": ("imds", "imds_address")}
+            "imds-address": ("imds", "imds_address"),
+            "fetch-join": ("join_client", "fetch_join_cli"), "close-window": ("join_client", "close_window_cli")}
 
 
 def main(argv=None):
