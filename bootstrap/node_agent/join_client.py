@@ -84,8 +84,7 @@ class Client:
                 return creds
             if self.remaining() <= 1:
                 raise Exit(4, "could not read the instance id and role credentials from IMDSv2 at "
-                              f"{self.imds} before the "
-                              f"deadline ({self.timeout} s)")
+                              f"{self.imds} before the deadline ({self.timeout} s)")
             self.out(f"IMDS not ready (instance role credentials unavailable); retrying in ~{delay}s")
             self.sleep_backoff(delay)
             delay = min(delay * 2, 10)
@@ -128,17 +127,15 @@ class Client:
                     raise Exit(7, "invalid answer from the join function (HTTP 200)") from None
                 domain, realm, name = answer[:3]
                 self.out(f"join function: HTTP 200 after {self.elapsed()}s: domain {domain}, realm {realm}, "
-                         f"computer account {name} (created for "
-                         f"instance {self.instance_id}, one-time password)")
+                         f"computer account {name} (created for instance {self.instance_id}, one-time password)")
                 return (self.instance_id,) + tuple(answer)
             else:
                 err = f"HTTP {code}: {error_field_text(text)}"
                 if code == 403:
                     raise Exit(6, f"the join function refused this node ({err}). Not retrying: check that "
-                                  f"instance {self.instance_id} "
-                                  "carries the tag parallelcluster:cluster-name of the cluster, runs in the cluster's "
-                                  "VPC, and that its instance role may call the function URL "
-                                  "(lambda:InvokeFunctionUrl and, for URLs created since October 2025, "
+                                  f"instance {self.instance_id} carries the tag parallelcluster:cluster-name of "
+                                  "the cluster, runs in the cluster's VPC, and that its instance role may call the "
+                                  "function URL (lambda:InvokeFunctionUrl and, for URLs created since October 2025, "
                                   "lambda:InvokeFunction)")
                 if code in (429, 503):
                     # Busy (the joins in progress are at their cap, issue 20) or throttled: full jitter, at least
@@ -167,8 +164,7 @@ class Client:
         left = min(self.remaining(), CLOSE_WINDOW)
         if left < 1:
             self.out(f"WARNING: join window NOT closed: no time left before the deadline ({self.timeout} s); "
-                     "it closes by itself "
-                     "after the function's windowMinutes")
+                     "it closes by itself after the function's windowMinutes")
             return False
         until = self.clock() + left
         body = {"joined": True, "computerName": computer_name}
@@ -211,8 +207,7 @@ class Client:
                 self.sleep_backoff(delay)
             delay *= 2
         self.out(f"WARNING: join window NOT closed ({err}); the node is joined all the same. The window closes "
-                 "by itself "
-                 "after the function's windowMinutes or maxAnswers")
+                 "by itself after the function's windowMinutes or maxAnswers")
         return False
 
 
