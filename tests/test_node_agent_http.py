@@ -318,3 +318,41 @@ def test_fetch_join_and_close_window_commands_against_the_stand_ins(python):
                                   "0"], capture_output=True, text=True, env=env, timeout=60)
     assert (refused.returncode, refused.stdout) == (6, "")
     assert "ERROR: the join function refused this node (HTTP 403: forbidden)" in refused.stderr
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory):
+    """An HTTPS server on 127.0.0.1 with a self-signed certificate for that address (what the lab's CA does)."""
+    import ssl
+
+    d = tmp_path_factory.mktemp("tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(d / "key.pem"), "-out",
+                    str(d / "cert.pem")], check=True, capture_output=True)
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    srv.seen = []
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(d / "cert.pem", d / "key.pem")
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv, d / "cert.pem"
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.mark.parametrize("python", [sys.executable, *PYTHONS])
+def test_httpc_speaks_tls_with_the_systems_trust_and_refuses_an_unknown_certificate(tls_server, python):
+    """The function URL is https: the OS's CA bundle decides (SSL_CERT_FILE stands in for it here), on every Python
+    the nodes may have."""
+    srv, cert = tls_server
+    url = f"https://127.0.0.1:{srv.server_address[1]}/ok"
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from node_agent import httpc\n"
+            "try:\n    print(httpc.request('POST', sys.argv[2], {}, b'x', 5, proxies={}))\n"
+            "except httpc.TransportError as e:\n    print('no answer:', e)\n")
+    agent = node_agent_argv()[-1]
+    trusted = subprocess.run([python, "-I", "-c", code, agent, url], capture_output=True, text=True, timeout=60,
+                             env={"PATH": os.environ["PATH"], "SSL_CERT_FILE": str(cert)})
+    assert trusted.stdout == "(200, b'fine')\n", trusted.stderr
+    unknown = subprocess.run([python, "-I", "-c", code, agent, url], capture_output=True, text=True, timeout=60,
+                             env={"PATH": os.environ["PATH"], "SSL_CERT_FILE": "/nonexistent"})
+    assert unknown.stdout.startswith("no answer:") and "CERTIFICATE_VERIFY_FAILED" in unknown.stdout, unknown.stdout
