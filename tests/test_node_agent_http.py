@@ -312,6 +312,7 @@ def test_fetch_join_and_close_window_commands_against_the_stand_ins(python):
                          "ip-10-0-0-12.test.domain", "svc-pcad-join"] and len(lines) == 7
     assert lines[6] not in fetch.stderr and "attempt 1 failed: HTTP 500: x; retrying in ~1s" in fetch.stderr
     assert close.returncode == 0 and close.stdout == "" and "join window closed" in close.stderr
+    assert "IMDS: instance" in fetch.stderr and "IMDS: instance" not in close.stderr  # logged once, as before
     assert all(r["verified"] and r["proof_verified"] for r in fn.requests) and len(fn.requests) == 3
     with FakeImds() as fake_imds, FakeFunctionUrl([(403, {"error": "forbidden"})]) as fn:
         refused = subprocess.run([*agent, "fetch-join", fn.url, "eu-west-1", fake_imds.url, "600", "600",

@@ -236,5 +236,8 @@ def fetch_join_cli(url, region, imds_endpoint, timeout, remaining, elapsed):
 
 
 def close_window_cli(url, region, imds_endpoint, timeout, remaining, computer_name):
-    # Exit 0 whatever happens: closing the window never changes the script's exit code.
-    _client(url, region, imds_endpoint, timeout, remaining).close_window(computer_name)
+    # Exit 0 whatever happens: closing the window never changes the script's exit code. The join's request logged
+    # the instance and role already.
+    client = _client(url, region, imds_endpoint, timeout, remaining)
+    client.logged = True
+    client.close_window(computer_name)
