@@ -3,7 +3,8 @@
 request(method, url, headers, data, timeout, proxies) -> (status, body bytes) for any HTTP answer, errors
 included (urllib raises those as HTTPError: the body is read from it); TransportError when no answer came
 (refused, timed out, TLS, a broken answer). Never follows a redirect (curl without -L did not either): a 3xx is
-an answer like any other. The connection is given CONNECT_TIMEOUT s, every later wait `timeout` s.
+an answer like any other. The connection is given CONNECT_TIMEOUT s, every later wait `timeout` s (a socket
+timeout: a server that trickles bytes could take longer in all, where curl's --max-time bounded the whole request).
 """
 
 import http.client

@@ -29,7 +29,8 @@ def imds_address(endpoint):
 
 
 # --- IMDSv2: the session token, the instance id and the instance role's credentials --------------------------------
-# Each request as the script's curl made it: no proxy (--noproxy '*'), 2 s to connect, 5 s in all; any HTTP error
+# Each request as the script's curl made it: no proxy (--noproxy '*'), 2 s to connect, then 5 s for each wait on
+# the answer (curl's --max-time 5 bounded the whole request; IMDS's answers are a few hundred bytes); any HTTP error
 # fails (-f). `http` is httpc.request's shape (tests pass a fake).
 
 TOKEN_TTL = "21600"
