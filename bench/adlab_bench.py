@@ -357,19 +357,22 @@ STACK_USERS_DN = "CN=pca-bench-users,CN=Users,DC=test,DC=domain"
 GOALS = {"id": 0.50, "login": 0.35, "join": 0.70}  # after / before, at most
 
 
-def _script_run(node: Node, lab: Lab, script: str, extra: list[str], timeout_arg: int = 300, url_path: str = ""):
-    """Start a join script (its full text) on a node as ParallelCluster would: downloaded, chmod +x, run."""
+def _script_run(node: Node, lab: Lab, script: str, extra: list[str], timeout_arg: int = 300, url_path: str = "",
+                agent_dir: Path | None = None):
+    """Start a join script (its full text) on a node as ParallelCluster would: downloaded, chmod +x, run.
+    agent_dir: the node agent of the script's revision (as_uploaded)."""
     from tests.adlab.lab import BootstrapRun, as_uploaded
 
     path = "/tmp/pcluster-ad-actions/join-domain-bench.sh"
-    node.write(path, as_uploaded(script), mode="0755")
+    node.write(path, as_uploaded(script, agent_dir), mode="0755")
     argv = [path, "--function-url", lab.function_url + url_path, "--region", lab.cfg.region,
             "--timeout", str(timeout_arg), *extra]
     return BootstrapRun(node, argv, timeout_arg + 60)
 
 
-def _first_lookup(node: Node, lab: Lab, script: str, extra: list[str], url_path: str = "") -> float | None:
-    run = _script_run(node, lab, script, extra, url_path=url_path)
+def _first_lookup(node: Node, lab: Lab, script: str, extra: list[str], url_path: str = "",
+                  agent_dir: Path | None = None) -> float | None:
+    run = _script_run(node, lab, script, extra, url_path=url_path, agent_dir=agent_dir)
     res = run.wait()
     return res.elapsed + wait_lookup(node, "alice") if res.rc == 0 else None
 
@@ -446,6 +449,14 @@ def bench_compare(lab: Lab, users: int, reps: int, joins: int, before_ref: str, 
     before_script = subprocess.run(["git", "show", f"{before_ref}:bootstrap/join-domain.sh"], cwd=REPO, check=True,
                                    capture_output=True, text=True).stdout
     after_script = (BOOTSTRAP_DIR / "join-domain.sh").read_text()
+    # REV's script runs with REV's node agent (its commands), not today's.
+    agent_tmp = tempfile.TemporaryDirectory(prefix="pcad-bench-agent-")
+    before_agent = Path(agent_tmp.name) / "bootstrap" / "node_agent"
+    archive = subprocess.run(["git", "archive", before_ref, "bootstrap"], cwd=REPO, check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", agent_tmp.name], input=archive, check=True)
+    if not before_agent.is_dir():
+        before_agent = None  # a script from before the node agent
     # The product's access control stays on in "after": only these groups may log in.
     access = ["--allowed-groups", "hpc-users, mgrp0000"]
     before_access: list[str] = []
@@ -482,7 +493,8 @@ def bench_compare(lab: Lab, users: int, reps: int, joins: int, before_ref: str, 
     # On sssd >= 2.9.1 (Debian 13's 2.10) the groups are already stored valid: the emulation is then a no-op check.
     real_291 = after.os == "debian13"
     emulated = "REAL on this sssd" if real_291 else "EMULATED on 2.8.2"
-    runs = {"before": _script_run(before, lab, before_script, before_access, url_path=BEFORE_PATH),
+    runs = {"before": _script_run(before, lab, before_script, before_access, url_path=BEFORE_PATH,
+                                  agent_dir=before_agent),
             "after": _script_run(after, lab, after_script, access)}
     nodes = {"before": before, "after": after}
     for key, run in runs.items():
@@ -556,7 +568,8 @@ def bench_compare(lab: Lab, users: int, reps: int, joins: int, before_ref: str, 
         for key, script in (("before", before_script), ("after", after_script)):
             (node,) = lab.add_nodes([{}])
             t = _first_lookup(node, lab, script, access if key == "after" else before_access,
-                              url_path=BEFORE_PATH if key == "before" else "")
+                              url_path=BEFORE_PATH if key == "before" else "",
+                              agent_dir=before_agent if key == "before" else None)
             if t is not None:
                 res[key]["join"].append(t)
             lab.remove_host(node)

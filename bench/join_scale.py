@@ -63,7 +63,7 @@ Limits (token buckets: capacity, refill per second):
 The node follows bootstrap/join-domain.sh: a 429 or 503 answer is "busy": it waits max(retryAfter, uniform(0,
 min(30, 2^n))) s for its n-th busy answer (pyhelper busy_delay; retryAfter 2 s from admission control, none from
 Lambda's own 429 or the function's 503), cut to the 600 s deadline; 408 and other 5xx wait 1, 2, 4 .. 30 s plus up
-to half; a 403 ends the join; curl waits out the function; each `realm join` attempt capped at 120 s; the close (in
+to half; a 403 ends the join; the node waits out the function; each `realm join` attempt capped at 120 s; the close (in
 the background) 3 failures or 10 attempts within 60 s, busy answers waited out the same way and not counted.
 
 Admission control follows lambda_src/join_handler.py (_Lease), at the handler's default of JOINS_PER_DC per DC

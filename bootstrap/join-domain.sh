@@ -11,12 +11,12 @@
 #      [domain/D] section and /etc/krb5.keytab holds a host key (NAME$@D upper-cased); only steps 5,
 #      6 and 8 run;
 #   3. read the instance role's credentials from IMDSv2 and POST to the join function URL (AWS_IAM
-#      auth), signed with `curl --aws-sigv4`; the credentials reach curl through a config on stdin,
-#      never argv; bounded retries with exponential backoff and jitter, all within --timeout (default
-#      600 s) counted from the start of the script; HTTP 403 is final (the node's join window is
-#      closed, or the node is no node of this cluster); HTTP 429 (the joins in progress against the directory
-#      are at the function's cap, or Lambda throttles) and 503 are waited out with full-jitter exponential
-#      backoff, never shorter than the answer's retryAfter: "join function busy, retrying in N s (attempt k)";
+#      auth), SigV4-signed by the node agent (Python's urllib; no curl): the credentials stay in its
+#      process, never argv, environment, disk or log; bounded retries with exponential backoff and
+#      jitter, all within --timeout (default 600 s) counted from the start of the script; HTTP 403 is
+#      final (the node's join window is closed, or the node is no node of this cluster); HTTP 429 (the
+#      joins in progress against the directory are at the function's cap, or Lambda throttles) and 503
+#      are waited out with full-jitter exponential backoff, never shorter than the answer's retryAfter: "join function busy, retrying in N s (attempt k)";
 #   3b. access and speed, all BEFORE realm join, which restarts sssd with the domain at its end (so no moment
 #      in which any AD user may log in): with allowed groups (baked by the stack, or --allowed-groups), an
 #      sssd conf.d snippet that admits only their members: with the stack's groups (DirectoryAdmin, baked, or
@@ -51,7 +51,7 @@
 #
 # The password lives only in shell variables and pipes: never argv, environment, disk or log.
 #
-# Exit codes: 0 joined and verified; 2 usage; 3 prerequisites (OS, packages, curl); 4 IMDS;
+# Exit codes: 0 joined and verified; 2 usage; 3 prerequisites (OS, packages, the node agent); 4 IMDS;
 #   5 join function unreachable or failing (retries exhausted / deadline); 6 join function answered
 #   403 forbidden; 7 invalid answer from the join function; 8 realm join failed (or the deadline hit
 #   during the join); 9 sssd configuration or verification failed; 10 --restrict-imds could not lock
@@ -128,9 +128,9 @@ RESTRICT_IMDS=""
 COMPUTER_OU=""
 COMPUTER_PREFIX=""
 LOGGER_PID=""
-# Secrets: only ever in these shell variables (never exported) and in pipes.
+# The secret: only ever in this shell variable (never exported) and in pipes. The instance role's credentials never
+# reach the shell: the node agent reads and uses them in its own process.
 ONE_TIME_PASSWORD=""
-SIGV4_CONFIG=""
 
 usage() {
     cat <<'EOF'
@@ -297,8 +297,7 @@ on_exit() {
     local rc=$? i
     set +e
     ONE_TIME_PASSWORD=""
-    SIGV4_CONFIG=""
-    unset -v ONE_TIME_PASSWORD SIGV4_CONFIG
+    unset -v ONE_TIME_PASSWORD
     # Background work (start_pam_update, start_close_window) finishes and logs before the last line.
     [[ -n $PAM_PID ]] && wait "$PAM_PID"
     [[ -n $CLOSE_PID ]] && wait "$CLOSE_PID"
@@ -333,16 +332,6 @@ START_SECONDS=$SECONDS
 remaining() { printf '%d' $((START_SECONDS + TIMEOUT - SECONDS)); }
 elapsed() { printf '%d' $((SECONDS - START_SECONDS)); }
 
-# sleep_backoff DELAY: sleep DELAY seconds plus jitter, never past the deadline.
-sleep_backoff() {
-    local delay=$1 left
-    delay=$((delay + RANDOM % (delay / 2 + 1)))
-    left=$(remaining)
-    ((delay > left - 1)) && delay=$((left - 1))
-    [[ ${PCLUSTER_AD_TEST_NO_BACKOFF:-} == 1 ]] && delay=0
-    ((delay > 0)) && sleep "$delay"
-    return 0
-}
 
 # ---------------------------------------------------------------------------------------------------
 # The node agent (bootstrap/node_agent/: Python, standard library only; secrets only ever come in on stdin).
@@ -438,7 +427,7 @@ detect_os() {
 
 missing_commands() {
     local c
-    local -a needed=(curl python3 realm adcli sssd kinit)
+    local -a needed=(python3 realm adcli sssd kinit)
     if [[ $OS_FAMILY == debian ]]; then
         needed+=(pam-auth-update)
     else
@@ -467,7 +456,6 @@ install_packages() {
     if [[ $OS_FAMILY == debian ]]; then
         # packagekit is not needed: realm join runs with --install=/ (see do_join).
         pkgs=(sssd sssd-ad sssd-tools realmd adcli krb5-user libnss-sss libpam-sss)
-        [[ $missing == *"curl "* ]] && pkgs+=(curl)
         [[ $missing == *"python3 "* ]] && pkgs+=(python3)
         log "packages: apt-get install ${pkgs[*]}"
         timeout -k 10 "$left" env DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=300 update </dev/null \
@@ -483,7 +471,6 @@ install_packages() {
             auth=authconfig # Amazon Linux 2 and other yum-only systems
         fi
         pkgs=(sssd sssd-ad sssd-tools realmd adcli krb5-workstation oddjob oddjob-mkhomedir "$auth")
-        [[ $missing == *"curl "* ]] && pkgs+=(curl)
         [[ $missing == *"python3 "* ]] && pkgs+=(python3)
         log "packages: $pm install ${pkgs[*]}"
         timeout -k 10 "$left" "$pm" -y -q install "${pkgs[@]}" </dev/null || die 3 "$pm install failed"
@@ -492,153 +479,43 @@ install_packages() {
     [[ -z $missing ]] || die 3 "still missing after installing packages: $missing"
 }
 
-check_curl() {
-    local help
-    help=$(curl --help all 2>/dev/null || true)
-    [[ $help == *--aws-sigv4* ]] || die 3 "this curl has no --aws-sigv4 option (curl 7.75 or newer is needed)"
-}
-
 # ---------------------------------------------------------------------------------------------------
-# IMDSv2 and the join function
+# IMDSv2 and the join function: the node agent's join_client (Python's urllib). The instance role's credentials
+# never leave its process; it logs as the script does (stderr) and answers on stdout.
 
-IMDS_TOKEN=""
 INSTANCE_ID=""
-
-# imds_get PATH: prints the IMDS document; the session token goes to curl in a config on stdin.
-imds_get() {
-    printf 'header = "X-aws-ec2-metadata-token: %s"\n' "$IMDS_TOKEN" \
-        | curl -sS -f --noproxy '*' --connect-timeout 2 --max-time 5 -K - -- "$IMDS_ENDPOINT/latest/$1"
-}
-
-imds_token() {
-    curl -sS -f --noproxy '*' --connect-timeout 2 --max-time 5 -X PUT \
-        -H 'X-aws-ec2-metadata-token-ttl-seconds: 21600' -- "$IMDS_ENDPOINT/latest/api/token"
-}
-
-# Bounded retries: IMDS and the instance profile can lag right after boot.
-# imds_credentials BODY. One try: fills INSTANCE_ID and SIGV4_CONFIG, curl's config for a POST of BODY with its
-# caller proof (fresh credentials: they rotate); 1 when IMDS fails.
-imds_credentials() {
-    local role creds
-    if IMDS_TOKEN=$(imds_token) && [[ -n $IMDS_TOKEN ]] \
-        && INSTANCE_ID=$(imds_get meta-data/instance-id) \
-        && role=$(imds_get meta-data/iam/security-credentials/) && role=${role%%$'\n'*} && [[ -n $role ]] \
-        && creds=$(imds_get "meta-data/iam/security-credentials/$role"); then
-        if SIGV4_CONFIG=$(printf '%s' "$creds" | pyhelper sigv4-config "$REGION" "$1"); then
-            creds=""
-            if [[ -z $IMDS_LOGGED ]]; then
-                log "IMDS: instance $INSTANCE_ID, instance role $role"
-                IMDS_LOGGED=1
-            fi
-            return 0
-        fi
-        creds=""
-    fi
-    return 1
-}
-
-# read_imds BODY: imds_credentials BODY with bounded retries.
-read_imds() {
-    local delay=1
-    while :; do
-        imds_credentials "$1" && return 0
-        (($(remaining) > 1)) || die 4 "could not read the instance id and role credentials from IMDSv2 at $IMDS_ENDPOINT before the deadline ($TIMEOUT s)"
-        log "IMDS not ready (instance role credentials unavailable); retrying in ~${delay}s"
-        sleep_backoff "$delay"
-        delay=$((delay * 2 > 10 ? 10 : delay * 2))
-    done
-}
-IMDS_LOGGED=""
-
 AD_DOMAIN=""
 AD_REALM=""
 COMPUTER_NAME="" # this node's computer account, as the join function created it (never chosen here)
 HOST_FQDN=""
 SERVICE_ACCOUNTS="" # comma-separated: accounts that never log in (the join function's), from its answer
 
-# post_to_function MAX_TIME: POST to the function URL what SIGV4_CONFIG holds (from read_imds or imds_credentials:
-# the body with its caller proof), signed with the instance role's credentials; used once and cleared. The answer
-# lands in the CALLER's local variables rc (curl's exit status), code (HTTP status) and body, so a
-# secret in the body stays in the caller's scope.
-post_to_function() {
-    local out proto=https
-    [[ $FUNCTION_URL == http://* ]] && proto=http
-    rc=0
-    out=$(printf '%s\n' "$SIGV4_CONFIG" \
-        | curl -sS --proto "=$proto" --connect-timeout 10 --max-time "$1" -K - \
-            --aws-sigv4 "aws:amz:$REGION:lambda" -X POST -H 'content-type: application/json' \
-            -w '\n%{http_code}' -- "$FUNCTION_URL") || rc=$?
-    SIGV4_CONFIG=""
-    code=${out##*$'\n'}
-    body=${out%$'\n'*}
-    out=""
-}
-
-# Fills AD_DOMAIN, AD_REALM, COMPUTER_NAME, HOST_FQDN and ONE_TIME_PASSWORD from the join function, which has
-# just created this instance's computer object with that one-time password.
+# Fills INSTANCE_ID, AD_DOMAIN, AD_REALM, COMPUTER_NAME, HOST_FQDN, SERVICE_ACCOUNTS and ONE_TIME_PASSWORD from the
+# join function, which has just created this instance's computer object with that one-time password. The agent
+# reads IMDS, signs each attempt with fresh credentials, retries and waits out busy answers within the deadline;
+# it exits with the script's code (4 IMDS, 5 unreachable or failing, 6 403, 7 invalid answer) after its ERROR line.
 fetch_join_secret() {
-    local attempt=0 delay=1 left max_time rc code body parsed err="none" busy=0 busy_body
-    while :; do
-        busy_body=""
-        read_imds '{}' # fresh credentials (and caller proof) each attempt: they rotate
-        left=$(remaining)
-        if ((left <= 0)); then
-            die 5 "giving up after $attempt attempts in $(elapsed)s (deadline $TIMEOUT s); last error: $err"
-        fi
-        attempt=$((attempt + 1))
-        # Longer than the function may run (60 s): a node must never give up on a request whose computer object
-        # then exists, since no second one-time password is ever answered for it.
-        max_time=$((left < 90 ? left : 90))
-        log "join function: attempt $attempt (POST $FUNCTION_URL, max ${max_time}s)"
-        post_to_function "$max_time"
-        if ((rc != 0)); then
-            err="curl failed (exit $rc)"
-        elif [[ $code == 200 ]]; then
-            if ! parsed=$(printf '%s' "$body" | pyhelper join-response); then
-                body=""
-                die 7 "invalid answer from the join function (HTTP 200)"
-            fi
-            body=""
-            AD_DOMAIN=${parsed%%$'\n'*}
-            parsed=${parsed#*$'\n'}
-            AD_REALM=${parsed%%$'\n'*}
-            parsed=${parsed#*$'\n'}
-            COMPUTER_NAME=${parsed%%$'\n'*}
-            parsed=${parsed#*$'\n'}
-            HOST_FQDN=${parsed%%$'\n'*}
-            parsed=${parsed#*$'\n'}
-            SERVICE_ACCOUNTS=${parsed%%$'\n'*}
-            ONE_TIME_PASSWORD=${parsed#*$'\n'}
-            parsed=""
-            log "join function: HTTP 200 after $(elapsed)s: domain $AD_DOMAIN, realm $AD_REALM, computer account $COMPUTER_NAME (created for instance $INSTANCE_ID, one-time password)"
-            check_computer_name
-            return 0
-        else
-            err="HTTP $code: $(printf '%s' "$body" | pyhelper error-field)"
-            case $code in
-                403)
-                    die 6 "the join function refused this node ($err). Not retrying: check that instance $INSTANCE_ID carries the tag parallelcluster:cluster-name of the cluster, runs in the cluster's VPC, and that its instance role may call the function URL (lambda:InvokeFunctionUrl and, for URLs created since October 2025, lambda:InvokeFunction)"
-                    ;;
-                # Busy (the joins in progress are at their cap, issue 20) or throttled: wait with full jitter,
-                # at least the function's retryAfter. The body is an error: no secret.
-                429 | 503) busy_body=${body:-"{}"} ;;
-                408 | 5[0-9][0-9]) ;;
-                *) die 5 "the join function answered $err; not retryable" ;;
-            esac
-            body=""
-        fi
-        if (($(remaining) <= 1)); then
-            die 5 "giving up after $attempt attempts in $(elapsed)s (deadline $TIMEOUT s); last error: $err"
-        fi
-        if [[ -n $busy_body ]]; then
-            busy=$((busy + 1))
-            printf '%s' "$busy_body" | pyhelper busy-wait "$busy" "$((attempt + 1))" "$(remaining)" "$code"
-            continue
-        fi
-        log "join function: attempt $attempt failed: $err; retrying in ~${delay}s"
-        sleep_backoff "$delay"
-        delay=$((delay * 2 > 30 ? 30 : delay * 2))
-    done
+    local reply rc=0
+    reply=$(pyhelper fetch-join "$FUNCTION_URL" "$REGION" "$IMDS_ENDPOINT" "$TIMEOUT" "$(remaining)" "$(elapsed)") \
+        || rc=$?
+    if ((rc != 0)); then
+        reply=""
+        exit "$rc"
+    fi
+    INSTANCE_ID=${reply%%$'\n'*}
+    reply=${reply#*$'\n'}
+    AD_DOMAIN=${reply%%$'\n'*}
+    reply=${reply#*$'\n'}
+    AD_REALM=${reply%%$'\n'*}
+    reply=${reply#*$'\n'}
+    COMPUTER_NAME=${reply%%$'\n'*}
+    reply=${reply#*$'\n'}
+    HOST_FQDN=${reply%%$'\n'*}
+    reply=${reply#*$'\n'}
+    SERVICE_ACCOUNTS=${reply%%$'\n'*}
+    ONE_TIME_PASSWORD=${reply#*$'\n'}
+    reply=""
+    check_computer_name
 }
 
 # ---------------------------------------------------------------------------------------------------
@@ -749,64 +626,6 @@ write_state() {
 }
 
 # ---------------------------------------------------------------------------------------------------
-# Close the join window: from now on the function refuses every request for this instance.
-
-close_window() {
-    local attempt=0 failures=0 busy=0 until left max_time rc code body busy_body err="none" delay=1 data
-    left=$(remaining)
-    ((left > 60)) && left=60
-    if ((left < 1)); then
-        log "WARNING: join window NOT closed: no time left before the deadline ($TIMEOUT s); it closes by itself after the function's windowMinutes"
-        return 0
-    fi
-    until=$((SECONDS + left))
-    printf -v data '{"joined": true, "computerName": "%s"}' "$COMPUTER_NAME"
-    # 3 failures at most; a busy answer (429/503: Lambda throttling) is no failure but a full-jitter wait, so that a
-    # busy function does not use up the close's tries within seconds (the close also frees the node's admission slot).
-    while ((failures < 3 && attempt < 10)); do
-        attempt=$((attempt + 1))
-        left=$((until - SECONDS))
-        ((left >= 1)) || break
-        busy_body=""
-        if ! imds_credentials "$data"; then
-            err="IMDS credentials unavailable"
-        else
-            max_time=$((left < 20 ? left : 20))
-            log "join window: closing (attempt $attempt, POST $FUNCTION_URL, computer $COMPUTER_NAME, max ${max_time}s)"
-            post_to_function "$max_time"
-            if ((rc != 0)); then
-                err="curl failed (exit $rc)"
-            elif [[ $code == 200 ]] && printf '%s' "$body" | pyhelper close-response; then
-                log "join window closed: the join function refuses instance $INSTANCE_ID from now on"
-                return 0
-            else
-                err="HTTP $code: $(printf '%s' "$body" | pyhelper error-field)"
-                case $code in
-                    429 | 503) busy_body=${body:-"{}"} ;;
-                    408 | 5[0-9][0-9]) ;;
-                    *) break ;; # 403 (closed already, or refused), a 200 that does not say closed: final
-                esac
-            fi
-            body=""
-        fi
-        if [[ -n $busy_body ]]; then
-            busy=$((busy + 1))
-            if ((until - SECONDS > 1)); then
-                printf '%s' "$busy_body" | pyhelper busy-wait "$busy" "$((attempt + 1))" "$((until - SECONDS))" "$code"
-            fi
-            continue
-        fi
-        failures=$((failures + 1))
-        if ((failures < 3 && until - SECONDS > 1)); then
-            sleep_backoff "$delay"
-        fi
-        delay=$((delay * 2))
-    done
-    log "WARNING: join window NOT closed ($err); the node is joined all the same. The window closes by itself after the function's windowMinutes or maxAnswers"
-    return 0
-}
-
-# ---------------------------------------------------------------------------------------------------
 # --restrict-imds: IMDS for root only, now and at every boot.
 
 # --restrict-imds: IMDS for root only, now and at every boot (the node agent's imds_lockdown: ParallelCluster's
@@ -891,10 +710,13 @@ finish_pam_update() {
     return 0
 }
 
-# The close runs in the background from the moment realm join succeeded; the script waits for it at the end.
+# Close the join window: from now on the function refuses every request for this instance. The agent's close-window
+# runs in the background from the moment the join succeeded (the script waits for it at the end): a second signed
+# POST, up to 3 failed attempts (busy answers waited out) within min(remaining, 60 s); it always exits 0 and logs a
+# WARNING when the window stays open (it closes by itself after the function's windowMinutes / maxAnswers).
 CLOSE_PID=""
 start_close_window() {
-    close_window &
+    pyhelper close-window "$FUNCTION_URL" "$REGION" "$IMDS_ENDPOINT" "$TIMEOUT" "$(remaining)" "$COMPUTER_NAME" &
     CLOSE_PID=$!
 }
 
@@ -913,7 +735,6 @@ main() {
     log "starting: function URL $FUNCTION_URL, region $REGION, timeout ${TIMEOUT}s, IMDS $IMDS_ENDPOINT${RESTRICT_IMDS:+, then IMDS for root only}, IDs: $ID_MODE"
     detect_os
     install_packages
-    check_curl
     start_node_agent
     # Before any domain user can log in (sssd learns the domain below): from then on a user's process
     # could take the instance role's credentials. This script runs as root and still reaches IMDS.

@@ -133,9 +133,9 @@ def bake_vpc_cidr(script: str, cidr: str | None) -> str:
 # its Python travel as one S3 object, one version. Named, not globbed: a checkout may hold other files there.
 NODE_AGENT_LINE = 'NODE_AGENT_ZIP=""'
 NODE_AGENT_DIR = "node_agent"  # beside the script
-NODE_AGENT_MODULES = ("__init__.py", "__main__.py", "access.py", "common.py", "files.py", "function_api.py", "imds.py",
-                      "imds_lockdown.py", "join.py", "node.py", "pam.py", "sigv4.py", "ssh_keys.py", "sssd_config.py",
-                      "sssd_service.py")
+NODE_AGENT_MODULES = ("__init__.py", "__main__.py", "access.py", "common.py", "files.py", "function_api.py", "httpc.py",
+                      "imds.py", "imds_lockdown.py", "join.py", "join_client.py", "node.py", "pam.py", "sigv4.py",
+                      "ssh_keys.py", "sssd_config.py", "sssd_service.py")
 # The zipapp's own entry (`python3 -I node-agent.pyz COMMAND ...`); the script itself imports node_agent.__main__.
 NODE_AGENT_ZIPAPP_MAIN = b"from node_agent.__main__ import main\nmain()\n"
 

@@ -46,6 +46,7 @@ from tests.bootstrap_sandbox.servers import (
     known_credentials,
     new_credentials,
     verify_proof,
+    verify_sigv4,
 )
 
 REGION = "eu-west-1"
@@ -214,7 +215,8 @@ def test_join_plain_http_to_a_lab_host_only_with_explicit_opt_in(sandbox):
     accepted = box2.run(JOIN_SCRIPT, ["--function-url", lab_url, "--region", REGION, "--timeout", "2"],
                         box2.env(dead, PCLUSTER_AD_ALLOW_HTTP="1"))
     assert accepted.rc == 4, accepted.output
-    assert not [c for c in box2.calls("curl") if lab_url in c["argv"]]
+    # No request to the lab URL: the node agent logs each POST before it makes it.
+    assert "join function: attempt" not in accepted.stdout
 
 
 # --------------------------------------------------------------------------------------------------
@@ -316,31 +318,29 @@ def test_join_success_password_only_on_adcli_stdin(sandbox):
     assert_secret_free(box, imds, result, fn)
 
 
-def test_join_credentials_reach_curl_on_stdin_only(sandbox):
+def test_join_credentials_stay_in_the_node_agent(sandbox):
+    """The node agent (Python's urllib, no curl) reads IMDS and signs both requests in its own process: no
+    credential, token, body or proof in any argv (assert_secret_free), and no curl at all."""
     box = sandbox()
     with FakeImds() as imds, FakeFunctionUrl([GOOD]) as fn:
         result = run_join(box, imds, fn)
     assert result.rc == 0, result.output
-    curls = [c["argv"] for c in box.calls("curl")]
-    signed = [a for a in curls if "--aws-sigv4" in a]
-    assert len(signed) == 2  # the credential request and the close request
-    argv = signed[0]
-    assert argv[argv.index("--aws-sigv4") + 1] == f"aws:amz:{REGION}:lambda"
-    assert argv[argv.index("-K") + 1] == "-" and "--max-time" in argv and "-u" not in argv and "--user" not in argv
+    assert box.calls("curl") == []
+    assert len(fn.requests) == 2  # the credential request and the close request
+    for req in fn.requests:  # signed for Lambda in the region (verify_sigv4 checked the scope), token signed
+        assert req["verified"] and req["token_signed"]
     # Time allows (default deadline 600 s): the join request waits up to 90 s (longer than the function may
-    # run); the close up to 20 s.
-    assert argv[argv.index("--max-time") + 1] == "90"
-    assert signed[1][signed[1].index("--max-time") + 1] == "20"
-    # The body (with its caller proof) is in curl's config on stdin, never an argument.
-    for a in signed:
-        assert not [x for x in a if x.startswith(("-d", "--data", "--json", "-F", "--form", "-T", "--upload"))], a
+    # run); the close up to 20 s (the agent logs each request's limit before it makes it).
+    assert re.findall(r"join function: attempt \d+ \(POST .*, max (\d+)s\)", result.stdout) == ["90"]
+    assert re.findall(r"join window: closing \(attempt \d+, .*, max (\d+)s\)", result.stdout) == ["20"]
     assert_request(fn.fetches[0], {})
     assert_request(fn.closes[0], {"joined": True, "computerName": NAME})
-    # IMDS GETs get the session token through the config on stdin too.
-    imds_gets = [a for a in curls if any(imds.url in x for x in a) and "PUT" not in a]
-    assert imds_gets and all(a[a.index("-K") + 1] == "-" for a in imds_gets)
-    for argv in curls:
-        assert not any(h.lower().startswith(("x-amz-security-token", "x-aws-ec2-metadata-token:")) for h in argv)
+    # Every IMDS GET carried a session token IMDS handed out (IMDSv2), none of them in any argv.
+    gets = [r for r in imds.requests if r[0] == "GET"]
+    assert gets and all(r[2] in imds.tokens for r in gets)
+    for line in argv_strings(box):
+        assert not any(t in line for t in imds.tokens)
+        assert "x-amz-security-token" not in line.lower() and "x-aws-ec2-metadata-token" not in line.lower()
     assert_secret_free(box, imds, result, fn)
 
 
@@ -635,7 +635,7 @@ def test_join_retries_500_then_fails_clearly_within_the_deadline(sandbox):
     assert planned == [2 ** i for i in range(len(planned))], planned
     assert "giving up after" in result.stdout and "HTTP 500: internal error" in result.stdout
     # Time does not allow 90 s: each request waits at most what is left of the 6 s.
-    times = [int(a[a.index("--max-time") + 1]) for a in (c["argv"] for c in box.calls("curl")) if "--aws-sigv4" in a]
+    times = [int(t) for t in re.findall(r"join function: attempt \d+ \(POST .*, max (\d+)s\)", result.stdout)]
     assert len(times) == len(fn.requests) and all(1 <= t <= 6 for t in times) and times == sorted(times, reverse=True)
     assert not box.calls("adcli")
     assert_secret_free(box, imds, result, fn)
@@ -945,18 +945,15 @@ def test_join_sets_default_realm_in_krb5_conf_keeping_the_rest_idempotently(sand
     assert "krb5.conf: default_realm" not in again.stdout
 
 
-def sigv4_config(tmp_path: Path, region: str, body: str, creds: RoleCredentials = DEFAULT_CREDENTIALS) -> dict:
-    """Run the script's `sigv4-config REGION BODY` on the IMDS credentials JSON; its curl config as a dict."""
-    doc = {"Code": "Success", "AccessKeyId": creds.access_key, "SecretAccessKey": creds.secret_key,
-           "Token": creds.token}
-    proc = subprocess.run([*node_agent_argv(), "sigv4-config", region, body],
-                          input=json.dumps(doc), capture_output=True, text=True, check=True)
-    out = {}
-    for line in proc.stdout.splitlines():
-        key, value = line.split(" = ", 1)
-        assert value.startswith('"') and value.endswith('"'), line
-        out.setdefault(key, []).append(re.sub(r"\\(.)", r"\1", value[1:-1]))
-    return out
+def signed_post(region: str, body: str, creds: RoleCredentials = DEFAULT_CREDENTIALS) -> tuple[dict, bytes]:
+    """The node agent's signed POST of BODY (what the script sends the function URL): (headers, bytes sent)."""
+    from pcluster_ad.bootstrap.node_agent import sigv4 as agent_sigv4
+
+    return agent_sigv4.signed_post(FUNCTION_URL_EXAMPLE, region, json.loads(body),
+                                   (creds.access_key, creds.secret_key, creds.token))
+
+
+FUNCTION_URL_EXAMPLE = "https://abcdefghijklmnopqrstuvwxyz012345.lambda-url.eu-west-1.on.aws/"
 
 
 def botocore_proof(creds: RoleCredentials, region: str, **headers: str) -> dict:
@@ -969,13 +966,15 @@ def botocore_proof(creds: RoleCredentials, region: str, **headers: str) -> dict:
 
 
 @pytest.mark.parametrize("body", ["{}", '{"joined": true, "computerName": "PCAD-NODE-7F3A9"}'])
-def test_sigv4_config_puts_the_body_and_a_valid_proof_in_curls_config(tmp_path, body):
+def test_the_signed_post_carries_the_body_and_a_valid_proof(body):
     creds = new_credentials()
-    config = sigv4_config(tmp_path, REGION, body, creds)
-    assert set(config) == {"user", "header", "data-binary"} and all(len(v) == 1 for v in config.values())
-    assert config["user"] == [f"{creds.access_key}:{creds.secret_key}"]
-    assert config["header"] == [f"x-amz-security-token: {creds.token}"]
-    pairs = json.loads(config["data-binary"][0], object_pairs_hook=list)
+    headers, data = signed_post(REGION, body, creds)
+    # The request is signed for Lambda in REGION with these credentials (the fake function URL's check), the
+    # session token signed too.
+    signed = verify_sigv4("POST", FUNCTION_URL_EXAMPLE, headers, data, region=REGION)
+    assert signed["access_key"] == creds.access_key and signed["token_signed"]
+    assert headers["x-amz-security-token"] == creds.token and headers["content-type"] == "application/json"
+    pairs = json.loads(data, object_pairs_hook=list)
     assert [k for k, _ in pairs] == [*json.loads(body), "proof"]
     assert json.dumps(dict(pairs[:-1])) == json.dumps(json.loads(body))
     proof = dict(pairs[-1][1])
@@ -989,7 +988,7 @@ def test_verify_proof_refuses_what_sts_or_the_function_would(tmp_path):
     """The verifier the fake function uses is no rubber stamp: a wrong signature, no (or another) audience,
     another region, unknown credentials, a stale date, a missing or extra header all fail."""
     creds = new_credentials()
-    proof = dict(json.loads(sigv4_config(tmp_path, REGION, "{}", creds)["data-binary"][0])["proof"])
+    proof = dict(json.loads(signed_post(REGION, "{}", creds)[1])["proof"])
     assert verify_proof(proof, region=REGION) == creds
     audience = {contract.PROOF_AUDIENCE_HEADER: contract.PROOF_AUDIENCE}
     assert verify_proof(botocore_proof(creds, REGION, **audience), region=REGION) == creds  # botocore agrees
@@ -999,7 +998,7 @@ def test_verify_proof_refuses_what_sts_or_the_function_would(tmp_path):
         "no audience": botocore_proof(creds, REGION),
         "another audience": botocore_proof(creds, REGION, **{contract.PROOF_AUDIENCE_HEADER: "sts-for-someone"}),
         "another region": botocore_proof(creds, "eu-west-2", **audience),
-        "another region (script)": json.loads(sigv4_config(tmp_path, "eu-west-2", "{}", creds)["data-binary"][0])[
+        "another region (script)": json.loads(signed_post("eu-west-2", "{}", creds)[1])[
             "proof"],
         "another token": {**proof, "x-amz-security-token": SESSION_TOKEN},
         "unknown credentials": botocore_proof(RoleCredentials("ASIAUNKNOWN0000000001", "s" * 40, "t" * 40), REGION,
@@ -1020,7 +1019,7 @@ def test_the_join_functions_sts_request_from_the_scripts_proof_verifies(tmp_path
     """The function's own sts_caller_identity sends STS a request made from the script's proof; a stand-in STS
     (the SigV4 check of tests/adlab/sigv4.py, service sts) accepts it, for the function's region only."""
     creds = new_credentials()
-    proof = json.loads(sigv4_config(tmp_path, REGION, "{}", creds)["data-binary"][0])["proof"]
+    proof = json.loads(signed_post(REGION, "{}", creds)[1])["proof"]
     arn = f"arn:aws:sts::123456789012:assumed-role/node-role/{INSTANCE_ID}"
 
     @contextmanager

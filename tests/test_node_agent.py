@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from pcluster_ad.bootstrap.node_agent import __main__ as cli
-from pcluster_ad.bootstrap.node_agent import files, function_api, imds, sigv4, sssd_config
+from pcluster_ad.bootstrap.node_agent import files, function_api, imds_lockdown, sigv4, sssd_config
 from pcluster_ad.components.bootstrap_scripts import (
     NODE_AGENT_LINE,
     NODE_AGENT_MODULES,
@@ -58,14 +58,16 @@ def run(module_fn, *args, stdin: str = ""):
 # --- the modules -------------------------------------------------------------------------------------------------
 
 
-def test_sigv4_config_puts_credentials_token_and_proof_in_the_curl_config_only():
-    creds = {"Code": "Success", "AccessKeyId": "AKIAEXAMPLE", "SecretAccessKey": "s3cr\"et\\", "Token": "tok"}
-    code, out, err = run(sigv4.sigv4_config, "eu-west-1", '{"a": 1}', stdin=json.dumps(creds))
-    assert code == 0 and err == ""
-    lines = out.splitlines()
-    assert lines[0] == 'user = "AKIAEXAMPLE:s3cr\\"et\\\\"'  # quoted for curl's config syntax
-    assert lines[1] == 'header = "x-amz-security-token: tok"'
-    body = json.loads(re.sub(r"\\(.)", r"\1", lines[2][len('data-binary = "'):-1]))
+def test_signed_post_puts_credentials_token_and_proof_in_the_request_only():
+    creds = sigv4.credentials(json.dumps({"Code": "Success", "AccessKeyId": "AKIAEXAMPLE",
+                                          "SecretAccessKey": "s3cr\"et\\", "Token": "tok"}))
+    headers, data = sigv4.signed_post("https://fn.example/", "eu-west-1", {"a": 1}, creds)
+    assert headers["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIAEXAMPLE/")
+    assert "/eu-west-1/lambda/aws4_request, SignedHeaders=content-type;host;x-amz-date;x-amz-security-token," \
+        in headers["authorization"]
+    assert headers["x-amz-security-token"] == "tok" and headers["host"] == "fn.example"
+    assert "s3cr" not in json.dumps(headers) + data.decode()  # the secret key signs, it is never sent
+    body = json.loads(data)
     assert body["a"] == 1 and set(body["proof"]) == {"authorization", "x-amz-date", "x-amz-security-token"}
     assert "Credential=AKIAEXAMPLE/" in body["proof"]["authorization"]
     assert "/eu-west-1/sts/aws4_request" in body["proof"]["authorization"]
@@ -76,11 +78,12 @@ def test_sigv4_config_puts_credentials_token_and_proof_in_the_curl_config_only()
 @pytest.mark.parametrize(("creds", "message"), [
     ("not json", "not valid JSON with AccessKeyId/SecretAccessKey"),
     ('{"Code": "Expired", "AccessKeyId": "A", "SecretAccessKey": "S"}', "IMDS reports the instance credentials as"),
-    ('{"AccessKeyId": "A:B", "SecretAccessKey": "S"}', "are malformed"),
+    ('{"AccessKeyId": "A:B", "SecretAccessKey": "S\\""}', "are malformed"),
 ])
-def test_sigv4_config_refuses_bad_credentials_without_echoing_them(creds, message):
-    code, out, err = run(sigv4.sigv4_config, "eu-west-1", "{}", stdin=creds)
-    assert code == 1 and out == "" and message in err and "S\"" not in err
+def test_bad_credentials_are_refused_without_echoing_them(creds, message):
+    with pytest.raises(ValueError, match=message) as e:
+        sigv4.credentials(creds)
+    assert 'S"' not in str(e.value)
 
 
 def test_sts_proof_without_a_token_signs_no_token_header():
@@ -110,9 +113,9 @@ def test_error_field_close_response_and_retry_after():
 
 
 def test_imds_address_default_and_stand_in_endpoints():
-    assert run(imds.imds_address, "http://169.254.169.254")[1] == "4 169.254.169.254\n6 fd00:ec2::254\n"
-    assert run(imds.imds_address, "http://10.98.1.1:8081")[1] == "4 10.98.1.1 8081\n"
-    code, _, err = run(imds.imds_address, "https://10.98.1.1")
+    assert run(imds_lockdown.imds_address, "http://169.254.169.254")[1] == "4 169.254.169.254\n6 fd00:ec2::254\n"
+    assert run(imds_lockdown.imds_address, "http://10.98.1.1:8081")[1] == "4 10.98.1.1 8081\n"
+    code, _, err = run(imds_lockdown.imds_address, "https://10.98.1.1")
     assert code == 1 and "cannot lock it down" in err
 
 

@@ -6,7 +6,7 @@ Only the command's module is imported: the script starts Python a dozen times in
 import importlib
 import sys
 
-COMMANDS = {"sigv4-config": ("sigv4", "sigv4_config"), "join-response": ("function_api", "join_response"),
+COMMANDS = {"join-response": ("function_api", "join_response"),
             "error-field": ("function_api", "error_field"), "busy-wait": ("function_api", "busy_wait_cli"),
             "node-config": ("sssd_config", "node_config"), "daemon-opts": ("sssd_config", "daemon_opts"),
             "access": ("access", "configure_cli"), "login-access": ("access", "login_access_cli"),
@@ -15,7 +15,8 @@ COMMANDS = {"sigv4-config": ("sigv4", "sigv4_config"), "join-response": ("functi
             "imds-address": ("imds_lockdown", "imds_address"),
             "restrict-imds": ("imds_lockdown", "restrict_imds_cli"),
             "sssd-cache": ("sssd_service", "cache_in_memory_cli"), "sssd-start": ("sssd_service", "start_cli"),
-            "pam-update": ("pam", "pam_update_cli"), "adcli-join": ("join", "adcli_join_cli")}
+            "pam-update": ("pam", "pam_update_cli"), "adcli-join": ("join", "adcli_join_cli"),
+            "fetch-join": ("join_client", "fetch_join_cli"), "close-window": ("join_client", "close_window_cli")}
 
 
 def main(argv=None):

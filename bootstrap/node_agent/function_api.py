@@ -9,48 +9,63 @@ from .common import fail, one_line
 
 
 def join_response():
-    # stdin: the function's 200 body. stdout: domain, realm, computer name, host FQDN, one-time password, one
-    # per line.
+    # stdin: the function's 200 body. stdout: domain, realm, computer name, host FQDN, service accounts, one-time
+    # password, one per line.
     try:
-        doc = json.loads(sys.stdin.read())
+        sys.stdout.write("\n".join(parse_join_answer(sys.stdin.read())))
+    except ValueError as e:
+        fail(str(e))
+
+
+def parse_join_answer(text):
+    # The function's 200 body -> [domain, realm, computer name, host FQDN, service accounts (comma-separated),
+    # one-time password]; ValueError naming the bad field (never its value).
+    try:
+        doc = json.loads(text)
         if not isinstance(doc, dict):
             raise ValueError
     except Exception:
-        fail("the join function's answer is not a JSON object")
+        raise ValueError("the join function's answer is not a JSON object") from None
     domain, realm = doc.get("domain"), doc.get("realm") or ""
     name, fqdn, password = doc.get("computerName"), doc.get("hostFqdn"), doc.get("oneTimePassword")
     label = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"  # DNS: 63 characters a label
     label_re = re.compile(rf"^{label}(?:\.{label})*$")
     if not isinstance(domain, str) or not label_re.match(domain) or len(domain) > 253:
-        fail("the join function's answer has no valid 'domain'")
+        raise ValueError("the join function's answer has no valid 'domain'")
     if not isinstance(realm, str) or (realm and not label_re.match(realm)):
-        fail("the join function's answer has an invalid 'realm'")
+        raise ValueError("the join function's answer has an invalid 'realm'")
     realm = (realm or domain).upper()
     if not isinstance(name, str) or not re.fullmatch(r"[A-Z0-9](?:[A-Z0-9-]{0,13}[A-Z0-9])?", name):
-        fail("the join function's answer has no valid 'computerName' (1-15 upper-case letters, digits, '-')")
+        raise ValueError("the join function's answer has no valid 'computerName' (1-15 upper-case letters, digits, "
+                         "'-')")
     if not isinstance(fqdn, str) or not label_re.match(fqdn) or len(fqdn) > 253:
-        fail("the join function's answer has no valid 'hostFqdn'")
+        raise ValueError("the join function's answer has no valid 'hostFqdn'")
     if not one_line(password) or not password.isprintable():
-        fail("the join function's answer has no valid 'oneTimePassword' (empty, or with a control character)")
+        raise ValueError("the join function's answer has no valid 'oneTimePassword' (empty, or with a control "
+                         "character)")
     # The stack's service accounts (the function's own adding account): no login on any node. Optional (an older
     # function answers none); sAMAccountNames hold no comma.
     service = doc.get("serviceAccounts", [])
     if not isinstance(service, list) or not all(
             isinstance(n, str) and 0 < len(n) <= 20 and n.isprintable() and "," not in n and n.strip() == n
             for n in service):
-        fail("the join function's answer has an invalid 'serviceAccounts' (a list of account names)")
-    sys.stdout.write("\n".join([domain.lower(), realm, name, fqdn.lower(), ",".join(service), password]))
+        raise ValueError("the join function's answer has an invalid 'serviceAccounts' (a list of account names)")
+    return [domain.lower(), realm, name, fqdn.lower(), ",".join(service), password]
 
 
 def error_field():
     # stdin: an error body. stdout: its 'error' text, shortened (never the body itself).
+    print(error_field_text(sys.stdin.read()))
+
+
+def error_field_text(text):
     try:
-        doc = json.loads(sys.stdin.read())
+        doc = json.loads(text)
         msg = doc.get("error") or doc.get("message") or doc.get("Message") or ""
     except Exception:
         msg = ""
     msg = re.sub(r"[^ -~]", "?", str(msg))[:200]
-    print(msg if msg else "(no error message)")
+    return msg if msg else "(no error message)"
 
 
 def busy_delay(busy, retry_after, remaining, rand, base=1.0, cap=30.0):
@@ -63,8 +78,8 @@ def busy_delay(busy, retry_after, remaining, rand, base=1.0, cap=30.0):
 
 
 def retry_after(text):
-    # The function's 429 body carries retryAfter (seconds), as its Retry-After header does: curl before 7.84
-    # (RHEL 8, Ubuntu 22.04) cannot print a response header with -w. 0 when absent (Lambda's own throttling).
+    # The function's 429 body carries retryAfter (seconds), as its Retry-After header does (the body, since the
+    # script's curl before 7.84 could not print a header). 0 when absent (Lambda's own throttling).
     try:
         value = json.loads(text).get("retryAfter", 0)
     except Exception:
@@ -91,8 +106,5 @@ def busy_wait_cli(busy, attempt, remaining, code):
 
 def close_response():
     # stdin: the function's 200 answer to the close request. exit 0 when it says {"closed": true}.
-    try:
-        doc = json.loads(sys.stdin.read())
-    except Exception:
-        sys.exit(1)
-    sys.exit(0 if isinstance(doc, dict) and doc.get("closed") is True else 1)
+    from .join_client import closed
+    sys.exit(0 if closed(sys.stdin.read()) else 1)

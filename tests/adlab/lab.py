@@ -228,15 +228,33 @@ def _pids_in_netns(inode: int) -> list[int]:
     return pids
 
 
-def as_uploaded(script: str) -> str:
+def as_uploaded(script: str, agent_dir: Path | None = None) -> str:
     """A join script's text as the stack uploads it: its node agent (BOOTSTRAP_DIR/node_agent) baked in as the
     zipapp (components/bootstrap_scripts.py). A script from before the node agent (bench --compare-with) carries
-    its Python in a here-document: unchanged."""
-    from pcluster_ad.components.bootstrap_scripts import NODE_AGENT_DIR, NODE_AGENT_LINE, bake_node_agent
+    its Python in a here-document: unchanged. agent_dir: another revision's node_agent folder (bench --compare-with:
+    a script needs the commands of its own agent), every module in it."""
+    import base64
+    import io
+    import zipfile
+
+    from pcluster_ad.components.bootstrap_scripts import (
+        NODE_AGENT_DIR,
+        NODE_AGENT_LINE,
+        NODE_AGENT_ZIPAPP_MAIN,
+        bake_node_agent,
+    )
 
     if NODE_AGENT_LINE + "\n" not in script:
         return script
-    return bake_node_agent(script, BOOTSTRAP_DIR / NODE_AGENT_DIR)
+    if agent_dir is None:
+        return bake_node_agent(script, BOOTSTRAP_DIR / NODE_AGENT_DIR)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("__main__.py", NODE_AGENT_ZIPAPP_MAIN)
+        for module in sorted(agent_dir.glob("*.py")):
+            zf.writestr(f"node_agent/{module.name}", module.read_bytes())
+    encoded = base64.b64encode(buf.getvalue()).decode("ascii")
+    return script.replace(NODE_AGENT_LINE + "\n", f"NODE_AGENT_ZIP='{encoded}'\n", 1)
 
 
 @dataclasses.dataclass

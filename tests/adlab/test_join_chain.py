@@ -168,19 +168,25 @@ def test_rerun_on_joined_node_is_harmless(chain):
 
 # Run on a node as the given user: read the node role's credentials from IMDS (as any process can
 # on EC2), make the request exactly as join-domain.sh does (its own node agent, the zipapp baked into the script on
-# the node, signs the caller proof; curl --aws-sigv4 with the credentials and body in a config on stdin), print the
+# the node: sigv4.signed_post signs the request and the caller proof, httpc.request sends it), print the
 # HTTP status. The attacker is as capable as the product. Never prints the answer's body.
 ATTACK = r"""set -euo pipefail
-ep=$1 url=$2 region=$3 body=$4 script=$5
+ep=$1 url=$2 region=$3 body=$4 script=$5 SEND=$6
 t=$(curl -sf -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 60" "$ep/latest/api/token")
 role=$(curl -sf -H "X-aws-ec2-metadata-token: $t" "$ep/latest/meta-data/iam/security-credentials/")
 creds=$(curl -sf -H "X-aws-ec2-metadata-token: $t" "$ep/latest/meta-data/iam/security-credentials/$role")
 echo "imds: credentials for $(jq -r .AccessKeyId <<<"$creds")"
 agent=$(mktemp -d)
 sed -n "s/^NODE_AGENT_ZIP='\(.*\)'\$/\1/p" "$script" | base64 -d >"$agent/node-agent.pyz"
-printf '%s' "$creds" | python3 -I "$agent/node-agent.pyz" sigv4-config "$region" "$body" \
-  | curl -s -o /dev/null -w 'status %{http_code}\n' -K - --aws-sigv4 "aws:amz:$region:lambda" -X POST \
-      -H 'content-type: application/json' "$url"
+printf '%s' "$creds" | python3 -I -c "$SEND" "$agent/node-agent.pyz" "$url" "$region" "$body"
+"""
+# The product's own signing and HTTP (bootstrap/node_agent/sigv4.py, httpc.py), credentials on stdin.
+SEND = """import json, sys
+sys.path.insert(0, sys.argv[1])
+from node_agent import httpc, sigv4
+creds = sigv4.credentials(sys.stdin.read())
+headers, data = sigv4.signed_post(sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), creds)
+print("status", httpc.request("POST", sys.argv[2], headers, data, 20.0)[0])
 """
 
 
@@ -189,7 +195,7 @@ def attack(lab, node, user: str, body: str = "{}") -> subprocess.CompletedProces
     script = node.install_action("join-domain.sh")
     return node.run(
         [*prefix, "/bin/bash", "-c", ATTACK, "attack", lab.imds_endpoint, lab.function_url, lab.cfg.region, body,
-         script],
+         script, SEND],
         check=False,
         env={"HOME": "/tmp"},
         timeout=60,
