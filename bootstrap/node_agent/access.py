@@ -54,19 +54,25 @@ def access_section(root, domain):
     return m.group(0)[1:-1] if m else "domain/" + domain
 
 
-def write_snippet(path, body):
-    # An sssd conf.d snippet, atomically (0600, directory 0711). sssd reads only conf.d/*.conf files that do not
-    # start with a dot, so the temporary file is never read.
+def new_file_beside(path, dir_mode=None):
+    # PATH's folder (made if missing; DIR_MODE set), and a new private file in it to fill, check and rename over PATH.
     d = os.path.dirname(path)
     try:
         os.makedirs(d, exist_ok=True)
-        os.chmod(d, 0o711)
+        if dir_mode is not None:
+            os.chmod(d, dir_mode)
     except OSError:
         raise NodeError("access: cannot create " + d, 11) from None
     try:
-        tmp = temp_beside(path)
+        return temp_beside(path)
     except OSError:
         raise NodeError("access: cannot write in " + d, 11) from None
+
+
+def write_snippet(path, body):
+    # An sssd conf.d snippet, atomically (0600, directory 0711). sssd reads only conf.d/*.conf files that do not
+    # start with a dot, so the temporary file is never read.
+    tmp = new_file_beside(path, dir_mode=0o711)
     try:
         fill(tmp, body, 0o600)
         os.replace(tmp, path)
@@ -237,16 +243,8 @@ def admin_access(cfg, out=log, run=run_command, which=None):
         raise NodeError("access: visudo not found (is sudo installed?): cannot give sudo to the admin groups", 11)
     body = "# pcluster-ad (pcluster-ad:access.adminGroups): members of these AD groups may run any command, with " \
            "their password.\n" + "".join(f"%{sudoers_word(g)} ALL=(ALL:ALL) ALL\n" for g in groups)
-    d = os.path.dirname(path)
-    try:
-        os.makedirs(d, exist_ok=True)
-    except OSError:
-        raise NodeError("access: cannot create " + d, 11) from None
     # A name with a dot: sudo's includedir skips it while it is being written and checked.
-    try:
-        tmp = temp_beside(path)
-    except OSError:
-        raise NodeError("access: cannot write in " + d, 11) from None
+    tmp = new_file_beside(path)
     try:
         fill(tmp, body, 0o440)
     except OSError:
