@@ -454,7 +454,7 @@ install_packages() {
     left=$(remaining)
     ((left > 0)) || die 3 "deadline reached before installing packages"
     if [[ $OS_FAMILY == debian ]]; then
-        # packagekit is not needed: realm join runs with --install=/ (see do_join).
+        # packagekit is not needed: realm join runs with --install=/ (the node agent's join runs adcli itself).
         pkgs=(sssd sssd-ad sssd-tools realmd adcli krb5-user libnss-sss libpam-sss)
         [[ $missing == *"python3 "* ]] && pkgs+=(python3)
         log "packages: apt-get install ${pkgs[*]}"
@@ -562,11 +562,11 @@ check_computer_name() {
     fi
 }
 
-# The node's own join (node agent's join): adcli as the computer the function created, the one-time password on
-# stdin only, capped and retried attempts within the deadline. It logs and exits 8 on failure.
-do_join() {
-    printf '%s\n' "$ONE_TIME_PASSWORD" | pyhelper adcli-join "$AD_DOMAIN" "$AD_REALM" "$COMPUTER_NAME" "$HOST_FQDN" \
-        "$ROOT" "$(remaining)" "$TIMEOUT" || exit $?
+# The node's own join (node agent's join), chained after configure_access: adcli as the computer the function
+# created, the one-time password on stdin only, capped and retried attempts within the deadline; exit 8 on failure.
+join_after_access() {
+    printf '%s\n' "$ONE_TIME_PASSWORD" | configure_access --then adcli-join "$AD_DOMAIN" "$AD_REALM" "$COMPUTER_NAME" \
+        "$HOST_FQDN" "$ROOT" "$(remaining)" "$TIMEOUT" || exit $?
 }
 
 # A group every domain has (AWS Simple AD and Managed AD by this name). Under --id-mode rfc2307 only groups with a
@@ -587,7 +587,11 @@ configure_sssd() {
         "$ROOT/var/lib/sss/mc" || die 9 "could not write $conf or $ROOT/etc/krb5.conf"
     # mkhomedir (PAM), sssd enabled at boot and restarted, then verified within the deadline (node agent's
     # sssd_service): bounded retries, one more restart if sssd did not come up; it logs and exits 9 on failure.
-    pyhelper sssd-start "$ROOT" "$OS_FAMILY" "$PAM_UPDATED" "$(verify_group)" "$ID_MODE" "$(remaining)" || exit $?
+    # Then, in the same Python start, the lookup of the configured access groups: WARNINGs only (their members cannot
+    # log in / get no sudo), never a failure: local accounts never depend on them.
+    access_settings
+    pyhelper sssd-start "$ROOT" "$OS_FAMILY" "$PAM_UPDATED" "$(verify_group)" "$ID_MODE" "$(remaining)" \
+        --then check-access-groups "${ACCESS_SETTINGS[@]}" || exit $?
 }
 
 # ---------------------------------------------------------------------------------------------------
@@ -652,36 +656,33 @@ valid_ipv4_cidr() {
 }
 
 # access_agent COMMAND: the node agent's access step with this run's settings (names and lists, no secret).
-access_agent() {
-    pyhelper "$1" "root=$ROOT" "domain=$AD_DOMAIN" "allowed=$ALLOWED_GROUPS" "admin=$ADMIN_GROUPS" \
-        "stack_users=$STACK_USERS_GROUP" "stack_admins=$STACK_ADMINS_GROUP" "service=$SERVICE_ACCOUNTS" \
-        "vpc_cidr=$VPC_CIDR"
+# The access settings as the agent takes them: NAME=VALUE words (names, no secret).
+ACCESS_SETTINGS=()
+access_settings() {
+    ACCESS_SETTINGS=("root=$ROOT" "domain=$AD_DOMAIN" "allowed=$ALLOWED_GROUPS" "admin=$ADMIN_GROUPS"
+        "stack_users=$STACK_USERS_GROUP" "stack_admins=$STACK_ADMINS_GROUP" "service=$SERVICE_ACCOUNTS"
+        "vpc_cidr=$VPC_CIDR")
 }
 
-# Before the join (and before sssd's restart on a re-run), one Python start: the access and fresh-identity
-# drop-ins, the sudoers drop-in of the admin groups, sudo.conf's group source, the ssh key hook. The agent logged
-# its ERROR (exit 11) when it fails.
-configure_access() { access_agent access || exit $?; }
+# Before the join (and before sssd's restart on a re-run), in one Python start with sssd's cache in memory and
+# whatever step "$@" chains after them (the join itself): the access and fresh-identity drop-ins, the sudoers drop-in
+# of the admin groups, sudo.conf's group source, the ssh key hook, then the cache on tmpfs. Each step logs its ERROR
+# and exit code (11 access, 9 the cache) when it fails.
+configure_access() {
+    access_settings
+    pyhelper access "${ACCESS_SETTINGS[@]}" --then sssd-cache "$ROOT" "$@" || exit $?
+}
 
 # After the join: the two drop-ins again, in the domain section realm wrote, before sssd restarts.
-configure_login_access() { access_agent login-access || exit $?; }
-
-# After verification: groups that do not resolve are WARNINGs (their members cannot log in / get no sudo); never a
-# failure, local accounts never depend on them.
-check_access_groups() {
-    access_agent check-access-groups || log "WARNING: access: the configured groups could not be looked up"
+configure_login_access() {
+    access_settings
+    pyhelper login-access "${ACCESS_SETTINGS[@]}" || exit $?
 }
 
 # ---------------------------------------------------------------------------------------------------
 # Fast logins in big directories (measured in bench/RESULTS.md; trade-offs in the README).
 
 readonly SSSD_DB=/var/lib/sss/db
-
-# sssd's cache in memory (node agent's sssd_service: a tmpfs, and a mount unit for every boot; trade-offs there and in
-# the README). It logs and exits 9 on failure.
-sssd_cache_in_memory() {
-    pyhelper sssd-cache "$ROOT" || exit $?
-}
 
 # While realm join runs (mostly adcli waiting on the DC, ~0.8 s of fixed waits): the Debian family's PAM update
 # (~0.1 s), in the background. Safe to overlap there: realmd leaves PAM alone on that family
@@ -748,23 +749,19 @@ main() {
     if existing_join; then
         log "already joined to $AD_DOMAIN (realm $AD_REALM): no request to the join function"
         configure_access
-        sssd_cache_in_memory
         configure_sssd
-        check_access_groups
     else
         fetch_join_secret
-        configure_access # before realm join, which restarts sssd with the domain at its end
-        sssd_cache_in_memory
         start_pam_update
-        do_join
+        # Access and the cache before the join, which makes sssd start with the domain at its end; one Python start.
+        join_after_access
         ONE_TIME_PASSWORD=""
         unset -v ONE_TIME_PASSWORD
         start_close_window
         configure_login_access # again, in the domain section realm wrote, before sssd restarts
+        write_state            # the join is done: a re-run finds it on disk and these names here
         finish_pam_update
         configure_sssd
-        write_state
-        check_access_groups
         finish_close_window
     fi
 }

@@ -368,3 +368,20 @@ def test_a_checkout_copy_in_a_folder_another_user_owns_is_refused_naming_it(sand
     assert result.rc == 3 and f"no node agent: {home} can be changed by a user other than root" in result.output, \
         result.output
     assert fn.requests == [] and list(box.tmp.iterdir()) == []
+
+
+def test_steps_chained_with_then_run_in_order_and_the_first_failure_ends_the_chain(monkeypatch):
+    """`A ARGS --then B ARGS`: one Python start for steps that follow each other; a failing step exits with its own
+    code and the steps after it never run, as `a || exit $?; b` did in the script."""
+    ran = []
+    monkeypatch.setitem(cli.COMMANDS, "t-ok", ("common", "t_ok"))
+    monkeypatch.setitem(cli.COMMANDS, "t-fail", ("common", "t_fail"))
+    from pcluster_ad.bootstrap.node_agent import common
+    monkeypatch.setattr(common, "t_ok", lambda *a: ran.append(a), raising=False)
+    monkeypatch.setattr(common, "t_fail", lambda *a: (ran.append(a), sys.exit(9)), raising=False)
+    cli.main(["agent", "t-ok", "a", "b", "--then", "t-ok", "c"])
+    assert ran == [("a", "b"), ("c",)]
+    ran.clear()
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["agent", "t-ok", "1", "--then", "t-fail", "2", "--then", "t-ok", "3"])
+    assert exited.value.code == 9 and ran == [("1",), ("2",)]

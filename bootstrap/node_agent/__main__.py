@@ -1,4 +1,5 @@
-"""The command line: `COMMAND ARGS...`, data (secrets included) on stdin, answers on stdout, errors on stderr.
+"""The command line: `COMMAND ARGS... [--then COMMAND ARGS...]`, data (secrets included) on stdin, answers on stdout,
+errors on stderr.
 
 Only the command's module is imported: the script starts Python a dozen times in a join.
 """
@@ -19,10 +20,20 @@ COMMANDS = {"join-response": ("function_api", "join_response"),
             "fetch-join": ("join_client", "fetch_join_cli"), "close-window": ("join_client", "close_window_cli")}
 
 
+THEN = "--then"  # COMMAND ARGS... --then COMMAND ARGS...: one Python start for steps that follow each other
+
+
 def main(argv=None):
-    cmd, args = (sys.argv if argv is None else argv)[1], (sys.argv if argv is None else argv)[2:]
-    module, name = COMMANDS[cmd]
-    getattr(importlib.import_module("." + module, __package__), name)(*args)
+    words = (sys.argv if argv is None else argv)[1:]
+    while words:
+        step = words[:words.index(THEN)] if THEN in words else words
+        words = words[len(step) + 1:]
+        module, name = COMMANDS[step[0]]
+        try:
+            getattr(importlib.import_module("." + module, __package__), name)(*step[1:])
+        except SystemExit as e:
+            if e.code not in (None, 0) or not words:
+                raise  # the first failing step ends the chain with its own exit code, as `a || exit; b` does
 
 
 if __name__ == "__main__":
