@@ -441,7 +441,7 @@ def floor_join(lab: Lab, node: Node) -> dict | None:
 
 
 def bench_compare(lab: Lab, users: int, reps: int, joins: int, before_ref: str, rows: list, raw: dict,
-                  stack_groups: bool = False, yard_rows: list | None = None) -> None:
+                  stack_groups: bool = False, yard_rows: list | None = None, same_access: bool = False) -> None:
     """yard_rows: a list to receive issue 21's yardstick table (the floor and the peer are measured only then)."""
     import secrets
     import subprocess
@@ -463,6 +463,9 @@ def bench_compare(lab: Lab, users: int, reps: int, joins: int, before_ref: str, 
     goals = GOALS
     who = {"before": f"join-domain.sh and join function at {before_ref}",
            "after": WHO["product"] + " with allowedGroups"}
+    if same_access:
+        before_access = list(access)
+        who["before"] += " with allowedGroups"
     if stack_groups:
         # Issue 18: the same allowed groups on both sides; before as sssd's simple provider with the lists (the
         # script at before_ref), after through the stack's users group (the ad provider's filter, which the DC
@@ -659,6 +662,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stack-groups", action="store_true",
                     help="with --compare-with: both sides restrict logins to the same groups; the current script"
                     " through the stack's access groups (issue 18), goal within 10%%")
+    ap.add_argument("--same-access", action="store_true",
+                    help="with --compare-with: both sides run with the same --allowed-groups (a like-for-like"
+                    " comparison of the two scripts, e.g. issue 21's 'as fast or faster' after a move into the agent)")
     ap.add_argument("--yardsticks", action=argparse.BooleanOptionalAction, default=None,
                     help="with --compare-with (on by default there): issue 21's yardsticks in the same run, the floor"
                     " of a join (bare realm join + sssd start, --sequential joins) and the peer (ParallelCluster's"
@@ -701,7 +707,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.compare_with:
             bench_compare(lab, args.users, args.reps, args.sequential, args.compare_with, rows, raw,
-                          stack_groups=args.stack_groups, yard_rows=yard_rows if yard else None)
+                          stack_groups=args.stack_groups, yard_rows=yard_rows if yard else None,
+                          same_access=args.same_access)
         else:
             if args.sequential:
                 bench_sequential(lab, args.sequential, rows, raw, args.join_with)
@@ -728,6 +735,7 @@ def main(argv: list[str] | None = None) -> int:
             + (f" --node-os {args.node_os}" if args.node_os else "")
             + (f" --compare-with {args.compare_with}" if args.compare_with else "")
             + (" --stack-groups" if args.stack_groups else "")
+            + (" --same-access" if args.same_access else "")
             + (" --no-yardsticks" if args.compare_with and not yard else "")
             + f"` (node scripts: {WHO['product']})"
             " on the project machine (2 cores, Debian 12, Samba 4.17, sssd 2.8).\n\n"
