@@ -115,9 +115,10 @@ def test_the_agents_python_ignores_a_users_environment_home_and_current_director
     env = {"PATH": os.environ["PATH"], "HOME": str(home), "PYTHONPATH": str(evil), "PYTHONSTARTUP":
            str(evil / "startup.py"), "PYTHONUSERBASE": str(home / ".local"), "PYTHONINSPECT": "1",
            "PYTHONSAFEPATH": "", "LC_ALL": "C"}
-    proc = subprocess.run([*node_agent_argv(), "error-field"], input='{"error": "busy"}', capture_output=True,
+    # imds-address imports re (through urllib.parse): a re.py in the current directory would be found first
+    proc = subprocess.run([*node_agent_argv(), "imds-address", "http://10.98.1.1:8081"], capture_output=True,
                           text=True, env=env, cwd=evil, timeout=60)
-    assert (proc.returncode, proc.stdout) == (0, "busy\n"), proc.stderr
+    assert (proc.returncode, proc.stdout) == (0, "4 10.98.1.1 8081\n"), proc.stderr
     assert not marker.exists()
 
 

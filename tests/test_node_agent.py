@@ -92,22 +92,20 @@ def test_sts_proof_without_a_token_signs_no_token_header():
     assert proof["x-amz-security-token"] == ""
 
 
-def test_join_response_prints_the_fields_one_a_line_and_refuses_a_bad_answer():
+def test_the_join_answer_gives_the_fields_in_order_and_refuses_a_bad_answer_by_field():
     answer = {"domain": "Corp.Example", "computerName": "NODE-1", "hostFqdn": "Ip-10-0-0-1.corp.example",
               "oneTimePassword": "pw d", "serviceAccounts": ["svc-join"]}
-    code, out, _ = run(function_api.join_response, stdin=json.dumps(answer))
-    assert code == 0 and out == "corp.example\nCORP.EXAMPLE\nNODE-1\nip-10-0-0-1.corp.example\nsvc-join\npw d"
-    code, out, err = run(function_api.join_response, stdin=json.dumps({**answer, "computerName": "node_1"}))
-    assert code == 1 and out == "" and "no valid 'computerName'" in err
-    code, _, err = run(function_api.join_response, stdin="[]")
-    assert code == 1 and "not a JSON object" in err
+    assert function_api.parse_join_answer(json.dumps(answer)) == [
+        "corp.example", "CORP.EXAMPLE", "NODE-1", "ip-10-0-0-1.corp.example", "svc-join", "pw d"]
+    with pytest.raises(ValueError, match="no valid 'computerName'"):
+        function_api.parse_join_answer(json.dumps({**answer, "computerName": "node_1"}))
+    with pytest.raises(ValueError, match="not a JSON object"):
+        function_api.parse_join_answer("[]")
 
 
-def test_error_field_close_response_and_retry_after():
-    assert run(function_api.error_field, stdin='{"error": "window\\nclosed"}')[1] == "window?closed\n"
-    assert run(function_api.error_field, stdin="<html>")[1] == "(no error message)\n"
-    assert run(function_api.close_response, stdin='{"closed": true}')[0] == 0
-    assert run(function_api.close_response, stdin='{"closed": "yes"}')[0] == 1
+def test_error_text_and_retry_after():
+    assert function_api.error_field_text('{"error": "window\\nclosed"}') == "window?closed"
+    assert function_api.error_field_text("<html>") == "(no error message)"
     assert function_api.retry_after('{"retryAfter": 7}') == 7
     assert function_api.retry_after('{"retryAfter": true}') == 0 and function_api.retry_after("x") == 0
 
@@ -264,12 +262,6 @@ CASES = [
     (["imds-address", "http://169.254.169.254"], ""),
     (["imds-address", "http://10.98.1.1:8081"], ""),
     (["imds-address", "ftp://x"], ""),
-    (["join-response"], json.dumps(GOOD[1])),
-    (["join-response"], '{"domain": "x"}'),
-    (["error-field"], '{"message": "no such node"}'),
-    (["close-response"], '{"closed": true}'),
-    (["close-response"], "{}"),
-    (["busy-wait", "2", "3", "100", "429"], '{"retryAfter": 4}'),
     (["joined-realm", "/nonexistent/sssd.conf", "/nonexistent/keytab"], ""),
     (["no-such-command"], ""),
 ]

@@ -7,12 +7,10 @@ Only the command's module is imported: the script starts Python a dozen times in
 import importlib
 import sys
 
-COMMANDS = {"join-response": ("function_api", "join_response"),
-            "error-field": ("function_api", "error_field"), "busy-wait": ("function_api", "busy_wait_cli"),
-            "node-config": ("sssd_config", "node_config"), "daemon-opts": ("sssd_config", "daemon_opts"),
+COMMANDS = {"node-config": ("sssd_config", "node_config"), "daemon-opts": ("sssd_config", "daemon_opts"),
             "access": ("access", "configure_cli"), "login-access": ("access", "login_access_cli"),
             "check-access-groups": ("access", "check_groups_cli"),
-            "joined-realm": ("sssd_config", "joined_realm"), "close-response": ("function_api", "close_response"),
+            "joined-realm": ("sssd_config", "joined_realm"),
             "imds-address": ("imds_lockdown", "imds_address"),
             "restrict-imds": ("imds_lockdown", "restrict_imds_cli"),
             "sssd-cache": ("sssd_service", "cache_in_memory_cli"), "sssd-start": ("sssd_service", "start_cli"),

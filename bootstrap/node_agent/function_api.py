@@ -1,20 +1,9 @@
-"""The join function's answers: the join secret, error texts, busy (429/503) waits, the close."""
+"""The join function's answers (join_client's): the join secret, error texts, busy (429/503) waits."""
 
 import json
-import os
 import re
-import sys
 
-from .common import fail, one_line
-
-
-def join_response():
-    # stdin: the function's 200 body. stdout: domain, realm, computer name, host FQDN, service accounts, one-time
-    # password, one per line.
-    try:
-        sys.stdout.write("\n".join(parse_join_answer(sys.stdin.read())))
-    except ValueError as e:
-        fail(str(e))
+from .common import one_line
 
 
 def parse_join_answer(text):
@@ -51,11 +40,6 @@ def parse_join_answer(text):
             for n in service):
         raise ValueError("the join function's answer has an invalid 'serviceAccounts' (a list of account names)")
     return [domain.lower(), realm, name, fqdn.lower(), ",".join(service), password]
-
-
-def error_field():
-    # stdin: an error body. stdout: its 'error' text, shortened (never the body itself).
-    print(error_field_text(sys.stdin.read()))
 
 
 def error_field_text(text):
@@ -95,16 +79,3 @@ def busy_wait(busy, attempt, remaining, code, text, sleep=None, rand=None, out=p
     out(f"join function busy, retrying in {delay:.1f} s (attempt {attempt}; HTTP {code})", flush=True)
     (sleep or time.sleep)(delay)
     return delay
-
-
-def busy_wait_cli(busy, attempt, remaining, code):
-    # stdin: the 429/503 body (no secret). PCLUSTER_AD_TEST_NO_BACKOFF=1: log, do not sleep.
-    no_sleep = os.environ.get("PCLUSTER_AD_TEST_NO_BACKOFF") == "1"
-    busy_wait(int(busy), int(attempt), int(remaining), code, sys.stdin.read(65536),
-              sleep=(lambda _: None) if no_sleep else None)
-
-
-def close_response():
-    # stdin: the function's 200 answer to the close request. exit 0 when it says {"closed": true}.
-    from .join_client import closed
-    sys.exit(0 if closed(sys.stdin.read()) else 1)
