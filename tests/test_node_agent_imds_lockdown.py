@@ -119,7 +119,7 @@ def test_an_unwritable_root_is_an_error_naming_the_file(tmp_path):
 
 
 def test_the_command_line_logs_the_error_and_exits_10(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(lockdown, "_run", lambda argv: 0)
+    monkeypatch.setattr(lockdown.Node, "run", lambda self, argv, **kw: 0)
     with pytest.raises(SystemExit) as exited:
         lockdown.restrict_imds_cli("http://imds.local", str(tmp_path), "debian", "600")
     assert exited.value.code == 10

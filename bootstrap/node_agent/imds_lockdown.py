@@ -8,10 +8,11 @@ role's credentials. The join script (root) still reaches IMDS.
 
 import ipaddress
 import os
-import shutil
-import subprocess
 import sys
 from urllib.parse import urlsplit
+
+from .common import NodeError
+from .node import Node
 
 LOCKDOWN_SCRIPT = "/usr/local/sbin/pcluster-ad-imds-lockdown"
 LOCKDOWN_UNIT = "pcluster-ad-imds-lockdown.service"
@@ -63,8 +64,11 @@ WantedBy=multi-user.target
 """
 
 
-class LockdownError(Exception):
+class LockdownError(NodeError):
     """Why IMDS could not be locked down (the join script's exit 10)."""
+
+    def __init__(self, message):
+        super().__init__(message, EXIT_CODE)
 
 
 def imds_addresses(endpoint):
@@ -147,22 +151,10 @@ def restrict_imds(endpoint, root, os_family, remaining, run, which, log):
     log(f"imds: only root can reach IMDS now; {LOCKDOWN_UNIT} applies the same rules at every boot")
 
 
-def _run(argv):
-    sys.stdout.flush()  # our lines before the command's own
-    return subprocess.call(argv, stdin=subprocess.DEVNULL)
-
-
-def _log(line):
-    print(line, flush=True)
-
-
 def restrict_imds_cli(endpoint, root, os_family, remaining):
     # exit 10 with the join script's "ERROR: ..." line, as its die does
-    try:
-        restrict_imds(endpoint, root, os_family, int(remaining), _run, shutil.which, _log)
-    except LockdownError as e:
-        _log(f"ERROR: {e}")
-        sys.exit(EXIT_CODE)
+    node = Node()
+    node.main(lambda: restrict_imds(endpoint, root, os_family, int(remaining), node.run, node.which, node.log))
 
 
 def imds_address(endpoint):

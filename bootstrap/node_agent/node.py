@@ -26,9 +26,8 @@ class Node:
         sys.stdout.flush()  # our lines before the command's own
         out = subprocess.DEVNULL if quiet else None
         full_env = dict(os.environ, **env) if env else None
-        stdin = subprocess.DEVNULL if input is None else subprocess.PIPE
         try:
-            return subprocess.run(argv, input=input, stdin=None if input is not None else stdin, stdout=out,
+            return subprocess.run(argv, input=input, stdin=subprocess.DEVNULL if input is None else None, stdout=out,
                                   stderr=out, env=full_env, universal_newlines=True).returncode
         except OSError:
             return 127  # as a shell says for a command it cannot run
